@@ -1,0 +1,541 @@
+//! The signing authority: a CA key that mints X.509-SVIDs and a key that mints
+//! JWT-SVIDs, for one trust domain.
+//!
+//! [`Authority`] is the in-memory CA; [`store`] keeps one in a directory on disk
+//! with every write atomic.
+
+#![forbid(unsafe_code)]
+
+pub mod store;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use zt_identity::x509::{self, X509SvidError};
+use zt_identity::{Bundle, BundleError, JwtSigner, JwtSvidError, SpiffeId, TrustDomain};
+
+/// Default lifetime of an X.509-SVID: one hour.
+pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Default lifetime of a JWT-SVID: five minutes.
+pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
+/// Default lifetime of a local development CA: thirty days.
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How far notBefore is set in the past, to tolerate clock skew between peers.
+pub const BACKDATE: Duration = Duration::from_secs(10);
+
+/// What went wrong creating, loading or using an authority.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A TTL of zero.
+    #[error("ttl must be greater than zero")]
+    ZeroTtl,
+    /// An SVID that would outlive the CA that signs it.
+    #[error("ttl {ttl_secs}s would end at {requested} (unix), after the CA expires at {ca_not_after}")]
+    TtlBeyondCa {
+        /// The TTL asked for, seconds.
+        ttl_secs: u64,
+        /// The notAfter it would give.
+        requested: u64,
+        /// The CA's notAfter.
+        ca_not_after: u64,
+    },
+    /// The CA itself has expired.
+    #[error("the CA expired at {0} (unix)")]
+    CaExpired(u64),
+    /// A leaf SVID for a trust domain's own ID.
+    #[error("SPIFFE ID {0} has no path: leaf SVIDs need one")]
+    RootId(SpiffeId),
+    /// A leaf SVID for another trust domain.
+    #[error("SPIFFE ID {id} is not in this CA's trust domain {trust_domain}")]
+    ForeignId {
+        /// The ID asked for.
+        id: SpiffeId,
+        /// The CA's trust domain.
+        trust_domain: TrustDomain,
+    },
+    /// An invalid DNS SAN.
+    #[error("DNS name {0:?} is not a valid DNS SAN")]
+    InvalidDnsName(String),
+    /// The CA certificate is not a usable SPIFFE signing certificate.
+    #[error("CA certificate: {0}")]
+    CaCertificate(#[from] X509SvidError),
+    /// The CA key does not belong to the CA certificate.
+    #[error("the private key does not match the certificate's public key")]
+    KeyMismatch,
+    /// Key generation, parsing or signing failed in rcgen.
+    #[error("{0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A time that X.509 cannot encode.
+    #[error("time {0} (unix) is out of range")]
+    TimeOutOfRange(u64),
+    /// The system random number generator failed.
+    #[error("random number generator failed")]
+    Random,
+    /// The JWT key.
+    #[error("JWT signing key: {0}")]
+    Jwt(#[from] JwtSvidError),
+    /// Building the bundle.
+    #[error("bundle: {0}")]
+    Bundle(#[from] BundleError),
+}
+
+/// Key algorithms a CA can be created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyType {
+    /// ECDSA on NIST P-256 with SHA-256 (the default).
+    #[default]
+    EcP256,
+    /// ECDSA on NIST P-384 with SHA-384.
+    EcP384,
+    /// RSA 2048 with PKCS#1 v1.5 SHA-256 signatures.
+    Rsa2048,
+}
+
+impl KeyType {
+    /// Every key type, for help texts.
+    pub const ALL: [KeyType; 3] = [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::EcP256 => "ec-p256",
+            KeyType::EcP384 => "ec-p384",
+            KeyType::Rsa2048 => "rsa-2048",
+        }
+    }
+
+    fn generate(self) -> Result<KeyPair, rcgen::Error> {
+        match self {
+            KeyType::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyType::EcP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KeyType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names = Self::ALL.map(KeyType::name).join(", ");
+            format!("unknown key type {s:?} (expected one of {names})")
+        })
+    }
+}
+
+/// What an X.509-SVID is issued for.
+#[derive(Debug, Clone)]
+pub struct SvidRequest {
+    /// The identity; must be in the CA's trust domain and have a path.
+    pub spiffe_id: SpiffeId,
+    /// DNS SANs, for peers that check host names.
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    pub ip_addresses: Vec<IpAddr>,
+    /// Lifetime from now.
+    pub ttl: Duration,
+}
+
+/// A freshly minted X.509-SVID with its private key.
+pub struct IssuedSvid {
+    /// Leaf first, then the chain up to (not including) the root of trust.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key, PKCS#8 PEM.
+    pub private_key_pem: String,
+    /// The leaf's serial number.
+    pub serial: Vec<u8>,
+    /// notAfter, unix seconds.
+    pub not_after: u64,
+}
+
+impl fmt::Debug for IssuedSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IssuedSvid(serial {})", x509::hex(&self.serial))
+    }
+}
+
+/// A certificate authority for one trust domain.
+pub struct Authority {
+    trust_domain: TrustDomain,
+    certificate: CertificateDer<'static>,
+    not_after: u64,
+    issuer: Issuer<'static, KeyPair>,
+    jwt_key: KeyPair,
+    jwt_signer: JwtSigner,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Authority({}, until {})", self.trust_domain, self.not_after)
+    }
+}
+
+impl Authority {
+    /// Creates a self-signed root CA for `trust_domain`, valid from `now` for `ttl`,
+    /// and a fresh EC P-256 key for JWT-SVIDs.
+    pub fn generate(
+        trust_domain: TrustDomain,
+        key_type: KeyType,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<Self, CaError> {
+        if ttl.is_zero() {
+            return Err(CaError::ZeroTtl);
+        }
+        let key = key_type.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, trust_domain.name());
+        params.distinguished_name.push(DnType::CommonName, "zt CA");
+        params.subject_alt_names = vec![SanType::URI(trust_domain.id().to_string().try_into()?)];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial()?);
+        params.not_before = to_datetime(now.saturating_sub(BACKDATE.as_secs()))?;
+        params.not_after = to_datetime(now.saturating_add(ttl.as_secs()))?;
+        let cert = params.self_signed(&key)?;
+        let jwt_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::from_parts(cert.der().clone(), key, jwt_key)
+    }
+
+    /// Assembles an authority from its certificate, its key and the JWT key,
+    /// checking that the certificate is a SPIFFE signing certificate and the key is its own.
+    pub fn from_parts(
+        certificate: CertificateDer<'static>,
+        key: KeyPair,
+        jwt_key: KeyPair,
+    ) -> Result<Self, CaError> {
+        x509::check_signing_certificate(&certificate)?;
+        let trust_domain = x509::authority_trust_domain(&certificate)?.ok_or(X509SvidError::MissingUriSan)?;
+        if x509::subject_public_key(&certificate)? != key.public_key_raw() {
+            return Err(CaError::KeyMismatch);
+        }
+        let not_after = x509::summarize(&certificate)?.not_after;
+        let issuer = Issuer::from_ca_cert_der(&certificate, key)?;
+        Ok(Self {
+            trust_domain,
+            certificate,
+            not_after,
+            issuer,
+            jwt_signer: JwtSigner::from_pkcs8(jwt_key.serialized_der())?,
+            jwt_key,
+        })
+    }
+
+    /// The trust domain this CA issues for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The CA certificate.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certificate
+    }
+
+    /// The CA's notAfter, unix seconds.
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
+    /// The CA's signing key, PKCS#8 PEM, for storing.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// The trust bundle: this CA certificate and the JWT key.
+    pub fn bundle(&self) -> Result<Bundle, CaError> {
+        let mut bundle = Bundle::new(self.trust_domain.clone());
+        bundle.add_x509_authority(self.certificate.clone())?;
+        bundle.add_jwt_authority(self.jwt_signer.kid(), self.jwt_signer.public_key().clone())?;
+        Ok(bundle)
+    }
+
+    /// The JWT-SVID signing key, PKCS#8 PEM, for storing.
+    pub fn jwt_key_pem(&self) -> String {
+        self.jwt_key.serialize_pem()
+    }
+
+    /// The key ID of the JWT-SVID signing key.
+    pub fn jwt_key_id(&self) -> &str {
+        self.jwt_signer.kid()
+    }
+
+    /// Issues an X.509-SVID with a fresh EC P-256 key.
+    pub fn issue_x509_svid(&self, request: &SvidRequest, now: u64) -> Result<IssuedSvid, CaError> {
+        let not_after = self.check_lifetime(&request.spiffe_id, request.ttl, now)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::OrganizationName, "zt");
+        let mut sans = vec![SanType::URI(request.spiffe_id.to_string().try_into()?)];
+        for dns in &request.dns_names {
+            let invalid = || CaError::InvalidDnsName(dns.clone());
+            if !is_dns_name(dns) {
+                return Err(invalid());
+            }
+            sans.push(SanType::DnsName(dns.clone().try_into().map_err(|_| invalid())?));
+        }
+        sans.extend(request.ip_addresses.iter().copied().map(SanType::IpAddress));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial()?;
+        params.serial_number = Some(serial.clone());
+        params.not_before = to_datetime(now.saturating_sub(BACKDATE.as_secs()))?;
+        params.not_after = to_datetime(not_after)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedSvid {
+            chain: vec![cert.der().clone()],
+            private_key_pem: key.serialize_pem(),
+            serial: serial.to_bytes(),
+            not_after,
+        })
+    }
+
+    /// Mints a JWT-SVID for `spiffe_id` and `audience`, valid for `ttl` from `now`.
+    pub fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+        now: u64,
+    ) -> Result<String, CaError> {
+        let exp = self.check_lifetime(spiffe_id, ttl, now)?;
+        Ok(zt_identity::mint_jwt_svid(
+            &self.jwt_signer,
+            spiffe_id,
+            audience,
+            now,
+            exp,
+        )?)
+    }
+
+    /// Checks an SVID request against this CA and returns its notAfter.
+    fn check_lifetime(&self, id: &SpiffeId, ttl: Duration, now: u64) -> Result<u64, CaError> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(CaError::ForeignId {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        if id.is_root() {
+            return Err(CaError::RootId(id.clone()));
+        }
+        if ttl.is_zero() {
+            return Err(CaError::ZeroTtl);
+        }
+        if now >= self.not_after {
+            return Err(CaError::CaExpired(self.not_after));
+        }
+        let requested = now.saturating_add(ttl.as_secs());
+        if requested > self.not_after {
+            return Err(CaError::TtlBeyondCa {
+                ttl_secs: ttl.as_secs(),
+                requested,
+                ca_not_after: self.not_after,
+            });
+        }
+        Ok(requested)
+    }
+}
+
+/// A random positive 128-bit serial (RFC 5280 §4.1.2.2: positive, at most 20 octets).
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CaError::Random)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40; // positive, and no leading zero octet
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn to_datetime(unix: u64) -> Result<OffsetDateTime, CaError> {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .ok_or(CaError::TimeOutOfRange(unix))
+}
+
+/// A DNS SAN: dot-separated labels of letters, digits and hyphens (a leading `*.` allowed).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::UnixTime;
+    use zt_identity::{Purpose, verify_jwt_svid, verify_x509_svid};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn ca() -> Result<Authority, CaError> {
+        Authority::generate(
+            TrustDomain::parse("example.org").map_err(|_| CaError::ZeroTtl)?,
+            KeyType::EcP256,
+            DEFAULT_CA_TTL,
+            NOW,
+        )
+    }
+
+    fn request(id: &str, ttl: Duration) -> Result<SvidRequest, Box<dyn std::error::Error>> {
+        Ok(SvidRequest {
+            spiffe_id: SpiffeId::parse(id)?,
+            dns_names: vec!["localhost".into()],
+            ip_addresses: vec!["127.0.0.1".parse()?],
+            ttl,
+        })
+    }
+
+    #[test]
+    fn issued_svid_verifies_for_both_purposes() -> Result<(), Box<dyn std::error::Error>> {
+        let ca = ca()?;
+        let svid = ca.issue_x509_svid(
+            &request("spiffe://example.org/service-one", DEFAULT_X509_SVID_TTL)?,
+            NOW,
+        )?;
+        let bundle = ca.bundle()?;
+        for purpose in [Purpose::ClientAuth, Purpose::ServerAuth] {
+            let verified = verify_x509_svid(
+                &svid.chain,
+                &bundle,
+                UnixTime::since_unix_epoch(Duration::from_secs(NOW + 1)),
+                purpose,
+            )?;
+            assert_eq!(
+                verified.spiffe_id().to_string(),
+                "spiffe://example.org/service-one"
+            );
+            assert_eq!(verified.not_after(), NOW + 3600);
+            assert_eq!(verified.not_before(), NOW - BACKDATE.as_secs());
+            assert_eq!(verified.serial(), svid.serial.as_slice());
+        }
+        let summary = x509::summarize(&svid.chain[0])?;
+        assert_eq!(summary.dns_names, ["localhost"]);
+        assert_eq!(summary.ip_addresses, ["127.0.0.1".parse::<IpAddr>()?]);
+        Ok(())
+    }
+
+    #[test]
+    fn every_key_type_signs_verifiable_svids() -> Result<(), Box<dyn std::error::Error>> {
+        for key_type in KeyType::ALL {
+            let ca = Authority::generate(TrustDomain::parse("example.org")?, key_type, DEFAULT_CA_TTL, NOW)?;
+            let svid = ca.issue_x509_svid(&request("spiffe://example.org/a", DEFAULT_X509_SVID_TTL)?, NOW)?;
+            let now = UnixTime::since_unix_epoch(Duration::from_secs(NOW));
+            verify_x509_svid(&svid.chain, &ca.bundle()?, now, Purpose::ServerAuth)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_bad_requests() -> Result<(), Box<dyn std::error::Error>> {
+        let ca = ca()?;
+        let err = |id: &str, ttl: Duration| ca.issue_x509_svid(&request(id, ttl).ok()?, NOW).err();
+        assert!(matches!(
+            err("spiffe://example.org/a", Duration::ZERO),
+            Some(CaError::ZeroTtl)
+        ));
+        assert!(matches!(
+            err("spiffe://example.org/a", DEFAULT_CA_TTL + Duration::from_secs(1)),
+            Some(CaError::TtlBeyondCa { .. })
+        ));
+        assert!(matches!(
+            err("spiffe://other.org/a", DEFAULT_X509_SVID_TTL),
+            Some(CaError::ForeignId { .. })
+        ));
+        assert!(matches!(
+            err("spiffe://example.org", DEFAULT_X509_SVID_TTL),
+            Some(CaError::RootId(_))
+        ));
+        let mut bad_dns = request("spiffe://example.org/a", DEFAULT_X509_SVID_TTL)?;
+        bad_dns.dns_names = vec!["bad name".into()];
+        assert!(matches!(
+            ca.issue_x509_svid(&bad_dns, NOW),
+            Err(CaError::InvalidDnsName(_))
+        ));
+        assert!(matches!(
+            ca.issue_x509_svid(
+                &request("spiffe://example.org/a", DEFAULT_X509_SVID_TTL)?,
+                NOW + DEFAULT_CA_TTL.as_secs()
+            ),
+            Err(CaError::CaExpired(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn jwt_svid_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let ca = ca()?;
+        let id = SpiffeId::parse("spiffe://example.org/client")?;
+        let token = ca.mint_jwt_svid(
+            &id,
+            &["spiffe://example.org/server".into()],
+            DEFAULT_JWT_SVID_TTL,
+            NOW,
+        )?;
+        let bundle = ca.bundle()?;
+        let verified = verify_jwt_svid(&token, &bundle, "spiffe://example.org/server", NOW + 1)?;
+        assert_eq!(verified.spiffe_id(), &id);
+        assert_eq!(verified.expiry(), NOW + 300);
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let ca = ca()?;
+        let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let jwt = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let result = Authority::from_parts(ca.certificate().clone(), other, jwt);
+        assert!(matches!(result, Err(CaError::KeyMismatch)), "{result:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in ["localhost", "a.b-c.example", "*.example.org", "x1"] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a",
+            "a-",
+            "a b",
+            "a_b",
+            "*",
+            "a.*.b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! JWT-SVIDs: minting and verification per the JWT-SVID specification.
+//!
+//! JWS compact serialization is implemented here directly on aws-lc-rs so that
+//! every rule of the specification is ours to enforce: the algorithm allow-list
+//! (all nine RS/ES/PS algorithms, which no common JWT crate covers), `typ`,
+//! headers that would let a token pick its own key, and the required claims.
+
+use std::fmt;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, KeyPair as _, RsaKeyPair, RsaPublicKeyComponents, UnparsedPublicKey,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value, json};
+
+use crate::bundle::BundleSource;
+use crate::jwk::{Curve, PublicKey};
+use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Headers that would let the token choose its own verification key, or change
+/// how it must be processed; a JWT-SVID never carries them.
+const FORBIDDEN_HEADERS: &[&str] = &["jku", "jwk", "x5u", "x5c", "crit", "b64", "enc", "zip"];
+
+/// Why a JWT-SVID could not be minted or did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtSvidError {
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("token is {len} bytes, the limit is {MAX_TOKEN_LEN}")]
+    TooLong {
+        /// Length found.
+        len: usize,
+    },
+    /// Not three base64url parts of JSON objects.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// `alg` outside RS/ES/PS 256/384/512 (`none`, HMAC, EdDSA…).
+    #[error("algorithm {0:?} is not allowed for JWT-SVIDs")]
+    UnsupportedAlgorithm(String),
+    /// `typ` other than `JWT` or `JOSE`.
+    #[error("header typ {0:?} is not JWT or JOSE")]
+    BadType(String),
+    /// A header that lets a token choose its key or changes processing.
+    #[error("header {0:?} is not allowed in a JWT-SVID")]
+    ForbiddenHeader(String),
+    /// A required claim is absent.
+    #[error("claim {0:?} is missing")]
+    MissingClaim(&'static str),
+    /// A claim of the wrong type or value.
+    #[error("claim {claim:?} is invalid: {reason}")]
+    InvalidClaim {
+        /// The claim.
+        claim: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `sub` is not a SPIFFE ID.
+    #[error("subject is not a SPIFFE ID: {0}")]
+    InvalidSubject(SpiffeIdError),
+    /// No bundle for the subject's trust domain.
+    #[error("no trust bundle for trust domain {0}")]
+    NoBundle(TrustDomain),
+    /// `kid` names no key of the bundle.
+    #[error("no JWT authority with key ID {0:?} in the bundle of {1}")]
+    UnknownKey(String, TrustDomain),
+    /// The signature does not verify with any matching key.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// `exp` is past.
+    #[error("token expired at {exp} (unix), now is {now}")]
+    Expired {
+        /// `exp`.
+        exp: u64,
+        /// Validation time.
+        now: u64,
+    },
+    /// `nbf` is in the future.
+    #[error("token is not valid before {nbf} (unix), now is {now}")]
+    NotYetValid {
+        /// `nbf`.
+        nbf: u64,
+        /// Validation time.
+        now: u64,
+    },
+    /// The expected audience is not among `aud`.
+    #[error("audience {expected:?} is not in the token's audience {actual:?}")]
+    AudienceMismatch {
+        /// The audience the validator identifies with.
+        expected: String,
+        /// `aud`.
+        actual: Vec<String>,
+    },
+    /// Minting: the key is of a type this code cannot sign with.
+    #[error("signing key is not a PKCS#8 EC P-256/P-384/P-521 or RSA key")]
+    UnsupportedSigningKey,
+    /// Minting: nothing to put in `aud`, or an expiry not after issuance.
+    #[error("cannot mint: {0}")]
+    InvalidRequest(&'static str),
+    /// The crypto library failed.
+    #[error("signing failed")]
+    SigningFailed,
+}
+
+/// The JWS algorithms the JWT-SVID specification allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs, reason = "the names are the RFC 7518 identifiers")]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    ES256,
+    ES384,
+    ES512,
+    PS256,
+    PS384,
+    PS512,
+}
+
+impl Algorithm {
+    /// Every allowed algorithm.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::ES512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+
+    /// The `alg` header value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::ES512 => "ES512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+        }
+    }
+
+    /// Parses an `alg` value; case-sensitive, as RFC 7515 requires.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Verifies `signature` over `message` with `key`, if the key suits this algorithm.
+    fn verify(self, key: &PublicKey, message: &[u8], sig: &[u8]) -> bool {
+        use signature as s;
+        match (self, key) {
+            (Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512, PublicKey::Ec { curve, .. }) => {
+                let alg: &'static s::EcdsaVerificationAlgorithm = match (self, curve) {
+                    (Algorithm::ES256, Curve::P256) => &s::ECDSA_P256_SHA256_FIXED,
+                    (Algorithm::ES384, Curve::P384) => &s::ECDSA_P384_SHA384_FIXED,
+                    (Algorithm::ES512, Curve::P521) => &s::ECDSA_P521_SHA512_FIXED,
+                    _ => return false,
+                };
+                let Some(point) = key.uncompressed_point() else {
+                    return false;
+                };
+                UnparsedPublicKey::new(alg, point).verify(message, sig).is_ok()
+            }
+            (_, PublicKey::Rsa { n, e }) => {
+                let alg: &'static s::RsaParameters = match self {
+                    Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+                    Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+                    Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+                    Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+                    Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+                    Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+                    _ => return false,
+                };
+                RsaPublicKeyComponents { n, e }.verify(alg, message, sig).is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A private key that signs JWT-SVIDs, with its key ID.
+pub struct JwtSigner {
+    kid: String,
+    algorithm: Algorithm,
+    key: SigningKey,
+    public_key: PublicKey,
+}
+
+enum SigningKey {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key material.
+        write!(f, "JwtSigner(kid {}, {})", self.kid, self.algorithm)
+    }
+}
+
+impl JwtSigner {
+    /// Loads a PKCS#8 private key. EC keys sign with the ES algorithm of their curve,
+    /// RSA keys with PS256. The key ID is the key's RFC 7638 thumbprint.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, JwtSvidError> {
+        use signature as s;
+        let ec: [(&'static s::EcdsaSigningAlgorithm, Curve, Algorithm); 3] = [
+            (&s::ECDSA_P256_SHA256_FIXED_SIGNING, Curve::P256, Algorithm::ES256),
+            (&s::ECDSA_P384_SHA384_FIXED_SIGNING, Curve::P384, Algorithm::ES384),
+            (&s::ECDSA_P521_SHA512_FIXED_SIGNING, Curve::P521, Algorithm::ES512),
+        ];
+        for (alg, curve, algorithm) in ec {
+            if let Ok(pair) = EcdsaKeyPair::from_pkcs8(alg, der) {
+                let public_key = PublicKey::from_uncompressed_point(curve, pair.public_key().as_ref())
+                    .map_err(|_| JwtSvidError::UnsupportedSigningKey)?;
+                return Ok(Self::new(SigningKey::Ec(pair), algorithm, public_key));
+            }
+        }
+        let pair = RsaKeyPair::from_pkcs8(der).map_err(|_| JwtSvidError::UnsupportedSigningKey)?;
+        let public_key = PublicKey::Rsa {
+            n: pair
+                .public_key()
+                .modulus()
+                .big_endian_without_leading_zero()
+                .to_vec(),
+            e: pair
+                .public_key()
+                .exponent()
+                .big_endian_without_leading_zero()
+                .to_vec(),
+        };
+        Ok(Self::new(SigningKey::Rsa(pair), Algorithm::PS256, public_key))
+    }
+
+    fn new(key: SigningKey, algorithm: Algorithm, public_key: PublicKey) -> Self {
+        Self {
+            kid: public_key.thumbprint(),
+            algorithm,
+            key,
+            public_key,
+        }
+    }
+
+    /// Signs RSA tokens with `algorithm` (RS*/PS*) instead of PS256.
+    pub fn with_rsa_algorithm(mut self, algorithm: Algorithm) -> Result<Self, JwtSvidError> {
+        let is_rsa_alg = !matches!(algorithm, Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512);
+        match self.key {
+            SigningKey::Rsa(_) if is_rsa_alg => {
+                self.algorithm = algorithm;
+                Ok(self)
+            }
+            _ => Err(JwtSvidError::InvalidRequest("algorithm does not suit the key")),
+        }
+    }
+
+    /// The key ID put in the `kid` header and in the bundle.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm this signer uses.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The public half, for the trust bundle.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JwtSvidError> {
+        let rng = SystemRandom::new();
+        match &self.key {
+            SigningKey::Ec(pair) => pair
+                .sign(&rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| JwtSvidError::SigningFailed),
+            SigningKey::Rsa(pair) => {
+                let padding: &'static dyn signature::RsaEncoding = match self.algorithm {
+                    Algorithm::RS256 => &signature::RSA_PKCS1_SHA256,
+                    Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+                    Algorithm::PS384 => &signature::RSA_PSS_SHA384,
+                    Algorithm::PS512 => &signature::RSA_PSS_SHA512,
+                    _ => &signature::RSA_PSS_SHA256,
+                };
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign(padding, &rng, message, &mut sig)
+                    .map_err(|_| JwtSvidError::SigningFailed)?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+/// Mints a JWT-SVID for `subject`, valid for `audience`, from `issued_at` until `expires_at`
+/// (unix seconds).
+pub fn mint_jwt_svid(
+    signer: &JwtSigner,
+    subject: &SpiffeId,
+    audience: &[String],
+    issued_at: u64,
+    expires_at: u64,
+) -> Result<String, JwtSvidError> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(JwtSvidError::InvalidRequest(
+            "at least one non-empty audience is required",
+        ));
+    }
+    if expires_at <= issued_at {
+        return Err(JwtSvidError::InvalidRequest("expiry must be after issuance"));
+    }
+    let header = json!({ "alg": signer.algorithm.name(), "kid": signer.kid, "typ": "JWT" });
+    let aud = match audience {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let claims = json!({ "sub": subject.to_string(), "aud": aud, "exp": expires_at, "iat": issued_at });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = signer.sign(signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
+/// A JWT-SVID whose signature, expiry and audience were verified.
+///
+/// Only [`verify_jwt_svid`] makes one.
+#[derive(Clone, PartialEq)]
+pub struct VerifiedJwtSvid {
+    spiffe_id: SpiffeId,
+    audience: Vec<String>,
+    expiry: u64,
+    claims: Map<String, Value>,
+}
+
+impl VerifiedJwtSvid {
+    /// The verified subject.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
+    }
+
+    /// Every `aud` value.
+    pub fn audience(&self) -> &[String] {
+        &self.audience
+    }
+
+    /// `exp`, unix seconds.
+    pub fn expiry(&self) -> u64 {
+        self.expiry
+    }
+
+    /// All claims, for callers that need more than the above (e.g. the Workload API).
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+}
+
+impl fmt::Debug for VerifiedJwtSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VerifiedJwtSvid({}, aud {:?})", self.spiffe_id, self.audience)
+    }
+}
+
+/// Verifies a JWT-SVID: allowed `alg` and `typ`, signature by a JWT authority of the
+/// subject's trust domain, `exp` after `now`, `nbf` (if any) not after `now`, and
+/// `audience` among `aud`.
+pub fn verify_jwt_svid(
+    token: &str,
+    bundles: &impl BundleSource,
+    audience: &str,
+    now: u64,
+) -> Result<VerifiedJwtSvid, JwtSvidError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtSvidError::TooLong { len: token.len() });
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtSvidError::Malformed(
+            "a JWS compact token has exactly three parts",
+        ));
+    };
+
+    let header = decode_object(header_b64, "header is not base64url JSON")?;
+    let algorithm = match header.get("alg") {
+        Some(Value::String(alg)) => {
+            Algorithm::from_name(alg).ok_or_else(|| JwtSvidError::UnsupportedAlgorithm(alg.clone()))?
+        }
+        Some(_) => return Err(JwtSvidError::Malformed("alg is not a string")),
+        None => return Err(JwtSvidError::Malformed("alg header is missing")),
+    };
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
+        Some(other) => return Err(JwtSvidError::BadType(value_text(other))),
+    }
+    if let Some(name) = FORBIDDEN_HEADERS.iter().find(|h| header.contains_key(**h)) {
+        return Err(JwtSvidError::ForbiddenHeader((*name).to_owned()));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.as_str()),
+        Some(_) => return Err(JwtSvidError::Malformed("kid is not a string")),
+    };
+
+    let claims = decode_object(claims_b64, "claims are not base64url JSON")?;
+    let spiffe_id = match claims.get("sub") {
+        Some(Value::String(sub)) => SpiffeId::parse(sub).map_err(JwtSvidError::InvalidSubject)?,
+        Some(_) => {
+            return Err(JwtSvidError::InvalidClaim {
+                claim: "sub",
+                reason: "not a string",
+            });
+        }
+        None => return Err(JwtSvidError::MissingClaim("sub")),
+    };
+    let td = spiffe_id.trust_domain();
+    let bundle = bundles
+        .bundle_for(td)
+        .ok_or_else(|| JwtSvidError::NoBundle(td.clone()))?;
+
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| JwtSvidError::Malformed("signature is not base64url"))?;
+    let signing_input = &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()];
+    let verified = match kid {
+        Some(kid) => {
+            let key = bundle
+                .jwt_authority(kid)
+                .ok_or_else(|| JwtSvidError::UnknownKey(kid.to_owned(), td.clone()))?;
+            algorithm.verify(key, signing_input, &sig)
+        }
+        // `kid` is optional in a JWT-SVID: try each key of the trust domain.
+        None => bundle
+            .jwt_authorities()
+            .any(|(_, key)| algorithm.verify(key, signing_input, &sig)),
+    };
+    if !verified {
+        return Err(JwtSvidError::BadSignature);
+    }
+
+    let expiry = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))?;
+    if expiry <= now {
+        return Err(JwtSvidError::Expired { exp: expiry, now });
+    }
+    if let Some(nbf) = numeric_date(&claims, "nbf")? {
+        if nbf > now {
+            return Err(JwtSvidError::NotYetValid { nbf, now });
+        }
+    }
+    let aud = match claims.get("aud") {
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) if !many.is_empty() => many
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(JwtSvidError::InvalidClaim {
+                claim: "aud",
+                reason: "not a string or array of strings",
+            })?,
+        Some(Value::Array(_)) => {
+            return Err(JwtSvidError::InvalidClaim {
+                claim: "aud",
+                reason: "empty",
+            });
+        }
+        Some(_) => {
+            return Err(JwtSvidError::InvalidClaim {
+                claim: "aud",
+                reason: "not a string or array of strings",
+            });
+        }
+        None => return Err(JwtSvidError::MissingClaim("aud")),
+    };
+    if !aud.iter().any(|a| a == audience) {
+        return Err(JwtSvidError::AudienceMismatch {
+            expected: audience.to_owned(),
+            actual: aud,
+        });
+    }
+    Ok(VerifiedJwtSvid {
+        spiffe_id,
+        audience: aud,
+        expiry,
+        claims,
+    })
+}
+
+fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, JwtSvidError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtSvidError::Malformed(what))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(JwtSvidError::Malformed(what)),
+    }
+}
+
+/// Reads a NumericDate claim (RFC 7519 §2): seconds, possibly fractional, never negative.
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, JwtSvidError> {
+    let invalid = JwtSvidError::InvalidClaim {
+        claim,
+        reason: "not a non-negative number",
+    };
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => Ok(Some(secs)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+            _ => Err(invalid),
+        },
+        Some(_) => Err(invalid),
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
