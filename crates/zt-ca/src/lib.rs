@@ -361,6 +361,12 @@ impl Authority {
     }
 }
 
+/// The raw public key of a private key, comparable with
+/// [`zt_identity::x509::subject_public_key`] to tell whether a key belongs to a certificate.
+pub fn public_key_of(key: &rustls_pki_types::PrivateKeyDer<'_>) -> Result<Vec<u8>, CaError> {
+    Ok(KeyPair::try_from(key)?.public_key_raw().to_vec())
+}
+
 /// A random positive 128-bit serial (RFC 5280 §4.1.2.2: positive, at most 20 octets).
 fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];

@@ -1,1 +1,220 @@
-fn main() {}
+//! `zt`: one binary for the whole toolkit. This crate only parses arguments and
+//! wires the library crates together; errors become one line on stderr and a
+//! non-zero exit.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod duration;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use zt_ca::KeyType;
+use zt_identity::{SpiffeId, TrustDomain};
+
+/// Zero trust in one binary: workload identity (SPIFFE), mTLS and policy.
+#[derive(Parser)]
+#[command(name = "zt", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check SPIFFE IDs.
+    #[command(subcommand)]
+    Id(IdCommand),
+    /// A local certificate authority, for development and tests.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Inspect and verify X.509-SVIDs and JWT-SVIDs.
+    #[command(subcommand)]
+    Svid(SvidCommand),
+}
+
+#[derive(Subcommand)]
+enum IdCommand {
+    /// Print the trust domain and path of a SPIFFE ID, or why it is invalid (exit 1).
+    Check {
+        /// The SPIFFE ID, e.g. spiffe://example.org/service-one.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA for a trust domain in a directory.
+    Init(CaInit),
+    /// Issue an X.509-SVID: writes PREFIX.crt (leaf, then chain) and PREFIX.key (mode 0600).
+    Issue(CaIssue),
+    /// Mint a JWT-SVID and print it.
+    IssueJwt(CaIssueJwt),
+    /// Print the CA's trust bundle.
+    Bundle(CaBundle),
+}
+
+#[derive(Args)]
+struct CaInit {
+    /// Trust domain name, e.g. example.org.
+    #[arg(long, value_parser = TrustDomain::parse)]
+    trust_domain: TrustDomain,
+    /// Directory to keep the CA in (created with mode 0700).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Key algorithm of the CA: ec-p256, ec-p384 or rsa-2048.
+    #[arg(long, default_value = "ec-p256")]
+    key_type: KeyType,
+    /// Lifetime of the CA certificate.
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    ttl: Duration,
+    /// Replace a CA that already exists in the directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CaIssue {
+    /// Directory of the CA (from `zt ca init`).
+    #[arg(long = "ca")]
+    ca_dir: PathBuf,
+    /// SPIFFE ID of the workload; must be in the CA's trust domain and have a path.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: SpiffeId,
+    /// DNS name to add as a SAN (repeatable).
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+    /// IP address to add as a SAN (repeatable).
+    #[arg(long = "ip")]
+    ip_addresses: Vec<IpAddr>,
+    /// Lifetime of the SVID.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    ttl: Duration,
+    /// Output prefix: writes PREFIX.crt and PREFIX.key.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct CaIssueJwt {
+    /// Directory of the CA.
+    #[arg(long = "ca")]
+    ca_dir: PathBuf,
+    /// SPIFFE ID of the subject.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: SpiffeId,
+    /// Audience (repeatable; one is strongly recommended).
+    #[arg(long = "audience", required = true)]
+    audiences: Vec<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "5m", value_parser = duration::parse)]
+    ttl: Duration,
+}
+
+#[derive(Args)]
+struct CaBundle {
+    /// Directory of the CA.
+    #[arg(long = "ca")]
+    ca_dir: PathBuf,
+    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT keys).
+    #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+    format: BundleFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BundleFormat {
+    Pem,
+    Jwks,
+}
+
+#[derive(Subcommand)]
+enum SvidCommand {
+    /// Show an X.509-SVID's SPIFFE ID, serial and validity, and whether it verifies
+    /// against a bundle (exit 1 if it does not).
+    Inspect(SvidInspect),
+    /// Verify a JWT-SVID against a bundle and an audience (exit 1 if it does not verify).
+    VerifyJwt(SvidVerifyJwt),
+}
+
+/// Where the trust bundle comes from.
+#[derive(Args)]
+struct BundleArgs {
+    /// Trust bundle, PEM or SPIFFE JWKS.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Trust domain of the bundle, when its authorities carry no SPIFFE ID.
+    #[arg(long, value_parser = TrustDomain::parse, requires = "bundle")]
+    trust_domain: Option<TrustDomain>,
+}
+
+#[derive(Args)]
+struct SvidInspect {
+    /// PEM file: the leaf first, then its chain.
+    file: PathBuf,
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Private key file to check against the certificate.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct SvidVerifyJwt {
+    /// The token, or `-` to read it from standard input.
+    token: String,
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// The audience this verifier identifies with.
+    #[arg(long)]
+    audience: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first, without usage and hints.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("zt: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match cli.command {
+        Command::Id(IdCommand::Check { id }) => cmd::id::check(&id),
+        Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args),
+        Command::Ca(CaCommand::Issue(args)) => cmd::ca::issue(args),
+        Command::Ca(CaCommand::IssueJwt(args)) => cmd::ca::issue_jwt(args),
+        Command::Ca(CaCommand::Bundle(args)) => cmd::ca::bundle(args),
+        Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
+        Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
