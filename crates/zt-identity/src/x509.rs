@@ -465,7 +465,11 @@ fn path_error(e: webpki::Error, td: &TrustDomain, purpose: Purpose, now: UnixTim
             not_before: not_before.as_secs(),
             now: now.as_secs(),
         },
-        webpki::Error::UnknownIssuer => X509SvidError::UntrustedIssuer(td.clone()),
+        // An issuer name that matches an authority whose key did not sign it is
+        // as untrusted as an unknown issuer.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            X509SvidError::UntrustedIssuer(td.clone())
+        }
         webpki::Error::CertRevoked => X509SvidError::Revoked,
         webpki::Error::RequiredEkuNotFoundContext(_) => X509SvidError::WrongPurpose(purpose),
         other => X509SvidError::PathValidation(format!("{other:?}")),
