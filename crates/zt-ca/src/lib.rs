@@ -38,7 +38,11 @@ pub enum CaError {
     #[error("ttl must be greater than zero")]
     ZeroTtl,
     /// An SVID that would outlive the CA that signs it.
-    #[error("ttl {ttl_secs}s would end at {requested} (unix), after the CA expires at {ca_not_after}")]
+    #[error(
+        "ttl {ttl_secs}s would end at {}, after the CA expires at {}",
+        rfc3339(*requested),
+        rfc3339(*ca_not_after)
+    )]
     TtlBeyondCa {
         /// The TTL asked for, seconds.
         ttl_secs: u64,
@@ -48,7 +52,7 @@ pub enum CaError {
         ca_not_after: u64,
     },
     /// The CA itself has expired.
-    #[error("the CA expired at {0} (unix)")]
+    #[error("the CA expired at {}", rfc3339(*.0))]
     CaExpired(u64),
     /// A leaf SVID for a trust domain's own ID.
     #[error("SPIFFE ID {0} has no path: leaf SVIDs need one")]
@@ -359,6 +363,15 @@ impl Authority {
         }
         Ok(requested)
     }
+}
+
+/// A unix time as RFC 3339 UTC, e.g. `2026-11-22T13:00:00Z`.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix} (unix)"))
 }
 
 /// The raw public key of a private key, comparable with

@@ -123,7 +123,11 @@ pub fn write_atomically(files: &[(PathBuf, Vec<u8>, u32)]) -> Result<(), StoreEr
     let result = files.iter().try_for_each(|(path, contents, mode)| {
         let temp = temp_path(path);
         temps.push(temp.clone());
-        write_synced(&temp, contents, *mode)
+        // Errors name the file the caller asked for, not the temporary one.
+        write_synced(&temp, contents, *mode).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })
     });
     if let Err(e) = result {
         for temp in &temps {
@@ -151,19 +155,14 @@ pub fn write_atomically(files: &[(PathBuf, Vec<u8>, u32)]) -> Result<(), StoreEr
     Ok(())
 }
 
-fn write_synced(path: &Path, contents: &[u8], mode: u32) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -36,8 +36,8 @@ pub enum BundleError {
     /// PEM that could not be read.
     #[error("bundle PEM is malformed: {0}")]
     Pem(String),
-    /// A bundle with no authority at all.
-    #[error("bundle holds no authority")]
+    /// A document with neither PEM certificates nor a JWK set.
+    #[error("no CERTIFICATE block found (expected PEM certificates or a SPIFFE JWK set)")]
     Empty,
     /// One key of the set is wrong.
     #[error("keys[{index}]: {reason}")]
@@ -273,9 +273,12 @@ impl Bundle {
 
     /// Reads PEM CA certificates as the X.509 authorities of `trust_domain`.
     pub fn parse_pem(trust_domain: TrustDomain, bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge { len: bytes.len() });
+        }
         let mut bundle = Self::new(trust_domain);
         for cert in CertificateDer::pem_slice_iter(bytes) {
-            let cert = cert.map_err(|e| BundleError::Pem(e.to_string()))?;
+            let cert = cert.map_err(|e| BundleError::Pem(x509::pem_error(e)))?;
             bundle.add_x509_authority(cert)?;
         }
         if bundle.x509_authorities.is_empty() {

@@ -324,6 +324,9 @@ pub fn mint_jwt_svid(
     if expires_at <= issued_at {
         return Err(JwtSvidError::InvalidRequest("expiry must be after issuance"));
     }
+    if subject.is_root() {
+        return Err(JwtSvidError::InvalidRequest("the subject needs a path"));
+    }
     let header = json!({ "alg": signer.algorithm.name(), "kid": signer.kid, "typ": "JWT" });
     let aud = match audience {
         [one] => json!(one),
@@ -432,6 +435,12 @@ pub fn verify_jwt_svid(
         }
         None => return Err(JwtSvidError::MissingClaim("sub")),
     };
+    if spiffe_id.is_root() {
+        return Err(JwtSvidError::InvalidClaim {
+            claim: "sub",
+            reason: "a workload ID needs a path",
+        });
+    }
     let td = spiffe_id.trust_domain();
     let bundle = bundles
         .bundle_for(td)
@@ -457,14 +466,14 @@ pub fn verify_jwt_svid(
         return Err(JwtSvidError::BadSignature);
     }
 
-    let expiry = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))?;
+    let expiry = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))? as u64;
     if expiry <= now {
         return Err(JwtSvidError::Expired { exp: expiry, now });
     }
-    if let Some(nbf) = numeric_date(&claims, "nbf")? {
-        if nbf > now {
-            return Err(JwtSvidError::NotYetValid { nbf, now });
-        }
+    if let Some(nbf) = numeric_date(&claims, "nbf")?.map(|nbf| nbf.ceil())
+        && nbf > now as f64
+    {
+        return Err(JwtSvidError::NotYetValid { nbf: nbf as u64, now });
     }
     let aud = match claims.get("aud") {
         Some(Value::String(one)) => vec![one.clone()],
@@ -504,30 +513,60 @@ pub fn verify_jwt_svid(
     })
 }
 
+/// Decodes a base64url JSON object, refusing duplicate member names: parsers that
+/// keep the first and the last of `{"alg":"none","alg":"ES256"}` would disagree.
 fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, JwtSvidError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| JwtSvidError::Malformed(what))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(JwtSvidError::Malformed(what)),
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .map(|o| o.0)
+        .map_err(|_| JwtSvidError::Malformed(what))
+}
+
+/// A top-level JSON object whose member names are unique.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueObject;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object with unique member names")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("duplicate member {key:?}")));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+
+        deserializer.deserialize_map(Visitor)
     }
 }
 
 /// Reads a NumericDate claim (RFC 7519 §2): seconds, possibly fractional, never negative.
-fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, JwtSvidError> {
-    let invalid = JwtSvidError::InvalidClaim {
-        claim,
-        reason: "not a non-negative number",
-    };
-    match claims.get(claim) {
+/// Callers round towards the safe side (down for `exp`, up for `nbf`).
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<f64>, JwtSvidError> {
+    match claims.get(claim).map(Value::as_f64) {
         None => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(secs), _) => Ok(Some(secs)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-            _ => Err(invalid),
-        },
-        Some(_) => Err(invalid),
+        Some(Some(secs)) if secs.is_finite() && secs >= 0.0 && secs < u64::MAX as f64 => Ok(Some(secs)),
+        Some(_) => Err(JwtSvidError::InvalidClaim {
+            claim,
+            reason: "not a non-negative number",
+        }),
     }
 }
 

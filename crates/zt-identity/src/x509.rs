@@ -68,11 +68,11 @@ pub enum X509SvidError {
     /// A leaf without digitalSignature.
     #[error("leaf certificate lacks key usage digitalSignature")]
     LeafLacksDigitalSignature,
-    /// No key usage extension.
-    #[error("certificate has no key usage extension")]
+    /// A leaf without a key usage extension.
+    #[error("leaf certificate has no key usage extension")]
     MissingKeyUsage,
-    /// Key usage not marked critical.
-    #[error("certificate key usage extension is not critical")]
+    /// A leaf whose key usage is not critical.
+    #[error("leaf certificate key usage extension is not critical")]
     KeyUsageNotCritical,
     /// A leaf EKU without both TLS purposes.
     #[error("leaf extended key usage must include both serverAuth and clientAuth")]
@@ -80,6 +80,18 @@ pub enum X509SvidError {
     /// An issuer that is not a CA.
     #[error("signing certificate {index} does not have the CA flag set")]
     SigningCertNotCa {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// An issuer without a key usage extension.
+    #[error("signing certificate {index} has no key usage extension")]
+    SigningCertMissingKeyUsage {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// An issuer whose key usage is not critical.
+    #[error("signing certificate {index} key usage extension is not critical")]
+    SigningCertKeyUsageNotCritical {
         /// Position in the chain.
         index: usize,
     },
@@ -328,7 +340,7 @@ pub fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidE
 pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(pem_error)?;
     if certs.is_empty() {
         return Err("no CERTIFICATE block".into());
     }
@@ -339,8 +351,20 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY block".to_owned(),
-        other => other.to_string(),
+        other => pem_error(other),
     })
+}
+
+/// A PEM reading error in words, without the decoder's internal names.
+pub fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM block has no END line".into(),
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
+        Error::Base64Decode(_) => "a PEM block is not valid base64".into(),
+        Error::NoItemsFound => "no PEM block found".into(),
+        other => other.to_string(),
+    }
 }
 
 /// A certificate as a PEM block.
@@ -367,7 +391,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, X509SvidError> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(X509SvidError::Malformed { index }),
     }
 }
@@ -424,13 +448,11 @@ fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidError> {
     if !ku.value.digital_signature() {
         return Err(X509SvidError::LeafLacksDigitalSignature);
     }
-    if let Some(eku) = cert
+    let eku = cert
         .extended_key_usage()
-        .map_err(|_| X509SvidError::Malformed { index: 0 })?
-    {
-        if !(eku.value.server_auth && eku.value.client_auth) {
-            return Err(X509SvidError::IncompleteExtendedKeyUsage);
-        }
+        .map_err(|_| X509SvidError::Malformed { index: 0 })?;
+    if eku.is_some_and(|eku| !(eku.value.server_auth && eku.value.client_auth)) {
+        return Err(X509SvidError::IncompleteExtendedKeyUsage);
     }
     Ok(id)
 }
@@ -443,9 +465,12 @@ fn check_signing(cert: &X509Certificate<'_>, index: usize) -> Result<(), X509Svi
     let ku = cert
         .key_usage()
         .map_err(|_| X509SvidError::Malformed { index })?
-        .ok_or(X509SvidError::MissingKeyUsage)?;
+        .ok_or(X509SvidError::SigningCertMissingKeyUsage { index })?;
     if !ku.value.key_cert_sign() {
         return Err(X509SvidError::SigningCertLacksKeyCertSign { index });
+    }
+    if !ku.critical {
+        return Err(X509SvidError::SigningCertKeyUsageNotCritical { index });
     }
     match spiffe_id_of(cert) {
         Ok(id) if !id.is_root() => Err(X509SvidError::SigningCertIdHasPath { index, id }),

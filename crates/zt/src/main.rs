@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zt_ca::KeyType;
 use zt_identity::{SpiffeId, TrustDomain};
@@ -35,6 +36,22 @@ enum Command {
     /// Inspect and verify X.509-SVIDs and JWT-SVIDs.
     #[command(subcommand)]
     Svid(SvidCommand),
+    /// Measure zt's hot paths on this machine (figures for BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// SPIFFE ID parsing, SVID verification, minting and issuance.
+    Identity(BenchIdentity),
+}
+
+#[derive(Args)]
+struct BenchIdentity {
+    /// Timed calls per operation (issuance is capped at 2000).
+    #[arg(long, default_value_t = 20_000)]
+    iterations: usize,
 }
 
 #[derive(Subcommand)]
@@ -188,6 +205,10 @@ enum Output {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("zt: a subcommand is required (see --help)");
+            return ExitCode::from(2);
+        }
         Err(e) if e.use_stderr() => {
             // One line: clap's first, without usage and hints.
             let text = e.to_string();
@@ -209,12 +230,49 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Bundle(args)) => cmd::ca::bundle(args),
         Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
+        Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zt: {e:#}");
+            eprintln!("zt: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, `outer: inner: …`. Library errors often
+/// quote their cause in their own message; a cause already at the end of the line
+/// is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_skips_causes_already_quoted() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer(io)).context("--ca ./ca");
+        assert_eq!(one_line(&e), "--ca ./ca: outer: disk on fire");
+        let e = anyhow::anyhow!("first\nsecond").context("ctx");
+        assert_eq!(one_line(&e), "ctx: first second");
     }
 }

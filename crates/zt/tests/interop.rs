@@ -7,23 +7,55 @@ use std::process::{Command, Output};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn zt(dir: &Path, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
-    let output = Command::new(env!("CARGO_BIN_EXE_zt")).args(args).current_dir(dir).output()?;
-    assert!(output.status.success(), "zt {args:?}: {}", zt_testkit::describe(&output));
+    let output = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "zt {args:?}: {}",
+        zt_testkit::describe(&output)
+    );
     Ok(output)
 }
 
 /// A CA, an SVID for spiffe://example.org/service-one and the PEM and JWKS bundles.
 fn issue_fixture(dir: &Path) -> TestResult {
-    zt(dir, &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"])?;
+    zt(
+        dir,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    )?;
     zt(
         dir,
         &[
-            "ca", "issue", "--ca", "ca", "--spiffe-id", "spiffe://example.org/service-one",
-            "--dns", "localhost", "--ip", "127.0.0.1", "--out", "svc",
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/service-one",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "svc",
         ],
     )?;
     zt(dir, &["ca", "bundle", "--ca", "ca", "--out", "bundle.pem"])?;
-    zt(dir, &["ca", "bundle", "--ca", "ca", "--format", "jwks", "--out", "bundle.jwks"])?;
+    zt(
+        dir,
+        &[
+            "ca",
+            "bundle",
+            "--ca",
+            "ca",
+            "--format",
+            "jwks",
+            "--out",
+            "bundle.jwks",
+        ],
+    )?;
     Ok(())
 }
 
@@ -39,12 +71,22 @@ fn openssl_verifies_svids_for_client_and_server_use() -> TestResult {
             .args(["verify", "-CAfile", "bundle.pem", "-purpose", purpose, "svc.crt"])
             .current_dir(dir.path())
             .output()?;
-        assert!(output.status.success(), "{purpose}: {}", zt_testkit::describe(&output));
+        assert!(
+            output.status.success(),
+            "{purpose}: {}",
+            zt_testkit::describe(&output)
+        );
         assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "svc.crt: OK");
     }
     // And openssl refuses it against another CA of the same trust domain.
-    zt(dir.path(), &["ca", "init", "--trust-domain", "example.org", "--dir", "other"])?;
-    zt(dir.path(), &["ca", "bundle", "--ca", "other", "--out", "other.pem"])?;
+    zt(
+        dir.path(),
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "other"],
+    )?;
+    zt(
+        dir.path(),
+        &["ca", "bundle", "--ca", "other", "--out", "other.pem"],
+    )?;
     let output = Command::new(&openssl)
         .args(["verify", "-CAfile", "other.pem", "svc.crt"])
         .current_dir(dir.path())
@@ -98,7 +140,16 @@ fn python_cryptography_reads_svids_and_verifies_jwt_svids() -> TestResult {
     issue_fixture(dir.path())?;
     let token = zt(
         dir.path(),
-        &["ca", "issue-jwt", "--ca", "ca", "--spiffe-id", "spiffe://example.org/client", "--audience", "db"],
+        &[
+            "ca",
+            "issue-jwt",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/client",
+            "--audience",
+            "db",
+        ],
     )?;
     let token = String::from_utf8(token.stdout)?.trim().to_owned();
     let script = r#"
@@ -137,7 +188,12 @@ der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[3
 public.verify(der, (header_b64 + "." + claims_b64).encode(), ec.ECDSA(hashes.SHA256()))
 print("jwt", header["alg"], header["typ"], claims["sub"], claims["aud"], claims["exp"] - claims["iat"])
 "#;
-    let output = Command::new(python).arg("-c").arg(script).arg(&token).current_dir(dir.path()).output()?;
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&token)
+        .current_dir(dir.path())
+        .output()?;
     assert!(output.status.success(), "{}", zt_testkit::describe(&output));
     assert_eq!(
         String::from_utf8(output.stdout)?,

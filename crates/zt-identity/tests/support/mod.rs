@@ -1,4 +1,5 @@
-//! Certificate fixtures for the integration tests, built with rcgen.
+//! Fixtures shared by the integration tests: certificates built with rcgen, the
+//! validation time, and checks of error messages.
 //!
 //! A [`CertSpec`] describes one certificate; its constructors give the values of a
 //! valid X.509-SVID leaf or signing certificate, and each test changes only the
@@ -13,13 +14,17 @@ use rcgen::{
     IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::Value;
 use time::OffsetDateTime;
 
 /// The validation time of every test, unix seconds.
 pub const NOW: u64 = 1_800_000_000;
 
+/// Any failure of a test or of a fixture.
+pub type Error = Box<dyn std::error::Error>;
+
 /// What every test returns.
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type TestResult = Result<(), Error>;
 
 /// [`NOW`] as webpki wants it.
 pub fn now() -> UnixTime {
@@ -52,7 +57,10 @@ impl CertSpec {
             dns_sans: Vec::new(),
             is_ca: IsCa::ExplicitNoCa,
             key_usages: vec![KeyUsagePurpose::DigitalSignature],
-            extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            extended_key_usages: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             custom_extensions: Vec::new(),
             serial: vec![0x42, 0x01, 0x02, 0x03],
             not_before: NOW - 10,
@@ -76,12 +84,17 @@ impl CertSpec {
         }
     }
 
-    fn params(&self) -> Result<CertificateParams, Box<dyn std::error::Error>> {
+    fn params(&self) -> Result<CertificateParams, Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, self.common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.common_name);
         let uris = self.uri_sans.iter().map(|u| Ok(SanType::URI((*u).try_into()?)));
-        let dns = self.dns_sans.iter().map(|d| Ok(SanType::DnsName((*d).try_into()?)));
+        let dns = self
+            .dns_sans
+            .iter()
+            .map(|d| Ok(SanType::DnsName((*d).try_into()?)));
         params.subject_alt_names = uris.chain(dns).collect::<Result<_, rcgen::Error>>()?;
         params.is_ca = self.is_ca;
         params.key_usages = self.key_usages.clone();
@@ -94,7 +107,7 @@ impl CertSpec {
     }
 }
 
-fn datetime(unix: u64) -> Result<OffsetDateTime, Box<dyn std::error::Error>> {
+fn datetime(unix: u64) -> Result<OffsetDateTime, Error> {
     Ok(OffsetDateTime::from_unix_timestamp(i64::try_from(unix)?)?)
 }
 
@@ -105,13 +118,13 @@ pub struct Ca {
 }
 
 impl Ca {
-    /// A self-signed root CA for `spiffe://<trust_domain>`.
-    pub fn root(trust_domain_id: &'static str) -> Result<Self, Box<dyn std::error::Error>> {
-        Self::self_signed(CertSpec::ca(trust_domain_id, "root CA"))
+    /// A self-signed root CA whose SPIFFE ID, and common name, is `trust_domain_id`.
+    pub fn root(trust_domain_id: &'static str) -> Result<Self, Error> {
+        Self::self_signed(CertSpec::ca(trust_domain_id, trust_domain_id))
     }
 
     /// A self-signed certificate made from `spec`.
-    pub fn self_signed(spec: CertSpec) -> Result<Self, Box<dyn std::error::Error>> {
+    pub fn self_signed(spec: CertSpec) -> Result<Self, Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let params = spec.params()?;
         let cert = params.self_signed(&key)?.der().clone();
@@ -122,12 +135,12 @@ impl Ca {
     }
 
     /// A certificate made from `spec`, with a fresh key, signed by this CA.
-    pub fn sign(&self, spec: &CertSpec) -> Result<CertificateDer<'static>, Box<dyn std::error::Error>> {
+    pub fn sign(&self, spec: &CertSpec) -> Result<CertificateDer<'static>, Error> {
         Ok(self.sign_with_key(spec)?.0)
     }
 
     /// An intermediate made from `spec`, signed by this CA, that can sign in turn.
-    pub fn intermediate(&self, spec: CertSpec) -> Result<Self, Box<dyn std::error::Error>> {
+    pub fn intermediate(&self, spec: CertSpec) -> Result<Self, Error> {
         let (cert, key) = self.sign_with_key(&spec)?;
         Ok(Self {
             cert,
@@ -135,10 +148,7 @@ impl Ca {
         })
     }
 
-    fn sign_with_key(
-        &self,
-        spec: &CertSpec,
-    ) -> Result<(CertificateDer<'static>, KeyPair), Box<dyn std::error::Error>> {
+    fn sign_with_key(&self, spec: &CertSpec) -> Result<(CertificateDer<'static>, KeyPair), Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = spec.params()?.signed_by(&key, &self.issuer)?.der().clone();
         Ok((cert, key))
@@ -159,4 +169,18 @@ pub fn assert_error_style(error: &dyn std::error::Error) {
         starts_lowercase || is_acronym,
         "error message does not start lowercase: {text:?}"
     );
+}
+
+/// A JSON object with the members of `patch` set, or removed where `patch` has `null`.
+pub fn patched(mut base: Value, patch: Value) -> Value {
+    if let (Some(base), Value::Object(patch)) = (base.as_object_mut(), patch) {
+        for (name, value) in patch {
+            if value.is_null() {
+                base.remove(&name);
+            } else {
+                base.insert(name, value);
+            }
+        }
+    }
+    base
 }

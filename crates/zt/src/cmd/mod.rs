@@ -1,6 +1,7 @@
 //! One module per command group; each function returns the exit code or an error
 //! whose text names the file, flag or value at fault.
 
+pub mod bench;
 pub mod ca;
 pub mod id;
 pub mod svid;
@@ -9,8 +10,6 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use zt_identity::Bundle;
 
 use crate::BundleArgs;
@@ -26,16 +25,17 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads a whole input file, bounded, with the path in any error.
-pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+/// Reads a whole input file, bounded; errors name the flag (if any) and the path.
+pub fn read_input(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let name = format!("{flag} {}", path.display()).trim_start().to_owned();
+    let file = std::fs::File::open(path).with_context(|| name.clone())?;
     let mut bytes = Vec::new();
     file.take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| path.display().to_string())?;
+        .with_context(|| name.clone())?;
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        anyhow::bail!("{}: larger than {MAX_INPUT_BYTES} bytes", path.display());
+        anyhow::bail!("{name}: larger than {MAX_INPUT_BYTES} bytes");
     }
     Ok(bytes)
 }
@@ -45,17 +45,11 @@ pub fn load_bundle(args: &BundleArgs) -> anyhow::Result<Option<Bundle>> {
     let Some(path) = &args.bundle else {
         return Ok(None);
     };
-    let bytes = read_input(path)?;
+    let bytes = read_input("--bundle", path)?;
     let bundle = Bundle::parse(&bytes, args.trust_domain.clone())
         .with_context(|| format!("--bundle {}", path.display()))?;
     Ok(Some(bundle))
 }
 
 /// RFC 3339 UTC, e.g. `2026-11-22T13:00:00Z`.
-pub fn timestamp(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix} (unix)"))
-}
+pub use zt_ca::rfc3339 as timestamp;

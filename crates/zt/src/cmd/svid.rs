@@ -16,15 +16,15 @@ use crate::{Output, SvidInspect, SvidVerifyJwt};
 /// `zt svid inspect`.
 pub fn inspect(args: SvidInspect) -> anyhow::Result<ExitCode> {
     let file = args.file.display().to_string();
-    let chain =
-        x509::certificates_from_pem(&read_input(&args.file)?).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let chain = x509::certificates_from_pem(&read_input("", &args.file)?)
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     let leaf = chain.first().context("no certificate")?;
     let summary = x509::summarize(leaf).with_context(|| file.clone())?;
 
     let key_matches = match &args.key {
         None => None,
         Some(path) => {
-            let key = x509::private_key_from_pem(&read_input(path)?)
+            let key = x509::private_key_from_pem(&read_input("--key", path)?)
                 .map_err(|e| anyhow::anyhow!("--key {}: {e}", path.display()))?;
             let public = zt_ca::public_key_of(&key).with_context(|| format!("--key {}", path.display()))?;
             Some(public == x509::subject_public_key(leaf)?)
