@@ -137,6 +137,9 @@ pub enum X509SvidError {
     /// The serial is on the revocation list.
     #[error("certificate has been revoked")]
     Revoked,
+    /// A public key that cannot be written as a JWK (neither EC P-256/384/521 nor RSA).
+    #[error("unsupported public key: {0}")]
+    UnsupportedPublicKey(String),
     /// Any other RFC 5280 path validation failure.
     #[error("path validation failed: {0}")]
     PathValidation(String),
@@ -327,7 +330,7 @@ pub fn authority_trust_domain(der: &CertificateDer<'_>) -> Result<Option<TrustDo
 /// The public key of a certificate, as a JWK key.
 pub fn authority_public_key(der: &CertificateDer<'_>) -> Result<PublicKey, X509SvidError> {
     let cert = parse(der, 0)?;
-    PublicKey::from_spki(cert.public_key()).map_err(|e| X509SvidError::PathValidation(e.to_string()))
+    PublicKey::from_spki(cert.public_key()).map_err(|e| X509SvidError::UnsupportedPublicKey(e.to_string()))
 }
 
 /// The raw subjectPublicKey of a certificate: an uncompressed point for EC keys,

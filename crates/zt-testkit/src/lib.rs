@@ -1,5 +1,7 @@
 //! Test support shared by zt's crates. Only ever a dev-dependency.
 //!
+//! A one-shot TLS server that reports who connected, for handshake tests.
+//!
 //! Interop tests need tools no one here wrote: a Python with `cryptography`
 //! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv) and the
 //! `openssl` command. When one is missing the test says so loudly on stderr and
@@ -8,8 +10,15 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rustls::{ServerConnection, StreamOwned};
 
 /// Whether missing interop tools are a failure rather than a skip.
 fn interop_required() -> bool {
@@ -56,4 +65,32 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Accepts one connection on `listener` with `config`, reads the 6-byte `hello\n`
+/// and answers with the client's verified SPIFFE ID and a newline. The thread's
+/// result is `"<peer id> <protocol version>"`, or the handshake error's text.
+pub fn tls_serve_once(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+) -> thread::JoinHandle<Result<String, String>> {
+    thread::spawn(move || {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let (tcp, _) = listener.accept().map_err(|e| text(&e))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| text(&e))?;
+        let conn = ServerConnection::new(Arc::new(config)).map_err(|e| text(&e))?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        let mut hello = [0u8; 6];
+        tls.read_exact(&mut hello).map_err(|e| text(&e))?;
+        let id = zt_tls::peer_spiffe_id(&tls.conn)
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let version = format!("{:?}", tls.conn.protocol_version());
+        tls.write_all(format!("{id}\n").as_bytes())
+            .map_err(|e| text(&e))?;
+        tls.conn.send_close_notify();
+        tls.flush().map_err(|e| text(&e))?;
+        Ok(format!("{id} {version}"))
+    })
 }

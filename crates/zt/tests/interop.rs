@@ -1,8 +1,14 @@
 //! SVIDs and bundles from `zt ca` read and verified by tools no one here wrote:
-//! the `openssl` command and Python's `cryptography`.
+//! the `openssl` command, Python's `cryptography` and Python's `ssl`.
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use zt_identity::x509;
+use zt_identity::{Bundle, BundleSet};
+use zt_tls::{PeerMatcher, TlsVersions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -203,5 +209,79 @@ print("jwt", header["alg"], header["typ"], claims["sub"], claims["aud"], claims[
          eku True True\n\
          jwt ES256 JWT spiffe://example.org/client db 300\n"
     );
+    Ok(())
+}
+
+/// Python's `ssl` module (OpenSSL underneath) as a TLS 1.3 client with a client SVID
+/// from `zt ca issue`, against a rustls server presenting another `zt ca issue` SVID.
+/// Python verifies the server by CA file and host name; the server verifies the client
+/// as an X.509-SVID and answers with the SPIFFE ID it saw.
+#[test]
+fn python_ssl_client_handshakes_with_a_rustls_server() -> TestResult {
+    let Some(python) = zt_testkit::python("python_ssl_client_handshakes_with_a_rustls_server") else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    issue_fixture(dir.path())?;
+    zt(
+        dir.path(),
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/python-client",
+            "--out",
+            "client",
+        ],
+    )?;
+
+    let read = |name: &str| std::fs::read(dir.path().join(name));
+    let chain = x509::certificates_from_pem(&read("svc.crt")?)?;
+    let key = x509::private_key_from_pem(&read("svc.key")?)?;
+    let mut bundles = BundleSet::default();
+    bundles.insert(Bundle::parse(&read("bundle.pem")?, None)?);
+    let config = zt_tls::server_config(
+        chain,
+        key,
+        Arc::new(bundles),
+        PeerMatcher::Any,
+        TlsVersions::Tls13,
+    )?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let server = zt_testkit::tls_serve_once(listener, config);
+
+    let script = r#"
+import socket, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(cafile="bundle.pem")
+ctx.load_cert_chain(certfile="client.crt", keyfile="client.key")
+with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"hello\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = tls.recv(1024)
+            if not chunk:
+                break
+            answer += chunk
+        print(tls.version(), answer.decode().strip())
+"#;
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .current_dir(dir.path())
+        .output()?;
+    assert!(output.status.success(), "{}", zt_testkit::describe(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "TLSv1.3 spiffe://example.org/python-client"
+    );
+    let served = server.join().map_err(|_| "server thread panicked")??;
+    assert_eq!(served, "spiffe://example.org/python-client Some(TLSv1_3)");
     Ok(())
 }
