@@ -283,7 +283,7 @@ impl Authority {
 
     /// Issues an X.509-SVID with a fresh EC P-256 key.
     pub fn issue_x509_svid(&self, request: &SvidRequest, now: u64) -> Result<IssuedSvid, CaError> {
-        let not_after = self.check_lifetime(&request.spiffe_id, request.ttl, now)?;
+        let not_after = self.check_request(&request.spiffe_id, request.ttl, now)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -326,7 +326,7 @@ impl Authority {
         ttl: Duration,
         now: u64,
     ) -> Result<String, CaError> {
-        let exp = self.check_lifetime(spiffe_id, ttl, now)?;
+        let exp = self.check_request(spiffe_id, ttl, now)?;
         Ok(zt_identity::mint_jwt_svid(
             &self.jwt_signer,
             spiffe_id,
@@ -337,7 +337,7 @@ impl Authority {
     }
 
     /// Checks an SVID request against this CA and returns its notAfter.
-    fn check_lifetime(&self, id: &SpiffeId, ttl: Duration, now: u64) -> Result<u64, CaError> {
+    fn check_request(&self, id: &SpiffeId, ttl: Duration, now: u64) -> Result<u64, CaError> {
         if id.trust_domain() != &self.trust_domain {
             return Err(CaError::ForeignId {
                 id: id.clone(),

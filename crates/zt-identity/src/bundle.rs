@@ -202,12 +202,9 @@ impl Bundle {
         if bytes.len() > MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge { len: bytes.len() });
         }
-        let placeholder =
-            || TrustDomain::parse("unknown.invalid").map_err(|_| BundleError::UnknownTrustDomain);
-        let td = match &trust_domain {
-            Some(td) => td.clone(),
-            None => placeholder()?,
-        };
+        // Without a name, read under a provisional one and take the authorities' own;
+        // the provisional name never leaves this function.
+        let td = trust_domain.clone().unwrap_or_else(TrustDomain::provisional);
         let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         let mut bundle = if is_json {
             Self::parse_jwks(td, bytes)?

@@ -160,6 +160,12 @@ impl TrustDomain {
         })
     }
 
+    /// An empty name, for a bundle being read before its trust domain is known.
+    /// It must be replaced before the value is handed out.
+    pub(crate) fn provisional() -> Self {
+        Self { name: String::new() }
+    }
+
     /// The bare name, e.g. `example.org`.
     pub fn name(&self) -> &str {
         &self.name
