@@ -56,6 +56,22 @@ fn bundles(ca: &Authority) -> Result<Arc<BundleSet>, Box<dyn std::error::Error>>
     Ok(Arc::new(set))
 }
 
+/// Serves one connection with `svid`, accepting any client SVID of `ca`'s bundle.
+fn serve_once(svid: Svid, ca: &Authority) -> Result<(u16, ServerThread), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let config = server_config(
+        svid.chain,
+        svid.key,
+        bundles(ca)?,
+        PeerMatcher::Any,
+        TlsVersions::Tls13,
+    )?;
+    Ok((port, zt_testkit::tls_serve_once(listener, config)))
+}
+
+type ServerThread = std::thread::JoinHandle<Result<String, String>>;
+
 fn connect(port: u16, config: rustls::ClientConfig) -> Result<(String, String), Box<dyn std::error::Error>> {
     let tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -75,18 +91,7 @@ fn mutual_tls_between_rustls_peers() -> TestResult {
     let ca = authority("example.org")?;
     let server = issue(&ca, "spiffe://example.org/server")?;
     let client = issue(&ca, "spiffe://example.org/client")?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let handle = zt_testkit::tls_serve_once(
-        listener,
-        server_config(
-            server.chain,
-            server.key,
-            bundles(&ca)?,
-            PeerMatcher::Any,
-            TlsVersions::Tls13,
-        )?,
-    );
+    let (port, handle) = serve_once(server, &ca)?;
     let expect = PeerMatcher::OneOf(vec![SpiffeId::parse("spiffe://example.org/server")?]);
     let (answer, server_id) = connect(
         port,
@@ -117,18 +122,7 @@ fn client_from_another_ca_is_refused() -> TestResult {
     let impostor_ca = authority("example.org")?;
     let server = issue(&ca, "spiffe://example.org/server")?;
     let impostor = issue(&impostor_ca, "spiffe://example.org/client")?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let handle = zt_testkit::tls_serve_once(
-        listener,
-        server_config(
-            server.chain,
-            server.key,
-            bundles(&ca)?,
-            PeerMatcher::Any,
-            TlsVersions::Tls13,
-        )?,
-    );
+    let (port, handle) = serve_once(server, &ca)?;
     let client = client_config(
         impostor.chain,
         impostor.key,
@@ -151,18 +145,7 @@ fn server_with_unexpected_id_is_refused() -> TestResult {
     let ca = authority("example.org")?;
     let server = issue(&ca, "spiffe://example.org/not-the-database")?;
     let client = issue(&ca, "spiffe://example.org/client")?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let handle = zt_testkit::tls_serve_once(
-        listener,
-        server_config(
-            server.chain,
-            server.key,
-            bundles(&ca)?,
-            PeerMatcher::Any,
-            TlsVersions::Tls13,
-        )?,
-    );
+    let (port, handle) = serve_once(server, &ca)?;
     let expect = PeerMatcher::OneOf(vec![SpiffeId::parse("spiffe://example.org/database")?]);
     let err = connect(
         port,
