@@ -291,7 +291,7 @@ impl Authority {
         let mut sans = vec![SanType::URI(request.spiffe_id.to_string().try_into()?)];
         for dns in &request.dns_names {
             let invalid = || CaError::InvalidDnsName(dns.clone());
-            if !is_dns_name(dns) {
+            if !x509::is_dns_name(dns) {
                 return Err(invalid());
             }
             sans.push(SanType::DnsName(dns.clone().try_into().map_err(|_| invalid())?));
@@ -393,20 +393,6 @@ fn to_datetime(unix: u64) -> Result<OffsetDateTime, CaError> {
         .ok()
         .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
         .ok_or(CaError::TimeOutOfRange(unix))
-}
-
-/// A DNS SAN: dot-separated labels of letters, digits and hyphens (a leading `*.` allowed).
-fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
 }
 
 #[cfg(test)]
@@ -540,6 +526,7 @@ mod tests {
 
     #[test]
     fn dns_names() {
+        use x509::is_dns_name;
         for ok in ["localhost", "a.b-c.example", "*.example.org", "x1"] {
             assert!(is_dns_name(ok), "{ok}");
         }

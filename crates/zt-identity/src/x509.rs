@@ -383,6 +383,20 @@ pub fn to_pem(der: &CertificateDer<'_>) -> String {
     out
 }
 
+/// A DNS SAN: dot-separated labels of letters, digits and hyphens (a leading `*.` allowed).
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 /// Lowercase hex with `:` separators, as openssl prints serials.
 pub fn hex(bytes: &[u8]) -> String {
     bytes

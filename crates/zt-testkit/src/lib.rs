@@ -9,6 +9,7 @@
 //! test script and CI), where a missing tool fails the test instead.
 
 #![forbid(unsafe_code)]
+#![allow(clippy::panic, reason = "test support: a failed precondition fails the test")]
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
@@ -20,19 +21,15 @@ use std::time::Duration;
 
 use rustls::{ServerConnection, StreamOwned};
 
-/// Whether missing interop tools are a failure rather than a skip.
-fn interop_required() -> bool {
-    std::env::var("ZT_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing tool: a failure when interop is required, a loud skip otherwise.
-/// Returns `None` so callers can `let Some(x) = … else { return Ok(()) }`.
-fn missing<T>(test: &str, what: &str) -> Option<T> {
+/// Reports a missing tool: a failure when `required_by` is set to `1`, a loud skip
+/// otherwise. Returns `None` so callers can `let Some(x) = … else { return Ok(()) }`.
+fn missing<T>(test: &str, what: &str, required_by: &str) -> Option<T> {
+    let required = std::env::var(required_by).is_ok_and(|v| v == "1");
     assert!(
-        !interop_required(),
-        "{test}: {what} is required (ZT_REQUIRE_INTEROP=1) but missing"
+        !required,
+        "{test}: {what} is required ({required_by}=1) but missing"
     );
-    eprintln!("SKIPPED {test}: {what} is missing; run the test script to install it");
+    eprintln!("SKIPPED {test}: {what} is missing; run scripts/test to provide it");
     None
 }
 
@@ -40,7 +37,11 @@ fn missing<T>(test: &str, what: &str) -> Option<T> {
 pub fn python(test: &str) -> Option<PathBuf> {
     match std::env::var_os("ZT_TEST_PYTHON") {
         Some(path) if PathBuf::from(&path).exists() => Some(PathBuf::from(path)),
-        _ => missing(test, "ZT_TEST_PYTHON (a Python with cryptography)"),
+        _ => missing(
+            test,
+            "ZT_TEST_PYTHON (a Python with cryptography)",
+            "ZT_REQUIRE_INTEROP",
+        ),
     }
 }
 
@@ -53,7 +54,7 @@ pub fn openssl(test: &str) -> Option<PathBuf> {
     if found {
         Some(PathBuf::from("openssl"))
     } else {
-        missing(test, "the openssl command")
+        missing(test, "the openssl command", "ZT_REQUIRE_INTEROP")
     }
 }
 
@@ -93,4 +94,65 @@ pub fn tls_serve_once(
         tls.flush().map_err(|e| text(&e))?;
         Ok(format!("{id} {version}"))
     })
+}
+
+/// A fresh, empty PostgreSQL database for one test, on the server named by
+/// `ZT_TEST_POSTGRES_URL`; `None` (a loud skip, or a failure under
+/// `ZT_REQUIRE_POSTGRES=1`) when that is not set. Returns its URL.
+pub async fn postgres_database(test: &str) -> Option<String> {
+    use sqlx::Connection as _;
+    let Ok(base) = std::env::var("ZT_TEST_POSTGRES_URL") else {
+        return missing(
+            test,
+            "ZT_TEST_POSTGRES_URL (a PostgreSQL server)",
+            "ZT_REQUIRE_POSTGRES",
+        );
+    };
+    let name = format!("zt_test_{}_{}", std::process::id(), unique());
+    let mut admin = match sqlx::PgConnection::connect(&base).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("{test}: cannot connect to ZT_TEST_POSTGRES_URL {base}: {e}"),
+    };
+    drop_leftovers(&mut admin).await;
+    if let Err(e) = sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+    {
+        panic!("{test}: cannot create database {name}: {e}");
+    }
+    // Same server and credentials, the new database.
+    let (without_query, query) = base.split_once('?').map_or((base.as_str(), ""), |(a, b)| (a, b));
+    let server = without_query
+        .rsplit_once('/')
+        .map_or(without_query, |(server, _db)| server);
+    let suffix = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Some(format!("{server}/{name}{suffix}"))
+}
+
+/// Drops the databases of earlier test processes that have exited.
+async fn drop_leftovers(admin: &mut sqlx::PgConnection) {
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'zt_test_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for (name,) in names {
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
+
+/// A number unique within this process.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -1,0 +1,572 @@
+//! The control plane's datastore: registration entries, join tokens and a change
+//! feed, on SQLite (embedded default, WAL, synchronous commits) or PostgreSQL
+//! (several servers on one database, changes announced with LISTEN/NOTIFY).
+//!
+//! One SQL dialect serves both through sqlx's `Any` driver; only the schema's
+//! auto-increment type and the notification mechanism differ.
+
+#![forbid(unsafe_code)]
+
+pub mod model;
+
+mod migrate;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+use tokio::sync::watch;
+use zt_identity::SpiffeId;
+
+pub use migrate::LATEST as SCHEMA_VERSION;
+pub use model::{Entry, EntrySpec, ModelError, Selector};
+
+/// The PostgreSQL channel changes are announced on.
+const CHANNEL: &str = "zt_changes";
+
+/// Why a datastore operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database driver failed (connection, I/O, SQL).
+    #[error("datastore: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A datastore location that is neither a path nor a `postgres://` URL.
+    #[error("datastore {0:?}: expected a SQLite file path or a postgres:// URL")]
+    Location(String),
+    /// The database was written by a newer zt.
+    #[error("datastore schema version {found} is newer than this zt knows ({known})")]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Newest version known here.
+        known: i64,
+    },
+    /// An invalid entry.
+    #[error("{0}")]
+    Invalid(#[from] ModelError),
+    /// An entry with the same SPIFFE ID, parent and selectors exists.
+    #[error("an entry for {spiffe_id} under {parent_id} with these selectors already exists")]
+    AlreadyExists {
+        /// The entry's ID.
+        spiffe_id: SpiffeId,
+        /// Its parent.
+        parent_id: SpiffeId,
+    },
+    /// No entry with this ID.
+    #[error("entry {0:?} not found")]
+    NotFound(String),
+    /// An update based on an old revision: someone else changed the entry first.
+    #[error("entry {id:?} is at revision {current}, not {expected}: re-read it and retry")]
+    StaleRevision {
+        /// The entry.
+        id: String,
+        /// The revision the caller based its change on.
+        expected: u64,
+        /// The revision stored.
+        current: u64,
+    },
+    /// A join token that is unknown, used or expired.
+    #[error("join token is {0}")]
+    JoinToken(TokenProblem),
+    /// Stored data that no longer parses (hand-edited or corrupted).
+    #[error("stored {what} {key:?} is corrupt: {reason}")]
+    Corrupt {
+        /// What kind of record.
+        what: &'static str,
+        /// Its key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a join token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// Never issued here.
+    Unknown,
+    /// Already used once.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+impl std::fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenProblem::Unknown => "unknown",
+            TokenProblem::Used => "already used",
+            TokenProblem::Expired => "expired",
+        })
+    }
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    fn serial_type(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "INTEGER",
+            Backend::Postgres => "BIGSERIAL",
+        }
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Position in the feed; strictly increasing.
+    pub seq: u64,
+    /// What changed: `entry`, …
+    pub kind: String,
+    /// Which record: an entry ID, …
+    pub subject: String,
+    /// When, unix seconds.
+    pub at: u64,
+}
+
+/// What a join token, once consumed, grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// The agent ID fixed when the token was made, if any.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// A handle on the datastore; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    changed: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({:?})", self.backend)
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the datastore at `location` — a SQLite file path
+    /// (or `sqlite://path`) or a `postgres://` URL — and migrates its schema.
+    pub async fn open(location: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            (Backend::Postgres, location.to_owned())
+        } else {
+            let path = location.strip_prefix("sqlite://").unwrap_or(location);
+            if path.is_empty() || path.contains('?') {
+                return Err(StoreError::Location(location.to_owned()));
+            }
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers; FULL syncs every commit, so a
+                        // committed change survives power loss; wait, don't fail, on locks.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let mut conn = pool.acquire().await?;
+        migrate::run(&mut conn, backend).await?;
+        drop(conn);
+        let (changed, _) = watch::channel(());
+        let store = Self {
+            pool,
+            backend,
+            changed,
+        };
+        if backend == Backend::Postgres {
+            store.listen_for_changes(url).await?;
+        }
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Wakes whenever the change feed may have grown: after a local commit, and on
+    /// PostgreSQL after any server's commit (or a reconnect that may have missed one).
+    /// Read [`Store::changes_since`] to see what changed.
+    pub fn watch_changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Changes after `seq`, oldest first, at most `limit`.
+    pub async fn changes_since(&self, seq: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, kind, subject, at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(to_i64(seq))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    seq: to_u64(row.try_get("seq")?),
+                    kind: row.try_get("kind")?,
+                    subject: row.try_get("subject")?,
+                    at: to_u64(row.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest position of the change feed (0 if empty).
+    pub async fn latest_change(&self) -> Result<u64, StoreError> {
+        let (seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(seq))
+    }
+
+    /// Stores a new entry.
+    pub async fn create_entry(&self, spec: EntrySpec, now: u64) -> Result<Entry, StoreError> {
+        let spec = spec.normalize()?;
+        let entry = Entry {
+            id: random_id()?,
+            spec,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, spec, revision, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&entry.id)
+        .bind(entry.spec.spiffe_id.to_string())
+        .bind(entry.spec.parent_id.to_string())
+        .bind(entry.spec.selector_key())
+        .bind(spec_json(&entry.spec)?)
+        .bind(to_i64(entry.revision))
+        .bind(to_i64(now))
+        .bind(to_i64(now))
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(if is_unique_violation(&e) {
+                StoreError::AlreadyExists {
+                    spiffe_id: entry.spec.spiffe_id,
+                    parent_id: entry.spec.parent_id,
+                }
+            } else {
+                e.into()
+            });
+        }
+        self.record_change(&mut tx, "entry", &entry.id, now).await?;
+        tx.commit().await?;
+        self.changed.send_replace(());
+        Ok(entry)
+    }
+
+    /// The entry with this ID.
+    pub async fn entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        let row = sqlx::query("SELECT id, spec, revision, created_at, updated_at FROM entries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Entries, optionally only those with this SPIFFE ID or this parent, in creation order.
+    pub async fn list_entries(
+        &self,
+        spiffe_id: Option<&SpiffeId>,
+        parent_id: Option<&SpiffeId>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, spec, revision, created_at, updated_at FROM entries \
+             WHERE ($1 = '' OR spiffe_id = $1) AND ($2 = '' OR parent_id = $2) \
+             ORDER BY created_at, id",
+        )
+        .bind(spiffe_id.map(ToString::to_string).unwrap_or_default())
+        .bind(parent_id.map(ToString::to_string).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// How many entries there are.
+    pub async fn count_entries(&self) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM entries")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
+    }
+
+    /// Replaces the entry's spec, if it is still at `revision`: two writers that read
+    /// the same revision cannot both win, so no update is lost.
+    pub async fn update_entry(
+        &self,
+        id: &str,
+        revision: u64,
+        spec: EntrySpec,
+        now: u64,
+    ) -> Result<Entry, StoreError> {
+        let spec = spec.normalize()?;
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, spec = $4, \
+             revision = revision + 1, updated_at = $5 WHERE id = $6 AND revision = $7",
+        )
+        .bind(spec.spiffe_id.to_string())
+        .bind(spec.parent_id.to_string())
+        .bind(spec.selector_key())
+        .bind(spec_json(&spec)?)
+        .bind(to_i64(now))
+        .bind(id)
+        .bind(to_i64(revision))
+        .execute(&mut *tx)
+        .await;
+        let rows = match updated {
+            Ok(done) => done.rows_affected(),
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists {
+                    spiffe_id: spec.spiffe_id,
+                    parent_id: spec.parent_id,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows == 0 {
+            drop(tx);
+            return Err(match self.entry(id).await? {
+                None => StoreError::NotFound(id.to_owned()),
+                Some(current) => StoreError::StaleRevision {
+                    id: id.to_owned(),
+                    expected: revision,
+                    current: current.revision,
+                },
+            });
+        }
+        self.record_change(&mut tx, "entry", id, now).await?;
+        let row = sqlx::query("SELECT id, spec, revision, created_at, updated_at FROM entries WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let entry = entry_from_row(&row)?;
+        tx.commit().await?;
+        self.changed.send_replace(());
+        Ok(entry)
+    }
+
+    /// Deletes the entry and returns what it was.
+    pub async fn delete_entry(&self, id: &str, now: u64) -> Result<Entry, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT id, spec, revision, created_at, updated_at FROM entries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let entry = entry_from_row(&row)?;
+        sqlx::query("DELETE FROM entries WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.record_change(&mut tx, "entry", id, now).await?;
+        tx.commit().await?;
+        self.changed.send_replace(());
+        Ok(entry)
+    }
+
+    /// Makes a one-time join token valid for `ttl`; only its SHA-256 is stored.
+    pub async fn create_join_token(
+        &self,
+        spiffe_id: Option<&SpiffeId>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        let token = random_token()?;
+        sqlx::query("INSERT INTO join_tokens (token_sha256, spiffe_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(sha256_hex(&token))
+            .bind(spiffe_id.map(ToString::to_string))
+            .bind(to_i64(now.saturating_add(ttl.as_secs())))
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// Uses a join token: succeeds once, before expiry, atomically even across servers.
+    pub async fn consume_join_token(&self, token: &str, now: u64) -> Result<JoinGrant, StoreError> {
+        let hash = sha256_hex(token);
+        let used = sqlx::query(
+            "UPDATE join_tokens SET used_at = $1 WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(to_i64(now))
+        .bind(&hash)
+        .execute(&self.pool)
+        .await?;
+        let row =
+            sqlx::query("SELECT spiffe_id, expires_at, used_at FROM join_tokens WHERE token_sha256 = $1")
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Err(StoreError::JoinToken(TokenProblem::Unknown));
+        };
+        if used.rows_affected() == 0 {
+            let expired = to_u64(row.try_get("expires_at")?) <= now;
+            return Err(StoreError::JoinToken(if expired {
+                TokenProblem::Expired
+            } else {
+                TokenProblem::Used
+            }));
+        }
+        let spiffe_id: Option<String> = row.try_get("spiffe_id")?;
+        let spiffe_id = spiffe_id
+            .map(|text| {
+                SpiffeId::parse(&text).map_err(|e| StoreError::Corrupt {
+                    what: "join token",
+                    key: hash.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(JoinGrant { spiffe_id })
+    }
+
+    /// Appends to the change feed inside `tx`; on PostgreSQL the notification is
+    /// delivered to every listening server when `tx` commits.
+    async fn record_change(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        kind: &str,
+        subject: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO changes (kind, subject, at) VALUES ($1, $2, $3)")
+            .bind(kind)
+            .bind(subject)
+            .bind(to_i64(now))
+            .execute(&mut **tx)
+            .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the task that turns other servers' NOTIFYs into local wake-ups.
+    async fn listen_for_changes(&self, url: String) -> Result<(), StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+        listener.listen(CHANNEL).await?;
+        let changed = self.changed.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    // A notification, or a lost connection that will be re-established
+                    // on the next call and may have dropped some: either way, re-read.
+                    Ok(_) => {
+                        changed.send_replace(());
+                    }
+                    Err(_) => {
+                        changed.send_replace(());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                if changed.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    let spec: EntrySpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+        what: "entry",
+        key: id.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Entry {
+        id,
+        spec,
+        revision: to_u64(row.try_get("revision")?),
+        created_at: to_u64(row.try_get("created_at")?),
+        updated_at: to_u64(row.try_get("updated_at")?),
+    })
+}
+
+fn spec_json(spec: &EntrySpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+        what: "entry",
+        key: spec.spiffe_id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
+}
+
+/// Random 128-bit ID, hex.
+fn random_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Random 256-bit token, base64url.
+fn random_token() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| to_i64(d.as_secs()))
+        .unwrap_or(0)
+}
+
+/// Databases store signed 64-bit integers; our times and counters never reach 2^63.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
