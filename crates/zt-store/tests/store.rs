@@ -1,7 +1,11 @@
 //! The datastore's behaviour, run on a real SQLite file and on a real PostgreSQL
 //! server (`ZT_TEST_POSTGRES_URL`; skipped loudly when unset, required by scripts/test).
 
-#![allow(clippy::unwrap_used, clippy::panic, reason = "a test crate: panicking is how a test fails")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test crate: panicking is how a test fails"
+)]
 
 use std::time::{Duration, Instant};
 
