@@ -39,7 +39,167 @@ enum Command {
     /// Measure zt's hot paths on this machine (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the control plane: registration entries and join tokens, admin API, health and metrics.
+    Server(ServerArgs),
+    /// Registration entries (SPIRE's single-dash flags such as -spiffeID are accepted).
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Node agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
 }
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Trust domain this server is the authority of.
+    #[arg(long, value_parser = TrustDomain::parse)]
+    trust_domain: TrustDomain,
+    /// Data directory: admin socket, lock and (by default) the SQLite datastore.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Datastore: a postgres:// URL for several servers on one database (default: SQLite in the data dir).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Health (/healthz, /readyz) and metrics (/metrics) address.
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    http: std::net::SocketAddr,
+}
+
+/// The admin socket and the output format of admin commands.
+#[derive(Args)]
+struct AdminArgs {
+    /// The server's admin socket.
+    #[arg(long, env = "ZT_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum EntryCommand {
+    /// Create a registration entry.
+    Create(EntryCreate),
+    /// Show one entry (--entry-id) or those matching the filters.
+    Show(EntryShow),
+    /// Change some fields of an entry; refused if it changed since it was read.
+    Update(EntryUpdate),
+    /// Delete an entry.
+    Delete(EntryTarget),
+    /// Count the entries.
+    Count(AdminArgs),
+}
+
+/// Fields of an entry, for create and update.
+#[derive(Args)]
+struct EntryFields {
+    /// SPIFFE ID of the workload (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: Option<SpiffeId>,
+    /// SPIFFE ID of the agent or node alias it runs under (SPIRE: -parentID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    parent_id: Option<SpiffeId>,
+    /// Selector type:value, repeatable, e.g. k8s:ns:production (SPIRE: -selector).
+    #[arg(long = "selector", value_parser = zt_store::Selector::parse)]
+    selectors: Vec<zt_store::Selector>,
+    /// X.509-SVID lifetime (SPIRE: -x509SVIDTTL, seconds or e.g. 1h).
+    #[arg(long, value_parser = duration::parse)]
+    x509_ttl: Option<Duration>,
+    /// Same as --x509-ttl (SPIRE's older -ttl).
+    #[arg(long, value_parser = duration::parse, conflicts_with = "x509_ttl")]
+    ttl: Option<Duration>,
+    /// JWT-SVID lifetime (SPIRE: -jwtSVIDTTL).
+    #[arg(long, value_parser = duration::parse)]
+    jwt_ttl: Option<Duration>,
+    /// DNS name for the X.509-SVID, repeatable (SPIRE: -dns).
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+    /// SVIDs of this entry may use the admin API (SPIRE: -admin).
+    #[arg(long)]
+    admin: bool,
+    /// A node alias: agents matching the selectors are grouped under the SPIFFE ID (SPIRE: -node).
+    #[arg(long)]
+    node: bool,
+    /// Unix time after which the entry no longer issues (SPIRE: -entryExpiry).
+    #[arg(long)]
+    expires_at: Option<u64>,
+}
+
+#[derive(Args)]
+struct EntryCreate {
+    #[command(flatten)]
+    fields: EntryFields,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+struct EntryShow {
+    /// Only this entry (SPIRE: -entryID).
+    #[arg(long)]
+    entry_id: Option<String>,
+    /// Only entries with this SPIFFE ID.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: Option<SpiffeId>,
+    /// Only entries under this parent.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    parent_id: Option<SpiffeId>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+struct EntryUpdate {
+    /// The entry to change (SPIRE: -entryID).
+    #[arg(long)]
+    entry_id: String,
+    /// Refuse unless the entry is still at this revision (default: the one just read).
+    #[arg(long)]
+    revision: Option<u64>,
+    #[command(flatten)]
+    fields: EntryFields,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+struct EntryTarget {
+    /// The entry (SPIRE: -entryID).
+    #[arg(long)]
+    entry_id: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Join tokens for node attestation.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a one-time join token.
+    Create(TokenCreate),
+}
+
+#[derive(Args)]
+struct TokenCreate {
+    /// The agent ID the token grants.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: Option<SpiffeId>,
+    /// Validity of the token.
+    #[arg(long, default_value = "10m", value_parser = duration::parse)]
+    ttl: Duration,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Default data directory of `zt server`.
+const DEFAULT_DATA_DIR: &str = "zt-data";
+/// Default admin socket: the one in the default data directory.
+const DEFAULT_ADMIN_SOCKET: &str = "zt-data/admin.sock";
 
 #[derive(Subcommand)]
 enum BenchCommand {
@@ -203,7 +363,7 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(spire_flags(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             eprintln!("zt: a subcommand is required (see --help)");
@@ -231,6 +391,13 @@ fn main() -> ExitCode {
         Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
         Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),
+        Command::Server(args) => cmd::server::run(args),
+        Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
+        Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),
+        Command::Entry(EntryCommand::Update(args)) => cmd::entry::update(args),
+        Command::Entry(EntryCommand::Delete(args)) => cmd::entry::delete(args),
+        Command::Entry(EntryCommand::Count(args)) => cmd::entry::count(args),
+        Command::Agent(AgentCommand::Token(TokenCommand::Create(args))) => cmd::entry::create_token(args),
     };
     match result {
         Ok(code) => code,
@@ -239,6 +406,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SPIRE's flag names (Go style: one or two dashes, camelCase) and ours.
+const SPIRE_FLAGS: &[(&str, &str)] = &[
+    ("spiffeID", "--spiffe-id"),
+    ("parentID", "--parent-id"),
+    ("selector", "--selector"),
+    ("ttl", "--ttl"),
+    ("x509SVIDTTL", "--x509-ttl"),
+    ("jwtSVIDTTL", "--jwt-ttl"),
+    ("dns", "--dns"),
+    ("admin", "--admin"),
+    ("node", "--node"),
+    ("entryID", "--entry-id"),
+    ("entryExpiry", "--expires-at"),
+    ("socketPath", "--socket"),
+    ("output", "--output"),
+];
+
+/// Rewrites SPIRE-style flags (`-spiffeID X`, `-spiffeID=X`) of `zt entry` and
+/// `zt agent` to zt's, so that commands written for `spire-server` work as written.
+fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.collect();
+    let applies = matches!(args.get(1).and_then(|a| a.to_str()), Some("entry" | "agent"));
+    if !applies {
+        return args;
+    }
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            let bare = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
+            let Some(bare) = bare else { return arg };
+            let (name, value) = match bare.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (bare, None),
+            };
+            match SPIRE_FLAGS.iter().find(|(spire, _)| *spire == name) {
+                Some((_, ours)) => match value {
+                    Some(value) => format!("{ours}={value}").into(),
+                    None => (*ours).into(),
+                },
+                None => arg,
+            }
+        })
+        .collect()
 }
 
 /// An error and its causes on one line, `outer: inner: …`. Library errors often
@@ -266,6 +478,24 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer: {0}")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn spire_flags_become_ours() {
+        let args = |line: &str| line.split(' ').map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            spire_flags(args("zt entry create -spiffeID spiffe://td/a -parentID=spiffe://td/n -selector k8s:ns:x -ttl 3600 -node").into_iter()),
+            args("zt entry create --spiffe-id spiffe://td/a --parent-id=spiffe://td/n --selector k8s:ns:x --ttl 3600 --node")
+        );
+        // Our own flags, values that look like flags' names, and other commands stay as they are.
+        assert_eq!(
+            spire_flags(args("zt entry show --spiffe-id x").into_iter()),
+            args("zt entry show --spiffe-id x")
+        );
+        assert_eq!(
+            spire_flags(args("zt ca issue -ttl 1h").into_iter()),
+            args("zt ca issue -ttl 1h")
+        );
+    }
 
     #[test]
     fn one_line_skips_causes_already_quoted() {

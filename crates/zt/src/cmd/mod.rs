@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod ca;
+pub mod entry;
 pub mod id;
+pub mod server;
 pub mod svid;
 
 use std::path::Path;

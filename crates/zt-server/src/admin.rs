@@ -1,0 +1,246 @@
+//! The admin API: HTTP/1.1 + JSON on a Unix socket in the data directory. The
+//! socket's file permissions (0600, in a 0700 directory) are the access control,
+//! as with SPIRE's private socket.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use zt_identity::{SpiffeId, TrustDomain};
+use zt_store::{EntrySpec, Store, StoreError};
+
+use crate::api::{Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, UpdateEntry};
+use crate::metrics::Metrics;
+use crate::{ServerError, now};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Longest join token validity accepted: one day.
+const MAX_JOIN_TOKEN_TTL: u64 = 24 * 3600;
+
+/// What every admin handler needs.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub store: Store,
+    pub trust_domain: TrustDomain,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admin API's routes.
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/entries", post(create_entry).get(list_entries))
+        .route("/v1/entries/count", get(count_entries))
+        .route(
+            "/v1/entries/{id}",
+            get(show_entry).put(update_entry).delete(delete_entry),
+        )
+        .route("/v1/join-tokens", post(create_join_token))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+/// Binds the admin socket at `path` (replacing a stale one) with mode 0600.
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let io = |source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        // A socket left by a server that died; a live server would still hold it,
+        // which the caller checks with its data-dir lock before getting here.
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// An error answer: status and one line.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
+    let status = match &e {
+        StoreError::Invalid(_) | StoreError::JoinToken(_) => StatusCode::BAD_REQUEST,
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::AlreadyExists { .. } | StoreError::StaleRevision { .. } => StatusCode::CONFLICT,
+        StoreError::Database(_) => {
+            metrics.datastore_errors.inc();
+            tracing::error!(error = %e, "datastore error");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        StoreError::Location(_) | StoreError::SchemaTooNew { .. } | StoreError::Corrupt { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    ApiError(status, e.to_string())
+}
+
+/// Parses a JSON body, with serde's message (field, line, column) on failure.
+fn json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+fn parse_id(field: &str, value: &str) -> ApiResult<SpiffeId> {
+    SpiffeId::parse(value).map_err(|e| ApiError::bad_request(format!("{field} {value:?}: {e}")))
+}
+
+/// Entries are for this server's trust domain only.
+fn check_trust_domain(state: &AdminState, spec: &EntrySpec) -> ApiResult<()> {
+    if spec.spiffe_id.trust_domain() != &state.trust_domain {
+        return Err(ApiError::bad_request(format!(
+            "spiffe_id {}: not in this server's trust domain {}",
+            spec.spiffe_id, state.trust_domain
+        )));
+    }
+    Ok(())
+}
+
+async fn create_entry(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: EntrySpec = json(&body)?;
+    check_trust_domain(&state, &spec)?;
+    let entry = state
+        .store
+        .create_entry(spec, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", entry = %entry.id, spiffe_id = %entry.spec.spiffe_id, "entry created");
+    Ok((StatusCode::CREATED, axum::Json(entry)))
+}
+
+async fn list_entries(
+    State(state): State<AdminState>,
+    Query(filter): Query<EntryFilter>,
+) -> ApiResult<axum::Json<EntryList>> {
+    let spiffe_id = filter
+        .spiffe_id
+        .as_deref()
+        .map(|v| parse_id("spiffe_id", v))
+        .transpose()?;
+    let parent_id = filter
+        .parent_id
+        .as_deref()
+        .map(|v| parse_id("parent_id", v))
+        .transpose()?;
+    let entries = state
+        .store
+        .list_entries(spiffe_id.as_ref(), parent_id.as_ref())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(EntryList { entries }))
+}
+
+async fn count_entries(State(state): State<AdminState>) -> ApiResult<axum::Json<Count>> {
+    let count = state
+        .store
+        .count_entries()
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(Count { count }))
+}
+
+async fn show_entry(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    match state
+        .store
+        .entry(&id)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?
+    {
+        Some(entry) => Ok(axum::Json(entry)),
+        None => Err(store_error(&state.metrics, StoreError::NotFound(id))),
+    }
+}
+
+async fn update_entry(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let update: UpdateEntry = json(&body)?;
+    check_trust_domain(&state, &update.spec)?;
+    let entry = state
+        .store
+        .update_entry(&id, update.revision, update.spec, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", entry = %entry.id, revision = entry.revision, "entry updated");
+    Ok(axum::Json(entry))
+}
+
+async fn delete_entry(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let entry = state
+        .store
+        .delete_entry(&id, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", entry = %entry.id, "entry deleted");
+    Ok(axum::Json(entry))
+}
+
+async fn create_join_token(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: CreateJoinToken = json(&body)?;
+    if request.ttl_secs == 0 || request.ttl_secs > MAX_JOIN_TOKEN_TTL {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs {}: must be between 1 and {MAX_JOIN_TOKEN_TTL}",
+            request.ttl_secs
+        )));
+    }
+    let spiffe_id = request
+        .spiffe_id
+        .as_deref()
+        .map(|v| parse_id("spiffe_id", v))
+        .transpose()?;
+    if let Some(id) = &spiffe_id
+        && (id.trust_domain() != &state.trust_domain || id.is_root())
+    {
+        return Err(ApiError::bad_request(format!(
+            "spiffe_id {id}: an agent ID needs a path in trust domain {}",
+            state.trust_domain
+        )));
+    }
+    let now = now();
+    let token = state
+        .store
+        .create_join_token(spiffe_id.as_ref(), Duration::from_secs(request.ttl_secs), now)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    let agent = spiffe_id.map(|id| id.to_string()).unwrap_or_default();
+    tracing::info!(target: "zt::audit", agent, "join token created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(JoinToken {
+            token,
+            expires_at: now + request.ttl_secs,
+        }),
+    ))
+}

@@ -1,0 +1,62 @@
+//! The admin API's JSON documents, shared by the server and its client.
+
+use serde::{Deserialize, Serialize};
+use zt_store::{Entry, EntrySpec};
+
+/// `PUT /v1/entries/{id}`: the new spec, based on `revision`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateEntry {
+    /// The revision the change is based on; a stale one is refused (409).
+    pub revision: u64,
+    /// The entry as it should become.
+    #[serde(flatten)]
+    pub spec: EntrySpec,
+}
+
+/// `GET /v1/entries` query: optional filters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EntryFilter {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Only entries under this parent.
+    pub parent_id: Option<String>,
+}
+
+/// `GET /v1/entries` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryList {
+    /// The entries, in creation order.
+    pub entries: Vec<Entry>,
+}
+
+/// `GET /v1/entries/count` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Count {
+    /// How many.
+    pub count: u64,
+}
+
+/// `POST /v1/join-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateJoinToken {
+    /// The agent ID the token grants; without it, one is derived from the token.
+    pub spiffe_id: Option<String>,
+    /// Validity, seconds.
+    pub ttl_secs: u64,
+}
+
+/// `POST /v1/join-tokens` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// The one-time token; shown once, stored only as a hash.
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Every error answer: one line saying what is wrong.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The message.
+    pub error: String,
+}

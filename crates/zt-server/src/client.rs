@@ -1,0 +1,176 @@
+//! A client of the admin API over its Unix socket, for the CLI and tests.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+use zt_store::{Entry, EntrySpec};
+
+use crate::api::{Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, UpdateEntry};
+
+/// Largest answer read, in bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("{path}: {source} (is zt server running with this data directory?)")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// HTTP failed on the way.
+    #[error("admin API: {0}")]
+    Http(String),
+    /// The server refused the request; its message says why.
+    #[error("{message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's one-line reason.
+        message: String,
+    },
+}
+
+/// An admin API client bound to one socket.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    socket: PathBuf,
+}
+
+impl AdminClient {
+    /// A client for the server listening on `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self {
+            socket: socket.as_ref().to_owned(),
+        }
+    }
+
+    /// `POST /v1/entries`.
+    pub async fn create_entry(&self, spec: &EntrySpec) -> Result<Entry, ClientError> {
+        self.call(Method::POST, "/v1/entries", Some(spec)).await
+    }
+
+    /// `GET /v1/entries/{id}`.
+    pub async fn entry(&self, id: &str) -> Result<Entry, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/entries/{}", encode(id)), None)
+            .await
+    }
+
+    /// `GET /v1/entries`, filtered.
+    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(id) = &filter.spiffe_id {
+            query.push(format!("spiffe_id={}", encode(id)));
+        }
+        if let Some(id) = &filter.parent_id {
+            query.push(format!("parent_id={}", encode(id)));
+        }
+        let path = if query.is_empty() {
+            "/v1/entries".to_owned()
+        } else {
+            format!("/v1/entries?{}", query.join("&"))
+        };
+        let list: EntryList = self.call::<(), _>(Method::GET, &path, None).await?;
+        Ok(list.entries)
+    }
+
+    /// `PUT /v1/entries/{id}`.
+    pub async fn update_entry(&self, id: &str, update: &UpdateEntry) -> Result<Entry, ClientError> {
+        self.call(Method::PUT, &format!("/v1/entries/{}", encode(id)), Some(update))
+            .await
+    }
+
+    /// `DELETE /v1/entries/{id}`.
+    pub async fn delete_entry(&self, id: &str) -> Result<Entry, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/entries/{}", encode(id)), None)
+            .await
+    }
+
+    /// `GET /v1/entries/count`.
+    pub async fn count_entries(&self) -> Result<u64, ClientError> {
+        let count: Count = self.call::<(), _>(Method::GET, "/v1/entries/count", None).await?;
+        Ok(count.count)
+    }
+
+    /// `POST /v1/join-tokens`.
+    pub async fn create_join_token(&self, request: &CreateJoinToken) -> Result<JoinToken, ClientError> {
+        self.call(Method::POST, "/v1/join-tokens", Some(request)).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(&e))?;
+        tokio::spawn(connection);
+        let body = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body).map_err(|e| http(&e))?),
+            None => Bytes::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "zt-admin")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| http(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| http(&*e))?
+            .to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| http(&e));
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| describe(status, &bytes));
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+fn describe(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {text}")
+    }
+}
+
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved kept).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

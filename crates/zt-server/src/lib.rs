@@ -1,0 +1,163 @@
+//! `zt server`: the control plane. Holds registration entries and join tokens in
+//! the datastore and serves the admin API (Unix socket) and health and metrics
+//! (HTTP). Node attestation, the agent API, SVID signing, CA rotation and
+//! revocation come next (see ARCHITECTURE.md).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod metrics;
+
+mod admin;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zt_identity::TrustDomain;
+use zt_store::{Store, StoreError};
+
+pub use admin::MAX_REQUEST_BYTES;
+
+/// The admin socket's file name in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+/// The embedded datastore's file name in the data directory.
+pub const SQLITE_FILE: &str = "datastore.sqlite3";
+/// Held (flock) while a server uses the data directory.
+const LOCK_FILE: &str = "server.lock";
+
+/// How a server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the admin socket, the lock and the embedded datastore live.
+    pub data_dir: PathBuf,
+    /// A `postgres://` URL; `None` for SQLite in the data directory.
+    pub datastore: Option<String>,
+    /// The trust domain this server is the authority of.
+    pub trust_domain: TrustDomain,
+    /// Health and metrics endpoint.
+    pub http_addr: SocketAddr,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// I/O on a file or socket.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another server holds the data directory.
+    #[error("{0}: another zt server is using this data directory")]
+    Busy(PathBuf),
+    /// The HTTP listener could not bind.
+    #[error("--http {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The datastore.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let location = match &config.datastore {
+        Some(url) => url.clone(),
+        None => config.data_dir.join(SQLITE_FILE).to_string_lossy().into_owned(),
+    };
+    let store = Store::open(&location).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+
+    let socket_path = config.data_dir.join(ADMIN_SOCKET);
+    let admin_listener = admin::bind(&socket_path)?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        data_dir = %config.data_dir.display(),
+        datastore = ?store.backend(),
+        admin_socket = %socket_path.display(),
+        http = %config.http_addr,
+        "zt server started"
+    );
+
+    let admin = admin::router(admin::AdminState {
+        store: store.clone(),
+        trust_domain: config.trust_domain.clone(),
+        metrics: metrics.clone(),
+    });
+    let health = metrics::router(store, metrics);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(http_listener, health).with_graceful_shutdown(stopped(stop_rx));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (admin_result, http_result) = tokio::join!(admin_server, http_server);
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("zt server stopped");
+    admin_result.map_err(|source| ServerError::Io {
+        path: socket_path,
+        source,
+    })?;
+    http_result.map_err(|source| ServerError::Bind {
+        addr: config.http_addr,
+        source,
+    })
+}
+
+/// Creates the data directory (0700) and takes its lock for the life of the server.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ServerError::Io { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Busy(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,116 @@
+//! Prometheus metrics of the control plane, and the HTTP endpoints for health.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use zt_store::Store;
+
+/// Every metric of the server, registered under `zt_server_`.
+pub struct Metrics {
+    registry: Registry,
+    /// Registration entries, refreshed on each scrape.
+    pub entries: Gauge,
+    /// Datastore operations that failed.
+    pub datastore_errors: Counter,
+    /// X.509-SVIDs signed.
+    pub svids_signed: Counter,
+    /// Time to sign one SVID, seconds.
+    pub signing_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("zt_server");
+        let entries = Gauge::default();
+        let datastore_errors = Counter::default();
+        let svids_signed = Counter::default();
+        let signing_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        registry.register("entries", "Registration entries", entries.clone());
+        registry.register(
+            "datastore_errors",
+            "Datastore operations that failed",
+            datastore_errors.clone(),
+        );
+        registry.register("svids_signed", "X.509-SVIDs signed", svids_signed.clone());
+        registry.register(
+            "signing_seconds",
+            "Time to sign one X.509-SVID",
+            signing_seconds.clone(),
+        );
+        Self {
+            registry,
+            entries,
+            datastore_errors,
+            svids_signed,
+            signing_seconds,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+/// `/healthz` (the process answers), `/readyz` (the datastore answers) and `/metrics`.
+pub(crate) fn router(store: Store, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(scrape))
+        .with_state(HealthState { store, metrics })
+}
+
+async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
+    match state.store.count_entries().await {
+        Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => {
+            state.metrics.datastore_errors.inc();
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+        }
+    }
+}
+
+async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
+    match state.store.count_entries().await {
+        Ok(n) => {
+            state.metrics.entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Err(_) => {
+            state.metrics.datastore_errors.inc();
+        }
+    }
+    let mut text = String::new();
+    match encode(&mut text, &state.metrics.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "metrics encoding failed\n".to_owned(),
+        ),
+    }
+}

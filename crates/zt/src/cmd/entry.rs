@@ -1,0 +1,190 @@
+//! `zt entry` and `zt agent token`: registration through the admin API.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use zt_identity::SpiffeId;
+use zt_server::api::{CreateJoinToken, EntryFilter, UpdateEntry};
+use zt_server::client::AdminClient;
+use zt_store::{Entry, EntrySpec};
+
+use super::timestamp;
+use crate::{AdminArgs, EntryCreate, EntryFields, EntryShow, EntryTarget, EntryUpdate, Output, TokenCreate};
+
+/// Default X.509-SVID TTL of new entries, as the seeds require.
+const DEFAULT_X509_TTL: u64 = 3600;
+/// Default JWT-SVID TTL of new entries.
+const DEFAULT_JWT_TTL: u64 = 300;
+
+/// `zt entry create`.
+pub fn create(args: EntryCreate) -> anyhow::Result<ExitCode> {
+    let fields = args.fields;
+    let spiffe_id = fields.spiffe_id.clone().context("--spiffe-id is required")?;
+    let parent_id = match (&fields.parent_id, fields.node) {
+        (Some(parent), _) => parent.clone(),
+        // Node aliases hang off the server itself, as in SPIRE.
+        (None, true) => SpiffeId::from_parts(spiffe_id.trust_domain(), "/zt/server")?,
+        (None, false) => anyhow::bail!("--parent-id is required (or --node for a node alias entry)"),
+    };
+    let spec = EntrySpec {
+        spiffe_id,
+        parent_id,
+        selectors: fields.selectors.clone(),
+        x509_ttl: fields.x509_ttl().unwrap_or(DEFAULT_X509_TTL),
+        jwt_ttl: fields.jwt_ttl.map_or(DEFAULT_JWT_TTL, |d| d.as_secs()),
+        dns_names: fields.dns_names.clone(),
+        admin: fields.admin,
+        node: fields.node,
+        expires_at: fields.expires_at,
+    };
+    let entry = block_on(client(&args.admin).create_entry(&spec))?;
+    print_entries(&[entry], args.admin.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt entry show`.
+pub fn show(args: EntryShow) -> anyhow::Result<ExitCode> {
+    let client = client(&args.admin);
+    let entries = match &args.entry_id {
+        Some(id) => vec![block_on(client.entry(id))?],
+        None => block_on(client.list_entries(&EntryFilter {
+            spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
+            parent_id: args.parent_id.as_ref().map(ToString::to_string),
+        }))?,
+    };
+    print_entries(&entries, args.admin.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt entry update`: changes the given fields, keeps the rest, and refuses if the
+/// entry changed since it was read (no lost update).
+pub fn update(args: EntryUpdate) -> anyhow::Result<ExitCode> {
+    let client = client(&args.admin);
+    let current = block_on(client.entry(&args.entry_id))?;
+    let fields = args.fields;
+    let mut spec = current.spec.clone();
+    if let Some(id) = fields.spiffe_id.clone() {
+        spec.spiffe_id = id;
+    }
+    if let Some(id) = fields.parent_id.clone() {
+        spec.parent_id = id;
+    }
+    if !fields.selectors.is_empty() {
+        spec.selectors = fields.selectors.clone();
+    }
+    if let Some(ttl) = fields.x509_ttl() {
+        spec.x509_ttl = ttl;
+    }
+    if let Some(ttl) = fields.jwt_ttl {
+        spec.jwt_ttl = ttl.as_secs();
+    }
+    if !fields.dns_names.is_empty() {
+        spec.dns_names = fields.dns_names.clone();
+    }
+    spec.admin |= fields.admin;
+    spec.node |= fields.node;
+    if fields.expires_at.is_some() {
+        spec.expires_at = fields.expires_at;
+    }
+    let revision = args.revision.unwrap_or(current.revision);
+    let entry = block_on(client.update_entry(&args.entry_id, &UpdateEntry { revision, spec }))?;
+    print_entries(&[entry], args.admin.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt entry delete`.
+pub fn delete(args: EntryTarget) -> anyhow::Result<ExitCode> {
+    let entry = block_on(client(&args.admin).delete_entry(&args.entry_id))?;
+    match args.admin.output {
+        Output::Json => print_entries(&[entry], Output::Json),
+        Output::Text => println!("deleted entry {} ({})", entry.id, entry.spec.spiffe_id),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt entry count`.
+pub fn count(admin: AdminArgs) -> anyhow::Result<ExitCode> {
+    let count = block_on(client(&admin).count_entries())?;
+    match admin.output {
+        Output::Json => println!("{}", serde_json::json!({ "count": count })),
+        Output::Text => println!("{count} registration entries"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt agent token create`.
+pub fn create_token(args: TokenCreate) -> anyhow::Result<ExitCode> {
+    let request = CreateJoinToken {
+        spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
+        ttl_secs: args.ttl.as_secs(),
+    };
+    let token = block_on(client(&args.admin).create_join_token(&request))?;
+    match args.admin.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&token)?),
+        Output::Text => {
+            println!("Token: {}", token.token);
+            println!("Expires: {}", timestamp(token.expires_at));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl EntryFields {
+    /// `--x509-ttl`, or SPIRE's older `-ttl`.
+    fn x509_ttl(&self) -> Option<u64> {
+        self.x509_ttl.or(self.ttl).map(|d| d.as_secs())
+    }
+}
+
+fn client(admin: &AdminArgs) -> AdminClient {
+    AdminClient::new(&admin.socket)
+}
+
+/// Runs one admin call on a small runtime of its own.
+fn block_on<T>(
+    call: impl std::future::Future<Output = Result<T, zt_server::client::ClientError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(call)?)
+}
+
+fn print_entries(entries: &[Entry], output: Output) {
+    if output == Output::Json {
+        let doc = serde_json::json!({ "entries": entries });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    if entries.is_empty() {
+        println!("no entries");
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let spec = &entry.spec;
+        println!("Entry ID         : {}", entry.id);
+        println!("SPIFFE ID        : {}", spec.spiffe_id);
+        println!("Parent ID        : {}", spec.parent_id);
+        println!("Revision         : {}", entry.revision);
+        println!("X509-SVID TTL    : {}", spec.x509_ttl);
+        println!("JWT-SVID TTL     : {}", spec.jwt_ttl);
+        for selector in &spec.selectors {
+            println!("Selector         : {selector}");
+        }
+        for dns in &spec.dns_names {
+            println!("DNS name         : {dns}");
+        }
+        if spec.admin {
+            println!("Admin            : true");
+        }
+        if spec.node {
+            println!("Node alias       : true");
+        }
+        if let Some(at) = spec.expires_at {
+            println!("Expires at       : {}", timestamp(at));
+        }
+    }
+}
