@@ -77,6 +77,14 @@ pub enum CaError {
     /// Key generation, parsing or signing failed in rcgen.
     #[error("{0}")]
     Certificate(#[from] rcgen::Error),
+    /// A PEM document that is not what it should be.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which document.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A time that X.509 cannot encode.
     #[error("time {0} (unix) is out of range")]
     TimeOutOfRange(u64),
@@ -243,6 +251,20 @@ impl Authority {
         })
     }
 
+    /// Assembles an authority from PEM: the CA certificate, its PKCS#8 key and the JWT key.
+    pub fn from_pem(ca_cert_pem: &str, ca_key_pem: &str, jwt_key_pem: &str) -> Result<Self, CaError> {
+        let pem = |what| move |reason| CaError::Pem { what, reason };
+        let cert = single_certificate(ca_cert_pem.as_bytes()).map_err(pem("CA certificate"))?;
+        let key = key_pair_from_pem(ca_key_pem.as_bytes()).map_err(pem("CA key"))?;
+        let jwt_key = key_pair_from_pem(jwt_key_pem.as_bytes()).map_err(pem("JWT key"))?;
+        Self::from_parts(cert, key, jwt_key)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn certificate_pem(&self) -> String {
+        x509::to_pem(&self.certificate)
+    }
+
     /// The trust domain this CA issues for.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
@@ -372,6 +394,22 @@ pub fn rfc3339(unix: u64) -> String {
         .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("{unix} (unix)"))
+}
+
+/// The one certificate of a PEM document.
+pub fn single_certificate(pem: &[u8]) -> Result<CertificateDer<'static>, String> {
+    let certs = x509::certificates_from_pem(pem)?;
+    let count = certs.len();
+    <[_; 1]>::try_from(certs)
+        .map(|[cert]| cert)
+        .map_err(|_| format!("expected one certificate, found {count}"))
+}
+
+/// A private key (PKCS#8, SEC1 or PKCS#1 PEM) that can sign.
+pub fn key_pair_from_pem(pem: &[u8]) -> Result<KeyPair, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_owned())?;
+    x509::private_key_from_pem(pem)?;
+    KeyPair::from_pem(text).map_err(|e| format!("unusable private key: {e}"))
 }
 
 /// The raw public key of a private key, comparable with

@@ -96,13 +96,9 @@ pub fn save(dir: &Path, authority: &Authority, force: bool) -> Result<(), StoreE
 /// Loads the CA kept in `dir`.
 pub fn load(dir: &Path) -> Result<Authority, StoreError> {
     let cert_path = dir.join(CA_CERT_FILE);
-    let certs = x509::certificates_from_pem(&read(&cert_path)?).map_err(|reason| StoreError::Malformed {
+    let cert = crate::single_certificate(&read(&cert_path)?).map_err(|reason| StoreError::Malformed {
         path: cert_path.clone(),
         reason,
-    })?;
-    let [cert] = <[_; 1]>::try_from(certs).map_err(|certs| StoreError::Malformed {
-        path: cert_path.clone(),
-        reason: format!("expected one certificate, found {}", certs.len()),
     })?;
     let key = load_key(&dir.join(CA_KEY_FILE))?;
     let jwt_key = load_key(&dir.join(JWT_KEY_FILE))?;
@@ -181,14 +177,10 @@ fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
 }
 
 fn load_key(path: &Path) -> Result<KeyPair, StoreError> {
-    let pem = read(path)?;
-    let malformed = |reason: String| StoreError::Malformed {
+    crate::key_pair_from_pem(&read(path)?).map_err(|reason| StoreError::Malformed {
         path: path.to_owned(),
         reason,
-    };
-    let text = std::str::from_utf8(&pem).map_err(|_| malformed("not PEM text".into()))?;
-    x509::private_key_from_pem(&pem).map_err(malformed)?;
-    KeyPair::from_pem(text).map_err(|e| malformed(format!("unusable private key: {e}")))
+    })
 }
 
 #[cfg(test)]

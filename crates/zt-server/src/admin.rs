@@ -18,7 +18,11 @@ use tokio::net::UnixListener;
 use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{EntrySpec, Store, StoreError};
 
-use crate::api::{Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, UpdateEntry};
+use crate::api::{
+    BundleFormat, BundleQuery, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Rotated,
+    UpdateEntry,
+};
+use crate::authority::{AuthorityError, AuthorityManager};
 use crate::metrics::Metrics;
 use crate::{ServerError, now};
 
@@ -34,6 +38,7 @@ pub(crate) struct AdminState {
     pub store: Store,
     pub trust_domain: TrustDomain,
     pub metrics: Arc<Metrics>,
+    pub authorities: Arc<AuthorityManager>,
 }
 
 /// The admin API's routes.
@@ -46,6 +51,8 @@ pub(crate) fn router(state: AdminState) -> Router {
             get(show_entry).put(update_entry).delete(delete_entry),
         )
         .route("/v1/join-tokens", post(create_join_token))
+        .route("/v1/bundle", get(show_bundle))
+        .route("/v1/ca/rotate", post(rotate_ca))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
@@ -243,4 +250,39 @@ async fn create_join_token(State(state): State<AdminState>, body: Bytes) -> ApiR
             expires_at: now + request.ttl_secs,
         }),
     ))
+}
+
+async fn show_bundle(
+    State(state): State<AdminState>,
+    Query(query): Query<BundleQuery>,
+) -> ApiResult<Response> {
+    let bundle = &state.authorities.current().bundle;
+    match query.format.unwrap_or_default() {
+        BundleFormat::Pem => Ok(bundle.to_pem().into_response()),
+        BundleFormat::Jwks => {
+            let jwks = bundle
+                .to_jwks()
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                jwks + "\n",
+            )
+                .into_response())
+        }
+    }
+}
+
+async fn rotate_ca(State(state): State<AdminState>) -> ApiResult<axum::Json<Rotated>> {
+    state.authorities.rotate_now().await.map_err(|e| match e {
+        AuthorityError::Store(e) => store_error(&state.metrics, e),
+        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+    let current = state.authorities.current();
+    let summary = zt_identity::x509::summarize(current.active.certificate())
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(Rotated {
+        serial: zt_identity::x509::hex(&summary.serial),
+        not_after: summary.not_after,
+        authorities: current.bundle.x509_authorities().len(),
+    }))
 }

@@ -60,3 +60,32 @@ pub struct ErrorBody {
     /// The message.
     pub error: String,
 }
+
+/// `GET /v1/bundle` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BundleQuery {
+    /// `pem` (default) or `jwks`.
+    pub format: Option<BundleFormat>,
+}
+
+/// Formats of the trust bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleFormat {
+    /// The X.509 authorities as PEM.
+    #[default]
+    Pem,
+    /// The SPIFFE bundle (JWK Set), with the JWT keys.
+    Jwks,
+}
+
+/// `POST /v1/ca/rotate` answer: the authority now signing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Serial of the active CA certificate.
+    pub serial: String,
+    /// Its notAfter, unix seconds.
+    pub not_after: u64,
+    /// How many authorities the bundle holds now.
+    pub authorities: usize,
+}

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use zt_store::{Entry, EntrySpec};
 
-use crate::api::{Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, UpdateEntry};
+use crate::api::{
+    BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Rotated, UpdateEntry,
+};
 
 /// Largest answer read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -106,12 +108,40 @@ impl AdminClient {
         self.call(Method::POST, "/v1/join-tokens", Some(request)).await
     }
 
+    /// `GET /v1/bundle`: the trust bundle as text (PEM or JWKS).
+    pub async fn bundle(&self, format: BundleFormat) -> Result<String, ClientError> {
+        let format = match format {
+            BundleFormat::Pem => "pem",
+            BundleFormat::Jwks => "jwks",
+        };
+        let bytes = self
+            .send::<()>(Method::GET, &format!("/v1/bundle?format={format}"), None)
+            .await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// `POST /v1/ca/rotate`.
+    pub async fn rotate_ca(&self) -> Result<Rotated, ClientError> {
+        self.call::<(), _>(Method::POST, "/v1/ca/rotate", None).await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// Sends one request; a non-2xx answer becomes [`ClientError::Refused`] with its message.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Bytes, ClientError> {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let stream = UnixStream::connect(&self.socket)
             .await
@@ -142,7 +172,7 @@ impl AdminClient {
             .map_err(|e| http(&*e))?
             .to_bytes();
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| http(&e));
+            return Ok(bytes);
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authority;
 pub mod client;
 pub mod metrics;
 
@@ -41,6 +42,10 @@ pub struct ServerConfig {
     pub trust_domain: TrustDomain,
     /// Health and metrics endpoint.
     pub http_addr: SocketAddr,
+    /// Lifetime of each signing authority (CA certificate and JWT key).
+    pub ca_ttl: std::time::Duration,
+    /// Key algorithm of new signing authorities.
+    pub ca_key_type: zt_ca::KeyType,
 }
 
 /// Why the server could not start or stopped.
@@ -68,6 +73,9 @@ pub enum ServerError {
     /// The datastore.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The signing authorities.
+    #[error("{0}")]
+    Authority(#[from] authority::AuthorityError),
 }
 
 /// Runs the server until `shutdown` completes.
@@ -82,6 +90,13 @@ pub async fn run(
     };
     let store = Store::open(&location).await?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let authorities = authority::AuthorityManager::start(
+        store.clone(),
+        config.trust_domain.clone(),
+        config.ca_ttl,
+        config.ca_key_type,
+    )
+    .await?;
 
     let socket_path = config.data_dir.join(ADMIN_SOCKET);
     let admin_listener = admin::bind(&socket_path)?;
@@ -97,6 +112,7 @@ pub async fn run(
         datastore = ?store.backend(),
         admin_socket = %socket_path.display(),
         http = %config.http_addr,
+        ca_ttl_secs = config.ca_ttl.as_secs(),
         "zt server started"
     );
 
@@ -104,12 +120,14 @@ pub async fn run(
         store: store.clone(),
         trust_domain: config.trust_domain.clone(),
         metrics: metrics.clone(),
+        authorities: authorities.clone(),
     });
     let health = metrics::router(store, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    tokio::spawn(authorities.run(stop_rx.clone()));
     let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx.clone()));
     let http_server = axum::serve(http_listener, health).with_graceful_shutdown(stopped(stop_rx));
     tokio::spawn(async move {

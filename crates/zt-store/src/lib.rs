@@ -9,6 +9,7 @@
 
 pub mod model;
 
+mod authorities;
 mod migrate;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, Row as _};
 use tokio::sync::watch;
 use zt_identity::SpiffeId;
 
+pub use authorities::StoredAuthority;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
 
@@ -211,6 +213,15 @@ impl Store {
         self.backend
     }
 
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Wakes this process's watchers after a commit.
+    pub(crate) fn notify_local(&self) {
+        self.changed.send_replace(());
+    }
+
     /// Wakes whenever the change feed may have grown: after a local commit, and on
     /// PostgreSQL after any server's commit (or a reconnect that may have missed one).
     /// Read [`Store::changes_since`] to see what changed.
@@ -283,7 +294,7 @@ impl Store {
         }
         self.record_change(&mut tx, "entry", &entry.id, now).await?;
         tx.commit().await?;
-        self.changed.send_replace(());
+        self.notify_local();
         Ok(entry)
     }
 
@@ -374,7 +385,7 @@ impl Store {
             .await?;
         let entry = entry_from_row(&row)?;
         tx.commit().await?;
-        self.changed.send_replace(());
+        self.notify_local();
         Ok(entry)
     }
 
@@ -393,7 +404,7 @@ impl Store {
             .await?;
         self.record_change(&mut tx, "entry", id, now).await?;
         tx.commit().await?;
-        self.changed.send_replace(());
+        self.notify_local();
         Ok(entry)
     }
 
@@ -455,7 +466,7 @@ impl Store {
 
     /// Appends to the change feed inside `tx`; on PostgreSQL the notification is
     /// delivered to every listening server when `tx` commits.
-    async fn record_change(
+    pub(crate) async fn record_change(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         kind: &str,
@@ -534,7 +545,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Random 128-bit ID, hex.
-fn random_id() -> Result<String, StoreError> {
+pub fn random_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
@@ -563,10 +574,10 @@ pub(crate) fn now_secs() -> i64 {
 }
 
 /// Databases store signed 64-bit integers; our times and counters never reach 2^63.
-fn to_i64(n: u64) -> i64 {
+pub(crate) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_u64(n: i64) -> u64 {
+pub(crate) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }

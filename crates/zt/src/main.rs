@@ -47,6 +47,24 @@ enum Command {
     /// Node agents.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The trust bundle of zt server.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Print the trust bundle: every authority not yet expired.
+    Show(BundleShow),
+}
+
+#[derive(Args)]
+struct BundleShow {
+    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT keys).
+    #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+    format: BundleFormat,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args)]
@@ -63,6 +81,12 @@ struct ServerArgs {
     /// Health (/healthz, /readyz) and metrics (/metrics) address.
     #[arg(long, default_value = "127.0.0.1:8181")]
     http: std::net::SocketAddr,
+    /// Lifetime of each signing authority; the next is prepared at 1/2 and activated at 5/6 of it.
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    ca_ttl: Duration,
+    /// Key algorithm of signing authorities: ec-p256, ec-p384 or rsa-2048.
+    #[arg(long, default_value = "ec-p256")]
+    ca_key_type: KeyType,
 }
 
 /// The admin socket and the output format of admin commands.
@@ -233,6 +257,8 @@ enum CaCommand {
     IssueJwt(CaIssueJwt),
     /// Print the CA's trust bundle.
     Bundle(CaBundle),
+    /// Ask zt server to rotate its signing authority now (the old one stays in the bundle until it expires).
+    Rotate(AdminArgs),
 }
 
 #[derive(Args)]
@@ -388,6 +414,8 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Issue(args)) => cmd::ca::issue(args),
         Command::Ca(CaCommand::IssueJwt(args)) => cmd::ca::issue_jwt(args),
         Command::Ca(CaCommand::Bundle(args)) => cmd::ca::bundle(args),
+        Command::Ca(CaCommand::Rotate(args)) => cmd::entry::rotate_ca(args),
+        Command::Bundle(BundleCommand::Show(args)) => cmd::entry::show_bundle(args),
         Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
         Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),

@@ -1,4 +1,5 @@
-//! `zt entry` and `zt agent token`: registration through the admin API.
+//! Commands that talk to `zt server` through its admin API: `zt entry`,
+//! `zt agent token`, `zt bundle show` and `zt ca rotate`.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,10 @@ use zt_server::client::AdminClient;
 use zt_store::{Entry, EntrySpec};
 
 use super::timestamp;
-use crate::{AdminArgs, EntryCreate, EntryFields, EntryShow, EntryTarget, EntryUpdate, Output, TokenCreate};
+use crate::{
+    AdminArgs, BundleFormat, BundleShow, EntryCreate, EntryFields, EntryShow, EntryTarget, EntryUpdate,
+    Output, TokenCreate,
+};
 
 /// Default X.509-SVID TTL of new entries, as the seeds require.
 const DEFAULT_X509_TTL: u64 = 3600;
@@ -125,6 +129,31 @@ pub fn create_token(args: TokenCreate) -> anyhow::Result<ExitCode> {
             println!("Token: {}", token.token);
             println!("Expires: {}", timestamp(token.expires_at));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt bundle show`.
+pub fn show_bundle(args: BundleShow) -> anyhow::Result<ExitCode> {
+    let format = match args.format {
+        BundleFormat::Pem => zt_server::api::BundleFormat::Pem,
+        BundleFormat::Jwks => zt_server::api::BundleFormat::Jwks,
+    };
+    print!("{}", block_on(client(&args.admin).bundle(format))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt ca rotate`.
+pub fn rotate_ca(admin: AdminArgs) -> anyhow::Result<ExitCode> {
+    let rotated = block_on(client(&admin).rotate_ca())?;
+    match admin.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rotated)?),
+        Output::Text => println!(
+            "rotated: now signing with CA {} (expires {}); {} authorities in the bundle",
+            rotated.serial,
+            timestamp(rotated.not_after),
+            rotated.authorities
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         datastore: args.datastore,
         trust_domain: args.trust_domain,
         http_addr: args.http,
+        ca_ttl: args.ca_ttl,
+        ca_key_type: args.ca_key_type,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
