@@ -85,6 +85,9 @@ pub enum CaError {
         /// What is wrong.
         reason: String,
     },
+    /// A certificate signing request that does not parse or whose signature does not verify.
+    #[error("certificate signing request: {0}")]
+    Csr(String),
     /// A time that X.509 cannot encode.
     #[error("time {0} (unix) is out of range")]
     TimeOutOfRange(u64),
@@ -162,6 +165,20 @@ pub struct SvidRequest {
     /// Lifetime from now.
     pub ttl: Duration,
 }
+
+/// An X.509-SVID signed for a key its holder keeps.
+#[derive(Debug, Clone)]
+pub struct SignedSvid {
+    /// Leaf first, then the chain up to (not including) the root of trust.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's serial number.
+    pub serial: Vec<u8>,
+    /// notAfter, unix seconds.
+    pub not_after: u64,
+}
+
+/// Largest certificate signing request accepted, in bytes.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// A freshly minted X.509-SVID with its private key.
 pub struct IssuedSvid {
@@ -305,8 +322,45 @@ impl Authority {
 
     /// Issues an X.509-SVID with a fresh EC P-256 key.
     pub fn issue_x509_svid(&self, request: &SvidRequest, now: u64) -> Result<IssuedSvid, CaError> {
-        let not_after = self.check_request(&request.spiffe_id, request.ttl, now)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let signed = self.sign_leaf(&key, request, now)?;
+        Ok(IssuedSvid {
+            chain: signed.chain,
+            private_key_pem: key.serialize_pem(),
+            serial: signed.serial,
+            not_after: signed.not_after,
+        })
+    }
+
+    /// Signs an X.509-SVID for the key of a PKCS#10 request (DER). The request's
+    /// signature must verify (proof of possession); its names are ignored: the
+    /// SVID carries only what `request` says.
+    pub fn sign_x509_svid_csr(
+        &self,
+        csr_der: &[u8],
+        request: &SvidRequest,
+        now: u64,
+    ) -> Result<SignedSvid, CaError> {
+        if csr_der.len() > MAX_CSR_BYTES {
+            return Err(CaError::Csr(format!(
+                "{} bytes, the limit is {MAX_CSR_BYTES}",
+                csr_der.len()
+            )));
+        }
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        self.sign_leaf(&csr.public_key, request, now)
+    }
+
+    /// The X.509-SVID profile: one URI SAN, `cA=false`, digitalSignature, server and client auth.
+    fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        request: &SvidRequest,
+        now: u64,
+    ) -> Result<SignedSvid, CaError> {
+        let not_after = self.check_request(&request.spiffe_id, request.ttl, now)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "zt");
@@ -331,10 +385,9 @@ impl Authority {
         params.serial_number = Some(serial.clone());
         params.not_before = to_datetime(now.saturating_sub(BACKDATE.as_secs()))?;
         params.not_after = to_datetime(not_after)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedSvid {
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        Ok(SignedSvid {
             chain: vec![cert.der().clone()],
-            private_key_pem: key.serialize_pem(),
             serial: serial.to_bytes(),
             not_after,
         })
@@ -549,6 +602,33 @@ mod tests {
         let verified = verify_jwt_svid(&token, &bundle, "spiffe://example.org/server", NOW + 1)?;
         assert_eq!(verified.spiffe_id(), &id);
         assert_eq!(verified.expiry(), NOW + 300);
+        Ok(())
+    }
+
+    #[test]
+    fn signs_csrs_for_the_requested_identity_only() -> Result<(), Box<dyn std::error::Error>> {
+        let ca = ca()?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        // The CSR asks for another name; the SVID carries the one the CA decided.
+        let csr = CertificateParams::new(vec!["evil.example".to_owned()])?.serialize_request(&key)?;
+        let request = request("spiffe://example.org/workload", DEFAULT_X509_SVID_TTL)?;
+        let signed = ca.sign_x509_svid_csr(csr.der(), &request, NOW)?;
+        let summary = x509::summarize(&signed.chain[0])?;
+        assert_eq!(summary.spiffe_id?.to_string(), "spiffe://example.org/workload");
+        assert_eq!(summary.dns_names, ["localhost"]);
+        assert_eq!(x509::subject_public_key(&signed.chain[0])?, key.public_key_raw());
+        // A tampered request fails its signature check.
+        let mut tampered = csr.der().to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(matches!(
+            ca.sign_x509_svid_csr(&tampered, &request, NOW),
+            Err(CaError::Csr(_))
+        ));
+        assert!(matches!(
+            ca.sign_x509_svid_csr(b"garbage", &request, NOW),
+            Err(CaError::Csr(_))
+        ));
         Ok(())
     }
 
