@@ -449,6 +449,16 @@ pub fn rfc3339(unix: u64) -> String {
         .unwrap_or_else(|| format!("{unix} (unix)"))
 }
 
+/// A fresh EC P-256 key (PKCS#8 PEM) and a PKCS#10 request for it (DER), as an
+/// agent sends to have an SVID signed: the request proves possession of the key.
+pub fn key_and_csr() -> Result<(String, Vec<u8>), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
 /// The one certificate of a PEM document.
 pub fn single_certificate(pem: &[u8]) -> Result<CertificateDer<'static>, String> {
     let certs = x509::certificates_from_pem(pem)?;

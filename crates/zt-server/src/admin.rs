@@ -93,7 +93,8 @@ type ApiResult<T> = Result<T, ApiError>;
 fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
     let status = match &e {
         StoreError::Invalid(_) | StoreError::JoinToken(_) => StatusCode::BAD_REQUEST,
-        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::NotFound(_) | StoreError::UnknownAgent(_) => StatusCode::NOT_FOUND,
+        StoreError::Banned(_) => StatusCode::FORBIDDEN,
         StoreError::AlreadyExists { .. } | StoreError::StaleRevision { .. } => StatusCode::CONFLICT,
         StoreError::Database(_) => {
             metrics.datastore_errors.inc();

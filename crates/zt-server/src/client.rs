@@ -22,7 +22,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("{path}: {source} (is zt server running with this data directory?)")]
+    #[error("{path}: cannot connect (is zt server running with this data directory?)")]
     Connect {
         /// The socket.
         path: PathBuf,

@@ -5,9 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_api;
+pub mod agent_tls;
 pub mod api;
 pub mod authority;
 pub mod client;
+pub mod entries;
 pub mod metrics;
 
 mod admin;
@@ -46,6 +49,10 @@ pub struct ServerConfig {
     pub ca_ttl: std::time::Duration,
     /// Key algorithm of new signing authorities.
     pub ca_key_type: zt_ca::KeyType,
+    /// Agent API (gRPC over TLS) address.
+    pub agent_addr: SocketAddr,
+    /// Lifetime of agent SVIDs.
+    pub agent_ttl: std::time::Duration,
 }
 
 /// Why the server could not start or stopped.
@@ -76,6 +83,12 @@ pub enum ServerError {
     /// The signing authorities.
     #[error("{0}")]
     Authority(#[from] authority::AuthorityError),
+    /// The agent API's TLS configuration.
+    #[error("agent API TLS: {0}")]
+    Tls(String),
+    /// The agent API server failed.
+    #[error("agent API: {0}")]
+    AgentApi(String),
 }
 
 /// Runs the server until `shutdown` completes.
@@ -98,6 +111,20 @@ pub async fn run(
     )
     .await?;
 
+    let cache = entries::EntryCache::load(store.clone()).await?;
+    let agent_tls = agent_tls::AgentTls::new(
+        authorities.clone(),
+        config.trust_domain.clone(),
+        config.agent_addr.ip(),
+    )
+    .map_err(ServerError::Tls)?;
+    let agent_listener = tokio::net::TcpListener::bind(config.agent_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.agent_addr,
+            source,
+        })?;
+
     let socket_path = config.data_dir.join(ADMIN_SOCKET);
     let admin_listener = admin::bind(&socket_path)?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -112,6 +139,8 @@ pub async fn run(
         datastore = ?store.backend(),
         admin_socket = %socket_path.display(),
         http = %config.http_addr,
+        agent_api = %config.agent_addr,
+        entries = cache.len(),
         ca_ttl_secs = config.ca_ttl.as_secs(),
         "zt server started"
     );
@@ -122,21 +151,39 @@ pub async fn run(
         metrics: metrics.clone(),
         authorities: authorities.clone(),
     });
-    let health = metrics::router(store, metrics);
+    let health = metrics::router(store.clone(), metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    tokio::spawn(authorities.run(stop_rx.clone()));
+    tokio::spawn(authorities.clone().run(stop_rx.clone()));
+    tokio::spawn(cache.clone().follow(stop_rx.clone()));
+    tokio::spawn(agent_tls.clone().maintain(stop_rx.clone()));
+    let api = agent_api::AgentApi {
+        store: store.clone(),
+        cache,
+        authorities: authorities.clone(),
+        metrics: metrics.clone(),
+        trust_domain: config.trust_domain.clone(),
+        agent_ttl: config.agent_ttl,
+    };
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(agent_tls.accept(agent_listener, stop_rx.clone()));
+    let agent_server = tonic::transport::Server::builder()
+        .add_service(
+            zt_api::agent::agent_server::AgentServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx.clone()));
     let http_server = axum::serve(http_listener, health).with_graceful_shutdown(stopped(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (admin_result, http_result) = tokio::join!(admin_server, http_server);
+    let (admin_result, http_result, agent_result) = tokio::join!(admin_server, http_server, agent_server);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("zt server stopped");
+    agent_result.map_err(|e| ServerError::AgentApi(e.to_string()))?;
     admin_result.map_err(|source| ServerError::Io {
         path: socket_path,
         source,

@@ -9,6 +9,7 @@
 
 pub mod model;
 
+mod agents;
 mod authorities;
 mod migrate;
 
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Row as _};
 use tokio::sync::watch;
 use zt_identity::SpiffeId;
 
+pub use agents::Agent;
 pub use authorities::StoredAuthority;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
@@ -72,6 +74,12 @@ pub enum StoreError {
     /// A join token that is unknown, used or expired.
     #[error("join token is {0}")]
     JoinToken(TokenProblem),
+    /// No agent with this ID (or not with this SVID).
+    #[error("agent {0} is not attested (evicted, or its SVID was replaced)")]
+    UnknownAgent(String),
+    /// A banned agent tried to attest.
+    #[error("agent {0} is banned")]
+    Banned(String),
     /// Stored data that no longer parses (hand-edited or corrupted).
     #[error("stored {what} {key:?} is corrupt: {reason}")]
     Corrupt {
@@ -558,6 +566,12 @@ fn random_token() -> Result<String, StoreError> {
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A short public name of a join token (the first 16 hex digits of its SHA-256),
+/// for agent IDs and logs; the token itself cannot be recovered from it.
+pub fn token_id(token: &str) -> String {
+    sha256_hex(token).chars().take(16).collect()
 }
 
 fn sha256_hex(text: &str) -> String {

@@ -10,13 +10,31 @@ use crate::{Backend, StoreError};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_authorities.sql")),
+    (3, include_str!("../migrations/0003_agents.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        // Several servers may start at once on a new database: one migrates while
+        // the others wait here, then find nothing left to do.
+        sqlx::query("SELECT pg_advisory_lock(7370001)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = migrate(conn, backend).await;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock(7370001)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
+}
+
+async fn migrate(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS zt_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
@@ -24,12 +42,6 @@ pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), Store
     .await?;
     for (version, sql) in MIGRATIONS {
         let mut tx = conn.begin().await?;
-        if backend == Backend::Postgres {
-            // Several servers may start at once: one migrates, the others wait and skip.
-            sqlx::query("SELECT pg_advisory_xact_lock(7370001)")
-                .execute(&mut *tx)
-                .await?;
-        }
         let applied: Option<(i64,)> = sqlx::query_as("SELECT version FROM zt_schema WHERE version = $1")
             .bind(version)
             .fetch_optional(&mut *tx)

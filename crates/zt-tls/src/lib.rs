@@ -85,26 +85,43 @@ impl fmt::Display for UnexpectedPeer {
 
 impl std::error::Error for UnexpectedPeer {}
 
-/// Verifies client certificates as X.509-SVIDs; client authentication is mandatory.
+/// Verifies client certificates as X.509-SVIDs; client authentication is mandatory
+/// unless built with [`SpiffeClientVerifier::optional`].
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     bundles: Arc<BundleSet>,
     peers: PeerMatcher,
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
-    /// A verifier that accepts clients whose SVID verifies against `bundles` and matches `peers`.
+    /// A verifier that requires clients whose SVID verifies against `bundles` and matches `peers`.
     pub fn new(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
         Self {
             bundles,
             peers,
             algorithms: provider().signature_verification_algorithms,
+            mandatory: true,
+        }
+    }
+
+    /// Like [`SpiffeClientVerifier::new`], but a client may also connect without a
+    /// certificate (a node agent before attestation); a certificate it does present
+    /// must verify. The server must then check per request who the peer is.
+    pub fn optional(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
+        Self {
+            mandatory: false,
+            ..Self::new(bundles, peers)
         }
     }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // SPIFFE peers present their one SVID; hints would only leak the bundle.
         &[]
@@ -228,6 +245,23 @@ pub fn server_config(
         .with_single_cert(chain, key)?)
 }
 
+/// Like [`server_config`], but clients may also connect without a certificate; one
+/// that is presented must verify. For servers that authenticate some calls otherwise
+/// (zt server's node attestation) and check the peer of every other call.
+pub fn server_config_client_optional(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    bundles: Arc<BundleSet>,
+    peers: PeerMatcher,
+    versions: TlsVersions,
+) -> Result<ServerConfig, TlsConfigError> {
+    let verifier = Arc::new(SpiffeClientVerifier::optional(bundles, peers));
+    Ok(ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(versions.versions())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?)
+}
+
 /// A client configuration presenting `chain`/`key` and requiring a server SVID that matches `peers`.
 pub fn client_config(
     chain: Vec<CertificateDer<'static>>,
@@ -242,6 +276,21 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?)
+}
+
+/// A client configuration with no certificate of its own, requiring a server SVID
+/// that matches `peers`: for a node agent before it has an SVID.
+pub fn client_config_anonymous(
+    bundles: Arc<BundleSet>,
+    peers: PeerMatcher,
+    versions: TlsVersions,
+) -> Result<ClientConfig, TlsConfigError> {
+    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, peers));
+    Ok(ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(versions.versions())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 /// The SPIFFE ID of the peer of a completed handshake on a connection built from

@@ -87,6 +87,12 @@ struct ServerArgs {
     /// Key algorithm of signing authorities: ec-p256, ec-p384 or rsa-2048.
     #[arg(long, default_value = "ec-p256")]
     ca_key_type: KeyType,
+    /// Agent API (gRPC over TLS 1.3) address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    agent_api: std::net::SocketAddr,
+    /// Lifetime of agent SVIDs.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    agent_ttl: Duration,
 }
 
 /// The admin socket and the output format of admin commands.

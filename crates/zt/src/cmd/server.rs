@@ -12,7 +12,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -24,6 +24,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         http_addr: args.http,
         ca_ttl: args.ca_ttl,
         ca_key_type: args.ca_key_type,
+        agent_addr: args.agent_api,
+        agent_ttl: args.agent_ttl,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

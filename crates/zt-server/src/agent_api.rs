@@ -1,0 +1,338 @@
+//! The agent API (`zt.agent.v1.Agent`, gRPC over TLS 1.3): node attestation with
+//! join tokens, agent SVID renewal, the sync stream, and SVID signing for the
+//! entries an agent is authorized for. Every refusal is audited.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use zt_api::agent::agent_server::Agent as AgentService;
+use zt_api::agent::{
+    AgentSvid, AttestJoinTokenRequest, Bundle as BundleMessage, Entry as EntryMessage, JwtSvid,
+    MintJwtSvidRequest, RenewAgentRequest, SignX509SvidRequest, SyncRequest, SyncResponse, X509Svid,
+};
+use zt_ca::SvidRequest;
+use zt_identity::{SpiffeId, TrustDomain};
+use zt_store::{Entry, Selector, Store, StoreError};
+
+use crate::agent_tls::PeerInfo;
+use crate::authority::AuthorityManager;
+use crate::entries::EntryCache;
+use crate::metrics::Metrics;
+use crate::now;
+
+/// The agent API's state.
+#[derive(Clone)]
+pub struct AgentApi {
+    pub(crate) store: Store,
+    pub(crate) cache: Arc<EntryCache>,
+    pub(crate) authorities: Arc<AuthorityManager>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) trust_domain: TrustDomain,
+    pub(crate) agent_ttl: Duration,
+}
+
+/// A caller proven to be a current agent.
+struct CallingAgent {
+    id: SpiffeId,
+    serial: String,
+    selectors: Vec<Selector>,
+}
+
+impl AgentApi {
+    /// The calling agent: it presented a verified SVID whose serial is the one on
+    /// record for an agent that is neither evicted nor banned.
+    async fn calling_agent<T>(&self, request: &Request<T>) -> Result<CallingAgent, Status> {
+        let peer = request.extensions().get::<PeerInfo>();
+        let Some((id, serial)) = peer.and_then(|p| p.spiffe_id.clone().zip(p.serial.clone())) else {
+            return Err(Status::unauthenticated(
+                "this call needs the agent's SVID as TLS client certificate",
+            ));
+        };
+        let agent = self
+            .store
+            .agent(&id.to_string())
+            .await
+            .map_err(|e| self.internal(e))?;
+        match agent {
+            Some(agent) if !agent.banned && agent.serial == serial => Ok(CallingAgent {
+                id,
+                serial,
+                selectors: agent.selectors,
+            }),
+            _ => {
+                tracing::warn!(target: "zt::audit", agent = %id, serial, "refused: not a current agent SVID");
+                Err(Status::permission_denied(format!(
+                    "{id} is not an attested agent with this SVID (evicted, banned or renewed since)"
+                )))
+            }
+        }
+    }
+
+    /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to the CA's.
+    fn sign(
+        &self,
+        csr: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        dns_names: &[String],
+    ) -> Result<X509Svid, Status> {
+        let started = Instant::now();
+        let authorities = self.authorities.current();
+        let now = now();
+        let remaining = authorities.active.not_after().saturating_sub(now);
+        let request = SvidRequest {
+            spiffe_id: spiffe_id.clone(),
+            dns_names: dns_names.to_vec(),
+            ip_addresses: Vec::new(),
+            ttl: ttl.min(Duration::from_secs(remaining)),
+        };
+        let signed = authorities
+            .active
+            .sign_x509_svid_csr(csr, &request, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.metrics.svids_signed.inc();
+        self.metrics
+            .signing_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(X509Svid {
+            spiffe_id: spiffe_id.to_string(),
+            cert_chain: signed.chain.iter().map(|c| c.to_vec()).collect(),
+            expires_at: i64::try_from(signed.not_after).unwrap_or(i64::MAX),
+        })
+    }
+
+    fn bundle_message(&self) -> Result<BundleMessage, Status> {
+        let authorities = self.authorities.current();
+        let jwks = authorities
+            .bundle
+            .to_jwks()
+            .map_err(|e| Status::internal(format!("bundle: {e}")))?;
+        Ok(BundleMessage {
+            trust_domain: self.trust_domain.to_string(),
+            jwks: jwks.into_bytes(),
+            sequence: authorities.bundle.sequence().unwrap_or(0),
+        })
+    }
+
+    /// The entry `id`, if `agent` may issue it; refusals are audited.
+    fn authorized_entry(&self, agent: &CallingAgent, id: &str) -> Result<Entry, Status> {
+        let entry = self.cache.get(id);
+        let allowed = entry.as_ref().is_some_and(|e| {
+            self.cache
+                .authorized_for(&agent.id, &agent.selectors)
+                .iter()
+                .any(|a| a.id == e.id)
+        });
+        match entry {
+            Some(entry) if allowed => Ok(entry),
+            _ => {
+                tracing::warn!(target: "zt::audit", agent = %agent.id, entry = id, "refused: agent not authorized for entry");
+                Err(Status::permission_denied(format!(
+                    "{} is not authorized for entry {id:?}",
+                    agent.id
+                )))
+            }
+        }
+    }
+
+    fn internal(&self, e: StoreError) -> Status {
+        if matches!(e, StoreError::Database(_)) {
+            self.metrics.datastore_errors.inc();
+        }
+        tracing::error!(error = %e, "agent API datastore error");
+        Status::unavailable(e.to_string())
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn attest_join_token(
+        &self,
+        request: Request<AttestJoinTokenRequest>,
+    ) -> Result<Response<AgentSvid>, Status> {
+        let request = request.into_inner();
+        let now = now();
+        let grant = match self.store.consume_join_token(&request.token, now).await {
+            Ok(grant) => grant,
+            Err(StoreError::JoinToken(problem)) => {
+                tracing::warn!(target: "zt::audit", %problem, "refused: join token");
+                return Err(Status::permission_denied(format!("join token is {problem}")));
+            }
+            Err(e) => return Err(self.internal(e)),
+        };
+        let token_id = zt_store::token_id(&request.token);
+        let agent_id = match grant.spiffe_id {
+            Some(id) => id,
+            None => SpiffeId::from_parts(&self.trust_domain, &format!("/zt/agent/join_token/{token_id}"))
+                .map_err(|e| Status::internal(e.to_string()))?,
+        };
+        let svid = self.sign(&request.csr, &agent_id, self.agent_ttl, &[])?;
+        let selectors = [format!("spiffe_id:{agent_id}"), format!("join_token:{token_id}")]
+            .iter()
+            .map(|s| Selector::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let serial = serial_of(&svid)?;
+        let not_after = u64::try_from(svid.expires_at).unwrap_or(0);
+        match self
+            .store
+            .attest_agent(&agent_id, &serial, not_after, &selectors, now)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Banned(id)) => {
+                tracing::warn!(target: "zt::audit", agent = %id, "refused: banned agent attested");
+                return Err(Status::permission_denied(format!("agent {id} is banned")));
+            }
+            Err(e) => return Err(self.internal(e)),
+        }
+        tracing::info!(target: "zt::audit", agent = %agent_id, serial, "agent attested with a join token");
+        Ok(Response::new(AgentSvid {
+            svid: Some(svid),
+            bundle: Some(self.bundle_message()?),
+        }))
+    }
+
+    async fn renew_agent(&self, request: Request<RenewAgentRequest>) -> Result<Response<AgentSvid>, Status> {
+        let agent = self.calling_agent(&request).await?;
+        let svid = self.sign(&request.get_ref().csr, &agent.id, self.agent_ttl, &[])?;
+        let serial = serial_of(&svid)?;
+        let not_after = u64::try_from(svid.expires_at).unwrap_or(0);
+        self.store
+            .renew_agent(&agent.id.to_string(), &agent.serial, &serial, not_after, now())
+            .await
+            .map_err(|e| match e {
+                StoreError::UnknownAgent(id) => {
+                    Status::permission_denied(format!("agent {id} is no longer attested"))
+                }
+                other => self.internal(other),
+            })?;
+        tracing::info!(agent = %agent.id, serial, "agent SVID renewed");
+        Ok(Response::new(AgentSvid {
+            svid: Some(svid),
+            bundle: Some(self.bundle_message()?),
+        }))
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let agent = self.calling_agent(&request).await?;
+        let api = self.clone();
+        let mut entries = self.cache.watch();
+        let mut authorities = self.authorities.watch();
+        let stream = async_stream(move |tx| async move {
+            let mut last: Option<SyncResponse> = None;
+            loop {
+                // An agent evicted or banned meanwhile is cut off.
+                let current = api.store.agent(&agent.id.to_string()).await;
+                if !matches!(&current, Ok(Some(a)) if !a.banned && a.serial == agent.serial) {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "agent {} is no longer attested",
+                            agent.id
+                        ))))
+                        .await;
+                    return;
+                }
+                let state = SyncResponse {
+                    entries: api
+                        .cache
+                        .authorized_for(&agent.id, &agent.selectors)
+                        .iter()
+                        .map(entry_message)
+                        .collect(),
+                    bundle: api.bundle_message().ok(),
+                    revoked_serials: Vec::new(),
+                };
+                if last.as_ref() != Some(&state) {
+                    if tx.send(Ok(state.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(state);
+                }
+                tokio::select! {
+                    changed = entries.changed() => if changed.is_err() { return },
+                    changed = authorities.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn sign_x509_svid(
+        &self,
+        request: Request<SignX509SvidRequest>,
+    ) -> Result<Response<X509Svid>, Status> {
+        let agent = self.calling_agent(&request).await?;
+        let request = request.into_inner();
+        let entry = self.authorized_entry(&agent, &request.entry_id)?;
+        let svid = self.sign(
+            &request.csr,
+            &entry.spec.spiffe_id,
+            Duration::from_secs(entry.spec.x509_ttl),
+            &entry.spec.dns_names,
+        )?;
+        Ok(Response::new(svid))
+    }
+
+    async fn mint_jwt_svid(&self, request: Request<MintJwtSvidRequest>) -> Result<Response<JwtSvid>, Status> {
+        let agent = self.calling_agent(&request).await?;
+        let request = request.into_inner();
+        let entry = self.authorized_entry(&agent, &request.entry_id)?;
+        let authorities = self.authorities.current();
+        let now = now();
+        let remaining = authorities.active.not_after().saturating_sub(now);
+        let ttl = Duration::from_secs(entry.spec.jwt_ttl.min(remaining));
+        let token = authorities
+            .active
+            .mint_jwt_svid(&entry.spec.spiffe_id, &request.audience, ttl, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(JwtSvid {
+            token,
+            expires_at: i64::try_from(now + ttl.as_secs()).unwrap_or(i64::MAX),
+        }))
+    }
+}
+
+fn entry_message(entry: &Entry) -> EntryMessage {
+    let spec = &entry.spec;
+    EntryMessage {
+        id: entry.id.clone(),
+        spiffe_id: spec.spiffe_id.to_string(),
+        parent_id: spec.parent_id.to_string(),
+        selectors: spec.selectors.iter().map(ToString::to_string).collect(),
+        x509_ttl: i64::try_from(spec.x509_ttl).unwrap_or(i64::MAX),
+        jwt_ttl: i64::try_from(spec.jwt_ttl).unwrap_or(i64::MAX),
+        dns_names: spec.dns_names.clone(),
+        revision: entry.revision,
+        admin: spec.admin,
+    }
+}
+
+/// The serial of a freshly signed SVID, as hex without separators.
+fn serial_of(svid: &X509Svid) -> Result<String, Status> {
+    let leaf = svid
+        .cert_chain
+        .first()
+        .ok_or_else(|| Status::internal("signed an empty chain"))?;
+    let summary =
+        zt_identity::x509::summarize(&leaf.clone().into()).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(crate::agent_tls::serial_hex(&summary.serial))
+}
+
+/// A stream fed by `produce` through a small channel.
+fn async_stream<F, Fut>(produce: F) -> SyncStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<SyncResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

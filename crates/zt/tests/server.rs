@@ -1,0 +1,1133 @@
+//! End-to-end tests of `zt server`: each starts real server processes (SQLite in
+//! a temporary data directory, or a fresh PostgreSQL database) and drives them
+//! with the real `zt entry …` and `zt agent token create` commands, raw HTTP on
+//! the admin socket and the health port, SIGTERM and SIGKILL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test crate: panicking is how a test fails"
+)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use zt_testkit::describe;
+
+/// How long a server may take to become ready, or to stop.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// Interval between readiness polls.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The trust domain every test server is the authority of.
+const TRUST_DOMAIN: &str = "example.org";
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `zt server`; SIGKILLed on drop.
+struct ServerProcess {
+    child: Child,
+    data_dir: PathBuf,
+    http: SocketAddr,
+    /// The agent API (gRPC over TLS).
+    agent_api: SocketAddr,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `zt server` on `data_dir` (and `datastore`, if any) and waits until it is ready.
+    fn start(data_dir: &Path, datastore: Option<&str>) -> Self {
+        let mut server = Self::spawn(data_dir, datastore);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `zt server` without waiting; its stderr goes to a log file next to `data_dir`.
+    fn spawn(data_dir: &Path, datastore: Option<&str>) -> Self {
+        let port = free_port();
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let stderr = fs::File::create(&log).unwrap();
+        let http_arg = http.to_string();
+        let agent_api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_arg = agent_api.to_string();
+        let mut args = vec![
+            "server",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--http",
+            &http_arg,
+            "--agent-api",
+            &agent_arg,
+        ];
+        if let Some(url) = datastore {
+            args.extend(["--datastore", url]);
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(&args)
+            .env_remove("ZT_ADMIN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            http,
+            agent_api,
+            log,
+        }
+    }
+
+    /// Polls until the admin socket exists and `/readyz` answers 200; fails the test
+    /// if the server exits first or the deadline passes.
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "zt server exited before it was ready: {status}\n{}",
+                    self.stderr()
+                );
+            }
+            if self.socket().exists() && matches!(http_get(self.http, "/readyz"), Ok((200, _))) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "zt server not ready after {DEADLINE:?}\n{}",
+                self.stderr()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The admin socket.
+    fn socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    /// What the server wrote on stderr so far.
+    fn stderr(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!("server stderr ({}):\n{text}", self.log.display())
+    }
+
+    /// SIGTERM, then waits for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}: {sent}", self.child.id());
+        match wait_with_deadline(&mut self.child) {
+            Some(status) => status,
+            None => panic!(
+                "zt server still running {DEADLINE:?} after SIGTERM\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// SIGKILL, then reaps the process.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("{}", self.stderr());
+        }
+    }
+}
+
+/// Waits up to [`DEADLINE`] for `child` to exit; kills it and returns `None` if it does not.
+fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// One HTTP/1.1 exchange on `stream`: sends `request`, reads the whole answer
+/// (the request asks the server to close), returns the status and the body.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<(u16, String)> {
+    // The server may answer (and close) before reading all of a large request;
+    // what it answered is still there to read.
+    let _ = stream.write_all(request);
+    let _ = stream.flush();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// `GET path` on the health and metrics port.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(stream, request.as_bytes())
+}
+
+/// `POST path` with `body` straight onto the admin socket, bypassing the CLI.
+fn admin_post(socket: &Path, path: &str, body: &[u8]) -> (u16, String) {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: zt-admin\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    exchange(stream, &request).unwrap()
+}
+
+/// Runs `zt ARGS --socket SOCKET`.
+fn zt_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env_remove("ZT_ADMIN_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `zt ARGS --socket <data-dir>/admin.sock` against `server`.
+fn zt(server: &ServerProcess, args: &[&str]) -> Output {
+    zt_at(&server.socket(), args)
+}
+
+/// Asserts success with nothing on stderr; returns stdout.
+fn succeed(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{what}: {}",
+        describe(out)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Runs `zt ARGS` against `server` and asserts it succeeds; returns stdout.
+fn ok(server: &ServerProcess, args: &[&str]) -> String {
+    succeed(&zt(server, args), &format!("zt {args:?}"))
+}
+
+/// Asserts a failure: exit `code`, nothing on stdout, and exactly one stderr line
+/// that starts with `zt: `, contains every needle and says nothing twice.
+fn assert_failure(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = describe(out);
+    assert_eq!(out.status.code(), Some(code), "{what}");
+    assert!(out.stdout.is_empty(), "stdout is not empty: {what}");
+    assert!(
+        stderr.starts_with("zt: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "stderr is not one `zt: ` line: {what}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {what}");
+    }
+    // No cause repeated: every `: `-separated part (of some length) appears once.
+    for part in stderr.trim_end().split(": ").filter(|p| p.len() > 8) {
+        assert_eq!(stderr.matches(part).count(), 1, "stderr repeats {part:?}: {what}");
+    }
+}
+
+/// `zt entry count`, checked to be `N registration entries`.
+fn count(server: &ServerProcess) -> u64 {
+    let text = ok(server, &["entry", "count"]);
+    let n = text.trim_end().strip_suffix(" registration entries");
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("zt entry count printed {text:?}"))
+}
+
+/// `zt entry show ARGS --output json`: the entries.
+fn show_json(server: &ServerProcess, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["entry", "show"];
+    all.extend_from_slice(args);
+    all.extend(["--output", "json"]);
+    let doc: Value = serde_json::from_str(&ok(server, &all)).unwrap();
+    doc["entries"].as_array().unwrap().clone()
+}
+
+/// Runs `zt ARGS --output json` (a create or update) and returns the one entry it printed.
+fn one_entry_json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let doc: Value = serde_json::from_str(&ok(server, &all)).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "zt {all:?}: {doc}");
+    entries[0].clone()
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The seed's registration, written for SPIRE, run as `zt entry create`.
+const SEED_CREATE: &[&str] = &[
+    "entry",
+    "create",
+    "-spiffeID",
+    "spiffe://example.org/payment",
+    "-parentID",
+    "spiffe://example.org/k8s-node",
+    "-selector",
+    "k8s:ns:production",
+    "-selector",
+    "k8s:sa:payment-service",
+    "-ttl",
+    "3600",
+];
+
+/// Create, show, count, node alias, update, delete: the whole life of an entry,
+/// on a server with an empty datastore.
+fn entry_lifecycle(server: &ServerProcess) {
+    assert_eq!(count(server), 0);
+
+    let text = ok(server, SEED_CREATE);
+    for needle in [
+        "Entry ID",
+        "spiffe://example.org/payment",
+        "spiffe://example.org/k8s-node",
+        "k8s:ns:production",
+        "k8s:sa:payment-service",
+        "X509-SVID TTL    : 3600",
+        "Revision         : 1",
+    ] {
+        assert!(text.contains(needle), "create output lacks {needle:?}:\n{text}");
+    }
+    let id = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Entry ID         : "))
+        .unwrap_or_else(|| panic!("no Entry ID line:\n{text}"))
+        .to_owned();
+    assert!(!id.is_empty(), "{text}");
+
+    let shown = show_json(server, &["--spiffe-id", "spiffe://example.org/payment"]);
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let entry = shown[0].clone();
+    assert_eq!(entry["id"], id.as_str(), "{entry}");
+    assert_eq!(entry["revision"], 1, "{entry}");
+    assert_eq!(entry["spiffe_id"], "spiffe://example.org/payment", "{entry}");
+    assert_eq!(entry["parent_id"], "spiffe://example.org/k8s-node", "{entry}");
+    assert_eq!(
+        entry["selectors"],
+        serde_json::json!(["k8s:ns:production", "k8s:sa:payment-service"]),
+        "{entry}"
+    );
+    assert_eq!(entry["x509_ttl"], 3600, "{entry}");
+    assert_eq!(entry["jwt_ttl"], 300, "{entry}");
+    assert_eq!(entry["node"], false, "{entry}");
+    assert_eq!(
+        ok(server, &["entry", "count"]),
+        "1 registration entries\n",
+        "zt entry count"
+    );
+    assert_eq!(
+        show_json(server, &["--entry-id", &id]),
+        vec![entry.clone()],
+        "show --entry-id and show --spiffe-id disagree"
+    );
+
+    // A node alias, SPIRE style: its parent is the server itself.
+    let alias = one_entry_json(
+        server,
+        &[
+            "entry",
+            "create",
+            "-spiffeID",
+            "spiffe://example.org/k8s-node",
+            "-selector",
+            "k8s:cluster:prod",
+            "-node",
+        ],
+    );
+    assert_eq!(alias["parent_id"], "spiffe://example.org/zt/server", "{alias}");
+    assert_eq!(alias["node"], true, "{alias}");
+    assert_eq!(alias["revision"], 1, "{alias}");
+    assert_eq!(count(server), 2);
+    assert_eq!(
+        show_json(server, &["--parent-id", "spiffe://example.org/k8s-node"]),
+        vec![entry.clone()],
+        "show --parent-id"
+    );
+
+    // Update one field: the revision moves on, the other fields stay.
+    let updated = one_entry_json(
+        server,
+        &["entry", "update", "--entry-id", &id, "--x509-ttl", "600"],
+    );
+    let mut expected = entry.clone();
+    expected["x509_ttl"] = 600.into();
+    expected["revision"] = 2.into();
+    expected["updated_at"] = updated["updated_at"].clone();
+    assert_eq!(updated, expected, "update changed more than --x509-ttl");
+    assert_eq!(show_json(server, &["--entry-id", &id]), vec![updated.clone()]);
+
+    // Delete: gone, and said so in one line.
+    let text = ok(server, &["entry", "delete", "--entry-id", &id]);
+    assert_eq!(
+        text,
+        format!("deleted entry {id} (spiffe://example.org/payment)\n")
+    );
+    let out = zt(server, &["entry", "show", "--entry-id", &id]);
+    assert_failure(&out, 1, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("zt: entry \"{id}\" not found\n"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(count(server), 1);
+    assert_eq!(show_json(server, &[]), vec![alias]);
+}
+
+/// A fresh PostgreSQL database (`None`: skipped, loudly, by the testkit).
+fn postgres_database(test: &str) -> Option<String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(zt_testkit::postgres_database(test))
+}
+
+#[test]
+fn sqlite_entry_lifecycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+    entry_lifecycle(&server);
+    assert!(
+        tmp.path().join("data/datastore.sqlite3").exists(),
+        "no SQLite file in the data directory"
+    );
+}
+
+#[test]
+fn postgres_entry_lifecycle() {
+    let Some(url) = postgres_database("postgres_entry_lifecycle") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), Some(&url));
+    entry_lifecycle(&server);
+    assert!(
+        !tmp.path().join("data/datastore.sqlite3").exists(),
+        "a SQLite file next to a PostgreSQL datastore"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+    let id = one_entry_json(&server, SEED_CREATE)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(count(&server), 1);
+
+    let create = |extra: &[&str]| {
+        let mut args = vec!["entry", "create"];
+        args.extend_from_slice(extra);
+        zt(&server, &args)
+    };
+    let refused = |out: Output, code: i32, needles: &[&str]| {
+        assert_failure(&out, code, needles);
+        assert_eq!(count(&server), 1, "count changed after {needles:?}");
+    };
+
+    refused(
+        zt(&server, SEED_CREATE),
+        1,
+        &["already exists", "spiffe://example.org/payment"],
+    );
+    refused(
+        create(&[
+            "--spiffe-id",
+            "spiffe://example.org/x",
+            "--parent-id",
+            "spiffe://example.org/node",
+            "--selector",
+            "Bad:x",
+        ]),
+        2,
+        &["Bad:x", "--selector"],
+    );
+    refused(
+        create(&[
+            "--spiffe-id",
+            "https://example.org/x",
+            "--parent-id",
+            "spiffe://example.org/node",
+            "--selector",
+            "k8s:ns:x",
+        ]),
+        2,
+        &["https://example.org/x", "--spiffe-id"],
+    );
+    refused(
+        create(&[
+            "--spiffe-id",
+            "spiffe://other.org/x",
+            "--parent-id",
+            "spiffe://other.org/node",
+            "--selector",
+            "k8s:ns:x",
+        ]),
+        1,
+        &["spiffe://other.org/x", "trust domain"],
+    );
+    let missing = "0123456789abcdef0123456789abcdef";
+    refused(
+        zt(
+            &server,
+            &["entry", "update", "--entry-id", missing, "--x509-ttl", "60"],
+        ),
+        1,
+        &[missing, "not found"],
+    );
+    refused(
+        zt(&server, &["entry", "delete", "--entry-id", missing]),
+        1,
+        &[missing, "not found"],
+    );
+    refused(
+        create(&[
+            "--spiffe-id",
+            "spiffe://example.org/y",
+            "--parent-id",
+            "spiffe://example.org/node",
+            "--selector",
+            "k8s:ns:y",
+            "--ttl",
+            "0",
+        ]),
+        1,
+        &["x509_ttl"],
+    );
+
+    // Two writers that read revision 1: the second is refused, not lost.
+    let stale = [
+        "entry",
+        "update",
+        "--entry-id",
+        &id,
+        "--revision",
+        "1",
+        "--jwt-ttl",
+        "60",
+    ];
+    let first = one_entry_json(&server, &stale);
+    assert_eq!(first["revision"], 2, "{first}");
+    assert_eq!(first["jwt_ttl"], 60, "{first}");
+    refused(zt(&server, &stale), 1, &[&id, "revision"]);
+    assert_eq!(show_json(&server, &["--entry-id", &id]), vec![first]);
+
+    refused(
+        zt(
+            &server,
+            &[
+                "agent",
+                "token",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/agent/n",
+                "--ttl",
+                "2d",
+            ],
+        ),
+        1,
+        &["ttl_secs", "172800"],
+    );
+
+    // No server behind the socket.
+    let nowhere = tmp.path().join("nowhere/admin.sock");
+    let out = zt_at(&nowhere, &["entry", "count"]);
+    assert_failure(&out, 1, &[nowhere.to_str().unwrap(), "zt server"]);
+}
+
+#[test]
+fn oversized_request_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+    let socket = server.socket();
+
+    // 100 KiB, over the 64 KiB limit: a valid-looking document with a huge selector list.
+    let mut body = String::from(
+        r#"{"spiffe_id":"spiffe://example.org/big","parent_id":"spiffe://example.org/node","selectors":["#,
+    );
+    while body.len() < 100 * 1024 {
+        body.push_str(r#""k8s:ns:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","#);
+    }
+    body.push_str(r#""k8s:ns:z"],"x509_ttl":60,"jwt_ttl":60,"dns_names":[],"admin":false,"node":false}"#);
+    let (status, answer) = admin_post(&socket, "/v1/entries", body.as_bytes());
+    assert_eq!(status, 413, "100 KiB body: {answer}");
+
+    // Malformed JSON: 400, with a JSON error that says where.
+    let (status, answer) = admin_post(&socket, "/v1/entries", br#"{"spiffe_id": "#);
+    assert_eq!(status, 400, "{answer}");
+    let doc: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+    let error = doc["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {doc}"));
+    assert!(error.contains("request body"), "{error}");
+    assert!(error.contains("line 1"), "{error}");
+
+    // A well-formed document missing a field: named.
+    let (status, answer) = admin_post(
+        &socket,
+        "/v1/entries",
+        br#"{"spiffe_id":"spiffe://example.org/a","parent_id":"spiffe://example.org/n"}"#,
+    );
+    assert_eq!(status, 400, "{answer}");
+    let doc: Value = serde_json::from_str(&answer).unwrap();
+    assert!(doc["error"].as_str().unwrap().contains("selectors"), "{doc}");
+
+    // The server is still serving, and stored nothing.
+    assert_eq!(count(&server), 0);
+    ok(&server, SEED_CREATE);
+    assert_eq!(count(&server), 1);
+}
+
+#[test]
+fn join_token_create() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+    let create = [
+        "agent",
+        "token",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/agent/node-1",
+        "--ttl",
+        "10m",
+    ];
+
+    let text = ok(&server, &create);
+    let token = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Token: "))
+        .unwrap_or_else(|| panic!("no Token line:\n{text}"));
+    assert!(token.len() >= 43, "short token {token:?}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "token {token:?} is not base64url"
+    );
+    assert!(
+        text.lines().any(|line| line.starts_with("Expires: ")),
+        "no Expires line:\n{text}"
+    );
+
+    let mut json_args = create.to_vec();
+    json_args.extend(["--output", "json"]);
+    let before = now();
+    let doc: Value = serde_json::from_str(&ok(&server, &json_args)).unwrap();
+    let after = now();
+    let second = doc["token"].as_str().unwrap_or_else(|| panic!("{doc}"));
+    assert!(second.len() >= 43, "{doc}");
+    assert_ne!(second, token, "two tokens are the same");
+    let expires = doc["expires_at"].as_u64().unwrap_or_else(|| panic!("{doc}"));
+    assert!(
+        (before + 600..=after + 600).contains(&expires),
+        "expires_at {expires} is not 10 minutes from now ({before})"
+    );
+}
+
+#[test]
+fn second_server_on_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let server = ServerProcess::start(&data_dir, None);
+    ok(&server, SEED_CREATE);
+
+    let mut second = ServerProcess::spawn(&data_dir, None);
+    let status = wait_with_deadline(&mut second.child)
+        .unwrap_or_else(|| panic!("a second server on the same data dir kept running"));
+    let stderr = fs::read_to_string(&second.log).unwrap();
+    assert!(!status.success(), "second server: {status}\n{stderr}");
+    assert!(
+        stderr.contains("another zt server is using this data directory"),
+        "second server: {status}\n{stderr}"
+    );
+    assert!(stderr.contains(data_dir.to_str().unwrap()), "{stderr}");
+
+    // The first one did not notice.
+    assert!(server.socket().exists());
+    assert_eq!(count(&server), 1);
+    assert!(matches!(http_get(server.http, "/readyz"), Ok((200, _))));
+}
+
+#[test]
+fn health_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+
+    let (status, body) = http_get(server.http, "/healthz").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(server.http, "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    ok(&server, SEED_CREATE);
+    let (status, metrics) = http_get(server.http, "/metrics").unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    let lines: Vec<&str> = metrics.lines().collect();
+    for line in ["zt_server_entries 1", "zt_server_datastore_errors_total 0"] {
+        assert!(lines.contains(&line), "/metrics lacks {line:?}:\n{metrics}");
+    }
+
+    let (status, body) = http_get(server.http, "/nope").unwrap();
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn sigkill_mid_write_leaves_a_consistent_datastore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut server = ServerProcess::start(&data_dir, None);
+
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let socket = server.socket();
+        let succeeded = succeeded.clone();
+        thread::spawn(move || {
+            for i in 0..200 {
+                let id = format!("spiffe://example.org/workload/{i}");
+                let out = zt_at(
+                    &socket,
+                    &[
+                        "entry",
+                        "create",
+                        "--spiffe-id",
+                        &id,
+                        "--parent-id",
+                        "spiffe://example.org/node",
+                        "--selector",
+                        "unix:uid:1000",
+                    ],
+                );
+                if !out.status.success() {
+                    return Some(out);
+                }
+                succeeded.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        })
+    };
+    let start = Instant::now();
+    while succeeded.load(Ordering::SeqCst) < 20 && !writer.is_finished() {
+        assert!(
+            start.elapsed() < DEADLINE * 3,
+            "20 creates took over {:?}",
+            DEADLINE * 3
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    server.kill();
+    let failure = writer.join().unwrap();
+    let committed = succeeded.load(Ordering::SeqCst);
+    assert!(committed >= 20, "only {committed} creates succeeded: {failure:?}");
+    if let Some(out) = &failure {
+        // The create that ran into the kill says the server is gone, in one line.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("zt: ") && stderr.lines().count() == 1,
+            "{}",
+            describe(out)
+        );
+    }
+
+    let server = ServerProcess::start(&data_dir, None);
+    let counted = count(&server);
+    let listed = show_json(&server, &[]);
+    eprintln!("{committed} creates succeeded before SIGKILL; {counted} entries after restart");
+    assert_eq!(counted, listed.len() as u64, "count and list disagree");
+    assert!(
+        counted >= committed as u64,
+        "{committed} creates reported success but only {counted} entries survived the kill"
+    );
+    assert!(
+        counted <= committed as u64 + 1,
+        "{counted} entries from {committed} successful creates (at most one was in flight)"
+    );
+    // Every one is whole and the first `committed` are all there.
+    for entry in &listed {
+        assert_eq!(entry["revision"], 1, "{entry}");
+        assert_eq!(
+            entry["selectors"],
+            serde_json::json!(["unix:uid:1000"]),
+            "{entry}"
+        );
+    }
+    for i in 0..committed {
+        let id = format!("spiffe://example.org/workload/{i}");
+        assert_eq!(show_json(&server, &["--spiffe-id", &id]).len(), 1, "{id} lost");
+    }
+    // And the datastore still takes writes.
+    ok(&server, SEED_CREATE);
+    assert_eq!(count(&server), counted + 1);
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut server = ServerProcess::start(&data_dir, None);
+    ok(&server, SEED_CREATE);
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        server.stderr()
+    );
+    assert!(
+        !server.socket().exists(),
+        "admin socket left behind after SIGTERM"
+    );
+    let log = server.stderr();
+    assert!(log.contains("zt server stopped"), "{log}");
+
+    // The data directory is free again and the entry is still there.
+    let server = ServerProcess::start(&data_dir, None);
+    assert_eq!(count(&server), 1);
+}
+
+#[test]
+fn two_servers_share_postgres() {
+    let Some(url) = postgres_database("two_servers_share_postgres") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // One after the other (starting together is `servers_starting_together_on_postgres`).
+    let a = ServerProcess::start(&tmp.path().join("a"), Some(&url));
+    let b = ServerProcess::start(&tmp.path().join("b"), Some(&url));
+    assert_ne!(a.http, b.http);
+
+    let created = one_entry_json(&a, SEED_CREATE);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let seen = show_json(&b, &["--spiffe-id", "spiffe://example.org/payment"]);
+    assert_eq!(seen, vec![created.clone()], "server B does not see A's entry");
+    assert_eq!(count(&b), 1);
+
+    let updated = one_entry_json(&b, &["entry", "update", "--entry-id", &id, "--jwt-ttl", "120"]);
+    assert_eq!(updated["revision"], 2, "{updated}");
+    let seen = show_json(&a, &["--entry-id", &id]);
+    assert_eq!(seen, vec![updated], "server A does not see B's update");
+
+    // Both change revision 2 at the same time: exactly one wins.
+    let racer = |server: &ServerProcess, ttl: &str| {
+        Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args([
+                "entry",
+                "update",
+                "--entry-id",
+                &id,
+                "--revision",
+                "2",
+                "--jwt-ttl",
+                ttl,
+            ])
+            .arg("--socket")
+            .arg(server.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (racer_a, racer_b) = (racer(&a, "61"), racer(&b, "62"));
+    let out_a = racer_a.wait_with_output().unwrap();
+    let out_b = racer_b.wait_with_output().unwrap();
+    let wins = [&out_a, &out_b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        wins,
+        1,
+        "concurrent updates at revision 2:\nA: {}\nB: {}",
+        describe(&out_a),
+        describe(&out_b)
+    );
+    let (winner_ttl, loser) = if out_a.status.success() {
+        (61, &out_b)
+    } else {
+        (62, &out_a)
+    };
+    assert_failure(loser, 1, &[&id, "revision"]);
+    for server in [&a, &b] {
+        let now = show_json(server, &["--entry-id", &id]);
+        assert_eq!(now[0]["revision"], 3, "{now:?}");
+        assert_eq!(now[0]["jwt_ttl"], winner_ttl, "{now:?}");
+    }
+}
+
+#[test]
+fn servers_starting_together_on_postgres() {
+    // Several servers of one deployment (re)started at once on a fresh database:
+    // all of them must come up, whichever runs the migrations. The race is
+    // narrow, so a few rounds of three.
+    let tmp = tempfile::tempdir().unwrap();
+    for round in 0..4 {
+        let Some(url) = postgres_database("servers_starting_together_on_postgres") else {
+            return;
+        };
+        let mut servers: Vec<ServerProcess> = (0..3)
+            .map(|i| ServerProcess::spawn(&tmp.path().join(format!("r{round}s{i}")), Some(&url)))
+            .collect();
+        for server in &mut servers {
+            server.wait_ready();
+        }
+        ok(&servers[0], SEED_CREATE);
+        for server in &servers {
+            assert_eq!(count(server), 1);
+        }
+    }
+}
+
+/// The agent API end to end, as a node agent uses it: attestation with a join
+/// token over server-authenticated TLS, then mTLS with the agent SVID for the sync
+/// stream, SVID signing and JWT minting; refusals for what the agent may not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_attests_syncs_and_signs() {
+    use zt_api::agent::agent_client::AgentClient;
+    use zt_api::agent::{
+        AttestJoinTokenRequest, MintJwtSvidRequest, RenewAgentRequest, SignX509SvidRequest, SyncRequest,
+    };
+    use zt_identity::{Bundle, BundleSet, Purpose, TrustDomain};
+    use zt_tls::{PeerMatcher, TlsVersions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), None);
+    let token_out = ok(
+        &server,
+        &[
+            "agent",
+            "token",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/agent/node-1",
+        ],
+    );
+    let token = token_out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Token: ")
+        .to_owned();
+    let create = |id: &str, parent: &str| {
+        let out = ok(
+            &server,
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                id,
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:uid:1000",
+                "--output",
+                "json",
+            ],
+        );
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        doc["entries"][0]["id"].as_str().unwrap().to_owned()
+    };
+    let payment = create(
+        "spiffe://example.org/payment",
+        "spiffe://example.org/agent/node-1",
+    );
+    let other = create("spiffe://example.org/other", "spiffe://example.org/agent/node-2");
+
+    // Trust bootstrap: the bundle from the admin API, as an operator would hand it over.
+    let bundle = Bundle::parse(ok(&server, &["bundle", "show"]).as_bytes(), None).unwrap();
+    let mut bundles = BundleSet::default();
+    bundles.insert(bundle.clone());
+    let bundles = Arc::new(bundles);
+    let server_id = PeerMatcher::OneOf(vec![
+        zt_identity::SpiffeId::parse("spiffe://example.org/zt/server").unwrap(),
+    ]);
+    let anonymous =
+        zt_tls::client_config_anonymous(bundles.clone(), server_id.clone(), TlsVersions::Tls13).unwrap();
+    let mut attest_client = AgentClient::new(zt_api::channel(server.agent_api, Arc::new(anonymous)).unwrap());
+
+    // Attestation: the join token works once.
+    let (agent_key, csr) = zt_ca::key_and_csr().unwrap();
+    let attested = attest_client
+        .attest_join_token(AttestJoinTokenRequest {
+            token: token.clone(),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let agent_svid = attested.svid.unwrap();
+    assert_eq!(agent_svid.spiffe_id, "spiffe://example.org/agent/node-1");
+    let chain: Vec<_> = agent_svid.cert_chain.iter().map(|c| c.clone().into()).collect();
+    let at = rustls_pki_types::UnixTime::now();
+    let verified = zt_identity::verify_x509_svid(&chain, &bundle, at, Purpose::ClientAuth).unwrap();
+    assert_eq!(
+        verified.spiffe_id().to_string(),
+        "spiffe://example.org/agent/node-1"
+    );
+    let replay = attest_client
+        .attest_join_token(AttestJoinTokenRequest { token, csr })
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), tonic::Code::PermissionDenied, "{replay}");
+    assert!(replay.message().contains("already used"), "{replay}");
+
+    // Without the agent SVID, nothing else is answered.
+    let anonymous_sign = attest_client
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: payment.clone(),
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        anonymous_sign.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous_sign}"
+    );
+
+    // mTLS with the agent SVID.
+    let key = zt_identity::x509::private_key_from_pem(agent_key.as_bytes()).unwrap();
+    let mtls = zt_tls::client_config(
+        chain.clone(),
+        key,
+        bundles.clone(),
+        server_id.clone(),
+        TlsVersions::Tls13,
+    )
+    .unwrap();
+    let mut agent = AgentClient::new(zt_api::channel(server.agent_api, Arc::new(mtls)).unwrap());
+
+    let mut sync = agent.sync(SyncRequest {}).await.unwrap().into_inner();
+    let first = sync.message().await.unwrap().unwrap();
+    let ids: Vec<_> = first.entries.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, vec![payment.clone()], "only the entries under this agent");
+    assert!(first.bundle.is_some());
+
+    let signed = agent
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: payment.clone(),
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.spiffe_id, "spiffe://example.org/payment");
+    let chain: Vec<_> = signed.cert_chain.iter().map(|c| c.clone().into()).collect();
+    zt_identity::verify_x509_svid(&chain, &bundle, at, Purpose::ServerAuth).unwrap();
+
+    let refused = agent
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: other.clone(),
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(
+        server
+            .stderr()
+            .contains("refused: agent not authorized for entry"),
+        "the attempt is audited"
+    );
+    let bad_csr = agent
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: payment.clone(),
+            csr: b"not a csr".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_csr.code(), tonic::Code::InvalidArgument, "{bad_csr}");
+
+    let jwt = agent
+        .mint_jwt_svid(MintJwtSvidRequest {
+            entry_id: payment.clone(),
+            audience: vec!["db".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let jwks = Bundle::parse(
+        ok(&server, &["bundle", "show", "--format", "jwks"]).as_bytes(),
+        Some(TrustDomain::parse("example.org").unwrap()),
+    )
+    .unwrap();
+    let claims = zt_identity::verify_jwt_svid(&jwt.token, &jwks, "db", now()).unwrap();
+    assert_eq!(claims.spiffe_id().to_string(), "spiffe://example.org/payment");
+
+    // A new entry for this agent reaches the open sync stream.
+    let started = Instant::now();
+    let added = create(
+        "spiffe://example.org/billing",
+        "spiffe://example.org/agent/node-1",
+    );
+    let next = tokio::time::timeout(DEADLINE, sync.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "entry reached the agent's sync stream {:?} after the create command started",
+        started.elapsed()
+    );
+    assert!(next.entries.iter().any(|e| e.id == added), "{next:?}");
+
+    // Renewal: the new SVID works, the old one is refused from then on.
+    let renewed = agent
+        .renew_agent(RenewAgentRequest {
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        renewed.svid.unwrap().spiffe_id,
+        "spiffe://example.org/agent/node-1"
+    );
+    let stale = agent.sync(SyncRequest {}).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::PermissionDenied, "{stale}");
+}
