@@ -19,8 +19,8 @@ use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{EntrySpec, Store, StoreError};
 
 use crate::api::{
-    BundleFormat, BundleQuery, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Rotated,
-    UpdateEntry,
+    AgentList, BundleFormat, BundleQuery, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody,
+    JoinToken, RevocationList, Revoke, Rotated, UpdateEntry,
 };
 use crate::authority::{AuthorityError, AuthorityManager};
 use crate::metrics::Metrics;
@@ -52,6 +52,11 @@ pub(crate) fn router(state: AdminState) -> Router {
         )
         .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/bundle", get(show_bundle))
+        .route("/v1/revocations", post(revoke).get(list_revocations))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{id}", get(show_agent))
+        .route("/v1/agents/{id}/evict", post(evict_agent))
+        .route("/v1/agents/{id}/ban", post(ban_agent))
         .route("/v1/ca/rotate", post(rotate_ca))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
@@ -92,7 +97,9 @@ type ApiResult<T> = Result<T, ApiError>;
 
 fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
     let status = match &e {
-        StoreError::Invalid(_) | StoreError::JoinToken(_) => StatusCode::BAD_REQUEST,
+        StoreError::Invalid(_) | StoreError::JoinToken(_) | StoreError::InvalidSerial(_) => {
+            StatusCode::BAD_REQUEST
+        }
         StoreError::NotFound(_) | StoreError::UnknownAgent(_) => StatusCode::NOT_FOUND,
         StoreError::Banned(_) => StatusCode::FORBIDDEN,
         StoreError::AlreadyExists { .. } | StoreError::StaleRevision { .. } => StatusCode::CONFLICT,
@@ -286,4 +293,100 @@ async fn rotate_ca(State(state): State<AdminState>) -> ApiResult<axum::Json<Rota
         not_after: summary.not_after,
         authorities: current.bundle.x509_authorities().len(),
     }))
+}
+
+/// How long an ID revocation is kept: longer than any SVID of that ID can live.
+const ID_REVOCATION_LIFE: u64 = zt_store::model::MAX_TTL_SECS;
+
+async fn revoke(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: Revoke = json(&body)?;
+    let now = now();
+    let revocation = match (&request.serial, &request.spiffe_id) {
+        (Some(serial), None) => {
+            state
+                .store
+                .revoke_serial(serial, now + ID_REVOCATION_LIFE, &request.reason, now)
+                .await
+        }
+        (None, Some(id)) => {
+            let id = parse_id("spiffe_id", id)?;
+            state
+                .store
+                .revoke_spiffe_id(&id, now + ID_REVOCATION_LIFE, &request.reason, now)
+                .await
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of serial and spiffe_id")),
+    }
+    .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::warn!(target: "zt::audit", revoked = ?revocation.revoked, reason = %revocation.reason, "revoked");
+    Ok((StatusCode::CREATED, axum::Json(revocation)))
+}
+
+async fn list_revocations(State(state): State<AdminState>) -> ApiResult<axum::Json<RevocationList>> {
+    let revocations = state
+        .store
+        .revocations(now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(RevocationList { revocations }))
+}
+
+async fn list_agents(State(state): State<AdminState>) -> ApiResult<axum::Json<AgentList>> {
+    let agents = state
+        .store
+        .list_agents()
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(AgentList { agents }))
+}
+
+async fn show_agent(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    match state
+        .store
+        .agent(&id)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?
+    {
+        Some(agent) => Ok(axum::Json(agent)),
+        None => Err(store_error(&state.metrics, StoreError::UnknownAgent(id))),
+    }
+}
+
+async fn evict_agent(state: State<AdminState>, id: UrlPath<String>) -> ApiResult<impl IntoResponse> {
+    remove_agent(state, id, false).await
+}
+
+async fn ban_agent(state: State<AdminState>, id: UrlPath<String>) -> ApiResult<impl IntoResponse> {
+    remove_agent(state, id, true).await
+}
+
+/// Evicts (and with `ban`, bans) an agent and revokes its current SVID at once.
+async fn remove_agent(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    ban: bool,
+) -> ApiResult<impl IntoResponse> {
+    let now = now();
+    let agent = state
+        .store
+        .evict_agent(&id, ban, now)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    if !agent.serial.is_empty() {
+        state
+            .store
+            .revoke_serial(
+                &agent.serial,
+                agent.not_after.max(now + 1),
+                if ban { "agent banned" } else { "agent evicted" },
+                now,
+            )
+            .await
+            .map_err(|e| store_error(&state.metrics, e))?;
+    }
+    tracing::warn!(target: "zt::audit", agent = %id, ban, "agent evicted and its SVID revoked");
+    Ok(axum::Json(agent))
 }

@@ -11,11 +11,12 @@ use tonic::{Request, Response, Status};
 use zt_api::agent::agent_server::Agent as AgentService;
 use zt_api::agent::{
     AgentSvid, AttestJoinTokenRequest, Bundle as BundleMessage, Entry as EntryMessage, JwtSvid,
-    MintJwtSvidRequest, RenewAgentRequest, SignX509SvidRequest, SyncRequest, SyncResponse, X509Svid,
+    MintJwtSvidRequest, RenewAgentRequest, RevokedId, SignX509SvidRequest, SyncRequest, SyncResponse,
+    X509Svid,
 };
 use zt_ca::SvidRequest;
 use zt_identity::{SpiffeId, TrustDomain};
-use zt_store::{Entry, Selector, Store, StoreError};
+use zt_store::{Entry, Revoked, Selector, Store, StoreError};
 
 use crate::agent_tls::PeerInfo;
 use crate::authority::AuthorityManager;
@@ -240,7 +241,11 @@ impl AgentService for AgentApi {
                         .await;
                     return;
                 }
-                let state = SyncResponse {
+                let Ok(revocations) = api.store.revocations(now()).await else {
+                    let _ = tx.send(Err(Status::unavailable("datastore unavailable"))).await;
+                    return;
+                };
+                let mut state = SyncResponse {
                     entries: api
                         .cache
                         .authorized_for(&agent.id, &agent.selectors)
@@ -248,8 +253,20 @@ impl AgentService for AgentApi {
                         .map(entry_message)
                         .collect(),
                     bundle: api.bundle_message().ok(),
-                    revoked_serials: Vec::new(),
+                    ..SyncResponse::default()
                 };
+                for revocation in revocations {
+                    match revocation.revoked {
+                        Revoked::Serial(serial) => state.revoked_serials.push(serial),
+                        Revoked::SpiffeId {
+                            spiffe_id,
+                            issued_before,
+                        } => state.revoked_ids.push(RevokedId {
+                            spiffe_id,
+                            issued_before: i64::try_from(issued_before).unwrap_or(i64::MAX),
+                        }),
+                    }
+                }
                 if last.as_ref() != Some(&state) {
                     if tx.send(Ok(state.clone())).await.is_err() {
                         return;

@@ -89,3 +89,29 @@ pub struct Rotated {
     /// How many authorities the bundle holds now.
     pub authorities: usize,
 }
+
+/// `POST /v1/revocations`: exactly one of `serial` and `spiffe_id`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Revoke {
+    /// One SVID, by serial (hex, `:` separators allowed).
+    pub serial: Option<String>,
+    /// Every SVID of this ID issued until now.
+    pub spiffe_id: Option<String>,
+    /// Why, for the record.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `GET /v1/revocations` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// Revocations in force.
+    pub revocations: Vec<zt_store::Revocation>,
+}
+
+/// `GET /v1/agents` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentList {
+    /// Attested (and banned) agents.
+    pub agents: Vec<zt_store::Agent>,
+}

@@ -12,7 +12,8 @@ use tokio::net::UnixStream;
 use zt_store::{Entry, EntrySpec};
 
 use crate::api::{
-    BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Rotated, UpdateEntry,
+    AgentList, BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Revoke,
+    Rotated, UpdateEntry,
 };
 
 /// Largest answer read, in bytes.
@@ -118,6 +119,30 @@ impl AdminClient {
             .send::<()>(Method::GET, &format!("/v1/bundle?format={format}"), None)
             .await?;
         String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// `POST /v1/revocations`.
+    pub async fn revoke(&self, request: &Revoke) -> Result<zt_store::Revocation, ClientError> {
+        self.call(Method::POST, "/v1/revocations", Some(request)).await
+    }
+
+    /// `GET /v1/agents`.
+    pub async fn list_agents(&self) -> Result<Vec<zt_store::Agent>, ClientError> {
+        let list: AgentList = self.call::<(), _>(Method::GET, "/v1/agents", None).await?;
+        Ok(list.agents)
+    }
+
+    /// `GET /v1/agents/{id}`.
+    pub async fn agent(&self, id: &str) -> Result<zt_store::Agent, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/agents/{}", encode(id)), None)
+            .await
+    }
+
+    /// `POST /v1/agents/{id}/evict` or `/ban`: the agent must attest again (or may not).
+    pub async fn evict_agent(&self, id: &str, ban: bool) -> Result<zt_store::Agent, ClientError> {
+        let action = if ban { "ban" } else { "evict" };
+        self.call::<(), _>(Method::POST, &format!("/v1/agents/{}/{action}", encode(id)), None)
+            .await
     }
 
     /// `POST /v1/ca/rotate`.

@@ -12,6 +12,7 @@ pub mod model;
 mod agents;
 mod authorities;
 mod migrate;
+mod revocations;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,7 @@ pub use agents::Agent;
 pub use authorities::StoredAuthority;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
+pub use revocations::{Revocation, Revoked, normalize_serial};
 
 /// The PostgreSQL channel changes are announced on.
 const CHANNEL: &str = "zt_changes";
@@ -77,6 +79,9 @@ pub enum StoreError {
     /// No agent with this ID (or not with this SVID).
     #[error("agent {0} is not attested (evicted, or its SVID was replaced)")]
     UnknownAgent(String),
+    /// A serial that is not hex of at most 20 bytes.
+    #[error("serial {0:?}: expected hex of at most 20 bytes (':' separators allowed)")]
+    InvalidSerial(String),
     /// A banned agent tried to attest.
     #[error("agent {0} is banned")]
     Banned(String),

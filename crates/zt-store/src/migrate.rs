@@ -11,10 +11,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_authorities.sql")),
     (3, include_str!("../migrations/0003_agents.sql")),
+    (4, include_str!("../migrations/0004_revocations.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 3;
+pub const LATEST: i64 = 4;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {

@@ -50,6 +50,24 @@ enum Command {
     /// The trust bundle of zt server.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Revoke SVIDs at once: one by serial, or every SVID of a SPIFFE ID issued until now.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spiffe_id", "serial"])))]
+struct RevokeArgs {
+    /// Every SVID of this SPIFFE ID issued until now.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: Option<SpiffeId>,
+    /// One SVID, by serial (hex, as zt svid inspect prints it).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Why, for the record.
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +224,23 @@ enum AgentCommand {
     /// Join tokens for node attestation.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List attested agents.
+    List(AdminArgs),
+    /// Show one agent.
+    Show(AgentTarget),
+    /// Evict an agent: its SVID is revoked at once and it must attest again.
+    Evict(AgentTarget),
+    /// Ban an agent: evicted, and refused if it attests again.
+    Ban(AgentTarget),
+}
+
+#[derive(Args)]
+struct AgentTarget {
+    /// The agent's SPIFFE ID (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: SpiffeId,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Subcommand)]
@@ -432,6 +467,11 @@ fn main() -> ExitCode {
         Command::Entry(EntryCommand::Delete(args)) => cmd::entry::delete(args),
         Command::Entry(EntryCommand::Count(args)) => cmd::entry::count(args),
         Command::Agent(AgentCommand::Token(TokenCommand::Create(args))) => cmd::entry::create_token(args),
+        Command::Agent(AgentCommand::List(args)) => cmd::entry::list_agents(args),
+        Command::Agent(AgentCommand::Show(args)) => cmd::entry::show_agent(args),
+        Command::Agent(AgentCommand::Evict(args)) => cmd::entry::evict_agent(args, false),
+        Command::Agent(AgentCommand::Ban(args)) => cmd::entry::evict_agent(args, true),
+        Command::Revoke(args) => cmd::entry::revoke(args),
     };
     match result {
         Ok(code) => code,
@@ -463,7 +503,10 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
 /// `zt agent` to zt's, so that commands written for `spire-server` work as written.
 fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let args: Vec<std::ffi::OsString> = args.collect();
-    let applies = matches!(args.get(1).and_then(|a| a.to_str()), Some("entry" | "agent"));
+    let applies = matches!(
+        args.get(1).and_then(|a| a.to_str()),
+        Some("entry" | "agent" | "revoke")
+    );
     if !applies {
         return args;
     }

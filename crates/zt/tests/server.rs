@@ -1117,17 +1117,94 @@ async fn agent_api_attests_syncs_and_signs() {
     assert!(next.entries.iter().any(|e| e.id == added), "{next:?}");
 
     // Renewal: the new SVID works, the old one is refused from then on.
+    let (renewed_key, renewal_csr) = zt_ca::key_and_csr().unwrap();
     let renewed = agent
-        .renew_agent(RenewAgentRequest {
-            csr: zt_ca::key_and_csr().unwrap().1,
-        })
+        .renew_agent(RenewAgentRequest { csr: renewal_csr })
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(
-        renewed.svid.unwrap().spiffe_id,
-        "spiffe://example.org/agent/node-1"
-    );
+        .into_inner()
+        .svid
+        .unwrap();
+    assert_eq!(renewed.spiffe_id, "spiffe://example.org/agent/node-1");
     let stale = agent.sync(SyncRequest {}).await.unwrap_err();
     assert_eq!(stale.code(), tonic::Code::PermissionDenied, "{stale}");
+    let chain: Vec<_> = renewed.cert_chain.iter().map(|c| c.clone().into()).collect();
+    let key = zt_identity::x509::private_key_from_pem(renewed_key.as_bytes()).unwrap();
+    let mtls = zt_tls::client_config(chain, key, bundles.clone(), server_id, TlsVersions::Tls13).unwrap();
+    let mut agent = AgentClient::new(zt_api::channel(server.agent_api, Arc::new(mtls)).unwrap());
+    let mut sync = agent.sync(SyncRequest {}).await.unwrap().into_inner();
+    let state = sync.message().await.unwrap().unwrap();
+    assert!(
+        state.revoked_ids.is_empty() && state.revoked_serials.is_empty(),
+        "{state:?}"
+    );
+    let listed = ok(&server, &["agent", "list"]);
+    assert!(listed.contains("spiffe://example.org/agent/node-1"), "{listed}");
+
+    // A revocation reaches the agent's stream at once.
+    let started = Instant::now();
+    ok(
+        &server,
+        &[
+            "revoke",
+            "-spiffeID",
+            "spiffe://example.org/payment",
+            "--reason",
+            "key leaked",
+        ],
+    );
+    let state = tokio::time::timeout(DEADLINE, sync.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "revocation reached the agent's sync stream {:?} after the revoke command started",
+        started.elapsed()
+    );
+    assert_eq!(state.revoked_ids.len(), 1, "{state:?}");
+    assert_eq!(state.revoked_ids[0].spiffe_id, "spiffe://example.org/payment");
+    let serial = zt_identity::x509::hex(
+        &zt_identity::x509::summarize(&signed.cert_chain[0].clone().into())
+            .unwrap()
+            .serial,
+    );
+    ok(&server, &["revoke", "--serial", &serial]);
+    let state = tokio::time::timeout(DEADLINE, sync.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.revoked_serials, vec![serial.replace(':', "")], "{state:?}");
+
+    // Eviction cuts the agent off: its stream ends, its calls are refused, its SVID is revoked.
+    ok(
+        &server,
+        &[
+            "agent",
+            "evict",
+            "--spiffe-id",
+            "spiffe://example.org/agent/node-1",
+        ],
+    );
+    let ended = tokio::time::timeout(DEADLINE, sync.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended}");
+    let refused = agent.sync(SyncRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert_failure(
+        &zt(
+            &server,
+            &[
+                "agent",
+                "show",
+                "--spiffe-id",
+                "spiffe://example.org/agent/node-1",
+            ],
+        ),
+        1,
+        &["not attested"],
+    );
 }

@@ -1,5 +1,5 @@
 //! Commands that talk to `zt server` through its admin API: `zt entry`,
-//! `zt agent token`, `zt bundle show` and `zt ca rotate`.
+//! `zt agent`, `zt revoke`, `zt bundle show` and `zt ca rotate`.
 
 use std::process::ExitCode;
 
@@ -11,8 +11,8 @@ use zt_store::{Entry, EntrySpec};
 
 use super::timestamp;
 use crate::{
-    AdminArgs, BundleFormat, BundleShow, EntryCreate, EntryFields, EntryShow, EntryTarget, EntryUpdate,
-    Output, TokenCreate,
+    AdminArgs, AgentTarget, BundleFormat, BundleShow, EntryCreate, EntryFields, EntryShow, EntryTarget,
+    EntryUpdate, Output, RevokeArgs, TokenCreate,
 };
 
 /// Default X.509-SVID TTL of new entries, as the seeds require.
@@ -156,6 +156,85 @@ pub fn rotate_ca(admin: AdminArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `zt revoke`.
+pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let request = zt_server::api::Revoke {
+        serial: args.serial.clone(),
+        spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
+        reason: args.reason.clone(),
+    };
+    let revocation = block_on(client(&args.admin).revoke(&request))?;
+    match args.admin.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&revocation)?),
+        Output::Text => match &revocation.revoked {
+            zt_store::Revoked::Serial(serial) => println!("revoked SVID serial {serial}"),
+            zt_store::Revoked::SpiffeId {
+                spiffe_id,
+                issued_before,
+            } => {
+                println!(
+                    "revoked every SVID of {spiffe_id} issued before {}",
+                    timestamp(*issued_before)
+                );
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt agent list`.
+pub fn list_agents(admin: AdminArgs) -> anyhow::Result<ExitCode> {
+    let agents = block_on(client(&admin).list_agents())?;
+    print_agents(&agents, admin.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt agent show`.
+pub fn show_agent(args: AgentTarget) -> anyhow::Result<ExitCode> {
+    let agent = block_on(client(&args.admin).agent(&args.spiffe_id.to_string()))?;
+    print_agents(&[agent], args.admin.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt agent evict` and `zt agent ban`.
+pub fn evict_agent(args: AgentTarget, ban: bool) -> anyhow::Result<ExitCode> {
+    let agent = block_on(client(&args.admin).evict_agent(&args.spiffe_id.to_string(), ban))?;
+    let verb = if ban { "banned" } else { "evicted" };
+    match args.admin.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&agent)?),
+        Output::Text => println!(
+            "{verb} agent {} and revoked its SVID {}",
+            agent.spiffe_id, agent.serial
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_agents(agents: &[zt_store::Agent], output: Output) {
+    if output == Output::Json {
+        println!("{}", serde_json::json!({ "agents": agents }));
+        return;
+    }
+    if agents.is_empty() {
+        println!("no agents");
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("SPIFFE ID        : {}", agent.spiffe_id);
+        println!("SVID serial      : {}", agent.serial);
+        println!("SVID expires at  : {}", timestamp(agent.not_after));
+        println!("Attested at      : {}", timestamp(agent.attested_at));
+        for selector in &agent.selectors {
+            println!("Selector         : {selector}");
+        }
+        if agent.banned {
+            println!("Banned           : true");
+        }
+    }
 }
 
 impl EntryFields {
