@@ -237,7 +237,10 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial()?);
-        params.not_before = to_datetime(now.saturating_sub(BACKDATE.as_secs()))?;
+        // Backdated for clock skew, but never by more than a tenth of the life, so
+        // that short-lived authorities (tests) keep their rotation schedule.
+        let backdate = BACKDATE.min(ttl / 10).as_secs();
+        params.not_before = to_datetime(now.saturating_sub(backdate))?;
         params.not_after = to_datetime(now.saturating_add(ttl.as_secs()))?;
         let cert = params.self_signed(&key)?;
         let jwt_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;

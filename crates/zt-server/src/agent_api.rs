@@ -118,25 +118,23 @@ impl AgentApi {
         })
     }
 
-    /// The entry `id`, if `agent` may issue it; refusals are audited.
-    fn authorized_entry(&self, agent: &CallingAgent, id: &str) -> Result<Entry, Status> {
-        let entry = self.cache.get(id);
-        let allowed = entry.as_ref().is_some_and(|e| {
+    /// The entry `id`, if `agent` may issue it; refusals are audited. An entry the
+    /// cache does not know yet (created a moment ago, maybe through another server)
+    /// is looked for again after catching up with the change feed.
+    async fn authorized_entry(&self, agent: &CallingAgent, id: &str) -> Result<Entry, Status> {
+        let lookup = || {
             self.cache
-                .authorized_for(&agent.id, &agent.selectors)
-                .iter()
-                .any(|a| a.id == e.id)
-        });
-        match entry {
-            Some(entry) if allowed => Ok(entry),
-            _ => {
-                tracing::warn!(target: "zt::audit", agent = %agent.id, entry = id, "refused: agent not authorized for entry");
-                Err(Status::permission_denied(format!(
-                    "{} is not authorized for entry {id:?}",
-                    agent.id
-                )))
-            }
+                .authorized_entry(id, &agent.id, &agent.selectors, now())
+        };
+        let mut found = lookup();
+        if found.is_none() {
+            self.cache.catch_up().await.map_err(|e| self.internal(e))?;
+            found = lookup();
         }
+        found.ok_or_else(|| {
+            tracing::warn!(target: "zt::audit", agent = %agent.id, entry = id, "refused: agent not authorized for entry");
+            Status::permission_denied(format!("{} is not authorized for entry {id:?}", agent.id))
+        })
     }
 
     fn internal(&self, e: StoreError) -> Status {
@@ -248,7 +246,7 @@ impl AgentService for AgentApi {
                 let mut state = SyncResponse {
                     entries: api
                         .cache
-                        .authorized_for(&agent.id, &agent.selectors)
+                        .authorized_for(&agent.id, &agent.selectors, now())
                         .iter()
                         .map(entry_message)
                         .collect(),
@@ -288,7 +286,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<X509Svid>, Status> {
         let agent = self.calling_agent(&request).await?;
         let request = request.into_inner();
-        let entry = self.authorized_entry(&agent, &request.entry_id)?;
+        let entry = self.authorized_entry(&agent, &request.entry_id).await?;
         let svid = self.sign(
             &request.csr,
             &entry.spec.spiffe_id,
@@ -301,7 +299,7 @@ impl AgentService for AgentApi {
     async fn mint_jwt_svid(&self, request: Request<MintJwtSvidRequest>) -> Result<Response<JwtSvid>, Status> {
         let agent = self.calling_agent(&request).await?;
         let request = request.into_inner();
-        let entry = self.authorized_entry(&agent, &request.entry_id)?;
+        let entry = self.authorized_entry(&agent, &request.entry_id).await?;
         let authorities = self.authorities.current();
         let now = now();
         let remaining = authorities.active.not_after().saturating_sub(now);

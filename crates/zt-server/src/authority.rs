@@ -200,8 +200,8 @@ impl AuthorityManager {
 fn latest_active(stored: &[StoredAuthority]) -> Option<&StoredAuthority> {
     stored
         .iter()
-        .filter(|a| a.activated_at.is_some())
-        .max_by_key(|a| a.activated_at)
+        .filter(|a| a.activation.is_some())
+        .max_by_key(|a| a.activation)
 }
 
 /// Whether at least `num/den` of the authority's life has passed at `now`.
@@ -236,6 +236,7 @@ fn generate(
         not_before: summary.not_before,
         not_after: summary.not_after,
         activated_at: None,
+        activation: None,
     })
 }
 
@@ -264,6 +265,7 @@ mod tests {
             not_before,
             not_after,
             activated_at: Some(not_before),
+            activation: Some(1),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Every registration entry in memory, kept current from the datastore's change
 //! feed one entry at a time: a change costs one read, never a full reload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -11,10 +11,61 @@ use zt_store::{Entry, Selector, Store, StoreError};
 /// How many changes are read per round trip when catching up.
 const CHANGE_BATCH: u32 = 1000;
 
+/// Entries by ID, with the indexes authorization needs.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, Entry>,
+    /// Workload entries by parent ID.
+    by_parent: HashMap<SpiffeId, BTreeSet<String>>,
+    /// IDs of node alias entries.
+    aliases: BTreeSet<String>,
+}
+
+impl Index {
+    fn insert(&mut self, entry: Entry) {
+        self.remove(&entry.id);
+        if entry.spec.node {
+            self.aliases.insert(entry.id.clone());
+        } else {
+            self.by_parent
+                .entry(entry.spec.parent_id.clone())
+                .or_default()
+                .insert(entry.id.clone());
+        }
+        self.entries.insert(entry.id.clone(), entry);
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(old) = self.entries.remove(id) else {
+            return;
+        };
+        self.aliases.remove(id);
+        if let Some(siblings) = self.by_parent.get_mut(&old.spec.parent_id) {
+            siblings.remove(id);
+            if siblings.is_empty() {
+                self.by_parent.remove(&old.spec.parent_id);
+            }
+        }
+    }
+
+    /// The agent itself and the node aliases whose selectors it all has.
+    fn parents_of(&self, agent: &SpiffeId, agent_selectors: &[Selector]) -> Vec<SpiffeId> {
+        let mut parents = vec![agent.clone()];
+        parents.extend(
+            self.aliases
+                .iter()
+                .filter_map(|id| self.entries.get(id))
+                .filter(|e| e.spec.selectors.iter().all(|s| agent_selectors.contains(s)))
+                .map(|e| e.spec.spiffe_id.clone()),
+        );
+        parents
+    }
+}
+
 /// The entry cache.
 pub struct EntryCache {
     store: Store,
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: RwLock<Index>,
     /// Position in the change feed the cache reflects; bumped on every applied change.
     version: watch::Sender<u64>,
 }
@@ -24,12 +75,10 @@ impl EntryCache {
     /// load is applied again afterwards (applying a change twice is harmless).
     pub async fn load(store: Store) -> Result<Arc<Self>, StoreError> {
         let seq = store.latest_change().await?;
-        let entries = store
-            .list_entries(None, None)
-            .await?
-            .into_iter()
-            .map(|e| (e.id.clone(), e))
-            .collect();
+        let mut entries = Index::default();
+        for entry in store.list_entries(None, None).await? {
+            entries.insert(entry);
+        }
         let (version, _) = watch::channel(seq);
         Ok(Arc::new(Self {
             store,
@@ -45,7 +94,7 @@ impl EntryCache {
 
     /// How many entries are cached.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|e| e.len()).unwrap_or(0)
+        self.entries.read().map(|e| e.entries.len()).unwrap_or(0)
     }
 
     /// Whether no entry is cached.
@@ -55,29 +104,47 @@ impl EntryCache {
 
     /// The entry with this ID.
     pub fn get(&self, id: &str) -> Option<Entry> {
-        self.entries.read().ok()?.get(id).cloned()
+        self.entries.read().ok()?.entries.get(id).cloned()
     }
 
     /// The entries an agent may issue: those whose parent is the agent itself, or a
-    /// node alias whose selectors are all among the agent's.
-    pub fn authorized_for(&self, agent: &SpiffeId, agent_selectors: &[Selector]) -> Vec<Entry> {
-        let Ok(entries) = self.entries.read() else {
+    /// node alias whose selectors are all among the agent's; expired entries never.
+    pub fn authorized_for(&self, agent: &SpiffeId, agent_selectors: &[Selector], now: u64) -> Vec<Entry> {
+        let Ok(index) = self.entries.read() else {
             return Vec::new();
         };
-        let mut parents = vec![agent.clone()];
-        parents.extend(
-            entries
-                .values()
-                .filter(|e| e.spec.node && e.spec.selectors.iter().all(|s| agent_selectors.contains(s)))
-                .map(|e| e.spec.spiffe_id.clone()),
-        );
-        let mut authorized: Vec<Entry> = entries
-            .values()
-            .filter(|e| !e.spec.node && parents.contains(&e.spec.parent_id))
+        let mut authorized: Vec<Entry> = index
+            .parents_of(agent, agent_selectors)
+            .iter()
+            .filter_map(|parent| index.by_parent.get(parent))
+            .flatten()
+            .filter_map(|id| index.entries.get(id))
+            .filter(|e| !expired(e, now))
             .cloned()
             .collect();
         authorized.sort_by(|a, b| a.id.cmp(&b.id));
+        authorized.dedup_by(|a, b| a.id == b.id);
         authorized
+    }
+
+    /// The entry `id` if the agent may issue it: cost grows with the number of node
+    /// aliases, not of entries.
+    pub fn authorized_entry(
+        &self,
+        id: &str,
+        agent: &SpiffeId,
+        agent_selectors: &[Selector],
+        now: u64,
+    ) -> Option<Entry> {
+        let index = self.entries.read().ok()?;
+        let entry = index.entries.get(id)?;
+        if entry.spec.node || expired(entry, now) {
+            return None;
+        }
+        index
+            .parents_of(agent, agent_selectors)
+            .contains(&entry.spec.parent_id)
+            .then(|| entry.clone())
     }
 
     /// Applies the datastore's changes as they come, until `stop`.
@@ -104,14 +171,19 @@ impl EntryCache {
             };
             for change in changes.iter().filter(|c| c.kind == "entry") {
                 let current = self.store.entry(&change.subject).await?;
-                if let Ok(mut entries) = self.entries.write() {
+                if let Ok(mut index) = self.entries.write() {
                     match current {
-                        Some(entry) => entries.insert(entry.id.clone(), entry),
-                        None => entries.remove(&change.subject),
-                    };
+                        Some(entry) => index.insert(entry),
+                        None => index.remove(&change.subject),
+                    }
                 }
             }
             self.version.send_replace(last);
         }
     }
+}
+
+/// An entry past its `expires_at` issues nothing.
+fn expired(entry: &Entry, now: u64) -> bool {
+    entry.spec.expires_at.is_some_and(|at| at <= now)
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     registry: Registry,
     /// Registration entries, refreshed on each scrape.
     pub entries: Gauge,
+    /// Attested agents, refreshed on each scrape.
+    pub agents: Gauge,
     /// Datastore operations that failed.
     pub datastore_errors: Counter,
     /// X.509-SVIDs signed.
@@ -32,10 +34,12 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("zt_server");
         let entries = Gauge::default();
+        let agents = Gauge::default();
         let datastore_errors = Counter::default();
         let svids_signed = Counter::default();
         let signing_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
         registry.register("entries", "Registration entries", entries.clone());
+        registry.register("agents", "Attested agents (banned ones included)", agents.clone());
         registry.register(
             "datastore_errors",
             "Datastore operations that failed",
@@ -50,6 +54,7 @@ impl Metrics {
         Self {
             registry,
             entries,
+            agents,
             datastore_errors,
             svids_signed,
             signing_seconds,
@@ -89,11 +94,18 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
-    match state.store.count_entries().await {
-        Ok(n) => {
-            state.metrics.entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    match (state.store.count_entries().await, state.store.list_agents().await) {
+        (Ok(entries), Ok(agents)) => {
+            state
+                .metrics
+                .entries
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .agents
+                .set(i64::try_from(agents.len()).unwrap_or(i64::MAX));
         }
-        Err(_) => {
+        _ => {
             state.metrics.datastore_errors.inc();
         }
     }

@@ -10,5 +10,6 @@ CREATE TABLE authorities (
     not_before    BIGINT NOT NULL,
     not_after     BIGINT NOT NULL,
     activated_at  BIGINT,            -- NULL while prepared
+    activation    BIGINT,            -- 1, 2, 3…: the order of activations (times can tie)
     created_at    BIGINT NOT NULL
 );

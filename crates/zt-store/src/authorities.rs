@@ -26,6 +26,8 @@ pub struct StoredAuthority {
     pub not_after: u64,
     /// When it became the one that signs; `None` while prepared.
     pub activated_at: Option<u64>,
+    /// The order of activations: the highest is the one that signs.
+    pub activation: Option<u64>,
 }
 
 impl std::fmt::Debug for StoredAuthority {
@@ -43,7 +45,7 @@ impl Store {
     /// Every authority not yet expired at `now`, oldest first.
     pub async fn authorities(&self, now: u64) -> Result<Vec<StoredAuthority>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, ca_cert_pem, ca_key_pem, jwt_key_pem, not_before, not_after, activated_at \
+            "SELECT id, ca_cert_pem, ca_key_pem, jwt_key_pem, not_before, not_after, activated_at, activation \
              FROM authorities WHERE not_after > $1 ORDER BY not_before, id",
         )
         .bind(to_i64(now))
@@ -86,14 +88,17 @@ impl Store {
     /// call did it (false if another server already had).
     pub async fn activate_authority(&self, id: &str, now: u64) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let activated =
-            sqlx::query("UPDATE authorities SET activated_at = $1 WHERE id = $2 AND activated_at IS NULL")
-                .bind(to_i64(now))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+        let activated = sqlx::query(
+            "UPDATE authorities SET activated_at = $1, \
+             activation = (SELECT COALESCE(MAX(activation), 0) + 1 FROM authorities) \
+             WHERE id = $2 AND activated_at IS NULL",
+        )
+        .bind(to_i64(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         if activated {
             self.record_change(&mut tx, "authority", id, now).await?;
         }
@@ -116,6 +121,7 @@ impl Store {
 
 fn authority_from_row(row: &AnyRow) -> Result<StoredAuthority, StoreError> {
     let activated_at: Option<i64> = row.try_get("activated_at")?;
+    let activation: Option<i64> = row.try_get("activation")?;
     Ok(StoredAuthority {
         id: row.try_get("id")?,
         ca_cert_pem: row.try_get("ca_cert_pem")?,
@@ -124,5 +130,6 @@ fn authority_from_row(row: &AnyRow) -> Result<StoredAuthority, StoreError> {
         not_before: to_u64(row.try_get("not_before")?),
         not_after: to_u64(row.try_get("not_after")?),
         activated_at: activated_at.map(to_u64),
+        activation: activation.map(to_u64),
     })
 }

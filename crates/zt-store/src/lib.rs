@@ -311,6 +311,42 @@ impl Store {
         Ok(entry)
     }
 
+    /// Stores many new entries in one transaction (an import): all or none.
+    pub async fn import_entries(&self, specs: Vec<EntrySpec>, now: u64) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let count = specs.len();
+        for spec in specs {
+            let spec = spec.normalize()?;
+            let id = random_id()?;
+            let inserted = sqlx::query(
+                "INSERT INTO entries (id, spiffe_id, parent_id, selectors, spec, revision, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+            )
+            .bind(&id)
+            .bind(spec.spiffe_id.to_string())
+            .bind(spec.parent_id.to_string())
+            .bind(spec.selector_key())
+            .bind(spec_json(&spec)?)
+            .bind(to_i64(now))
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = inserted {
+                return Err(if is_unique_violation(&e) {
+                    StoreError::AlreadyExists {
+                        spiffe_id: spec.spiffe_id,
+                        parent_id: spec.parent_id,
+                    }
+                } else {
+                    e.into()
+                });
+            }
+            self.record_change(&mut tx, "entry", &id, now).await?;
+        }
+        tx.commit().await?;
+        self.notify_local();
+        Ok(count)
+    }
+
     /// The entry with this ID.
     pub async fn entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
         let row = sqlx::query("SELECT id, spec, revision, created_at, updated_at FROM entries WHERE id = $1")

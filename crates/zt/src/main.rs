@@ -270,6 +270,27 @@ const DEFAULT_ADMIN_SOCKET: &str = "zt-data/admin.sock";
 enum BenchCommand {
     /// SPIFFE ID parsing, SVID verification, minting and issuance.
     Identity(BenchIdentity),
+    /// zt server through its agent API: signing throughput and entry propagation.
+    Server(BenchServer),
+}
+
+#[derive(Args)]
+struct BenchServer {
+    /// Entries of other agents stored before the server starts.
+    #[arg(long, default_value_t = 10_000)]
+    entries: usize,
+    /// Concurrent signing callers, each on its own connection.
+    #[arg(long, default_value_t = 16)]
+    callers: usize,
+    /// Length of the signing run, seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Entry changes timed to the sync stream.
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// A postgres:// URL to bench on PostgreSQL instead of SQLite (its database should be empty).
+    #[arg(long)]
+    datastore: Option<String>,
 }
 
 #[derive(Args)]
@@ -460,6 +481,7 @@ fn main() -> ExitCode {
         Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
         Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),
+        Command::Bench(BenchCommand::Server(args)) => cmd::bench::server(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

@@ -57,6 +57,11 @@ impl ServerProcess {
 
     /// Starts `zt server` without waiting; its stderr goes to a log file next to `data_dir`.
     fn spawn(data_dir: &Path, datastore: Option<&str>) -> Self {
+        Self::spawn_with(data_dir, datastore, &[])
+    }
+
+    /// Like [`ServerProcess::spawn`], with extra `zt server` flags.
+    fn spawn_with(data_dir: &Path, datastore: Option<&str>, extra: &[&str]) -> Self {
         let port = free_port();
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = data_dir.with_extension(format!("{port}.log"));
@@ -78,6 +83,7 @@ impl ServerProcess {
         if let Some(url) = datastore {
             args.extend(["--datastore", url]);
         }
+        args.extend(extra);
         let child = Command::new(env!("CARGO_BIN_EXE_zt"))
             .args(&args)
             .env_remove("ZT_ADMIN_SOCKET")
@@ -1177,6 +1183,39 @@ async fn agent_api_attests_syncs_and_signs() {
         .unwrap();
     assert_eq!(state.revoked_serials, vec![serial.replace(':', "")], "{state:?}");
 
+    // A forced rotation: SVIDs of the old authority still verify against the new
+    // bundle, new ones come from the new authority, and the stream carries the bundle.
+    let old_sequence = state.bundle.as_ref().unwrap().sequence;
+    ok(&server, &["ca", "rotate"]);
+    let rotated_bundle = Bundle::parse(ok(&server, &["bundle", "show"]).as_bytes(), None).unwrap();
+    assert_eq!(rotated_bundle.x509_authorities().len(), 2);
+    let old_chain: Vec<_> = signed.cert_chain.iter().map(|c| c.clone().into()).collect();
+    zt_identity::verify_x509_svid(&old_chain, &rotated_bundle, at, Purpose::ServerAuth).unwrap();
+    let fresh = agent
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: added.clone(),
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fresh_chain: Vec<_> = fresh.cert_chain.iter().map(|c| c.clone().into()).collect();
+    zt_identity::verify_x509_svid(&fresh_chain, &rotated_bundle, at, Purpose::ServerAuth).unwrap();
+    let before = zt_identity::verify_x509_svid(&fresh_chain, &bundle, at, Purpose::ServerAuth).unwrap_err();
+    assert!(
+        matches!(before, zt_identity::X509SvidError::UntrustedIssuer(_)),
+        "signed by the new authority: {before}"
+    );
+    let state = tokio::time::timeout(DEADLINE, sync.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.bundle.as_ref().unwrap().sequence > old_sequence,
+        "{state:?}"
+    );
+
     // Eviction cuts the agent off: its stream ends, its calls are refused, its SVID is revoked.
     ok(
         &server,
@@ -1207,4 +1246,66 @@ async fn agent_api_attests_syncs_and_signs() {
         1,
         &["not attested"],
     );
+}
+
+/// SPIRE's schedule with a short CA lifetime: the next authority is prepared (and
+/// in the bundle) at half the active one's life and activated at five sixths.
+#[test]
+fn ca_rotates_on_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = ServerProcess::spawn_with(&data_dir, None, &["--ca-ttl", "12s"]);
+    server.wait_ready();
+    let started = Instant::now();
+    let authorities = |server: &ServerProcess| {
+        ok(server, &["bundle", "show"])
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    let actives = |server: &ServerProcess| {
+        let log = server.stderr();
+        let mut seen: Vec<String> = Vec::new();
+        for serial in log
+            .lines()
+            .filter_map(|l| l.split("active=").nth(1))
+            .map(|r| r.split(' ').next().unwrap_or("").to_owned())
+        {
+            if !seen.contains(&serial) {
+                seen.push(serial);
+            }
+        }
+        seen
+    };
+    let first = ok(&server, &["bundle", "show"]);
+    assert_eq!(first.matches("BEGIN CERTIFICATE").count(), 1);
+    while authorities(&server) < 2 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no authority prepared within {DEADLINE:?}"
+        );
+        thread::sleep(POLL * 10);
+    }
+    let prepared_after = started.elapsed();
+    while actives(&server).len() < 2 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "prepared authority not activated within {DEADLINE:?}:\n{}",
+            server.stderr()
+        );
+        thread::sleep(POLL * 10);
+    }
+    eprintln!(
+        "prepared after {prepared_after:?}, activated after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        prepared_after < started.elapsed(),
+        "activation comes after preparation"
+    );
+    let bundle = ok(&server, &["bundle", "show"]);
+    assert!(
+        bundle.contains(first.trim()),
+        "the first authority stays in the bundle while its SVIDs may live"
+    );
+    assert!(bundle.matches("BEGIN CERTIFICATE").count() >= 2);
 }

@@ -4,6 +4,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use rustls_pki_types::UnixTime;
 use zt_ca::{Authority, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL, KeyType, SvidRequest};
 use zt_identity::{Purpose, SpiffeId, TrustDomain, verify_jwt_svid, verify_x509_svid};
@@ -116,4 +117,208 @@ fn fmt(d: Duration) -> String {
     } else {
         format!("{:.1} µs", ns as f64 / 1000.0)
     }
+}
+
+/// `zt bench server`: a real `zt server` in this process on loopback, driven
+/// through its agent API as agents drive it: SVID signing throughput with
+/// concurrent callers, and the delay from an entry created (admin API) to the
+/// entry arriving on an agent's sync stream, with `--entries` already stored.
+pub fn server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(bench_server(args))
+}
+
+async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use zt_api::agent::agent_client::AgentClient;
+    use zt_api::agent::{AttestJoinTokenRequest, SignX509SvidRequest, SyncRequest};
+    use zt_identity::BundleSet;
+    use zt_server::client::AdminClient;
+    use zt_store::{EntrySpec, Selector, Store};
+    use zt_tls::{PeerMatcher, TlsVersions};
+
+    let td = TrustDomain::parse("example.org")?;
+    let agent_id = SpiffeId::parse("spiffe://example.org/agent/bench")?;
+    let dir = tempfile::tempdir()?;
+    let location = args.datastore.clone().unwrap_or_else(|| {
+        dir.path()
+            .join(zt_server::SQLITE_FILE)
+            .to_string_lossy()
+            .into_owned()
+    });
+
+    // Entries of other agents, stored before the server starts, as an existing deployment's.
+    let store = Store::open(&location).await?;
+    let spec = |id: String, parent: &SpiffeId| -> anyhow::Result<EntrySpec> {
+        Ok(EntrySpec {
+            spiffe_id: SpiffeId::parse(&id)?,
+            parent_id: parent.clone(),
+            selectors: vec![Selector::parse("unix:uid:1000")?],
+            x509_ttl: 3600,
+            jwt_ttl: 300,
+            dns_names: vec![],
+            admin: false,
+            node: false,
+            expires_at: None,
+        })
+    };
+    let others = SpiffeId::parse("spiffe://example.org/agent/others")?;
+    let started = Instant::now();
+    for chunk in (0..args.entries).collect::<Vec<_>>().chunks(10_000) {
+        let specs = chunk
+            .iter()
+            .map(|i| spec(format!("spiffe://example.org/workload/{i}"), &others))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        store.import_entries(specs, now()).await?;
+    }
+    if args.entries > 0 {
+        println!("stored {} entries in {:.1?}", args.entries, started.elapsed());
+    }
+    let token = store
+        .create_join_token(Some(&agent_id), Duration::from_secs(600), now())
+        .await?;
+    drop(store);
+
+    let free_port = || -> anyhow::Result<std::net::SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let config = zt_server::ServerConfig {
+        data_dir: dir.path().join("data"),
+        datastore: Some(location),
+        trust_domain: td.clone(),
+        http_addr: free_port()?,
+        ca_ttl: Duration::from_secs(24 * 3600),
+        ca_key_type: zt_ca::KeyType::EcP256,
+        agent_addr: free_port()?,
+        agent_ttl: Duration::from_secs(3600),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_addr = config.agent_addr;
+    let admin = AdminClient::new(config.data_dir.join(zt_server::ADMIN_SOCKET));
+    let server = tokio::spawn(zt_server::run(config, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.count_entries().await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "zt server did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Attest as an agent, then talk mTLS with the agent SVID.
+    let bundle = zt_identity::Bundle::parse(
+        admin.bundle(zt_server::api::BundleFormat::Pem).await?.as_bytes(),
+        None,
+    )?;
+    let mut bundles = BundleSet::default();
+    bundles.insert(bundle);
+    let bundles = Arc::new(bundles);
+    let server_id = PeerMatcher::OneOf(vec![SpiffeId::from_parts(&td, "/zt/server")?]);
+    let anonymous = zt_tls::client_config_anonymous(bundles.clone(), server_id.clone(), TlsVersions::Tls13)?;
+    let (key_pem, csr) = zt_ca::key_and_csr()?;
+    let attested = AgentClient::new(zt_api::channel(agent_addr, Arc::new(anonymous))?)
+        .attest_join_token(AttestJoinTokenRequest { token, csr })
+        .await?
+        .into_inner();
+    let svid = attested.svid.context("attestation answered no SVID")?;
+    let chain = svid.cert_chain.into_iter().map(Into::into).collect();
+    let key = zt_identity::x509::private_key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    let mtls = Arc::new(zt_tls::client_config(
+        chain,
+        key,
+        bundles,
+        server_id,
+        TlsVersions::Tls13,
+    )?);
+    let entry = admin
+        .create_entry(&spec("spiffe://example.org/bench/signed".into(), &agent_id)?)
+        .await?;
+
+    // Signing throughput: `callers` concurrent callers, each on its own connection.
+    let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..32)
+            .map(|_| zt_ca::key_and_csr().map(|(_, csr)| csr))
+            .collect::<Result<_, _>>()?,
+    );
+    let window = Duration::from_secs(args.seconds.max(1));
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for c in 0..args.callers.max(1) {
+        let mut client = AgentClient::new(zt_api::channel(agent_addr, mtls.clone())?);
+        let (csrs, entry_id) = (csrs.clone(), entry.id.clone());
+        callers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = c;
+            while started.elapsed() < window {
+                let request = SignX509SvidRequest {
+                    entry_id: entry_id.clone(),
+                    csr: csrs[i % csrs.len()].clone(),
+                };
+                let t = Instant::now();
+                client.sign_x509_svid(request).await?;
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(caller.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    println!(
+        "{:<44} {:>10.0} SVIDs/s  (p50 {}, p99 {}, {} callers, {:.1?})",
+        "sign X.509-SVID through the agent API",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        fmt(percentile(&latencies, 0.5)),
+        fmt(percentile(&latencies, 0.99)),
+        args.callers.max(1),
+        elapsed
+    );
+
+    // Propagation: entry created through the admin API → on the agent's sync stream.
+    let mut agent = AgentClient::new(zt_api::channel(agent_addr, mtls)?);
+    let mut sync = agent.sync(SyncRequest {}).await?.into_inner();
+    sync.message().await?.context("sync stream ended")?;
+    let mut delays = Vec::new();
+    for i in 0..args.changes {
+        let t = Instant::now();
+        let created = admin
+            .create_entry(&spec(format!("spiffe://example.org/bench/new/{i}"), &agent_id)?)
+            .await?;
+        loop {
+            let state = tokio::time::timeout(Duration::from_secs(10), sync.message())
+                .await
+                .context("no sync message within 10 s")??
+                .context("sync stream ended")?;
+            if state.entries.iter().any(|e| e.id == created.id) {
+                break;
+            }
+        }
+        delays.push(t.elapsed());
+    }
+    delays.sort_unstable();
+    println!(
+        "{:<44} p50 {}, p99 {}, max {}  ({} changes, {} entries stored)",
+        "entry created → agent sync stream",
+        fmt(percentile(&delays, 0.5)),
+        fmt(percentile(&delays, 0.99)),
+        fmt(delays.last().copied().unwrap_or_default()),
+        delays.len(),
+        args.entries + args.changes + 1
+    );
+    let _ = stop.send(());
+    server.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
 }
