@@ -104,17 +104,8 @@ impl AuthorityManager {
     /// The previous one stays in the bundle until it expires.
     pub async fn rotate_now(&self) -> Result<(), AuthorityError> {
         let now = now();
-        let stored = self.store.authorities(now).await?;
-        let prepared = match stored.iter().find(|a| a.activated_at.is_none()) {
-            Some(prepared) => prepared.clone(),
-            None => {
-                let fresh = generate(&self.trust_domain, self.ca_ttl, self.key_type, now)?;
-                self.store.prepare_authority(&fresh, now).await?;
-                fresh
-            }
-        };
-        self.store.activate_authority(&prepared.id, now).await?;
-        tracing::info!(target: "zt::audit", authority = %prepared.id, "CA rotated on request");
+        let id = activate_prepared(&self.store, &self.trust_domain, self.ca_ttl, self.key_type, now).await?;
+        tracing::info!(target: "zt::audit", authority = %id, "CA rotated on request");
         self.tick().await
     }
 
@@ -146,31 +137,35 @@ impl AuthorityManager {
         let mut stored = store.authorities(now).await?;
         let active = latest_active(&stored).cloned();
         let prepared = stored.iter().find(|a| a.activated_at.is_none()).cloned();
-        let mut changed = false;
-        match (&active, &prepared) {
+        let step = match (&active, &prepared) {
             // A new trust domain: its first authority is prepared and activated at once.
-            (None, _) => {
-                let first = match prepared {
-                    Some(prepared) => prepared,
-                    None => {
-                        let fresh = generate(trust_domain, ca_ttl, key_type, now)?;
-                        store.prepare_authority(&fresh, now).await?;
-                        fresh
-                    }
-                };
-                store.activate_authority(&first.id, now).await?;
-                changed = true;
-            }
+            (None, _) => Some(
+                activate_prepared(store, trust_domain, ca_ttl, key_type, now)
+                    .await
+                    .map(drop),
+            ),
             (Some(active), None) if past_fraction(active, now, 1, 2) => {
                 let fresh = generate(trust_domain, ca_ttl, key_type, now)?;
-                changed = store.prepare_authority(&fresh, now).await?;
+                Some(
+                    store
+                        .prepare_authority(&fresh, now)
+                        .await
+                        .map(drop)
+                        .map_err(Into::into),
+                )
             }
-            (Some(active), Some(prepared)) if past_fraction(active, now, 5, 6) => {
-                changed = store.activate_authority(&prepared.id, now).await?;
-            }
-            _ => {}
-        }
-        if changed {
+            (Some(active), Some(prepared)) if past_fraction(active, now, 5, 6) => Some(
+                store
+                    .activate_authority(&prepared.id, now)
+                    .await
+                    .map(drop)
+                    .map_err(Into::into),
+            ),
+            _ => None,
+        };
+        // Whether this server took the step or another one did first, read what is there now.
+        if let Some(step) = step {
+            step?;
             stored = store.authorities(now).await?;
         }
         store.purge_expired_authorities(now).await?;
@@ -194,6 +189,38 @@ impl AuthorityManager {
         bundle.set_refresh_hint(ca_ttl.as_secs().clamp(10, 300));
         Ok(Authorities { active, bundle })
     }
+}
+
+/// Activates the prepared authority, preparing one first if there is none. Servers
+/// racing here all end with the same one active: preparing inserts only when nothing
+/// is prepared, so whoever loses activates the winner's. Returns its ID.
+async fn activate_prepared(
+    store: &Store,
+    trust_domain: &TrustDomain,
+    ca_ttl: Duration,
+    key_type: KeyType,
+    now: u64,
+) -> Result<String, AuthorityError> {
+    let prepared = |stored: Vec<StoredAuthority>| stored.into_iter().find(|a| a.activated_at.is_none());
+    let id = match prepared(store.authorities(now).await?) {
+        Some(existing) => existing.id,
+        None => {
+            store
+                .prepare_authority(&generate(trust_domain, ca_ttl, key_type, now)?, now)
+                .await?;
+            match prepared(store.authorities(now).await?) {
+                Some(winner) => winner.id,
+                // Prepared and already activated by another server: nothing left to do.
+                None => {
+                    return latest_active(&store.authorities(now).await?)
+                        .map(|a| a.id.clone())
+                        .ok_or(AuthorityError::NoneActive);
+                }
+            }
+        }
+    };
+    store.activate_authority(&id, now).await?;
+    Ok(id)
 }
 
 /// The most recently activated authority.

@@ -1,0 +1,302 @@
+//! Helpers of the `zt server` end-to-end tests: real server processes, the CLI
+//! against them, raw HTTP on their sockets.
+
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use zt_testkit::describe;
+
+/// How long a server may take to become ready, or to stop.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+/// Interval between readiness polls.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The trust domain every test server is the authority of.
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `zt server`; SIGKILLed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    /// The agent API (gRPC over TLS).
+    pub agent_api: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `zt server` on `data_dir` (and `datastore`, if any) and waits until it is ready.
+    pub fn start(data_dir: &Path, datastore: Option<&str>) -> Self {
+        let mut server = Self::spawn(data_dir, datastore);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `zt server` without waiting; its stderr goes to a log file next to `data_dir`.
+    pub fn spawn(data_dir: &Path, datastore: Option<&str>) -> Self {
+        Self::spawn_with(data_dir, datastore, &[])
+    }
+
+    /// Like [`ServerProcess::spawn`], with extra `zt server` flags.
+    pub fn spawn_with(data_dir: &Path, datastore: Option<&str>, extra: &[&str]) -> Self {
+        let port = free_port();
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let stderr = fs::File::create(&log).unwrap();
+        let http_arg = http.to_string();
+        let agent_api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_arg = agent_api.to_string();
+        let mut args = vec![
+            "server",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--http",
+            &http_arg,
+            "--agent-api",
+            &agent_arg,
+        ];
+        if let Some(url) = datastore {
+            args.extend(["--datastore", url]);
+        }
+        args.extend(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(&args)
+            .env_remove("ZT_ADMIN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            http,
+            agent_api,
+            log,
+        }
+    }
+
+    /// Polls until the admin socket exists and `/readyz` answers 200; fails the test
+    /// if the server exits first or the deadline passes.
+    pub fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "zt server exited before it was ready: {status}\n{}",
+                    self.stderr()
+                );
+            }
+            if self.socket().exists() && matches!(http_get(self.http, "/readyz"), Ok((200, _))) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "zt server not ready after {DEADLINE:?}\n{}",
+                self.stderr()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    /// What the server wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!("server stderr ({}):\n{text}", self.log.display())
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}: {sent}", self.child.id());
+        match wait_with_deadline(&mut self.child) {
+            Some(status) => status,
+            None => panic!(
+                "zt server still running {DEADLINE:?} after SIGTERM\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// SIGKILL, then reaps the process.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("{}", self.stderr());
+        }
+    }
+}
+
+/// Waits up to [`DEADLINE`] for `child` to exit; kills it and returns `None` if it does not.
+pub fn wait_with_deadline(child: &mut Child) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// One HTTP/1.1 exchange on `stream`: sends `request`, reads the whole answer
+/// (the request asks the server to close), returns the status and the body.
+pub fn exchange(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<(u16, String)> {
+    // The server may answer (and close) before reading all of a large request;
+    // what it answered is still there to read.
+    let _ = stream.write_all(request);
+    let _ = stream.flush();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// `GET path` on the health and metrics port.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(stream, request.as_bytes())
+}
+
+/// `POST path` with `body` straight onto the admin socket, bypassing the CLI.
+pub fn admin_post(socket: &Path, path: &str, body: &[u8]) -> (u16, String) {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: zt-admin\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    exchange(stream, &request).unwrap()
+}
+
+/// Runs `zt ARGS --socket SOCKET`.
+pub fn zt_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env_remove("ZT_ADMIN_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `zt ARGS --socket <data-dir>/admin.sock` against `server`.
+pub fn zt(server: &ServerProcess, args: &[&str]) -> Output {
+    zt_at(&server.socket(), args)
+}
+
+/// Asserts success with nothing on stderr; returns stdout.
+pub fn succeed(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{what}: {}",
+        describe(out)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Runs `zt ARGS` against `server` and asserts it succeeds; returns stdout.
+pub fn ok(server: &ServerProcess, args: &[&str]) -> String {
+    succeed(&zt(server, args), &format!("zt {args:?}"))
+}
+
+/// Asserts a failure: exit `code`, nothing on stdout, and exactly one stderr line
+/// that starts with `zt: `, contains every needle and says nothing twice.
+pub fn assert_failure(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = describe(out);
+    assert_eq!(out.status.code(), Some(code), "{what}");
+    assert!(out.stdout.is_empty(), "stdout is not empty: {what}");
+    assert!(
+        stderr.starts_with("zt: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "stderr is not one `zt: ` line: {what}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {what}");
+    }
+    // No cause repeated: every `: `-separated part (of some length) appears once.
+    for part in stderr.trim_end().split(": ").filter(|p| p.len() > 8) {
+        assert_eq!(stderr.matches(part).count(), 1, "stderr repeats {part:?}: {what}");
+    }
+}
+
+/// `zt entry count`, checked to be `N registration entries`.
+pub fn count(server: &ServerProcess) -> u64 {
+    let text = ok(server, &["entry", "count"]);
+    let n = text.trim_end().strip_suffix(" registration entries");
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("zt entry count printed {text:?}"))
+}
+
+/// `zt entry show ARGS --output json`: the entries.
+pub fn show_json(server: &ServerProcess, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["entry", "show"];
+    all.extend_from_slice(args);
+    all.extend(["--output", "json"]);
+    let doc: Value = serde_json::from_str(&ok(server, &all)).unwrap();
+    doc["entries"].as_array().unwrap().clone()
+}
+
+/// Runs `zt ARGS --output json` (a create or update) and returns the one entry it printed.
+pub fn one_entry_json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let doc: Value = serde_json::from_str(&ok(server, &all)).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "zt {all:?}: {doc}");
+    entries[0].clone()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
