@@ -272,18 +272,42 @@ impl Store {
 
     /// Stores a new entry.
     pub async fn create_entry(&self, spec: EntrySpec, now: u64) -> Result<Entry, StoreError> {
-        let spec = spec.normalize()?;
+        let mut tx = self.pool.begin().await?;
+        let entry = self.insert_entry(&mut tx, spec, now).await?;
+        tx.commit().await?;
+        self.notify_local();
+        Ok(entry)
+    }
+
+    /// Stores many new entries in one transaction (an import): all or none.
+    pub async fn import_entries(&self, specs: Vec<EntrySpec>, now: u64) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let count = specs.len();
+        for spec in specs {
+            self.insert_entry(&mut tx, spec, now).await?;
+        }
+        tx.commit().await?;
+        self.notify_local();
+        Ok(count)
+    }
+
+    /// Inserts a new entry, with its change record, inside `tx`.
+    async fn insert_entry(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        spec: EntrySpec,
+        now: u64,
+    ) -> Result<Entry, StoreError> {
         let entry = Entry {
             id: random_id()?,
-            spec,
+            spec: spec.normalize()?,
             revision: 1,
             created_at: now,
             updated_at: now,
         };
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO entries (id, spiffe_id, parent_id, selectors, spec, revision, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         )
         .bind(&entry.id)
         .bind(entry.spec.spiffe_id.to_string())
@@ -292,8 +316,7 @@ impl Store {
         .bind(spec_json(&entry.spec)?)
         .bind(to_i64(entry.revision))
         .bind(to_i64(now))
-        .bind(to_i64(now))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         if let Err(e) = inserted {
             return Err(if is_unique_violation(&e) {
@@ -305,46 +328,8 @@ impl Store {
                 e.into()
             });
         }
-        self.record_change(&mut tx, "entry", &entry.id, now).await?;
-        tx.commit().await?;
-        self.notify_local();
+        self.record_change(tx, "entry", &entry.id, now).await?;
         Ok(entry)
-    }
-
-    /// Stores many new entries in one transaction (an import): all or none.
-    pub async fn import_entries(&self, specs: Vec<EntrySpec>, now: u64) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let count = specs.len();
-        for spec in specs {
-            let spec = spec.normalize()?;
-            let id = random_id()?;
-            let inserted = sqlx::query(
-                "INSERT INTO entries (id, spiffe_id, parent_id, selectors, spec, revision, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
-            )
-            .bind(&id)
-            .bind(spec.spiffe_id.to_string())
-            .bind(spec.parent_id.to_string())
-            .bind(spec.selector_key())
-            .bind(spec_json(&spec)?)
-            .bind(to_i64(now))
-            .execute(&mut *tx)
-            .await;
-            if let Err(e) = inserted {
-                return Err(if is_unique_violation(&e) {
-                    StoreError::AlreadyExists {
-                        spiffe_id: spec.spiffe_id,
-                        parent_id: spec.parent_id,
-                    }
-                } else {
-                    e.into()
-                });
-            }
-            self.record_change(&mut tx, "entry", &id, now).await?;
-        }
-        tx.commit().await?;
-        self.notify_local();
-        Ok(count)
     }
 
     /// The entry with this ID.

@@ -238,11 +238,7 @@ pub fn server_config(
     peers: PeerMatcher,
     versions: TlsVersions,
 ) -> Result<ServerConfig, TlsConfigError> {
-    let verifier = Arc::new(SpiffeClientVerifier::new(bundles, peers));
-    Ok(ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(versions.versions())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?)
+    server_config_with(SpiffeClientVerifier::new(bundles, peers), chain, key, versions)
 }
 
 /// Like [`server_config`], but clients may also connect without a certificate; one
@@ -255,10 +251,23 @@ pub fn server_config_client_optional(
     peers: PeerMatcher,
     versions: TlsVersions,
 ) -> Result<ServerConfig, TlsConfigError> {
-    let verifier = Arc::new(SpiffeClientVerifier::optional(bundles, peers));
+    server_config_with(
+        SpiffeClientVerifier::optional(bundles, peers),
+        chain,
+        key,
+        versions,
+    )
+}
+
+fn server_config_with(
+    verifier: SpiffeClientVerifier,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: TlsVersions,
+) -> Result<ServerConfig, TlsConfigError> {
     Ok(ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(versions.versions())?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?)
 }
 
