@@ -156,3 +156,23 @@ fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Asserts a CLI failure: exit `code`, nothing on stdout, and exactly one stderr line
+/// that starts with `zt: `, contains every needle and says nothing twice.
+pub fn assert_cli_failure(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = describe(out);
+    assert_eq!(out.status.code(), Some(code), "{what}");
+    assert!(out.stdout.is_empty(), "stdout is not empty: {what}");
+    assert!(
+        stderr.starts_with("zt: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "stderr is not one `zt: ` line: {what}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {what}");
+    }
+    // No cause repeated: every `: `-separated part (of some length) appears once.
+    for part in stderr.trim_end().split(": ").filter(|p| p.len() > 8) {
+        assert_eq!(stderr.matches(part).count(), 1, "stderr repeats {part:?}: {what}");
+    }
+}

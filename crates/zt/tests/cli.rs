@@ -47,25 +47,9 @@ fn succeed(args: &[&str], cwd: &Path) -> Result<String, Box<dyn Error>> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Asserts a failure: exit `code`, nothing on stdout, and exactly one stderr line
-/// that starts with `zt: `, contains every needle and does not repeat itself.
+/// See [`zt_testkit::assert_cli_failure`].
 fn assert_failure(out: &Output, code: i32, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let what = describe(out);
-    assert_eq!(out.status.code(), Some(code), "{what}");
-    assert!(out.stdout.is_empty(), "stdout is not empty: {what}");
-    assert!(
-        stderr.starts_with("zt: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
-        "stderr is not one `zt: ` line: {what}"
-    );
-    for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {what}");
-    }
-    let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
-    assert!(
-        !parts.windows(2).any(|pair| pair[0] == pair[1]),
-        "stderr repeats itself: {what}"
-    );
+    zt_testkit::assert_cli_failure(out, code, needles);
 }
 
 /// Every directory (as `None`) and file (with its bytes) under `dir`.

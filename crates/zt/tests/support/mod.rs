@@ -1,7 +1,7 @@
 //! Helpers of the `zt server` end-to-end tests: real server processes, the CLI
 //! against them, raw HTTP on their sockets.
 
-#![allow(dead_code, reason = "each test file uses a different part")]
+#![allow(dead_code, unused_imports, reason = "each test file uses a different part")]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+pub use zt_testkit::assert_cli_failure as assert_failure;
 use zt_testkit::describe;
 
 /// How long a server may take to become ready, or to stop.
@@ -247,26 +248,6 @@ pub fn succeed(out: &Output, what: &str) -> String {
 /// Runs `zt ARGS` against `server` and asserts it succeeds; returns stdout.
 pub fn ok(server: &ServerProcess, args: &[&str]) -> String {
     succeed(&zt(server, args), &format!("zt {args:?}"))
-}
-
-/// Asserts a failure: exit `code`, nothing on stdout, and exactly one stderr line
-/// that starts with `zt: `, contains every needle and says nothing twice.
-pub fn assert_failure(out: &Output, code: i32, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let what = describe(out);
-    assert_eq!(out.status.code(), Some(code), "{what}");
-    assert!(out.stdout.is_empty(), "stdout is not empty: {what}");
-    assert!(
-        stderr.starts_with("zt: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
-        "stderr is not one `zt: ` line: {what}"
-    );
-    for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {what}");
-    }
-    // No cause repeated: every `: `-separated part (of some length) appears once.
-    for part in stderr.trim_end().split(": ").filter(|p| p.len() > 8) {
-        assert_eq!(stderr.matches(part).count(), 1, "stderr repeats {part:?}: {what}");
-    }
 }
 
 /// `zt entry count`, checked to be `N registration entries`.
