@@ -344,15 +344,7 @@ impl Authority {
         request: &SvidRequest,
         now: u64,
     ) -> Result<SignedSvid, CaError> {
-        if csr_der.len() > MAX_CSR_BYTES {
-            return Err(CaError::Csr(format!(
-                "{} bytes, the limit is {MAX_CSR_BYTES}",
-                csr_der.len()
-            )));
-        }
-        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
-        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
-            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let csr = parse_csr(csr_der)?;
         self.sign_leaf(&csr.public_key, request, now)
     }
 
@@ -460,6 +452,22 @@ pub fn key_and_csr() -> Result<(String, Vec<u8>), CaError> {
     params.distinguished_name = DistinguishedName::new();
     let csr = params.serialize_request(&key)?;
     Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+/// Checks a PKCS#10 request (DER): size, syntax and proof of possession.
+pub fn check_csr(csr_der: &[u8]) -> Result<(), CaError> {
+    parse_csr(csr_der).map(drop)
+}
+
+fn parse_csr(csr_der: &[u8]) -> Result<rcgen::CertificateSigningRequestParams, CaError> {
+    if csr_der.len() > MAX_CSR_BYTES {
+        return Err(CaError::Csr(format!(
+            "{} bytes, the limit is {MAX_CSR_BYTES}",
+            csr_der.len()
+        )));
+    }
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+    rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| CaError::Csr(e.to_string()))
 }
 
 /// The one certificate of a PEM document.

@@ -39,6 +39,7 @@ pub struct AgentApi {
 struct CallingAgent {
     id: SpiffeId,
     serial: String,
+    not_before: u64,
     selectors: Vec<Selector>,
 }
 
@@ -47,29 +48,45 @@ impl AgentApi {
     /// record for an agent that is neither evicted nor banned.
     async fn calling_agent<T>(&self, request: &Request<T>) -> Result<CallingAgent, Status> {
         let peer = request.extensions().get::<PeerInfo>();
-        let Some((id, serial)) = peer.and_then(|p| p.spiffe_id.clone().zip(p.serial.clone())) else {
+        let Some((peer, id, serial)) = peer.and_then(|p| Some((p, p.spiffe_id.clone()?, p.serial.clone()?)))
+        else {
             return Err(Status::unauthenticated(
                 "this call needs the agent's SVID as TLS client certificate",
             ));
         };
-        let agent = self
+        let text_id = id.to_string();
+        let agent = self.store.agent(&text_id).await.map_err(|e| self.internal(e))?;
+        let revoked = self
             .store
-            .agent(&id.to_string())
+            .is_revoked(&serial, &text_id, peer.not_before, now())
             .await
             .map_err(|e| self.internal(e))?;
         match agent {
-            Some(agent) if !agent.banned && agent.serial == serial => Ok(CallingAgent {
+            Some(agent) if !agent.banned && agent.serial == serial && !revoked => Ok(CallingAgent {
                 id,
                 serial,
+                not_before: peer.not_before,
                 selectors: agent.selectors,
             }),
             _ => {
-                tracing::warn!(target: "zt::audit", agent = %id, serial, "refused: not a current agent SVID");
+                tracing::warn!(target: "zt::audit", agent = %id, serial, revoked, "refused: not a current agent SVID");
                 Err(Status::permission_denied(format!(
-                    "{id} is not an attested agent with this SVID (evicted, banned or renewed since)"
+                    "{id} is not an attested agent with this SVID (evicted, banned, revoked or renewed since)"
                 )))
             }
         }
+    }
+
+    /// Whether the agent's record still names this SVID and it is not revoked;
+    /// any datastore error counts as no.
+    async fn still_current(&self, agent: &CallingAgent) -> bool {
+        let id = agent.id.to_string();
+        let record = self.store.agent(&id).await;
+        let revoked = self
+            .store
+            .is_revoked(&agent.serial, &id, agent.not_before, now())
+            .await;
+        matches!(record, Ok(Some(a)) if !a.banned && a.serial == agent.serial) && matches!(revoked, Ok(false))
     }
 
     /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to the CA's.
@@ -156,6 +173,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<AgentSvid>, Status> {
         let request = request.into_inner();
         let now = now();
+        // A request that could not be signed must not use up the token.
+        zt_ca::check_csr(&request.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let grant = match self.store.consume_join_token(&request.token, now).await {
             Ok(grant) => grant,
             Err(StoreError::JoinToken(problem)) => {
@@ -228,9 +247,8 @@ impl AgentService for AgentApi {
         let stream = async_stream(move |tx| async move {
             let mut last: Option<SyncResponse> = None;
             loop {
-                // An agent evicted or banned meanwhile is cut off.
-                let current = api.store.agent(&agent.id.to_string()).await;
-                if !matches!(&current, Ok(Some(a)) if !a.banned && a.serial == agent.serial) {
+                // An agent evicted, banned or revoked meanwhile is cut off.
+                if !api.still_current(&agent).await {
                     let _ = tx
                         .send(Err(Status::permission_denied(format!(
                             "agent {} is no longer attested",

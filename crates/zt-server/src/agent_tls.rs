@@ -36,6 +36,8 @@ pub struct PeerInfo {
     pub spiffe_id: Option<SpiffeId>,
     /// Its serial, hex without separators.
     pub serial: Option<String>,
+    /// Its notBefore, unix seconds (for revocations by SPIFFE ID).
+    pub not_before: u64,
     /// The TCP peer.
     pub addr: Option<SocketAddr>,
 }
@@ -187,6 +189,7 @@ fn peer_info(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
     let summary = leaf.and_then(|leaf| zt_identity::x509::summarize(leaf).ok());
     PeerInfo {
         spiffe_id: summary.as_ref().and_then(|s| s.spiffe_id.clone().ok()),
+        not_before: summary.as_ref().map_or(0, |s| s.not_before),
         serial: summary.map(|s| serial_hex(&s.serial)),
         addr: Some(addr),
     }

@@ -712,6 +712,15 @@ async fn agent_api_attests_syncs_and_signs() {
 
     // Attestation: the join token works once.
     let (agent_key, csr) = zt_ca::key_and_csr().unwrap();
+    let bad = attest_client
+        .attest_join_token(AttestJoinTokenRequest {
+            token: token.clone(),
+            csr: b"not a csr".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    // …and the token is not used up by a request that could not be signed.
     let attested = attest_client
         .attest_join_token(AttestJoinTokenRequest {
             token: token.clone(),
@@ -916,6 +925,20 @@ async fn agent_api_attests_syncs_and_signs() {
         state.bundle.as_ref().unwrap().sequence > old_sequence,
         "{state:?}"
     );
+
+    // Revoking the agent's own ID cuts its calls off before any eviction.
+    ok(
+        &server,
+        &["revoke", "--spiffe-id", "spiffe://example.org/agent/node-1"],
+    );
+    let revoked = agent
+        .sign_x509_svid(SignX509SvidRequest {
+            entry_id: added.clone(),
+            csr: zt_ca::key_and_csr().unwrap().1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), tonic::Code::PermissionDenied, "{revoked}");
 
     // Eviction cuts the agent off: its stream ends, its calls are refused, its SVID is revoked.
     ok(
