@@ -33,6 +33,8 @@ pub struct AgentApi {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) trust_domain: TrustDomain,
     pub(crate) agent_ttl: Duration,
+    /// Becomes true when the server stops: open sync streams end then.
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A caller proven to be a current agent.
@@ -54,22 +56,20 @@ impl AgentApi {
                 "this call needs the agent's SVID as TLS client certificate",
             ));
         };
-        let text_id = id.to_string();
-        let agent = self.store.agent(&text_id).await.map_err(|e| self.internal(e))?;
-        let revoked = self
+        let agent = self
             .store
-            .is_revoked(&serial, &text_id, peer.not_before, now())
+            .current_agent(&id.to_string(), &serial, peer.not_before, now())
             .await
             .map_err(|e| self.internal(e))?;
         match agent {
-            Some(agent) if !agent.banned && agent.serial == serial && !revoked => Ok(CallingAgent {
+            Some(agent) => Ok(CallingAgent {
                 id,
                 serial,
                 not_before: peer.not_before,
                 selectors: agent.selectors,
             }),
-            _ => {
-                tracing::warn!(target: "zt::audit", agent = %id, serial, revoked, "refused: not a current agent SVID");
+            None => {
+                tracing::warn!(target: "zt::audit", agent = %id, serial, "refused: not a current agent SVID");
                 Err(Status::permission_denied(format!(
                     "{id} is not an attested agent with this SVID (evicted, banned, revoked or renewed since)"
                 )))
@@ -80,13 +80,11 @@ impl AgentApi {
     /// Whether the agent's record still names this SVID and it is not revoked;
     /// any datastore error counts as no.
     async fn still_current(&self, agent: &CallingAgent) -> bool {
-        let id = agent.id.to_string();
-        let record = self.store.agent(&id).await;
-        let revoked = self
+        let current = self
             .store
-            .is_revoked(&agent.serial, &id, agent.not_before, now())
+            .current_agent(&agent.id.to_string(), &agent.serial, agent.not_before, now())
             .await;
-        matches!(record, Ok(Some(a)) if !a.banned && a.serial == agent.serial) && matches!(revoked, Ok(false))
+        matches!(current, Ok(Some(_)))
     }
 
     /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to the CA's.
@@ -244,6 +242,7 @@ impl AgentService for AgentApi {
         let api = self.clone();
         let mut entries = self.cache.watch();
         let mut authorities = self.authorities.watch();
+        let mut stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
             let mut last: Option<SyncResponse> = None;
             loop {
@@ -289,9 +288,16 @@ impl AgentService for AgentApi {
                     }
                     last = Some(state);
                 }
-                tokio::select! {
-                    changed = entries.changed() => if changed.is_err() { return },
-                    changed = authorities.changed() => if changed.is_err() { return },
+                let (go_on, stopping) = tokio::select! {
+                    changed = entries.changed() => (changed.is_ok(), false),
+                    changed = authorities.changed() => (changed.is_ok(), false),
+                    stopping = stop.wait_for(|stop| *stop) => (false, stopping.is_ok()),
+                };
+                if stopping {
+                    let _ = tx.send(Err(Status::unavailable("zt server is stopping"))).await;
+                }
+                if !go_on {
+                    return;
                 }
             }
         });

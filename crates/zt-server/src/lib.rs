@@ -31,6 +31,8 @@ pub use admin::MAX_REQUEST_BYTES;
 pub const ADMIN_SOCKET: &str = "admin.sock";
 /// The embedded datastore's file name in the data directory.
 pub const SQLITE_FILE: &str = "datastore.sqlite3";
+/// How long a stopping server waits for open connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Held (flock) while a server uses the data directory.
 const LOCK_FILE: &str = "server.lock";
 
@@ -166,6 +168,7 @@ pub async fn run(
         metrics: metrics.clone(),
         trust_domain: config.trust_domain.clone(),
         agent_ttl: config.agent_ttl,
+        stop: stop_rx.clone(),
     };
     let incoming =
         tokio_stream::wrappers::ReceiverStream::new(agent_tls.accept(agent_listener, stop_rx.clone()));
@@ -175,12 +178,25 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let http_server = axum::serve(http_listener, health).with_graceful_shutdown(stopped(stop_rx));
+    let http_server = axum::serve(http_listener, health).with_graceful_shutdown(stopped(stop_rx.clone()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (admin_result, http_result, agent_result) = tokio::join!(admin_server, http_server, agent_server);
+    // Graceful: in-flight calls finish and sync streams end; but a peer that keeps a
+    // connection open cannot hold the server up for more than SHUTDOWN_GRACE.
+    let servers = async { tokio::join!(admin_server, http_server, agent_server) };
+    let mut stopping = stop_rx.clone();
+    let (admin_result, http_result, agent_result) = tokio::select! {
+        results = servers => results,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}: stopping anyway");
+            (Ok(()), Ok(()), Ok(()))
+        }
+    };
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("zt server stopped");
     agent_result.map_err(|e| ServerError::AgentApi(e.to_string()))?;

@@ -104,6 +104,30 @@ impl Store {
         row.as_ref().map(agent_from_row).transpose()
     }
 
+    /// The agent, if `serial` (with `not_before`) is its current SVID, it is not
+    /// banned, and that SVID is not revoked: one round trip, for every agent call.
+    pub async fn current_agent(
+        &self,
+        spiffe_id: &str,
+        serial: &str,
+        not_before: u64,
+        now: u64,
+    ) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT spiffe_id, serial, not_after, selectors, attested_at, renewed_at, banned FROM agents \
+             WHERE spiffe_id = $1 AND serial = $2 AND banned = 0 AND NOT EXISTS ( \
+                 SELECT 1 FROM revocations WHERE expires_at > $3 \
+                 AND (serial = $2 OR (spiffe_id = $1 AND issued_before > $4)))",
+        )
+        .bind(spiffe_id)
+        .bind(serial)
+        .bind(to_i64(now))
+        .bind(to_i64(not_before))
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
     /// Every agent, by ID.
     pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query(

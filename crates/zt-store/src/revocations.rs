@@ -111,27 +111,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an SVID (serial, ID, notBefore) is revoked at `now`.
-    pub async fn is_revoked(
-        &self,
-        serial: &str,
-        spiffe_id: &str,
-        not_before: u64,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let found: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM revocations WHERE expires_at > $1 \
-             AND (serial = $2 OR (spiffe_id = $3 AND issued_before > $4)) LIMIT 1",
-        )
-        .bind(to_i64(now))
-        .bind(serial)
-        .bind(spiffe_id)
-        .bind(to_i64(not_before))
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(found.is_some())
-    }
-
     /// Every revocation still in force at `now`.
     pub async fn revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
         let rows = sqlx::query(

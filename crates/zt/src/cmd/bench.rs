@@ -202,7 +202,10 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
         let _ = stopped.await;
     }));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while admin.count_entries().await.is_err() {
+    while tokio::time::timeout(Duration::from_secs(5), admin.count_entries())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
         anyhow::ensure!(Instant::now() < deadline, "zt server did not become ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -257,7 +260,11 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
                     csr: csrs[i % csrs.len()].clone(),
                 };
                 let t = Instant::now();
-                client.sign_x509_svid(request).await?;
+                tokio::time::timeout(Duration::from_secs(10), client.sign_x509_svid(request))
+                    .await
+                    .map_err(|_| {
+                        tonic::Status::deadline_exceeded("no answer to a signing call within 10 s")
+                    })??;
                 latencies.push(t.elapsed());
                 i += 1;
             }
@@ -287,9 +294,12 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
     let mut delays = Vec::new();
     for i in 0..args.changes {
         let t = Instant::now();
-        let created = admin
-            .create_entry(&spec(format!("spiffe://example.org/bench/new/{i}"), &agent_id)?)
-            .await?;
+        let created = tokio::time::timeout(
+            Duration::from_secs(10),
+            admin.create_entry(&spec(format!("spiffe://example.org/bench/new/{i}"), &agent_id)?),
+        )
+        .await
+        .context("no answer to an entry create within 10 s")??;
         loop {
             let state = tokio::time::timeout(Duration::from_secs(10), sync.message())
                 .await
