@@ -1059,3 +1059,64 @@ async fn next_state(
     .await
     .expect("no wanted state within the deadline")
 }
+
+/// SIGTERM with an agent's sync stream open: the stream ends with Unavailable and
+/// the server exits cleanly, instead of waiting for the agent to hang up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_sync_streams() {
+    use zt_api::agent::agent_client::AgentClient;
+    use zt_api::agent::{AttestJoinTokenRequest, SyncRequest};
+    use zt_identity::{Bundle, BundleSet, SpiffeId};
+    use zt_tls::{PeerMatcher, TlsVersions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("data"), None);
+    let out = ok(&server, &["agent", "token", "create"]);
+    let token = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Token: ")
+        .to_owned();
+    let mut bundles = BundleSet::default();
+    bundles.insert(Bundle::parse(ok(&server, &["bundle", "show"]).as_bytes(), None).unwrap());
+    let bundles = Arc::new(bundles);
+    let server_id = PeerMatcher::OneOf(vec![SpiffeId::parse("spiffe://example.org/zt/server").unwrap()]);
+
+    let anonymous =
+        zt_tls::client_config_anonymous(bundles.clone(), server_id.clone(), TlsVersions::Tls13).unwrap();
+    let (key, csr) = zt_ca::key_and_csr().unwrap();
+    let svid = AgentClient::new(zt_api::channel(server.agent_api, Arc::new(anonymous)).unwrap())
+        .attest_join_token(AttestJoinTokenRequest { token, csr })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid
+        .unwrap();
+    assert!(
+        svid.spiffe_id
+            .starts_with("spiffe://example.org/zt/agent/join_token/"),
+        "{}",
+        svid.spiffe_id
+    );
+    let chain = svid.cert_chain.into_iter().map(Into::into).collect();
+    let key = zt_identity::x509::private_key_from_pem(key.as_bytes()).unwrap();
+    let mtls = zt_tls::client_config(chain, key, bundles, server_id, TlsVersions::Tls13).unwrap();
+    let mut agent = AgentClient::new(zt_api::channel(server.agent_api, Arc::new(mtls)).unwrap());
+    let mut sync = agent.sync(SyncRequest {}).await.unwrap().into_inner();
+    sync.message().await.unwrap().unwrap();
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (status, server)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}\n{}", status.0, status.1.stderr());
+    let ended = tokio::time::timeout(DEADLINE, sync.message()).await.unwrap();
+    match ended {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status}"),
+        Ok(None) => {}
+        Ok(Some(state)) => panic!("a state after shutdown: {state:?}"),
+    }
+}
