@@ -85,41 +85,81 @@ impl fmt::Display for UnexpectedPeer {
 
 impl std::error::Error for UnexpectedPeer {}
 
-/// Verifies client certificates as X.509-SVIDs; client authentication is mandatory
-/// unless built with [`SpiffeClientVerifier::optional`].
+/// Verifies a peer's certificate as an X.509-SVID against the bundle of its trust
+/// domain, then its SPIFFE ID against `peers`. One type serves both ends: as a
+/// rustls client verifier (the peer is a TLS client) and as a server verifier (the
+/// server name is not used: the SPIFFE ID is what must match).
 #[derive(Debug)]
-pub struct SpiffeClientVerifier {
+pub struct SpiffeVerifier {
     bundles: Arc<BundleSet>,
     peers: PeerMatcher,
     algorithms: WebPkiSupportedAlgorithms,
-    mandatory: bool,
+    client_auth_mandatory: bool,
 }
 
-impl SpiffeClientVerifier {
-    /// A verifier that requires clients whose SVID verifies against `bundles` and matches `peers`.
+impl SpiffeVerifier {
+    /// A verifier of peers whose SVID verifies against `bundles` and matches `peers`;
+    /// as a client verifier, it requires a client certificate.
     pub fn new(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
         Self {
             bundles,
             peers,
             algorithms: provider().signature_verification_algorithms,
-            mandatory: true,
+            client_auth_mandatory: true,
         }
     }
 
-    /// Like [`SpiffeClientVerifier::new`], but a client may also connect without a
+    /// Like [`SpiffeVerifier::new`], but a client may also connect without a
     /// certificate (a node agent before attestation); a certificate it does present
     /// must verify. The server must then check per request who the peer is.
-    pub fn optional(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
+    pub fn client_optional(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
         Self {
-            mandatory: false,
+            client_auth_mandatory: false,
             ..Self::new(bundles, peers)
         }
     }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        purpose: Purpose,
+    ) -> Result<(), rustls::Error> {
+        verify_peer(
+            &self.bundles,
+            &self.peers,
+            end_entity,
+            intermediates,
+            now,
+            purpose,
+        )
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
 }
 
-impl ClientCertVerifier for SpiffeClientVerifier {
+type SignatureResult = Result<HandshakeSignatureValid, rustls::Error>;
+
+impl ClientCertVerifier for SpiffeVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
+        self.client_auth_mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -133,33 +173,26 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_peer(
-            &self.bundles,
-            &self.peers,
-            end_entity,
-            intermediates,
-            now,
-            Purpose::ClientAuth,
-        )?;
+        self.verify(end_entity, intermediates, now, Purpose::ClientAuth)?;
         Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        self.tls12(m, c, d)
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        self.tls13(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -167,27 +200,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Verifies server certificates as X.509-SVIDs; the server name is not used,
-/// the SPIFFE ID is what must match.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    bundles: Arc<BundleSet>,
-    peers: PeerMatcher,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl SpiffeServerVerifier {
-    /// A verifier that accepts servers whose SVID verifies against `bundles` and matches `peers`.
-    pub fn new(bundles: Arc<BundleSet>, peers: PeerMatcher) -> Self {
-        Self {
-            bundles,
-            peers,
-            algorithms: provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for SpiffeVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -196,33 +209,26 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_peer(
-            &self.bundles,
-            &self.peers,
-            end_entity,
-            intermediates,
-            now,
-            Purpose::ServerAuth,
-        )?;
+        self.verify(end_entity, intermediates, now, Purpose::ServerAuth)?;
         Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        self.tls12(m, c, d)
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> SignatureResult {
+        self.tls13(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -238,7 +244,7 @@ pub fn server_config(
     peers: PeerMatcher,
     versions: TlsVersions,
 ) -> Result<ServerConfig, TlsConfigError> {
-    server_config_with(SpiffeClientVerifier::new(bundles, peers), chain, key, versions)
+    server_config_with(SpiffeVerifier::new(bundles, peers), chain, key, versions)
 }
 
 /// Like [`server_config`], but clients may also connect without a certificate; one
@@ -252,7 +258,7 @@ pub fn server_config_client_optional(
     versions: TlsVersions,
 ) -> Result<ServerConfig, TlsConfigError> {
     server_config_with(
-        SpiffeClientVerifier::optional(bundles, peers),
+        SpiffeVerifier::client_optional(bundles, peers),
         chain,
         key,
         versions,
@@ -260,7 +266,7 @@ pub fn server_config_client_optional(
 }
 
 fn server_config_with(
-    verifier: SpiffeClientVerifier,
+    verifier: SpiffeVerifier,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     versions: TlsVersions,
@@ -279,7 +285,7 @@ pub fn client_config(
     peers: PeerMatcher,
     versions: TlsVersions,
 ) -> Result<ClientConfig, TlsConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, peers));
+    let verifier = Arc::new(SpiffeVerifier::new(bundles, peers));
     Ok(ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(versions.versions())?
         .dangerous()
@@ -294,7 +300,7 @@ pub fn client_config_anonymous(
     peers: PeerMatcher,
     versions: TlsVersions,
 ) -> Result<ClientConfig, TlsConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, peers));
+    let verifier = Arc::new(SpiffeVerifier::new(bundles, peers));
     Ok(ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(versions.versions())?
         .dangerous()
