@@ -117,7 +117,7 @@ impl Store {
             "SELECT spiffe_id, serial, not_after, selectors, attested_at, renewed_at, banned FROM agents \
              WHERE spiffe_id = $1 AND serial = $2 AND banned = 0 AND NOT EXISTS ( \
                  SELECT 1 FROM revocations WHERE expires_at > $3 \
-                 AND (serial = $2 OR (spiffe_id = $1 AND issued_before > $4)))",
+                 AND (serial = $2 OR (spiffe_id = $1 AND (issued_before IS NULL OR issued_before > $4))))",
         )
         .bind(spiffe_id)
         .bind(serial)

@@ -129,7 +129,8 @@ impl Store {
                     (Some(serial), _) => Revoked::Serial(serial),
                     (None, Some(spiffe_id)) => Revoked::SpiffeId {
                         spiffe_id,
-                        issued_before: issued_before.map(to_u64).unwrap_or(0),
+                        // A row without its cutoff revokes every SVID of the ID: fail closed.
+                        issued_before: issued_before.map_or(u64::MAX, to_u64),
                     },
                     (None, None) => {
                         return Err(StoreError::Corrupt {
