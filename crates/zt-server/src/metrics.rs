@@ -94,7 +94,10 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
-    match (state.store.count_entries().await, state.store.list_agents().await) {
+    match (
+        state.store.count_entries().await,
+        state.store.count_agents().await,
+    ) {
         (Ok(entries), Ok(agents)) => {
             state
                 .metrics
@@ -103,7 +106,7 @@ async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
             state
                 .metrics
                 .agents
-                .set(i64::try_from(agents.len()).unwrap_or(i64::MAX));
+                .set(i64::try_from(agents).unwrap_or(i64::MAX));
         }
         _ => {
             state.metrics.datastore_errors.inc();

@@ -128,6 +128,14 @@ impl Store {
         row.as_ref().map(agent_from_row).transpose()
     }
 
+    /// How many agents there are (banned ones included).
+    pub async fn count_agents(&self) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM agents")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(to_u64(n))
+    }
+
     /// Every agent, by ID.
     pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query(
