@@ -8,6 +8,12 @@ pub mod agent {
     tonic::include_proto!("zt.agent.v1");
 }
 
+/// The SPIFFE Workload API (service `SpiffeWorkloadAPI`, no proto package).
+pub mod workload {
+    #![allow(missing_docs, clippy::all, reason = "generated code")]
+    tonic::include_proto!("_");
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -326,7 +326,7 @@ impl Authority {
     /// Issues an X.509-SVID with a fresh EC P-256 key.
     pub fn issue_x509_svid(&self, request: &SvidRequest, now: u64) -> Result<IssuedSvid, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let signed = self.sign_leaf(&key, request, now)?;
+        let signed = self.sign_leaf(&key, request, now, now.saturating_sub(BACKDATE.as_secs()))?;
         Ok(IssuedSvid {
             chain: signed.chain,
             private_key_pem: key.serialize_pem(),
@@ -344,8 +344,23 @@ impl Authority {
         request: &SvidRequest,
         now: u64,
     ) -> Result<SignedSvid, CaError> {
+        self.sign_x509_svid_csr_not_before(csr_der, request, now, 0)
+    }
+
+    /// As [`Authority::sign_x509_svid_csr`], with notBefore no earlier than
+    /// `earliest` (at most `now`): an SVID signed just after its SPIFFE ID was
+    /// revoked must not be backdated to before the revocation's cutoff, or it would
+    /// count as revoked itself.
+    pub fn sign_x509_svid_csr_not_before(
+        &self,
+        csr_der: &[u8],
+        request: &SvidRequest,
+        now: u64,
+        earliest: u64,
+    ) -> Result<SignedSvid, CaError> {
         let csr = parse_csr(csr_der)?;
-        self.sign_leaf(&csr.public_key, request, now)
+        let not_before = now.saturating_sub(BACKDATE.as_secs()).max(earliest.min(now));
+        self.sign_leaf(&csr.public_key, request, now, not_before)
     }
 
     /// The X.509-SVID profile: one URI SAN, `cA=false`, digitalSignature, server and client auth.
@@ -354,6 +369,7 @@ impl Authority {
         public_key: &impl rcgen::PublicKeyData,
         request: &SvidRequest,
         now: u64,
+        not_before: u64,
     ) -> Result<SignedSvid, CaError> {
         let not_after = self.check_request(&request.spiffe_id, request.ttl, now)?;
         let mut params = CertificateParams::default();
@@ -378,7 +394,7 @@ impl Authority {
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
         params.serial_number = Some(serial.clone());
-        params.not_before = to_datetime(now.saturating_sub(BACKDATE.as_secs()))?;
+        params.not_before = to_datetime(not_before)?;
         params.not_after = to_datetime(not_after)?;
         let cert = params.signed_by(public_key, &self.issuer)?;
         Ok(SignedSvid {
@@ -386,6 +402,36 @@ impl Authority {
             serial: serial.to_bytes(),
             not_after,
         })
+    }
+
+    /// A certificate revocation list (DER) signed by this authority, listing
+    /// `serials` (big-endian bytes, each with when it was revoked), issued at `now`
+    /// with number `number`. Its nextUpdate is this authority's notAfter: holders
+    /// get a fresh list pushed whenever revocations change, not by polling.
+    pub fn sign_crl(&self, serials: &[(Vec<u8>, u64)], number: u64, now: u64) -> Result<Vec<u8>, CaError> {
+        let revoked_certs = serials
+            .iter()
+            .map(|(serial, revoked_at)| {
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: to_datetime(*revoked_at)?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: to_datetime(now)?,
+            next_update: to_datetime(self.not_after.max(now + 1))?,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: match x509::subject_key_identifier(&self.certificate)? {
+                Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+                None => rcgen::KeyIdMethod::Sha256,
+            },
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 
     /// Mints a JWT-SVID for `spiffe_id` and `audience`, valid for `ttl` from `now`.

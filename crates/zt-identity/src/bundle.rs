@@ -286,8 +286,26 @@ impl Bundle {
 
     /// The bundle as a SPIFFE JWK Set document.
     pub fn to_jwks(&self) -> Result<String, BundleError> {
+        self.jwks(true)
+    }
+
+    /// Only the JWT authorities, as a JWK Set: the JWT bundle of the Workload API,
+    /// where every key must carry a `kid`.
+    pub fn to_jwt_jwks(&self) -> Result<String, BundleError> {
+        self.jwks(false)
+    }
+
+    /// The X.509 authorities as concatenated DER, as the Workload API carries them.
+    pub fn x509_authorities_der(&self) -> Vec<u8> {
+        self.x509_authorities
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect()
+    }
+
+    fn jwks(&self, with_x509: bool) -> Result<String, BundleError> {
         let mut keys = Vec::new();
-        for der in &self.x509_authorities {
+        for der in self.x509_authorities.iter().filter(|_| with_x509) {
             let mut jwk = Jwk {
                 use_: Some(USE_X509_SVID.into()),
                 x5c: Some(vec![STANDARD.encode(der.as_ref())]),

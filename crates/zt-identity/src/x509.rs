@@ -333,6 +333,19 @@ pub fn authority_public_key(der: &CertificateDer<'_>) -> Result<PublicKey, X509S
     PublicKey::from_spki(cert.public_key()).map_err(|e| X509SvidError::UnsupportedPublicKey(e.to_string()))
 }
 
+/// The subjectKeyIdentifier of a certificate, if it has one: what the
+/// authorityKeyIdentifier of everything it signs (SVIDs, CRLs) must carry.
+pub fn subject_key_identifier(der: &CertificateDer<'_>) -> Result<Option<Vec<u8>>, X509SvidError> {
+    let cert = parse(der, 0)?;
+    Ok(cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
+            _ => None,
+        }))
+}
+
 /// The raw subjectPublicKey of a certificate: an uncompressed point for EC keys,
 /// a PKCS#1 RSAPublicKey for RSA; compare it with a private key's public half.
 pub fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidError> {
@@ -372,14 +385,19 @@ pub fn pem_error(e: rustls_pki_types::pem::Error) -> String {
 
 /// A certificate as a PEM block.
 pub fn to_pem(der: &CertificateDer<'_>) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
+/// DER bytes as a PEM document with `label` (`CERTIFICATE`, `PRIVATE KEY`, …).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
-    out.push_str("-----END CERTIFICATE-----\n");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 

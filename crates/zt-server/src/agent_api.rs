@@ -19,7 +19,7 @@ use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{Entry, Revoked, Selector, Store, StoreError};
 
 use crate::agent_tls::PeerInfo;
-use crate::authority::AuthorityManager;
+use crate::authority::{Authorities, AuthorityManager};
 use crate::entries::EntryCache;
 use crate::metrics::Metrics;
 use crate::now;
@@ -87,8 +87,10 @@ impl AgentApi {
         matches!(current, Ok(Some(_)))
     }
 
-    /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to the CA's.
-    fn sign(
+    /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to
+    /// the CA's, and its notBefore not before a revocation of the ID (an SVID issued
+    /// after the revocation must not count as revoked).
+    async fn sign(
         &self,
         csr: &[u8],
         spiffe_id: &SpiffeId,
@@ -96,8 +98,17 @@ impl AgentApi {
         dns_names: &[String],
     ) -> Result<X509Svid, Status> {
         let started = Instant::now();
-        let authorities = self.authorities.current();
         let now = now();
+        let earliest = self
+            .store
+            .id_revoked_before(spiffe_id, now)
+            .await
+            .map_err(|e| self.internal(e))?
+            .unwrap_or(0);
+        if earliest > now {
+            return Err(Status::permission_denied(format!("{spiffe_id} is revoked")));
+        }
+        let authorities = self.authorities.current();
         let remaining = authorities.active.not_after().saturating_sub(now);
         let request = SvidRequest {
             spiffe_id: spiffe_id.clone(),
@@ -107,7 +118,7 @@ impl AgentApi {
         };
         let signed = authorities
             .active
-            .sign_x509_svid_csr(csr, &request, now)
+            .sign_x509_svid_csr_not_before(csr, &request, now, earliest)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.metrics.svids_signed.inc();
         self.metrics
@@ -187,7 +198,7 @@ impl AgentService for AgentApi {
             None => SpiffeId::from_parts(&self.trust_domain, &format!("/zt/agent/join_token/{token_id}"))
                 .map_err(|e| Status::internal(e.to_string()))?,
         };
-        let svid = self.sign(&request.csr, &agent_id, self.agent_ttl, &[])?;
+        let svid = self.sign(&request.csr, &agent_id, self.agent_ttl, &[]).await?;
         let selectors = [format!("spiffe_id:{agent_id}"), format!("join_token:{token_id}")]
             .iter()
             .map(|s| Selector::parse(s))
@@ -216,7 +227,9 @@ impl AgentService for AgentApi {
 
     async fn renew_agent(&self, request: Request<RenewAgentRequest>) -> Result<Response<AgentSvid>, Status> {
         let agent = self.calling_agent(&request).await?;
-        let svid = self.sign(&request.get_ref().csr, &agent.id, self.agent_ttl, &[])?;
+        let svid = self
+            .sign(&request.get_ref().csr, &agent.id, self.agent_ttl, &[])
+            .await?;
         let serial = serial_of(&svid)?;
         let not_after = u64::try_from(svid.expires_at).unwrap_or(0);
         self.store
@@ -245,6 +258,7 @@ impl AgentService for AgentApi {
         let mut stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
             let mut last: Option<SyncResponse> = None;
+            let mut crls = Crls::default();
             loop {
                 // An agent evicted, banned or revoked meanwhile is cut off.
                 if !api.still_current(&agent).await {
@@ -270,9 +284,13 @@ impl AgentService for AgentApi {
                     bundle: api.bundle_message().ok(),
                     ..SyncResponse::default()
                 };
+                let mut serials = Vec::new();
                 for revocation in revocations {
                     match revocation.revoked {
-                        Revoked::Serial(serial) => state.revoked_serials.push(serial),
+                        Revoked::Serial(serial) => {
+                            serials.push((serial.clone(), revocation.revoked_at));
+                            state.revoked_serials.push(serial);
+                        }
                         Revoked::SpiffeId {
                             spiffe_id,
                             issued_before,
@@ -282,6 +300,7 @@ impl AgentService for AgentApi {
                         }),
                     }
                 }
+                state.crls = crls.signed(&api.authorities.current(), serials);
                 if last.as_ref() != Some(&state) {
                     if tx.send(Ok(state.clone())).await.is_err() {
                         return;
@@ -311,12 +330,14 @@ impl AgentService for AgentApi {
         let agent = self.calling_agent(&request).await?;
         let request = request.into_inner();
         let entry = self.authorized_entry(&agent, &request.entry_id).await?;
-        let svid = self.sign(
-            &request.csr,
-            &entry.spec.spiffe_id,
-            Duration::from_secs(entry.spec.x509_ttl),
-            &entry.spec.dns_names,
-        )?;
+        let svid = self
+            .sign(
+                &request.csr,
+                &entry.spec.spiffe_id,
+                Duration::from_secs(entry.spec.x509_ttl),
+                &entry.spec.dns_names,
+            )
+            .await?;
         Ok(Response::new(svid))
     }
 
@@ -337,6 +358,65 @@ impl AgentService for AgentApi {
             expires_at: i64::try_from(now + ttl.as_secs()).unwrap_or(i64::MAX),
         }))
     }
+}
+
+/// Revoked serials (hex) with when they were revoked.
+type RevokedSerials = Vec<(String, u64)>;
+
+/// The revocation lists of one sync stream, signed again only when the revoked
+/// serials or the authorities change.
+#[derive(Default)]
+struct Crls {
+    /// The serials (with when they were revoked) and authorities last signed for.
+    signed_for: Option<(RevokedSerials, Arc<Authorities>)>,
+    crls: Vec<Vec<u8>>,
+}
+
+impl Crls {
+    /// One CRL per authority listing every revoked serial (a serial names one
+    /// certificate whichever authority issued it, so listing all in each is exact);
+    /// none while nothing is revoked.
+    fn signed(&mut self, authorities: &Arc<Authorities>, serials: Vec<(String, u64)>) -> Vec<Vec<u8>> {
+        if let Some((prev, prev_authorities)) = &self.signed_for
+            && *prev == serials
+            && Arc::ptr_eq(prev_authorities, authorities)
+        {
+            return self.crls.clone();
+        }
+        let now = now();
+        let der: Vec<(Vec<u8>, u64)> = serials
+            .iter()
+            .filter_map(|(hex, at)| Some((decode_hex(hex)?, *at)))
+            .collect();
+        self.crls = if der.is_empty() {
+            Vec::new()
+        } else {
+            authorities
+                .all
+                .iter()
+                .filter_map(|authority| match authority.sign_crl(&der, now, now) {
+                    Ok(crl) => Some(crl),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not sign a revocation list");
+                        None
+                    }
+                })
+                .collect()
+        };
+        self.signed_for = Some((serials, authorities.clone()));
+        self.crls.clone()
+    }
+}
+
+/// Bytes of a lowercase hex string, as revocation serials are stored.
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn entry_message(entry: &Entry) -> EntryMessage {

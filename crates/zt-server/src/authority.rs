@@ -22,6 +22,8 @@ pub struct Authorities {
     pub active: Authority,
     /// Every authority not yet expired: the active, a prepared next and the previous one.
     pub bundle: Bundle,
+    /// The authorities of the bundle, each able to sign a revocation list for what it issued.
+    pub all: Vec<Authority>,
 }
 
 /// Why the authorities could not be loaded or rotated.
@@ -173,6 +175,7 @@ impl AuthorityManager {
         let active = latest_active(&stored).ok_or(AuthorityError::NoneActive)?;
         let active = load(active)?;
         let mut bundle = Bundle::new(trust_domain.clone());
+        let mut all = Vec::with_capacity(stored.len());
         for stored in &stored {
             let authority = load(stored)?;
             bundle
@@ -184,10 +187,11 @@ impl AuthorityManager {
                     .add_jwt_authority(kid, key.clone())
                     .map_err(|e| ca_error(stored, zt_ca::CaError::Bundle(e)))?;
             }
+            all.push(authority);
         }
         bundle.set_sequence(store.latest_change().await?);
         bundle.set_refresh_hint(ca_ttl.as_secs().clamp(10, 300));
-        Ok(Authorities { active, bundle })
+        Ok(Authorities { active, bundle, all })
     }
 }
 

@@ -111,6 +111,24 @@ impl Store {
         Ok(())
     }
 
+    /// The cutoff of the revocation of `spiffe_id` in force at `now`, if any:
+    /// SVIDs of the ID with an earlier notBefore are revoked.
+    pub async fn id_revoked_before(&self, spiffe_id: &SpiffeId, now: u64) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT issued_before FROM revocations WHERE id = $1 AND expires_at > $2")
+            .bind(format!("id:{spiffe_id}"))
+            .bind(to_i64(now))
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            // A row without its cutoff revokes every SVID of the ID: fail closed.
+            Some(row) => Ok(Some(
+                row.try_get::<Option<i64>, _>("issued_before")?
+                    .map_or(u64::MAX, to_u64),
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// Every revocation still in force at `now`.
     pub async fn revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
         let rows = sqlx::query(

@@ -44,9 +44,9 @@ enum Command {
     /// Registration entries (SPIRE's single-dash flags such as -spiffeID are accepted).
     #[command(subcommand)]
     Entry(EntryCommand),
-    /// Node agents.
-    #[command(subcommand)]
-    Agent(AgentCommand),
+    /// Run the node agent (zt agent --server HOST:PORT --join-token T --trust-bundle FILE),
+    /// administer agents, or call the Workload API (zt agent api …).
+    Agent(AgentArgs),
     /// The trust bundle of zt server.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -219,8 +219,118 @@ struct EntryTarget {
     admin: AdminArgs,
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: AgentRun,
+}
+
+/// `zt agent` without a subcommand: run the agent.
+#[derive(Args)]
+struct AgentRun {
+    /// zt server's agent API, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    server: String,
+    /// A one-time join token from `zt agent token create` (SPIRE: -joinToken).
+    #[arg(long, env = "ZT_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file with a join token, read again whenever the agent must attest
+    /// (after an eviction, write a new token here; no restart needed).
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// The trust bundle that authenticates the server before the agent has an SVID
+    /// (PEM or SPIFFE JWKS, from `zt bundle show`; SPIRE: -trustBundle).
+    #[arg(long, required = true)]
+    trust_bundle: Option<PathBuf>,
+    /// Where the Workload API listens.
+    #[arg(long, default_value = zt_agent::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where the agent keeps its own SVID and the last bundle, to resume after a restart.
+    #[arg(long, default_value = zt_agent::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+/// Where the Workload API is: --socket, else SPIFFE_ENDPOINT_SOCKET, else the default.
+#[derive(Args)]
+struct WorkloadSocket {
+    /// The Workload API socket (SPIRE: -socketPath) [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/zt-agent/public/api.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum ApiCommand {
+    /// Fetch SVIDs from the Workload API.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Validate with the Workload API.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Print every X.509-SVID update the Workload API pushes, until interrupted.
+    Watch(WorkloadSocket),
+}
+
+#[derive(Subcommand)]
+enum FetchCommand {
+    /// This process's X.509-SVIDs and bundles.
+    X509(FetchX509),
+    /// JWT-SVIDs for an audience, and the JWT bundles.
+    Jwt(FetchJwt),
+}
+
+#[derive(Args)]
+struct FetchX509 {
+    /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    #[command(flatten)]
+    socket: WorkloadSocket,
+}
+
+#[derive(Args)]
+struct FetchJwt {
+    /// The audience (repeatable).
+    #[arg(long, required = true)]
+    audience: Vec<String>,
+    /// Only this SPIFFE ID (SPIRE: -spiffeID).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    #[command(flatten)]
+    socket: WorkloadSocket,
+}
+
+#[derive(Subcommand)]
+enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience.
+    Jwt(ValidateJwt),
+}
+
+#[derive(Args)]
+struct ValidateJwt {
+    /// The audience the token must be for.
+    #[arg(long)]
+    audience: String,
+    /// The token.
+    #[arg(long)]
+    svid: String,
+    #[command(flatten)]
+    socket: WorkloadSocket,
+}
+
 #[derive(Subcommand)]
 enum AgentCommand {
+    /// Call the SPIFFE Workload API as this process, like `spire-agent api`.
+    #[command(subcommand)]
+    Api(ApiCommand),
     /// Join tokens for node attestation.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -488,11 +598,23 @@ fn main() -> ExitCode {
         Command::Entry(EntryCommand::Update(args)) => cmd::entry::update(args),
         Command::Entry(EntryCommand::Delete(args)) => cmd::entry::delete(args),
         Command::Entry(EntryCommand::Count(args)) => cmd::entry::count(args),
-        Command::Agent(AgentCommand::Token(TokenCommand::Create(args))) => cmd::entry::create_token(args),
-        Command::Agent(AgentCommand::List(args)) => cmd::entry::list_agents(args),
-        Command::Agent(AgentCommand::Show(args)) => cmd::entry::show_agent(args),
-        Command::Agent(AgentCommand::Evict(args)) => cmd::entry::evict_agent(args, false),
-        Command::Agent(AgentCommand::Ban(args)) => cmd::entry::evict_agent(args, true),
+        Command::Agent(AgentArgs { command: None, run }) => cmd::agent::run(run),
+        Command::Agent(AgentArgs {
+            command: Some(command),
+            ..
+        }) => match command {
+            AgentCommand::Api(ApiCommand::Fetch(FetchCommand::X509(args))) => cmd::agent::fetch_x509(args),
+            AgentCommand::Api(ApiCommand::Fetch(FetchCommand::Jwt(args))) => cmd::agent::fetch_jwt(args),
+            AgentCommand::Api(ApiCommand::Validate(ValidateCommand::Jwt(args))) => {
+                cmd::agent::validate_jwt(args)
+            }
+            AgentCommand::Api(ApiCommand::Watch(args)) => cmd::agent::watch(args),
+            AgentCommand::Token(TokenCommand::Create(args)) => cmd::entry::create_token(args),
+            AgentCommand::List(args) => cmd::entry::list_agents(args),
+            AgentCommand::Show(args) => cmd::entry::show_agent(args),
+            AgentCommand::Evict(args) => cmd::entry::evict_agent(args, false),
+            AgentCommand::Ban(args) => cmd::entry::evict_agent(args, true),
+        },
         Command::Revoke(args) => cmd::entry::revoke(args),
     };
     match result {
@@ -518,6 +640,13 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("entryID", "--entry-id"),
     ("entryExpiry", "--expires-at"),
     ("socketPath", "--socket"),
+    ("joinToken", "--join-token"),
+    ("trustBundle", "--trust-bundle"),
+    ("dataDir", "--data-dir"),
+    ("serverAddress", "--server"),
+    ("audience", "--audience"),
+    ("svid", "--svid"),
+    ("write", "--write"),
     ("output", "--output"),
 ];
 

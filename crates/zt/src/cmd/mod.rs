@@ -1,6 +1,7 @@
 //! One module per command group; each function returns the exit code or an error
 //! whose text names the file, flag or value at fault.
 
+pub mod agent;
 pub mod bench;
 pub mod ca;
 pub mod entry;
@@ -55,3 +56,39 @@ pub fn load_bundle(args: &BundleArgs) -> anyhow::Result<Option<Bundle>> {
 
 /// RFC 3339 UTC, e.g. `2026-11-22T13:00:00Z`.
 pub use zt_ca::rfc3339 as timestamp;
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default_filter`.
+pub fn init_logging(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The async runtime of a long-running command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! A client of the SPIFFE Workload API, for `zt agent api` and for zt's own
+//! components (the proxy). Speaks to any conforming server, SPIRE's included.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use zt_api::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
+};
+
+use crate::workload_api::SECURITY_HEADER;
+
+/// The environment variable naming the Workload API endpoint.
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+type Inner =
+    SpiffeWorkloadApiClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+
+/// A Workload API client over a Unix socket.
+#[derive(Clone)]
+pub struct WorkloadClient {
+    inner: Inner,
+}
+
+/// The socket path of a `SPIFFE_ENDPOINT_SOCKET` value: `unix:///path` or `unix:/path`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .ok_or_else(|| format!("{endpoint:?}: expected unix:///path/to/socket"))?;
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{endpoint:?}: the socket path must be absolute (unix:///path)"
+        ));
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!("{endpoint:?}: no query or fragment allowed"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request
+        .metadata_mut()
+        .insert(SECURITY_HEADER, MetadataValue::from_static("true"));
+    Ok(request)
+}
+
+impl WorkloadClient {
+    /// A client of the socket at `path` (connected lazily, and again after failures).
+    pub fn new(path: &Path) -> Result<Self, String> {
+        let path = path.to_owned();
+        let connector = tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        });
+        let channel = Endpoint::from_static("http://workload-api").connect_with_connector_lazy(connector);
+        let interceptor: fn(Request<()>) -> Result<Request<()>, Status> = security_header;
+        Ok(Self {
+            inner: SpiffeWorkloadApiClient::with_interceptor(channel, interceptor),
+        })
+    }
+
+    /// The X.509-SVID stream.
+    pub async fn x509_svids(&self) -> Result<Streaming<X509svidResponse>, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .fetch_x509svid(X509svidRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The first X.509-SVID response.
+    pub async fn fetch_x509_svids(&self) -> Result<X509svidResponse, Status> {
+        first(self.x509_svids().await?).await
+    }
+
+    /// The first X.509 bundles response.
+    pub async fn fetch_x509_bundles(&self) -> Result<X509BundlesResponse, Status> {
+        first(
+            self.inner
+                .clone()
+                .fetch_x509_bundles(X509BundlesRequest {})
+                .await?
+                .into_inner(),
+        )
+        .await
+    }
+
+    /// JWT-SVIDs for `audience`, only of `spiffe_id` if given.
+    pub async fn fetch_jwt_svids(
+        &self,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> Result<JwtsvidResponse, Status> {
+        let request = JwtsvidRequest {
+            audience,
+            spiffe_id: spiffe_id.unwrap_or_default(),
+        };
+        Ok(self.inner.clone().fetch_jwtsvid(request).await?.into_inner())
+    }
+
+    /// The first JWT bundles response.
+    pub async fn fetch_jwt_bundles(&self) -> Result<JwtBundlesResponse, Status> {
+        first(
+            self.inner
+                .clone()
+                .fetch_jwt_bundles(JwtBundlesRequest {})
+                .await?
+                .into_inner(),
+        )
+        .await
+    }
+
+    /// Validates `token` for `audience`.
+    pub async fn validate_jwt_svid(
+        &self,
+        audience: &str,
+        token: &str,
+    ) -> Result<ValidateJwtsvidResponse, Status> {
+        let request = ValidateJwtsvidRequest {
+            audience: audience.to_owned(),
+            svid: token.to_owned(),
+        };
+        Ok(self.inner.clone().validate_jwtsvid(request).await?.into_inner())
+    }
+}
+
+async fn first<T>(mut stream: Streaming<T>) -> Result<T, Status> {
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::unavailable("the stream ended without a response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            socket_path("unix:///tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        for bad in [
+            "/tmp/a.sock",
+            "tcp://127.0.0.1:1",
+            "unix://host/a",
+            "unix:a.sock",
+            "unix:///a?x=1",
+        ] {
+            assert!(socket_path(bad).is_err(), "{bad}");
+        }
+    }
+}

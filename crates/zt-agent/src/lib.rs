@@ -1,0 +1,139 @@
+//! `zt agent`: one per node. It attests to `zt server` with a join token, keeps an
+//! X.509-SVID for every entry it may issue, and serves them to local workloads
+//! over the SPIFFE Workload API on a Unix socket, attesting each caller from the
+//! kernel's peer credentials.
+//!
+//! - [`node`]: attestation, renewal and the sync stream with the server;
+//! - [`cache`]: the entries, SVIDs, bundle and revocations held, and the snapshots
+//!   the Workload API serves;
+//! - [`attest`]: Unix workload attestation;
+//! - [`workload_api`]: the Workload API service; [`client`]: a client of it.
+
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod cache;
+pub mod client;
+pub mod jwt;
+pub mod node;
+pub mod workload_api;
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use zt_identity::{Bundle, SpiffeId};
+
+pub use node::NodeConfig;
+
+/// The conventional Workload API socket.
+pub const DEFAULT_SOCKET: &str = "/tmp/zt-agent/public/api.sock";
+/// The conventional data directory of the agent.
+pub const DEFAULT_DATA_DIR: &str = "/tmp/zt-agent/data";
+
+/// How `zt agent` runs.
+pub struct AgentConfig {
+    /// Server, join tokens and data dir.
+    pub node: NodeConfig,
+    /// The bundle that authenticates the server before the agent has its own.
+    pub trust_bundle: Bundle,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The Workload API socket.
+    #[error("socket {path}: {reason}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The data directory or a file in it.
+    #[error("data dir: {0}")]
+    DataDir(String),
+    /// Serving failed.
+    #[error("workload API: {0}")]
+    Serve(String),
+}
+
+/// The ID `zt server` presents on its agent API in `trust_bundle`'s trust domain.
+pub fn server_id(trust_bundle: &Bundle) -> SpiffeId {
+    // The path is a constant; it always forms a valid ID.
+    SpiffeId::from_parts(trust_bundle.trust_domain(), "/zt/server")
+        .unwrap_or_else(|_| trust_bundle.trust_domain().id())
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    create_private_dir(&config.node.data_dir)?;
+    let listener = bind(&config.socket)?;
+    let (snapshots, snapshot_rx) = watch::channel(cache::Snapshot::default());
+    let (link, link_rx) = watch::channel(None);
+    let (stop, stop_rx) = watch::channel(false);
+    let node = node::Node::new(config.node, config.trust_bundle, snapshots, link, stop_rx)?;
+    let node = tokio::spawn(node.run());
+
+    let api = workload_api::WorkloadApi::new(
+        snapshot_rx,
+        Arc::new(attest::UnixAttestor::default()),
+        Arc::new(jwt::JwtSvids::new(link_rx)),
+    );
+    tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
+    let served = tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    stop.send_replace(true);
+    let _ = node.await;
+    let _ = std::fs::remove_file(&config.socket);
+    served.map_err(|e| AgentError::Serve(e.to_string()))
+}
+
+/// Binds the socket, replacing a stale one, and lets every local user connect:
+/// who gets what is decided by attestation, not by file permissions.
+fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    let fail = |reason: String| AgentError::Socket {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating its directory: {e}")))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another agent is serving on it".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| fail(format!("removing the stale socket: {e}")))?;
+        }
+        Ok(_) => return Err(fail("exists and is not a socket; not replacing it".into())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(listener)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| AgentError::DataDir(format!("{}: {e}", dir.display())))
+}
+
+/// Now, in unix seconds.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
