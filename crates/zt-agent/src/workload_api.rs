@@ -146,6 +146,14 @@ impl WorkloadApi {
 
 /// The entries that match `workload`, or why it gets nothing.
 fn matching<'a>(snapshot: &'a Snapshot, workload: &Workload) -> View<Vec<&'a Identity>> {
+    let view = matching_entries(snapshot, workload);
+    if let View::Denied(why) = &view {
+        tracing::debug!(pid = workload.pid, selectors = ?workload.selectors, why, "no identity for the caller");
+    }
+    view
+}
+
+fn matching_entries<'a>(snapshot: &'a Snapshot, workload: &Workload) -> View<Vec<&'a Identity>> {
     match snapshot.status {
         ServeStatus::Starting => View::Wait,
         ServeStatus::NotAttested => View::Denied("the agent is not attested: it serves no identities"),

@@ -568,10 +568,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) if e.use_stderr() => {
-            // One line: clap's first, without usage and hints.
+            // One line: clap's first paragraph (the error and what it names),
+            // without usage and hints.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("zt: {}", first.trim_start_matches("error: "));
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("zt: {}", first.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
         Err(e) => {

@@ -55,12 +55,29 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::spawn`], with extra `zt server` flags.
     pub fn spawn_with(data_dir: &Path, datastore: Option<&str>, extra: &[&str]) -> Self {
-        let port = free_port();
-        let http: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = data_dir.with_extension(format!("{port}.log"));
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Self::spawn_on(data_dir, datastore, extra, http, agent_api)
+    }
+
+    /// Starts this server's successor on the same data dir and ports, and waits
+    /// until it is ready (the previous one must have stopped).
+    pub fn restart(&self) -> Self {
+        let mut next = Self::spawn_on(&self.data_dir, None, &[], self.http, self.agent_api);
+        next.wait_ready();
+        next
+    }
+
+    fn spawn_on(
+        data_dir: &Path,
+        datastore: Option<&str>,
+        extra: &[&str],
+        http: SocketAddr,
+        agent_api: SocketAddr,
+    ) -> Self {
+        let log = data_dir.with_extension(format!("{}.{}.log", http.port(), now_nanos()));
         let stderr = fs::File::create(&log).unwrap();
         let http_arg = http.to_string();
-        let agent_api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let agent_arg = agent_api.to_string();
         let mut args = vec![
             "server",
@@ -280,4 +297,133 @@ pub fn one_entry_json(server: &ServerProcess, args: &[&str]) -> Value {
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// A running `zt agent` joined to a server; SIGKILLed on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    /// Holds the socket directory, the data dir, the token file and the log.
+    pub dir: PathBuf,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    /// The file the agent reads join tokens from.
+    pub token_file: PathBuf,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `zt agent` in `dir` with a fresh join token granting `agent_id`, and
+    /// waits until its socket accepts connections. `dir` and the socket's directory
+    /// are world-readable, so that workloads of any uid can reach the socket.
+    pub fn start(server: &ServerProcess, dir: &Path, agent_id: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let bundle = dir.join("bundle.pem");
+        fs::write(&bundle, ok(server, &["bundle", "show"])).unwrap();
+        let token_file = dir.join("join-token");
+        fs::write(&token_file, join_token(server, agent_id)).unwrap();
+        fs::set_permissions(&token_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let public = dir.join("public");
+        fs::create_dir_all(&public).unwrap();
+        fs::set_permissions(&public, fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = public.join("api.sock");
+        let log = dir.join(format!("agent.{}.log", now_nanos()));
+        let child = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(["agent", "--server", &server.agent_api.to_string()])
+            .arg("--join-token-file")
+            .arg(&token_file)
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "info,zt_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut agent = Self {
+            child,
+            dir: dir.to_owned(),
+            socket,
+            token_file,
+            log,
+        };
+        let start = Instant::now();
+        while UnixStream::connect(&agent.socket).is_err() {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("zt agent exited: {status}\n{}", agent.stderr());
+            }
+            assert!(start.elapsed() < DEADLINE, "zt agent socket not up\n{}", agent.stderr());
+            thread::sleep(POLL);
+        }
+        agent
+    }
+
+    /// `unix:///path/to/api.sock`, as `SPIFFE_ENDPOINT_SOCKET` wants it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs `zt agent api ARGS --socket <socket>` as this test process.
+    pub fn api(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zt"));
+        command.args(["agent", "api"]).args(args).arg("--socket").arg(&self.socket);
+        command.stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Polls `zt agent api fetch x509 --output json` until it lists exactly
+    /// `ids` (sorted), and returns the SVIDs it printed.
+    pub fn wait_for_x509(&self, ids: &[&str]) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let out = self.api(&["fetch", "x509", "--output", "json"]);
+            if out.status.success() {
+                let svids: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+                let mut got: Vec<&str> = svids.iter().map(|s| s["spiffe_id"].as_str().unwrap()).collect();
+                got.sort_unstable();
+                if got == ids {
+                    return svids;
+                }
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the agent never served {ids:?}; last answer: {}\n{}",
+                describe(&out),
+                self.stderr()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// What the agent wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!("agent stderr ({}):\n{text}", self.log.display())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("{}", self.stderr());
+        }
+    }
+}
+
+/// A fresh join token (from `zt agent token create`) granting `agent_id`.
+pub fn join_token(server: &ServerProcess, agent_id: &str) -> String {
+    let out = ok(server, &["agent", "token", "create", "--spiffe-id", agent_id]);
+    out.lines()
+        .find_map(|line| line.strip_prefix("Token: "))
+        .unwrap_or_else(|| panic!("no token in {out:?}"))
+        .to_owned()
 }

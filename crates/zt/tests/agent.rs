@@ -1,0 +1,603 @@
+//! End-to-end tests of `zt agent`: real server and agent processes, workloads as
+//! real processes attested from the kernel, and SPIFFE clients no one here wrote
+//! (py-spiffe, the Rust `spiffe` crate) on the Workload API socket.
+
+mod support;
+
+use std::fs;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::*;
+use tonic::Code;
+use zt_agent::client::WorkloadClient;
+use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use zt_api::workload::{JwtsvidRequest, WitsvidRequest, X509svidRequest, X509svidResponse};
+use zt_identity::{Bundle, BundleSet, Purpose};
+use zt_testkit::describe;
+
+const AGENT_ID: &str = "spiffe://example.org/agent/node-1";
+
+/// This process's effective uid, as the kernel reports it.
+fn my_uid() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A server and an agent joined to it, in one temporary directory.
+struct Mesh {
+    _dir: tempfile::TempDir,
+    server: ServerProcess,
+    agent: AgentProcess,
+}
+
+impl Mesh {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("server"), None);
+        let agent_dir = dir.path().join("agent");
+        fs::create_dir(&agent_dir).unwrap();
+        let agent = AgentProcess::start(&server, &agent_dir, AGENT_ID);
+        Self {
+            _dir: dir,
+            server,
+            agent,
+        }
+    }
+
+    /// Registers `spiffe_id` under the agent with `selectors`; returns the entry ID.
+    fn entry(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+        let mut args = vec!["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", AGENT_ID];
+        for selector in selectors {
+            args.extend(["--selector", selector]);
+        }
+        args.extend(extra);
+        one_entry_json(&self.server, &args)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The server's bundle, JWT authorities included.
+    fn bundle(&self) -> Bundle {
+        let jwks = ok(&self.server, &["bundle", "show", "--format", "jwks"]);
+        Bundle::parse(jwks.as_bytes(), None).unwrap()
+    }
+}
+
+/// Checks an X.509-SVID response the way a workload's TLS stack would: each SVID's
+/// chain verifies against the bundle it came with and the key is the leaf's.
+fn check_x509_response(response: &X509svidResponse, bundle: &Bundle) -> Vec<(String, String)> {
+    let mut set = BundleSet::default();
+    set.insert(bundle.clone());
+    response
+        .svids
+        .iter()
+        .map(|svid| {
+            let chain = split_der(&svid.x509_svid);
+            let verified = zt_identity::verify_x509_svid(
+                &chain,
+                &set,
+                rustls_pki_types::UnixTime::now(),
+                Purpose::ClientAuth,
+            )
+            .unwrap();
+            assert_eq!(verified.spiffe_id().to_string(), svid.spiffe_id);
+            assert_eq!(split_der(&svid.bundle), bundle.x509_authorities());
+            let key = rustls_pki_types::PrivateKeyDer::try_from(svid.x509_svid_key.clone()).unwrap();
+            assert_eq!(
+                zt_ca::public_key_of(&key).unwrap(),
+                zt_identity::x509::subject_public_key(&chain[0]).unwrap(),
+                "the key is the leaf's"
+            );
+            (svid.spiffe_id.clone(), zt_identity::x509::hex(verified.serial()))
+        })
+        .collect()
+}
+
+/// Splits concatenated DER certificates with x509-parser (not zt's own splitter).
+fn split_der(mut bytes: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes).unwrap();
+        let len = bytes.len() - rest.len();
+        certs.push(bytes[..len].to_vec().into());
+        bytes = rest;
+    }
+    certs
+}
+
+#[test]
+fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
+    let mesh = Mesh::start();
+    let rt = runtime();
+    let client = {
+        let _entered = rt.enter();
+        WorkloadClient::new(&mesh.agent.socket).unwrap()
+    };
+
+    // No entry yet for this process: no identity issued.
+    let denied = rt.block_on(client.fetch_x509_svids()).unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("no identity issued"), "{denied:?}");
+
+    mesh.entry("spiffe://example.org/tests", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/tests"]);
+    let bundle = mesh.bundle();
+    let response = rt.block_on(client.fetch_x509_svids()).unwrap();
+    let svids = check_x509_response(&response, &bundle);
+    assert_eq!(svids.len(), 1);
+    assert!(response.federated_bundles.is_empty() && response.crl.is_empty());
+
+    let bundles = rt.block_on(client.fetch_x509_bundles()).unwrap();
+    assert_eq!(
+        split_der(&bundles.bundles["spiffe://example.org"]),
+        bundle.x509_authorities()
+    );
+    let jwt_bundles = rt.block_on(client.fetch_jwt_bundles()).unwrap();
+    let jwks: Value = serde_json::from_slice(&jwt_bundles.bundles["spiffe://example.org"]).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert!(!keys.is_empty() && keys.iter().all(|k| k["kid"].is_string() && k["use"] == "jwt-svid"), "{jwks}");
+
+    // JWT-SVIDs: minted for the audience, cached, validated by the agent.
+    let jwt = rt
+        .block_on(client.fetch_jwt_svids(vec!["billing".into()], None))
+        .unwrap();
+    assert_eq!(jwt.svids.len(), 1);
+    assert_eq!(jwt.svids[0].spiffe_id, "spiffe://example.org/tests");
+    let again = rt
+        .block_on(client.fetch_jwt_svids(vec!["billing".into()], None))
+        .unwrap();
+    assert_eq!(again.svids[0].svid, jwt.svids[0].svid, "served from the agent's cache");
+    let verified = zt_identity::verify_jwt_svid(&jwt.svids[0].svid, &bundle, "billing", now()).unwrap();
+    assert_eq!(verified.spiffe_id().to_string(), "spiffe://example.org/tests");
+    let valid = rt.block_on(client.validate_jwt_svid("billing", &jwt.svids[0].svid)).unwrap();
+    assert_eq!(valid.spiffe_id, "spiffe://example.org/tests");
+    let claims = valid.claims.unwrap();
+    assert!(claims.fields.contains_key("exp") && claims.fields.contains_key("aud"));
+
+    // Refusals, each with the code the spec and SPIRE use.
+    let wrong_audience = rt
+        .block_on(client.validate_jwt_svid("other", &jwt.svids[0].svid))
+        .unwrap_err();
+    assert_eq!(wrong_audience.code(), Code::InvalidArgument, "{wrong_audience:?}");
+    let mut tampered = jwt.svids[0].svid.clone();
+    tampered.pop();
+    tampered.push(if jwt.svids[0].svid.ends_with('A') { 'B' } else { 'A' });
+    let bad = rt.block_on(client.validate_jwt_svid("billing", &tampered)).unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    for (audience, svid) in [("", jwt.svids[0].svid.as_str()), ("billing", ""), ("billing", "garbage")] {
+        let e = rt.block_on(client.validate_jwt_svid(audience, svid)).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{audience:?} {svid:?}: {e:?}");
+    }
+    let no_audience = rt.block_on(client.fetch_jwt_svids(Vec::new(), None)).unwrap_err();
+    assert_eq!(no_audience.code(), Code::InvalidArgument, "{no_audience:?}");
+    let other_id = rt
+        .block_on(client.fetch_jwt_svids(vec!["billing".into()], Some("spiffe://example.org/other".into())))
+        .unwrap_err();
+    assert_eq!(other_id.code(), Code::PermissionDenied, "{other_id:?}");
+    let bad_id = rt
+        .block_on(client.fetch_jwt_svids(vec!["billing".into()], Some("not-an-id".into())))
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument, "{bad_id:?}");
+
+    // Without the security header every call is refused; WIT-SVIDs are not offered.
+    rt.block_on(async {
+        let raw = raw_client(&mesh.agent.socket);
+        let e = raw.clone().fetch_x509svid(X509svidRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("security header"), "{e:?}");
+        let e = raw
+            .clone()
+            .fetch_jwtsvid(JwtsvidRequest {
+                audience: vec!["billing".into()],
+                spiffe_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut wrong = tonic::Request::new(X509svidRequest {});
+        wrong.metadata_mut().insert("workload.spiffe.io", "false".parse().unwrap());
+        let e = raw.clone().fetch_x509svid(wrong).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut wit = tonic::Request::new(WitsvidRequest::default());
+        wit.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let e = raw.clone().fetch_witsvid(wit).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    });
+
+    // The CLI writes the files spire-agent writes, and they verify with openssl.
+    let out_dir = mesh.agent.dir.join("out");
+    let out = mesh.agent.api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
+    let text = succeed(&out, "zt agent api fetch x509 --write");
+    assert!(text.contains("spiffe://example.org/tests"), "{text}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        fs::metadata(out_dir.join("svid.0.key")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    if let Some(openssl) = zt_testkit::openssl("agent fetch x509 --write") {
+        let verify = Command::new(openssl)
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(out_dir.join("bundle.0.pem"))
+            .arg(out_dir.join("svid.0.pem"))
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{}", describe(&verify));
+    }
+    let token = &jwt.svids[0].svid;
+    let out = mesh.agent.api(&["validate", "jwt", "--audience", "billing", "--svid", token]);
+    assert!(succeed(&out, "validate jwt").contains("SVID is valid."));
+    let out = mesh.agent.api(&["validate", "jwt", "--audience", "nope", "--svid", token]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "{}", describe(&out));
+}
+
+/// A Workload API client without the security header.
+fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    let socket = socket.to_owned();
+    let connector = tower::service_fn(move |_| {
+        let socket = socket.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://agent").connect_with_connector_lazy(connector);
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+/// A copy of the zt binary at `path` (a hard link where possible), runnable by anyone.
+fn zt_copy(path: &Path) -> PathBuf {
+    let original = Path::new(env!("CARGO_BIN_EXE_zt"));
+    if fs::hard_link(original, path).is_err() {
+        fs::copy(original, path).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_owned()
+}
+
+/// Runs `exe agent api fetch x509 --output json` as a workload, as `uid` if given.
+fn workload_fetch(exe: &Path, socket: &Path, uid: Option<u32>) -> Output {
+    let mut command = Command::new(exe);
+    command
+        .args(["agent", "api", "fetch", "x509", "--output", "json", "--socket"])
+        .arg(socket)
+        .stdin(Stdio::null());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    command.output().unwrap()
+}
+
+/// [`workload_fetch`] until it succeeds (the entry may still be on its way to
+/// the agent), within [`DEADLINE`].
+fn workload_fetch_ok(exe: &Path, socket: &Path, uid: Option<u32>) -> Output {
+    let start = Instant::now();
+    loop {
+        let out = workload_fetch(exe, socket, uid);
+        if out.status.success() || start.elapsed() > DEADLINE {
+            return out;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn ids_of(out: &Output) -> Vec<String> {
+    let svids: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe(out)));
+    svids
+        .iter()
+        .map(|s| s["spiffe_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn each_workload_gets_only_its_own_identity() {
+    let mesh = Mesh::start();
+    let bin = mesh.agent.dir.join("bin");
+    fs::create_dir(&bin).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let billing = zt_copy(&bin.join("billing"));
+    let payments = zt_copy(&bin.join("payments"));
+    let stranger = zt_copy(&bin.join("stranger"));
+    let me = my_uid();
+
+    // By executable path (the kernel's /proc/<pid>/exe), for this uid.
+    mesh.entry(
+        "spiffe://example.org/billing",
+        &[&format!("unix:uid:{me}"), &format!("unix:path:{}", billing.display())],
+        &[],
+    );
+    mesh.entry(
+        "spiffe://example.org/payments",
+        &[&format!("unix:uid:{me}"), &format!("unix:path:{}", payments.display())],
+        &[],
+    );
+    let socket = &mesh.agent.socket;
+    assert_eq!(
+        ids_of(&workload_fetch_ok(&billing, socket, None)),
+        ["spiffe://example.org/billing"]
+    );
+    assert_eq!(
+        ids_of(&workload_fetch_ok(&payments, socket, None)),
+        ["spiffe://example.org/payments"]
+    );
+    let denied = workload_fetch(&stranger, socket, None);
+    assert_failure(&denied, 1, &["PermissionDenied", "no identity issued"]);
+
+    // By uid: other users' processes, which only root can start.
+    if me != 0 {
+        eprintln!("SKIPPED: the per-uid half of each_workload_gets_only_its_own_identity needs root");
+        assert!(
+            std::env::var_os("ZT_REQUIRE_INTEROP").is_none(),
+            "ZT_REQUIRE_INTEROP is set but the tests do not run as root"
+        );
+        return;
+    }
+    mesh.entry("spiffe://example.org/uid-1001", &["unix:uid:1001"], &[]);
+    mesh.entry("spiffe://example.org/uid-1002", &["unix:uid:1002"], &[]);
+    assert_eq!(
+        ids_of(&workload_fetch_ok(&stranger, socket, Some(1001))),
+        ["spiffe://example.org/uid-1001"]
+    );
+    assert_eq!(
+        ids_of(&workload_fetch_ok(&stranger, socket, Some(1002))),
+        ["spiffe://example.org/uid-1002"]
+    );
+    let nobody = workload_fetch(&stranger, socket, Some(1003));
+    assert_failure(&nobody, 1, &["PermissionDenied", "no identity issued"]);
+}
+
+#[test]
+fn stream_delivers_rotations_and_revocations() {
+    let mesh = Mesh::start();
+    // A 4 s SVID rotates at about 2 s, well before it expires.
+    mesh.entry(
+        "spiffe://example.org/short",
+        &[&format!("unix:uid:{}", my_uid())],
+        &["--x509-ttl", "4s"],
+    );
+    mesh.agent.wait_for_x509(&["spiffe://example.org/short"]);
+    let bundle = mesh.bundle();
+    let rt = runtime();
+    let client = {
+        let _entered = rt.enter();
+        WorkloadClient::new(&mesh.agent.socket).unwrap()
+    };
+    rt.block_on(async {
+        let mut stream = client.x509_svids().await.unwrap();
+        let first = next_update(&mut stream).await;
+        let (_, first_serial) = check_x509_response(&first, &bundle).remove(0);
+        let first_leaf = split_der(&first.svids[0].x509_svid).remove(0);
+        let first_expiry = zt_identity::x509::summarize(&first_leaf).unwrap().not_after;
+
+        // Rotation: a new SVID arrives while the first is still valid.
+        let rotated = next_update(&mut stream).await;
+        let arrived = now();
+        let (_, rotated_serial) = check_x509_response(&rotated, &bundle).remove(0);
+        assert_ne!(rotated_serial, first_serial);
+        assert!(arrived < first_expiry, "rotated at {arrived}, the old SVID expires at {first_expiry}");
+
+        // Revocation: the serial reaches the stream in a signed CRL, and the
+        // workload gets a fresh SVID in the same or the next update.
+        let revoked = rotated_serial.clone();
+        ok(&mesh.server, &["revoke", "--serial", &revoked, "--reason", "key compromise drill"]);
+        let mut saw_crl = false;
+        let mut replaced = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(saw_crl && replaced) && Instant::now() < deadline {
+            let update = next_update(&mut stream).await;
+            for crl in &update.crl {
+                let (_, crl) = <x509_parser::revocation_list::CertificateRevocationList as x509_parser::prelude::FromDer<_>>::from_der(crl).unwrap();
+                let ca = bundle
+                    .x509_authorities()
+                    .iter()
+                    .map(|c| x509_parser::parse_x509_certificate(c).unwrap().1)
+                    .find(|ca| ca.subject() == crl.issuer())
+                    .expect("the CRL's issuer is in the bundle");
+                crl.verify_signature(ca.public_key()).expect("the CRL is signed by its issuer");
+                saw_crl |= crl
+                    .iter_revoked_certificates()
+                    .any(|r| zt_identity::x509::hex(r.raw_serial()) == revoked);
+            }
+            let serials = check_x509_response(&update, &bundle);
+            replaced |= !update.svids.is_empty() && serials.iter().all(|(_, s)| *s != revoked);
+        }
+        assert!(saw_crl, "the revoked serial {revoked} never reached the stream in a CRL");
+        assert!(replaced, "the revoked SVID was never replaced on the stream");
+    });
+}
+
+/// The next message of a Workload API stream, within 20 s.
+async fn next_update(stream: &mut tonic::Streaming<X509svidResponse>) -> X509svidResponse {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("an update within 20 s")
+        .unwrap()
+        .expect("the stream goes on")
+}
+
+#[test]
+fn workloads_are_served_from_cache_while_the_server_is_down() {
+    let mut mesh = Mesh::start();
+    mesh.entry("spiffe://example.org/cached", &[&format!("unix:uid:{}", my_uid())], &[]);
+    let before = mesh.agent.wait_for_x509(&["spiffe://example.org/cached"]);
+    let jwt_args = ["fetch", "jwt", "--audience", "db", "--output", "json"];
+    let jwt_before: Value = serde_json::from_str(&succeed(&mesh.agent.api(&jwt_args), "fetch jwt")).unwrap();
+
+    let status = mesh.server.terminate();
+    assert!(status.success(), "{status}");
+    // The server is gone: the agent still serves what it holds.
+    let during = mesh.agent.wait_for_x509(&["spiffe://example.org/cached"]);
+    assert_eq!(during[0]["serial"], before[0]["serial"]);
+    let jwt_during: Value = serde_json::from_str(&succeed(&mesh.agent.api(&jwt_args), "fetch jwt")).unwrap();
+    assert_eq!(jwt_during["svids"][0]["svid"], jwt_before["svids"][0]["svid"]);
+    // A JWT for a new audience needs the server.
+    let fresh = mesh.agent.api(&["fetch", "jwt", "--audience", "new"]);
+    assert_failure(&fresh, 1, &["Unavailable"]);
+
+    // Back up on the same ports: the agent reconnects and picks up new entries.
+    mesh.server = mesh.server.restart();
+    mesh.entry("spiffe://example.org/after", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.agent
+        .wait_for_x509(&["spiffe://example.org/after", "spiffe://example.org/cached"]);
+}
+
+#[test]
+fn an_evicted_agent_serves_nothing_until_it_attests_again() {
+    let mut mesh = Mesh::start();
+    mesh.entry("spiffe://example.org/web", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
+
+    ok(&mesh.server, &["agent", "evict", "--spiffe-id", AGENT_ID]);
+    let start = Instant::now();
+    loop {
+        let out = mesh.agent.api(&["fetch", "x509"]);
+        if !out.status.success() {
+            assert_failure(&out, 1, &["PermissionDenied", "not attested"]);
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "still served after eviction\n{}", mesh.agent.stderr());
+        std::thread::sleep(POLL);
+    }
+    // A new token in the token file: the same process attests again.
+    fs::write(&mesh.agent.token_file, join_token(&mesh.server, AGENT_ID)).unwrap();
+    mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
+    assert!(mesh.agent.child.try_wait().unwrap().is_none(), "the agent did not restart");
+}
+
+#[test]
+fn the_agent_refuses_bad_configuration_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let zt = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("missing.pem");
+    assert_failure(
+        &zt(&["agent", "--trust-bundle", missing.to_str().unwrap(), "--join-token", "x"]),
+        1,
+        &["--trust-bundle", "missing.pem"],
+    );
+    let garbage = dir.path().join("garbage.pem");
+    fs::write(&garbage, "not a bundle").unwrap();
+    assert_failure(
+        &zt(&["agent", "--trust-bundle", garbage.to_str().unwrap(), "--join-token", "x"]),
+        1,
+        &["--trust-bundle", "garbage.pem"],
+    );
+    let out = zt(&["agent", "--join-token", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-bundle"));
+    // A socket path taken by a regular file is not replaced.
+    let bundle = dir.path().join("bundle.pem");
+    let ca = dir.path().join("ca");
+    succeed(
+        &zt(&["ca", "init", "--trust-domain", "example.org", "--dir", ca.to_str().unwrap()]),
+        "ca init",
+    );
+    fs::copy(ca.join("ca.crt"), &bundle).unwrap();
+    let taken = dir.path().join("taken.sock");
+    fs::write(&taken, "precious").unwrap();
+    let out = zt(&[
+        "agent",
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        "--join-token",
+        "x",
+        "--socket",
+        taken.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert_failure(&out, 1, &["taken.sock", "not a socket"]);
+    assert_eq!(fs::read_to_string(&taken).unwrap(), "precious");
+    // Workload API clients name a bad endpoint.
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["agent", "api", "fetch", "x509"])
+        .env("SPIFFE_ENDPOINT_SOCKET", "tcp://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_failure(&out, 1, &["SPIFFE_ENDPOINT_SOCKET", "tcp://127.0.0.1:1"]);
+}
+
+#[test]
+fn py_spiffe_fetches_and_validates_from_zt_agent() {
+    let Some(python) = zt_testkit::python("py_spiffe_fetches_and_validates_from_zt_agent") else {
+        return;
+    };
+    let mesh = Mesh::start();
+    mesh.entry("spiffe://example.org/py", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/py"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/workload_api.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg("billing")
+        .env("SPIFFE_ENDPOINT_SOCKET", mesh.agent.endpoint())
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&succeed(&out, "workload_api.py")).unwrap();
+    assert_eq!(doc["spiffe_id"], "spiffe://example.org/py");
+    assert_eq!(doc["key_matches_leaf"], true);
+    assert_eq!(doc["bundle_trust_domain"], "example.org");
+    let bundle = mesh.bundle();
+    assert_eq!(
+        zt_identity::x509::certificates_from_pem(doc["bundle_pem"].as_str().unwrap().as_bytes()).unwrap(),
+        bundle.x509_authorities()
+    );
+    let chain = zt_identity::x509::certificates_from_pem(doc["chain_pem"].as_str().unwrap().as_bytes()).unwrap();
+    let mut set = BundleSet::default();
+    set.insert(bundle.clone());
+    zt_identity::verify_x509_svid(&chain, &set, rustls_pki_types::UnixTime::now(), Purpose::ServerAuth).unwrap();
+    assert_eq!(doc["jwt_spiffe_id"], "spiffe://example.org/py");
+    assert_eq!(doc["jwt_audience"], serde_json::json!(["billing"]));
+    assert_eq!(doc["validated_spiffe_id"], "spiffe://example.org/py");
+    assert_eq!(doc["local_spiffe_id"], "spiffe://example.org/py");
+    assert!(doc["jwt_bundle_keys"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(doc["wrong_audience_error"].is_string(), "{doc}");
+    zt_identity::verify_jwt_svid(doc["jwt_token"].as_str().unwrap(), &bundle, "billing", now()).unwrap();
+}
+
+#[test]
+fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
+    // The example binary cargo built next to this test's deps directory.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().unwrap().parent().unwrap().join("examples/spiffe_rs_client");
+    assert!(example.exists(), "{} not built (cargo test builds examples)", example.display());
+    let mesh = Mesh::start();
+    mesh.entry("spiffe://example.org/rs", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/rs"]);
+    let out = Command::new(&example)
+        .arg("orders")
+        .env("SPIFFE_ENDPOINT_SOCKET", mesh.agent.endpoint())
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&succeed(&out, "spiffe_rs_client")).unwrap();
+    assert_eq!(doc["spiffe_id"], "spiffe://example.org/rs");
+    assert_eq!(doc["jwt_spiffe_id"], "spiffe://example.org/rs");
+    assert_eq!(doc["validated_spiffe_id"], "spiffe://example.org/rs");
+    assert_eq!(doc["local_spiffe_id"], "spiffe://example.org/rs");
+    assert_eq!(doc["wrong_audience_refused"], true);
+    assert!(doc["jwt_bundle_keys"].as_u64().unwrap() >= 1, "{doc}");
+    let bundle = mesh.bundle();
+    let served: Vec<String> = bundle
+        .x509_authorities()
+        .iter()
+        .map(|c| zt_identity::x509::hex(c))
+        .collect();
+    assert_eq!(doc["bundle"], serde_json::json!(served));
+    zt_identity::verify_jwt_svid(doc["jwt_token"].as_str().unwrap(), &bundle, "orders", now()).unwrap();
+}
