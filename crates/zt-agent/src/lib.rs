@@ -16,6 +16,7 @@ pub mod cache;
 pub mod client;
 pub mod jwt;
 pub mod node;
+pub mod uds;
 pub mod workload_api;
 
 use std::future::Future;
@@ -90,12 +91,25 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
     let served = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     stop.send_replace(true);
     let _ = node.await;
     let _ = std::fs::remove_file(&config.socket);
     served.map_err(|e| AgentError::Serve(e.to_string()))
+}
+
+/// Accepted connections with their peer credentials; failed accepts are logged
+/// and skipped, never fatal.
+fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = std::io::Result<uds::WorkloadConn>> {
+    use tokio_stream::StreamExt as _;
+    UnixListenerStream::new(listener).filter_map(|accepted| match accepted {
+        Ok(socket) => uds::WorkloadConn::accept(socket).map(Ok),
+        Err(e) => {
+            tracing::warn!(error = %e, "accepting a Workload API connection failed");
+            None
+        }
+    })
 }
 
 /// Binds the socket, replacing a stale one, and lets every local user connect:

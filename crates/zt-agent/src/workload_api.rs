@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zt_api::workload::{
@@ -69,16 +68,7 @@ impl WorkloadApi {
             (Some(value), None) if value == "true" => {}
             _ => return Err(Status::invalid_argument("security header missing from request")),
         }
-        let credentials = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| PeerCredentials {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                pid: cred.pid(),
-            });
-        let Some(credentials) = credentials else {
+        let Some(credentials) = request.extensions().get::<PeerCredentials>().copied() else {
             return Err(Status::permission_denied(
                 "the caller could not be attested: no peer credentials",
             ));

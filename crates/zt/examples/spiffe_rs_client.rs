@@ -4,18 +4,26 @@
 //! itself with the JWT bundle, and prints what it got as one JSON document.
 //! The agent tests run it; usage: `spiffe_rs_client AUDIENCE`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test client: any failure should abort it loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test client: any failure should abort it loudly"
+)]
 
 use spiffe::{JwtSvid, WorkloadApiClient};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let audience = std::env::args().nth(1).expect("usage: spiffe_rs_client AUDIENCE");
-    let client = WorkloadApiClient::connect_env().await.expect("connect to SPIFFE_ENDPOINT_SOCKET");
+    let client = WorkloadApiClient::connect_env()
+        .await
+        .expect("connect to SPIFFE_ENDPOINT_SOCKET");
     let svid = client.fetch_x509_svid().await.expect("fetch_x509_svid");
     let trust_domain = svid.spiffe_id().trust_domain().clone();
     let bundles = client.fetch_x509_bundles().await.expect("fetch_x509_bundles");
-    let bundle = bundles.get(&trust_domain).expect("a bundle for the SVID's trust domain");
+    let bundle = bundles
+        .get(&trust_domain)
+        .expect("a bundle for the SVID's trust domain");
     let jwt = client
         .fetch_jwt_svid([audience.as_str()], None)
         .await
@@ -27,7 +35,9 @@ async fn main() {
     let jwt_bundles = client.fetch_jwt_bundles().await.expect("fetch_jwt_bundles");
     let local = JwtSvid::parse_and_validate(jwt.token(), &jwt_bundles, &[audience.as_str()])
         .expect("the JWT-SVID verifies with the served JWT bundle");
-    let wrong = client.validate_jwt_token(&format!("{audience}-other"), jwt.token()).await;
+    let wrong = client
+        .validate_jwt_token(&format!("{audience}-other"), jwt.token())
+        .await;
     let doc = serde_json::json!({
         "spiffe_id": svid.spiffe_id().to_string(),
         "chain": svid.cert_chain().iter().map(|c| zt_identity::x509::hex(c.as_bytes())).collect::<Vec<_>>(),

@@ -2,6 +2,13 @@
 //! real processes attested from the kernel, and SPIFFE clients no one here wrote
 //! (py-spiffe, the Rust `spiffe` crate) on the Workload API socket.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: panicking is how a test fails"
+)]
+
 mod support;
 
 use std::fs;
@@ -60,12 +67,22 @@ impl Mesh {
 
     /// Registers `spiffe_id` under the agent with `selectors`; returns the entry ID.
     fn entry(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
-        let mut args = vec!["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", AGENT_ID];
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            AGENT_ID,
+        ];
         for selector in selectors {
             args.extend(["--selector", selector]);
         }
         args.extend(extra);
-        one_entry_json(&self.server, &args)["id"].as_str().unwrap().to_owned()
+        one_entry_json(&self.server, &args)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// The server's bundle, JWT authorities included.
@@ -131,7 +148,11 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("no identity issued"), "{denied:?}");
 
-    mesh.entry("spiffe://example.org/tests", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/tests",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     mesh.agent.wait_for_x509(&["spiffe://example.org/tests"]);
     let bundle = mesh.bundle();
     let response = rt.block_on(client.fetch_x509_svids()).unwrap();
@@ -147,7 +168,13 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     let jwt_bundles = rt.block_on(client.fetch_jwt_bundles()).unwrap();
     let jwks: Value = serde_json::from_slice(&jwt_bundles.bundles["spiffe://example.org"]).unwrap();
     let keys = jwks["keys"].as_array().unwrap();
-    assert!(!keys.is_empty() && keys.iter().all(|k| k["kid"].is_string() && k["use"] == "jwt-svid"), "{jwks}");
+    assert!(
+        !keys.is_empty()
+            && keys
+                .iter()
+                .all(|k| k["kid"].is_string() && k["use"] == "jwt-svid"),
+        "{jwks}"
+    );
 
     // JWT-SVIDs: minted for the audience, cached, validated by the agent.
     let jwt = rt
@@ -158,10 +185,15 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     let again = rt
         .block_on(client.fetch_jwt_svids(vec!["billing".into()], None))
         .unwrap();
-    assert_eq!(again.svids[0].svid, jwt.svids[0].svid, "served from the agent's cache");
+    assert_eq!(
+        again.svids[0].svid, jwt.svids[0].svid,
+        "served from the agent's cache"
+    );
     let verified = zt_identity::verify_jwt_svid(&jwt.svids[0].svid, &bundle, "billing", now()).unwrap();
     assert_eq!(verified.spiffe_id().to_string(), "spiffe://example.org/tests");
-    let valid = rt.block_on(client.validate_jwt_svid("billing", &jwt.svids[0].svid)).unwrap();
+    let valid = rt
+        .block_on(client.validate_jwt_svid("billing", &jwt.svids[0].svid))
+        .unwrap();
     assert_eq!(valid.spiffe_id, "spiffe://example.org/tests");
     let claims = valid.claims.unwrap();
     assert!(claims.fields.contains_key("exp") && claims.fields.contains_key("aud"));
@@ -173,10 +205,20 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     assert_eq!(wrong_audience.code(), Code::InvalidArgument, "{wrong_audience:?}");
     let mut tampered = jwt.svids[0].svid.clone();
     tampered.pop();
-    tampered.push(if jwt.svids[0].svid.ends_with('A') { 'B' } else { 'A' });
-    let bad = rt.block_on(client.validate_jwt_svid("billing", &tampered)).unwrap_err();
+    tampered.push(if jwt.svids[0].svid.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    let bad = rt
+        .block_on(client.validate_jwt_svid("billing", &tampered))
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
-    for (audience, svid) in [("", jwt.svids[0].svid.as_str()), ("billing", ""), ("billing", "garbage")] {
+    for (audience, svid) in [
+        ("", jwt.svids[0].svid.as_str()),
+        ("billing", ""),
+        ("billing", "garbage"),
+    ] {
         let e = rt.block_on(client.validate_jwt_svid(audience, svid)).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{audience:?} {svid:?}: {e:?}");
     }
@@ -207,23 +249,32 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let mut wrong = tonic::Request::new(X509svidRequest {});
-        wrong.metadata_mut().insert("workload.spiffe.io", "false".parse().unwrap());
+        wrong
+            .metadata_mut()
+            .insert("workload.spiffe.io", "false".parse().unwrap());
         let e = raw.clone().fetch_x509svid(wrong).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let mut wit = tonic::Request::new(WitsvidRequest::default());
-        wit.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        wit.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
         let e = raw.clone().fetch_witsvid(wit).await.unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
     });
 
     // The CLI writes the files spire-agent writes, and they verify with openssl.
     let out_dir = mesh.agent.dir.join("out");
-    let out = mesh.agent.api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
+    let out = mesh
+        .agent
+        .api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
     let text = succeed(&out, "zt agent api fetch x509 --write");
     assert!(text.contains("spiffe://example.org/tests"), "{text}");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
-        fs::metadata(out_dir.join("svid.0.key")).unwrap().permissions().mode() & 0o777,
+        fs::metadata(out_dir.join("svid.0.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
     if let Some(openssl) = zt_testkit::openssl("agent fetch x509 --write") {
@@ -237,11 +288,19 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
         assert!(verify.status.success(), "{}", describe(&verify));
     }
     let token = &jwt.svids[0].svid;
-    let out = mesh.agent.api(&["validate", "jwt", "--audience", "billing", "--svid", token]);
+    let out = mesh
+        .agent
+        .api(&["validate", "jwt", "--audience", "billing", "--svid", token]);
     assert!(succeed(&out, "validate jwt").contains("SVID is valid."));
-    let out = mesh.agent.api(&["validate", "jwt", "--audience", "nope", "--svid", token]);
+    let out = mesh
+        .agent
+        .api(&["validate", "jwt", "--audience", "nope", "--svid", token]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// A Workload API client without the security header.
@@ -251,7 +310,8 @@ fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channe
         let socket = socket.clone();
         async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
     });
-    let channel = tonic::transport::Endpoint::from_static("http://agent").connect_with_connector_lazy(connector);
+    let channel =
+        tonic::transport::Endpoint::from_static("http://agent").connect_with_connector_lazy(connector);
     SpiffeWorkloadApiClient::new(channel)
 }
 
@@ -293,7 +353,8 @@ fn workload_fetch_ok(exe: &Path, socket: &Path, uid: Option<u32>) -> Output {
 }
 
 fn ids_of(out: &Output) -> Vec<String> {
-    let svids: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe(out)));
+    let svids: Vec<Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe(out)));
     svids
         .iter()
         .map(|s| s["spiffe_id"].as_str().unwrap().to_owned())
@@ -315,12 +376,18 @@ fn each_workload_gets_only_its_own_identity() {
     // By executable path (the kernel's /proc/<pid>/exe), for this uid.
     mesh.entry(
         "spiffe://example.org/billing",
-        &[&format!("unix:uid:{me}"), &format!("unix:path:{}", billing.display())],
+        &[
+            &format!("unix:uid:{me}"),
+            &format!("unix:path:{}", billing.display()),
+        ],
         &[],
     );
     mesh.entry(
         "spiffe://example.org/payments",
-        &[&format!("unix:uid:{me}"), &format!("unix:path:{}", payments.display())],
+        &[
+            &format!("unix:uid:{me}"),
+            &format!("unix:path:{}", payments.display()),
+        ],
         &[],
     );
     let socket = &mesh.agent.socket;
@@ -430,7 +497,11 @@ async fn next_update(stream: &mut tonic::Streaming<X509svidResponse>) -> X509svi
 #[test]
 fn workloads_are_served_from_cache_while_the_server_is_down() {
     let mut mesh = Mesh::start();
-    mesh.entry("spiffe://example.org/cached", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/cached",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     let before = mesh.agent.wait_for_x509(&["spiffe://example.org/cached"]);
     let jwt_args = ["fetch", "jwt", "--audience", "db", "--output", "json"];
     let jwt_before: Value = serde_json::from_str(&succeed(&mesh.agent.api(&jwt_args), "fetch jwt")).unwrap();
@@ -448,7 +519,11 @@ fn workloads_are_served_from_cache_while_the_server_is_down() {
 
     // Back up on the same ports: the agent reconnects and picks up new entries.
     mesh.server = mesh.server.restart();
-    mesh.entry("spiffe://example.org/after", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/after",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     mesh.agent
         .wait_for_x509(&["spiffe://example.org/after", "spiffe://example.org/cached"]);
 }
@@ -456,7 +531,11 @@ fn workloads_are_served_from_cache_while_the_server_is_down() {
 #[test]
 fn an_evicted_agent_serves_nothing_until_it_attests_again() {
     let mut mesh = Mesh::start();
-    mesh.entry("spiffe://example.org/web", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/web",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
 
     ok(&mesh.server, &["agent", "evict", "--spiffe-id", AGENT_ID]);
@@ -467,13 +546,20 @@ fn an_evicted_agent_serves_nothing_until_it_attests_again() {
             assert_failure(&out, 1, &["PermissionDenied", "not attested"]);
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "still served after eviction\n{}", mesh.agent.stderr());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "still served after eviction\n{}",
+            mesh.agent.stderr()
+        );
         std::thread::sleep(POLL);
     }
     // A new token in the token file: the same process attests again.
     fs::write(&mesh.agent.token_file, join_token(&mesh.server, AGENT_ID)).unwrap();
     mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
-    assert!(mesh.agent.child.try_wait().unwrap().is_none(), "the agent did not restart");
+    assert!(
+        mesh.agent.child.try_wait().unwrap().is_none(),
+        "the agent did not restart"
+    );
 }
 
 #[test]
@@ -488,14 +574,26 @@ fn the_agent_refuses_bad_configuration_with_one_clear_line() {
     };
     let missing = dir.path().join("missing.pem");
     assert_failure(
-        &zt(&["agent", "--trust-bundle", missing.to_str().unwrap(), "--join-token", "x"]),
+        &zt(&[
+            "agent",
+            "--trust-bundle",
+            missing.to_str().unwrap(),
+            "--join-token",
+            "x",
+        ]),
         1,
         &["--trust-bundle", "missing.pem"],
     );
     let garbage = dir.path().join("garbage.pem");
     fs::write(&garbage, "not a bundle").unwrap();
     assert_failure(
-        &zt(&["agent", "--trust-bundle", garbage.to_str().unwrap(), "--join-token", "x"]),
+        &zt(&[
+            "agent",
+            "--trust-bundle",
+            garbage.to_str().unwrap(),
+            "--join-token",
+            "x",
+        ]),
         1,
         &["--trust-bundle", "garbage.pem"],
     );
@@ -506,7 +604,14 @@ fn the_agent_refuses_bad_configuration_with_one_clear_line() {
     let bundle = dir.path().join("bundle.pem");
     let ca = dir.path().join("ca");
     succeed(
-        &zt(&["ca", "init", "--trust-domain", "example.org", "--dir", ca.to_str().unwrap()]),
+        &zt(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--dir",
+            ca.to_str().unwrap(),
+        ]),
         "ca init",
     );
     fs::copy(ca.join("ca.crt"), &bundle).unwrap();
@@ -540,7 +645,11 @@ fn py_spiffe_fetches_and_validates_from_zt_agent() {
         return;
     };
     let mesh = Mesh::start();
-    mesh.entry("spiffe://example.org/py", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/py",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     mesh.agent.wait_for_x509(&["spiffe://example.org/py"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/workload_api.py");
     let out = Command::new(python)
@@ -558,10 +667,17 @@ fn py_spiffe_fetches_and_validates_from_zt_agent() {
         zt_identity::x509::certificates_from_pem(doc["bundle_pem"].as_str().unwrap().as_bytes()).unwrap(),
         bundle.x509_authorities()
     );
-    let chain = zt_identity::x509::certificates_from_pem(doc["chain_pem"].as_str().unwrap().as_bytes()).unwrap();
+    let chain =
+        zt_identity::x509::certificates_from_pem(doc["chain_pem"].as_str().unwrap().as_bytes()).unwrap();
     let mut set = BundleSet::default();
     set.insert(bundle.clone());
-    zt_identity::verify_x509_svid(&chain, &set, rustls_pki_types::UnixTime::now(), Purpose::ServerAuth).unwrap();
+    zt_identity::verify_x509_svid(
+        &chain,
+        &set,
+        rustls_pki_types::UnixTime::now(),
+        Purpose::ServerAuth,
+    )
+    .unwrap();
     assert_eq!(doc["jwt_spiffe_id"], "spiffe://example.org/py");
     assert_eq!(doc["jwt_audience"], serde_json::json!(["billing"]));
     assert_eq!(doc["validated_spiffe_id"], "spiffe://example.org/py");
@@ -575,10 +691,23 @@ fn py_spiffe_fetches_and_validates_from_zt_agent() {
 fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
     // The example binary cargo built next to this test's deps directory.
     let exe = std::env::current_exe().unwrap();
-    let example = exe.parent().unwrap().parent().unwrap().join("examples/spiffe_rs_client");
-    assert!(example.exists(), "{} not built (cargo test builds examples)", example.display());
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/spiffe_rs_client");
+    assert!(
+        example.exists(),
+        "{} not built (cargo test builds examples)",
+        example.display()
+    );
     let mesh = Mesh::start();
-    mesh.entry("spiffe://example.org/rs", &[&format!("unix:uid:{}", my_uid())], &[]);
+    mesh.entry(
+        "spiffe://example.org/rs",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
     mesh.agent.wait_for_x509(&["spiffe://example.org/rs"]);
     let out = Command::new(&example)
         .arg("orders")

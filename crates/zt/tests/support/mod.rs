@@ -360,7 +360,11 @@ impl AgentProcess {
             if let Some(status) = agent.child.try_wait().unwrap() {
                 panic!("zt agent exited: {status}\n{}", agent.stderr());
             }
-            assert!(start.elapsed() < DEADLINE, "zt agent socket not up\n{}", agent.stderr());
+            assert!(
+                start.elapsed() < DEADLINE,
+                "zt agent socket not up\n{}",
+                agent.stderr()
+            );
             thread::sleep(POLL);
         }
         agent
@@ -374,7 +378,11 @@ impl AgentProcess {
     /// Runs `zt agent api ARGS --socket <socket>` as this test process.
     pub fn api(&self, args: &[&str]) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_zt"));
-        command.args(["agent", "api"]).args(args).arg("--socket").arg(&self.socket);
+        command
+            .args(["agent", "api"])
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket);
         command.stdin(Stdio::null()).output().unwrap()
     }
 
