@@ -34,6 +34,8 @@ pub use node::NodeConfig;
 
 /// The conventional Workload API socket.
 pub const DEFAULT_SOCKET: &str = "/tmp/zt-agent/public/api.sock";
+/// How long calls in flight may take to finish once the agent stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The conventional data directory of the agent.
 pub const DEFAULT_DATA_DIR: &str = "/tmp/zt-agent/data";
 
@@ -79,20 +81,42 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let listener = bind(&config.socket)?;
     let (snapshots, snapshot_rx) = watch::channel(cache::Snapshot::default());
     let (link, link_rx) = watch::channel(None);
+    // Stopping ends the node loop and every open stream; then the server finishes
+    // the calls in flight, for at most SHUTDOWN_GRACE.
     let (stop, stop_rx) = watch::channel(false);
-    let node = node::Node::new(config.node, config.trust_bundle, snapshots, link, stop_rx)?;
+    let stop = Arc::new(stop);
+    let node = node::Node::new(config.node, config.trust_bundle, snapshots, link, stop_rx.clone())?;
     let node = tokio::spawn(node.run());
 
     let api = workload_api::WorkloadApi::new(
         snapshot_rx,
         Arc::new(attest::UnixAttestor::default()),
         Arc::new(jwt::JwtSvids::new(link_rx)),
+        stop_rx.clone(),
     );
     tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
-    let served = tonic::transport::Server::builder()
+    let stopping = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("stopping: ending Workload API streams");
+            stop.send_replace(true);
+        }
+    };
+    let serve = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming(listener), stopping);
+    let mut stop_rx = stop_rx;
+    let served = tokio::select! {
+        served = serve => served,
+        () = async {
+            stopped(&mut stop_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("Workload API calls still open after {SHUTDOWN_GRACE:?}: closing them");
+            Ok(())
+        }
+    };
     stop.send_replace(true);
     let _ = node.await;
     let _ = std::fs::remove_file(&config.socket);
@@ -142,6 +166,11 @@ fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| AgentError::DataDir(format!("{}: {e}", dir.display())))
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Now, in unix seconds.

@@ -28,7 +28,7 @@ use zt_identity::{Bundle, BundleSet, SpiffeId, TrustDomain};
 use zt_tls::{PeerMatcher, TlsVersions};
 
 use crate::cache::{Cache, Status as ServeStatus, X509Material};
-use crate::{AgentError, now};
+use crate::{AgentError, now, stopped};
 
 /// The agent's own SVID, key and bundle in its data dir.
 const AGENT_CERT_FILE: &str = "agent.crt";
@@ -565,9 +565,4 @@ fn load_identity(
         not_before: summary.not_before,
         not_after: summary.not_after,
     }))
-}
-
-/// Completes when `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }

@@ -23,7 +23,7 @@ use zt_identity::{Bundle, SpiffeId};
 use crate::attest::{PeerCredentials, UnixAttestor, Workload};
 use crate::cache::{Identity, Snapshot, Status as ServeStatus};
 use crate::jwt::JwtSvids;
-use crate::now;
+use crate::{now, stopped};
 
 /// The metadata every Workload API call must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -34,6 +34,8 @@ pub struct WorkloadApi {
     snapshots: watch::Receiver<Snapshot>,
     attestor: Arc<UnixAttestor>,
     jwt: Arc<JwtSvids>,
+    /// Becomes true when the agent stops: open streams end then.
+    stop: watch::Receiver<bool>,
 }
 
 /// What a caller is to be told now.
@@ -48,16 +50,18 @@ enum View<T> {
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
-    /// Serves what the node loop publishes in `snapshots`.
+    /// Serves what the node loop publishes in `snapshots` until `stop`.
     pub fn new(
         snapshots: watch::Receiver<Snapshot>,
         attestor: Arc<UnixAttestor>,
         jwt: Arc<JwtSvids>,
+        stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             snapshots,
             attestor,
             jwt,
+            stop,
         }
     }
 
@@ -92,6 +96,7 @@ impl WorkloadApi {
     {
         let (tx, rx) = mpsc::channel(4);
         let mut snapshots = self.snapshots.clone();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             let mut last: Option<T> = None;
             loop {
@@ -117,6 +122,10 @@ impl WorkloadApi {
                         return;
                     },
                     _ = tx.closed() => return,
+                    () = stopped(&mut stop) => {
+                        let _ = tx.send(Err(Status::unavailable("the agent is stopping"))).await;
+                        return;
+                    }
                 }
             }
         });

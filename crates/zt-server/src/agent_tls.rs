@@ -165,6 +165,11 @@ impl AgentTls {
                         continue;
                     }
                 };
+                // Small gRPC messages (a sync update, a signed SVID) must not wait for
+                // Nagle's algorithm to meet the peer's delayed ACK (~40 ms).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "agent API: TCP_NODELAY not set");
+                }
                 let acceptor = TlsAcceptor::from(self.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -382,6 +382,18 @@ enum BenchCommand {
     Identity(BenchIdentity),
     /// zt server through its agent API: signing throughput and entry propagation.
     Server(BenchServer),
+    /// zt agent: entry created → SVID on a workload's stream, Workload API call latency.
+    Agent(BenchAgent),
+}
+
+#[derive(Args)]
+struct BenchAgent {
+    /// Entries created and timed to the workload's X.509-SVID stream.
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// Workload API calls timed.
+    #[arg(long, default_value_t = 500)]
+    calls: usize,
 }
 
 #[derive(Args)]
@@ -597,6 +609,7 @@ fn main() -> ExitCode {
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),
         Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),
         Command::Bench(BenchCommand::Server(args)) => cmd::bench::server(args),
+        Command::Bench(BenchCommand::Agent(args)) => cmd::bench::agent(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

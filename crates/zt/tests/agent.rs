@@ -730,3 +730,44 @@ fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
     assert_eq!(doc["bundle"], serde_json::json!(served));
     zt_identity::verify_jwt_svid(doc["jwt_token"].as_str().unwrap(), &bundle, "orders", now()).unwrap();
 }
+
+#[test]
+fn sigterm_ends_open_streams_and_the_agent_exits() {
+    use std::io::BufRead as _;
+    let mut mesh = Mesh::start();
+    mesh.entry(
+        "spiffe://example.org/watcher",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    mesh.agent.wait_for_x509(&["spiffe://example.org/watcher"]);
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["agent", "api", "watch", "--output", "json", "--socket"])
+        .arg(&mesh.agent.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let update: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(update["svids"][0]["spiffe_id"], "spiffe://example.org/watcher");
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &mesh.agent.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_with_deadline(&mut mesh.agent.child).expect("the agent exits after SIGTERM");
+    assert!(status.success(), "{status}\n{}", mesh.agent.stderr());
+    // The stream ended with the agent's word, not a hang; the socket is gone.
+    let watched = wait_with_deadline(&mut watch).expect("the watcher's stream ended");
+    assert!(!watched.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert!(!mesh.agent.socket.exists());
+}

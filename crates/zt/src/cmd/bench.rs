@@ -136,7 +136,6 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
     use zt_api::agent::agent_client::AgentClient;
     use zt_api::agent::{AttestJoinTokenRequest, SignX509SvidRequest, SyncRequest};
     use zt_identity::BundleSet;
-    use zt_server::client::AdminClient;
     use zt_store::{EntrySpec, Selector, Store};
     use zt_tls::{PeerMatcher, TlsVersions};
 
@@ -182,33 +181,8 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
         .await?;
     drop(store);
 
-    let free_port = || -> anyhow::Result<std::net::SocketAddr> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-    };
-    let config = zt_server::ServerConfig {
-        data_dir: dir.path().join("data"),
-        datastore: Some(location),
-        trust_domain: td.clone(),
-        http_addr: free_port()?,
-        ca_ttl: Duration::from_secs(24 * 3600),
-        ca_key_type: zt_ca::KeyType::EcP256,
-        agent_addr: free_port()?,
-        agent_ttl: Duration::from_secs(3600),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_addr = config.agent_addr;
-    let admin = AdminClient::new(config.data_dir.join(zt_server::ADMIN_SOCKET));
-    let server = tokio::spawn(zt_server::run(config, async {
-        let _ = stopped.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::time::timeout(Duration::from_secs(5), admin.count_entries())
-        .await
-        .map_or(true, |r| r.is_err())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "zt server did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = InProcessServer::start(dir.path().join("data"), location, &td).await?;
+    let (admin, agent_addr) = (&server.admin, server.agent_addr);
 
     // Attest as an agent, then talk mTLS with the agent SVID.
     let bundle = zt_identity::Bundle::parse(
@@ -321,8 +295,213 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
         delays.len(),
         args.entries + args.changes + 1
     );
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `zt server` running in this process on loopback ports.
+struct InProcessServer {
+    admin: zt_server::client::AdminClient,
+    agent_addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), zt_server::ServerError>>,
+}
+
+impl InProcessServer {
+    /// Starts it on `datastore` and waits until its admin API answers.
+    async fn start(
+        data_dir: std::path::PathBuf,
+        datastore: String,
+        td: &TrustDomain,
+    ) -> anyhow::Result<Self> {
+        let free_port = || -> anyhow::Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let config = zt_server::ServerConfig {
+            data_dir,
+            datastore: Some(datastore),
+            trust_domain: td.clone(),
+            http_addr: free_port()?,
+            ca_ttl: Duration::from_secs(24 * 3600),
+            ca_key_type: zt_ca::KeyType::EcP256,
+            agent_addr: free_port()?,
+            agent_ttl: Duration::from_secs(3600),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent_addr = config.agent_addr;
+        let admin = zt_server::client::AdminClient::new(config.data_dir.join(zt_server::ADMIN_SOCKET));
+        let task = tokio::spawn(zt_server::run(config, async {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::time::timeout(Duration::from_secs(5), admin.count_entries())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            anyhow::ensure!(Instant::now() < deadline, "zt server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            admin,
+            agent_addr,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        Ok(self.task.await??)
+    }
+}
+
+/// `zt bench agent`: a real `zt server` and `zt agent` in this process, this
+/// process as the workload on the Workload API socket: the delay from an entry
+/// created on the server to its SVID on a watching workload's stream, and the
+/// latency of Workload API calls (attestation included).
+pub fn agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
+    super::init_logging("warn");
+    super::runtime()?.block_on(bench_agent(args))
+}
+
+async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
+    use zt_agent::client::WorkloadClient;
+    use zt_server::api::{BundleFormat, CreateJoinToken};
+    use zt_store::{EntrySpec, Selector};
+
+    let td = TrustDomain::parse("example.org")?;
+    let agent_id = SpiffeId::parse("spiffe://example.org/agent/bench")?;
+    let dir = tempfile::tempdir()?;
+    let location = dir
+        .path()
+        .join(zt_server::SQLITE_FILE)
+        .to_string_lossy()
+        .into_owned();
+    let server = InProcessServer::start(dir.path().join("data"), location, &td).await?;
+    let token = server
+        .admin
+        .create_join_token(&CreateJoinToken {
+            spiffe_id: Some(agent_id.to_string()),
+            ttl_secs: 600,
+        })
+        .await?
+        .token;
+    let trust_bundle =
+        zt_identity::Bundle::parse(server.admin.bundle(BundleFormat::Pem).await?.as_bytes(), None)?;
+    let socket = dir.path().join("api.sock");
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(zt_agent::run(
+        zt_agent::AgentConfig {
+            node: zt_agent::NodeConfig {
+                server: server.agent_addr,
+                server_id: zt_agent::server_id(&trust_bundle),
+                join_token: Some(token),
+                join_token_file: None,
+                data_dir: dir.path().join("agent"),
+            },
+            trust_bundle,
+            socket: socket.clone(),
+        },
+        async {
+            let _ = agent_stopped.await;
+        },
+    ));
+
+    // This process is the workload: entries select it by uid.
+    let uid = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
+        .context("no Uid in /proc/self/status")?;
+    let spec = |id: String| -> anyhow::Result<EntrySpec> {
+        Ok(EntrySpec {
+            spiffe_id: SpiffeId::parse(&id)?,
+            parent_id: agent_id.clone(),
+            selectors: vec![Selector::parse(&format!("unix:uid:{uid}"))?],
+            x509_ttl: 3600,
+            jwt_ttl: 300,
+            dns_names: vec![],
+            admin: false,
+            node: false,
+            expires_at: None,
+        })
+    };
+    server
+        .admin
+        .create_entry(&spec("spiffe://example.org/bench/first".into())?)
+        .await?;
+    let client = WorkloadClient::new(&socket).map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream = loop {
+        match client.x509_svids().await {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => anyhow::bail!("the agent never served the first SVID: {e}"),
+        }
+    };
+    stream.message().await?.context("the X.509-SVID stream ended")?;
+
+    let mut delays = Vec::new();
+    for i in 0..args.changes {
+        let id = format!("spiffe://example.org/bench/new/{i}");
+        let t = Instant::now();
+        server.admin.create_entry(&spec(id.clone())?).await?;
+        loop {
+            let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .context("no Workload API update within 10 s")??
+                .context("the X.509-SVID stream ended")?;
+            if update.svids.iter().any(|s| s.spiffe_id == id) {
+                break;
+            }
+        }
+        delays.push(t.elapsed());
+    }
+    delays.sort_unstable();
+    println!(
+        "{:<44} p50 {}, p99 {}, max {}  ({} entries)",
+        "entry created → SVID on the workload stream",
+        fmt(percentile(&delays, 0.5)),
+        fmt(percentile(&delays, 0.99)),
+        fmt(delays.last().copied().unwrap_or_default()),
+        delays.len()
+    );
+
+    // Call latency with one SVID (a fresh client per measure would add the connect).
+    let one = WorkloadClient::new(&socket).map_err(anyhow::Error::msg)?;
+    let mut fetches = Vec::new();
+    let mut jwts = Vec::new();
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        one.fetch_x509_svids().await?;
+        fetches.push(t.elapsed());
+        let t = Instant::now();
+        one.fetch_jwt_svids(
+            vec!["bench".into()],
+            Some("spiffe://example.org/bench/first".into()),
+        )
+        .await?;
+        jwts.push(t.elapsed());
+    }
+    for (name, mut latencies) in [
+        ("FetchX509SVID (attest + all SVIDs)", fetches),
+        ("FetchJWTSVID (attest + one cached token)", jwts),
+    ] {
+        latencies.sort_unstable();
+        println!(
+            "{name:<44} p50 {}, p99 {}  ({} calls; the caller has {} entries)",
+            fmt(percentile(&latencies, 0.5)),
+            fmt(percentile(&latencies, 0.99)),
+            latencies.len(),
+            args.changes + 1
+        );
+    }
+    let _ = stop_agent.send(());
+    agent.await??;
+    server.stop().await?;
     Ok(ExitCode::SUCCESS)
 }
 
