@@ -148,9 +148,15 @@ impl Cache {
         self.svids.len() != before
     }
 
-    /// The next moment something is due on its own: a rotation or an expiry.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.svids.values().map(|s| s.rotate_at.min(s.not_after)).min()
+    /// The next moment after `now` something is due on its own: a rotation or an
+    /// expiry (a rotation already overdue, say while the server is down, does not
+    /// hide the expiry behind it).
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        self.svids
+            .values()
+            .flat_map(|s| [s.rotate_at, s.not_after])
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Forgets everything but the bundle: the agent was evicted.
@@ -290,7 +296,13 @@ mod tests {
         let snapshot = cache.snapshot(Status::Serving);
         assert_eq!(snapshot.identities.len(), 1);
         assert!(!cache.drop_invalid(199));
+        assert_eq!(cache.next_deadline(120), Some(150));
+        assert_eq!(
+            cache.next_deadline(150),
+            Some(200),
+            "an overdue rotation does not hide the expiry"
+        );
         assert!(cache.drop_invalid(200));
-        assert_eq!(cache.next_deadline(), None);
+        assert_eq!(cache.next_deadline(0), None);
     }
 }

@@ -333,7 +333,7 @@ impl Node {
                 in_flight.insert(entry.id.clone());
                 signing.spawn(sign(client.clone(), entry));
             }
-            let deadline = [self.cache.next_deadline(), failed.values().min().copied()]
+            let deadline = [self.cache.next_deadline(now), failed.values().min().copied()]
                 .into_iter()
                 .flatten()
                 .filter(|t| *t > now)
@@ -439,8 +439,7 @@ impl Node {
             let now = now();
             let next = self
                 .cache
-                .next_deadline()
-                .filter(|t| *t > now)
+                .next_deadline(now)
                 .map_or(period, |t| Duration::from_secs(t - now));
             let wake = until.min(tokio::time::Instant::now() + next);
             tokio::select! {

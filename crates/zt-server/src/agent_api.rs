@@ -90,7 +90,7 @@ impl AgentApi {
     /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to
     /// the CA's, and its notBefore not before a revocation of the ID (an SVID issued
     /// after the revocation must not count as revoked).
-    async fn sign(
+    fn sign(
         &self,
         csr: &[u8],
         spiffe_id: &SpiffeId,
@@ -99,12 +99,7 @@ impl AgentApi {
     ) -> Result<X509Svid, Status> {
         let started = Instant::now();
         let now = now();
-        let earliest = self
-            .store
-            .id_revoked_before(spiffe_id, now)
-            .await
-            .map_err(|e| self.internal(e))?
-            .unwrap_or(0);
+        let earliest = self.cache.id_revoked_before(spiffe_id).unwrap_or(0);
         if earliest > now {
             return Err(Status::permission_denied(format!("{spiffe_id} is revoked")));
         }
@@ -198,7 +193,7 @@ impl AgentService for AgentApi {
             None => SpiffeId::from_parts(&self.trust_domain, &format!("/zt/agent/join_token/{token_id}"))
                 .map_err(|e| Status::internal(e.to_string()))?,
         };
-        let svid = self.sign(&request.csr, &agent_id, self.agent_ttl, &[]).await?;
+        let svid = self.sign(&request.csr, &agent_id, self.agent_ttl, &[])?;
         let selectors = [format!("spiffe_id:{agent_id}"), format!("join_token:{token_id}")]
             .iter()
             .map(|s| Selector::parse(s))
@@ -227,9 +222,7 @@ impl AgentService for AgentApi {
 
     async fn renew_agent(&self, request: Request<RenewAgentRequest>) -> Result<Response<AgentSvid>, Status> {
         let agent = self.calling_agent(&request).await?;
-        let svid = self
-            .sign(&request.get_ref().csr, &agent.id, self.agent_ttl, &[])
-            .await?;
+        let svid = self.sign(&request.get_ref().csr, &agent.id, self.agent_ttl, &[])?;
         let serial = serial_of(&svid)?;
         let not_after = u64::try_from(svid.expires_at).unwrap_or(0);
         self.store
@@ -330,14 +323,12 @@ impl AgentService for AgentApi {
         let agent = self.calling_agent(&request).await?;
         let request = request.into_inner();
         let entry = self.authorized_entry(&agent, &request.entry_id).await?;
-        let svid = self
-            .sign(
-                &request.csr,
-                &entry.spec.spiffe_id,
-                Duration::from_secs(entry.spec.x509_ttl),
-                &entry.spec.dns_names,
-            )
-            .await?;
+        let svid = self.sign(
+            &request.csr,
+            &entry.spec.spiffe_id,
+            Duration::from_secs(entry.spec.x509_ttl),
+            &entry.spec.dns_names,
+        )?;
         Ok(Response::new(svid))
     }
 
@@ -394,6 +385,7 @@ impl Crls {
             authorities
                 .all
                 .iter()
+                // Numbered by the time of signing: increasing, as CRL numbers must be.
                 .filter_map(|authority| match authority.sign_crl(&der, now, now) {
                     Ok(crl) => Some(crl),
                     Err(e) => {

@@ -1,12 +1,13 @@
 //! Every registration entry in memory, kept current from the datastore's change
-//! feed one entry at a time: a change costs one read, never a full reload.
+//! feed one entry at a time: a change costs one read, never a full reload. The
+//! revocation cutoffs of SPIFFE IDs ride along, so that signing needs no read.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use zt_identity::SpiffeId;
-use zt_store::{Entry, Selector, Store, StoreError};
+use zt_store::{Entry, Revoked, Selector, Store, StoreError};
 
 /// How many changes are read per round trip when catching up.
 const CHANGE_BATCH: u32 = 1000;
@@ -66,6 +67,8 @@ impl Index {
 pub struct EntryCache {
     store: Store,
     entries: RwLock<Index>,
+    /// SPIFFE ID → revocation cutoff: its SVIDs with an earlier notBefore are revoked.
+    id_revocations: RwLock<HashMap<String, u64>>,
     /// Position in the change feed the cache reflects; bumped on every applied change.
     version: watch::Sender<u64>,
 }
@@ -79,10 +82,23 @@ impl EntryCache {
         for entry in store.list_entries(None, None).await? {
             entries.insert(entry);
         }
+        let id_revocations = store
+            .revocations(crate::now())
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.revoked {
+                Revoked::SpiffeId {
+                    spiffe_id,
+                    issued_before,
+                } => Some((spiffe_id, issued_before)),
+                Revoked::Serial(_) => None,
+            })
+            .collect();
         let (version, _) = watch::channel(seq);
         Ok(Arc::new(Self {
             store,
             entries: RwLock::new(entries),
+            id_revocations: RwLock::new(id_revocations),
             version,
         }))
     }
@@ -105,6 +121,14 @@ impl EntryCache {
     /// The entry with this ID.
     pub fn get(&self, id: &str) -> Option<Entry> {
         self.entries.read().ok()?.entries.get(id).cloned()
+    }
+
+    /// The revocation cutoff of `id`, if it was revoked: an SVID signed for it now
+    /// must not have an earlier notBefore. (Right after a revocation on another
+    /// server this may lag by the change feed's delay; an SVID signed in that
+    /// window counts as revoked and its agent asks again.)
+    pub fn id_revoked_before(&self, id: &SpiffeId) -> Option<u64> {
+        self.id_revocations.read().ok()?.get(&id.to_string()).copied()
     }
 
     /// The entries an agent may issue: those whose parent is the agent itself, or a
@@ -169,13 +193,31 @@ impl EntryCache {
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(());
             };
-            for change in changes.iter().filter(|c| c.kind == "entry") {
-                let current = self.store.entry(&change.subject).await?;
-                if let Ok(mut index) = self.entries.write() {
-                    match current {
-                        Some(entry) => index.insert(entry),
-                        None => index.remove(&change.subject),
+            for change in &changes {
+                match change.kind.as_str() {
+                    "entry" => {
+                        let current = self.store.entry(&change.subject).await?;
+                        if let Ok(mut index) = self.entries.write() {
+                            match current {
+                                Some(entry) => index.insert(entry),
+                                None => index.remove(&change.subject),
+                            }
+                        }
                     }
+                    "revocation" => {
+                        let Some(id) = change.subject.strip_prefix("id:") else {
+                            continue;
+                        };
+                        let Ok(parsed) = SpiffeId::parse(id) else { continue };
+                        let cutoff = self.store.id_revoked_before(&parsed, crate::now()).await?;
+                        if let Ok(mut revoked) = self.id_revocations.write() {
+                            match cutoff {
+                                Some(cutoff) => revoked.insert(id.to_owned(), cutoff),
+                                None => revoked.remove(id),
+                            };
+                        }
+                    }
+                    _ => {}
                 }
             }
             self.version.send_replace(last);

@@ -482,6 +482,18 @@ fn stream_delivers_rotations_and_revocations() {
         }
         assert!(saw_crl, "the revoked serial {revoked} never reached the stream in a CRL");
         assert!(replaced, "the revoked SVID was never replaced on the stream");
+
+        // A CA rotation reaches the stream: the bundle then holds both authorities.
+        ok(&mesh.server, &["ca", "rotate"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let update = next_update(&mut stream).await;
+            if update.svids.iter().all(|s| split_der(&s.bundle).len() == 2) && !update.svids.is_empty() {
+                check_x509_response(&update, &mesh.bundle());
+                break;
+            }
+            assert!(Instant::now() < deadline, "the rotated bundle never reached the stream");
+        }
     });
 }
 
