@@ -145,6 +145,7 @@ fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating its directory: {e}")))?;
+        check_socket_dir(parent).map_err(fail)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -160,6 +161,33 @@ fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| fail(e.to_string()))?;
     Ok(listener)
+}
+
+/// The socket's directory must be the agent's and not writable by others: in a
+/// shared place like /tmp, someone else could otherwise have made it first and
+/// swap the socket for their own.
+fn check_socket_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!("its directory {} is a symbolic link", dir.display()));
+    }
+    let own = attest::own_uid().map_err(|e| e.to_string())?;
+    if meta.uid() != own {
+        return Err(format!(
+            "its directory {} belongs to uid {}, not to the agent (uid {own})",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "its directory {} is writable by others (mode {:o})",
+            dir.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AgentError> {

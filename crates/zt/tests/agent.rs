@@ -642,6 +642,23 @@ fn the_agent_refuses_bad_configuration_with_one_clear_line() {
     ]);
     assert_failure(&out, 1, &["taken.sock", "not a socket"]);
     assert_eq!(fs::read_to_string(&taken).unwrap(), "precious");
+    // A socket directory others may write to is refused (someone could swap the socket).
+    let open_dir = dir.path().join("open");
+    fs::create_dir(&open_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = zt(&[
+        "agent",
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        "--join-token",
+        "x",
+        "--socket",
+        open_dir.join("api.sock").to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert_failure(&out, 1, &["open", "writable by others"]);
     // Workload API clients name a bad endpoint.
     let out = Command::new(env!("CARGO_BIN_EXE_zt"))
         .args(["agent", "api", "fetch", "x509"])
