@@ -85,6 +85,11 @@ impl Mesh {
             .to_owned()
     }
 
+    /// Registers `spiffe_id` for this test process's uid.
+    fn entry_for_me(&self, spiffe_id: &str, extra: &[&str]) -> String {
+        self.entry(spiffe_id, &[&format!("unix:uid:{}", my_uid())], extra)
+    }
+
     /// The server's bundle, JWT authorities included.
     fn bundle(&self) -> Bundle {
         let jwks = ok(&self.server, &["bundle", "show", "--format", "jwks"]);
@@ -148,11 +153,7 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("no identity issued"), "{denied:?}");
 
-    mesh.entry(
-        "spiffe://example.org/tests",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/tests", &[]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/tests"]);
     let bundle = mesh.bundle();
     let response = rt.block_on(client.fetch_x509_svids()).unwrap();
@@ -429,11 +430,7 @@ fn each_workload_gets_only_its_own_identity() {
 fn stream_delivers_rotations_and_revocations() {
     let mesh = Mesh::start();
     // A 4 s SVID rotates at about 2 s, well before it expires.
-    mesh.entry(
-        "spiffe://example.org/short",
-        &[&format!("unix:uid:{}", my_uid())],
-        &["--x509-ttl", "4s"],
-    );
+    mesh.entry_for_me("spiffe://example.org/short", &["--x509-ttl", "4s"]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/short"]);
     let bundle = mesh.bundle();
     let rt = runtime();
@@ -509,11 +506,7 @@ async fn next_update(stream: &mut tonic::Streaming<X509svidResponse>) -> X509svi
 #[test]
 fn workloads_are_served_from_cache_while_the_server_is_down() {
     let mut mesh = Mesh::start();
-    mesh.entry(
-        "spiffe://example.org/cached",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/cached", &[]);
     let before = mesh.agent.wait_for_x509(&["spiffe://example.org/cached"]);
     let jwt_args = ["fetch", "jwt", "--audience", "db", "--output", "json"];
     let jwt_before: Value = serde_json::from_str(&succeed(&mesh.agent.api(&jwt_args), "fetch jwt")).unwrap();
@@ -531,11 +524,7 @@ fn workloads_are_served_from_cache_while_the_server_is_down() {
 
     // Back up on the same ports: the agent reconnects and picks up new entries.
     mesh.server = mesh.server.restart();
-    mesh.entry(
-        "spiffe://example.org/after",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/after", &[]);
     mesh.agent
         .wait_for_x509(&["spiffe://example.org/after", "spiffe://example.org/cached"]);
 }
@@ -543,11 +532,7 @@ fn workloads_are_served_from_cache_while_the_server_is_down() {
 #[test]
 fn an_evicted_agent_serves_nothing_until_it_attests_again() {
     let mut mesh = Mesh::start();
-    mesh.entry(
-        "spiffe://example.org/web",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/web", &[]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
 
     ok(&mesh.server, &["agent", "evict", "--spiffe-id", AGENT_ID]);
@@ -629,36 +614,31 @@ fn the_agent_refuses_bad_configuration_with_one_clear_line() {
     fs::copy(ca.join("ca.crt"), &bundle).unwrap();
     let taken = dir.path().join("taken.sock");
     fs::write(&taken, "precious").unwrap();
-    let out = zt(&[
-        "agent",
-        "--trust-bundle",
-        bundle.to_str().unwrap(),
-        "--join-token",
-        "x",
-        "--socket",
-        taken.to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ]);
-    assert_failure(&out, 1, &["taken.sock", "not a socket"]);
+    let agent_on = |socket: &Path| {
+        zt(&[
+            "agent",
+            "--trust-bundle",
+            bundle.to_str().unwrap(),
+            "--join-token",
+            "x",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ])
+    };
+    assert_failure(&agent_on(&taken), 1, &["taken.sock", "not a socket"]);
     assert_eq!(fs::read_to_string(&taken).unwrap(), "precious");
     // A socket directory others may write to is refused (someone could swap the socket).
     let open_dir = dir.path().join("open");
     fs::create_dir(&open_dir).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
-    let out = zt(&[
-        "agent",
-        "--trust-bundle",
-        bundle.to_str().unwrap(),
-        "--join-token",
-        "x",
-        "--socket",
-        open_dir.join("api.sock").to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ]);
-    assert_failure(&out, 1, &["open", "writable by others"]);
+    assert_failure(
+        &agent_on(&open_dir.join("api.sock")),
+        1,
+        &["open", "writable by others"],
+    );
     // Workload API clients name a bad endpoint.
     let out = Command::new(env!("CARGO_BIN_EXE_zt"))
         .args(["agent", "api", "fetch", "x509"])
@@ -674,11 +654,7 @@ fn py_spiffe_fetches_and_validates_from_zt_agent() {
         return;
     };
     let mesh = Mesh::start();
-    mesh.entry(
-        "spiffe://example.org/py",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/py", &[]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/py"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/workload_api.py");
     let out = Command::new(python)
@@ -732,11 +708,7 @@ fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
         example.display()
     );
     let mesh = Mesh::start();
-    mesh.entry(
-        "spiffe://example.org/rs",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/rs", &[]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/rs"]);
     let out = Command::new(&example)
         .arg("orders")
@@ -764,11 +736,7 @@ fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
 fn sigterm_ends_open_streams_and_the_agent_exits() {
     use std::io::BufRead as _;
     let mut mesh = Mesh::start();
-    mesh.entry(
-        "spiffe://example.org/watcher",
-        &[&format!("unix:uid:{}", my_uid())],
-        &[],
-    );
+    mesh.entry_for_me("spiffe://example.org/watcher", &[]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/watcher"]);
     let mut watch = Command::new(env!("CARGO_BIN_EXE_zt"))
         .args(["agent", "api", "watch", "--output", "json", "--socket"])

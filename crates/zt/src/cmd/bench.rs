@@ -136,7 +136,7 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
     use zt_api::agent::agent_client::AgentClient;
     use zt_api::agent::{AttestJoinTokenRequest, SignX509SvidRequest, SyncRequest};
     use zt_identity::BundleSet;
-    use zt_store::{EntrySpec, Selector, Store};
+    use zt_store::Store;
     use zt_tls::{PeerMatcher, TlsVersions};
 
     let td = TrustDomain::parse("example.org")?;
@@ -151,19 +151,7 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
 
     // Entries of other agents, stored before the server starts, as an existing deployment's.
     let store = Store::open(&location).await?;
-    let spec = |id: String, parent: &SpiffeId| -> anyhow::Result<EntrySpec> {
-        Ok(EntrySpec {
-            spiffe_id: SpiffeId::parse(&id)?,
-            parent_id: parent.clone(),
-            selectors: vec![Selector::parse("unix:uid:1000")?],
-            x509_ttl: 3600,
-            jwt_ttl: 300,
-            dns_names: vec![],
-            admin: false,
-            node: false,
-            expires_at: None,
-        })
-    };
+    let spec = |id: String, parent: &SpiffeId| workload_entry(&id, parent, "unix:uid:1000");
     let others = SpiffeId::parse("spiffe://example.org/agent/others")?;
     let started = Instant::now();
     for chunk in (0..args.entries).collect::<Vec<_>>().chunks(10_000) {
@@ -285,15 +273,10 @@ async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
         }
         delays.push(t.elapsed());
     }
-    delays.sort_unstable();
-    println!(
-        "{:<44} p50 {}, p99 {}, max {}  ({} changes, {} entries stored)",
+    print_delays(
         "entry created → agent sync stream",
-        fmt(percentile(&delays, 0.5)),
-        fmt(percentile(&delays, 0.99)),
-        fmt(delays.last().copied().unwrap_or_default()),
-        delays.len(),
-        args.entries + args.changes + 1
+        delays,
+        &format!("changes, {} entries stored", args.entries + args.changes + 1),
     );
     server.stop().await?;
     Ok(ExitCode::SUCCESS)
@@ -367,7 +350,6 @@ pub fn agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
 async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
     use zt_agent::client::WorkloadClient;
     use zt_server::api::{BundleFormat, CreateJoinToken};
-    use zt_store::{EntrySpec, Selector};
 
     let td = TrustDomain::parse("example.org")?;
     let agent_id = SpiffeId::parse("spiffe://example.org/agent/bench")?;
@@ -413,19 +395,8 @@ async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
         .context("no Uid in /proc/self/status")?;
-    let spec = |id: String| -> anyhow::Result<EntrySpec> {
-        Ok(EntrySpec {
-            spiffe_id: SpiffeId::parse(&id)?,
-            parent_id: agent_id.clone(),
-            selectors: vec![Selector::parse(&format!("unix:uid:{uid}"))?],
-            x509_ttl: 3600,
-            jwt_ttl: 300,
-            dns_names: vec![],
-            admin: false,
-            node: false,
-            expires_at: None,
-        })
-    };
+    let selector = format!("unix:uid:{uid}");
+    let spec = |id: String| workload_entry(&id, &agent_id, &selector);
     server
         .admin
         .create_entry(&spec("spiffe://example.org/bench/first".into())?)
@@ -460,15 +431,7 @@ async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
         }
         delays.push(t.elapsed());
     }
-    delays.sort_unstable();
-    println!(
-        "{:<44} p50 {}, p99 {}, max {}  ({} entries)",
-        "entry created → SVID on the workload stream",
-        fmt(percentile(&delays, 0.5)),
-        fmt(percentile(&delays, 0.99)),
-        fmt(delays.last().copied().unwrap_or_default()),
-        delays.len()
-    );
+    print_delays("entry created → SVID on the workload stream", delays, "entries");
 
     // Call latency with one SVID (a fresh client per measure would add the connect).
     let one = WorkloadClient::new(&socket).map_err(anyhow::Error::msg)?;
@@ -503,6 +466,33 @@ async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
     agent.await??;
     server.stop().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A workload entry of the benches: one selector, SPIRE's default TTLs.
+fn workload_entry(id: &str, parent: &SpiffeId, selector: &str) -> anyhow::Result<zt_store::EntrySpec> {
+    Ok(zt_store::EntrySpec {
+        spiffe_id: SpiffeId::parse(id)?,
+        parent_id: parent.clone(),
+        selectors: vec![zt_store::Selector::parse(selector)?],
+        x509_ttl: 3600,
+        jwt_ttl: 300,
+        dns_names: vec![],
+        admin: false,
+        node: false,
+        expires_at: None,
+    })
+}
+
+/// One line: p50, p99 and max of `delays`, and how many there were (of `what`).
+fn print_delays(name: &str, mut delays: Vec<Duration>, what: &str) {
+    delays.sort_unstable();
+    println!(
+        "{name:<44} p50 {}, p99 {}, max {}  ({} {what})",
+        fmt(percentile(&delays, 0.5)),
+        fmt(percentile(&delays, 0.99)),
+        fmt(delays.last().copied().unwrap_or_default()),
+        delays.len(),
+    );
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
