@@ -174,7 +174,7 @@ impl UnixAttestor {
             }
             context.update(buf.get(..n).unwrap_or_default());
         }
-        let hash = zt_identity::x509::hex(context.finish().as_ref());
+        let hash = zt_identity::x509::hex_compact(context.finish().as_ref());
         if let Ok(mut hashes) = self.hashes.lock() {
             if hashes.len() >= HASH_CACHE_ENTRIES {
                 hashes.clear();
@@ -287,7 +287,13 @@ mod tests {
             .unwrap();
         let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         context.update(&fs::read(&exe).unwrap());
-        assert_eq!(hash, zt_identity::x509::hex(context.finish().as_ref()));
+        let expected: String = context
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hash, expected, "plain lowercase hex, as SPIRE's unix:sha256");
         // A uid the process does not run as is refused, not believed.
         let lie = attestor.attest(PeerCredentials {
             uid: uid + 1,

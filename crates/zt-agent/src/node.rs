@@ -497,7 +497,8 @@ async fn sign(mut client: AgentClient<Channel>, entry: Entry) -> (Entry, Result<
             spiffe_id: svid.spiffe_id,
             chain,
             key_pkcs8: key.secret_der().to_vec(),
-            serial: zt_identity::x509::hex(&summary.serial),
+            // As the server lists revoked serials: lowercase hex, no separators.
+            serial: zt_identity::x509::hex_compact(&summary.serial),
             not_before: summary.not_before,
             not_after: summary.not_after,
             rotate_at: signed_at + life / 2 - jitter(life / 10),

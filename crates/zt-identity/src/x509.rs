@@ -346,6 +346,27 @@ pub fn subject_key_identifier(der: &CertificateDer<'_>) -> Result<Option<Vec<u8>
         }))
 }
 
+/// The SubjectPublicKeyInfo of a certificate, DER: compare it with a signing key's
+/// public half to tell whether the key belongs to the certificate.
+pub fn subject_public_key_info(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidError> {
+    Ok(parse(der, 0)?.public_key().raw.to_vec())
+}
+
+/// Splits concatenated DER certificates (how the SPIFFE Workload API carries chains
+/// and bundles), each checked to parse. Bounded by the input's size: callers bound that.
+pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, X509SvidError> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        let Ok((rest, _)) = X509Certificate::from_der(bytes) else {
+            return Err(X509SvidError::Malformed { index: certs.len() });
+        };
+        let (cert, _) = bytes.split_at(bytes.len() - rest.len());
+        certs.push(CertificateDer::from(cert.to_vec()));
+        bytes = rest;
+    }
+    Ok(certs)
+}
+
 /// The raw subjectPublicKey of a certificate: an uncompressed point for EC keys,
 /// a PKCS#1 RSAPublicKey for RSA; compare it with a private key's public half.
 pub fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidError> {
@@ -422,6 +443,12 @@ pub fn hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Lowercase hex without separators: how zt stores serials and how digests
+/// appear in selectors (`unix:sha256:…`) and XFCC (`Hash=…`).
+pub fn hex_compact(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, X509SvidError> {

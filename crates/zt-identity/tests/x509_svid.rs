@@ -433,3 +433,28 @@ fn intermediate_without_key_usage_is_rejected() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn concatenated_der_certificates_split_and_garbage_fails() -> Result<(), Error> {
+    use zt_identity::x509::split_der_certificates;
+    let ca = Ca::root("spiffe://example.org")?;
+    let first = ca.sign(&CertSpec::leaf())?;
+    let second = ca.sign(&CertSpec::ca("spiffe://example.org", "intermediate"))?;
+    let both: Vec<u8> = first.iter().chain(second.iter()).copied().collect();
+    assert_eq!(
+        split_der_certificates(&both).unwrap(),
+        vec![first.clone(), second]
+    );
+    assert!(split_der_certificates(&[]).unwrap().is_empty());
+    assert!(
+        split_der_certificates(&first[..first.len() - 1]).is_err(),
+        "truncated"
+    );
+    let mut trailing = first.to_vec();
+    trailing.extend_from_slice(&[0x30, 0x03, 0x02, 0x01]);
+    assert!(
+        split_der_certificates(&trailing).is_err(),
+        "garbage after a certificate"
+    );
+    Ok(())
+}

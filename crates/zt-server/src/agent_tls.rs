@@ -202,7 +202,7 @@ fn peer_info(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
 
 /// A serial as lowercase hex without separators.
 pub fn serial_hex(serial: &[u8]) -> String {
-    serial.iter().map(|b| format!("{b:02x}")).collect()
+    zt_identity::x509::hex_compact(serial)
 }
 
 /// A server SVID from the active authority and a config trusting the current bundle.

@@ -583,7 +583,7 @@ pub fn random_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(zt_identity::x509::hex_compact(&bytes))
 }
 
 /// Random 256-bit token, base64url.
@@ -602,7 +602,7 @@ pub fn token_id(token: &str) -> String {
 
 fn sha256_hex(text: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    zt_identity::x509::hex_compact(digest.as_ref())
 }
 
 /// Seconds since the Unix epoch.

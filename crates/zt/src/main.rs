@@ -52,6 +52,41 @@ enum Command {
     Bundle(BundleCommand),
     /// Revoke SVIDs at once: one by serial, or every SVID of a SPIFFE ID issued until now.
     Revoke(RevokeArgs),
+    /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("files").multiple(true).args(["cert", "key", "bundle"])))]
+struct ProxyArgs {
+    /// The inbound mTLS listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    inbound: std::net::SocketAddr,
+    /// The local app, plaintext HTTP/1.1.
+    #[arg(long)]
+    app: std::net::SocketAddr,
+    /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
+    #[arg(long = "allow-spiffe-id", required = true)]
+    allow_spiffe_id: Vec<String>,
+    /// Headers a client could forge its identity with, removed before the app sees
+    /// a request (repeatable; x-forwarded-client-cert always is).
+    #[arg(long = "strip-header")]
+    strip_header: Vec<String>,
+    /// Accept TLS 1.2 as well as 1.3.
+    #[arg(long)]
+    tls12: bool,
+    /// The proxy's SVID chain, PEM, for development (with --key and --bundle; reloaded on change).
+    #[arg(long, requires_all = ["key", "bundle"])]
+    cert: Option<PathBuf>,
+    /// The SVID's key, PEM.
+    #[arg(long, requires_all = ["cert", "bundle"])]
+    key: Option<PathBuf>,
+    /// The trust bundle, PEM or SPIFFE JWKS.
+    #[arg(long, requires_all = ["cert", "key"])]
+    bundle: Option<PathBuf>,
+    /// The Workload API socket, when not using files [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/zt-agent/public/api.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -634,6 +669,7 @@ fn main() -> ExitCode {
             AgentCommand::Ban(args) => cmd::entry::evict_agent(args, true),
         },
         Command::Revoke(args) => cmd::entry::revoke(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -287,38 +287,8 @@ fn decode_svids(response: &X509svidResponse) -> anyhow::Result<Vec<DecodedSvid>>
 }
 
 /// Splits concatenated DER certificates, as the Workload API carries them.
-fn split_der(mut bytes: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let mut certs = Vec::new();
-    while !bytes.is_empty() {
-        let len = der_len(bytes).context("not a sequence of DER certificates")?;
-        let (cert, rest) = bytes.split_at(len);
-        certs.push(CertificateDer::from(cert.to_vec()));
-        bytes = rest;
-    }
-    Ok(certs)
-}
-
-/// The length of the DER SEQUENCE at the start of `bytes`, header included.
-fn der_len(bytes: &[u8]) -> Option<usize> {
-    if *bytes.first()? != 0x30 {
-        return None;
-    }
-    let first = usize::from(*bytes.get(1)?);
-    let (header, body) = if first < 0x80 {
-        (2, first)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = bytes
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (2 + n, len)
-    };
-    let total = header.checked_add(body)?;
-    (total <= bytes.len()).then_some(total)
+fn split_der(bytes: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    Ok(zt_identity::x509::split_der_certificates(bytes)?)
 }
 
 /// `spire-agent api fetch x509 -write`'s files: svid.N.pem (chain), svid.N.key,
@@ -393,26 +363,5 @@ fn from_proto_value(value: &prost_types::Value) -> serde_json::Value {
         Some(Kind::StringValue(s)) => s.clone().into(),
         Some(Kind::ListValue(list)) => list.values.iter().map(from_proto_value).collect(),
         Some(Kind::StructValue(s)) => serde_json::Value::Object(from_proto_struct(s)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn der_sequences_split_and_garbage_fails() {
-        let short = [0x30, 0x02, 0x01, 0x02];
-        let long: Vec<u8> = [0x30, 0x81, 0x80].into_iter().chain([0u8; 0x80]).collect();
-        let both: Vec<u8> = short.iter().chain(long.iter()).copied().collect();
-        let certs = split_der(&both).unwrap();
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1].len(), 0x83);
-        assert!(split_der(&[0x30, 0x05, 0x00]).is_err(), "truncated");
-        assert!(split_der(&[0x04, 0x00]).is_err(), "not a SEQUENCE");
-        assert!(
-            split_der(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err(),
-            "length of length too big"
-        );
     }
 }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod ca;
 pub mod entry;
 pub mod id;
+pub mod proxy;
 pub mod server;
 pub mod svid;
 

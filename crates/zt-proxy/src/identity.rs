@@ -1,0 +1,223 @@
+//! Where the proxy's own SVID and trust bundle come from, kept current: the SPIFFE
+//! Workload API (`zt agent`, or any SPIFFE agent), or files for development,
+//! reloaded when they change. Every change is published whole on a watch channel;
+//! new handshakes use the newest identity, open connections keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use zt_identity::{Bundle, BundleSet, SpiffeId};
+
+/// How often development files are checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+/// Backoff between attempts to reach the Workload API.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The proxy's SVID, its key and the bundles it trusts.
+pub struct Identity {
+    /// The SPIFFE ID of the SVID.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The SVID's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The bundles peers are verified against.
+    pub bundles: Arc<BundleSet>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.spiffe_id)
+    }
+}
+
+/// Why an identity could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct IdentityError {
+    /// The file, flag or endpoint at fault.
+    pub what: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Where the identity comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// The SPIFFE Workload API on this Unix socket.
+    WorkloadApi(PathBuf),
+    /// Development files: certificate chain (PEM), key (PEM), bundle (PEM or JWKS).
+    Files {
+        /// `--cert`.
+        cert: PathBuf,
+        /// `--key`.
+        key: PathBuf,
+        /// `--bundle`.
+        bundle: PathBuf,
+    },
+}
+
+/// The current identity (`None` until there is one), kept current by a task.
+pub type IdentityWatch = watch::Receiver<Option<Arc<Identity>>>;
+
+impl IdentitySource {
+    /// Starts following the source. Files must load now (a typo should fail at
+    /// start, not silently later); the Workload API may come up after the proxy.
+    pub fn follow(self) -> Result<IdentityWatch, IdentityError> {
+        match self {
+            IdentitySource::Files { cert, key, bundle } => {
+                let first = load_files(&cert, &key, &bundle)?;
+                let (tx, rx) = watch::channel(Some(Arc::new(first)));
+                tokio::spawn(follow_files(cert, key, bundle, tx));
+                Ok(rx)
+            }
+            IdentitySource::WorkloadApi(socket) => {
+                let (tx, rx) = watch::channel(None);
+                tokio::spawn(follow_workload_api(socket, tx));
+                Ok(rx)
+            }
+        }
+    }
+}
+
+/// Reads the three files and checks that they belong together: the chain is an
+/// SVID that verifies against the bundle, and the key is its key.
+pub fn load_files(cert: &Path, key: &Path, bundle: &Path) -> Result<Identity, IdentityError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| IdentityError {
+            what: format!("{flag} {}", path.display()),
+            reason: e.to_string(),
+        })
+    };
+    let fail = |flag: &str, path: &Path, reason: String| IdentityError {
+        what: format!("{flag} {}", path.display()),
+        reason,
+    };
+    let chain = zt_identity::x509::certificates_from_pem(&read("--cert", cert)?)
+        .map_err(|e| fail("--cert", cert, e))?;
+    let key_der =
+        zt_identity::x509::private_key_from_pem(&read("--key", key)?).map_err(|e| fail("--key", key, e))?;
+    let parsed = Bundle::parse(&read("--bundle", bundle)?, None)
+        .map_err(|e| fail("--bundle", bundle, e.to_string()))?;
+    let mut bundles = BundleSet::default();
+    bundles.insert(parsed);
+    assemble(chain, key_der, Arc::new(bundles)).map_err(|e| fail("--cert", cert, e))
+}
+
+/// Checks an SVID and its key against the bundles.
+fn assemble(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    bundles: Arc<BundleSet>,
+) -> Result<Identity, String> {
+    let now = rustls::pki_types::UnixTime::now();
+    let verified =
+        zt_identity::verify_x509_svid(&chain, bundles.as_ref(), now, zt_identity::Purpose::ServerAuth)
+            .map_err(|e| format!("not a valid SVID for the bundle: {e}"))?;
+    let leaf = chain.first().ok_or("no certificate")?;
+    let key_public = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| format!("unusable private key: {e}"))?
+        .public_key()
+        .map(|spki| spki.as_ref().to_vec());
+    let cert_public = zt_identity::x509::subject_public_key_info(leaf).map_err(|e| e.to_string())?;
+    if key_public.is_some_and(|k| k != cert_public) {
+        return Err("the key does not belong to the certificate".into());
+    }
+    Ok(Identity {
+        spiffe_id: verified.spiffe_id().clone(),
+        chain,
+        key,
+        bundles,
+    })
+}
+
+async fn follow_files(
+    cert: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+    tx: watch::Sender<Option<Arc<Identity>>>,
+) {
+    let stamp = |paths: [&Path; 3]| -> Vec<Option<SystemTime>> {
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp([&cert, &key, &bundle]);
+    loop {
+        tokio::time::sleep(FILE_POLL).await;
+        if tx.is_closed() {
+            return;
+        }
+        let now = stamp([&cert, &key, &bundle]);
+        if now == last {
+            continue;
+        }
+        // A half-replaced set (new cert, old key) does not load; it is tried again
+        // on the next change, and the last good identity stays in use meanwhile.
+        match load_files(&cert, &key, &bundle) {
+            Ok(identity) => {
+                tracing::info!(spiffe_id = %identity.spiffe_id, "identity reloaded from files");
+                tx.send_replace(Some(Arc::new(identity)));
+                last = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "identity files changed but do not load; keeping the previous identity")
+            }
+        }
+    }
+}
+
+async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<Option<Arc<Identity>>>) {
+    let mut retry = RETRY_MIN;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match stream_identities(&socket, &tx).await {
+            Ok(()) => retry = RETRY_MIN,
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, retry_in = ?retry, "Workload API")
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Follows one X.509-SVID stream, publishing each update's first SVID.
+async fn stream_identities(socket: &Path, tx: &watch::Sender<Option<Arc<Identity>>>) -> Result<(), String> {
+    let client = zt_agent::client::WorkloadClient::new(socket)?;
+    let mut stream = client.x509_svids().await.map_err(|s| s.message().to_owned())?;
+    while let Some(update) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        let Some(svid) = update.svids.first() else {
+            continue;
+        };
+        let chain = split_der(&svid.x509_svid)?;
+        let key =
+            PrivateKeyDer::try_from(svid.x509_svid_key.clone()).map_err(|e| format!("SVID key: {e}"))?;
+        let leaf_id = zt_identity::x509::summarize(chain.first().ok_or("empty SVID")?)
+            .map_err(|e| e.to_string())?
+            .spiffe_id
+            .map_err(|e| e.to_string())?;
+        let mut bundle = Bundle::new(leaf_id.trust_domain().clone());
+        for authority in split_der(&svid.bundle)? {
+            bundle.add_x509_authority(authority).map_err(|e| e.to_string())?;
+        }
+        let mut bundles = BundleSet::default();
+        bundles.insert(bundle);
+        let identity = assemble(chain, key, Arc::new(bundles))?;
+        tracing::info!(spiffe_id = %identity.spiffe_id, "identity from the Workload API");
+        tx.send_replace(Some(Arc::new(identity)));
+    }
+    Err("the Workload API ended the stream".into())
+}
+
+/// Splits concatenated DER certificates.
+fn split_der(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    zt_identity::x509::split_der_certificates(bytes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,296 @@
+//! Inbound: mTLS in, plaintext HTTP to the local app.
+//!
+//! Every connection must complete a TLS handshake (1.3 unless 1.2 is asked for)
+//! with a client X.509-SVID that verifies against the current bundle; the peer's
+//! SPIFFE ID must be on the allow-list. Each request then goes to the app with
+//! identity headers the client may have sent removed, and the verified identity
+//! added as `x-forwarded-client-cert` (`By=…;Hash=…;URI=…`, as Envoy writes it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use zt_identity::SpiffeId;
+use zt_tls::{PeerMatcher, TlsVersions};
+
+use crate::identity::{Identity, IdentityWatch};
+use crate::peers::AllowList;
+
+/// The header the app reads the caller's identity from.
+pub const XFCC: &str = "x-forwarded-client-cert";
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the inbound side runs.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Where the app listens (plaintext, loopback).
+    pub app: SocketAddr,
+    /// Who may connect.
+    pub allow: AllowList,
+    /// Headers removed from every request before the app sees it, besides XFCC.
+    pub strip_headers: Vec<HeaderName>,
+    /// TLS 1.3 only, or 1.2 as well.
+    pub versions: TlsVersions,
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Serves `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    identity: IdentityWatch,
+    config: InboundConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = Arc::new(config);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    let mut acceptors = Acceptors::new(identity, config.versions);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, peer_addr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some((acceptor, own)) = acceptors.current() else {
+            tracing::warn!(peer = %peer_addr, "refused: no SVID yet");
+            continue;
+        };
+        let (config, client) = (config.clone(), client.clone());
+        tokio::spawn(async move {
+            if let Err(reason) = connection(tcp, peer_addr, acceptor, own, config, client).await {
+                tracing::info!(peer = %peer_addr, reason, "inbound connection refused");
+            }
+        });
+    }
+}
+
+/// The TLS acceptor of the current identity, rebuilt when it changes.
+struct Acceptors {
+    identity: IdentityWatch,
+    versions: TlsVersions,
+    current: Option<(TlsAcceptor, Arc<Identity>)>,
+}
+
+impl Acceptors {
+    fn new(identity: IdentityWatch, versions: TlsVersions) -> Self {
+        Self {
+            identity,
+            versions,
+            current: None,
+        }
+    }
+
+    fn current(&mut self) -> Option<(TlsAcceptor, Arc<Identity>)> {
+        if self.identity.has_changed().unwrap_or(false) || self.current.is_none() {
+            let identity = self.identity.borrow_and_update().clone()?;
+            match build_acceptor(&identity, self.versions) {
+                Ok(acceptor) => self.current = Some((acceptor, identity)),
+                Err(e) => tracing::error!(error = %e, "could not build the TLS configuration"),
+            }
+        }
+        self.current.clone()
+    }
+}
+
+fn build_acceptor(identity: &Identity, versions: TlsVersions) -> Result<TlsAcceptor, zt_tls::TlsConfigError> {
+    let mut config = zt_tls::server_config(
+        identity.chain.clone(),
+        identity.key.clone_key(),
+        identity.bundles.clone(),
+        PeerMatcher::Any,
+        versions,
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    own: Arc<Identity>,
+    config: Arc<InboundConfig>,
+    client: Client<HttpConnector, Incoming>,
+) -> Result<(), String> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let peer_id = zt_tls::peer_spiffe_id(session).ok_or("no verified peer SPIFFE ID")?;
+    let leaf_hash = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|leaf| {
+            zt_identity::x509::hex_compact(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref(),
+            )
+        })
+        .ok_or("no peer certificate")?;
+    let allowed = config.allow.allows(&peer_id);
+    let xfcc = HeaderValue::from_str(&format!("By={};Hash={leaf_hash};URI={peer_id}", own.spiffe_id))
+        .map_err(|e| e.to_string())?;
+    let peer = Arc::new(Peer {
+        id: peer_id,
+        addr: peer_addr,
+        allowed,
+        xfcc,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let (peer, config, client) = (peer.clone(), config.clone(), client.clone());
+        async move { Ok::<_, hyper::Error>(forward(request, &peer, &config, &client).await) }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// A verified caller.
+struct Peer {
+    id: SpiffeId,
+    addr: SocketAddr,
+    allowed: bool,
+    xfcc: HeaderValue,
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    peer: &Peer,
+    config: &InboundConfig,
+    client: &Client<HttpConnector, Incoming>,
+) -> Response<ProxyBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if !peer.allowed {
+        tracing::info!(target: "zt::access", peer = %peer.id, addr = %peer.addr, %method, path, status = 403, "denied: not on the allow-list");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "zt proxy: the caller's SPIFFE ID is not allowed\n",
+        );
+    }
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(config.app.to_string())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
+    };
+    // The app always speaks HTTP/1.1 here; an HTTP/2 caller's :authority becomes Host.
+    parts.version = http::Version::HTTP_11;
+    if let Some(authority) = authority
+        && !parts.headers.contains_key(http::header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&authority)
+    {
+        parts.headers.insert(http::header::HOST, host);
+    }
+    strip_identity_headers(&mut parts.headers, &config.strip_headers);
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(XFCC, peer.xfcc.clone());
+    let response = client.request(Request::from_parts(parts, body)).await;
+    match response {
+        Ok(response) => {
+            let status = response.status();
+            tracing::info!(target: "zt::access", peer = %peer.id, addr = %peer.addr, %method, path, status = status.as_u16());
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            tracing::warn!(target: "zt::access", peer = %peer.id, %method, path, status = 502, error = %e, "app unreachable");
+            plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n")
+        }
+    }
+}
+
+/// Removes every header a client could use to claim an identity: XFCC itself and
+/// the configured ones (`X-Client-CN`, …), each in all its occurrences.
+pub fn strip_identity_headers(headers: &mut HeaderMap, configured: &[HeaderName]) {
+    headers.remove(XFCC);
+    for name in configured {
+        headers.remove(name);
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names
+/// apply to one connection only: they are not forwarded.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_and_hop_by_hop_headers_do_not_reach_the_app() {
+        let mut headers = HeaderMap::new();
+        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/admin"));
+        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/root"));
+        headers.insert("x-client-cn", HeaderValue::from_static("admin"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        strip_identity_headers(&mut headers, &[HeaderName::from_static("x-client-cn")]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("accept"));
+    }
+}

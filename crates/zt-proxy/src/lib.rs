@@ -1,0 +1,66 @@
+//! `zt proxy`: the mTLS sidecar. It sits beside a workload so that every
+//! connection to it is mutually authenticated, encrypted, and from an allowed
+//! SPIFFE ID, without changing the workload.
+//!
+//! - [`identity`]: the proxy's own SVID and bundle (Workload API or files), hot;
+//! - [`inbound`]: mTLS in, plaintext HTTP to the app, verified identity in XFCC;
+//! - [`peers`]: the allow-list of SPIFFE IDs.
+
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod inbound;
+pub mod peers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use identity::IdentitySource;
+pub use inbound::InboundConfig;
+
+/// How `zt proxy` runs.
+pub struct ProxyConfig {
+    /// Where the identity comes from.
+    pub identity: IdentitySource,
+    /// The inbound mTLS listener.
+    pub inbound: SocketAddr,
+    /// The inbound side's settings.
+    pub inbound_config: InboundConfig,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The identity.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// A listener.
+    #[error("--inbound {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the proxy until `shutdown` completes.
+pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+    let identity = config.identity.follow()?;
+    let listener = TcpListener::bind(config.inbound)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            addr: config.inbound,
+            source,
+        })?;
+    let (stop, stop_rx) = watch::channel(false);
+    tracing::info!(inbound = %config.inbound, app = %config.inbound_config.app, "zt proxy started");
+    let inbound = tokio::spawn(inbound::serve(listener, identity, config.inbound_config, stop_rx));
+    shutdown.await;
+    stop.send_replace(true);
+    let _ = inbound.await;
+    Ok(())
+}

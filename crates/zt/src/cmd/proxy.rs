@@ -1,0 +1,52 @@
+//! `zt proxy`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use zt_agent::client::{ENDPOINT_ENV, socket_path};
+use zt_proxy::peers::AllowList;
+use zt_proxy::{IdentitySource, InboundConfig, ProxyConfig};
+use zt_tls::TlsVersions;
+
+use crate::ProxyArgs;
+
+/// Runs the sidecar until SIGINT or SIGTERM.
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let allow = AllowList::parse(&args.allow_spiffe_id)?;
+    let strip_headers = args
+        .strip_header
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("--strip-header {name:?}: not a header name"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let identity = match (args.cert, args.key, args.bundle) {
+        (Some(cert), Some(key), Some(bundle)) => IdentitySource::Files { cert, key, bundle },
+        _ => IdentitySource::WorkloadApi(match (args.socket, std::env::var(ENDPOINT_ENV)) {
+            (Some(path), _) => path,
+            (None, Ok(endpoint)) => {
+                socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?
+            }
+            (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
+        }),
+    };
+    let config = ProxyConfig {
+        identity,
+        inbound: args.inbound,
+        inbound_config: InboundConfig {
+            app: args.app,
+            allow,
+            strip_headers,
+            versions: if args.tls12 {
+                TlsVersions::Tls12AndTls13
+            } else {
+                TlsVersions::Tls13
+            },
+        },
+    };
+    super::init_logging("info");
+    super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
