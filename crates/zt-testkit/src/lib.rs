@@ -47,14 +47,24 @@ pub fn python(test: &str) -> Option<PathBuf> {
 
 /// The `openssl` command, if installed.
 pub fn openssl(test: &str) -> Option<PathBuf> {
-    let found = Command::new("openssl")
-        .arg("version")
+    command(test, "openssl", "version")
+}
+
+/// The `curl` command, if installed.
+pub fn curl(test: &str) -> Option<PathBuf> {
+    command(test, "curl", "--version")
+}
+
+/// `name`, if running it with `probe` succeeds.
+fn command(test: &str, name: &str, probe: &str) -> Option<PathBuf> {
+    let found = Command::new(name)
+        .arg(probe)
         .output()
         .is_ok_and(|o| o.status.success());
     if found {
-        Some(PathBuf::from("openssl"))
+        Some(PathBuf::from(name))
     } else {
-        missing(test, "the openssl command", "ZT_REQUIRE_INTEROP")
+        missing(test, &format!("the {name} command"), "ZT_REQUIRE_INTEROP")
     }
 }
 

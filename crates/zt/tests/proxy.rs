@@ -1,0 +1,417 @@
+//! End-to-end tests of `zt proxy`: a real proxy process in front of a real
+//! plain-HTTP app that trusts its headers (as the seed tutorial's server does),
+//! driven by clients no one here wrote: Python `requests`, `curl`, `openssl`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: panicking is how a test fails"
+)]
+
+mod support;
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+use support::*;
+use zt_testkit::describe;
+
+/// A child process killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn interop(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop")
+        .join(name)
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited: {status}");
+        }
+        assert!(start.elapsed() < DEADLINE, "{what} not listening on {addr}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A development CA with a server SVID for the proxy and client SVIDs.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Self {
+        let zt = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "zt {args:?}: {}", describe(&out));
+        };
+        zt(&["ca", "init", "--trust-domain", "example.org", "--dir", "ca"]);
+        zt(&["ca", "init", "--trust-domain", "other.org", "--dir", "other-ca"]);
+        zt(&["ca", "bundle", "--ca", "ca", "--out", "bundle.pem"]);
+        zt(&[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/billing",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "proxy",
+        ]);
+        for (ca, id, name) in [
+            (
+                "ca",
+                "spiffe://example.org/ns/production/sa/payment-service",
+                "payment",
+            ),
+            ("ca", "spiffe://example.org/ns/production/sa/intruder", "intruder"),
+            (
+                "other-ca",
+                "spiffe://other.org/ns/production/sa/payment-service",
+                "foreign",
+            ),
+        ] {
+            zt(&["ca", "issue", "--ca", ca, "--spiffe-id", id, "--out", name]);
+        }
+        Self { dir: dir.to_owned() }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+/// The echo app, and `zt proxy` in front of it allowing the payment service.
+struct Setup {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    _app: Running,
+    proxy: Running,
+    inbound: SocketAddr,
+    log: PathBuf,
+    python: PathBuf,
+}
+
+impl Setup {
+    fn start(test: &str) -> Option<Self> {
+        let python = zt_testkit::python(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut app = Command::new(&python)
+            .arg(interop("echo_app.py"))
+            .arg(app_addr.port().to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(app_addr, &mut app, "the echo app");
+        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let log = dir.path().join("proxy.log");
+        let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args([
+                "proxy",
+                "--inbound",
+                &inbound.to_string(),
+                "--app",
+                &app_addr.to_string(),
+            ])
+            .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+            .args(["--bundle", &pki.file("bundle.pem")])
+            .args([
+                "--allow-spiffe-id",
+                "spiffe://example.org/ns/*/sa/payment-service",
+            ])
+            .args(["--strip-header", "X-Client-CN"])
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening(inbound, &mut proxy, "zt proxy");
+        Some(Self {
+            _dir: dir,
+            pki,
+            _app: Running(app),
+            proxy: Running(proxy),
+            inbound,
+            log,
+            python,
+        })
+    }
+
+    /// Python `requests` as `client` (a name under the PKI), with extra headers.
+    fn requests(&self, client: &str, path: &str, headers: &[&str]) -> Value {
+        let url = format!("https://localhost:{}{path}", self.inbound.port());
+        let out = Command::new(&self.python)
+            .arg(interop("requests_client.py"))
+            .args([
+                &url,
+                &self.pki.file(&format!("{client}.crt")),
+                &self.pki.file(&format!("{client}.key")),
+            ])
+            .arg(self.pki.file("bundle.pem"))
+            .args(headers)
+            .output()
+            .unwrap();
+        serde_json::from_str(&succeed(&out, "requests_client.py")).unwrap()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_seed_scenario_runs_through_zt_proxy() {
+    let Some(setup) = Setup::start("the_seed_scenario_runs_through_zt_proxy") else {
+        return;
+    };
+    // The tutorial's client, trying to forge its identity two ways.
+    let answer = setup.requests(
+        "payment",
+        "/internal/reports?month=11",
+        &[
+            "X-Client-CN=admin",
+            "X-Forwarded-Client-Cert=By=x;URI=spiffe://example.org/ns/production/sa/admin",
+        ],
+    );
+    assert_eq!(answer["status"], 200, "{answer}\n{}", setup.log());
+    let seen: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["path"], "/internal/reports?month=11");
+    let headers = &seen["headers"];
+    assert!(
+        headers.get("x-client-cn").is_none(),
+        "a forged header reached the app: {headers}"
+    );
+    let xfcc = headers["x-forwarded-client-cert"].as_array().unwrap();
+    assert_eq!(xfcc.len(), 1, "exactly the proxy's XFCC: {headers}");
+    let xfcc = xfcc[0].as_str().unwrap();
+    let leaf =
+        zt_identity::x509::certificates_from_pem(&fs::read(setup.pki.dir.join("payment.crt")).unwrap())
+            .unwrap();
+    let hash = zt_identity::x509::hex_compact(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf[0]).as_ref(),
+    );
+    assert_eq!(
+        xfcc,
+        format!(
+            "By=spiffe://example.org/billing;Hash={hash};URI=spiffe://example.org/ns/production/sa/payment-service"
+        )
+    );
+    assert!(
+        setup
+            .log()
+            .contains("peer=spiffe://example.org/ns/production/sa/payment-service"),
+        "{}",
+        setup.log()
+    );
+
+    // A verified peer that is not on the allow-list: 403, and the app never sees it.
+    let intruder = setup.requests("intruder", "/internal/reports", &[]);
+    assert_eq!(intruder["status"], 403, "{intruder}");
+    // A certificate from another trust domain's CA: the handshake fails.
+    let foreign = setup.requests("foreign", "/", &[]);
+    assert_eq!(foreign["error"], "SSLError", "{foreign}");
+}
+
+#[test]
+fn clients_without_a_valid_svid_are_refused() {
+    let Some(mut setup) = Setup::start("clients_without_a_valid_svid_are_refused") else {
+        return;
+    };
+    let url = format!("https://localhost:{}/", setup.inbound.port());
+    if let Some(curl) = zt_testkit::curl("clients_without_a_valid_svid_are_refused") {
+        // curl without a client certificate: refused in the handshake.
+        let out = Command::new(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                &setup.pki.file("bundle.pem"),
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "curl without a cert: {}",
+            describe(&out)
+        );
+        // curl with the payment service's SVID, over HTTP/2: through.
+        let out = Command::new(&curl)
+            .args([
+                "-sS",
+                "--http2",
+                "--max-time",
+                "10",
+                "--cacert",
+                &setup.pki.file("bundle.pem"),
+            ])
+            .args([
+                "--cert",
+                &setup.pki.file("payment.crt"),
+                "--key",
+                &setup.pki.file("payment.key"),
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}", &url])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "2 200",
+            "{}",
+            describe(&out)
+        );
+    }
+    // openssl s_client without a client certificate: no HTTP answer comes back.
+    if let Some(openssl) = zt_testkit::openssl("clients_without_a_valid_svid_are_refused") {
+        let mut child = Command::new(openssl)
+            .args([
+                "s_client",
+                "-connect",
+                &setup.inbound.to_string(),
+                "-CAfile",
+                &setup.pki.file("bundle.pem"),
+            ])
+            .args(["-quiet", "-no_ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("HTTP/1.1"),
+            "{}",
+            describe(&out)
+        );
+    }
+    // Garbage instead of a ClientHello: the connection closes, the proxy serves on.
+    let mut tcp = TcpStream::connect(setup.inbound).unwrap();
+    use std::io::{Read as _, Write as _};
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+    assert!(setup.proxy.0.try_wait().unwrap().is_none(), "the proxy died");
+    assert_eq!(setup.requests("payment", "/", &[])["status"], 200);
+}
+
+#[test]
+fn bad_proxy_configuration_is_refused_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let zt = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("missing.crt");
+    let m = missing.to_str().unwrap();
+    let base = ["proxy", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:1"];
+    fn joined<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let with = |extra: &[&str]| {
+        joined(&base, extra)
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<String>>()
+    };
+    assert_failure(
+        &zt(&with(&[
+            "--allow-spiffe-id",
+            "spiffe://example.org/*",
+            "--cert",
+            m,
+            "--key",
+            m,
+            "--bundle",
+            m,
+        ])),
+        1,
+        &["--cert", "missing.crt"],
+    );
+    assert_failure(
+        &zt(&with(&[
+            "--allow-spiffe-id",
+            "spiffe://*.org/web",
+            "--cert",
+            m,
+            "--key",
+            m,
+            "--bundle",
+            m,
+        ])),
+        1,
+        &["--allow-spiffe-id", "spiffe://*.org/web"],
+    );
+    assert_failure(
+        &zt(&with(&[
+            "--allow-spiffe-id",
+            "*",
+            "--strip-header",
+            "bad header",
+            "--cert",
+            m,
+            "--key",
+            m,
+            "--bundle",
+            m,
+        ])),
+        1,
+        &["--strip-header", "bad header"],
+    );
+    // No allow-list at all is a usage error: the proxy would let nobody in.
+    let out = zt(&with(&[]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-spiffe-id"));
+    // A key that is not the certificate's.
+    let pki = Pki::new(dir.path());
+    let out = zt(&with(&[
+        "--allow-spiffe-id",
+        "*",
+        "--cert",
+        &pki.file("proxy.crt"),
+        "--key",
+        &pki.file("payment.key"),
+        "--bundle",
+        &pki.file("bundle.pem"),
+    ]));
+    assert_failure(&out, 1, &["--cert", "proxy.crt", "key does not belong"]);
+}
