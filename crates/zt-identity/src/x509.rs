@@ -367,6 +367,35 @@ pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
+/// The serials (big-endian bytes) a certificate revocation list revokes, once its
+/// signature verifies with the key of the authority in `authorities` that issued
+/// it. A list from anyone else, or one that does not parse, is an error: revocation
+/// lists only ever add revocations, so refusing one never lets a certificate in.
+pub fn crl_revoked_serials(
+    crl_der: &[u8],
+    authorities: &[CertificateDer<'_>],
+) -> Result<Vec<Vec<u8>>, String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let crl = match CertificateRevocationList::from_der(crl_der) {
+        Ok(([], crl)) => crl,
+        _ => return Err("not a DER certificate revocation list".into()),
+    };
+    let signed_by_an_authority = authorities
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, cert)| cert))
+        .any(|cert| cert.subject() == crl.issuer() && crl.verify_signature(cert.public_key()).is_ok());
+    if !signed_by_an_authority {
+        return Err(format!(
+            "no authority in the bundle issued and signed the CRL of {}",
+            crl.issuer()
+        ));
+    }
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|revoked| revoked.raw_serial().to_vec())
+        .collect())
+}
+
 /// The raw subjectPublicKey of a certificate: an uncompressed point for EC keys,
 /// a PKCS#1 RSAPublicKey for RSA; compare it with a private key's public half.
 pub fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidError> {

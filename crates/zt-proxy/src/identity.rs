@@ -3,6 +3,7 @@
 //! reloaded when they change. Every change is published whole on a watch channel;
 //! new handshakes use the newest identity, open connections keep theirs.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,16 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     /// The bundles peers are verified against.
     pub bundles: Arc<BundleSet>,
+    /// Serials (big-endian bytes) of revoked SVIDs, from the signed CRLs the
+    /// Workload API pushes: peers presenting one are refused and cut off.
+    pub revoked: Arc<HashSet<Vec<u8>>>,
+}
+
+impl Identity {
+    /// Whether a peer's certificate serial is revoked.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked.contains(serial)
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -132,6 +143,7 @@ fn assemble(
         chain,
         key,
         bundles,
+        revoked: Arc::default(),
     })
 }
 
@@ -208,9 +220,18 @@ async fn stream_identities(socket: &Path, tx: &watch::Sender<Option<Arc<Identity
         for authority in split_der(&svid.bundle)? {
             bundle.add_x509_authority(authority).map_err(|e| e.to_string())?;
         }
+        let mut revoked = HashSet::new();
+        for crl in &update.crl {
+            match zt_identity::x509::crl_revoked_serials(crl, bundle.x509_authorities()) {
+                Ok(serials) => revoked.extend(serials),
+                // Only a list its own authorities signed is believed.
+                Err(e) => tracing::error!(error = %e, "ignoring a revocation list from the Workload API"),
+            }
+        }
         let mut bundles = BundleSet::default();
         bundles.insert(bundle);
-        let identity = assemble(chain, key, Arc::new(bundles))?;
+        let mut identity = assemble(chain, key, Arc::new(bundles))?;
+        identity.revoked = Arc::new(revoked);
         tracing::info!(spiffe_id = %identity.spiffe_id, "identity from the Workload API");
         tx.send_replace(Some(Arc::new(identity)));
     }

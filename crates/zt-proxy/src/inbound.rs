@@ -73,9 +73,9 @@ pub async fn serve(
             tracing::warn!(peer = %peer_addr, "refused: no SVID yet");
             continue;
         };
-        let (config, client) = (config.clone(), client.clone());
+        let (config, client, updates) = (config.clone(), client.clone(), acceptors.identity.clone());
         tokio::spawn(async move {
-            if let Err(reason) = connection(tcp, peer_addr, acceptor, own, config, client).await {
+            if let Err(reason) = connection(tcp, peer_addr, acceptor, own, updates, config, client).await {
                 tracing::info!(peer = %peer_addr, reason, "inbound connection refused");
             }
         });
@@ -122,11 +122,14 @@ fn build_acceptor(identity: &Identity, versions: TlsVersions) -> Result<TlsAccep
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// One inbound connection: handshake, revocation check, then HTTP until either
+/// side closes or the peer's SVID is revoked.
 async fn connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     acceptor: TlsAcceptor,
     own: Arc<Identity>,
+    mut updates: IdentityWatch,
     config: Arc<InboundConfig>,
     client: Client<HttpConnector, Incoming>,
 ) -> Result<(), String> {
@@ -136,20 +139,24 @@ async fn connection(
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let (_, session) = tls.get_ref();
     let peer_id = zt_tls::peer_spiffe_id(session).ok_or("no verified peer SPIFFE ID")?;
-    let leaf_hash = session
+    let leaf = session
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .map(|leaf| {
-            zt_identity::x509::hex_compact(
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref(),
-            )
-        })
         .ok_or("no peer certificate")?;
+    let leaf_hash =
+        zt_identity::x509::hex_compact(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref());
+    let serial = zt_identity::x509::summarize(leaf)
+        .map_err(|e| e.to_string())?
+        .serial;
+    let revoked = |updates: &IdentityWatch| updates.borrow().as_ref().is_some_and(|i| i.is_revoked(&serial));
+    if revoked(&updates) {
+        return Err(format!("{peer_id} presented a revoked SVID"));
+    }
     let allowed = config.allow.allows(&peer_id);
     let xfcc = HeaderValue::from_str(&format!("By={};Hash={leaf_hash};URI={peer_id}", own.spiffe_id))
         .map_err(|e| e.to_string())?;
     let peer = Arc::new(Peer {
-        id: peer_id,
+        id: peer_id.clone(),
         addr: peer_addr,
         allowed,
         xfcc,
@@ -158,10 +165,24 @@ async fn connection(
         let (peer, config, client) = (peer.clone(), config.clone(), client.clone());
         async move { Ok::<_, hyper::Error>(forward(request, &peer, &config, &client).await) }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(served);
+    loop {
+        tokio::select! {
+            result = &mut served => return result.map_err(|e| format!("HTTP: {e}")),
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    // No more identity updates (stopping): serve the connection out.
+                    return served.await.map_err(|e| format!("HTTP: {e}"));
+                }
+                if revoked(&updates) {
+                    // Dropping the connection closes it, in-flight requests included.
+                    return Err(format!("{peer_id}'s SVID was revoked: connection closed"));
+                }
+            }
+        }
+    }
 }
 
 /// A verified caller.

@@ -415,3 +415,228 @@ fn bad_proxy_configuration_is_refused_with_one_clear_line() {
     ]));
     assert_failure(&out, 1, &["--cert", "proxy.crt", "key does not belong"]);
 }
+
+/// A hard link (or copy) of the zt binary at `path`, so that the agent tells
+/// processes apart by `unix:path`.
+fn zt_at_path(path: &Path) -> PathBuf {
+    let original = Path::new(env!("CARGO_BIN_EXE_zt"));
+    if fs::hard_link(original, path).is_err() {
+        fs::copy(original, path).unwrap();
+    }
+    path.to_owned()
+}
+
+#[test]
+fn a_revoked_peer_is_cut_off_and_refused() {
+    let Some(python) = zt_testkit::python("a_revoked_peer_is_cut_off_and_refused") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), None);
+    let agent_dir = dir.path().join("agent");
+    fs::create_dir(&agent_dir).unwrap();
+    let agent_id = "spiffe://example.org/agent/node-1";
+    let agent = AgentProcess::start(&server, &agent_dir, agent_id);
+    let proxy_exe = zt_at_path(&dir.path().join("zt-proxy"));
+    let client_exe = zt_at_path(&dir.path().join("client"));
+    let uid = fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|ids| ids.split_whitespace().nth(1).unwrap().to_owned())
+        })
+        .unwrap();
+    for (id, exe, extra) in [
+        (
+            "spiffe://example.org/billing",
+            &proxy_exe,
+            &["--dns", "localhost"][..],
+        ),
+        ("spiffe://example.org/payment", &client_exe, &[][..]),
+    ] {
+        let mut args = vec!["entry", "create", "--spiffe-id", id, "--parent-id", agent_id];
+        let uid_selector = format!("unix:uid:{uid}");
+        let path_selector = format!("unix:path:{}", exe.display());
+        args.extend(["--selector", &uid_selector, "--selector", &path_selector]);
+        args.extend(extra);
+        ok(&server, &args);
+    }
+
+    // The client's SVID, fetched as the client executable.
+    let client_dir = dir.path().join("client-svid");
+    let start = Instant::now();
+    loop {
+        let out = Command::new(&client_exe)
+            .args([
+                "agent",
+                "api",
+                "fetch",
+                "x509",
+                "--write",
+                client_dir.to_str().unwrap(),
+                "--socket",
+            ])
+            .arg(&agent.socket)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "no client SVID: {}", describe(&out));
+        std::thread::sleep(POLL);
+    }
+    let client_file = |name: &str| client_dir.join(name).to_str().unwrap().to_owned();
+    let client_leaf =
+        zt_identity::x509::certificates_from_pem(&fs::read(client_file("svid.0.pem")).unwrap()).unwrap();
+    let client_serial =
+        zt_identity::x509::hex(&zt_identity::x509::summarize(&client_leaf[0]).unwrap().serial);
+
+    // The app, and the proxy with its identity from the Workload API.
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut app = Command::new(&python)
+        .arg(interop("echo_app.py"))
+        .arg(app_addr.port().to_string())
+        .spawn()
+        .unwrap();
+    wait_listening(app_addr, &mut app, "the echo app");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let log = dir.path().join("proxy.log");
+    let mut proxy = Command::new(&proxy_exe)
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--app",
+            &app_addr.to_string(),
+        ])
+        .args(["--allow-spiffe-id", "spiffe://example.org/payment", "--socket"])
+        .arg(&agent.socket)
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(inbound, &mut proxy, "zt proxy");
+    let _proxy = Running(proxy);
+    let bundle = client_file("bundle.0.pem");
+    let request = || {
+        let out = Command::new(&python)
+            .arg(interop("requests_client.py"))
+            .arg(format!("https://localhost:{}/", inbound.port()))
+            .args([
+                client_file("svid.0.pem"),
+                client_file("svid.0.key"),
+                bundle.clone(),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_str::<Value>(&succeed(&out, "requests_client.py")).unwrap()
+    };
+    // Ready once the proxy holds its SVID from the agent.
+    let start = Instant::now();
+    while request()["status"] != 200 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the proxy never served\n{}",
+            fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(POLL);
+    }
+
+    // A client holds a keep-alive connection; its SVID is revoked.
+    let mut holder = Command::new(&python)
+        .arg(interop("hold_connection.py"))
+        .args(["localhost", &inbound.port().to_string()])
+        .args([
+            client_file("svid.0.pem"),
+            client_file("svid.0.key"),
+            bundle.clone(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+    let ready = lines.next().unwrap().unwrap();
+    assert_eq!(ready, "ready HTTP/1.1 200 OK");
+    let revoked_at = Instant::now();
+    ok(
+        &server,
+        &["revoke", "--serial", &client_serial, "--reason", "compromised"],
+    );
+    let closed = lines.next().unwrap().unwrap();
+    let elapsed = revoked_at.elapsed();
+    assert_eq!(closed, "closed");
+    eprintln!("revocation → open connection closed in {elapsed:?}");
+    assert!(wait_with_deadline(&mut holder).is_some());
+    let log_text = fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("SVID was revoked: connection closed"),
+        "{log_text}"
+    );
+
+    // A new handshake with the revoked SVID gets no answer.
+    let again = request();
+    assert!(
+        again.get("status").is_none(),
+        "a revoked SVID was served: {again}"
+    );
+}
+
+#[test]
+fn the_svid_rotates_under_load_without_a_failed_request() {
+    let Some(setup) = Setup::start("the_svid_rotates_under_load_without_a_failed_request") else {
+        return;
+    };
+    let mut load = Command::new(&setup.python)
+        .arg(interop("load.py"))
+        .args(["localhost", &setup.inbound.port().to_string()])
+        .args([
+            setup.pki.file("payment.crt"),
+            setup.pki.file("payment.key"),
+            setup.pki.file("bundle.pem"),
+        ])
+        .arg("4")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the load runs, a new SVID replaces the files: key, then certificate,
+    // each renamed into place (the pair is checked before use).
+    let mut stdout = std::io::BufReader::new(load.stdout.take().unwrap());
+    let mut running = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut running).unwrap();
+    assert_eq!(running, "running\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/billing",
+        ])
+        .args(["--dns", "localhost", "--out", "rotated"])
+        .current_dir(&setup.pki.dir)
+        .output()
+        .unwrap();
+    succeed(&out, "zt ca issue rotated");
+    fs::rename(setup.pki.dir.join("rotated.key"), setup.pki.dir.join("proxy.key")).unwrap();
+    fs::rename(setup.pki.dir.join("rotated.crt"), setup.pki.dir.join("proxy.crt")).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = load.wait().unwrap();
+    assert!(status.success(), "load.py: {status}");
+    let report: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(report["failed"], 0, "{report}\n{}", setup.log());
+    assert!(report["ok"].as_u64().unwrap() > 20, "{report}");
+    let serials = report["serials"].as_array().unwrap();
+    assert_eq!(
+        serials.len(),
+        2,
+        "new handshakes moved to the new SVID exactly once: {report}"
+    );
+    assert!(
+        setup.log().contains("identity reloaded from files"),
+        "{}",
+        setup.log()
+    );
+}
