@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use zt_identity::SpiffeId;
 use zt_tls::{PeerMatcher, TlsVersions};
 
+use crate::admin::{Metrics, Status, Transport};
 use crate::identity::{Identity, IdentityWatch};
 use crate::peers::AllowList;
 
@@ -51,6 +52,7 @@ pub async fn serve(
     listener: TcpListener,
     identity: IdentityWatch,
     config: InboundConfig,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
@@ -71,11 +73,18 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let Some((acceptor, own)) = acceptors.current() else {
             tracing::warn!(peer = %peer_addr, "refused: no SVID yet");
+            metrics.refuse("no_svid_yet");
             continue;
         };
-        let (config, client, updates) = (config.clone(), client.clone(), acceptors.identity.clone());
+        let context = Arc::new(Context {
+            own,
+            config: config.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+        });
+        let updates = acceptors.identity.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection(tcp, peer_addr, acceptor, own, updates, config, client).await {
+            if let Err(reason) = connection(tcp, peer_addr, acceptor, updates, context).await {
                 tracing::info!(peer = %peer_addr, reason, "inbound connection refused");
             }
         });
@@ -122,21 +131,35 @@ fn build_acceptor(identity: &Identity, versions: TlsVersions) -> Result<TlsAccep
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What every connection of one listener shares.
+struct Context {
+    own: Arc<Identity>,
+    config: Arc<InboundConfig>,
+    client: Client<HttpConnector, Incoming>,
+    metrics: Arc<Metrics>,
+}
+
 /// One inbound connection: handshake, revocation check, then HTTP until either
 /// side closes or the peer's SVID is revoked.
 async fn connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     acceptor: TlsAcceptor,
-    own: Arc<Identity>,
     mut updates: IdentityWatch,
-    config: Arc<InboundConfig>,
-    client: Client<HttpConnector, Incoming>,
+    context: Arc<Context>,
 ) -> Result<(), String> {
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let metrics = &context.metrics;
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            metrics.refuse(handshake_failure(&e));
+            return Err(format!("TLS handshake: {e}"));
+        }
+        Err(_) => {
+            metrics.refuse("timeout");
+            return Err("TLS handshake timed out".into());
+        }
+    };
     let (_, session) = tls.get_ref();
     let peer_id = zt_tls::peer_spiffe_id(session).ok_or("no verified peer SPIFFE ID")?;
     let leaf = session
@@ -150,21 +173,44 @@ async fn connection(
         .serial;
     let revoked = |updates: &IdentityWatch| updates.borrow().as_ref().is_some_and(|i| i.is_revoked(&serial));
     if revoked(&updates) {
+        metrics.refuse("revoked");
         return Err(format!("{peer_id} presented a revoked SVID"));
     }
-    let allowed = config.allow.allows(&peer_id);
-    let xfcc = HeaderValue::from_str(&format!("By={};Hash={leaf_hash};URI={peer_id}", own.spiffe_id))
-        .map_err(|e| e.to_string())?;
+    metrics
+        .connections
+        .get_or_create(&Transport { transport: "mtls" })
+        .inc();
+    let allowed = context.config.allow.allows(&peer_id);
+    let xfcc = HeaderValue::from_str(&format!(
+        "By={};Hash={leaf_hash};URI={peer_id}",
+        context.own.spiffe_id
+    ))
+    .map_err(|e| e.to_string())?;
     let peer = Arc::new(Peer {
         id: peer_id.clone(),
         addr: peer_addr,
         allowed,
         xfcc,
     });
-    let service = hyper::service::service_fn(move |request| {
-        let (peer, config, client) = (peer.clone(), config.clone(), client.clone());
-        async move { Ok::<_, hyper::Error>(forward(request, &peer, &config, &client).await) }
-    });
+    let service = {
+        let context = context.clone();
+        hyper::service::service_fn(move |request| {
+            let (peer, context) = (peer.clone(), context.clone());
+            async move {
+                let started = std::time::Instant::now();
+                let response = forward(request, &peer, &context.config, &context.client).await;
+                let metrics = &context.metrics;
+                metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .requests
+                    .get_or_create(&Status {
+                        code: response.status().as_u16(),
+                    })
+                    .inc();
+                Ok::<_, hyper::Error>(response)
+            }
+        })
+    };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
@@ -178,10 +224,31 @@ async fn connection(
                 }
                 if revoked(&updates) {
                     // Dropping the connection closes it, in-flight requests included.
+                    metrics.revoked_connections.inc();
                     return Err(format!("{peer_id}'s SVID was revoked: connection closed"));
                 }
             }
         }
+    }
+}
+
+/// The metric label of a failed handshake.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "invalid_certificate",
+        Some(
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. },
+        ) => "not_tls",
+        Some(rustls::Error::AlertReceived(_)) => "peer_alert",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        _ if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        _ => "other",
     }
 }
 

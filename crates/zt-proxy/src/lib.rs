@@ -8,12 +8,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod identity;
 pub mod inbound;
 pub mod peers;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,6 +31,8 @@ pub struct ProxyConfig {
     pub inbound: SocketAddr,
     /// The inbound side's settings.
     pub inbound_config: InboundConfig,
+    /// The admin port: health, readiness, metrics.
+    pub admin: SocketAddr,
 }
 
 /// Why the proxy could not start.
@@ -38,8 +42,10 @@ pub enum ProxyError {
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     /// A listener.
-    #[error("--inbound {addr}: {source}")]
+    #[error("{flag} {addr}: {source}")]
     Bind {
+        /// The flag that named it.
+        flag: &'static str,
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -50,17 +56,26 @@ pub enum ProxyError {
 /// Runs the proxy until `shutdown` completes.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
     let identity = config.identity.follow()?;
-    let listener = TcpListener::bind(config.inbound)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr: config.inbound,
-            source,
-        })?;
+    let bind = |flag: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Bind { flag, addr, source })
+    };
+    let listener = bind("--inbound", config.inbound).await?;
+    let admin_listener = bind("--admin", config.admin).await?;
+    let metrics = Arc::new(admin::Metrics::new());
     let (stop, stop_rx) = watch::channel(false);
-    tracing::info!(inbound = %config.inbound, app = %config.inbound_config.app, "zt proxy started");
-    let inbound = tokio::spawn(inbound::serve(listener, identity, config.inbound_config, stop_rx));
+    tracing::info!(inbound = %config.inbound, app = %config.inbound_config.app, admin = %config.admin, "zt proxy started");
+    let inbound = tokio::spawn(inbound::serve(
+        listener,
+        identity.clone(),
+        config.inbound_config,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    let admin = tokio::spawn(admin::serve(admin_listener, identity, metrics, stop_rx));
     shutdown.await;
     stop.send_replace(true);
-    let _ = inbound.await;
+    let _ = tokio::join!(inbound, admin);
     Ok(())
 }

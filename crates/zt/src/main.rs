@@ -65,6 +65,9 @@ struct ProxyArgs {
     /// The local app, plaintext HTTP/1.1.
     #[arg(long)]
     app: std::net::SocketAddr,
+    /// The admin port: /healthz, /readyz (ready once the proxy holds an SVID), /metrics.
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin: std::net::SocketAddr,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
     #[arg(long = "allow-spiffe-id", required = true)]
     allow_spiffe_id: Vec<String>,

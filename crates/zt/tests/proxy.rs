@@ -49,6 +49,27 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
     }
 }
 
+/// Waits until the proxy's `/readyz` answers 200: it holds an SVID.
+fn wait_ready(admin: SocketAddr, proxy: &mut Child) {
+    let start = Instant::now();
+    while !matches!(http_get(admin, "/readyz"), Ok((200, _))) {
+        if let Some(status) = proxy.try_wait().unwrap() {
+            panic!("zt proxy exited: {status}");
+        }
+        assert!(start.elapsed() < DEADLINE, "zt proxy not ready on {admin}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The value of the Prometheus sample `sample` (name and labels) on the admin port.
+fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let (status, text) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A development CA with a server SVID for the proxy and client SVIDs.
 struct Pki {
     dir: PathBuf,
@@ -111,6 +132,7 @@ struct Setup {
     _app: Running,
     proxy: Running,
     inbound: SocketAddr,
+    admin: SocketAddr,
     log: PathBuf,
     python: PathBuf,
 }
@@ -129,6 +151,7 @@ impl Setup {
             .unwrap();
         wait_listening(app_addr, &mut app, "the echo app");
         let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = dir.path().join("proxy.log");
         let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
             .args([
@@ -138,6 +161,7 @@ impl Setup {
                 "--app",
                 &app_addr.to_string(),
             ])
+            .args(["--admin", &admin.to_string()])
             .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
             .args(["--bundle", &pki.file("bundle.pem")])
             .args([
@@ -149,13 +173,14 @@ impl Setup {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        wait_listening(inbound, &mut proxy, "zt proxy");
+        wait_ready(admin, &mut proxy);
         Some(Self {
             _dir: dir,
             pki,
             _app: Running(app),
             proxy: Running(proxy),
             inbound,
+            admin,
             log,
             python,
         })
@@ -330,6 +355,24 @@ fn clients_without_a_valid_svid_are_refused() {
     );
     assert!(setup.proxy.0.try_wait().unwrap().is_none(), "the proxy died");
     assert_eq!(setup.requests("payment", "/", &[])["status"], 200);
+
+    // Each refusal is counted by its reason; requests by status.
+    let refused = |reason: &str| {
+        metric(
+            setup.admin,
+            &format!("zt_proxy_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(
+        refused("no_client_certificate") >= 2.0,
+        "curl and openssl without a certificate"
+    );
+    assert!(refused("not_tls") >= 1.0, "HTTP instead of a ClientHello");
+    assert!(metric(setup.admin, "zt_proxy_requests_total{code=\"200\"}") >= 1.0);
+    assert!(metric(setup.admin, "zt_proxy_connections_total{transport=\"mtls\"}") >= 1.0);
+    assert!(metric(setup.admin, "zt_proxy_request_seconds_count") >= 1.0);
+    let (status, _) = http_get(setup.admin, "/healthz").unwrap();
+    assert_eq!(status, 200);
 }
 
 #[test]
@@ -343,7 +386,15 @@ fn bad_proxy_configuration_is_refused_with_one_clear_line() {
     };
     let missing = dir.path().join("missing.crt");
     let m = missing.to_str().unwrap();
-    let base = ["proxy", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:1"];
+    let base = [
+        "proxy",
+        "--inbound",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--app",
+        "127.0.0.1:1",
+    ];
     fn joined<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         [base, extra].concat()
     }
@@ -502,6 +553,7 @@ fn a_revoked_peer_is_cut_off_and_refused() {
     wait_listening(app_addr, &mut app, "the echo app");
     let _app = Running(app);
     let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let log = dir.path().join("proxy.log");
     let mut proxy = Command::new(&proxy_exe)
         .args([
@@ -511,12 +563,14 @@ fn a_revoked_peer_is_cut_off_and_refused() {
             "--app",
             &app_addr.to_string(),
         ])
+        .args(["--admin", &admin.to_string()])
         .args(["--allow-spiffe-id", "spiffe://example.org/payment", "--socket"])
         .arg(&agent.socket)
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_listening(inbound, &mut proxy, "zt proxy");
+    // Not ready until the Workload API gave the proxy its SVID.
+    wait_ready(admin, &mut proxy);
     let _proxy = Running(proxy);
     let bundle = client_file("bundle.0.pem");
     let request = || {
@@ -532,16 +586,7 @@ fn a_revoked_peer_is_cut_off_and_refused() {
             .unwrap();
         serde_json::from_str::<Value>(&succeed(&out, "requests_client.py")).unwrap()
     };
-    // Ready once the proxy holds its SVID from the agent.
-    let start = Instant::now();
-    while request()["status"] != 200 {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the proxy never served\n{}",
-            fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(POLL);
-    }
+    assert_eq!(request()["status"], 200, "{}", fs::read_to_string(&log).unwrap());
 
     // A client holds a keep-alive connection; its SVID is revoked.
     let mut holder = Command::new(&python)
@@ -580,6 +625,8 @@ fn a_revoked_peer_is_cut_off_and_refused() {
         again.get("status").is_none(),
         "a revoked SVID was served: {again}"
     );
+    assert_eq!(metric(admin, "zt_proxy_revoked_connections_total"), 1.0);
+    assert!(metric(admin, "zt_proxy_refused_total{reason=\"revoked\"}") >= 1.0);
 }
 
 #[test]
@@ -638,5 +685,45 @@ fn the_svid_rotates_under_load_without_a_failed_request() {
         setup.log().contains("identity reloaded from files"),
         "{}",
         setup.log()
+    );
+}
+
+#[test]
+fn without_an_svid_the_proxy_is_alive_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--app", "127.0.0.1:1", "--allow-spiffe-id", "*", "--socket"])
+        .arg(dir.path().join("no-agent.sock"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proxy = Running(proxy);
+    let start = Instant::now();
+    while !matches!(http_get(admin, "/healthz"), Ok((200, _))) {
+        assert!(proxy.0.try_wait().unwrap().is_none(), "zt proxy exited");
+        assert!(start.elapsed() < DEADLINE, "no /healthz");
+        std::thread::sleep(POLL);
+    }
+    let (status, body) = http_get(admin, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no SVID"), "{body}");
+    // A connection is closed at once, and counted.
+    let mut tcp = TcpStream::connect(inbound).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut tcp, &mut buf).unwrap_or(0), 0);
+    assert_eq!(
+        metric(admin, "zt_proxy_refused_total{reason=\"no_svid_yet\"}"),
+        1.0
     );
 }

@@ -35,6 +35,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = ProxyConfig {
         identity,
         inbound: args.inbound,
+        admin: args.admin,
         inbound_config: InboundConfig {
             app: args.app,
             allow,

@@ -1,0 +1,165 @@
+//! The proxy's admin port: `/healthz` (the process runs), `/readyz` (it holds an
+//! SVID, so it can accept mTLS) and `/metrics` (Prometheus text format).
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::identity::IdentityWatch;
+
+/// A connection's transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transport {
+    /// `mtls` (later also `plaintext`, in permissive mode).
+    pub transport: &'static str,
+}
+
+/// Why a connection was refused before any request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    /// `no_client_certificate`, `invalid_certificate`, `revoked`, `not_tls`,
+    /// `timeout`, `no_svid_yet` or `other`.
+    pub reason: &'static str,
+}
+
+/// A response's status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    /// The code, e.g. `200`.
+    pub code: u16,
+}
+
+/// Every metric of the proxy, registered under `zt_proxy_`.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections that completed the handshake, by transport.
+    pub connections: Family<Transport, Counter>,
+    /// Connections refused, by reason.
+    pub refused: Family<Refusal, Counter>,
+    /// Responses, by status code.
+    pub requests: Family<Status, Counter>,
+    /// Time from a request's arrival to its response's headers, seconds.
+    pub request_seconds: Histogram,
+    /// Open connections closed because the peer's SVID was revoked.
+    pub revoked_connections: Counter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("zt_proxy");
+        let metrics = Self {
+            connections: Family::default(),
+            refused: Family::default(),
+            requests: Family::default(),
+            request_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            revoked_connections: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Inbound connections that completed the handshake",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "refused",
+            "Inbound connections refused, by reason",
+            metrics.refused.clone(),
+        );
+        registry.register("requests", "Responses, by status code", metrics.requests.clone());
+        registry.register(
+            "request_seconds",
+            "Time from a request to its response headers",
+            metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "revoked_connections",
+            "Open connections closed because the peer's SVID was revoked",
+            metrics.revoked_connections.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// Counts a refused connection.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&Refusal { reason }).inc();
+    }
+
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    identity: IdentityWatch,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let (identity, metrics) = (identity.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let answer = answer(request.uri().path(), &identity, &metrics);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn answer(path: &str, identity: &IdentityWatch, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => match identity.borrow().as_ref() {
+            Some(identity) => (StatusCode::OK, format!("ready: {}\n", identity.spiffe_id)),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no SVID yet\n".to_owned(),
+            ),
+        },
+        "/metrics" => match metrics.encode() {
+            Ok(text) => (StatusCode::OK, text),
+            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".to_owned()),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let content_type = if path == "/metrics" {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
