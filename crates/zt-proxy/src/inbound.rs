@@ -145,7 +145,7 @@ async fn connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     acceptor: TlsAcceptor,
-    mut updates: IdentityWatch,
+    updates: IdentityWatch,
     context: Arc<Context>,
 ) -> Result<(), String> {
     let metrics = &context.metrics;
@@ -171,8 +171,11 @@ async fn connection(
     let serial = zt_identity::x509::summarize(leaf)
         .map_err(|e| e.to_string())?
         .serial;
-    let revoked = |updates: &IdentityWatch| updates.borrow().as_ref().is_some_and(|i| i.is_revoked(&serial));
-    if revoked(&updates) {
+    let mut revocation = Revocation {
+        updates,
+        serial: Arc::new(serial),
+    };
+    if revocation.is_revoked() {
         metrics.refuse("revoked");
         return Err(format!("{peer_id} presented a revoked SVID"));
     }
@@ -191,6 +194,8 @@ async fn connection(
         addr: peer_addr,
         allowed,
         xfcc,
+        revocation: revocation.clone(),
+        metrics: metrics.clone(),
     });
     let service = {
         let context = context.clone();
@@ -214,19 +219,40 @@ async fn connection(
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
-    loop {
-        tokio::select! {
-            result = &mut served => return result.map_err(|e| format!("HTTP: {e}")),
-            changed = updates.changed() => {
-                if changed.is_err() {
-                    // No more identity updates (stopping): serve the connection out.
-                    return served.await.map_err(|e| format!("HTTP: {e}"));
-                }
-                if revoked(&updates) {
-                    // Dropping the connection closes it, in-flight requests included.
-                    metrics.revoked_connections.inc();
-                    return Err(format!("{peer_id}'s SVID was revoked: connection closed"));
-                }
+    tokio::select! {
+        result = &mut served => result.map_err(|e| format!("HTTP: {e}")),
+        () = revocation.revoked() => {
+            // Dropping the connection closes it, in-flight requests included.
+            metrics.revoked_connections.inc();
+            Err(format!("{peer_id}'s SVID was revoked: connection closed"))
+        }
+    }
+}
+
+/// Watches for the revocation of one peer's SVID.
+#[derive(Clone)]
+struct Revocation {
+    updates: IdentityWatch,
+    serial: Arc<Vec<u8>>,
+}
+
+impl Revocation {
+    fn is_revoked(&self) -> bool {
+        self.updates
+            .borrow()
+            .as_ref()
+            .is_some_and(|i| i.is_revoked(&self.serial))
+    }
+
+    /// Completes when the serial is revoked; never, once updates have ended
+    /// (the proxy is stopping and serves its connections out).
+    async fn revoked(&mut self) {
+        loop {
+            if self.updates.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if self.is_revoked() {
+                return;
             }
         }
     }
@@ -258,10 +284,12 @@ struct Peer {
     addr: SocketAddr,
     allowed: bool,
     xfcc: HeaderValue,
+    revocation: Revocation,
+    metrics: Arc<Metrics>,
 }
 
 async fn forward(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: &Peer,
     config: &InboundConfig,
     client: &Client<HttpConnector, Incoming>,
@@ -275,6 +303,10 @@ async fn forward(
             "zt proxy: the caller's SPIFFE ID is not allowed\n",
         );
     }
+    // An HTTP/1.1 upgrade (WebSocket, …): the Upgrade and Connection headers go to
+    // the app, and after its 101 the two connections are spliced.
+    let upgrade = upgrade_protocol(&request);
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -297,19 +329,87 @@ async fn forward(
     }
     strip_identity_headers(&mut parts.headers, &config.strip_headers);
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(http::header::UPGRADE, protocol.clone());
+    }
     parts.headers.insert(XFCC, peer.xfcc.clone());
     let response = client.request(Request::from_parts(parts, body)).await;
     match response {
-        Ok(response) => {
+        Ok(mut response) => {
             let status = response.status();
             tracing::info!(target: "zt::access", peer = %peer.id, addr = %peer.addr, %method, path, status = status.as_u16());
+            let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+            let app_upgrade = response.headers().get(http::header::UPGRADE).cloned();
+            if let (true, Some(client_side)) = (switching, client_side) {
+                let app_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(
+                    client_side,
+                    app_side,
+                    peer.id.clone(),
+                    peer.revocation.clone(),
+                    peer.metrics.clone(),
+                ));
+            }
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
+            if let (true, Some(protocol)) = (switching, app_upgrade) {
+                parts
+                    .headers
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(http::header::UPGRADE, protocol);
+            }
             Response::from_parts(parts, body.boxed())
         }
         Err(e) => {
             tracing::warn!(target: "zt::access", peer = %peer.id, %method, path, status = 502, error = %e, "app unreachable");
             plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n")
+        }
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to: `Connection: upgrade`
+/// and an `Upgrade` header.
+fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
+    let asks = request
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = request.headers().get(http::header::UPGRADE)?;
+    (asks && request.version() == http::Version::HTTP_11).then(|| protocol.clone())
+}
+
+/// Copies bytes both ways between the upgraded client and app connections, until
+/// either closes or the peer's SVID is revoked.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    app: hyper::upgrade::OnUpgrade,
+    peer: SpiffeId,
+    mut revocation: Revocation,
+    metrics: Arc<Metrics>,
+) {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut app) => {
+            if let Err(e) = copied {
+                tracing::debug!(%peer, error = %e, "upgraded connection ended");
+            }
+        }
+        () = revocation.revoked() => {
+            metrics.revoked_connections.inc();
+            tracing::info!(%peer, "SVID revoked: upgraded connection closed");
         }
     }
 }

@@ -727,3 +727,60 @@ fn without_an_svid_the_proxy_is_alive_but_not_ready() {
         1.0
     );
 }
+
+#[test]
+fn http_upgrades_are_spliced_through() {
+    let Some(python) = zt_testkit::python("http_upgrades_are_spliced_through") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut app = Command::new(&python)
+        .arg(interop("upgrade_app.py"))
+        .arg(app_addr.port().to_string())
+        .spawn()
+        .unwrap();
+    wait_listening(app_addr, &mut app, "the upgrade app");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args([
+            "--app",
+            &app_addr.to_string(),
+            "--allow-spiffe-id",
+            "spiffe://example.org/*",
+        ])
+        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+    let out = Command::new(&python)
+        .arg(interop("upgrade_client.py"))
+        .args(["localhost", &inbound.port().to_string()])
+        .args([
+            pki.file("payment.crt"),
+            pki.file("payment.key"),
+            pki.file("bundle.pem"),
+        ])
+        .output()
+        .unwrap();
+    let text = succeed(&out, "upgrade_client.py");
+    assert_eq!(
+        text,
+        "HTTP/1.1 101 Switching Protocols\n\
+         hello spiffe://example.org/ns/production/sa/payment-service\n\
+         ping over the upgraded connection\n"
+    );
+}
