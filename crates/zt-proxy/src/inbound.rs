@@ -43,6 +43,18 @@ pub struct InboundConfig {
     pub strip_headers: Vec<HeaderName>,
     /// TLS 1.3 only, or 1.2 as well.
     pub versions: TlsVersions,
+    /// What the app speaks.
+    pub app_protocol: AppProtocol,
+}
+
+/// The protocol between the proxy and the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (any caller's HTTP/2 is translated).
+    #[default]
+    Http1,
+    /// HTTP/2 in cleartext, with prior knowledge: gRPC apps.
+    H2c,
 }
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -56,7 +68,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .http2_only(config.app_protocol == AppProtocol::H2c)
+        .build_http();
     let mut acceptors = Acceptors::new(identity, config.versions);
     loop {
         let accepted = tokio::select! {
@@ -319,8 +333,11 @@ async fn forward(
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
     };
-    // The app always speaks HTTP/1.1 here; an HTTP/2 caller's :authority becomes Host.
-    parts.version = http::Version::HTTP_11;
+    // An HTTP/2 caller's :authority becomes Host for an HTTP/1.1 app.
+    parts.version = match config.app_protocol {
+        AppProtocol::Http1 => http::Version::HTTP_11,
+        AppProtocol::H2c => http::Version::HTTP_2,
+    };
     if let Some(authority) = authority
         && !parts.headers.contains_key(http::header::HOST)
         && let Ok(host) = HeaderValue::from_str(&authority)
@@ -424,8 +441,10 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, configured: &[HeaderName]
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names
-/// apply to one connection only: they are not forwarded.
+/// apply to one connection only: they are not forwarded. `TE: trailers` is kept:
+/// it says the client takes trailers, which gRPC needs end to end.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers.get(http::header::TE).is_some_and(|te| te == "trailers");
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -446,6 +465,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         "upgrade",
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use identity::IdentitySource;
-pub use inbound::InboundConfig;
+pub use inbound::{AppProtocol, InboundConfig};
 
 /// How `zt proxy` runs.
 pub struct ProxyConfig {

@@ -65,6 +65,9 @@ struct ProxyArgs {
     /// The local app, plaintext HTTP/1.1.
     #[arg(long)]
     app: std::net::SocketAddr,
+    /// What the app speaks: http1, or h2c (HTTP/2 in cleartext, for gRPC apps).
+    #[arg(long, value_enum, default_value_t = AppProtocolArg::Http1)]
+    app_protocol: AppProtocolArg,
     /// The admin port: /healthz, /readyz (ready once the proxy holds an SVID), /metrics.
     #[arg(long, default_value = "127.0.0.1:15020")]
     admin: std::net::SocketAddr,
@@ -602,6 +605,13 @@ struct SvidVerifyJwt {
     /// The audience this verifier identifies with.
     #[arg(long)]
     audience: String,
+}
+
+/// `--app-protocol`.
+#[derive(Clone, Copy, ValueEnum)]
+enum AppProtocolArg {
+    Http1,
+    H2c,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

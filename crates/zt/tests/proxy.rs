@@ -784,3 +784,70 @@ fn http_upgrades_are_spliced_through() {
          ping over the upgraded connection\n"
     );
 }
+
+#[test]
+fn grpc_reaches_an_h2c_app_with_status_and_trailers() {
+    let Some(python) = zt_testkit::python("grpc_reaches_an_h2c_app_with_status_and_trailers") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut app = Command::new(&python)
+        .arg(interop("grpc_app.py"))
+        .arg(app_addr.port().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut listening = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(app.stdout.take().unwrap()),
+        &mut listening,
+    )
+    .unwrap();
+    assert_eq!(listening, "listening\n");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--app", &app_addr.to_string(), "--app-protocol", "h2c"])
+        .args([
+            "--allow-spiffe-id",
+            "spiffe://example.org/ns/production/sa/payment-service",
+        ])
+        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+    let out = Command::new(&python)
+        .arg(interop("grpc_client.py"))
+        .arg(format!("localhost:{}", inbound.port()))
+        .args([
+            pki.file("payment.crt"),
+            pki.file("payment.key"),
+            pki.file("bundle.pem"),
+        ])
+        .output()
+        .unwrap();
+    let result: Value = serde_json::from_str(&succeed(&out, "grpc_client.py")).unwrap();
+    let hello = result["hello"].as_str().unwrap();
+    assert!(
+        hello.starts_with("hello from By=spiffe://example.org/billing;Hash="),
+        "{result}"
+    );
+    assert!(
+        hello.ends_with(";URI=spiffe://example.org/ns/production/sa/payment-service"),
+        "{result}"
+    );
+    assert_eq!(result["fail"], "PERMISSION_DENIED: the app says no");
+}

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
 use zt_proxy::peers::AllowList;
-use zt_proxy::{IdentitySource, InboundConfig, ProxyConfig};
+use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
 
-use crate::ProxyArgs;
+use crate::{AppProtocolArg, ProxyArgs};
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -40,6 +40,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             app: args.app,
             allow,
             strip_headers,
+            app_protocol: match args.app_protocol {
+                AppProtocolArg::Http1 => AppProtocol::Http1,
+                AppProtocolArg::H2c => AppProtocol::H2c,
+            },
             versions: if args.tls12 {
                 TlsVersions::Tls12AndTls13
             } else {
