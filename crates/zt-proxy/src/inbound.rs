@@ -45,6 +45,37 @@ pub struct InboundConfig {
     pub versions: TlsVersions,
     /// What the app speaks.
     pub app_protocol: AppProtocol,
+    /// Limits that protect the proxy and the app from one client.
+    pub limits: Limits,
+}
+
+/// Limits per connection and request; a client that breaks one gets the HTTP
+/// status for it, or its connection closed, and nobody else notices.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open inbound connections at most; more are closed at accept.
+    pub max_connections: usize,
+    /// Request headers at most (HTTP/1.1), else 431.
+    pub max_headers: usize,
+    /// Bytes of request head at most, else 431.
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this (slowloris; also the idle
+    /// keep-alive limit between requests), else the connection is closed.
+    pub header_timeout: Duration,
+    /// Request body bytes at most, if set, else 413.
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_body_bytes: None,
+        }
+    }
 }
 
 /// The protocol between the proxy and the app.
@@ -57,7 +88,10 @@ pub enum AppProtocol {
     H2c,
 }
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Errors of bodies in either direction.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BodyError>;
+type AppClient = Client<HttpConnector, ProxyBody>;
 
 /// Serves `listener` until `stop`.
 pub async fn serve(
@@ -68,10 +102,11 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+    let client: AppClient = Client::builder(TokioExecutor::new())
         .http2_only(config.app_protocol == AppProtocol::H2c)
         .build_http();
     let mut acceptors = Acceptors::new(identity, config.versions);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -83,6 +118,10 @@ pub async fn serve(
                 tracing::warn!(error = %e, "inbound accept failed");
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.refuse("connection_limit");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let Some((acceptor, own)) = acceptors.current() else {
@@ -98,6 +137,7 @@ pub async fn serve(
         });
         let updates = acceptors.identity.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(reason) = connection(tcp, peer_addr, acceptor, updates, context).await {
                 tracing::info!(peer = %peer_addr, reason, "inbound connection refused");
             }
@@ -149,7 +189,7 @@ fn build_acceptor(identity: &Identity, versions: TlsVersions) -> Result<TlsAccep
 struct Context {
     own: Arc<Identity>,
     config: Arc<InboundConfig>,
-    client: Client<HttpConnector, Incoming>,
+    client: AppClient,
     metrics: Arc<Metrics>,
 }
 
@@ -230,7 +270,20 @@ async fn connection(
             }
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let limits = context.config.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
     tokio::select! {
@@ -306,7 +359,7 @@ async fn forward(
     mut request: Request<Incoming>,
     peer: &Peer,
     config: &InboundConfig,
-    client: &Client<HttpConnector, Incoming>,
+    client: &AppClient,
 ) -> Response<ProxyBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -353,6 +406,24 @@ async fn forward(
         parts.headers.insert(http::header::UPGRADE, protocol.clone());
     }
     parts.headers.insert(XFCC, peer.xfcc.clone());
+    let body = match config.limits.max_body_bytes {
+        Some(max) => {
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > max) {
+                tracing::info!(target: "zt::access", peer = %peer.id, %method, path, status = 413, "body over the limit");
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "zt proxy: request body too large\n",
+                );
+            }
+            let limit = usize::try_from(max).unwrap_or(usize::MAX);
+            http_body_util::Limited::new(body, limit).boxed()
+        }
+        None => body.map_err(Into::into).boxed(),
+    };
     let response = client.request(Request::from_parts(parts, body)).await;
     match response {
         Ok(mut response) => {
@@ -378,7 +449,7 @@ async fn forward(
                     .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
                 parts.headers.insert(http::header::UPGRADE, protocol);
             }
-            Response::from_parts(parts, body.boxed())
+            Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
         Err(e) => {
             tracing::warn!(target: "zt::access", peer = %peer.id, %method, path, status = 502, error = %e, "app unreachable");

@@ -81,6 +81,22 @@ struct ProxyArgs {
     /// Accept TLS 1.2 as well as 1.3.
     #[arg(long)]
     tls12: bool,
+    /// Open inbound connections at most; more are closed at accept.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Request headers at most (else 431).
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
+    /// Bytes of request head at most (else 431).
+    #[arg(long, default_value_t = 65_536)]
+    max_header_bytes: usize,
+    /// Time for a request's head to arrive, also the idle time allowed between
+    /// requests (slow clients are disconnected).
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    request_header_timeout: Duration,
+    /// Request body bytes at most (else 413); unlimited if not set.
+    #[arg(long)]
+    max_request_body: Option<u64>,
     /// The proxy's SVID chain, PEM, for development (with --key and --bundle; reloaded on change).
     #[arg(long, requires_all = ["key", "bundle"])]
     cert: Option<PathBuf>,

@@ -851,3 +851,198 @@ fn grpc_reaches_an_h2c_app_with_status_and_trailers() {
     );
     assert_eq!(result["fail"], "PERMISSION_DENIED: the app says no");
 }
+
+/// A TLS client presenting `client`'s SVID (rustls, through zt-tls).
+fn tls_connect(
+    pki: &Pki,
+    client: &str,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use std::sync::Arc;
+    let chain =
+        zt_identity::x509::certificates_from_pem(&fs::read(pki.file(&format!("{client}.crt"))).unwrap())
+            .unwrap();
+    let key = zt_identity::x509::private_key_from_pem(&fs::read(pki.file(&format!("{client}.key"))).unwrap())
+        .unwrap();
+    let mut bundles = zt_identity::BundleSet::default();
+    bundles.insert(zt_identity::Bundle::parse(&fs::read(pki.file("bundle.pem")).unwrap(), None).unwrap());
+    let config = zt_tls::client_config(
+        chain,
+        key,
+        Arc::new(bundles),
+        zt_tls::PeerMatcher::Any,
+        zt_tls::TlsVersions::Tls13,
+    )
+    .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // Finish the handshake now: a refused handshake shows as an error here.
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            break;
+        }
+    }
+    tls
+}
+
+/// Sends `raw` on a fresh mTLS connection as the payment service and returns the
+/// status line of the answer, or "closed" if the proxy closed without one.
+fn raw_exchange(pki: &Pki, addr: SocketAddr, raw: &[u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut tls = tls_connect(pki, "payment", addr);
+    let _ = tls.write_all(raw);
+    let _ = tls.flush();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("closed")
+        .to_owned()
+}
+
+#[test]
+fn limits_and_smuggling_attempts_are_refused_and_others_served() {
+    let Some(python) = zt_testkit::python("limits_and_smuggling_attempts_are_refused_and_others_served")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut app = Command::new(&python)
+        .arg(interop("echo_app.py"))
+        .arg(app_addr.port().to_string())
+        .spawn()
+        .unwrap();
+    wait_listening(app_addr, &mut app, "the echo app");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args([
+            "--app",
+            &app_addr.to_string(),
+            "--allow-spiffe-id",
+            "spiffe://example.org/*",
+        ])
+        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .args(["--max-request-headers", "20", "--max-header-bytes", "8192"])
+        .args([
+            "--request-header-timeout",
+            "1s",
+            "--max-request-body",
+            "1000",
+            "--max-connections",
+            "4",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+    let good = || {
+        raw_exchange(
+            &pki,
+            inbound,
+            b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    };
+    assert_eq!(good(), "HTTP/1.1 200 OK");
+
+    let many_headers: String = (0..30).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let big_header = format!("X-Big: {}\r\n", "a".repeat(10_000));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "Transfer-Encoding that is not chunked",
+            "POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nabc".into(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "two different Content-Lengths",
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde".into(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "too many headers",
+            format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many_headers}Connection: close\r\n\r\n"),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            "a header over the size limit",
+            format!("GET / HTTP/1.1\r\nHost: localhost\r\n{big_header}Connection: close\r\n\r\n"),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            "a body over the limit",
+            format!("POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}", "b".repeat(5000)),
+            "HTTP/1.1 413 Payload Too Large",
+        ),
+        (
+            "a head that never ends (slowloris)",
+            "GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".into(),
+            "closed",
+        ),
+    ];
+    for (what, raw, expected) in &cases {
+        assert_eq!(raw_exchange(&pki, inbound, raw.as_bytes()), *expected, "{what}");
+        assert_eq!(good(), "HTTP/1.1 200 OK", "a good client after: {what}");
+    }
+
+    // Content-Length with Transfer-Encoding, then a smuggled request on the same
+    // connection: the body is read as chunked (RFC 9112 §6.1), the Content-Length
+    // dropped, and the connection closed after the one answer, so the smuggled
+    // request is never read, let alone sent to the app.
+    {
+        use std::io::{Read as _, Write as _};
+        let mut tls = tls_connect(&pki, "payment", inbound);
+        tls.write_all(
+            b"GET /first HTTP/1.1\r\nHost: localhost\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n\
+              0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+        assert!(
+            answer.contains("\"path\": \"/first\"") && !answer.contains("smuggled"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("content-length\": [\"44"),
+            "the app saw the Content-Length: {answer}"
+        );
+    }
+
+    // The connection cap: four idle connections held, a fifth is closed at once.
+    use std::io::Read as _;
+    let held: Vec<_> = (0..4).map(|_| tls_connect(&pki, "payment", inbound)).collect();
+    let mut fifth = tls_connect(&pki, "payment", inbound);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        fifth.read(&mut buf).unwrap_or(0),
+        0,
+        "the fifth connection was served"
+    );
+    assert!(metric(admin, "zt_proxy_refused_total{reason=\"connection_limit\"}") >= 1.0);
+    drop(held);
+    let start = Instant::now();
+    while good() != "HTTP/1.1 200 OK" {
+        assert!(start.elapsed() < DEADLINE, "connections never freed");
+        std::thread::sleep(POLL);
+    }
+}

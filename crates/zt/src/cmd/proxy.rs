@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
+use zt_proxy::inbound::Limits;
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
@@ -40,6 +41,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             app: args.app,
             allow,
             strip_headers,
+            limits: Limits {
+                max_connections: args.max_connections,
+                max_headers: args.max_request_headers,
+                max_header_bytes: args.max_header_bytes,
+                header_timeout: args.request_header_timeout,
+                max_body_bytes: args.max_request_body,
+            },
             app_protocol: match args.app_protocol {
                 AppProtocolArg::Http1 => AppProtocol::Http1,
                 AppProtocolArg::H2c => AppProtocol::H2c,
