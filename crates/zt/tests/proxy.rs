@@ -1046,3 +1046,115 @@ fn limits_and_smuggling_attempts_are_refused_and_others_served() {
         std::thread::sleep(POLL);
     }
 }
+
+/// Runs sslyze (with the payment service's client SVID) against `addr`; returns
+/// its scan result.
+fn sslyze(python: &Path, pki: &Pki, addr: SocketAddr, dir: &Path) -> Value {
+    let sslyze = python.with_file_name("sslyze");
+    let report = dir.join(format!("sslyze-{}.json", addr.port()));
+    let out = Command::new(&sslyze)
+        .args([
+            "--cert",
+            &pki.file("payment.crt"),
+            "--key",
+            &pki.file("payment.key"),
+        ])
+        .args(["--mozilla_config", "disable", "--quiet"])
+        .args([
+            "--sslv2",
+            "--sslv3",
+            "--tlsv1",
+            "--tlsv1_1",
+            "--tlsv1_2",
+            "--tlsv1_3",
+            "--reneg",
+        ])
+        .arg(format!("--json_out={}", report.display()))
+        .arg(format!("localhost:{}", addr.port()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sslyze: {}", describe(&out));
+    let doc: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let server = &doc["server_scan_results"][0];
+    assert_eq!(server["scan_status"], "COMPLETED", "{server}");
+    server["scan_result"].clone()
+}
+
+fn accepted_suites(scan: &Value, protocol: &str) -> Vec<String> {
+    let result = &scan[protocol];
+    assert_eq!(result["status"], "COMPLETED", "{protocol}: {result}");
+    result["result"]["accepted_cipher_suites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["cipher_suite"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn sslyze_finds_nothing_below_tls_1_2_and_no_weak_cipher() {
+    let Some(python) = zt_testkit::python("sslyze_finds_nothing_below_tls_1_2_and_no_weak_cipher") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    // The default (TLS 1.3 only) and --tls12.
+    for extra in [&[][..], &["--tls12"][..]] {
+        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args([
+                "proxy",
+                "--inbound",
+                &inbound.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(["--app", "127.0.0.1:1", "--allow-spiffe-id", "*"])
+            .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+            .args(["--bundle", &pki.file("bundle.pem")])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_ready(admin, &mut proxy);
+        let _proxy = Running(proxy);
+        let scan = sslyze(&python, &pki, inbound, dir.path());
+        for old in [
+            "ssl_2_0_cipher_suites",
+            "ssl_3_0_cipher_suites",
+            "tls_1_0_cipher_suites",
+            "tls_1_1_cipher_suites",
+        ] {
+            assert!(
+                accepted_suites(&scan, old).is_empty(),
+                "{extra:?}: {old} accepted"
+            );
+        }
+        let tls13 = accepted_suites(&scan, "tls_1_3_cipher_suites");
+        assert!(!tls13.is_empty(), "{extra:?}: no TLS 1.3");
+        let tls12 = accepted_suites(&scan, "tls_1_2_cipher_suites");
+        if extra.is_empty() {
+            assert!(tls12.is_empty(), "TLS 1.2 accepted without --tls12: {tls12:?}");
+        } else {
+            assert!(!tls12.is_empty(), "--tls12 accepted no TLS 1.2 suite");
+        }
+        // Strong only: forward secrecy (ECDHE) and AEAD, in both versions.
+        for suite in tls12.iter().chain(&tls13) {
+            let strong = suite.starts_with("TLS_AES_")
+                || suite.starts_with("TLS_CHACHA20_")
+                || (suite.starts_with("TLS_ECDHE_")
+                    && (suite.contains("_GCM_") || suite.contains("CHACHA20_POLY1305")));
+            assert!(strong, "{extra:?}: weak suite {suite}");
+        }
+        let renegotiation = &scan["session_renegotiation"]["result"];
+        assert_eq!(
+            renegotiation["is_vulnerable_to_client_renegotiation_dos"], false,
+            "{renegotiation}"
+        );
+        assert_eq!(
+            renegotiation["client_renegotiations_success_count"], 0,
+            "{renegotiation}"
+        );
+    }
+}
