@@ -10,25 +10,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Bytes, Incoming};
+use http::header::{HeaderName, HeaderValue};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use zt_identity::SpiffeId;
 use zt_tls::{PeerMatcher, TlsVersions};
 
 use crate::admin::{Metrics, Status, Transport};
+use crate::forward::{Peer, forward};
 use crate::identity::{Identity, IdentityWatch};
 use crate::peers::AllowList;
 
-/// The header the app reads the caller's identity from.
-pub const XFCC: &str = "x-forwarded-client-cert";
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +42,8 @@ pub struct InboundConfig {
     pub versions: TlsVersions,
     /// What the app speaks.
     pub app_protocol: AppProtocol,
+    /// Whether plaintext is accepted too.
+    pub mode: Mode,
     /// Limits that protect the proxy and the app from one client.
     pub limits: Limits,
 }
@@ -78,6 +77,18 @@ impl Default for Limits {
     }
 }
 
+/// Istio's PeerAuthentication modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// mTLS only.
+    #[default]
+    Strict,
+    /// mTLS, and plaintext on the same port (told apart by the first byte: a TLS
+    /// handshake record starts with 0x16), counted and logged: the migration path,
+    /// watch who still talks plaintext before turning strict on.
+    Permissive,
+}
+
 /// The protocol between the proxy and the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AppProtocol {
@@ -90,8 +101,8 @@ pub enum AppProtocol {
 
 /// Errors of bodies in either direction.
 type BodyError = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = BoxBody<Bytes, BodyError>;
-type AppClient = Client<HttpConnector, ProxyBody>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
+pub(crate) type AppClient = Client<HttpConnector, ProxyBody>;
 
 /// Serves `listener` until `stop`.
 pub async fn serve(
@@ -203,6 +214,24 @@ async fn connection(
     context: Arc<Context>,
 ) -> Result<(), String> {
     let metrics = &context.metrics;
+    if context.config.mode == Mode::Permissive && !starts_with_tls(&tcp, metrics).await? {
+        metrics
+            .connections
+            .get_or_create(&Transport {
+                transport: "plaintext",
+            })
+            .inc();
+        tracing::warn!(target: "zt::access", peer = %peer_addr, "plaintext connection accepted (permissive mode)");
+        let peer = Arc::new(Peer {
+            name: "plaintext".into(),
+            addr: peer_addr,
+            allowed: true,
+            xfcc: None,
+            revocation: None,
+            metrics: metrics.clone(),
+        });
+        return serve_http(TokioIo::new(tcp), peer, context, None).await;
+    }
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -225,7 +254,7 @@ async fn connection(
     let serial = zt_identity::x509::summarize(leaf)
         .map_err(|e| e.to_string())?
         .serial;
-    let mut revocation = Revocation {
+    let revocation = Revocation {
         updates,
         serial: Arc::new(serial),
     };
@@ -244,13 +273,42 @@ async fn connection(
     ))
     .map_err(|e| e.to_string())?;
     let peer = Arc::new(Peer {
-        id: peer_id.clone(),
+        name: peer_id.to_string(),
         addr: peer_addr,
         allowed,
-        xfcc,
-        revocation: revocation.clone(),
+        xfcc: Some(xfcc),
+        revocation: Some(revocation.clone()),
         metrics: metrics.clone(),
     });
+    serve_http(TokioIo::new(tls), peer, context, Some(revocation)).await
+}
+
+/// Whether the client's first byte opens a TLS handshake record.
+async fn starts_with_tls(tcp: &TcpStream, metrics: &Metrics) -> Result<bool, String> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) => Err("closed before sending anything".into()),
+        Ok(Ok(_)) => Ok(first[0] == 0x16),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            metrics.refuse("timeout");
+            Err("sent nothing".into())
+        }
+    }
+}
+
+/// HTTP on an established connection until either side closes or, for an mTLS
+/// peer, its SVID is revoked.
+async fn serve_http<IO>(
+    io: TokioIo<IO>,
+    peer: Arc<Peer>,
+    context: Arc<Context>,
+    revocation: Option<Revocation>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let name = peer.name.clone();
     let service = {
         let context = context.clone();
         hyper::service::service_fn(move |request| {
@@ -284,21 +342,24 @@ async fn connection(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
+    let Some(mut revocation) = revocation else {
+        return served.await.map_err(|e| format!("HTTP: {e}"));
+    };
     tokio::select! {
         result = &mut served => result.map_err(|e| format!("HTTP: {e}")),
         () = revocation.revoked() => {
             // Dropping the connection closes it, in-flight requests included.
-            metrics.revoked_connections.inc();
-            Err(format!("{peer_id}'s SVID was revoked: connection closed"))
+            context.metrics.revoked_connections.inc();
+            Err(format!("{name}'s SVID was revoked: connection closed"))
         }
     }
 }
 
 /// Watches for the revocation of one peer's SVID.
 #[derive(Clone)]
-struct Revocation {
+pub(crate) struct Revocation {
     updates: IdentityWatch,
     serial: Arc<Vec<u8>>,
 }
@@ -313,7 +374,7 @@ impl Revocation {
 
     /// Completes when the serial is revoked; never, once updates have ended
     /// (the proxy is stopping and serves its connections out).
-    async fn revoked(&mut self) {
+    pub(crate) async fn revoked(&mut self) {
         loop {
             if self.updates.changed().await.is_err() {
                 return std::future::pending().await;
@@ -342,236 +403,5 @@ fn handshake_failure(e: &std::io::Error) -> &'static str {
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         _ if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
         _ => "other",
-    }
-}
-
-/// A verified caller.
-struct Peer {
-    id: SpiffeId,
-    addr: SocketAddr,
-    allowed: bool,
-    xfcc: HeaderValue,
-    revocation: Revocation,
-    metrics: Arc<Metrics>,
-}
-
-async fn forward(
-    mut request: Request<Incoming>,
-    peer: &Peer,
-    config: &InboundConfig,
-    client: &AppClient,
-) -> Response<ProxyBody> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    if !peer.allowed {
-        tracing::info!(target: "zt::access", peer = %peer.id, addr = %peer.addr, %method, path, status = 403, "denied: not on the allow-list");
-        return plain(
-            StatusCode::FORBIDDEN,
-            "zt proxy: the caller's SPIFFE ID is not allowed\n",
-        );
-    }
-    // An HTTP/1.1 upgrade (WebSocket, …): the Upgrade and Connection headers go to
-    // the app, and after its 101 the two connections are spliced.
-    let upgrade = upgrade_protocol(&request);
-    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
-    let authority = parts.uri.authority().map(|a| a.to_string());
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(config.app.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
-    };
-    // An HTTP/2 caller's :authority becomes Host for an HTTP/1.1 app.
-    parts.version = match config.app_protocol {
-        AppProtocol::Http1 => http::Version::HTTP_11,
-        AppProtocol::H2c => http::Version::HTTP_2,
-    };
-    if let Some(authority) = authority
-        && !parts.headers.contains_key(http::header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&authority)
-    {
-        parts.headers.insert(http::header::HOST, host);
-    }
-    strip_identity_headers(&mut parts.headers, &config.strip_headers);
-    remove_hop_by_hop(&mut parts.headers);
-    if let Some(protocol) = &upgrade {
-        parts
-            .headers
-            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(http::header::UPGRADE, protocol.clone());
-    }
-    parts.headers.insert(XFCC, peer.xfcc.clone());
-    let body = match config.limits.max_body_bytes {
-        Some(max) => {
-            let declared = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > max) {
-                tracing::info!(target: "zt::access", peer = %peer.id, %method, path, status = 413, "body over the limit");
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "zt proxy: request body too large\n",
-                );
-            }
-            let limit = usize::try_from(max).unwrap_or(usize::MAX);
-            http_body_util::Limited::new(body, limit).boxed()
-        }
-        None => body.map_err(Into::into).boxed(),
-    };
-    let response = client.request(Request::from_parts(parts, body)).await;
-    match response {
-        Ok(mut response) => {
-            let status = response.status();
-            tracing::info!(target: "zt::access", peer = %peer.id, addr = %peer.addr, %method, path, status = status.as_u16());
-            let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-            let app_upgrade = response.headers().get(http::header::UPGRADE).cloned();
-            if let (true, Some(client_side)) = (switching, client_side) {
-                let app_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice(
-                    client_side,
-                    app_side,
-                    peer.id.clone(),
-                    peer.revocation.clone(),
-                    peer.metrics.clone(),
-                ));
-            }
-            let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            if let (true, Some(protocol)) = (switching, app_upgrade) {
-                parts
-                    .headers
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
-                parts.headers.insert(http::header::UPGRADE, protocol);
-            }
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
-        }
-        Err(e) => {
-            tracing::warn!(target: "zt::access", peer = %peer.id, %method, path, status = 502, error = %e, "app unreachable");
-            plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n")
-        }
-    }
-}
-
-/// The protocol an HTTP/1.1 request asks to upgrade to: `Connection: upgrade`
-/// and an `Upgrade` header.
-fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
-    let asks = request
-        .headers()
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = request.headers().get(http::header::UPGRADE)?;
-    (asks && request.version() == http::Version::HTTP_11).then(|| protocol.clone())
-}
-
-/// Copies bytes both ways between the upgraded client and app connections, until
-/// either closes or the peer's SVID is revoked.
-async fn splice(
-    client: hyper::upgrade::OnUpgrade,
-    app: hyper::upgrade::OnUpgrade,
-    peer: SpiffeId,
-    mut revocation: Revocation,
-    metrics: Arc<Metrics>,
-) {
-    let (client, app) = match tokio::try_join!(client, app) {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut app) => {
-            if let Err(e) = copied {
-                tracing::debug!(%peer, error = %e, "upgraded connection ended");
-            }
-        }
-        () = revocation.revoked() => {
-            metrics.revoked_connections.inc();
-            tracing::info!(%peer, "SVID revoked: upgraded connection closed");
-        }
-    }
-}
-
-/// Removes every header a client could use to claim an identity: XFCC itself and
-/// the configured ones (`X-Client-CN`, …), each in all its occurrences.
-pub fn strip_identity_headers(headers: &mut HeaderMap, configured: &[HeaderName]) {
-    headers.remove(XFCC);
-    for name in configured {
-        headers.remove(name);
-    }
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names
-/// apply to one connection only: they are not forwarded. `TE: trailers` is kept:
-/// it says the client takes trailers, which gRPC needs end to end.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let trailers = headers.get(http::header::TE).is_some_and(|te| te == "trailers");
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
-    if trailers {
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_and_hop_by_hop_headers_do_not_reach_the_app() {
-        let mut headers = HeaderMap::new();
-        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/admin"));
-        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/root"));
-        headers.insert("x-client-cn", HeaderValue::from_static("admin"));
-        headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
-        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        headers.insert("accept", HeaderValue::from_static("*/*"));
-        strip_identity_headers(&mut headers, &[HeaderName::from_static("x-client-cn")]);
-        remove_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1, "{headers:?}");
-        assert!(headers.contains_key("accept"));
     }
 }

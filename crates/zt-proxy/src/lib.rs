@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod forward;
 pub mod identity;
 pub mod inbound;
 pub mod peers;

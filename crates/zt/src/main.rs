@@ -81,6 +81,10 @@ struct ProxyArgs {
     /// Accept TLS 1.2 as well as 1.3.
     #[arg(long)]
     tls12: bool,
+    /// strict: mTLS only. permissive: plaintext too on the same port, counted and
+    /// logged (Istio's PeerAuthentication modes; for migrating callers).
+    #[arg(long, value_enum, default_value_t = ModeArg::Strict)]
+    mode: ModeArg,
     /// Open inbound connections at most; more are closed at accept.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -621,6 +625,13 @@ struct SvidVerifyJwt {
     /// The audience this verifier identifies with.
     #[arg(long)]
     audience: String,
+}
+
+/// `zt proxy --mode`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Strict,
+    Permissive,
 }
 
 /// `--app-protocol`.

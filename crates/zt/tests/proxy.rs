@@ -1158,3 +1158,89 @@ fn sslyze_finds_nothing_below_tls_1_2_and_no_weak_cipher() {
         );
     }
 }
+
+#[test]
+fn permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it() {
+    let Some(python) = zt_testkit::python("permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut app = Command::new(&python)
+        .arg(interop("echo_app.py"))
+        .arg(app_addr.port().to_string())
+        .spawn()
+        .unwrap();
+    wait_listening(app_addr, &mut app, "the echo app");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--app", &app_addr.to_string(), "--mode", "permissive"])
+        .args([
+            "--allow-spiffe-id",
+            "spiffe://example.org/ns/production/sa/payment-service",
+        ])
+        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+
+    // Plaintext, from Python requests, with a forged XFCC: served, without any XFCC.
+    let script = "import requests, sys; r = requests.get(sys.argv[1], headers={'X-Forwarded-Client-Cert': 'URI=spiffe://example.org/admin'}, timeout=10); print(r.status_code); print(r.text)";
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            &format!("http://127.0.0.1:{}/legacy", inbound.port()),
+        ])
+        .output()
+        .unwrap();
+    let text = succeed(&out, "plaintext request");
+    let (status, body) = text.split_once('\n').unwrap();
+    assert_eq!(status, "200");
+    let seen: Value = serde_json::from_str(body.trim()).unwrap();
+    assert!(seen["headers"].get("x-forwarded-client-cert").is_none(), "{seen}");
+
+    // mTLS on the same port still carries the verified identity.
+    let url = format!("https://localhost:{}/", inbound.port());
+    let out = Command::new(&python)
+        .arg(interop("requests_client.py"))
+        .args([
+            &url,
+            &pki.file("payment.crt"),
+            &pki.file("payment.key"),
+            &pki.file("bundle.pem"),
+        ])
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_str(&succeed(&out, "requests_client.py")).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        answer["body"]
+            .as_str()
+            .unwrap()
+            .contains("URI=spiffe://example.org/ns/production/sa/payment-service")
+    );
+
+    assert_eq!(
+        metric(admin, "zt_proxy_connections_total{transport=\"plaintext\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(admin, "zt_proxy_connections_total{transport=\"mtls\"}"),
+        1.0
+    );
+}

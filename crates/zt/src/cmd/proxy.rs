@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
-use zt_proxy::inbound::Limits;
+use zt_proxy::inbound::{Limits, Mode};
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
 
-use crate::{AppProtocolArg, ProxyArgs};
+use crate::{AppProtocolArg, ModeArg, ProxyArgs};
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +47,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 max_header_bytes: args.max_header_bytes,
                 header_timeout: args.request_header_timeout,
                 max_body_bytes: args.max_request_body,
+            },
+            mode: match args.mode {
+                ModeArg::Strict => Mode::Strict,
+                ModeArg::Permissive => Mode::Permissive,
             },
             app_protocol: match args.app_protocol {
                 AppProtocolArg::Http1 => AppProtocol::Http1,
