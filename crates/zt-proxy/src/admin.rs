@@ -53,6 +53,10 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// Open connections closed because the peer's SVID was revoked.
     pub revoked_connections: Counter,
+    /// Outbound mTLS connections established.
+    pub outbound_connections: Counter,
+    /// Outbound connections that failed, by reason.
+    pub outbound_failed: Family<Refusal, Counter>,
 }
 
 impl Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
             requests: Family::default(),
             request_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             revoked_connections: Counter::default(),
+            outbound_connections: Counter::default(),
+            outbound_failed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -88,12 +94,27 @@ impl Metrics {
             "Open connections closed because the peer's SVID was revoked",
             metrics.revoked_connections.clone(),
         );
+        registry.register(
+            "outbound_connections",
+            "Outbound mTLS connections established",
+            metrics.outbound_connections.clone(),
+        );
+        registry.register(
+            "outbound_failed",
+            "Outbound connections that failed, by reason",
+            metrics.outbound_failed.clone(),
+        );
         Self { registry, ..metrics }
     }
 
     /// Counts a refused connection.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&Refusal { reason }).inc();
+    }
+
+    /// Counts a failed outbound connection.
+    pub fn refuse_outbound(&self, reason: &'static str) {
+        self.outbound_failed.get_or_create(&Refusal { reason }).inc();
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {

@@ -38,8 +38,6 @@ pub struct InboundConfig {
     pub allow: AllowList,
     /// Headers removed from every request before the app sees it, besides XFCC.
     pub strip_headers: Vec<HeaderName>,
-    /// TLS 1.3 only, or 1.2 as well.
-    pub versions: TlsVersions,
     /// What the app speaks.
     pub app_protocol: AppProtocol,
     /// Whether plaintext is accepted too.
@@ -109,6 +107,7 @@ pub async fn serve(
     listener: TcpListener,
     identity: IdentityWatch,
     config: InboundConfig,
+    versions: TlsVersions,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -116,7 +115,7 @@ pub async fn serve(
     let client: AppClient = Client::builder(TokioExecutor::new())
         .http2_only(config.app_protocol == AppProtocol::H2c)
         .build_http();
-    let mut acceptors = Acceptors::new(identity, config.versions);
+    let mut acceptors = Acceptors::new(identity, versions);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     loop {
         let accepted = tokio::select! {

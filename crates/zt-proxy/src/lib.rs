@@ -3,7 +3,10 @@
 //! SPIFFE ID, without changing the workload.
 //!
 //! - [`identity`]: the proxy's own SVID and bundle (Workload API or files), hot;
-//! - [`inbound`]: mTLS in, plaintext HTTP to the app, verified identity in XFCC;
+//! - [`inbound`]: mTLS in (plaintext too in permissive mode), limits, revocation;
+//! - [`forward`]: one request to the app, verified identity in XFCC;
+//! - [`outbound`]: plaintext from the app, mTLS to an upstream with an expected ID;
+//! - [`admin`]: health, readiness, metrics;
 //! - [`peers`]: the allow-list of SPIFFE IDs.
 
 #![forbid(unsafe_code)]
@@ -12,6 +15,7 @@ pub mod admin;
 pub mod forward;
 pub mod identity;
 pub mod inbound;
+pub mod outbound;
 pub mod peers;
 
 use std::future::Future;
@@ -23,15 +27,19 @@ use tokio::sync::watch;
 
 pub use identity::IdentitySource;
 pub use inbound::{AppProtocol, InboundConfig};
+pub use outbound::Upstream;
+use zt_tls::TlsVersions;
 
 /// How `zt proxy` runs.
 pub struct ProxyConfig {
     /// Where the identity comes from.
     pub identity: IdentitySource,
-    /// The inbound mTLS listener.
-    pub inbound: SocketAddr,
-    /// The inbound side's settings.
-    pub inbound_config: InboundConfig,
+    /// The inbound mTLS listener and its settings, if the proxy fronts an app.
+    pub inbound: Option<(SocketAddr, InboundConfig)>,
+    /// Outbound routes from local plaintext ports to mTLS upstreams.
+    pub outbound: Vec<Upstream>,
+    /// TLS 1.3 only, or 1.2 as well, both ways.
+    pub versions: TlsVersions,
     /// The admin port: health, readiness, metrics.
     pub admin: SocketAddr,
 }
@@ -62,21 +70,45 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
             .await
             .map_err(|source| ProxyError::Bind { flag, addr, source })
     };
-    let listener = bind("--inbound", config.inbound).await?;
     let admin_listener = bind("--admin", config.admin).await?;
     let metrics = Arc::new(admin::Metrics::new());
     let (stop, stop_rx) = watch::channel(false);
-    tracing::info!(inbound = %config.inbound, app = %config.inbound_config.app, admin = %config.admin, "zt proxy started");
-    let inbound = tokio::spawn(inbound::serve(
-        listener,
-        identity.clone(),
-        config.inbound_config,
-        metrics.clone(),
-        stop_rx.clone(),
-    ));
-    let admin = tokio::spawn(admin::serve(admin_listener, identity, metrics, stop_rx));
+    let mut tasks = Vec::new();
+    if let Some((addr, inbound_config)) = config.inbound {
+        let listener = bind("--inbound", addr).await?;
+        tracing::info!(inbound = %addr, app = %inbound_config.app, "serving inbound mTLS");
+        tasks.push(tokio::spawn(inbound::serve(
+            listener,
+            identity.clone(),
+            inbound_config,
+            config.versions,
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for upstream in config.outbound {
+        let listener = bind("--upstream", upstream.listen).await?;
+        tracing::info!(listen = %upstream.listen, target = %upstream.target, expect = %upstream.expect, "serving outbound");
+        tasks.push(tokio::spawn(outbound::serve(
+            listener,
+            upstream,
+            identity.clone(),
+            config.versions,
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(admin::serve(
+        admin_listener,
+        identity,
+        metrics,
+        stop_rx,
+    )));
+    tracing::info!(admin = %config.admin, "zt proxy started");
     shutdown.await;
     stop.send_replace(true);
-    let _ = tokio::join!(inbound, admin);
+    for task in tasks {
+        let _ = task.await;
+    }
     Ok(())
 }

@@ -62,9 +62,14 @@ struct ProxyArgs {
     /// The inbound mTLS listener.
     #[arg(long, default_value = "0.0.0.0:15006")]
     inbound: std::net::SocketAddr,
-    /// The local app, plaintext HTTP/1.1.
+    /// The local app (plaintext) that the inbound side fronts; without it, no inbound listener.
+    #[arg(long, required_unless_present = "upstream")]
+    app: Option<std::net::SocketAddr>,
+    /// An outbound route, LISTEN,TARGET,SPIFFE_ID (repeatable): the app connects in
+    /// plaintext to LISTEN, the proxy connects with mTLS to TARGET and requires its
+    /// SVID to be SPIFFE_ID. E.g. 127.0.0.1:15001,billing:15006,spiffe://example.org/billing
     #[arg(long)]
-    app: std::net::SocketAddr,
+    upstream: Vec<zt_proxy::Upstream>,
     /// What the app speaks: http1, or h2c (HTTP/2 in cleartext, for gRPC apps).
     #[arg(long, value_enum, default_value_t = AppProtocolArg::Http1)]
     app_protocol: AppProtocolArg,
@@ -72,7 +77,7 @@ struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:15020")]
     admin: std::net::SocketAddr,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
-    #[arg(long = "allow-spiffe-id", required = true)]
+    #[arg(long = "allow-spiffe-id", required_unless_present = "upstream")]
     allow_spiffe_id: Vec<String>,
     /// Headers a client could forge its identity with, removed before the app sees
     /// a request (repeatable; x-forwarded-client-cert always is).

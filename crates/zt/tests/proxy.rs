@@ -1244,3 +1244,63 @@ fn permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it() {
         1.0
     );
 }
+
+#[test]
+fn outbound_originates_mtls_and_checks_the_upstream_id() {
+    let Some(setup) = Setup::start("outbound_originates_mtls_and_checks_the_upstream_id") else {
+        return;
+    };
+    let pki = &setup.pki;
+    let good: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let wrong: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let target = format!("localhost:{}", setup.inbound.port());
+    // The payment service's sidecar: outbound only.
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["proxy", "--admin", &admin.to_string()])
+        .args([
+            "--upstream",
+            &format!("{good},{target},spiffe://example.org/billing"),
+        ])
+        .args([
+            "--upstream",
+            &format!("{wrong},{target},spiffe://example.org/not-billing"),
+        ])
+        .args([
+            "--cert",
+            &pki.file("payment.crt"),
+            "--key",
+            &pki.file("payment.key"),
+        ])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+
+    // The app speaks plaintext HTTP to its sidecar; billing's app sees who called.
+    let get = |addr: SocketAddr| {
+        let script = "import requests, sys\ntry:\n  r = requests.get(sys.argv[1], timeout=10); print(r.status_code); print(r.text)\nexcept requests.exceptions.RequestException as e:\n  print('error'); print(type(e).__name__)";
+        let out = Command::new(&setup.python)
+            .args(["-c", script, &format!("http://{addr}/via-sidecar")])
+            .output()
+            .unwrap();
+        succeed(&out, "plaintext request to the sidecar")
+    };
+    let answer = get(good);
+    let (status, body) = answer.split_once('\n').unwrap();
+    assert_eq!(status, "200", "{answer}");
+    let seen: Value = serde_json::from_str(body.trim()).unwrap();
+    let xfcc = seen["headers"]["x-forwarded-client-cert"][0].as_str().unwrap();
+    assert!(
+        xfcc.ends_with("URI=spiffe://example.org/ns/production/sa/payment-service"),
+        "{xfcc}"
+    );
+    assert_eq!(metric(admin, "zt_proxy_outbound_connections_total"), 1.0);
+
+    // An upstream that does not present the expected SPIFFE ID gets nothing.
+    let refused = get(wrong);
+    assert!(refused.starts_with("error"), "{refused}");
+    assert!(metric(admin, "zt_proxy_outbound_failed_total{reason=\"handshake\"}") >= 1.0);
+}

@@ -33,35 +33,48 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
         }),
     };
+    let inbound = match args.app {
+        Some(app) => {
+            anyhow::ensure!(
+                !args.allow_spiffe_id.is_empty(),
+                "--allow-spiffe-id is required with --app: without it nobody could connect"
+            );
+            Some((
+                args.inbound,
+                InboundConfig {
+                    app,
+                    allow,
+                    strip_headers,
+                    limits: Limits {
+                        max_connections: args.max_connections,
+                        max_headers: args.max_request_headers,
+                        max_header_bytes: args.max_header_bytes,
+                        header_timeout: args.request_header_timeout,
+                        max_body_bytes: args.max_request_body,
+                    },
+                    mode: match args.mode {
+                        ModeArg::Strict => Mode::Strict,
+                        ModeArg::Permissive => Mode::Permissive,
+                    },
+                    app_protocol: match args.app_protocol {
+                        AppProtocolArg::Http1 => AppProtocol::Http1,
+                        AppProtocolArg::H2c => AppProtocol::H2c,
+                    },
+                },
+            ))
+        }
+        None => None,
+    };
     let config = ProxyConfig {
         identity,
-        inbound: args.inbound,
-        admin: args.admin,
-        inbound_config: InboundConfig {
-            app: args.app,
-            allow,
-            strip_headers,
-            limits: Limits {
-                max_connections: args.max_connections,
-                max_headers: args.max_request_headers,
-                max_header_bytes: args.max_header_bytes,
-                header_timeout: args.request_header_timeout,
-                max_body_bytes: args.max_request_body,
-            },
-            mode: match args.mode {
-                ModeArg::Strict => Mode::Strict,
-                ModeArg::Permissive => Mode::Permissive,
-            },
-            app_protocol: match args.app_protocol {
-                AppProtocolArg::Http1 => AppProtocol::Http1,
-                AppProtocolArg::H2c => AppProtocol::H2c,
-            },
-            versions: if args.tls12 {
-                TlsVersions::Tls12AndTls13
-            } else {
-                TlsVersions::Tls13
-            },
+        inbound,
+        outbound: args.upstream,
+        versions: if args.tls12 {
+            TlsVersions::Tls12AndTls13
+        } else {
+            TlsVersions::Tls13
         },
+        admin: args.admin,
     };
     super::init_logging("info");
     super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;
