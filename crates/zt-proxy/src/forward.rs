@@ -65,8 +65,9 @@ pub(crate) async fn forward(
     };
     // An HTTP/2 caller's :authority becomes Host for an HTTP/1.1 app.
     parts.version = match config.app_protocol {
-        AppProtocol::Http1 => http::Version::HTTP_11,
         AppProtocol::H2c => http::Version::HTTP_2,
+        // Opaque TCP never gets here.
+        AppProtocol::Http1 | AppProtocol::Tcp => http::Version::HTTP_11,
     };
     if let Some(authority) = authority
         && !parts.headers.contains_key(http::header::HOST)

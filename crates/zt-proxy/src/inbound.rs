@@ -95,6 +95,9 @@ pub enum AppProtocol {
     Http1,
     /// HTTP/2 in cleartext, with prior knowledge: gRPC apps.
     H2c,
+    /// Opaque TCP: after the handshake (and the allow-list), bytes are relayed
+    /// as they are; no headers, so the app learns nothing of the caller.
+    Tcp,
 }
 
 /// Errors of bodies in either direction.
@@ -229,7 +232,7 @@ async fn connection(
             revocation: None,
             metrics: metrics.clone(),
         });
-        return serve_http(TokioIo::new(tcp), peer, context, None).await;
+        return serve_connection(tcp, peer, context, None).await;
     }
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -279,7 +282,63 @@ async fn connection(
         revocation: Some(revocation.clone()),
         metrics: metrics.clone(),
     });
-    serve_http(TokioIo::new(tls), peer, context, Some(revocation)).await
+    serve_connection(tls, peer, context, Some(revocation)).await
+}
+
+/// The app's protocol decides: HTTP, or opaque TCP.
+async fn serve_connection<IO>(
+    io: IO,
+    peer: Arc<Peer>,
+    context: Arc<Context>,
+    revocation: Option<Revocation>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match context.config.app_protocol {
+        AppProtocol::Tcp => serve_tcp(io, peer, context, revocation).await,
+        AppProtocol::Http1 | AppProtocol::H2c => {
+            serve_http(TokioIo::new(io), peer, context, revocation).await
+        }
+    }
+}
+
+/// Opaque TCP: an allowed peer's bytes go to the app and back until either side
+/// closes or, for an mTLS peer, its SVID is revoked.
+async fn serve_tcp<IO>(
+    mut io: IO,
+    peer: Arc<Peer>,
+    context: Arc<Context>,
+    revocation: Option<Revocation>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = &context.metrics;
+    if !peer.allowed {
+        metrics.refuse("not_allowed");
+        tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, "denied: not on the allow-list (tcp)");
+        return Err(format!("{} is not on the allow-list", peer.name));
+    }
+    let mut app = TcpStream::connect(context.config.app)
+        .await
+        .map_err(|e| format!("app {}: {e}", context.config.app))?;
+    let _ = app.set_nodelay(true);
+    tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, "tcp connection to the app");
+    let relay = tokio::io::copy_bidirectional(&mut io, &mut app);
+    let revoked = async {
+        match revocation {
+            Some(mut revocation) => revocation.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        copied = relay => copied.map(drop).map_err(|e| format!("tcp relay: {e}")),
+        () = revoked => {
+            metrics.revoked_connections.inc();
+            Err(format!("{}'s SVID was revoked: connection closed", peer.name))
+        }
+    }
 }
 
 /// Whether the client's first byte opens a TLS handshake record.

@@ -70,7 +70,8 @@ struct ProxyArgs {
     /// SVID to be SPIFFE_ID. E.g. 127.0.0.1:15001,billing:15006,spiffe://example.org/billing
     #[arg(long)]
     upstream: Vec<zt_proxy::Upstream>,
-    /// What the app speaks: http1, or h2c (HTTP/2 in cleartext, for gRPC apps).
+    /// What the app speaks: http1, h2c (HTTP/2 in cleartext, for gRPC apps), or tcp
+    /// (opaque: bytes relayed after the handshake and the allow-list, no headers).
     #[arg(long, value_enum, default_value_t = AppProtocolArg::Http1)]
     app_protocol: AppProtocolArg,
     /// The admin port: /healthz, /readyz (ready once the proxy holds an SVID), /metrics.
@@ -644,6 +645,7 @@ enum ModeArg {
 enum AppProtocolArg {
     Http1,
     H2c,
+    Tcp,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1304,3 +1304,62 @@ fn outbound_originates_mtls_and_checks_the_upstream_id() {
     assert!(refused.starts_with("error"), "{refused}");
     assert!(metric(admin, "zt_proxy_outbound_failed_total{reason=\"handshake\"}") >= 1.0);
 }
+
+#[test]
+fn opaque_tcp_is_relayed_for_allowed_peers_only() {
+    use std::io::{Read as _, Write as _};
+    let Some(python) = zt_testkit::python("opaque_tcp_is_relayed_for_allowed_peers_only") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let echo = "import socket, sys, threading\n\
+                def serve(c):\n  with c:\n    while d := c.recv(4096): c.sendall(d.upper())\n\
+                s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n\
+                while True: threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()";
+    let mut app = Command::new(&python)
+        .args(["-c", echo, &app_addr.port().to_string()])
+        .spawn()
+        .unwrap();
+    wait_listening(app_addr, &mut app, "the TCP echo app");
+    let _app = Running(app);
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--app", &app_addr.to_string(), "--app-protocol", "tcp"])
+        .args([
+            "--allow-spiffe-id",
+            "spiffe://example.org/ns/production/sa/payment-service",
+        ])
+        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
+        .args(["--bundle", &pki.file("bundle.pem")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin, &mut proxy);
+    let _proxy = Running(proxy);
+
+    let mut allowed = tls_connect(&pki, "payment", inbound);
+    allowed.write_all(b"any protocol at all\n").unwrap();
+    let mut answer = [0u8; 20];
+    allowed.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"ANY PROTOCOL AT ALL\n");
+
+    let mut denied = tls_connect(&pki, "intruder", inbound);
+    let _ = denied.write_all(b"let me in\n");
+    let mut buf = Vec::new();
+    let _ = denied.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "the app answered an intruder: {buf:?}");
+    assert_eq!(
+        metric(admin, "zt_proxy_refused_total{reason=\"not_allowed\"}"),
+        1.0
+    );
+}

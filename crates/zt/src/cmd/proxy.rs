@@ -59,6 +59,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     app_protocol: match args.app_protocol {
                         AppProtocolArg::Http1 => AppProtocol::Http1,
                         AppProtocolArg::H2c => AppProtocol::H2c,
+                        AppProtocolArg::Tcp => AppProtocol::Tcp,
                     },
                 },
             ))
