@@ -1363,3 +1363,95 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only() {
         1.0
     );
 }
+
+/// Client certificates that are not acceptable SVIDs, signed by the trusted CA's
+/// own key (so only the SVID rules can refuse them), written next to the PKI as
+/// `<name>.crt` / `<name>.key`.
+fn write_bad_svids(pki: &Pki) -> Vec<&'static str> {
+    use rcgen::{CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    let ca_key = KeyPair::from_pem(&fs::read_to_string(pki.dir.join("ca/ca.key")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&fs::read_to_string(pki.dir.join("ca/ca.crt")).unwrap(), ca_key)
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let base = || {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::OrganizationName, "bad");
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://example.org/ns/production/sa/payment-service"
+                .try_into()
+                .unwrap(),
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::hours(1);
+        params
+    };
+    let mut cases: Vec<(&'static str, CertificateParams)> = Vec::new();
+    let mut expired = base();
+    expired.not_before = now - time::Duration::hours(3);
+    expired.not_after = now - time::Duration::hours(2);
+    cases.push(("expired", expired));
+    let mut early = base();
+    early.not_before = now + time::Duration::hours(2);
+    early.not_after = now + time::Duration::hours(3);
+    cases.push(("not-yet-valid", early));
+    let mut ca_flag = base();
+    ca_flag.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_flag.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+    cases.push(("ca-flagged", ca_flag));
+    let mut two_ids = base();
+    two_ids.subject_alt_names.push(SanType::URI(
+        "spiffe://example.org/ns/production/sa/admin".try_into().unwrap(),
+    ));
+    cases.push(("two-uri-sans", two_ids));
+    cases
+        .into_iter()
+        .map(|(name, params)| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            fs::write(pki.dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+            fs::write(pki.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn certificates_that_are_not_valid_svids_are_refused_and_counted() {
+    use std::io::{Read as _, Write as _};
+    let Some(setup) = Setup::start("certificates_that_are_not_valid_svids_are_refused_and_counted") else {
+        return;
+    };
+    let bad = write_bad_svids(&setup.pki);
+    for name in &bad {
+        let mut tls = tls_connect(&setup.pki, name, setup.inbound);
+        let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty(),
+            "{name}: answered {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // Python requests agrees: no answer, an SSL error.
+        let answer = setup.requests(name, "/", &[]);
+        assert!(answer.get("status").is_none(), "{name}: {answer}");
+    }
+    let refused = metric(
+        setup.admin,
+        "zt_proxy_refused_total{reason=\"invalid_certificate\"}",
+    );
+    assert_eq!(
+        refused,
+        (2 * bad.len()) as f64,
+        "each attempt counted as invalid_certificate"
+    );
+    assert!(setup.log().contains("TLS handshake"), "{}", setup.log());
+    assert_eq!(
+        setup.requests("payment", "/", &[])["status"],
+        200,
+        "the proxy serves on"
+    );
+}
