@@ -115,9 +115,11 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client: AppClient = Client::builder(TokioExecutor::new())
         .http2_only(config.app_protocol == AppProtocol::H2c)
-        .build_http();
+        .build(connector);
     let mut acceptors = Acceptors::new(identity, versions);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     loop {
