@@ -26,6 +26,8 @@ use crate::forward::{Peer, forward};
 use crate::identity::{Identity, IdentityWatch};
 use crate::peers::AllowList;
 
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -130,7 +132,9 @@ pub async fn serve(
         let (tcp, peer_addr) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
                 tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
