@@ -70,6 +70,50 @@ fn metric(admin: SocketAddr, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `python ARGS… PORT`: an app on a free loopback port, waited for until it listens.
+fn start_app(python: &Path, args: &[&str]) -> (SocketAddr, Running) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut child = Command::new(python)
+        .args(args)
+        .arg(addr.port().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(addr, &mut child, &format!("the app {args:?}"));
+    (addr, Running(child))
+}
+
+/// `EXE proxy --inbound … --admin …` on free loopback ports, to be given the
+/// rest of its flags; start it with [`spawn_ready`].
+fn proxy_command(exe: &Path) -> (Command, SocketAddr, SocketAddr) {
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    (command, inbound, admin)
+}
+
+/// Starts a proxy command and waits until it is ready.
+fn spawn_ready(mut command: Command, admin: SocketAddr) -> Running {
+    let mut child = command.spawn().unwrap();
+    wait_ready(admin, &mut child);
+    Running(child)
+}
+
+fn zt_exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_zt"))
+}
+
 /// A development CA with a server SVID for the proxy and client SVIDs.
 struct Pki {
     dir: PathBuf,
@@ -142,26 +186,11 @@ impl Setup {
         let python = zt_testkit::python(test)?;
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
-        let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut app = Command::new(&python)
-            .arg(interop("echo_app.py"))
-            .arg(app_addr.port().to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(app_addr, &mut app, "the echo app");
-        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let (app_addr, app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
         let log = dir.path().join("proxy.log");
-        let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args([
-                "proxy",
-                "--inbound",
-                &inbound.to_string(),
-                "--app",
-                &app_addr.to_string(),
-            ])
-            .args(["--admin", &admin.to_string()])
+        let (mut command, inbound, admin) = proxy_command(zt_exe());
+        command
+            .args(["--app", &app_addr.to_string()])
             .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
             .args(["--bundle", &pki.file("bundle.pem")])
             .args([
@@ -169,16 +198,13 @@ impl Setup {
                 "spiffe://example.org/ns/*/sa/payment-service",
             ])
             .args(["--strip-header", "X-Client-CN"])
-            .stdin(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_ready(admin, &mut proxy);
+            .stderr(fs::File::create(&log).unwrap());
+        let proxy = spawn_ready(command, admin);
         Some(Self {
             _dir: dir,
             pki,
-            _app: Running(app),
-            proxy: Running(proxy),
+            _app: app,
+            proxy,
             inbound,
             admin,
             log,
@@ -544,34 +570,16 @@ fn a_revoked_peer_is_cut_off_and_refused() {
         zt_identity::x509::hex(&zt_identity::x509::summarize(&client_leaf[0]).unwrap().serial);
 
     // The app, and the proxy with its identity from the Workload API.
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut app = Command::new(&python)
-        .arg(interop("echo_app.py"))
-        .arg(app_addr.port().to_string())
-        .spawn()
-        .unwrap();
-    wait_listening(app_addr, &mut app, "the echo app");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
     let log = dir.path().join("proxy.log");
-    let mut proxy = Command::new(&proxy_exe)
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--app",
-            &app_addr.to_string(),
-        ])
-        .args(["--admin", &admin.to_string()])
+    let (mut command, inbound, admin) = proxy_command(&proxy_exe);
+    command
+        .args(["--app", &app_addr.to_string()])
         .args(["--allow-spiffe-id", "spiffe://example.org/payment", "--socket"])
         .arg(&agent.socket)
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(fs::File::create(&log).unwrap());
     // Not ready until the Workload API gave the proxy its SVID.
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+    let _proxy = spawn_ready(command, admin);
     let bundle = client_file("bundle.0.pem");
     let request = || {
         let out = Command::new(&python)
@@ -735,24 +743,9 @@ fn http_upgrades_are_spliced_through() {
     };
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut app = Command::new(&python)
-        .arg(interop("upgrade_app.py"))
-        .arg(app_addr.port().to_string())
-        .spawn()
-        .unwrap();
-    wait_listening(app_addr, &mut app, "the upgrade app");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
+    let (app_addr, _app) = start_app(&python, &[interop("upgrade_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
         .args([
             "--app",
             &app_addr.to_string(),
@@ -760,12 +753,8 @@ fn http_upgrades_are_spliced_through() {
             "spiffe://example.org/*",
         ])
         .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        .args(["--bundle", &pki.file("bundle.pem")]);
+    let _proxy = spawn_ready(command, admin);
     let out = Command::new(&python)
         .arg(interop("upgrade_client.py"))
         .args(["localhost", &inbound.port().to_string()])
@@ -792,43 +781,18 @@ fn grpc_reaches_an_h2c_app_with_status_and_trailers() {
     };
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut app = Command::new(&python)
-        .arg(interop("grpc_app.py"))
-        .arg(app_addr.port().to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut listening = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(app.stdout.take().unwrap()),
-        &mut listening,
-    )
-    .unwrap();
-    assert_eq!(listening, "listening\n");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
+    let (app_addr, _app) = start_app(&python, &[interop("grpc_app.py").to_str().unwrap()]);
+
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
         .args(["--app", &app_addr.to_string(), "--app-protocol", "h2c"])
         .args([
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
         .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        .args(["--bundle", &pki.file("bundle.pem")]);
+    let _proxy = spawn_ready(command, admin);
     let out = Command::new(&python)
         .arg(interop("grpc_client.py"))
         .arg(format!("localhost:{}", inbound.port()))
@@ -914,24 +878,9 @@ fn limits_and_smuggling_attempts_are_refused_and_others_served() {
     };
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut app = Command::new(&python)
-        .arg(interop("echo_app.py"))
-        .arg(app_addr.port().to_string())
-        .spawn()
-        .unwrap();
-    wait_listening(app_addr, &mut app, "the echo app");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
         .args([
             "--app",
             &app_addr.to_string(),
@@ -948,12 +897,8 @@ fn limits_and_smuggling_attempts_are_refused_and_others_served() {
             "1000",
             "--max-connections",
             "4",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        ]);
+    let _proxy = spawn_ready(command, admin);
     let good = || {
         raw_exchange(
             &pki,
@@ -1100,25 +1045,13 @@ fn sslyze_finds_nothing_below_tls_1_2_and_no_weak_cipher() {
     let pki = Pki::new(dir.path());
     // The default (TLS 1.3 only) and --tls12.
     for extra in [&[][..], &["--tls12"][..]] {
-        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args([
-                "proxy",
-                "--inbound",
-                &inbound.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
+        let (mut command, inbound, admin) = proxy_command(zt_exe());
+        command
             .args(["--app", "127.0.0.1:1", "--allow-spiffe-id", "*"])
             .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
             .args(["--bundle", &pki.file("bundle.pem")])
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_ready(admin, &mut proxy);
-        let _proxy = Running(proxy);
+            .args(extra);
+        let _proxy = spawn_ready(command, admin);
         let scan = sslyze(&python, &pki, inbound, dir.path());
         for old in [
             "ssl_2_0_cipher_suites",
@@ -1167,36 +1100,17 @@ fn permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it() {
     };
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut app = Command::new(&python)
-        .arg(interop("echo_app.py"))
-        .arg(app_addr.port().to_string())
-        .spawn()
-        .unwrap();
-    wait_listening(app_addr, &mut app, "the echo app");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
         .args(["--app", &app_addr.to_string(), "--mode", "permissive"])
         .args([
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
         .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        .args(["--bundle", &pki.file("bundle.pem")]);
+    let _proxy = spawn_ready(command, admin);
 
     // Plaintext, from Python requests, with a forged XFCC: served, without any XFCC.
     let script = "import requests, sys; r = requests.get(sys.argv[1], headers={'X-Forwarded-Client-Cert': 'URI=spiffe://example.org/admin'}, timeout=10); print(r.status_code); print(r.text)";
@@ -1253,11 +1167,10 @@ fn outbound_originates_mtls_and_checks_the_upstream_id() {
     let pki = &setup.pki;
     let good: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let wrong: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let target = format!("localhost:{}", setup.inbound.port());
-    // The payment service's sidecar: outbound only.
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args(["proxy", "--admin", &admin.to_string()])
+    // The payment service's sidecar: outbound only (no --app, so no inbound listener).
+    let (mut command, _, admin) = proxy_command(zt_exe());
+    command
         .args([
             "--upstream",
             &format!("{good},{target},spiffe://example.org/billing"),
@@ -1272,12 +1185,8 @@ fn outbound_originates_mtls_and_checks_the_upstream_id() {
             "--key",
             &pki.file("payment.key"),
         ])
-        .args(["--bundle", &pki.file("bundle.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        .args(["--bundle", &pki.file("bundle.pem")]);
+    let _proxy = spawn_ready(command, admin);
 
     // The app speaks plaintext HTTP to its sidecar; billing's app sees who called.
     let get = |addr: SocketAddr| {
@@ -1313,39 +1222,21 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only() {
     };
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let echo = "import socket, sys, threading\n\
                 def serve(c):\n  with c:\n    while d := c.recv(4096): c.sendall(d.upper())\n\
                 s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n\
                 while True: threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()";
-    let mut app = Command::new(&python)
-        .args(["-c", echo, &app_addr.port().to_string()])
-        .spawn()
-        .unwrap();
-    wait_listening(app_addr, &mut app, "the TCP echo app");
-    let _app = Running(app);
-    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args([
-            "proxy",
-            "--inbound",
-            &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
+    let (app_addr, _app) = start_app(&python, &["-c", echo]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
         .args(["--app", &app_addr.to_string(), "--app-protocol", "tcp"])
         .args([
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
         .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(admin, &mut proxy);
-    let _proxy = Running(proxy);
+        .args(["--bundle", &pki.file("bundle.pem")]);
+    let _proxy = spawn_ready(command, admin);
 
     let mut allowed = tls_connect(&pki, "payment", inbound);
     allowed.write_all(b"any protocol at all\n").unwrap();
