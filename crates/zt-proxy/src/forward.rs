@@ -36,6 +36,7 @@ pub(crate) async fn forward(
     mut request: Request<Incoming>,
     peer: &Peer,
     config: &InboundConfig,
+    app: &http::uri::Authority,
     client: &AppClient,
 ) -> Response<ProxyBody> {
     let method = request.method().clone();
@@ -52,14 +53,18 @@ pub(crate) async fn forward(
     let upgrade = upgrade_protocol(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let authority = parts.uri.authority().map(|a| a.to_string());
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(config.app.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    {
+    let authority = parts.uri.authority().cloned();
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(app.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = match Uri::from_parts(target) {
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
     };
@@ -71,7 +76,7 @@ pub(crate) async fn forward(
     };
     if let Some(authority) = authority
         && !parts.headers.contains_key(http::header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&authority)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(http::header::HOST, host);
     }

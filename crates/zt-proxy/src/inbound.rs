@@ -123,6 +123,11 @@ pub async fn serve(
         .http2_only(config.app_protocol == AppProtocol::H2c)
         .build(connector);
     let mut acceptors = Acceptors::new(identity, versions);
+    // A socket address always forms a valid authority.
+    let Ok(app) = http::uri::Authority::try_from(config.app.to_string()) else {
+        tracing::error!(app = %config.app, "the app address is not a URI authority");
+        return;
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -151,6 +156,7 @@ pub async fn serve(
         let context = Arc::new(Context {
             own,
             config: config.clone(),
+            app: app.clone(),
             client: client.clone(),
             metrics: metrics.clone(),
         });
@@ -208,6 +214,8 @@ fn build_acceptor(identity: &Identity, versions: TlsVersions) -> Result<TlsAccep
 struct Context {
     own: Arc<Identity>,
     config: Arc<InboundConfig>,
+    /// The app's address as a URI authority, made once.
+    app: http::uri::Authority,
     client: AppClient,
     metrics: Arc<Metrics>,
 }
@@ -379,7 +387,7 @@ where
             let (peer, context) = (peer.clone(), context.clone());
             async move {
                 let started = std::time::Instant::now();
-                let response = forward(request, &peer, &context.config, &context.client).await;
+                let response = forward(request, &peer, &context.config, &context.app, &context.client).await;
                 let metrics = &context.metrics;
                 metrics.request_seconds.observe(started.elapsed().as_secs_f64());
                 metrics
