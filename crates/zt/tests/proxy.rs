@@ -167,6 +167,25 @@ impl Pki {
     fn file(&self, name: &str) -> String {
         self.dir.join(name).to_str().unwrap().to_owned()
     }
+
+    /// `--cert --key --bundle` for the proxy's development SVID (spiffe://example.org/billing).
+    fn proxy_identity(&self) -> [String; 6] {
+        [
+            "--cert",
+            "proxy.crt",
+            "--key",
+            "proxy.key",
+            "--bundle",
+            "bundle.pem",
+        ]
+        .map(|part| {
+            if part.starts_with("--") {
+                part.to_owned()
+            } else {
+                self.file(part)
+            }
+        })
+    }
 }
 
 /// The echo app, and `zt proxy` in front of it allowing the payment service.
@@ -191,8 +210,7 @@ impl Setup {
         let (mut command, inbound, admin) = proxy_command(zt_exe());
         command
             .args(["--app", &app_addr.to_string()])
-            .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-            .args(["--bundle", &pki.file("bundle.pem")])
+            .args(pki.proxy_identity())
             .args([
                 "--allow-spiffe-id",
                 "spiffe://example.org/ns/*/sa/payment-service",
@@ -752,8 +770,7 @@ fn http_upgrades_are_spliced_through() {
             "--allow-spiffe-id",
             "spiffe://example.org/*",
         ])
-        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")]);
+        .args(pki.proxy_identity());
     let _proxy = spawn_ready(command, admin);
     let out = Command::new(&python)
         .arg(interop("upgrade_client.py"))
@@ -790,8 +807,7 @@ fn grpc_reaches_an_h2c_app_with_status_and_trailers() {
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
-        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")]);
+        .args(pki.proxy_identity());
     let _proxy = spawn_ready(command, admin);
     let out = Command::new(&python)
         .arg(interop("grpc_client.py"))
@@ -887,8 +903,7 @@ fn limits_and_smuggling_attempts_are_refused_and_others_served() {
             "--allow-spiffe-id",
             "spiffe://example.org/*",
         ])
-        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")])
+        .args(pki.proxy_identity())
         .args(["--max-request-headers", "20", "--max-header-bytes", "8192"])
         .args([
             "--request-header-timeout",
@@ -1048,8 +1063,7 @@ fn sslyze_finds_nothing_below_tls_1_2_and_no_weak_cipher() {
         let (mut command, inbound, admin) = proxy_command(zt_exe());
         command
             .args(["--app", "127.0.0.1:1", "--allow-spiffe-id", "*"])
-            .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-            .args(["--bundle", &pki.file("bundle.pem")])
+            .args(pki.proxy_identity())
             .args(extra);
         let _proxy = spawn_ready(command, admin);
         let scan = sslyze(&python, &pki, inbound, dir.path());
@@ -1108,8 +1122,7 @@ fn permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it() {
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
-        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")]);
+        .args(pki.proxy_identity());
     let _proxy = spawn_ready(command, admin);
 
     // Plaintext, from Python requests, with a forged XFCC: served, without any XFCC.
@@ -1234,8 +1247,7 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only() {
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
         ])
-        .args(["--cert", &pki.file("proxy.crt"), "--key", &pki.file("proxy.key")])
-        .args(["--bundle", &pki.file("bundle.pem")]);
+        .args(pki.proxy_identity());
     let _proxy = spawn_ready(command, admin);
 
     let mut allowed = tls_connect(&pki, "payment", inbound);
