@@ -69,10 +69,8 @@ pub enum AgentError {
 }
 
 /// The ID `zt server` presents on its agent API in `trust_bundle`'s trust domain.
-pub fn server_id(trust_bundle: &Bundle) -> SpiffeId {
-    // The path is a constant; it always forms a valid ID.
+pub fn server_id(trust_bundle: &Bundle) -> Result<SpiffeId, zt_identity::SpiffeIdError> {
     SpiffeId::from_parts(trust_bundle.trust_domain(), "/zt/server")
-        .unwrap_or_else(|_| trust_bundle.trust_domain().id())
 }
 
 /// Runs the agent until `shutdown` completes.

@@ -331,7 +331,7 @@ impl Node {
                     continue;
                 }
                 in_flight.insert(entry.id.clone());
-                signing.spawn(sign(client.clone(), entry));
+                signing.spawn(sign(client.clone(), entry, self.cache.bundle().cloned()));
             }
             let deadline = [self.cache.next_deadline(now), failed.values().min().copied()]
                 .into_iter()
@@ -475,7 +475,14 @@ impl Node {
 }
 
 /// Has the server sign an SVID for `entry`, for a fresh key.
-async fn sign(mut client: AgentClient<Channel>, entry: Entry) -> (Entry, Result<X509Material, Status>) {
+/// Has the server sign an SVID for `entry`, for a fresh key, and checks what comes
+/// back before any workload sees it: it verifies against `bundle`, names the
+/// entry's SPIFFE ID, and certifies the key the agent made.
+async fn sign(
+    mut client: AgentClient<Channel>,
+    entry: Entry,
+    bundle: Option<Arc<Bundle>>,
+) -> (Entry, Result<X509Material, Status>) {
     let result = async {
         let (key_pem, csr) = zt_ca::key_and_csr().map_err(|e| Status::internal(e.to_string()))?;
         let signed_at = now();
@@ -487,14 +494,38 @@ async fn sign(mut client: AgentClient<Channel>, entry: Entry) -> (Entry, Result<
             .await?
             .into_inner();
         let chain: Vec<CertificateDer<'static>> = svid.cert_chain.into_iter().map(Into::into).collect();
+        let bundle = bundle.ok_or_else(|| Status::internal("no bundle to verify the SVID with"))?;
+        let verified = zt_identity::verify_x509_svid(
+            &chain,
+            bundle.as_ref(),
+            rustls::pki_types::UnixTime::now(),
+            zt_identity::Purpose::ClientAuth,
+        )
+        .map_err(|e| Status::internal(format!("the SVID signed for entry {}: {e}", entry.id)))?;
+        if verified.spiffe_id().to_string() != entry.spiffe_id {
+            return Err(Status::internal(format!(
+                "the SVID signed for entry {} names {}, not {}",
+                entry.id,
+                verified.spiffe_id(),
+                entry.spiffe_id
+            )));
+        }
         let leaf = chain
             .first()
             .ok_or_else(|| Status::internal("the server sent an empty chain"))?;
         let summary = zt_identity::x509::summarize(leaf).map_err(|e| Status::internal(e.to_string()))?;
         let key = zt_identity::x509::private_key_from_pem(key_pem.as_bytes()).map_err(Status::internal)?;
+        let certified =
+            zt_identity::x509::subject_public_key(leaf).map_err(|e| Status::internal(e.to_string()))?;
+        if zt_ca::public_key_of(&key).map_err(|e| Status::internal(e.to_string()))? != certified {
+            return Err(Status::internal(format!(
+                "the SVID signed for entry {} certifies another key",
+                entry.id
+            )));
+        }
         let life = summary.not_after.saturating_sub(signed_at);
         Ok(X509Material {
-            spiffe_id: svid.spiffe_id,
+            spiffe_id: entry.spiffe_id.clone(),
             chain,
             key_pkcs8: key.secret_der().to_vec(),
             // As the server lists revoked serials: lowercase hex, no separators.

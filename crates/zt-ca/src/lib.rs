@@ -580,6 +580,25 @@ mod tests {
     }
 
     #[test]
+    fn crls_list_the_serials_and_only_their_issuer_is_believed() -> Result<(), Box<dyn std::error::Error>> {
+        let other = ca()?;
+        let ca = ca()?;
+        let serials = vec![(vec![0x41, 0x02, 0x03], NOW - 5), (vec![0x7f, 0xff], NOW - 1)];
+        let crl = ca.sign_crl(&serials, 7, NOW)?;
+        let listed = x509::crl_revoked_serials(&crl, &[ca.certificate().clone()])?;
+        assert_eq!(listed, vec![vec![0x41, 0x02, 0x03], vec![0x7f, 0xff]]);
+        // The same list is not believed on the word of another authority.
+        let refused = x509::crl_revoked_serials(&crl, &[other.certificate().clone()]);
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(x509::crl_revoked_serials(&crl[..crl.len() - 1], &[ca.certificate().clone()]).is_err());
+        // An empty list is a valid list.
+        assert!(
+            x509::crl_revoked_serials(&ca.sign_crl(&[], 8, NOW)?, &[ca.certificate().clone()])?.is_empty()
+        );
+        Ok(())
+    }
+
+    #[test]
     fn issued_svid_verifies_for_both_purposes() -> Result<(), Box<dyn std::error::Error>> {
         let ca = ca()?;
         let svid = ca.issue_x509_svid(

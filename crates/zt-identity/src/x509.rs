@@ -346,12 +346,6 @@ pub fn subject_key_identifier(der: &CertificateDer<'_>) -> Result<Option<Vec<u8>
         }))
 }
 
-/// The SubjectPublicKeyInfo of a certificate, DER: compare it with a signing key's
-/// public half to tell whether the key belongs to the certificate.
-pub fn subject_public_key_info(der: &CertificateDer<'_>) -> Result<Vec<u8>, X509SvidError> {
-    Ok(parse(der, 0)?.public_key().raw.to_vec())
-}
-
 /// Splits concatenated DER certificates (how the SPIFFE Workload API carries chains
 /// and bundles), each checked to parse. Bounded by the input's size: callers bound that.
 pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, X509SvidError> {

@@ -130,12 +130,8 @@ fn assemble(
         zt_identity::verify_x509_svid(&chain, bundles.as_ref(), now, zt_identity::Purpose::ServerAuth)
             .map_err(|e| format!("not a valid SVID for the bundle: {e}"))?;
     let leaf = chain.first().ok_or("no certificate")?;
-    let key_public = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("unusable private key: {e}"))?
-        .public_key()
-        .map(|spki| spki.as_ref().to_vec());
-    let cert_public = zt_identity::x509::subject_public_key_info(leaf).map_err(|e| e.to_string())?;
-    if key_public.is_some_and(|k| k != cert_public) {
+    let key_public = zt_ca::public_key_of(&key).map_err(|e| format!("unusable private key: {e}"))?;
+    if key_public != zt_identity::x509::subject_public_key(leaf).map_err(|e| e.to_string())? {
         return Err("the key does not belong to the certificate".into());
     }
     Ok(Identity {
@@ -224,8 +220,14 @@ async fn stream_identities(socket: &Path, tx: &watch::Sender<Option<Arc<Identity
         for crl in &update.crl {
             match zt_identity::x509::crl_revoked_serials(crl, bundle.x509_authorities()) {
                 Ok(serials) => revoked.extend(serials),
-                // Only a list its own authorities signed is believed.
-                Err(e) => tracing::error!(error = %e, "ignoring a revocation list from the Workload API"),
+                // Only a list its own authorities signed is believed; but not
+                // believing it must not un-revoke anything: what was revoked stays.
+                Err(e) => {
+                    tracing::error!(error = %e, "a revocation list from the Workload API does not verify; keeping the previous revocations");
+                    if let Some(previous) = tx.borrow().as_ref() {
+                        revoked.extend(previous.revoked.iter().cloned());
+                    }
+                }
             }
         }
         let mut bundles = BundleSet::default();

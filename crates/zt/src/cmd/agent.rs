@@ -35,7 +35,7 @@ pub fn run(args: AgentRun) -> anyhow::Result<ExitCode> {
     let config = AgentConfig {
         node: NodeConfig {
             server,
-            server_id: zt_agent::server_id(&trust_bundle),
+            server_id: zt_agent::server_id(&trust_bundle)?,
             join_token: args.join_token,
             join_token_file: args.join_token_file,
             data_dir: args.data_dir,

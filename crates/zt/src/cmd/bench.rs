@@ -376,7 +376,7 @@ async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
         zt_agent::AgentConfig {
             node: zt_agent::NodeConfig {
                 server: server.agent_addr,
-                server_id: zt_agent::server_id(&trust_bundle),
+                server_id: zt_agent::server_id(&trust_bundle)?,
                 join_token: Some(token),
                 join_token_file: None,
                 data_dir: dir.path().join("agent"),
