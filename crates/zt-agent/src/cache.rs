@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use zt_api::agent::{Entry, SyncResponse};
+use zt_api::agent::{Entry, RevokedId, SyncResponse};
 use zt_identity::{Bundle, TrustDomain};
 
 /// An X.509-SVID held for an entry, with its private key.
@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub bundle: Option<Arc<Bundle>>,
     /// Revocation lists (DER), one per authority, for the Workload API's `crl` field.
     pub crls: Arc<Vec<Vec<u8>>>,
+    /// The revoked SPIFFE IDs, sorted by ID, for the revocations feed.
+    pub revoked_ids: Arc<Vec<RevokedId>>,
 }
 
 /// The agent's working state.
@@ -80,6 +82,8 @@ pub struct Cache {
     revoked_ids: HashMap<String, u64>,
     bundle: Option<Arc<Bundle>>,
     crls: Arc<Vec<Vec<u8>>>,
+    /// As the server sent them, sorted by ID.
+    revoked_id_list: Arc<Vec<RevokedId>>,
 }
 
 impl Cache {
@@ -101,11 +105,13 @@ impl Cache {
         self.entries = sync.entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         self.svids.retain(|id, _| self.entries.contains_key(id));
         self.revoked_serials = sync.revoked_serials.into_iter().collect();
-        self.revoked_ids = sync
-            .revoked_ids
-            .into_iter()
-            .map(|r| (r.spiffe_id, u64::try_from(r.issued_before).unwrap_or(0)))
+        let mut revoked_ids = sync.revoked_ids;
+        revoked_ids.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id));
+        self.revoked_ids = revoked_ids
+            .iter()
+            .map(|r| (r.spiffe_id.clone(), u64::try_from(r.issued_before).unwrap_or(0)))
             .collect();
+        self.revoked_id_list = Arc::new(revoked_ids);
         self.crls = Arc::new(sync.crls);
         Ok(())
     }
@@ -180,6 +186,7 @@ impl Cache {
             identities: Arc::new(identities),
             bundle: self.bundle.clone(),
             crls: self.crls.clone(),
+            revoked_ids: self.revoked_id_list.clone(),
         }
     }
 

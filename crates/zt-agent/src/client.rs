@@ -9,6 +9,8 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
+use zt_api::agent::workload_revocations_client::WorkloadRevocationsClient;
+use zt_api::agent::{RevokedIds, WatchRevokedIdsRequest};
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -20,13 +22,14 @@ use crate::workload_api::SECURITY_HEADER;
 /// The environment variable naming the Workload API endpoint.
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 
-type Inner =
-    SpiffeWorkloadApiClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+type WithHeader = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
 
 /// A Workload API client over a Unix socket.
 #[derive(Clone)]
 pub struct WorkloadClient {
-    inner: Inner,
+    inner: SpiffeWorkloadApiClient<WithHeader>,
+    /// zt agent's revocations feed, on the same connection.
+    revocations: WorkloadRevocationsClient<WithHeader>,
 }
 
 /// The socket path of a `SPIFFE_ENDPOINT_SOCKET` value: `unix:///path` or `unix:/path`.
@@ -64,8 +67,19 @@ impl WorkloadClient {
         let channel = Endpoint::from_static("http://workload-api").connect_with_connector_lazy(connector);
         let interceptor: fn(Request<()>) -> Result<Request<()>, Status> = security_header;
         Ok(Self {
-            inner: SpiffeWorkloadApiClient::with_interceptor(channel, interceptor),
+            inner: SpiffeWorkloadApiClient::with_interceptor(channel.clone(), interceptor),
+            revocations: WorkloadRevocationsClient::with_interceptor(channel, interceptor),
         })
+    }
+
+    /// zt agent's stream of revoked SPIFFE IDs (`Unimplemented` from other agents).
+    pub async fn revoked_ids(&self) -> Result<Streaming<RevokedIds>, Status> {
+        Ok(self
+            .revocations
+            .clone()
+            .watch_revoked_ids(WatchRevokedIdsRequest {})
+            .await?
+            .into_inner())
     }
 
     /// The X.509-SVID stream.

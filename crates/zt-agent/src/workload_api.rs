@@ -12,6 +12,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use zt_api::agent::workload_revocations_server::WorkloadRevocations;
+use zt_api::agent::{RevokedIds, WatchRevokedIdsRequest};
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -225,12 +227,31 @@ fn jwt_bundles_view(snapshot: &Snapshot, workload: &Workload) -> View<JwtBundles
     })
 }
 
+fn revoked_ids_view(snapshot: &Snapshot, workload: &Workload) -> View<RevokedIds> {
+    with_bundle(snapshot, workload, |_| RevokedIds {
+        revoked_ids: snapshot.revoked_ids.to_vec(),
+    })
+}
+
 /// Bundles go to callers that have an identity here, as SPIRE does by default.
 fn with_bundle<T>(snapshot: &Snapshot, workload: &Workload, build: impl Fn(&Bundle) -> T) -> View<T> {
     match (matching(snapshot, workload), &snapshot.bundle) {
         (View::Ready(_), Some(bundle)) => View::Ready(build(bundle)),
         (View::Denied(why), _) => View::Denied(why),
         _ => View::Wait,
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadRevocations for WorkloadApi {
+    type WatchRevokedIdsStream = ResponseStream<RevokedIds>;
+
+    async fn watch_revoked_ids(
+        &self,
+        request: Request<WatchRevokedIdsRequest>,
+    ) -> Result<Response<Self::WatchRevokedIdsStream>, Status> {
+        let workload = self.caller(&request).await?;
+        Ok(Response::new(self.stream(workload, revoked_ids_view)))
     }
 }
 

@@ -3,7 +3,7 @@
 //! reloaded when they change. Every change is published whole on a watch channel;
 //! new handshakes use the newest identity, open connections keep theirs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,12 +31,30 @@ pub struct Identity {
     /// Serials (big-endian bytes) of revoked SVIDs, from the signed CRLs the
     /// Workload API pushes: peers presenting one are refused and cut off.
     pub revoked: Arc<HashSet<Vec<u8>>>,
+    /// SPIFFE ID → unix seconds: its SVIDs with an earlier notBefore are revoked
+    /// (`zt revoke --spiffe-id`), from zt agent's revocations feed.
+    pub revoked_ids: Arc<HashMap<String, u64>>,
+}
+
+/// What revocation looks at in a peer's SVID.
+#[derive(Debug)]
+pub struct PeerSvid {
+    /// Big-endian.
+    pub serial: Vec<u8>,
+    /// The verified SPIFFE ID.
+    pub spiffe_id: String,
+    /// notBefore, unix seconds.
+    pub not_before: u64,
 }
 
 impl Identity {
-    /// Whether a peer's certificate serial is revoked.
-    pub fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.revoked.contains(serial)
+    /// Whether a peer's SVID is revoked, by serial or by SPIFFE ID.
+    pub fn is_revoked(&self, peer: &PeerSvid) -> bool {
+        self.revoked.contains(&peer.serial)
+            || self
+                .revoked_ids
+                .get(&peer.spiffe_id)
+                .is_some_and(|cutoff| peer.not_before < *cutoff)
     }
 }
 
@@ -140,6 +158,7 @@ fn assemble(
         key,
         bundles,
         revoked: Arc::default(),
+        revoked_ids: Arc::default(),
     })
 }
 
@@ -197,47 +216,87 @@ async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<Option<Arc<Ident
     }
 }
 
-/// Follows one X.509-SVID stream, publishing each update's first SVID.
+/// Follows the X.509-SVID stream and, from zt agent, the revoked SPIFFE IDs,
+/// publishing an identity on every update of either. With the feed, nothing is
+/// published before its first answer: a revoked peer gets no window at start.
 async fn stream_identities(socket: &Path, tx: &watch::Sender<Option<Arc<Identity>>>) -> Result<(), String> {
     let client = zt_agent::client::WorkloadClient::new(socket)?;
-    let mut stream = client.x509_svids().await.map_err(|s| s.message().to_owned())?;
-    while let Some(update) = stream.message().await.map_err(|s| s.message().to_owned())? {
-        let Some(svid) = update.svids.first() else {
-            continue;
-        };
-        let chain = split_der(&svid.x509_svid)?;
-        let key =
-            PrivateKeyDer::try_from(svid.x509_svid_key.clone()).map_err(|e| format!("SVID key: {e}"))?;
-        let leaf_id = zt_identity::x509::summarize(chain.first().ok_or("empty SVID")?)
-            .map_err(|e| e.to_string())?
-            .spiffe_id
-            .map_err(|e| e.to_string())?;
-        let mut bundle = Bundle::new(leaf_id.trust_domain().clone());
-        for authority in split_der(&svid.bundle)? {
-            bundle.add_x509_authority(authority).map_err(|e| e.to_string())?;
+    let mut svids = client.x509_svids().await.map_err(|s| s.message().to_owned())?;
+    let mut feed = match client.revoked_ids().await {
+        Ok(feed) => Some(feed),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            tracing::warn!(
+                "the Workload API is not zt agent's: revocations by SPIFFE ID are not followed, only the serials of its CRLs"
+            );
+            None
         }
-        let mut revoked = HashSet::new();
-        for crl in &update.crl {
-            match zt_identity::x509::crl_revoked_serials(crl, bundle.x509_authorities()) {
-                Ok(serials) => revoked.extend(serials),
-                // Only a list its own authorities signed is believed; but not
-                // believing it must not un-revoke anything: what was revoked stays.
-                Err(e) => {
-                    tracing::error!(error = %e, "a revocation list from the Workload API does not verify; keeping the previous revocations");
-                    if let Some(previous) = tx.borrow().as_ref() {
-                        revoked.extend(previous.revoked.iter().cloned());
-                    }
+        Err(status) => return Err(status.message().to_owned()),
+    };
+    let mut revoked_ids: Option<Arc<HashMap<String, u64>>> = feed.is_none().then(Arc::default);
+    let mut last_svids = None;
+    loop {
+        tokio::select! {
+            update = svids.message() => {
+                let update = update.map_err(|s| s.message().to_owned())?;
+                last_svids = Some(update.ok_or("the Workload API ended the stream")?);
+            }
+            update = async { feed.as_mut()?.message().await.transpose() }, if feed.is_some() => {
+                let update = update
+                    .ok_or("the revocations feed ended")?
+                    .map_err(|s| s.message().to_owned())?;
+                let ids = update
+                    .revoked_ids
+                    .into_iter()
+                    .map(|r| (r.spiffe_id, u64::try_from(r.issued_before).unwrap_or(0)))
+                    .collect();
+                revoked_ids = Some(Arc::new(ids));
+            }
+        }
+        if let (Some(update), Some(revoked_ids)) = (&last_svids, &revoked_ids) {
+            let mut identity = identity_of(update, tx)?;
+            identity.revoked_ids = revoked_ids.clone();
+            tracing::info!(spiffe_id = %identity.spiffe_id, "identity from the Workload API");
+            tx.send_replace(Some(Arc::new(identity)));
+        }
+    }
+}
+
+/// The identity of an X.509-SVID update: its first SVID, the bundle, and the
+/// serials of the CRLs that verify.
+fn identity_of(
+    update: &zt_api::workload::X509svidResponse,
+    tx: &watch::Sender<Option<Arc<Identity>>>,
+) -> Result<Identity, String> {
+    let svid = update.svids.first().ok_or("the Workload API sent no SVID")?;
+    let chain = split_der(&svid.x509_svid)?;
+    let key = PrivateKeyDer::try_from(svid.x509_svid_key.clone()).map_err(|e| format!("SVID key: {e}"))?;
+    let leaf_id = zt_identity::x509::summarize(chain.first().ok_or("empty SVID")?)
+        .map_err(|e| e.to_string())?
+        .spiffe_id
+        .map_err(|e| e.to_string())?;
+    let mut bundle = Bundle::new(leaf_id.trust_domain().clone());
+    for authority in split_der(&svid.bundle)? {
+        bundle.add_x509_authority(authority).map_err(|e| e.to_string())?;
+    }
+    let mut revoked = HashSet::new();
+    for crl in &update.crl {
+        match zt_identity::x509::crl_revoked_serials(crl, bundle.x509_authorities()) {
+            Ok(serials) => revoked.extend(serials),
+            // Only a list its own authorities signed is believed; but not
+            // believing it must not un-revoke anything: what was revoked stays.
+            Err(e) => {
+                tracing::error!(error = %e, "a revocation list from the Workload API does not verify; keeping the previous revocations");
+                if let Some(previous) = tx.borrow().as_ref() {
+                    revoked.extend(previous.revoked.iter().cloned());
                 }
             }
         }
-        let mut bundles = BundleSet::default();
-        bundles.insert(bundle);
-        let mut identity = assemble(chain, key, Arc::new(bundles))?;
-        identity.revoked = Arc::new(revoked);
-        tracing::info!(spiffe_id = %identity.spiffe_id, "identity from the Workload API");
-        tx.send_replace(Some(Arc::new(identity)));
     }
-    Err("the Workload API ended the stream".into())
+    let mut bundles = BundleSet::default();
+    bundles.insert(bundle);
+    let mut identity = assemble(chain, key, Arc::new(bundles))?;
+    identity.revoked = Arc::new(revoked);
+    Ok(identity)
 }
 
 /// Splits concatenated DER certificates.

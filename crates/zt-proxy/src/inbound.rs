@@ -23,7 +23,7 @@ use zt_tls::{PeerMatcher, TlsVersions};
 
 use crate::admin::{Metrics, Status, Transport};
 use crate::forward::{Peer, forward};
-use crate::identity::{Identity, IdentityWatch};
+use crate::identity::{Identity, IdentityWatch, PeerSvid};
 use crate::peers::AllowList;
 
 /// Pause after a failed accept.
@@ -267,12 +267,14 @@ async fn connection(
         .ok_or("no peer certificate")?;
     let leaf_hash =
         zt_identity::x509::hex_compact(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref());
-    let serial = zt_identity::x509::summarize(leaf)
-        .map_err(|e| e.to_string())?
-        .serial;
+    let summary = zt_identity::x509::summarize(leaf).map_err(|e| e.to_string())?;
     let revocation = Revocation {
         updates,
-        serial: Arc::new(serial),
+        peer: Arc::new(PeerSvid {
+            serial: summary.serial,
+            spiffe_id: peer_id.to_string(),
+            not_before: summary.not_before,
+        }),
     };
     if revocation.is_revoked() {
         metrics.refuse("revoked");
@@ -433,7 +435,7 @@ where
 #[derive(Clone)]
 pub(crate) struct Revocation {
     updates: IdentityWatch,
-    serial: Arc<Vec<u8>>,
+    peer: Arc<PeerSvid>,
 }
 
 impl Revocation {
@@ -441,7 +443,7 @@ impl Revocation {
         self.updates
             .borrow()
             .as_ref()
-            .is_some_and(|i| i.is_revoked(&self.serial))
+            .is_some_and(|i| i.is_revoked(&self.peer))
     }
 
     /// Completes when the serial is revoked; never, once updates have ended

@@ -558,34 +558,44 @@ fn a_revoked_peer_is_cut_off_and_refused() {
         ok(&server, &args);
     }
 
-    // The client's SVID, fetched as the client executable.
-    let client_dir = dir.path().join("client-svid");
-    let start = Instant::now();
-    loop {
-        let out = Command::new(&client_exe)
-            .args([
-                "agent",
-                "api",
-                "fetch",
-                "x509",
-                "--write",
-                client_dir.to_str().unwrap(),
-                "--socket",
-            ])
-            .arg(&agent.socket)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break;
+    // The client's SVID, fetched as the client executable into `dir`, once its
+    // serial differs from `previous`: after a revocation the agent re-signs.
+    let fetch_client_svid = |dir: &Path, previous: Option<&str>| -> String {
+        let start = Instant::now();
+        loop {
+            let out = Command::new(&client_exe)
+                .args([
+                    "agent",
+                    "api",
+                    "fetch",
+                    "x509",
+                    "--write",
+                    dir.to_str().unwrap(),
+                    "--socket",
+                ])
+                .arg(&agent.socket)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                let leaf =
+                    zt_identity::x509::certificates_from_pem(&fs::read(dir.join("svid.0.pem")).unwrap())
+                        .unwrap();
+                let serial = zt_identity::x509::hex(&zt_identity::x509::summarize(&leaf[0]).unwrap().serial);
+                if previous != Some(serial.as_str()) {
+                    return serial;
+                }
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no new client SVID: {}",
+                describe(&out)
+            );
+            std::thread::sleep(POLL);
         }
-        assert!(start.elapsed() < DEADLINE, "no client SVID: {}", describe(&out));
-        std::thread::sleep(POLL);
-    }
-    let client_file = |name: &str| client_dir.join(name).to_str().unwrap().to_owned();
-    let client_leaf =
-        zt_identity::x509::certificates_from_pem(&fs::read(client_file("svid.0.pem")).unwrap()).unwrap();
-    let client_serial =
-        zt_identity::x509::hex(&zt_identity::x509::summarize(&client_leaf[0]).unwrap().serial);
+    };
+    let svid_files = |dir: &Path| {
+        ["svid.0.pem", "svid.0.key", "bundle.0.pem"].map(|name| dir.join(name).to_str().unwrap().to_owned())
+    };
 
     // The app, and the proxy with its identity from the Workload API.
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
@@ -598,61 +608,82 @@ fn a_revoked_peer_is_cut_off_and_refused() {
         .stderr(fs::File::create(&log).unwrap());
     // Not ready until the Workload API gave the proxy its SVID.
     let _proxy = spawn_ready(command, admin);
-    let bundle = client_file("bundle.0.pem");
-    let request = || {
+    let request = |files: &[String; 3]| {
         let out = Command::new(&python)
             .arg(interop("requests_client.py"))
             .arg(format!("https://localhost:{}/", inbound.port()))
-            .args([
-                client_file("svid.0.pem"),
-                client_file("svid.0.key"),
-                bundle.clone(),
-            ])
+            .args(files)
             .output()
             .unwrap();
         serde_json::from_str::<Value>(&succeed(&out, "requests_client.py")).unwrap()
     };
-    assert_eq!(request()["status"], 200, "{}", fs::read_to_string(&log).unwrap());
+    // A client holding a keep-alive connection with `files` has it closed when
+    // `revoke` runs; a new handshake with the same SVID then gets no answer.
+    let cut_off = |files: &[String; 3], revoke: &[&str]| {
+        assert_eq!(
+            request(files)["status"],
+            200,
+            "{}",
+            fs::read_to_string(&log).unwrap()
+        );
+        let mut holder = Command::new(&python)
+            .arg(interop("hold_connection.py"))
+            .args(["localhost", &inbound.port().to_string()])
+            .args(files)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+        let ready = lines.next().unwrap().unwrap();
+        assert_eq!(ready, "ready HTTP/1.1 200 OK");
+        let revoked_at = Instant::now();
+        ok(&server, revoke);
+        let closed = lines.next().unwrap().unwrap();
+        let elapsed = revoked_at.elapsed();
+        assert_eq!(closed, "closed", "after zt {revoke:?}");
+        eprintln!("zt {revoke:?} → open connection closed in {elapsed:?}");
+        assert!(wait_with_deadline(&mut holder).is_some());
+        let again = request(files);
+        assert!(
+            again.get("status").is_none(),
+            "a revoked SVID was served after zt {revoke:?}: {again}"
+        );
+    };
 
-    // A client holds a keep-alive connection; its SVID is revoked.
-    let mut holder = Command::new(&python)
-        .arg(interop("hold_connection.py"))
-        .args(["localhost", &inbound.port().to_string()])
-        .args([
-            client_file("svid.0.pem"),
-            client_file("svid.0.key"),
-            bundle.clone(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
-    let ready = lines.next().unwrap().unwrap();
-    assert_eq!(ready, "ready HTTP/1.1 200 OK");
-    let revoked_at = Instant::now();
-    ok(
-        &server,
-        &["revoke", "--serial", &client_serial, "--reason", "compromised"],
+    // Revoked by serial: the CRL the Workload API carries.
+    let first = dir.path().join("svid-1");
+    let first_serial = fetch_client_svid(&first, None);
+    cut_off(
+        &svid_files(&first),
+        &["revoke", "--serial", &first_serial, "--reason", "compromised"],
     );
-    let closed = lines.next().unwrap().unwrap();
-    let elapsed = revoked_at.elapsed();
-    assert_eq!(closed, "closed");
-    eprintln!("revocation → open connection closed in {elapsed:?}");
-    assert!(wait_with_deadline(&mut holder).is_some());
     let log_text = fs::read_to_string(&log).unwrap();
     assert!(
         log_text.contains("SVID was revoked: connection closed"),
         "{log_text}"
     );
 
-    // A new handshake with the revoked SVID gets no answer.
-    let again = request();
-    assert!(
-        again.get("status").is_none(),
-        "a revoked SVID was served: {again}"
+    // Revoked by SPIFFE ID: every SVID of the ID issued so far, serials unknown
+    // to the proxy; zt agent's revocations feed carries it.
+    let second = dir.path().join("svid-2");
+    let second_serial = fetch_client_svid(&second, Some(&first_serial));
+    cut_off(
+        &svid_files(&second),
+        &[
+            "revoke",
+            "--spiffe-id",
+            "spiffe://example.org/payment",
+            "--reason",
+            "key compromise",
+        ],
     );
-    assert_eq!(metric(admin, "zt_proxy_revoked_connections_total"), 1.0);
-    assert!(metric(admin, "zt_proxy_refused_total{reason=\"revoked\"}") >= 1.0);
+    // The SVID the agent signs after the revocation is accepted again.
+    let third = dir.path().join("svid-3");
+    fetch_client_svid(&third, Some(&second_serial));
+    assert_eq!(request(&svid_files(&third))["status"], 200);
+
+    assert_eq!(metric(admin, "zt_proxy_revoked_connections_total"), 2.0);
+    assert!(metric(admin, "zt_proxy_refused_total{reason=\"revoked\"}") >= 2.0);
 }
 
 #[test]
