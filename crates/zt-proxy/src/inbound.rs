@@ -77,6 +77,35 @@ impl Default for Limits {
     }
 }
 
+/// An inbound port of its own for an app port that speaks something other than
+/// HTTP: `LISTEN,APP`, relayed as opaque TCP (`--tcp-inbound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpPort {
+    /// The mTLS listener.
+    pub listen: SocketAddr,
+    /// The app's plaintext port.
+    pub app: SocketAddr,
+}
+
+impl std::str::FromStr for TcpPort {
+    type Err = String;
+
+    /// `LISTEN,APP`, e.g. `0.0.0.0:15007,127.0.0.1:5432`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (listen, app) = s
+            .split_once(',')
+            .ok_or_else(|| format!("{s:?}: expected LISTEN,APP"))?;
+        let address = |part: &str| {
+            part.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?}: {part:?} is not IP:PORT"))
+        };
+        Ok(Self {
+            listen: address(listen)?,
+            app: address(app)?,
+        })
+    }
+}
+
 /// Istio's PeerAuthentication modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {

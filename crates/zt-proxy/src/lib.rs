@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use identity::IdentitySource;
-pub use inbound::{AppProtocol, InboundConfig};
+pub use inbound::{AppProtocol, InboundConfig, TcpPort};
 pub use outbound::Upstream;
 use zt_tls::TlsVersions;
 
@@ -34,8 +34,9 @@ use zt_tls::TlsVersions;
 pub struct ProxyConfig {
     /// Where the identity comes from.
     pub identity: IdentitySource,
-    /// The inbound mTLS listener and its settings, if the proxy fronts an app.
-    pub inbound: Option<(SocketAddr, InboundConfig)>,
+    /// The inbound mTLS listeners (the flag that named each, its address, its
+    /// settings), if the proxy fronts an app.
+    pub inbound: Vec<(&'static str, SocketAddr, InboundConfig)>,
     /// Outbound routes from local plaintext ports to mTLS upstreams.
     pub outbound: Vec<Upstream>,
     /// TLS 1.3 only, or 1.2 as well, both ways.
@@ -74,9 +75,9 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     let metrics = Arc::new(admin::Metrics::new());
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    if let Some((addr, inbound_config)) = config.inbound {
-        let listener = bind("--inbound", addr).await?;
-        tracing::info!(inbound = %addr, app = %inbound_config.app, "serving inbound mTLS");
+    for (flag, addr, inbound_config) in config.inbound {
+        let listener = bind(flag, addr).await?;
+        tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, "serving inbound mTLS");
         tasks.push(tokio::spawn(inbound::serve(
             listener,
             identity.clone(),

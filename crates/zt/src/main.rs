@@ -62,9 +62,15 @@ struct ProxyArgs {
     /// The inbound mTLS listener.
     #[arg(long, default_value = "0.0.0.0:15006")]
     inbound: std::net::SocketAddr,
-    /// The local app (plaintext) that the inbound side fronts; without it, no inbound listener.
-    #[arg(long, required_unless_present = "upstream")]
+    /// The local app (plaintext) that the inbound side fronts; without it, no --inbound listener.
+    #[arg(long, required_unless_present_any = ["upstream", "tcp_inbound"])]
     app: Option<std::net::SocketAddr>,
+    /// Another inbound mTLS port, LISTEN,APP (repeatable), relayed as opaque TCP to
+    /// the app port APP whatever --app-protocol says: a database or cache port beside
+    /// the HTTP one. Same allow-list, mode and limits.
+    /// E.g. 0.0.0.0:15007,127.0.0.1:5432
+    #[arg(long)]
+    tcp_inbound: Vec<zt_proxy::TcpPort>,
     /// An outbound route, LISTEN,TARGET,SPIFFE_ID (repeatable): the app connects in
     /// plaintext to LISTEN, the proxy connects with mTLS to TARGET and requires its
     /// SVID to be SPIFFE_ID. E.g. 127.0.0.1:15001,billing:15006,spiffe://example.org/billing

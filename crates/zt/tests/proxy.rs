@@ -509,6 +509,16 @@ fn bad_proxy_configuration_is_refused_with_one_clear_line() {
         &pki.file("bundle.pem"),
     ]));
     assert_failure(&out, 1, &["--cert", "proxy.crt", "key does not belong"]);
+    // A --tcp-inbound that is not LISTEN,APP: a usage error naming the value.
+    for bad in ["127.0.0.1:0", "127.0.0.1:0,db:5432"] {
+        let out = zt(&with(&["--allow-spiffe-id", "*", "--tcp-inbound", bad]));
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--tcp-inbound") && stderr.contains(bad),
+            "{stderr}"
+        );
+    }
 }
 
 /// A hard link (or copy) of the zt binary at `path`, so that the agent tells
@@ -1259,9 +1269,10 @@ fn outbound_originates_mtls_and_checks_the_upstream_id() {
 }
 
 #[test]
-fn opaque_tcp_is_relayed_for_allowed_peers_only() {
+fn opaque_tcp_is_relayed_for_allowed_peers_only_on_its_own_port() {
     use std::io::{Read as _, Write as _};
-    let Some(python) = zt_testkit::python("opaque_tcp_is_relayed_for_allowed_peers_only") else {
+    let Some(python) = zt_testkit::python("opaque_tcp_is_relayed_for_allowed_peers_only_on_its_own_port")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1270,10 +1281,14 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only() {
                 def serve(c):\n  with c:\n    while d := c.recv(4096): c.sendall(d.upper())\n\
                 s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n\
                 while True: threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()";
-    let (app_addr, _app) = start_app(&python, &["-c", echo]);
+    let (echo_addr, _echo) = start_app(&python, &["-c", echo]);
+    // The HTTP app on --inbound, the TCP one on a port of its own.
+    let (http_addr, _http_app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let tcp_inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let (mut command, inbound, admin) = proxy_command(zt_exe());
     command
-        .args(["--app", &app_addr.to_string(), "--app-protocol", "tcp"])
+        .args(["--app", &http_addr.to_string()])
+        .args(["--tcp-inbound", &format!("{tcp_inbound},{echo_addr}")])
         .args([
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
@@ -1281,6 +1296,15 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only() {
         .args(pki.proxy_identity());
     let _proxy = spawn_ready(command, admin);
 
+    let mut http = tls_connect(&pki, "payment", inbound);
+    http.write_all(b"GET /over-http HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("/over-http"), "{answer}");
+
+    let inbound = tcp_inbound;
     let mut allowed = tls_connect(&pki, "payment", inbound);
     allowed.write_all(b"any protocol at all\n").unwrap();
     let mut answer = [0u8; 20];

@@ -33,39 +33,40 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
         }),
     };
-    let inbound = match args.app {
-        Some(app) => {
-            anyhow::ensure!(
-                !args.allow_spiffe_id.is_empty(),
-                "--allow-spiffe-id is required with --app: without it nobody could connect"
-            );
-            Some((
-                args.inbound,
-                InboundConfig {
-                    app,
-                    allow,
-                    strip_headers,
-                    limits: Limits {
-                        max_connections: args.max_connections,
-                        max_headers: args.max_request_headers,
-                        max_header_bytes: args.max_header_bytes,
-                        header_timeout: args.request_header_timeout,
-                        max_body_bytes: args.max_request_body,
-                    },
-                    mode: match args.mode {
-                        ModeArg::Strict => Mode::Strict,
-                        ModeArg::Permissive => Mode::Permissive,
-                    },
-                    app_protocol: match args.app_protocol {
-                        AppProtocolArg::Http1 => AppProtocol::Http1,
-                        AppProtocolArg::H2c => AppProtocol::H2c,
-                        AppProtocolArg::Tcp => AppProtocol::Tcp,
-                    },
-                },
-            ))
-        }
-        None => None,
+    if (args.app.is_some() || !args.tcp_inbound.is_empty()) && args.allow_spiffe_id.is_empty() {
+        anyhow::bail!(
+            "--allow-spiffe-id is required with --app or --tcp-inbound: without it nobody could connect"
+        );
+    }
+    let fronting = |app, app_protocol| InboundConfig {
+        app,
+        allow: allow.clone(),
+        strip_headers: strip_headers.clone(),
+        limits: Limits {
+            max_connections: args.max_connections,
+            max_headers: args.max_request_headers,
+            max_header_bytes: args.max_header_bytes,
+            header_timeout: args.request_header_timeout,
+            max_body_bytes: args.max_request_body,
+        },
+        mode: match args.mode {
+            ModeArg::Strict => Mode::Strict,
+            ModeArg::Permissive => Mode::Permissive,
+        },
+        app_protocol,
     };
+    let mut inbound = Vec::new();
+    if let Some(app) = args.app {
+        let protocol = match args.app_protocol {
+            AppProtocolArg::Http1 => AppProtocol::Http1,
+            AppProtocolArg::H2c => AppProtocol::H2c,
+            AppProtocolArg::Tcp => AppProtocol::Tcp,
+        };
+        inbound.push(("--inbound", args.inbound, fronting(app, protocol)));
+    }
+    for port in &args.tcp_inbound {
+        inbound.push(("--tcp-inbound", port.listen, fronting(port.app, AppProtocol::Tcp)));
+    }
     let config = ProxyConfig {
         identity,
         inbound,
