@@ -1,0 +1,186 @@
+//! Deciding a request, in Istio's order:
+//!
+//! 1. a matching DENY policy denies;
+//! 2. if no ALLOW policy applies to the workload, the request is allowed;
+//! 3. a matching ALLOW policy allows;
+//! 4. otherwise it is denied.
+//!
+//! AUDIT policies mark what they match and decide nothing; dry-run policies
+//! (`istio.io/dry-run: "true"`) are evaluated into a shadow decision that is
+//! recorded, never enforced. A request that cannot be evaluated (a malformed
+//! path, a lower-case method) is denied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Action;
+use crate::policy::{Facts, Policy};
+use crate::request::Request;
+
+/// The namespace whose policies apply to every workload, unless configured.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "zt-system";
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    /// The request goes through.
+    Allow,
+    /// 403, or the connection closed.
+    Deny,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "ALLOW",
+            Verdict::Deny => "DENY",
+        })
+    }
+}
+
+/// A decision: the public shape of `zt policy eval` (`decision`, `policy`,
+/// `reason`), and what the decision log adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// ALLOW or DENY.
+    pub decision: Verdict,
+    /// `namespace/name` of the deciding policy; `null` when none decided.
+    pub policy: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+    /// The AUDIT policy that matched, if any.
+    #[serde(skip)]
+    pub audit: Option<String>,
+    /// What the decision would be with the dry-run policies enforced, when the
+    /// workload has any.
+    #[serde(skip)]
+    pub dry_run: Option<Box<Decision>>,
+}
+
+impl Decision {
+    fn new(decision: Verdict, policy: Option<&Policy>, reason: String) -> Self {
+        Self {
+            decision,
+            policy: policy.map(Policy::id),
+            reason,
+            audit: None,
+            dry_run: None,
+        }
+    }
+}
+
+/// Every policy, by namespace; the root namespace's apply to all workloads.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Arc<Policy>>,
+    root_namespace: String,
+}
+
+impl PolicySet {
+    /// A set with `root_namespace` (normally [`DEFAULT_ROOT_NAMESPACE`]).
+    pub fn new(policies: Vec<Policy>, root_namespace: &str) -> Self {
+        Self {
+            policies: policies.into_iter().map(Arc::new).collect(),
+            root_namespace: root_namespace.to_owned(),
+        }
+    }
+
+    /// All policies.
+    pub fn policies(&self) -> &[Arc<Policy>] {
+        &self.policies
+    }
+
+    /// The policies of one workload, chosen once (a proxy knows its workload).
+    pub fn for_workload(&self, namespace: &str, labels: &BTreeMap<String, String>) -> WorkloadPolicies {
+        let mut chosen = WorkloadPolicies::default();
+        for policy in &self.policies {
+            let in_scope = policy.namespace == namespace || policy.namespace == self.root_namespace;
+            if !in_scope || !policy.selects(labels) {
+                continue;
+            }
+            chosen.dry_run_present |= policy.dry_run;
+            let list = match policy.action {
+                Action::Deny => &mut chosen.deny,
+                Action::Allow => &mut chosen.allow,
+                Action::Audit => &mut chosen.audit,
+                // Refused when compiled.
+                Action::Custom => continue,
+            };
+            list.push(policy.clone());
+        }
+        chosen
+    }
+
+    /// Decides a request for the workload its `destination` names.
+    pub fn evaluate(&self, request: &Request) -> Decision {
+        self.for_workload(&request.destination.namespace, &request.destination.labels)
+            .evaluate(request)
+    }
+}
+
+/// The policies that apply to one workload, by action.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadPolicies {
+    deny: Vec<Arc<Policy>>,
+    allow: Vec<Arc<Policy>>,
+    audit: Vec<Arc<Policy>>,
+    dry_run_present: bool,
+}
+
+impl WorkloadPolicies {
+    /// How many policies apply.
+    pub fn len(&self) -> usize {
+        self.deny.len() + self.allow.len() + self.audit.len()
+    }
+
+    /// Whether none applies (everything is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides one request.
+    pub fn evaluate(&self, request: &Request) -> Decision {
+        let facts = match Facts::of(request) {
+            Ok(facts) => facts,
+            Err(why) => return Decision::new(Verdict::Deny, None, format!("malformed request: {why}")),
+        };
+        let mut decision = self.decide(&facts, false);
+        decision.audit = self
+            .audit
+            .iter()
+            .find(|p| !p.dry_run && p.matching_rule(&facts).is_some())
+            .map(|p| p.id());
+        if self.dry_run_present {
+            decision.dry_run = Some(Box::new(self.decide(&facts, true)));
+        }
+        decision
+    }
+
+    fn decide(&self, facts: &Facts<'_>, with_dry_run: bool) -> Decision {
+        let enforced = |p: &&Arc<Policy>| with_dry_run || !p.dry_run;
+        for policy in self.deny.iter().filter(enforced) {
+            if let Some(rule) = policy.matching_rule(facts) {
+                let reason = format!("matched rule {rule} of DENY policy {}", policy.id());
+                return Decision::new(Verdict::Deny, Some(policy), reason);
+            }
+        }
+        let mut allows = self.allow.iter().filter(enforced).peekable();
+        if allows.peek().is_none() {
+            return Decision::new(
+                Verdict::Allow,
+                None,
+                "no ALLOW policy applies to the workload".into(),
+            );
+        }
+        for policy in allows {
+            if let Some(rule) = policy.matching_rule(facts) {
+                let reason = format!("matched rule {rule} of ALLOW policy {}", policy.id());
+                return Decision::new(Verdict::Allow, Some(policy), reason);
+            }
+        }
+        Decision::new(Verdict::Deny, None, "no ALLOW policy matched".into())
+    }
+}

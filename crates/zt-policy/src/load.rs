@@ -1,0 +1,191 @@
+//! Reading policies: a directory of YAML files (`*.yaml`, `*.yml`, searched
+//! recursively, in name order), each holding one or more documents separated by
+//! `---`. Every problem in every file is reported, each as `file:line: field:
+//! what is wrong`; a set with any problem is not used at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::Document;
+use crate::policy::{Origin, Policy};
+
+/// Largest policy file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Most policy files in one directory tree.
+pub const MAX_FILES: usize = 10_000;
+
+/// Everything wrong with a set of policies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct LoadError {
+    /// One line each: `file:line: field: what is wrong`.
+    pub problems: Vec<String>,
+}
+
+/// A policy file read as text, with the name it is reported under.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// How errors name it.
+    pub name: PathBuf,
+    /// Its YAML.
+    pub text: String,
+}
+
+/// Reads every policy file under `dir`.
+pub fn read_dir(dir: &Path) -> Result<Vec<Source>, LoadError> {
+    let fail = |problem: String| LoadError {
+        problems: vec![problem],
+    };
+    let mut files = Vec::new();
+    collect(dir, &mut files).map_err(fail)?;
+    files.sort();
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        let size = std::fs::metadata(&file)
+            .map_err(|e| fail(format!("{}: {e}", file.display())))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            return Err(fail(format!(
+                "{}: larger than {MAX_FILE_BYTES} bytes",
+                file.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        sources.push(Source { name: file, text });
+    }
+    Ok(sources)
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if kind.is_dir() {
+            collect(&path, files)?;
+        } else if path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+            if files.len() >= MAX_FILES {
+                return Err(format!("{}: more than {MAX_FILES} policy files", dir.display()));
+            }
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads and compiles every policy in the directory.
+pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, LoadError> {
+    parse(&read_dir(dir)?)
+}
+
+/// Compiles the policies of these sources; all problems or all policies.
+pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
+    let mut problems = Vec::new();
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut seen: BTreeMap<(String, String), Origin> = BTreeMap::new();
+    for source in sources {
+        for (line, chunk) in documents(&source.text) {
+            let origin = Origin {
+                file: source.name.clone(),
+                line,
+            };
+            let at = |offset: usize| format!("{}:{}", source.name.display(), line + offset);
+            let document = match Document::deserialize(serde_yaml_ng::Deserializer::from_str(chunk)) {
+                Ok(document) => document,
+                Err(e) => {
+                    let (offset, message) = located(&e);
+                    problems.push(format!("{}: {message}", at(offset)));
+                    continue;
+                }
+            };
+            match Policy::compile(document, origin.clone()) {
+                Ok(policy) => {
+                    let key = (policy.namespace.clone(), policy.name.clone());
+                    if let Some(first) = seen.get(&key) {
+                        problems.push(format!(
+                            "{}: metadata: {}/{} is already defined at {}:{}",
+                            at(0),
+                            key.0,
+                            key.1,
+                            first.file.display(),
+                            first.line
+                        ));
+                    } else {
+                        seen.insert(key, origin);
+                        policies.push(policy);
+                    }
+                }
+                Err(message) => problems.push(format!("{}: {message}", at(0))),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(policies)
+    } else {
+        Err(LoadError { problems })
+    }
+}
+
+/// The documents of a YAML stream with the line each starts on (1-based),
+/// empty ones (only comments, or a trailing `---`) left out. A line that is
+/// just `---` or `...` at column 0 separates documents: YAML never has one
+/// inside a document's content.
+fn documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end();
+        if bare == "---" || bare == "..." {
+            documents.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
+        .into_iter()
+        .filter(|(_, chunk)| {
+            chunk
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+/// The line offset (0-based, within the document) and the message of a YAML
+/// error, without serde_yaml's own "at line N column M".
+fn located(e: &serde_yaml_ng::Error) -> (usize, String) {
+    let message = e.to_string();
+    match e.location() {
+        Some(location) => {
+            let suffix = format!(" at line {} column {}", location.line(), location.column());
+            let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
+            (location.line().saturating_sub(1), message)
+        }
+        None => (0, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_split_with_their_lines() {
+        let text = "# header\n---\na: 1\n---\n# only a comment\n---\nb: 2\nc: |\n  text\n---\n";
+        let docs = documents(text);
+        assert_eq!(docs, vec![(3, "a: 1\n"), (7, "b: 2\nc: |\n  text\n")]);
+    }
+}
