@@ -54,6 +54,54 @@ enum Command {
     Revoke(RevokeArgs),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
     Proxy(ProxyArgs),
+    /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check every policy file in a directory: each problem as file:line: field: what is wrong.
+    Lint(PolicyLintArgs),
+    /// Decide one request: {"decision":"ALLOW"|"DENY","policy":"<namespace>/<name>"|null,"reason":"…"}.
+    Eval(PolicyEvalArgs),
+    /// Run table tests (requests and expected decisions) against a directory of policies.
+    Test(PolicyTestArgs),
+}
+
+#[derive(Args)]
+struct PolicyLintArgs {
+    /// The directory of policy files (*.yaml, *.yml; searched recursively).
+    dir: PathBuf,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+}
+
+#[derive(Args)]
+struct PolicyEvalArgs {
+    /// The directory of policy files.
+    #[arg(long)]
+    policies: PathBuf,
+    /// The request, as JSON: inline, @FILE, or - for standard input. Shape:
+    /// {"source":{"principal":"spiffe://…","namespace":"…","ip":"…"},"destination":{"namespace":"…","labels":{…},"port":8080},"request":{"method":"GET","path":"/…","host":"…","headers":{…},"auth":{"principal":"…","claims":{…}}},"protocol":"http"|"tcp"}
+    #[arg(long)]
+    request: String,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+}
+
+#[derive(Args)]
+struct PolicyTestArgs {
+    /// The directory of policy files.
+    dir: PathBuf,
+    /// The cases: a YAML or JSON list of {name, request, decision, policy?}.
+    #[arg(long)]
+    cases: PathBuf,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
 }
 
 #[derive(Args)]
@@ -723,6 +771,9 @@ fn main() -> ExitCode {
         },
         Command::Revoke(args) => cmd::entry::revoke(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
+        Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
+        Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod ca;
 pub mod entry;
 pub mod id;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod svid;
@@ -19,7 +20,7 @@ use zt_identity::Bundle;
 use crate::BundleArgs;
 
 /// Largest file any command reads, in bytes; SVIDs, keys and bundles are far smaller.
-const MAX_INPUT_BYTES: u64 = 1 << 20;
+pub const MAX_INPUT_BYTES: u64 = 1 << 20;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {

@@ -1,0 +1,195 @@
+//! `zt policy lint|eval|test` as a CI pipeline runs them: exit codes, output
+//! shapes, and problems named by file and line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use zt_testkit::{assert_cli_failure as assert_failure, describe};
+
+fn zt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn the_example_policies_lint_and_pass_their_cases() {
+    let policies = examples().join("policies");
+    let out = zt(&["policy", "lint", arg(&policies)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 policies, no problems"));
+    let out = zt(&[
+        "policy",
+        "test",
+        arg(&policies),
+        "--cases",
+        arg(&examples().join("policy-cases.yaml")),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("6 cases: 6 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn eval_prints_the_public_decision_shape() {
+    let policies = examples().join("policies");
+    let eval = |request: Value| {
+        let out = zt(&[
+            "policy",
+            "eval",
+            "--policies",
+            arg(&policies),
+            "--request",
+            &request.to_string(),
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let request = |principal: &str, method: &str| {
+        json!({
+            "source": {"principal": principal, "ip": "10.0.0.7"},
+            "destination": {"namespace": "production", "labels": {"app": "billing-service"}, "port": 8080},
+            "request": {"method": method, "path": "/api/v1/charges", "host": "billing", "headers": {}},
+            "protocol": "http"
+        })
+    };
+    let allowed = eval(request(
+        "spiffe://cluster.local/ns/production/sa/payment-service",
+        "POST",
+    ));
+    assert_eq!(
+        allowed,
+        json!({
+            "decision": "ALLOW",
+            "policy": "production/billing-service-policy",
+            "reason": "matched rule 0 of ALLOW policy production/billing-service-policy"
+        })
+    );
+    let denied = eval(request(
+        "spiffe://cluster.local/ns/production/sa/payment-service",
+        "GET",
+    ));
+    assert_eq!(denied["decision"], "DENY");
+    assert_eq!(denied["policy"], Value::Null);
+    assert_eq!(denied.as_object().unwrap().len(), 3, "{denied}");
+
+    // The request from a file and from standard input.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("request.json");
+    fs::write(
+        &file,
+        request("spiffe://cluster.local/ns/production/sa/orders", "POST").to_string(),
+    )
+    .unwrap();
+    let out = zt(&[
+        "policy",
+        "eval",
+        "--policies",
+        arg(&policies),
+        "--request",
+        &format!("@{}", arg(&file)),
+    ]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["decision"],
+        "DENY"
+    );
+
+    // A request that is not the contract's shape: refused, naming the field.
+    let out = zt(&[
+        "policy",
+        "eval",
+        "--policies",
+        arg(&policies),
+        "--request",
+        r#"{"destination":{"namespace":"x"},"protocl":"tcp"}"#,
+    ]);
+    assert_failure(&out, 1, &["--request", "unknown field `protocl`"]);
+    let out = zt(&[
+        "policy",
+        "eval",
+        "--policies",
+        arg(&policies),
+        "--request",
+        "not json",
+    ]);
+    assert_failure(&out, 1, &["--request"]);
+}
+
+#[test]
+fn problems_are_named_by_file_and_line_and_nothing_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        examples().join("policies/billing-service.yaml"),
+        dir.path().join("a-good.yaml"),
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("team")).unwrap();
+    fs::write(
+        dir.path().join("team/bad.yml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad\n  namespace: team\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0.0/33\"]\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("README.md"), "not a policy").unwrap();
+    let out = zt(&["policy", "lint", arg(dir.path())]);
+    assert_failure(&out, 1, &["team/bad.yml:", "ipBlocks", "10.0.0.0/33"]);
+    // eval and test refuse a broken set rather than evaluate part of it.
+    let out = zt(&[
+        "policy",
+        "eval",
+        "--policies",
+        arg(dir.path()),
+        "--request",
+        r#"{"destination":{"namespace":"production"},"request":{"method":"GET","path":"/"}}"#,
+    ]);
+    assert_failure(&out, 1, &["team/bad.yml:"]);
+    let out = zt(&["policy", "lint", "/nonexistent-policies"]);
+    assert_failure(&out, 1, &["/nonexistent-policies"]);
+}
+
+#[test]
+fn failing_cases_fail_the_run_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    fs::write(
+        &cases,
+        "- name: wrongly expected\n  request:\n    source: {principal: spiffe://cluster.local/ns/production/sa/orders}\n    destination: {namespace: production, labels: {app: billing-service}}\n    request: {method: POST, path: /api/v1/charges}\n  decision: ALLOW\n- name: right\n  request:\n    destination: {namespace: production, labels: {app: billing-service}}\n    request: {method: POST, path: /api/v1/charges}\n  decision: DENY\n",
+    )
+    .unwrap();
+    let out = zt(&[
+        "policy",
+        "test",
+        arg(&examples().join("policies")),
+        "--cases",
+        arg(&cases),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  wrongly expected: want ALLOW, got DENY (no ALLOW policy matched)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("PASS  right"), "{stdout}");
+    assert!(stdout.contains("2 cases: 1 passed, 1 failed"), "{stdout}");
+    fs::write(&cases, "- name: x\n  decision: MAYBE\n").unwrap();
+    let out = zt(&[
+        "policy",
+        "test",
+        arg(&examples().join("policies")),
+        "--cases",
+        arg(&cases),
+    ]);
+    assert_failure(&out, 1, &["--cases", "cases.yaml"]);
+}
