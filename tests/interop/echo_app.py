@@ -1,5 +1,5 @@
 """A plain-HTTP app that trusts whatever headers it gets, like the seed tutorial's
-server: it answers every GET with the request's path and headers as JSON. The
+server: it answers every GET and POST with the request's path and headers as JSON. The
 proxy tests put it behind `zt proxy`. Usage: echo_app.py PORT"""
 
 import json
@@ -20,6 +20,10 @@ class Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *args):
         pass

@@ -40,6 +40,15 @@ pub struct Status {
     pub code: u16,
 }
 
+/// An authorization decision, and whether it was enforced.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `ALLOW` or `DENY`.
+    pub decision: &'static str,
+    /// `enforce` or `permissive`.
+    pub mode: &'static str,
+}
+
 /// Every metric of the proxy, registered under `zt_proxy_`.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +66,12 @@ pub struct Metrics {
     pub outbound_connections: Counter,
     /// Outbound connections that failed, by reason.
     pub outbound_failed: Family<Refusal, Counter>,
+    /// Authorization decisions, by decision and mode.
+    pub authz_decisions: Family<AuthzLabels, Counter>,
+    /// Policy reloads that failed (the last good set stays in force).
+    pub policy_reload_failures: Counter,
+    /// Decision-log writes that failed.
+    pub decision_log_failures: Counter,
 }
 
 impl Metrics {
@@ -71,6 +86,9 @@ impl Metrics {
             revoked_connections: Counter::default(),
             outbound_connections: Counter::default(),
             outbound_failed: Family::default(),
+            authz_decisions: Family::default(),
+            policy_reload_failures: Counter::default(),
+            decision_log_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +121,21 @@ impl Metrics {
             "outbound_failed",
             "Outbound connections that failed, by reason",
             metrics.outbound_failed.clone(),
+        );
+        registry.register(
+            "authz_decisions",
+            "Authorization decisions, by decision and mode",
+            metrics.authz_decisions.clone(),
+        );
+        registry.register(
+            "policy_reload_failures",
+            "Policy reloads that failed; the last good set stays in force",
+            metrics.policy_reload_failures.clone(),
+        );
+        registry.register(
+            "decision_log_failures",
+            "Decision-log writes that failed",
+            metrics.decision_log_failures.clone(),
         );
         Self { registry, ..metrics }
     }

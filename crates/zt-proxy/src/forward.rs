@@ -22,6 +22,8 @@ pub(crate) struct Peer {
     /// How it appears in logs: its verified SPIFFE ID, or `plaintext`.
     pub(crate) name: String,
     pub(crate) addr: SocketAddr,
+    /// The address it connected to (the destination of policies).
+    pub(crate) local: SocketAddr,
     /// Whether it may reach the app.
     pub(crate) allowed: bool,
     /// The XFCC the app gets; none for a plaintext caller.
@@ -48,6 +50,23 @@ pub(crate) async fn forward(
             "zt proxy: the caller's SPIFFE ID is not allowed\n",
         );
     }
+    // Authorization: the request normalized, decided by the policies, and the
+    // normalized path is what the app receives.
+    let mut normalized = None;
+    if let Some(authz) = &config.authz {
+        let target = match authorization_target(&request) {
+            Ok(target) => target,
+            Err(why) => {
+                tracing::info!(target: "zt::access", peer = %peer.name, %method, path, status = 400, reason = %why, "malformed request refused");
+                return plain(StatusCode::BAD_REQUEST, "zt proxy: malformed request\n");
+            }
+        };
+        let policy_request = policy_request(&request, peer, &target.path);
+        if !authz.authorize(&policy_request).await {
+            return plain(StatusCode::FORBIDDEN, "RBAC: access denied\n");
+        }
+        normalized = http::uri::PathAndQuery::try_from(target.path_and_query()).ok();
+    }
     // An HTTP/1.1 upgrade (WebSocket, …): the Upgrade and Connection headers go to
     // the app, and after its 101 the two connections are spliced.
     let upgrade = upgrade_protocol(&request);
@@ -57,13 +76,13 @@ pub(crate) async fn forward(
     let mut target = http::uri::Parts::default();
     target.scheme = Some(http::uri::Scheme::HTTP);
     target.authority = Some(app.clone());
-    target.path_and_query = Some(
+    target.path_and_query = Some(normalized.unwrap_or_else(|| {
         parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    }));
     parts.uri = match Uri::from_parts(target) {
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
@@ -140,6 +159,63 @@ pub(crate) async fn forward(
             tracing::warn!(target: "zt::access", peer = %peer.name, %method, path, status = 502, error = %e, "app unreachable");
             plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n")
         }
+    }
+}
+
+/// The request's method checked and its target normalized, or why it is refused.
+fn authorization_target(request: &Request<Incoming>) -> Result<zt_policy::normalize::Target, String> {
+    zt_policy::normalize::method(request.method().as_str())?;
+    let raw = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    zt_policy::normalize::target(raw)
+}
+
+/// The request as policies see it.
+fn policy_request(request: &Request<Incoming>, peer: &Peer, path: &str) -> zt_policy::Request {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mut headers = std::collections::BTreeMap::new();
+    for (name, value) in request.headers() {
+        if let Ok(value) = value.to_str() {
+            headers
+                .entry(name.as_str().to_owned())
+                .and_modify(|v: &mut String| {
+                    v.push(',');
+                    v.push_str(value);
+                })
+                .or_insert_with(|| value.to_owned());
+        }
+    }
+    zt_policy::Request {
+        source: zt_policy::request::Source {
+            principal: peer.xfcc.is_some().then(|| peer.name.clone()),
+            namespace: None,
+            ip: Some(peer.addr.ip()),
+        },
+        destination: zt_policy::request::Destination {
+            namespace: String::new(),
+            labels: Default::default(),
+            port: Some(peer.local.port()),
+            ip: Some(peer.local.ip()),
+        },
+        request: Some(zt_policy::request::Http {
+            method: request.method().as_str().to_owned(),
+            path: path.to_owned(),
+            host,
+            headers,
+            auth: None,
+        }),
+        protocol: zt_policy::request::Protocol::Http,
+        connection: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct InboundConfig {
     pub mode: Mode,
     /// Limits that protect the proxy and the app from one client.
     pub limits: Limits,
+    /// Authorization policies deciding every request, if configured.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 /// Limits per connection and request; a client that breaks one gets the HTTP
@@ -259,6 +261,7 @@ async fn connection(
     context: Arc<Context>,
 ) -> Result<(), String> {
     let metrics = &context.metrics;
+    let local = tcp.local_addr().map_err(|e| e.to_string())?;
     if context.config.mode == Mode::Permissive && !starts_with_tls(&tcp, metrics).await? {
         metrics
             .connections
@@ -270,6 +273,7 @@ async fn connection(
         let peer = Arc::new(Peer {
             name: "plaintext".into(),
             addr: peer_addr,
+            local,
             allowed: true,
             xfcc: None,
             revocation: None,
@@ -322,6 +326,7 @@ async fn connection(
     let peer = Arc::new(Peer {
         name: peer_id.to_string(),
         addr: peer_addr,
+        local,
         allowed,
         xfcc: Some(xfcc),
         revocation: Some(revocation.clone()),
@@ -365,6 +370,12 @@ where
         tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, "denied: not on the allow-list (tcp)");
         return Err(format!("{} is not on the allow-list", peer.name));
     }
+    if let Some(authz) = &context.config.authz
+        && !authz.authorize(&tcp_request(&peer)).await
+    {
+        metrics.refuse("denied_by_policy");
+        return Err(format!("{}: denied by policy (tcp)", peer.name));
+    }
     let mut app = TcpStream::connect(context.config.app)
         .await
         .map_err(|e| format!("app {}: {e}", context.config.app))?;
@@ -383,6 +394,26 @@ where
             metrics.revoked_connections.inc();
             Err(format!("{}'s SVID was revoked: connection closed", peer.name))
         }
+    }
+}
+
+/// A TCP connection as policies see it.
+fn tcp_request(peer: &Peer) -> zt_policy::Request {
+    zt_policy::Request {
+        source: zt_policy::request::Source {
+            principal: peer.xfcc.is_some().then(|| peer.name.clone()),
+            namespace: None,
+            ip: Some(peer.addr.ip()),
+        },
+        destination: zt_policy::request::Destination {
+            namespace: String::new(),
+            labels: Default::default(),
+            port: Some(peer.local.port()),
+            ip: Some(peer.local.ip()),
+        },
+        request: None,
+        protocol: zt_policy::request::Protocol::Tcp,
+        connection: None,
     }
 }
 

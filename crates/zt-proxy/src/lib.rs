@@ -6,12 +6,14 @@
 //! - [`inbound`]: mTLS in (plaintext too in permissive mode), limits, revocation;
 //! - [`forward`]: one request to the app, verified identity in XFCC;
 //! - [`outbound`]: plaintext from the app, mTLS to an upstream with an expected ID;
+//! - [`authz`]: AuthorizationPolicies on every request, the decision log;
 //! - [`admin`]: health, readiness, metrics;
 //! - [`peers`]: the allow-list of SPIFFE IDs.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod forward;
 pub mod identity;
 pub mod inbound;
@@ -43,6 +45,8 @@ pub struct ProxyConfig {
     pub versions: TlsVersions,
     /// The admin port: health, readiness, metrics.
     pub admin: SocketAddr,
+    /// Authorization policies for every inbound request, if any.
+    pub authz: Option<authz::AuthzConfig>,
 }
 
 /// Why the proxy could not start.
@@ -51,6 +55,9 @@ pub enum ProxyError {
     /// The identity.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// Authorization.
+    #[error(transparent)]
+    Authz(#[from] authz::AuthzError),
     /// A listener.
     #[error("{flag} {addr}: {source}")]
     Bind {
@@ -73,9 +80,18 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let admin_listener = bind("--admin", config.admin).await?;
     let metrics = Arc::new(admin::Metrics::new());
+    let authorizer = match config.authz {
+        Some(authz) => Some(Arc::new(authz::Authorizer::start(
+            authz,
+            identity.clone(),
+            metrics.clone(),
+        )?)),
+        None => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for (flag, addr, inbound_config) in config.inbound {
+    for (flag, addr, mut inbound_config) in config.inbound {
+        inbound_config.authz.clone_from(&authorizer);
         let listener = bind(flag, addr).await?;
         tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, "serving inbound mTLS");
         tasks.push(tokio::spawn(inbound::serve(

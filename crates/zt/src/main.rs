@@ -57,6 +57,44 @@ enum Command {
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The tamper-evident decision log: verify its chain, query it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: any edited, deleted or reordered record is named by line.
+    Verify(AuditVerifyArgs),
+    /// Print the records (JSON lines) that match every filter given; the chain is verified on the way.
+    Query(AuditQueryArgs),
+}
+
+#[derive(Args)]
+struct AuditVerifyArgs {
+    /// The decision log (zt proxy --decision-log).
+    log: PathBuf,
+}
+
+#[derive(Args)]
+struct AuditQueryArgs {
+    /// The decision log.
+    log: PathBuf,
+    /// The caller's SPIFFE ID (`*` wildcards at the ends, as in policies).
+    #[arg(long)]
+    principal: Option<String>,
+    /// ALLOW or DENY.
+    #[arg(long, value_parser = ["ALLOW", "DENY"])]
+    decision: Option<String>,
+    /// The deciding policy, namespace/name; `none` for decisions no policy made.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Records at or after this moment: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this moment: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -132,7 +170,7 @@ struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:15020")]
     admin: std::net::SocketAddr,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
-    #[arg(long = "allow-spiffe-id", required_unless_present = "upstream")]
+    #[arg(long = "allow-spiffe-id", required_unless_present_any = ["upstream", "policy_dir"])]
     allow_spiffe_id: Vec<String>,
     /// Headers a client could forge its identity with, removed before the app sees
     /// a request (repeatable; x-forwarded-client-cert always is).
@@ -173,6 +211,40 @@ struct ProxyArgs {
     /// The Workload API socket, when not using files [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/zt-agent/public/api.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Authorize every request by the Istio AuthorizationPolicies in this directory
+    /// (reloaded when it changes; a set that does not load keeps the last good one).
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// enforce: a DENY is a 403 (a closed connection for TCP). permissive: evaluated
+    /// and recorded, but let through.
+    #[arg(long, value_enum, default_value_t = PolicyModeArg::Enforce, requires = "policy_dir")]
+    policy_mode: PolicyModeArg,
+    /// The workload's namespace for policy scope [default: from the SPIFFE ID's /ns/NS/].
+    #[arg(long, requires = "policy_dir")]
+    namespace: Option<String>,
+    /// A workload label for policy selectors, KEY=VALUE (repeatable), e.g. app=billing-service.
+    #[arg(long = "label", value_parser = parse_label, requires = "policy_dir")]
+    labels: Vec<(String, String)>,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+    /// Append every decision to this hash-chained log (zt audit verify|query reads it).
+    #[arg(long, requires = "policy_dir")]
+    decision_log: Option<PathBuf>,
+}
+
+/// `--label KEY=VALUE`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyModeArg {
+    Enforce,
+    Permissive,
 }
 
 #[derive(Args)]
@@ -774,6 +846,8 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),
+        Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
+        Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
     };
     match result {
         Ok(code) => code,

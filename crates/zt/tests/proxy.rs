@@ -1413,3 +1413,242 @@ fn certificates_that_are_not_valid_svids_are_refused_and_counted() {
         "the proxy serves on"
     );
 }
+
+/// One request over mTLS as `client`; the status code and the body.
+fn request_as(pki: &Pki, client: &str, addr: SocketAddr, method: &str, target: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut tls = tls_connect(pki, client, addr);
+    let raw = format!(
+        "{method} {target} HTTP/1.1\r\nHost: billing\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(raw.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer to {method} {target}: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const BILLING_POLICY: &str = "apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: billing-service-policy
+  namespace: production
+spec:
+  selector:
+    matchLabels:
+      app: billing-service
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"example.org/ns/production/sa/payment-service\"]
+    to:
+    - operation:
+        methods: [\"POST\"]
+        paths: [\"/api/v1/charges\", \"/api/v1/refunds\"]
+";
+
+#[test]
+fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chain() {
+    let Some(python) =
+        zt_testkit::python("policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chain")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(policies.join("billing.yaml"), BILLING_POLICY).unwrap();
+    let log = dir.path().join("decisions.log");
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
+        .args(["--app", &app_addr.to_string(), "--policy-dir"])
+        .arg(&policies)
+        .args([
+            "--namespace",
+            "production",
+            "--label",
+            "app=billing-service",
+            "--decision-log",
+        ])
+        .arg(&log)
+        .args(pki.proxy_identity());
+    let _proxy = spawn_ready(command, admin);
+
+    // The seed's rule: payment-service may POST charges and refunds, nothing else.
+    let (status, body) = request_as(&pki, "payment", inbound, "POST", "/api/v1/charges");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/refunds").0,
+        200
+    );
+    let (status, body) = request_as(&pki, "payment", inbound, "GET", "/api/v1/charges");
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied\n"));
+    assert_eq!(
+        request_as(&pki, "intruder", inbound, "POST", "/api/v1/charges").0,
+        403
+    );
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/admin").0,
+        403
+    );
+    // The normalized path is the one matched and the one the app receives.
+    let (status, body) = request_as(
+        &pki,
+        "payment",
+        inbound,
+        "POST",
+        "/api/v1/refunds/..%2Fcharges?id=7",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["path"],
+        "/api/v1/charges?id=7"
+    );
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/charges%00").0,
+        400
+    );
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "post", "/api/v1/charges").0,
+        400
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "zt_proxy_authz_decisions_total{decision=\"DENY\",mode=\"enforce\"}"
+        ),
+        3.0
+    );
+
+    // A policy change takes effect without a restart.
+    fs::write(
+        policies.join("billing.yaml"),
+        BILLING_POLICY.replace("methods: [\"POST\"]", "methods: [\"POST\", \"GET\"]"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while request_as(&pki, "payment", inbound, "GET", "/api/v1/charges").0 != 200 {
+        assert!(start.elapsed() < DEADLINE, "the changed policy never took effect");
+        std::thread::sleep(POLL);
+    }
+    // A broken change is refused; the last good set stays in force.
+    fs::write(policies.join("broken.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: production}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0.0/99\"]\n").unwrap();
+    let start = Instant::now();
+    while metric(admin, "zt_proxy_policy_reload_failures_total") < 1.0 {
+        assert!(start.elapsed() < DEADLINE, "the broken policy was not noticed");
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "GET", "/api/v1/charges").0,
+        200
+    );
+    assert_eq!(
+        request_as(&pki, "intruder", inbound, "GET", "/api/v1/charges").0,
+        403
+    );
+
+    // Every decision is in the log, and the chain verifies.
+    let zt = |args: &[&str]| Command::new(zt_exe()).args(args).output().unwrap();
+    let start = Instant::now();
+    let verified = loop {
+        let out = zt(&["audit", "verify", log.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.contains(" 0 records") && text.contains("chain intact") {
+            let count: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+            if count >= 9 {
+                break text;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the decision log is incomplete: {}",
+            describe(&out)
+        );
+        std::thread::sleep(POLL);
+    };
+    assert!(verified.contains("chain intact"), "{verified}");
+    let out = zt(&["audit", "query", log.to_str().unwrap(), "--decision", "DENY"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let denials: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(denials.len() >= 4, "{denials:?}");
+    let first = &denials[0];
+    assert_eq!(
+        first["source_principal"],
+        "spiffe://example.org/ns/production/sa/payment-service"
+    );
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/api/v1/charges");
+    assert_eq!(first["destination"], "production/billing-service");
+    assert_eq!(first["mode"], "enforce");
+    assert_eq!(first["policy"], Value::Null);
+    assert_eq!(first["reason"], "no ALLOW policy matched");
+    let out = zt(&[
+        "audit",
+        "query",
+        log.to_str().unwrap(),
+        "--principal",
+        "*/sa/intruder",
+        "--decision",
+        "DENY",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "{}",
+        describe(&out)
+    );
+
+    // An edited record is found.
+    let text = fs::read_to_string(&log).unwrap();
+    let tampered = text.replacen("\"decision\":\"DENY\"", "\"decision\":\"ALLOW\"", 1);
+    fs::write(&log, tampered).unwrap();
+    let out = zt(&["audit", "verify", log.to_str().unwrap()]);
+    assert_failure(&out, 1, &["decisions.log:", "does not match its hash"]);
+}
+
+#[test]
+fn permissive_policy_mode_records_denials_and_lets_them_through() {
+    let Some(python) = zt_testkit::python("permissive_policy_mode_records_denials_and_lets_them_through")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(policies.join("billing.yaml"), BILLING_POLICY).unwrap();
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
+        .args(["--app", &app_addr.to_string(), "--policy-dir"])
+        .arg(&policies)
+        .args(["--policy-mode", "permissive", "--namespace", "production"])
+        .args(["--label", "app=billing-service"])
+        .args(pki.proxy_identity());
+    let _proxy = spawn_ready(command, admin);
+    // The seed's policy denies this; permissive records the DENY and lets it through.
+    assert_eq!(request_as(&pki, "intruder", inbound, "GET", "/x").0, 200);
+    assert_eq!(request_as(&pki, "payment", inbound, "POST", "/api/v1/charges").0, 200);
+    assert_eq!(
+        metric(
+            admin,
+            "zt_proxy_authz_decisions_total{decision=\"DENY\",mode=\"permissive\"}"
+        ),
+        1.0
+    );
+}

@@ -2,6 +2,7 @@
 //! whose text names the file, flag or value at fault.
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod entry;

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
+use zt_proxy::authz::{AuthzConfig, PolicyMode};
 use zt_proxy::inbound::{Limits, Mode};
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
 
-use crate::{AppProtocolArg, ModeArg, ProxyArgs};
+use crate::{AppProtocolArg, ModeArg, PolicyModeArg, ProxyArgs};
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -33,11 +34,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
         }),
     };
-    if (args.app.is_some() || !args.tcp_inbound.is_empty()) && args.allow_spiffe_id.is_empty() {
+    if (args.app.is_some() || !args.tcp_inbound.is_empty())
+        && args.allow_spiffe_id.is_empty()
+        && args.policy_dir.is_none()
+    {
         anyhow::bail!(
-            "--allow-spiffe-id is required with --app or --tcp-inbound: without it nobody could connect"
+            "--allow-spiffe-id or --policy-dir is required with --app or --tcp-inbound: without either nobody could connect"
         );
     }
+    // With policies and no allow-list, the policies alone decide who gets in.
+    let allow = if args.allow_spiffe_id.is_empty() && args.policy_dir.is_some() {
+        AllowList::parse(&["*".to_owned()])?
+    } else {
+        allow
+    };
     let fronting = |app, app_protocol| InboundConfig {
         app,
         allow: allow.clone(),
@@ -54,6 +64,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             ModeArg::Permissive => Mode::Permissive,
         },
         app_protocol,
+        authz: None,
     };
     let mut inbound = Vec::new();
     if let Some(app) = args.app {
@@ -77,6 +88,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             TlsVersions::Tls13
         },
         admin: args.admin,
+        authz: args.policy_dir.map(|policy_dir| AuthzConfig {
+            policy_dir,
+            mode: match args.policy_mode {
+                PolicyModeArg::Enforce => PolicyMode::Enforce,
+                PolicyModeArg::Permissive => PolicyMode::Permissive,
+            },
+            namespace: args.namespace,
+            labels: args.labels.into_iter().collect(),
+            root_namespace: args.root_namespace,
+            decision_log: args.decision_log,
+        }),
     };
     super::init_logging("info");
     super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;

@@ -1,0 +1,352 @@
+//! Authorization of every request (and every TCP connection) by Istio
+//! AuthorizationPolicies from a directory, reloaded when it changes; every
+//! decision recorded in the hash-chained decision log.
+//!
+//! The workload's namespace comes from `--namespace`, or else from the proxy's
+//! own Istio-style SPIFFE ID (`/ns/NS/sa/SA`); its labels from `--label`. Until
+//! both the policies and the namespace are known, every request is denied. A
+//! reload that fails keeps the last good set in force. In `permissive` mode a
+//! DENY is recorded and let through: observe first, enforce later.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use zt_policy::{PolicySet, Request, Verdict, WorkloadPolicies};
+
+use crate::admin::{AuthzLabels, Metrics};
+use crate::identity::IdentityWatch;
+
+/// How often the policy directory is checked for changes.
+const POLL: Duration = Duration::from_secs(1);
+/// Decisions waiting for the log writer; requests wait when it is full, so no
+/// decision is ever dropped.
+const LOG_BACKLOG: usize = 4096;
+
+/// Istio's migration modes for authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyMode {
+    /// A DENY is a 403 (HTTP) or a closed connection (TCP).
+    #[default]
+    Enforce,
+    /// Everything is evaluated and recorded; a DENY is let through.
+    Permissive,
+}
+
+impl PolicyMode {
+    fn label(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Permissive => "permissive",
+        }
+    }
+}
+
+/// How authorization is set up.
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    /// The directory of policy files.
+    pub policy_dir: PathBuf,
+    /// Enforce or only record.
+    pub mode: PolicyMode,
+    /// The workload's namespace; `None`: from the SPIFFE ID.
+    pub namespace: Option<String>,
+    /// The workload's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Policies in this namespace apply to every workload.
+    pub root_namespace: String,
+    /// The hash-chained decision log, if any.
+    pub decision_log: Option<PathBuf>,
+}
+
+/// Why authorization could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    /// The policies do not load: every problem, one per line.
+    #[error("--policy-dir {dir}:\n{problems}")]
+    Policies {
+        /// The directory.
+        dir: String,
+        /// `file:line: field: problem` lines.
+        problems: String,
+    },
+    /// The decision log cannot be opened or does not verify.
+    #[error("--decision-log: {0}")]
+    Log(#[from] zt_audit::AuditError),
+}
+
+/// The policies in force for this workload.
+struct InForce {
+    policies: WorkloadPolicies,
+    version: String,
+    destination: String,
+}
+
+/// Decides requests; shared by every connection of a listener.
+pub struct Authorizer {
+    current: watch::Receiver<Option<Arc<InForce>>>,
+    mode: PolicyMode,
+    log: Option<mpsc::Sender<zt_audit::Record>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Authorizer({:?})", self.mode)
+    }
+}
+
+/// A loaded policy directory and its version.
+struct Loaded {
+    set: PolicySet,
+    version: String,
+}
+
+fn load(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
+    let sources = zt_policy::load::read_dir(dir).map_err(|e| e.to_string())?;
+    let policies = zt_policy::load::parse(&sources).map_err(|e| e.to_string())?;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for source in &sources {
+        digest.update(source.name.to_string_lossy().as_bytes());
+        digest.update(&[0]);
+        digest.update(source.text.as_bytes());
+        digest.update(&[0]);
+    }
+    let version = zt_identity::x509::hex_compact(&digest.finish().as_ref()[..6]);
+    Ok(Loaded {
+        set: PolicySet::new(policies, root_namespace),
+        version,
+    })
+}
+
+impl Authorizer {
+    /// Loads the policies now (a broken set fails the start), opens the log,
+    /// and follows both the directory and the identity.
+    pub fn start(
+        config: AuthzConfig,
+        identity: IdentityWatch,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AuthzError> {
+        let loaded =
+            load(&config.policy_dir, &config.root_namespace).map_err(|problems| AuthzError::Policies {
+                dir: config.policy_dir.display().to_string(),
+                problems,
+            })?;
+        let log = match &config.decision_log {
+            Some(path) => {
+                let writer = zt_audit::Writer::open(path)?;
+                let (tx, rx) = mpsc::channel(LOG_BACKLOG);
+                tokio::spawn(write_log(writer, rx, metrics.clone()));
+                Some(tx)
+            }
+            None => None,
+        };
+        let (tx, current) = watch::channel(None);
+        tokio::spawn(follow(config.clone(), loaded, identity, tx, metrics.clone()));
+        Ok(Self {
+            current,
+            mode: config.mode,
+            log,
+            metrics,
+        })
+    }
+
+    /// Decides `request`, records the decision, and says whether it may pass
+    /// (a DENY passes in permissive mode).
+    pub async fn authorize(&self, request: &Request) -> bool {
+        let started = Instant::now();
+        let in_force = self.current.borrow().clone();
+        let (decision, version, destination) = match &in_force {
+            Some(in_force) => (
+                in_force.policies.evaluate(request),
+                in_force.version.as_str(),
+                in_force.destination.as_str(),
+            ),
+            None => (
+                zt_policy::Decision {
+                    decision: Verdict::Deny,
+                    policy: None,
+                    reason: "no policies in force yet (the workload's namespace is not known)".into(),
+                    audit: None,
+                    dry_run: None,
+                },
+                "none",
+                "unknown",
+            ),
+        };
+        let eval_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let allowed = decision.decision == Verdict::Allow || self.mode == PolicyMode::Permissive;
+        let verdict = match decision.decision {
+            Verdict::Allow => "ALLOW",
+            Verdict::Deny => "DENY",
+        };
+        self.metrics
+            .authz_decisions
+            .get_or_create(&AuthzLabels {
+                decision: verdict,
+                mode: self.mode.label(),
+            })
+            .inc();
+        let http = request.request.as_ref();
+        if decision.decision == Verdict::Deny {
+            tracing::info!(
+                target: "zt::access",
+                peer = request.source.principal.as_deref().unwrap_or("plaintext"),
+                method = http.map(|h| h.method.as_str()),
+                path = http.map(|h| h.path.as_str()),
+                policy = decision.policy.as_deref(),
+                reason = %decision.reason,
+                enforced = !allowed,
+                "authorization: DENY"
+            );
+        }
+        if let Some(log) = &self.log {
+            let record = zt_audit::Record {
+                seq: 0,
+                time_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+                id: decision_id(),
+                source_principal: request.source.principal.clone(),
+                source_ip: request.source.ip.map(|ip| ip.to_string()),
+                destination: destination.to_owned(),
+                port: request.destination.port,
+                protocol: match request.protocol {
+                    zt_policy::request::Protocol::Http => "http".into(),
+                    zt_policy::request::Protocol::Tcp => "tcp".into(),
+                },
+                method: http.map(|h| h.method.clone()),
+                host: http.map(|h| h.host.clone()),
+                path: http.map(|h| h.path.clone()),
+                decision: verdict.into(),
+                mode: self.mode.label().into(),
+                policy: decision.policy.clone(),
+                reason: decision.reason.clone(),
+                policy_version: version.to_owned(),
+                eval_ns,
+                dry_run: decision
+                    .dry_run
+                    .as_ref()
+                    .map(|d| format!("{} {}", d.decision, d.policy.as_deref().unwrap_or("(no policy)"))),
+                audit: decision.audit.clone(),
+                prev: String::new(),
+                hash: String::new(),
+            };
+            if log.send(record).await.is_err() {
+                // The writer is gone (its file failed): fail closed.
+                self.metrics.decision_log_failures.inc();
+                return false;
+            }
+        }
+        allowed
+    }
+}
+
+/// 128 random bits, hex.
+fn decision_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The system RNG does not fail on Linux; an all-zero id would still be logged.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    zt_identity::x509::hex_compact(&bytes)
+}
+
+/// Appends decisions in batches until every sender is gone.
+async fn write_log(
+    mut writer: zt_audit::Writer,
+    mut rx: mpsc::Receiver<zt_audit::Record>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if let Err(e) = writer.append(batch.drain(..)) {
+            metrics.decision_log_failures.inc();
+            tracing::error!(error = %e, "decision log write failed: requests are denied until the proxy is restarted");
+            return;
+        }
+    }
+}
+
+/// Keeps the workload's policies current: on a change of the directory or of
+/// the identity (which may give the namespace).
+async fn follow(
+    config: AuthzConfig,
+    mut loaded: Loaded,
+    mut identity: IdentityWatch,
+    tx: watch::Sender<Option<Arc<InForce>>>,
+    metrics: Arc<Metrics>,
+) {
+    let stamp = |dir: &Path| directory_stamp(dir);
+    let mut last = stamp(&config.policy_dir);
+    let publish = |loaded: &Loaded, identity: &IdentityWatch| {
+        let namespace = config.namespace.clone().or_else(|| {
+            let id = identity.borrow().as_ref()?.spiffe_id.to_string();
+            zt_policy::request::namespace_of(&id).map(str::to_owned)
+        });
+        let Some(namespace) = namespace else {
+            tx.send_replace(None);
+            return;
+        };
+        let policies = loaded.set.for_workload(&namespace, &config.labels);
+        tracing::info!(%namespace, version = %loaded.version, policies = policies.len(), "policies in force");
+        let destination = match config.labels.get("app") {
+            Some(app) => format!("{namespace}/{app}"),
+            None => namespace,
+        };
+        tx.send_replace(Some(Arc::new(InForce {
+            policies,
+            version: loaded.version.clone(),
+            destination,
+        })));
+    };
+    publish(&loaded, &identity);
+    loop {
+        let mut changed = tokio::select! {
+            () = tokio::time::sleep(POLL) => false,
+            changed = identity.changed() => if changed.is_err() { return } else { true },
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let now = stamp(&config.policy_dir);
+        if now != last {
+            last = now;
+            match load(&config.policy_dir, &config.root_namespace) {
+                Ok(fresh) => {
+                    loaded = fresh;
+                    changed = true;
+                }
+                Err(problems) => {
+                    metrics.policy_reload_failures.inc();
+                    tracing::error!(dir = %config.policy_dir.display(), %problems, "policies changed but do not load; the last good set stays in force");
+                }
+            }
+        }
+        if changed {
+            publish(&loaded, &identity);
+        }
+    }
+}
+
+/// Names, sizes and modification times of everything under `dir`.
+fn directory_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut stamp = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => pending.push(path),
+                Ok(meta) => stamp.push((path, meta.len(), meta.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    stamp.sort();
+    stamp
+}
