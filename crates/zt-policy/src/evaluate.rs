@@ -10,7 +10,7 @@
 //! recorded, never enforced. A request that cannot be evaluated (a malformed
 //! path, a lower-case method) is denied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -121,13 +121,93 @@ impl PolicySet {
     }
 }
 
-/// The policies that apply to one workload, by action.
+/// The policies that apply to one workload, by action, each list indexed by
+/// the exact principals its policies name.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadPolicies {
-    deny: Vec<Arc<Policy>>,
-    allow: Vec<Arc<Policy>>,
-    audit: Vec<Arc<Policy>>,
+    deny: Indexed,
+    allow: Indexed,
+    audit: Indexed,
     dry_run_present: bool,
+}
+
+/// Policies in order, and which of them a principal can reach: a policy whose
+/// rules all name exact principals is only looked at for those principals.
+#[derive(Debug, Clone, Default)]
+struct Indexed {
+    policies: Vec<Arc<Policy>>,
+    by_principal: HashMap<String, Vec<usize>>,
+    /// Positions of policies that may match any principal.
+    unkeyed: Vec<usize>,
+}
+
+impl Indexed {
+    fn push(&mut self, policy: Arc<Policy>) {
+        let position = self.policies.len();
+        match policy.exact_principals() {
+            Some(keys) => {
+                for key in keys {
+                    let positions = self.by_principal.entry(key.to_owned()).or_default();
+                    if positions.last() != Some(&position) {
+                        positions.push(position);
+                    }
+                }
+            }
+            None => self.unkeyed.push(position),
+        }
+        self.policies.push(policy);
+    }
+
+    fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The policies `principal` can match, in their order.
+    fn candidates<'a>(&'a self, principal: Option<&str>) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+        let keyed: &[usize] = principal
+            .and_then(|p| self.by_principal.get(p))
+            .map_or(&[], Vec::as_slice);
+        Merge {
+            a: keyed,
+            b: &self.unkeyed,
+        }
+        .map(|position| &self.policies[position])
+    }
+}
+
+/// Two ascending position lists, merged.
+struct Merge<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+}
+
+impl Iterator for Merge<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(a), Some(b)) => a <= b,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let (list, other) = if take_a {
+            (&mut self.a, &mut self.b)
+        } else {
+            (&mut self.b, &mut self.a)
+        };
+        let (first, rest) = list.split_first()?;
+        *list = rest;
+        // The same position in both lists is one policy.
+        if other.first() == Some(first) {
+            *other = &other[1..];
+        }
+        Some(*first)
+    }
 }
 
 impl WorkloadPolicies {
@@ -150,7 +230,7 @@ impl WorkloadPolicies {
         let mut decision = self.decide(&facts, false);
         decision.audit = self
             .audit
-            .iter()
+            .candidates(facts.principal)
             .find(|p| !p.dry_run && p.matching_rule(&facts).is_some())
             .map(|p| p.id());
         if self.dry_run_present {
@@ -161,21 +241,25 @@ impl WorkloadPolicies {
 
     fn decide(&self, facts: &Facts<'_>, with_dry_run: bool) -> Decision {
         let enforced = |p: &&Arc<Policy>| with_dry_run || !p.dry_run;
-        for policy in self.deny.iter().filter(enforced) {
+        for policy in self.deny.candidates(facts.principal).filter(enforced) {
             if let Some(rule) = policy.matching_rule(facts) {
                 let reason = format!("matched rule {rule} of DENY policy {}", policy.id());
                 return Decision::new(Verdict::Deny, Some(policy), reason);
             }
         }
-        let mut allows = self.allow.iter().filter(enforced).peekable();
-        if allows.peek().is_none() {
+        let any_allow = if with_dry_run || !self.dry_run_present {
+            !self.allow.is_empty()
+        } else {
+            self.allow.policies.iter().any(|p| !p.dry_run)
+        };
+        if !any_allow {
             return Decision::new(
                 Verdict::Allow,
                 None,
                 "no ALLOW policy applies to the workload".into(),
             );
         }
-        for policy in allows {
+        for policy in self.allow.candidates(facts.principal).filter(enforced) {
             if let Some(rule) = policy.matching_rule(facts) {
                 let reason = format!("matched rule {rule} of ALLOW policy {}", policy.id());
                 return Decision::new(Verdict::Allow, Some(policy), reason);

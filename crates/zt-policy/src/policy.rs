@@ -201,6 +201,34 @@ impl Policy {
             .is_none_or(|wanted| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
     }
 
+    /// The peer principals it can possibly match, when that is a finite set of
+    /// exact values (every rule names its sources' principals exactly): an
+    /// index key. `None`: it may match any principal.
+    pub(crate) fn exact_principals(&self) -> Option<Vec<&str>> {
+        let mut keys = Vec::new();
+        if self.rules.is_empty() {
+            // Matches nothing: no key needed, no request can reach it.
+            return Some(keys);
+        }
+        for rule in &self.rules {
+            if rule.from.is_empty() {
+                return None;
+            }
+            for source in &rule.from {
+                if source.principals.any.is_empty() {
+                    return None;
+                }
+                for principal in &source.principals.any {
+                    match principal {
+                        StringMatch::Exact(exact) => keys.push(exact.as_str()),
+                        _ => return None,
+                    }
+                }
+            }
+        }
+        Some(keys)
+    }
+
     /// The index of the first rule that matches.
     pub(crate) fn matching_rule(&self, facts: &Facts<'_>) -> Option<usize> {
         let tcp = facts.http.is_none();

@@ -648,3 +648,51 @@ fn bad_policies_are_refused_with_file_line_and_field() {
         "{got}"
     );
 }
+
+#[test]
+fn the_principal_index_keeps_policy_order_and_decisions() {
+    // Keyed (exact principals) and unkeyed (pattern, no from) policies mixed:
+    // the decision names the first matching policy in file order, as a scan would.
+    let set = policies(&format!(
+        "{}{}{}{}",
+        doc(
+            "a-exact",
+            "production",
+            "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/production/sa/orders\"]\n    to:\n    - operation:\n        paths: [\"/a\"]"
+        ),
+        doc(
+            "b-pattern",
+            "production",
+            "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/production/*\"]"
+        ),
+        doc(
+            "c-exact",
+            "production",
+            "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/production/sa/orders\", \"cluster.local/ns/sandbox/sa/intruder\"]"
+        ),
+        doc(
+            "d-deny-exact",
+            "production",
+            "  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/sandbox/sa/intruder\"]\n    to:\n    - operation:\n        paths: [\"/secret\"]"
+        ),
+    ));
+    let by = |principal: &str, path: &str| {
+        let d = set.evaluate(&http(Some(principal), "GET", path));
+        (d.decision, d.policy)
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(by(ORDERS, "/a"), (Verdict::Allow, some("production/a-exact")));
+    assert_eq!(by(ORDERS, "/b"), (Verdict::Allow, some("production/b-pattern")));
+    assert_eq!(by(PAYMENT, "/a"), (Verdict::Allow, some("production/b-pattern")));
+    assert_eq!(by(INTRUDER, "/x"), (Verdict::Allow, some("production/c-exact")));
+    assert_eq!(
+        by(INTRUDER, "/secret"),
+        (Verdict::Deny, some("production/d-deny-exact"))
+    );
+    assert_eq!(
+        by(ORDERS, "/secret"),
+        (Verdict::Allow, some("production/b-pattern"))
+    );
+    let plaintext = set.evaluate(&http(None, "GET", "/a"));
+    assert_eq!((plaintext.decision, plaintext.policy), (Verdict::Deny, None));
+}

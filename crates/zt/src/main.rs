@@ -577,6 +577,15 @@ enum BenchCommand {
     Server(BenchServer),
     /// zt agent: entry created → SVID on a workload's stream, Workload API call latency.
     Agent(BenchAgent),
+    /// AuthorizationPolicy evaluation in process, with 1 to 10 000 policies.
+    Policy(BenchPolicy),
+}
+
+#[derive(Args)]
+struct BenchPolicy {
+    /// Decisions timed per line.
+    #[arg(long, default_value_t = 100_000)]
+    iterations: usize,
 }
 
 #[derive(Args)]
@@ -818,6 +827,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Identity(args)) => cmd::bench::identity(args),
         Command::Bench(BenchCommand::Server(args)) => cmd::bench::server(args),
         Command::Bench(BenchCommand::Agent(args)) => cmd::bench::agent(args),
+        Command::Bench(BenchCommand::Policy(args)) => cmd::bench::policy(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

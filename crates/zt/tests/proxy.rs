@@ -1643,7 +1643,10 @@ fn permissive_policy_mode_records_denials_and_lets_them_through() {
     let _proxy = spawn_ready(command, admin);
     // The seed's policy denies this; permissive records the DENY and lets it through.
     assert_eq!(request_as(&pki, "intruder", inbound, "GET", "/x").0, 200);
-    assert_eq!(request_as(&pki, "payment", inbound, "POST", "/api/v1/charges").0, 200);
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/charges").0,
+        200
+    );
     assert_eq!(
         metric(
             admin,
