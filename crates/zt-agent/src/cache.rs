@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use zt_api::agent::{Entry, RevokedId, SyncResponse};
+use zt_api::agent::{Entry, PolicySet, RevokedId, SyncResponse};
 use zt_identity::{Bundle, TrustDomain};
 
 /// An X.509-SVID held for an entry, with its private key.
@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub crls: Arc<Vec<Vec<u8>>>,
     /// The revoked SPIFFE IDs, sorted by ID, for the revocations feed.
     pub revoked_ids: Arc<Vec<RevokedId>>,
+    /// The newest authorization policies, for the proxies.
+    pub policies: Option<Arc<PolicySet>>,
 }
 
 /// The agent's working state.
@@ -84,6 +86,7 @@ pub struct Cache {
     crls: Arc<Vec<Vec<u8>>>,
     /// As the server sent them, sorted by ID.
     revoked_id_list: Arc<Vec<RevokedId>>,
+    policies: Option<Arc<PolicySet>>,
 }
 
 impl Cache {
@@ -113,6 +116,10 @@ impl Cache {
             .collect();
         self.revoked_id_list = Arc::new(revoked_ids);
         self.crls = Arc::new(sync.crls);
+        // Sent only when they change: absent keeps what the agent has.
+        if let Some(policies) = sync.policies {
+            self.policies = Some(Arc::new(policies));
+        }
         Ok(())
     }
 
@@ -187,6 +194,7 @@ impl Cache {
             bundle: self.bundle.clone(),
             crls: self.crls.clone(),
             revoked_ids: self.revoked_id_list.clone(),
+            policies: self.policies.clone(),
         }
     }
 

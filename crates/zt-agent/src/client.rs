@@ -9,8 +9,9 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
+use zt_api::agent::workload_policies_client::WorkloadPoliciesClient;
 use zt_api::agent::workload_revocations_client::WorkloadRevocationsClient;
-use zt_api::agent::{RevokedIds, WatchRevokedIdsRequest};
+use zt_api::agent::{PolicySet, RevokedIds, WatchPoliciesRequest, WatchRevokedIdsRequest};
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -30,6 +31,8 @@ pub struct WorkloadClient {
     inner: SpiffeWorkloadApiClient<WithHeader>,
     /// zt agent's revocations feed, on the same connection.
     revocations: WorkloadRevocationsClient<WithHeader>,
+    /// zt agent's policies feed, on the same connection.
+    policies: WorkloadPoliciesClient<WithHeader>,
 }
 
 /// The socket path of a `SPIFFE_ENDPOINT_SOCKET` value: `unix:///path` or `unix:/path`.
@@ -68,8 +71,19 @@ impl WorkloadClient {
         let interceptor: fn(Request<()>) -> Result<Request<()>, Status> = security_header;
         Ok(Self {
             inner: SpiffeWorkloadApiClient::with_interceptor(channel.clone(), interceptor),
-            revocations: WorkloadRevocationsClient::with_interceptor(channel, interceptor),
+            revocations: WorkloadRevocationsClient::with_interceptor(channel.clone(), interceptor),
+            policies: WorkloadPoliciesClient::with_interceptor(channel, interceptor),
         })
+    }
+
+    /// zt agent's stream of authorization policy versions.
+    pub async fn policies(&self) -> Result<Streaming<PolicySet>, Status> {
+        Ok(self
+            .policies
+            .clone()
+            .watch_policies(WatchPoliciesRequest {})
+            .await?
+            .into_inner())
     }
 
     /// zt agent's stream of revoked SPIFFE IDs (`Unimplemented` from other agents).

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use zt_api::agent::workload_policies_server::WorkloadPoliciesServer;
 use zt_api::agent::workload_revocations_server::WorkloadRevocationsServer;
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use zt_identity::{Bundle, SpiffeId};
@@ -104,6 +105,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let serve = tonic::transport::Server::builder()
         .add_service(WorkloadRevocationsServer::new(api.clone()))
+        .add_service(WorkloadPoliciesServer::new(api.clone()))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .serve_with_incoming_shutdown(incoming(listener), stopping);
     let mut stop_rx = stop_rx;

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use zt_api::agent::workload_policies_server::WorkloadPolicies;
 use zt_api::agent::workload_revocations_server::WorkloadRevocations;
-use zt_api::agent::{RevokedIds, WatchRevokedIdsRequest};
+use zt_api::agent::{PolicySet, RevokedIds, WatchPoliciesRequest, WatchRevokedIdsRequest};
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -233,6 +234,15 @@ fn revoked_ids_view(snapshot: &Snapshot, workload: &Workload) -> View<RevokedIds
     })
 }
 
+/// The policies, once the agent has any, to callers with an identity here.
+fn policies_view(snapshot: &Snapshot, workload: &Workload) -> View<PolicySet> {
+    match (with_bundle(snapshot, workload, |_| ()), &snapshot.policies) {
+        (View::Ready(()), Some(policies)) => View::Ready(PolicySet::clone(policies)),
+        (View::Denied(why), _) => View::Denied(why),
+        _ => View::Wait,
+    }
+}
+
 /// Bundles go to callers that have an identity here, as SPIRE does by default.
 fn with_bundle<T>(snapshot: &Snapshot, workload: &Workload, build: impl Fn(&Bundle) -> T) -> View<T> {
     match (matching(snapshot, workload), &snapshot.bundle) {
@@ -252,6 +262,19 @@ impl WorkloadRevocations for WorkloadApi {
     ) -> Result<Response<Self::WatchRevokedIdsStream>, Status> {
         let workload = self.caller(&request).await?;
         Ok(Response::new(self.stream(workload, revoked_ids_view)))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadPolicies for WorkloadApi {
+    type WatchPoliciesStream = ResponseStream<PolicySet>;
+
+    async fn watch_policies(
+        &self,
+        request: Request<WatchPoliciesRequest>,
+    ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
+        let workload = self.caller(&request).await?;
+        Ok(Response::new(self.stream(workload, policies_view)))
     }
 }
 

@@ -21,6 +21,9 @@ use crate::identity::IdentityWatch;
 
 /// How often the policy directory is checked for changes.
 const POLL: Duration = Duration::from_secs(1);
+/// Backoff between attempts to reach zt agent.
+const AGENT_RETRY_MIN: Duration = Duration::from_millis(200);
+const AGENT_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Decisions waiting for the log writer; requests wait when it is full, so no
 /// decision is ever dropped.
 const LOG_BACKLOG: usize = 4096;
@@ -44,11 +47,21 @@ impl PolicyMode {
     }
 }
 
+/// Where the policies come from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A directory of policy files, polled for changes (standalone, no server).
+    Dir(PathBuf),
+    /// zt agent on this Workload API socket, which has them from zt server
+    /// (`zt policy apply`); until the first version arrives, everything is denied.
+    Agent(PathBuf),
+}
+
 /// How authorization is set up.
 #[derive(Debug, Clone)]
 pub struct AuthzConfig {
-    /// The directory of policy files.
-    pub policy_dir: PathBuf,
+    /// Where the policies come from.
+    pub source: PolicySource,
     /// Enforce or only record.
     pub mode: PolicyMode,
     /// The workload's namespace; `None`: from the SPIFFE ID.
@@ -104,9 +117,22 @@ struct Loaded {
     version: String,
 }
 
-fn load(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
+/// Compiles a set of policy files; the version names it in decision records.
+fn compile(
+    sources: &[zt_policy::load::Source],
+    version: String,
+    root_namespace: &str,
+) -> Result<Loaded, String> {
+    let policies = zt_policy::load::parse(sources).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        set: PolicySet::new(policies, root_namespace),
+        version,
+    })
+}
+
+/// A policy directory; its version is a digest of its files.
+fn load_dir(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
     let sources = zt_policy::load::read_dir(dir).map_err(|e| e.to_string())?;
-    let policies = zt_policy::load::parse(&sources).map_err(|e| e.to_string())?;
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for source in &sources {
         digest.update(source.name.to_string_lossy().as_bytes());
@@ -114,26 +140,46 @@ fn load(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
         digest.update(source.text.as_bytes());
         digest.update(&[0]);
     }
-    let version = zt_identity::x509::hex_compact(&digest.finish().as_ref()[..6]);
-    Ok(Loaded {
-        set: PolicySet::new(policies, root_namespace),
-        version,
-    })
+    let version = format!(
+        "dir:{}",
+        zt_identity::x509::hex_compact(&digest.finish().as_ref()[..6])
+    );
+    compile(&sources, version, root_namespace)
 }
 
 impl Authorizer {
-    /// Loads the policies now (a broken set fails the start), opens the log,
-    /// and follows both the directory and the identity.
+    /// Loads a policy directory now (a broken set fails the start) or starts
+    /// following zt agent, opens the log, and follows the identity.
     pub fn start(
         config: AuthzConfig,
         identity: IdentityWatch,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuthzError> {
-        let loaded =
-            load(&config.policy_dir, &config.root_namespace).map_err(|problems| AuthzError::Policies {
-                dir: config.policy_dir.display().to_string(),
-                problems,
-            })?;
+        let (loaded_tx, loaded) = watch::channel(None);
+        match &config.source {
+            PolicySource::Dir(dir) => {
+                let first =
+                    load_dir(dir, &config.root_namespace).map_err(|problems| AuthzError::Policies {
+                        dir: dir.display().to_string(),
+                        problems,
+                    })?;
+                loaded_tx.send_replace(Some(Arc::new(first)));
+                tokio::spawn(poll_dir(
+                    dir.clone(),
+                    config.root_namespace.clone(),
+                    loaded_tx,
+                    metrics.clone(),
+                ));
+            }
+            PolicySource::Agent(socket) => {
+                tokio::spawn(follow_agent(
+                    socket.clone(),
+                    config.root_namespace.clone(),
+                    loaded_tx,
+                    metrics.clone(),
+                ));
+            }
+        }
         let log = match &config.decision_log {
             Some(path) => {
                 let writer = zt_audit::Writer::open(path)?;
@@ -144,7 +190,7 @@ impl Authorizer {
             None => None,
         };
         let (tx, current) = watch::channel(None);
-        tokio::spawn(follow(config.clone(), loaded, identity, tx, metrics.clone()));
+        tokio::spawn(combine(config.clone(), loaded, identity, tx));
         Ok(Self {
             current,
             mode: config.mode,
@@ -168,7 +214,9 @@ impl Authorizer {
                 zt_policy::Decision {
                     decision: Verdict::Deny,
                     policy: None,
-                    reason: "no policies in force yet (the workload's namespace is not known)".into(),
+                    reason:
+                        "no policies in force yet (none received, or the workload's namespace is not known)"
+                            .into(),
                     audit: None,
                     dry_run: None,
                 },
@@ -269,65 +317,130 @@ async fn write_log(
     }
 }
 
-/// Keeps the workload's policies current: on a change of the directory or of
-/// the identity (which may give the namespace).
-async fn follow(
+/// Publishes the policies in force for the workload whenever the loaded set
+/// or the identity (which may give the namespace) changes.
+async fn combine(
     config: AuthzConfig,
-    mut loaded: Loaded,
+    mut loaded: watch::Receiver<Option<Arc<Loaded>>>,
     mut identity: IdentityWatch,
     tx: watch::Sender<Option<Arc<InForce>>>,
-    metrics: Arc<Metrics>,
 ) {
-    let stamp = |dir: &Path| directory_stamp(dir);
-    let mut last = stamp(&config.policy_dir);
-    let publish = |loaded: &Loaded, identity: &IdentityWatch| {
+    loop {
         let namespace = config.namespace.clone().or_else(|| {
             let id = identity.borrow().as_ref()?.spiffe_id.to_string();
             zt_policy::request::namespace_of(&id).map(str::to_owned)
         });
-        let Some(namespace) = namespace else {
-            tx.send_replace(None);
-            return;
+        let current = loaded.borrow_and_update().clone();
+        let in_force = match (namespace, current) {
+            (Some(namespace), Some(current)) => {
+                let policies = current.set.for_workload(&namespace, &config.labels);
+                tracing::info!(%namespace, version = %current.version, policies = policies.len(), "policies in force");
+                let destination = match config.labels.get("app") {
+                    Some(app) => format!("{namespace}/{app}"),
+                    None => namespace,
+                };
+                Some(Arc::new(InForce {
+                    policies,
+                    version: current.version.clone(),
+                    destination,
+                }))
+            }
+            _ => None,
         };
-        let policies = loaded.set.for_workload(&namespace, &config.labels);
-        tracing::info!(%namespace, version = %loaded.version, policies = policies.len(), "policies in force");
-        let destination = match config.labels.get("app") {
-            Some(app) => format!("{namespace}/{app}"),
-            None => namespace,
-        };
-        tx.send_replace(Some(Arc::new(InForce {
-            policies,
-            version: loaded.version.clone(),
-            destination,
-        })));
-    };
-    publish(&loaded, &identity);
+        tx.send_replace(in_force);
+        tokio::select! {
+            changed = loaded.changed() => if changed.is_err() { return },
+            changed = identity.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// Reloads a policy directory when it changes; a set that does not load is
+/// counted and logged, and the last good one stays in force.
+async fn poll_dir(
+    dir: PathBuf,
+    root_namespace: String,
+    tx: watch::Sender<Option<Arc<Loaded>>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last = directory_stamp(&dir);
     loop {
-        let mut changed = tokio::select! {
-            () = tokio::time::sleep(POLL) => false,
-            changed = identity.changed() => if changed.is_err() { return } else { true },
-        };
+        tokio::time::sleep(POLL).await;
         if tx.is_closed() {
             return;
         }
-        let now = stamp(&config.policy_dir);
-        if now != last {
-            last = now;
-            match load(&config.policy_dir, &config.root_namespace) {
-                Ok(fresh) => {
-                    loaded = fresh;
-                    changed = true;
-                }
-                Err(problems) => {
-                    metrics.policy_reload_failures.inc();
-                    tracing::error!(dir = %config.policy_dir.display(), %problems, "policies changed but do not load; the last good set stays in force");
-                }
+        let now = directory_stamp(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load_dir(&dir, &root_namespace) {
+            Ok(fresh) => {
+                tx.send_replace(Some(Arc::new(fresh)));
+            }
+            Err(problems) => {
+                metrics.policy_reload_failures.inc();
+                tracing::error!(dir = %dir.display(), %problems, "policies changed but do not load; the last good set stays in force");
             }
         }
-        if changed {
-            publish(&loaded, &identity);
+    }
+}
+
+/// Follows zt agent's policy stream, reconnecting with backoff; the last good
+/// set stays in force meanwhile.
+async fn follow_agent(
+    socket: PathBuf,
+    root_namespace: String,
+    tx: watch::Sender<Option<Arc<Loaded>>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut retry = AGENT_RETRY_MIN;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match stream_policies(&socket, &root_namespace, &tx, &metrics).await {
+            Ok(()) => retry = AGENT_RETRY_MIN,
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, retry_in = ?retry, "policies from zt agent")
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(AGENT_RETRY_MAX);
+    }
+}
+
+async fn stream_policies(
+    socket: &Path,
+    root_namespace: &str,
+    tx: &watch::Sender<Option<Arc<Loaded>>>,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let client = zt_agent::client::WorkloadClient::new(socket)?;
+    let mut stream = client.policies().await.map_err(|s| s.message().to_owned())?;
+    while let Some(set) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        let sources: Vec<zt_policy::load::Source> = set
+            .files
+            .into_iter()
+            .map(|f| zt_policy::load::Source {
+                name: f.name.into(),
+                text: f.text,
+            })
+            .collect();
+        match compile(&sources, format!("v{}", set.version), root_namespace) {
+            Ok(loaded) => {
+                tracing::info!(version = set.version, "policies from zt server");
+                tx.send_replace(Some(Arc::new(loaded)));
+            }
+            Err(problems) => {
+                // zt server checks every set it stores; this proxy may be older.
+                metrics.policy_reload_failures.inc();
+                tracing::error!(version = set.version, %problems, "policies from zt server do not load here; the last good set stays in force");
+            }
         }
     }
+    Err("zt agent ended the policy stream".into())
 }
 
 /// Names, sizes and modification times of everything under `dir`.

@@ -19,8 +19,8 @@ use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{EntrySpec, Store, StoreError};
 
 use crate::api::{
-    AgentList, BundleFormat, BundleQuery, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody,
-    JoinToken, RevocationList, Revoke, Rotated, UpdateEntry,
+    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, BundleQuery, Count, CreateJoinToken,
+    EntryFilter, EntryList, ErrorBody, JoinToken, RevocationList, Revoke, Rotated, UpdateEntry,
 };
 use crate::authority::{AuthorityError, AuthorityManager};
 use crate::metrics::Metrics;
@@ -28,6 +28,9 @@ use crate::{ServerError, now};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest policy set accepted, in bytes of JSON.
+pub const MAX_POLICY_BYTES: usize = 16 << 20;
 
 /// Longest join token validity accepted: one day.
 const MAX_JOIN_TOKEN_TTL: u64 = 24 * 3600;
@@ -59,6 +62,14 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/agents/{id}/ban", post(ban_agent))
         .route("/v1/ca/rotate", post(rotate_ca))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .merge(
+            Router::new()
+                .route(
+                    "/v1/policies",
+                    axum::routing::put(apply_policies).get(show_policies),
+                )
+                .layer(DefaultBodyLimit::max(MAX_POLICY_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -320,6 +331,50 @@ async fn revoke(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl 
     .map_err(|e| store_error(&state.metrics, e))?;
     tracing::warn!(target: "zt::audit", revoked = ?revocation.revoked, reason = %revocation.reason, "revoked");
     Ok((StatusCode::CREATED, axum::Json(revocation)))
+}
+
+/// Checks the set as `zt policy lint` does (nothing invalid is ever stored, so
+/// no agent is ever handed it) and stores it as the next version.
+async fn apply_policies(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: ApplyPolicies = json(&body)?;
+    let sources: Vec<zt_policy::load::Source> = request
+        .files
+        .iter()
+        .map(|f| zt_policy::load::Source {
+            name: f.name.clone().into(),
+            text: f.text.clone(),
+        })
+        .collect();
+    zt_policy::load::parse(&sources).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (version, changed) = state
+        .store
+        .store_policies(request.files, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    if changed {
+        tracing::warn!(target: "zt::audit", version = version.version, digest = %version.digest, files = version.files.len(), "policies applied");
+    }
+    let status = if changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(AppliedPolicies {
+            version: version.version,
+            digest: version.digest,
+            changed,
+        }),
+    ))
+}
+
+async fn show_policies(State(state): State<AdminState>) -> ApiResult<axum::Json<zt_store::PolicyVersion>> {
+    match state.store.latest_policies().await {
+        Ok(Some(version)) => Ok(axum::Json(version)),
+        Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, "no policies applied yet".into())),
+        Err(e) => Err(store_error(&state.metrics, e)),
+    }
 }
 
 async fn list_revocations(State(state): State<AdminState>) -> ApiResult<axum::Json<RevocationList>> {

@@ -252,6 +252,7 @@ impl AgentService for AgentApi {
         let stream = async_stream(move |tx| async move {
             let mut last: Option<SyncResponse> = None;
             let mut crls = Crls::default();
+            let mut policies_sent: Option<u64> = None;
             loop {
                 // An agent evicted, banned or revoked meanwhile is cut off.
                 if !api.still_current(&agent).await {
@@ -294,11 +295,19 @@ impl AgentService for AgentApi {
                     }
                 }
                 state.crls = crls.signed(&api.authorities.current(), serials);
-                if last.as_ref() != Some(&state) {
-                    if tx.send(Ok(state.clone())).await.is_err() {
+                // Policies go only when they changed since this stream last sent them.
+                let policies = api.cache.policies();
+                let policy_version = policies.as_ref().map(|p| p.version);
+                if last.as_ref() != Some(&state) || policy_version != policies_sent {
+                    let mut message = state.clone();
+                    if policy_version != policies_sent {
+                        message.policies = policies.as_deref().map(policy_message);
+                    }
+                    if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
                     last = Some(state);
+                    policies_sent = policy_version;
                 }
                 let (go_on, stopping) = tokio::select! {
                     changed = entries.changed() => (changed.is_ok(), false),
@@ -353,6 +362,22 @@ impl AgentService for AgentApi {
 
 /// Revoked serials (hex) with when they were revoked.
 type RevokedSerials = Vec<(String, u64)>;
+
+/// A policy version as the sync stream carries it.
+fn policy_message(version: &zt_store::PolicyVersion) -> zt_api::agent::PolicySet {
+    zt_api::agent::PolicySet {
+        version: version.version,
+        digest: version.digest.clone(),
+        files: version
+            .files
+            .iter()
+            .map(|f| zt_api::agent::PolicyFile {
+                name: f.name.clone(),
+                text: f.text.clone(),
+            })
+            .collect(),
+    }
+}
 
 /// The revocation lists of one sync stream, signed again only when the revoked
 /// serials or the authorities change.

@@ -109,6 +109,25 @@ pub struct RevocationList {
     pub revocations: Vec<zt_store::Revocation>,
 }
 
+/// `PUT /v1/policies`: the whole set of policy files, stored as a new version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPolicies {
+    /// Every file, by its path relative to the applied directory.
+    pub files: Vec<zt_store::PolicyFile>,
+}
+
+/// `PUT /v1/policies` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedPolicies {
+    /// The version now in force.
+    pub version: u64,
+    /// Its digest.
+    pub digest: String,
+    /// Whether it is new (false: the set was the newest version already).
+    pub changed: bool,
+}
+
 /// `GET /v1/agents` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentList {

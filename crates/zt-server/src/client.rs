@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 use zt_store::{Entry, EntrySpec};
 
 use crate::api::{
-    AgentList, BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList, ErrorBody, JoinToken, Revoke,
-    Rotated, UpdateEntry,
+    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList,
+    ErrorBody, JoinToken, Revoke, Rotated, UpdateEntry,
 };
 
 /// Largest answer read, in bytes.
@@ -124,6 +124,20 @@ impl AdminClient {
     /// `POST /v1/revocations`.
     pub async fn revoke(&self, request: &Revoke) -> Result<zt_store::Revocation, ClientError> {
         self.call(Method::POST, "/v1/revocations", Some(request)).await
+    }
+
+    /// `PUT /v1/policies`.
+    pub async fn apply_policies(&self, request: &ApplyPolicies) -> Result<AppliedPolicies, ClientError> {
+        self.call(Method::PUT, "/v1/policies", Some(request)).await
+    }
+
+    /// `GET /v1/policies`: the newest version; `None` if none was ever applied.
+    pub async fn policies(&self) -> Result<Option<zt_store::PolicyVersion>, ClientError> {
+        match self.call::<(), _>(Method::GET, "/v1/policies", None).await {
+            Ok(version) => Ok(Some(version)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /v1/agents`.

@@ -1,13 +1,14 @@
 //! Every registration entry in memory, kept current from the datastore's change
 //! feed one entry at a time: a change costs one read, never a full reload. The
-//! revocation cutoffs of SPIFFE IDs ride along, so that signing needs no read.
+//! revocation cutoffs of SPIFFE IDs and the newest policy version ride along, so
+//! that signing and syncing need no read.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use zt_identity::SpiffeId;
-use zt_store::{Entry, Revoked, Selector, Store, StoreError};
+use zt_store::{Entry, PolicyVersion, Revoked, Selector, Store, StoreError};
 
 /// How many changes are read per round trip when catching up.
 const CHANGE_BATCH: u32 = 1000;
@@ -69,6 +70,8 @@ pub struct EntryCache {
     entries: RwLock<Index>,
     /// SPIFFE ID → revocation cutoff: its SVIDs with an earlier notBefore are revoked.
     id_revocations: RwLock<HashMap<String, u64>>,
+    /// The newest authorization policy version, if any was applied.
+    policies: RwLock<Option<Arc<PolicyVersion>>>,
     /// Position in the change feed the cache reflects; bumped on every applied change.
     version: watch::Sender<u64>,
 }
@@ -94,11 +97,13 @@ impl EntryCache {
                 Revoked::Serial(_) => None,
             })
             .collect();
+        let policies = store.latest_policies().await?.map(Arc::new);
         let (version, _) = watch::channel(seq);
         Ok(Arc::new(Self {
             store,
             entries: RwLock::new(entries),
             id_revocations: RwLock::new(id_revocations),
+            policies: RwLock::new(policies),
             version,
         }))
     }
@@ -129,6 +134,11 @@ impl EntryCache {
     /// window counts as revoked and its agent asks again.)
     pub fn id_revoked_before(&self, id: &SpiffeId) -> Option<u64> {
         self.id_revocations.read().ok()?.get(&id.to_string()).copied()
+    }
+
+    /// The newest authorization policy version.
+    pub fn policies(&self) -> Option<Arc<PolicyVersion>> {
+        self.policies.read().ok()?.clone()
     }
 
     /// The entries an agent may issue: those whose parent is the agent itself, or a
@@ -215,6 +225,12 @@ impl EntryCache {
                                 Some(cutoff) => revoked.insert(id.to_owned(), cutoff),
                                 None => revoked.remove(id),
                             };
+                        }
+                    }
+                    "policy" => {
+                        let latest = self.store.latest_policies().await?.map(Arc::new);
+                        if let Ok(mut policies) = self.policies.write() {
+                            *policies = latest;
                         }
                     }
                     _ => {}

@@ -12,6 +12,7 @@ pub mod model;
 mod agents;
 mod authorities;
 mod migrate;
+mod policies;
 mod revocations;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,7 @@ pub use agents::Agent;
 pub use authorities::StoredAuthority;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
+pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
 
 /// The PostgreSQL channel changes are announced on.

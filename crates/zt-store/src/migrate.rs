@@ -12,10 +12,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_authorities.sql")),
     (3, include_str!("../migrations/0003_agents.sql")),
     (4, include_str!("../migrations/0004_revocations.sql")),
+    (5, include_str!("../migrations/0005_policies.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 4;
+pub const LATEST: i64 = 5;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {

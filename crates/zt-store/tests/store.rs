@@ -75,7 +75,49 @@ on_both_backends!(
     join_token_race_has_one_winner,
     change_feed_records_every_write,
     invalid_specs_are_refused,
+    policy_versions_are_immutable_and_announced,
 );
+
+async fn policy_versions_are_immutable_and_announced(store: Store) {
+    use zt_store::PolicyFile;
+    let file = |name: &str, text: &str| PolicyFile {
+        name: name.into(),
+        text: text.into(),
+    };
+    assert_eq!(store.latest_policies().await.unwrap(), None);
+    let before = store.latest_change().await.unwrap();
+    let (first, new) = store
+        .store_policies(vec![file("b.yaml", "b: 1"), file("a.yaml", "a: 1")], 100)
+        .await
+        .unwrap();
+    assert!(new);
+    assert_eq!(first.version, 1);
+    assert_eq!(first.files[0].name, "a.yaml", "files are kept sorted");
+    let changes = store.changes_since(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].kind.as_str(), changes[0].subject.as_str()),
+        ("policy", "1")
+    );
+    // The same set again (in another order) is no new version.
+    let (same, new) = store
+        .store_policies(vec![file("a.yaml", "a: 1"), file("b.yaml", "b: 1")], 200)
+        .await
+        .unwrap();
+    assert!(!new);
+    assert_eq!(same, first);
+    let (second, new) = store
+        .store_policies(vec![file("a.yaml", "a: 2")], 300)
+        .await
+        .unwrap();
+    assert!(new);
+    assert_eq!(second.version, 2);
+    assert_ne!(second.digest, first.digest);
+    assert_eq!(store.latest_policies().await.unwrap(), Some(second));
+    // Older versions stay as they were.
+    assert_eq!(store.policy_version(1).await.unwrap(), Some(first));
+    assert_eq!(store.policy_version(3).await.unwrap(), None);
+}
 
 async fn entry_lifecycle(store: Store) {
     let created = store.create_entry(payment(), NOW).await.unwrap();

@@ -105,6 +105,20 @@ enum PolicyCommand {
     Eval(PolicyEvalArgs),
     /// Run table tests (requests and expected decisions) against a directory of policies.
     Test(PolicyTestArgs),
+    /// Lint a directory, show its difference to the version on zt server, and store it
+    /// as the next version, which the server pushes to every proxy.
+    Apply(PolicyApplyArgs),
+}
+
+#[derive(Args)]
+struct PolicyApplyArgs {
+    /// The directory of policy files.
+    dir: PathBuf,
+    /// Show the difference only; apply nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args)]
@@ -144,6 +158,7 @@ struct PolicyTestArgs {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("files").multiple(true).args(["cert", "key", "bundle"])))]
+#[command(group(clap::ArgGroup::new("policies").args(["policy_dir", "policies_from_agent"])))]
 struct ProxyArgs {
     /// The inbound mTLS listener.
     #[arg(long, default_value = "0.0.0.0:15006")]
@@ -170,7 +185,7 @@ struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:15020")]
     admin: std::net::SocketAddr,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
-    #[arg(long = "allow-spiffe-id", required_unless_present_any = ["upstream", "policy_dir"])]
+    #[arg(long = "allow-spiffe-id", required_unless_present_any = ["upstream", "policy_dir", "policies_from_agent"])]
     allow_spiffe_id: Vec<String>,
     /// Headers a client could forge its identity with, removed before the app sees
     /// a request (repeatable; x-forwarded-client-cert always is).
@@ -215,21 +230,26 @@ struct ProxyArgs {
     /// (reloaded when it changes; a set that does not load keeps the last good one).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// Authorize every request by the policies zt server holds (zt policy apply), as
+    /// zt agent on the Workload API socket hands them out; until the first version
+    /// arrives, every request is denied.
+    #[arg(long)]
+    policies_from_agent: bool,
     /// enforce: a DENY is a 403 (a closed connection for TCP). permissive: evaluated
     /// and recorded, but let through.
-    #[arg(long, value_enum, default_value_t = PolicyModeArg::Enforce, requires = "policy_dir")]
+    #[arg(long, value_enum, default_value_t = PolicyModeArg::Enforce, requires = "policies")]
     policy_mode: PolicyModeArg,
     /// The workload's namespace for policy scope [default: from the SPIFFE ID's /ns/NS/].
-    #[arg(long, requires = "policy_dir")]
+    #[arg(long, requires = "policies")]
     namespace: Option<String>,
     /// A workload label for policy selectors, KEY=VALUE (repeatable), e.g. app=billing-service.
-    #[arg(long = "label", value_parser = parse_label, requires = "policy_dir")]
+    #[arg(long = "label", value_parser = parse_label, requires = "policies")]
     labels: Vec<(String, String)>,
     /// The namespace whose policies apply to every workload.
     #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
     /// Append every decision to this hash-chained log (zt audit verify|query reads it).
-    #[arg(long, requires = "policy_dir")]
+    #[arg(long, requires = "policies")]
     decision_log: Option<PathBuf>,
 }
 
@@ -856,6 +876,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),
+        Command::Policy(PolicyCommand::Apply(args)) => cmd::policy::apply(args),
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
     };

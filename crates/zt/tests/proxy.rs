@@ -523,6 +523,35 @@ fn bad_proxy_configuration_is_refused_with_one_clear_line() {
 
 /// A hard link (or copy) of the zt binary at `path`, so that the agent tells
 /// processes apart by `unix:path`.
+/// This process's effective uid, as `unix:uid` selectors name it.
+fn own_uid() -> String {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|ids| ids.split_whitespace().nth(1).unwrap().to_owned())
+        })
+        .unwrap()
+}
+
+/// Registers `exe` (run by this uid) as the workload `spiffe_id` under the agent.
+fn register(server: &ServerProcess, agent_id: &str, spiffe_id: &str, exe: &Path, extra: &[&str]) {
+    let uid = format!("unix:uid:{}", own_uid());
+    let path = format!("unix:path:{}", exe.display());
+    let mut args = vec![
+        "entry",
+        "create",
+        "--spiffe-id",
+        spiffe_id,
+        "--parent-id",
+        agent_id,
+    ];
+    args.extend(["--selector", &uid, "--selector", &path]);
+    args.extend(extra);
+    ok(server, &args);
+}
+
 fn zt_at_path(path: &Path) -> PathBuf {
     let original = Path::new(env!("CARGO_BIN_EXE_zt"));
     if fs::hard_link(original, path).is_err() {
@@ -544,29 +573,20 @@ fn a_revoked_peer_is_cut_off_and_refused() {
     let agent = AgentProcess::start(&server, &agent_dir, agent_id);
     let proxy_exe = zt_at_path(&dir.path().join("zt-proxy"));
     let client_exe = zt_at_path(&dir.path().join("client"));
-    let uid = fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Uid:")
-                .map(|ids| ids.split_whitespace().nth(1).unwrap().to_owned())
-        })
-        .unwrap();
-    for (id, exe, extra) in [
-        (
-            "spiffe://example.org/billing",
-            &proxy_exe,
-            &["--dns", "localhost"][..],
-        ),
-        ("spiffe://example.org/payment", &client_exe, &[][..]),
-    ] {
-        let mut args = vec!["entry", "create", "--spiffe-id", id, "--parent-id", agent_id];
-        let uid_selector = format!("unix:uid:{uid}");
-        let path_selector = format!("unix:path:{}", exe.display());
-        args.extend(["--selector", &uid_selector, "--selector", &path_selector]);
-        args.extend(extra);
-        ok(&server, &args);
-    }
+    register(
+        &server,
+        agent_id,
+        "spiffe://example.org/billing",
+        &proxy_exe,
+        &["--dns", "localhost"],
+    );
+    register(
+        &server,
+        agent_id,
+        "spiffe://example.org/payment",
+        &client_exe,
+        &[],
+    );
 
     // The client's SVID, fetched as the client executable into `dir`, once its
     // serial differs from `previous`: after a revocation the agent re-signs.
@@ -1653,5 +1673,193 @@ fn permissive_policy_mode_records_denials_and_lets_them_through() {
             "zt_proxy_authz_decisions_total{decision=\"DENY\",mode=\"permissive\"}"
         ),
         1.0
+    );
+}
+
+#[test]
+fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
+    let Some(python) = zt_testkit::python("policies_applied_on_the_server_reach_the_proxies_and_change_live")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), None);
+    let agent_dir = dir.path().join("agent");
+    fs::create_dir(&agent_dir).unwrap();
+    let agent_id = "spiffe://example.org/agent/node-1";
+    let agent = AgentProcess::start(&server, &agent_dir, agent_id);
+    // Three workloads on the node: billing (the app behind a policy-enforcing
+    // proxy), and two callers whose proxies originate mTLS to it.
+    let billing_exe = zt_at_path(&dir.path().join("billing-proxy"));
+    let payment_exe = zt_at_path(&dir.path().join("payment-proxy"));
+    let orders_exe = zt_at_path(&dir.path().join("orders-proxy"));
+    let billing_id = "spiffe://example.org/ns/production/sa/billing-service";
+    register(
+        &server,
+        agent_id,
+        billing_id,
+        &billing_exe,
+        &["--dns", "localhost"],
+    );
+    register(
+        &server,
+        agent_id,
+        "spiffe://example.org/ns/production/sa/payment-service",
+        &payment_exe,
+        &[],
+    );
+    register(
+        &server,
+        agent_id,
+        "spiffe://example.org/ns/production/sa/orders",
+        &orders_exe,
+        &[],
+    );
+
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let log = dir.path().join("billing-decisions.log");
+    let (mut command, billing_inbound, billing_admin) = proxy_command(&billing_exe);
+    command
+        .args([
+            "--app",
+            &app_addr.to_string(),
+            "--policies-from-agent",
+            "--label",
+            "app=billing-service",
+        ])
+        .arg("--decision-log")
+        .arg(&log)
+        .arg("--socket")
+        .arg(&agent.socket);
+    let _billing = spawn_ready(command, billing_admin);
+    let caller = |exe: &Path| {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let (mut command, _, admin) = proxy_command(exe);
+        command
+            .arg("--upstream")
+            .arg(format!(
+                "{listen},localhost:{},{billing_id}",
+                billing_inbound.port()
+            ))
+            .arg("--socket")
+            .arg(&agent.socket);
+        (spawn_ready(command, admin), listen)
+    };
+    let (_payment, payment) = caller(&payment_exe);
+    let (_orders, orders) = caller(&orders_exe);
+    // Plain HTTP from each caller's app side, through its proxy, to billing.
+    let status = |via: SocketAddr, method: &str| -> u16 {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = TcpStream::connect(via).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let raw = format!(
+            "{method} /api/v1/charges HTTP/1.1\r\nHost: billing\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(raw.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+
+    // Enforcing, and no policy ever received: everything is denied.
+    assert_eq!(status(payment, "POST"), 403);
+
+    // The seed's policy, applied on the server.
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(policies.join("billing.yaml"), BILLING_POLICY).unwrap();
+    let dry = ok(
+        &server,
+        &["policy", "apply", policies.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(
+        dry.contains("+++ billing.yaml (new)") && dry.contains("nothing applied"),
+        "{dry}"
+    );
+    let applied_at = Instant::now();
+    let applied = ok(&server, &["policy", "apply", policies.to_str().unwrap()]);
+    assert!(applied.contains("applied version 1 (1 file(s) changed from nothing applied yet)"), "{applied}");
+    while status(payment, "POST") != 200 {
+        assert!(
+            applied_at.elapsed() < DEADLINE,
+            "version 1 never reached the billing proxy"
+        );
+        std::thread::sleep(POLL);
+    }
+    eprintln!(
+        "zt policy apply → enforced by the proxy in {:?}",
+        applied_at.elapsed()
+    );
+    assert_eq!(status(payment, "GET"), 403);
+    assert_eq!(status(orders, "POST"), 403);
+    let unchanged = ok(&server, &["policy", "apply", policies.to_str().unwrap()]);
+    assert!(unchanged.starts_with("no change from version 1"), "{unchanged}");
+
+    // A change: orders may POST too. It takes effect without a restart.
+    fs::write(
+        policies.join("billing.yaml"),
+        BILLING_POLICY.replace(
+            "principals: [\"example.org/ns/production/sa/payment-service\"]",
+            "principals: [\"example.org/ns/production/sa/payment-service\", \"example.org/ns/production/sa/orders\"]",
+        ),
+    )
+    .unwrap();
+    let diff = ok(&server, &["policy", "apply", policies.to_str().unwrap()]);
+    assert!(
+        diff.contains("*** billing.yaml") && diff.contains("applied version 2"),
+        "{diff}"
+    );
+    let changed_at = Instant::now();
+    while status(orders, "POST") != 200 {
+        assert!(
+            changed_at.elapsed() < DEADLINE,
+            "version 2 never reached the billing proxy"
+        );
+        std::thread::sleep(POLL);
+    }
+    eprintln!("policy change → enforced in {:?}", changed_at.elapsed());
+    // A set the server refuses is never stored or pushed.
+    fs::write(policies.join("broken.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: production}\nspec:\n  actoin: DENY\n").unwrap();
+    let out = zt(&server, &["policy", "apply", policies.to_str().unwrap()]);
+    assert_failure(&out, 1, &["broken.yaml:5", "actoin"]);
+    assert_eq!(status(orders, "POST"), 200);
+
+    // The billing proxy's decisions, with the version that made each, verify.
+    let start = Instant::now();
+    let records: Vec<Value> = loop {
+        let out = Command::new(zt_exe())
+            .args(["audit", "query", log.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.iter().any(|r| r["policy_version"] == "v2") {
+            break records;
+        }
+        assert!(start.elapsed() < DEADLINE, "no v2 decision logged: {records:?}");
+        std::thread::sleep(POLL);
+    };
+    assert_eq!(records[0]["policy_version"], "none");
+    assert_eq!(records[0]["decision"], "DENY");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["policy_version"] == "v1" && r["decision"] == "ALLOW")
+    );
+    let out = Command::new(zt_exe())
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("chain intact"),
+        "{}",
+        describe(&out)
     );
 }

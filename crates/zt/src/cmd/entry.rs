@@ -41,7 +41,7 @@ pub fn create(args: EntryCreate) -> anyhow::Result<ExitCode> {
         node: fields.node,
         expires_at: fields.expires_at,
     };
-    let entry = block_on(client(&args.admin).create_entry(&spec))?;
+    let entry = super::admin_call(client(&args.admin).create_entry(&spec))?;
     print_entries(&[entry], args.admin.output);
     Ok(ExitCode::SUCCESS)
 }
@@ -50,8 +50,8 @@ pub fn create(args: EntryCreate) -> anyhow::Result<ExitCode> {
 pub fn show(args: EntryShow) -> anyhow::Result<ExitCode> {
     let client = client(&args.admin);
     let entries = match &args.entry_id {
-        Some(id) => vec![block_on(client.entry(id))?],
-        None => block_on(client.list_entries(&EntryFilter {
+        Some(id) => vec![super::admin_call(client.entry(id))?],
+        None => super::admin_call(client.list_entries(&EntryFilter {
             spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
             parent_id: args.parent_id.as_ref().map(ToString::to_string),
         }))?,
@@ -64,7 +64,7 @@ pub fn show(args: EntryShow) -> anyhow::Result<ExitCode> {
 /// entry changed since it was read (no lost update).
 pub fn update(args: EntryUpdate) -> anyhow::Result<ExitCode> {
     let client = client(&args.admin);
-    let current = block_on(client.entry(&args.entry_id))?;
+    let current = super::admin_call(client.entry(&args.entry_id))?;
     let fields = args.fields;
     let mut spec = current.spec.clone();
     if let Some(id) = fields.spiffe_id.clone() {
@@ -91,14 +91,14 @@ pub fn update(args: EntryUpdate) -> anyhow::Result<ExitCode> {
         spec.expires_at = fields.expires_at;
     }
     let revision = args.revision.unwrap_or(current.revision);
-    let entry = block_on(client.update_entry(&args.entry_id, &UpdateEntry { revision, spec }))?;
+    let entry = super::admin_call(client.update_entry(&args.entry_id, &UpdateEntry { revision, spec }))?;
     print_entries(&[entry], args.admin.output);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zt entry delete`.
 pub fn delete(args: EntryTarget) -> anyhow::Result<ExitCode> {
-    let entry = block_on(client(&args.admin).delete_entry(&args.entry_id))?;
+    let entry = super::admin_call(client(&args.admin).delete_entry(&args.entry_id))?;
     match args.admin.output {
         Output::Json => print_entries(&[entry], Output::Json),
         Output::Text => println!("deleted entry {} ({})", entry.id, entry.spec.spiffe_id),
@@ -108,7 +108,7 @@ pub fn delete(args: EntryTarget) -> anyhow::Result<ExitCode> {
 
 /// `zt entry count`.
 pub fn count(admin: AdminArgs) -> anyhow::Result<ExitCode> {
-    let count = block_on(client(&admin).count_entries())?;
+    let count = super::admin_call(client(&admin).count_entries())?;
     match admin.output {
         Output::Json => println!("{}", serde_json::json!({ "count": count })),
         Output::Text => println!("{count} registration entries"),
@@ -122,7 +122,7 @@ pub fn create_token(args: TokenCreate) -> anyhow::Result<ExitCode> {
         spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
         ttl_secs: args.ttl.as_secs(),
     };
-    let token = block_on(client(&args.admin).create_join_token(&request))?;
+    let token = super::admin_call(client(&args.admin).create_join_token(&request))?;
     match args.admin.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&token)?),
         Output::Text => {
@@ -139,13 +139,13 @@ pub fn show_bundle(args: BundleShow) -> anyhow::Result<ExitCode> {
         BundleFormat::Pem => zt_server::api::BundleFormat::Pem,
         BundleFormat::Jwks => zt_server::api::BundleFormat::Jwks,
     };
-    print!("{}", block_on(client(&args.admin).bundle(format))?);
+    print!("{}", super::admin_call(client(&args.admin).bundle(format))?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zt ca rotate`.
 pub fn rotate_ca(admin: AdminArgs) -> anyhow::Result<ExitCode> {
-    let rotated = block_on(client(&admin).rotate_ca())?;
+    let rotated = super::admin_call(client(&admin).rotate_ca())?;
     match admin.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rotated)?),
         Output::Text => println!(
@@ -165,7 +165,7 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string),
         reason: args.reason.clone(),
     };
-    let revocation = block_on(client(&args.admin).revoke(&request))?;
+    let revocation = super::admin_call(client(&args.admin).revoke(&request))?;
     match args.admin.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&revocation)?),
         Output::Text => match &revocation.revoked {
@@ -186,21 +186,21 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 
 /// `zt agent list`.
 pub fn list_agents(admin: AdminArgs) -> anyhow::Result<ExitCode> {
-    let agents = block_on(client(&admin).list_agents())?;
+    let agents = super::admin_call(client(&admin).list_agents())?;
     print_agents(&agents, admin.output);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zt agent show`.
 pub fn show_agent(args: AgentTarget) -> anyhow::Result<ExitCode> {
-    let agent = block_on(client(&args.admin).agent(&args.spiffe_id.to_string()))?;
+    let agent = super::admin_call(client(&args.admin).agent(&args.spiffe_id.to_string()))?;
     print_agents(&[agent], args.admin.output);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zt agent evict` and `zt agent ban`.
 pub fn evict_agent(args: AgentTarget, ban: bool) -> anyhow::Result<ExitCode> {
-    let agent = block_on(client(&args.admin).evict_agent(&args.spiffe_id.to_string(), ban))?;
+    let agent = super::admin_call(client(&args.admin).evict_agent(&args.spiffe_id.to_string(), ban))?;
     let verb = if ban { "banned" } else { "evicted" };
     match args.admin.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&agent)?),
@@ -246,17 +246,6 @@ impl EntryFields {
 
 fn client(admin: &AdminArgs) -> AdminClient {
     AdminClient::new(&admin.socket)
-}
-
-/// Runs one admin call on a small runtime of its own.
-fn block_on<T>(
-    call: impl std::future::Future<Output = Result<T, zt_server::client::ClientError>>,
-) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(runtime.block_on(call)?)
 }
 
 fn print_entries(entries: &[Entry], output: Output) {

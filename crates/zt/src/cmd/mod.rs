@@ -57,6 +57,17 @@ pub fn load_bundle(args: &BundleArgs) -> anyhow::Result<Option<Bundle>> {
     Ok(Some(bundle))
 }
 
+/// Runs one admin API call on a small runtime of its own.
+pub fn admin_call<T>(
+    call: impl std::future::Future<Output = Result<T, zt_server::client::ClientError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(call)?)
+}
+
 /// RFC 3339 UTC, e.g. `2026-11-22T13:00:00Z`.
 pub use zt_ca::rfc3339 as timestamp;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use zt_policy::{PolicySet, Request};
 
-use crate::{PolicyEvalArgs, PolicyLintArgs, PolicyTestArgs};
+use crate::{PolicyApplyArgs, PolicyEvalArgs, PolicyLintArgs, PolicyTestArgs};
 
 /// The policies of `dir`, or every problem, one per line.
 fn load(dir: &Path, root_namespace: &str) -> anyhow::Result<PolicySet> {
@@ -81,4 +81,121 @@ pub fn test(args: PolicyTestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `zt policy apply DIR [--dry-run]`: lint, show the difference to the version
+/// in force on zt server, and store the set as the next version.
+pub fn apply(args: PolicyApplyArgs) -> anyhow::Result<ExitCode> {
+    let sources = zt_policy::load::read_dir(&args.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    zt_policy::load::parse(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files: Vec<zt_store::PolicyFile> = sources
+        .iter()
+        .map(|source| {
+            let name = source.name.strip_prefix(&args.dir).unwrap_or(&source.name);
+            zt_store::PolicyFile {
+                name: name.to_string_lossy().into_owned(),
+                text: source.text.clone(),
+            }
+        })
+        .collect();
+    let client = zt_server::client::AdminClient::new(&args.admin.socket);
+    let current = super::admin_call(client.policies())?;
+    let before: Vec<zt_store::PolicyFile> = current.as_ref().map(|v| v.files.clone()).unwrap_or_default();
+    let since = current.as_ref().map_or_else(
+        || "nothing applied yet".to_owned(),
+        |v| format!("version {}", v.version),
+    );
+    let changes = print_diff(&before, &files);
+    if changes == 0 {
+        println!("no change from {since}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.dry_run {
+        println!("{changes} file(s) differ from {since}; --dry-run: nothing applied");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let applied = super::admin_call(client.apply_policies(&zt_server::api::ApplyPolicies { files }))?;
+    println!(
+        "applied version {} ({} file(s) changed from {since}), digest {}",
+        applied.version, changes, applied.digest
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what differs between two sets of files, line by line; returns how
+/// many files differ.
+fn print_diff(before: &[zt_store::PolicyFile], after: &[zt_store::PolicyFile]) -> usize {
+    let find = |files: &[zt_store::PolicyFile], name: &str| {
+        files.iter().find(|f| f.name == name).map(|f| f.text.clone())
+    };
+    let mut names: Vec<&str> = before.iter().chain(after).map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut changed = 0;
+    for name in names {
+        let (old, new) = (find(before, name), find(after, name));
+        if old == new {
+            continue;
+        }
+        changed += 1;
+        match (&old, &new) {
+            (None, Some(_)) => println!("+++ {name} (new)"),
+            (Some(_), None) => println!("--- {name} (removed)"),
+            _ => println!("*** {name}"),
+        }
+        for line in line_diff(old.as_deref().unwrap_or(""), new.as_deref().unwrap_or("")) {
+            println!("{line}");
+        }
+    }
+    changed
+}
+
+/// The removed (`-`) and added (`+`) lines from `old` to `new`, in order (a
+/// longest-common-subsequence diff; files are small).
+fn line_diff(old: &str, new: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    if a.len().saturating_mul(b.len()) > 4_000_000 {
+        return vec![format!(
+            "  ({} lines → {} lines; too large to diff line by line)",
+            a.len(),
+            b.len()
+        )];
+    }
+    // lcs[i][j]: the common subsequence length of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_diff_shows_removed_and_added_lines() {
+        assert_eq!(line_diff("a\nb\nc\n", "a\nB\nc\nd\n"), vec!["- b", "+ B", "+ d"]);
+        assert!(line_diff("same\n", "same\n").is_empty());
+        assert_eq!(line_diff("", "x\n"), vec!["+ x"]);
+    }
 }

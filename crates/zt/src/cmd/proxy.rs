@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
-use zt_proxy::authz::{AuthzConfig, PolicyMode};
+use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource};
 use zt_proxy::inbound::{Limits, Mode};
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
@@ -24,26 +24,30 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--strip-header {name:?}: not a header name"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let workload_api = match (args.socket, std::env::var(ENDPOINT_ENV)) {
+        (Some(path), _) => path,
+        (None, Ok(endpoint)) => socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?,
+        (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
+    };
     let identity = match (args.cert, args.key, args.bundle) {
         (Some(cert), Some(key), Some(bundle)) => IdentitySource::Files { cert, key, bundle },
-        _ => IdentitySource::WorkloadApi(match (args.socket, std::env::var(ENDPOINT_ENV)) {
-            (Some(path), _) => path,
-            (None, Ok(endpoint)) => {
-                socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?
-            }
-            (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
-        }),
+        _ => IdentitySource::WorkloadApi(workload_api.clone()),
+    };
+    let policies = match (args.policy_dir, args.policies_from_agent) {
+        (Some(dir), _) => Some(PolicySource::Dir(dir)),
+        (None, true) => Some(PolicySource::Agent(workload_api)),
+        (None, false) => None,
     };
     if (args.app.is_some() || !args.tcp_inbound.is_empty())
         && args.allow_spiffe_id.is_empty()
-        && args.policy_dir.is_none()
+        && policies.is_none()
     {
         anyhow::bail!(
-            "--allow-spiffe-id or --policy-dir is required with --app or --tcp-inbound: without either nobody could connect"
+            "--allow-spiffe-id, --policy-dir or --policies-from-agent is required with --app or --tcp-inbound: without one nobody could connect"
         );
     }
     // With policies and no allow-list, the policies alone decide who gets in.
-    let allow = if args.allow_spiffe_id.is_empty() && args.policy_dir.is_some() {
+    let allow = if args.allow_spiffe_id.is_empty() && policies.is_some() {
         AllowList::parse(&["*".to_owned()])?
     } else {
         allow
@@ -88,8 +92,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             TlsVersions::Tls13
         },
         admin: args.admin,
-        authz: args.policy_dir.map(|policy_dir| AuthzConfig {
-            policy_dir,
+        authz: policies.map(|source| AuthzConfig {
+            source,
             mode: match args.policy_mode {
                 PolicyModeArg::Enforce => PolicyMode::Enforce,
                 PolicyModeArg::Permissive => PolicyMode::Permissive,
