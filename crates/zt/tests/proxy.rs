@@ -1782,7 +1782,10 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
     );
     let applied_at = Instant::now();
     let applied = ok(&server, &["policy", "apply", policies.to_str().unwrap()]);
-    assert!(applied.contains("applied version 1 (1 file(s) changed from nothing applied yet)"), "{applied}");
+    assert!(
+        applied.contains("applied version 1 (1 file(s) changed from nothing applied yet)"),
+        "{applied}"
+    );
     while status(payment, "POST") != 200 {
         assert!(
             applied_at.elapsed() < DEADLINE,
