@@ -9,9 +9,12 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
+use zt_api::agent::workload_decisions_client::WorkloadDecisionsClient;
 use zt_api::agent::workload_policies_client::WorkloadPoliciesClient;
 use zt_api::agent::workload_revocations_client::WorkloadRevocationsClient;
-use zt_api::agent::{PolicySet, RevokedIds, WatchPoliciesRequest, WatchRevokedIdsRequest};
+use zt_api::agent::{
+    PolicySet, RevokedIds, ShipDecisionsRequest, WatchPoliciesRequest, WatchRevokedIdsRequest,
+};
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -33,6 +36,8 @@ pub struct WorkloadClient {
     revocations: WorkloadRevocationsClient<WithHeader>,
     /// zt agent's policies feed, on the same connection.
     policies: WorkloadPoliciesClient<WithHeader>,
+    /// zt agent's decision forwarding, on the same connection.
+    decisions: WorkloadDecisionsClient<WithHeader>,
 }
 
 /// The socket path of a `SPIFFE_ENDPOINT_SOCKET` value: `unix:///path` or `unix:/path`.
@@ -72,8 +77,24 @@ impl WorkloadClient {
         Ok(Self {
             inner: SpiffeWorkloadApiClient::with_interceptor(channel.clone(), interceptor),
             revocations: WorkloadRevocationsClient::with_interceptor(channel.clone(), interceptor),
-            policies: WorkloadPoliciesClient::with_interceptor(channel, interceptor),
+            policies: WorkloadPoliciesClient::with_interceptor(channel.clone(), interceptor),
+            decisions: WorkloadDecisionsClient::with_interceptor(channel, interceptor),
         })
+    }
+
+    /// Ships decision records (JSON lines, in order) to zt server through zt
+    /// agent; the answer is the last sequence number the server holds.
+    pub async fn ship_decisions(&self, records: Vec<String>) -> Result<u64, Status> {
+        Ok(self
+            .decisions
+            .clone()
+            .ship(ShipDecisionsRequest {
+                source: String::new(),
+                records,
+            })
+            .await?
+            .into_inner()
+            .stored_through)
     }
 
     /// zt agent's stream of authorization policy versions.

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use zt_api::agent::workload_decisions_server::WorkloadDecisionsServer;
 use zt_api::agent::workload_policies_server::WorkloadPoliciesServer;
 use zt_api::agent::workload_revocations_server::WorkloadRevocationsServer;
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -91,7 +92,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let api = workload_api::WorkloadApi::new(
         snapshot_rx,
         Arc::new(attest::UnixAttestor::default()),
-        Arc::new(jwt::JwtSvids::new(link_rx)),
+        Arc::new(jwt::JwtSvids::new(link_rx.clone())),
+        link_rx,
         stop_rx.clone(),
     );
     tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
@@ -106,6 +108,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let serve = tonic::transport::Server::builder()
         .add_service(WorkloadRevocationsServer::new(api.clone()))
         .add_service(WorkloadPoliciesServer::new(api.clone()))
+        .add_service(WorkloadDecisionsServer::new(api.clone()))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .serve_with_incoming_shutdown(incoming(listener), stopping);
     let mut stop_rx = stop_rx;

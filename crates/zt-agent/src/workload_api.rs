@@ -11,10 +11,16 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use zt_api::agent::agent_client::AgentClient;
+use zt_api::agent::workload_decisions_server::WorkloadDecisions;
 use zt_api::agent::workload_policies_server::WorkloadPolicies;
 use zt_api::agent::workload_revocations_server::WorkloadRevocations;
-use zt_api::agent::{PolicySet, RevokedIds, WatchPoliciesRequest, WatchRevokedIdsRequest};
+use zt_api::agent::{
+    PolicySet, RevokedIds, ShipDecisionsRequest, ShipDecisionsResponse, WatchPoliciesRequest,
+    WatchRevokedIdsRequest,
+};
 use zt_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use zt_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -37,6 +43,8 @@ pub struct WorkloadApi {
     snapshots: watch::Receiver<Snapshot>,
     attestor: Arc<UnixAttestor>,
     jwt: Arc<JwtSvids>,
+    /// The connection to zt server, when there is one (decisions are forwarded on it).
+    link: watch::Receiver<Option<AgentClient<Channel>>>,
     /// Becomes true when the agent stops: open streams end then.
     stop: watch::Receiver<bool>,
 }
@@ -58,12 +66,14 @@ impl WorkloadApi {
         snapshots: watch::Receiver<Snapshot>,
         attestor: Arc<UnixAttestor>,
         jwt: Arc<JwtSvids>,
+        link: watch::Receiver<Option<AgentClient<Channel>>>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             snapshots,
             attestor,
             jwt,
+            link,
             stop,
         }
     }
@@ -262,6 +272,33 @@ impl WorkloadRevocations for WorkloadApi {
     ) -> Result<Response<Self::WatchRevokedIdsStream>, Status> {
         let workload = self.caller(&request).await?;
         Ok(Response::new(self.stream(workload, revoked_ids_view)))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadDecisions for WorkloadApi {
+    /// Forwards a workload's decision records under its attested SPIFFE ID (the
+    /// first of its identities here), never the one it names itself.
+    async fn ship(
+        &self,
+        request: Request<ShipDecisionsRequest>,
+    ) -> Result<Response<ShipDecisionsResponse>, Status> {
+        let workload = self.caller(&request).await?;
+        let snapshot = self.settled_snapshot().await?;
+        let source = match matching(&snapshot, &workload) {
+            View::Ready(identities) => identities
+                .first()
+                .map(|identity| identity.entry.spiffe_id.clone())
+                .ok_or_else(|| Status::permission_denied("no identity issued"))?,
+            View::Denied(why) => return Err(Status::permission_denied(why)),
+            View::Wait => return Err(Status::unavailable("the agent has not synced with zt server yet")),
+        };
+        let Some(mut server) = self.link.borrow().clone() else {
+            return Err(Status::unavailable("no connection to zt server"));
+        };
+        let mut forwarded = request.into_inner();
+        forwarded.source = source;
+        server.ship_decisions(forwarded).await
     }
 }
 

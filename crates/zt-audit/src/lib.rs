@@ -121,6 +121,59 @@ pub struct Head {
     pub hash: String,
 }
 
+/// A chain being checked record by record: from the start of a log, or from a
+/// head already trusted (a server's stored copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    head: Head,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::from(Head {
+            records: 0,
+            hash: GENESIS.to_owned(),
+        })
+    }
+}
+
+impl From<Head> for Chain {
+    fn from(head: Head) -> Self {
+        Self { head }
+    }
+}
+
+impl Chain {
+    /// The head so far.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Checks that `record` continues the chain, and extends it.
+    pub fn extend(&mut self, record: &Record) -> Result<(), String> {
+        if record.seq != self.head.records + 1 {
+            return Err(format!(
+                "sequence {} where {} was due: a record was removed or moved",
+                record.seq,
+                self.head.records + 1
+            ));
+        }
+        if record.prev != self.head.hash {
+            return Err(
+                "prev is not the hash of the record before: a record was removed, moved or replaced".into(),
+            );
+        }
+        if record.compute_hash() != record.hash {
+            return Err("the record does not match its hash: it was edited".into());
+        }
+        self.head = Head {
+            records: record.seq,
+            hash: record.hash.clone(),
+        };
+        Ok(())
+    }
+}
+
 /// Reads every record of a log, checking the chain as it goes; `visit` sees
 /// each verified record. The error names the first line that breaks it.
 pub fn verify(path: &Path, mut visit: impl FnMut(&Record)) -> Result<Head, AuditError> {
@@ -133,11 +186,28 @@ pub fn verify(path: &Path, mut visit: impl FnMut(&Record)) -> Result<Head, Audit
         line,
         what,
     };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut head = Head {
-        records: 0,
-        hash: GENESIS.to_owned(),
-    };
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    verify_lines(reader, &mut Chain::default(), &mut visit).map_err(|e| match e {
+        LineError::Io(source) => io(source),
+        LineError::Broken(line, what) => broken(line, what),
+    })
+}
+
+/// Why a stream of lines does not verify.
+#[derive(Debug)]
+pub enum LineError {
+    /// Reading failed.
+    Io(std::io::Error),
+    /// The chain breaks at this line (1-based).
+    Broken(usize, String),
+}
+
+/// Checks every record line of `reader` against `chain`, extending it.
+pub fn verify_lines(
+    mut reader: impl BufRead,
+    chain: &mut Chain,
+    visit: &mut impl FnMut(&Record),
+) -> Result<Head, LineError> {
     let mut line = Vec::new();
     let mut number = 0;
     loop {
@@ -145,44 +215,29 @@ pub fn verify(path: &Path, mut visit: impl FnMut(&Record)) -> Result<Head, Audit
         let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(io)?;
+            .map_err(LineError::Io)?;
         if read == 0 {
-            return Ok(head);
+            return Ok(chain.head().clone());
         }
         number += 1;
         if line.len() > MAX_LINE_BYTES {
-            return Err(broken(number, format!("longer than {MAX_LINE_BYTES} bytes")));
+            return Err(LineError::Broken(
+                number,
+                format!("longer than {MAX_LINE_BYTES} bytes"),
+            ));
         }
         if line.last() != Some(&b'\n') {
-            return Err(broken(number, "incomplete last record (no newline)".into()));
-        }
-        let record: Record =
-            serde_json::from_slice(&line).map_err(|e| broken(number, format!("not a record: {e}")))?;
-        if record.seq != head.records + 1 {
-            return Err(broken(
+            return Err(LineError::Broken(
                 number,
-                format!(
-                    "sequence {} where {} was due: a record was removed or moved",
-                    record.seq,
-                    head.records + 1
-                ),
+                "incomplete last record (no newline)".into(),
             ));
         }
-        if record.prev != head.hash {
-            return Err(broken(
-                number,
-                "prev is not the hash of the record before: a record was removed, moved or replaced".into(),
-            ));
-        }
-        if record.compute_hash() != record.hash {
-            return Err(broken(
-                number,
-                "the record does not match its hash: it was edited".into(),
-            ));
-        }
+        let record: Record = serde_json::from_slice(&line)
+            .map_err(|e| LineError::Broken(number, format!("not a record: {e}")))?;
+        chain
+            .extend(&record)
+            .map_err(|what| LineError::Broken(number, what))?;
         visit(&record);
-        head.records = record.seq;
-        head.hash = record.hash;
     }
 }
 

@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -72,6 +73,13 @@ pub struct Metrics {
     pub policy_reload_failures: Counter,
     /// Decision-log writes that failed.
     pub decision_log_failures: Counter,
+    /// Decisions logged here and not yet stored by zt server.
+    pub decisions_unshipped: Gauge,
+    /// Attempts to ship decisions to zt server that failed.
+    pub decision_ship_failures: Counter,
+    /// Times the unshipped backlog grew past its bound (nothing is dropped: it
+    /// stays in the local log).
+    pub decision_backlog_over_bound: Counter,
 }
 
 impl Metrics {
@@ -89,6 +97,9 @@ impl Metrics {
             authz_decisions: Family::default(),
             policy_reload_failures: Counter::default(),
             decision_log_failures: Counter::default(),
+            decisions_unshipped: Gauge::default(),
+            decision_ship_failures: Counter::default(),
+            decision_backlog_over_bound: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +147,21 @@ impl Metrics {
             "decision_log_failures",
             "Decision-log writes that failed",
             metrics.decision_log_failures.clone(),
+        );
+        registry.register(
+            "decisions_unshipped",
+            "Decisions logged here and not yet stored by zt server",
+            metrics.decisions_unshipped.clone(),
+        );
+        registry.register(
+            "decision_ship_failures",
+            "Attempts to ship decisions to zt server that failed",
+            metrics.decision_ship_failures.clone(),
+        );
+        registry.register(
+            "decision_backlog_over_bound",
+            "Times the unshipped backlog grew past its bound (kept in the local log)",
+            metrics.decision_backlog_over_bound.clone(),
         );
         Self { registry, ..metrics }
     }

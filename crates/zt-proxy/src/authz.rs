@@ -183,8 +183,13 @@ impl Authorizer {
         let log = match &config.decision_log {
             Some(path) => {
                 let writer = zt_audit::Writer::open(path)?;
+                let (written_tx, written) = watch::channel(writer.head().records);
                 let (tx, rx) = mpsc::channel(LOG_BACKLOG);
-                tokio::spawn(write_log(writer, rx, metrics.clone()));
+                tokio::spawn(write_log(writer, rx, written_tx, metrics.clone()));
+                // With zt server behind the agent, the log is also shipped there.
+                if let PolicySource::Agent(socket) = &config.source {
+                    tokio::spawn(ship(path.clone(), socket.clone(), written, metrics.clone()));
+                }
                 Some(tx)
             }
             None => None,
@@ -301,10 +306,12 @@ fn decision_id() -> String {
     zt_identity::x509::hex_compact(&bytes)
 }
 
-/// Appends decisions in batches until every sender is gone.
+/// Appends decisions in batches until every sender is gone; publishes the
+/// last sequence number written.
 async fn write_log(
     mut writer: zt_audit::Writer,
     mut rx: mpsc::Receiver<zt_audit::Record>,
+    written: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(256);
@@ -314,7 +321,116 @@ async fn write_log(
             tracing::error!(error = %e, "decision log write failed: requests are denied until the proxy is restarted");
             return;
         }
+        written.send_replace(writer.head().records);
     }
+}
+
+/// Records per shipped batch.
+const SHIP_BATCH: usize = 500;
+/// Unshipped records above which the backlog is reported (they stay in the
+/// local log, which is the buffer: nothing is dropped).
+const SHIP_BACKLOG_BOUND: u64 = 100_000;
+
+/// Ships the decision log to zt server through zt agent, in order, in
+/// acknowledged batches; what the server holds is remembered in `LOG.shipped`,
+/// so a restart resumes there. While the server is unreachable the local log
+/// is the buffer.
+async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, metrics: Arc<Metrics>) {
+    let cursor = log.with_extension("shipped");
+    let mut shipped: u64 = std::fs::read_to_string(&cursor)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    let client = match zt_agent::client::WorkloadClient::new(&socket) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(socket = %socket.display(), error = %e, "decisions cannot be shipped");
+            return;
+        }
+    };
+    // Byte offset of the first line not known to be stored.
+    let mut offset = 0u64;
+    let mut retry = AGENT_RETRY_MIN;
+    let mut over_bound = false;
+    loop {
+        let head = *written.borrow_and_update();
+        let backlog = head.saturating_sub(shipped);
+        metrics
+            .decisions_unshipped
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        if backlog > SHIP_BACKLOG_BOUND && !over_bound {
+            metrics.decision_backlog_over_bound.inc();
+            tracing::warn!(backlog, bound = SHIP_BACKLOG_BOUND, log = %log.display(), "decisions not yet on zt server passed the bound; they stay in the local log");
+        }
+        over_bound = backlog > SHIP_BACKLOG_BOUND;
+        if backlog == 0 {
+            if written.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let batch = match read_batch(&log, &mut offset, shipped) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(log = %log.display(), error = %e, "reading the decision log to ship it");
+                tokio::time::sleep(AGENT_RETRY_MAX).await;
+                continue;
+            }
+        };
+        match client.ship_decisions(batch).await {
+            Ok(through) => {
+                if through < shipped {
+                    // The server holds less than we thought: ship again from there.
+                    offset = 0;
+                }
+                shipped = through;
+                retry = AGENT_RETRY_MIN;
+                let tmp = cursor.with_extension("shipped.tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, format!("{shipped}\n")).and_then(|()| std::fs::rename(&tmp, &cursor))
+                {
+                    tracing::warn!(cursor = %cursor.display(), error = %e, "remembering what was shipped");
+                }
+            }
+            Err(status) => {
+                metrics.decision_ship_failures.inc();
+                tracing::warn!(error = %status.message(), retry_in = ?retry, "shipping decisions to zt server");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(AGENT_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The next lines after `shipped` (at most [`SHIP_BATCH`]), reading from
+/// `offset`, which moves past the lines already shipped.
+fn read_batch(log: &Path, offset: &mut u64, shipped: u64) -> std::io::Result<Vec<String>> {
+    use std::io::{BufRead as _, Seek as _};
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let mut file = std::fs::File::open(log)?;
+    file.seek(std::io::SeekFrom::Start(*offset))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut batch = Vec::new();
+    let mut line = String::new();
+    while batch.len() < SHIP_BATCH {
+        line.clear();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        let seq = serde_json::from_str::<Seq>(&line)
+            .map_err(std::io::Error::other)?
+            .seq;
+        if seq <= shipped {
+            *offset += read as u64;
+        } else {
+            batch.push(line.trim_end().to_owned());
+        }
+    }
+    Ok(batch)
 }
 
 /// Publishes the policies in force for the workload whenever the loaded set

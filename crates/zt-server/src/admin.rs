@@ -20,7 +20,8 @@ use zt_store::{EntrySpec, Store, StoreError};
 
 use crate::api::{
     AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, BundleQuery, Count, CreateJoinToken,
-    EntryFilter, EntryList, ErrorBody, JoinToken, RevocationList, Revoke, Rotated, UpdateEntry,
+    DecisionList, DecisionPage, EntryFilter, EntryList, ErrorBody, JoinToken, RevocationList, Revoke,
+    Rotated, ShippedDecision, UpdateEntry,
 };
 use crate::authority::{AuthorityError, AuthorityManager};
 use crate::metrics::Metrics;
@@ -61,6 +62,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/agents/{id}/evict", post(evict_agent))
         .route("/v1/agents/{id}/ban", post(ban_agent))
         .route("/v1/ca/rotate", post(rotate_ca))
+        .route("/v1/decisions", get(list_decisions))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(
             Router::new()
@@ -375,6 +377,23 @@ async fn show_policies(State(state): State<AdminState>) -> ApiResult<axum::Json<
         Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, "no policies applied yet".into())),
         Err(e) => Err(store_error(&state.metrics, e)),
     }
+}
+
+async fn list_decisions(
+    State(state): State<AdminState>,
+    Query(page): Query<DecisionPage>,
+) -> ApiResult<axum::Json<DecisionList>> {
+    let rows = state
+        .store
+        .decisions((&page.after_source, page.after_seq), zt_store::MAX_DECISIONS_PAGE)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(DecisionList {
+        decisions: rows
+            .into_iter()
+            .map(|(source, record)| ShippedDecision { source, record })
+            .collect(),
+    }))
 }
 
 async fn list_revocations(State(state): State<AdminState>) -> ApiResult<axum::Json<RevocationList>> {

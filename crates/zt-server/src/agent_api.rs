@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status};
 use zt_api::agent::agent_server::Agent as AgentService;
 use zt_api::agent::{
     AgentSvid, AttestJoinTokenRequest, Bundle as BundleMessage, Entry as EntryMessage, JwtSvid,
-    MintJwtSvidRequest, RenewAgentRequest, RevokedId, SignX509SvidRequest, SyncRequest, SyncResponse,
-    X509Svid,
+    MintJwtSvidRequest, RenewAgentRequest, RevokedId, ShipDecisionsRequest, ShipDecisionsResponse,
+    SignX509SvidRequest, SyncRequest, SyncResponse, X509Svid,
 };
 use zt_ca::SvidRequest;
 use zt_identity::{SpiffeId, TrustDomain};
@@ -358,7 +358,48 @@ impl AgentService for AgentApi {
             expires_at: i64::try_from(now + ttl.as_secs()).unwrap_or(i64::MAX),
         }))
     }
+
+    async fn ship_decisions(
+        &self,
+        request: Request<ShipDecisionsRequest>,
+    ) -> Result<Response<ShipDecisionsResponse>, Status> {
+        let agent = self.calling_agent(&request).await?;
+        let request = request.into_inner();
+        if request.records.len() > MAX_SHIPPED_RECORDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_SHIPPED_RECORDS} records per batch"
+            )));
+        }
+        // An agent ships only for workloads it may issue identities to.
+        let authorized = self
+            .cache
+            .authorized_for(&agent.id, &agent.selectors, now())
+            .iter()
+            .any(|entry| entry.spec.spiffe_id.to_string() == request.source);
+        if !authorized {
+            tracing::warn!(target: "zt::audit", agent = %agent.id, source = %request.source, "refused: decisions of a workload the agent does not serve");
+            return Err(Status::permission_denied(format!(
+                "{} does not serve {}",
+                agent.id, request.source
+            )));
+        }
+        match self
+            .store
+            .append_decisions(&request.source, &request.records)
+            .await
+        {
+            Ok(stored_through) => Ok(Response::new(ShipDecisionsResponse { stored_through })),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(target: "zt::audit", source = %request.source, error = %e, "refused shipped decisions that break their chain");
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(self.internal(e)),
+        }
+    }
 }
+
+/// Most decision records in one shipped batch.
+const MAX_SHIPPED_RECORDS: usize = 1000;
 
 /// Revoked serials (hex) with when they were revoked.
 type RevokedSerials = Vec<(String, u64)>;

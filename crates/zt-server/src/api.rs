@@ -128,6 +128,33 @@ pub struct AppliedPolicies {
     pub changed: bool,
 }
 
+/// `GET /v1/decisions` query: the page after (`after_source`, `after_seq`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DecisionPage {
+    /// The source of the last record seen ("" to start).
+    #[serde(default)]
+    pub after_source: String,
+    /// Its sequence number.
+    #[serde(default)]
+    pub after_seq: u64,
+}
+
+/// One shipped decision record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShippedDecision {
+    /// The workload whose proxy decided (its SPIFFE ID).
+    pub source: String,
+    /// The record, a JSON line of its decision log.
+    pub record: String,
+}
+
+/// `GET /v1/decisions` answer, in (source, seq) order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionList {
+    /// At most a page; an empty list is the end.
+    pub decisions: Vec<ShippedDecision>,
+}
+
 /// `GET /v1/agents` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentList {

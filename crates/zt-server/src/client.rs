@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 use zt_store::{Entry, EntrySpec};
 
 use crate::api::{
-    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, EntryFilter, EntryList,
-    ErrorBody, JoinToken, Revoke, Rotated, UpdateEntry,
+    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, DecisionList,
+    EntryFilter, EntryList, ErrorBody, JoinToken, Revoke, Rotated, ShippedDecision, UpdateEntry,
 };
 
 /// Largest answer read, in bytes.
@@ -138,6 +138,18 @@ impl AdminClient {
             Err(ClientError::Refused { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /v1/decisions`: one page of shipped decision records after `after`
+    /// (source, seq); an empty page is the end.
+    pub async fn decisions(&self, after: (&str, u64)) -> Result<Vec<ShippedDecision>, ClientError> {
+        let path = format!(
+            "/v1/decisions?after_source={}&after_seq={}",
+            encode(after.0),
+            after.1
+        );
+        let list: DecisionList = self.call::<(), _>(Method::GET, &path, None).await?;
+        Ok(list.decisions)
     }
 
     /// `GET /v1/agents`.

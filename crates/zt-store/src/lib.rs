@@ -11,6 +11,7 @@ pub mod model;
 
 mod agents;
 mod authorities;
+mod decisions;
 mod migrate;
 mod policies;
 mod revocations;
@@ -26,6 +27,7 @@ use zt_identity::SpiffeId;
 
 pub use agents::Agent;
 pub use authorities::StoredAuthority;
+pub use decisions::MAX_DECISIONS_PAGE;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};

@@ -12,7 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_authorities.sql")),
     (3, include_str!("../migrations/0003_agents.sql")),
     (4, include_str!("../migrations/0004_revocations.sql")),
-    (5, include_str!("../migrations/0005_policies.sql")),
+    (5, include_str!("../migrations/0005_policies_and_decisions.sql")),
 ];
 
 /// The newest schema version this build knows.

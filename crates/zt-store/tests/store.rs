@@ -76,7 +76,67 @@ on_both_backends!(
     change_feed_records_every_write,
     invalid_specs_are_refused,
     policy_versions_are_immutable_and_announced,
+    shipped_decisions_must_continue_their_chain,
 );
+
+/// Four chained decision records, as JSON lines of a proxy's log.
+fn decision_lines() -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let record = |path: &str| zt_audit::Record {
+        seq: 0,
+        time_ms: 1_700_000_000_000,
+        id: "id".into(),
+        source_principal: None,
+        source_ip: None,
+        destination: "production/billing".into(),
+        port: None,
+        protocol: "http".into(),
+        method: Some("GET".into()),
+        host: None,
+        path: Some(path.into()),
+        decision: "DENY".into(),
+        mode: "enforce".into(),
+        policy: None,
+        reason: "r".into(),
+        policy_version: "v1".into(),
+        eval_ns: 1,
+        dry_run: None,
+        audit: None,
+        prev: String::new(),
+        hash: String::new(),
+    };
+    zt_audit::Writer::open(&path)
+        .unwrap()
+        .append(["/a", "/b", "/c", "/d"].map(record))
+        .unwrap();
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn shipped_decisions_must_continue_their_chain(store: Store) {
+    let lines = decision_lines();
+    let source = "spiffe://example.org/ns/production/sa/billing";
+    assert_eq!(store.append_decisions(source, &lines[..2]).await.unwrap(), 2);
+    // A retried batch overlapping what is stored: the stored part is skipped.
+    assert_eq!(store.append_decisions(source, &lines[1..3]).await.unwrap(), 3);
+    // A gap, or an edited record: refused, and nothing of the batch is kept.
+    let gap = store.append_decisions("other", &lines[1..2]).await.unwrap_err();
+    assert!(gap.to_string().contains("sequence 2 where 1 was due"), "{gap}");
+    let edited = lines[3].replace("\"/d\"", "\"/x\"");
+    let err = store.append_decisions(source, &[edited]).await.unwrap_err();
+    assert!(err.to_string().contains("edited"), "{err}");
+    assert_eq!(store.append_decisions(source, &lines[3..]).await.unwrap(), 4);
+    let stored = store.decisions(("", 0), 100).await.unwrap();
+    assert_eq!(stored.len(), 4);
+    assert!(stored.iter().all(|(s, _)| s == source));
+    assert_eq!(stored[3].1, lines[3]);
+    // Paging continues after the last (source, seq) seen.
+    assert_eq!(store.decisions((source, 2), 100).await.unwrap().len(), 2);
+}
 
 async fn policy_versions_are_immutable_and_announced(store: Store) {
     use zt_store::PolicyFile;

@@ -70,16 +70,30 @@ enum AuditCommand {
     Query(AuditQueryArgs),
 }
 
+/// Which decision log: a proxy's file, or the copies zt server holds.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["log", "server"])))]
+struct AuditSource {
+    /// A decision log file (zt proxy --decision-log).
+    log: Option<PathBuf>,
+    /// The records proxies shipped to zt server, one chain per workload.
+    #[arg(long)]
+    server: bool,
+    /// The server's admin socket (with --server).
+    #[arg(long, env = "ZT_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+}
+
 #[derive(Args)]
 struct AuditVerifyArgs {
-    /// The decision log (zt proxy --decision-log).
-    log: PathBuf,
+    #[command(flatten)]
+    source: AuditSource,
 }
 
 #[derive(Args)]
 struct AuditQueryArgs {
-    /// The decision log.
-    log: PathBuf,
+    #[command(flatten)]
+    source: AuditSource,
     /// The caller's SPIFFE ID (`*` wildcards at the ends, as in policies).
     #[arg(long)]
     principal: Option<String>,

@@ -1860,9 +1860,64 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
         .args(["audit", "verify", log.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("chain intact"),
-        "{}",
-        describe(&out)
+    let local = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(local.contains("chain intact"), "{}", describe(&out));
+
+    // The proxy ships its log to zt server through the agent: the server's copy
+    // of the billing workload's chain reaches the same head as the file.
+    let local_head = local.split_whitespace().last().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let server_view = ok(&server, &["audit", "verify", "--server"]);
+        if server_view.contains(&format!("{billing_id}: ")) && server_view.contains(&local_head) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the server's copy never caught up: {server_view} vs {local}"
+        );
+        std::thread::sleep(POLL);
+    }
+    let denied_on_server = ok(&server, &["audit", "query", "--server", "--decision", "DENY"]);
+    assert!(denied_on_server.lines().count() >= 3, "{denied_on_server}");
+    assert_eq!(
+        metric(billing_admin, "zt_proxy_decision_ship_failures_total"),
+        0.0
     );
+
+    // zt server down: the proxy keeps deciding with the last version, the
+    // decisions wait in its log, and reach the server once it is back.
+    let mut server = server;
+    server.kill();
+    for _ in 0..5 {
+        assert_eq!(status(payment, "POST"), 200);
+    }
+    let start = Instant::now();
+    while metric(billing_admin, "zt_proxy_decisions_unshipped") < 5.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the decisions made during the outage are not counted as unshipped"
+        );
+        std::thread::sleep(POLL);
+    }
+    let server = server.restart();
+    let start = Instant::now();
+    while metric(billing_admin, "zt_proxy_decisions_unshipped") > 0.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the backlog never reached the restarted server"
+        );
+        std::thread::sleep(POLL);
+    }
+    let after = ok(&server, &["audit", "verify", "--server"]);
+    let out = Command::new(zt_exe())
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let local_head = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(after.contains(&local_head), "{after}");
 }
