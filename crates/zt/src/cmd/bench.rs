@@ -343,7 +343,8 @@ impl InProcessServer {
 /// created on the server to its SVID on a watching workload's stream, and the
 /// latency of Workload API calls (attestation included).
 pub fn agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
-    super::init_logging("warn");
+    // The audit line of each policy version applied would drown the figures.
+    super::init_logging("warn,zt::audit=error");
     super::runtime()?.block_on(bench_agent(args))
 }
 
@@ -432,6 +433,40 @@ async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
         delays.push(t.elapsed());
     }
     print_delays("entry created → SVID on the workload stream", delays, "entries");
+
+    // Policy propagation: a version applied on the server → on zt agent's policy
+    // stream, which proxies follow (compiling it there takes microseconds).
+    let mut policies = client.policies().await?;
+    let mut delays = Vec::new();
+    for i in 0..args.changes.min(100) {
+        let text = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: bench}}\nspec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/v{i}\"]\n"
+        );
+        let files = vec![zt_store::PolicyFile {
+            name: "bench.yaml".into(),
+            text,
+        }];
+        let t = Instant::now();
+        let applied = server
+            .admin
+            .apply_policies(&zt_server::api::ApplyPolicies { files })
+            .await?;
+        loop {
+            let set = tokio::time::timeout(Duration::from_secs(10), policies.message())
+                .await
+                .context("no policy update within 10 s")??
+                .context("the policy stream ended")?;
+            if set.version == applied.version {
+                break;
+            }
+        }
+        delays.push(t.elapsed());
+    }
+    print_delays(
+        "policy applied → on the proxies' policy stream",
+        delays,
+        "versions",
+    );
 
     // Call latency with one SVID (a fresh client per measure would add the connect).
     let one = WorkloadClient::new(&socket).map_err(anyhow::Error::msg)?;
