@@ -696,3 +696,25 @@ fn the_principal_index_keeps_policy_order_and_decisions() {
     let plaintext = set.evaluate(&http(None, "GET", "/a"));
     assert_eq!((plaintext.decision, plaintext.policy), (Verdict::Deny, None));
 }
+
+#[test]
+fn yaml_alias_bombs_are_not_expanded() {
+    // Eleven levels of ten aliases each: 10^11 strings if expanded.
+    let mut anchors = vec!["  a0: &a0 [x, x, x, x, x, x, x, x, x, x]".to_owned()];
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        anchors.push(format!("  a{i}: &a{i} [{refs}]"));
+    }
+    let head =
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\n";
+    // Ignored (status): skipped, not walked.
+    let set = policies(&format!("{head}status:\n{}\n", anchors.join("\n")));
+    assert_eq!(set.policies().len(), 1);
+    // In a typed field: refused at the first value of the wrong type.
+    let got = problems(&format!(
+        "{head}status:\n{}\nspec:\n  rules:\n  - from:\n    - source:\n        principals: *a11\n",
+        anchors.join("\n")
+    ));
+    assert!(got.contains("bad.yaml:") && got.contains("principals"), "{got}");
+    assert!(!got.contains("anchor"), "{got}");
+}

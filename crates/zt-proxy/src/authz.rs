@@ -1,12 +1,13 @@
 //! Authorization of every request (and every TCP connection) by Istio
-//! AuthorizationPolicies from a directory, reloaded when it changes; every
-//! decision recorded in the hash-chained decision log.
+//! AuthorizationPolicies — from a directory reloaded when it changes, or from
+//! zt server through zt agent — with every decision recorded in the
+//! hash-chained decision log, which is shipped to zt server when there is one.
 //!
 //! The workload's namespace comes from `--namespace`, or else from the proxy's
 //! own Istio-style SPIFFE ID (`/ns/NS/sa/SA`); its labels from `--label`. Until
 //! both the policies and the namespace are known, every request is denied. A
-//! reload that fails keeps the last good set in force. In `permissive` mode a
-//! DENY is recorded and let through: observe first, enforce later.
+//! set that does not load keeps the last good one in force. In `permissive`
+//! mode a DENY is recorded and let through: observe first, enforce later.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

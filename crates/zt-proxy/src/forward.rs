@@ -195,27 +195,39 @@ fn policy_request(request: &Request<Incoming>, peer: &Peer, path: &str) -> zt_po
                 .or_insert_with(|| value.to_owned());
         }
     }
-    zt_policy::Request {
-        source: zt_policy::request::Source {
-            principal: peer.xfcc.is_some().then(|| peer.name.clone()),
-            namespace: None,
-            ip: Some(peer.addr.ip()),
-        },
-        destination: zt_policy::request::Destination {
-            namespace: String::new(),
-            labels: Default::default(),
-            port: Some(peer.local.port()),
-            ip: Some(peer.local.ip()),
-        },
-        request: Some(zt_policy::request::Http {
-            method: request.method().as_str().to_owned(),
-            path: path.to_owned(),
-            host,
-            headers,
-            auth: None,
-        }),
-        protocol: zt_policy::request::Protocol::Http,
-        connection: None,
+    peer.policy_request(Some(zt_policy::request::Http {
+        method: request.method().as_str().to_owned(),
+        path: path.to_owned(),
+        host,
+        headers,
+        auth: None,
+    }))
+}
+
+impl Peer {
+    /// A request (or, without `http`, a TCP connection) from this peer as
+    /// policies see it. The destination's namespace and labels are the proxy's
+    /// own, applied when its policies were chosen.
+    pub(crate) fn policy_request(&self, http: Option<zt_policy::request::Http>) -> zt_policy::Request {
+        zt_policy::Request {
+            source: zt_policy::request::Source {
+                principal: self.xfcc.is_some().then(|| self.name.clone()),
+                namespace: None,
+                ip: Some(self.addr.ip()),
+            },
+            destination: zt_policy::request::Destination {
+                namespace: String::new(),
+                labels: Default::default(),
+                port: Some(self.local.port()),
+                ip: Some(self.local.ip()),
+            },
+            protocol: match http {
+                Some(_) => zt_policy::request::Protocol::Http,
+                None => zt_policy::request::Protocol::Tcp,
+            },
+            request: http,
+            connection: None,
+        }
     }
 }
 

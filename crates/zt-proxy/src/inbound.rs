@@ -371,7 +371,7 @@ where
         return Err(format!("{} is not on the allow-list", peer.name));
     }
     if let Some(authz) = &context.config.authz
-        && !authz.authorize(&tcp_request(&peer)).await
+        && !authz.authorize(&peer.policy_request(None)).await
     {
         metrics.refuse("denied_by_policy");
         return Err(format!("{}: denied by policy (tcp)", peer.name));
@@ -394,26 +394,6 @@ where
             metrics.revoked_connections.inc();
             Err(format!("{}'s SVID was revoked: connection closed", peer.name))
         }
-    }
-}
-
-/// A TCP connection as policies see it.
-fn tcp_request(peer: &Peer) -> zt_policy::Request {
-    zt_policy::Request {
-        source: zt_policy::request::Source {
-            principal: peer.xfcc.is_some().then(|| peer.name.clone()),
-            namespace: None,
-            ip: Some(peer.addr.ip()),
-        },
-        destination: zt_policy::request::Destination {
-            namespace: String::new(),
-            labels: Default::default(),
-            port: Some(peer.local.port()),
-            ip: Some(peer.local.ip()),
-        },
-        request: None,
-        protocol: zt_policy::request::Protocol::Tcp,
-        connection: None,
     }
 }
 
