@@ -20,6 +20,7 @@ pub mod matching;
 pub mod model;
 pub mod normalize;
 pub mod policy;
+pub mod rego;
 pub mod request;
 
 pub use evaluate::{DEFAULT_ROOT_NAMESPACE, Decision, PolicySet, Verdict, WorkloadPolicies};

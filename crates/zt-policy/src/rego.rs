@@ -1,0 +1,280 @@
+//! Rego, OPA's policy language, evaluated in process (regorus).
+//!
+//! Modules are Rego v1 by default; a module that does not parse as v1 but does
+//! as v0 (`import input`, `default allow = false`, `allow { … }`) is taken as v0,
+//! so policies written for OPA before 1.0 load as written. Data documents are
+//! merged under `data`. A set is prepared whole when it changes (a module that
+//! does not parse is refused then, not at the first query; an unknown function
+//! is an error of the query that reaches it); queries run on a clone of the
+//! prepared engine, with a time limit.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use regorus::utils::limits::ExecutionTimerConfig;
+
+/// How long one query may run, unless configured.
+pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_secs(1);
+
+/// A module that does not parse or compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{id}: {message}")]
+pub struct ModuleError {
+    /// The module's id (its file name, or the id it was PUT under).
+    pub id: String,
+    /// What is wrong, with the row and column regorus reports.
+    pub message: String,
+}
+
+/// Why a query has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The input is not usable (not JSON, say).
+    #[error("input: {0}")]
+    Input(String),
+    /// Evaluation failed: a conflict, a builtin's error, the time limit.
+    #[error("{0}")]
+    Eval(String),
+}
+
+/// Compiled Rego modules and data, ready to answer queries.
+#[derive(Clone)]
+pub struct RegoPolicies {
+    engine: regorus::Engine,
+    modules: BTreeMap<String, String>,
+    data: serde_json::Value,
+    eval_limit: Duration,
+}
+
+impl std::fmt::Debug for RegoPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegoPolicies({:?})", self.modules.keys().collect::<Vec<_>>())
+    }
+}
+
+impl RegoPolicies {
+    /// Compiles `modules` (id → Rego text) with `data` (a JSON object).
+    pub fn compile(
+        modules: BTreeMap<String, String>,
+        data: serde_json::Value,
+        eval_limit: Duration,
+    ) -> Result<Self, Vec<ModuleError>> {
+        let mut engine = regorus::Engine::new();
+        let mut errors = Vec::new();
+        for (id, text) in &modules {
+            if let Err(message) = add_module(&mut engine, id, text) {
+                errors.push(ModuleError {
+                    id: id.clone(),
+                    message,
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if !data.is_null() {
+            engine.add_data(regorus::Value::from(data.clone())).map_err(|e| {
+                vec![ModuleError {
+                    id: "data".into(),
+                    message: e.to_string(),
+                }]
+            })?;
+        }
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: eval_limit,
+            check_interval: NonZeroU32::MIN,
+        });
+        // A trivial query prepares every module now (rule conflicts found at
+        // compile time, recursion); functions are resolved when a rule runs.
+        engine.eval_query("true".into(), false).map_err(|e| {
+            vec![ModuleError {
+                id: "(compile)".into(),
+                message: e.to_string(),
+            }]
+        })?;
+        Ok(Self {
+            engine,
+            modules,
+            data,
+            eval_limit,
+        })
+    }
+
+    /// The modules, by id.
+    pub fn modules(&self) -> &BTreeMap<String, String> {
+        &self.modules
+    }
+
+    /// This set with one module added or replaced, compiled.
+    pub fn with_module(&self, id: &str, text: &str) -> Result<Self, Vec<ModuleError>> {
+        let mut modules = self.modules.clone();
+        modules.insert(id.to_owned(), text.to_owned());
+        Self::compile(modules, self.data.clone(), self.eval_limit)
+    }
+
+    /// This set without a module, compiled; `None` if there is no such module.
+    pub fn without_module(&self, id: &str) -> Option<Result<Self, Vec<ModuleError>>> {
+        let mut modules = self.modules.clone();
+        modules.remove(id)?;
+        Some(Self::compile(modules, self.data.clone(), self.eval_limit))
+    }
+
+    /// The value of the document at `path` (under `data`) for `input`; `None`
+    /// when it is undefined.
+    pub fn query(
+        &self,
+        path: &[&str],
+        input: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, QueryError> {
+        let mut engine = self.engine.clone();
+        if let Some(input) = input {
+            engine.set_input(regorus::Value::from(input.clone()));
+        }
+        let results = engine
+            .eval_query(query_of(path), false)
+            .map_err(|e| QueryError::Eval(e.to_string()))?;
+        let Some(value) = results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map(|e| e.value)
+        else {
+            return Ok(None);
+        };
+        if value == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        serde_json::to_value(&value)
+            .map(Some)
+            .map_err(|e| QueryError::Eval(e.to_string()))
+    }
+}
+
+/// Parses a module as Rego v1, or else as v0; the v1 error if neither.
+fn add_module(engine: &mut regorus::Engine, id: &str, text: &str) -> Result<(), String> {
+    engine.set_rego_v0(false);
+    let as_v1 = match engine.add_policy(id.to_owned(), text.to_owned()) {
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    engine.set_rego_v0(true);
+    let as_v0 = engine.add_policy(id.to_owned(), text.to_owned());
+    engine.set_rego_v0(false);
+    as_v0.map(drop).map_err(|_| as_v1)
+}
+
+/// `data.a.b` for `["a", "b"]`; keys that are not identifiers are quoted
+/// (`data.a["b-c"]`).
+fn query_of(path: &[&str]) -> String {
+    let mut query = String::from("data");
+    for segment in path {
+        let identifier = segment
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && segment.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if identifier {
+            query.push('.');
+            query.push_str(segment);
+        } else {
+            query.push('[');
+            // A JSON string is a Rego string.
+            query.push_str(&serde_json::Value::from(*segment).to_string());
+            query.push(']');
+        }
+    }
+    query
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use serde_json::json;
+
+    use super::*;
+
+    fn one(id: &str, text: &str) -> Result<RegoPolicies, Vec<ModuleError>> {
+        RegoPolicies::compile(
+            [(id.to_owned(), text.to_owned())].into(),
+            serde_json::Value::Null,
+            DEFAULT_EVAL_LIMIT,
+        )
+    }
+
+    #[test]
+    fn v0_and_v1_modules_load_as_written() {
+        let v0 = one(
+            "allow.rego",
+            "package authz\nimport input\ndefault allow = false\nallow { input.user == \"alice\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v0.query(&["authz", "allow"], Some(&json!({"user": "alice"})))
+                .unwrap(),
+            Some(json!(true))
+        );
+        assert_eq!(
+            v0.query(&["authz", "allow"], Some(&json!({"user": "bob"})))
+                .unwrap(),
+            Some(json!(false))
+        );
+        let v1 = one(
+            "v1.rego",
+            "package authz\ndefault allow := false\nallow if input.user == \"alice\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v1.query(&["authz", "allow"], Some(&json!({"user": "alice"})))
+                .unwrap(),
+            Some(json!(true))
+        );
+        // A package is a document too; an unknown path is undefined.
+        assert_eq!(v1.query(&["authz"], None).unwrap(), Some(json!({"allow": false})));
+        assert_eq!(v1.query(&["nothing", "here"], None).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_modules_are_refused_with_their_id() {
+        let errors = one("broken.rego", "package x\nallow if {").unwrap_err();
+        assert_eq!(errors[0].id, "broken.rego");
+        // regorus resolves functions when a rule runs: an unknown one is an
+        // evaluation error of the query that reaches it.
+        let lazy = one("undefined.rego", "package x\nallow if no_such_function(1)\n").unwrap();
+        let error = lazy.query(&["x", "allow"], None).unwrap_err();
+        assert!(error.to_string().contains("no_such_function"), "{error}");
+    }
+
+    #[test]
+    fn data_documents_and_quoted_paths() {
+        let policies = RegoPolicies::compile(
+            [("p.rego".to_owned(), "package p\nroles := data.roles\n".to_owned())].into(),
+            json!({"roles": {"alice": ["admin"]}, "odd-key": {"x": 1}}),
+            DEFAULT_EVAL_LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            policies.query(&["p", "roles", "alice"], None).unwrap(),
+            Some(json!(["admin"]))
+        );
+        assert_eq!(policies.query(&["odd-key", "x"], None).unwrap(), Some(json!(1)));
+        assert_eq!(query_of(&["a", "b-c", "0"]), "data.a[\"b-c\"][\"0\"]");
+    }
+
+    #[test]
+    fn a_query_that_runs_too_long_is_stopped() {
+        let slow = RegoPolicies::compile(
+            [(
+                "slow.rego".to_owned(),
+                "package slow\npairs := count([x | some i in numbers.range(1, 5000); some j in numbers.range(1, 5000); x := i * j])\n".to_owned(),
+            )]
+            .into(),
+            serde_json::Value::Null,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let error = slow.query(&["slow", "pairs"], None).unwrap_err();
+        assert!(error.to_string().to_lowercase().contains("time"), "{error}");
+    }
+}
