@@ -60,6 +60,26 @@ enum Command {
     /// The tamper-evident decision log: verify its chain, query it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The policy decision point: Rego policies behind OPA's REST API.
+    #[command(subcommand)]
+    Pdp(PdpCommand),
+}
+
+#[derive(Subcommand)]
+enum PdpCommand {
+    /// Serve Rego policies (.rego, v1 or v0) and data documents (.json, .yaml) with
+    /// OPA's REST API: `opa run --server FILES` becomes `zt pdp run FILES`.
+    Run(PdpRunArgs),
+}
+
+#[derive(Args)]
+struct PdpRunArgs {
+    /// Where to listen (OPA's default port).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    addr: std::net::SocketAddr,
+    /// Policy and data files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -893,6 +913,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Apply(args)) => cmd::policy::apply(args),
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
+        Command::Pdp(PdpCommand::Run(args)) => cmd::pdp::run(args),
     };
     match result {
         Ok(code) => code,

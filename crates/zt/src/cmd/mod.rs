@@ -7,6 +7,7 @@ pub mod bench;
 pub mod ca;
 pub mod entry;
 pub mod id;
+pub mod pdp;
 pub mod policy;
 pub mod proxy;
 pub mod server;

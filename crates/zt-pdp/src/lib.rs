@@ -1,0 +1,288 @@
+//! The policy decision point: OPA's REST API (same paths, bodies and status
+//! codes) over Rego policies evaluated in process, so that clients written for
+//! OPA — `requests.post(".../v1/data/authz/allow", json={"input": …})`,
+//! opa-python-client — work unchanged.
+//!
+//! - `POST /v1/data/{path}` with `{"input": …}` → `{"result": …}` (no `result`
+//!   when the document is undefined); `GET /v1/data/{path}` without input;
+//! - `POST /v0/data/{path}` with the input itself as the body → the value, or
+//!   404 when undefined;
+//! - `PUT|GET|DELETE /v1/policies/{id}`, `GET /v1/policies`;
+//! - `GET /health`.
+//!
+//! Every `/v1` answer carries a `decision_id`. Errors have OPA's shape:
+//! `{"code": "invalid_parameter" | "internal_error" | …, "message": …}`.
+
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use zt_policy::rego::{ModuleError, RegoPolicies};
+
+/// Largest request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// The policies being served; replaced whole on every policy change.
+#[derive(Clone)]
+pub struct Pdp {
+    policies: Arc<RwLock<Arc<RegoPolicies>>>,
+    /// Held while a change is compiled and swapped in: two PUTs at once both land.
+    changing: Arc<Mutex<()>>,
+}
+
+impl Pdp {
+    /// Serves `policies`.
+    pub fn new(policies: RegoPolicies) -> Self {
+        Self {
+            policies: Arc::new(RwLock::new(Arc::new(policies))),
+            changing: Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn current(&self) -> Result<Arc<RegoPolicies>, ApiError> {
+        self.policies
+            .read()
+            .map(|p| p.clone())
+            .map_err(|_| ApiError::internal("policy store lock poisoned".into()))
+    }
+
+    fn replace(&self, policies: RegoPolicies) -> Result<(), ApiError> {
+        let mut current = self
+            .policies
+            .write()
+            .map_err(|_| ApiError::internal("policy store lock poisoned".into()))?;
+        *current = Arc::new(policies);
+        Ok(())
+    }
+
+    /// OPA's REST API.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/health", get(|| async { axum::Json(json!({})) }))
+            .route("/v1/data", post(post_data_root).get(get_data_root))
+            .route("/v1/data/", post(post_data_root).get(get_data_root))
+            .route("/v1/data/{*path}", post(post_data).get(get_data))
+            .route("/v0/data/{*path}", post(post_data_v0))
+            .route("/v1/policies", get(list_policies))
+            .route(
+                "/v1/policies/{*id}",
+                get(get_policy).put(put_policy).delete(delete_policy),
+            )
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self)
+    }
+}
+
+/// Serves OPA's REST API for `policies` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    policies: RegoPolicies,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, policies = policies.modules().len(), "serving OPA's REST API");
+    axum::serve(listener, Pdp::new(policies).router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error answer in OPA's shape.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: String) -> Self {
+        Self {
+            status,
+            body: json!({"code": code, "message": message}),
+        }
+    }
+
+    fn invalid(message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+    }
+
+    fn internal(message: String) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// A module that does not parse: OPA's 400 with one error per problem.
+    fn compile(errors: Vec<ModuleError>) -> Self {
+        let errors: Vec<Value> = errors
+            .into_iter()
+            .map(|e| json!({"code": "rego_parse_error", "message": e.message, "location": {"file": e.id}}))
+            .collect();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
+                "code": "invalid_parameter",
+                "message": "error(s) occurred while compiling module(s)",
+                "errors": errors,
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// 128 random bits in UUID form, as OPA's decision ids.
+fn decision_id() -> String {
+    let mut b = [0u8; 16];
+    // The system RNG does not fail on Linux.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The input of a `/v1` request body: `{"input": …}`, or nothing.
+fn v1_input(body: &Bytes) -> Result<Option<Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let mut request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("body contains malformed input document: {e}")))?;
+    match request.as_object_mut() {
+        Some(object) => Ok(object.remove("input")),
+        None => Err(ApiError::invalid("body must be a JSON object".into())),
+    }
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// Evaluates and answers in `/v1` form.
+fn v1_answer(pdp: &Pdp, path: &str, input: Option<Value>) -> ApiResult {
+    let policies = pdp.current()?;
+    let id = decision_id();
+    let result = policies
+        .query(&segments(path), input.as_ref())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = match result {
+        Some(result) => json!({"result": result, "decision_id": id}),
+        None => json!({"decision_id": id}),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn post_data(State(pdp): State<Pdp>, Path(path): Path<String>, body: Bytes) -> ApiResult {
+    v1_answer(&pdp, &path, v1_input(&body)?)
+}
+
+async fn get_data(State(pdp): State<Pdp>, Path(path): Path<String>) -> ApiResult {
+    v1_answer(&pdp, &path, None)
+}
+
+async fn post_data_root(State(pdp): State<Pdp>, body: Bytes) -> ApiResult {
+    v1_answer(&pdp, "", v1_input(&body)?)
+}
+
+async fn get_data_root(State(pdp): State<Pdp>) -> ApiResult {
+    v1_answer(&pdp, "", None)
+}
+
+/// `/v0`: the body is the input; the answer is the value itself.
+async fn post_data_v0(State(pdp): State<Pdp>, Path(path): Path<String>, body: Bytes) -> ApiResult {
+    let input: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::invalid(format!("body contains malformed input document: {e}")))?,
+        )
+    };
+    let policies = pdp.current()?;
+    match policies
+        .query(&segments(&path), input.as_ref())
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        Some(value) => Ok(axum::Json(value).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "undefined_document",
+            format!("document missing: data/{path}"),
+        )),
+    }
+}
+
+fn policy_json(id: &str, raw: &str) -> Value {
+    json!({"id": id, "raw": raw})
+}
+
+async fn list_policies(State(pdp): State<Pdp>) -> ApiResult {
+    let policies = pdp.current()?;
+    let list: Vec<Value> = policies
+        .modules()
+        .iter()
+        .map(|(id, raw)| policy_json(id, raw))
+        .collect();
+    Ok(axum::Json(json!({"result": list})).into_response())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "resource_not_found",
+        format!("storage_policy_not_found_error: policy id \"{id}\""),
+    )
+}
+
+async fn get_policy(State(pdp): State<Pdp>, Path(id): Path<String>) -> ApiResult {
+    let policies = pdp.current()?;
+    let raw = policies.modules().get(&id).ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(json!({"result": policy_json(&id, raw)})).into_response())
+}
+
+async fn put_policy(State(pdp): State<Pdp>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let text =
+        std::str::from_utf8(&body).map_err(|e| ApiError::invalid(format!("policy is not UTF-8: {e}")))?;
+    let _changing = pdp
+        .changing
+        .lock()
+        .map_err(|_| ApiError::internal("policy store lock poisoned".into()))?;
+    let policies = pdp.current()?;
+    let updated = policies.with_module(&id, text).map_err(ApiError::compile)?;
+    pdp.replace(updated)?;
+    tracing::info!(target: "zt::audit", policy = %id, "Rego policy stored");
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn delete_policy(State(pdp): State<Pdp>, Path(id): Path<String>) -> ApiResult {
+    let _changing = pdp
+        .changing
+        .lock()
+        .map_err(|_| ApiError::internal("policy store lock poisoned".into()))?;
+    let policies = pdp.current()?;
+    let updated = policies
+        .without_module(&id)
+        .ok_or_else(|| not_found(&id))?
+        .map_err(ApiError::compile)?;
+    pdp.replace(updated)?;
+    tracing::info!(target: "zt::audit", policy = %id, "Rego policy deleted");
+    Ok(axum::Json(json!({})).into_response())
+}

@@ -1,0 +1,248 @@
+//! `zt pdp run` as OPA's drop-in: the seed's `ask_opa()` (Python `requests`)
+//! against the seed's v0 policy, and OPA's REST API paths, bodies and codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use zt_testkit::describe;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `zt pdp run`, killed on drop.
+struct Pdp {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Pdp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(files: &[&Path]) -> Pdp {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["pdp", "run", "--addr", &addr.to_string()])
+        .args(files)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pdp = Pdp { child, addr };
+    let start = Instant::now();
+    while http(addr, "GET", "/health", "").0 != 200 {
+        assert!(pdp.child.try_wait().unwrap().is_none(), "zt pdp run exited");
+        assert!(start.elapsed() < DEADLINE, "zt pdp run never became healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pdp
+}
+
+/// One HTTP/1.1 exchange: status and body (0 if nothing answered).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut tcp) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if tcp.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json_of(answer: &(u16, String)) -> Value {
+    serde_json::from_str(&answer.1).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+const PAYMENT: &str = "spiffe://cluster.local/ns/production/sa/payment-service";
+
+#[test]
+fn the_seeds_ask_opa_gets_correct_answers_from_zt_pdp() {
+    let Some(python) = zt_testkit::python("the_seeds_ask_opa_gets_correct_answers_from_zt_pdp") else {
+        return;
+    };
+    let policy = repo().join("examples/rego/allow.rego");
+    let pdp = start(&[&policy]);
+    let ask = |principal: &str, method: &str, path: &str| -> bool {
+        let out = Command::new(&python)
+            .arg(repo().join("tests/interop/ask_opa.py"))
+            .arg(format!("http://{}", pdp.addr))
+            .args([principal, method, path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["allow"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(ask(PAYMENT, "POST", "/api/v1/charges"));
+    assert!(ask(PAYMENT, "POST", "/api/v1/refunds"));
+    assert!(!ask(PAYMENT, "GET", "/api/v1/charges"));
+    assert!(!ask(PAYMENT, "POST", "/api/v1/admin"));
+    assert!(!ask(
+        "spiffe://cluster.local/ns/production/sa/orders",
+        "POST",
+        "/api/v1/charges"
+    ));
+}
+
+#[test]
+fn opas_rest_api_paths_bodies_and_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("roles.json");
+    std::fs::write(&data, r#"{"roles": {"alice": ["admin"]}}"#).unwrap();
+    let policy = repo().join("examples/rego/allow.rego");
+    let pdp = start(&[&policy, &data]);
+    let addr = pdp.addr;
+
+    // POST /v1/data: a result and a decision id; undefined: no result.
+    let allowed = json_of(&http(
+        addr,
+        "POST",
+        "/v1/data/authz/allow",
+        &json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}}).to_string(),
+    ));
+    assert_eq!(allowed["result"], true);
+    assert_eq!(allowed["decision_id"].as_str().unwrap().len(), 36);
+    let undefined = http(addr, "POST", "/v1/data/authz/nothing", r#"{"input": {}}"#);
+    assert_eq!(undefined.0, 200);
+    assert!(json_of(&undefined).get("result").is_none(), "{undefined:?}");
+    // GET, a whole package, data documents, and the /v0 form.
+    assert_eq!(
+        json_of(&http(addr, "GET", "/v1/data/roles/alice", ""))["result"],
+        json!(["admin"])
+    );
+    assert_eq!(
+        json_of(&http(addr, "POST", "/v1/data/authz", "{}"))["result"]["allow"],
+        false
+    );
+    let v0 = http(
+        addr,
+        "POST",
+        "/v0/data/authz/allow",
+        &json!({"principal": PAYMENT, "method": "POST", "path": "/api/v1/refunds"}).to_string(),
+    );
+    assert_eq!((v0.0, v0.1.trim()), (200, "true"));
+    let v0_missing = http(addr, "POST", "/v0/data/authz/nothing", "{}");
+    assert_eq!(v0_missing.0, 404);
+    assert_eq!(json_of(&v0_missing)["code"], "undefined_document");
+
+    // Bad input: OPA's codes and shapes; the server keeps serving.
+    let not_json = http(addr, "POST", "/v1/data/authz/allow", "not json");
+    assert_eq!(not_json.0, 400);
+    assert_eq!(json_of(&not_json)["code"], "invalid_parameter");
+    let too_big = http(
+        addr,
+        "POST",
+        "/v1/data/authz/allow",
+        &format!("{{\"input\": \"{}\"}}", "x".repeat(9 << 20)),
+    );
+    assert_eq!(too_big.0, 413);
+
+    // Policies: PUT (a parse error is a 400 naming the module), GET, list, DELETE.
+    let bad = http(addr, "PUT", "/v1/policies/bad.rego", "package bad\nallow if {");
+    assert_eq!(bad.0, 400);
+    let bad = json_of(&bad);
+    assert_eq!(bad["code"], "invalid_parameter");
+    assert_eq!(bad["errors"][0]["code"], "rego_parse_error");
+    assert_eq!(bad["errors"][0]["location"]["file"], "bad.rego");
+    let put = http(
+        addr,
+        "PUT",
+        "/v1/policies/extra.rego",
+        "package extra\nanswer := 42\n",
+    );
+    assert_eq!(put.0, 200, "{put:?}");
+    assert_eq!(
+        json_of(&http(addr, "GET", "/v1/data/extra/answer", ""))["result"],
+        42
+    );
+    assert_eq!(
+        json_of(&http(addr, "GET", "/v1/policies/extra.rego", ""))["result"]["raw"],
+        "package extra\nanswer := 42\n"
+    );
+    assert_eq!(
+        json_of(&http(addr, "GET", "/v1/policies", ""))["result"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(http(addr, "DELETE", "/v1/policies/extra.rego", "").0, 200);
+    assert!(
+        json_of(&http(addr, "GET", "/v1/data/extra/answer", ""))
+            .get("result")
+            .is_none()
+    );
+    let missing = http(addr, "DELETE", "/v1/policies/extra.rego", "");
+    assert_eq!(missing.0, 404);
+    assert_eq!(json_of(&missing)["code"], "resource_not_found");
+    assert_eq!(json_of(&allowed_again(addr))["result"], true);
+}
+
+fn allowed_again(addr: SocketAddr) -> (u16, String) {
+    http(
+        addr,
+        "POST",
+        "/v1/data/authz/allow",
+        &json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}}).to_string(),
+    )
+}
+
+#[test]
+fn files_that_do_not_load_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.rego");
+    std::fs::write(&broken, "package broken\nallow if {").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["pdp", "run"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.rego"),
+        "{}",
+        describe(&out)
+    );
+    let text = dir.path().join("policy.txt");
+    std::fs::write(&text, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["pdp", "run"])
+        .arg(&text)
+        .output()
+        .unwrap();
+    zt_testkit::assert_cli_failure(&out, 1, &["policy.txt", "expected a .rego policy"]);
+}
