@@ -633,6 +633,15 @@ enum BenchCommand {
     Agent(BenchAgent),
     /// AuthorizationPolicy evaluation in process, with 1 to 10 000 policies.
     Policy(BenchPolicy),
+    /// Rego decisions in process (the seed's policy).
+    Pdp(BenchPdp),
+}
+
+#[derive(Args)]
+struct BenchPdp {
+    /// Decisions timed per line.
+    #[arg(long, default_value_t = 100_000)]
+    iterations: usize,
 }
 
 #[derive(Args)]
@@ -882,6 +891,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Server(args)) => cmd::bench::server(args),
         Command::Bench(BenchCommand::Agent(args)) => cmd::bench::agent(args),
         Command::Bench(BenchCommand::Policy(args)) => cmd::bench::policy(args),
+        Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

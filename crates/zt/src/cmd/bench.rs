@@ -663,3 +663,42 @@ fn assert_eq_decision(
         std::process::exit(1);
     }
 }
+
+/// `zt bench pdp`: the seed's Rego policy decided in process (a clone of the
+/// prepared engine per decision, as the API does).
+pub fn pdp(args: crate::BenchPdp) -> anyhow::Result<ExitCode> {
+    let text = include_str!("../../../../examples/rego/allow.rego");
+    let policies = zt_policy::rego::RegoPolicies::compile(
+        [("allow.rego".to_owned(), text.to_owned())].into(),
+        serde_json::Value::Null,
+        zt_policy::rego::DEFAULT_EVAL_LIMIT,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let input = |principal: &str| serde_json::json!({"principal": principal, "method": "POST", "path": "/api/v1/charges"});
+    let allowed = input("spiffe://cluster.local/ns/production/sa/payment-service");
+    let denied = input("spiffe://cluster.local/ns/production/sa/orders");
+    for (want, input) in [(true, &allowed), (false, &denied)] {
+        let got = policies.query(&["authz", "allow"], Some(input))?;
+        anyhow::ensure!(
+            got == Some(serde_json::Value::Bool(want)),
+            "expected {want}, got {got:?}"
+        );
+    }
+    println!(
+        "{:<28} {:>10} {:>10} {:>14}",
+        "decision (seed policy)", "p50", "p99", "ops/s (1 core)"
+    );
+    for (name, input) in [("allowed", &allowed), ("denied", &denied)] {
+        report(
+            name,
+            &measure(args.iterations.max(1), || {
+                black_box(
+                    policies
+                        .query(black_box(&["authz", "allow"]), Some(black_box(input)))
+                        .is_ok(),
+                );
+            }),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
