@@ -35,11 +35,17 @@ pub struct Source {
 
 /// Reads every policy file under `dir`.
 pub fn read_dir(dir: &Path) -> Result<Vec<Source>, LoadError> {
+    read_files(dir, &["yaml", "yml"])
+}
+
+/// Reads every file under `dir` whose extension is one of `extensions`, in
+/// name order.
+pub fn read_files(dir: &Path, extensions: &[&str]) -> Result<Vec<Source>, LoadError> {
     let fail = |problem: String| LoadError {
         problems: vec![problem],
     };
     let mut files = Vec::new();
-    collect(dir, &mut files).map_err(fail)?;
+    collect(dir, extensions, &mut files).map_err(fail)?;
     files.sort();
     let mut sources = Vec::with_capacity(files.len());
     for file in files {
@@ -58,7 +64,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, LoadError> {
     Ok(sources)
 }
 
-fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+fn collect(dir: &Path, extensions: &[&str], files: &mut Vec<PathBuf>) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -71,8 +77,11 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
             continue;
         }
         if kind.is_dir() {
-            collect(&path, files)?;
-        } else if path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+            collect(&path, extensions, files)?;
+        } else if path
+            .extension()
+            .is_some_and(|ext| extensions.iter().any(|wanted| ext == *wanted))
+        {
             if files.len() >= MAX_FILES {
                 return Err(format!("{}: more than {MAX_FILES} policy files", dir.display()));
             }

@@ -43,6 +43,8 @@ pub enum QueryError {
 pub struct RegoPolicies {
     engine: regorus::Engine,
     modules: BTreeMap<String, String>,
+    /// Module id → its package path (`data.a.b`).
+    packages: BTreeMap<String, String>,
     data: serde_json::Value,
     eval_limit: Duration,
 }
@@ -62,12 +64,16 @@ impl RegoPolicies {
     ) -> Result<Self, Vec<ModuleError>> {
         let mut engine = regorus::Engine::new();
         let mut errors = Vec::new();
+        let mut packages = BTreeMap::new();
         for (id, text) in &modules {
-            if let Err(message) = add_module(&mut engine, id, text) {
-                errors.push(ModuleError {
+            match add_module(&mut engine, id, text) {
+                Ok(package) => {
+                    packages.insert(id.clone(), package);
+                }
+                Err(message) => errors.push(ModuleError {
                     id: id.clone(),
                     message,
-                });
+                }),
             }
         }
         if !errors.is_empty() {
@@ -96,6 +102,7 @@ impl RegoPolicies {
         Ok(Self {
             engine,
             modules,
+            packages,
             data,
             eval_limit,
         })
@@ -152,17 +159,85 @@ impl RegoPolicies {
     }
 }
 
-/// Parses a module as Rego v1, or else as v0; the v1 error if neither.
-fn add_module(engine: &mut regorus::Engine, id: &str, text: &str) -> Result<(), String> {
+/// Parses a module as Rego v1, or else as v0 (the v1 error if neither);
+/// returns its package path.
+fn add_module(engine: &mut regorus::Engine, id: &str, text: &str) -> Result<String, String> {
     engine.set_rego_v0(false);
     let as_v1 = match engine.add_policy(id.to_owned(), text.to_owned()) {
-        Ok(_) => return Ok(()),
+        Ok(package) => return Ok(package),
         Err(e) => e.to_string(),
     };
     engine.set_rego_v0(true);
     let as_v0 = engine.add_policy(id.to_owned(), text.to_owned());
     engine.set_rego_v0(false);
-    as_v0.map(drop).map_err(|_| as_v1)
+    as_v0.map_err(|_| as_v1)
+}
+
+/// A Rego test's outcome, as `opa test` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOutcome {
+    /// The rule is true.
+    Pass,
+    /// The rule is false or undefined.
+    Fail,
+    /// Evaluating it failed.
+    Error(String),
+}
+
+/// One `test_*` rule and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    /// `data.package.test_name`.
+    pub name: String,
+    /// The module it is in.
+    pub module: String,
+    /// What it gave.
+    pub outcome: TestOutcome,
+}
+
+impl RegoPolicies {
+    /// Runs every rule whose name starts with `test_` (each once, without
+    /// input), in module order.
+    pub fn run_tests(&self) -> Vec<TestResult> {
+        let mut results = Vec::new();
+        for (id, text) in &self.modules {
+            let Some(package) = self.packages.get(id) else {
+                continue;
+            };
+            let path: Vec<&str> = package.split('.').skip(1).collect();
+            for name in test_rules(text) {
+                let mut full = path.clone();
+                full.push(&name);
+                let outcome = match self.query(&full, None) {
+                    Ok(Some(serde_json::Value::Bool(true))) => TestOutcome::Pass,
+                    Ok(_) => TestOutcome::Fail,
+                    Err(e) => TestOutcome::Error(e.to_string()),
+                };
+                results.push(TestResult {
+                    name: format!("{package}.{name}"),
+                    module: id.clone(),
+                    outcome,
+                });
+            }
+        }
+        results
+    }
+}
+
+/// The names of the rules a module defines whose names start with `test_`, in
+/// order, each once: a rule head starts a line.
+fn test_rules(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let name: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.starts_with("test_") && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// `data.a.b` for `["a", "b"]`; keys that are not identifiers are quoted
@@ -260,6 +335,25 @@ mod tests {
         );
         assert_eq!(policies.query(&["odd-key", "x"], None).unwrap(), Some(json!(1)));
         assert_eq!(query_of(&["a", "b-c", "0"]), "data.a[\"b-c\"][\"0\"]");
+    }
+
+    #[test]
+    fn test_rules_pass_fail_and_error_as_opa_test_reports_them() {
+        let policies = one(
+            "p_test.rego",
+            "package p\nallow if input.user == \"alice\"\n\ntest_alice if allow with input as {\"user\": \"alice\"}\ntest_bob_denied if not allow with input as {\"user\": \"bob\"}\ntest_wrong if allow with input as {\"user\": \"eve\"}\ntest_error if 1 / 0\n",
+        )
+        .unwrap();
+        let outcomes: Vec<(String, TestOutcome)> = policies
+            .run_tests()
+            .into_iter()
+            .map(|r| (r.name, r.outcome))
+            .collect();
+        assert_eq!(outcomes[0], ("data.p.test_alice".into(), TestOutcome::Pass));
+        assert_eq!(outcomes[1], ("data.p.test_bob_denied".into(), TestOutcome::Pass));
+        assert_eq!(outcomes[2], ("data.p.test_wrong".into(), TestOutcome::Fail));
+        assert_eq!(outcomes.len(), 4);
+        assert_ne!(outcomes[3].1, TestOutcome::Pass);
     }
 
     #[test]

@@ -137,7 +137,8 @@ enum PolicyCommand {
     Lint(PolicyLintArgs),
     /// Decide one request: {"decision":"ALLOW"|"DENY","policy":"<namespace>/<name>"|null,"reason":"…"}.
     Eval(PolicyEvalArgs),
-    /// Run table tests (requests and expected decisions) against a directory of policies.
+    /// Run table tests (requests and expected decisions) against a directory of policies,
+    /// and the test_* rules of its Rego modules.
     Test(PolicyTestArgs),
     /// Lint a directory, show its difference to the version on zt server, and store it
     /// as the next version, which the server pushes to every proxy.
@@ -182,9 +183,10 @@ struct PolicyEvalArgs {
 struct PolicyTestArgs {
     /// The directory of policy files.
     dir: PathBuf,
-    /// The cases: a YAML or JSON list of {name, request, decision, policy?}.
+    /// The cases: a YAML or JSON list of {name, request, decision, policy?}. Rego
+    /// modules' test_* rules in the directory run in any case, like `opa test`.
     #[arg(long)]
-    cases: PathBuf,
+    cases: Option<PathBuf>,
     /// The namespace whose policies apply to every workload.
     #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,

@@ -40,7 +40,7 @@ fn the_example_policies_lint_and_pass_their_cases() {
     ]);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("6 cases: 6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("6 tests: 6 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn failing_cases_fail_the_run_and_say_why() {
         "{stdout}"
     );
     assert!(stdout.contains("PASS  right"), "{stdout}");
-    assert!(stdout.contains("2 cases: 1 passed, 1 failed"), "{stdout}");
+    assert!(stdout.contains("2 tests: 1 passed, 1 failed"), "{stdout}");
     fs::write(&cases, "- name: x\n  decision: MAYBE\n").unwrap();
     let out = zt(&[
         "policy",
@@ -192,4 +192,36 @@ fn failing_cases_fail_the_run_and_say_why() {
         arg(&cases),
     ]);
     assert_failure(&out, 1, &["--cases", "cases.yaml"]);
+}
+
+#[test]
+fn rego_test_rules_run_like_opa_test() {
+    let out = zt(&["policy", "test", arg(&examples().join("rego"))]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("PASS  data.authz.test_payment_service_may_create_a_charge"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 tests: 3 passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(examples().join("rego/allow.rego"), dir.path().join("allow.rego")).unwrap();
+    fs::write(
+        dir.path().join("wrong_test.rego"),
+        "package authz\n\ntest_everyone_may_charge if allow with input as {\"principal\": \"x\", \"method\": \"POST\", \"path\": \"/api/v1/charges\"}\n",
+    )
+    .unwrap();
+    let out = zt(&["policy", "test", arg(dir.path())]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  data.authz.test_everyone_may_charge"),
+        "{stdout}"
+    );
+
+    // Nothing to test is an error, not a silent pass.
+    let empty = tempfile::tempdir().unwrap();
+    let out = zt(&["policy", "test", arg(empty.path())]);
+    assert_failure(&out, 1, &["nothing to test"]);
 }

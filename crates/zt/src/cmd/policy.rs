@@ -56,26 +56,59 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `zt policy test DIR --cases FILE`: a line per case; exit 1 if any failed.
+/// `zt policy test DIR [--cases FILE]`: the cases against the directory's
+/// AuthorizationPolicies, and the `test_*` rules of its Rego modules, a line
+/// each; exit 1 if any failed.
 pub fn test(args: PolicyTestArgs) -> anyhow::Result<ExitCode> {
-    let set = load(&args.dir, &args.root_namespace)?;
-    let text = String::from_utf8(super::read_input("--cases", &args.cases)?)
-        .with_context(|| format!("--cases {}: not UTF-8", args.cases.display()))?;
-    let cases = zt_policy::cases::parse(&text)
-        .map_err(|e| anyhow::anyhow!("--cases {}: {e}", args.cases.display()))?;
-    let outcomes = zt_policy::cases::run(&set, &cases);
-    let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
-    for outcome in &outcomes {
-        match &outcome.failure {
-            None => println!("PASS  {}", outcome.name),
-            Some(why) => println!("FAIL  {}: {why}", outcome.name),
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut tally = |ok: bool| if ok { passed += 1 } else { failed += 1 };
+    if let Some(cases_file) = &args.cases {
+        let set = load(&args.dir, &args.root_namespace)?;
+        let text = String::from_utf8(super::read_input("--cases", cases_file)?)
+            .with_context(|| format!("--cases {}: not UTF-8", cases_file.display()))?;
+        let cases = zt_policy::cases::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--cases {}: {e}", cases_file.display()))?;
+        for outcome in zt_policy::cases::run(&set, &cases) {
+            match &outcome.failure {
+                None => println!("PASS  {}", outcome.name),
+                Some(why) => println!("FAIL  {}: {why}", outcome.name),
+            }
+            tally(outcome.failure.is_none());
         }
     }
-    println!(
-        "{} cases: {} passed, {failed} failed",
-        outcomes.len(),
-        outcomes.len() - failed
-    );
+    let modules = zt_policy::load::read_files(&args.dir, &["rego"]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !modules.is_empty() {
+        let modules = modules
+            .into_iter()
+            .map(|m| (m.name.display().to_string(), m.text))
+            .collect();
+        let rego = zt_policy::rego::RegoPolicies::compile(
+            modules,
+            serde_json::Value::Null,
+            zt_policy::rego::DEFAULT_EVAL_LIMIT,
+        )
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        })?;
+        for result in rego.run_tests() {
+            match &result.outcome {
+                zt_policy::rego::TestOutcome::Pass => println!("PASS  {}", result.name),
+                zt_policy::rego::TestOutcome::Fail => println!("FAIL  {} ({})", result.name, result.module),
+                zt_policy::rego::TestOutcome::Error(e) => {
+                    println!("ERROR {} ({}): {e}", result.name, result.module)
+                }
+            }
+            tally(result.outcome == zt_policy::rego::TestOutcome::Pass);
+        }
+    }
+    if passed + failed == 0 {
+        anyhow::bail!(
+            "{}: nothing to test (give --cases for AuthorizationPolicies; Rego test_* rules run by themselves)",
+            args.dir.display()
+        );
+    }
+    println!("{} tests: {passed} passed, {failed} failed", passed + failed);
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
