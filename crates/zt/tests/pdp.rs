@@ -246,3 +246,55 @@ fn files_that_do_not_load_are_refused_at_start() {
         .unwrap();
     zt_testkit::assert_cli_failure(&out, 1, &["policy.txt", "expected a .rego policy"]);
 }
+
+#[test]
+fn rego_cases_in_opas_conformance_format_pass_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let placeholder = dir.path().join("placeholder.rego");
+    std::fs::write(&placeholder, "package placeholder\n").unwrap();
+    let pdp = start(&[&placeholder]);
+    let text = std::fs::read_to_string(repo().join("tests/conformance/rego-cases.yaml")).unwrap();
+    let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let note = case["note"].as_str().unwrap();
+        let ids: Vec<String> = (0..case["modules"].as_array().unwrap().len())
+            .map(|j| format!("case-{i}-{j}.rego"))
+            .collect();
+        for (id, module) in ids.iter().zip(case["modules"].as_array().unwrap()) {
+            let put = http(
+                pdp.addr,
+                "PUT",
+                &format!("/v1/policies/{id}"),
+                module.as_str().unwrap(),
+            );
+            assert_eq!(put.0, 200, "{note}: PUT {id}: {put:?}");
+        }
+        // `data.a.b = x` reads the document data/a/b.
+        let query = case["query"].as_str().unwrap();
+        let (reference, variable) = query.split_once(" = ").unwrap();
+        let path = reference.strip_prefix("data.").unwrap().replace('.', "/");
+        let body = json!({"input": case.get("input").cloned().unwrap_or(json!({}))});
+        let answer = json_of(&http(
+            pdp.addr,
+            "POST",
+            &format!("/v1/data/{path}"),
+            &body.to_string(),
+        ));
+        let want = case["want_result"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|r| r[variable].clone());
+        let got = answer.get("result").cloned();
+        if got != want {
+            failures.push(format!("{note}: want {want:?}, got {got:?}"));
+        }
+        for id in &ids {
+            assert_eq!(http(pdp.addr, "DELETE", &format!("/v1/policies/{id}"), "").0, 200);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
