@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ext_authz;
+
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
@@ -46,7 +48,7 @@ impl Pdp {
         }
     }
 
-    fn current(&self) -> Result<Arc<RegoPolicies>, ApiError> {
+    pub(crate) fn current(&self) -> Result<Arc<RegoPolicies>, ApiError> {
         self.policies
             .read()
             .map(|p| p.clone())
@@ -80,22 +82,69 @@ impl Pdp {
     }
 }
 
-/// Serves OPA's REST API for `policies` on `addr` until `shutdown`.
+/// Where and how `serve` listens.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// OPA's REST API.
+    pub http: std::net::SocketAddr,
+    /// Envoy's ext_authz gRPC service, and the decision path it asks.
+    pub ext_authz: Option<(std::net::SocketAddr, String)>,
+}
+
+/// Serves OPA's REST API (and, if asked, Envoy's ext_authz) for `policies`
+/// until `shutdown`. The error names the address that could not be bound.
 pub async fn serve(
-    addr: std::net::SocketAddr,
+    listeners: Listeners,
     policies: RegoPolicies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, policies = policies.modules().len(), "serving OPA's REST API");
-    axum::serve(listener, Pdp::new(policies).router())
+) -> Result<(), (std::net::SocketAddr, std::io::Error)> {
+    let pdp = Pdp::new(policies);
+    let http = tokio::net::TcpListener::bind(listeners.http)
+        .await
+        .map_err(|e| (listeners.http, e))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let grpc = match &listeners.ext_authz {
+        Some((addr, path)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| (*addr, e))?;
+            tracing::info!(%addr, %path, "serving Envoy's ext_authz");
+            let service = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthz::new(
+                pdp.clone(),
+                path,
+            ));
+            let mut stopped = stopped.clone();
+            let addr = *addr;
+            Some(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+                {
+                    tracing::error!(%addr, error = %e, "ext_authz server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    tracing::info!(addr = %listeners.http, "serving OPA's REST API");
+    let served = axum::serve(http, pdp.router())
         .with_graceful_shutdown(shutdown)
         .await
+        .map_err(|e| (listeners.http, e));
+    stop.send_replace(true);
+    if let Some(grpc) = grpc {
+        let _ = grpc.await;
+    }
+    served
 }
 
 /// An error answer in OPA's shape.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     body: Value,
 }

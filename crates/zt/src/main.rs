@@ -77,6 +77,13 @@ struct PdpRunArgs {
     /// Where to listen (OPA's default port).
     #[arg(long, default_value = "127.0.0.1:8181")]
     addr: std::net::SocketAddr,
+    /// Also serve Envoy's ext_authz (gRPC, envoy.service.auth.v3.Authorization) here,
+    /// e.g. 127.0.0.1:9191 as OPA-Envoy does.
+    #[arg(long)]
+    ext_authz_addr: Option<std::net::SocketAddr>,
+    /// The rule ext_authz decisions come from (OPA-Envoy's default).
+    #[arg(long, default_value = zt_pdp::ext_authz::DEFAULT_PATH)]
+    ext_authz_path: String,
     /// Policy and data files.
     #[arg(required = true)]
     files: Vec<PathBuf>,

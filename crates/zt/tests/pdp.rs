@@ -31,15 +31,24 @@ impl Drop for Pdp {
     }
 }
 
-fn start(files: &[&Path]) -> Pdp {
+fn free_addr() -> SocketAddr {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    ([127, 0, 0, 1], port).into()
+}
+
+fn start(files: &[&Path]) -> Pdp {
+    start_with(&[], files)
+}
+
+fn start_with(extra: &[&str], files: &[&Path]) -> Pdp {
+    let addr = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_zt"))
         .args(["pdp", "run", "--addr", &addr.to_string()])
+        .args(extra)
         .args(files)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -297,4 +306,73 @@ fn rego_cases_in_opas_conformance_format_pass_through_the_api() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn envoy_ext_authz_check_allows_and_denies_with_opa_envoys_input() {
+    use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let grpc = free_addr();
+    let policy = repo().join("examples/rego/envoy.rego");
+    let _pdp = start_with(&["--ext-authz-addr", &grpc.to_string()], &[&policy]);
+    let check = |principal: &str, method: &str, path: &str| CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: principal.into(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "billing".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let allowed = client
+            .check(check(PAYMENT, "POST", "/api/v1/charges?receipt=1"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(allowed.status.unwrap().code, 0);
+        assert!(matches!(allowed.http_response, Some(HttpResponse::OkResponse(_))));
+        let public = client
+            .check(check("", "GET", "/public/index.html"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(public.status.unwrap().code, 0);
+        let denied = client
+            .check(check(
+                "spiffe://cluster.local/ns/production/sa/orders",
+                "POST",
+                "/api/v1/charges",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(denied.status.unwrap().code, 7, "PERMISSION_DENIED");
+        match denied.http_response {
+            Some(HttpResponse::DeniedResponse(response)) => {
+                assert_eq!(response.status.unwrap().code, 403);
+                assert_eq!(response.body, "denied by zt: not allowed");
+            }
+            other => panic!("not a denial: {other:?}"),
+        }
+    });
 }

@@ -42,9 +42,15 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
         })?;
     super::init_logging("info");
     let runtime = super::runtime()?;
+    let listeners = zt_pdp::Listeners {
+        http: args.addr,
+        ext_authz: args
+            .ext_authz_addr
+            .map(|addr| (addr, args.ext_authz_path.clone())),
+    };
     runtime
-        .block_on(zt_pdp::serve(args.addr, policies, super::shutdown_signal()))
-        .with_context(|| format!("--addr {}", args.addr))?;
+        .block_on(zt_pdp::serve(listeners, policies, super::shutdown_signal()))
+        .map_err(|(addr, e)| anyhow::anyhow!("{addr}: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
