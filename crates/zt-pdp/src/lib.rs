@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod data;
 pub mod ext_authz;
 
 use std::sync::{Arc, Mutex, RwLock};

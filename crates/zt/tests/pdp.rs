@@ -376,3 +376,48 @@ fn envoy_ext_authz_check_allows_and_denies_with_opa_envoys_input() {
         }
     });
 }
+
+#[test]
+fn an_opa_bundle_made_by_python_tarfile_is_served() {
+    let Some(python) = zt_testkit::python("an_opa_bundle_made_by_python_tarfile_is_served") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.tar.gz");
+    let script = r#"
+import io, json, sys, tarfile
+files = {
+    ".manifest": json.dumps({"revision": "2026-11-22", "roots": ["authz", "roles"]}),
+    "authz/policy.rego": "package authz\ndefault allow := false\nallow if input.user in data.roles.admins\n",
+    "roles/data.json": json.dumps({"admins": ["alice"]}),
+}
+with tarfile.open(sys.argv[1], "w:gz") as tar:
+    for name, text in files.items():
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let pdp = start(&[&bundle]);
+    let ask = |user: &str| {
+        json_of(&http(
+            pdp.addr,
+            "POST",
+            "/v1/data/authz/allow",
+            &json!({"input": {"user": user}}).to_string(),
+        ))["result"]
+            .clone()
+    };
+    assert_eq!(ask("alice"), json!(true));
+    assert_eq!(ask("mallory"), json!(false));
+    assert_eq!(
+        json_of(&http(pdp.addr, "GET", "/v1/data/roles/admins", ""))["result"],
+        json!(["alice"])
+    );
+}
