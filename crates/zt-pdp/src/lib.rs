@@ -74,6 +74,7 @@ impl Pdp {
             .route("/v1/data/{*path}", post(post_data).get(get_data))
             .route("/v0/data/{*path}", post(post_data_v0))
             .route("/v1/policies", get(list_policies))
+            .route("/v1/policies/", get(list_policies))
             .route(
                 "/v1/policies/{*id}",
                 get(get_policy).put(put_policy).delete(delete_policy),
@@ -280,8 +281,17 @@ async fn post_data_v0(State(pdp): State<Pdp>, Path(path): Path<String>, body: By
     }
 }
 
-fn policy_json(id: &str, raw: &str) -> Value {
-    json!({"id": id, "raw": raw})
+/// A policy as OPA lists it: its id, its text, and the package path of its AST
+/// (clients build data URLs from it).
+fn policy_json(policies: &RegoPolicies, id: &str, raw: &str) -> Value {
+    let path: Vec<Value> = policies
+        .package_of(id)
+        .unwrap_or("data")
+        .split('.')
+        .enumerate()
+        .map(|(i, part)| json!({"type": if i == 0 { "var" } else { "string" }, "value": part}))
+        .collect();
+    json!({"id": id, "raw": raw, "ast": {"package": {"path": path}}})
 }
 
 async fn list_policies(State(pdp): State<Pdp>) -> ApiResult {
@@ -289,7 +299,7 @@ async fn list_policies(State(pdp): State<Pdp>) -> ApiResult {
     let list: Vec<Value> = policies
         .modules()
         .iter()
-        .map(|(id, raw)| policy_json(id, raw))
+        .map(|(id, raw)| policy_json(&policies, id, raw))
         .collect();
     Ok(axum::Json(json!({"result": list})).into_response())
 }
@@ -305,7 +315,7 @@ fn not_found(id: &str) -> ApiError {
 async fn get_policy(State(pdp): State<Pdp>, Path(id): Path<String>) -> ApiResult {
     let policies = pdp.current()?;
     let raw = policies.modules().get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(json!({"result": policy_json(&id, raw)})).into_response())
+    Ok(axum::Json(json!({"result": policy_json(&policies, &id, raw)})).into_response())
 }
 
 async fn put_policy(State(pdp): State<Pdp>, Path(id): Path<String>, body: Bytes) -> ApiResult {

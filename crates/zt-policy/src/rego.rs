@@ -113,6 +113,11 @@ impl RegoPolicies {
         &self.modules
     }
 
+    /// A module's package path (`data.a.b`).
+    pub fn package_of(&self, id: &str) -> Option<&str> {
+        self.packages.get(id).map(String::as_str)
+    }
+
     /// This set with one module added or replaced, compiled.
     pub fn with_module(&self, id: &str, text: &str) -> Result<Self, Vec<ModuleError>> {
         let mut modules = self.modules.clone();

@@ -421,3 +421,31 @@ with tarfile.open(sys.argv[1], "w:gz") as tar:
         json!(["alice"])
     );
 }
+
+#[test]
+fn the_pypi_opa_python_client_works_against_zt_pdp() {
+    let Some(python) = zt_testkit::python("the_pypi_opa_python_client_works_against_zt_pdp") else {
+        return;
+    };
+    let pdp = start(&[&repo().join("examples/rego/allow.rego")]);
+    let out = Command::new(&python)
+        .arg(repo().join("tests/interop/opa_python_client.py"))
+        .arg(pdp.addr.port().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["connected"], true);
+    assert_eq!(got["allowed"]["result"], true);
+    assert_eq!(got["denied"]["result"], false);
+    assert_eq!(got["updated"], true);
+    assert_eq!(got["extra"]["result"], 42);
+    assert!(
+        got["info"]["extra"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/data/extra"),
+        "{got}"
+    );
+    assert_eq!(got["deleted"], true);
+}
