@@ -64,6 +64,18 @@ pub struct Record {
     pub dry_run: Option<String>,
     /// The AUDIT policy that matched, if any.
     pub audit: Option<String>,
+    /// A policy decision point's decision: the document queried (`authz/allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Its input, with the masked fields removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Its result (absent when undefined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The bundle revisions in force, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// The hash of the record before (hex).
     pub prev: String,
     /// This record's hash (hex).
@@ -335,6 +347,10 @@ mod tests {
             eval_ns: 1000,
             dry_run: None,
             audit: None,
+            query: None,
+            input: None,
+            result: None,
+            revision: None,
             prev: String::new(),
             hash: String::new(),
         }

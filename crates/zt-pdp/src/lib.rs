@@ -38,6 +38,10 @@ pub struct Pdp {
     policies: Arc<RwLock<Arc<RegoPolicies>>>,
     /// Held while a change is compiled and swapped in: two PUTs at once both land.
     changing: Arc<Mutex<()>>,
+    /// Every decision is appended here, if set (a failed write fails the query).
+    log: Option<Arc<Mutex<zt_audit::Writer>>>,
+    /// The bundle revisions served, for the log.
+    revision: Option<String>,
 }
 
 impl Pdp {
@@ -46,7 +50,75 @@ impl Pdp {
         Self {
             policies: Arc::new(RwLock::new(Arc::new(policies))),
             changing: Arc::new(Mutex::new(())),
+            log: None,
+            revision: None,
         }
+    }
+
+    /// Records every decision in a hash-chained log, masked by the policies'
+    /// `data.system.log.mask` (JSON pointers such as `/input/password`).
+    pub fn with_decision_log(mut self, writer: zt_audit::Writer, revision: Option<String>) -> Self {
+        self.log = Some(Arc::new(Mutex::new(writer)));
+        self.revision = revision;
+        self
+    }
+
+    /// Appends one decision to the log, if there is one.
+    fn record(
+        &self,
+        policies: &RegoPolicies,
+        id: &str,
+        path: &str,
+        input: Option<&Value>,
+        result: Option<&Value>,
+        eval_ns: u64,
+    ) -> Result<(), ApiError> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let mut logged_input = input.cloned();
+        let mut logged_result = result.cloned();
+        mask(policies, path, id, &mut logged_input, &mut logged_result);
+        let decision = match result {
+            Some(Value::Bool(true)) => "ALLOW",
+            Some(Value::Bool(false)) | None => "DENY",
+            Some(_) => "RESULT",
+        };
+        let record = zt_audit::Record {
+            seq: 0,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            id: id.to_owned(),
+            source_principal: None,
+            source_ip: None,
+            destination: "pdp".into(),
+            port: None,
+            protocol: "http".into(),
+            method: None,
+            host: None,
+            path: None,
+            decision: decision.into(),
+            mode: "pdp".into(),
+            policy: None,
+            reason: String::new(),
+            policy_version: self.revision.clone().unwrap_or_default(),
+            eval_ns,
+            dry_run: None,
+            audit: None,
+            query: Some(path.to_owned()),
+            input: logged_input,
+            result: logged_result,
+            revision: self.revision.clone(),
+            prev: String::new(),
+            hash: String::new(),
+        };
+        let mut writer = log
+            .lock()
+            .map_err(|_| ApiError::internal("decision log lock poisoned".into()))?;
+        writer.append([record]).map_err(|e| {
+            tracing::error!(error = %e, "decision log write failed: the decision is refused");
+            ApiError::internal("the decision could not be logged".into())
+        })
     }
 
     pub(crate) fn current(&self) -> Result<Arc<RegoPolicies>, ApiError> {
@@ -85,12 +157,13 @@ impl Pdp {
 }
 
 /// Where and how `serve` listens.
-#[derive(Debug, Clone)]
 pub struct Listeners {
     /// OPA's REST API.
     pub http: std::net::SocketAddr,
     /// Envoy's ext_authz gRPC service, and the decision path it asks.
     pub ext_authz: Option<(std::net::SocketAddr, String)>,
+    /// The decision log, and the bundle revisions to record in it.
+    pub decision_log: Option<(zt_audit::Writer, Option<String>)>,
 }
 
 /// Serves OPA's REST API (and, if asked, Envoy's ext_authz) for `policies`
@@ -100,7 +173,10 @@ pub async fn serve(
     policies: RegoPolicies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), (std::net::SocketAddr, std::io::Error)> {
-    let pdp = Pdp::new(policies);
+    let mut pdp = Pdp::new(policies);
+    if let Some((writer, revision)) = listeners.decision_log {
+        pdp = pdp.with_decision_log(writer, revision);
+    }
     let http = tokio::net::TcpListener::bind(listeners.http)
         .await
         .map_err(|e| (listeners.http, e))?;
@@ -227,13 +303,64 @@ fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
+/// Removes from the logged input and result what `data.system.log.mask` names
+/// (JSON pointers under `/input` or `/result`). If the mask rule fails, the
+/// whole input is erased: a secret never reaches the log by mistake.
+fn mask(
+    policies: &RegoPolicies,
+    path: &str,
+    id: &str,
+    input: &mut Option<Value>,
+    result: &mut Option<Value>,
+) {
+    let event = json!({"input": input, "result": result, "path": path, "decision_id": id});
+    let pointers = match policies.query(&["system", "log", "mask"], Some(&event)) {
+        Ok(None) => return,
+        Ok(Some(Value::Array(pointers))) => pointers,
+        Ok(Some(other)) => {
+            tracing::warn!(mask = %other, "data.system.log.mask is not a set of JSON pointers: input erased");
+            *input = Some(Value::String("(erased: invalid mask)".into()));
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "data.system.log.mask failed: input erased");
+            *input = Some(Value::String("(erased: mask failed)".into()));
+            return;
+        }
+    };
+    for pointer in pointers.iter().filter_map(Value::as_str) {
+        let (target, rest) = if let Some(rest) = pointer.strip_prefix("/input") {
+            (&mut *input, rest)
+        } else if let Some(rest) = pointer.strip_prefix("/result") {
+            (&mut *result, rest)
+        } else {
+            continue;
+        };
+        if rest.is_empty() {
+            *target = None;
+            continue;
+        }
+        let Some(value) = target.as_mut() else { continue };
+        let (parent, last) = match rest.rsplit_once('/') {
+            Some((parent, last)) => (parent, last),
+            None => continue,
+        };
+        if let Some(Value::Object(object)) = value.pointer_mut(parent) {
+            object.remove(&last.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+}
+
 /// Evaluates and answers in `/v1` form.
 fn v1_answer(pdp: &Pdp, path: &str, input: Option<Value>) -> ApiResult {
     let policies = pdp.current()?;
     let id = decision_id();
+    let started = std::time::Instant::now();
     let result = policies
         .query(&segments(path), input.as_ref())
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    let eval_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    pdp.record(&policies, &id, path, input.as_ref(), result.as_ref(), eval_ns)?;
     let body = match result {
         Some(result) => json!({"result": result, "decision_id": id}),
         None => json!({"decision_id": id}),

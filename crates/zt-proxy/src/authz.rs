@@ -286,6 +286,10 @@ impl Authorizer {
                     .as_ref()
                     .map(|d| format!("{} {}", d.decision, d.policy.as_deref().unwrap_or("(no policy)"))),
                 audit: decision.audit.clone(),
+                query: None,
+                input: None,
+                result: None,
+                revision: None,
                 prev: String::new(),
                 hash: String::new(),
             };

@@ -103,6 +103,10 @@ fn decision_lines() -> Vec<String> {
         eval_ns: 1,
         dry_run: None,
         audit: None,
+        query: None,
+        input: None,
+        result: None,
+        revision: None,
         prev: String::new(),
         hash: String::new(),
     };

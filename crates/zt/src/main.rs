@@ -84,6 +84,10 @@ struct PdpRunArgs {
     /// The rule ext_authz decisions come from (OPA-Envoy's default).
     #[arg(long, default_value = zt_pdp::ext_authz::DEFAULT_PATH)]
     ext_authz_path: String,
+    /// Append every /v1/data decision (id, query, input masked by data.system.log.mask,
+    /// result, bundle revisions, time) to this hash-chained log (zt audit verify|query).
+    #[arg(long)]
+    decision_log: Option<PathBuf>,
     /// Policy and data files.
     #[arg(required = true)]
     files: Vec<PathBuf>,

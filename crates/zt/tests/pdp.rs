@@ -449,3 +449,59 @@ fn the_pypi_opa_python_client_works_against_zt_pdp() {
     );
     assert_eq!(got["deleted"], true);
 }
+
+#[test]
+fn decisions_are_logged_with_masked_inputs_in_a_verifiable_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("mask.rego");
+    std::fs::write(&mask, "package system.log\n\nmask contains \"/input/password\"\n").unwrap();
+    let log = dir.path().join("decisions.log");
+    let pdp = start_with(
+        &["--decision-log", log.to_str().unwrap()],
+        &[&repo().join("examples/rego/allow.rego"), &mask],
+    );
+    let input =
+        json!({"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges", "password": "hunter2"});
+    let answer = json_of(&http(
+        pdp.addr,
+        "POST",
+        "/v1/data/authz/allow",
+        &json!({"input": input}).to_string(),
+    ));
+    assert_eq!(answer["result"], true);
+    let denied = json_of(&http(
+        pdp.addr,
+        "POST",
+        "/v1/data/authz/allow",
+        r#"{"input": {"password": "x"}}"#,
+    ));
+    assert_eq!(denied["result"], false);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "query", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["id"], answer["decision_id"]);
+    assert_eq!(records[0]["query"], "authz/allow");
+    assert_eq!(records[0]["result"], true);
+    assert_eq!(records[0]["decision"], "ALLOW");
+    assert_eq!(records[0]["input"]["principal"], PAYMENT);
+    assert!(records[0]["input"].get("password").is_none(), "{}", records[0]);
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("hunter2"));
+    assert_eq!(records[1]["decision"], "DENY");
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 records, chain intact"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -14,9 +14,11 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         loaded.add_file(file).map_err(anyhow::Error::msg)?;
     }
-    for (bundle, revision) in &loaded.revisions {
-        eprintln!("zt pdp: bundle {bundle}, revision {revision:?}");
-    }
+    let loaded_revisions: Vec<String> = loaded
+        .revisions
+        .iter()
+        .map(|(bundle, revision)| format!("{bundle}@{revision}"))
+        .collect();
     let policies = RegoPolicies::compile(loaded.modules, loaded.data, zt_policy::rego::DEFAULT_EVAL_LIMIT)
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -29,6 +31,15 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
         ext_authz: args
             .ext_authz_addr
             .map(|addr| (addr, args.ext_authz_path.clone())),
+        decision_log: match &args.decision_log {
+            Some(path) => {
+                let revision = (!loaded_revisions.is_empty()).then(|| loaded_revisions.join(","));
+                let writer =
+                    zt_audit::Writer::open(path).map_err(|e| anyhow::anyhow!("--decision-log {e}"))?;
+                Some((writer, revision))
+            }
+            None => None,
+        },
     };
     runtime
         .block_on(zt_pdp::serve(listeners, policies, super::shutdown_signal()))
