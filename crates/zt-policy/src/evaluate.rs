@@ -106,8 +106,7 @@ impl PolicySet {
                 Action::Deny => &mut chosen.deny,
                 Action::Allow => &mut chosen.allow,
                 Action::Audit => &mut chosen.audit,
-                // Refused when compiled.
-                Action::Custom => continue,
+                Action::Custom => &mut chosen.custom,
             };
             list.push(policy.clone());
         }
@@ -121,10 +120,17 @@ impl PolicySet {
     }
 }
 
+/// An external authorizer of CUSTOM policies (a Rego rule, in zt proxy).
+pub trait ExternalAuthorizer {
+    /// Whether `provider` allows `request`; an error denies.
+    fn check(&self, provider: &str, request: &Request) -> Result<bool, String>;
+}
+
 /// The policies that apply to one workload, by action, each list indexed by
 /// the exact principals its policies name.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadPolicies {
+    custom: Indexed,
     deny: Indexed,
     allow: Indexed,
     audit: Indexed,
@@ -213,7 +219,7 @@ impl Iterator for Merge<'_> {
 impl WorkloadPolicies {
     /// How many policies apply.
     pub fn len(&self) -> usize {
-        self.deny.len() + self.allow.len() + self.audit.len()
+        self.custom.len() + self.deny.len() + self.allow.len() + self.audit.len()
     }
 
     /// Whether none applies (everything is allowed).
@@ -221,12 +227,39 @@ impl WorkloadPolicies {
         self.len() == 0
     }
 
-    /// Decides one request.
+    /// Decides one request; a CUSTOM policy that matches denies (there is no
+    /// external authorizer to ask).
     pub fn evaluate(&self, request: &Request) -> Decision {
+        self.evaluate_with(request, None)
+    }
+
+    /// Decides one request, asking `external` when a CUSTOM policy matches: its
+    /// denial (or failure, or absence) denies; its allowance lets DENY and ALLOW
+    /// policies decide, in Istio's order.
+    pub fn evaluate_with(&self, request: &Request, external: Option<&dyn ExternalAuthorizer>) -> Decision {
         let facts = match Facts::of(request) {
             Ok(facts) => facts,
             Err(why) => return Decision::new(Verdict::Deny, None, format!("malformed request: {why}")),
         };
+        for policy in self.custom.candidates(facts.principal).filter(|p| !p.dry_run) {
+            if policy.matching_rule(&facts).is_none() {
+                continue;
+            }
+            let provider = policy.provider.as_deref().unwrap_or_default();
+            let refusal = match external.map(|e| e.check(provider, request)) {
+                Some(Ok(true)) => continue,
+                Some(Ok(false)) => format!("denied by provider {provider:?} (CUSTOM policy {})", policy.id()),
+                Some(Err(e)) => format!(
+                    "provider {provider:?} failed: {e} (CUSTOM policy {})",
+                    policy.id()
+                ),
+                None => format!(
+                    "CUSTOM policy {} needs provider {provider:?}, which is not available here",
+                    policy.id()
+                ),
+            };
+            return Decision::new(Verdict::Deny, Some(policy), refusal);
+        }
         let mut decision = self.decide(&facts, false);
         decision.audit = self
             .audit

@@ -23,7 +23,9 @@ pub mod policy;
 pub mod rego;
 pub mod request;
 
-pub use evaluate::{DEFAULT_ROOT_NAMESPACE, Decision, PolicySet, Verdict, WorkloadPolicies};
+pub use evaluate::{
+    DEFAULT_ROOT_NAMESPACE, Decision, ExternalAuthorizer, PolicySet, Verdict, WorkloadPolicies,
+};
 pub use load::{LoadError, load_dir};
 pub use policy::Policy;
 pub use request::Request;

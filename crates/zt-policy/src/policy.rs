@@ -34,6 +34,8 @@ pub struct Policy {
     pub selector: Option<BTreeMap<String, String>>,
     /// `istio.io/dry-run: "true"`.
     pub dry_run: bool,
+    /// The external authorizer a CUSTOM policy sends matching requests to.
+    pub provider: Option<String>,
     /// Where it was read from.
     pub origin: Origin,
     rules: Vec<Rule>,
@@ -156,13 +158,14 @@ impl Policy {
         if spec.target_ref.is_some() || spec.target_refs.is_some() {
             return Err("spec.targetRef(s): zt selects workloads by spec.selector.matchLabels; Gateway API targets are not supported".into());
         }
-        match (spec.action, &spec.provider) {
+        let provider = match (spec.action, &spec.provider) {
+            (Action::Custom, Some(provider)) if !provider.name.is_empty() => Some(provider.name.clone()),
             (Action::Custom, _) => {
-                return Err("spec.action: CUSTOM (an external authorizer) is not supported yet; it comes with the Rego engine (zt pdp)".into());
+                return Err("spec.provider.name: a CUSTOM policy names its external authorizer".into());
             }
             (_, Some(_)) => return Err("spec.provider: only a CUSTOM policy has a provider".into()),
-            _ => {}
-        }
+            _ => None,
+        };
         let dry_run = match document
             .metadata
             .annotations
@@ -189,6 +192,7 @@ impl Policy {
             action: spec.action,
             selector: spec.selector.map(|s| s.match_labels),
             dry_run,
+            provider,
             origin,
             rules,
         })

@@ -600,8 +600,8 @@ fn bad_policies_are_refused_with_file_line_and_field() {
             &["bad.yaml:", "paths", "{**} must be the last"],
         ),
         (
-            "  action: CUSTOM\n  provider:\n    name: opa\n",
-            &["bad.yaml:1", "CUSTOM", "not supported yet"],
+            "  action: CUSTOM\n",
+            &["bad.yaml:1", "spec.provider.name", "CUSTOM"],
         ),
         (
             "  targetRef:\n    kind: Gateway\n    name: gw\n",
@@ -717,4 +717,80 @@ fn yaml_alias_bombs_are_not_expanded() {
     ));
     assert!(got.contains("bad.yaml:") && got.contains("principals"), "{got}");
     assert!(!got.contains("anchor"), "{got}");
+}
+
+/// An external authorizer that allows what `allows` says, and records calls.
+struct Fake {
+    allows: fn(&Request) -> Result<bool, String>,
+    calls: std::cell::Cell<usize>,
+}
+
+impl zt_policy::ExternalAuthorizer for Fake {
+    fn check(&self, provider: &str, request: &Request) -> Result<bool, String> {
+        assert_eq!(provider, "rego");
+        self.calls.set(self.calls.get() + 1);
+        (self.allows)(request)
+    }
+}
+
+#[test]
+fn custom_policies_ask_the_provider_first_then_deny_and_allow_apply() {
+    let set = policies(&format!(
+        "{}{}{}",
+        doc(
+            "ext",
+            "production",
+            "  action: CUSTOM\n  provider:\n    name: rego\n  rules:\n  - to:\n    - operation:\n        paths: [\"/api/*\"]"
+        ),
+        doc(
+            "deny-delete",
+            "production",
+            "  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: [\"DELETE\"]"
+        ),
+        doc("allow-all", "production", "  rules:\n  - {}"),
+    ));
+    let workload = set.for_workload(
+        "production",
+        &[("app".to_owned(), "billing-service".to_owned())].into(),
+    );
+    let only_payment = Fake {
+        allows: |r| Ok(r.source.principal.as_deref() == Some(PAYMENT)),
+        calls: std::cell::Cell::new(0),
+    };
+    let decide = |principal: &str, method: &str, path: &str, external: &Fake| {
+        let d = workload.evaluate_with(&http(Some(principal), method, path), Some(external));
+        (d.decision, d.policy)
+    };
+    let some = |s: &str| Some(s.to_owned());
+    // The provider is asked only where the CUSTOM policy matches.
+    assert_eq!(
+        decide(ORDERS, "GET", "/health", &only_payment),
+        (Verdict::Allow, some("production/allow-all"))
+    );
+    assert_eq!(only_payment.calls.get(), 0);
+    assert_eq!(
+        decide(PAYMENT, "GET", "/api/x", &only_payment),
+        (Verdict::Allow, some("production/allow-all"))
+    );
+    assert_eq!(
+        decide(ORDERS, "GET", "/api/x", &only_payment),
+        (Verdict::Deny, some("production/ext"))
+    );
+    // Its allowance does not override a DENY policy.
+    assert_eq!(
+        decide(PAYMENT, "DELETE", "/api/x", &only_payment),
+        (Verdict::Deny, some("production/deny-delete"))
+    );
+    assert_eq!(only_payment.calls.get(), 3);
+    // A failing provider, or none at all, denies.
+    let failing = Fake {
+        allows: |_| Err("timeout".into()),
+        calls: std::cell::Cell::new(0),
+    };
+    let failed = workload.evaluate_with(&http(Some(PAYMENT), "GET", "/api/x"), Some(&failing));
+    assert_eq!(failed.decision, Verdict::Deny);
+    assert!(failed.reason.contains("failed: timeout"), "{}", failed.reason);
+    let none = workload.evaluate(&http(Some(PAYMENT), "GET", "/api/x"));
+    assert_eq!(none.decision, Verdict::Deny);
+    assert!(none.reason.contains("not available"), "{}", none.reason);
 }
