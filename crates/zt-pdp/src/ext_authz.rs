@@ -8,8 +8,6 @@
 //! `body` and `headers` for the denial. Undefined, anything else, or an
 //! evaluation error denies.
 
-use std::collections::BTreeMap;
-
 use envoy_types::ext_authz::v3::pb::{
     Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
@@ -132,21 +130,8 @@ pub fn opa_envoy_input(request: &CheckRequest) -> Value {
     let http = attributes
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
-    let target = http.map_or("", |h| h.path.split_once('#').map_or(h.path.as_str(), |(t, _)| t));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let parsed_path: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect();
-    let mut parsed_query: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        parsed_query
-            .entry(percent_decode(&key.replace('+', " ")))
-            .or_default()
-            .push(percent_decode(&value.replace('+', " ")));
-    }
+    let (parsed_path, parsed_query) =
+        zt_policy::rego::parsed_path_and_query(http.map_or("", |h| h.path.as_str()));
     let http_json = http.map(|h| {
         json!({
             "id": h.id,
@@ -197,26 +182,6 @@ fn peer(peer: &Peer) -> Value {
         "principal": peer.principal,
         "certificate": peer.certificate,
     })
-}
-
-/// `%XX` decoded (invalid escapes kept as written).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

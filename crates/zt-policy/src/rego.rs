@@ -245,6 +245,48 @@ fn test_rules(text: &str) -> Vec<String> {
     names
 }
 
+/// OPA-Envoy's `parsed_path` and `parsed_query` of a request target: the
+/// path's segments and the query's parameters, percent-decoded; a fragment is
+/// ignored.
+pub fn parsed_path_and_query(target: &str) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+    let target = target.split_once('#').map_or(target, |(t, _)| t);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let mut parameters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        parameters
+            .entry(percent_decode(&key.replace('+', " ")))
+            .or_default()
+            .push(percent_decode(&value.replace('+', " ")));
+    }
+    (segments, parameters)
+}
+
+/// `%XX` decoded (invalid escapes kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `data.a.b` for `["a", "b"]`; keys that are not identifiers are quoted
 /// (`data.a["b-c"]`).
 fn query_of(path: &[&str]) -> String {

@@ -61,7 +61,8 @@ pub(crate) async fn forward(
                 return plain(StatusCode::BAD_REQUEST, "zt proxy: malformed request\n");
             }
         };
-        let policy_request = policy_request(&request, peer, &target.path);
+        // The query rides along for CUSTOM providers; policies match the path only.
+        let policy_request = policy_request(&request, peer, &target.path_and_query());
         if !authz.authorize(&policy_request).await {
             return plain(StatusCode::FORBIDDEN, "RBAC: access denied\n");
         }

@@ -298,6 +298,14 @@ struct ProxyArgs {
     /// Append every decision to this hash-chained log (zt audit verify|query reads it).
     #[arg(long, requires = "policies")]
     decision_log: Option<PathBuf>,
+    /// Rego modules (v1, or v0 as written) for CUSTOM policies' providers (repeatable).
+    #[arg(long = "rego", requires = "policies")]
+    rego: Vec<PathBuf>,
+    /// A CUSTOM policy provider, NAME=RULE (repeatable): requests a CUSTOM policy naming
+    /// NAME sends out are decided in process by the Rego rule RULE (e.g.
+    /// zt-rego=envoy/authz/allow), with OPA-Envoy's input shape.
+    #[arg(long = "custom-provider", value_parser = parse_label, requires = "rego")]
+    custom_providers: Vec<(String, String)>,
 }
 
 /// `--label KEY=VALUE`.

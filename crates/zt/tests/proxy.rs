@@ -1921,3 +1921,54 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
         .to_owned();
     assert!(after.contains(&local_head), "{after}");
 }
+
+#[test]
+fn custom_policies_are_decided_by_rego_in_the_proxy() {
+    let Some(python) = zt_testkit::python("custom_policies_are_decided_by_rego_in_the_proxy") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(
+        policies.join("custom.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: production}\nspec:\n  action: CUSTOM\n  provider: {name: zt-rego}\n  rules:\n  - to:\n    - operation:\n        paths: [\"/api/*\"]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-delete, namespace: production}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: [\"DELETE\"]\n",
+    )
+    .unwrap();
+    let rego = dir.path().join("ext.rego");
+    fs::write(
+        &rego,
+        "package ext\n\ndefault allow := false\n\nallow if {\n\tinput.attributes.source.principal == \"spiffe://example.org/ns/production/sa/payment-service\"\n\tinput.parsed_path == [\"api\", \"v1\", \"charges\"]\n\tinput.parsed_query.receipt == [\"1\"]\n}\n",
+    )
+    .unwrap();
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command
+        .args(["--app", &app_addr.to_string(), "--policy-dir"])
+        .arg(&policies)
+        .args(["--namespace", "production", "--rego"])
+        .arg(&rego)
+        .args(["--custom-provider", "zt-rego=ext/allow"])
+        .args(pki.proxy_identity());
+    let _proxy = spawn_ready(command, admin);
+    // Rego decides where the CUSTOM policy matches (with the query in its input)…
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/charges?receipt=1").0,
+        200
+    );
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "POST", "/api/v1/charges").0,
+        403
+    );
+    assert_eq!(
+        request_as(&pki, "intruder", inbound, "POST", "/api/v1/charges?receipt=1").0,
+        403
+    );
+    // …its allowance does not override a DENY policy, and elsewhere it is not asked.
+    assert_eq!(
+        request_as(&pki, "payment", inbound, "DELETE", "/api/v1/charges?receipt=1").0,
+        403
+    );
+    assert_eq!(request_as(&pki, "intruder", inbound, "GET", "/health").0, 200);
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
-use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource};
+use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource, RegoProviders};
 use zt_proxy::inbound::{Limits, Mode};
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
@@ -82,6 +82,29 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     for port in &args.tcp_inbound {
         inbound.push(("--tcp-inbound", port.listen, fronting(port.app, AppProtocol::Tcp)));
     }
+    let providers = if args.rego.is_empty() {
+        None
+    } else {
+        let mut modules = std::collections::BTreeMap::new();
+        for file in &args.rego {
+            let text = String::from_utf8(super::read_input("--rego", file)?)
+                .with_context(|| format!("--rego {}: not UTF-8", file.display()))?;
+            modules.insert(file.display().to_string(), text);
+        }
+        let policies = zt_policy::rego::RegoPolicies::compile(
+            modules,
+            serde_json::Value::Null,
+            zt_policy::rego::DEFAULT_EVAL_LIMIT,
+        )
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| format!("--rego {e}")).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        })?;
+        Some(std::sync::Arc::new(RegoProviders {
+            policies,
+            rules: args.custom_providers.iter().cloned().collect(),
+        }))
+    };
     let config = ProxyConfig {
         identity,
         inbound,
@@ -93,6 +116,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
         admin: args.admin,
         authz: policies.map(|source| AuthzConfig {
+            providers: providers.clone(),
             source,
             mode: match args.policy_mode {
                 PolicyModeArg::Enforce => PolicyMode::Enforce,
