@@ -53,7 +53,7 @@ enum Command {
     /// Revoke SVIDs at once: one by serial, or every SVID of a SPIFFE ID issued until now.
     Revoke(RevokeArgs),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -937,7 +937,7 @@ fn main() -> ExitCode {
             AgentCommand::Ban(args) => cmd::entry::evict_agent(args, true),
         },
         Command::Revoke(args) => cmd::entry::revoke(args),
-        Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Proxy(args) => cmd::proxy::run(*args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),
