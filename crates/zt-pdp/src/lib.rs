@@ -44,6 +44,12 @@ pub struct Pdp {
     revision: Option<String>,
 }
 
+impl std::fmt::Debug for Pdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pdp")
+    }
+}
+
 impl Pdp {
     /// Serves `policies`.
     pub fn new(policies: RegoPolicies) -> Self {

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub agent_addr: SocketAddr,
     /// Lifetime of agent SVIDs.
     pub agent_ttl: std::time::Duration,
+    /// The policy decision point served on the HTTP port beside health and
+    /// metrics (OPA's REST API), if any.
+    pub pdp: Option<zt_pdp::Pdp>,
 }
 
 /// Why the server could not start or stopped.
@@ -153,7 +156,10 @@ pub async fn run(
         metrics: metrics.clone(),
         authorities: authorities.clone(),
     });
-    let health = metrics::router(store.clone(), metrics.clone());
+    let health = match config.pdp {
+        Some(pdp) => metrics::router(store.clone(), metrics.clone()).merge(pdp.router()),
+        None => metrics::router(store.clone(), metrics.clone()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -379,6 +379,11 @@ struct ServerArgs {
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h", value_parser = duration::parse)]
     agent_ttl: Duration,
+    /// Serve a policy decision point (OPA's REST API) on the --http port, with these
+    /// Rego policies, data files and bundles (repeatable). Policies PUT through the API
+    /// live in this server's memory only.
+    #[arg(long = "pdp")]
+    pdp: Vec<PathBuf>,
 }
 
 /// The admin socket and the output format of admin commands.

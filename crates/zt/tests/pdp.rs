@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
+mod support;
+
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -503,5 +505,42 @@ fn decisions_are_logged_with_masked_inputs_in_a_verifiable_chain() {
         String::from_utf8_lossy(&out.stdout).contains("2 records, chain intact"),
         "{}",
         describe(&out)
+    );
+}
+
+#[test]
+fn zt_server_serves_the_pdp_beside_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo().join("examples/rego/allow.rego");
+    let mut server = support::ServerProcess::spawn_with(
+        &dir.path().join("server"),
+        None,
+        &["--pdp", policy.to_str().unwrap()],
+    );
+    server.wait_ready();
+    let allowed = json_of(&http(
+        server.http,
+        "POST",
+        "/v1/data/authz/allow",
+        &json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}}).to_string(),
+    ));
+    assert_eq!(allowed["result"], true);
+    assert_eq!(http(server.http, "GET", "/health", "").0, 200);
+    assert_eq!(http(server.http, "GET", "/healthz", "").0, 200);
+    // A policy that does not load stops the server at start, naming the flag and file.
+    let broken = dir.path().join("broken.rego");
+    std::fs::write(&broken, "package broken\nallow if {").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["server", "--trust-domain", "example.org", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--pdp")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--pdp") && stderr.contains("broken.rego"),
+        "{stderr}"
     );
 }

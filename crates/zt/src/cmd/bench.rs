@@ -309,6 +309,7 @@ impl InProcessServer {
             ca_key_type: zt_ca::KeyType::EcP256,
             agent_addr: free_port()?,
             agent_ttl: Duration::from_secs(3600),
+            pdp: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agent_addr = config.agent_addr;

@@ -10,20 +10,7 @@ use crate::PdpRunArgs;
 
 /// Serves the policies and data files given until SIGINT or SIGTERM.
 pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
-    let mut loaded = zt_pdp::data::Loaded::default();
-    for file in &args.files {
-        loaded.add_file(file).map_err(anyhow::Error::msg)?;
-    }
-    let loaded_revisions: Vec<String> = loaded
-        .revisions
-        .iter()
-        .map(|(bundle, revision)| format!("{bundle}@{revision}"))
-        .collect();
-    let policies = RegoPolicies::compile(loaded.modules, loaded.data, zt_policy::rego::DEFAULT_EVAL_LIMIT)
-        .map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("{}", lines.join("\n"))
-        })?;
+    let (policies, revision) = load(&args.files, "")?;
     super::init_logging("info");
     let runtime = super::runtime()?;
     let listeners = zt_pdp::Listeners {
@@ -33,10 +20,9 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
             .map(|addr| (addr, args.ext_authz_path.clone())),
         decision_log: match &args.decision_log {
             Some(path) => {
-                let revision = (!loaded_revisions.is_empty()).then(|| loaded_revisions.join(","));
                 let writer =
                     zt_audit::Writer::open(path).map_err(|e| anyhow::anyhow!("--decision-log {e}"))?;
-                Some((writer, revision))
+                Some((writer, revision.clone()))
             }
             None => None,
         },
@@ -45,4 +31,30 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
         .block_on(zt_pdp::serve(listeners, policies, super::shutdown_signal()))
         .map_err(|(addr, e)| anyhow::anyhow!("{addr}: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Compiles Rego modules, data documents and bundles from files; the bundles'
+/// revisions (`file@revision`, comma-separated) if any. Errors name `flag` and
+/// the file.
+pub fn load(files: &[std::path::PathBuf], flag: &str) -> anyhow::Result<(RegoPolicies, Option<String>)> {
+    let flag = if flag.is_empty() {
+        String::new()
+    } else {
+        format!("{flag} ")
+    };
+    let mut loaded = zt_pdp::data::Loaded::default();
+    for file in files {
+        loaded.add_file(file).map_err(|e| anyhow::anyhow!("{flag}{e}"))?;
+    }
+    let revisions: Vec<String> = loaded
+        .revisions
+        .iter()
+        .map(|(bundle, revision)| format!("{bundle}@{revision}"))
+        .collect();
+    let policies = RegoPolicies::compile(loaded.modules, loaded.data, zt_policy::rego::DEFAULT_EVAL_LIMIT)
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| format!("{flag}{e}")).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        })?;
+    Ok((policies, (!revisions.is_empty()).then(|| revisions.join(","))))
 }

@@ -85,21 +85,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let providers = if args.rego.is_empty() {
         None
     } else {
-        let mut modules = std::collections::BTreeMap::new();
-        for file in &args.rego {
-            let text = String::from_utf8(super::read_input("--rego", file)?)
-                .with_context(|| format!("--rego {}: not UTF-8", file.display()))?;
-            modules.insert(file.display().to_string(), text);
-        }
-        let policies = zt_policy::rego::RegoPolicies::compile(
-            modules,
-            serde_json::Value::Null,
-            zt_policy::rego::DEFAULT_EVAL_LIMIT,
-        )
-        .map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| format!("--rego {e}")).collect();
-            anyhow::anyhow!("{}", lines.join("\n"))
-        })?;
+        let (policies, _) = super::pdp::load(&args.rego, "--rego")?;
         Some(std::sync::Arc::new(RegoProviders {
             policies,
             rules: args.custom_providers.iter().cloned().collect(),

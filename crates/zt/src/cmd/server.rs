@@ -18,6 +18,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         ca_key_type: args.ca_key_type,
         agent_addr: args.agent_api,
         agent_ttl: args.agent_ttl,
+        pdp: if args.pdp.is_empty() {
+            None
+        } else {
+            Some(zt_pdp::Pdp::new(super::pdp::load(&args.pdp, "--pdp")?.0))
+        },
     };
     super::runtime()?.block_on(zt_server::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
