@@ -143,6 +143,22 @@ impl RegoPolicies {
         if let Some(input) = input {
             engine.set_input(regorus::Value::from(input.clone()));
         }
+        // A rule's path evaluates that rule alone; anything else (a package, a
+        // data document) as a query.
+        // (A failing rule is evaluated again as a query, which reports its error.)
+        let rule = if path.len() >= 2 {
+            engine.eval_rule(query_of(path)).ok()
+        } else {
+            None
+        };
+        if let Some(value) = rule {
+            if value == regorus::Value::Undefined {
+                return Ok(None);
+            }
+            return serde_json::to_value(&value)
+                .map(Some)
+                .map_err(|e| QueryError::Eval(e.to_string()));
+        }
         let results = engine
             .eval_query(query_of(path), false)
             .map_err(|e| QueryError::Eval(e.to_string()))?;
