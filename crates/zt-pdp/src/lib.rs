@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -241,6 +242,11 @@ impl ApiError {
         }
     }
 
+    /// A body that could not be read: too large, say.
+    fn body(rejection: BytesRejection) -> Self {
+        Self::new(rejection.status(), "invalid_parameter", rejection.body_text())
+    }
+
     fn invalid(message: String) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
     }
@@ -374,7 +380,12 @@ fn v1_answer(pdp: &Pdp, path: &str, input: Option<Value>) -> ApiResult {
     Ok(axum::Json(body).into_response())
 }
 
-async fn post_data(State(pdp): State<Pdp>, Path(path): Path<String>, body: Bytes) -> ApiResult {
+async fn post_data(
+    State(pdp): State<Pdp>,
+    Path(path): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(ApiError::body)?;
     v1_answer(&pdp, &path, v1_input(&body)?)
 }
 
@@ -382,7 +393,8 @@ async fn get_data(State(pdp): State<Pdp>, Path(path): Path<String>) -> ApiResult
     v1_answer(&pdp, &path, None)
 }
 
-async fn post_data_root(State(pdp): State<Pdp>, body: Bytes) -> ApiResult {
+async fn post_data_root(State(pdp): State<Pdp>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = body.map_err(ApiError::body)?;
     v1_answer(&pdp, "", v1_input(&body)?)
 }
 
@@ -391,7 +403,12 @@ async fn get_data_root(State(pdp): State<Pdp>) -> ApiResult {
 }
 
 /// `/v0`: the body is the input; the answer is the value itself.
-async fn post_data_v0(State(pdp): State<Pdp>, Path(path): Path<String>, body: Bytes) -> ApiResult {
+async fn post_data_v0(
+    State(pdp): State<Pdp>,
+    Path(path): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(ApiError::body)?;
     let input: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -451,7 +468,12 @@ async fn get_policy(State(pdp): State<Pdp>, Path(id): Path<String>) -> ApiResult
     Ok(axum::Json(json!({"result": policy_json(&policies, &id, raw)})).into_response())
 }
 
-async fn put_policy(State(pdp): State<Pdp>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_policy(
+    State(pdp): State<Pdp>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(ApiError::body)?;
     let text =
         std::str::from_utf8(&body).map_err(|e| ApiError::invalid(format!("policy is not UTF-8: {e}")))?;
     let _changing = pdp

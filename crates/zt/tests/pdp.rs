@@ -181,6 +181,7 @@ fn opas_rest_api_paths_bodies_and_codes() {
         &format!("{{\"input\": \"{}\"}}", "x".repeat(9 << 20)),
     );
     assert_eq!(too_big.0, 413);
+    assert_eq!(json_of(&too_big)["code"], "invalid_parameter");
 
     // Policies: PUT (a parse error is a 400 naming the module), GET, list, DELETE.
     let bad = http(addr, "PUT", "/v1/policies/bad.rego", "package bad\nallow if {");
