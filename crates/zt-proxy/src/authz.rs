@@ -323,7 +323,7 @@ impl Authorizer {
                 target: "zt::access",
                 peer = request.source.principal.as_deref().unwrap_or("plaintext"),
                 method = http.map(|h| h.method.as_str()),
-                path = http.map(|h| h.path.as_str()),
+                path = http.map(|h| without_query(&h.path)),
                 policy = decision.policy.as_deref(),
                 reason = %decision.reason,
                 enforced = !allowed,
@@ -348,7 +348,7 @@ impl Authorizer {
                 },
                 method: http.map(|h| h.method.clone()),
                 host: http.map(|h| h.host.clone()),
-                path: http.map(|h| h.path.clone()),
+                path: http.map(|h| without_query(&h.path).to_owned()),
                 decision: verdict.into(),
                 mode: self.mode.label().into(),
                 policy: decision.policy.clone(),
@@ -375,6 +375,12 @@ impl Authorizer {
         }
         allowed
     }
+}
+
+/// A request target without its query: logs record the path only (a query may
+/// carry a token).
+fn without_query(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
 }
 
 /// 128 random bits, hex.

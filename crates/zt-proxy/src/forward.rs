@@ -66,7 +66,11 @@ pub(crate) async fn forward(
         if !authz.authorize(&policy_request).await {
             return plain(StatusCode::FORBIDDEN, "RBAC: access denied\n");
         }
-        normalized = http::uri::PathAndQuery::try_from(target.path_and_query()).ok();
+        // The app gets the path the policies matched, or nothing at all.
+        match http::uri::PathAndQuery::try_from(target.path_and_query()) {
+            Ok(path_and_query) => normalized = Some(path_and_query),
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: malformed request\n"),
+        }
     }
     // An HTTP/1.1 upgrade (WebSocket, …): the Upgrade and Connection headers go to
     // the app, and after its 101 the two connections are spliced.

@@ -1633,8 +1633,10 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
         describe(&out)
     );
 
-    // An edited record is found.
+    // Paths are logged without their query (a query may carry a token).
     let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("id=7"), "a query reached the decision log");
+    // An edited record is found.
     let tampered = text.replacen("\"decision\":\"DENY\"", "\"decision\":\"ALLOW\"", 1);
     fs::write(&log, tampered).unwrap();
     let out = zt(&["audit", "verify", log.to_str().unwrap()]);
