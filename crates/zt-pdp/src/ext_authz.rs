@@ -57,25 +57,21 @@ impl Authorization for ExtAuthz {
                 "policy store unavailable".into(),
             )),
         };
-        let decision = match decision {
-            Ok(Some(Value::Bool(allowed))) => json!({"allowed": allowed}),
-            Ok(Some(Value::Object(object))) => Value::Object(object),
-            Ok(other) => {
-                tracing::debug!(result = ?other, "ext_authz: undefined or not a decision: denied");
-                json!({"allowed": false})
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ext_authz: evaluation failed: denied");
-                json!({"allowed": false})
-            }
-        };
-        Ok(Response::new(answer(&decision)))
+        let result = decision.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ext_authz: evaluation failed: denied");
+            None
+        });
+        Ok(Response::new(answer(result.as_ref())))
     }
 }
 
-/// The CheckResponse of a decision object.
-fn answer(decision: &Value) -> CheckResponse {
-    let allowed = decision.get("allowed") == Some(&Value::Bool(true));
+/// The CheckResponse of a rule's result: a boolean, or an object with
+/// `allowed` and the details of the answer.
+fn answer(result: Option<&Value>) -> CheckResponse {
+    let allowed = zt_policy::rego::allows(result);
+    // A boolean result carries no response details.
+    let empty = Value::Null;
+    let decision = result.unwrap_or(&empty);
     let headers: Vec<HeaderValueOption> = decision
         .get("headers")
         .and_then(Value::as_object)

@@ -341,24 +341,24 @@ fn mask(
         }
     };
     for pointer in pointers.iter().filter_map(Value::as_str) {
-        let (target, rest) = if let Some(rest) = pointer.strip_prefix("/input") {
-            (&mut *input, rest)
-        } else if let Some(rest) = pointer.strip_prefix("/result") {
-            (&mut *result, rest)
-        } else {
-            continue;
+        let (target, rest) = match (pointer.strip_prefix("/input"), pointer.strip_prefix("/result")) {
+            (Some(rest), _) if rest.is_empty() || rest.starts_with('/') => (&mut *input, rest),
+            (_, Some(rest)) if rest.is_empty() || rest.starts_with('/') => (&mut *result, rest),
+            _ => continue,
         };
-        if rest.is_empty() {
+        let Some(value) = target.as_mut() else { continue };
+        let Some((parent, last)) = rest.rsplit_once('/') else {
             *target = None;
             continue;
-        }
-        let Some(value) = target.as_mut() else { continue };
-        let (parent, last) = match rest.rsplit_once('/') {
-            Some((parent, last)) => (parent, last),
-            None => continue,
         };
-        if let Some(Value::Object(object)) = value.pointer_mut(parent) {
-            object.remove(&last.replace("~1", "/").replace("~0", "~"));
+        match value.pointer_mut(parent) {
+            Some(Value::Object(object)) => {
+                object.remove(&last.replace("~1", "/").replace("~0", "~"));
+            }
+            // Nothing there: nothing to hide.
+            None => {}
+            // Inside an array, say: it cannot be cut out, so all of it goes.
+            Some(_) => *target = Some(Value::String("(erased: masked)".into())),
         }
     }
 }
@@ -500,4 +500,47 @@ async fn delete_policy(State(pdp): State<Pdp>, Path(id): Path<String>) -> ApiRes
     pdp.replace(updated)?;
     tracing::info!(target: "zt::audit", policy = %id, "Rego policy deleted");
     Ok(axum::Json(json!({})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn masking(pointers: &str) -> RegoPolicies {
+        RegoPolicies::compile(
+            [(
+                "mask.rego".to_owned(),
+                format!("package system.log\n\nmask := {pointers}\n"),
+            )]
+            .into(),
+            Value::Null,
+            zt_policy::rego::DEFAULT_EVAL_LIMIT,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn masks_remove_fields_and_erase_what_they_cannot_cut() {
+        let input = json!({"user": "alice", "password": "p", "inputs": 1, "cards": [{"number": "4111"}], "nested": {"token": "t"}});
+        let run = |pointers: &str| {
+            let (mut i, mut r) = (Some(input.clone()), Some(json!({"allow": true, "secret": 1})));
+            mask(&masking(pointers), "authz/allow", "id", &mut i, &mut r);
+            (i, r)
+        };
+        let (i, r) = run(r#"["/input/password", "/input/nested/token", "/result/secret", "/input/absent"]"#);
+        assert_eq!(
+            i,
+            Some(json!({"user": "alice", "inputs": 1, "cards": [{"number": "4111"}], "nested": {}}))
+        );
+        assert_eq!(r, Some(json!({"allow": true})));
+        // `/inputs` is not under `/input`.
+        assert_eq!(run(r#"["/inputs"]"#).0, Some(input.clone()));
+        // An array element cannot be cut out: the whole input goes.
+        let (i, _) = run(r#"["/input/cards/0"]"#);
+        assert_eq!(i, Some(json!("(erased: masked)")));
+        assert_eq!(run(r#"["/input"]"#).0, None);
+        // A mask that is not a set of pointers erases the input.
+        assert_eq!(run(r#""oops""#).0, Some(json!("(erased: invalid mask)")));
+    }
 }

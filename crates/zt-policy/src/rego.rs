@@ -261,6 +261,19 @@ fn test_rules(text: &str) -> Vec<String> {
     names
 }
 
+/// Whether an authorization rule's result allows, as OPA-Envoy reads it: `true`,
+/// or an object whose `allowed` is `true`. Anything else (undefined included)
+/// denies.
+pub fn allows(result: Option<&serde_json::Value>) -> bool {
+    match result {
+        Some(serde_json::Value::Bool(allowed)) => *allowed,
+        Some(serde_json::Value::Object(decision)) => {
+            decision.get("allowed") == Some(&serde_json::Value::Bool(true))
+        }
+        _ => false,
+    }
+}
+
 /// OPA-Envoy's `parsed_path` and `parsed_query` of a request target: the
 /// path's segments and the query's parameters, percent-decoded; a fragment is
 /// ignored.

@@ -100,17 +100,11 @@ impl zt_policy::ExternalAuthorizer for RegoProviders {
             .ok_or_else(|| format!("no provider {provider:?} (--custom-provider NAME=RULE)"))?;
         let path: Vec<&str> = rule.split('/').filter(|s| !s.is_empty()).collect();
         let input = envoy_input(request);
-        match self
+        let result = self
             .policies
             .query(&path, Some(&input))
-            .map_err(|e| e.to_string())?
-        {
-            Some(serde_json::Value::Bool(allowed)) => Ok(allowed),
-            Some(serde_json::Value::Object(decision)) => {
-                Ok(decision.get("allowed") == Some(&serde_json::Value::Bool(true)))
-            }
-            _ => Ok(false),
-        }
+            .map_err(|e| e.to_string())?;
+        Ok(zt_policy::rego::allows(result.as_ref()))
     }
 }
 
@@ -462,6 +456,12 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
                 continue;
             }
         };
+        if batch.is_empty() {
+            // The log holds less than its head says (a record being written, or
+            // a file replaced under the proxy): look again later, not in a loop.
+            tokio::time::sleep(AGENT_RETRY_MIN).await;
+            continue;
+        }
         match client.ship_decisions(batch).await {
             Ok(through) => {
                 if through < shipped {

@@ -110,9 +110,10 @@ type ApiResult<T> = Result<T, ApiError>;
 
 fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
     let status = match &e {
-        StoreError::Invalid(_) | StoreError::JoinToken(_) | StoreError::InvalidSerial(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        StoreError::Invalid(_)
+        | StoreError::JoinToken(_)
+        | StoreError::InvalidSerial(_)
+        | StoreError::BrokenChain { .. } => StatusCode::BAD_REQUEST,
         StoreError::NotFound(_) | StoreError::UnknownAgent(_) => StatusCode::NOT_FOUND,
         StoreError::Banned(_) => StatusCode::FORBIDDEN,
         StoreError::AlreadyExists { .. } | StoreError::StaleRevision { .. } => StatusCode::CONFLICT,

@@ -389,7 +389,7 @@ impl AgentService for AgentApi {
             .await
         {
             Ok(stored_through) => Ok(Response::new(ShipDecisionsResponse { stored_through })),
-            Err(e @ StoreError::Corrupt { .. }) => {
+            Err(e @ StoreError::BrokenChain { .. }) => {
                 tracing::error!(target: "zt::audit", source = %request.source, error = %e, "refused shipped decisions that break their chain");
                 Err(Status::failed_precondition(e.to_string()))
             }

@@ -17,10 +17,9 @@ impl Store {
     /// continue the chain, or nothing of the batch is stored. Returns the last
     /// stored sequence number.
     pub async fn append_decisions(&self, source: &str, records: &[String]) -> Result<u64, StoreError> {
-        let invalid = |what: String| StoreError::Corrupt {
-            what: "decision record from",
-            key: source.to_owned(),
-            reason: what,
+        let invalid = |reason: String| StoreError::BrokenChain {
+            source_id: source.to_owned(),
+            reason,
         };
         let mut tx = self.pool().begin().await?;
         let last = sqlx::query("SELECT seq, hash FROM decisions WHERE source = $1 ORDER BY seq DESC LIMIT 1")

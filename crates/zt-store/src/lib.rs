@@ -89,6 +89,15 @@ pub enum StoreError {
     /// A banned agent tried to attest.
     #[error("agent {0} is banned")]
     Banned(String),
+    /// Shipped decision records that do not continue their source's chain (or
+    /// are not records): nothing of the batch is stored.
+    #[error("decisions from {source_id}: {reason}")]
+    BrokenChain {
+        /// The workload whose log it is.
+        source_id: String,
+        /// What is wrong, and at which record.
+        reason: String,
+    },
     /// Stored data that no longer parses (hand-edited or corrupted).
     #[error("stored {what} {key:?} is corrupt: {reason}")]
     Corrupt {

@@ -480,15 +480,7 @@ fn decisions_are_logged_with_masked_inputs_in_a_verifiable_chain() {
     ));
     assert_eq!(denied["result"], false);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args(["audit", "query", log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = support::audit_query(&[log.to_str().unwrap()]);
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0]["id"], answer["decision_id"]);
     assert_eq!(records[0]["query"], "authz/allow");

@@ -103,6 +103,14 @@ fn proxy_command(exe: &Path) -> (Command, SocketAddr, SocketAddr) {
     (command, inbound, admin)
 }
 
+/// A proxy with the development SVID (`Pki::proxy_identity`) and `args`, ready;
+/// its inbound and admin addresses.
+fn dev_proxy(pki: &Pki, args: &[&str]) -> (Running, SocketAddr, SocketAddr) {
+    let (mut command, inbound, admin) = proxy_command(zt_exe());
+    command.args(args).args(pki.proxy_identity());
+    (spawn_ready(command, admin), inbound, admin)
+}
+
 /// Starts a proxy command and waits until it is ready.
 fn spawn_ready(mut command: Command, admin: SocketAddr) -> Running {
     let mut child = command.spawn().unwrap();
@@ -823,16 +831,15 @@ fn http_upgrades_are_spliced_through() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let (app_addr, _app) = start_app(&python, &[interop("upgrade_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args([
+    let (_proxy, inbound, _) = dev_proxy(
+        &pki,
+        &[
             "--app",
             &app_addr.to_string(),
             "--allow-spiffe-id",
             "spiffe://example.org/*",
-        ])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+        ],
+    );
     let out = Command::new(&python)
         .arg(interop("upgrade_client.py"))
         .args(["localhost", &inbound.port().to_string()])
@@ -861,15 +868,17 @@ fn grpc_reaches_an_h2c_app_with_status_and_trailers() {
     let pki = Pki::new(dir.path());
     let (app_addr, _app) = start_app(&python, &[interop("grpc_app.py").to_str().unwrap()]);
 
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &app_addr.to_string(), "--app-protocol", "h2c"])
-        .args([
+    let (_proxy, inbound, _) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--app-protocol",
+            "h2c",
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
-        ])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+        ],
+    );
     let out = Command::new(&python)
         .arg(interop("grpc_client.py"))
         .arg(format!("localhost:{}", inbound.port()))
@@ -956,25 +965,25 @@ fn limits_and_smuggling_attempts_are_refused_and_others_served() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args([
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
             "--app",
             &app_addr.to_string(),
             "--allow-spiffe-id",
             "spiffe://example.org/*",
-        ])
-        .args(pki.proxy_identity())
-        .args(["--max-request-headers", "20", "--max-header-bytes", "8192"])
-        .args([
+            "--max-request-headers",
+            "20",
+            "--max-header-bytes",
+            "8192",
             "--request-header-timeout",
             "1s",
             "--max-request-body",
             "1000",
             "--max-connections",
             "4",
-        ]);
-    let _proxy = spawn_ready(command, admin);
+        ],
+    );
     let good = || {
         raw_exchange(
             &pki,
@@ -1176,15 +1185,17 @@ fn permissive_mode_accepts_plaintext_on_the_same_port_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &app_addr.to_string(), "--mode", "permissive"])
-        .args([
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--mode",
+            "permissive",
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
-        ])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+        ],
+    );
 
     // Plaintext, from Python requests, with a forged XFCC: served, without any XFCC.
     let script = "import requests, sys; r = requests.get(sys.argv[1], headers={'X-Forwarded-Client-Cert': 'URI=spiffe://example.org/admin'}, timeout=10); print(r.status_code); print(r.text)";
@@ -1305,16 +1316,17 @@ fn opaque_tcp_is_relayed_for_allowed_peers_only_on_its_own_port() {
     // The HTTP app on --inbound, the TCP one on a port of its own.
     let (http_addr, _http_app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
     let tcp_inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &http_addr.to_string()])
-        .args(["--tcp-inbound", &format!("{tcp_inbound},{echo_addr}")])
-        .args([
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &http_addr.to_string(),
+            "--tcp-inbound",
+            &format!("{tcp_inbound},{echo_addr}"),
             "--allow-spiffe-id",
             "spiffe://example.org/ns/production/sa/payment-service",
-        ])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+        ],
+    );
 
     let mut http = tls_connect(&pki, "payment", inbound);
     http.write_all(b"GET /over-http HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -1491,20 +1503,21 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
     fs::write(policies.join("billing.yaml"), BILLING_POLICY).unwrap();
     let log = dir.path().join("decisions.log");
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &app_addr.to_string(), "--policy-dir"])
-        .arg(&policies)
-        .args([
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--policy-dir",
+            policies.to_str().unwrap(),
             "--namespace",
             "production",
             "--label",
             "app=billing-service",
             "--decision-log",
-        ])
-        .arg(&log)
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+            log.to_str().unwrap(),
+        ],
+    );
 
     // The seed's rule: payment-service may POST charges and refunds, nothing else.
     let (status, body) = request_as(&pki, "payment", inbound, "POST", "/api/v1/charges");
@@ -1599,12 +1612,7 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
         std::thread::sleep(POLL);
     };
     assert!(verified.contains("chain intact"), "{verified}");
-    let out = zt(&["audit", "query", log.to_str().unwrap(), "--decision", "DENY"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let denials: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let denials = audit_query(&[log.to_str().unwrap(), "--decision", "DENY"]);
     assert!(denials.len() >= 4, "{denials:?}");
     let first = &denials[0];
     assert_eq!(
@@ -1617,21 +1625,14 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
     assert_eq!(first["mode"], "enforce");
     assert_eq!(first["policy"], Value::Null);
     assert_eq!(first["reason"], "no ALLOW policy matched");
-    let out = zt(&[
-        "audit",
-        "query",
+    let intruder = audit_query(&[
         log.to_str().unwrap(),
         "--principal",
         "*/sa/intruder",
         "--decision",
         "DENY",
     ]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        2,
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(intruder.len(), 2, "{intruder:?}");
 
     // Paths are logged without their query (a query may carry a token).
     let text = fs::read_to_string(&log).unwrap();
@@ -1655,14 +1656,21 @@ fn permissive_policy_mode_records_denials_and_lets_them_through() {
     fs::create_dir(&policies).unwrap();
     fs::write(policies.join("billing.yaml"), BILLING_POLICY).unwrap();
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &app_addr.to_string(), "--policy-dir"])
-        .arg(&policies)
-        .args(["--policy-mode", "permissive", "--namespace", "production"])
-        .args(["--label", "app=billing-service"])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--policy-mode",
+            "permissive",
+            "--namespace",
+            "production",
+            "--label",
+            "app=billing-service",
+        ],
+    );
     // The seed's policy denies this; permissive records the DENY and lets it through.
     assert_eq!(request_as(&pki, "intruder", inbound, "GET", "/x").0, 200);
     assert_eq!(
@@ -1836,15 +1844,7 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
     // The billing proxy's decisions, with the version that made each, verify.
     let start = Instant::now();
     let records: Vec<Value> = loop {
-        let out = Command::new(zt_exe())
-            .args(["audit", "query", log.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", describe(&out));
-        let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let records = audit_query(&[log.to_str().unwrap()]);
         if records.iter().any(|r| r["policy_version"] == "v2") {
             break records;
         }
@@ -1945,15 +1945,21 @@ fn custom_policies_are_decided_by_rego_in_the_proxy() {
     )
     .unwrap();
     let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
-    let (mut command, inbound, admin) = proxy_command(zt_exe());
-    command
-        .args(["--app", &app_addr.to_string(), "--policy-dir"])
-        .arg(&policies)
-        .args(["--namespace", "production", "--rego"])
-        .arg(&rego)
-        .args(["--custom-provider", "zt-rego=ext/allow"])
-        .args(pki.proxy_identity());
-    let _proxy = spawn_ready(command, admin);
+    let (_proxy, inbound, _) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--namespace",
+            "production",
+            "--rego",
+            rego.to_str().unwrap(),
+            "--custom-provider",
+            "zt-rego=ext/allow",
+        ],
+    );
     // Rego decides where the CUSTOM policy matches (with the query in its input)…
     assert_eq!(
         request_as(&pki, "payment", inbound, "POST", "/api/v1/charges?receipt=1").0,

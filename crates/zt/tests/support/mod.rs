@@ -252,6 +252,25 @@ pub fn zt(server: &ServerProcess, args: &[&str]) -> Output {
     zt_at(&server.socket(), args)
 }
 
+/// The records `zt audit query ARGS…` prints, one JSON value per line; the
+/// command must succeed.
+pub fn audit_query(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "query"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "zt audit query {args:?}: {}",
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// Asserts success with nothing on stderr; returns stdout.
 pub fn succeed(out: &Output, what: &str) -> String {
     assert!(
