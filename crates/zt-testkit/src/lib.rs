@@ -111,7 +111,11 @@ pub fn tls_serve_once(
 /// `ZT_REQUIRE_POSTGRES=1`) when that is not set. Returns its URL.
 pub async fn postgres_database(test: &str) -> Option<String> {
     use sqlx::Connection as _;
-    let Ok(base) = std::env::var("ZT_TEST_POSTGRES_URL") else {
+    // Empty counts as unset, as scripts/test reads it.
+    let Some(base) = std::env::var("ZT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
         return missing(
             test,
             "ZT_TEST_POSTGRES_URL (a PostgreSQL server)",
