@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Action;
-use crate::policy::{Facts, Policy};
+use crate::policy::{Facts, Policy, PrincipalKey};
 use crate::request::Request;
 
 /// The namespace whose policies apply to every workload, unless configured.
@@ -127,7 +127,7 @@ pub trait ExternalAuthorizer {
 }
 
 /// The policies that apply to one workload, by action, each list indexed by
-/// the exact principals its policies name.
+/// the principal patterns its policies name.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadPolicies {
     custom: Indexed,
@@ -138,11 +138,17 @@ pub struct WorkloadPolicies {
 }
 
 /// Policies in order, and which of them a principal can reach: a policy whose
-/// rules all name exact principals is only looked at for those principals.
+/// rules all name their principals (exactly, `prefix*` or `*suffix`) is only
+/// looked at for principals one of those patterns fits.
 #[derive(Debug, Clone, Default)]
 struct Indexed {
     policies: Vec<Arc<Policy>>,
-    by_principal: HashMap<String, Vec<usize>>,
+    exact: HashMap<String, Vec<usize>>,
+    /// `prefix*` patterns by their length, then by the prefix: a principal is
+    /// looked up once per distinct length, by its first that many bytes.
+    prefixes: BTreeMap<usize, HashMap<String, Vec<usize>>>,
+    /// `*suffix` patterns, likewise by length, looked up by the principal's end.
+    suffixes: BTreeMap<usize, HashMap<String, Vec<usize>>>,
     /// Positions of policies that may match any principal.
     unkeyed: Vec<usize>,
 }
@@ -150,10 +156,15 @@ struct Indexed {
 impl Indexed {
     fn push(&mut self, policy: Arc<Policy>) {
         let position = self.policies.len();
-        match policy.exact_principals() {
+        match policy.principal_keys() {
             Some(keys) => {
                 for key in keys {
-                    let positions = self.by_principal.entry(key.to_owned()).or_default();
+                    let (map, text) = match key {
+                        PrincipalKey::Exact(text) => (&mut self.exact, text),
+                        PrincipalKey::Prefix(text) => (self.prefixes.entry(text.len()).or_default(), text),
+                        PrincipalKey::Suffix(text) => (self.suffixes.entry(text.len()).or_default(), text),
+                    };
+                    let positions = map.entry(text.to_owned()).or_default();
                     if positions.last() != Some(&position) {
                         positions.push(position);
                     }
@@ -174,45 +185,53 @@ impl Indexed {
 
     /// The policies `principal` can match, in their order.
     fn candidates<'a>(&'a self, principal: Option<&str>) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
-        let keyed: &[usize] = principal
-            .and_then(|p| self.by_principal.get(p))
-            .map_or(&[], Vec::as_slice);
-        Merge {
-            a: keyed,
-            b: &self.unkeyed,
+        let found = |map: &'a HashMap<String, Vec<usize>>, key: Option<&str>| {
+            key.and_then(|key| map.get(key)).map(Vec::as_slice)
+        };
+        let mut merge = Merge {
+            lists: [&self.unkeyed, found(&self.exact, principal).unwrap_or_default()],
+            // Allocated only when some policy names a pattern this principal fits.
+            more: Vec::new(),
+        };
+        if let Some(principal) = principal {
+            for (length, map) in &self.prefixes {
+                merge.more.extend(found(map, principal.get(..*length)));
+            }
+            for (length, map) in &self.suffixes {
+                let start = principal.len().checked_sub(*length);
+                merge
+                    .more
+                    .extend(found(map, start.and_then(|start| principal.get(start..))));
+            }
         }
-        .map(|position| &self.policies[position])
+        merge.map(|position| &self.policies[position])
     }
 }
 
-/// Two ascending position lists, merged.
+/// Ascending position lists, merged into one ascending list without repeats.
 struct Merge<'a> {
-    a: &'a [usize],
-    b: &'a [usize],
+    lists: [&'a [usize]; 2],
+    more: Vec<&'a [usize]>,
 }
 
 impl Iterator for Merge<'_> {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
-        let take_a = match (self.a.first(), self.b.first()) {
-            (Some(a), Some(b)) => a <= b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        let (list, other) = if take_a {
-            (&mut self.a, &mut self.b)
-        } else {
-            (&mut self.b, &mut self.a)
-        };
-        let (first, rest) = list.split_first()?;
-        *list = rest;
-        // The same position in both lists is one policy.
-        if other.first() == Some(first) {
-            *other = &other[1..];
+        let smallest = self
+            .lists
+            .iter()
+            .chain(&self.more)
+            .filter_map(|list| list.first())
+            .min()
+            .copied()?;
+        // The same position in several lists is one policy.
+        for list in self.lists.iter_mut().chain(&mut self.more) {
+            if list.first() == Some(&smallest) {
+                *list = &list[1..];
+            }
         }
-        Some(*first)
+        Some(smallest)
     }
 }
 

@@ -205,15 +205,12 @@ impl Policy {
             .is_none_or(|wanted| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
     }
 
-    /// The peer principals it can possibly match, when that is a finite set of
-    /// exact values (every rule names its sources' principals exactly): an
-    /// index key. `None`: it may match any principal.
-    pub(crate) fn exact_principals(&self) -> Option<Vec<&str>> {
+    /// What a peer principal must look like for it to match: every principal
+    /// pattern its rules name (exact, `prefix*` or `*suffix`), as index keys.
+    /// `None`: it may match any principal (a rule without principals, or `*`).
+    pub(crate) fn principal_keys(&self) -> Option<Vec<PrincipalKey<'_>>> {
         let mut keys = Vec::new();
-        if self.rules.is_empty() {
-            // Matches nothing: no key needed, no request can reach it.
-            return Some(keys);
-        }
+        // No rules: matches nothing, so no key is needed and no request reaches it.
         for rule in &self.rules {
             if rule.from.is_empty() {
                 return None;
@@ -223,10 +220,12 @@ impl Policy {
                     return None;
                 }
                 for principal in &source.principals.any {
-                    match principal {
-                        StringMatch::Exact(exact) => keys.push(exact.as_str()),
-                        _ => return None,
-                    }
+                    keys.push(match principal {
+                        StringMatch::Exact(exact) => PrincipalKey::Exact(exact),
+                        StringMatch::Prefix(prefix) => PrincipalKey::Prefix(prefix),
+                        StringMatch::Suffix(suffix) => PrincipalKey::Suffix(suffix),
+                        StringMatch::Present => return None,
+                    });
                 }
             }
         }
@@ -243,6 +242,17 @@ impl Policy {
             .iter()
             .position(|rule| !(tcp && rule.http_only && !lenient) && rule.matches(facts))
     }
+}
+
+/// One principal pattern of a policy, as an index key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PrincipalKey<'a> {
+    /// The whole principal.
+    Exact(&'a str),
+    /// `abc*`: principals that start with `abc`.
+    Prefix(&'a str),
+    /// `*abc`: principals that end with `abc`.
+    Suffix(&'a str),
 }
 
 fn compile_rule(rule: model::Rule) -> Result<Rule, String> {

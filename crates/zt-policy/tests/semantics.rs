@@ -651,8 +651,8 @@ fn bad_policies_are_refused_with_file_line_and_field() {
 
 #[test]
 fn the_principal_index_keeps_policy_order_and_decisions() {
-    // Keyed (exact principals) and unkeyed (pattern, no from) policies mixed:
-    // the decision names the first matching policy in file order, as a scan would.
+    // Policies keyed by an exact principal and by a prefix mixed: the decision
+    // names the first matching policy in file order, as a scan would.
     let set = policies(&format!(
         "{}{}{}{}",
         doc(
@@ -793,4 +793,68 @@ fn custom_policies_ask_the_provider_first_then_deny_and_allow_apply() {
     let none = workload.evaluate(&http(Some(PAYMENT), "GET", "/api/x"));
     assert_eq!(none.decision, Verdict::Deny);
     assert!(none.reason.contains("not available"), "{}", none.reason);
+}
+
+/// Policies are looked up through an index of the principal patterns they name
+/// (exact, `prefix*`, `*suffix`); whatever the mix, the decision must name the
+/// first policy in order that matches, as a scan of every policy would. The
+/// oracle here is Istio's pattern rule, written out.
+#[test]
+fn the_principal_index_finds_the_first_matching_policy_whatever_its_patterns() {
+    let patterns: &[&[&str]] = &[
+        &["cluster.local/ns/production/sa/orders"],
+        &["*/sa/payment-service"],
+        &["cluster.local/ns/sandbox/*"],
+        &["*"],
+        &["cluster.local/ns/production/sa/payment-service", "*/sa/orders"],
+        &["other.td/*", "*/ns/production/sa/orders"],
+        &["cluster.local/ns/production/sa/payment-service"],
+        &["cluster.local/*"],
+        &["*/intruder"],
+        &[],
+    ];
+    let fits = |pattern: &str, principal: &str| match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        (Some(""), _) => !principal.is_empty(),
+        (Some(suffix), _) => principal.ends_with(suffix),
+        (None, Some(prefix)) => principal.starts_with(prefix),
+        (None, None) => pattern == principal,
+    };
+    // Policy i allows GET /p{i % 3}; the last one names no principal at all.
+    let mut yaml = String::new();
+    for (i, names) in patterns.iter().enumerate() {
+        let to = format!("to:\n    - operation:\n        paths: [\"/p{}\"]", i % 3);
+        let rule = if names.is_empty() {
+            format!("  - {to}")
+        } else {
+            format!("  - from:\n    - source:\n        principals: {names:?}\n    {to}")
+        };
+        yaml.push_str(&doc(
+            &format!("p-{i:02}"),
+            "production",
+            &format!("  action: ALLOW\n  rules:\n{rule}"),
+        ));
+    }
+    let set = policies(&yaml);
+    let principals = [
+        PAYMENT,
+        ORDERS,
+        INTRUDER,
+        "spiffe://other.td/ns/x/sa/y",
+        "spiffe://cluster.local/ns/production/sa/nobody",
+    ];
+    for principal in principals {
+        let istio = principal.strip_prefix("spiffe://").unwrap();
+        for path in ["/p0", "/p1", "/p2"] {
+            let expected = patterns.iter().enumerate().find(|(i, names)| {
+                format!("/p{}", i % 3) == path
+                    && (names.is_empty() || names.iter().any(|pattern| fits(pattern, istio)))
+            });
+            let decision = set.evaluate(&http(Some(principal), "GET", path));
+            let expected_policy = expected.map(|(i, _)| format!("production/p-{i:02}"));
+            assert_eq!(
+                decision.policy, expected_policy,
+                "{principal} GET {path}: {decision:?}"
+            );
+        }
+    }
 }

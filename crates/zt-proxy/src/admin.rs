@@ -71,6 +71,8 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     /// Policy reloads that failed (the last good set stays in force).
     pub policy_reload_failures: Counter,
+    /// The zt server policy version in force (`--policies-from-agent`); 0 before the first.
+    pub policy_version: Gauge,
     /// Decision-log writes that failed.
     pub decision_log_failures: Counter,
     /// Decisions logged here and not yet stored by zt server.
@@ -96,6 +98,7 @@ impl Metrics {
             outbound_failed: Family::default(),
             authz_decisions: Family::default(),
             policy_reload_failures: Counter::default(),
+            policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
@@ -142,6 +145,11 @@ impl Metrics {
             "policy_reload_failures",
             "Policy reloads that failed; the last good set stays in force",
             metrics.policy_reload_failures.clone(),
+        );
+        registry.register(
+            "policy_version",
+            "The zt server policy version in force (with --policies-from-agent); 0 before the first",
+            metrics.policy_version.clone(),
         );
         registry.register(
             "decision_log_failures",

@@ -633,6 +633,9 @@ async fn stream_policies(
             Ok(loaded) => {
                 tracing::info!(version = set.version, "policies from zt server");
                 tx.send_replace(Some(Arc::new(loaded)));
+                metrics
+                    .policy_version
+                    .set(i64::try_from(set.version).unwrap_or(i64::MAX));
             }
             Err(problems) => {
                 // zt server checks every set it stores; this proxy may be older.

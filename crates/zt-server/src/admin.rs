@@ -20,11 +20,13 @@ use zt_store::{EntrySpec, Store, StoreError};
 
 use crate::api::{
     AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, BundleQuery, Count, CreateJoinToken,
-    DecisionList, DecisionPage, EntryFilter, EntryList, ErrorBody, JoinToken, RevocationList, Revoke,
-    Rotated, ShippedDecision, UpdateEntry,
+    DecisionList, DecisionPage, EntryFilter, EntryList, ErrorBody, JoinToken, MintX509Svid, MintedX509Svid,
+    RevocationList, Revoke, Rotated, ShippedDecision, UpdateEntry,
 };
 use crate::authority::{AuthorityError, AuthorityManager};
+use crate::entries::EntryCache;
 use crate::metrics::Metrics;
+use crate::signing::{SignError, Signer};
 use crate::{ServerError, now};
 
 /// Largest request body accepted, in bytes.
@@ -32,6 +34,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Largest policy set accepted, in bytes of JSON.
 pub const MAX_POLICY_BYTES: usize = 16 << 20;
+
+/// Longest lifetime of a minted SVID: one day (the authority's own life cuts it shorter).
+const MAX_MINT_TTL: u64 = 24 * 3600;
 
 /// Longest join token validity accepted: one day.
 const MAX_JOIN_TOKEN_TTL: u64 = 24 * 3600;
@@ -43,6 +48,7 @@ pub(crate) struct AdminState {
     pub trust_domain: TrustDomain,
     pub metrics: Arc<Metrics>,
     pub authorities: Arc<AuthorityManager>,
+    pub cache: Arc<EntryCache>,
 }
 
 /// The admin API's routes.
@@ -55,6 +61,7 @@ pub(crate) fn router(state: AdminState) -> Router {
             get(show_entry).put(update_entry).delete(delete_entry),
         )
         .route("/v1/join-tokens", post(create_join_token))
+        .route("/v1/svids/x509", post(mint_x509_svid))
         .route("/v1/bundle", get(show_bundle))
         .route("/v1/revocations", post(revoke).get(list_revocations))
         .route("/v1/agents", get(list_agents))
@@ -270,6 +277,68 @@ async fn create_join_token(State(state): State<AdminState>, body: Bytes) -> ApiR
         axum::Json(JoinToken {
             token,
             expires_at: now + request.ttl_secs,
+        }),
+    ))
+}
+
+async fn mint_x509_svid(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, axum::Json<MintedX509Svid>)> {
+    use base64::Engine as _;
+    let request: MintX509Svid = json(&body)?;
+    let spiffe_id = parse_id("spiffe_id", &request.spiffe_id)?;
+    if spiffe_id.trust_domain() != &state.trust_domain {
+        return Err(ApiError::bad_request(format!(
+            "spiffe_id {spiffe_id}: not in this server's trust domain {}",
+            state.trust_domain
+        )));
+    }
+    if spiffe_id.is_root() {
+        return Err(ApiError::bad_request(format!(
+            "spiffe_id {spiffe_id}: an SVID needs a path"
+        )));
+    }
+    if request.ttl_secs == 0 || request.ttl_secs > MAX_MINT_TTL {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs {}: must be between 1 and {MAX_MINT_TTL}",
+            request.ttl_secs
+        )));
+    }
+    let csr = base64::engine::general_purpose::STANDARD
+        .decode(request.csr.trim())
+        .map_err(|e| ApiError::bad_request(format!("csr: not base64: {e}")))?;
+    let signer = Signer {
+        authorities: &state.authorities,
+        cache: &state.cache,
+        metrics: &state.metrics,
+    };
+    let signed = signer
+        .sign(
+            &csr,
+            &spiffe_id,
+            Duration::from_secs(request.ttl_secs),
+            &request.dns_names,
+        )
+        .map_err(|e| match e {
+            SignError::Revoked(_) => ApiError(StatusCode::FORBIDDEN, e.to_string()),
+            SignError::Invalid(_) => ApiError::bad_request(e.to_string()),
+        })?;
+    let leaf = signed
+        .chain
+        .first()
+        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "signed an empty chain".into()))?;
+    let summary = zt_identity::x509::summarize(leaf)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let serial = crate::agent_tls::serial_hex(&summary.serial);
+    tracing::info!(target: "zt::audit", spiffe_id = %spiffe_id, %serial, "X.509-SVID minted");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(MintedX509Svid {
+            chain_pem: signed.chain.iter().map(zt_identity::x509::to_pem).collect(),
+            bundle_pem: state.authorities.current().bundle.to_pem(),
+            serial,
+            expires_at: signed.not_after,
         }),
     ))
 }

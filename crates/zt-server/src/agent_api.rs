@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -14,7 +14,6 @@ use zt_api::agent::{
     MintJwtSvidRequest, RenewAgentRequest, RevokedId, ShipDecisionsRequest, ShipDecisionsResponse,
     SignX509SvidRequest, SyncRequest, SyncResponse, X509Svid,
 };
-use zt_ca::SvidRequest;
 use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{Entry, Revoked, Selector, Store, StoreError};
 
@@ -23,6 +22,7 @@ use crate::authority::{Authorities, AuthorityManager};
 use crate::entries::EntryCache;
 use crate::metrics::Metrics;
 use crate::now;
+use crate::signing::{SignError, Signer};
 
 /// The agent API's state.
 #[derive(Clone)]
@@ -87,9 +87,7 @@ impl AgentApi {
         matches!(current, Ok(Some(_)))
     }
 
-    /// Signs an SVID for `spiffe_id` with the active authority, its lifetime cut to
-    /// the CA's, and its notBefore not before a revocation of the ID (an SVID issued
-    /// after the revocation must not count as revoked).
+    /// Signs an SVID for `spiffe_id` (see [`Signer::sign`]).
     fn sign(
         &self,
         csr: &[u8],
@@ -97,28 +95,15 @@ impl AgentApi {
         ttl: Duration,
         dns_names: &[String],
     ) -> Result<X509Svid, Status> {
-        let started = Instant::now();
-        let now = now();
-        let earliest = self.cache.id_revoked_before(spiffe_id).unwrap_or(0);
-        if earliest > now {
-            return Err(Status::permission_denied(format!("{spiffe_id} is revoked")));
-        }
-        let authorities = self.authorities.current();
-        let remaining = authorities.active.not_after().saturating_sub(now);
-        let request = SvidRequest {
-            spiffe_id: spiffe_id.clone(),
-            dns_names: dns_names.to_vec(),
-            ip_addresses: Vec::new(),
-            ttl: ttl.min(Duration::from_secs(remaining)),
+        let signer = Signer {
+            authorities: &self.authorities,
+            cache: &self.cache,
+            metrics: &self.metrics,
         };
-        let signed = authorities
-            .active
-            .sign_x509_svid_csr_not_before(csr, &request, now, earliest)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.metrics.svids_signed.inc();
-        self.metrics
-            .signing_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let signed = signer.sign(csr, spiffe_id, ttl, dns_names).map_err(|e| match e {
+            SignError::Revoked(_) => Status::permission_denied(e.to_string()),
+            SignError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        })?;
         Ok(X509Svid {
             spiffe_id: spiffe_id.to_string(),
             cert_chain: signed.chain.iter().map(|c| c.to_vec()).collect(),

@@ -90,6 +90,34 @@ pub struct Rotated {
     pub authorities: usize,
 }
 
+/// `POST /v1/svids/x509`: sign an X.509-SVID for a key the caller keeps (SPIRE's
+/// `x509 mint`). No entry or agent is involved: the admin socket is trusted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MintX509Svid {
+    /// The identity, in this server's trust domain.
+    pub spiffe_id: String,
+    /// A PKCS#10 request (DER, standard base64) proving possession of the key.
+    pub csr: String,
+    /// Lifetime, seconds; cut to the signing authority's.
+    pub ttl_secs: u64,
+    /// DNS SANs, for peers that check host names.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+}
+
+/// `POST /v1/svids/x509` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MintedX509Svid {
+    /// The SVID: leaf first, PEM.
+    pub chain_pem: String,
+    /// The trust bundle to verify it and its peers with, PEM.
+    pub bundle_pem: String,
+    /// The leaf's serial, hex (what `zt revoke --serial` takes).
+    pub serial: String,
+    /// notAfter, Unix seconds.
+    pub expires_at: u64,
+}
+
 /// `POST /v1/revocations`: exactly one of `serial` and `spiffe_id`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Revoke {

@@ -13,7 +13,8 @@ use zt_store::{Entry, EntrySpec};
 
 use crate::api::{
     AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, DecisionList,
-    EntryFilter, EntryList, ErrorBody, JoinToken, Revoke, Rotated, ShippedDecision, UpdateEntry,
+    EntryFilter, EntryList, ErrorBody, JoinToken, MintX509Svid, MintedX509Svid, Revoke, Rotated,
+    ShippedDecision, UpdateEntry,
 };
 
 /// Largest answer read, in bytes.
@@ -107,6 +108,11 @@ impl AdminClient {
     /// `POST /v1/join-tokens`.
     pub async fn create_join_token(&self, request: &CreateJoinToken) -> Result<JoinToken, ClientError> {
         self.call(Method::POST, "/v1/join-tokens", Some(request)).await
+    }
+
+    /// `POST /v1/svids/x509`.
+    pub async fn mint_x509_svid(&self, request: &MintX509Svid) -> Result<MintedX509Svid, ClientError> {
+        self.call(Method::POST, "/v1/svids/x509", Some(request)).await
     }
 
     /// `GET /v1/bundle`: the trust bundle as text (PEM or JWKS).

@@ -14,6 +14,7 @@ pub mod entries;
 pub mod metrics;
 
 mod admin;
+mod signing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -155,6 +156,7 @@ pub async fn run(
         trust_domain: config.trust_domain.clone(),
         metrics: metrics.clone(),
         authorities: authorities.clone(),
+        cache: cache.clone(),
     });
     let health = match config.pdp {
         Some(pdp) => metrics::router(store.clone(), metrics.clone()).merge(pdp.router()),

@@ -50,6 +50,9 @@ enum Command {
     /// The trust bundle of zt server.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// X.509-SVIDs signed by zt server directly, for callers outside the mesh (SPIRE: x509 mint).
+    #[command(subcommand)]
+    X509(X509Command),
     /// Revoke SVIDs at once: one by serial, or every SVID of a SPIFFE ID issued until now.
     Revoke(RevokeArgs),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
@@ -63,6 +66,34 @@ enum Command {
     /// The policy decision point: Rego policies behind OPA's REST API.
     #[command(subcommand)]
     Pdp(PdpCommand),
+    /// The whole mesh on this machine in one command: zt server, zt agent, two demo
+    /// services behind zt proxies, the example policies. Ctrl-C stops it.
+    Up(UpArgs),
+    /// What `zt up` runs in a directory, and whether each part is healthy (exit 1 if not).
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Where everything lives: datastore, sockets, certificates, policies, decision
+    /// logs, process logs. The next run reuses it.
+    #[arg(long, default_value = "zt-up")]
+    dir: PathBuf,
+    /// The loopback ports: zt server's health and metrics on BASE+80 and agent API on
+    /// BASE+81; per service (one, two): mTLS inbound BASE+1, +2; outbound to the other
+    /// service BASE+11, +12; proxy admin BASE+21, +22; app BASE+31, +32.
+    #[arg(long, default_value_t = 7000)]
+    port_base: u16,
+    /// Show what runs in --dir and whether it is healthy, as `zt status` does.
+    #[arg(long)]
+    status: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The directory `zt up` runs in.
+    #[arg(long, default_value = "zt-up")]
+    dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -334,6 +365,31 @@ struct RevokeArgs {
     /// Why, for the record.
     #[arg(long, default_value = "")]
     reason: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum X509Command {
+    /// Have zt server sign an X.509-SVID for a fresh key made here (the key never
+    /// leaves this process): svid.pem, key.pem (0600) and bundle.pem with --write.
+    Mint(X509MintArgs),
+}
+
+#[derive(Args)]
+struct X509MintArgs {
+    /// The identity, in the server's trust domain (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    spiffe_id: SpiffeId,
+    /// Lifetime, e.g. 1h (at most 24h; the signing authority's own life cuts it shorter).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    ttl: Duration,
+    /// A DNS SAN, for peers that check host names (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Write svid.pem, key.pem and bundle.pem to this directory instead of printing them.
+    #[arg(long)]
+    write: Option<PathBuf>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -941,6 +997,9 @@ fn main() -> ExitCode {
             AgentCommand::Evict(args) => cmd::entry::evict_agent(args, false),
             AgentCommand::Ban(args) => cmd::entry::evict_agent(args, true),
         },
+        Command::X509(X509Command::Mint(args)) => cmd::entry::mint_x509(args),
+        Command::Up(args) => cmd::up::up(args),
+        Command::Status(args) => cmd::up::status(args),
         Command::Revoke(args) => cmd::entry::revoke(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
@@ -984,13 +1043,13 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("output", "--output"),
 ];
 
-/// Rewrites SPIRE-style flags (`-spiffeID X`, `-spiffeID=X`) of `zt entry` and
-/// `zt agent` to zt's, so that commands written for `spire-server` work as written.
+/// Rewrites SPIRE-style flags (`-spiffeID X`, `-spiffeID=X`) of `zt entry`,
+/// `zt agent`, `zt revoke` and `zt x509` to zt's, so that commands written for `spire-server` work as written.
 fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let args: Vec<std::ffi::OsString> = args.collect();
     let applies = matches!(
         args.get(1).and_then(|a| a.to_str()),
-        Some("entry" | "agent" | "revoke")
+        Some("entry" | "agent" | "revoke" | "x509")
     );
     if !applies {
         return args;

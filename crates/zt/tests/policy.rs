@@ -31,16 +31,34 @@ fn the_example_policies_lint_and_pass_their_cases() {
     let out = zt(&["policy", "lint", arg(&policies)]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 policies, no problems"));
-    let out = zt(&[
-        "policy",
-        "test",
-        arg(&policies),
-        "--cases",
-        arg(&examples().join("policy-cases.yaml")),
-    ]);
+    let cases = examples().join("policy-cases.yaml");
+    passes(
+        &["policy", "test", arg(&policies), "--cases", arg(&cases)],
+        "6 tests: 6 passed, 0 failed",
+    );
+}
+
+/// zt up's policies (which it embeds) and their Rego variant decide alike, by their tests.
+#[test]
+fn the_mesh_examples_pass_their_cases_in_yaml_and_rego() {
+    let mesh = examples().join("mesh");
+    let (policies, cases) = (mesh.join("policies"), mesh.join("policy-cases.yaml"));
+    passes(
+        &["policy", "test", arg(&policies), "--cases", arg(&cases)],
+        "7 tests: 7 passed, 0 failed",
+    );
+    passes(
+        &["policy", "test", arg(&mesh.join("rego"))],
+        "7 tests: 7 passed, 0 failed",
+    );
+}
+
+/// Runs `zt ARGS`, which must succeed and print `summary`.
+fn passes(args: &[&str], summary: &str) {
+    let out = zt(args);
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("6 tests: 6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains(summary), "{stdout}");
 }
 
 #[test]

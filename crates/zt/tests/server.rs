@@ -395,6 +395,100 @@ fn join_token_create() {
     );
 }
 
+/// `zt x509 mint` (SPIRE's `x509 mint`): an SVID for a key made by the caller,
+/// verified by `zt svid inspect` and by openssl; bad requests are refused, each saying why.
+#[test]
+fn x509_mint_signs_for_a_local_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("data"), None);
+    let dir = tmp.path().join("minted");
+    let dir_arg = dir.to_str().unwrap();
+    let id = "spiffe://example.org/ns/default/sa/client";
+    let text = ok(
+        &server,
+        &[
+            "x509",
+            "mint",
+            "-spiffeID",
+            id,
+            "--ttl",
+            "10m",
+            "--dns",
+            "localhost",
+            "--write",
+            dir_arg,
+        ],
+    );
+    assert!(text.contains(id), "{text}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key.pem mode {mode:o}");
+    let inspect = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["svid", "inspect", "--output", "json", "--bundle"])
+        .arg(dir.join("bundle.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .arg(dir.join("svid.pem"))
+        .output()
+        .unwrap();
+    let inspected = succeed(&inspect, "zt svid inspect");
+    let doc: Value = serde_json::from_str(&inspected).unwrap_or_else(|e| panic!("{e}: {inspected}"));
+    assert_eq!(doc["spiffe_id"], id, "{doc}");
+    assert!(inspected.contains("localhost"), "no DNS SAN: {doc}");
+    let not_after = time::OffsetDateTime::parse(
+        doc["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let lifetime = u64::try_from(not_after.unix_timestamp()).unwrap() - now();
+    assert!(
+        (500..=600).contains(&lifetime),
+        "lifetime {lifetime}s for --ttl 10m: {doc}"
+    );
+    if let Some(openssl) = zt_testkit::openssl("x509_mint_signs_for_a_local_key") {
+        let out = Command::new(openssl)
+            .args(["verify", "-purpose", "sslclient", "-CAfile"])
+            .arg(dir.join("bundle.pem"))
+            .arg(dir.join("svid.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl verify: {}", describe(&out));
+    }
+
+    let refused = |args: &[&str], expected: &str| {
+        let out = zt(&server, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    };
+    refused(
+        &["x509", "mint", "--spiffe-id", "spiffe://other.org/a"],
+        "not in this server's trust domain example.org",
+    );
+    refused(
+        &["x509", "mint", "--spiffe-id", "spiffe://example.org"],
+        "needs a path",
+    );
+    refused(
+        &["x509", "mint", "--spiffe-id", id, "--ttl", "48h"],
+        "ttl_secs 172800",
+    );
+    refused(
+        &["x509", "mint", "--spiffe-id", id, "--dns", "not a name"],
+        "not a name",
+    );
+    let (status, body) = admin_post(
+        &server.socket(),
+        "/v1/svids/x509",
+        format!(r#"{{"spiffe_id":"{id}","csr":"AAAA","ttl_secs":60}}"#).as_bytes(),
+    );
+    assert_eq!(status, 400, "a CSR that is not one: {body}");
+    assert!(body.contains("signing request"), "{body}");
+}
+
 #[test]
 fn second_server_on_same_data_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -552,11 +552,11 @@ pub fn policy(args: crate::BenchPolicy) -> anyhow::Result<ExitCode> {
         let workload = spread.for_workload("ns-0", &[("app".to_owned(), "app-0".to_owned())].into());
         bench_requests(&format!("{size} (10 per namespace)"), &workload, 0, n);
         // Every policy applies to the one workload: found through the index of
-        // exact principals...
+        // the principals policies name, exact...
         let all = policy_set(size, |_| ("ns-0".to_owned(), None))?;
         let workload = all.for_workload("ns-0", &Default::default());
         bench_requests(&format!("{size} (all on one workload)"), &workload, size - 1, n);
-        // ...or, with principal patterns, scanned: the worst case.
+        // ...or patterns (`*/ns/…/sa/…`, indexed by suffix).
         let patterns = policy_set(size, |_| ("ns-0".to_owned(), Some("*".to_owned())))?;
         let workload = patterns.for_workload("ns-0", &Default::default());
         bench_requests(

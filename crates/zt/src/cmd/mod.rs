@@ -12,6 +12,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod svid;
+pub mod up;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,14 +60,14 @@ pub fn load_bundle(args: &BundleArgs) -> anyhow::Result<Option<Bundle>> {
 }
 
 /// Runs one admin API call on a small runtime of its own.
-pub fn admin_call<T>(
-    call: impl std::future::Future<Output = Result<T, zt_server::client::ClientError>>,
+pub fn admin_call<T, E: Into<anyhow::Error>>(
+    call: impl std::future::Future<Output = Result<T, E>>,
 ) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(runtime.block_on(call)?)
+    runtime.block_on(call).map_err(Into::into)
 }
 
 /// RFC 3339 UTC, e.g. `2026-11-22T13:00:00Z`.
@@ -92,18 +93,64 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Set (to anything) by a supervisor that holds this process's standard input,
+/// as `zt up` does: when its end closes (the supervisor stops, or dies), this
+/// process stops as it would on SIGTERM, so nothing outlives its supervisor.
+pub const EXIT_ON_STDIN_EOF: &str = "ZT_EXIT_ON_STDIN_EOF";
+
+/// Completes on SIGINT or SIGTERM, or when standard input closes if
+/// [`EXIT_ON_STDIN_EOF`] is set.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
+    let stdin_closed = async {
+        if std::env::var_os(EXIT_ON_STDIN_EOF).is_some() {
+            stdin_eof().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
+                () = stdin_closed => {}
             }
         }
         Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = stdin_closed => {}
+            }
         }
+    }
+}
+
+/// Completes when standard input reaches its end (or fails). The read runs on a
+/// thread of its own, which a process may exit with: a blocking read cannot be
+/// cancelled, and must not hold up the runtime's shutdown.
+async fn stdin_eof() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-eof".into())
+        .spawn(move || {
+            use std::io::Read as _;
+            let mut buf = [0_u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+                    _ => {}
+                }
+            }
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = rx.await;
+        }
+        // Without the watcher, signals still stop the process.
+        Err(_) => std::future::pending::<()>().await,
     }
 }

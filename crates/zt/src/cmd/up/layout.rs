@@ -1,0 +1,173 @@
+//! Where everything of `zt up` lives: one directory, reused run after run, and a
+//! block of loopback ports from `--port-base`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// The trust domain of the demo mesh: Istio's default, so that policies name
+/// principals as Istio's do (`cluster.local/ns/default/sa/service-one`).
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The agent's SPIFFE ID, granted by the join token.
+pub const AGENT_ID: &str = "spiffe://cluster.local/agent/zt-up";
+
+/// The demo services, each an app behind a zt proxy.
+pub const SERVICES: [&str; 2] = ["service-one", "service-two"];
+
+/// Highest offset from `--port-base` that `zt up` uses.
+pub const MAX_PORT_OFFSET: u16 = 81;
+
+/// Longest path a Unix socket can be bound at (sun_path, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The directory and ports of one `zt up`.
+pub struct Layout {
+    /// Absolute.
+    pub dir: PathBuf,
+    port_base: u16,
+}
+
+/// One demo service: its identity and addresses.
+pub struct Service {
+    pub name: &'static str,
+    pub spiffe_id: String,
+    /// mTLS, served by its zt proxy.
+    pub inbound: SocketAddr,
+    /// Plaintext on loopback: its proxy originates mTLS (as this service) to the other service.
+    pub outbound: SocketAddr,
+    /// The other service, which `outbound` reaches.
+    pub peer: &'static str,
+    /// The proxy's /healthz, /readyz and /metrics.
+    pub admin: SocketAddr,
+    /// The app itself (plaintext, loopback; only its proxy calls it).
+    pub app: SocketAddr,
+}
+
+impl Layout {
+    /// `dir` must be absolute.
+    pub fn new(dir: PathBuf, port_base: u16) -> Self {
+        Self { dir, port_base }
+    }
+
+    pub fn port_base(&self) -> u16 {
+        self.port_base
+    }
+
+    fn port(&self, offset: u16) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.port_base + offset).into()
+    }
+
+    pub fn server_http(&self) -> SocketAddr {
+        self.port(80)
+    }
+
+    pub fn agent_api(&self) -> SocketAddr {
+        self.port(MAX_PORT_OFFSET)
+    }
+
+    pub fn services(&self) -> Vec<Service> {
+        SERVICES
+            .iter()
+            .zip(0_u16..)
+            .map(|(name, i)| Service {
+                name,
+                spiffe_id: spiffe_id(name),
+                inbound: self.port(1 + i),
+                outbound: self.port(11 + i),
+                peer: SERVICES[usize::from(1 - i)],
+                admin: self.port(21 + i),
+                app: self.port(31 + i),
+            })
+            .collect()
+    }
+
+    /// Every port, with what it is for (to check that all are free before starting).
+    pub fn ports(&self) -> Vec<(SocketAddr, String)> {
+        let mut ports = vec![
+            (self.server_http(), "zt server's health and metrics".to_owned()),
+            (self.agent_api(), "zt server's agent API".to_owned()),
+        ];
+        for s in self.services() {
+            ports.push((s.inbound, format!("{}'s mTLS inbound", s.name)));
+            ports.push((s.outbound, format!("{}'s outbound to {}", s.name, s.peer)));
+            ports.push((s.admin, format!("{}'s proxy admin", s.name)));
+            ports.push((s.app, format!("{}'s app", s.name)));
+        }
+        ports
+    }
+
+    pub fn server_dir(&self) -> PathBuf {
+        self.dir.join("server")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.server_dir().join(zt_server::ADMIN_SOCKET)
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.agent_dir().join("api.sock")
+    }
+
+    pub fn join_token(&self) -> PathBuf {
+        self.agent_dir().join("join-token")
+    }
+
+    pub fn server_bundle(&self) -> PathBuf {
+        self.agent_dir().join("server-bundle.pem")
+    }
+
+    /// The proxy's executable: a link to zt at a path of its own, which is what
+    /// the agent attests (`unix:path`) to tell the two proxies apart.
+    pub fn proxy_binary(&self, service: &str) -> PathBuf {
+        self.dir.join("bin").join(format!("{service}-proxy"))
+    }
+
+    pub fn log(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    pub fn decision_log(&self, service: &str) -> PathBuf {
+        self.dir.join("decisions").join(format!("{service}.log"))
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
+    /// svid.pem, key.pem and bundle.pem of `service`, for callers outside the mesh.
+    pub fn client_certs(&self, service: &str) -> PathBuf {
+        self.dir.join("clients").join(service)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("up.json")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("up.lock")
+    }
+
+    /// Refuses a directory so deep that the sockets could not be bound in it.
+    pub fn check_socket_paths(&self) -> anyhow::Result<()> {
+        for socket in [self.admin_socket(), self.agent_socket()] {
+            let length = socket.as_os_str().len();
+            if length > MAX_SOCKET_PATH {
+                anyhow::bail!(
+                    "--dir {}: the socket {} would be {length} bytes long, and a Unix socket path can have at most {MAX_SOCKET_PATH}; choose a shorter --dir",
+                    self.dir.display(),
+                    socket.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SPIFFE ID of a demo service: Istio's form, namespace `default`.
+pub fn spiffe_id(service: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
+}

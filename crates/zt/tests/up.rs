@@ -1,0 +1,639 @@
+//! End-to-end tests of `zt up`: the command runs as a subprocess, exactly as a
+//! newcomer runs it, and the seed's scenario is driven against it with clients
+//! no one here wrote — Python `requests` (through `examples/client.py`) and
+//! `curl` — then a policy is changed, the decision logs are checked, and Ctrl-C
+//! (SIGINT) must stop everything, leaving no process behind.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: panicking is how a test fails"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zt_testkit::describe;
+
+const SERVICE_ONE: &str = "spiffe://cluster.local/ns/default/sa/service-one";
+const SERVICE_TWO: &str = "spiffe://cluster.local/ns/default/sa/service-two";
+
+/// How long `zt up` may take to be ready: a debug build on a loaded machine.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+
+fn zt() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zt"));
+    command.env_remove("ZT_ADMIN_SOCKET").stdin(Stdio::null());
+    command
+}
+
+/// A port base whose 82 ports are all free now (below the ephemeral range, so
+/// other tests' listeners do not take them meanwhile).
+fn free_port_base() -> u16 {
+    let start = 20_000 + (std::process::id() % 50) as u16 * 200;
+    (0..50)
+        .map(|i| 20_000 + (start - 20_000 + i * 200) % 10_000)
+        .find(|base| (1..=81).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
+        .expect("no block of 82 free ports between 20000 and 30000")
+}
+
+/// A running `zt up`; killed (and with it, through their standard input, its
+/// children) if a test fails before stopping it.
+struct Up {
+    child: Child,
+    dir: PathBuf,
+    stdout: PathBuf,
+}
+
+impl Up {
+    fn start(dir: &Path, base: u16) -> Self {
+        let stdout = unique(dir);
+        let child = zt()
+            .args(["up", "--dir"])
+            .arg(dir)
+            .args(["--port-base", &base.to_string()])
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(stdout.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut up = Self {
+            child,
+            dir: dir.canonicalize().unwrap_or_else(|_| dir.to_owned()),
+            stdout,
+        };
+        up.wait_ready();
+        up
+    }
+
+    /// Ready is what `zt status` says: exit 0 once every part is healthy.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("zt up exited ({status}) before it was ready:\n{}", self.output());
+            }
+            if self.dir.exists() && self.status().status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zt up not ready after {READY_DEADLINE:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn status(&self) -> Output {
+        zt().args(["status", "--dir"]).arg(&self.dir).output().unwrap()
+    }
+
+    fn output(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            read(&self.stdout),
+            read(&self.stdout.with_extension("err"))
+        )
+    }
+
+    fn certs(&self, service: &str) -> PathBuf {
+        self.dir.join("clients").join(service)
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.dir.join("server/admin.sock")
+    }
+
+    /// Sends `signal` (INT is what a terminal's Ctrl-C sends) and waits for the exit.
+    fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zt up still running 60 s after SIG{signal}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `DIR.N.out`, for the first N not yet taken: each run's output is kept.
+fn unique(dir: &Path) -> PathBuf {
+    let mut n = 0;
+    loop {
+        let candidate = dir.with_extension(format!("{n}.out"));
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some(Some('Z' | 'X')))
+        })
+        .unwrap_or(false)
+}
+
+/// `curl ARGS…`: the status code and the body.
+fn curl(curl: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new(curl)
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+/// `curl` with the certificates zt up minted for `service`.
+fn curl_as(curl_path: &Path, up: &Up, service: &str, extra: &[&str], url: &str) -> (u16, String) {
+    let certs = up.certs(service);
+    let path = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (bundle, svid, key) = (path("bundle.pem"), path("svid.pem"), path("key.pem"));
+    let mut args = vec!["--cacert", &bundle, "--cert", &svid, "--key", &key];
+    args.extend(extra);
+    args.push(url);
+    curl(curl_path, &args)
+}
+
+/// `examples/client.py CERTS URL ARGS…` (Python requests): status and body.
+fn client_py(python: &Path, up: &Up, service: &str, url: &str, extra: &[&str]) -> (u16, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(up.certs(service))
+        .arg(url)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text
+        .trim_end()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("client.py {url}: {}", describe(&out)));
+    let code: u16 = code
+        .parse()
+        .unwrap_or_else(|_| panic!("client.py {url}: {}", describe(&out)));
+    assert_eq!(
+        out.status.success(),
+        (200..300).contains(&code),
+        "exit status vs {code}: {}",
+        describe(&out)
+    );
+    (code, body.to_owned())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// Polls `probe` until it returns true; policy changes reach proxies asynchronously.
+fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn succeed(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", describe(out));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn audit_query(args: &[&str], source: &[&std::ffi::OsStr]) -> Vec<Value> {
+    let out = zt()
+        .args(["audit", "query"])
+        .args(source)
+        .args(args)
+        .output()
+        .unwrap();
+    succeed(&out, "zt audit query")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+const INTERNAL_FOR_BOTH: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: internal
+  namespace: default
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/default/sa/service-one
+        - cluster.local/ns/default/sa/service-two
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/internal"]
+"#;
+
+#[test]
+fn zt_up_runs_the_seed_scenario_end_to_end() {
+    const TEST: &str = "zt_up_runs_the_seed_scenario_end_to_end";
+    let (Some(python), Some(curl_path)) = (zt_testkit::python(TEST), zt_testkit::curl(TEST)) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("up");
+    let base = free_port_base();
+    let mut up = Up::start(&dir, base);
+    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
+    let pids: Vec<u64> = state["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 6, "server, agent, two apps, two proxies: {state}");
+
+    let status = up.status();
+    let text = succeed(&status, "zt status");
+    assert_eq!(text.matches(" healthy ").count(), 6, "{text}");
+    let again = zt().args(["up", "--dir"]).arg(&up.dir).output().unwrap();
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "a second zt up on the same directory: {}",
+        describe(&again)
+    );
+
+    // Inside the mesh: each app calls the other through its own sidecar.
+    let one_to_two = |path: &str| format!("http://127.0.0.1:{}{path}", base + 11);
+    let two_to_one = |path: &str| format!("http://127.0.0.1:{}{path}", base + 12);
+    let (code, body) = curl(&curl_path, &[&one_to_two("/internal")]);
+    assert_eq!(code, 200, "service-one GET /internal on service-two: {body}");
+    assert_eq!(json(&body)["caller"], SERVICE_ONE, "{body}");
+    assert_eq!(json(&body)["service"], "service-two", "{body}");
+    let (code, body) = curl(&curl_path, &[&two_to_one("/internal")]);
+    assert_eq!(
+        (code, body.trim()),
+        (403, "RBAC: access denied"),
+        "service-two GET /internal"
+    );
+    let (code, body) = curl(&curl_path, &[&two_to_one("/public")]);
+    assert_eq!(code, 200, "service-two GET /public: {body}");
+    assert_eq!(json(&body)["caller"], SERVICE_TWO, "{body}");
+    let (code, _) = curl(&curl_path, &["-X", "POST", &one_to_two("/internal")]);
+    assert_eq!(code, 403, "POST /internal is not GET");
+    let (code, _) = curl(&curl_path, &[&one_to_two("/admin")]);
+    assert_eq!(code, 403, "no policy allows /admin");
+
+    // From outside the mesh, the seed's way: Python requests with certificates.
+    let service_one_url = |path: &str| format!("https://localhost:{}{path}", base + 1);
+    let service_two_url = |path: &str| format!("https://localhost:{}{path}", base + 2);
+    let (code, body) = client_py(&python, &up, "service-one", &service_two_url("/internal"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["caller"], SERVICE_ONE, "{body}");
+    let forged = ["--header", "X-Client-CN: service-one"];
+    let (code, body) = client_py(
+        &python,
+        &up,
+        "service-two",
+        &service_one_url("/internal"),
+        &forged,
+    );
+    assert_eq!(
+        code, 403,
+        "a forged X-Client-CN must not make service-two service-one: {body}"
+    );
+    let (code, body) = client_py(&python, &up, "service-two", &service_one_url("/public"), &forged);
+    assert_eq!(code, 200, "{body}");
+    let answer = json(&body);
+    assert_eq!(
+        answer["caller"], SERVICE_TWO,
+        "the caller is what the certificate says: {body}"
+    );
+    assert_eq!(
+        answer["x_client_cn"],
+        Value::Null,
+        "the forged header reached the app: {body}"
+    );
+    let (code, _) = client_py(
+        &python,
+        &up,
+        "service-one",
+        &service_two_url("/internal"),
+        &["--method", "DELETE"],
+    );
+    assert_eq!(code, 403, "DELETE /internal");
+
+    // And with curl.
+    let (code, body) = curl_as(
+        &curl_path,
+        &up,
+        "service-one",
+        &["-H", "X-Client-CN: someone-else"],
+        &service_two_url("/internal"),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["caller"], SERVICE_ONE, "{body}");
+    assert_eq!(json(&body)["x_client_cn"], Value::Null, "{body}");
+    let (code, _) = curl_as(
+        &curl_path,
+        &up,
+        "service-two",
+        &["-H", "X-Client-CN: service-one"],
+        &service_one_url("/internal"),
+    );
+    assert_eq!(code, 403, "curl as service-two with a forged X-Client-CN");
+    let no_cert = Command::new(&curl_path)
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(up.certs("service-one").join("bundle.pem"))
+        .arg(service_two_url("/public"))
+        .output()
+        .unwrap();
+    assert!(
+        !no_cert.status.success(),
+        "no client certificate, and an answer: {}",
+        describe(&no_cert)
+    );
+
+    // Change a policy; see it take effect without restarting anything.
+    let policies = up.dir.join("policies");
+    std::fs::write(policies.join("internal.yaml"), INTERNAL_FOR_BOTH).unwrap();
+    let apply = zt()
+        .args(["policy", "apply"])
+        .arg(&policies)
+        .arg("--socket")
+        .arg(up.admin_socket())
+        .output()
+        .unwrap();
+    let said = succeed(&apply, "zt policy apply");
+    assert!(said.contains("applied version 2"), "{said}");
+    eventually("service-two allowed GET /internal after the change", || {
+        curl(&curl_path, &[&two_to_one("/internal")]).0 == 200
+    });
+    let (code, _) = client_py(
+        &python,
+        &up,
+        "service-two",
+        &service_one_url("/internal"),
+        &forged,
+    );
+    assert_eq!(code, 200, "service-two, now allowed");
+    let (code, _) = curl(&curl_path, &["-X", "POST", &two_to_one("/internal")]);
+    assert_eq!(code, 403, "still GET only");
+
+    // The decision log: a verified chain holding each decision, and its copy at zt server.
+    let one_log = up.dir.join("decisions/service-one.log");
+    succeed(
+        &zt().args(["audit", "verify"]).arg(&one_log).output().unwrap(),
+        "zt audit verify",
+    );
+    let local: [&std::ffi::OsStr; 1] = [one_log.as_os_str()];
+    let denied = audit_query(&["--decision", "DENY", "--principal", SERVICE_TWO], &local);
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["path"] == "/internal" && r["policy_version"] == "v1" && r["method"] == "GET"),
+        "service-two's denied GET /internal is not in the log: {denied:?}"
+    );
+    assert!(
+        denied.iter().all(|r| r["source_principal"] == SERVICE_TWO),
+        "the forged header changed a recorded caller: {denied:?}"
+    );
+    let allowed = audit_query(&["--decision", "ALLOW", "--principal", SERVICE_TWO], &local);
+    assert!(
+        allowed.iter().any(|r| r["path"] == "/internal"
+            && r["policy_version"] == "v2"
+            && r["policy"] == "default/internal"),
+        "the allowed GET /internal under version 2 is not in the log: {allowed:?}"
+    );
+    let socket = up.admin_socket();
+    let server: [&std::ffi::OsStr; 3] = ["--server".as_ref(), "--socket".as_ref(), socket.as_os_str()];
+    eventually("the decisions shipped to zt server", || {
+        audit_query(&["--decision", "ALLOW", "--principal", SERVICE_TWO], &server)
+            .iter()
+            .any(|r| r["path"] == "/internal" && r["policy_version"] == "v2")
+    });
+    succeed(
+        &zt().args(["audit", "verify"]).args(server).output().unwrap(),
+        "zt audit verify --server",
+    );
+
+    // Ctrl-C stops everything, and nothing is left running.
+    let exit = up.stop_with("INT");
+    assert!(exit.success(), "zt up after SIGINT: {exit}\n{}", up.output());
+    let output = up.output();
+    for name in ["service-two proxy", "service-one proxy", "zt agent", "zt server"] {
+        assert!(
+            output.contains(&format!("stopped {name} (pid")),
+            "{name} not stopped:\n{output}"
+        );
+    }
+    for pid in &pids {
+        assert!(
+            !alive(*pid),
+            "pid {pid} still runs after zt up stopped:\n{output}"
+        );
+    }
+    assert!(!up.dir.join("up.json").exists(), "up.json left behind");
+    assert!(
+        !up.status().status.success(),
+        "zt status says it runs after the stop"
+    );
+
+    // Again on the same directory: the datastore, the agent's SVID and the edited policy are reused.
+    drop(up);
+    let mut up = Up::start(&dir, base);
+    let output = up.output();
+    assert!(output.contains("reusing"), "{output}");
+    assert!(output.contains("no change from version 2"), "{output}");
+    let (code, _) = curl(&curl_path, &[&two_to_one("/internal")]);
+    assert_eq!(code, 200, "the edited policy was kept");
+    let status = zt().args(["up", "--status", "--dir"]).arg(&dir).output().unwrap();
+    assert!(status.status.success(), "zt up --status: {}", describe(&status));
+
+    // A part that dies takes the rest down, with a message saying which and why.
+    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
+    let components = state["components"].as_array().unwrap();
+    let pid_of = |name: &str| {
+        components
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["pid"].as_u64())
+            .unwrap_or_else(|| panic!("no {name} in {state}"))
+    };
+    let agent = pid_of("zt agent");
+    let killed = Command::new("kill")
+        .args(["-KILL", &agent.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zt up still runs after its agent died:\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = up.output();
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(output.contains("zt agent exited (signal 9)"), "{output}");
+    for name in ["zt server", "service-one proxy", "service-two proxy"] {
+        assert!(
+            !alive(pid_of(name)),
+            "{name} still runs after zt up gave up:\n{output}"
+        );
+    }
+    drop(up);
+
+    // zt up killed outright (no chance to stop anything): its children stop on their own,
+    // as their standard input, its pipe, closes.
+    let mut up = Up::start(&dir, base);
+    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
+    let children: Vec<u64> = state["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .filter(|pid| *pid != u64::from(up.child.id()))
+        .collect();
+    assert_eq!(children.len(), 4, "server, agent and two proxies: {state}");
+    assert_eq!(up.stop_with("KILL").code(), None, "zt up survived SIGKILL");
+    eventually("zt up's children stopping after it was killed", || {
+        children.iter().all(|pid| !alive(*pid))
+    });
+    let status = up.status();
+    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("did not stop cleanly"),
+        "zt status after zt up was killed: {}",
+        describe(&status)
+    );
+    drop(up);
+
+    // A policy that does not load stops zt up before it says ready, naming file and line.
+    std::fs::write(policies.join("internal.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: default}\nspec: {action: PERMIT}\n").unwrap();
+    let out = zt()
+        .args(["up", "--dir"])
+        .arg(&dir)
+        .args(["--port-base", &base.to_string()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("internal.yaml:4") && text.contains("PERMIT"),
+        "{text}"
+    );
+    assert!(text.contains("stopped zt server"), "{text}");
+}
+
+/// What `zt up` cannot run is refused before anything starts, saying why.
+#[test]
+fn zt_up_refuses_what_it_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refused = |args: &[&std::ffi::OsStr], needles: &[&str]| {
+        let out = zt().arg("up").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && needles.iter().all(|n| stderr.contains(n)),
+            "zt up {args:?} should fail naming {needles:?}: {}",
+            describe(&out)
+        );
+    };
+    let dir = tmp.path().join("up");
+
+    let base = free_port_base();
+    let holder = TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let port = (base + 1).to_string();
+    let base_arg = base.to_string();
+    refused(
+        &[
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--port-base".as_ref(),
+            base_arg.as_ref(),
+        ],
+        &[
+            &format!("port {port} (service-one's mTLS inbound)"),
+            "--port-base",
+        ],
+    );
+    drop(holder);
+    assert!(
+        !dir.join("logs/server.log").exists(),
+        "zt server was started although a port was taken"
+    );
+
+    refused(
+        &[
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--port-base".as_ref(),
+            "65500".as_ref(),
+        ],
+        &["--port-base 65500"],
+    );
+    let deep = tmp.path().join("d".repeat(100));
+    refused(&["--dir".as_ref(), deep.as_os_str()], &["choose a shorter --dir"]);
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    refused(&["--dir".as_ref(), file.as_os_str()], &["--dir", "a-file"]);
+
+    let status = zt().args(["status", "--dir"]).arg(&dir).output().unwrap();
+    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("not running"),
+        "{}",
+        describe(&status)
+    );
+
+    // While some zt up holds the directory's lock (as one does from its start),
+    // a second is refused and zt status says it is starting, not absent.
+    let lock = std::fs::File::create(dir.join("up.lock")).unwrap();
+    lock.try_lock().unwrap();
+    refused(&["--dir".as_ref(), dir.as_os_str()], &["already running"]);
+    let status = zt().args(["status", "--dir"]).arg(&dir).output().unwrap();
+    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("starting"),
+        "{}",
+        describe(&status)
+    );
+}
