@@ -27,6 +27,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::task::TaskTracker;
 use zt_api::agent::workload_decisions_server::WorkloadDecisionsServer;
 use zt_api::agent::workload_policies_server::WorkloadPoliciesServer;
 use zt_api::agent::workload_revocations_server::WorkloadRevocationsServer;
@@ -86,6 +87,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     // the calls in flight, for at most SHUTDOWN_GRACE.
     let (stop, stop_rx) = watch::channel(false);
     let stop = Arc::new(stop);
+    let flushing = TaskTracker::new();
     let node = node::Node::new(config.node, config.trust_bundle, snapshots, link, stop_rx.clone())?;
     let node = tokio::spawn(node.run());
 
@@ -110,14 +112,27 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .add_service(WorkloadPoliciesServer::new(api.clone()))
         .add_service(WorkloadDecisionsServer::new(api.clone()))
         .add_service(SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(incoming(listener), stopping);
+        .serve_with_incoming_shutdown(incoming(listener, flushing.clone()), stopping);
     let mut stop_rx = stop_rx;
+    let grace = async {
+        stopped(&mut stop_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace);
     let served = tokio::select! {
-        served = serve => served,
-        () = async {
-            stopped(&mut stop_rx).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
+        served = serve => {
+            // The calls are done, but their last bytes may still be on their way
+            // to the clients: let them go out (within the grace) before the
+            // process exits.
+            stop.send_replace(true);
+            flushing.close();
+            tokio::select! {
+                () = flushing.wait() => {}
+                () = &mut grace => {}
+            }
+            served
+        }
+        () = &mut grace => {
             tracing::warn!("Workload API calls still open after {SHUTDOWN_GRACE:?}: closing them");
             Ok(())
         }
@@ -130,10 +145,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Accepted connections with their peer credentials; failed accepts are logged
 /// and skipped, never fatal.
-fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = std::io::Result<uds::WorkloadConn>> {
+fn incoming(
+    listener: UnixListener,
+    flushing: TaskTracker,
+) -> impl tokio_stream::Stream<Item = std::io::Result<uds::WorkloadConn>> {
     use tokio_stream::StreamExt as _;
-    UnixListenerStream::new(listener).filter_map(|accepted| match accepted {
-        Ok(socket) => uds::WorkloadConn::accept(socket).map(Ok),
+    UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
+        Ok(socket) => uds::WorkloadConn::accept(socket, &flushing).map(Ok),
         Err(e) => {
             tracing::warn!(error = %e, "accepting a Workload API connection failed");
             None

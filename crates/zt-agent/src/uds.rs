@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::UnixStream;
+use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 
 use crate::attest::PeerCredentials;
@@ -47,7 +48,10 @@ pub struct WorkloadConn {
 
 impl WorkloadConn {
     /// Takes over an accepted socket; `None` if the kernel gives no credentials.
-    pub fn accept(socket: UnixStream) -> Option<Self> {
+    /// `flushing` tracks the copy of the server's bytes to the client, so that a
+    /// stopping agent can wait until its last words (a stream's final status)
+    /// have left the process.
+    pub fn accept(socket: UnixStream, flushing: &TaskTracker) -> Option<Self> {
         let cred = socket.peer_cred().ok()?;
         let peer = PeerCredentials {
             uid: cred.uid(),
@@ -55,7 +59,7 @@ impl WorkloadConn {
             pid: cred.pid(),
         };
         let (io, server_side) = tokio::io::duplex(PIPE_BYTES);
-        tokio::spawn(relay(socket, server_side));
+        relay(socket, server_side, flushing);
         Some(Self { io, peer })
     }
 }
@@ -88,22 +92,22 @@ impl AsyncWrite for WorkloadConn {
     }
 }
 
-/// Copies server-to-client bytes as they are and client-to-server bytes through
-/// [`rewrite_headers`], until either side closes.
-async fn relay(socket: UnixStream, server_side: DuplexStream) {
+/// Copies client-to-server bytes through [`rewrite_headers`], and server-to-client
+/// bytes as they are on a task of `flushing`; each direction ends when its
+/// source closes.
+fn relay(socket: UnixStream, server_side: DuplexStream, flushing: &TaskTracker) {
     let (mut from_client, mut to_client) = socket.into_split();
     let (mut from_server, mut to_server) = tokio::io::split(server_side);
-    let up = async {
+    tokio::spawn(async move {
         if let Err(e) = rewrite_headers(&mut from_client, &mut to_server).await {
             tracing::debug!(error = %e, "Workload API connection closed");
         }
         let _ = to_server.shutdown().await;
-    };
-    let down = async {
+    });
+    flushing.spawn(async move {
         let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
         let _ = to_client.shutdown().await;
-    };
-    tokio::join!(up, down);
+    });
 }
 
 /// The client-to-server direction: the preface, then frame by frame.
