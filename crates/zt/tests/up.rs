@@ -32,13 +32,20 @@ fn zt() -> Command {
 }
 
 /// A port base whose 82 ports are all free now (below the ephemeral range, so
-/// other tests' listeners do not take them meanwhile).
+/// other tests' listeners do not take them meanwhile), and which no other test
+/// of this process was given: tests run side by side, and a block looks free to
+/// the second until the first's zt up binds it.
 fn free_port_base() -> u16 {
-    let start = 20_000 + (std::process::id() % 50) as u16 * 200;
-    (0..50)
-        .map(|i| 20_000 + (start - 20_000 + i * 200) % 10_000)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let start = (std::process::id() % 50) as u16;
+    let base = (0..50)
+        .map(|i| 20_000 + (start + i) % 50 * 200)
+        .filter(|base| !given.contains(base))
         .find(|base| (1..=81).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
-        .expect("no block of 82 free ports between 20000 and 30000")
+        .expect("no block of 82 free ports between 20000 and 30000");
+    given.push(base);
+    base
 }
 
 /// A running `zt up`; killed (and with it, through their standard input, its
