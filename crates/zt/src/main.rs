@@ -70,7 +70,10 @@ enum Command {
     /// services behind zt proxies, the example policies. Ctrl-C stops it.
     Up(UpArgs),
     /// What `zt up` runs in a directory, and whether each part is healthy (exit 1 if not).
-    Status(StatusArgs),
+    Status(UpDirArgs),
+    /// Stops the `zt up` running in a directory, as Ctrl-C in its terminal would,
+    /// and waits until it has stopped.
+    Down(UpDirArgs),
 }
 
 #[derive(Args)]
@@ -90,7 +93,7 @@ struct UpArgs {
 }
 
 #[derive(Args)]
-struct StatusArgs {
+struct UpDirArgs {
     /// The directory `zt up` runs in.
     #[arg(long, default_value = "zt-up")]
     dir: PathBuf,
@@ -1000,6 +1003,7 @@ fn main() -> ExitCode {
         Command::X509(X509Command::Mint(args)) => cmd::entry::mint_x509(args),
         Command::Up(args) => cmd::up::up(args),
         Command::Status(args) => cmd::up::status(args),
+        Command::Down(args) => cmd::up::down(args),
         Command::Revoke(args) => cmd::entry::revoke(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),

@@ -123,6 +123,11 @@ impl Up {
             .status()
             .unwrap();
         assert!(sent.success(), "kill -{signal}");
+        self.wait(&format!("SIG{signal}"))
+    }
+
+    /// Its exit status, once it has exited after `what`.
+    fn wait(&mut self, what: &str) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -130,7 +135,7 @@ impl Up {
             }
             assert!(
                 Instant::now() < deadline,
-                "zt up still running 60 s after SIG{signal}:\n{}",
+                "zt up still running 60 s after {what}:\n{}",
                 self.output()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -502,18 +507,7 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(status) = up.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "zt up still runs after its agent died:\n{}",
-            up.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = up.wait("its agent died");
     let output = up.output();
     assert_eq!(exit.code(), Some(1), "{output}");
     assert!(output.contains("zt agent exited (signal 9)"), "{output}");
@@ -547,6 +541,27 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         String::from_utf8_lossy(&status.stdout).contains("did not stop cleanly"),
         "zt status after zt up was killed: {}",
         describe(&status)
+    );
+    drop(up);
+
+    // zt down, from another terminal, stops it as Ctrl-C does, and waits until it has.
+    let mut up = Up::start(&dir, base);
+    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
+    let down = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
+    let said = succeed(&down, "zt down");
+    assert!(said.contains("has stopped"), "{said}");
+    let exit = up.wait("zt down");
+    assert!(exit.success(), "zt up after zt down: {exit}\n{}", up.output());
+    for component in state["components"].as_array().unwrap() {
+        let pid = component["pid"].as_u64().unwrap();
+        assert!(!alive(pid), "{component} still runs after zt down");
+    }
+    assert!(!up.dir.join("up.json").exists(), "up.json left behind by zt down");
+    let again = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
+    assert!(
+        succeed(&again, "zt down with nothing running").contains("nothing to stop"),
+        "{}",
+        describe(&again)
     );
     drop(up);
 
@@ -632,10 +647,18 @@ fn zt_up_refuses_what_it_cannot_run() {
     );
 
     // While some zt up holds the directory's lock (as one does from its start),
-    // a second is refused and zt status says it is starting, not absent.
+    // a second is refused, zt status says it is starting, not absent, and zt down
+    // (with no pid to signal yet) asks to try again.
     let lock = std::fs::File::create(dir.join("up.lock")).unwrap();
     lock.try_lock().unwrap();
     refused(&["--dir".as_ref(), dir.as_os_str()], &["already running"]);
+    let down = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
+    assert!(
+        down.status.code() == Some(1)
+            && String::from_utf8_lossy(&down.stderr).contains("has not written its pid yet"),
+        "zt down while zt up starts: {}",
+        describe(&down)
+    );
     let status = zt().args(["status", "--dir"]).arg(&dir).output().unwrap();
     assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
     assert!(

@@ -24,7 +24,7 @@ use zt_store::{EntrySpec, Selector};
 use self::children::Supervised;
 use self::layout::{AGENT_ID, Layout, MAX_PORT_OFFSET, Service, TRUST_DOMAIN};
 use self::state::{Component, Probe, State};
-use crate::{StatusArgs, UpArgs};
+use crate::{UpArgs, UpDirArgs};
 
 /// The policies a new DIR starts with (`examples/mesh/policies`).
 const POLICIES: &[(&str, &str)] = &[
@@ -57,7 +57,7 @@ const JOIN_TOKEN_TTL: u64 = 600;
 /// `zt up`.
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.status {
-        return status(StatusArgs { dir: args.dir });
+        return status(UpDirArgs { dir: args.dir });
     }
     if args.port_base.checked_add(MAX_PORT_OFFSET).is_none() || args.port_base == 0 {
         anyhow::bail!(
@@ -70,21 +70,22 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Layout::new(absolute, args.port_base).check_socket_paths()?;
     let layout = Layout::new(prepare_dir(&args.dir)?, args.port_base);
     layout.check_socket_paths()?;
-    let _lock = lock(&layout)?;
+    let lock = lock(&layout)?;
     check_ports_free(&layout)?;
     super::init_logging("warn");
     let runtime = super::runtime()?;
     let code = runtime.block_on(run(&layout));
     // The demo apps' tasks end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // No pid is left for a later `zt down` to find (one that dies leaves its own,
+    // which counts only while the lock is held).
+    let _ = lock.set_len(0);
     code
 }
 
 /// `zt status` (and `zt up --status`).
-pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
-    let dir = dir.canonicalize().unwrap_or(dir);
-    let layout = Layout::new(dir, 0);
+pub fn status(args: UpDirArgs) -> anyhow::Result<ExitCode> {
+    let layout = existing_layout(&args)?;
     if !layout.state().exists() && lock_held(&layout.lock()) {
         println!("zt up is starting in {}: not ready yet", layout.dir.display());
         return Ok(ExitCode::FAILURE);
@@ -94,6 +95,78 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How long `zt down` waits for `zt up` to stop: each of its four children has
+/// 10 s to stop before it is killed.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `zt down`: SIGTERM to the `zt up` that holds DIR's lock (its pid is in the
+/// lock file), then waits until the lock is released.
+pub fn down(args: UpDirArgs) -> anyhow::Result<ExitCode> {
+    let layout = existing_layout(&args)?;
+    let lock = layout.lock();
+    // The pid is read before the lock is probed, so that a held lock vouches for
+    // it: it is the holder's (or, for the microseconds a new zt up takes to write
+    // its own after taking the lock, that of one that died without clearing it).
+    let pid = read_pid(&lock);
+    if !lock_held(&lock) {
+        println!(
+            "zt up is not running in {}: nothing to stop",
+            layout.dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pid = pid.with_context(|| {
+        format!(
+            "{}: zt up is starting there and has not written its pid yet; try again",
+            lock.display()
+        )
+    })?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).with_context(|| {
+        format!(
+            "stopping zt up (pid {}) in {}",
+            pid.as_raw_pid(),
+            layout.dir.display()
+        )
+    })?;
+    println!(
+        "zt up (pid {}) in {} is stopping…",
+        pid.as_raw_pid(),
+        layout.dir.display()
+    );
+    let deadline = Instant::now() + DOWN_TIMEOUT;
+    while lock_held(&lock) {
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "zt up (pid {}) still runs {DOWN_TIMEOUT:?} after SIGTERM; its output says why",
+                pid.as_raw_pid()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    println!("zt up in {} has stopped", layout.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The layout of `--dir`, for the commands that look at a `zt up` (which need
+/// not exist).
+fn existing_layout(args: &UpDirArgs) -> anyhow::Result<Layout> {
+    let dir = std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    Ok(Layout::new(dir, 0))
+}
+
+/// The pid a `zt up` wrote in its lock file, if there is one.
+fn read_pid(lock: &Path) -> Option<rustix::process::Pid> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(lock)
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    rustix::process::Pid::from_raw(text.trim().parse().ok()?)
 }
 
 /// Whether a `zt up` holds the lock of its directory (it has started and not
@@ -124,7 +197,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// One `zt up` per directory.
+/// One `zt up` per directory; the lock file holds its pid, for `zt down`.
 fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
     let path = layout.lock();
     let file = std::fs::OpenOptions::new()
@@ -134,7 +207,13 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
         .open(&path)
         .with_context(|| path.display().to_string())?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            use std::io::Write as _;
+            file.set_len(0)
+                .and_then(|()| (&file).write_all(std::process::id().to_string().as_bytes()))
+                .with_context(|| path.display().to_string())?;
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
             "--dir {}: zt up is already running there (`zt status --dir {}` shows it)",
             layout.dir.display(),
@@ -749,7 +828,7 @@ Decisions, hash-chained, one log per proxy (and shipped to zt server):
   zt audit verify {denials}
 Policies: edit {policies}/*.yaml, then: zt policy apply {policies} --socket {socket}
 Admin commands: export ZT_ADMIN_SOCKET={socket}
-Logs of each process: {logs}/. Status: zt status --dir {dir}. Stop: Ctrl-C.",
+Logs of each process: {logs}/. Status: zt status --dir {dir}. Stop: Ctrl-C, or zt down --dir {dir}.",
         took.as_secs_f64(),
         one_out = one.outbound,
         two_out = two.outbound,
