@@ -85,7 +85,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// `zt status` (and `zt up --status`).
 pub fn status(args: UpDirArgs) -> anyhow::Result<ExitCode> {
-    let layout = existing_layout(&args)?;
+    let layout = layout_of(&args)?;
     if !layout.state().exists() && lock_held(&layout.lock()) {
         println!("zt up is starting in {}: not ready yet", layout.dir.display());
         return Ok(ExitCode::FAILURE);
@@ -104,7 +104,7 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `zt down`: SIGTERM to the `zt up` that holds DIR's lock (its pid is in the
 /// lock file), then waits until the lock is released.
 pub fn down(args: UpDirArgs) -> anyhow::Result<ExitCode> {
-    let layout = existing_layout(&args)?;
+    let layout = layout_of(&args)?;
     let lock = layout.lock();
     // The pid is read before the lock is probed, so that a held lock vouches for
     // it: it is the holder's (or, for the microseconds a new zt up takes to write
@@ -149,9 +149,9 @@ pub fn down(args: UpDirArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The layout of `--dir`, for the commands that look at a `zt up` (which need
-/// not exist).
-fn existing_layout(args: &UpDirArgs) -> anyhow::Result<Layout> {
+/// The layout of `--dir` for the commands that look at a `zt up` there: the
+/// directory need not exist (ports do not matter to them).
+fn layout_of(args: &UpDirArgs) -> anyhow::Result<Layout> {
     let dir = std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
     let dir = dir.canonicalize().unwrap_or(dir);
     Ok(Layout::new(dir, 0))
