@@ -35,6 +35,11 @@ fn zt() -> Command {
 /// other tests' listeners do not take them meanwhile), and which no other test
 /// of this process was given: tests run side by side, and a block looks free to
 /// the second until the first's zt up binds it.
+///
+/// A port is free if nothing listens on it: a connection is refused. Binding it
+/// to find out would not do, as tests here spawn processes side by side: a child
+/// forked while the probe's listener is open holds a copy of it until it execs,
+/// and the next bind of that port fails.
 fn free_port_base() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -42,7 +47,12 @@ fn free_port_base() -> u16 {
     let base = (0..50)
         .map(|i| 20_000 + (start + i) % 50 * 200)
         .filter(|base| !given.contains(base))
-        .find(|base| (1..=81).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
+        .find(|base| {
+            (1..=81).all(|offset| {
+                std::net::TcpStream::connect(("127.0.0.1", base + offset))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+        })
         .expect("no block of 82 free ports between 20000 and 30000");
     given.push(base);
     base

@@ -197,8 +197,14 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// How long `zt up` tries for its directory's lock before it says another runs
+/// there: `zt status` and `zt down` probe the lock by holding it shared for an
+/// instant, which must not pass for a running `zt up`.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// One `zt up` per directory; the lock file holds its pid, for `zt down`.
 fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
+    use std::io::Write as _;
     let path = layout.lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -206,21 +212,27 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| path.display().to_string())?;
-    match file.try_lock() {
-        Ok(()) => {
-            use std::io::Write as _;
-            file.set_len(0)
-                .and_then(|()| (&file).write_all(std::process::id().to_string().as_bytes()))
-                .with_context(|| path.display().to_string())?;
-            Ok(file)
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "--dir {}: zt up is already running there (`zt status --dir {}` shows it)",
+                layout.dir.display(),
+                layout.dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| path.display().to_string());
+            }
         }
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "--dir {}: zt up is already running there (`zt status --dir {}` shows it)",
-            layout.dir.display(),
-            layout.dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| path.display().to_string()),
     }
+    file.set_len(0)
+        .and_then(|()| (&file).write_all(std::process::id().to_string().as_bytes()))
+        .with_context(|| path.display().to_string())?;
+    Ok(file)
 }
 
 /// Every port must be free before anything starts, so that a clash is one clear
