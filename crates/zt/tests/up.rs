@@ -136,6 +136,17 @@ impl Up {
         self.wait(&format!("SIG{signal}"))
     }
 
+    /// The pid of each component `up.json` names (the demo apps' is zt up's own).
+    fn pids(&self) -> Vec<u64> {
+        let state = json(&std::fs::read_to_string(self.dir.join("up.json")).unwrap());
+        state["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["pid"].as_u64().unwrap())
+            .collect()
+    }
+
     /// Its exit status, once it has exited after `what`.
     fn wait(&mut self, what: &str) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -295,14 +306,8 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let dir = tmp.path().join("up");
     let base = free_port_base();
     let mut up = Up::start(&dir, base);
-    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
-    let pids: Vec<u64> = state["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["pid"].as_u64().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 6, "server, agent, two apps, two proxies: {state}");
+    let pids = up.pids();
+    assert_eq!(pids.len(), 6, "server, agent, two apps, two proxies: {pids:?}");
 
     let status = up.status();
     let text = succeed(&status, "zt status");
@@ -532,15 +537,12 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     // zt up killed outright (no chance to stop anything): its children stop on their own,
     // as their standard input, its pipe, closes.
     let mut up = Up::start(&dir, base);
-    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
-    let children: Vec<u64> = state["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["pid"].as_u64().unwrap())
+    let children: Vec<u64> = up
+        .pids()
+        .into_iter()
         .filter(|pid| *pid != u64::from(up.child.id()))
         .collect();
-    assert_eq!(children.len(), 4, "server, agent and two proxies: {state}");
+    assert_eq!(children.len(), 4, "server, agent and two proxies: {children:?}");
     assert_eq!(up.stop_with("KILL").code(), None, "zt up survived SIGKILL");
     eventually("zt up's children stopping after it was killed", || {
         children.iter().all(|pid| !alive(*pid))
@@ -556,15 +558,14 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
 
     // zt down, from another terminal, stops it as Ctrl-C does, and waits until it has.
     let mut up = Up::start(&dir, base);
-    let state = json(&std::fs::read_to_string(up.dir.join("up.json")).unwrap());
+    let pids = up.pids();
     let down = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
     let said = succeed(&down, "zt down");
     assert!(said.contains("has stopped"), "{said}");
     let exit = up.wait("zt down");
     assert!(exit.success(), "zt up after zt down: {exit}\n{}", up.output());
-    for component in state["components"].as_array().unwrap() {
-        let pid = component["pid"].as_u64().unwrap();
-        assert!(!alive(pid), "{component} still runs after zt down");
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} still runs after zt down");
     }
     assert!(!up.dir.join("up.json").exists(), "up.json left behind by zt down");
     let again = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
