@@ -649,13 +649,21 @@ fn zt_up_refuses_what_it_cannot_run() {
     std::fs::write(&file, "").unwrap();
     refused(&["--dir".as_ref(), file.as_os_str()], &["--dir", "a-file"]);
 
-    let status = zt().args(["status", "--dir"]).arg(&dir).output().unwrap();
-    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
-    assert!(
-        String::from_utf8_lossy(&status.stdout).contains("not running"),
-        "{}",
-        describe(&status)
-    );
+    // `zt COMMAND --dir DIR` exits 1 saying `needle`.
+    let fails_on_dir = |command: &str, needle: &str| {
+        let out = zt().args([command, "--dir"]).arg(&dir).output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.code() == Some(1) && said.contains(needle),
+            "zt {command} should fail saying {needle:?}: {}",
+            describe(&out)
+        );
+    };
+    fails_on_dir("status", "not running");
 
     // While some zt up holds the directory's lock (as one does from its start),
     // a second is refused, zt status says it is starting, not absent, and zt down
@@ -663,18 +671,6 @@ fn zt_up_refuses_what_it_cannot_run() {
     let lock = std::fs::File::create(dir.join("up.lock")).unwrap();
     lock.try_lock().unwrap();
     refused(&["--dir".as_ref(), dir.as_os_str()], &["already running"]);
-    let down = zt().args(["down", "--dir"]).arg(&dir).output().unwrap();
-    assert!(
-        down.status.code() == Some(1)
-            && String::from_utf8_lossy(&down.stderr).contains("has not written its pid yet"),
-        "zt down while zt up starts: {}",
-        describe(&down)
-    );
-    let status = zt().args(["status", "--dir"]).arg(&dir).output().unwrap();
-    assert_eq!(status.status.code(), Some(1), "{}", describe(&status));
-    assert!(
-        String::from_utf8_lossy(&status.stdout).contains("starting"),
-        "{}",
-        describe(&status)
-    );
+    fails_on_dir("down", "has not written its pid yet");
+    fails_on_dir("status", "starting");
 }

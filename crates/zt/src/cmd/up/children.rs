@@ -80,17 +80,21 @@ impl Supervised {
     /// If the child has exited: which, how, and the end of its log.
     pub fn exit_report(&mut self) -> Option<String> {
         let status = self.exited()?;
-        Some(format!(
-            "{} exited ({}); its log {}:\n{}",
-            self.name,
-            describe(status),
-            self.log.display(),
-            self.log_tail()
-        ))
+        Some(self.failure(&format!("exited ({})", describe(status))))
     }
 
-    /// The last lines of the child's log, indented, to show why it failed.
-    pub fn log_tail(&self) -> String {
+    /// "NAME WHAT; its log PATH:" and the end of that log, to show why it failed.
+    pub fn failure(&self, what: &str) -> String {
+        format!(
+            "{} {what}; its log {}:\n{}",
+            self.name,
+            self.log.display(),
+            self.log_tail()
+        )
+    }
+
+    /// The last lines of the child's log, indented.
+    fn log_tail(&self) -> String {
         let text = std::fs::read(&self.log)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default();

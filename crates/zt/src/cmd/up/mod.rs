@@ -582,12 +582,7 @@ async fn wait_healthy(child: &mut Supervised, probe: &Probe) -> anyhow::Result<(
             anyhow::bail!(report);
         }
         if Instant::now() > deadline {
-            anyhow::bail!(
-                "{} was not ready after {READY_TIMEOUT:?} ({probe}: {why}); its log {}:\n{}",
-                child.name,
-                child.log.display(),
-                child.log_tail()
-            );
+            anyhow::bail!(child.failure(&format!("was not ready after {READY_TIMEOUT:?} ({probe}: {why})")));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -616,12 +611,9 @@ async fn wait_for_policy_version(
             return Ok(());
         }
         if proxy.exited().is_some() || Instant::now() > deadline {
-            anyhow::bail!(
-                "{} did not receive policy version {version} (it has {current:?}); its log {}:\n{}",
-                proxy.name,
-                proxy.log.display(),
-                proxy.log_tail()
-            );
+            anyhow::bail!(proxy.failure(&format!(
+                "did not receive policy version {version} (it has {current:?})"
+            )));
         }
         tokio::time::sleep(POLL).await;
     }
