@@ -309,13 +309,18 @@ impl Writer {
                 hash: record.hash,
             };
         }
-        self.file
-            .write_all(&buffer)
-            .and_then(|()| self.file.flush())
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let before = self.file.metadata().map_err(io)?.len();
+        let written = self.file.write_all(&buffer).and_then(|()| self.file.flush());
+        if let Err(source) = written {
+            // A record cut short (a full disk, a file-size limit) is taken
+            // back: the log stays a whole chain that verifies.
+            let _ = self.file.set_len(before);
+            return Err(io(source));
+        }
         self.head = head;
         Ok(())
     }

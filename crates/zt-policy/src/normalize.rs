@@ -10,7 +10,12 @@
 //! - CVE-2021-39155: `Host: EXAMPLE.com` escaped a host rule — hosts compare
 //!   case-insensitively (see [`host`]);
 //! - a lower-case HTTP/2 method (`get`) escaped a `GET` rule — methods must be
-//!   upper case, or the request is refused.
+//!   upper case, or the request is refused;
+//! - `/internal;x` passed a DENY on `/internal` while a servlet-style app routed
+//!   it to `/internal` — path parameters are refused, or with
+//!   [`PathParams::Strip`] removed from every segment before anything else;
+//! - `Host: admin.example.com.` (a trailing dot) escaped a host rule — one
+//!   trailing dot is removed (see [`authority`]).
 //!
 //! Escapes of unreserved characters (`%41` → `A`, `%2E` → `.`) are decoded before
 //! dot segments are resolved; other escapes stay, in upper-case hex; `%00` and
@@ -36,9 +41,42 @@ impl Target {
     }
 }
 
-/// Normalizes an origin-form request target (`/a/b?q`); the error says why it
-/// is refused (400).
+/// What to do with path parameters (`;` in a path segment, RFC 3986 §3.3),
+/// which servlet containers and some frameworks drop before routing
+/// (`/internal;jsessionid=1` is `/internal` to them) and others keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParams {
+    /// A path with `;` is refused (400): the policy cannot know how the app
+    /// reads it. The safe default.
+    #[default]
+    Reject,
+    /// Everything from `;` to the end of each segment is removed before the
+    /// path is decoded and resolved (`/a;x/..;y/b` → `/b`, as Tomcat reads
+    /// it); the app receives the path without them.
+    Strip,
+}
+
+impl std::str::FromStr for PathParams {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "strip" => Ok(Self::Strip),
+            _ => Err(format!("{s:?}: expected reject or strip")),
+        }
+    }
+}
+
+/// Normalizes an origin-form request target (`/a/b?q`), refusing path
+/// parameters; the error says why it is refused (400).
 pub fn target(raw: &str) -> Result<Target, String> {
+    target_with(raw, PathParams::Reject)
+}
+
+/// Normalizes an origin-form request target (`/a/b?q`), with path parameters
+/// handled as `params` says; the error says why it is refused (400).
+pub fn target_with(raw: &str, params: PathParams) -> Result<Target, String> {
     let without_fragment = raw.split_once('#').map_or(raw, |(before, _)| before);
     let (path, query) = match without_fragment.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
@@ -47,6 +85,19 @@ pub fn target(raw: &str) -> Result<Target, String> {
     if !path.starts_with('/') {
         return Err(format!("the path {path:?} does not start with /"));
     }
+    let stripped;
+    let path = match (params, path.contains(';')) {
+        (_, false) => path,
+        (PathParams::Reject, true) => {
+            return Err(format!(
+                "the path {path:?} has a path parameter (';'), which apps read differently"
+            ));
+        }
+        (PathParams::Strip, true) => {
+            stripped = strip_params(path);
+            &stripped
+        }
+    };
     let decoded = decode(path)?;
     Ok(Target {
         path: resolve(&decoded),
@@ -101,6 +152,14 @@ fn decode(path: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Removes `;…` from every segment of a raw path.
+fn strip_params(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(kept, _)| kept))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
@@ -140,9 +199,68 @@ pub fn method(method: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The host as policies compare it: lower case.
+/// The host as policies compare it: lower case, without a trailing dot
+/// (`Admin.Example.com.:8080` → `admin.example.com:8080`).
 pub fn host(host: &str) -> String {
-    host.to_ascii_lowercase()
+    let lower = host.to_ascii_lowercase();
+    let (name, port) = split_port(&lower);
+    match (name.strip_suffix('.'), port) {
+        (Some(name), Some(port)) => format!("{name}:{port}"),
+        (Some(name), None) => name.to_owned(),
+        (None, _) => lower,
+    }
+}
+
+/// Checks a request's authority (a `Host` header, an HTTP/2 `:authority`, an
+/// absolute-form target's) and returns it as [`host`] normalizes it; the error
+/// says why it is refused (400): empty, user info, characters outside
+/// RFC 3986's, a port that is not a number, a bracketed IPv6 that is not one,
+/// a name ending in more than one dot.
+pub fn authority(raw: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "the authority is not ASCII".to_owned())?;
+    if text.is_empty() {
+        return Err("empty authority".into());
+    }
+    // RFC 3986's unreserved characters, a port, brackets: host names and IP
+    // literals need no more, and sub-delimiters (`,`, `;`, …) are read
+    // differently by different stacks.
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b);
+    if let Some(bad) = text.bytes().find(|&b| !allowed(b)) {
+        return Err(format!(
+            "the authority {text:?} has {:?}, which a host name cannot have",
+            char::from(bad)
+        ));
+    }
+    let (name, port) = split_port(text);
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || p.parse::<u16>().is_err()) {
+        return Err(format!("the authority {text:?} has a port that is not a port"));
+    }
+    if let Some(inner) = name.strip_prefix('[') {
+        let ip = inner
+            .strip_suffix(']')
+            .and_then(|ip| ip.parse::<std::net::Ipv6Addr>().ok());
+        if ip.is_none() {
+            return Err(format!("the authority {text:?} is not a bracketed IPv6 address"));
+        }
+    } else if name.contains(['[', ']', ':']) {
+        return Err(format!("the authority {text:?} is malformed"));
+    }
+    if name.is_empty() || name == "." || name.ends_with("..") {
+        return Err(format!("the authority {text:?} has no host name"));
+    }
+    Ok(host(text))
+}
+
+/// `host[:port]` → (host, port); a bracketed IPv6 literal keeps its colons.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let after_literal = authority.rfind(']').map_or(0, |i| i + 1);
+    match authority[after_literal..].rfind(':') {
+        Some(i) => (
+            &authority[..after_literal + i],
+            Some(&authority[after_literal + i + 1..]),
+        ),
+        None => (authority, None),
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +321,67 @@ mod tests {
         ] {
             assert!(target(raw).is_err(), "{raw:?} accepted");
         }
+    }
+
+    #[test]
+    fn path_parameters_are_refused_or_stripped() {
+        for raw in ["/internal;x", "/internal;", "/;x/internal", "/a/..;/internal"] {
+            assert!(target(raw).is_err(), "{raw:?} accepted");
+        }
+        let cases = [
+            ("/internal;x", "/internal"),
+            ("/internal;jsessionid=1?q=;", "/internal"),
+            ("/;x/internal", "/internal"),
+            ("/public/..;/internal", "/internal"),
+            ("/a;x/b;y/c", "/a/b/c"),
+            ("/%2e%2e;x/internal", "/internal"),
+            ("/a%3Bx", "/a%3Bx"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(target_with(raw, PathParams::Strip).unwrap().path, want, "{raw}");
+        }
+        // A `;` in the query is not a path parameter.
+        assert_eq!(target("/a?x=1;y=2").unwrap().path, "/a");
+    }
+
+    #[test]
+    fn authorities_are_checked_and_normalized() {
+        let cases = [
+            ("example.com", "example.com"),
+            ("Example.COM", "example.com"),
+            ("admin.example.com.", "admin.example.com"),
+            ("admin.example.com.:8443", "admin.example.com:8443"),
+            ("localhost:8080", "localhost:8080"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("[::1]:8443", "[::1]:8443"),
+            ("[::1]", "[::1]"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(authority(raw.as_bytes()).unwrap(), want, "{raw}");
+        }
+        for raw in [
+            "",
+            ".",
+            "example.com..",
+            "user@example.com",
+            "example.com:",
+            "example.com:99999",
+            "example.com:8x",
+            "example.com:80:80",
+            "[::1",
+            "[not-ip]:80",
+            "exa mple.com",
+            "example.com/path",
+            "a.com,b.com",
+            "a.com;b",
+            "example.com\\x",
+            "ex\u{e4}mple.com",
+        ] {
+            assert!(authority(raw.as_bytes()).is_err(), "{raw:?} accepted");
+        }
+        assert!(authority(b"\xff").is_err());
+        // What the policies compare is idempotent on what the proxy forwards.
+        assert_eq!(host("admin.example.com"), "admin.example.com");
     }
 
     #[test]

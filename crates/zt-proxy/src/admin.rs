@@ -75,6 +75,9 @@ pub struct Metrics {
     pub policy_version: Gauge,
     /// Decision-log writes that failed.
     pub decision_log_failures: Counter,
+    /// 1 while the workload's namespace is not known (no `--namespace`, and no
+    /// `/ns/NS/` in the SPIFFE ID): no policy can be chosen, everything is denied.
+    pub policy_namespace_unknown: Gauge,
     /// Decisions logged here and not yet stored by zt server.
     pub decisions_unshipped: Gauge,
     /// Attempts to ship decisions to zt server that failed.
@@ -100,6 +103,7 @@ impl Metrics {
             policy_reload_failures: Counter::default(),
             policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
+            policy_namespace_unknown: Gauge::default(),
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
             decision_backlog_over_bound: Counter::default(),
@@ -157,6 +161,11 @@ impl Metrics {
             metrics.decision_log_failures.clone(),
         );
         registry.register(
+            "policy_namespace_unknown",
+            "1 while the workload's namespace is not known (set --namespace): every request is denied",
+            metrics.policy_namespace_unknown.clone(),
+        );
+        registry.register(
             "decisions_unshipped",
             "Decisions logged here and not yet stored by zt server",
             metrics.decisions_unshipped.clone(),
@@ -177,6 +186,19 @@ impl Metrics {
     /// Counts a refused connection.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&Refusal { reason }).inc();
+    }
+
+    /// Why the proxy, though it holds an SVID, would deny every request.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.decision_log_failures.get() > 0 {
+            Some("the decision log cannot be written: every request is denied until the proxy restarts")
+        } else if self.policy_namespace_unknown.get() > 0 {
+            Some(
+                "the workload's namespace is not known (its SPIFFE ID has no /ns/NS/): no policy applies and every request is denied; set --namespace",
+            )
+        } else {
+            None
+        }
     }
 
     /// Counts a failed outbound connection.
@@ -226,9 +248,10 @@ pub async fn serve(
 fn answer(path: &str, identity: &IdentityWatch, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => match identity.borrow().as_ref() {
-            Some(identity) => (StatusCode::OK, format!("ready: {}\n", identity.spiffe_id)),
-            None => (
+        "/readyz" => match (identity.borrow().as_ref(), metrics.not_ready()) {
+            (Some(identity), None) => (StatusCode::OK, format!("ready: {}\n", identity.spiffe_id)),
+            (Some(_), Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            (None, _) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no SVID yet\n".to_owned(),
             ),

@@ -258,7 +258,7 @@ impl Authorizer {
             None => None,
         };
         let (tx, current) = watch::channel(None);
-        tokio::spawn(combine(config.clone(), loaded, identity, tx));
+        tokio::spawn(combine(config.clone(), loaded, identity, tx, metrics.clone()));
         Ok(Self {
             current,
             mode: config.mode,
@@ -525,12 +525,22 @@ async fn combine(
     mut loaded: watch::Receiver<Option<Arc<Loaded>>>,
     mut identity: IdentityWatch,
     tx: watch::Sender<Option<Arc<InForce>>>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
-        let namespace = config.namespace.clone().or_else(|| {
-            let id = identity.borrow().as_ref()?.spiffe_id.to_string();
-            zt_policy::request::namespace_of(&id).map(str::to_owned)
-        });
+        let own_id = identity.borrow().as_ref().map(|i| i.spiffe_id.to_string());
+        let namespace = config
+            .namespace
+            .clone()
+            .or_else(|| zt_policy::request::namespace_of(own_id.as_deref()?).map(str::to_owned));
+        let unknown = namespace.is_none() && own_id.is_some();
+        if unknown && metrics.policy_namespace_unknown.get() == 0 {
+            tracing::warn!(
+                spiffe_id = own_id.as_deref().unwrap_or_default(),
+                "the workload's namespace is not known: its SPIFFE ID has no /ns/NS/, so no policy applies and every request is denied; set --namespace"
+            );
+        }
+        metrics.policy_namespace_unknown.set(i64::from(unknown));
         let current = loaded.borrow_and_update().clone();
         let in_force = match (namespace, current) {
             (Some(namespace), Some(current)) => {

@@ -1,6 +1,6 @@
-//! Forwarding one request to the app: identity headers a client could forge are
-//! removed and the verified one added (`x-forwarded-client-cert`), hop-by-hop
-//! headers dropped, bodies limited, HTTP/1.1 upgrades spliced.
+//! Forwarding one request to the app: its head made safe ([`head`]), decided by
+//! the policies, the verified identity added (`x-forwarded-client-cert`),
+//! hop-by-hop headers dropped, bodies limited, allowed upgrades spliced.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,10 +8,11 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 
 use crate::admin::Metrics;
+use crate::head;
 use crate::inbound::{AppClient, AppProtocol, InboundConfig, ProxyBody, Revocation};
 
 /// The header the app reads the caller's identity from.
@@ -50,19 +51,29 @@ pub(crate) async fn forward(
             "zt proxy: the caller's SPIFFE ID is not allowed\n",
         );
     }
+    // The head as the app will get it; the policies decide on exactly that.
+    let admitted = match head::admit(&mut request, &config.head) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::info!(target: "zt::access", peer = %peer.name, %method, path, status = refused.status.as_u16(), reason = %refused.reason, "malformed request refused");
+            peer.metrics.refuse(refusal_label(refused.status));
+            return plain(refused.status, "zt proxy: malformed request\n");
+        }
+    };
     // Authorization: the request normalized, decided by the policies, and the
     // normalized path is what the app receives.
     let mut normalized = None;
     if let Some(authz) = &config.authz {
-        let target = match authorization_target(&request) {
+        let target = match authorization_target(&request, config.head.path_params) {
             Ok(target) => target,
             Err(why) => {
                 tracing::info!(target: "zt::access", peer = %peer.name, %method, path, status = 400, reason = %why, "malformed request refused");
+                peer.metrics.refuse("malformed_request");
                 return plain(StatusCode::BAD_REQUEST, "zt proxy: malformed request\n");
             }
         };
         // The query rides along for CUSTOM providers; policies match the path only.
-        let policy_request = policy_request(&request, peer, &target.path_and_query());
+        let policy_request = policy_request(&request, peer, &admitted.host, &target.path_and_query());
         if !authz.authorize(&policy_request).await {
             return plain(StatusCode::FORBIDDEN, "RBAC: access denied\n");
         }
@@ -72,15 +83,23 @@ pub(crate) async fn forward(
             Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: malformed request\n"),
         }
     }
-    // An HTTP/1.1 upgrade (WebSocket, …): the Upgrade and Connection headers go to
-    // the app, and after its 101 the two connections are spliced.
-    let upgrade = upgrade_protocol(&request);
+    // An HTTP/1.1 upgrade the head allows (WebSocket): the Upgrade and
+    // Connection headers go to the app, and after its 101 the two connections
+    // are spliced.
+    let upgrade = admitted.upgrade;
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let authority = parts.uri.authority().cloned();
     let mut target = http::uri::Parts::default();
     target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(app.clone());
+    // An HTTP/1.1 app reads the host from Host (set by admit); an h2c app from
+    // :authority, which is then the host and the only one.
+    target.authority = match config.app_protocol {
+        AppProtocol::H2c => {
+            parts.headers.remove(http::header::HOST);
+            http::uri::Authority::try_from(admitted.host.as_str()).ok()
+        }
+        AppProtocol::Http1 | AppProtocol::Tcp => Some(app.clone()),
+    };
     target.path_and_query = Some(normalized.unwrap_or_else(|| {
         parts
             .uri
@@ -92,19 +111,13 @@ pub(crate) async fn forward(
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "zt proxy: bad request target\n"),
     };
-    // An HTTP/2 caller's :authority becomes Host for an HTTP/1.1 app.
+    // An HTTP/2 caller's :authority is the Host an HTTP/1.1 app gets (admit
+    // set it).
     parts.version = match config.app_protocol {
         AppProtocol::H2c => http::Version::HTTP_2,
         // Opaque TCP never gets here.
         AppProtocol::Http1 | AppProtocol::Tcp => http::Version::HTTP_11,
     };
-    if let Some(authority) = authority
-        && !parts.headers.contains_key(http::header::HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(http::header::HOST, host);
-    }
-    strip_identity_headers(&mut parts.headers, &config.strip_headers);
     remove_hop_by_hop(&mut parts.headers);
     if let Some(protocol) = &upgrade {
         parts
@@ -114,6 +127,15 @@ pub(crate) async fn forward(
     }
     if let Some(xfcc) = &peer.xfcc {
         parts.headers.insert(XFCC, xfcc.clone());
+    }
+    // A body of unknown length is sent chunked whatever the method: left to
+    // itself, the client would drop a GET's body without a word.
+    if parts.version == http::Version::HTTP_11 && !body.is_end_stream() && body.size_hint().exact().is_none()
+    {
+        parts.headers.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     let body = match config.limits.max_body_bytes {
         Some(max) => {
@@ -137,8 +159,14 @@ pub(crate) async fn forward(
     match response {
         Ok(mut response) => {
             let status = response.status();
-            tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, %method, path, status = status.as_u16());
             let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+            if switching && client_side.is_none() {
+                // The app switched protocols it was never asked to: nothing
+                // authorized what would follow.
+                tracing::warn!(target: "zt::access", peer = %peer.name, %method, path, status = 502, "the app answered 101 to a request that asked no upgrade");
+                return plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n");
+            }
+            tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, %method, path, status = status.as_u16());
             let app_upgrade = response.headers().get(http::header::UPGRADE).cloned();
             if let (true, Some(client_side)) = (switching, client_side) {
                 let app_side = hyper::upgrade::on(&mut response);
@@ -160,6 +188,15 @@ pub(crate) async fn forward(
             }
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
+        Err(e) if is_over_body_limit(&e) => {
+            // The app saw a chunked body cut short, never its last chunk: it
+            // cannot take it for a whole one.
+            tracing::info!(target: "zt::access", peer = %peer.name, %method, path, status = 413, "body over the limit");
+            plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "zt proxy: request body too large\n",
+            )
+        }
         Err(e) => {
             tracing::warn!(target: "zt::access", peer = %peer.name, %method, path, status = 502, error = %e, "app unreachable");
             plain(StatusCode::BAD_GATEWAY, "zt proxy: the app did not answer\n")
@@ -167,27 +204,39 @@ pub(crate) async fn forward(
     }
 }
 
-/// The request's method checked and its target normalized, or why it is refused.
-fn authorization_target(request: &Request<Incoming>) -> Result<zt_policy::normalize::Target, String> {
-    zt_policy::normalize::method(request.method().as_str())?;
-    let raw = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    zt_policy::normalize::target(raw)
+/// Whether a failed exchange with the app was the request body going over
+/// `--max-request-body`.
+fn is_over_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
-/// The request as policies see it.
-fn policy_request(request: &Request<Incoming>, peer: &Peer, path: &str) -> zt_policy::Request {
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+/// The refusal metric's label for a status `head::admit` answered with.
+fn refusal_label(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        _ => "malformed_request",
+    }
+}
+
+/// The request's method checked and its target normalized, or why it is refused.
+fn authorization_target(
+    request: &Request<Incoming>,
+    params: zt_policy::normalize::PathParams,
+) -> Result<zt_policy::normalize::Target, String> {
+    zt_policy::normalize::method(request.method().as_str())?;
+    let raw = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    zt_policy::normalize::target_with(raw, params)
+}
+
+/// The request as policies see it: the head the app gets.
+fn policy_request(request: &Request<Incoming>, peer: &Peer, host: &str, path: &str) -> zt_policy::Request {
     let mut headers = std::collections::BTreeMap::new();
     for (name, value) in request.headers() {
         if let Ok(value) = value.to_str() {
@@ -203,7 +252,7 @@ fn policy_request(request: &Request<Incoming>, peer: &Peer, path: &str) -> zt_po
     peer.policy_request(Some(zt_policy::request::Http {
         method: request.method().as_str().to_owned(),
         path: path.to_owned(),
-        host,
+        host: host.to_owned(),
         headers,
         auth: None,
     }))
@@ -234,20 +283,6 @@ impl Peer {
             connection: None,
         }
     }
-}
-
-/// The protocol an HTTP/1.1 request asks to upgrade to: `Connection: upgrade`
-/// and an `Upgrade` header.
-fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
-    let asks = request
-        .headers()
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = request.headers().get(http::header::UPGRADE)?;
-    (asks && request.version() == http::Version::HTTP_11).then(|| protocol.clone())
 }
 
 /// Copies bytes both ways between the upgraded client and app connections, until
@@ -282,15 +317,6 @@ async fn splice(
             metrics.revoked_connections.inc();
             tracing::info!(%peer, "SVID revoked: upgraded connection closed");
         }
-    }
-}
-
-/// Removes every header a client could use to claim an identity: XFCC itself and
-/// the configured ones (`X-Client-CN`, …), each in all its occurrences.
-pub fn strip_identity_headers(headers: &mut HeaderMap, configured: &[HeaderName]) {
-    headers.remove(XFCC);
-    for name in configured {
-        headers.remove(name);
     }
 }
 
@@ -344,17 +370,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_and_hop_by_hop_headers_do_not_reach_the_app() {
+    fn hop_by_hop_headers_do_not_reach_the_app() {
         let mut headers = HeaderMap::new();
-        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/admin"));
-        headers.append(XFCC, HeaderValue::from_static("URI=spiffe://example.org/root"));
-        headers.insert("x-client-cn", HeaderValue::from_static("admin"));
         headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
-        strip_identity_headers(&mut headers, &[HeaderName::from_static("x-client-cn")]);
         remove_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(!headers.contains_key("x-secret-hop") && !headers.contains_key("connection"));
         assert!(headers.contains_key("accept"));
     }
 }

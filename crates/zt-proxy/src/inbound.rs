@@ -6,15 +6,15 @@
 //! identity headers the client may have sent removed, and the verified identity
 //! added as `x-forwarded-client-cert` (`By=…;Hash=…;URI=…`, as Envoy writes it).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -38,8 +38,9 @@ pub struct InboundConfig {
     pub app: SocketAddr,
     /// Who may connect.
     pub allow: AllowList,
-    /// Headers removed from every request before the app sees it, besides XFCC.
-    pub strip_headers: Vec<HeaderName>,
+    /// How request heads are made safe for the app: identity and routing
+    /// headers, underscores, path parameters, upgrades.
+    pub head: crate::head::HeadRules,
     /// What the app speaks.
     pub app_protocol: AppProtocol,
     /// Whether plaintext is accepted too.
@@ -56,6 +57,9 @@ pub struct InboundConfig {
 pub struct Limits {
     /// Open inbound connections at most; more are closed at accept.
     pub max_connections: usize,
+    /// Open inbound connections from one source address at most; more are
+    /// closed at accept.
+    pub max_connections_per_source: usize,
     /// Request headers at most (HTTP/1.1), else 431.
     pub max_headers: usize,
     /// Bytes of request head at most, else 431.
@@ -71,6 +75,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_source: 1_000,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
@@ -136,7 +141,34 @@ pub enum AppProtocol {
 /// Errors of bodies in either direction.
 type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
-pub(crate) type AppClient = Client<HttpConnector, ProxyBody>;
+pub(crate) type AppClient = Client<AppConnector, ProxyBody>;
+
+/// Dials the app whatever a request's URI names: the URI's authority is the
+/// caller's (an h2c app reads `:authority` as its host), the address is the
+/// app's.
+#[derive(Clone)]
+pub(crate) struct AppConnector {
+    app: SocketAddr,
+}
+
+impl tower_service::Service<http::Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let app = self.app;
+        Box::pin(async move {
+            let tcp = TcpStream::connect(app).await?;
+            tcp.set_nodelay(true)?;
+            Ok(TokioIo::new(tcp))
+        })
+    }
+}
 
 /// Serves `listener` until `stop`.
 pub async fn serve(
@@ -148,11 +180,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let client: AppClient = Client::builder(TokioExecutor::new())
         .http2_only(config.app_protocol == AppProtocol::H2c)
-        .build(connector);
+        .build(AppConnector { app: config.app });
     let mut acceptors = Acceptors::new(identity, versions);
     // A socket address always forms a valid authority.
     let Ok(app) = http::uri::Authority::try_from(config.app.to_string()) else {
@@ -160,6 +190,7 @@ pub async fn serve(
         return;
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
+    let per_source = SourceSlots::new(config.limits.max_connections_per_source);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -178,6 +209,10 @@ pub async fn serve(
             metrics.refuse("connection_limit");
             continue;
         };
+        let Some(source_slot) = per_source.acquire(peer_addr.ip()) else {
+            metrics.refuse("source_connection_limit");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let Some((acceptor, own)) = acceptors.current() else {
             tracing::warn!(peer = %peer_addr, "refused: no SVID yet");
@@ -193,11 +228,66 @@ pub async fn serve(
         });
         let updates = acceptors.identity.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source_slot);
             if let Err(reason) = connection(tcp, peer_addr, acceptor, updates, context).await {
                 tracing::info!(peer = %peer_addr, reason, "inbound connection refused");
             }
         });
+    }
+}
+
+/// Open connections per source address, each held by a [`SourceSlot`].
+#[derive(Clone)]
+struct SourceSlots {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl SourceSlots {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it holds `max`.
+    fn acquire(&self, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection from a source; released on drop.
+struct SourceSlot {
+    slots: SourceSlots,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = open.entry(self.ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
     }
 }
 

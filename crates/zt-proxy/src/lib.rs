@@ -4,6 +4,7 @@
 //!
 //! - [`identity`]: the proxy's own SVID and bundle (Workload API or files), hot;
 //! - [`inbound`]: mTLS in (plaintext too in permissive mode), limits, revocation;
+//! - [`head`]: the request head the app gets, made once before authorization;
 //! - [`forward`]: one request to the app, verified identity in XFCC;
 //! - [`outbound`]: plaintext from the app, mTLS to an upstream with an expected ID;
 //! - [`authz`]: AuthorizationPolicies on every request, the decision log;
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod authz;
 pub mod forward;
+pub mod head;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;

@@ -272,6 +272,27 @@ struct ProxyArgs {
     /// a request (repeatable; x-forwarded-client-cert always is).
     #[arg(long = "strip-header")]
     strip_header: Vec<String>,
+    /// A header some apps route by (X-Forwarded-Host, X-Original-URL, X-Rewrite-URL,
+    /// Forwarded, method overrides…) to pass to the app as the client sent it
+    /// (repeatable); untrusted, they are removed, since the policies decided on the
+    /// request line and Host.
+    #[arg(long = "trust-header")]
+    trust_header: Vec<String>,
+    /// Request headers whose name has '_' (which CGI, WSGI, PHP and Rack read as
+    /// the same as '-'): drop, reject (400), or allow (still removed when they
+    /// spell a removed header).
+    #[arg(long, default_value = "drop", value_parser = parse_from_str::<zt_proxy::head::Underscores>)]
+    headers_with_underscores: zt_proxy::head::Underscores,
+    /// Path parameters (';' in a path segment, which servlet-style apps drop):
+    /// reject (400), or strip them from every segment before policies and the app
+    /// see the path.
+    #[arg(long, default_value = "reject", value_parser = parse_from_str::<zt_policy::normalize::PathParams>)]
+    path_params: zt_policy::normalize::PathParams,
+    /// An HTTP/1.1 upgrade protocol spliced through after the app's 101
+    /// (repeatable). Others (h2c above all, whose requests no policy would see) are
+    /// removed and the request served as an ordinary one.
+    #[arg(long = "allow-upgrade", default_value = "websocket")]
+    allow_upgrade: Vec<String>,
     /// Accept TLS 1.2 as well as 1.3.
     #[arg(long)]
     tls12: bool,
@@ -282,6 +303,10 @@ struct ProxyArgs {
     /// Open inbound connections at most; more are closed at accept.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Open inbound connections from one source address at most, so that one
+    /// client cannot hold every slot.
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_source: usize,
     /// Request headers at most (else 431).
     #[arg(long, default_value_t = 100)]
     max_request_headers: usize,
@@ -340,6 +365,11 @@ struct ProxyArgs {
     /// zt-rego=envoy/authz/allow), with OPA-Envoy's input shape.
     #[arg(long = "custom-provider", value_parser = parse_label, requires = "rego")]
     custom_providers: Vec<(String, String)>,
+}
+
+/// A value parsed by its `FromStr`, whose error says what was expected.
+fn parse_from_str<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, String> {
+    text.parse()
 }
 
 /// `--label KEY=VALUE`.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use zt_agent::client::{ENDPOINT_ENV, socket_path};
 use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource, RegoProviders};
+use zt_proxy::head::HeadRules;
 use zt_proxy::inbound::{Limits, Mode};
 use zt_proxy::peers::AllowList;
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
@@ -16,14 +17,36 @@ use crate::{AppProtocolArg, ModeArg, PolicyModeArg, ProxyArgs};
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let allow = AllowList::parse(&args.allow_spiffe_id)?;
-    let strip_headers = args
-        .strip_header
+    let header_names = |flag: &str, names: &[String]| {
+        names
+            .iter()
+            .map(|name| {
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("{flag} {name:?}: not a header name"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let head = HeadRules {
+        strip: header_names("--strip-header", &args.strip_header)?,
+        trusted: header_names("--trust-header", &args.trust_header)?,
+        underscores: args.headers_with_underscores,
+        path_params: args.path_params,
+        upgrades: args
+            .allow_upgrade
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect(),
+    };
+    if let Some(name) = head
+        .trusted
         .iter()
-        .map(|name| {
-            http::HeaderName::from_bytes(name.as_bytes())
-                .with_context(|| format!("--strip-header {name:?}: not a header name"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .find(|name| !zt_proxy::head::ROUTING_HEADERS.contains(&name.as_str()))
+    {
+        anyhow::bail!(
+            "--trust-header {name}: not a header zt proxy removes (those are: {})",
+            zt_proxy::head::ROUTING_HEADERS.join(", ")
+        );
+    }
     let workload_api = match (args.socket, std::env::var(ENDPOINT_ENV)) {
         (Some(path), _) => path,
         (None, Ok(endpoint)) => socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?,
@@ -55,9 +78,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let fronting = |app, app_protocol| InboundConfig {
         app,
         allow: allow.clone(),
-        strip_headers: strip_headers.clone(),
+        head: head.clone(),
         limits: Limits {
             max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
             max_headers: args.max_request_headers,
             max_header_bytes: args.max_header_bytes,
             header_timeout: args.request_header_timeout,
