@@ -78,6 +78,15 @@ pub enum JwtSvidError {
         /// Validation time.
         now: u64,
     },
+    /// The token lives longer than any issuer of short-lived tokens would make
+    /// it: a forged-looking `exp` (year 9999), or an issuer misconfigured.
+    #[error("token lifetime of {lifetime}s is over the maximum of {max}s")]
+    LifetimeTooLong {
+        /// From `iat` (or now, without one) to `exp`, seconds.
+        lifetime: u64,
+        /// The maximum accepted.
+        max: u64,
+    },
     /// `nbf` is in the future.
     #[error("token is not valid before {nbf} (unix), now is {now}")]
     NotYetValid {
@@ -381,14 +390,31 @@ impl fmt::Debug for VerifiedJwtSvid {
     }
 }
 
+/// The longest JWT-SVID lifetime accepted by default: a day, zt server's
+/// default CA lifetime, which no JWT-SVID it signs outlives (SPIRE's default
+/// JWT-SVID TTL is five minutes).
+pub const DEFAULT_MAX_LIFETIME: u64 = 24 * 3600;
+
 /// Verifies a JWT-SVID: allowed `alg` and `typ`, signature by a JWT authority of the
-/// subject's trust domain, `exp` after `now`, `nbf` (if any) not after `now`, and
-/// `audience` among `aud`.
+/// subject's trust domain, `exp` after `now` and at most [`DEFAULT_MAX_LIFETIME`]
+/// after `iat` (or `now`), `nbf` (if any) not after `now`, and `audience` among
+/// `aud`.
 pub fn verify_jwt_svid(
     token: &str,
     bundles: &impl BundleSource,
     audience: &str,
     now: u64,
+) -> Result<VerifiedJwtSvid, JwtSvidError> {
+    verify_jwt_svid_within(token, bundles, audience, now, DEFAULT_MAX_LIFETIME)
+}
+
+/// [`verify_jwt_svid`] with the longest lifetime accepted, in seconds.
+pub fn verify_jwt_svid_within(
+    token: &str,
+    bundles: &impl BundleSource,
+    audience: &str,
+    now: u64,
+    max_lifetime: u64,
 ) -> Result<VerifiedJwtSvid, JwtSvidError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtSvidError::TooLong { len: token.len() });
@@ -469,6 +495,16 @@ pub fn verify_jwt_svid(
     let expiry = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))? as u64;
     if expiry <= now {
         return Err(JwtSvidError::Expired { exp: expiry, now });
+    }
+    // Counted from issuance when the token says so (an `iat` in the future
+    // counts as now), else from now.
+    let issued = numeric_date(&claims, "iat")?.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
+    let lifetime = expiry - issued;
+    if lifetime > max_lifetime {
+        return Err(JwtSvidError::LifetimeTooLong {
+            lifetime,
+            max: max_lifetime,
+        });
     }
     if let Some(nbf) = numeric_date(&claims, "nbf")?.map(|nbf| nbf.ceil())
         && nbf > now as f64

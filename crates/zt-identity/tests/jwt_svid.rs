@@ -263,6 +263,44 @@ fn expired_token_is_rejected() -> TestResult {
 }
 
 #[test]
+fn tokens_that_live_too_long_are_rejected() -> TestResult {
+    let f = Fixture::new()?;
+    let max = zt_identity::jwt::DEFAULT_MAX_LIFETIME;
+    // Year 9999, with or without iat; a backdated iat only lengthens it.
+    let year_9999 = 253_402_300_799u64;
+    for patch in [
+        json!({ "exp": year_9999 }),
+        json!({ "exp": year_9999, "iat": null }),
+        json!({ "exp": NOW + max, "iat": NOW - 3600 }),
+        json!({ "exp": NOW + max + 1, "iat": null }),
+        // An iat in the future does not shorten the count.
+        json!({ "exp": NOW + max + 10, "iat": NOW + 3600 }),
+    ] {
+        assert!(
+            matches!(
+                f.claims_rejection(patch.clone())?,
+                JwtSvidError::LifetimeTooLong { max: m, .. } if m == max
+            ),
+            "{patch}"
+        );
+    }
+    // At the maximum it verifies; a tighter maximum is the caller's to set.
+    verify(
+        &f.token(json!({}), json!({ "exp": NOW + max, "iat": NOW }))?,
+        &f.bundle,
+    )?;
+    let five_minutes = f.token(json!({}), json!({}))?;
+    assert!(matches!(
+        zt_identity::jwt::verify_jwt_svid_within(&five_minutes, &f.bundle, AUDIENCE, NOW, 60),
+        Err(JwtSvidError::LifetimeTooLong {
+            lifetime: 310,
+            max: 60
+        })
+    ));
+    Ok(())
+}
+
+#[test]
 fn token_not_yet_valid_is_rejected() -> TestResult {
     let f = Fixture::new()?;
     assert_eq!(

@@ -944,6 +944,10 @@ struct SvidVerifyJwt {
     /// The audience this verifier identifies with.
     #[arg(long)]
     audience: String,
+    /// The longest lifetime accepted, from iat (or now) to exp: a correctly
+    /// signed token that lives longer is refused.
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    max_lifetime: Duration,
 }
 
 /// `zt proxy --mode`.

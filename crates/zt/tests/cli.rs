@@ -271,6 +271,41 @@ fn jwt_svids_verify_only_for_their_audience() -> TestResult {
     assert_failure(&verify(token, "b.jwks", "other", "")?, 1, &["audience \"other\""]);
     // A PEM bundle holds no JWT authority.
     assert_failure(&verify(token, "b.pem", "db", "")?, 1, &["no JWT authority"]);
+
+    // A token that lives longer than a day (a week here) is refused, though
+    // correctly signed; --max-lifetime sets the bound.
+    let long_lived = succeed(
+        &[
+            "ca",
+            "issue-jwt",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            "spiffe://example.org/client",
+            "--audience",
+            "db",
+            "--ttl",
+            "168h",
+        ],
+        dir,
+    )?;
+    assert_failure(
+        &verify(long_lived.trim(), "b.jwks", "db", "")?,
+        1,
+        &["lifetime", "over the maximum of 86400s"],
+    );
+    let args = [
+        "svid",
+        "verify-jwt",
+        token,
+        "--bundle",
+        "b.jwks",
+        "--audience",
+        "db",
+        "--max-lifetime",
+        "1m",
+    ];
+    assert_failure(&zt_with_stdin(&args, dir, b"")?, 1, &["over the maximum of 60s"]);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use rustls_pki_types::UnixTime;
 use serde_json::json;
 use zt_identity::x509::{self, CertificateSummary};
-use zt_identity::{Purpose, verify_jwt_svid, verify_x509_svid};
+use zt_identity::{Purpose, verify_x509_svid};
 
 use super::{load_bundle, now, read_input, timestamp};
 use crate::{Output, SvidInspect, SvidVerifyJwt};
@@ -130,7 +130,8 @@ pub fn verify_jwt(args: SvidVerifyJwt) -> anyhow::Result<ExitCode> {
         args.token.clone()
     };
     let bundle = load_bundle(&args.bundle)?.context("--bundle is required")?;
-    match verify_jwt_svid(&token, &bundle, &args.audience, now()) {
+    let max_lifetime = args.max_lifetime.as_secs();
+    match zt_identity::jwt::verify_jwt_svid_within(&token, &bundle, &args.audience, now(), max_lifetime) {
         Ok(svid) => {
             println!(
                 "valid JWT-SVID for {} (audience {:?}, expires {})",
