@@ -108,6 +108,10 @@ pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
                 line,
             };
             let at = |offset: usize| format!("{}:{}", source.name.display(), line + offset);
+            if let Some((offset, message)) = duplicate_key(chunk) {
+                problems.push(format!("{}: {message}", at(offset)));
+                continue;
+            }
             let document = match Document::deserialize(serde_yaml_ng::Deserializer::from_str(chunk)) {
                 Ok(document) => document,
                 Err(e) => {
@@ -173,6 +177,45 @@ fn documents(text: &str) -> Vec<(usize, &str)> {
         .collect()
 }
 
+/// A key repeated in one mapping, as the line offset (0-based, within the
+/// document) of its second occurrence and a message naming the first: the
+/// YAML parser reports where the mapping starts, which is seldom where the
+/// mistake is.
+fn duplicate_key(chunk: &str) -> Option<(usize, String)> {
+    let e = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(chunk).err()?;
+    let message = e.to_string();
+    let key = message
+        .split_once("duplicate entry with key ")?
+        .1
+        .split(" at line ")
+        .next()?;
+    let name = serde_json::from_str::<String>(key).unwrap_or_else(|_| key.to_owned());
+    let start = e.location()?;
+    let (line, column) = (start.line().checked_sub(1)?, start.column().checked_sub(1)?);
+    let mut seen = Vec::new();
+    for (index, text) in chunk.lines().enumerate().skip(line) {
+        let indent = text.len() - text.trim_start_matches([' ', '-']).len();
+        let blank = text.trim().is_empty() || text.trim_start().starts_with('#');
+        if index > line && !blank && indent < column {
+            break; // the mapping ended
+        }
+        let key_here = text
+            .get(column..)
+            .and_then(|rest| rest.strip_prefix(name.as_str()))
+            .is_some_and(|rest| rest.trim_start().starts_with(':'));
+        if key_here {
+            seen.push(index);
+        }
+    }
+    match seen[..] {
+        [first, second, ..] => Some((
+            second,
+            format!("duplicate key {name:?} (first at line {})", first + 1),
+        )),
+        _ => Some((line, format!("duplicate key {name:?} in this mapping"))),
+    }
+}
+
 /// The line offset (0-based, within the document) and the message of a YAML
 /// error, without serde_yaml's own "at line N column M".
 fn located(e: &serde_yaml_ng::Error) -> (usize, String) {
@@ -190,6 +233,24 @@ fn located(e: &serde_yaml_ng::Error) -> (usize, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_key_is_reported_where_it_is_repeated() {
+        let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"x\"]\n    to:\n    - operation:\n        paths: [\"/a\"]\nspec:\n  action: DENY\n";
+        assert_eq!(
+            duplicate_key(policy),
+            Some((13, "duplicate key \"spec\" (first at line 5)".to_owned()))
+        );
+        let nested = policy.replace(
+            "spec:\n  action: DENY\n",
+            "    to:\n    - operation:\n        paths: [\"/b\"]\n",
+        );
+        assert_eq!(
+            duplicate_key(&nested),
+            Some((13, "duplicate key \"to\" (first at line 11)".to_owned()))
+        );
+        assert_eq!(duplicate_key("a: 1\nb: 2\n"), None);
+    }
 
     #[test]
     fn documents_are_split_with_their_lines() {

@@ -375,7 +375,7 @@ async fn connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             metrics.refuse(handshake_failure(&e));
-            return Err(format!("TLS handshake: {e}"));
+            return Err(format!("TLS handshake: {}", zt_tls::handshake_error_text(&e)));
         }
         Err(_) => {
             metrics.refuse("timeout");

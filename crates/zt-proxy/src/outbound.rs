@@ -116,7 +116,11 @@ async fn relay(
             .await
             .map_err(|e| {
                 metrics.refuse_outbound("handshake");
-                format!("TLS handshake with {}: {e}", upstream.target)
+                format!(
+                    "TLS handshake with {}: {}",
+                    upstream.target,
+                    zt_tls::handshake_error_text(&e)
+                )
             })
     };
     let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)

@@ -247,8 +247,9 @@ async fn create_join_token(State(state): State<AdminState>, body: Bytes) -> ApiR
     let request: CreateJoinToken = json(&body)?;
     if request.ttl_secs == 0 || request.ttl_secs > MAX_JOIN_TOKEN_TTL {
         return Err(ApiError::bad_request(format!(
-            "ttl_secs {}: must be between 1 and {MAX_JOIN_TOKEN_TTL}",
-            request.ttl_secs
+            "ttl {}s is not between 1s and {MAX_JOIN_TOKEN_TTL}s ({}h)",
+            request.ttl_secs,
+            MAX_JOIN_TOKEN_TTL / 3600
         )));
     }
     let spiffe_id = request
@@ -301,8 +302,9 @@ async fn mint_x509_svid(
     }
     if request.ttl_secs == 0 || request.ttl_secs > MAX_MINT_TTL {
         return Err(ApiError::bad_request(format!(
-            "ttl_secs {}: must be between 1 and {MAX_MINT_TTL}",
-            request.ttl_secs
+            "ttl {}s is not between 1s and {MAX_MINT_TTL}s ({}h)",
+            request.ttl_secs,
+            MAX_MINT_TTL / 3600
         )));
     }
     let csr = base64::engine::general_purpose::STANDARD

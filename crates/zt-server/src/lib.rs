@@ -75,9 +75,11 @@ pub enum ServerError {
     /// Another server holds the data directory.
     #[error("{0}: another zt server is using this data directory")]
     Busy(PathBuf),
-    /// The HTTP listener could not bind.
-    #[error("--http {addr}: {source}")]
+    /// A listener could not bind, or failed.
+    #[error("{flag} {addr}: {source}")]
     Bind {
+        /// The flag that named it (`--http`, `--agent-api`).
+        flag: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -127,6 +129,7 @@ pub async fn run(
     let agent_listener = tokio::net::TcpListener::bind(config.agent_addr)
         .await
         .map_err(|source| ServerError::Bind {
+            flag: "--agent-api",
             addr: config.agent_addr,
             source,
         })?;
@@ -136,6 +139,7 @@ pub async fn run(
     let http_listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| ServerError::Bind {
+            flag: "--http",
             addr: config.http_addr,
             source,
         })?;
@@ -213,6 +217,7 @@ pub async fn run(
         source,
     })?;
     http_result.map_err(|source| ServerError::Bind {
+        flag: "--http",
         addr: config.http_addr,
         source,
     })

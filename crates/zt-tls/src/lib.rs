@@ -85,6 +85,23 @@ impl fmt::Display for UnexpectedPeer {
 
 impl std::error::Error for UnexpectedPeer {}
 
+/// A TLS failure as one readable line: rustls prints a reason of its own
+/// (`CertificateError::Other`) as a debug dump, so the reason's own message is
+/// used instead (`invalid peer certificate: peer spiffe://… is not an expected
+/// identity`). Takes the I/O error a handshake over tokio-rustls fails with.
+pub fn handshake_error_text(error: &std::io::Error) -> String {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(reason)))) => {
+            format!("invalid peer certificate: {reason}")
+        }
+        Some(tls) => tls.to_string(),
+        None => error.to_string(),
+    }
+}
+
 /// Verifies a peer's certificate as an X.509-SVID against the bundle of its trust
 /// domain, then its SPIFFE ID against `peers`. One type serves both ends: as a
 /// rustls client verifier (the peer is a TLS client) and as a server verifier (the

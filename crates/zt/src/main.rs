@@ -4,6 +4,41 @@
 
 #![forbid(unsafe_code)]
 
+/// Standard output that the reader closed (`zt status | head`, `zt up | tee`
+/// ended by Ctrl-C) is a normal end of output, as for any Unix tool: these
+/// shadow the standard macros, which panic then, for every module below.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// See [`println`].
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, $($arg)*).and_then(|()| out.flush());
+    }};
+}
+
+/// See [`println`]; a closed standard error loses the message, nothing more.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// See [`eprintln`].
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cmd;
 mod duration;
 
@@ -435,9 +470,10 @@ enum BundleCommand {
 
 #[derive(Args)]
 struct BundleShow {
-    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT keys).
-    #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
-    format: BundleFormat,
+    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT
+    /// keys; SPIRE: -format spiffe) [default: jwks with --output json, else pem].
+    #[arg(long, value_enum)]
+    format: Option<BundleFormat>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -895,9 +931,11 @@ struct CaBundle {
     out: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BundleFormat {
     Pem,
+    /// The SPIFFE bundle format (SPIRE: spiffe).
+    #[value(alias = "spiffe")]
     Jwks,
 }
 
@@ -972,22 +1010,38 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(spire_flags(std::env::args_os())) {
+    let args = match spire_flags(std::env::args_os()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("zt: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("zt: a subcommand is required (see --help)");
+            // A bare `zt` (or `zt entry`): the help, on stderr, and a usage error.
+            eprint!("{}", e.render());
             return ExitCode::from(2);
         }
         Err(e) if e.use_stderr() => {
-            // One line: clap's first paragraph (the error and what it names),
-            // without usage and hints.
-            let text = e.to_string();
-            let first: Vec<&str> = text
+            // One line: clap's first paragraph (the error and what it names) and
+            // its tip ("a similar argument exists: '--port-base'"), without usage.
+            let text = e.render().to_string();
+            let mut paragraphs = text.split("\n\n");
+            let mut line: Vec<&str> = paragraphs
+                .next()
+                .unwrap_or_default()
                 .lines()
-                .take_while(|line| !line.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            eprintln!("zt: {}", first.join(" ").trim_start_matches("error: "));
+            line.extend(
+                paragraphs
+                    .flat_map(str::lines)
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("tip:")),
+            );
+            eprintln!("zt: {}", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -1079,35 +1133,70 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("svid", "--svid"),
     ("write", "--write"),
     ("output", "--output"),
+    ("format", "--format"),
+];
+
+/// SPIRE flags of the commands zt mirrors that zt does not implement: refused
+/// with exit 2 rather than misread (`-federatesWith` as `-f -e -d …`).
+const SPIRE_FLAGS_UNSUPPORTED: &[(&str, &str)] = &[
+    ("federatesWith", "zt does not federate trust domains yet"),
+    ("downstream", "zt has no downstream (nested) servers yet"),
+    ("storeSVID", "zt has no SVIDStore plugins"),
+    (
+        "data",
+        "registration from a JSON file is not supported: run zt entry create per entry",
+    ),
+    (
+        "instance",
+        "zt serves one instance per admin socket: use --socket",
+    ),
 ];
 
 /// Rewrites SPIRE-style flags (`-spiffeID X`, `-spiffeID=X`) of `zt entry`,
-/// `zt agent`, `zt revoke` and `zt x509` to zt's, so that commands written for `spire-server` work as written.
-fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+/// `zt agent`, `zt revoke`, `zt bundle` and `zt x509` to zt's, so that commands
+/// written for `spire-server` work as written. A single-dash word that is no
+/// flag zt knows is an error naming it, never read as a bundle of short flags
+/// (`-hint` as `-h`, which would print the help and do nothing).
+fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
     let args: Vec<std::ffi::OsString> = args.collect();
     let applies = matches!(
         args.get(1).and_then(|a| a.to_str()),
-        Some("entry" | "agent" | "revoke" | "x509")
+        Some("entry" | "agent" | "revoke" | "x509" | "bundle")
     );
     if !applies {
-        return args;
+        return Ok(args);
     }
     args.into_iter()
         .map(|arg| {
-            let Some(text) = arg.to_str() else { return arg };
+            let Some(text) = arg.to_str() else { return Ok(arg) };
+            let single = !text.starts_with("--");
             let bare = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
-            let Some(bare) = bare else { return arg };
+            let Some(bare) = bare else { return Ok(arg) };
             let (name, value) = match bare.split_once('=') {
                 Some((name, value)) => (name, Some(value)),
                 None => (bare, None),
             };
-            match SPIRE_FLAGS.iter().find(|(spire, _)| *spire == name) {
-                Some((_, ours)) => match value {
+            if let Some((_, ours)) = SPIRE_FLAGS.iter().find(|(spire, _)| *spire == name) {
+                return Ok(match value {
                     Some(value) => format!("{ours}={value}").into(),
                     None => (*ours).into(),
-                },
-                None => arg,
+                });
             }
+            if let Some((_, why)) = SPIRE_FLAGS_UNSUPPORTED.iter().find(|(spire, _)| *spire == name) {
+                return Err(format!("-{name}: this SPIRE flag is not supported: {why}"));
+            }
+            let word = name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic());
+            if single && word {
+                return Err(format!(
+                    "-{name}: not a flag zt knows (SPIRE's single-dash flags that zt supports: {})",
+                    SPIRE_FLAGS
+                        .iter()
+                        .map(|(spire, _)| format!("-{spire}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            Ok(arg)
         })
         .collect()
 }
@@ -1141,19 +1230,33 @@ mod tests {
     #[test]
     fn spire_flags_become_ours() {
         let args = |line: &str| line.split(' ').map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let rewrite = |line: &str| spire_flags(args(line).into_iter());
         assert_eq!(
-            spire_flags(args("zt entry create -spiffeID spiffe://td/a -parentID=spiffe://td/n -selector k8s:ns:x -ttl 3600 -node").into_iter()),
-            args("zt entry create --spiffe-id spiffe://td/a --parent-id=spiffe://td/n --selector k8s:ns:x --ttl 3600 --node")
+            rewrite(
+                "zt entry create -spiffeID spiffe://td/a -parentID=spiffe://td/n -selector k8s:ns:x -ttl 3600 -node"
+            ),
+            Ok(args(
+                "zt entry create --spiffe-id spiffe://td/a --parent-id=spiffe://td/n --selector k8s:ns:x --ttl 3600 --node"
+            ))
         );
-        // Our own flags, values that look like flags' names, and other commands stay as they are.
-        assert_eq!(
-            spire_flags(args("zt entry show --spiffe-id x").into_iter()),
-            args("zt entry show --spiffe-id x")
-        );
-        assert_eq!(
-            spire_flags(args("zt ca issue -ttl 1h").into_iter()),
-            args("zt ca issue -ttl 1h")
-        );
+        // Our own flags, short flags, and other commands stay as they are.
+        for line in [
+            "zt entry show --spiffe-id x",
+            "zt entry show -h",
+            "zt ca issue -ttl 1h",
+        ] {
+            assert_eq!(rewrite(line), Ok(args(line)));
+        }
+        // A SPIRE flag zt lacks is an error that names it, never short flags.
+        for (line, flag) in [
+            ("zt entry create -spiffeID spiffe://td/a -hint web", "-hint"),
+            ("zt entry create -federatesWith spiffe://other", "-federatesWith"),
+            ("zt entry create -storeSVID", "-storeSVID"),
+            ("zt bundle show -frmat pem", "-frmat"),
+        ] {
+            let error = rewrite(line).unwrap_err();
+            assert!(error.starts_with(&format!("{flag}: ")), "{line}: {error}");
+        }
     }
 
     #[test]

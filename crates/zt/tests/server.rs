@@ -297,7 +297,7 @@ fn bad_input_is_refused_clearly() {
             ],
         ),
         1,
-        &["ttl_secs", "172800"],
+        &["ttl 172800s is not between 1s and 86400s (24h)"],
     );
 
     // No server behind the socket.
@@ -474,7 +474,7 @@ fn x509_mint_signs_for_a_local_key() {
     );
     refused(
         &["x509", "mint", "--spiffe-id", id, "--ttl", "48h"],
-        "ttl_secs 172800",
+        "ttl 172800s is not between 1s and 86400s (24h)",
     );
     refused(
         &["x509", "mint", "--spiffe-id", id, "--dns", "not a name"],
@@ -511,6 +511,26 @@ fn second_server_on_same_data_dir_is_refused() {
     assert!(server.socket().exists());
     assert_eq!(count(&server), 1);
     assert!(matches!(http_get(server.http, "/readyz"), Ok((200, _))));
+
+    // A port in use is named by the flag that chose it.
+    for (flag, taken) in [("--agent-api", server.agent_api), ("--http", server.http)] {
+        let free: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let (http, agent_api) = if flag == "--http" {
+            (taken, free)
+        } else {
+            (free, taken)
+        };
+        let other = tmp.path().join(format!("other{flag}"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(["server", "--trust-domain", "example.org", "--data-dir"])
+            .arg(&other)
+            .args(["--http", &http.to_string(), "--agent-api", &agent_api.to_string()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("{flag} {taken}: ")), "{flag}: {stderr}");
+    }
 }
 
 #[test]

@@ -136,9 +136,12 @@ pub fn create_token(args: TokenCreate) -> anyhow::Result<ExitCode> {
 
 /// `zt bundle show`.
 pub fn show_bundle(args: BundleShow) -> anyhow::Result<ExitCode> {
-    let format = match args.format {
-        BundleFormat::Pem => zt_server::api::BundleFormat::Pem,
-        BundleFormat::Jwks => zt_server::api::BundleFormat::Jwks,
+    let format = match (args.format, args.admin.output) {
+        (Some(BundleFormat::Pem), Output::Json) => {
+            anyhow::bail!("--format pem with --output json: JSON output is the SPIFFE bundle (--format jwks)")
+        }
+        (Some(BundleFormat::Pem), Output::Text) | (None, Output::Text) => zt_server::api::BundleFormat::Pem,
+        (Some(BundleFormat::Jwks), _) | (None, Output::Json) => zt_server::api::BundleFormat::Jwks,
     };
     print!("{}", super::admin_call(client(&args.admin).bundle(format))?);
     Ok(ExitCode::SUCCESS)
