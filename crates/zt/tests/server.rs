@@ -142,15 +142,6 @@ fn entry_lifecycle(server: &ServerProcess) {
     assert_eq!(show_json(server, &[]), vec![alias]);
 }
 
-/// A fresh PostgreSQL database (`None`: skipped, loudly, by the testkit).
-fn postgres_database(test: &str) -> Option<String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(zt_testkit::postgres_database(test))
-}
-
 #[test]
 fn sqlite_entry_lifecycle() {
     let tmp = tempfile::tempdir().unwrap();
