@@ -169,7 +169,9 @@ impl AuthorityManager {
             // A new trust domain: its first authority, active at once.
             None => {
                 let fresh = fresh()?;
-                store.take_authority_step(AuthorityStep::Bootstrap(&fresh), now).await?;
+                store
+                    .take_authority_step(AuthorityStep::Bootstrap(&fresh), now)
+                    .await?;
                 true
             }
             Some(active) if !prepared && past_fraction(active, now, 1, 2) => {

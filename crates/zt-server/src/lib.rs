@@ -176,12 +176,23 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     {
-        let (authorities, cache, agent_tls, stop) = (authorities.clone(), cache.clone(), agent_tls.clone(), stop_rx.clone());
-        tasks.spawn("authorities", stop_rx.clone(), move || authorities.clone().run(stop.clone()));
+        let (authorities, cache, agent_tls, stop) = (
+            authorities.clone(),
+            cache.clone(),
+            agent_tls.clone(),
+            stop_rx.clone(),
+        );
+        tasks.spawn("authorities", stop_rx.clone(), move || {
+            authorities.clone().run(stop.clone())
+        });
         let stop = stop_rx.clone();
-        tasks.spawn("entry_cache", stop_rx.clone(), move || cache.clone().follow(stop.clone()));
+        tasks.spawn("entry_cache", stop_rx.clone(), move || {
+            cache.clone().follow(stop.clone())
+        });
         let stop = stop_rx.clone();
-        tasks.spawn("server_svid", stop_rx.clone(), move || agent_tls.clone().maintain(stop.clone()));
+        tasks.spawn("server_svid", stop_rx.clone(), move || {
+            agent_tls.clone().maintain(stop.clone())
+        });
     }
     let api = agent_api::AgentApi {
         store: store.clone(),

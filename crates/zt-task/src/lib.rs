@@ -100,7 +100,12 @@ impl Tasks {
     /// ends before that (returns or panics): logged at error, counted, reported
     /// down, restarted after a backoff from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`].
     /// The task itself must end when `stop` turns true.
-    pub fn spawn<F, Fut>(&self, task: &'static str, mut stop: watch::Receiver<bool>, mut make: F) -> JoinHandle<()>
+    pub fn spawn<F, Fut>(
+        &self,
+        task: &'static str,
+        mut stop: watch::Receiver<bool>,
+        mut make: F,
+    ) -> JoinHandle<()>
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -149,8 +154,15 @@ impl Reporter {
     /// The task stopped working (`why`) and will try again after `retry_in`:
     /// logged at error, counted as a restart, and down until [`Reporter::restarted`].
     pub fn down(&self, why: &str, retry_in: Duration) {
-        tracing::error!(task = self.task, retry_in_ms = retry_in.as_millis(), "background task {why}: restarting it");
-        self.tasks.restarts.get_or_create(&TaskLabel { task: self.task }).inc();
+        tracing::error!(
+            task = self.task,
+            retry_in_ms = retry_in.as_millis(),
+            "background task {why}: restarting it"
+        );
+        self.tasks
+            .restarts
+            .get_or_create(&TaskLabel { task: self.task })
+            .inc();
         self.set_up(false);
     }
 
@@ -243,7 +255,10 @@ mod tests {
         tasks.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("zt_test_task_restarts_total{task=\"change_feed\"} 1"), "{text}");
+        assert!(
+            text.contains("zt_test_task_restarts_total{task=\"change_feed\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("zt_test_task_up{task=\"change_feed\"} 1"), "{text}");
     }
 }

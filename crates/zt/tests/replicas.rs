@@ -182,7 +182,10 @@ fn change_feed_recovers_when_postgres_drops_its_connection() {
     assert_eq!(sample(a.http, FEED_RESTARTS), Some(0.0));
 
     let admin = admin_url();
-    block_on(postgres_query(&admin, &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")));
+    block_on(postgres_query(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
+    ));
     let terminated = block_on(postgres_query(
         &admin,
         &format!(
@@ -193,14 +196,23 @@ fn change_feed_recovers_when_postgres_drops_its_connection() {
     assert_eq!(terminated, ["true", "true"], "one listener per server");
     let body = wait_readyz(&a, 503);
     assert!(body.contains("change_feed"), "{body}");
-    block_on(postgres_query(&admin, &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")));
+    block_on(postgres_query(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
+    ));
     wait_readyz(&a, 200);
     wait_readyz(&b, 200);
     for server in [&a, &b] {
-        assert_eq!(sample(server.http, FEED_RESTARTS), Some(1.0), "{}", server.stderr());
+        assert_eq!(
+            sample(server.http, FEED_RESTARTS),
+            Some(1.0),
+            "{}",
+            server.stderr()
+        );
     }
     assert!(
-        a.stderr().contains("background task lost its connection to PostgreSQL")
+        a.stderr()
+            .contains("background task lost its connection to PostgreSQL")
             || a.stderr().contains("background task failed"),
         "the outage is not logged:\n{}",
         a.stderr()
@@ -227,7 +239,11 @@ fn assert_one_rotation_outcome(url: &str, servers: &[&ServerProcess], dir: &Path
         url,
         "SELECT (COUNT(DISTINCT activation) = COUNT(*))::text FROM authorities",
     ));
-    assert_eq!(activations, ["true"], "two authorities with one activation number");
+    assert_eq!(
+        activations,
+        ["true"],
+        "two authorities with one activation number"
+    );
     let newest = block_on(postgres_query(
         url,
         "SELECT ca_cert_pem FROM authorities ORDER BY activation DESC LIMIT 1",
@@ -245,9 +261,15 @@ fn assert_one_rotation_outcome(url: &str, servers: &[&ServerProcess], dir: &Path
             "server {i} serves another bundle than server 0"
         );
         let chain = mint(server, &dir.join(format!("minted-{i}")));
-        assert!(verifies(&chain, &newest), "server {i} does not sign with the newest authority");
+        assert!(
+            verifies(&chain, &newest),
+            "server {i} does not sign with the newest authority"
+        );
         for (j, other) in bundles.iter().enumerate() {
-            assert!(verifies(&chain, other), "an SVID of server {i} fails against server {j}'s bundle");
+            assert!(
+                verifies(&chain, other),
+                "an SVID of server {i} fails against server {j}'s bundle"
+            );
         }
     }
 }
@@ -302,7 +324,10 @@ fn replicas_reaching_the_rotation_schedule_together_agree() {
         ));
         let (total, prepared) = counts[0].split_once(' ').unwrap();
         let (total, prepared): (u32, u32) = (total.parse().unwrap(), prepared.parse().unwrap());
-        assert!(total <= 2 && prepared <= 1, "{total} authorities, {prepared} prepared");
+        assert!(
+            total <= 2 && prepared <= 1,
+            "{total} authorities, {prepared} prepared"
+        );
         if total == 2 && prepared == 0 {
             break;
         }

@@ -729,19 +729,41 @@ fn servers_starting_together_on_postgres() {
         // One authority, decided in the database: every ready server serves the
         // same bundle, and an SVID minted through one verifies against another's.
         let bundles: Vec<String> = servers.iter().map(|s| ok(s, &["bundle", "show"])).collect();
-        assert_eq!(bundles[0].matches("BEGIN CERTIFICATE").count(), 1, "round {round}");
+        assert_eq!(
+            bundles[0].matches("BEGIN CERTIFICATE").count(),
+            1,
+            "round {round}"
+        );
         for (i, bundle) in bundles.iter().enumerate() {
-            assert_eq!(bundle, &bundles[0], "round {round}: server {i} serves another bundle");
+            assert_eq!(
+                bundle, &bundles[0],
+                "round {round}: server {i} serves another bundle"
+            );
         }
         let minted = tmp.path().join(format!("minted-{round}"));
         ok(
             &servers[0],
-            &["x509", "mint", "-spiffeID", "spiffe://example.org/w", "--ttl", "1m", "--write", minted.to_str().unwrap()],
+            &[
+                "x509",
+                "mint",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "--ttl",
+                "1m",
+                "--write",
+                minted.to_str().unwrap(),
+            ],
         );
-        let chain = zt_identity::x509::certificates_from_pem(&fs::read(minted.join("svid.pem")).unwrap()).unwrap();
+        let chain =
+            zt_identity::x509::certificates_from_pem(&fs::read(minted.join("svid.pem")).unwrap()).unwrap();
         let other = zt_identity::Bundle::parse(bundles[2].as_bytes(), None).unwrap();
-        zt_identity::verify_x509_svid(&chain, &other, rustls_pki_types::UnixTime::now(), Purpose::ServerAuth)
-            .unwrap_or_else(|e| panic!("round {round}: server 0's SVID against server 2's bundle: {e}"));
+        zt_identity::verify_x509_svid(
+            &chain,
+            &other,
+            rustls_pki_types::UnixTime::now(),
+            Purpose::ServerAuth,
+        )
+        .unwrap_or_else(|e| panic!("round {round}: server 0's SVID against server 2's bundle: {e}"));
     }
 }
 
@@ -1095,7 +1117,8 @@ fn ca_rotates_on_schedule() {
     let data_dir = dir.path().join("data");
     let mut server = ServerProcess::spawn_with(&data_dir, None, &["--ca-ttl", "12s"]);
     server.wait_ready();
-    let bundle = |server: &ServerProcess| Bundle::parse(ok(server, &["bundle", "show"]).as_bytes(), None).unwrap();
+    let bundle =
+        |server: &ServerProcess| Bundle::parse(ok(server, &["bundle", "show"]).as_bytes(), None).unwrap();
     let only = |authority: &rustls_pki_types::CertificateDer<'static>| {
         Bundle::parse(zt_identity::x509::to_pem(authority).as_bytes(), None).unwrap()
     };
@@ -1104,12 +1127,27 @@ fn ca_rotates_on_schedule() {
         let _ = fs::remove_dir_all(&minted);
         ok(
             &server,
-            &["x509", "mint", "-spiffeID", "spiffe://example.org/w", "--ttl", "1m", "--write", minted.to_str().unwrap()],
+            &[
+                "x509",
+                "mint",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "--ttl",
+                "1m",
+                "--write",
+                minted.to_str().unwrap(),
+            ],
         );
         zt_identity::x509::certificates_from_pem(&fs::read(minted.join("svid.pem")).unwrap()).unwrap()
     };
     let chains_to = |chain: &[rustls_pki_types::CertificateDer<'static>], bundle: &Bundle| {
-        zt_identity::verify_x509_svid(chain, bundle, rustls_pki_types::UnixTime::now(), Purpose::ServerAuth).is_ok()
+        zt_identity::verify_x509_svid(
+            chain,
+            bundle,
+            rustls_pki_types::UnixTime::now(),
+            Purpose::ServerAuth,
+        )
+        .is_ok()
     };
 
     let first = bundle(&server).x509_authorities().to_vec();
@@ -1127,7 +1165,10 @@ fn ca_rotates_on_schedule() {
             assert_eq!(authorities[0], first, "the first authority left the bundle");
             break authorities[1].clone();
         }
-        assert!(start.elapsed() < DEADLINE, "no authority prepared within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no authority prepared within {DEADLINE:?}"
+        );
         thread::sleep(POLL * 10);
     };
     loop {
@@ -1137,7 +1178,10 @@ fn ca_rotates_on_schedule() {
                 now() >= not_before + TTL * 5 / 6,
                 "the prepared authority was activated before five sixths of the active one's life"
             );
-            assert!(!chains_to(&chain, &only(&first)), "a new SVID chains to the old authority too");
+            assert!(
+                !chains_to(&chain, &only(&first)),
+                "a new SVID chains to the old authority too"
+            );
             break;
         }
         assert!(
