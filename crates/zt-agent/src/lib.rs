@@ -70,6 +70,9 @@ pub enum AgentError {
     /// Serving failed.
     #[error("workload API: {0}")]
     Serve(String),
+    /// The node loop (attestation, sync, signing) ended while the agent ran.
+    #[error("the node loop {0}")]
+    Node(String),
 }
 
 /// The ID `zt server` presents on its agent API in `trust_bundle`'s trust domain.
@@ -89,7 +92,29 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let stop = Arc::new(stop);
     let flushing = TaskTracker::new();
     let node = node::Node::new(config.node, config.trust_bundle, snapshots, link, stop_rx.clone())?;
-    let node = tokio::spawn(node.run());
+    // The node loop runs until `stop` by construction (every error is retried with
+    // backoff); should it end otherwise (a panic), the agent must not go on serving
+    // what it last had as if nothing happened: it stops, with an error.
+    let (node_failed, mut node_failure) = watch::channel(None::<String>);
+    let node = {
+        let node = tokio::spawn(node.run());
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let ended = node.await;
+            if !*stop_rx.borrow() {
+                let how = match ended {
+                    Ok(()) => "ended".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(
+                    task = "node",
+                    "the node loop {how} while the agent runs: stopping the agent"
+                );
+                node_failed.send_replace(Some(how));
+            }
+        })
+    };
+    let node_failed = node_failure.clone();
 
     let api = workload_api::WorkloadApi::new(
         snapshot_rx,
@@ -102,7 +127,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let stopping = {
         let stop = stop.clone();
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                _ = node_failure.wait_for(Option::is_some) => {}
+            }
             tracing::info!("stopping: ending Workload API streams");
             stop.send_replace(true);
         }
@@ -140,6 +168,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     stop.send_replace(true);
     let _ = node.await;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(how) = node_failed.borrow().clone() {
+        return Err(AgentError::Node(how));
+    }
     served.map_err(|e| AgentError::Serve(e.to_string()))
 }
 

@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// Authorization.
     #[error(transparent)]
     Authz(#[from] authz::AuthzError),
+    /// A listener ended while the proxy ran.
+    #[error("a listener ended while the proxy ran (see the log)")]
+    TaskEnded,
     /// A listener.
     #[error("{flag} {addr}: {source}")]
     Bind {
@@ -96,38 +99,62 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         inbound_config.authz.clone_from(&authorizer);
         let listener = bind(flag, addr).await?;
         tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, "serving inbound mTLS");
-        tasks.push(tokio::spawn(inbound::serve(
-            listener,
-            identity.clone(),
-            inbound_config,
-            config.versions,
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
+        tasks.push((
+            "inbound",
+            tokio::spawn(inbound::serve(
+                listener,
+                identity.clone(),
+                inbound_config,
+                config.versions,
+                metrics.clone(),
+                stop_rx.clone(),
+            )),
+        ));
     }
     for upstream in config.outbound {
         let listener = bind("--upstream", upstream.listen).await?;
         tracing::info!(listen = %upstream.listen, target = %upstream.target, expect = %upstream.expect, "serving outbound");
-        tasks.push(tokio::spawn(outbound::serve(
-            listener,
-            upstream,
-            identity.clone(),
-            config.versions,
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
+        tasks.push((
+            "outbound",
+            tokio::spawn(outbound::serve(
+                listener,
+                upstream,
+                identity.clone(),
+                config.versions,
+                metrics.clone(),
+                stop_rx.clone(),
+            )),
+        ));
     }
-    tasks.push(tokio::spawn(admin::serve(
-        admin_listener,
-        identity,
-        metrics,
-        stop_rx,
-    )));
+    tasks.push((
+        "admin",
+        tokio::spawn(admin::serve(admin_listener, identity, metrics, stop_rx)),
+    ));
     tracing::info!(admin = %config.admin, "zt proxy started");
-    shutdown.await;
+    // Listeners run until `stop`; one that ends before (a panic) stops the proxy
+    // with an error rather than leaving it half-serving.
+    let mut tasks: tokio::task::JoinSet<(&str, String)> = tasks
+        .into_iter()
+        .map(|(name, task)| async move {
+            let how = match task.await {
+                Ok(()) => "ended".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            (name, how)
+        })
+        .collect();
+    let ended = tokio::select! {
+        () = shutdown => false,
+        Some(ended) = tasks.join_next() => {
+            let (task, how) = ended.unwrap_or(("listener", "was lost".to_owned()));
+            tracing::error!(task, "a listener {how} while the proxy runs: stopping the proxy");
+            true
+        }
+    };
     stop.send_replace(true);
-    for task in tasks {
-        let _ = task.await;
+    while tasks.join_next().await.is_some() {}
+    if ended {
+        return Err(ProxyError::TaskEnded);
     }
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! is in the bundle), and activated at five sixths. Both stay in the bundle while
 //! they overlap, so no SVID fails validation across a rotation.
 //!
-//! Every server on the datastore runs this; the datastore's conditional writes make
-//! them agree on one prepared and one active authority.
+//! Every server on the datastore runs this; each step is decided in the datastore
+//! under one lock (`Store::take_authority_step`), so servers starting or rotating
+//! together agree on one prepared and one active authority.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zt_ca::{Authority, KeyType};
 use zt_identity::{Bundle, TrustDomain};
-use zt_store::{Store, StoreError, StoredAuthority};
+use zt_store::{AuthorityStep, Store, StoreError, StoredAuthority};
 
 use crate::now;
 
@@ -24,6 +25,8 @@ pub struct Authorities {
     pub bundle: Bundle,
     /// The authorities of the bundle, each able to sign a revocation list for what it issued.
     pub all: Vec<Authority>,
+    /// What this was built from: each stored authority's ID and activation number.
+    schedule: Vec<(String, Option<u64>)>,
 }
 
 /// Why the authorities could not be loaded or rotated.
@@ -102,13 +105,33 @@ impl AuthorityManager {
         Ok(())
     }
 
-    /// Forces a rotation now: prepares a next authority if there is none and activates it.
-    /// The previous one stays in the bundle until it expires.
+    /// Forces a rotation now: activates the prepared authority, or a new one if none
+    /// is prepared. The previous one stays in the bundle until it expires. Servers
+    /// asked at the same time rotate once: each rotates away from the authority it
+    /// saw active, and only the first finds it still active.
     pub async fn rotate_now(&self) -> Result<(), AuthorityError> {
         let now = now();
-        let id = activate_prepared(&self.store, &self.trust_domain, self.ca_ttl, self.key_type, now).await?;
-        tracing::info!(target: "zt::audit", authority = %id, "CA rotated on request");
+        let stored = self.store.authorities(now).await?;
+        let active = latest_active(&stored).ok_or(AuthorityError::NoneActive)?;
+        let fresh = generate(&self.trust_domain, self.ca_ttl, self.key_type, now)?;
+        let step = AuthorityStep::Rotate {
+            active: &active.id,
+            fresh: &fresh,
+        };
+        if self.store.take_authority_step(step, now).await? {
+            tracing::info!(target: "zt::audit", from = %active.id, "CA rotated on request");
+        } else {
+            tracing::info!(target: "zt::audit", from = %active.id, "CA rotation requested: another server rotated first");
+        }
         self.tick().await
+    }
+
+    /// Whether the authorities served are those stored now (none added, activated
+    /// or removed since the last read): readiness asks, so that a server reports
+    /// ready only while it serves the same bundle as every other.
+    pub async fn is_current(&self) -> Result<bool, AuthorityError> {
+        let stored = self.store.authorities(now()).await?;
+        Ok(schedule(&stored) == self.current().schedule)
     }
 
     /// Keeps the authorities current until `stop`: on every datastore change and at
@@ -117,13 +140,14 @@ impl AuthorityManager {
         let period = (self.ca_ttl / 100).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let mut changes = self.store.watch_changes();
         loop {
+            // First at once: a change between `start` and subscribing was not seen.
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "authority rotation check failed");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = changes.changed() => {}
                 _ = stop.wait_for(|stop| *stop) => return,
-            }
-            if let Err(e) = self.tick().await {
-                tracing::error!(error = %e, "authority rotation check failed");
             }
         }
     }
@@ -137,37 +161,36 @@ impl AuthorityManager {
         now: u64,
     ) -> Result<Authorities, AuthorityError> {
         let mut stored = store.authorities(now).await?;
-        let active = latest_active(&stored).cloned();
-        let prepared = stored.iter().find(|a| a.activated_at.is_none()).cloned();
-        let step = match (&active, &prepared) {
-            // A new trust domain: its first authority is prepared and activated at once.
-            (None, _) => Some(
-                activate_prepared(store, trust_domain, ca_ttl, key_type, now)
-                    .await
-                    .map(drop),
-            ),
-            (Some(active), None) if past_fraction(active, now, 1, 2) => {
-                let fresh = generate(trust_domain, ca_ttl, key_type, now)?;
-                Some(
-                    store
-                        .prepare_authority(&fresh, now)
-                        .await
-                        .map(drop)
-                        .map_err(Into::into),
-                )
-            }
-            (Some(active), Some(prepared)) if past_fraction(active, now, 5, 6) => Some(
+        let fresh = || generate(trust_domain, ca_ttl, key_type, now);
+        let prepared = stored.iter().any(|a| a.activated_at.is_none());
+        // Each step is decided in the datastore, against what is stored then: whether
+        // this server takes it or another one did first, read what is there after.
+        let due = match latest_active(&stored) {
+            // A new trust domain: its first authority, active at once.
+            None => {
+                let fresh = fresh()?;
                 store
-                    .activate_authority(&prepared.id, now)
-                    .await
-                    .map(drop)
-                    .map_err(Into::into),
-            ),
-            _ => None,
+                    .take_authority_step(AuthorityStep::Bootstrap(&fresh), now)
+                    .await?;
+                true
+            }
+            Some(active) if !prepared && past_fraction(active, now, 1, 2) => {
+                let fresh = fresh()?;
+                let step = AuthorityStep::Prepare {
+                    active: &active.id,
+                    fresh: &fresh,
+                };
+                store.take_authority_step(step, now).await?;
+                true
+            }
+            Some(active) if prepared && past_fraction(active, now, 5, 6) => {
+                let step = AuthorityStep::Activate { active: &active.id };
+                store.take_authority_step(step, now).await?;
+                true
+            }
+            Some(_) => false,
         };
-        // Whether this server took the step or another one did first, read what is there now.
-        if let Some(step) = step {
-            step?;
+        if due {
             stored = store.authorities(now).await?;
         }
         store.purge_expired_authorities(now).await?;
@@ -191,40 +214,19 @@ impl AuthorityManager {
         }
         bundle.set_sequence(store.latest_change().await?);
         bundle.set_refresh_hint(ca_ttl.as_secs().clamp(10, 300));
-        Ok(Authorities { active, bundle, all })
+        Ok(Authorities {
+            active,
+            bundle,
+            all,
+            schedule: schedule(&stored),
+        })
     }
 }
 
-/// Activates the prepared authority, preparing one first if there is none. Servers
-/// racing here all end with the same one active: preparing inserts only when nothing
-/// is prepared, so whoever loses activates the winner's. Returns its ID.
-async fn activate_prepared(
-    store: &Store,
-    trust_domain: &TrustDomain,
-    ca_ttl: Duration,
-    key_type: KeyType,
-    now: u64,
-) -> Result<String, AuthorityError> {
-    let prepared = |stored: Vec<StoredAuthority>| stored.into_iter().find(|a| a.activated_at.is_none());
-    let id = match prepared(store.authorities(now).await?) {
-        Some(existing) => existing.id,
-        None => {
-            store
-                .prepare_authority(&generate(trust_domain, ca_ttl, key_type, now)?, now)
-                .await?;
-            match prepared(store.authorities(now).await?) {
-                Some(winner) => winner.id,
-                // Prepared and already activated by another server: nothing left to do.
-                None => {
-                    return latest_active(&store.authorities(now).await?)
-                        .map(|a| a.id.clone())
-                        .ok_or(AuthorityError::NoneActive);
-                }
-            }
-        }
-    };
-    store.activate_authority(&id, now).await?;
-    Ok(id)
+/// Each stored authority's ID and activation number: what decides the bundle and
+/// the signer.
+fn schedule(stored: &[StoredAuthority]) -> Vec<(String, Option<u64>)> {
+    stored.iter().map(|a| (a.id.clone(), a.activation)).collect()
 }
 
 /// The most recently activated authority.

@@ -109,8 +109,11 @@ pub async fn run(
         Some(url) => url.clone(),
         None => config.data_dir.join(SQLITE_FILE).to_string_lossy().into_owned(),
     };
-    let store = Store::open(&location).await?;
-    let metrics = Arc::new(metrics::Metrics::new());
+    // Every long-lived task reports here: restarts are counted in
+    // `zt_server_task_restarts_total` and a task that is down makes `/readyz` fail.
+    let tasks = zt_task::Tasks::new();
+    let store = Store::open_supervised(&location, &tasks).await?;
+    let metrics = Arc::new(metrics::Metrics::new(&tasks));
     let authorities = authority::AuthorityManager::start(
         store.clone(),
         config.trust_domain.clone(),
@@ -162,17 +165,39 @@ pub async fn run(
         authorities: authorities.clone(),
         cache: cache.clone(),
     });
+    let health = metrics::router(metrics::HealthState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+        authorities: authorities.clone(),
+    });
     let health = match config.pdp {
-        Some(pdp) => metrics::router(store.clone(), metrics.clone()).merge(pdp.router()),
-        None => metrics::router(store.clone(), metrics.clone()),
+        Some(pdp) => health.merge(pdp.router()),
+        None => health,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    tokio::spawn(authorities.clone().run(stop_rx.clone()));
-    tokio::spawn(cache.clone().follow(stop_rx.clone()));
-    tokio::spawn(agent_tls.clone().maintain(stop_rx.clone()));
+    {
+        let (authorities, cache, agent_tls, stop) = (
+            authorities.clone(),
+            cache.clone(),
+            agent_tls.clone(),
+            stop_rx.clone(),
+        );
+        tasks.spawn("authorities", stop_rx.clone(), move || {
+            authorities.clone().run(stop.clone())
+        });
+        let stop = stop_rx.clone();
+        tasks.spawn("entry_cache", stop_rx.clone(), move || {
+            cache.clone().follow(stop.clone())
+        });
+        let stop = stop_rx.clone();
+        tasks.spawn("server_svid", stop_rx.clone(), move || {
+            agent_tls.clone().maintain(stop.clone())
+        });
+    }
     let api = agent_api::AgentApi {
         store: store.clone(),
         cache,

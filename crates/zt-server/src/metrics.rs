@@ -14,6 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use zt_store::Store;
 
+use crate::authority::AuthorityManager;
+
 /// Every metric of the server, registered under `zt_server_`.
 pub struct Metrics {
     registry: Registry,
@@ -30,9 +32,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
+    /// Creates and registers every metric, with those of the background `tasks`.
+    pub fn new(tasks: &zt_task::Tasks) -> Self {
         let mut registry = Registry::with_prefix("zt_server");
+        tasks.register(&mut registry);
         let entries = Gauge::default();
         let agents = Gauge::default();
         let datastore_errors = Counter::default();
@@ -62,34 +65,46 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
+/// What the health endpoints look at.
 #[derive(Clone)]
-struct HealthState {
-    store: Store,
-    metrics: Arc<Metrics>,
+pub(crate) struct HealthState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub tasks: zt_task::Tasks,
+    pub authorities: Arc<AuthorityManager>,
 }
 
-/// `/healthz` (the process answers), `/readyz` (the datastore answers) and `/metrics`.
-pub(crate) fn router(store: Store, metrics: Arc<Metrics>) -> Router {
+/// `/healthz` (the process answers), `/readyz` (see [`ready`]) and `/metrics`.
+pub(crate) fn router(state: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(scrape))
-        .with_state(HealthState { store, metrics })
+        .with_state(state)
 }
 
+/// Ready when the datastore answers, every background task runs (the change feed
+/// included: a server that cannot hear the others' changes is not ready), and the
+/// authorities served are those stored — re-read first if they are not, so that
+/// every ready replica serves the same bundle.
 async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
-    match state.store.count_entries().await {
-        Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => {
-            state.metrics.datastore_errors.inc();
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
-        }
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
+    if let Err(e) = state.store.count_entries().await {
+        state.metrics.datastore_errors.inc();
+        return unavailable(e.to_string());
+    }
+    let down = state.tasks.down();
+    if !down.is_empty() {
+        return unavailable(format!("background task down: {}", down.join(", ")));
+    }
+    let current = match state.authorities.is_current().await {
+        Ok(true) => Ok(()),
+        Ok(false) => state.authorities.tick().await,
+        Err(e) => Err(e),
+    };
+    match current {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => unavailable(format!("signing authorities: {e}")),
     }
 }
 

@@ -16,17 +16,21 @@ mod migrate;
 mod policies;
 mod revocations;
 
+use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AnyPool, Row as _};
 use tokio::sync::watch;
 use zt_identity::SpiffeId;
+use zt_task::{Reporter, Tasks};
 
 pub use agents::Agent;
-pub use authorities::StoredAuthority;
+pub use authorities::{AuthorityStep, StoredAuthority};
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
@@ -175,6 +179,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     changed: watch::Sender<()>,
+    /// The change-feed listener (PostgreSQL only), ended with the last handle.
+    feed: Option<Arc<FeedTask>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -187,6 +193,12 @@ impl Store {
     /// Opens (creating if needed) the datastore at `location` — a SQLite file path
     /// (or `sqlite://path`) or a `postgres://` URL — and migrates its schema.
     pub async fn open(location: &str) -> Result<Self, StoreError> {
+        Self::open_supervised(location, &Tasks::new()).await
+    }
+
+    /// Like [`Store::open`], with the change-feed listener's outages (PostgreSQL)
+    /// reported in `tasks` as [`FEED_TASK`].
+    pub async fn open_supervised(location: &str, tasks: &Tasks) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if location.starts_with("postgres://") || location.starts_with("postgresql://") {
             (Backend::Postgres, location.to_owned())
@@ -223,13 +235,14 @@ impl Store {
         migrate::run(&mut conn, backend).await?;
         drop(conn);
         let (changed, _) = watch::channel(());
-        let store = Self {
+        let mut store = Self {
             pool,
             backend,
             changed,
+            feed: None,
         };
         if backend == Backend::Postgres {
-            store.listen_for_changes(url).await?;
+            store.listen_for_changes(url, tasks.reporter(FEED_TASK)).await?;
         }
         Ok(store)
     }
@@ -535,30 +548,78 @@ impl Store {
         Ok(())
     }
 
-    /// Starts the task that turns other servers' NOTIFYs into local wake-ups.
-    async fn listen_for_changes(&self, url: String) -> Result<(), StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-        listener.listen(CHANNEL).await?;
+    /// Starts the task that turns every server's NOTIFYs (this one's included) into
+    /// local wake-ups. It runs as long as a handle on this store exists: it never
+    /// ends on its own, whoever is subscribed or not. A lost connection is reported
+    /// through `feed` (readiness red, a restart counted) and replaced, with backoff.
+    async fn listen_for_changes(&mut self, url: String, feed: Reporter) -> Result<(), StoreError> {
+        let listener = connect_listener(&url).await?;
         let changed = self.changed.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.try_recv().await {
-                    // A notification, or a lost connection that will be re-established
-                    // on the next call and may have dropped some: either way, re-read.
-                    Ok(_) => {
-                        changed.send_replace(());
-                    }
-                    Err(_) => {
-                        changed.send_replace(());
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                if changed.is_closed() {
-                    break;
+        let task = tokio::spawn(follow_notifications(listener, url, changed, feed));
+        self.feed = Some(Arc::new(FeedTask(task.abort_handle())));
+        Ok(())
+    }
+}
+
+/// The change-feed listener's `application_name`, by which operators (and tests)
+/// find its connection in `pg_stat_activity`.
+pub const FEED_APPLICATION_NAME: &str = "zt-change-feed";
+
+/// The name the change-feed listener reports under (`task_restarts_total{task=…}`).
+pub const FEED_TASK: &str = "change_feed";
+
+/// Ends the listener when the last handle on the store is gone.
+struct FeedTask(tokio::task::AbortHandle);
+
+impl Drop for FeedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A listener on [`CHANNEL`] on a connection of its own. It does not reconnect
+/// by itself: [`follow_notifications`] replaces it, so that an outage is seen.
+async fn connect_listener(url: &str) -> Result<PgListener, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name(FEED_APPLICATION_NAME);
+    let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Wakes the store's watchers on every notification, forever. When the connection
+/// is lost, notifications may have been missed: the feed is reported down until a
+/// new listener is connected, and the watchers are woken to re-read the feed then.
+async fn follow_notifications(
+    mut listener: PgListener,
+    url: String,
+    changed: watch::Sender<()>,
+    feed: Reporter,
+) {
+    loop {
+        let lost = match listener.try_recv().await {
+            Ok(Some(_)) => {
+                changed.send_replace(());
+                continue;
+            }
+            Ok(None) => "lost its connection to PostgreSQL".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let mut backoff = zt_task::FIRST_BACKOFF;
+        feed.down(&lost, backoff);
+        listener = loop {
+            tokio::time::sleep(backoff).await;
+            match connect_listener(&url).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    backoff = (backoff * 2).min(zt_task::MAX_BACKOFF);
+                    tracing::error!(task = FEED_TASK, error = %e, retry_in_ms = backoff.as_millis(), "change feed: reconnecting failed");
                 }
             }
-        });
-        Ok(())
+        };
+        feed.restarted();
+        changed.send_replace(());
     }
 }
 

@@ -147,6 +147,27 @@ pub async fn postgres_database(test: &str) -> Option<String> {
     Some(format!("{server}/{name}{suffix}"))
 }
 
+/// Runs `sql` on the PostgreSQL database at `url` and returns the first column
+/// of its rows as text (`NULL` as empty): for tests that look at, or disturb,
+/// what zt servers do in their database.
+pub async fn postgres_query(url: &str, sql: &str) -> Vec<String> {
+    use sqlx::{Connection as _, Row as _};
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let rows = sqlx::query(sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .map(|row| {
+            row.try_get::<Option<String>, _>(0)
+                .unwrap_or_else(|e| panic!("{sql}: the first column is not text: {e}"))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Drops the databases of earlier test processes that have exited.
 async fn drop_leftovers(admin: &mut sqlx::PgConnection) {
     let names: Vec<(String,)> =

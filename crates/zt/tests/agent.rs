@@ -29,13 +29,6 @@ use zt_testkit::describe;
 
 const AGENT_ID: &str = "spiffe://example.org/agent/node-1";
 
-/// This process's effective uid, as the kernel reports it.
-fn my_uid() -> u32 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

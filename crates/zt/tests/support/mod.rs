@@ -24,6 +24,36 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// The trust domain every test server is the authority of.
 pub const TRUST_DOMAIN: &str = "example.org";
 
+/// This process's effective uid, as the kernel reports it (for `unix:uid:` selectors).
+pub fn my_uid() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// A fresh PostgreSQL database (`None`: skipped, loudly, by the testkit).
+pub fn postgres_database(test: &str) -> Option<String> {
+    block_on(zt_testkit::postgres_database(test))
+}
+
+/// Runs `future` to completion on a runtime of its own (for synchronous tests).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The value of the Prometheus sample `sample` (name and labels, as exposed) on
+/// `addr`'s `/metrics`; `None` when there is no such sample.
+pub fn sample(addr: SocketAddr, sample: &str) -> Option<f64> {
+    let (status, text) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -408,6 +438,11 @@ impl AgentProcess {
     /// Polls `zt agent api fetch x509 --output json` until it lists exactly
     /// `ids` (sorted), and returns the SVIDs it printed.
     pub fn wait_for_x509(&self, ids: &[&str]) -> Vec<Value> {
+        self.wait_for_x509_within(ids, DEADLINE)
+    }
+
+    /// Like [`AgentProcess::wait_for_x509`], failing after `deadline`.
+    pub fn wait_for_x509_within(&self, ids: &[&str], deadline: Duration) -> Vec<Value> {
         let start = Instant::now();
         loop {
             let out = self.api(&["fetch", "x509", "--output", "json"]);
@@ -420,8 +455,8 @@ impl AgentProcess {
                 }
             }
             assert!(
-                start.elapsed() < DEADLINE,
-                "the agent never served {ids:?}; last answer: {}\n{}",
+                start.elapsed() < deadline,
+                "the agent did not serve {ids:?} within {deadline:?}; last answer: {}\n{}",
                 describe(&out),
                 self.stderr()
             );
