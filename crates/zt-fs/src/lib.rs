@@ -56,11 +56,11 @@ pub enum FsError {
         expected: &'static str,
     },
     /// A path that someone other than root or this user could swap.
-    #[error("{path}: {reason}")]
+    #[error("{reason}")]
     Untrusted {
         /// The directory or entry at fault.
         path: PathBuf,
-        /// Why, with its owner or mode.
+        /// Why, naming `path` with its owner or mode.
         reason: String,
     },
 }

@@ -67,7 +67,10 @@ pub fn check_path(path: &Path, owners: Owners) -> Result<(), FsError> {
         let entry = dir.join(&name);
         let meta = match fs::symlink_metadata(&entry) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && pending.is_empty() => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && pending.is_empty() => {
+                // Not made yet: the directory it will be made in must keep it.
+                return check_writers(&dir, &dir_meta, &entry).map(|_| ());
+            }
             Err(source) => return Err(FsError::Io { path: entry, source }),
         };
         check_entry(&dir, &dir_meta, &entry, &meta, &mut trusted, owners)?;
@@ -75,8 +78,8 @@ pub fn check_path(path: &Path, owners: Owners) -> Result<(), FsError> {
             links += 1;
             if links > MAX_LINKS {
                 return Err(FsError::Untrusted {
+                    reason: format!("{} has more than {MAX_LINKS} symbolic links", absolute.display()),
                     path: absolute,
-                    reason: format!("more than {MAX_LINKS} symbolic links"),
                 });
             }
             let target = fs::read_link(&entry).map_err(|source| FsError::Io {
@@ -126,10 +129,32 @@ fn check_root(meta: &fs::Metadata, trusted: &[u32]) -> Result<(), FsError> {
     if !trusted.contains(&meta.uid()) || meta.mode() & 0o022 != 0 {
         return Err(FsError::Untrusted {
             path: PathBuf::from("/"),
-            reason: format!("owned by uid {} with mode {:o}", meta.uid(), meta.mode() & 0o7777),
+            reason: format!("/ is owned by uid {} with mode {:o}", meta.uid(), meta.mode() & 0o7777),
         });
     }
     Ok(())
+}
+
+/// Refuses `dir` if users other than its owner may write to it and it is not
+/// sticky; returns whether it is shared (sticky and writable by others), where
+/// only entries of trusted users are safe.
+fn check_writers(dir: &Path, dir_meta: &fs::Metadata, entry: &Path) -> Result<bool, FsError> {
+    let dir_mode = dir_meta.mode() & 0o7777;
+    if dir_mode & 0o022 == 0 {
+        return Ok(false);
+    }
+    if dir_mode & STICKY == 0 {
+        return Err(FsError::Untrusted {
+            path: dir.to_owned(),
+            reason: format!(
+                "{} is writable by {} (mode {dir_mode:o}) and not sticky, so anyone could replace {} in it",
+                dir.display(),
+                if dir_mode & 0o002 != 0 { "others" } else { "its group" },
+                entry.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        });
+    }
+    Ok(true)
 }
 
 /// `entry` (with `meta`, from lstat) in the checked directory `dir`.
@@ -151,24 +176,15 @@ fn check_entry(
     } else {
         "entry"
     };
-    if dir_mode & 0o022 != 0 {
-        if dir_mode & STICKY == 0 {
-            return Err(FsError::Untrusted {
-                path: dir.to_owned(),
-                reason: format!(
-                    "writable by {} (mode {dir_mode:o}) and not sticky: anyone there could replace {}",
-                    if dir_mode & 0o002 != 0 { "others" } else { "its group" },
-                    entry.display()
-                ),
-            });
-        }
+    if check_writers(dir, dir_meta, entry)? {
         // Sticky: only the entry's owner (or the directory's, or root) can
         // rename it, so it is safe if that owner is trusted — never granted.
         if !trusted.contains(&uid) {
             return Err(FsError::Untrusted {
                 path: entry.to_owned(),
                 reason: format!(
-                    "a {kind} owned by uid {uid}, not root or this user (uid {own}), in the shared directory {} (mode {dir_mode:o})",
+                    "{} is a {kind} owned by uid {uid}, not root or this user (uid {own}), in the shared directory {} (mode {dir_mode:o})",
+                    entry.display(),
                     dir.display()
                 ),
             });
@@ -185,7 +201,8 @@ fn check_entry(
     Err(FsError::Untrusted {
         path: entry.to_owned(),
         reason: format!(
-            "a {kind} owned by uid {uid} (mode {:o}), not root or this user (uid {own})",
+            "{} is a {kind} owned by uid {uid} (mode {:o}), not root or this user (uid {own})",
+            entry.display(),
             meta.mode() & 0o7777
         ),
     })
@@ -230,12 +247,23 @@ mod tests {
             assert_eq!(
                 refusal(&sock, Owners::GrantedByRoot),
                 format!(
-                    "{}: writable by {who} (mode {mode:o}) and not sticky: anyone there could replace {}",
+                    "{} is writable by {who} (mode {mode:o}) and not sticky, so anyone could replace public in it",
                     shared.display(),
-                    shared.join("public").display()
                 )
             );
         }
+        // The socket itself not made yet, in a directory anyone may write.
+        chmod(&shared.join("public"), 0o777)?;
+        chmod(&shared, 0o755)?;
+        assert!(
+            refusal(&sock, Owners::RootAndSelf)
+                .starts_with(&format!("{} is writable by others (mode 777)", shared.join("public").display())),
+            "{}",
+            refusal(&sock, Owners::RootAndSelf)
+        );
+        chmod(&shared.join("public"), 0o1777)?;
+        check_path(&sock, Owners::RootAndSelf)?;
+        chmod(&shared.join("public"), 0o755)?;
         // Sticky, with an entry of ours under it: safe.
         chmod(&shared, 0o1777)?;
         check_path(&sock, Owners::RootAndSelf)?;
@@ -260,7 +288,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "{}: a directory owned by uid 65534, not root or this user (uid 0), in the shared directory {} (mode 1777)",
+                "{} is a directory owned by uid 65534, not root or this user (uid 0), in the shared directory {} (mode 1777)",
                 planted.display(),
                 sticky.display()
             )
@@ -273,7 +301,7 @@ mod tests {
         check_path(&link.join("api.sock"), Owners::RootAndSelf)?;
         std::os::unix::fs::lchown(&link, Some(65534), None)?;
         let err = refusal(&link.join("api.sock"), Owners::GrantedByRoot);
-        assert!(err.starts_with(&format!("{}: a symbolic link owned by uid 65534", link.display())), "{err}");
+        assert!(err.starts_with(&format!("{} is a symbolic link owned by uid 65534", link.display())), "{err}");
 
         // A directory root gave another user, in a directory only root writes:
         // trusted by a client, not by the process that serves the path.
@@ -283,13 +311,13 @@ mod tests {
         std::os::unix::fs::chown(granted.join("public"), Some(65534), None)?;
         check_path(&granted.join("public/api.sock"), Owners::GrantedByRoot)?;
         let err = refusal(&granted.join("public/api.sock"), Owners::RootAndSelf);
-        assert!(err.starts_with(&format!("{}: a directory owned by uid 65534", granted.display())), "{err}");
+        assert!(err.starts_with(&format!("{} is a directory owned by uid 65534", granted.display())), "{err}");
         // Not granted below a directory of another (non-root) user.
         let nested = granted.join("public").join("other");
         fs::create_dir(&nested)?;
         std::os::unix::fs::chown(&nested, Some(65533), None)?;
         let err = refusal(&nested.join("api.sock"), Owners::GrantedByRoot);
-        assert!(err.starts_with(&format!("{}: a directory owned by uid 65533", nested.display())), "{err}");
+        assert!(err.starts_with(&format!("{} is a directory owned by uid 65533", nested.display())), "{err}");
         Ok(())
     }
 
