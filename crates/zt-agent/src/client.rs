@@ -93,7 +93,8 @@ pub fn endpoint(flag: Option<PathBuf>) -> Result<PathBuf, String> {
 /// root gave the directory to (the agent's) could have swapped; the error
 /// names the directory or entry at fault.
 pub fn check_socket(path: &Path) -> Result<(), String> {
-    zt_fs::check_path(path, zt_fs::Owners::GrantedByRoot).map_err(|e| format!("not trusting this socket: {e}"))
+    zt_fs::check_path(path, zt_fs::Owners::GrantedByRoot)
+        .map_err(|e| format!("not trusting this socket: {e}"))
 }
 
 fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -113,7 +114,8 @@ impl WorkloadClient {
         let connector = tower::service_fn(move |_| {
             let path = path.clone();
             async move {
-                check_socket(&path).map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+                check_socket(&path)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
                 Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
             }
         });

@@ -250,7 +250,11 @@ mod tests {
         .unwrap_or_default();
         assert!(err.starts_with(&missing_dir.display().to_string()), "{err}");
         assert_eq!(fs::read_to_string(&good)?, "old");
-        assert_eq!(fs::read_dir(tmp.path())?.count(), 1, "temporary files are cleaned up");
+        assert_eq!(
+            fs::read_dir(tmp.path())?.count(),
+            1,
+            "temporary files are cleaned up"
+        );
         Ok(())
     }
 
@@ -269,14 +273,20 @@ mod tests {
 
         let file = tmp.path().join("file");
         fs::write(&file, "")?;
-        assert!(matches!(private_dir(&file), Err(FsError::Io { .. } | FsError::Kind { .. })));
+        assert!(matches!(
+            private_dir(&file),
+            Err(FsError::Io { .. } | FsError::Kind { .. })
+        ));
 
         if euid()? == 0 {
             let theirs = tmp.path().join("theirs");
             fs::create_dir(&theirs)?;
             fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755))?;
             std::os::unix::fs::chown(&theirs, Some(65534), None)?;
-            let err = private_dir(&theirs).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = private_dir(&theirs)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert_eq!(
                 err,
                 format!(

@@ -129,7 +129,11 @@ fn check_root(meta: &fs::Metadata, trusted: &[u32]) -> Result<(), FsError> {
     if !trusted.contains(&meta.uid()) || meta.mode() & 0o022 != 0 {
         return Err(FsError::Untrusted {
             path: PathBuf::from("/"),
-            reason: format!("/ is owned by uid {} with mode {:o}", meta.uid(), meta.mode() & 0o7777),
+            reason: format!(
+                "/ is owned by uid {} with mode {:o}",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
         });
     }
     Ok(())
@@ -149,7 +153,11 @@ fn check_writers(dir: &Path, dir_meta: &fs::Metadata, entry: &Path) -> Result<bo
             reason: format!(
                 "{} is writable by {} (mode {dir_mode:o}) and not sticky, so anyone could replace {} in it",
                 dir.display(),
-                if dir_mode & 0o002 != 0 { "others" } else { "its group" },
+                if dir_mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
                 entry.file_name().unwrap_or_default().to_string_lossy()
             ),
         });
@@ -218,7 +226,10 @@ mod tests {
     }
 
     fn refusal(path: &Path, owners: Owners) -> String {
-        check_path(path, owners).err().map(|e| e.to_string()).unwrap_or_default()
+        check_path(path, owners)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -232,7 +243,10 @@ mod tests {
         assert!(err.contains("nope") && err.contains("No such file"), "{err}");
         // `..` and relative links stay inside what was checked.
         symlink("../public", tmp.path().join("public").join("up"))?;
-        check_path(&tmp.path().join("public/up/../public/./api.sock"), Owners::RootAndSelf)?;
+        check_path(
+            &tmp.path().join("public/up/../public/./api.sock"),
+            Owners::RootAndSelf,
+        )?;
         Ok(())
     }
 
@@ -256,8 +270,10 @@ mod tests {
         chmod(&shared.join("public"), 0o777)?;
         chmod(&shared, 0o755)?;
         assert!(
-            refusal(&sock, Owners::RootAndSelf)
-                .starts_with(&format!("{} is writable by others (mode 777)", shared.join("public").display())),
+            refusal(&sock, Owners::RootAndSelf).starts_with(&format!(
+                "{} is writable by others (mode 777)",
+                shared.join("public").display()
+            )),
             "{}",
             refusal(&sock, Owners::RootAndSelf)
         );
@@ -301,7 +317,13 @@ mod tests {
         check_path(&link.join("api.sock"), Owners::RootAndSelf)?;
         std::os::unix::fs::lchown(&link, Some(65534), None)?;
         let err = refusal(&link.join("api.sock"), Owners::GrantedByRoot);
-        assert!(err.starts_with(&format!("{} is a symbolic link owned by uid 65534", link.display())), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "{} is a symbolic link owned by uid 65534",
+                link.display()
+            )),
+            "{err}"
+        );
 
         // A directory root gave another user, in a directory only root writes:
         // trusted by a client, not by the process that serves the path.
@@ -311,13 +333,22 @@ mod tests {
         std::os::unix::fs::chown(granted.join("public"), Some(65534), None)?;
         check_path(&granted.join("public/api.sock"), Owners::GrantedByRoot)?;
         let err = refusal(&granted.join("public/api.sock"), Owners::RootAndSelf);
-        assert!(err.starts_with(&format!("{} is a directory owned by uid 65534", granted.display())), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "{} is a directory owned by uid 65534",
+                granted.display()
+            )),
+            "{err}"
+        );
         // Not granted below a directory of another (non-root) user.
         let nested = granted.join("public").join("other");
         fs::create_dir(&nested)?;
         std::os::unix::fs::chown(&nested, Some(65533), None)?;
         let err = refusal(&nested.join("api.sock"), Owners::GrantedByRoot);
-        assert!(err.starts_with(&format!("{} is a directory owned by uid 65533", nested.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{} is a directory owned by uid 65533", nested.display())),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -132,9 +132,7 @@ fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
         StoreError::Location(_)
         | StoreError::File(_)
         | StoreError::SchemaTooNew { .. }
-        | StoreError::Corrupt { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError(status, e.to_string())
 }

@@ -234,7 +234,10 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
     let lock_path = dir.join(LOCK_FILE);
     let file = zt_fs::open_private(
         &lock_path,
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
     )?;
     match file.try_lock() {
         Ok(()) => Ok(file),

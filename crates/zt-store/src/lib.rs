@@ -191,7 +191,10 @@ impl std::fmt::Debug for Store {
 /// that the journals SQLite makes later, which copy the database's mode, are
 /// 0600 too; tightens a file or journal left looser by an older zt.
 fn private_sqlite_files(path: &Path) -> Result<(), zt_fs::FsError> {
-    zt_fs::open_private(path, std::fs::OpenOptions::new().read(true).write(true).create(true))?;
+    zt_fs::open_private(
+        path,
+        std::fs::OpenOptions::new().read(true).write(true).create(true),
+    )?;
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut journal = path.as_os_str().to_owned();
         journal.push(suffix);

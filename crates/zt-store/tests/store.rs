@@ -418,7 +418,10 @@ async fn bad_locations_are_refused() {
     assert!(matches!(err, StoreError::Location(_)), "{err}");
     let err = Store::open("/no/such/dir/zt.db").await.unwrap_err();
     assert!(matches!(err, StoreError::File(_)), "{err}");
-    assert!(err.to_string().starts_with("datastore /no/such/dir/zt.db: "), "{err}");
+    assert!(
+        err.to_string().starts_with("datastore /no/such/dir/zt.db: "),
+        "{err}"
+    );
 }
 
 /// The SQLite file and the journals SQLite makes beside it are 0600 whatever

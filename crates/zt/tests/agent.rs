@@ -828,7 +828,13 @@ fn the_agent_refuses_a_socket_path_others_could_swap() {
     fs::write(&bundle, ok(&mesh.server, &["bundle", "show"])).unwrap();
     let agent_on = |socket: &Path| {
         Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["agent", "--server", &mesh.server.agent_api.to_string(), "--join-token", "x"])
+            .args([
+                "agent",
+                "--server",
+                &mesh.server.agent_api.to_string(),
+                "--join-token",
+                "x",
+            ])
             .arg("--trust-bundle")
             .arg(&bundle)
             .arg("--socket")
@@ -848,7 +854,10 @@ fn the_agent_refuses_a_socket_path_others_could_swap() {
         assert_failure(
             &agent_on(&socket),
             1,
-            &[&format!("{} is writable by {who} (mode {mode:o}) and not sticky", ancestor.display())],
+            &[&format!(
+                "{} is writable by {who} (mode {mode:o}) and not sticky",
+                ancestor.display()
+            )],
         );
         assert!(!socket.exists(), "nothing was bound");
     }
@@ -883,9 +892,14 @@ fn clients_refuse_a_socket_path_others_could_swap() {
     let layout = mesh.agent.dir.parent().unwrap().to_owned();
 
     // The address forms SPIFFE_ENDPOINT_SOCKET takes, on --socket too.
-    for form in [format!("unix://{}", socket.display()), format!("unix:{}", socket.display())] {
+    for form in [
+        format!("unix://{}", socket.display()),
+        format!("unix:{}", socket.display()),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["agent", "api", "fetch", "x509", "--output", "json", "--socket", &form])
+            .args([
+                "agent", "api", "fetch", "x509", "--output", "json", "--socket", &form,
+            ])
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
             .stdin(Stdio::null())
             .output()
@@ -904,18 +918,33 @@ fn clients_refuse_a_socket_path_others_could_swap() {
             1,
             &[
                 &socket.display().to_string(),
-                &format!("{} is writable by others (mode 777) and not sticky", layout.display()),
+                &format!(
+                    "{} is writable by others (mode 777) and not sticky",
+                    layout.display()
+                ),
             ],
         );
     }
     // zt proxy refuses to start on it.
     let proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
-        .args(["proxy", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:1", "--allow-spiffe-id", me])
+        .args([
+            "proxy",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+            "--allow-spiffe-id",
+            me,
+        ])
         .env("SPIFFE_ENDPOINT_SOCKET", mesh.agent.endpoint())
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_failure(&proxy, 1, &[&format!("{} is writable by others (mode 777)", layout.display())]);
+    assert_failure(
+        &proxy,
+        1,
+        &[&format!("{} is writable by others (mode 777)", layout.display())],
+    );
 
     // Sticky, like /tmp, with the agent's directory ours: trusted.
     chmod(&layout, 0o1777);
@@ -931,7 +960,10 @@ fn clients_refuse_a_socket_path_others_could_swap() {
     assert_failure(
         &fetch_from_endpoint(&through_link),
         1,
-        &[&format!("{} is a symbolic link owned by uid 65534", link.display())],
+        &[&format!(
+            "{} is a symbolic link owned by uid 65534",
+            link.display()
+        )],
     );
 }
 

@@ -1232,7 +1232,15 @@ fn data_dir_and_admin_socket_are_private_under_umask_000() {
         let http = format!("127.0.0.1:{}", free_port());
         let agent_api = format!("127.0.0.1:{}", free_port());
         zt_testkit::under_umask_000(zt_path)
-            .args(["server", "--trust-domain", TRUST_DOMAIN, "--http", &http, "--agent-api", &agent_api])
+            .args([
+                "server",
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--http",
+                &http,
+                "--agent-api",
+                &agent_api,
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("ZT_ADMIN_SOCKET")
@@ -1248,11 +1256,24 @@ fn data_dir_and_admin_socket_are_private_under_umask_000() {
     // Ready once a join token (a write, so the WAL and SHM files exist) is made.
     loop {
         assert!(child.try_wait().unwrap().is_none(), "zt server exited");
-        let out = zt_at(&socket, &["agent", "token", "create", "--spiffe-id", "spiffe://example.org/a"]);
+        let out = zt_at(
+            &socket,
+            &[
+                "agent",
+                "token",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+        );
         if out.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "zt server not ready: {}", describe(&out));
+        assert!(
+            Instant::now() < deadline,
+            "zt server not ready: {}",
+            describe(&out)
+        );
         thread::sleep(POLL);
     }
     let modes: Vec<(String, u32)> = [
@@ -1285,12 +1306,19 @@ fn data_dir_and_admin_socket_are_private_under_umask_000() {
     fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
     let out = serve(&theirs).wait_with_output().unwrap();
-    let needle = format!("{}: owned by uid 65534 (mode 755), not by this user", theirs.display());
+    let needle = format!(
+        "{}: owned by uid 65534 (mode 755), not by this user",
+        theirs.display()
+    );
     assert!(
         out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(&needle),
         "{}",
         describe(&out)
     );
     assert_eq!(mode_of(&theirs), 0o755);
-    assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "nothing was made in it");
+    assert_eq!(
+        fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing was made in it"
+    );
 }

@@ -698,7 +698,16 @@ fn zt_up_keeps_secrets_private_under_umask_000() {
     for sub in ["server", "agent/data", "clients/service-one", "decisions", "logs"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    for sub in ["", "server", "agent", "agent/data", "clients", "clients/service-one", "decisions", "logs"] {
+    for sub in [
+        "",
+        "server",
+        "agent",
+        "agent/data",
+        "clients",
+        "clients/service-one",
+        "decisions",
+        "logs",
+    ] {
         std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let base = free_port_base();
@@ -732,7 +741,18 @@ fn zt_up_keeps_secrets_private_under_umask_000() {
     );
 
     let mut expected: Vec<(PathBuf, u32)> = vec![(minted.clone(), 0o700), (minted.join("key.pem"), 0o600)];
-    for sub in ["", "server", "agent", "agent/data", "bin", "clients", "clients/service-one", "clients/service-two", "decisions", "logs"] {
+    for sub in [
+        "",
+        "server",
+        "agent",
+        "agent/data",
+        "bin",
+        "clients",
+        "clients/service-one",
+        "clients/service-two",
+        "decisions",
+        "logs",
+    ] {
         expected.push((dir.join(sub), 0o700));
     }
     for file in [

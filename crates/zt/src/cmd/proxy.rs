@@ -27,7 +27,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key), Some(bundle)) => IdentitySource::Files { cert, key, bundle },
         _ => IdentitySource::WorkloadApi(workload_api.clone()),
     };
-    if matches!(identity, IdentitySource::WorkloadApi(_)) || (args.policy_dir.is_none() && args.policies_from_agent) {
+    if matches!(identity, IdentitySource::WorkloadApi(_))
+        || (args.policy_dir.is_none() && args.policies_from_agent)
+    {
         // Refused now, with the directory at fault; checked again before every connection.
         zt_agent::client::check_socket(&workload_api)
             .map_err(|e| anyhow::anyhow!("{}: {e}", workload_api.display()))?;

@@ -203,7 +203,10 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
     let path = layout.lock();
     let file = zt_fs::open_private(
         &path,
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
     )?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
