@@ -261,4 +261,32 @@ mod tests {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn socket_flag_takes_a_path_or_an_endpoint() {
+        for (flag, path) in [
+            ("/run/a.sock", "/run/a.sock"),
+            ("rel/a.sock", "rel/a.sock"),
+            ("unix:///run/a.sock", "/run/a.sock"),
+            ("unix:/run/a.sock", "/run/a.sock"),
+        ] {
+            assert_eq!(parse_socket(flag).unwrap(), PathBuf::from(path), "{flag}");
+        }
+        for bad in ["", "unix:a.sock", "unix://host/a"] {
+            assert!(parse_socket(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn default_socket_is_not_a_fixed_name_under_tmp() {
+        let socket = crate::default_socket();
+        let data = crate::default_data_dir();
+        if zt_fs::euid().unwrap() == 0 {
+            assert_eq!(socket, PathBuf::from("/run/zt-agent/public/api.sock"));
+            assert_eq!(data, PathBuf::from("/var/lib/zt-agent"));
+        } else {
+            assert!(!socket.starts_with("/tmp/zt-agent/"), "{}", socket.display());
+            assert_eq!(socket.parent().unwrap().parent(), data.parent());
+        }
+    }
 }
