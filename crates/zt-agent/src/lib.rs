@@ -52,8 +52,8 @@ enum Home {
     /// The user's own runtime directory (`$XDG_RUNTIME_DIR`, made 0700 for
     /// them at login): `$XDG_RUNTIME_DIR/zt-agent`.
     Runtime(PathBuf),
-    /// Else `/tmp/zt-agent-$UID`, made 0700 by the agent and refused if someone
-    /// else made it first.
+    /// Else `/tmp/zt-agent-$UID`, made by the agent (0700, with the default data
+    /// dir in it) and refused if someone else made it first.
     Tmp(PathBuf),
 }
 
