@@ -185,19 +185,6 @@ impl UnixAttestor {
     }
 }
 
-/// This process's effective uid.
-pub fn own_uid() -> Result<u32, AttestError> {
-    let path = Path::new("/proc/self/status");
-    let status = read_proc(path)?;
-    status_ids(&status, "Uid:")
-        .get(1)
-        .copied()
-        .ok_or_else(|| AttestError::Proc {
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no Uid line"),
-        })
-}
-
 fn read_proc(path: &Path) -> Result<String, AttestError> {
     fs::read_to_string(path).map_err(|source| AttestError::Proc {
         path: path.to_owned(),

@@ -57,6 +57,46 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
+/// A socket given on the command line: a path, or the forms
+/// `SPIFFE_ENDPOINT_SOCKET` takes (`unix:///path`, `unix:/path`).
+pub fn parse_socket(value: &str) -> Result<PathBuf, String> {
+    if value.starts_with("unix:") {
+        return socket_path(value);
+    }
+    if value.is_empty() {
+        return Err("expected a socket path or unix:///path/to/socket".into());
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// The Workload API socket a client talks to: `flag` if given, else
+/// `SPIFFE_ENDPOINT_SOCKET`, else a root agent's socket if there is one, else
+/// the socket an agent run by this user would serve by default.
+pub fn endpoint(flag: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(path) = flag {
+        return Ok(path);
+    }
+    if let Some(value) = std::env::var_os(ENDPOINT_ENV) {
+        let value = value
+            .into_string()
+            .map_err(|v| format!("{ENDPOINT_ENV}: {v:?}: not UTF-8"))?;
+        return socket_path(&value).map_err(|e| format!("{ENDPOINT_ENV}: {e}"));
+    }
+    let system = Path::new(crate::SYSTEM_SOCKET);
+    if system.exists() {
+        return Ok(system.to_owned());
+    }
+    Ok(crate::default_socket())
+}
+
+/// Refuses a socket path that someone other than root, this user or a user
+/// root gave the directory to (the agent's) could have swapped; the error
+/// names the directory or entry at fault.
+pub fn check_socket(path: &Path) -> Result<(), String> {
+    zt_fs::check_path(path, zt_fs::Owners::GrantedByRoot)
+        .map_err(|e| format!("not trusting this socket: {e}"))
+}
+
 fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
     request
         .metadata_mut()
@@ -65,12 +105,19 @@ fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
 }
 
 impl WorkloadClient {
-    /// A client of the socket at `path` (connected lazily, and again after failures).
+    /// A client of the socket at `path` (connected lazily, and again after
+    /// failures). The path is checked now and before every connection: every
+    /// directory on the way must be one no untrusted user can change.
     pub fn new(path: &Path) -> Result<Self, String> {
+        check_socket(path)?;
         let path = path.to_owned();
         let connector = tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move {
+                check_socket(&path)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+                Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+            }
         });
         let channel = Endpoint::from_static("http://workload-api").connect_with_connector_lazy(connector);
         let interceptor: fn(Request<()>) -> Result<Request<()>, Status> = security_header;
@@ -212,6 +259,34 @@ mod tests {
             "unix:///a?x=1",
         ] {
             assert!(socket_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_flag_takes_a_path_or_an_endpoint() {
+        for (flag, path) in [
+            ("/run/a.sock", "/run/a.sock"),
+            ("rel/a.sock", "rel/a.sock"),
+            ("unix:///run/a.sock", "/run/a.sock"),
+            ("unix:/run/a.sock", "/run/a.sock"),
+        ] {
+            assert_eq!(parse_socket(flag).unwrap(), PathBuf::from(path), "{flag}");
+        }
+        for bad in ["", "unix:a.sock", "unix://host/a"] {
+            assert!(parse_socket(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn default_socket_is_not_a_fixed_name_under_tmp() {
+        let socket = crate::default_socket();
+        let data = crate::default_data_dir();
+        if zt_fs::euid().unwrap() == 0 {
+            assert_eq!(socket, PathBuf::from("/run/zt-agent/public/api.sock"));
+            assert_eq!(data, PathBuf::from("/var/lib/zt-agent"));
+        } else {
+            assert!(!socket.starts_with("/tmp/zt-agent/"), "{}", socket.display());
+            assert_eq!(socket.parent().unwrap().parent(), data.parent());
         }
     }
 }

@@ -36,12 +36,56 @@ use zt_identity::{Bundle, SpiffeId};
 
 pub use node::NodeConfig;
 
-/// The conventional Workload API socket.
-pub const DEFAULT_SOCKET: &str = "/tmp/zt-agent/public/api.sock";
 /// How long calls in flight may take to finish once the agent stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// The conventional data directory of the agent.
-pub const DEFAULT_DATA_DIR: &str = "/tmp/zt-agent/data";
+/// The Workload API socket of an agent run by root.
+pub const SYSTEM_SOCKET: &str = "/run/zt-agent/public/api.sock";
+/// The data directory of an agent run by root.
+const SYSTEM_DATA_DIR: &str = "/var/lib/zt-agent";
+
+/// Where an agent keeps its socket and data when not told: somewhere no other
+/// user can have made first (unlike a fixed name under /tmp, which anyone can
+/// create before the agent and then swap the socket in).
+enum Home {
+    /// root: `/run/zt-agent` and `/var/lib/zt-agent`.
+    System,
+    /// The user's own runtime directory (`$XDG_RUNTIME_DIR`, made 0700 for
+    /// them at login): `$XDG_RUNTIME_DIR/zt-agent`.
+    Runtime(PathBuf),
+    /// Else `/tmp/zt-agent-$UID`, made by the agent (0700, with the default data
+    /// dir in it) and refused if someone else made it first.
+    Tmp(PathBuf),
+}
+
+fn home() -> Home {
+    let uid = zt_fs::euid().unwrap_or(u32::MAX);
+    if uid == 0 {
+        return Home::System;
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => Home::Runtime(dir.join("zt-agent")),
+        _ => Home::Tmp(PathBuf::from(format!("/tmp/zt-agent-{uid}"))),
+    }
+}
+
+/// The agent's default Workload API socket: `/run/zt-agent/public/api.sock`
+/// for root, else `$XDG_RUNTIME_DIR/zt-agent/public/api.sock`, else
+/// `/tmp/zt-agent-$UID/public/api.sock`.
+pub fn default_socket() -> PathBuf {
+    match home() {
+        Home::System => PathBuf::from(SYSTEM_SOCKET),
+        Home::Runtime(dir) | Home::Tmp(dir) => dir.join("public").join("api.sock"),
+    }
+}
+
+/// The agent's default data directory: `/var/lib/zt-agent` for root, else
+/// `$XDG_RUNTIME_DIR/zt-agent/data`, else `/tmp/zt-agent-$UID/data`.
+pub fn default_data_dir() -> PathBuf {
+    match home() {
+        Home::System => PathBuf::from(SYSTEM_DATA_DIR),
+        Home::Runtime(dir) | Home::Tmp(dir) => dir.join("data"),
+    }
+}
 
 /// How `zt agent` runs.
 pub struct AgentConfig {
@@ -191,16 +235,24 @@ fn incoming(
 }
 
 /// Binds the socket, replacing a stale one, and lets every local user connect:
-/// who gets what is decided by attestation, not by file permissions.
+/// who gets what is decided by attestation, not by file permissions. Missing
+/// directories are made 0755 (workloads of other users must reach the socket);
+/// every directory from `/` down must be one no one but root and the agent's
+/// user can change, or someone else could swap the socket for their own.
 fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    use std::os::unix::fs::DirBuilderExt as _;
     let fail = |reason: String| AgentError::Socket {
         path: path.to_owned(),
         reason,
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating its directory: {e}")))?;
-        check_socket_dir(parent).map_err(fail)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| fail(format!("creating its directory: {e}")))?;
     }
+    zt_fs::check_path(path, zt_fs::Owners::RootAndSelf).map_err(|e| fail(e.to_string()))?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -217,37 +269,15 @@ fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     Ok(listener)
 }
 
-/// The socket's directory must be the agent's and not writable by others: in a
-/// shared place like /tmp, someone else could otherwise have made it first and
-/// swap the socket for their own.
-fn check_socket_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if meta.file_type().is_symlink() {
-        return Err(format!("its directory {} is a symbolic link", dir.display()));
-    }
-    let own = attest::own_uid().map_err(|e| e.to_string())?;
-    if meta.uid() != own {
-        return Err(format!(
-            "its directory {} belongs to uid {}, not to the agent (uid {own})",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "its directory {} is writable by others (mode {:o})",
-            dir.display(),
-            meta.mode() & 0o777
-        ));
-    }
-    Ok(())
-}
-
+/// The data directory holds the agent's key: 0700 (an existing one of the
+/// agent's user is tightened, another user's refused), on a path no one else
+/// can swap.
 fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| AgentError::DataDir(format!("{}: {e}", dir.display())))
+    let fail = |e: zt_fs::FsError| AgentError::DataDir(e.to_string());
+    if let Some(old) = zt_fs::private_dir(dir).map_err(fail)? {
+        tracing::warn!(dir = %dir.display(), old_mode = format!("{old:o}"), "data directory was open to others: now 0700");
+    }
+    zt_fs::check_path(dir, zt_fs::Owners::RootAndSelf).map_err(fail)
 }
 
 /// Completes when `stop` turns true (or its sender is gone).

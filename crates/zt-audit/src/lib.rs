@@ -104,6 +104,9 @@ fn hex(bytes: &[u8]) -> String {
 /// Why a log could not be used or does not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// Creating or opening the log: its mode or owner.
+    #[error(transparent)]
+    Fs(#[from] zt_fs::FsError),
     /// Reading or writing the file.
     #[error("{path}: {source}")]
     Io {
@@ -272,14 +275,9 @@ impl Writer {
                 hash: GENESIS.to_owned(),
             }
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| AuditError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+        // A record of who did what: 0600 whatever the umask, and an existing
+        // log of this user's left readable by others is tightened.
+        let file = zt_fs::open_private(path, OpenOptions::new().create(true).append(true))?;
         Ok(Self {
             path: path.to_owned(),
             file,

@@ -1,9 +1,7 @@
 //! A CA kept in a directory: `ca.crt`, `ca.key` and `jwt.key`, keys readable by
 //! the owner only, every file written whole or not at all.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::KeyPair;
@@ -18,10 +16,7 @@ pub const CA_KEY_FILE: &str = "ca.key";
 /// The JWT-SVID signing key, PKCS#8 PEM, mode 0600.
 pub const JWT_KEY_FILE: &str = "jwt.key";
 
-/// Mode of files holding private keys.
-pub const PRIVATE_MODE: u32 = 0o600;
-/// Mode of files holding public material.
-pub const PUBLIC_MODE: u32 = 0o644;
+pub use zt_fs::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
 
 /// Why a CA directory could not be written or read; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +29,9 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// Writing a file, or a directory that is not this user's alone.
+    #[error(transparent)]
+    Fs(#[from] zt_fs::FsError),
     /// `init` without `force` on a directory that already holds a CA.
     #[error("{0}: a CA already exists here (use --force to replace it)")]
     Exists(PathBuf),
@@ -55,8 +53,9 @@ pub enum StoreError {
     },
 }
 
-/// Writes `authority` into `dir`, creating it (mode 0700) if needed. Refuses to
-/// replace an existing CA unless `force`.
+/// Writes `authority` into `dir`, creating it (mode 0700) if needed, or
+/// tightening one of this user's to 0700. Refuses to replace an existing CA
+/// unless `force`.
 pub fn save(dir: &Path, authority: &Authority, force: bool) -> Result<(), StoreError> {
     if !force {
         for name in [CA_CERT_FILE, CA_KEY_FILE, JWT_KEY_FILE] {
@@ -66,15 +65,8 @@ pub fn save(dir: &Path, authority: &Authority, force: bool) -> Result<(), StoreE
             }
         }
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-    write_atomically(&[
+    zt_fs::private_dir(dir)?;
+    Ok(write_atomically(&[
         (
             dir.join(CA_CERT_FILE),
             x509::to_pem(authority.certificate()).into_bytes(),
@@ -90,7 +82,7 @@ pub fn save(dir: &Path, authority: &Authority, force: bool) -> Result<(), StoreE
             authority.jwt_key_pem().into_bytes(),
             PRIVATE_MODE,
         ),
-    ])
+    ])?)
 }
 
 /// Loads the CA kept in `dir`.
@@ -110,63 +102,6 @@ pub fn load(dir: &Path) -> Result<Authority, StoreError> {
         };
         StoreError::Ca { path, source }
     })
-}
-
-/// Writes every `(path, contents, mode)` so that each file is either its old self
-/// or entirely new: temporary files first, synced, then renamed over the targets.
-pub fn write_atomically(files: &[(PathBuf, Vec<u8>, u32)]) -> Result<(), StoreError> {
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
-    let result = files.iter().try_for_each(|(path, contents, mode)| {
-        let temp = temp_path(path);
-        temps.push(temp.clone());
-        // Errors name the file the caller asked for, not the temporary one.
-        write_synced(&temp, contents, *mode).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })
-    });
-    if let Err(e) = result {
-        for temp in &temps {
-            let _ = fs::remove_file(temp);
-        }
-        return Err(e);
-    }
-    for ((path, _, _), temp) in files.iter().zip(&temps) {
-        fs::rename(temp, path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    for dir in files.iter().filter_map(|(path, _, _)| path.parent()) {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        // Make the renames durable; a directory that cannot be opened is not an error here.
-        if let Ok(handle) = fs::File::open(dir) {
-            let _ = handle.sync_all();
-        }
-    }
-    Ok(())
-}
-
-fn write_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -263,26 +198,6 @@ mod tests {
         fs::copy(other.join(CA_CERT_FILE), tmp.path().join(CA_CERT_FILE))?;
         let err = load(tmp.path()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("jwt.key") && err.contains("No such file"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn failed_write_leaves_targets_untouched() -> Result<(), Box<dyn std::error::Error>> {
-        let tmp = tempfile::tempdir()?;
-        let good = tmp.path().join("a.crt");
-        fs::write(&good, "old")?;
-        let missing_dir = tmp.path().join("no-such-dir").join("b.key");
-        let result = write_atomically(&[
-            (good.clone(), b"new".to_vec(), PUBLIC_MODE),
-            (missing_dir, b"k".to_vec(), PRIVATE_MODE),
-        ]);
-        assert!(result.is_err());
-        assert_eq!(fs::read_to_string(&good)?, "old");
-        assert_eq!(
-            fs::read_dir(tmp.path())?.count(),
-            1,
-            "temporary files are cleaned up"
-        );
         Ok(())
     }
 }

@@ -470,10 +470,11 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
                 }
                 shipped = through;
                 retry = AGENT_RETRY_MIN;
-                let tmp = cursor.with_extension("shipped.tmp");
-                if let Err(e) =
-                    std::fs::write(&tmp, format!("{shipped}\n")).and_then(|()| std::fs::rename(&tmp, &cursor))
-                {
+                if let Err(e) = zt_fs::write_atomically(&[(
+                    cursor.clone(),
+                    format!("{shipped}\n").into_bytes(),
+                    zt_fs::PRIVATE_MODE,
+                )]) {
                     tracing::warn!(cursor = %cursor.display(), error = %e, "remembering what was shipped");
                 }
             }

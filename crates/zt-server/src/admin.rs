@@ -129,9 +129,10 @@ fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
             tracing::error!(error = %e, "datastore error");
             StatusCode::SERVICE_UNAVAILABLE
         }
-        StoreError::Location(_) | StoreError::SchemaTooNew { .. } | StoreError::Corrupt { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        StoreError::Location(_)
+        | StoreError::File(_)
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError(status, e.to_string())
 }

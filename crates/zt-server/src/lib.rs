@@ -18,7 +18,6 @@ mod signing;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -72,6 +71,9 @@ pub enum ServerError {
         /// The error.
         source: std::io::Error,
     },
+    /// The data directory or a file in it is not this user's alone.
+    #[error("{0}")]
+    Fs(#[from] zt_fs::FsError),
     /// Another server holds the data directory.
     #[error("{0}: another zt server is using this data directory")]
     Busy(PathBuf),
@@ -248,24 +250,25 @@ pub async fn run(
     })
 }
 
-/// Creates the data directory (0700) and takes its lock for the life of the server.
+/// Creates the data directory (0700) and takes its lock for the life of the
+/// server. It holds the admin socket and the SQLite datastore (CA and JWT keys):
+/// an existing one of this user's is tightened to 0700, another user's refused.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ServerError::Io { path, source }
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    if let Some(old) = zt_fs::private_dir(dir)? {
+        tracing::warn!(dir = %dir.display(), old_mode = format!("{old:o}"), "data directory was open to others: now 0700");
+    }
     let lock_path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
+    let file = zt_fs::open_private(
+        &lock_path,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+    )?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Busy(dir.to_owned())),

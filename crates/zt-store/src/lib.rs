@@ -16,6 +16,7 @@ mod migrate;
 mod policies;
 mod revocations;
 
+use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +47,9 @@ pub enum StoreError {
     /// The database driver failed (connection, I/O, SQL).
     #[error("datastore: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite file or one of its journals is another user's, or unreadable.
+    #[error("datastore {0}")]
+    File(#[from] zt_fs::FsError),
     /// A datastore location that is neither a path nor a `postgres://` URL.
     #[error("datastore {0:?}: expected a SQLite file path or a postgres:// URL")]
     Location(String),
@@ -189,6 +193,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Creates the SQLite file 0600 before SQLite does (it would use the umask), so
+/// that the journals SQLite makes later, which copy the database's mode, are
+/// 0600 too; tightens a file or journal left looser by an older zt.
+fn private_sqlite_files(path: &Path) -> Result<(), zt_fs::FsError> {
+    zt_fs::open_private(
+        path,
+        std::fs::OpenOptions::new().read(true).write(true).create(true),
+    )?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut journal = path.as_os_str().to_owned();
+        journal.push(suffix);
+        let journal = Path::new(&journal);
+        if journal.exists() {
+            zt_fs::open_private(journal, std::fs::OpenOptions::new().read(true))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the datastore at `location` — a SQLite file path
     /// (or `sqlite://path`) or a `postgres://` URL — and migrates its schema.
@@ -207,6 +230,7 @@ impl Store {
             if path.is_empty() || path.contains('?') {
                 return Err(StoreError::Location(location.to_owned()));
             }
+            private_sqlite_files(Path::new(path))?;
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         };
         let pool = AnyPoolOptions::new()

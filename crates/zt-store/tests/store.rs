@@ -417,7 +417,29 @@ async fn bad_locations_are_refused() {
     let err = Store::open("").await.unwrap_err();
     assert!(matches!(err, StoreError::Location(_)), "{err}");
     let err = Store::open("/no/such/dir/zt.db").await.unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(matches!(err, StoreError::File(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("datastore /no/such/dir/zt.db: "),
+        "{err}"
+    );
+}
+
+/// The SQLite file and the journals SQLite makes beside it are 0600 whatever
+/// the umask, and a file left looser (by an older zt, or by hand) is tightened.
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zt.db");
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    store.create_entry(payment(), NOW).await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("zt.db{suffix}"));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
 }
 
 /// Two servers on one PostgreSQL: a write through one wakes the other's watchers.

@@ -211,3 +211,21 @@ pub fn assert_cli_failure(out: &Output, code: i32, needles: &[&str]) {
         assert_eq!(stderr.matches(part).count(), 1, "stderr repeats {part:?}: {what}");
     }
 }
+
+/// `program`, started through `sh` with `umask 000` first: every mode its
+/// files and directories get then comes from what it asks for, not from the
+/// umask it inherited.
+pub fn under_umask_000(program: &std::path::Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(program);
+    command
+}
+
+/// The permission bits of `path` itself (a symbolic link is not followed);
+/// 0 if it is missing, which no expected mode matches.
+pub fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path).map_or(0, |meta| meta.mode() & 0o7777)
+}

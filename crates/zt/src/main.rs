@@ -364,8 +364,8 @@ struct ProxyArgs {
     /// The trust bundle, PEM or SPIFFE JWKS.
     #[arg(long, requires_all = ["cert", "key"])]
     bundle: Option<PathBuf>,
-    /// The Workload API socket, when not using files [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/zt-agent/public/api.sock].
-    #[arg(long)]
+    /// The Workload API socket, when not using files: a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
+    #[arg(long, value_parser = zt_agent::client::parse_socket)]
     socket: Option<PathBuf>,
     /// Authorize every request by the Istio AuthorizationPolicies in this directory
     /// (reloaded when it changes; a set that does not load keeps the last good one).
@@ -643,19 +643,19 @@ struct AgentRun {
     /// (PEM or SPIFFE JWKS, from `zt bundle show`; SPIRE: -trustBundle).
     #[arg(long, required = true)]
     trust_bundle: Option<PathBuf>,
-    /// Where the Workload API listens.
-    #[arg(long, default_value = zt_agent::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Where the agent keeps its own SVID and the last bundle, to resume after a restart.
-    #[arg(long, default_value = zt_agent::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Where the Workload API listens: a path, unix:///path or unix:/path [default: /run/zt-agent/public/api.sock for root, else $XDG_RUNTIME_DIR/zt-agent/public/api.sock, else /tmp/zt-agent-$UID/public/api.sock].
+    #[arg(long, value_parser = zt_agent::client::parse_socket)]
+    socket: Option<PathBuf>,
+    /// Where the agent keeps its own SVID and the last bundle, to resume after a restart [default: /var/lib/zt-agent for root, else $XDG_RUNTIME_DIR/zt-agent/data, else /tmp/zt-agent-$UID/data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// Where the Workload API is: --socket, else SPIFFE_ENDPOINT_SOCKET, else the default.
 #[derive(Args)]
 struct WorkloadSocket {
-    /// The Workload API socket (SPIRE: -socketPath) [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/zt-agent/public/api.sock].
-    #[arg(long)]
+    /// The Workload API socket (SPIRE: -socketPath): a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
+    #[arg(long, value_parser = zt_agent::client::parse_socket)]
     socket: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]

@@ -46,10 +46,19 @@ struct Mesh {
 
 impl Mesh {
     fn start() -> Self {
+        Self::start_at(|root| {
+            let agent_dir = root.join("agent");
+            fs::create_dir(&agent_dir).unwrap();
+            agent_dir
+        })
+    }
+
+    /// Like [`Mesh::start`], with the agent in the directory `layout` makes
+    /// under the temporary root.
+    fn start_at(layout: impl FnOnce(&Path) -> PathBuf) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(&dir.path().join("server"), None);
-        let agent_dir = dir.path().join("agent");
-        fs::create_dir(&agent_dir).unwrap();
+        let agent_dir = layout(dir.path());
         let agent = AgentProcess::start(&server, &agent_dir, AGENT_ID);
         Self {
             _dir: dir,
@@ -773,4 +782,208 @@ fn sigterm_ends_open_streams_and_the_agent_exits() {
     std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("stopping"), "{stderr}");
     assert!(!mesh.agent.socket.exists());
+}
+
+/// `zt agent api fetch x509` as this process with `SPIFFE_ENDPOINT_SOCKET`
+/// set to `endpoint` and no `--socket`.
+fn fetch_from_endpoint(endpoint: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["agent", "api", "fetch", "x509", "--output", "json"])
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The agent refuses a socket whose way from `/` someone else could change (an
+/// ancestor, not only the socket's own directory), naming that directory and
+/// its mode; a sticky shared directory holding an entry of ours is safe.
+#[test]
+fn the_agent_refuses_a_socket_path_others_could_swap() {
+    let mesh = Mesh::start_at(|root| {
+        // A /tmp-like sticky directory with the agent's directory, ours, in it.
+        let shared = root.join("shared");
+        fs::create_dir_all(shared.join("agent")).unwrap();
+        chmod(&shared, 0o1777);
+        shared.join("agent")
+    });
+    let me = "spiffe://example.org/me";
+    mesh.entry_for_me(me, &[]);
+    mesh.agent.wait_for_x509(&[me]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    fs::write(&bundle, ok(&mesh.server, &["bundle", "show"])).unwrap();
+    let agent_on = |socket: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args([
+                "agent",
+                "--server",
+                &mesh.server.agent_api.to_string(),
+                "--join-token",
+                "x",
+            ])
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // An ancestor two levels up, writable by others or by its group, not sticky.
+    let ancestor = dir.path().join("ancestor");
+    fs::create_dir_all(ancestor.join("zt-agent/public")).unwrap();
+    let socket = ancestor.join("zt-agent/public/api.sock");
+    for (mode, who) in [(0o777, "others"), (0o775, "its group")] {
+        chmod(&ancestor, mode);
+        assert_failure(
+            &agent_on(&socket),
+            1,
+            &[&format!(
+                "{} is writable by {who} (mode {mode:o}) and not sticky",
+                ancestor.display()
+            )],
+        );
+        assert!(!socket.exists(), "nothing was bound");
+    }
+    // A directory of another user in a sticky shared directory.
+    let shared = dir.path().join("tmp");
+    fs::create_dir_all(shared.join("zt-agent")).unwrap();
+    chmod(&shared, 0o1777);
+    std::os::unix::fs::chown(shared.join("zt-agent"), Some(65534), Some(65534)).unwrap();
+    assert_failure(
+        &agent_on(&shared.join("zt-agent/api.sock")),
+        1,
+        &[&format!(
+            "{} is a directory owned by uid 65534, not root or this user",
+            shared.join("zt-agent").display()
+        )],
+    );
+}
+
+/// Clients check the same before they connect: a real agent serves behind
+/// each path, and only the layouts no one else could change are used.
+#[test]
+fn clients_refuse_a_socket_path_others_could_swap() {
+    let mesh = Mesh::start_at(|root| {
+        let agent_dir = root.join("layout").join("agent");
+        fs::create_dir_all(&agent_dir).unwrap();
+        agent_dir
+    });
+    let me = "spiffe://example.org/me";
+    mesh.entry_for_me(me, &[]);
+    mesh.agent.wait_for_x509(&[me]);
+    let socket = mesh.agent.socket.clone();
+    let layout = mesh.agent.dir.parent().unwrap().to_owned();
+
+    // The address forms SPIFFE_ENDPOINT_SOCKET takes, on --socket too.
+    for form in [
+        format!("unix://{}", socket.display()),
+        format!("unix:{}", socket.display()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args([
+                "agent", "api", "fetch", "x509", "--output", "json", "--socket", &form,
+            ])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(ids_of(&out), [me], "--socket {form}: {}", describe(&out));
+    }
+
+    // An ancestor of the socket that others may write to: refused, named.
+    chmod(&layout, 0o777);
+    for out in [
+        fetch_from_endpoint(&mesh.agent.endpoint()),
+        mesh.agent.api(&["fetch", "x509"]),
+    ] {
+        assert_failure(
+            &out,
+            1,
+            &[
+                &socket.display().to_string(),
+                &format!(
+                    "{} is writable by others (mode 777) and not sticky",
+                    layout.display()
+                ),
+            ],
+        );
+    }
+    // zt proxy refuses to start on it.
+    let proxy = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "proxy",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+            "--allow-spiffe-id",
+            me,
+        ])
+        .env("SPIFFE_ENDPOINT_SOCKET", mesh.agent.endpoint())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_failure(
+        &proxy,
+        1,
+        &[&format!("{} is writable by others (mode 777)", layout.display())],
+    );
+
+    // Sticky, like /tmp, with the agent's directory ours: trusted.
+    chmod(&layout, 0o1777);
+    assert_eq!(ids_of(&fetch_from_endpoint(&mesh.agent.endpoint())), [me]);
+
+    // A symbolic link in the sticky directory: ours is followed; the same
+    // link owned by another user could be theirs, and is refused.
+    let link = layout.join("link");
+    std::os::unix::fs::symlink(&mesh.agent.dir, &link).unwrap();
+    let through_link = format!("unix://{}/public/api.sock", link.display());
+    assert_eq!(ids_of(&fetch_from_endpoint(&through_link)), [me]);
+    std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+    assert_failure(
+        &fetch_from_endpoint(&through_link),
+        1,
+        &[&format!(
+            "{} is a symbolic link owned by uid 65534",
+            link.display()
+        )],
+    );
+}
+
+/// `zt agent api fetch x509 --write DIR` under `umask 000`, into a DIR that
+/// exists with mode 0755: DIR is tightened to 0700 and the key is 0600.
+#[test]
+fn fetch_write_keeps_the_key_private_under_umask_000() {
+    let mesh = Mesh::start();
+    let me = "spiffe://example.org/me";
+    mesh.entry_for_me(me, &[]);
+    mesh.agent.wait_for_x509(&[me]);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("certs");
+    fs::create_dir(&out_dir).unwrap();
+    chmod(&out_dir, 0o755);
+    let out = zt_testkit::under_umask_000(Path::new(env!("CARGO_BIN_EXE_zt")))
+        .args(["agent", "api", "fetch", "x509", "--write"])
+        .arg(&out_dir)
+        .arg("--socket")
+        .arg(&mesh.agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    succeed(&out, "fetch x509 --write");
+    use zt_testkit::mode_of;
+    assert_eq!(mode_of(&out_dir), 0o700);
+    assert_eq!(mode_of(&out_dir.join("svid.0.key")), 0o600);
+    assert_eq!(mode_of(&out_dir.join("svid.0.pem")), 0o644);
+    assert_eq!(mode_of(&out_dir.join("bundle.0.pem")), 0o644);
 }

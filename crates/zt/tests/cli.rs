@@ -506,3 +506,24 @@ fn help_succeeds_and_a_missing_command_is_a_usage_error() -> TestResult {
     }
     Ok(())
 }
+
+/// `zt ca init` under `umask 000` into a directory that exists with mode 0755:
+/// the directory is tightened to 0700, the keys are 0600.
+#[test]
+fn ca_init_keeps_keys_private_under_umask_000() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let ca = tmp.path().join("ca");
+    fs::create_dir(&ca)?;
+    fs::set_permissions(&ca, fs::Permissions::from_mode(0o755))?;
+    let out = zt_testkit::under_umask_000(Path::new(env!("CARGO_BIN_EXE_zt")))
+        .args(init_args(ca.to_str().ok_or("path")?))
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    use zt_testkit::mode_of;
+    assert_eq!(mode_of(&ca), 0o700);
+    assert_eq!(mode_of(&ca.join("ca.key")), 0o600);
+    assert_eq!(mode_of(&ca.join("jwt.key")), 0o600);
+    assert_eq!(mode_of(&ca.join("ca.crt")), 0o644);
+    Ok(())
+}

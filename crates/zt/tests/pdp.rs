@@ -47,8 +47,13 @@ fn start(files: &[&Path]) -> Pdp {
 }
 
 fn start_with(extra: &[&str], files: &[&Path]) -> Pdp {
+    start_from(Command::new(env!("CARGO_BIN_EXE_zt")), extra, files)
+}
+
+/// Like [`start_with`], with `command` (zt, perhaps run some other way) as zt.
+fn start_from(mut command: Command, extra: &[&str], files: &[&Path]) -> Pdp {
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_zt"))
+    let child = command
         .args(["pdp", "run", "--addr", &addr.to_string()])
         .args(extra)
         .args(files)
@@ -536,4 +541,28 @@ fn zt_server_serves_the_pdp_beside_health_and_metrics() {
         stderr.contains("--pdp") && stderr.contains("broken.rego"),
         "{stderr}"
     );
+}
+
+/// `zt pdp run --decision-log` under `umask 000`: a new log is made 0600, and an
+/// existing one left open to others is tightened to 0600 before it grows.
+#[test]
+fn decision_logs_are_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo().join("examples/rego/allow.rego");
+    let fresh = dir.path().join("fresh.log");
+    let existing = dir.path().join("existing.log");
+    std::fs::write(&existing, "").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for log in [&fresh, &existing] {
+        let pdp = start_from(
+            zt_testkit::under_umask_000(Path::new(env!("CARGO_BIN_EXE_zt"))),
+            &["--decision-log", log.to_str().unwrap()],
+            &[&policy],
+        );
+        let answer = http(pdp.addr, "POST", "/v1/data/authz/allow", r#"{"input": {}}"#);
+        assert_eq!(answer.0, 200, "{answer:?}");
+        assert_eq!(support::audit_query(&[log.to_str().unwrap()]).len(), 1);
+        assert_eq!(zt_testkit::mode_of(log), 0o600, "{}", log.display());
+    }
 }

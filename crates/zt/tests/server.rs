@@ -1297,3 +1297,111 @@ async fn sigterm_ends_open_sync_streams() {
         Ok(Some(state)) => panic!("a state after shutdown: {state:?}"),
     }
 }
+
+/// `zt server --data-dir DIR` under `umask 000`, DIR made beforehand with mode
+/// 0755: DIR becomes 0700, and the datastore (with the WAL and SHM files SQLite
+/// makes), the lock and the admin socket are 0600. A DIR of another user is
+/// refused, naming it, its owner and its mode, and left as it was.
+#[test]
+fn data_dir_and_admin_socket_are_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use zt_testkit::mode_of;
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    fs::create_dir(&data_dir).unwrap();
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let zt_path = std::path::Path::new(env!("CARGO_BIN_EXE_zt"));
+    let serve = |data_dir: &std::path::Path| {
+        let http = format!("127.0.0.1:{}", free_port());
+        let agent_api = format!("127.0.0.1:{}", free_port());
+        zt_testkit::under_umask_000(zt_path)
+            .args([
+                "server",
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--http",
+                &http,
+                "--agent-api",
+                &agent_api,
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("ZT_ADMIN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve(&data_dir);
+    let socket = data_dir.join(zt_server::ADMIN_SOCKET);
+    let deadline = Instant::now() + DEADLINE;
+    // Ready once a join token (a write, so the WAL and SHM files exist) is made.
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "zt server exited");
+        let out = zt_at(
+            &socket,
+            &[
+                "agent",
+                "token",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zt server not ready: {}",
+            describe(&out)
+        );
+        thread::sleep(POLL);
+    }
+    let modes: Vec<(String, u32)> = [
+        "",
+        "datastore.sqlite3",
+        "datastore.sqlite3-wal",
+        "datastore.sqlite3-shm",
+        "server.lock",
+        zt_server::ADMIN_SOCKET,
+    ]
+    .iter()
+    .map(|name| (name.to_string(), mode_of(&data_dir.join(name))))
+    .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        modes,
+        [
+            ("".to_string(), 0o700),
+            ("datastore.sqlite3".into(), 0o600),
+            ("datastore.sqlite3-wal".into(), 0o600),
+            ("datastore.sqlite3-shm".into(), 0o600),
+            ("server.lock".into(), 0o600),
+            (zt_server::ADMIN_SOCKET.into(), 0o600),
+        ]
+    );
+
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let out = serve(&theirs).wait_with_output().unwrap();
+    let needle = format!(
+        "{}: owned by uid 65534 (mode 755), not by this user",
+        theirs.display()
+    );
+    assert!(
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(&needle),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(mode_of(&theirs), 0o755);
+    assert_eq!(
+        fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing was made in it"
+    );
+}

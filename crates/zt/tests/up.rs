@@ -11,6 +11,8 @@
     reason = "a test crate: panicking is how a test fails"
 )]
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -68,8 +70,13 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path, base: u16) -> Self {
+        Self::start_with(zt(), dir, base)
+    }
+
+    /// Like [`Up::start`], with `command` (zt, perhaps run some other way) as zt.
+    fn start_with(mut command: Command, dir: &Path, base: u16) -> Self {
         let stdout = unique(dir);
-        let child = zt()
+        let child = command
             .args(["up", "--dir"])
             .arg(dir)
             .args(["--port-base", &base.to_string()])
@@ -673,4 +680,111 @@ fn zt_up_refuses_what_it_cannot_run() {
     refused(&["--dir".as_ref(), dir.as_os_str()], &["already running"]);
     fails_on_dir("down", "has not written its pid yet");
     fails_on_dir("status", "starting");
+}
+
+/// Under `umask 000`, in a directory whose parts already exist with mode 0755
+/// (zt server's data directory among them), every secret and record `zt up`
+/// and its children write is 0600 and every directory holding them 0700: the
+/// datastore and its WAL and SHM files, the admin socket, locks, the join
+/// token, the agent's key, the client certificates' keys, decision logs and
+/// their shipping cursors, the logs and the state file; `zt x509 mint --write`
+/// likewise.
+#[test]
+fn zt_up_keeps_secrets_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use zt_testkit::mode_of;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("up");
+    for sub in ["server", "agent/data", "clients/service-one", "decisions", "logs"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    for sub in [
+        "",
+        "server",
+        "agent",
+        "agent/data",
+        "clients",
+        "clients/service-one",
+        "decisions",
+        "logs",
+    ] {
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let base = free_port_base();
+    let zt_path = Path::new(env!("CARGO_BIN_EXE_zt"));
+    let mut command = zt_testkit::under_umask_000(zt_path);
+    command.env_remove("ZT_ADMIN_SOCKET").stdin(Stdio::null());
+    let mut up = Up::start_with(command, &dir, base);
+    let dir = up.dir.clone();
+
+    // One decision each way, shipped to zt server: the logs and their cursors exist.
+    for port in [base + 11, base + 12] {
+        let (status, body) = support::http_get(([127, 0, 0, 1], port).into(), "/public").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for service in ["service-one", "service-two"] {
+        let cursor = dir.join(format!("decisions/{service}.shipped"));
+        eventually(&format!("{} written", cursor.display()), || cursor.exists());
+    }
+    let minted = tmp.path().join("minted");
+    std::fs::create_dir(&minted).unwrap();
+    std::fs::set_permissions(&minted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    succeed(
+        &zt_testkit::under_umask_000(zt_path)
+            .args(["x509", "mint", "--spiffe-id", SERVICE_ONE, "--write"])
+            .arg(&minted)
+            .arg("--socket")
+            .arg(dir.join("server/admin.sock"))
+            .output()
+            .unwrap(),
+        "zt x509 mint --write",
+    );
+
+    let mut expected: Vec<(PathBuf, u32)> = vec![(minted.clone(), 0o700), (minted.join("key.pem"), 0o600)];
+    for sub in [
+        "",
+        "server",
+        "agent",
+        "agent/data",
+        "bin",
+        "clients",
+        "clients/service-one",
+        "clients/service-two",
+        "decisions",
+        "logs",
+    ] {
+        expected.push((dir.join(sub), 0o700));
+    }
+    for file in [
+        "server/datastore.sqlite3",
+        "server/datastore.sqlite3-wal",
+        "server/datastore.sqlite3-shm",
+        "server/server.lock",
+        "server/admin.sock",
+        "agent/join-token",
+        "agent/data/agent.key",
+        "clients/service-one/key.pem",
+        "clients/service-two/key.pem",
+        "decisions/service-one.log",
+        "decisions/service-one.shipped",
+        "decisions/service-two.log",
+        "decisions/service-two.shipped",
+        "up.json",
+        "up.lock",
+    ] {
+        expected.push((dir.join(file), 0o600));
+    }
+    for log in std::fs::read_dir(dir.join("logs")).unwrap() {
+        expected.push((log.unwrap().path(), 0o600));
+    }
+    assert!(expected.len() > 30, "every component's log is there");
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(path, mode)| mode_of(path) != *mode)
+        .map(|(path, mode)| format!("{} is {:o}, not {mode:o}", path.display(), mode_of(path)))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The Workload API socket is open to every local user by design: attestation decides.
+    assert_eq!(mode_of(&dir.join("agent/api.sock")), 0o777);
+    assert!(up.stop_with("INT").success(), "{}", up.output());
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use rustls_pki_types::CertificateDer;
-use zt_agent::client::{ENDPOINT_ENV, WorkloadClient, socket_path};
+use zt_agent::client::WorkloadClient;
 use zt_agent::{AgentConfig, NodeConfig};
 use zt_api::workload::X509svidResponse;
 use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
@@ -38,10 +38,10 @@ pub fn run(args: AgentRun) -> anyhow::Result<ExitCode> {
             server_id: zt_agent::server_id(&trust_bundle)?,
             join_token: args.join_token,
             join_token_file: args.join_token_file,
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.unwrap_or_else(zt_agent::default_data_dir),
         },
         trust_bundle,
-        socket: args.socket,
+        socket: args.socket.unwrap_or_else(zt_agent::default_socket),
     };
     runtime.block_on(zt_agent::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
@@ -213,11 +213,7 @@ struct Socket {
 }
 
 fn connect(args: &WorkloadSocket) -> anyhow::Result<(WorkloadClient, Socket)> {
-    let path = match (&args.socket, std::env::var(ENDPOINT_ENV)) {
-        (Some(path), _) => path.clone(),
-        (None, Ok(endpoint)) => socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?,
-        (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
-    };
+    let path = zt_agent::client::endpoint(args.socket.clone()).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,7 +294,7 @@ fn write_svids(
     response: &X509svidResponse,
     svids: &[DecodedSvid],
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("--write {}", dir.display()))?;
+    zt_fs::private_dir(dir).with_context(|| format!("--write {}", dir.display()))?;
     let mut files = Vec::new();
     for (i, svid) in svids.iter().enumerate() {
         let chain: String = svid.chain.iter().map(zt_identity::x509::to_pem).collect();

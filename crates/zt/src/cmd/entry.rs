@@ -255,7 +255,7 @@ pub async fn mint_to_dir(
 ) -> anyhow::Result<MintedX509Svid> {
     use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
     let (minted, key_pem) = mint(client, request).await?;
-    std::fs::create_dir_all(dir).with_context(|| format!("--write {}", dir.display()))?;
+    zt_fs::private_dir(dir).with_context(|| format!("--write {}", dir.display()))?;
     write_atomically(&[
         (
             dir.join("svid.pem"),

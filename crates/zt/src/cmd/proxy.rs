@@ -1,10 +1,8 @@
 //! `zt proxy`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use zt_agent::client::{ENDPOINT_ENV, socket_path};
 use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource, RegoProviders};
 use zt_proxy::head::HeadRules;
 use zt_proxy::inbound::{Limits, Mode};
@@ -47,15 +45,18 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             zt_proxy::head::ROUTING_HEADERS.join(", ")
         );
     }
-    let workload_api = match (args.socket, std::env::var(ENDPOINT_ENV)) {
-        (Some(path), _) => path,
-        (None, Ok(endpoint)) => socket_path(&endpoint).map_err(|e| anyhow::anyhow!("{ENDPOINT_ENV}: {e}"))?,
-        (None, Err(_)) => PathBuf::from(zt_agent::DEFAULT_SOCKET),
-    };
+    let workload_api = zt_agent::client::endpoint(args.socket).map_err(anyhow::Error::msg)?;
     let identity = match (args.cert, args.key, args.bundle) {
         (Some(cert), Some(key), Some(bundle)) => IdentitySource::Files { cert, key, bundle },
         _ => IdentitySource::WorkloadApi(workload_api.clone()),
     };
+    if matches!(identity, IdentitySource::WorkloadApi(_))
+        || (args.policy_dir.is_none() && args.policies_from_agent)
+    {
+        // Refused now, with the directory at fault; checked again before every connection.
+        zt_agent::client::check_socket(&workload_api)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", workload_api.display()))?;
+    }
     let policies = match (args.policy_dir, args.policies_from_agent) {
         (Some(dir), _) => Some(PolicySource::Dir(dir)),
         (None, true) => Some(PolicySource::Agent(workload_api)),

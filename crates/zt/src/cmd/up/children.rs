@@ -28,11 +28,8 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `program args…` with its output appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[&OsStr], log: &Path) -> anyhow::Result<Self> {
-        let output = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("{name}'s log {}", log.display()))?;
+        let output = zt_fs::open_private(log, std::fs::OpenOptions::new().create(true).append(true))
+            .with_context(|| format!("{name}'s log"))?;
         let errors = output
             .try_clone()
             .with_context(|| format!("{name}'s log {}", log.display()))?;

@@ -176,24 +176,19 @@ fn lock_held(path: &Path) -> bool {
         .is_ok_and(|file| matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
-/// Creates DIR (0700) and its subdirectories; returns its canonical path, which
-/// is what the kernel reports for the proxies' executables.
+/// Creates DIR (0700) and its subdirectories, all 0700 (keys, tokens, logs and
+/// the agent's socket are in them): ones of this user's left open to others are
+/// tightened, another user's refused, and the way to the agent's socket must be
+/// one no one else can change. Returns DIR's canonical path, which is what the
+/// kernel reports for the proxies' executables.
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
     let flag = || format!("--dir {}", dir.display());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(flag)?;
+    zt_fs::private_dir(dir).with_context(flag)?;
     let dir = dir.canonicalize().with_context(flag)?;
     for sub in ["bin", "logs", "decisions", "clients", "agent"] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir.join(sub))
-            .with_context(|| dir.join(sub).display().to_string())?;
+        zt_fs::private_dir(&dir.join(sub)).with_context(flag)?;
     }
+    zt_fs::check_path(&dir.join("agent"), zt_fs::Owners::RootAndSelf).with_context(flag)?;
     Ok(dir)
 }
 
@@ -206,12 +201,13 @@ const LOCK_WAIT: Duration = Duration::from_millis(500);
 fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
     use std::io::Write as _;
     let path = layout.lock();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| path.display().to_string())?;
+    let file = zt_fs::open_private(
+        &path,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+    )?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {

@@ -113,7 +113,7 @@ impl State {
     /// Writes the state file atomically.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(self)?;
-        zt_ca::store::write_atomically(&[(path.to_owned(), json, zt_ca::store::PUBLIC_MODE)])
+        zt_fs::write_atomically(&[(path.to_owned(), json, zt_fs::PRIVATE_MODE)])
             .with_context(|| path.display().to_string())
     }
 
