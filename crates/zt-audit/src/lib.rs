@@ -388,6 +388,16 @@ impl Writer {
         &self.head
     }
 
+    /// The key that verifies this writer's checkpoints, if it signs them.
+    pub fn verifier(&self) -> Option<&note::VerifierKey> {
+        self.signer.as_ref().map(|s| s.key.verifier())
+    }
+
+    /// How long records may wait for a checkpoint, if this writer signs them.
+    pub fn checkpoint_interval(&self) -> Option<std::time::Duration> {
+        self.signer.as_ref().map(|s| s.policy.interval)
+    }
+
     /// Chains and appends records (their `seq`, `prev` and `hash` are set here),
     /// in one write; then signs a checkpoint if enough records have gone
     /// uncovered.

@@ -1,12 +1,28 @@
-//! `zt audit`: the decision log's chain verified, and its records queried —
-//! a proxy's file, or the copies proxies shipped to zt server.
+//! `zt audit`: the decision log's chain and signed checkpoints verified, its
+//! records queried — a proxy's file, or the copies proxies shipped to zt
+//! server — and the keys that sign checkpoints shown or made.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use zt_audit::note::{SigningKey, VerifierKey};
 use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
-use crate::{AuditQueryArgs, AuditSource, AuditVerifyArgs};
+use crate::{AuditKeyCreateArgs, AuditKeyShowArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs, CheckpointArgs};
+
+/// Opens a decision log whose checkpoints are signed with `--decision-log-key`
+/// (default `LOG.key`, created on first use). Errors name the flag.
+pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::Writer> {
+    let key_path = args
+        .decision_log_key
+        .clone()
+        .unwrap_or_else(|| zt_audit::signed::default_key_path(path));
+    let key = zt_audit::signed::load_or_create_key(&key_path)
+        .map_err(|e| anyhow::anyhow!("--decision-log-key {e}"))?;
+    zt_audit::Writer::open_signed(path, key, args.policy()).map_err(|e| anyhow::anyhow!("--decision-log {e}"))
+}
 
 /// Verifies every chain of `source`, showing each verified record to `visit`;
 /// returns each chain's name and head.
@@ -44,9 +60,18 @@ fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Res
         .collect())
 }
 
-/// `zt audit verify LOG | --server`: each chain's record count and head hash,
-/// or the first broken record.
+/// `zt audit verify LOG [--key K] | --server`: each chain's record count and
+/// head hash, or the first broken record; for a file, its checkpoints, and
+/// plainly how far the result can be trusted.
 pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
+    let key = match (&args.key, &args.key_file) {
+        (Some(text), _) => Some(VerifierKey::parse(text).map_err(|e| anyhow::anyhow!("--key {text:?}: {e}"))?),
+        (None, Some(file)) => Some(read_verifier(file)?),
+        (None, None) => None,
+    };
+    if let Some(log) = &args.source.log {
+        return verify_file(log, key.as_ref());
+    }
     let chains = verified(&args.source, |_| {})?;
     if chains.is_empty() {
         println!("zt server: no decisions shipped yet");
@@ -57,6 +82,84 @@ pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             head.records, head.hash
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A verifier key from `--key-file`; a signing key there is refused, not used.
+fn read_verifier(file: &Path) -> anyhow::Result<VerifierKey> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("--key-file {}", file.display()))?;
+    if text.trim_start().starts_with("PRIVATE+KEY+") {
+        anyhow::bail!(
+            "--key-file {}: holds a private signing key; give its public half (zt audit key show {})",
+            file.display(),
+            file.display()
+        );
+    }
+    VerifierKey::parse(&text).map_err(|e| anyhow::anyhow!("--key-file {}: {e}", file.display()))
+}
+
+/// Verifies a log file and its checkpoints, and says what that proves.
+fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode> {
+    let verified = zt_audit::signed::verify(log, key, |_| {})?;
+    let (records, covered) = (verified.head.records, verified.covered);
+    println!(
+        "{}: {records} records, chain intact, head {}",
+        log.display(),
+        verified.head.hash
+    );
+    let checkpoints = zt_audit::signed::checkpoints_path(log);
+    let uncovered = if covered == records {
+        "every record is covered".to_owned()
+    } else {
+        format!(
+            "the last {} records (after record {covered}) are not yet covered by a checkpoint",
+            records - covered
+        )
+    };
+    match key {
+        Some(key) if verified.checkpoints == 0 && records > 0 => {
+            let why = if verified.checkpoints_file { "holds none" } else { "is missing" };
+            anyhow::bail!(
+                "{}: no signed checkpoints ({} {why}): the log's integrity cannot be established                  with key {key}; anyone who can write the file can rewrite it and its chain",
+                log.display(),
+                checkpoints.display()
+            );
+        }
+        Some(key) => println!(
+            "{} signed checkpoints verified with key {key}; {uncovered}",
+            verified.checkpoints
+        ),
+        None => {
+            if verified.checkpoints > 0 {
+                println!(
+                    "{} checkpoints match the records, but their signatures were not checked; {uncovered}",
+                    verified.checkpoints
+                );
+            }
+            println!(
+                "not verified: a hash chain proves nothing against someone who can write the file;                  pin the writer's key (zt audit key show {}) and give it with --key",
+                zt_audit::signed::default_key_path(log).display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit key show FILE`: the verifier key of a signing key file.
+pub fn key_show(args: AuditKeyShowArgs) -> anyhow::Result<ExitCode> {
+    let key = zt_audit::signed::load_key(&args.file)?;
+    println!("{}", key.verifier());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit key create FILE --name NAME`: a new signing key, 0600; prints its
+/// verifier key.
+pub fn key_create(args: AuditKeyCreateArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::generate(&args.name).map_err(|e| anyhow::anyhow!("--name {:?}: {e}", args.name))?;
+    if !zt_audit::signed::create_key_file(&args.file, &key)? {
+        anyhow::bail!("{}: already exists; it is not replaced", args.file.display());
+    }
+    println!("{}", key.verifier());
     Ok(ExitCode::SUCCESS)
 }
 
