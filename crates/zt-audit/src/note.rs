@@ -153,8 +153,9 @@ fn ed25519_key(text: &str, what: &str) -> Result<[u8; 32], NoteError> {
         .decode(text)
         .map_err(|_| invalid(format!("{what} key: not base64")))?;
     match bytes.split_first() {
-        Some((&ED25519_TYPE, key)) => <[u8; 32]>::try_from(key)
-            .map_err(|_| invalid(format!("{what} key: {} bytes, not 32", key.len()))),
+        Some((&ED25519_TYPE, key)) => {
+            <[u8; 32]>::try_from(key).map_err(|_| invalid(format!("{what} key: {} bytes, not 32", key.len())))
+        }
         Some((other, _)) => Err(invalid(format!(
             "{what} key: signature type {other:#04x}, only Ed25519 ({ED25519_TYPE:#04x}) is supported"
         ))),
@@ -297,7 +298,9 @@ impl<'a> Note<'a> {
                 .strip_prefix(SIGNATURE_PREFIX)
                 .and_then(|rest| rest.split_once(' '))
             else {
-                return Err(invalid(format!("{line:?}: not a signature line (— NAME SIGNATURE)")));
+                return Err(invalid(format!(
+                    "{line:?}: not a signature line (— NAME SIGNATURE)"
+                )));
             };
             check_name(name)?;
             let bytes = BASE64
@@ -339,13 +342,20 @@ impl Checkpoint {
             .strip_suffix('\n')
             .ok_or_else(|| invalid("checkpoint text does not end in a newline"))?
             .split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| invalid("no origin line"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| invalid("no origin line"))?;
         let size = lines.next().ok_or_else(|| invalid("no tree size line"))?;
         let size = size
             .parse::<u64>()
             .ok()
             .filter(|n| n.to_string() == size)
-            .ok_or_else(|| invalid(format!("tree size {size:?}: not a decimal without leading zeroes")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "tree size {size:?}: not a decimal without leading zeroes"
+                ))
+            })?;
         let root = lines.next().ok_or_else(|| invalid("no root hash line"))?;
         let root = BASE64
             .decode(root)
@@ -370,8 +380,7 @@ mod tests {
 
     /// Go's golang.org/x/mod/sumdb/note test key and its signed note
     /// ("If you think cryptography is the answer…"), which sumdb's tools accept.
-    const GO_SIGNER: &str =
-        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const GO_SIGNER: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const GO_VERIFIER: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     const GO_NOTE: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
 

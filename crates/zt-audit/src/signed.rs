@@ -62,7 +62,11 @@ pub(crate) fn open_private_append(path: &Path) -> Result<File, AuditError> {
         .mode(0o600)
         .open(path)
         .map_err(AuditError::io(path))?;
-    let mode = file.metadata().map_err(AuditError::io(path))?.permissions().mode();
+    let mode = file
+        .metadata()
+        .map_err(AuditError::io(path))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         file.set_permissions(Permissions::from_mode(0o600))
             .map_err(AuditError::io(path))?;
@@ -82,7 +86,8 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
         Ok(_) => load_key(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut suffix = [0u8; 8];
-            aws_lc_rs::rand::fill(&mut suffix).map_err(|_| key_error("the system random generator failed".into()))?;
+            aws_lc_rs::rand::fill(&mut suffix)
+                .map_err(|_| key_error("the system random generator failed".into()))?;
             let name = format!("zt/decision-log/{}", crate::hex(&suffix));
             let key = SigningKey::generate(&name).map_err(|e| key_error(e.to_string()))?;
             if create_key_file(path, &key)? {
@@ -103,7 +108,11 @@ pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
         what,
     };
     let file = File::open(path).map_err(AuditError::io(path))?;
-    let mode = file.metadata().map_err(AuditError::io(path))?.permissions().mode();
+    let mode = file
+        .metadata()
+        .map_err(AuditError::io(path))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(key_error(format!(
             "mode {:04o} lets other users use the decision log's signing key (chmod 600 it, or make a new one)",
@@ -111,7 +120,9 @@ pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
         )));
     }
     let mut text = String::new();
-    file.take(4096).read_to_string(&mut text).map_err(AuditError::io(path))?;
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(AuditError::io(path))?;
     SigningKey::parse(&text).map_err(|e| key_error(e.to_string()))
 }
 
@@ -188,17 +199,29 @@ pub fn read_checkpoints(path: &Path) -> Result<Option<Vec<StoredNote>>, AuditErr
         }
         number += 1;
         if !line.ends_with('\n') {
-            return Err(malformed(number, notes.len() + 1, "incomplete last line (no newline)"));
+            return Err(malformed(
+                number,
+                notes.len() + 1,
+                "incomplete last line (no newline)",
+            ));
         }
         if current.is_empty() {
             start = number;
         }
         if current.len() + line.len() > MAX_NOTE_BYTES {
-            return Err(malformed(start, notes.len() + 1, "longer than a checkpoint can be"));
+            return Err(malformed(
+                start,
+                notes.len() + 1,
+                "longer than a checkpoint can be",
+            ));
         }
         match (line.as_str(), signatures) {
             ("\n", false) if current.is_empty() => {
-                return Err(malformed(number, notes.len() + 1, "a blank line where a checkpoint was due"));
+                return Err(malformed(
+                    number,
+                    notes.len() + 1,
+                    "a blank line where a checkpoint was due",
+                ));
             }
             ("\n", false) => signatures = true,
             ("\n", true) => {
@@ -374,7 +397,10 @@ mod tests {
         drop(writer);
         // The clean stop covered the fourth.
         let verified = verify(&log, Some(&verifier), |_| {}).unwrap();
-        assert_eq!((verified.head.records, verified.checkpoints, verified.covered), (4, 2, 4));
+        assert_eq!(
+            (verified.head.records, verified.checkpoints, verified.covered),
+            (4, 2, 4)
+        );
         for file in [log.clone(), checkpoints_path(&log), default_key_path(&log)] {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
         }
@@ -390,13 +416,22 @@ mod tests {
             .append([record("/a")])
             .unwrap();
         let other = SigningKey::generate("zt/decision-log/other").unwrap();
-        let e = Writer::open_signed(&log, other, policy(1)).err().unwrap().to_string();
-        assert!(e.contains("decisions.log.checkpoints:1: checkpoint 1: not signed by zt/decision-log/other+"), "{e}");
+        let e = Writer::open_signed(&log, other, policy(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("decisions.log.checkpoints:1: checkpoint 1: not signed by zt/decision-log/other+"),
+            "{e}"
+        );
 
         let key_path = default_key_path(&log);
         std::fs::set_permissions(&key_path, Permissions::from_mode(0o640)).unwrap();
         let e = load_or_create_key(&key_path).unwrap_err().to_string();
-        assert!(e.contains("decisions.log.key: mode 0640 lets other users use"), "{e}");
+        assert!(
+            e.contains("decisions.log.key: mode 0640 lets other users use"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -417,7 +452,12 @@ mod tests {
         let e = read_checkpoints(&path).unwrap_err().to_string();
         assert!(e.ends_with("x.checkpoints:1: checkpoint 1: incomplete: the file ends before the blank line after its signatures"), "{e}");
         std::fs::write(&path, "\n").unwrap();
-        assert!(read_checkpoints(&path).unwrap_err().to_string().contains(":1: checkpoint 1: a blank line"));
+        assert!(
+            read_checkpoints(&path)
+                .unwrap_err()
+                .to_string()
+                .contains(":1: checkpoint 1: a blank line")
+        );
         std::fs::write(&path, "a\n\n\u{2014} o AAAA\n\nb\n\n\u{2014} o BBBB\n\n").unwrap();
         let notes = read_checkpoints(&path).unwrap().unwrap();
         assert_eq!(notes.iter().map(|n| n.line).collect::<Vec<_>>(), [1, 5]);

@@ -259,7 +259,13 @@ impl Authorizer {
                 let writer = zt_audit::Writer::open_signed(path, key, config.checkpoints)?;
                 let (written_tx, written) = watch::channel(writer.head().records);
                 let (tx, rx) = mpsc::channel(LOG_BACKLOG);
-                tokio::spawn(write_log(writer, rx, written_tx, config.checkpoints.interval, metrics.clone()));
+                tokio::spawn(write_log(
+                    writer,
+                    rx,
+                    written_tx,
+                    config.checkpoints.interval,
+                    metrics.clone(),
+                ));
                 // With zt server behind the agent, the log is also shipped there.
                 if let PolicySource::Agent(socket) = &config.source {
                     tokio::spawn(ship(path.clone(), socket.clone(), written, metrics.clone()));

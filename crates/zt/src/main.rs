@@ -148,10 +148,11 @@ struct CheckpointArgs {
 
 /// A duration longer than zero.
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    duration::parse(text)?
-        .gt(&Duration::ZERO)
-        .then(|| duration::parse(text))
-        .unwrap_or_else(|| Err(format!("invalid duration {text:?}: must be longer than zero")))
+    let parsed = duration::parse(text)?;
+    if parsed.is_zero() {
+        return Err(format!("invalid duration {text:?}: must be longer than zero"));
+    }
+    Ok(parsed)
 }
 
 impl CheckpointArgs {

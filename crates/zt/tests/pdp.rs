@@ -507,13 +507,23 @@ fn decisions_are_logged_with_masked_inputs_in_a_verifiable_chain() {
 fn signed_log(dir: &Path, every: &str, count: usize) -> PathBuf {
     let log = dir.join("decisions.log");
     let mut pdp = start_with(
-        &["--decision-log", log.to_str().unwrap(), "--decision-log-checkpoint-every", every],
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--decision-log-checkpoint-every",
+            every,
+        ],
         &[&repo().join("examples/rego/allow.rego")],
     );
     for i in 0..count {
         let method = if i % 2 == 0 { "POST" } else { "GET" };
         let input = json!({"input": {"principal": PAYMENT, "method": method, "path": "/api/v1/charges"}});
-        let answer = json_of(&http(pdp.addr, "POST", "/v1/data/authz/allow", &input.to_string()));
+        let answer = json_of(&http(
+            pdp.addr,
+            "POST",
+            "/v1/data/authz/allow",
+            &input.to_string(),
+        ));
         assert_eq!(answer["result"], i % 2 == 0, "{answer}");
     }
     let sent = Command::new("kill")
@@ -539,7 +549,11 @@ fn audit_verify(log: &Path, args: &[&str]) -> std::process::Output {
 fn refused(out: &std::process::Output, expected: &str) {
     assert_eq!(out.status.code(), Some(1), "{}", describe(out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(expected), "wanted {expected:?}\n{}", describe(out));
+    assert!(
+        stderr.contains(expected),
+        "wanted {expected:?}\n{}",
+        describe(out)
+    );
 }
 
 /// What an attacker who can write the log does: change one record, then
@@ -600,13 +614,18 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
     let stdout = support::succeed(&out, "zt audit verify --key");
     assert!(stdout.contains("10 records, chain intact"), "{stdout}");
     assert!(
-        stdout.contains(&format!("3 signed checkpoints verified with key {key}; every record is covered")),
+        stdout.contains(&format!(
+            "3 signed checkpoints verified with key {key}; every record is covered"
+        )),
         "{stdout}"
     );
     // A key given in a file is the same; a private key there is refused, not used.
     let pin = dir.path().join("pinned.vkey");
     std::fs::write(&pin, format!("{key}\n")).unwrap();
-    support::succeed(&audit_verify(&log, &["--key-file", pin.to_str().unwrap()]), "--key-file");
+    support::succeed(
+        &audit_verify(&log, &["--key-file", pin.to_str().unwrap()]),
+        "--key-file",
+    );
     refused(
         &audit_verify(&log, &["--key-file", key_file.to_str().unwrap()]),
         "holds a private signing key; give its public half",
@@ -626,7 +645,10 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
             .arg(&log)
             .output()
             .unwrap();
-        assert_eq!(support::succeed(&out, "verify_checkpoint.py"), "4 ok\n8 ok\n10 ok\n");
+        assert_eq!(
+            support::succeed(&out, "verify_checkpoint.py"),
+            "4 ok\n8 ok\n10 ok\n"
+        );
     }
 
     let original = std::fs::read(&log).unwrap();
@@ -642,8 +664,7 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
         assert_eq!(record.decision, "DENY");
         record.decision = "ALLOW".into();
     });
-    let at_checkpoint_2 =
-        "decisions.log.checkpoints:7: checkpoint 2: its root hash is not the one of the log's first 8 records";
+    let at_checkpoint_2 = "decisions.log.checkpoints:7: checkpoint 2: its root hash is not the one of the log's first 8 records";
     refused(&audit_verify(&log, &pinned), at_checkpoint_2);
     refused(&audit_verify(&log, &[]), at_checkpoint_2);
     // …so the attacker deletes them: the chain holds, and only the pinned key
@@ -651,7 +672,10 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
     std::fs::remove_file(&checkpoints).unwrap();
     let stdout = support::succeed(&audit_verify(&log, &[]), "the rewritten chain");
     assert!(stdout.contains("10 records, chain intact"), "{stdout}");
-    assert!(stdout.contains("not verified: a hash chain proves nothing"), "{stdout}");
+    assert!(
+        stdout.contains("not verified: a hash chain proves nothing"),
+        "{stdout}"
+    );
     refused(
         &audit_verify(&log, &pinned),
         "decisions.log.checkpoints is missing): the log's integrity cannot be established",
@@ -659,7 +683,10 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
     // A record after the last checkpoint but one: the last checkpoint names it.
     restore();
     rewrite(&log, 8, |record| record.path = Some("/elsewhere".into()));
-    refused(&audit_verify(&log, &pinned), ":13: checkpoint 3: its root hash is not the one of the log's first 10");
+    refused(
+        &audit_verify(&log, &pinned),
+        ":13: checkpoint 3: its root hash is not the one of the log's first 10",
+    );
 
     // And with checkpoints re-signed for the rewritten log by a key of the same
     // name: not the pinned key.
@@ -683,7 +710,13 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
     std::fs::write(&checkpoints, resigned).unwrap();
     let out = audit_verify(&log, &["--key", &attacker.verifier().to_string()]);
     support::succeed(&out, "the attacker's own key accepts the attacker's checkpoints");
-    refused(&audit_verify(&log, &pinned), &format!("decisions.log.checkpoints:1: checkpoint 1: not signed by {}", &key[..key.rfind('+').unwrap()]));
+    refused(
+        &audit_verify(&log, &pinned),
+        &format!(
+            "decisions.log.checkpoints:1: checkpoint 1: not signed by {}",
+            &key[..key.rfind('+').unwrap()]
+        ),
+    );
 
     // Records cut off the end, under a checkpoint.
     restore();
@@ -728,7 +761,10 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
         "decisions.log.checkpoints is missing): the log's integrity cannot be established",
     );
     std::fs::write(&checkpoints, "").unwrap();
-    refused(&audit_verify(&log, &pinned), "decisions.log.checkpoints holds none)");
+    refused(
+        &audit_verify(&log, &pinned),
+        "decisions.log.checkpoints holds none)",
+    );
 }
 
 #[test]
@@ -736,12 +772,22 @@ fn a_quiet_decision_log_is_checkpointed_after_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("decisions.log");
     let pdp = start_with(
-        &["--decision-log", log.to_str().unwrap(), "--decision-log-checkpoint-interval", "1s"],
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--decision-log-checkpoint-interval",
+            "1s",
+        ],
         &[&repo().join("examples/rego/allow.rego")],
     );
     let input = json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}});
     assert_eq!(
-        json_of(&http(pdp.addr, "POST", "/v1/data/authz/allow", &input.to_string()))["result"],
+        json_of(&http(
+            pdp.addr,
+            "POST",
+            "/v1/data/authz/allow",
+            &input.to_string()
+        ))["result"],
         true
     );
     // One decision, far below the default 1000 records: the interval signs it
@@ -756,7 +802,10 @@ fn a_quiet_decision_log_is_checkpointed_after_the_interval() {
     while !String::from_utf8_lossy(&audit_verify(&log, &["--key", &key]).stdout)
         .contains("1 signed checkpoints verified with key")
     {
-        assert!(start.elapsed() < DEADLINE, "no checkpoint signed within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no checkpoint signed within {DEADLINE:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(pdp);

@@ -10,7 +10,9 @@ use zt_audit::note::{SigningKey, VerifierKey};
 use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
-use crate::{AuditKeyCreateArgs, AuditKeyShowArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs, CheckpointArgs};
+use crate::{
+    AuditKeyCreateArgs, AuditKeyShowArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs, CheckpointArgs,
+};
 
 /// Opens a decision log whose checkpoints are signed with `--decision-log-key`
 /// (default `LOG.key`, created on first use). Errors name the flag.
@@ -65,7 +67,9 @@ fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Res
 /// plainly how far the result can be trusted.
 pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let key = match (&args.key, &args.key_file) {
-        (Some(text), _) => Some(VerifierKey::parse(text).map_err(|e| anyhow::anyhow!("--key {text:?}: {e}"))?),
+        (Some(text), _) => {
+            Some(VerifierKey::parse(text).map_err(|e| anyhow::anyhow!("--key {text:?}: {e}"))?)
+        }
         (None, Some(file)) => Some(read_verifier(file)?),
         (None, None) => None,
     };
@@ -118,7 +122,11 @@ fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode
     };
     match key {
         Some(key) if verified.checkpoints == 0 && records > 0 => {
-            let why = if verified.checkpoints_file { "holds none" } else { "is missing" };
+            let why = if verified.checkpoints_file {
+                "holds none"
+            } else {
+                "is missing"
+            };
             anyhow::bail!(
                 "{}: no signed checkpoints ({} {why}): the log's integrity cannot be established                  with key {key}; anyone who can write the file can rewrite it and its chain",
                 log.display(),
