@@ -318,6 +318,8 @@ struct Signer {
     covered: u64,
     /// When it was written (or the writer opened).
     at: Instant,
+    /// Records no checkpoint covered when the writer opened the log.
+    found_uncovered: u64,
 }
 
 impl Writer {
@@ -372,6 +374,7 @@ impl Writer {
             policy,
             covered,
             at: Instant::now(),
+            found_uncovered: head.records.saturating_sub(covered),
         };
         let file = signed::open_private_append(path)?;
         Ok(Self {
@@ -391,6 +394,13 @@ impl Writer {
     /// The key that verifies this writer's checkpoints, if it signs them.
     pub fn verifier(&self) -> Option<&note::VerifierKey> {
         self.signer.as_ref().map(|s| s.key.verifier())
+    }
+
+    /// Records that no checkpoint covered when this writer opened the log: its
+    /// next checkpoint vouches for them as found, so callers say so loudly (a
+    /// crash before the last checkpoint, or checkpoints removed).
+    pub fn found_uncovered(&self) -> u64 {
+        self.signer.as_ref().map_or(0, |s| s.found_uncovered)
     }
 
     /// How long records may wait for a checkpoint, if this writer signs them.

@@ -407,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn records_a_crash_left_uncovered_are_reported_when_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("decisions.log");
+        let key_path = default_key_path(&log);
+        let mut writer =
+            Writer::open_signed(&log, load_or_create_key(&key_path).unwrap(), policy(2)).unwrap();
+        writer.append(["/a", "/b", "/c"].map(record)).unwrap();
+        writer.append([record("/d")]).unwrap();
+        // A crash: no clean stop, so no last checkpoint.
+        std::mem::forget(writer);
+        let writer = Writer::open_signed(&log, load_or_create_key(&key_path).unwrap(), policy(2)).unwrap();
+        assert_eq!(writer.found_uncovered(), 1);
+        drop(writer);
+        let verified = verify(&log, Some(load_key(&key_path).unwrap().verifier()), |_| {}).unwrap();
+        assert_eq!((verified.checkpoints, verified.covered), (2, 4));
+    }
+
+    #[test]
     fn another_writers_key_or_a_readable_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("decisions.log");

@@ -186,6 +186,12 @@ pub async fn serve(
         if let Some(key) = writer.verifier() {
             tracing::info!(%key, "decision log checkpoints signed (zt audit verify --key)");
         }
+        if writer.found_uncovered() > 0 {
+            tracing::warn!(
+                records = writer.found_uncovered(),
+                "decision log records no checkpoint covers (a crash, or checkpoints removed): the next checkpoint signs them as found"
+            );
+        }
         pdp = pdp.with_decision_log(writer, revision);
         if let (Some(log), Some(interval)) = (&pdp.log, interval) {
             tokio::spawn(sign_checkpoints(Arc::downgrade(log), interval));

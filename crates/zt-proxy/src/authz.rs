@@ -257,6 +257,9 @@ impl Authorizer {
                 let key = zt_audit::signed::load_or_create_key(&key_path)?;
                 tracing::info!(log = %path.display(), key = %key.verifier(), "decision log checkpoints signed (zt audit verify --key)");
                 let writer = zt_audit::Writer::open_signed(path, key, config.checkpoints)?;
+                if writer.found_uncovered() > 0 {
+                    tracing::warn!(log = %path.display(), records = writer.found_uncovered(), "decision log records no checkpoint covers (a crash, or checkpoints removed): the next checkpoint signs them as found");
+                }
                 let (written_tx, written) = watch::channel(writer.head().records);
                 let (tx, rx) = mpsc::channel(LOG_BACKLOG);
                 tokio::spawn(write_log(

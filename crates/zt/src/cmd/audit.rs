@@ -80,10 +80,16 @@ pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     if chains.is_empty() {
         println!("zt server: no decisions shipped yet");
     }
-    for (name, head) in chains {
+    for (name, head) in &chains {
         println!(
             "{name}: {} records, chain intact, head {}",
             head.records, head.hash
+        );
+    }
+    if !chains.is_empty() {
+        println!(
+            "zt server holds chains, not signed checkpoints: compare each head with the proxy's \
+             own log, verified with its key (zt audit verify LOG --key KEY)"
         );
     }
     Ok(ExitCode::SUCCESS)
