@@ -111,9 +111,7 @@ impl Record {
         context.update(&canonical);
         hex(context.finish().as_ref())
     }
-}
 
-impl Record {
     /// The record's leaf in the Merkle tree: its hash's 32 bytes (`None` if
     /// `hash` is not 64 hex digits, which a verified record never is).
     pub fn leaf(&self) -> Option<merkle::Hash> {

@@ -175,6 +175,25 @@ enum AuditCommand {
     /// The keys that sign decision logs' checkpoints.
     #[command(subcommand)]
     Key(AuditKeyCommand),
+    /// RFC 9162 proofs from a log's Merkle tree, as JSON (hashes in base64): that a record
+    /// is in the tree a checkpoint signs, or that a later tree extends an earlier one.
+    Prove(AuditProveArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("proof").required(true).args(["inclusion", "consistency"])))]
+struct AuditProveArgs {
+    /// A decision log file; its chain and checkpoints are verified first.
+    log: PathBuf,
+    /// The record (its seq) to prove included in the tree of --size records.
+    #[arg(long)]
+    inclusion: Option<u64>,
+    /// The tree size for --inclusion [default: the last checkpoint's].
+    #[arg(long, requires = "inclusion")]
+    size: Option<u64>,
+    /// OLD NEW: prove that the tree of the first NEW records extends that of the first OLD.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    consistency: Option<Vec<u64>>,
 }
 
 #[derive(Subcommand)]
@@ -1089,6 +1108,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Apply(args)) => cmd::policy::apply(args),
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
+        Command::Audit(AuditCommand::Prove(args)) => cmd::audit::prove(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Show(args))) => cmd::audit::key_show(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Create(args))) => cmd::audit::key_create(args),
         Command::Pdp(PdpCommand::Run(args)) => cmd::pdp::run(args),

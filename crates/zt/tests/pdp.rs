@@ -651,6 +651,80 @@ fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_
         );
     }
 
+    // RFC 9162 proofs, checked against the roots the pinned key signed: record 6
+    // is in the tree of 8 records, and that tree is a prefix of the tree of 10.
+    use base64::Engine as _;
+    let b64 = |v: &Value| -> [u8; 32] {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let verifier = zt_audit::note::VerifierKey::parse(&key).unwrap();
+    let signed_root = |size: u64| {
+        notes(&checkpoints)
+            .iter()
+            .map(|note| {
+                let note = note.strip_suffix('\n').unwrap();
+                zt_audit::note::Checkpoint::parse(verifier.verify(note).unwrap()).unwrap()
+            })
+            .find(|checkpoint| checkpoint.size == size)
+            .unwrap()
+            .root
+    };
+    let prove = |args: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(["audit", "prove", log.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_str(&support::succeed(&out, "zt audit prove")).unwrap()
+    };
+    let records: Vec<zt_audit::Record> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let leaf = zt_audit::merkle::leaf_hash(&records[5].leaf().unwrap());
+    let inclusion = prove(&["--inclusion", "6", "--size", "8"]);
+    let path: Vec<[u8; 32]> = inclusion["inclusion_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
+    assert_eq!(b64(&inclusion["leaf_hash"]), leaf);
+    assert!(
+        zt_audit::merkle::verify_inclusion(5, 8, &leaf, &path, &signed_root(8)),
+        "{inclusion}"
+    );
+    assert!(!zt_audit::merkle::verify_inclusion(
+        4,
+        8,
+        &leaf,
+        &path,
+        &signed_root(8)
+    ));
+    let consistency = prove(&["--consistency", "4", "10"]);
+    let path: Vec<[u8; 32]> = consistency["consistency_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
+    assert!(
+        zt_audit::merkle::verify_consistency(4, 10, &signed_root(4), &signed_root(10), &path),
+        "{consistency}"
+    );
+    // Without --size, the tree of the last checkpoint: record 11 is not in it.
+    assert_eq!(prove(&["--inclusion", "10"])["tree_size"], 10);
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "prove", log.to_str().unwrap(), "--inclusion", "11"])
+        .output()
+        .unwrap();
+    refused(&out, "--inclusion 11: not in a tree of 10 records");
+
     let original = std::fs::read(&log).unwrap();
     let original_checkpoints = std::fs::read(&checkpoints).unwrap();
     let restore = || {

@@ -11,7 +11,8 @@ use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
 use crate::{
-    AuditKeyCreateArgs, AuditKeyShowArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs, CheckpointArgs,
+    AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs,
+    CheckpointArgs,
 };
 
 /// Opens a decision log whose checkpoints are signed with `--decision-log-key`
@@ -26,12 +27,13 @@ pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::
     zt_audit::Writer::open_signed(path, key, args.policy()).map_err(|e| anyhow::anyhow!("--decision-log {e}"))
 }
 
-/// Verifies every chain of `source`, showing each verified record to `visit`;
-/// returns each chain's name and head.
+/// Verifies every chain of `source` (and a file's checkpoints), showing each
+/// verified record to `visit`; returns each chain's name and head.
 fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
     if let Some(log) = &source.log {
-        let head = zt_audit::verify(log, &mut visit)?;
-        return Ok(vec![(log.display().to_string(), head)]);
+        // The checkpoints' roots too (not their signatures: zt audit verify --key).
+        let verified = zt_audit::signed::verify(log, None, &mut visit)?;
+        return Ok(vec![(log.display().to_string(), verified.head)]);
     }
     let client = zt_server::client::AdminClient::new(&source.socket);
     let mut chains: Vec<(String, Chain)> = Vec::new();
@@ -156,6 +158,68 @@ fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit prove LOG --inclusion SEQ [--size N] | --consistency OLD NEW`:
+/// the proof as one JSON object, checked before it is printed.
+pub fn prove(args: AuditProveArgs) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    use zt_audit::merkle;
+    let b64 = |hash: &merkle::Hash| base64::engine::general_purpose::STANDARD.encode(hash);
+    let mut leaves = Vec::new();
+    let verified = zt_audit::signed::verify(&args.log, None, |record| {
+        leaves.push(merkle::leaf_hash(&record.leaf().unwrap_or_default()));
+    })?;
+    let records = verified.head.records;
+    let prefix = |flag: &str, size: u64| -> anyhow::Result<&[merkle::Hash]> {
+        usize::try_from(size)
+            .ok()
+            .and_then(|n| leaves.get(..n))
+            .ok_or_else(|| anyhow::anyhow!("{flag} {size}: the log holds {records} records"))
+    };
+    let proof = if let Some(seq) = args.inclusion {
+        let size = args.size.unwrap_or(verified.covered);
+        if seq == 0 || seq > size {
+            anyhow::bail!(
+                "--inclusion {seq}: not in a tree of {size} records (--size, or the last checkpoint's)"
+            );
+        }
+        let tree = prefix("--size", size)?;
+        let index = seq - 1;
+        let path = merkle::inclusion_proof(index, tree)?;
+        let root = merkle::root_of(tree);
+        let leaf = tree.get(usize::try_from(index)?).copied().unwrap_or_default();
+        anyhow::ensure!(
+            merkle::verify_inclusion(index, size, &leaf, &path, &root),
+            "the inclusion proof does not verify"
+        );
+        serde_json::json!({
+            "seq": seq, "leaf_index": index, "tree_size": size, "leaf_hash": b64(&leaf),
+            "root_hash": b64(&root), "inclusion_path": path.iter().map(b64).collect::<Vec<_>>(),
+        })
+    } else {
+        let (old, new) = match args.consistency.as_deref() {
+            Some(&[old, new]) => (old, new),
+            _ => anyhow::bail!("--consistency takes OLD NEW"),
+        };
+        if old > new {
+            anyhow::bail!("--consistency {old} {new}: OLD is larger than NEW");
+        }
+        let tree = prefix("--consistency", new)?;
+        let path = merkle::consistency_proof(old, tree)?;
+        let old_root = merkle::root_of(prefix("--consistency", old)?);
+        let new_root = merkle::root_of(tree);
+        anyhow::ensure!(
+            merkle::verify_consistency(old, new, &old_root, &new_root, &path),
+            "the consistency proof does not verify"
+        );
+        serde_json::json!({
+            "old_size": old, "new_size": new, "old_root_hash": b64(&old_root),
+            "new_root_hash": b64(&new_root), "consistency_path": path.iter().map(b64).collect::<Vec<_>>(),
+        })
+    };
+    println!("{proof}");
     Ok(ExitCode::SUCCESS)
 }
 
