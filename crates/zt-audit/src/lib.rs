@@ -1,21 +1,37 @@
 //! The decision log: every authorization decision as one JSON line, chained by
-//! hashes so that no one can quietly alter it.
+//! hashes, with signed checkpoints of its Merkle tree beside it.
 //!
 //! Each record carries its sequence number, the hash of the record before it
 //! (`prev`) and its own hash: SHA-256 over `prev` and the record's canonical JSON
 //! (every field but `hash`, in declaration order). Editing a record breaks its
 //! hash; deleting or reordering one breaks the next record's `prev` and the
-//! sequence. Cutting records off the end leaves a valid shorter chain: compare
-//! the head (`zt audit verify` prints it) with one kept elsewhere — the server's
-//! copy, once records are shipped.
+//! sequence. A chain alone stops no one who can write the file: they can edit a
+//! record and recompute every hash after it. So the writer also keeps an RFC 9162
+//! Merkle tree over the records' hashes ([`merkle`]) and appends, every so many
+//! records or seconds and when it stops, a checkpoint of the tree's head signed
+//! with its own key (C2SP tlog-checkpoint signed notes, [`note`]) to
+//! `LOG.checkpoints`; [`signed::verify`] recomputes the tree and checks every
+//! checkpoint's signature and root, so a rewritten history fails at the first
+//! checkpoint that covers it. What the last checkpoint does not cover, and a log
+//! cut back together with its checkpoints, only a copy kept elsewhere (the
+//! server's, once records are shipped) can expose.
 
 #![forbid(unsafe_code)]
+
+pub mod merkle;
+pub mod note;
+pub mod signed;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+
+use crate::merkle::Frontier;
+use crate::note::{Checkpoint, SigningKey};
+pub use crate::signed::{CheckpointPolicy, Verified};
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -95,6 +111,21 @@ impl Record {
         context.update(&canonical);
         hex(context.finish().as_ref())
     }
+
+    /// The record's leaf in the Merkle tree: its hash's 32 bytes (`None` if
+    /// `hash` is not 64 hex digits, which a verified record never is).
+    pub fn leaf(&self) -> Option<merkle::Hash> {
+        let bytes = self.hash.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut leaf = [0u8; 32];
+        for (out, pair) in leaf.iter_mut().zip(bytes.chunks_exact(2)) {
+            let digits = std::str::from_utf8(pair).ok()?;
+            *out = u8::from_str_radix(digits, 16).ok()?;
+        }
+        Some(leaf)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -125,6 +156,35 @@ pub enum AuditError {
         /// What is wrong there.
         what: String,
     },
+    /// A checkpoint is malformed, not signed by the key, or does not match the log.
+    #[error("{path}:{line}: checkpoint {number}: {what}")]
+    Checkpoint {
+        /// The checkpoints file.
+        path: PathBuf,
+        /// Its first line, 1-based.
+        line: usize,
+        /// Its position in the file, from 1.
+        number: usize,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The log's signing key cannot be used.
+    #[error("{path}: {what}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        what: String,
+    },
+}
+
+impl AuditError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 /// What verifying a log found.
@@ -190,39 +250,28 @@ impl Chain {
 }
 
 /// Reads every record of a log, checking the chain as it goes; `visit` sees
-/// each verified record. The error names the first line that breaks it.
+/// each verified record. The error names the first line that breaks it. This
+/// checks the chain only: [`signed::verify`] checks the signed checkpoints too.
 pub fn verify(path: &Path, mut visit: impl FnMut(&Record)) -> Result<Head, AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    read_records(path, |record| {
+        visit(record);
+        Ok(())
+    })
+}
+
+/// Reads every record of a log, checking the chain; `visit` sees each verified
+/// record and may stop the reading with an error.
+fn read_records(
+    path: &Path,
+    mut visit: impl FnMut(&Record) -> Result<(), AuditError>,
+) -> Result<Head, AuditError> {
     let broken = |line: usize, what: String| AuditError::Broken {
         path: path.to_owned(),
         line,
         what,
     };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
-    verify_lines(reader, &mut Chain::default(), &mut visit).map_err(|e| match e {
-        LineError::Io(source) => io(source),
-        LineError::Broken(line, what) => broken(line, what),
-    })
-}
-
-/// Why a stream of lines does not verify.
-#[derive(Debug)]
-pub enum LineError {
-    /// Reading failed.
-    Io(std::io::Error),
-    /// The chain breaks at this line (1-based).
-    Broken(usize, String),
-}
-
-/// Checks every record line of `reader` against `chain`, extending it.
-pub fn verify_lines(
-    mut reader: impl BufRead,
-    chain: &mut Chain,
-    visit: &mut impl FnMut(&Record),
-) -> Result<Head, LineError> {
+    let mut reader = BufReader::new(File::open(path).map_err(AuditError::io(path))?);
+    let mut chain = Chain::default();
     let mut line = Vec::new();
     let mut number = 0;
     loop {
@@ -230,50 +279,63 @@ pub fn verify_lines(
         let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(LineError::Io)?;
+            .map_err(AuditError::io(path))?;
         if read == 0 {
             return Ok(chain.head().clone());
         }
         number += 1;
         if line.len() > MAX_LINE_BYTES {
-            return Err(LineError::Broken(
-                number,
-                format!("longer than {MAX_LINE_BYTES} bytes"),
-            ));
+            return Err(broken(number, format!("longer than {MAX_LINE_BYTES} bytes")));
         }
         if line.last() != Some(&b'\n') {
-            return Err(LineError::Broken(
-                number,
-                "incomplete last record (no newline)".into(),
-            ));
+            return Err(broken(number, "incomplete last record (no newline)".into()));
         }
-        let record: Record = serde_json::from_slice(&line)
-            .map_err(|e| LineError::Broken(number, format!("not a record: {e}")))?;
-        chain
-            .extend(&record)
-            .map_err(|what| LineError::Broken(number, what))?;
-        visit(&record);
+        let record: Record =
+            serde_json::from_slice(&line).map_err(|e| broken(number, format!("not a record: {e}")))?;
+        chain.extend(&record).map_err(|what| broken(number, what))?;
+        visit(&record)?;
     }
 }
 
-/// Appends records to a log, continuing its chain.
+/// Appends records to a log, continuing its chain and its Merkle tree, and —
+/// when it holds a signing key — appending signed checkpoints of the tree's
+/// head to `LOG.checkpoints`.
 pub struct Writer {
     path: PathBuf,
     file: File,
     head: Head,
+    tree: Frontier,
+    signer: Option<Signer>,
+}
+
+/// What a signing writer needs: its key, the checkpoints file and when the
+/// next checkpoint is due.
+struct Signer {
+    key: SigningKey,
+    path: PathBuf,
+    file: File,
+    policy: CheckpointPolicy,
+    /// Records the last checkpoint covers.
+    covered: u64,
+    /// When it was written (or the writer opened).
+    at: Instant,
+    /// Records no checkpoint covered when the writer opened the log.
+    found_uncovered: u64,
 }
 
 impl Writer {
-    /// Opens (or creates) a log; an existing one must verify first, so that a
-    /// broken chain is never extended as if it were whole.
+    /// Opens (or creates, mode 0600) a log without signed checkpoints; an
+    /// existing one must verify first, so that a broken chain is never extended
+    /// as if it were whole.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let mut tree = Frontier::default();
         let head = if path.exists() {
-            verify(path, |_| {})?
+            read_records(path, |record| {
+                tree.push(&record.leaf().unwrap_or_default());
+                Ok(())
+            })?
         } else {
-            Head {
-                records: 0,
-                hash: GENESIS.to_owned(),
-            }
+            Chain::default().head().clone()
         };
         // A record of who did what: 0600 whatever the umask, and an existing
         // log of this user's left readable by others is tightened.
@@ -282,6 +344,48 @@ impl Writer {
             path: path.to_owned(),
             file,
             head,
+            tree,
+            signer: None,
+        })
+    }
+
+    /// Opens (or creates) a log that this key signs checkpoints of. An existing
+    /// log and its checkpoints must verify with this key first: a writer never
+    /// signs a head inconsistent with one it signed before.
+    pub fn open_signed(path: &Path, key: SigningKey, policy: CheckpointPolicy) -> Result<Self, AuditError> {
+        let (head, tree, covered) = if path.exists() {
+            let verified = signed::verify(path, Some(key.verifier()), |_| {})?;
+            (verified.head, verified.tree, verified.covered)
+        } else {
+            // Checkpoints without their log are someone else's history: not extended.
+            let checkpoints = signed::checkpoints_path(path);
+            if checkpoints.exists() {
+                return Err(AuditError::Checkpoint {
+                    path: checkpoints,
+                    line: 1,
+                    number: 1,
+                    what: format!("checkpoints of a log that does not exist ({})", path.display()),
+                });
+            }
+            (Chain::default().head().clone(), Frontier::default(), 0)
+        };
+        let checkpoints = signed::checkpoints_path(path);
+        let signer = Signer {
+            file: zt_fs::open_private(&checkpoints, OpenOptions::new().create(true).append(true))?,
+            path: checkpoints,
+            key,
+            policy,
+            covered,
+            at: Instant::now(),
+            found_uncovered: head.records.saturating_sub(covered),
+        };
+        let file = zt_fs::open_private(path, OpenOptions::new().create(true).append(true))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            head,
+            tree,
+            signer: Some(signer),
         })
     }
 
@@ -290,11 +394,30 @@ impl Writer {
         &self.head
     }
 
+    /// The key that verifies this writer's checkpoints, if it signs them.
+    pub fn verifier(&self) -> Option<&note::VerifierKey> {
+        self.signer.as_ref().map(|s| s.key.verifier())
+    }
+
+    /// Records that no checkpoint covered when this writer opened the log: its
+    /// next checkpoint vouches for them as found, so callers say so loudly (a
+    /// crash before the last checkpoint, or checkpoints removed).
+    pub fn found_uncovered(&self) -> u64 {
+        self.signer.as_ref().map_or(0, |s| s.found_uncovered)
+    }
+
+    /// How long records may wait for a checkpoint, if this writer signs them.
+    pub fn checkpoint_interval(&self) -> Option<std::time::Duration> {
+        self.signer.as_ref().map(|s| s.policy.interval)
+    }
+
     /// Chains and appends records (their `seq`, `prev` and `hash` are set here),
-    /// in one write.
+    /// in one write; then signs a checkpoint if enough records have gone
+    /// uncovered.
     pub fn append(&mut self, records: impl IntoIterator<Item = Record>) -> Result<(), AuditError> {
         let mut buffer = Vec::new();
         let mut head = self.head.clone();
+        let mut tree = self.tree.clone();
         for mut record in records {
             record.seq = head.records + 1;
             record.prev = head.hash.clone();
@@ -302,25 +425,72 @@ impl Writer {
             // A struct of strings and numbers always serializes.
             serde_json::to_writer(&mut buffer, &record).unwrap_or_default();
             buffer.push(b'\n');
+            tree.push(&record.leaf().unwrap_or_default());
             head = Head {
                 records: record.seq,
                 hash: record.hash,
             };
         }
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let before = self.file.metadata().map_err(io)?.len();
+        let before = self.file.metadata().map_err(AuditError::io(&self.path))?.len();
         let written = self.file.write_all(&buffer).and_then(|()| self.file.flush());
         if let Err(source) = written {
             // A record cut short (a full disk, a file-size limit) is taken
             // back: the log stays a whole chain that verifies.
             let _ = self.file.set_len(before);
-            return Err(io(source));
+            return Err(AuditError::io(&self.path)(source));
         }
         self.head = head;
+        self.tree = tree;
+        if let Some(signer) = &self.signer
+            && self.head.records.saturating_sub(signer.covered) >= signer.policy.every
+        {
+            self.checkpoint()?;
+        }
         Ok(())
+    }
+
+    /// Signs a checkpoint if records have gone uncovered for the policy's
+    /// interval (a timer calls this while decisions are few).
+    pub fn checkpoint_if_due(&mut self) -> Result<(), AuditError> {
+        match &self.signer {
+            Some(signer) if signer.at.elapsed() >= signer.policy.interval => self.checkpoint(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Signs and appends a checkpoint of the head, if records are uncovered:
+    /// the log is synced first, so no checkpoint ever covers records a crash
+    /// could lose.
+    pub fn checkpoint(&mut self) -> Result<(), AuditError> {
+        let Some(signer) = &mut self.signer else {
+            return Ok(());
+        };
+        signer.at = Instant::now();
+        if self.head.records == signer.covered {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(AuditError::io(&self.path))?;
+        let checkpoint = Checkpoint {
+            origin: signer.key.verifier().name().to_owned(),
+            size: self.tree.size(),
+            root: self.tree.root(),
+        };
+        // One note and its closing blank line in one append.
+        let note = format!("{}\n", signer.key.sign(&checkpoint.text()));
+        signer
+            .file
+            .write_all(note.as_bytes())
+            .and_then(|()| signer.file.sync_data())
+            .map_err(AuditError::io(&signer.path))?;
+        signer.covered = checkpoint.size;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    /// A writer that stops cleanly leaves every record covered.
+    fn drop(&mut self) {
+        let _ = self.checkpoint();
     }
 }
 
@@ -329,7 +499,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
-    fn record(path: &str) -> Record {
+    pub(crate) fn record(path: &str) -> Record {
         Record {
             seq: 0,
             time_ms: 1_700_000_000_000,

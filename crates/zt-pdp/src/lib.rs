@@ -182,7 +182,20 @@ pub async fn serve(
 ) -> Result<(), (std::net::SocketAddr, std::io::Error)> {
     let mut pdp = Pdp::new(policies);
     if let Some((writer, revision)) = listeners.decision_log {
+        let interval = writer.checkpoint_interval();
+        if let Some(key) = writer.verifier() {
+            tracing::info!(%key, "decision log checkpoints signed (zt audit verify --key)");
+        }
+        if writer.found_uncovered() > 0 {
+            tracing::warn!(
+                records = writer.found_uncovered(),
+                "decision log records no checkpoint covers (a crash, or checkpoints removed): the next checkpoint signs them as found"
+            );
+        }
         pdp = pdp.with_decision_log(writer, revision);
+        if let (Some(log), Some(interval)) = (&pdp.log, interval) {
+            tokio::spawn(sign_checkpoints(Arc::downgrade(log), interval));
+        }
     }
     let http = tokio::net::TcpListener::bind(listeners.http)
         .await
@@ -225,6 +238,22 @@ pub async fn serve(
         let _ = grpc.await;
     }
     served
+}
+
+/// Signs a checkpoint of the decision log once records have waited
+/// `interval`, until the log is closed (its writer's drop signs the last).
+async fn sign_checkpoints(log: std::sync::Weak<Mutex<zt_audit::Writer>>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval((interval / 4).max(std::time::Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(log) = log.upgrade() else { return };
+        let Ok(mut writer) = log.lock() else { return };
+        if let Err(e) = writer.checkpoint_if_due() {
+            // The next decision's append fails too, and is refused.
+            tracing::error!(error = %e, "signing a decision log checkpoint failed");
+        }
+    }
 }
 
 /// An error answer in OPA's shape.

@@ -73,6 +73,11 @@ pub struct AuthzConfig {
     pub root_namespace: String,
     /// The hash-chained decision log, if any.
     pub decision_log: Option<PathBuf>,
+    /// The key that signs the log's checkpoints; `None`: `LOG.key`, created on
+    /// first use.
+    pub decision_log_key: Option<PathBuf>,
+    /// When the log's checkpoints are signed.
+    pub checkpoints: zt_audit::CheckpointPolicy,
     /// Rego rules that decide for CUSTOM policies, by provider name.
     pub providers: Option<Arc<RegoProviders>>,
 }
@@ -245,10 +250,25 @@ impl Authorizer {
         }
         let log = match &config.decision_log {
             Some(path) => {
-                let writer = zt_audit::Writer::open(path)?;
+                let key_path = config
+                    .decision_log_key
+                    .clone()
+                    .unwrap_or_else(|| zt_audit::signed::default_key_path(path));
+                let key = zt_audit::signed::load_or_create_key(&key_path)?;
+                tracing::info!(log = %path.display(), key = %key.verifier(), "decision log checkpoints signed (zt audit verify --key)");
+                let writer = zt_audit::Writer::open_signed(path, key, config.checkpoints)?;
+                if writer.found_uncovered() > 0 {
+                    tracing::warn!(log = %path.display(), records = writer.found_uncovered(), "decision log records no checkpoint covers (a crash, or checkpoints removed): the next checkpoint signs them as found");
+                }
                 let (written_tx, written) = watch::channel(writer.head().records);
                 let (tx, rx) = mpsc::channel(LOG_BACKLOG);
-                tokio::spawn(write_log(writer, rx, written_tx, metrics.clone()));
+                tokio::spawn(write_log(
+                    writer,
+                    rx,
+                    written_tx,
+                    config.checkpoints.interval,
+                    metrics.clone(),
+                ));
                 // With zt server behind the agent, the log is also shipped there.
                 if let PolicySource::Agent(socket) = &config.source {
                     tokio::spawn(ship(path.clone(), socket.clone(), written, metrics.clone()));
@@ -386,16 +406,25 @@ fn decision_id() -> String {
 }
 
 /// Appends decisions in batches until every sender is gone; publishes the
-/// last sequence number written.
+/// last sequence number written. While decisions are few, a checkpoint is
+/// signed once records have waited `interval`; the writer's drop signs the
+/// last one.
 async fn write_log(
     mut writer: zt_audit::Writer,
     mut rx: mpsc::Receiver<zt_audit::Record>,
     written: watch::Sender<u64>,
+    interval: Duration,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        if let Err(e) = writer.append(batch.drain(..)) {
+    let interval = interval.max(Duration::from_millis(10));
+    loop {
+        let appended = match tokio::time::timeout(interval, rx.recv_many(&mut batch, 256)).await {
+            Ok(0) => return,
+            Ok(_) => writer.append(batch.drain(..)),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = appended.and_then(|()| writer.checkpoint_if_due()) {
             metrics.decision_log_failures.inc();
             tracing::error!(error = %e, "decision log write failed: requests are denied until the proxy is restarted");
             return;

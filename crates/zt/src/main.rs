@@ -95,7 +95,8 @@ enum Command {
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// The tamper-evident decision log: verify its chain, query it.
+    /// The tamper-evident decision log: verify its chain and signed checkpoints, query it,
+    /// show its signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// The policy decision point: Rego policies behind OPA's REST API.
@@ -157,17 +158,102 @@ struct PdpRunArgs {
     /// result, bundle revisions, time) to this hash-chained log (zt audit verify|query).
     #[arg(long)]
     decision_log: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// Policy and data files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
 
+/// How a decision log's checkpoints are signed (zt proxy, zt pdp run).
+#[derive(Args)]
+struct CheckpointArgs {
+    /// The key that signs the decision log's checkpoints (a signed-note signer key,
+    /// `PRIVATE+KEY+…`, mode 0600) [default: LOG.key, created on first use]; pin its
+    /// public half (zt audit key show) to verify the log.
+    #[arg(long, requires = "decision_log")]
+    decision_log_key: Option<PathBuf>,
+    /// Sign a checkpoint of the decision log after this many records.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), requires = "decision_log")]
+    decision_log_checkpoint_every: u64,
+    /// Sign a checkpoint once records have waited this long (and on a clean stop).
+    #[arg(long, default_value = "10s", value_parser = positive_duration, requires = "decision_log")]
+    decision_log_checkpoint_interval: Duration,
+}
+
+/// A duration longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let parsed = duration::parse(text)?;
+    if parsed.is_zero() {
+        return Err(format!("invalid duration {text:?}: must be longer than zero"));
+    }
+    Ok(parsed)
+}
+
+impl CheckpointArgs {
+    fn policy(&self) -> zt_audit::CheckpointPolicy {
+        zt_audit::CheckpointPolicy {
+            every: self.decision_log_checkpoint_every,
+            interval: self.decision_log_checkpoint_interval,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: any edited, deleted or reordered record is named by line.
+    /// Check the hash chain and, with --key, the signed checkpoints: an edited, deleted
+    /// or reordered record is named by line, a rewritten history by the first checkpoint
+    /// it contradicts.
     Verify(AuditVerifyArgs),
     /// Print the records (JSON lines) that match every filter given; the chain is verified on the way.
     Query(AuditQueryArgs),
+    /// The keys that sign decision logs' checkpoints.
+    #[command(subcommand)]
+    Key(AuditKeyCommand),
+    /// RFC 9162 proofs from a log's Merkle tree, as JSON (hashes in base64): that a record
+    /// is in the tree a checkpoint signs, or that a later tree extends an earlier one.
+    Prove(AuditProveArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("proof").required(true).args(["inclusion", "consistency"])))]
+struct AuditProveArgs {
+    /// A decision log file; its chain and checkpoints are verified first.
+    log: PathBuf,
+    /// The record (its seq) to prove included in the tree of --size records.
+    #[arg(long)]
+    inclusion: Option<u64>,
+    /// The tree size for --inclusion [default: the last checkpoint's].
+    #[arg(long, requires = "inclusion")]
+    size: Option<u64>,
+    /// OLD NEW: prove that the tree of the first NEW records extends that of the first OLD.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    consistency: Option<Vec<u64>>,
+}
+
+#[derive(Subcommand)]
+enum AuditKeyCommand {
+    /// Print the public verifier key (NAME+KEYID+BASE64) of a signing key file, to pin
+    /// with zt audit verify --key.
+    Show(AuditKeyShowArgs),
+    /// Create a signing key file (mode 0600) before the first decision is logged.
+    Create(AuditKeyCreateArgs),
+}
+
+#[derive(Args)]
+struct AuditKeyShowArgs {
+    /// The signing key file (zt proxy --decision-log-key; default LOG.key).
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct AuditKeyCreateArgs {
+    /// Where to write it; an existing file is not replaced.
+    file: PathBuf,
+    /// The key's name, which is also the origin line of every checkpoint it signs
+    /// (no spaces or '+'), e.g. example.org/decisions/billing.
+    #[arg(long)]
+    name: String,
 }
 
 /// Which decision log: a proxy's file, or the copies zt server holds.
@@ -188,6 +274,14 @@ struct AuditSource {
 struct AuditVerifyArgs {
     #[command(flatten)]
     source: AuditSource,
+    /// The verifier key (NAME+KEYID+BASE64, from zt audit key show) that must have signed
+    /// the log's checkpoints (LOG.checkpoints); without it, nothing shows that the log
+    /// was not rewritten by whoever can write it.
+    #[arg(long, conflicts_with_all = ["key_file", "server"])]
+    key: Option<String>,
+    /// A file holding the verifier key.
+    #[arg(long, conflicts_with = "server")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -392,6 +486,8 @@ struct ProxyArgs {
     /// Append every decision to this hash-chained log (zt audit verify|query reads it).
     #[arg(long, requires = "policies")]
     decision_log: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// Rego modules (v1, or v0 as written) for CUSTOM policies' providers (repeatable).
     #[arg(long = "rego", requires = "policies")]
     rego: Vec<PathBuf>,
@@ -1100,6 +1196,9 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Apply(args)) => cmd::policy::apply(args),
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
+        Command::Audit(AuditCommand::Prove(args)) => cmd::audit::prove(args),
+        Command::Audit(AuditCommand::Key(AuditKeyCommand::Show(args))) => cmd::audit::key_show(args),
+        Command::Audit(AuditCommand::Key(AuditKeyCommand::Create(args))) => cmd::audit::key_create(args),
         Command::Pdp(PdpCommand::Run(args)) => cmd::pdp::run(args),
     };
     match result {

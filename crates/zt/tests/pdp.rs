@@ -506,6 +506,391 @@ fn decisions_are_logged_with_masked_inputs_in_a_verifiable_chain() {
     );
 }
 
+/// `zt pdp run` with a decision log whose checkpoints are signed after every
+/// `every` records, and `count` decisions made through it (ALLOW and DENY in
+/// turn); stopped cleanly (SIGTERM), which signs the last checkpoint.
+fn signed_log(dir: &Path, every: &str, count: usize) -> PathBuf {
+    let log = dir.join("decisions.log");
+    let mut pdp = start_with(
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--decision-log-checkpoint-every",
+            every,
+        ],
+        &[&repo().join("examples/rego/allow.rego")],
+    );
+    for i in 0..count {
+        let method = if i % 2 == 0 { "POST" } else { "GET" };
+        let input = json!({"input": {"principal": PAYMENT, "method": method, "path": "/api/v1/charges"}});
+        let answer = json_of(&http(
+            pdp.addr,
+            "POST",
+            "/v1/data/authz/allow",
+            &input.to_string(),
+        ));
+        assert_eq!(answer["result"], i % 2 == 0, "{answer}");
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &pdp.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = support::wait_with_deadline(&mut pdp.child).expect("zt pdp run still running after SIGTERM");
+    assert!(status.success(), "zt pdp run: {status}");
+    log
+}
+
+/// `zt audit verify LOG ARGS…`.
+fn audit_verify(log: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Fails unless `zt audit verify` refused, saying `expected` on stderr.
+fn refused(out: &std::process::Output, expected: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", describe(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(expected),
+        "wanted {expected:?}\n{}",
+        describe(out)
+    );
+}
+
+/// What an attacker who can write the log does: change one record, then
+/// recompute every `prev` and `hash` after it so that the chain holds.
+fn rewrite(log: &Path, index: usize, change: impl FnOnce(&mut zt_audit::Record)) -> Vec<zt_audit::Record> {
+    let mut records: Vec<zt_audit::Record> = std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    change(&mut records[index]);
+    for i in index..records.len() {
+        if i > 0 {
+            records[i].prev = records[i - 1].hash.clone();
+        }
+        records[i].hash = records[i].compute_hash();
+    }
+    let text: String = records
+        .iter()
+        .map(|r| format!("{}\n", serde_json::to_string(r).unwrap()))
+        .collect();
+    std::fs::write(log, text).unwrap();
+    records
+}
+
+/// The notes of a checkpoints file, each with the blank line that follows it.
+fn notes(checkpoints: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(checkpoints).unwrap();
+    let blocks: Vec<&str> = text.split("\n\n").collect();
+    blocks
+        .chunks(2)
+        .filter(|pair| pair.len() == 2)
+        .map(|pair| format!("{}\n\n{}\n\n", pair[0], pair[1]))
+        .collect()
+}
+
+#[test]
+fn a_decision_log_rewritten_with_its_chain_fails_at_the_first_signed_checkpoint_covering_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = signed_log(dir.path(), "4", 10);
+    let checkpoints = dir.path().join("decisions.log.checkpoints");
+    let key_file = dir.path().join("decisions.log.key");
+    for file in [&log, &checkpoints, &key_file] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    let shown = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "key", "show", key_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let key = support::succeed(&shown, "zt audit key show").trim().to_owned();
+    assert!(key.starts_with("zt/decision-log/"), "{key}");
+    let pinned = ["--key", key.as_str()];
+
+    // Checkpoints at 4 and 8 records, and at 10 when it stopped.
+    let out = audit_verify(&log, &pinned);
+    let stdout = support::succeed(&out, "zt audit verify --key");
+    assert!(stdout.contains("10 records, chain intact"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "3 signed checkpoints verified with key {key}; every record is covered"
+        )),
+        "{stdout}"
+    );
+    // A key given in a file is the same; a private key there is refused, not used.
+    let pin = dir.path().join("pinned.vkey");
+    std::fs::write(&pin, format!("{key}\n")).unwrap();
+    support::succeed(
+        &audit_verify(&log, &["--key-file", pin.to_str().unwrap()]),
+        "--key-file",
+    );
+    refused(
+        &audit_verify(&log, &["--key-file", key_file.to_str().unwrap()]),
+        "holds a private signing key; give its public half",
+    );
+    // Without a key, it says plainly what a chain is worth.
+    let stdout = support::succeed(&audit_verify(&log, &[]), "zt audit verify");
+    assert!(
+        stdout.contains("not verified: a hash chain proves nothing against someone who can write the file"),
+        "{stdout}"
+    );
+
+    // An outside implementation of the specs accepts the same checkpoints.
+    if let Some(python) = zt_testkit::python("signed checkpoints verified by Python's cryptography") {
+        let out = Command::new(python)
+            .arg(repo().join("tests/interop/verify_checkpoint.py"))
+            .arg(&key)
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert_eq!(
+            support::succeed(&out, "verify_checkpoint.py"),
+            "4 ok\n8 ok\n10 ok\n"
+        );
+    }
+
+    // RFC 9162 proofs, checked against the roots the pinned key signed: record 6
+    // is in the tree of 8 records, and that tree is a prefix of the tree of 10.
+    use base64::Engine as _;
+    let b64 = |v: &Value| -> [u8; 32] {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let verifier = zt_audit::note::VerifierKey::parse(&key).unwrap();
+    let signed_root = |size: u64| {
+        notes(&checkpoints)
+            .iter()
+            .map(|note| {
+                let note = note.strip_suffix('\n').unwrap();
+                zt_audit::note::Checkpoint::parse(verifier.verify(note).unwrap()).unwrap()
+            })
+            .find(|checkpoint| checkpoint.size == size)
+            .unwrap()
+            .root
+    };
+    let prove = |args: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(["audit", "prove", log.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_str(&support::succeed(&out, "zt audit prove")).unwrap()
+    };
+    let records: Vec<zt_audit::Record> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let leaf = zt_audit::merkle::leaf_hash(&records[5].leaf().unwrap());
+    let inclusion = prove(&["--inclusion", "6", "--size", "8"]);
+    let path: Vec<[u8; 32]> = inclusion["inclusion_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
+    assert_eq!(b64(&inclusion["leaf_hash"]), leaf);
+    assert!(
+        zt_audit::merkle::verify_inclusion(5, 8, &leaf, &path, &signed_root(8)),
+        "{inclusion}"
+    );
+    assert!(!zt_audit::merkle::verify_inclusion(
+        4,
+        8,
+        &leaf,
+        &path,
+        &signed_root(8)
+    ));
+    let consistency = prove(&["--consistency", "4", "10"]);
+    let path: Vec<[u8; 32]> = consistency["consistency_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
+    assert!(
+        zt_audit::merkle::verify_consistency(4, 10, &signed_root(4), &signed_root(10), &path),
+        "{consistency}"
+    );
+    // Without --size, the tree of the last checkpoint: record 11 is not in it.
+    assert_eq!(prove(&["--inclusion", "10"])["tree_size"], 10);
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "prove", log.to_str().unwrap(), "--inclusion", "11"])
+        .output()
+        .unwrap();
+    refused(&out, "--inclusion 11: not in a tree of 10 records");
+
+    let original = std::fs::read(&log).unwrap();
+    let original_checkpoints = std::fs::read(&checkpoints).unwrap();
+    let restore = || {
+        std::fs::write(&log, &original).unwrap();
+        std::fs::write(&checkpoints, &original_checkpoints).unwrap();
+    };
+
+    // The finding: record 6 flipped from DENY to ALLOW, the chain recomputed.
+    // The checkpoints' roots expose it, signed or not…
+    rewrite(&log, 5, |record| {
+        assert_eq!(record.decision, "DENY");
+        record.decision = "ALLOW".into();
+    });
+    let at_checkpoint_2 = "decisions.log.checkpoints:7: checkpoint 2: its root hash is not the one of the log's first 8 records";
+    refused(&audit_verify(&log, &pinned), at_checkpoint_2);
+    refused(&audit_verify(&log, &[]), at_checkpoint_2);
+    // …so the attacker deletes them: the chain holds, and only the pinned key
+    // tells that nothing vouches for it.
+    std::fs::remove_file(&checkpoints).unwrap();
+    let stdout = support::succeed(&audit_verify(&log, &[]), "the rewritten chain");
+    assert!(stdout.contains("10 records, chain intact"), "{stdout}");
+    assert!(
+        stdout.contains("not verified: a hash chain proves nothing"),
+        "{stdout}"
+    );
+    refused(
+        &audit_verify(&log, &pinned),
+        "decisions.log.checkpoints is missing): the log's integrity cannot be established",
+    );
+    // A record after the last checkpoint but one: the last checkpoint names it.
+    restore();
+    rewrite(&log, 8, |record| record.path = Some("/elsewhere".into()));
+    refused(
+        &audit_verify(&log, &pinned),
+        ":13: checkpoint 3: its root hash is not the one of the log's first 10",
+    );
+
+    // And with checkpoints re-signed for the rewritten log by a key of the same
+    // name: not the pinned key.
+    restore();
+    let forged = rewrite(&log, 5, |record| record.decision = "ALLOW".into());
+    let name = key.split('+').next().unwrap();
+    let attacker = zt_audit::note::SigningKey::generate(name).unwrap();
+    let mut tree = zt_audit::merkle::Frontier::default();
+    let mut resigned = String::new();
+    for record in &forged {
+        tree.push(&record.leaf().unwrap());
+        if [4, 8, 10].contains(&tree.size()) {
+            let checkpoint = zt_audit::note::Checkpoint {
+                origin: name.to_owned(),
+                size: tree.size(),
+                root: tree.root(),
+            };
+            resigned.push_str(&format!("{}\n", attacker.sign(&checkpoint.text())));
+        }
+    }
+    std::fs::write(&checkpoints, resigned).unwrap();
+    let out = audit_verify(&log, &["--key", &attacker.verifier().to_string()]);
+    support::succeed(&out, "the attacker's own key accepts the attacker's checkpoints");
+    refused(
+        &audit_verify(&log, &pinned),
+        &format!(
+            "decisions.log.checkpoints:1: checkpoint 1: not signed by {}",
+            // NAME+KEYID (the key's base64 may hold '+' too)
+            key.splitn(3, '+').take(2).collect::<Vec<_>>().join("+")
+        ),
+    );
+
+    // Records cut off the end, under a checkpoint.
+    restore();
+    let lines: Vec<&str> = std::str::from_utf8(&original).unwrap().lines().collect();
+    std::fs::write(&log, format!("{}\n", lines[..7].join("\n"))).unwrap();
+    refused(
+        &audit_verify(&log, &pinned),
+        "checkpoint 2: covers 8 records, but the log holds 7: records were cut off its end",
+    );
+    // A record appended after the last checkpoint: the log is whole, and the
+    // report says what no checkpoint covers yet.
+    restore();
+    let mut extra: zt_audit::Record = serde_json::from_str(lines[9]).unwrap();
+    extra.seq = 11;
+    extra.prev = extra.hash.clone();
+    extra.hash = extra.compute_hash();
+    let mut grown = original.clone();
+    grown.extend_from_slice(format!("{}\n", serde_json::to_string(&extra).unwrap()).as_bytes());
+    std::fs::write(&log, grown).unwrap();
+    let stdout = support::succeed(&audit_verify(&log, &pinned), "a record after the last checkpoint");
+    assert!(
+        stdout.contains("the last 1 records (after record 10) are not yet covered by a checkpoint"),
+        "{stdout}"
+    );
+
+    // Checkpoints reordered.
+    restore();
+    let mut shuffled = notes(&checkpoints);
+    assert_eq!(shuffled.len(), 3);
+    shuffled.swap(0, 1);
+    std::fs::write(&checkpoints, shuffled.concat()).unwrap();
+    refused(
+        &audit_verify(&log, &pinned),
+        "checkpoint 2: covers 4 records, after a checkpoint of 8: checkpoints out of order",
+    );
+
+    // No checkpoints at all: nothing establishes the log.
+    restore();
+    std::fs::remove_file(&checkpoints).unwrap();
+    refused(
+        &audit_verify(&log, &pinned),
+        "decisions.log.checkpoints is missing): the log's integrity cannot be established",
+    );
+    std::fs::write(&checkpoints, "").unwrap();
+    refused(
+        &audit_verify(&log, &pinned),
+        "decisions.log.checkpoints holds none)",
+    );
+}
+
+#[test]
+fn a_quiet_decision_log_is_checkpointed_after_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.log");
+    let pdp = start_with(
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--decision-log-checkpoint-interval",
+            "1s",
+        ],
+        &[&repo().join("examples/rego/allow.rego")],
+    );
+    let input = json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}});
+    assert_eq!(
+        json_of(&http(
+            pdp.addr,
+            "POST",
+            "/v1/data/authz/allow",
+            &input.to_string()
+        ))["result"],
+        true
+    );
+    // One decision, far below the default 1000 records: the interval signs it
+    // while the PDP runs.
+    let shown = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["audit", "key", "show"])
+        .arg(dir.path().join("decisions.log.key"))
+        .output()
+        .unwrap();
+    let key = support::succeed(&shown, "zt audit key show").trim().to_owned();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&audit_verify(&log, &["--key", &key]).stdout)
+        .contains("1 signed checkpoints verified with key")
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no checkpoint signed within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(pdp);
+}
+
 #[test]
 fn zt_server_serves_the_pdp_beside_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();

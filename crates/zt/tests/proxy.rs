@@ -1534,6 +1534,8 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
             "app=billing-service",
             "--decision-log",
             log.to_str().unwrap(),
+            "--decision-log-checkpoint-interval",
+            "1s",
         ],
     );
 
@@ -1610,13 +1612,20 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
         403
     );
 
-    // Every decision is in the log, and the chain verifies.
+    // Every decision is in the log, the chain verifies, and a checkpoint signed
+    // by the proxy's log key (LOG.key, created at start) covers every record.
     let zt = |args: &[&str]| Command::new(zt_exe()).args(args).output().unwrap();
+    let key_file = dir.path().join("decisions.log.key");
+    let key = String::from_utf8(zt(&["audit", "key", "show", key_file.to_str().unwrap()]).stdout).unwrap();
     let start = Instant::now();
     let verified = loop {
-        let out = zt(&["audit", "verify", log.to_str().unwrap()]);
+        let out = zt(&["audit", "verify", log.to_str().unwrap(), "--key", key.trim()]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !text.contains(" 0 records") && text.contains("chain intact") {
+        if out.status.success()
+            && !text.contains(" 0 records")
+            && text.contains("chain intact")
+            && text.contains("every record is covered")
+        {
             let count: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
             if count >= 9 {
                 break text;

@@ -501,6 +501,22 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         !up.status().status.success(),
         "zt status says it runs after the stop"
     );
+    // The proxies stopped cleanly: a checkpoint signed by each log's key covers
+    // every record.
+    let key = zt()
+        .args(["audit", "key", "show"])
+        .arg(one_log.with_extension("log.key"))
+        .output()
+        .unwrap();
+    let key = succeed(&key, "zt audit key show");
+    let verified = zt()
+        .args(["audit", "verify"])
+        .arg(&one_log)
+        .args(["--key", key.trim()])
+        .output()
+        .unwrap();
+    let verified = succeed(&verified, "zt audit verify --key");
+    assert!(verified.contains("every record is covered"), "{verified}");
 
     // Again on the same directory: the datastore, the agent's SVID and the edited policy are reused.
     drop(up);

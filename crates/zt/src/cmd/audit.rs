@@ -1,19 +1,39 @@
-//! `zt audit`: the decision log's chain verified, and its records queried —
-//! a proxy's file, or the copies proxies shipped to zt server.
+//! `zt audit`: the decision log's chain and signed checkpoints verified, its
+//! records queried — a proxy's file, or the copies proxies shipped to zt
+//! server — and the keys that sign checkpoints shown or made.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use zt_audit::note::{SigningKey, VerifierKey};
 use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
-use crate::{AuditQueryArgs, AuditSource, AuditVerifyArgs};
+use crate::{
+    AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs,
+    CheckpointArgs,
+};
 
-/// Verifies every chain of `source`, showing each verified record to `visit`;
-/// returns each chain's name and head.
+/// Opens a decision log whose checkpoints are signed with `--decision-log-key`
+/// (default `LOG.key`, created on first use). Errors name the flag.
+pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::Writer> {
+    let key_path = args
+        .decision_log_key
+        .clone()
+        .unwrap_or_else(|| zt_audit::signed::default_key_path(path));
+    let key = zt_audit::signed::load_or_create_key(&key_path)
+        .map_err(|e| anyhow::anyhow!("--decision-log-key {e}"))?;
+    zt_audit::Writer::open_signed(path, key, args.policy()).map_err(|e| anyhow::anyhow!("--decision-log {e}"))
+}
+
+/// Verifies every chain of `source` (and a file's checkpoints), showing each
+/// verified record to `visit`; returns each chain's name and head.
 fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
     if let Some(log) = &source.log {
-        let head = zt_audit::verify(log, &mut visit)?;
-        return Ok(vec![(log.display().to_string(), head)]);
+        // The checkpoints' roots too (not their signatures: zt audit verify --key).
+        let verified = zt_audit::signed::verify(log, None, &mut visit)?;
+        return Ok(vec![(log.display().to_string(), verified.head)]);
     }
     let client = zt_server::client::AdminClient::new(&source.socket);
     let mut chains: Vec<(String, Chain)> = Vec::new();
@@ -44,19 +64,180 @@ fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Res
         .collect())
 }
 
-/// `zt audit verify LOG | --server`: each chain's record count and head hash,
-/// or the first broken record.
+/// `zt audit verify LOG [--key K] | --server`: each chain's record count and
+/// head hash, or the first broken record; for a file, its checkpoints, and
+/// plainly how far the result can be trusted.
 pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
+    let key = match (&args.key, &args.key_file) {
+        (Some(text), _) => {
+            Some(VerifierKey::parse(text).map_err(|e| anyhow::anyhow!("--key {text:?}: {e}"))?)
+        }
+        (None, Some(file)) => Some(read_verifier(file)?),
+        (None, None) => None,
+    };
+    if let Some(log) = &args.source.log {
+        return verify_file(log, key.as_ref());
+    }
     let chains = verified(&args.source, |_| {})?;
     if chains.is_empty() {
         println!("zt server: no decisions shipped yet");
     }
-    for (name, head) in chains {
+    for (name, head) in &chains {
         println!(
             "{name}: {} records, chain intact, head {}",
             head.records, head.hash
         );
     }
+    if !chains.is_empty() {
+        println!(
+            "zt server holds chains, not signed checkpoints: compare each head with the proxy's \
+             own log, verified with its key (zt audit verify LOG --key KEY)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A verifier key from `--key-file`; a signing key there is refused, not used.
+fn read_verifier(file: &Path) -> anyhow::Result<VerifierKey> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("--key-file {}", file.display()))?;
+    if text.trim_start().starts_with("PRIVATE+KEY+") {
+        anyhow::bail!(
+            "--key-file {}: holds a private signing key; give its public half (zt audit key show {})",
+            file.display(),
+            file.display()
+        );
+    }
+    VerifierKey::parse(&text).map_err(|e| anyhow::anyhow!("--key-file {}: {e}", file.display()))
+}
+
+/// Verifies a log file and its checkpoints, and says what that proves.
+fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode> {
+    let verified = zt_audit::signed::verify(log, key, |_| {})?;
+    let (records, covered) = (verified.head.records, verified.covered);
+    println!(
+        "{}: {records} records, chain intact, head {}",
+        log.display(),
+        verified.head.hash
+    );
+    let checkpoints = zt_audit::signed::checkpoints_path(log);
+    let uncovered = if covered == records {
+        "every record is covered".to_owned()
+    } else {
+        format!(
+            "the last {} records (after record {covered}) are not yet covered by a checkpoint",
+            records - covered
+        )
+    };
+    match key {
+        Some(key) if verified.checkpoints == 0 && records > 0 => {
+            let why = if verified.checkpoints_file {
+                "holds none"
+            } else {
+                "is missing"
+            };
+            anyhow::bail!(
+                "{}: no signed checkpoints ({} {why}): the log's integrity cannot be established                  with key {key}; anyone who can write the file can rewrite it and its chain",
+                log.display(),
+                checkpoints.display()
+            );
+        }
+        Some(key) => println!(
+            "{} signed checkpoints verified with key {key}; {uncovered}",
+            verified.checkpoints
+        ),
+        None => {
+            if verified.checkpoints > 0 {
+                println!(
+                    "{} checkpoints match the records, but their signatures were not checked; {uncovered}",
+                    verified.checkpoints
+                );
+            }
+            println!(
+                "not verified: a hash chain proves nothing against someone who can write the file;                  pin the writer's key (zt audit key show {}) and give it with --key",
+                zt_audit::signed::default_key_path(log).display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit prove LOG --inclusion SEQ [--size N] | --consistency OLD NEW`:
+/// the proof as one JSON object, checked before it is printed.
+pub fn prove(args: AuditProveArgs) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    use zt_audit::merkle;
+    let b64 = |hash: &merkle::Hash| base64::engine::general_purpose::STANDARD.encode(hash);
+    let mut leaves = Vec::new();
+    let verified = zt_audit::signed::verify(&args.log, None, |record| {
+        leaves.push(merkle::leaf_hash(&record.leaf().unwrap_or_default()));
+    })?;
+    let records = verified.head.records;
+    let prefix = |flag: &str, size: u64| -> anyhow::Result<&[merkle::Hash]> {
+        usize::try_from(size)
+            .ok()
+            .and_then(|n| leaves.get(..n))
+            .ok_or_else(|| anyhow::anyhow!("{flag} {size}: the log holds {records} records"))
+    };
+    let proof = if let Some(seq) = args.inclusion {
+        let size = args.size.unwrap_or(verified.covered);
+        if seq == 0 || seq > size {
+            anyhow::bail!(
+                "--inclusion {seq}: not in a tree of {size} records (--size, or the last checkpoint's)"
+            );
+        }
+        let tree = prefix("--size", size)?;
+        let index = seq - 1;
+        let path = merkle::inclusion_proof(index, tree)?;
+        let root = merkle::root_of(tree);
+        let leaf = tree.get(usize::try_from(index)?).copied().unwrap_or_default();
+        anyhow::ensure!(
+            merkle::verify_inclusion(index, size, &leaf, &path, &root),
+            "the inclusion proof does not verify"
+        );
+        serde_json::json!({
+            "seq": seq, "leaf_index": index, "tree_size": size, "leaf_hash": b64(&leaf),
+            "root_hash": b64(&root), "inclusion_path": path.iter().map(b64).collect::<Vec<_>>(),
+        })
+    } else {
+        let (old, new) = match args.consistency.as_deref() {
+            Some(&[old, new]) => (old, new),
+            _ => anyhow::bail!("--consistency takes OLD NEW"),
+        };
+        if old > new {
+            anyhow::bail!("--consistency {old} {new}: OLD is larger than NEW");
+        }
+        let tree = prefix("--consistency", new)?;
+        let path = merkle::consistency_proof(old, tree)?;
+        let old_root = merkle::root_of(prefix("--consistency", old)?);
+        let new_root = merkle::root_of(tree);
+        anyhow::ensure!(
+            merkle::verify_consistency(old, new, &old_root, &new_root, &path),
+            "the consistency proof does not verify"
+        );
+        serde_json::json!({
+            "old_size": old, "new_size": new, "old_root_hash": b64(&old_root),
+            "new_root_hash": b64(&new_root), "consistency_path": path.iter().map(b64).collect::<Vec<_>>(),
+        })
+    };
+    println!("{proof}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit key show FILE`: the verifier key of a signing key file.
+pub fn key_show(args: AuditKeyShowArgs) -> anyhow::Result<ExitCode> {
+    let key = zt_audit::signed::load_key(&args.file)?;
+    println!("{}", key.verifier());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit key create FILE --name NAME`: a new signing key, 0600; prints its
+/// verifier key.
+pub fn key_create(args: AuditKeyCreateArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::generate(&args.name).map_err(|e| anyhow::anyhow!("--name {:?}: {e}", args.name))?;
+    if !zt_audit::signed::create_key_file(&args.file, &key)? {
+        anyhow::bail!("{}: already exists; it is not replaced", args.file.display());
+    }
+    println!("{}", key.verifier());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,11 +19,7 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
             .ext_authz_addr
             .map(|addr| (addr, args.ext_authz_path.clone())),
         decision_log: match &args.decision_log {
-            Some(path) => {
-                let writer =
-                    zt_audit::Writer::open(path).map_err(|e| anyhow::anyhow!("--decision-log {e}"))?;
-                Some((writer, revision.clone()))
-            }
+            Some(path) => Some((super::audit::open_log(path, &args.checkpoints)?, revision.clone())),
             None => None,
         },
     };

@@ -137,6 +137,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             labels: args.labels.into_iter().collect(),
             root_namespace: args.root_namespace,
             decision_log: args.decision_log,
+            decision_log_key: args.checkpoints.decision_log_key.clone(),
+            checkpoints: args.checkpoints.policy(),
         }),
     };
     super::init_logging("info");
