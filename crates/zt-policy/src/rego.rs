@@ -234,11 +234,13 @@ impl RegoPolicies {
     }
 }
 
-/// Replaces `numbers.range` and `numbers.range_step` (extensions are looked up
-/// before builtins) with versions that refuse a range whose array would pass
-/// the memory limit before reserving it: regorus's own reserve the whole array
-/// first, which no later check can stop (`numbers.range(1, 1e12)` asks the
-/// system for 16 TB at once and aborts the process when refused).
+/// Replaces `numbers.range`, `numbers.range_step`, `replace` and
+/// `strings.replace_n` (extensions are looked up before builtins) with
+/// versions that refuse a result that would pass the memory limit before
+/// building it: regorus's own reserve or build the whole result first, which
+/// no later check can stop (`numbers.range(1, 1e12)` asks the system for 16 TB
+/// at once and aborts the process when refused; `replace(s, "x", s)` squares
+/// the size of `s`).
 fn bounded_ranges(engine: &mut regorus::Engine) -> Result<(), String> {
     engine
         .add_extension(
@@ -253,12 +255,77 @@ fn bounded_ranges(engine: &mut regorus::Engine) -> Result<(), String> {
             3,
             Box::new(|args: Vec<regorus::Value>| Ok(range("numbers.range_step", &args, true)?)),
         )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "replace".into(),
+            3,
+            Box::new(|args: Vec<regorus::Value>| {
+                let [s, old, new] = [0, 1, 2].map(|i| string("replace", args.get(i)));
+                Ok(regorus::Value::String(
+                    replaced("replace", s?, old?, new?)?.into(),
+                ))
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "strings.replace_n".into(),
+            2,
+            Box::new(|args: Vec<regorus::Value>| Ok(replace_n(&args)?)),
+        )
         .map_err(|e| e.to_string())
 }
 
-/// Why a range was refused.
+/// A string argument of `name`.
+fn string<'a>(name: &'static str, value: Option<&'a regorus::Value>) -> Result<&'a str, BuiltinError> {
+    match value {
+        Some(regorus::Value::String(s)) => Ok(s),
+        _ => Err(BuiltinError::NotString(name)),
+    }
+}
+
+/// `s` with every `old` replaced by `new` (as `str::replace`, which regorus's
+/// builtins use), refused before it is built if it would pass the memory
+/// limit: one replacement multiplies sizes, so a single call could otherwise
+/// ask for more than any later check could stop.
+fn replaced(name: &'static str, s: &str, old: &str, new: &str) -> Result<String, BuiltinError> {
+    let count = if old.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(old).count()
+    } as u128;
+    let size = (s.len() as u128)
+        .saturating_sub(count.saturating_mul(old.len() as u128))
+        .saturating_add(count.saturating_mul(new.len() as u128));
+    let limit = memory_limit();
+    if size > u128::from(limit) {
+        return Err(BuiltinError::TooLong { name, size, limit });
+    }
+    Ok(s.replace(old, new))
+}
+
+/// `strings.replace_n` as regorus gives it (each pattern in turn, in key
+/// order), each step bounded as [`replaced`].
+fn replace_n(args: &[regorus::Value]) -> Result<regorus::Value, BuiltinError> {
+    const NAME: &str = "strings.replace_n";
+    let Some(regorus::Value::Object(patterns)) = args.first() else {
+        return Err(BuiltinError::Patterns(NAME));
+    };
+    let mut s = string(NAME, args.get(1))?.to_owned();
+    for (old, new) in patterns.iter() {
+        let (regorus::Value::String(old), regorus::Value::String(new)) = (old, new) else {
+            return Err(BuiltinError::Patterns(NAME));
+        };
+        s = replaced(NAME, &s, old, new)?;
+        regorus::check_global_memory_limit().map_err(BuiltinError::Memory)?;
+    }
+    Ok(regorus::Value::String(s.into()))
+}
+
+/// Why a bounded builtin refused its arguments.
 #[derive(Debug, thiserror::Error)]
-enum RangeError {
+enum BuiltinError {
     #[error("{0}: operands must be numbers")]
     NotNumber(&'static str),
     #[error("{0}: step must be a positive integer")]
@@ -271,6 +338,16 @@ enum RangeError {
         count: u128,
         limit: u64,
     },
+    #[error("{name}: a string of {size} bytes exceeds the memory limit ({limit} bytes)")]
+    TooLong {
+        name: &'static str,
+        size: u128,
+        limit: u64,
+    },
+    #[error("{0}: operands must be strings")]
+    NotString(&'static str),
+    #[error("{0}: expects an object of string keys and values, then a string")]
+    Patterns(&'static str),
     #[error("{0}")]
     Memory(regorus::LimitError),
 }
@@ -278,21 +355,21 @@ enum RangeError {
 /// The integers from `args[0]` to `args[1]` (both included, descending if the
 /// second is smaller) by `args[2]` if `stepped` (else 1), as regorus's builtins
 /// give them: a bound that is not an integer makes the range undefined.
-fn range(name: &'static str, args: &[regorus::Value], stepped: bool) -> Result<regorus::Value, RangeError> {
+fn range(name: &'static str, args: &[regorus::Value], stepped: bool) -> Result<regorus::Value, BuiltinError> {
     let integer = |v: &regorus::Value| match v {
         regorus::Value::Number(n) if n.is_integer() => Ok(n.as_i128()),
         regorus::Value::Number(_) => Ok(None),
-        _ => Err(RangeError::NotNumber(name)),
+        _ => Err(BuiltinError::NotNumber(name)),
     };
     let (Some(from), Some(to)) = (args.first(), args.get(1)) else {
-        return Err(RangeError::Count(name));
+        return Err(BuiltinError::Count(name));
     };
     let (from, to) = (integer(from)?, integer(to)?);
     let step = match args.get(2).filter(|_| stepped) {
         None => 1,
         Some(step) => match integer(step) {
             Ok(Some(step)) if step > 0 => step,
-            _ => return Err(RangeError::Step(name)),
+            _ => return Err(BuiltinError::Step(name)),
         },
     };
     let (Some(from), Some(to)) = (from, to) else {
@@ -301,20 +378,20 @@ fn range(name: &'static str, args: &[regorus::Value], stepped: bool) -> Result<r
     let count = to
         .checked_sub(from)
         .map(|span| span.unsigned_abs() / step.unsigned_abs() + 1)
-        .ok_or(RangeError::Count(name))?;
+        .ok_or(BuiltinError::Count(name))?;
     let limit = memory_limit();
     let element = std::mem::size_of::<regorus::Value>() as u128;
     if count.saturating_mul(element) > u128::from(limit) {
-        return Err(RangeError::TooLarge { name, count, limit });
+        return Err(BuiltinError::TooLarge { name, count, limit });
     }
     let step = if to < from { -step } else { step };
-    let mut values = Vec::with_capacity(usize::try_from(count).map_err(|_| RangeError::Count(name))?);
+    let mut values = Vec::with_capacity(usize::try_from(count).map_err(|_| BuiltinError::Count(name))?);
     let mut value = from;
     for i in 0..count {
         values.push(regorus::Value::from(value));
         value = value.saturating_add(step);
         if i % 4096 == 0 {
-            regorus::check_global_memory_limit().map_err(RangeError::Memory)?;
+            regorus::check_global_memory_limit().map_err(BuiltinError::Memory)?;
         }
     }
     Ok(regorus::Value::from(values))
@@ -609,6 +686,37 @@ mod tests {
         assert!(error.contains("step must be a positive integer"), "{error}");
         // The same set answers a sane query afterwards.
         assert_eq!(policies.query(&["bomb", "ok"], None).unwrap(), Some(json!(10)));
+    }
+
+    #[test]
+    fn rego_memory_bomb_replacements_are_refused_before_they_are_built() {
+        let policies = one(
+            "bomb.rego",
+            "package bomb\n\
+             s := concat(\"\", [\"x\" | some _ in numbers.range(1, 100000)])\n\
+             squared := count(replace(s, \"x\", s))\n\
+             empty_old := count(replace(s, \"\", s))\n\
+             patterns := count(strings.replace_n({\"x\": s}, s))\n\
+             same := replace(\"a-b-c\", \"-\", \"+\")\n\
+             inserted := replace(\"ab\", \"\", \"-\")\n\
+             in_order := strings.replace_n({\"a\": \"b\", \"b\": \"c\"}, \"ab\")\n\
+             bad := strings.replace_n({\"a\": 1}, \"ab\")\n",
+        )
+        .unwrap();
+        for rule in ["squared", "empty_old", "patterns"] {
+            let error = memory_error(&policies, rule);
+            assert!(
+                error.contains("bytes exceeds the memory limit"),
+                "{rule}: {error}"
+            );
+        }
+        let get = |rule: &str| policies.query(&["bomb", rule], None).unwrap();
+        assert_eq!(get("same"), Some(json!("a+b+c")));
+        assert_eq!(get("inserted"), Some(json!("-a-b-")));
+        // regorus applies the patterns one after the other, in key order.
+        assert_eq!(get("in_order"), Some(json!("cc")));
+        let error = policies.query(&["bomb", "bad"], None).unwrap_err().to_string();
+        assert!(error.contains("string keys and values"), "{error}");
     }
 
     #[test]
