@@ -100,7 +100,7 @@ impl RegoPolicies {
     ) -> Result<Self, Vec<ModuleError>> {
         ensure_memory_limit();
         let mut engine = regorus::Engine::new();
-        bounded_ranges(&mut engine).map_err(|message| {
+        bounded_builtins(&mut engine).map_err(|message| {
             vec![ModuleError {
                 id: "(engine)".into(),
                 message,
@@ -241,7 +241,7 @@ impl RegoPolicies {
 /// no later check can stop (`numbers.range(1, 1e12)` asks the system for 16 TB
 /// at once and aborts the process when refused; `replace(s, "x", s)` squares
 /// the size of `s`).
-fn bounded_ranges(engine: &mut regorus::Engine) -> Result<(), String> {
+fn bounded_builtins(engine: &mut regorus::Engine) -> Result<(), String> {
     engine
         .add_extension(
             "numbers.range".into(),
