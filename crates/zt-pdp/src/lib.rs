@@ -11,10 +11,14 @@
 //! - `GET /health`.
 //!
 //! Every `/v1` answer carries a `decision_id`. Errors have OPA's shape:
-//! `{"code": "invalid_parameter" | "internal_error" | …, "message": …}`.
+//! `{"code": "invalid_parameter" | "internal_error" | …, "message": …}`; an
+//! evaluation that passes the time or memory limit is a 500 `internal_error`
+//! (see `zt_policy::rego`). Policy writes are refused unless enabled, and a
+//! bearer token can be required ([`access`]).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod data;
 pub mod ext_authz;
 
@@ -25,13 +29,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use zt_policy::rego::{ModuleError, RegoPolicies};
 
 /// Largest request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Most bytes of Rego text the PDP holds, all modules together (files and
+/// PUTs): without it, PUTs under new ids would grow the set without end.
+pub const MAX_MODULES_BYTES: usize = 64 << 20;
 
 /// The policies being served; replaced whole on every policy change.
 #[derive(Clone)]
@@ -43,6 +52,8 @@ pub struct Pdp {
     log: Option<Arc<Mutex<zt_audit::Writer>>>,
     /// The bundle revisions served, for the log.
     revision: Option<String>,
+    /// Who may do what through the API.
+    access: access::Access,
 }
 
 impl std::fmt::Debug for Pdp {
@@ -59,7 +70,14 @@ impl Pdp {
             changing: Arc::new(Mutex::new(())),
             log: None,
             revision: None,
+            access: access::Access::default(),
         }
+    }
+
+    /// Lets the API do what `access` says (by default: no policy writes, no token).
+    pub fn with_access(mut self, access: access::Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// Records every decision in a hash-chained log, masked by the policies'
@@ -144,10 +162,11 @@ impl Pdp {
         Ok(())
     }
 
-    /// OPA's REST API.
+    /// OPA's REST API. `/health` answers anyone; every other route needs the
+    /// token if one is set, and the policy writes need them enabled.
     pub fn router(self) -> Router {
+        let writes = middleware::from_fn_with_state(self.clone(), access::writes);
         Router::new()
-            .route("/health", get(|| async { axum::Json(json!({})) }))
             .route("/v1/data", post(post_data_root).get(get_data_root))
             .route("/v1/data/", post(post_data_root).get(get_data_root))
             .route("/v1/data/{*path}", post(post_data).get(get_data))
@@ -156,8 +175,10 @@ impl Pdp {
             .route("/v1/policies/", get(list_policies))
             .route(
                 "/v1/policies/{*id}",
-                get(get_policy).put(put_policy).delete(delete_policy),
+                get(get_policy).merge(put(put_policy).delete(delete_policy).route_layer(writes)),
             )
+            .route_layer(middleware::from_fn_with_state(self.clone(), access::authenticate))
+            .route("/health", get(|| async { axum::Json(json!({})) }))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
@@ -171,6 +192,8 @@ pub struct Listeners {
     pub ext_authz: Option<(std::net::SocketAddr, String)>,
     /// The decision log, and the bundle revisions to record in it.
     pub decision_log: Option<(zt_audit::Writer, Option<String>)>,
+    /// Who may do what through the REST API.
+    pub access: access::Access,
 }
 
 /// Serves OPA's REST API (and, if asked, Envoy's ext_authz) for `policies`
@@ -180,7 +203,7 @@ pub async fn serve(
     policies: RegoPolicies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), (std::net::SocketAddr, std::io::Error)> {
-    let mut pdp = Pdp::new(policies);
+    let mut pdp = Pdp::new(policies).with_access(listeners.access);
     if let Some((writer, revision)) = listeners.decision_log {
         let interval = writer.checkpoint_interval();
         if let Some(key) = writer.verifier() {
@@ -510,6 +533,22 @@ async fn put_policy(
         .lock()
         .map_err(|_| ApiError::internal("policy store lock poisoned".into()))?;
     let policies = pdp.current()?;
+    let held: usize = policies
+        .modules()
+        .iter()
+        .filter(|(held, _)| **held != id)
+        .map(|(_, text)| text.len())
+        .sum();
+    if held.saturating_add(text.len()) > MAX_MODULES_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_parameter",
+            format!(
+                "policies would hold {} bytes of Rego, more than the {MAX_MODULES_BYTES} the PDP keeps",
+                held.saturating_add(text.len())
+            ),
+        ));
+    }
     let updated = policies.with_module(&id, text).map_err(ApiError::compile)?;
     pdp.replace(updated)?;
     tracing::info!(target: "zt::audit", policy = %id, "Rego policy stored");

@@ -6,7 +6,19 @@
 //! merged under `data`. A set is prepared whole when it changes (a module that
 //! does not parse is refused then, not at the first query; an unknown function
 //! is an error of the query that reaches it); queries run on a clone of the
-//! prepared engine, with a time limit.
+//! prepared engine, with a time limit and a memory limit.
+//!
+//! The memory limit is regorus's (`allocator-memory-limits`): mimalloc is the
+//! process's allocator and counts every live byte, and the interpreter, the
+//! builtins, the parser and value building check that count as they go, so
+//! an evaluation that would pass the limit stops with an error instead of
+//! taking the process down. The count is the **whole process's** heap, not one
+//! query's: a query fails when the process as a whole holds more than the
+//! limit while it runs, so queries running beside a runaway one may fail with
+//! it (each answers an error; nothing else in the process is affected, since
+//! only Rego checks the limit). `numbers.range` and `numbers.range_step` are
+//! replaced by versions that refuse a range whose array alone would pass the
+//! limit, since regorus reserves the whole array before its first check.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -16,6 +28,30 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 /// How long one query may run, unless configured.
 pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_secs(1);
+
+/// How many bytes the process may hold while Rego runs, unless configured:
+/// 1 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+
+/// Bounds the memory Rego may use: from now on an evaluation, a module's
+/// parse or a value's construction fails once the process holds more than
+/// `bytes` of heap (see the module's documentation: the bound is process-wide).
+pub fn set_memory_limit(bytes: u64) {
+    regorus::set_global_memory_limit(Some(bytes));
+}
+
+/// The memory limit in force; [`DEFAULT_MEMORY_LIMIT`] is set by the first
+/// compile if none was.
+pub fn memory_limit() -> u64 {
+    regorus::global_memory_limit().unwrap_or(DEFAULT_MEMORY_LIMIT)
+}
+
+/// Rego never runs unbounded: the default applies unless one was set.
+fn ensure_memory_limit() {
+    if regorus::global_memory_limit().is_none() {
+        set_memory_limit(DEFAULT_MEMORY_LIMIT);
+    }
+}
 
 /// A module that does not parse or compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +98,14 @@ impl RegoPolicies {
         data: serde_json::Value,
         eval_limit: Duration,
     ) -> Result<Self, Vec<ModuleError>> {
+        ensure_memory_limit();
         let mut engine = regorus::Engine::new();
+        bounded_builtins(&mut engine).map_err(|message| {
+            vec![ModuleError {
+                id: "(engine)".into(),
+                message,
+            }]
+        })?;
         let mut errors = Vec::new();
         let mut packages = BTreeMap::new();
         for (id, text) in &modules {
@@ -139,6 +182,17 @@ impl RegoPolicies {
         path: &[&str],
         input: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>, QueryError> {
+        // A panic inside regorus (an arithmetic corner, say) is this query's
+        // error, never the process's end: the engine is this query's own clone.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.query_unguarded(path, input)))
+            .unwrap_or_else(|_| Err(QueryError::Eval("the Rego evaluator failed (panicked)".into())))
+    }
+
+    fn query_unguarded(
+        &self,
+        path: &[&str],
+        input: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, QueryError> {
         let mut engine = self.engine.clone();
         if let Some(input) = input {
             engine.set_input(regorus::Value::from(input.clone()));
@@ -151,33 +205,196 @@ impl RegoPolicies {
         } else {
             None
         };
-        if let Some(value) = rule {
-            if value == regorus::Value::Undefined {
-                return Ok(None);
+        let value = match rule {
+            Some(value) => value,
+            None => {
+                let results = engine
+                    .eval_query(query_of(path), false)
+                    .map_err(|e| QueryError::Eval(e.to_string()))?;
+                let Some(value) = results
+                    .result
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.expressions.into_iter().next())
+                    .map(|e| e.value)
+                else {
+                    return Ok(None);
+                };
+                value
             }
-            return serde_json::to_value(&value)
-                .map(Some)
-                .map_err(|e| QueryError::Eval(e.to_string()));
-        }
-        let results = engine
-            .eval_query(query_of(path), false)
-            .map_err(|e| QueryError::Eval(e.to_string()))?;
-        let Some(value) = results
-            .result
-            .into_iter()
-            .next()
-            .and_then(|r| r.expressions.into_iter().next())
-            .map(|e| e.value)
-        else {
-            return Ok(None);
         };
         if value == regorus::Value::Undefined {
             return Ok(None);
         }
-        serde_json::to_value(&value)
-            .map(Some)
-            .map_err(|e| QueryError::Eval(e.to_string()))
+        let json = serde_json::to_value(&value).map_err(|e| QueryError::Eval(e.to_string()))?;
+        drop(value);
+        // The JSON copy of a result is built outside regorus's checks.
+        regorus::check_global_memory_limit().map_err(|e| QueryError::Eval(format!("result: {e}")))?;
+        Ok(Some(json))
     }
+}
+
+/// Replaces `numbers.range`, `numbers.range_step`, `replace` and
+/// `strings.replace_n` (extensions are looked up before builtins) with
+/// versions that refuse a result that would pass the memory limit before
+/// building it: regorus's own reserve or build the whole result first, which
+/// no later check can stop (`numbers.range(1, 1e12)` asks the system for 16 TB
+/// at once and aborts the process when refused; `replace(s, "x", s)` squares
+/// the size of `s`).
+fn bounded_builtins(engine: &mut regorus::Engine) -> Result<(), String> {
+    engine
+        .add_extension(
+            "numbers.range".into(),
+            2,
+            Box::new(|args: Vec<regorus::Value>| Ok(range("numbers.range", &args, false)?)),
+        )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "numbers.range_step".into(),
+            3,
+            Box::new(|args: Vec<regorus::Value>| Ok(range("numbers.range_step", &args, true)?)),
+        )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "replace".into(),
+            3,
+            Box::new(|args: Vec<regorus::Value>| {
+                let [s, old, new] = [0, 1, 2].map(|i| string("replace", args.get(i)));
+                Ok(regorus::Value::String(
+                    replaced("replace", s?, old?, new?)?.into(),
+                ))
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "strings.replace_n".into(),
+            2,
+            Box::new(|args: Vec<regorus::Value>| Ok(replace_n(&args)?)),
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// A string argument of `name`.
+fn string<'a>(name: &'static str, value: Option<&'a regorus::Value>) -> Result<&'a str, BuiltinError> {
+    match value {
+        Some(regorus::Value::String(s)) => Ok(s),
+        _ => Err(BuiltinError::NotString(name)),
+    }
+}
+
+/// `s` with every `old` replaced by `new` (as `str::replace`, which regorus's
+/// builtins use), refused before it is built if it would pass the memory
+/// limit: one replacement multiplies sizes, so a single call could otherwise
+/// ask for more than any later check could stop.
+fn replaced(name: &'static str, s: &str, old: &str, new: &str) -> Result<String, BuiltinError> {
+    let count = if old.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(old).count()
+    } as u128;
+    let size = (s.len() as u128)
+        .saturating_sub(count.saturating_mul(old.len() as u128))
+        .saturating_add(count.saturating_mul(new.len() as u128));
+    let limit = memory_limit();
+    if size > u128::from(limit) {
+        return Err(BuiltinError::TooLong { name, size, limit });
+    }
+    Ok(s.replace(old, new))
+}
+
+/// `strings.replace_n` as regorus gives it (each pattern in turn, in key
+/// order), each step bounded as [`replaced`].
+fn replace_n(args: &[regorus::Value]) -> Result<regorus::Value, BuiltinError> {
+    const NAME: &str = "strings.replace_n";
+    let Some(regorus::Value::Object(patterns)) = args.first() else {
+        return Err(BuiltinError::Patterns(NAME));
+    };
+    let mut s = string(NAME, args.get(1))?.to_owned();
+    for (old, new) in patterns.iter() {
+        let (regorus::Value::String(old), regorus::Value::String(new)) = (old, new) else {
+            return Err(BuiltinError::Patterns(NAME));
+        };
+        s = replaced(NAME, &s, old, new)?;
+        regorus::check_global_memory_limit().map_err(BuiltinError::Memory)?;
+    }
+    Ok(regorus::Value::String(s.into()))
+}
+
+/// Why a bounded builtin refused its arguments.
+#[derive(Debug, thiserror::Error)]
+enum BuiltinError {
+    #[error("{0}: operands must be numbers")]
+    NotNumber(&'static str),
+    #[error("{0}: step must be a positive integer")]
+    Step(&'static str),
+    #[error("{0}: could not determine number of elements")]
+    Count(&'static str),
+    #[error("{name}: {count} elements exceed the memory limit ({limit} bytes)")]
+    TooLarge {
+        name: &'static str,
+        count: u128,
+        limit: u64,
+    },
+    #[error("{name}: a string of {size} bytes exceeds the memory limit ({limit} bytes)")]
+    TooLong {
+        name: &'static str,
+        size: u128,
+        limit: u64,
+    },
+    #[error("{0}: operands must be strings")]
+    NotString(&'static str),
+    #[error("{0}: expects an object of string keys and values, then a string")]
+    Patterns(&'static str),
+    #[error("{0}")]
+    Memory(regorus::LimitError),
+}
+
+/// The integers from `args[0]` to `args[1]` (both included, descending if the
+/// second is smaller) by `args[2]` if `stepped` (else 1), as regorus's builtins
+/// give them: a bound that is not an integer makes the range undefined.
+fn range(name: &'static str, args: &[regorus::Value], stepped: bool) -> Result<regorus::Value, BuiltinError> {
+    let integer = |v: &regorus::Value| match v {
+        regorus::Value::Number(n) if n.is_integer() => Ok(n.as_i128()),
+        regorus::Value::Number(_) => Ok(None),
+        _ => Err(BuiltinError::NotNumber(name)),
+    };
+    let (Some(from), Some(to)) = (args.first(), args.get(1)) else {
+        return Err(BuiltinError::Count(name));
+    };
+    let (from, to) = (integer(from)?, integer(to)?);
+    let step = match args.get(2).filter(|_| stepped) {
+        None => 1,
+        Some(step) => match integer(step) {
+            Ok(Some(step)) if step > 0 => step,
+            _ => return Err(BuiltinError::Step(name)),
+        },
+    };
+    let (Some(from), Some(to)) = (from, to) else {
+        return Ok(regorus::Value::Undefined);
+    };
+    let count = to
+        .checked_sub(from)
+        .map(|span| span.unsigned_abs() / step.unsigned_abs() + 1)
+        .ok_or(BuiltinError::Count(name))?;
+    let limit = memory_limit();
+    let element = std::mem::size_of::<regorus::Value>() as u128;
+    if count.saturating_mul(element) > u128::from(limit) {
+        return Err(BuiltinError::TooLarge { name, count, limit });
+    }
+    let step = if to < from { -step } else { step };
+    let mut values = Vec::with_capacity(usize::try_from(count).map_err(|_| BuiltinError::Count(name))?);
+    let mut value = from;
+    for i in 0..count {
+        values.push(regorus::Value::from(value));
+        value = value.saturating_add(step);
+        if i % 4096 == 0 {
+            regorus::check_global_memory_limit().map_err(BuiltinError::Memory)?;
+        }
+    }
+    Ok(regorus::Value::from(values))
 }
 
 /// Parses a module as Rego v1, or else as v0 (the v1 error if neither);
@@ -430,6 +647,109 @@ mod tests {
         assert_eq!(outcomes[2], ("data.p.test_wrong".into(), TestOutcome::Fail));
         assert_eq!(outcomes.len(), 4);
         assert_ne!(outcomes[3].1, TestOutcome::Pass);
+    }
+
+    fn memory_error(policies: &RegoPolicies, rule: &str) -> String {
+        let error = policies.query(&["bomb", rule], None).unwrap_err().to_string();
+        assert!(error.contains("memory limit"), "{rule}: {error}");
+        error
+    }
+
+    #[test]
+    fn rego_memory_bomb_ranges_are_refused_before_they_are_reserved() {
+        // Under the default limit (1 GiB): these ranges are refused by their
+        // size alone, whatever the process holds.
+        let policies = one(
+            "bomb.rego",
+            "package bomb\n\
+             example := count([i | some i in numbers.range(1, 1e9)])\n\
+             huge := count(numbers.range(1, 1e12))\n\
+             down := count(numbers.range(1e12, 1))\n\
+             stepped := count(numbers.range_step(1, 1e15, 1))\n\
+             widest := count(numbers.range(-9223372036854775807, 9223372036854775807))\n\
+             zero_step := numbers.range_step(1, 10, 0)\n\
+             ok := count(numbers.range(1, 10))\n",
+        )
+        .unwrap();
+        for rule in ["example", "huge", "down", "stepped", "widest"] {
+            let error = memory_error(&policies, rule);
+            assert!(
+                error.contains("elements exceed the memory limit"),
+                "{rule}: {error}"
+            );
+        }
+        // regorus's own numbers.range_step divides by a zero step; ours refuses it.
+        let error = policies
+            .query(&["bomb", "zero_step"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("step must be a positive integer"), "{error}");
+        // The same set answers a sane query afterwards.
+        assert_eq!(policies.query(&["bomb", "ok"], None).unwrap(), Some(json!(10)));
+    }
+
+    #[test]
+    fn rego_memory_bomb_replacements_are_refused_before_they_are_built() {
+        let policies = one(
+            "bomb.rego",
+            "package bomb\n\
+             s := concat(\"\", [\"x\" | some _ in numbers.range(1, 100000)])\n\
+             squared := count(replace(s, \"x\", s))\n\
+             empty_old := count(replace(s, \"\", s))\n\
+             patterns := count(strings.replace_n({\"x\": s}, s))\n\
+             same := replace(\"a-b-c\", \"-\", \"+\")\n\
+             inserted := replace(\"ab\", \"\", \"-\")\n\
+             in_order := strings.replace_n({\"a\": \"b\", \"b\": \"c\"}, \"ab\")\n\
+             bad := strings.replace_n({\"a\": 1}, \"ab\")\n",
+        )
+        .unwrap();
+        for rule in ["squared", "empty_old", "patterns"] {
+            let error = memory_error(&policies, rule);
+            assert!(
+                error.contains("bytes exceeds the memory limit"),
+                "{rule}: {error}"
+            );
+        }
+        let get = |rule: &str| policies.query(&["bomb", rule], None).unwrap();
+        assert_eq!(get("same"), Some(json!("a+b+c")));
+        assert_eq!(get("inserted"), Some(json!("-a-b-")));
+        // regorus applies the patterns one after the other, in key order.
+        assert_eq!(get("in_order"), Some(json!("cc")));
+        let error = policies.query(&["bomb", "bad"], None).unwrap_err().to_string();
+        assert!(error.contains("string keys and values"), "{error}");
+    }
+
+    #[test]
+    fn bounded_ranges_give_what_the_builtins_give() {
+        let policies = one(
+            "r.rego",
+            "package r\n\
+             up := numbers.range(1, 3)\n\
+             down := numbers.range(3, 1)\n\
+             one := numbers.range(5, 5)\n\
+             negative := numbers.range(-2, 0)\n\
+             stepped := numbers.range_step(1, 10, 3)\n\
+             stepped_down := numbers.range_step(10, 1, 3)\n\
+             float_bound := numbers.range(1, 2.5)\n\
+             integral_float := numbers.range(1, 3.0)\n\
+             iterated := [x | some x in numbers.range(1, 4); x % 2 == 0]\n",
+        )
+        .unwrap();
+        let get = |rule: &str| policies.query(&["r", rule], None).unwrap();
+        assert_eq!(get("up"), Some(json!([1, 2, 3])));
+        assert_eq!(get("down"), Some(json!([3, 2, 1])));
+        assert_eq!(get("one"), Some(json!([5])));
+        assert_eq!(get("negative"), Some(json!([-2, -1, 0])));
+        assert_eq!(get("stepped"), Some(json!([1, 4, 7, 10])));
+        assert_eq!(get("stepped_down"), Some(json!([10, 7, 4, 1])));
+        assert_eq!(get("float_bound"), None);
+        assert_eq!(get("integral_float"), Some(json!([1, 2, 3])));
+        assert_eq!(get("iterated"), Some(json!([2, 4])));
+        let error = policies.query(&["r", "nope"], None);
+        assert_eq!(error, Ok(None));
+        let not_number = one("n.rego", "package n\nx := numbers.range(\"a\", 2)\n").unwrap();
+        let error = not_number.query(&["n", "x"], None).unwrap_err().to_string();
+        assert!(error.contains("operands must be numbers"), "{error}");
     }
 
     #[test]

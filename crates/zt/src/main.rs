@@ -41,6 +41,7 @@ macro_rules! eprint {
 
 mod cmd;
 mod duration;
+mod size;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -160,6 +161,17 @@ struct PdpRunArgs {
     decision_log: Option<PathBuf>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+    /// Serve PUT and DELETE /v1/policies/{id}: whoever may call the API can then change
+    /// what it decides. Without it they are refused (401).
+    #[arg(long)]
+    allow_policy_writes: bool,
+    /// Require `Authorization: Bearer TOKEN` on every API call but /health (OPA's
+    /// --authentication=token); the token is the file's first line, read once at start.
+    /// The file must not be readable by other users (chmod 600).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    rego_limits: RegoLimitArgs,
     /// Policy and data files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -196,6 +208,27 @@ impl CheckpointArgs {
             every: self.decision_log_checkpoint_every,
             interval: self.decision_log_checkpoint_interval,
         }
+    }
+}
+
+/// Limits on every Rego evaluation.
+#[derive(Args, Clone, Copy)]
+struct RegoLimitArgs {
+    /// Most heap the process may hold while Rego runs (a query, a module's parse, an
+    /// input), e.g. 512MiB or 2GiB. A query that passes it fails, and the process goes
+    /// on serving. The bound is on the whole process, not on each query.
+    #[arg(long, default_value = "1GiB", value_parser = size::parse)]
+    rego_max_memory: u64,
+    /// Longest a Rego query may run before it fails.
+    #[arg(long, default_value = "1s", value_parser = parse_rego_timeout)]
+    rego_timeout: Duration,
+}
+
+/// `--rego-timeout`: a duration, not zero.
+fn parse_rego_timeout(text: &str) -> Result<Duration, String> {
+    match duration::parse(text)? {
+        Duration::ZERO => Err(format!("duration {text:?} is zero: every query would fail")),
+        limit => Ok(limit),
     }
 }
 
@@ -364,6 +397,8 @@ struct PolicyTestArgs {
     /// The namespace whose policies apply to every workload.
     #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+    #[command(flatten)]
+    rego_limits: RegoLimitArgs,
 }
 
 #[derive(Args)]
@@ -496,6 +531,8 @@ struct ProxyArgs {
     /// zt-rego=envoy/authz/allow), with OPA-Envoy's input shape.
     #[arg(long = "custom-provider", value_parser = parse_label, requires = "rego")]
     custom_providers: Vec<(String, String)>,
+    #[command(flatten)]
+    rego_limits: RegoLimitArgs,
 }
 
 /// A value parsed by its `FromStr`, whose error says what was expected.
@@ -605,6 +642,16 @@ struct ServerArgs {
     /// live in this server's memory only.
     #[arg(long = "pdp")]
     pdp: Vec<PathBuf>,
+    /// With --pdp: serve PUT and DELETE /v1/policies/{id}, as `zt pdp run
+    /// --allow-policy-writes` does. Without it they are refused (401).
+    #[arg(long, requires = "pdp")]
+    allow_policy_writes: bool,
+    /// With --pdp: require `Authorization: Bearer TOKEN` on every PDP API call but
+    /// /health, the token read once from this file (chmod 600), as `zt pdp run` does.
+    #[arg(long, requires = "pdp")]
+    api_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    rego_limits: RegoLimitArgs,
 }
 
 /// The admin socket and the output format of admin commands.

@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,29 +72,7 @@ fn start_from(mut command: Command, extra: &[&str], files: &[&Path]) -> Pdp {
 
 /// One HTTP/1.1 exchange: status and body (0 if nothing answered).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut tcp) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if tcp.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut answer = String::new();
-    let _ = tcp.read_to_string(&mut answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    support::http_request(addr, method, path, &[], body).unwrap_or((0, String::new()))
 }
 
 fn json_of(answer: &(u16, String)) -> Value {
@@ -140,7 +117,7 @@ fn opas_rest_api_paths_bodies_and_codes() {
     let data = dir.path().join("roles.json");
     std::fs::write(&data, r#"{"roles": {"alice": ["admin"]}}"#).unwrap();
     let policy = repo().join("examples/rego/allow.rego");
-    let pdp = start(&[&policy, &data]);
+    let pdp = start_with(&["--allow-policy-writes"], &[&policy, &data]);
     let addr = pdp.addr;
 
     // POST /v1/data: a result and a decision id; undefined: no result.
@@ -269,7 +246,7 @@ fn rego_cases_in_opas_conformance_format_pass_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let placeholder = dir.path().join("placeholder.rego");
     std::fs::write(&placeholder, "package placeholder\n").unwrap();
-    let pdp = start(&[&placeholder]);
+    let pdp = start_with(&["--allow-policy-writes"], &[&placeholder]);
     let text = std::fs::read_to_string(repo().join("tests/conformance/rego-cases.yaml")).unwrap();
     let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
     let cases = doc["cases"].as_array().unwrap();
@@ -435,15 +412,28 @@ fn the_pypi_opa_python_client_works_against_zt_pdp() {
     let Some(python) = zt_testkit::python("the_pypi_opa_python_client_works_against_zt_pdp") else {
         return;
     };
-    let pdp = start(&[&repo().join("examples/rego/allow.rego")]);
+    // As OPA with `--authentication=token`: the client sends the token.
+    let dir = tempfile::tempdir().unwrap();
+    let token = "opa-python-client-token";
+    let file = token_file(dir.path(), token);
+    let pdp = start_with(
+        &[
+            "--allow-policy-writes",
+            "--api-token-file",
+            file.to_str().unwrap(),
+        ],
+        &[&repo().join("examples/rego/allow.rego")],
+    );
     let out = Command::new(&python)
         .arg(repo().join("tests/interop/opa_python_client.py"))
         .arg(pdp.addr.port().to_string())
+        .arg(token)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["connected"], true);
+    assert_eq!(got["without_token"], "refused");
     assert_eq!(got["allowed"]["result"], true);
     assert_eq!(got["denied"]["result"], false);
     assert_eq!(got["updated"], true);
@@ -910,6 +900,18 @@ fn zt_server_serves_the_pdp_beside_health_and_metrics() {
     assert_eq!(allowed["result"], true);
     assert_eq!(http(server.http, "GET", "/health", "").0, 200);
     assert_eq!(http(server.http, "GET", "/healthz", "").0, 200);
+    // Policy writes are off unless --allow-policy-writes.
+    let put = http(
+        server.http,
+        "PUT",
+        "/v1/policies/extra.rego",
+        "package extra\nanswer := 42\n",
+    );
+    assert_eq!(
+        (put.0, json_of(&put)["code"].clone()),
+        (401, json!("unauthorized")),
+        "{put:?}"
+    );
     // A policy that does not load stops the server at start, naming the flag and file.
     let broken = dir.path().join("broken.rego");
     std::fs::write(&broken, "package broken\nallow if {").unwrap();
@@ -950,4 +952,404 @@ fn decision_logs_are_private_under_umask_000() {
         assert_eq!(support::audit_query(&[log.to_str().unwrap()]).len(), 1);
         assert_eq!(zt_testkit::mode_of(log), 0o600, "{}", log.display());
     }
+}
+
+/// 64 KiB of input for the bombs to copy, and a list of 1 KiB strings to
+/// multiply (7 MiB: under the API's 8 MiB body limit).
+fn bomb_input() -> Value {
+    json!({"input": {"pad": "x".repeat(64 << 10), "items": vec!["y".repeat(1 << 10); 7000]}})
+}
+
+/// Memory bombs, each a module (package `bomb.NAME`) whose rules stop at the
+/// memory limit: OPA's answer to an evaluation error.
+const REGO_BOMBS: &[(&str, &str, &[&str])] = &[
+    (
+        "example",
+        "x := count([i | some i in numbers.range(1, 1e9)])\n",
+        &["x"],
+    ),
+    (
+        "ranges",
+        "huge := count(numbers.range(1, 1e12))\nstepped := count(numbers.range_step(1, 1e15, 3))\n",
+        &["huge", "stepped"],
+    ),
+    (
+        "comprehensions",
+        "array := count([concat(\"\", [input.pad, format_int(i, 10)]) | some i in numbers.range(1, 1000000)])\n\
+         set := count({concat(\"\", [input.pad, format_int(i, 10)]) | some i in numbers.range(1, 1000000)})\n\
+         object := count({format_int(i, 10): concat(\"\", [input.pad, format_int(i, 10)]) | some i in numbers.range(1, 1000000)})\n\
+         row(i) := [concat(\"\", [input.pad, format_int(i, 10), format_int(j, 10)]) | some j in numbers.range(1, 100)]\n\
+         nested := count([row(i) | some i in numbers.range(1, 1000000)])\n",
+        &["array", "set", "object", "nested"],
+    ),
+    (
+        "input",
+        "pairs := count([concat(\"\", [a, b]) | some a in input.items; some b in input.items])\n",
+        &["pairs"],
+    ),
+];
+
+/// Strings doubled through a chain of rules (concat, sprintf; strings.replace_n
+/// multiplies by 16, which a debug build gets through faster), and doubling
+/// through nested comprehensions.
+fn doubling_bomb() -> String {
+    let mut module = String::from(
+        "package bomb.doubling\nc0 := input.pad\ns0 := input.pad\nr0 := input.pad\nd0 := [input.pad]\n",
+    );
+    for i in 1..=30 {
+        let p = i - 1;
+        module.push_str(&format!(
+            "c{i} := concat(\"\", [c{p}, c{p}])\ns{i} := sprintf(\"%s%s\", [s{p}, s{p}])\n\
+             r{i} := strings.replace_n({{\"x\": \"xxxxxxxxxxxxxxxx\"}}, r{p})\n\
+             d{i} := [concat(\"\", [x, y]) | some x in d{p}; some y in [\"a\", \"b\"]]\n"
+        ));
+    }
+    module
+}
+
+/// A PDP API answer is OPA's 500 for an evaluation that passed the memory limit.
+fn assert_memory_error(answer: &(u16, String), what: &str) {
+    assert_eq!(answer.0, 500, "{what}: {answer:?}");
+    let body = json_of(answer);
+    assert_eq!(body["code"], "internal_error", "{what}: {answer:?}");
+    assert!(
+        body["message"].as_str().unwrap().contains("memory limit"),
+        "{what}: {answer:?}"
+    );
+}
+
+/// After a bomb: a normal decision, and `/health`.
+fn assert_still_serving(addr: SocketAddr, what: &str) {
+    let allowed = allowed_again(addr);
+    assert_eq!(
+        (allowed.0, json_of(&allowed)["result"].clone()),
+        (200, json!(true)),
+        "after {what}: {allowed:?}"
+    );
+    assert_eq!(http(addr, "GET", "/health", "").0, 200, "after {what}");
+}
+
+/// Flags for a bomb-proof PDP: writes on, a memory limit low enough for a
+/// debug build to reach it fast, and a time limit long enough that only the
+/// memory limit can stop a bomb.
+const BOMB_FLAGS: &[&str] = &[
+    "--allow-policy-writes",
+    "--rego-max-memory",
+    "128MiB",
+    "--rego-timeout",
+    "120s",
+];
+
+#[test]
+fn rego_memory_bomb_answers_500_and_zt_pdp_keeps_serving() {
+    let pdp = start_with(BOMB_FLAGS, &[&repo().join("examples/rego/allow.rego")]);
+    let input = bomb_input().to_string();
+    let mut modules: Vec<(String, String, Vec<&str>)> = REGO_BOMBS
+        .iter()
+        .map(|(name, rules, queries)| {
+            (
+                name.to_string(),
+                format!("package bomb.{name}\n{rules}"),
+                queries.to_vec(),
+            )
+        })
+        .collect();
+    modules.push((
+        "doubling".into(),
+        doubling_bomb(),
+        vec!["c30", "s30", "r30", "d30"],
+    ));
+    for (name, module, queries) in &modules {
+        let put = http(pdp.addr, "PUT", &format!("/v1/policies/{name}.rego"), module);
+        assert_eq!(put.0, 200, "PUT {name}: {put:?}");
+        for rule in queries {
+            let what = format!("bomb.{name}.{rule}");
+            assert_memory_error(
+                &http(pdp.addr, "POST", &format!("/v1/data/bomb/{name}/{rule}"), &input),
+                &what,
+            );
+            assert_still_serving(pdp.addr, &what);
+        }
+    }
+    // The issue's example through every way of asking: GET, /v0, a whole package.
+    for (method, path, body) in [
+        ("GET", "/v1/data/bomb/example/x", ""),
+        ("POST", "/v0/data/bomb/example/x", "{}"),
+        ("POST", "/v1/data/bomb/example", "{}"),
+    ] {
+        assert_memory_error(&http(pdp.addr, method, path, body), path);
+        assert_still_serving(pdp.addr, path);
+    }
+}
+
+#[test]
+fn rego_memory_bomb_denies_through_ext_authz_and_zt_pdp_keeps_serving() {
+    use envoy_types::ext_authz::v3::pb::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("envoy.rego");
+    std::fs::write(
+        &policy,
+        "package envoy.authz\n\
+         default allow := false\n\
+         allow if input.attributes.request.http.path == \"/ok\"\n\
+         allow if {\n  input.attributes.request.http.path == \"/bomb\"\n  count([i | some i in numbers.range(1, 1e12)]) > 0\n}\n",
+    )
+    .unwrap();
+    let grpc = free_addr();
+    let mut flags = BOMB_FLAGS.to_vec();
+    let grpc_text = grpc.to_string();
+    flags.extend(["--ext-authz-addr", &grpc_text]);
+    let pdp = start_with(&flags, &[&policy]);
+    let check = |path: &str| CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let bomb = client.check(check("/bomb")).await.unwrap().into_inner();
+            assert_eq!(bomb.status.unwrap().code, 7, "PERMISSION_DENIED");
+            let ok = client.check(check("/ok")).await.unwrap().into_inner();
+            assert_eq!(ok.status.unwrap().code, 0);
+        }
+    });
+    assert_eq!(http(pdp.addr, "GET", "/health", "").0, 200);
+}
+
+#[test]
+fn rego_time_limit_still_applies_beside_the_memory_limit() {
+    let pdp = start_with(
+        &["--allow-policy-writes", "--rego-timeout", "1s"],
+        &[&repo().join("examples/rego/allow.rego")],
+    );
+    // Much work, little memory.
+    let slow = "package slow\nn := count([1 | some i in numbers.range(1, 100000); some j in numbers.range(1, 100000); i == j + 1000000])\n";
+    assert_eq!(http(pdp.addr, "PUT", "/v1/policies/slow.rego", slow).0, 200);
+    let answer = http(pdp.addr, "GET", "/v1/data/slow/n", "");
+    assert_eq!(answer.0, 500, "{answer:?}");
+    assert_eq!(json_of(&answer)["code"], "internal_error");
+    assert!(
+        json_of(&answer)["message"]
+            .as_str()
+            .unwrap()
+            .contains("time limit"),
+        "{answer:?}"
+    );
+    assert_still_serving(pdp.addr, "the slow query");
+}
+
+#[test]
+fn rego_limit_flags_are_checked_and_named() {
+    for (args, flag, value) in [
+        (
+            vec!["pdp", "run", "--rego-max-memory", "1XB", "p.rego"],
+            "--rego-max-memory",
+            "1XB",
+        ),
+        (
+            vec!["pdp", "run", "--rego-max-memory", "0", "p.rego"],
+            "--rego-max-memory",
+            "0",
+        ),
+        (
+            vec!["pdp", "run", "--rego-timeout", "0s", "p.rego"],
+            "--rego-timeout",
+            "0s",
+        ),
+        (
+            vec![
+                "server",
+                "--trust-domain",
+                "example.org",
+                "--rego-max-memory",
+                "lots",
+            ],
+            "--rego-max-memory",
+            "lots",
+        ),
+        (
+            vec!["proxy", "--rego-max-memory", "1.5GiB"],
+            "--rego-max-memory",
+            "1.5GiB",
+        ),
+        (
+            vec!["policy", "test", ".", "--rego-max-memory", "1QB"],
+            "--rego-max-memory",
+            "1QB",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(&args)
+            .output()
+            .unwrap();
+        zt_testkit::assert_cli_failure(&out, 2, &[flag, value]);
+    }
+}
+
+#[test]
+fn policy_writes_are_refused_unless_enabled() {
+    let policy = repo().join("examples/rego/allow.rego");
+    let pdp = start(&[&policy]);
+    for (method, path, body) in [
+        ("PUT", "/v1/policies/extra.rego", "package extra\nanswer := 42\n"),
+        ("PUT", "/v1/policies/allow.rego", "package authz\nallow := true\n"),
+        ("DELETE", "/v1/policies/allow.rego", ""),
+    ] {
+        let answer = http(pdp.addr, method, path, body);
+        assert_eq!(answer.0, 401, "{method} {path}: {answer:?}");
+        let body = json_of(&answer);
+        assert_eq!(body["code"], "unauthorized");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("request rejected by administrative policy")
+                && message.contains("--allow-policy-writes"),
+            "{message}"
+        );
+    }
+    // Nothing changed: the policy decides as before, and reads still work.
+    let denied = http(
+        pdp.addr,
+        "POST",
+        "/v1/data/authz/allow",
+        &json!({"input": {"principal": "spiffe://cluster.local/ns/production/sa/orders", "method": "POST", "path": "/api/v1/charges"}}).to_string(),
+    );
+    assert_eq!(json_of(&denied)["result"], false);
+    assert_eq!(json_of(&allowed_again(pdp.addr))["result"], true);
+    let list = json_of(&http(pdp.addr, "GET", "/v1/policies", ""));
+    assert_eq!(list["result"].as_array().unwrap().len(), 1, "{list}");
+    assert!(
+        json_of(&http(pdp.addr, "GET", "/v1/data/extra/answer", ""))
+            .get("result")
+            .is_none()
+    );
+}
+
+/// A token file of mode 0600 in `dir`.
+fn token_file(dir: &Path, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("api-token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn the_api_token_is_required_on_every_call_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "t0ken-0f-the-pdp-api";
+    let file = token_file(dir.path(), token);
+    let pdp = start_with(
+        &[
+            "--allow-policy-writes",
+            "--api-token-file",
+            file.to_str().unwrap(),
+        ],
+        &[&repo().join("examples/rego/allow.rego")],
+    );
+    let bearer = format!("Bearer {token}");
+    let input =
+        json!({"input": {"principal": PAYMENT, "method": "POST", "path": "/api/v1/charges"}}).to_string();
+    let calls: &[(&str, &str, &str)] = &[
+        ("POST", "/v1/data/authz/allow", &input),
+        ("GET", "/v1/data/authz", ""),
+        ("POST", "/v1/data", "{}"),
+        ("POST", "/v0/data/authz/allow", "{}"),
+        ("GET", "/v1/policies", ""),
+        ("GET", "/v1/policies/allow.rego", ""),
+        ("PUT", "/v1/policies/extra.rego", "package extra\nanswer := 42\n"),
+        ("DELETE", "/v1/policies/extra.rego", ""),
+    ];
+    for (headers, why) in [
+        (vec![], "a bearer token is required"),
+        (vec![("Authorization", "Bearer wrong")], "invalid bearer token"),
+        (
+            vec![("Authorization", "Bearer t0ken-0f-the-pdp-ap")],
+            "invalid bearer token",
+        ),
+        (vec![("Authorization", token)], "a bearer token is required"),
+        (
+            vec![("Authorization", "Basic dXNlcjpwYXNz")],
+            "a bearer token is required",
+        ),
+    ] {
+        for (method, path, body) in calls {
+            let answer = support::http_request(pdp.addr, method, path, &headers, body).unwrap();
+            assert_eq!(answer.0, 401, "{method} {path} {headers:?}: {answer:?}");
+            let body = json_of(&answer);
+            assert_eq!(body["code"], "unauthorized");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!("request rejected by administrative policy: {why}")),
+                "{method} {path} {headers:?}: {message}"
+            );
+        }
+    }
+    // /health answers anyone; the right token gets everything.
+    assert_eq!(http(pdp.addr, "GET", "/health", "").0, 200);
+    let with = |method: &str, path: &str, body: &str| {
+        support::http_request(pdp.addr, method, path, &[("Authorization", &bearer)], body).unwrap()
+    };
+    assert_eq!(
+        json_of(&with("POST", "/v1/data/authz/allow", &input))["result"],
+        true
+    );
+    assert_eq!(
+        with("PUT", "/v1/policies/extra.rego", "package extra\nanswer := 42\n").0,
+        200
+    );
+    assert_eq!(json_of(&with("GET", "/v1/data/extra/answer", ""))["result"], 42);
+    assert_eq!(with("DELETE", "/v1/policies/extra.rego", "").0, 200);
+}
+
+#[test]
+fn token_files_that_others_can_read_are_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = token_file(dir.path(), "s3cret-value");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let policy = repo().join("examples/rego/allow.rego");
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["pdp", "run", "--api-token-file"])
+        .arg(&file)
+        .arg(&policy)
+        .output()
+        .unwrap();
+    zt_testkit::assert_cli_failure(
+        &out,
+        1,
+        &["--api-token-file", "api-token", "mode 0644", "chmod 600"],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("s3cret"),
+        "{}",
+        describe(&out)
+    );
+    std::fs::write(&file, "\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(["pdp", "run", "--api-token-file"])
+        .arg(&file)
+        .arg(&policy)
+        .output()
+        .unwrap();
+    zt_testkit::assert_cli_failure(&out, 1, &["--api-token-file", "empty: no token in it"]);
 }

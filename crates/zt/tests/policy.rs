@@ -243,3 +243,46 @@ fn rego_test_rules_run_like_opa_test() {
     let out = zt(&["policy", "test", arg(empty.path())]);
     assert_failure(&out, 1, &["nothing to test"]);
 }
+
+#[test]
+fn rego_memory_bomb_in_a_test_rule_is_an_error_and_the_rest_run() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("bomb_test.rego"),
+        format!("package bomb\n\n\
+         test_range if count(numbers.range(1, 1e12)) > 0\n\
+         test_fill if count([concat(\"\", [p12, format_int(i, 10)]) | some i in numbers.range(1, 1000000)]) > 0\n\
+         test_sane if count(numbers.range(1, 10)) == 10\n\
+         p0 := \"0123456789abcdef\"\n{}",
+        (1..=12)
+            .map(|i| format!("p{i} := concat(\"\", [p{}, p{}])\n", i - 1, i - 1))
+            .collect::<String>()
+        ),
+    )
+    .unwrap();
+    let out = zt(&[
+        "policy",
+        "test",
+        arg(dir.path()),
+        "--rego-max-memory",
+        "64MiB",
+        "--rego-timeout",
+        "300s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for test in ["test_range", "test_fill"] {
+        // The error's report runs over several lines, up to the next outcome.
+        let start = stdout
+            .find(&format!("ERROR data.bomb.{test} "))
+            .unwrap_or_else(|| panic!("no ERROR for {test} in {stdout}"));
+        let report = &stdout[start..];
+        let end = ["\nPASS", "\nFAIL", "\nERROR"]
+            .iter()
+            .filter_map(|next| report.find(next))
+            .min()
+            .unwrap_or(report.len());
+        assert!(report[..end].contains("memory limit"), "{}", &report[..end]);
+    }
+    assert!(stdout.contains("PASS  data.bomb.test_sane"), "{stdout}");
+}

@@ -2727,3 +2727,62 @@ spec:
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 }
+
+#[test]
+fn rego_memory_bomb_in_a_custom_provider_denies_and_the_proxy_keeps_serving() {
+    let Some(python) =
+        zt_testkit::python("rego_memory_bomb_in_a_custom_provider_denies_and_the_proxy_keeps_serving")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(
+        policies.join("custom.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: production}\nspec:\n  action: CUSTOM\n  provider: {name: zt-rego}\n  rules:\n  - to:\n    - operation:\n        paths: [\"/api/*\"]\n",
+    )
+    .unwrap();
+    let mut rego = String::from(
+        "package ext\n\ndefault allow := false\n\n\
+         allow if input.parsed_path == [\"api\", \"ok\"]\n\
+         allow if {\n\tinput.parsed_path == [\"api\", \"range\"]\n\tcount([i | some i in numbers.range(1, 1e12)]) > 0\n}\n\
+         allow if {\n\tinput.parsed_path == [\"api\", \"fill\"]\n\tcount([concat(\"\", [p12, format_int(i, 10)]) | some i in numbers.range(1, 1000000)]) > 0\n}\n\
+         p0 := \"0123456789abcdef\"\n",
+    );
+    for i in 1..=12 {
+        rego.push_str(&format!("p{i} := concat(\"\", [p{}, p{}])\n", i - 1, i - 1));
+    }
+    let rego_file = dir.path().join("ext.rego");
+    fs::write(&rego_file, rego).unwrap();
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let (mut proxy, inbound, _) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--namespace",
+            "production",
+            "--rego",
+            rego_file.to_str().unwrap(),
+            "--custom-provider",
+            "zt-rego=ext/allow",
+            "--rego-max-memory",
+            "128MiB",
+            "--rego-timeout",
+            "120s",
+        ],
+    );
+    for bomb in ["/api/range", "/api/fill", "/api/range"] {
+        assert_eq!(request_as(&pki, "payment", inbound, "GET", bomb).0, 403, "{bomb}");
+        assert_eq!(
+            request_as(&pki, "payment", inbound, "GET", "/api/ok").0,
+            200,
+            "after {bomb}"
+        );
+    }
+    assert!(proxy.0.try_wait().unwrap().is_none(), "zt proxy exited");
+}

@@ -1405,3 +1405,84 @@ fn data_dir_and_admin_socket_are_private_under_umask_000() {
         "nothing was made in it"
     );
 }
+
+/// `zt server --pdp`: a Rego memory bomb PUT through the PDP API answers
+/// OPA's 500, and the server goes on deciding, with its control plane ready.
+#[test]
+fn rego_memory_bomb_leaves_zt_server_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("allow.rego");
+    fs::write(
+        &policy,
+        "package authz\ndefault allow := false\nallow if input.user == \"alice\"\n",
+    )
+    .unwrap();
+    let mut server = ServerProcess::spawn_with(
+        &tmp.path().join("data"),
+        None,
+        &[
+            "--pdp",
+            policy.to_str().unwrap(),
+            "--allow-policy-writes",
+            "--rego-max-memory",
+            "128MiB",
+            "--rego-timeout",
+            "120s",
+        ],
+    );
+    server.wait_ready();
+    let bombs = [
+        ("example", "x := count([i | some i in numbers.range(1, 1e9)])"),
+        (
+            "array",
+            "x := count([concat(\"\", [input.pad, format_int(i, 10)]) | some i in numbers.range(1, 1000000)])",
+        ),
+        (
+            "doubling",
+            "s0 := input.pad\ns1 := concat(\"\", [s0, s0])\ns2 := concat(\"\", [s1, s1])\ns3 := concat(\"\", [s2, s2])\ns4 := concat(\"\", [s3, s3])\ns5 := concat(\"\", [s4, s4])\ns6 := concat(\"\", [s5, s5])\ns7 := concat(\"\", [s6, s6])\ns8 := concat(\"\", [s7, s7])\ns9 := concat(\"\", [s8, s8])\ns10 := concat(\"\", [s9, s9])\ns11 := concat(\"\", [s10, s10])\ns12 := concat(\"\", [s11, s11])\nx := count(s12)",
+        ),
+    ];
+    let input = serde_json::json!({"input": {"pad": "x".repeat(64 << 20 >> 4)}}).to_string();
+    let alice = serde_json::json!({"input": {"user": "alice"}}).to_string();
+    for (name, rules) in bombs {
+        let put = http_request(
+            server.http,
+            "PUT",
+            &format!("/v1/policies/{name}.rego"),
+            &[],
+            &format!("package bomb.{name}\n{rules}\n"),
+        )
+        .unwrap();
+        assert_eq!(put.0, 200, "{name}: {put:?}");
+        let (status, body) = http_request(
+            server.http,
+            "POST",
+            &format!("/v1/data/bomb/{name}/x"),
+            &[],
+            &input,
+        )
+        .unwrap();
+        assert_eq!(status, 500, "{name}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "internal_error", "{name}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("memory limit"),
+            "{name}: {body}"
+        );
+        // Still deciding, still healthy, still ready.
+        let (status, body) = http_request(server.http, "POST", "/v1/data/authz/allow", &[], &alice).unwrap();
+        assert_eq!(
+            (
+                status,
+                serde_json::from_str::<Value>(&body).unwrap()["result"].clone()
+            ),
+            (200, Value::Bool(true)),
+            "after {name}: {body}"
+        );
+        assert_eq!(http_get(server.http, "/health").unwrap().0, 200, "after {name}");
+        assert_eq!(http_get(server.http, "/readyz").unwrap().0, 200, "after {name}");
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "zt server exited");
+    // The control plane too: an admin call answers.
+    ok(&server, &["entry", "count"]);
+}

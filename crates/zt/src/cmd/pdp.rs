@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use zt_policy::rego::RegoPolicies;
 
-use crate::PdpRunArgs;
+use crate::{PdpRunArgs, RegoLimitArgs};
 
 /// Serves the policies and data files given until SIGINT or SIGTERM.
 pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
-    let (policies, revision) = load(&args.files, "")?;
+    let access = access(args.allow_policy_writes, args.api_token_file.as_deref())?;
+    let (policies, revision) = load(&args.files, "", args.rego_limits)?;
     super::init_logging("info");
     let runtime = super::runtime()?;
     let listeners = zt_pdp::Listeners {
@@ -22,6 +23,7 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
             Some(path) => Some((super::audit::open_log(path, &args.checkpoints)?, revision.clone())),
             None => None,
         },
+        access,
     };
     runtime
         .block_on(zt_pdp::serve(listeners, policies, super::shutdown_signal()))
@@ -29,10 +31,40 @@ pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Compiles Rego modules, data documents and bundles from files; the bundles'
-/// revisions (`file@revision`, comma-separated) if any. Errors name `flag` and
-/// the file.
-pub fn load(files: &[std::path::PathBuf], flag: &str) -> anyhow::Result<(RegoPolicies, Option<String>)> {
+/// What the PDP API lets callers do: policy writes if enabled, and the token
+/// of `--api-token-file` if given (errors name the flag and the file).
+pub fn access(
+    allow_policy_writes: bool,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<zt_pdp::access::Access> {
+    let token = match token_file {
+        Some(path) => {
+            Some(zt_pdp::access::ApiToken::read(path).map_err(|e| anyhow::anyhow!("--api-token-file {e}"))?)
+        }
+        None => None,
+    };
+    Ok(zt_pdp::access::Access {
+        policy_writes: allow_policy_writes,
+        token,
+    })
+}
+
+/// Sets the process-wide memory limit of Rego (`--rego-max-memory`) and
+/// returns the time limit of each query (`--rego-timeout`).
+pub fn limit(limits: RegoLimitArgs) -> std::time::Duration {
+    zt_policy::rego::set_memory_limit(limits.rego_max_memory);
+    limits.rego_timeout
+}
+
+/// Compiles Rego modules, data documents and bundles from files under
+/// `limits`; the bundles' revisions (`file@revision`, comma-separated) if any.
+/// Errors name `flag` and the file.
+pub fn load(
+    files: &[std::path::PathBuf],
+    flag: &str,
+    limits: RegoLimitArgs,
+) -> anyhow::Result<(RegoPolicies, Option<String>)> {
+    let timeout = limit(limits);
     let flag = if flag.is_empty() {
         String::new()
     } else {
@@ -47,10 +79,9 @@ pub fn load(files: &[std::path::PathBuf], flag: &str) -> anyhow::Result<(RegoPol
         .iter()
         .map(|(bundle, revision)| format!("{bundle}@{revision}"))
         .collect();
-    let policies = RegoPolicies::compile(loaded.modules, loaded.data, zt_policy::rego::DEFAULT_EVAL_LIMIT)
-        .map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| format!("{flag}{e}")).collect();
-            anyhow::anyhow!("{}", lines.join("\n"))
-        })?;
+    let policies = RegoPolicies::compile(loaded.modules, loaded.data, timeout).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("{flag}{e}")).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
     Ok((policies, (!revisions.is_empty()).then(|| revisions.join(","))))
 }

@@ -85,7 +85,7 @@ pub fn test(args: PolicyTestArgs) -> anyhow::Result<ExitCode> {
         let rego = zt_policy::rego::RegoPolicies::compile(
             modules,
             serde_json::Value::Null,
-            zt_policy::rego::DEFAULT_EVAL_LIMIT,
+            super::pdp::limit(args.rego_limits),
         )
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -110,7 +110,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let providers = if args.rego.is_empty() {
         None
     } else {
-        let (policies, _) = super::pdp::load(&args.rego, "--rego")?;
+        let (policies, _) = super::pdp::load(&args.rego, "--rego", args.rego_limits)?;
         Some(std::sync::Arc::new(RegoProviders {
             policies,
             rules: args.custom_providers.iter().cloned().collect(),

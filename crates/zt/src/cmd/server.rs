@@ -21,7 +21,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         pdp: if args.pdp.is_empty() {
             None
         } else {
-            Some(zt_pdp::Pdp::new(super::pdp::load(&args.pdp, "--pdp")?.0))
+            let access = super::pdp::access(args.allow_policy_writes, args.api_token_file.as_deref())?;
+            let (policies, _) = super::pdp::load(&args.pdp, "--pdp", args.rego_limits)?;
+            Some(zt_pdp::Pdp::new(policies).with_access(access))
         },
     };
     super::runtime()?.block_on(zt_server::run(config, super::shutdown_signal()))?;

@@ -250,6 +250,30 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     exchange(stream, request.as_bytes())
 }
 
+/// One HTTP/1.1 exchange on `addr`: `method path` with extra `headers` and a
+/// JSON `body`; the status and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.set_write_timeout(Some(DEADLINE))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(stream, request.as_bytes())
+}
+
 /// `POST path` with `body` straight onto the admin socket, bypassing the CLI.
 pub fn admin_post(socket: &Path, path: &str, body: &[u8]) -> (u16, String) {
     let stream = UnixStream::connect(socket).unwrap();
