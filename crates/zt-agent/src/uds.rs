@@ -110,8 +110,9 @@ fn relay(socket: UnixStream, server_side: DuplexStream, flushing: &TaskTracker) 
     });
 }
 
-/// The client-to-server direction: the preface, then frame by frame.
-async fn rewrite_headers(
+/// The client-to-server direction: the preface, then frame by frame. Public
+/// for the fuzz target: these are the bytes any local process may send.
+pub async fn rewrite_headers(
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
 ) -> io::Result<()> {

@@ -400,6 +400,19 @@ fn range(name: &'static str, args: &[regorus::Value], stepped: bool) -> Result<r
 /// Parses a module as Rego v1, or else as v0 (the v1 error if neither);
 /// returns its package path.
 fn add_module(engine: &mut regorus::Engine, id: &str, text: &str) -> Result<String, String> {
+    // `import input` (OPA before 1.0 wrote it) changes nothing; regorus would
+    // print a warning to standard error on every load. The line stays a line,
+    // so positions in errors do not move.
+    let without_input_import;
+    let text = if text.lines().any(|line| line.trim() == "import input") {
+        without_input_import = text
+            .split_inclusive('\n')
+            .map(|line| if line.trim() == "import input" { "\n" } else { line })
+            .collect::<String>();
+        without_input_import.as_str()
+    } else {
+        text
+    };
     engine.set_rego_v0(false);
     let as_v1 = match engine.add_policy(id.to_owned(), text.to_owned()) {
         Ok(package) => return Ok(package),

@@ -404,7 +404,7 @@ async fn revoke(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl 
         _ => return Err(ApiError::bad_request("give exactly one of serial and spiffe_id")),
     }
     .map_err(|e| store_error(&state.metrics, e))?;
-    tracing::warn!(target: "zt::audit", revoked = ?revocation.revoked, reason = %revocation.reason, "revoked");
+    tracing::info!(target: "zt::audit", revoked = ?revocation.revoked, reason = %revocation.reason, "revoked");
     Ok((StatusCode::CREATED, axum::Json(revocation)))
 }
 
@@ -427,7 +427,7 @@ async fn apply_policies(State(state): State<AdminState>, body: Bytes) -> ApiResu
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     if changed {
-        tracing::warn!(target: "zt::audit", version = version.version, digest = %version.digest, files = version.files.len(), "policies applied");
+        tracing::info!(target: "zt::audit", version = version.version, digest = %version.digest, files = version.files.len(), "policies applied");
     }
     let status = if changed {
         StatusCode::CREATED
@@ -534,6 +534,6 @@ async fn remove_agent(
             .await
             .map_err(|e| store_error(&state.metrics, e))?;
     }
-    tracing::warn!(target: "zt::audit", agent = %id, ban, "agent evicted and its SVID revoked");
+    tracing::info!(target: "zt::audit", agent = %id, ban, "agent evicted and its SVID revoked");
     Ok(axum::Json(agent))
 }

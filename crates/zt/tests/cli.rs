@@ -501,8 +501,12 @@ fn help_succeeds_and_a_missing_command_is_a_usage_error() -> TestResult {
         let stdout = succeed(args, dir)?;
         assert!(stdout.contains(needle), "zt {args:?} lacks {needle:?}:\n{stdout}");
     }
-    for args in [&[][..], &["ca"]] {
-        assert_failure(&zt(args, dir)?, 2, &["subcommand"]);
+    // Without a subcommand: the help, on stderr, and a usage error.
+    for (args, needle) in [(&[][..], "Usage: zt <COMMAND>"), (&["ca"], "Usage: zt ca <COMMAND>")] {
+        let out = zt(args, dir)?;
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{}", describe(&out));
     }
     Ok(())
 }
@@ -525,5 +529,63 @@ fn ca_init_keeps_keys_private_under_umask_000() -> TestResult {
     assert_eq!(mode_of(&ca.join("ca.key")), 0o600);
     assert_eq!(mode_of(&ca.join("jwt.key")), 0o600);
     assert_eq!(mode_of(&ca.join("ca.crt")), 0o644);
+    Ok(())
+}
+
+/// Every flag of SPIRE's `entry create` either works as in SPIRE or fails with
+/// exit 2 naming it: none is misread as a bundle of short flags (`-hint` as
+/// `-h`, which printed the help, exited 0 and created nothing).
+#[test]
+fn spire_flags_zt_lacks_fail_loudly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let create = [
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/web",
+        "-parentID",
+        "spiffe://example.org/node",
+        "-selector",
+        "unix:uid:1000",
+    ];
+    for (flag, value) in [
+        ("-hint", Some("web")),
+        ("-federatesWith", Some("spiffe://other.org")),
+        ("-downstream", None),
+        ("-storeSVID", None),
+        ("-data", Some("entries.json")),
+        ("-instance", Some("a")),
+        ("-hnt", Some("web")),
+        ("-spiffeId", Some("spiffe://example.org/web")),
+    ] {
+        let args: Vec<&str> = create.iter().copied().chain([flag]).chain(value).collect();
+        assert_failure(&zt(&args, tmp.path())?, 2, &[&format!("zt: {flag}: ")]);
+    }
+    // The flags zt has reach the admin API (here: no server at the socket, exit 1).
+    let supported = [
+        "-x509SVIDTTL",
+        "3600",
+        "-jwtSVIDTTL",
+        "300",
+        "-ttl",
+        "3600",
+        "-dns",
+        "web.example.org",
+        "-admin",
+        "-entryExpiry",
+        "4102444800",
+        "-socketPath",
+        "nowhere/admin.sock",
+        "-output",
+        "json",
+    ];
+    let args: Vec<&str> = create.iter().chain(&supported[2..]).copied().collect();
+    let out = zt(&args, tmp.path())?;
+    assert_failure(&out, 1, &["nowhere/admin.sock"]);
+    let args: Vec<&str> = create.iter().chain(&supported[..2]).chain(&supported[6..]).copied().collect();
+    assert_failure(&zt(&args, tmp.path())?, 1, &["nowhere/admin.sock"]);
+
+    // A misspelt flag gets clap's hint.
+    assert_failure(&zt(&["up", "--port-bas", "7000"], tmp.path())?, 2, &["--port-bas", "'--port-base'"]);
     Ok(())
 }
