@@ -196,14 +196,14 @@ fn x509_svid_view(snapshot: &Snapshot, workload: &Workload) -> View<X509svidResp
     let now = now();
     let svids: Vec<X509svid> = matched
         .iter()
-        .filter_map(|identity| identity.svid.as_ref())
-        .filter(|svid| now < svid.not_after)
-        .map(|svid| X509svid {
+        .filter_map(|identity| Some((identity.svid.as_ref()?, &identity.entry.hint)))
+        .filter(|(svid, _)| now < svid.not_after)
+        .map(|(svid, hint)| X509svid {
             spiffe_id: svid.spiffe_id.clone(),
             x509_svid: svid.chain.iter().flat_map(|c| c.iter().copied()).collect(),
             x509_svid_key: svid.key_pkcs8.clone(),
             bundle: bundle.x509_authorities_der(),
-            hint: String::new(),
+            hint: hint.clone(),
         })
         .collect();
     if svids.is_empty() {
@@ -373,7 +373,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             svids.push(Jwtsvid {
                 spiffe_id: id.clone(),
                 svid: token,
-                hint: String::new(),
+                hint: identity.entry.hint.clone(),
             });
         }
         if svids.is_empty() {

@@ -194,7 +194,7 @@ pub struct IssuedSvid {
 
 impl fmt::Debug for IssuedSvid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IssuedSvid(serial {})", x509::hex(&self.serial))
+        write!(f, "IssuedSvid(serial {})", x509::hex_compact(&self.serial))
     }
 }
 

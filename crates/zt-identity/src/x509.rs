@@ -202,7 +202,7 @@ impl fmt::Debug for VerifiedX509Svid {
             f,
             "VerifiedX509Svid({}, serial {})",
             self.spiffe_id,
-            hex(&self.serial)
+            hex_compact(&self.serial)
         )
     }
 }
@@ -459,17 +459,8 @@ pub fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// Lowercase hex with `:` separators, as openssl prints serials.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Lowercase hex without separators: how zt stores serials and how digests
-/// appear in selectors (`unix:sha256:…`) and XFCC (`Hash=…`).
+/// Lowercase hex without separators: how zt prints and stores serials (`:`
+/// separators are accepted as input) and how digests appear in selectors (`unix:sha256:…`) and XFCC (`Hash=…`).
 pub fn hex_compact(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

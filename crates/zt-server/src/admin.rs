@@ -375,7 +375,7 @@ async fn rotate_ca(State(state): State<AdminState>) -> ApiResult<axum::Json<Rota
     let summary = zt_identity::x509::summarize(current.active.certificate())
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(Rotated {
-        serial: zt_identity::x509::hex(&summary.serial),
+        serial: zt_identity::x509::hex_compact(&summary.serial),
         not_after: summary.not_after,
         authorities: current.bundle.x509_authorities().len(),
     }))

@@ -474,6 +474,7 @@ fn entry_message(entry: &Entry) -> EntryMessage {
         dns_names: spec.dns_names.clone(),
         revision: entry.revision,
         admin: spec.admin,
+        hint: spec.hint.clone().unwrap_or_default(),
     }
 }
 

@@ -96,7 +96,7 @@ impl AuthorityManager {
         };
         if changed {
             tracing::info!(
-                active = %zt_identity::x509::hex(&zt_identity::x509::summarize(next.active.certificate()).map(|s| s.serial).unwrap_or_default()),
+                active = %zt_identity::x509::hex_compact(&zt_identity::x509::summarize(next.active.certificate()).map(|s| s.serial).unwrap_or_default()),
                 authorities = next.bundle.x509_authorities().len(),
                 "signing authorities changed"
             );

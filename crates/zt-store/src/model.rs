@@ -15,10 +15,15 @@ pub const MAX_SELECTORS: usize = 64;
 pub const MAX_DNS_NAMES: usize = 32;
 /// Longest SVID TTL an entry may ask for: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+/// Longest Workload API hint.
+pub const MAX_HINT_LEN: usize = 1024;
 
 /// Why an entry or selector is invalid; each names the field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    /// A hint that is empty, too long, or has control characters.
+    #[error("hint {0:?}: must be 1 to 1024 characters, none of them control characters")]
+    Hint(String),
     /// A selector not of the form `type:value`.
     #[error("selector {0:?}: expected type:value, e.g. unix:uid:1000 or k8s:ns:production")]
     SelectorFormat(String),
@@ -161,6 +166,10 @@ pub struct EntrySpec {
     pub node: bool,
     /// After this time (unix seconds) the entry no longer issues.
     pub expires_at: Option<u64>,
+    /// The Workload API's `hint` on this entry's SVIDs, for workloads that hold
+    /// several identities to pick one by (SPIRE: `-hint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl EntrySpec {
@@ -196,6 +205,11 @@ impl EntrySpec {
         }
         if let Some(bad) = self.dns_names.iter().find(|d| !is_dns_name(d)) {
             return Err(ModelError::DnsName(bad.clone()));
+        }
+        if let Some(hint) = &self.hint
+            && (hint.is_empty() || hint.len() > MAX_HINT_LEN || hint.chars().any(char::is_control))
+        {
+            return Err(ModelError::Hint(hint.chars().take(64).collect()));
         }
         Ok(self)
     }
@@ -292,6 +306,7 @@ mod tests {
             admin: false,
             node: false,
             expires_at: None,
+            hint: None,
         }
     }
 

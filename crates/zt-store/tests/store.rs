@@ -29,6 +29,7 @@ fn spec(spiffe_id: &str, selectors: &[&str]) -> EntrySpec {
         admin: false,
         node: false,
         expires_at: None,
+        hint: None,
     }
 }
 

@@ -40,8 +40,8 @@ async fn main() {
         .await;
     let doc = serde_json::json!({
         "spiffe_id": svid.spiffe_id().to_string(),
-        "chain": svid.cert_chain().iter().map(|c| zt_identity::x509::hex(c.as_bytes())).collect::<Vec<_>>(),
-        "bundle": bundle.authorities().iter().map(|c| zt_identity::x509::hex(c.as_bytes())).collect::<Vec<_>>(),
+        "chain": svid.cert_chain().iter().map(|c| zt_identity::x509::hex_compact(c.as_bytes())).collect::<Vec<_>>(),
+        "bundle": bundle.authorities().iter().map(|c| zt_identity::x509::hex_compact(c.as_bytes())).collect::<Vec<_>>(),
         "jwt_spiffe_id": jwt.spiffe_id().to_string(),
         "jwt_token": jwt.token(),
         "validated_spiffe_id": validated.spiffe_id().to_string(),

@@ -712,6 +712,10 @@ struct EntryFields {
     /// Unix time after which the entry no longer issues (SPIRE: -entryExpiry).
     #[arg(long)]
     expires_at: Option<u64>,
+    /// The Workload API's hint on this entry's SVIDs, by which a workload holding
+    /// several picks one (SPIRE: -hint).
+    #[arg(long)]
+    hint: Option<String>,
 }
 
 #[derive(Args)]
@@ -1280,6 +1284,7 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("write", "--write"),
     ("output", "--output"),
     ("format", "--format"),
+    ("hint", "--hint"),
 ];
 
 /// SPIRE flags of the commands zt mirrors that zt does not implement: refused
@@ -1395,7 +1400,6 @@ mod tests {
         }
         // A SPIRE flag zt lacks is an error that names it, never short flags.
         for (line, flag) in [
-            ("zt entry create -spiffeID spiffe://td/a -hint web", "-hint"),
             ("zt entry create -federatesWith spiffe://other", "-federatesWith"),
             ("zt entry create -storeSVID", "-storeSVID"),
             ("zt bundle show -frmat pem", "-frmat"),

@@ -124,7 +124,10 @@ fn check_x509_response(response: &X509svidResponse, bundle: &Bundle) -> Vec<(Str
                 zt_identity::x509::subject_public_key(&chain[0]).unwrap(),
                 "the key is the leaf's"
             );
-            (svid.spiffe_id.clone(), zt_identity::x509::hex(verified.serial()))
+            (
+                svid.spiffe_id.clone(),
+                zt_identity::x509::hex_compact(verified.serial()),
+            )
         })
         .collect()
 }
@@ -155,12 +158,14 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("no identity issued"), "{denied:?}");
 
-    mesh.entry_for_me("spiffe://example.org/tests", &[]);
+    // SPIRE's -hint reaches the Workload API's hint field, for X.509 and JWT.
+    mesh.entry_for_me("spiffe://example.org/tests", &["-hint", "internal"]);
     mesh.agent.wait_for_x509(&["spiffe://example.org/tests"]);
     let bundle = mesh.bundle();
     let response = rt.block_on(client.fetch_x509_svids()).unwrap();
     let svids = check_x509_response(&response, &bundle);
     assert_eq!(svids.len(), 1);
+    assert_eq!(response.svids[0].hint, "internal");
     assert!(response.federated_bundles.is_empty() && response.crl.is_empty());
 
     let bundles = rt.block_on(client.fetch_x509_bundles()).unwrap();
@@ -185,6 +190,7 @@ fn workload_api_serves_svids_bundles_and_jwts_per_the_spec() {
         .unwrap();
     assert_eq!(jwt.svids.len(), 1);
     assert_eq!(jwt.svids[0].spiffe_id, "spiffe://example.org/tests");
+    assert_eq!(jwt.svids[0].hint, "internal");
     let again = rt
         .block_on(client.fetch_jwt_svids(vec!["billing".into()], None))
         .unwrap();
@@ -490,7 +496,7 @@ fn stream_delivers_rotations_and_revocations() {
                 crl.verify_signature(ca.public_key()).expect("the CRL is signed by its issuer");
                 saw_crl |= crl
                     .iter_revoked_certificates()
-                    .any(|r| zt_identity::x509::hex(r.raw_serial()) == revoked);
+                    .any(|r| zt_identity::x509::hex_compact(r.raw_serial()) == revoked);
             }
             replaced |= serial_of(&update, long).is_some_and(|serial| serial != revoked);
         }
@@ -741,7 +747,7 @@ fn the_rust_spiffe_crate_fetches_and_validates_from_zt_agent() {
     let served: Vec<String> = bundle
         .x509_authorities()
         .iter()
-        .map(|c| zt_identity::x509::hex(c))
+        .map(|c| zt_identity::x509::hex_compact(c))
         .collect();
     assert_eq!(doc["bundle"], serde_json::json!(served));
     zt_identity::verify_jwt_svid(doc["jwt_token"].as_str().unwrap(), &bundle, "orders", now()).unwrap();

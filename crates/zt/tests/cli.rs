@@ -502,11 +502,18 @@ fn help_succeeds_and_a_missing_command_is_a_usage_error() -> TestResult {
         assert!(stdout.contains(needle), "zt {args:?} lacks {needle:?}:\n{stdout}");
     }
     // Without a subcommand: the help, on stderr, and a usage error.
-    for (args, needle) in [(&[][..], "Usage: zt <COMMAND>"), (&["ca"], "Usage: zt ca <COMMAND>")] {
+    for (args, needle) in [
+        (&[][..], "Usage: zt <COMMAND>"),
+        (&["ca"], "Usage: zt ca <COMMAND>"),
+    ] {
         let out = zt(args, dir)?;
         assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
         assert!(out.stdout.is_empty(), "{}", describe(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{}",
+            describe(&out)
+        );
     }
     Ok(())
 }
@@ -549,7 +556,6 @@ fn spire_flags_zt_lacks_fail_loudly() -> TestResult {
         "unix:uid:1000",
     ];
     for (flag, value) in [
-        ("-hint", Some("web")),
         ("-federatesWith", Some("spiffe://other.org")),
         ("-downstream", None),
         ("-storeSVID", None),
@@ -578,14 +584,25 @@ fn spire_flags_zt_lacks_fail_loudly() -> TestResult {
         "nowhere/admin.sock",
         "-output",
         "json",
+        "-hint",
+        "web",
     ];
     let args: Vec<&str> = create.iter().chain(&supported[2..]).copied().collect();
     let out = zt(&args, tmp.path())?;
     assert_failure(&out, 1, &["nowhere/admin.sock"]);
-    let args: Vec<&str> = create.iter().chain(&supported[..2]).chain(&supported[6..]).copied().collect();
+    let args: Vec<&str> = create
+        .iter()
+        .chain(&supported[..2])
+        .chain(&supported[6..])
+        .copied()
+        .collect();
     assert_failure(&zt(&args, tmp.path())?, 1, &["nowhere/admin.sock"]);
 
     // A misspelt flag gets clap's hint.
-    assert_failure(&zt(&["up", "--port-bas", "7000"], tmp.path())?, 2, &["--port-bas", "'--port-base'"]);
+    assert_failure(
+        &zt(&["up", "--port-bas", "7000"], tmp.path())?,
+        2,
+        &["--port-bas", "'--port-base'"],
+    );
     Ok(())
 }

@@ -619,7 +619,8 @@ fn a_revoked_peer_is_cut_off_and_refused() {
                 let leaf =
                     zt_identity::x509::certificates_from_pem(&fs::read(dir.join("svid.0.pem")).unwrap())
                         .unwrap();
-                let serial = zt_identity::x509::hex(&zt_identity::x509::summarize(&leaf[0]).unwrap().serial);
+                let serial =
+                    zt_identity::x509::hex_compact(&zt_identity::x509::summarize(&leaf[0]).unwrap().serial);
                 if previous != Some(serial.as_str()) {
                     return serial;
                 }

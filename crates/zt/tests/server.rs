@@ -1029,7 +1029,7 @@ async fn agent_api_attests_syncs_and_signs() {
     );
     assert_eq!(state.revoked_ids.len(), 1, "{state:?}");
     assert_eq!(state.revoked_ids[0].spiffe_id, "spiffe://example.org/payment");
-    let serial = zt_identity::x509::hex(
+    let serial = zt_identity::x509::hex_compact(
         &zt_identity::x509::summarize(&signed.cert_chain[0].clone().into())
             .unwrap()
             .serial,

@@ -63,7 +63,13 @@ pub fn fetch_x509(args: FetchX509) -> anyhow::Result<ExitCode> {
             println!("Received {} svid after {elapsed:?}\n", svids.len());
             for svid in &svids {
                 println!("SPIFFE ID:\t\t{}", svid.spiffe_id);
-                println!("SVID Serial:\t\t{}", zt_identity::x509::hex(&svid.summary.serial));
+                println!(
+                    "SVID Serial:\t\t{}",
+                    zt_identity::x509::hex_compact(&svid.summary.serial)
+                );
+                if !svid.hint.is_empty() {
+                    println!("Hint:\t\t\t{}", svid.hint);
+                }
                 println!("SVID Valid After:\t{}", super::timestamp(svid.summary.not_before));
                 println!("SVID Valid Until:\t{}", super::timestamp(svid.summary.not_after));
                 for (i, ca) in svid.bundle.iter().enumerate() {
@@ -190,7 +196,7 @@ pub fn watch(args: WorkloadSocket) -> anyhow::Result<ExitCode> {
                         println!(
                             "  {} serial {} until {}",
                             svid.spiffe_id,
-                            zt_identity::x509::hex(&svid.summary.serial),
+                            zt_identity::x509::hex_compact(&svid.summary.serial),
                             super::timestamp(svid.summary.not_after)
                         );
                     }
@@ -257,6 +263,7 @@ struct DecodedSvid {
     key: Vec<u8>,
     bundle: Vec<CertificateDer<'static>>,
     summary: zt_identity::x509::CertificateSummary,
+    hint: String,
 }
 
 fn decode_svids(response: &X509svidResponse) -> anyhow::Result<Vec<DecodedSvid>> {
@@ -277,6 +284,7 @@ fn decode_svids(response: &X509svidResponse) -> anyhow::Result<Vec<DecodedSvid>>
                 key: svid.x509_svid_key.clone(),
                 bundle,
                 summary,
+                hint: svid.hint.clone(),
             })
         })
         .collect()
@@ -328,11 +336,12 @@ fn svids_json(svids: &[DecodedSvid]) -> serde_json::Value {
         .map(|svid| {
             serde_json::json!({
                 "spiffe_id": svid.spiffe_id,
-                "serial": zt_identity::x509::hex(&svid.summary.serial),
+                "serial": zt_identity::x509::hex_compact(&svid.summary.serial),
                 "not_before": svid.summary.not_before,
                 "not_after": svid.summary.not_after,
                 "chain_length": svid.chain.len(),
                 "bundle_authorities": svid.bundle.len(),
+                "hint": svid.hint,
             })
         })
         .collect()

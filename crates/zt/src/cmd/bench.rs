@@ -516,6 +516,7 @@ fn workload_entry(id: &str, parent: &SpiffeId, selector: &str) -> anyhow::Result
         admin: false,
         node: false,
         expires_at: None,
+        hint: None,
     })
 }
 

@@ -49,7 +49,7 @@ pub fn issue(args: CaIssue) -> anyhow::Result<ExitCode> {
     println!(
         "issued {} (serial {}, expires {}): {} {}",
         request.spiffe_id,
-        x509::hex(&svid.serial),
+        x509::hex_compact(&svid.serial),
         timestamp(svid.not_after),
         cert_path.display(),
         key_path.display()

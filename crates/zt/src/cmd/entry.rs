@@ -41,11 +41,26 @@ pub fn create(args: EntryCreate) -> anyhow::Result<ExitCode> {
         admin: fields.admin,
         node: fields.node,
         expires_at: fields.expires_at,
+        hint: fields.hint.clone(),
     };
     let entry = super::admin_call(client(&args.admin).create_entry(&spec))?;
     print_entries(&[entry], args.admin.output);
+    if args.admin.output == Output::Text
+        && let Some(kind) = spec
+            .selectors
+            .iter()
+            .map(zt_store::Selector::kind)
+            .find(|kind| !ATTESTED_SELECTORS.contains(kind))
+    {
+        println!(
+            "Note: nothing in zt attests {kind}: selectors yet (workloads: unix:; agents: join_token:, spiffe_id:); this entry is issued to no one until something does"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Selector types zt's attestors produce (workload and node).
+const ATTESTED_SELECTORS: &[&str] = &["unix", "join_token", "spiffe_id"];
 
 /// `zt entry show`.
 pub fn show(args: EntryShow) -> anyhow::Result<ExitCode> {
@@ -90,6 +105,9 @@ pub fn update(args: EntryUpdate) -> anyhow::Result<ExitCode> {
     spec.node |= fields.node;
     if fields.expires_at.is_some() {
         spec.expires_at = fields.expires_at;
+    }
+    if fields.hint.is_some() {
+        spec.hint.clone_from(&fields.hint);
     }
     let revision = args.revision.unwrap_or(current.revision);
     let entry = super::admin_call(client.update_entry(&args.entry_id, &UpdateEntry { revision, spec }))?;
@@ -371,6 +389,9 @@ fn print_entries(entries: &[Entry], output: Output) {
         }
         if let Some(at) = spec.expires_at {
             println!("Expires at       : {}", timestamp(at));
+        }
+        if let Some(hint) = &spec.hint {
+            println!("Hint             : {hint}");
         }
     }
 }

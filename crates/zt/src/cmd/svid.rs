@@ -46,7 +46,7 @@ pub fn inspect(args: SvidInspect) -> anyhow::Result<ExitCode> {
             let doc = json!({
                 "spiffe_id": summary.spiffe_id.as_ref().map(ToString::to_string).ok(),
                 "spiffe_id_error": summary.spiffe_id.as_ref().err().map(ToString::to_string),
-                "serial": x509::hex(&summary.serial),
+                "serial": x509::hex_compact(&summary.serial),
                 "not_before": timestamp(summary.not_before),
                 "not_after": timestamp(summary.not_after),
                 "is_ca": summary.is_ca,
@@ -80,7 +80,7 @@ fn print_text(
         Ok(id) => println!("SPIFFE ID:    {id}"),
         Err(e) => println!("SPIFFE ID:    none ({e})"),
     }
-    println!("Serial:       {}", x509::hex(&summary.serial));
+    println!("Serial:       {}", x509::hex_compact(&summary.serial));
     println!("Not before:   {}", timestamp(summary.not_before));
     let remaining = match summary.not_after.checked_sub(now) {
         Some(left) if left > 0 => format!("expires in {}", crate::duration::format(left)),

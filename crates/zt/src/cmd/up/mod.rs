@@ -68,19 +68,43 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let absolute = std::path::absolute(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
     Layout::new(absolute, args.port_base).check_socket_paths()?;
-    let layout = Layout::new(prepare_dir(&args.dir)?, args.port_base);
-    layout.check_socket_paths()?;
-    let lock = lock(&layout)?;
-    check_ports_free(&layout)?;
+    // A directory this run makes and never brings up is not left behind.
+    let new = !args.dir.exists();
+    let (code, came_up) = match prepare_dir(&args.dir) {
+        Ok(dir) => bring_up(&Layout::new(dir, args.port_base)),
+        Err(e) => (Err(e), false),
+    };
+    if new && !came_up && args.dir.exists() {
+        match std::fs::remove_dir_all(&args.dir) {
+            Ok(()) => println!("zt up: removed {}, which this run made", args.dir.display()),
+            Err(e) => eprintln!("zt up: {}: not removed: {e}", args.dir.display()),
+        }
+    }
+    code
+}
+
+/// Takes DIR's lock, checks the ports, and runs the mesh until it stops; says
+/// whether it ever came up.
+fn bring_up(layout: &Layout) -> (anyhow::Result<ExitCode>, bool) {
+    let lock = match layout.check_socket_paths().and_then(|()| lock(layout)) {
+        Ok(lock) => lock,
+        Err(e) => return (Err(e), false),
+    };
+    if let Err(e) = check_ports_free(layout) {
+        return (Err(e), false);
+    }
     super::init_logging("warn");
-    let runtime = super::runtime()?;
-    let code = runtime.block_on(run(&layout));
+    let runtime = match super::runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return (Err(e), false),
+    };
+    let (code, came_up) = runtime.block_on(run(layout));
     // The demo apps' tasks end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     // No pid is left for a later `zt down` to find (one that dies leaves its own,
     // which counts only while the lock is held).
     let _ = lock.set_len(0);
-    code
+    (code, came_up)
 }
 
 /// `zt status` (and `zt up --status`).
@@ -270,9 +294,13 @@ impl Mesh {
     }
 }
 
-async fn run(layout: &Layout) -> anyhow::Result<ExitCode> {
+/// Runs the mesh until it is stopped or a part fails; says whether it ever
+/// came up.
+async fn run(layout: &Layout) -> (anyhow::Result<ExitCode>, bool) {
     let mut mesh = Mesh { children: Vec::new() };
-    let outcome = match start(layout, &mut mesh).await {
+    let started = start(layout, &mut mesh).await;
+    let came_up = started.is_ok();
+    let outcome = match started {
         Ok(()) => supervise(layout, &mut mesh).await,
         Err(e) => Err(e),
     };
@@ -282,14 +310,17 @@ async fn run(layout: &Layout) -> anyhow::Result<ExitCode> {
     }
     mesh.stop().await;
     let _ = std::fs::remove_file(layout.state());
-    println!(
-        "zt up: stopped; {} is kept for the next run",
-        layout.dir.display()
-    );
-    Ok(match outcome {
+    if came_up {
+        println!(
+            "zt up: stopped; {} is kept for the next run",
+            layout.dir.display()
+        );
+    }
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
-    })
+    };
+    (Ok(code), came_up)
 }
 
 /// Starts every part, waits for each to be ready, and records what runs.
@@ -683,6 +714,7 @@ async fn register(admin: &AdminClient, service: &Service, binary: &Path) -> anyh
         admin: false,
         node: false,
         expires_at: None,
+        hint: None,
     }
     .normalize()?;
     let existing = admin
