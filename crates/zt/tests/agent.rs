@@ -993,3 +993,101 @@ fn fetch_write_keeps_the_key_private_under_umask_000() {
     assert_eq!(mode_of(&out_dir.join("svid.0.pem")), 0o644);
     assert_eq!(mode_of(&out_dir.join("bundle.0.pem")), 0o644);
 }
+
+/// The gaps a review of the suite found: an agent resuming from its data
+/// directory, entries reached through a node alias and by `unix:gid`, and a
+/// banned agent staying out even with a new join token.
+#[test]
+fn an_agent_resumes_from_its_data_directory_without_a_new_join_token() {
+    let mut mesh = Mesh::start();
+    mesh.entry_for_me("spiffe://example.org/web", &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
+    // The token file still holds the token the agent used: it cannot attest
+    // again, so serving after a restart means it resumed from its data dir.
+    mesh.agent.restart(&mesh.server);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
+    let log = mesh.agent.stderr();
+    assert!(!log.contains("attested to zt server with a join token"), "{log}");
+    let agents = ok(&mesh.server, &["agent", "list", "--output", "json"]);
+    let agents: Value = serde_json::from_str(&agents).unwrap();
+    assert_eq!(agents["agents"].as_array().map(Vec::len), Some(1), "{agents}");
+}
+
+#[test]
+fn entries_reach_workloads_through_a_node_alias_and_by_gid() {
+    let mesh = Mesh::start();
+    // A node alias grouping every agent with this agent's ID selector, and a
+    // workload entry under the alias rather than under the agent.
+    let alias = "spiffe://example.org/nodes/all";
+    one_entry_json(
+        &mesh.server,
+        &[
+            "entry",
+            "create",
+            "-spiffeID",
+            alias,
+            "-selector",
+            &format!("spiffe_id:{AGENT_ID}"),
+            "-node",
+        ],
+    );
+    let gid = {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+        line.split_whitespace().nth(2).unwrap().to_owned()
+    };
+    one_entry_json(
+        &mesh.server,
+        &[
+            "entry",
+            "create",
+            "-spiffeID",
+            "spiffe://example.org/by-alias-and-gid",
+            "-parentID",
+            alias,
+            "-selector",
+            &format!("unix:gid:{gid}"),
+        ],
+    );
+    // And one for a gid this process does not have: never served to it.
+    mesh.entry("spiffe://example.org/other-gid", &["unix:gid:4242424"], &[]);
+    let served = mesh
+        .agent
+        .wait_for_x509(&["spiffe://example.org/by-alias-and-gid"]);
+    assert!(
+        served
+            .iter()
+            .all(|s| s["spiffe_id"] != "spiffe://example.org/other-gid"),
+        "{served:?}"
+    );
+}
+
+#[test]
+fn a_banned_agent_stays_out_even_with_a_new_join_token() {
+    let mut mesh = Mesh::start();
+    mesh.entry_for_me("spiffe://example.org/web", &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/web"]);
+    ok(&mesh.server, &["agent", "ban", "--spiffe-id", AGENT_ID]);
+    let start = Instant::now();
+    while mesh.agent.api(&["fetch", "x509"]).status.success() {
+        assert!(start.elapsed() < DEADLINE, "still served after the ban");
+        std::thread::sleep(POLL);
+    }
+    // A fresh token for the same ID: the server refuses the banned agent.
+    fs::write(&mesh.agent.token_file, join_token(&mesh.server, AGENT_ID)).unwrap();
+    let start = Instant::now();
+    while !fs::read_to_string(&mesh.server.log)
+        .unwrap_or_default()
+        .contains("refused: banned agent attested")
+    {
+        assert!(start.elapsed() < DEADLINE, "the banned agent was not refused");
+        std::thread::sleep(POLL);
+    }
+    let out = mesh.agent.api(&["fetch", "x509"]);
+    assert!(
+        !out.status.success(),
+        "served after a refused attestation: {}",
+        describe(&out)
+    );
+    assert!(mesh.agent.child.try_wait().unwrap().is_none(), "the agent exited");
+}

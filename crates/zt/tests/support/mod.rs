@@ -404,13 +404,28 @@ impl AgentProcess {
         fs::create_dir_all(&public).unwrap();
         fs::set_permissions(&public, fs::Permissions::from_mode(0o755)).unwrap();
         let socket = public.join("api.sock");
+        Self::spawn(server, dir, socket, token_file)
+    }
+
+    /// Stops this agent (SIGKILL) and starts another on the same directory,
+    /// token file and socket, whatever the token file holds now; waits until
+    /// its socket accepts connections.
+    pub fn restart(&mut self, server: &ServerProcess) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+        let next = Self::spawn(server, &self.dir, self.socket.clone(), self.token_file.clone());
+        *self = next;
+    }
+
+    fn spawn(server: &ServerProcess, dir: &Path, socket: PathBuf, token_file: PathBuf) -> Self {
         let log = dir.join(format!("agent.{}.log", now_nanos()));
         let child = Command::new(env!("CARGO_BIN_EXE_zt"))
             .args(["agent", "--server", &server.agent_api.to_string()])
             .arg("--join-token-file")
             .arg(&token_file)
             .arg("--trust-bundle")
-            .arg(&bundle)
+            .arg(dir.join("bundle.pem"))
             .arg("--socket")
             .arg(&socket)
             .arg("--data-dir")
