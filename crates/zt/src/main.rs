@@ -69,6 +69,9 @@ enum Command {
     /// A local certificate authority, for development and tests.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// zt server's signing authorities (through the admin socket).
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
     /// Inspect and verify X.509-SVIDs and JWT-SVIDs.
     #[command(subcommand)]
     Svid(SvidCommand),
@@ -1004,7 +1007,15 @@ enum CaCommand {
     IssueJwt(CaIssueJwt),
     /// Print the CA's trust bundle.
     Bundle(CaBundle),
-    /// Ask zt server to rotate its signing authority now (the old one stays in the bundle until it expires).
+    /// Same as `zt authority rotate`: it acts on zt server, not on a local CA.
+    #[command(hide = true)]
+    Rotate(AdminArgs),
+}
+
+#[derive(Subcommand)]
+enum AuthorityCommand {
+    /// Ask zt server to rotate its signing authority now (the old one stays in the
+    /// bundle until it expires); every replica on the datastore follows.
     Rotate(AdminArgs),
 }
 
@@ -1203,7 +1214,9 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Issue(args)) => cmd::ca::issue(args),
         Command::Ca(CaCommand::IssueJwt(args)) => cmd::ca::issue_jwt(args),
         Command::Ca(CaCommand::Bundle(args)) => cmd::ca::bundle(args),
-        Command::Ca(CaCommand::Rotate(args)) => cmd::entry::rotate_ca(args),
+        Command::Ca(CaCommand::Rotate(args)) | Command::Authority(AuthorityCommand::Rotate(args)) => {
+            cmd::entry::rotate_ca(args)
+        }
         Command::Bundle(BundleCommand::Show(args)) => cmd::entry::show_bundle(args),
         Command::Svid(SvidCommand::Inspect(args)) => cmd::svid::inspect(args),
         Command::Svid(SvidCommand::VerifyJwt(args)) => cmd::svid::verify_jwt(args),

@@ -502,7 +502,7 @@ fn stream_delivers_rotations_and_revocations() {
         }
 
         // A CA rotation reaches the stream: the bundle then holds both authorities.
-        ok(&mesh.server, &["ca", "rotate"]);
+        ok(&mesh.server, &["authority", "rotate"]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let update = next_update(&mut stream).await;
