@@ -116,7 +116,14 @@ pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
                 Ok(document) => document,
                 Err(e) => {
                     let (offset, message) = located(&e);
-                    problems.push(format!("{}: {message}", at(offset)));
+                    // An error at the end of the input names the last line, not
+                    // the one after it.
+                    let last = chunk
+                        .replace("\r\n", "\n")
+                        .trim_end_matches(['\n', '\r'])
+                        .matches(['\n', '\r'])
+                        .count();
+                    problems.push(format!("{}: {message}", at(offset.min(last))));
                     continue;
                 }
             };
@@ -233,6 +240,25 @@ fn located(e: &serde_yaml_ng::Error) -> (usize, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_a_line_that_exists() {
+        let line_of = |text: &str| {
+            let source = Source {
+                name: "p.yaml".into(),
+                text: text.into(),
+            };
+            let problem = parse(&[source])
+                .err()
+                .map(|e| e.problems[0].clone())
+                .unwrap_or_default();
+            problem.split(':').nth(1).and_then(|n| n.parse::<usize>().ok())
+        };
+        // Found by the policy_yaml fuzz target: an error at the end of the
+        // input, and lines ended by a lone CR, as YAML counts them.
+        assert_eq!(line_of("{"), Some(1));
+        assert_eq!(line_of("\r\r--"), Some(3));
+    }
 
     #[test]
     fn a_duplicate_key_is_reported_where_it_is_repeated() {
