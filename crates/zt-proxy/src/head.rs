@@ -194,13 +194,19 @@ fn strip_headers(headers: &mut http::HeaderMap, rules: &HeadRules) -> Result<(),
                 Underscores::Allow => {}
             }
         }
-        let spelled = text.replace('_', "-");
+        // The name as the app stack reads it (no allocation for the usual names).
+        let spelled = if underscored {
+            std::borrow::Cow::Owned(text.replace('_', "-"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        };
+        let spelled = spelled.as_ref();
         // A trusted routing header is kept in its own spelling only.
         let trusted = !underscored && rules.trusted.iter().any(|t| t.as_str() == spelled);
         let protected = spelled == XFCC
             || spelled == "http2-settings"
             || rules.strip.iter().any(|s| s.as_str() == spelled)
-            || (ROUTING_HEADERS.contains(&spelled.as_str()) && !trusted);
+            || (ROUTING_HEADERS.contains(&spelled) && !trusted);
         if protected {
             doomed.push(name.clone());
         }
