@@ -26,11 +26,12 @@ pub struct Transport {
     pub transport: &'static str,
 }
 
-/// Why a connection was refused before any request.
+/// Why a connection or request was refused: one of
+/// [`crate::refusal::Refusal::LABELS`] (inbound), or why an outbound
+/// connection failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Refusal {
-    /// `no_client_certificate`, `invalid_certificate`, `revoked`, `not_tls`,
-    /// `timeout`, `no_svid_yet` or `other`.
+pub struct Reason {
+    /// The label.
     pub reason: &'static str,
 }
 
@@ -55,8 +56,8 @@ pub struct Metrics {
     registry: Registry,
     /// Connections that completed the handshake, by transport.
     pub connections: Family<Transport, Counter>,
-    /// Connections refused, by reason.
-    pub refused: Family<Refusal, Counter>,
+    /// Connections and requests refused, by reason.
+    pub refused: Family<Reason, Counter>,
     /// Responses, by status code.
     pub requests: Family<Status, Counter>,
     /// Time from a request's arrival to its response's headers, seconds.
@@ -66,7 +67,7 @@ pub struct Metrics {
     /// Outbound mTLS connections established.
     pub outbound_connections: Counter,
     /// Outbound connections that failed, by reason.
-    pub outbound_failed: Family<Refusal, Counter>,
+    pub outbound_failed: Family<Reason, Counter>,
     /// Authorization decisions, by decision and mode.
     pub authz_decisions: Family<AuthzLabels, Counter>,
     /// Policy reloads that failed (the last good set stays in force).
@@ -85,11 +86,13 @@ pub struct Metrics {
     /// Times the unshipped backlog grew past its bound (nothing is dropped: it
     /// stays in the local log).
     pub decision_backlog_over_bound: Counter,
+    /// The supervised background tasks.
+    tasks: zt_task::Tasks,
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
+    /// Creates and registers every metric, the supervised `tasks`' included.
+    pub fn new(tasks: zt_task::Tasks) -> Self {
         let mut registry = Registry::with_prefix("zt_proxy");
         let metrics = Self {
             connections: Family::default(),
@@ -107,6 +110,7 @@ impl Metrics {
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
             decision_backlog_over_bound: Counter::default(),
+            tasks,
             registry: Registry::default(),
         };
         registry.register(
@@ -116,7 +120,7 @@ impl Metrics {
         );
         registry.register(
             "refused",
-            "Inbound connections refused, by reason",
+            "Inbound connections and requests refused, by reason",
             metrics.refused.clone(),
         );
         registry.register("requests", "Responses, by status code", metrics.requests.clone());
@@ -180,22 +184,32 @@ impl Metrics {
             "Times the unshipped backlog grew past its bound (kept in the local log)",
             metrics.decision_backlog_over_bound.clone(),
         );
+        metrics.tasks.register(&mut registry);
         Self { registry, ..metrics }
     }
 
     /// Counts a refused connection.
     pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&Refusal { reason }).inc();
+        self.refused.get_or_create(&Reason { reason }).inc();
     }
 
-    /// Why the proxy, though it holds an SVID, would deny every request.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    /// Why the proxy, though it holds an SVID, would deny every request, or
+    /// serve stale identity or policies.
+    pub fn not_ready(&self) -> Option<String> {
+        let down = self.tasks.down();
         if self.decision_log_failures.get() > 0 {
-            Some("the decision log cannot be written: every request is denied until the proxy restarts")
+            Some(
+                "the decision log cannot be written: every request is denied until the proxy restarts".into(),
+            )
         } else if self.policy_namespace_unknown.get() > 0 {
             Some(
-                "the workload's namespace is not known (its SPIFFE ID has no /ns/NS/): no policy applies and every request is denied; set --namespace",
+                "the workload's namespace is not known (its SPIFFE ID has no /ns/NS/): no policy applies and every request is denied; set --namespace".into(),
             )
+        } else if !down.is_empty() {
+            Some(format!(
+                "background task(s) down, restarting: {}",
+                down.join(", ")
+            ))
         } else {
             None
         }
@@ -203,19 +217,13 @@ impl Metrics {
 
     /// Counts a failed outbound connection.
     pub fn refuse_outbound(&self, reason: &'static str) {
-        self.outbound_failed.get_or_create(&Refusal { reason }).inc();
+        self.outbound_failed.get_or_create(&Reason { reason }).inc();
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -6,17 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 use zt_identity::{Bundle, BundleSet, SpiffeId};
+use zt_task::Tasks;
 
-/// How often development files are checked for changes.
-const FILE_POLL: Duration = Duration::from_secs(1);
-/// Backoff between attempts to reach the Workload API.
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+use crate::follow;
 
 /// The proxy's SVID, its key and the bundles it trusts.
 pub struct Identity {
@@ -93,20 +89,34 @@ pub enum IdentitySource {
 /// The current identity (`None` until there is one), kept current by a task.
 pub type IdentityWatch = watch::Receiver<Option<Arc<Identity>>>;
 
+/// Publishes identities.
+type Publisher = Arc<watch::Sender<Option<Arc<Identity>>>>;
+
 impl IdentitySource {
-    /// Starts following the source. Files must load now (a typo should fail at
-    /// start, not silently later); the Workload API may come up after the proxy.
-    pub fn follow(self) -> Result<IdentityWatch, IdentityError> {
+    /// Starts following the source, as the supervised task `identity`. Files
+    /// must load now (a typo should fail at start, not silently later); the
+    /// Workload API may come up after the proxy.
+    pub fn follow(self, tasks: &Tasks, stop: watch::Receiver<bool>) -> Result<IdentityWatch, IdentityError> {
         match self {
             IdentitySource::Files { cert, key, bundle } => {
                 let first = load_files(&cert, &key, &bundle)?;
                 let (tx, rx) = watch::channel(Some(Arc::new(first)));
-                tokio::spawn(follow_files(cert, key, bundle, tx));
+                let tx = Arc::new(tx);
+                tasks.spawn_until_stop("identity", stop, move || {
+                    follow_files(cert.clone(), key.clone(), bundle.clone(), tx.clone())
+                });
                 Ok(rx)
             }
             IdentitySource::WorkloadApi(socket) => {
                 let (tx, rx) = watch::channel(None);
-                tokio::spawn(follow_workload_api(socket, tx));
+                let tx = Arc::new(tx);
+                tasks.spawn_until_stop("identity", stop, move || {
+                    let (socket, tx) = (socket.clone(), tx.clone());
+                    async move {
+                        follow::reconnecting("Workload API", &socket, || stream_identities(&socket, &tx))
+                            .await;
+                    }
+                });
                 Ok(rx)
             }
         }
@@ -162,64 +172,28 @@ fn assemble(
     })
 }
 
-async fn follow_files(
-    cert: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
-    tx: watch::Sender<Option<Arc<Identity>>>,
-) {
-    let stamp = |paths: [&Path; 3]| -> Vec<Option<SystemTime>> {
-        paths
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    };
-    let mut last = stamp([&cert, &key, &bundle]);
-    loop {
-        tokio::time::sleep(FILE_POLL).await;
-        if tx.is_closed() {
-            return;
+/// Reloads the files when they change. A half-replaced set (new cert, old
+/// key) does not load; it is tried again on the next change, and the last good
+/// identity stays in use meanwhile.
+async fn follow_files(cert: PathBuf, key: PathBuf, bundle: PathBuf, tx: Publisher) {
+    follow::on_change(&[&cert, &key, &bundle], || match load_files(&cert, &key, &bundle) {
+        Ok(identity) => {
+            tracing::info!(spiffe_id = %identity.spiffe_id, "identity reloaded from files");
+            tx.send_replace(Some(Arc::new(identity)));
+            true
         }
-        let now = stamp([&cert, &key, &bundle]);
-        if now == last {
-            continue;
+        Err(e) => {
+            tracing::warn!(error = %e, "identity files changed but do not load; keeping the previous identity");
+            false
         }
-        // A half-replaced set (new cert, old key) does not load; it is tried again
-        // on the next change, and the last good identity stays in use meanwhile.
-        match load_files(&cert, &key, &bundle) {
-            Ok(identity) => {
-                tracing::info!(spiffe_id = %identity.spiffe_id, "identity reloaded from files");
-                tx.send_replace(Some(Arc::new(identity)));
-                last = now;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "identity files changed but do not load; keeping the previous identity")
-            }
-        }
-    }
-}
-
-async fn follow_workload_api(socket: PathBuf, tx: watch::Sender<Option<Arc<Identity>>>) {
-    let mut retry = RETRY_MIN;
-    loop {
-        if tx.is_closed() {
-            return;
-        }
-        match stream_identities(&socket, &tx).await {
-            Ok(()) => retry = RETRY_MIN,
-            Err(e) => {
-                tracing::warn!(socket = %socket.display(), error = %e, retry_in = ?retry, "Workload API")
-            }
-        }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(RETRY_MAX);
-    }
+    })
+    .await;
 }
 
 /// Follows the X.509-SVID stream and, from zt agent, the revoked SPIFFE IDs,
 /// publishing an identity on every update of either. With the feed, nothing is
 /// published before its first answer: a revoked peer gets no window at start.
-async fn stream_identities(socket: &Path, tx: &watch::Sender<Option<Arc<Identity>>>) -> Result<(), String> {
+async fn stream_identities(socket: &Path, tx: &Publisher) -> Result<(), String> {
     let client = zt_agent::client::WorkloadClient::new(socket)?;
     let mut svids = client.x509_svids().await.map_err(|s| s.message().to_owned())?;
     let mut feed = match client.revoked_ids().await {

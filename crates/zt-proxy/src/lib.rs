@@ -2,25 +2,33 @@
 //! connection to it is mutually authenticated, encrypted, and from an allowed
 //! SPIFFE ID, without changing the workload.
 //!
+//! - [`connection`]: an inbound connection's stages: accept, limits, mTLS
+//!   handshake, the peer's identity, revocation; then HTTP or opaque TCP;
+//! - [`request`]: one HTTP request's stages: allow-list, normalize, authorize,
+//!   rewrite, send, respond, record;
+//! - [`refusal`]: every way a connection or request is turned away, with its
+//!   status, metric label and logged reason;
+//! - [`inbound`]: what an inbound listener is configured with;
 //! - [`identity`]: the proxy's own SVID and bundle (Workload API or files), hot;
-//! - [`inbound`]: mTLS in (plaintext too in permissive mode), limits, revocation;
-//! - [`head`]: the request head the app gets, made once before authorization;
-//! - [`forward`]: one request to the app, verified identity in XFCC;
+//! - [`authz`]: AuthorizationPolicies kept current, decisions, the decision log;
 //! - [`outbound`]: plaintext from the app, mTLS to an upstream with an expected ID;
-//! - [`authz`]: AuthorizationPolicies on every request, the decision log;
-//! - [`admin`]: health, readiness, metrics;
-//! - [`peers`]: the allow-list of SPIFFE IDs.
+//! - [`admin`]: health, readiness, metrics.
+//!
+//! Every long-lived task (the identity and policy followers, the decision-log
+//! shipper) is supervised: one that ends is logged, counted
+//! (`zt_proxy_task_restarts_total`), turns `/readyz` red and is restarted.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod authz;
-pub mod forward;
-pub mod head;
+pub mod connection;
+mod follow;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
-pub mod peers;
+pub mod refusal;
+pub mod request;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,84 +85,80 @@ pub enum ProxyError {
 
 /// Runs the proxy until `shutdown` completes.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
-    let identity = config.identity.follow()?;
+    // Created first, so that every task started below stops with the proxy,
+    // including when it fails to start.
+    let (stop, stop_rx) = watch::channel(false);
+    let served = serve(config, shutdown, stop_rx).await;
+    stop.send_replace(true);
+    served
+}
+
+async fn serve(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
+    let tasks = zt_task::Tasks::new();
+    let identity = config.identity.follow(&tasks, stop.clone())?;
     let bind = |flag: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| ProxyError::Bind { flag, addr, source })
     };
     let admin_listener = bind("--admin", config.admin).await?;
-    let metrics = Arc::new(admin::Metrics::new());
+    let metrics = Arc::new(admin::Metrics::new(tasks.clone()));
     let authorizer = match config.authz {
         Some(authz) => Some(Arc::new(authz::Authorizer::start(
             authz,
             identity.clone(),
             metrics.clone(),
+            &tasks,
+            &stop,
         )?)),
         None => None,
     };
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut listeners = tokio::task::JoinSet::new();
     for (flag, addr, mut inbound_config) in config.inbound {
         inbound_config.authz.clone_from(&authorizer);
         let listener = bind(flag, addr).await?;
         tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, "serving inbound mTLS");
-        tasks.push((
-            "inbound",
-            tokio::spawn(inbound::serve(
-                listener,
-                identity.clone(),
-                inbound_config,
-                config.versions,
-                metrics.clone(),
-                stop_rx.clone(),
-            )),
-        ));
+        let serving = connection::serve(
+            listener,
+            identity.clone(),
+            inbound_config,
+            config.versions,
+            metrics.clone(),
+            stop.clone(),
+        );
+        listeners.spawn(async move { ("inbound", serving.await) });
     }
     for upstream in config.outbound {
         let listener = bind("--upstream", upstream.listen).await?;
         tracing::info!(listen = %upstream.listen, target = %upstream.target, expect = %upstream.expect, "serving outbound");
-        tasks.push((
-            "outbound",
-            tokio::spawn(outbound::serve(
-                listener,
-                upstream,
-                identity.clone(),
-                config.versions,
-                metrics.clone(),
-                stop_rx.clone(),
-            )),
-        ));
+        let serving = outbound::serve(
+            listener,
+            upstream,
+            identity.clone(),
+            config.versions,
+            metrics.clone(),
+            stop.clone(),
+        );
+        listeners.spawn(async move { ("outbound", serving.await) });
     }
-    tasks.push((
-        "admin",
-        tokio::spawn(admin::serve(admin_listener, identity, metrics, stop_rx)),
-    ));
+    let serving = admin::serve(admin_listener, identity, metrics, stop.clone());
+    listeners.spawn(async move { ("admin", serving.await) });
     tracing::info!(admin = %config.admin, "zt proxy started");
     // Listeners run until `stop`; one that ends before (a panic) stops the proxy
     // with an error rather than leaving it half-serving.
-    let mut tasks: tokio::task::JoinSet<(&str, String)> = tasks
-        .into_iter()
-        .map(|(name, task)| async move {
-            let how = match task.await {
-                Ok(()) => "ended".to_owned(),
-                Err(e) => e.to_string(),
+    tokio::select! {
+        () = shutdown => Ok(()),
+        Some(ended) = listeners.join_next() => {
+            let (listener, how) = match ended {
+                Ok((listener, ())) => (listener, "ended".to_owned()),
+                Err(e) => ("listener", e.to_string()),
             };
-            (name, how)
-        })
-        .collect();
-    let ended = tokio::select! {
-        () = shutdown => false,
-        Some(ended) = tasks.join_next() => {
-            let (task, how) = ended.unwrap_or(("listener", "was lost".to_owned()));
-            tracing::error!(task, "a listener {how} while the proxy runs: stopping the proxy");
-            true
+            tracing::error!(listener, "a listener {how} while the proxy runs: stopping the proxy");
+            Err(ProxyError::TaskEnded)
         }
-    };
-    stop.send_replace(true);
-    while tasks.join_next().await.is_some() {}
-    if ended {
-        return Err(ProxyError::TaskEnded);
     }
-    Ok(())
 }

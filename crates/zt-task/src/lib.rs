@@ -138,6 +138,32 @@ impl Tasks {
         })
     }
 
+    /// As [`Tasks::spawn`], for a task that never ends by itself (a follower
+    /// that reconnects forever) and holds nothing that must be finished: it is
+    /// dropped where it waits when `stop` turns true.
+    pub fn spawn_until_stop<F, Fut>(
+        &self,
+        task: &'static str,
+        stop: watch::Receiver<bool>,
+        mut make: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let inner = stop.clone();
+        self.spawn(task, stop, move || {
+            let run = make();
+            let mut stop = inner.clone();
+            async move {
+                tokio::select! {
+                    () = run => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+            }
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
         self.up.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -239,6 +265,23 @@ mod tests {
         handle.await.unwrap();
         assert_eq!(tasks.restarts("clean"), 0);
         assert!(tasks.down().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_never_ends_is_dropped_at_stop_and_not_restarted() {
+        let tasks = Tasks::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let runs = Arc::new(AtomicU32::new(0));
+        let counter = runs.clone();
+        let handle = tasks.spawn_until_stop("forever", stop_rx, move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending()
+        });
+        tokio::task::yield_now().await;
+        stop.send_replace(true);
+        handle.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(tasks.restarts("forever"), 0);
     }
 
     #[test]

@@ -439,6 +439,13 @@ struct ProxyArgs {
     /// a request (repeatable; x-forwarded-client-cert always is).
     #[arg(long = "strip-header")]
     strip_header: Vec<String>,
+    /// A header that hands the app part of the verified caller's SPIFFE ID, for apps
+    /// that cannot parse XFCC: NAME=FIELD or NAME=TEMPLATE with {FIELD}s, FIELD one of
+    /// spiffe-id, trust-domain, path, ns, sa (repeatable; e.g. X-Client-CN={sa}). A
+    /// copy sent by the client is removed in every spelling; a caller whose ID lacks
+    /// a field gets no header.
+    #[arg(long = "identity-header", value_name = "NAME=FIELD")]
+    identity_header: Vec<zt_proxy::connection::IdentityHeader>,
     /// A header some apps route by (X-Forwarded-Host, X-Original-URL, X-Rewrite-URL,
     /// Forwarded, method overrides…) to pass to the app as the client sent it
     /// (repeatable); untrusted, they are removed, since the policies decided on the
@@ -448,8 +455,8 @@ struct ProxyArgs {
     /// Request headers whose name has '_' (which CGI, WSGI, PHP and Rack read as
     /// the same as '-'): drop, reject (400), or allow (still removed when they
     /// spell a removed header).
-    #[arg(long, default_value = "drop", value_parser = parse_from_str::<zt_proxy::head::Underscores>)]
-    headers_with_underscores: zt_proxy::head::Underscores,
+    #[arg(long, default_value = "drop", value_parser = parse_from_str::<zt_proxy::request::normalize::Underscores>)]
+    headers_with_underscores: zt_proxy::request::normalize::Underscores,
     /// Path parameters (';' in a path segment, which servlet-style apps drop):
     /// reject (400), or strip them from every segment before policies and the app
     /// see the path.

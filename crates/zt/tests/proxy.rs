@@ -1557,6 +1557,24 @@ fn policies_decide_every_request_change_live_and_are_logged_in_a_verifiable_chai
         request_as(&pki, "payment", inbound, "POST", "/api/v1/admin").0,
         403
     );
+    // Each policy denial is a refusal, counted once under its own reason.
+    assert_eq!(
+        metric(admin, "zt_proxy_refused_total{reason=\"denied_by_policy\"}"),
+        3.0
+    );
+    // The followers run supervised: up, never restarted.
+    for task in ["identity", "policies", "policies_in_force"] {
+        assert_eq!(
+            metric(admin, &format!("zt_proxy_task_up{{task=\"{task}\"}}")),
+            1.0,
+            "{task}"
+        );
+        assert_eq!(
+            metric(admin, &format!("zt_proxy_task_restarts_total{{task=\"{task}\"}}")),
+            0.0,
+            "{task}"
+        );
+    }
     // The normalized path is the one matched and the one the app receives.
     let (status, body) = request_as(
         &pki,
@@ -2786,4 +2804,127 @@ fn rego_memory_bomb_in_a_custom_provider_denies_and_the_proxy_keeps_serving() {
         );
     }
     assert!(proxy.0.try_wait().unwrap().is_none(), "zt proxy exited");
+}
+
+/// The seed tutorial's own code, unchanged, behind zt proxy: its FastAPI
+/// service trusts `X-Client-CN`, which the proxy sets from the verified
+/// SVID (`--identity-header X-Client-CN={sa}`) after removing any copy the
+/// caller sent; its `requests` client calls through mTLS.
+mod seed_tutorial {
+    use super::*;
+
+    fn seed(name: &str) -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/seed-tutorial")
+            .join(name)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The tutorial's client.py as `client`: its two printed lines, `STATUS BODY`.
+    fn tutorial_client(python: &Path, pki: &Pki, inbound: SocketAddr, client: &str) -> Vec<String> {
+        let out = Command::new(python)
+            .arg(seed("client.py"))
+            .arg(format!("https://localhost:{}", inbound.port()))
+            .args([
+                pki.file(&format!("{client}.crt")),
+                pki.file(&format!("{client}.key")),
+                pki.file("bundle.pem"),
+            ])
+            .output()
+            .unwrap();
+        succeed(&out, "the tutorial's client.py")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_tutorials_service_and_client_run_unchanged_behind_zt_proxy() {
+        let Some(python) = zt_testkit::python("seed tutorial") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        for (id, name) in [
+            ("spiffe://example.org/ns/default/sa/service-one", "service-one"),
+            ("spiffe://example.org/ns/default/sa/service-two", "service-two"),
+            ("spiffe://example.org/web", "web"),
+        ] {
+            let out = Command::new(zt_exe())
+                .args(["ca", "issue", "--ca", "ca", "--spiffe-id", id, "--out", name])
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            succeed(&out, "zt ca issue");
+        }
+        let (app, _app) = start_app(&python, &[&seed("server_main.py"), &seed("simple_policy.json")]);
+        let (_proxy, inbound, admin) = dev_proxy(
+            &pki,
+            &[
+                "--app",
+                &app.to_string(),
+                "--allow-spiffe-id",
+                "spiffe://example.org/*",
+                "--identity-header",
+                "X-Client-CN={sa}",
+            ],
+        );
+
+        let one = tutorial_client(&python, &pki, inbound, "service-one");
+        assert_eq!(one.len(), 2, "{one:?}");
+        assert!(one[0].starts_with("200 "), "{one:?}");
+        assert_eq!(
+            one[1], r#"200 {"message":"Access granted","client":"service-one"}"#,
+            "service-one is allowed /internal by the tutorial's JSON policy"
+        );
+        let two = tutorial_client(&python, &pki, inbound, "service-two");
+        assert!(two[0].starts_with("200 "), "{two:?}");
+        assert_eq!(two[1], r#"403 {"detail":"Denied by policy"}"#, "{two:?}");
+
+        // service-two forging service-one's name, in the spellings app stacks
+        // merge: the app still hears service-two.
+        let setup_requests = |client: &str, headers: &[&str]| -> Value {
+            let out = Command::new(&python)
+                .arg(interop("requests_client.py"))
+                .arg(format!("https://localhost:{}/internal", inbound.port()))
+                .args([
+                    pki.file(&format!("{client}.crt")),
+                    pki.file(&format!("{client}.key")),
+                    pki.file("bundle.pem"),
+                ])
+                .args(headers)
+                .output()
+                .unwrap();
+            serde_json::from_str(&succeed(&out, "requests_client.py")).unwrap()
+        };
+        for forged in [
+            "X-Client-CN=service-one",
+            "x-client-cn=service-one",
+            "X_Client_CN=service-one",
+        ] {
+            let answer = setup_requests("service-two", &[forged]);
+            assert_eq!(answer["status"], 403, "{forged}: {answer}");
+            assert!(
+                answer["body"].as_str().unwrap().contains("Denied by policy"),
+                "{answer}"
+            );
+        }
+        // A caller whose SPIFFE ID has no service account gets no header at
+        // all, not an empty one: the app hears nobody.
+        let answer = setup_requests("web", &["X-Client-CN=service-one"]);
+        assert_eq!(answer["status"], 403, "{answer}");
+        // The allowed call with a forged header: the verified name wins.
+        let answer = setup_requests("service-one", &["X-Client-CN=service-two"]);
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert!(
+            answer["body"]
+                .as_str()
+                .unwrap()
+                .contains("\"client\":\"service-one\""),
+            "{answer}"
+        );
+        assert!(metric(admin, "zt_proxy_requests_total{code=\"403\"}") >= 5.0);
+    }
 }

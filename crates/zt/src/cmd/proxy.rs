@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use zt_proxy::authz::{AuthzConfig, PolicyMode, PolicySource, RegoProviders};
-use zt_proxy::head::HeadRules;
 use zt_proxy::inbound::{Limits, Mode};
-use zt_proxy::peers::AllowList;
+use zt_proxy::request::allow::AllowList;
+use zt_proxy::request::normalize::{HeadRules, ROUTING_HEADERS};
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
 
@@ -24,8 +24,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             })
             .collect::<anyhow::Result<Vec<_>>>()
     };
+    // A client's copy of an identity header is removed like any forged identity.
+    let mut strip = header_names("--strip-header", &args.strip_header)?;
+    strip.extend(args.identity_header.iter().map(|h| h.name.clone()));
     let head = HeadRules {
-        strip: header_names("--strip-header", &args.strip_header)?,
+        strip,
         trusted: header_names("--trust-header", &args.trust_header)?,
         underscores: args.headers_with_underscores,
         path_params: args.path_params,
@@ -38,11 +41,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     if let Some(name) = head
         .trusted
         .iter()
-        .find(|name| !zt_proxy::head::ROUTING_HEADERS.contains(&name.as_str()))
+        .find(|name| !ROUTING_HEADERS.contains(&name.as_str()))
     {
         anyhow::bail!(
             "--trust-header {name}: not a header zt proxy removes (those are: {})",
-            zt_proxy::head::ROUTING_HEADERS.join(", ")
+            ROUTING_HEADERS.join(", ")
         );
     }
     let workload_api = zt_agent::client::endpoint(args.socket).map_err(anyhow::Error::msg)?;
@@ -79,6 +82,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let fronting = |app, app_protocol| InboundConfig {
         app,
         allow: allow.clone(),
+        identity_headers: args.identity_header.clone(),
         head: head.clone(),
         limits: Limits {
             max_connections: args.max_connections,

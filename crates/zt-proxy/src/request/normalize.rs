@@ -20,10 +20,12 @@
 //!   is refused.
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
-use zt_policy::normalize::PathParams;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Version};
+use zt_policy::normalize::{PathParams, Target};
 
-use crate::forward::XFCC;
+use crate::connection::XFCC;
+use crate::refusal::Refusal;
 
 /// Headers some app stacks take the request's URL, host or method from,
 /// removed unless trusted (`--trust-header`): the policy decided on the
@@ -95,46 +97,35 @@ impl Default for HeadRules {
     }
 }
 
-/// A request the proxy will not forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// The answer's status.
-    pub status: StatusCode,
-    /// Why, for the access log.
-    pub reason: String,
-}
-
-impl Refused {
-    fn bad(reason: String) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-        }
-    }
-}
-
-/// A request head made safe: its authority, and the upgrade to splice if any.
+/// A request head made safe: its authority, its normalized target, and the
+/// upgrade to splice if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     /// The normalized authority, which the app gets in `Host`.
     pub host: String,
+    /// The normalized path (policies match it) and the query as sent.
+    pub target: Target,
+    /// The same, as the app gets it.
+    pub path_and_query: PathAndQuery,
     /// The upgrade protocol, when it is one of [`HeadRules::upgrades`].
     pub upgrade: Option<HeaderValue>,
 }
 
 /// Makes `request`'s head what the app will receive (its `Host`, its
 /// headers), or refuses it.
-pub fn admit<B>(request: &mut Request<B>, rules: &HeadRules) -> Result<Admitted, Refused> {
+pub fn admit<B>(request: &mut Request<B>, rules: &HeadRules) -> Result<Admitted, Refusal> {
     if request.method() == Method::CONNECT {
-        return Err(Refused {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "CONNECT is not proxied".into(),
-        });
+        return Err(Refusal::MethodNotAllowed("CONNECT is not proxied".into()));
     }
+    zt_policy::normalize::method(request.method().as_str()).map_err(Refusal::Malformed)?;
     let host = authority(request)?;
-    let value = HeaderValue::from_str(&host).map_err(|_| Refused::bad(format!("host {host:?}")))?;
+    let value = HeaderValue::from_str(&host).map_err(|_| Refusal::Malformed(format!("host {host:?}")))?;
     request.headers_mut().insert(http::header::HOST, value);
     strip_headers(request.headers_mut(), rules)?;
+    let raw = request.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    let target = zt_policy::normalize::target_with(raw, rules.path_params).map_err(Refusal::Malformed)?;
+    let path_and_query = PathAndQuery::try_from(target.path_and_query())
+        .map_err(|_| Refusal::Malformed(format!("the normalized target {:?}", target.path_and_query())))?;
     let upgrade = upgrade_protocol(request).filter(|protocol| {
         let allowed = protocol
             .to_str()
@@ -144,40 +135,45 @@ pub fn admit<B>(request: &mut Request<B>, rules: &HeadRules) -> Result<Admitted,
         }
         allowed
     });
-    Ok(Admitted { host, upgrade })
+    Ok(Admitted {
+        host,
+        target,
+        path_and_query,
+        upgrade,
+    })
 }
 
 /// The request's one authority, normalized.
-fn authority<B>(request: &Request<B>) -> Result<String, Refused> {
+fn authority<B>(request: &Request<B>) -> Result<String, Refusal> {
     let mut hosts = request.headers().get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(Refused::bad("more than one Host header".into()));
+        return Err(Refusal::Malformed("more than one Host header".into()));
     }
     let host = host
         .map(|h| zt_policy::normalize::authority(h.as_bytes()))
         .transpose()
-        .map_err(|e| Refused::bad(format!("Host: {e}")))?;
+        .map_err(|e| Refusal::Malformed(format!("Host: {e}")))?;
     let target = request
         .uri()
         .authority()
         .map(|a| zt_policy::normalize::authority(a.as_str().as_bytes()))
         .transpose()
-        .map_err(|e| Refused::bad(format!("request target: {e}")))?;
+        .map_err(|e| Refusal::Malformed(format!("request target: {e}")))?;
     let http1 = request.version() < Version::HTTP_2;
     match (target, host) {
-        (Some(target), Some(host)) if target != host => Err(Refused::bad(format!(
+        (Some(target), Some(host)) if target != host => Err(Refusal::Malformed(format!(
             "the target's authority {target:?} is not the Host {host:?}"
         ))),
-        (_, None) if http1 => Err(Refused::bad("no Host header".into())),
+        (_, None) if http1 => Err(Refusal::Malformed("no Host header".into())),
         (Some(authority), _) | (None, Some(authority)) => Ok(authority),
-        (None, None) => Err(Refused::bad("no :authority or Host".into())),
+        (None, None) => Err(Refusal::Malformed("no :authority or Host".into())),
     }
 }
 
 /// Removes XFCC, the configured identity headers, untrusted routing headers,
 /// and (unless allowed) every header name with `_`, in all their spellings.
-fn strip_headers(headers: &mut http::HeaderMap, rules: &HeadRules) -> Result<(), Refused> {
+fn strip_headers(headers: &mut http::HeaderMap, rules: &HeadRules) -> Result<(), Refusal> {
     let mut doomed = Vec::new();
     for name in headers.keys() {
         let text = name.as_str();
@@ -189,7 +185,7 @@ fn strip_headers(headers: &mut http::HeaderMap, rules: &HeadRules) -> Result<(),
                     continue;
                 }
                 Underscores::Reject => {
-                    return Err(Refused::bad(format!("the header name {text:?} has '_'")));
+                    return Err(Refusal::Malformed(format!("the header name {text:?} has '_'")));
                 }
                 Underscores::Allow => {}
             }
@@ -235,6 +231,8 @@ fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+    use http::StatusCode;
+
     use super::*;
 
     fn request(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -288,12 +286,12 @@ mod tests {
         ];
         for r in refused {
             let what = format!("{:?} {:?}", r.uri(), r.headers());
-            assert_eq!(ok(r).unwrap_err().status, StatusCode::BAD_REQUEST, "{what}");
+            assert_eq!(ok(r).unwrap_err().answer().0, StatusCode::BAD_REQUEST, "{what}");
         }
         let mut connect = http1("a.example:443", &[("host", "a.example:443")]);
         *connect.method_mut() = Method::CONNECT;
         assert_eq!(
-            admit(&mut connect, &rules).unwrap_err().status,
+            admit(&mut connect, &rules).unwrap_err().answer().0,
             StatusCode::METHOD_NOT_ALLOWED
         );
     }
@@ -336,7 +334,7 @@ mod tests {
             ..HeadRules::default()
         };
         assert_eq!(
-            admit(&mut http1("/a", &headers), &reject).unwrap_err().status,
+            admit(&mut http1("/a", &headers), &reject).unwrap_err().answer().0,
             StatusCode::BAD_REQUEST
         );
         let allow = HeadRules {

@@ -1,9 +1,13 @@
-//! Who may connect, until authorization policies arrive: an allow-list of SPIFFE
+//! The allow-list stage — who may reach the app at all, before authorization
+//! policies decide each request: an allow-list of SPIFFE
 //! IDs, each exact or with `*` wildcards (`spiffe://example.org/ns/*/sa/web`).
 //! A `*` matches any run of characters within one path segment, or, alone as the
 //! last segment, any rest of the path; it never crosses into the trust domain.
 
 use zt_identity::SpiffeId;
+
+use crate::connection::Peer;
+use crate::refusal::Refusal;
 
 /// The allow-list. Empty means nobody: the proxy fails closed.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +117,16 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+/// The allow-list stage: a peer whose SPIFFE ID is not on the list (checked
+/// once per connection) gets 403 for every request.
+pub(crate) fn check(peer: &Peer) -> Result<(), Refusal> {
+    if peer.allowed {
+        Ok(())
+    } else {
+        Err(Refusal::NotAllowed)
+    }
 }
 
 #[cfg(test)]

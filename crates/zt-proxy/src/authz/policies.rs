@@ -1,0 +1,230 @@
+//! The policies in force for this workload, kept current: a directory
+//! reloaded when it changes, or zt agent's policy stream (from zt server),
+//! combined with the workload's namespace and labels.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use zt_policy::{PolicySet, WorkloadPolicies};
+
+use super::AuthzConfig;
+use crate::admin::Metrics;
+use crate::follow;
+use crate::identity::IdentityWatch;
+
+/// A loaded policy directory and its version.
+struct Loaded {
+    set: PolicySet,
+    version: String,
+}
+
+/// Compiles a set of policy files; the version names it in decision records.
+fn compile(
+    sources: &[zt_policy::load::Source],
+    version: String,
+    root_namespace: &str,
+) -> Result<Loaded, String> {
+    let policies = zt_policy::load::parse(sources).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        set: PolicySet::new(policies, root_namespace),
+        version,
+    })
+}
+
+/// A policy directory; its version is a digest of its files.
+fn load_dir(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
+    let sources = zt_policy::load::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for source in &sources {
+        digest.update(source.name.to_string_lossy().as_bytes());
+        digest.update(&[0]);
+        digest.update(source.text.as_bytes());
+        digest.update(&[0]);
+    }
+    let version = format!(
+        "dir:{}",
+        zt_identity::x509::hex_compact(&digest.finish().as_ref()[..6])
+    );
+    compile(&sources, version, root_namespace)
+}
+
+/// The policies in force for this workload.
+pub(super) struct InForce {
+    pub(super) policies: WorkloadPolicies,
+    pub(super) version: Arc<str>,
+    pub(super) destination: Arc<str>,
+}
+
+/// The policies in force, kept current.
+pub(super) type InForceWatch = watch::Receiver<Option<Arc<InForce>>>;
+
+/// Loads a policy directory now (a broken set fails the start) or starts
+/// following zt agent, as the supervised task `policies`; and combines what
+/// is loaded with the workload's namespace, as the task `policies_in_force`.
+pub(super) fn follow(
+    config: &AuthzConfig,
+    identity: IdentityWatch,
+    metrics: &Arc<Metrics>,
+    tasks: &zt_task::Tasks,
+    stop: &watch::Receiver<bool>,
+) -> Result<InForceWatch, super::AuthzError> {
+    let (loaded_tx, loaded) = watch::channel(None);
+    let loaded_tx = Arc::new(loaded_tx);
+    let root_namespace = config.root_namespace.clone();
+    let metrics_ = metrics.clone();
+    match &config.source {
+        super::PolicySource::Dir(dir) => {
+            let first = load_dir(dir, &root_namespace).map_err(|problems| super::AuthzError::Policies {
+                dir: dir.display().to_string(),
+                problems,
+            })?;
+            loaded_tx.send_replace(Some(Arc::new(first)));
+            let dir = dir.clone();
+            tasks.spawn_until_stop("policies", stop.clone(), move || {
+                poll_dir(
+                    dir.clone(),
+                    root_namespace.clone(),
+                    loaded_tx.clone(),
+                    metrics_.clone(),
+                )
+            });
+        }
+        super::PolicySource::Agent(socket) => {
+            let socket = socket.clone();
+            tasks.spawn_until_stop("policies", stop.clone(), move || {
+                let (socket, root_namespace, tx, metrics) = (
+                    socket.clone(),
+                    root_namespace.clone(),
+                    loaded_tx.clone(),
+                    metrics_.clone(),
+                );
+                async move {
+                    follow::reconnecting("policies from zt agent", &socket, || {
+                        stream_policies(&socket, &root_namespace, &tx, &metrics)
+                    })
+                    .await;
+                }
+            });
+        }
+    }
+    let (tx, in_force) = watch::channel(None);
+    let tx = Arc::new(tx);
+    let (config, metrics) = (config.clone(), metrics.clone());
+    tasks.spawn_until_stop("policies_in_force", stop.clone(), move || {
+        combine(
+            config.clone(),
+            loaded.clone(),
+            identity.clone(),
+            tx.clone(),
+            metrics.clone(),
+        )
+    });
+    Ok(in_force)
+}
+
+/// Publishes the policies in force for the workload whenever the loaded set
+/// or the identity (which may give the namespace) changes.
+async fn combine(
+    config: AuthzConfig,
+    mut loaded: watch::Receiver<Option<Arc<Loaded>>>,
+    mut identity: IdentityWatch,
+    tx: Arc<watch::Sender<Option<Arc<InForce>>>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let own_id = identity.borrow().as_ref().map(|i| i.spiffe_id.to_string());
+        let namespace = config
+            .namespace
+            .clone()
+            .or_else(|| zt_policy::request::namespace_of(own_id.as_deref()?).map(str::to_owned));
+        let unknown = namespace.is_none() && own_id.is_some();
+        if unknown && metrics.policy_namespace_unknown.get() == 0 {
+            tracing::warn!(
+                spiffe_id = own_id.as_deref().unwrap_or_default(),
+                "the workload's namespace is not known: its SPIFFE ID has no /ns/NS/, so no policy applies and every request is denied; set --namespace"
+            );
+        }
+        metrics.policy_namespace_unknown.set(i64::from(unknown));
+        let current = loaded.borrow_and_update().clone();
+        let in_force = match (namespace, current) {
+            (Some(namespace), Some(current)) => {
+                let policies = current.set.for_workload(&namespace, &config.labels);
+                tracing::info!(%namespace, version = %current.version, policies = policies.len(), "policies in force");
+                let destination = match config.labels.get("app") {
+                    Some(app) => format!("{namespace}/{app}"),
+                    None => namespace,
+                };
+                Some(Arc::new(InForce {
+                    policies,
+                    version: current.version.as_str().into(),
+                    destination: destination.into(),
+                }))
+            }
+            _ => None,
+        };
+        tx.send_replace(in_force);
+        tokio::select! {
+            changed = loaded.changed() => if changed.is_err() { return },
+            changed = identity.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// Reloads a policy directory when it changes; a set that does not load is
+/// counted and logged, and the last good one stays in force.
+async fn poll_dir(dir: PathBuf, root_namespace: String, tx: Publisher, metrics: Arc<Metrics>) {
+    follow::on_change(&[&dir], || {
+        match load_dir(&dir, &root_namespace) {
+            Ok(fresh) => {
+                tx.send_replace(Some(Arc::new(fresh)));
+            }
+            Err(problems) => {
+                metrics.policy_reload_failures.inc();
+                tracing::error!(dir = %dir.display(), %problems, "policies changed but do not load; the last good set stays in force");
+            }
+        }
+        // A broken set is not loaded again until the directory changes again.
+        true
+    })
+    .await;
+}
+
+/// Publishes loaded policy sets.
+type Publisher = Arc<watch::Sender<Option<Arc<Loaded>>>>;
+
+async fn stream_policies(
+    socket: &Path,
+    root_namespace: &str,
+    tx: &Publisher,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let client = zt_agent::client::WorkloadClient::new(socket)?;
+    let mut stream = client.policies().await.map_err(|s| s.message().to_owned())?;
+    while let Some(set) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        let sources: Vec<zt_policy::load::Source> = set
+            .files
+            .into_iter()
+            .map(|f| zt_policy::load::Source {
+                name: f.name.into(),
+                text: f.text,
+            })
+            .collect();
+        match compile(&sources, format!("v{}", set.version), root_namespace) {
+            Ok(loaded) => {
+                tracing::info!(version = set.version, "policies from zt server");
+                tx.send_replace(Some(Arc::new(loaded)));
+                metrics
+                    .policy_version
+                    .set(i64::try_from(set.version).unwrap_or(i64::MAX));
+            }
+            Err(problems) => {
+                // zt server checks every set it stores; this proxy may be older.
+                metrics.policy_reload_failures.inc();
+                tracing::error!(version = set.version, %problems, "policies from zt server do not load here; the last good set stays in force");
+            }
+        }
+    }
+    Err("zt agent ended the policy stream".into())
+}

@@ -1,0 +1,250 @@
+//! An inbound connection, stage by stage: **accept** → **limits** (open
+//! connections in all and per source) → **handshake** (mTLS with the current
+//! SVID; plaintext too in permissive mode) → **peer identity** (the verified
+//! SPIFFE ID, the allow-list, the identity headers) → **revocation watch**
+//! (a revoked SVID cuts the connection) → HTTP, each request through
+//! [`crate::request`], or opaque TCP ([`tcp`]). Each connection runs in a
+//! tracing span that carries its peer's address and SPIFFE ID; a refused one
+//! is counted and logged once, here.
+
+mod handshake;
+mod limits;
+mod peer;
+mod revocation;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
+use zt_tls::TlsVersions;
+
+pub(crate) use self::peer::Peer;
+pub use self::peer::{Field, IdentityHeader, XFCC};
+pub(crate) use self::revocation::Revocation;
+use crate::admin::{Metrics, Transport};
+use crate::identity::{Identity, IdentityWatch, PeerSvid};
+use crate::inbound::{AppProtocol, InboundConfig, Mode};
+use crate::refusal::Refusal;
+use crate::request::send::App;
+
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What every connection of one listener shares.
+pub(crate) struct Context {
+    pub(crate) config: InboundConfig,
+    /// The app, and the client that reaches it.
+    pub(crate) app: App,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Serves `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    identity: IdentityWatch,
+    config: InboundConfig,
+    versions: TlsVersions,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = limits::Slots::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_source,
+    );
+    let context = Arc::new(Context {
+        app: App::new(config.app, config.app_protocol),
+        config,
+        metrics,
+    });
+    let mut acceptors = handshake::Acceptors::new(identity, versions);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, peer_addr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let admitted = slots
+            .acquire(peer_addr.ip())
+            .and_then(|held| Ok((held, acceptors.current()?)));
+        let (held, (acceptor, own)) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                refused(&context.metrics, peer_addr, &refusal);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (updates, context) = (acceptors.identity.clone(), context.clone());
+        let span = tracing::info_span!("connection", peer = %peer_addr, spiffe_id = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let _held = held;
+                if let Err(refusal) = connection(tcp, peer_addr, acceptor, own, updates, &context).await {
+                    refused(&context.metrics, peer_addr, &refusal);
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Counts and logs a refused connection.
+fn refused(metrics: &Metrics, peer: SocketAddr, refusal: &Refusal) {
+    metrics.refuse(refusal.label());
+    tracing::info!(%peer, reason = %refusal, "inbound connection refused");
+}
+
+/// One inbound connection: handshake, the peer's identity and revocation
+/// check, then its protocol until either side closes or the peer's SVID is
+/// revoked.
+async fn connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    own: Arc<Identity>,
+    updates: IdentityWatch,
+    context: &Arc<Context>,
+) -> Result<(), Refusal> {
+    let metrics = &context.metrics;
+    let local = tcp
+        .local_addr()
+        .map_err(|e| Refusal::Handshake(crate::refusal::HandshakeFailure::Other, e.to_string()))?;
+    if context.config.mode == Mode::Permissive {
+        match handshake::starts_with_tls(&tcp).await? {
+            None => return Ok(()),
+            Some(true) => {}
+            Some(false) => {
+                metrics
+                    .connections
+                    .get_or_create(&Transport {
+                        transport: "plaintext",
+                    })
+                    .inc();
+                tracing::warn!(target: "zt::access", peer = %peer_addr, "plaintext connection accepted (permissive mode)");
+                let peer = Peer {
+                    name: "plaintext".into(),
+                    verified: false,
+                    addr: peer_addr,
+                    local,
+                    allowed: true,
+                    identity_headers: Vec::new(),
+                    revocation: None,
+                };
+                return serve_protocol(tcp, Arc::new(peer), context).await;
+            }
+        }
+    }
+    let tls = handshake::accept(&acceptor, tcp).await?;
+    let (_, session) = tls.get_ref();
+    let unverified =
+        |what: &str| Refusal::Handshake(crate::refusal::HandshakeFailure::InvalidCertificate, what.into());
+    let peer_id = zt_tls::peer_spiffe_id(session).ok_or_else(|| unverified("no verified peer SPIFFE ID"))?;
+    tracing::Span::current().record("spiffe_id", tracing::field::display(&peer_id));
+    let leaf = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or_else(|| unverified("no peer certificate"))?;
+    let summary = zt_identity::x509::summarize(leaf).map_err(|e| unverified(&e.to_string()))?;
+    let revocation = Revocation::new(
+        updates,
+        PeerSvid {
+            serial: summary.serial,
+            spiffe_id: peer_id.to_string(),
+            not_before: summary.not_before,
+        },
+    );
+    if revocation.is_revoked() {
+        return Err(Refusal::Revoked);
+    }
+    metrics
+        .connections
+        .get_or_create(&Transport { transport: "mtls" })
+        .inc();
+    let leaf_hash =
+        zt_identity::x509::hex_compact(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref());
+    let peer = Peer {
+        name: peer_id.to_string(),
+        verified: true,
+        addr: peer_addr,
+        local,
+        allowed: context.config.allow.allows(&peer_id),
+        identity_headers: peer::identity_headers(
+            &own.spiffe_id,
+            &peer_id,
+            &leaf_hash,
+            &context.config.identity_headers,
+        ),
+        revocation: Some(revocation),
+    };
+    serve_protocol(tls, Arc::new(peer), context).await
+}
+
+/// The app's protocol decides: HTTP, or opaque TCP; either ends when the
+/// peer's SVID is revoked.
+async fn serve_protocol<IO>(io: IO, peer: Arc<Peer>, context: &Arc<Context>) -> Result<(), Refusal>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let revoked = Revocation::of(peer.revocation.clone());
+    let served = async {
+        match context.config.app_protocol {
+            AppProtocol::Tcp => tcp::relay(io, &peer, context).await,
+            AppProtocol::Http1 | AppProtocol::H2c => {
+                serve_http(TokioIo::new(io), peer.clone(), context.clone()).await;
+                Ok(())
+            }
+        }
+    };
+    tokio::select! {
+        served = served => served,
+        () = revoked => {
+            // Dropping the connection closes it, in-flight requests included.
+            context.metrics.revoked_connections.inc();
+            tracing::info!(peer = %peer.name, "SVID was revoked: connection closed");
+            Ok(())
+        }
+    }
+}
+
+/// HTTP on an established connection, each request through the request
+/// stages, until either side closes.
+async fn serve_http<IO>(io: TokioIo<IO>, peer: Arc<Peer>, context: Arc<Context>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = context.config.limits;
+    let service = hyper::service::service_fn(move |request| {
+        let (peer, context) = (peer.clone(), context.clone());
+        async move { Ok::<_, hyper::Error>(crate::request::handle(request, &peer, &context).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}

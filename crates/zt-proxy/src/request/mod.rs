@@ -1,0 +1,87 @@
+//! One HTTP request, stage by stage, in the order they run:
+//!
+//! 1. [`allow`] — the peer's SPIFFE ID is on the allow-list;
+//! 2. [`normalize`] — the head as the app will receive it, made once: one
+//!    authority, the path normalized, forged identity and routing headers
+//!    removed in every spelling, only allowed upgrades;
+//! 3. authenticate the request (tokens: to come);
+//! 4. [`authorize`] — the policies decide on that head; the decision is recorded;
+//! 5. [`rewrite`] — target, `Host`, hop-by-hop headers, XFCC and identity headers;
+//! 6. [`send`] — to the app, the body held to its limit;
+//! 7. [`respond`] — the app's answer for the client (response stages: to come);
+//! 8. [`record`] — one access-log line and the metrics, refusals included.
+//!
+//! A stage that refuses returns a [`Refusal`], which decides the status, the
+//! metric label and the logged reason.
+
+pub mod allow;
+mod authorize;
+pub mod normalize;
+mod record;
+mod respond;
+mod rewrite;
+pub(crate) mod send;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+
+use self::send::ProxyBody;
+use crate::connection::{Context, Peer};
+use crate::refusal::Refusal;
+
+/// Answers one request: the stages, then the record of what happened.
+pub(crate) async fn handle(
+    request: Request<Incoming>,
+    peer: &Peer,
+    context: &Context,
+) -> Response<ProxyBody> {
+    let seen = record::Seen::of(&request);
+    let outcome = stages(request, peer, context).await;
+    record::request(&seen, peer, &outcome, &context.metrics);
+    outcome.unwrap_or_else(|refusal| answer(&refusal))
+}
+
+async fn stages(
+    mut request: Request<Incoming>,
+    peer: &Peer,
+    context: &Context,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let config = &context.config;
+    allow::check(peer)?;
+    let head = normalize::admit(&mut request, &config.head)?;
+    if let Some(authz) = &config.authz {
+        authorize::check(authz, &request, &head, peer).await?;
+    }
+    let client_side = head.upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let streamed = !body.is_end_stream() && body.size_hint().exact().is_none();
+    let to = rewrite::ForApp {
+        protocol: context.app.protocol,
+        app: &context.app.authority,
+        identity: &peer.identity_headers,
+    };
+    let parts = rewrite::for_app(parts, &head, &to, streamed)?;
+    let response = context
+        .app
+        .send(parts, body, config.limits.max_body_bytes)
+        .await?;
+    respond::to_client(response, client_side, peer, &context.metrics)
+}
+
+/// The answer to a refused request.
+fn answer(refusal: &Refusal) -> Response<ProxyBody> {
+    let (status, text) = refusal.answer();
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

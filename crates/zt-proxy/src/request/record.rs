@@ -1,0 +1,68 @@
+//! The record stage: one access-log line and the request metrics for every
+//! request, refused or answered — the refusal's reason and label from
+//! [`Refusal`], so that each is counted and logged exactly once.
+
+use std::time::Instant;
+
+use http::{Method, Request, Response, Uri};
+
+use super::send::ProxyBody;
+use crate::admin::{Metrics, Status};
+use crate::connection::Peer;
+use crate::refusal::Refusal;
+
+/// What the access log says of a request, taken as it arrived.
+pub(crate) struct Seen {
+    method: Method,
+    uri: Uri,
+    started: Instant,
+}
+
+impl Seen {
+    pub(crate) fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Logs and counts one request's outcome.
+pub(crate) fn request(
+    seen: &Seen,
+    peer: &Peer,
+    outcome: &Result<Response<ProxyBody>, Refusal>,
+    metrics: &Metrics,
+) {
+    let (method, path) = (&seen.method, seen.uri.path());
+    let status = match outcome {
+        Ok(response) => {
+            let status = response.status();
+            tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, %method, path, status = status.as_u16());
+            status
+        }
+        Err(refusal) => {
+            let status = refusal.answer().0;
+            metrics.refuse(refusal.label());
+            match refusal {
+                Refusal::AppUnreachable(_) | Refusal::UnaskedUpgrade => {
+                    tracing::warn!(target: "zt::access", peer = %peer.name, addr = %peer.addr, %method, path, status = status.as_u16(), reason = %refusal, "refused");
+                }
+                _ => {
+                    tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, %method, path, status = status.as_u16(), reason = %refusal, "refused");
+                }
+            }
+            status
+        }
+    };
+    metrics
+        .request_seconds
+        .observe(seen.started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&Status {
+            code: status.as_u16(),
+        })
+        .inc();
+}
