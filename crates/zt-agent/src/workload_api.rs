@@ -34,8 +34,7 @@ use crate::cache::{Identity, Snapshot, Status as ServeStatus};
 use crate::jwt::JwtSvids;
 use crate::{now, stopped};
 
-/// The metadata every Workload API call must carry.
-pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub use zt_workload::SECURITY_HEADER;
 
 /// The Workload API's state.
 #[derive(Clone)]

@@ -194,7 +194,7 @@ async fn follow_files(cert: PathBuf, key: PathBuf, bundle: PathBuf, tx: Publishe
 /// publishing an identity on every update of either. With the feed, nothing is
 /// published before its first answer: a revoked peer gets no window at start.
 async fn stream_identities(socket: &Path, tx: &Publisher) -> Result<(), String> {
-    let client = zt_agent::client::WorkloadClient::new(socket)?;
+    let client = zt_workload::WorkloadClient::new(socket)?;
     let mut svids = client.x509_svids().await.map_err(|s| s.message().to_owned())?;
     let mut feed = match client.revoked_ids().await {
         Ok(feed) => Some(feed),
@@ -241,19 +241,22 @@ fn identity_of(
     update: &zt_api::workload::X509svidResponse,
     tx: &watch::Sender<Option<Arc<Identity>>>,
 ) -> Result<Identity, String> {
-    let svid = update.svids.first().ok_or("the Workload API sent no SVID")?;
-    let chain = split_der(&svid.x509_svid)?;
-    let key = PrivateKeyDer::try_from(svid.x509_svid_key.clone()).map_err(|e| format!("SVID key: {e}"))?;
-    let leaf_id = zt_identity::x509::summarize(chain.first().ok_or("empty SVID")?)
+    let decoded = zt_workload::svid::decode(update).map_err(|e| e.to_string())?;
+    let svid = decoded
+        .svids
+        .into_iter()
+        .next()
+        .ok_or("the Workload API sent no SVID")?;
+    let leaf_id = zt_identity::x509::summarize(svid.chain.first().ok_or("empty SVID")?)
         .map_err(|e| e.to_string())?
         .spiffe_id
         .map_err(|e| e.to_string())?;
     let mut bundle = Bundle::new(leaf_id.trust_domain().clone());
-    for authority in split_der(&svid.bundle)? {
+    for authority in svid.bundle {
         bundle.add_x509_authority(authority).map_err(|e| e.to_string())?;
     }
     let mut revoked = HashSet::new();
-    for crl in &update.crl {
+    for crl in &decoded.crls {
         match zt_identity::x509::crl_revoked_serials(crl, bundle.x509_authorities()) {
             Ok(serials) => revoked.extend(serials),
             // Only a list its own authorities signed is believed; but not
@@ -268,12 +271,7 @@ fn identity_of(
     }
     let mut bundles = BundleSet::default();
     bundles.insert(bundle);
-    let mut identity = assemble(chain, key, Arc::new(bundles))?;
+    let mut identity = assemble(svid.chain, svid.key, Arc::new(bundles))?;
     identity.revoked = Arc::new(revoked);
     Ok(identity)
-}
-
-/// Splits concatenated DER certificates.
-fn split_der(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    zt_identity::x509::split_der_certificates(bytes).map_err(|e| e.to_string())
 }

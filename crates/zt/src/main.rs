@@ -504,7 +504,7 @@ struct ProxyArgs {
     #[arg(long, requires_all = ["cert", "key"])]
     bundle: Option<PathBuf>,
     /// The Workload API socket, when not using files: a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
-    #[arg(long, value_parser = zt_agent::client::parse_socket)]
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
     socket: Option<PathBuf>,
     /// Authorize every request by the Istio AuthorizationPolicies in this directory
     /// (reloaded when it changes; a set that does not load keeps the last good one).
@@ -801,7 +801,7 @@ struct AgentRun {
     #[arg(long, required = true)]
     trust_bundle: Option<PathBuf>,
     /// Where the Workload API listens: a path, unix:///path or unix:/path [default: /run/zt-agent/public/api.sock for root, else $XDG_RUNTIME_DIR/zt-agent/public/api.sock, else /tmp/zt-agent-$UID/public/api.sock].
-    #[arg(long, value_parser = zt_agent::client::parse_socket)]
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
     socket: Option<PathBuf>,
     /// Where the agent keeps its own SVID and the last bundle, to resume after a restart [default: /var/lib/zt-agent for root, else $XDG_RUNTIME_DIR/zt-agent/data, else /tmp/zt-agent-$UID/data].
     #[arg(long)]
@@ -812,7 +812,7 @@ struct AgentRun {
 #[derive(Args)]
 struct WorkloadSocket {
     /// The Workload API socket (SPIRE: -socketPath): a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
-    #[arg(long, value_parser = zt_agent::client::parse_socket)]
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
     socket: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]

@@ -21,11 +21,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::*;
 use tonic::Code;
-use zt_agent::client::WorkloadClient;
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{JwtsvidRequest, WitsvidRequest, X509svidRequest, X509svidResponse};
 use zt_identity::{Bundle, BundleSet, Purpose};
 use zt_testkit::describe;
+use zt_workload::client::WorkloadClient;
 
 const AGENT_ID: &str = "spiffe://example.org/agent/node-1";
 

@@ -157,7 +157,7 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0);
-    let client = match zt_agent::client::WorkloadClient::new(&socket) {
+    let client = match zt_workload::WorkloadClient::new(&socket) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(socket = %socket.display(), error = %e, "decisions cannot be shipped");

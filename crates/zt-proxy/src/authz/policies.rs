@@ -200,7 +200,7 @@ async fn stream_policies(
     tx: &Publisher,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    let client = zt_agent::client::WorkloadClient::new(socket)?;
+    let client = zt_workload::WorkloadClient::new(socket)?;
     let mut stream = client.policies().await.map_err(|s| s.message().to_owned())?;
     while let Some(set) = stream.message().await.map_err(|s| s.message().to_owned())? {
         let sources: Vec<zt_policy::load::Source> = set

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use rustls_pki_types::CertificateDer;
-use zt_agent::client::WorkloadClient;
 use zt_agent::{AgentConfig, NodeConfig};
 use zt_api::workload::X509svidResponse;
 use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
 use zt_identity::Bundle;
+use zt_workload::client::WorkloadClient;
 
 use crate::{AgentRun, FetchJwt, FetchX509, Output, ValidateJwt, WorkloadSocket};
 
@@ -219,7 +219,7 @@ struct Socket {
 }
 
 fn connect(args: &WorkloadSocket) -> anyhow::Result<(WorkloadClient, Socket)> {
-    let path = zt_agent::client::endpoint(args.socket.clone()).map_err(anyhow::Error::msg)?;
+    let path = zt_workload::client::endpoint(args.socket.clone()).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -267,24 +267,22 @@ struct DecodedSvid {
 }
 
 fn decode_svids(response: &X509svidResponse) -> anyhow::Result<Vec<DecodedSvid>> {
-    response
+    zt_workload::svid::decode(response)?
         .svids
-        .iter()
+        .into_iter()
         .map(|svid| {
-            let chain =
-                split_der(&svid.x509_svid).with_context(|| format!("x509_svid of {}", svid.spiffe_id))?;
-            let bundle = split_der(&svid.bundle).with_context(|| format!("bundle of {}", svid.spiffe_id))?;
-            let leaf = chain
+            let leaf = svid
+                .chain
                 .first()
                 .with_context(|| format!("x509_svid of {}: empty", svid.spiffe_id))?;
             let summary = zt_identity::x509::summarize(leaf)?;
             Ok(DecodedSvid {
-                spiffe_id: svid.spiffe_id.clone(),
-                chain,
-                key: svid.x509_svid_key.clone(),
-                bundle,
                 summary,
-                hint: svid.hint.clone(),
+                key: svid.key.secret_der().to_vec(),
+                spiffe_id: svid.spiffe_id,
+                chain: svid.chain,
+                bundle: svid.bundle,
+                hint: svid.hint,
             })
         })
         .collect()

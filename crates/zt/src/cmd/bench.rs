@@ -350,8 +350,8 @@ pub fn agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
 }
 
 async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
-    use zt_agent::client::WorkloadClient;
     use zt_server::api::{BundleFormat, CreateJoinToken};
+    use zt_workload::client::WorkloadClient;
 
     let td = TrustDomain::parse("example.org")?;
     let agent_id = SpiffeId::parse("spiffe://example.org/agent/bench")?;

@@ -48,7 +48,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             ROUTING_HEADERS.join(", ")
         );
     }
-    let workload_api = zt_agent::client::endpoint(args.socket).map_err(anyhow::Error::msg)?;
+    let workload_api = zt_workload::client::endpoint(args.socket).map_err(anyhow::Error::msg)?;
     let identity = match (args.cert, args.key, args.bundle) {
         (Some(cert), Some(key), Some(bundle)) => IdentitySource::Files { cert, key, bundle },
         _ => IdentitySource::WorkloadApi(workload_api.clone()),
@@ -57,7 +57,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         || (args.policy_dir.is_none() && args.policies_from_agent)
     {
         // Refused now, with the directory at fault; checked again before every connection.
-        zt_agent::client::check_socket(&workload_api)
+        zt_workload::client::check_socket(&workload_api)
             .map_err(|e| anyhow::anyhow!("{}: {e}", workload_api.display()))?;
     }
     let policies = match (args.policy_dir, args.policies_from_agent) {

@@ -1,5 +1,6 @@
-//! A client of the SPIFFE Workload API, for `zt agent api` and for zt's own
-//! components (the proxy). Speaks to any conforming server, SPIRE's included.
+//! A client of the SPIFFE Workload API and of zt agent's own services on the
+//! same socket (revocations, policies, decision shipping). Speaks to any
+//! conforming server, SPIRE's included.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ use zt_api::workload::{
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
 };
 
-use crate::workload_api::SECURITY_HEADER;
+use crate::SECURITY_HEADER;
 
 /// The environment variable naming the Workload API endpoint.
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
@@ -82,11 +83,11 @@ pub fn endpoint(flag: Option<PathBuf>) -> Result<PathBuf, String> {
             .map_err(|v| format!("{ENDPOINT_ENV}: {v:?}: not UTF-8"))?;
         return socket_path(&value).map_err(|e| format!("{ENDPOINT_ENV}: {e}"));
     }
-    let system = Path::new(crate::SYSTEM_SOCKET);
+    let system = Path::new(crate::location::SYSTEM_SOCKET);
     if system.exists() {
         return Ok(system.to_owned());
     }
-    Ok(crate::default_socket())
+    Ok(crate::location::default_socket())
 }
 
 /// Refuses a socket path that someone other than root, this user or a user
@@ -279,8 +280,8 @@ mod tests {
 
     #[test]
     fn default_socket_is_not_a_fixed_name_under_tmp() {
-        let socket = crate::default_socket();
-        let data = crate::default_data_dir();
+        let socket = crate::location::default_socket();
+        let data = crate::location::default_data_dir();
         if zt_fs::euid().unwrap() == 0 {
             assert_eq!(socket, PathBuf::from("/run/zt-agent/public/api.sock"));
             assert_eq!(data, PathBuf::from("/var/lib/zt-agent"));
