@@ -2848,7 +2848,7 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
                 "--decision-log-checkpoint-every",
                 "3",
                 "--decision-log-checkpoint-interval",
-                "200ms",
+                "1s",
             ])
             .arg("--decision-log")
             .arg(&log)
@@ -2954,9 +2954,10 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
 
     // A fresh log under a new key for the same workload: refused, naming it.
     drop(billing);
-    for suffix in ["", ".checkpoints", ".key", ".shipped"] {
+    for suffix in ["", ".checkpoints", ".key"] {
         fs::remove_file(format!("{}{suffix}", log.display())).unwrap();
     }
+    fs::remove_file(log.with_extension("shipped")).unwrap();
     let (_billing, inbound, _) = start_billing();
     assert_eq!(http_get(inbound, "/fresh").unwrap().0, 403);
     let start = Instant::now();
