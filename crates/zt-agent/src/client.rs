@@ -13,7 +13,8 @@ use zt_api::agent::workload_decisions_client::WorkloadDecisionsClient;
 use zt_api::agent::workload_policies_client::WorkloadPoliciesClient;
 use zt_api::agent::workload_revocations_client::WorkloadRevocationsClient;
 use zt_api::agent::{
-    PolicySet, RevokedIds, ShipDecisionsRequest, ShipDecisionsResponse, WatchPoliciesRequest, WatchRevokedIdsRequest,
+    PolicySet, RevokedIds, ShipDecisionsRequest, ShipDecisionsResponse, WatchPoliciesRequest,
+    WatchRevokedIdsRequest,
 };
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{

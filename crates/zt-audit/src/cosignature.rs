@@ -69,7 +69,10 @@ impl CosignatureVerifier {
             if signature.name != self.name || signature.id != self.id {
                 continue;
             }
-            let Some((stamp, bytes)) = signature.bytes.split_first_chunk::<8>().filter(|(_, s)| s.len() == 64)
+            let Some((stamp, bytes)) = signature
+                .bytes
+                .split_first_chunk::<8>()
+                .filter(|(_, s)| s.len() == 64)
             else {
                 return Err(invalid(format!(
                     "the cosignature by {self} is {} bytes, not 8 + 64",
@@ -165,7 +168,12 @@ impl CosignerKey {
     pub fn to_secret_text(&self) -> String {
         format!(
             "PRIVATE+KEY+{}",
-            format_key(&self.verifier.name, self.verifier.id, COSIGNATURE_TYPE, &self.seed)
+            format_key(
+                &self.verifier.name,
+                self.verifier.id,
+                COSIGNATURE_TYPE,
+                &self.seed
+            )
         )
     }
 
@@ -215,8 +223,8 @@ mod tests {
     /// deterministic, so the line below is fixed (verified independently by
     /// tests/interop/verify_checkpoint.py through the live test).
     const SEED: [u8; 32] = [
-        0x81, 0x0a, 0x14, 0x02, 0xd5, 0x14, 0x6c, 0x8d, 0x84, 0xf2, 0x44, 0x33, 0x30, 0xf5, 0x40, 0x80,
-        0xeb, 0xf9, 0x8e, 0xe1, 0x7d, 0x9c, 0x74, 0xf6, 0x25, 0x2f, 0xc5, 0xd5, 0xc7, 0x28, 0x31, 0x73,
+        0x81, 0x0a, 0x14, 0x02, 0xd5, 0x14, 0x6c, 0x8d, 0x84, 0xf2, 0x44, 0x33, 0x30, 0xf5, 0x40, 0x80, 0xeb,
+        0xf9, 0x8e, 0xe1, 0x7d, 0x9c, 0x74, 0xf6, 0x25, 0x2f, 0xc5, 0xd5, 0xc7, 0x28, 0x31, 0x73,
     ];
 
     fn checkpoint() -> String {
@@ -233,7 +241,10 @@ mod tests {
         let note = format!("{SPEC_NOTE}{SPEC_COSIGNATURE}");
         let parsed = Note::parse(&note).unwrap();
         let witness = &parsed.signatures[1];
-        assert_eq!((witness.name.as_str(), witness.id), ("witness.example.com/w1", 0x8d66cf3f));
+        assert_eq!(
+            (witness.name.as_str(), witness.id),
+            ("witness.example.com/w1", 0x8d66cf3f)
+        );
         let (stamp, signature) = witness.bytes.split_first_chunk::<8>().unwrap();
         assert_eq!((u64::from_be_bytes(*stamp), signature.len()), (1_679_315_147, 64));
         assert_eq!(
@@ -253,7 +264,11 @@ mod tests {
         assert_eq!(again.verifier(), key.verifier());
         let verifier = CosignatureVerifier::parse(&key.verifier().to_string()).unwrap();
         assert_eq!(&verifier, key.verifier());
-        assert!(key.verifier().to_string().starts_with("example.org/zt-server/witness+"));
+        assert!(
+            key.verifier()
+                .to_string()
+                .starts_with("example.org/zt-server/witness+")
+        );
         assert!(!format!("{key:?}").contains(&key.to_secret_text()));
 
         let writer = SigningKey::generate("zt/decision-log/0011223344556677").unwrap();
@@ -263,7 +278,13 @@ mod tests {
         assert_eq!(line, key.cosign(&text, 1_700_000_000).unwrap());
         let note = format!("{}{line}", writer.sign(&text));
         let cosigned = verifier.verify(&note).unwrap();
-        assert_eq!(cosigned, Cosigned { text: &text, time: 1_700_000_000 });
+        assert_eq!(
+            cosigned,
+            Cosigned {
+                text: &text,
+                time: 1_700_000_000
+            }
+        );
         // The writer's signature still verifies beside it.
         assert_eq!(writer.verifier().verify(&note).unwrap(), text);
     }
@@ -273,19 +294,32 @@ mod tests {
         let key = CosignerKey::generate("example.org/zt-server/witness").unwrap();
         let writer = SigningKey::generate("zt/decision-log/0011223344556677").unwrap();
         let text = checkpoint();
-        let note = format!("{}{}", writer.sign(&text), key.cosign(&text, 1_700_000_000).unwrap());
+        let note = format!(
+            "{}{}",
+            writer.sign(&text),
+            key.cosign(&text, 1_700_000_000).unwrap()
+        );
 
         // Another key of the same name: no cosignature of its own.
         let other = CosignerKey::generate("example.org/zt-server/witness").unwrap();
         let e = other.verifier().verify(&note).unwrap_err().to_string();
-        assert!(e.starts_with("not cosigned by example.org/zt-server/witness+"), "{e}");
+        assert!(
+            e.starts_with("not cosigned by example.org/zt-server/witness+"),
+            "{e}"
+        );
         // The writer's key is not a cosignature key, nor the other way round.
-        let e = CosignatureVerifier::parse(&writer.verifier().to_string()).unwrap_err().to_string();
+        let e = CosignatureVerifier::parse(&writer.verifier().to_string())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("signature type 0x01, not 0x04"), "{e}");
         assert!(crate::note::VerifierKey::parse(&key.verifier().to_string()).is_err());
 
         // A changed body (another size), or a changed time, breaks the signature.
-        let e = key.verifier().verify(&note.replacen("\n7\n", "\n8\n", 1)).unwrap_err().to_string();
+        let e = key
+            .verifier()
+            .verify(&note.replacen("\n7\n", "\n8\n", 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not verify"), "{e}");
         let line = key.cosign(&text, 1_700_000_000).unwrap();
         let shifted = key.cosign(&text, 1_700_000_001).unwrap();
@@ -296,7 +330,13 @@ mod tests {
         let mut forged = b64.decode(old_blob).unwrap();
         forged[4..12].copy_from_slice(&1_700_000_001u64.to_be_bytes());
         let forged = note.replace(old_blob, &b64.encode(&forged));
-        assert!(key.verifier().verify(&forged).unwrap_err().to_string().contains("does not verify"));
+        assert!(
+            key.verifier()
+                .verify(&forged)
+                .unwrap_err()
+                .to_string()
+                .contains("does not verify")
+        );
         assert_ne!(old_blob, new_blob);
 
         // Malformed: a line of a plain signature's length, a timestamp past 2^63 - 1.

@@ -149,7 +149,11 @@ pub(crate) fn parse_signer(text: &str, kind: u8) -> Result<(String, u32, [u8; 32
         return Err(invalid("not a signing key (PRIVATE+KEY+NAME+KEYID+BASE64KEY)"));
     };
     check_name(name)?;
-    Ok(((*name).to_owned(), parse_id(id)?, ed25519_key(key, "private", kind)?))
+    Ok((
+        (*name).to_owned(),
+        parse_id(id)?,
+        ed25519_key(key, "private", kind)?,
+    ))
 }
 
 /// `NAME+KEYID+BASE64(kind || key)`.

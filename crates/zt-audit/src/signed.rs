@@ -543,23 +543,35 @@ mod tests {
         assert!(e.ends_with("decisions.log.cosigned: missing: no checkpoint of this log was cosigned (is it shipped to zt server through zt agent?)"), "{e}");
 
         // The witness cosigns the checkpoint of 3; then the writer adds one more.
-        let note = read_checkpoints(&checkpoints_path(&log)).unwrap().unwrap()[0].note.clone();
+        let note = read_checkpoints(&checkpoints_path(&log)).unwrap().unwrap()[0]
+            .note
+            .clone();
         let text = verifier.verify(&note).unwrap();
         let cosigned = format!("{note}{}", witness.cosign(text, 1_700_000_000).unwrap());
         std::fs::write(cosigned_path(&log), &cosigned).unwrap();
         let key = load_key(&default_key_path(&log)).unwrap();
-        Writer::open_signed(&log, key, policy(3)).unwrap().append([record("/d")]).unwrap();
-        let (verified, witnessed) = verify_witnessed(&log, Some(&verifier), witness.verifier(), |_| {}).unwrap();
-        assert_eq!((verified.head.records, witnessed.size, witnessed.time), (4, 3, 1_700_000_000));
+        Writer::open_signed(&log, key, policy(3))
+            .unwrap()
+            .append([record("/d")])
+            .unwrap();
+        let (verified, witnessed) =
+            verify_witnessed(&log, Some(&verifier), witness.verifier(), |_| {}).unwrap();
+        assert_eq!(
+            (verified.head.records, witnessed.size, witnessed.time),
+            (4, 3, 1_700_000_000)
+        );
 
         // The writer rewrites record 2 and signs every checkpoint again: its own
         // key is satisfied, the witness's cosignature is not.
         let forged = dir.path().join("forged.log");
         std::fs::copy(default_key_path(&log), default_key_path(&forged)).unwrap();
-        let mut rewriter = Writer::open_signed(&forged, load_key(&default_key_path(&forged)).unwrap(), policy(3)).unwrap();
+        let mut rewriter =
+            Writer::open_signed(&forged, load_key(&default_key_path(&forged)).unwrap(), policy(3)).unwrap();
         let mut edited = record("/b");
         edited.decision = "DENY".into();
-        rewriter.append([record("/a"), edited, record("/c"), record("/d")]).unwrap();
+        rewriter
+            .append([record("/a"), edited, record("/c"), record("/d")])
+            .unwrap();
         drop(rewriter);
         verify(&forged, Some(&verifier), |_| {}).unwrap();
         std::fs::write(cosigned_path(&forged), &cosigned).unwrap();
@@ -573,11 +585,18 @@ mod tests {
         let lines: Vec<&str> = std::fs::read_to_string(&log).unwrap().leak().lines().collect();
         std::fs::write(&short, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
         std::fs::write(cosigned_path(&short), &cosigned).unwrap();
-        let e = verify_witnessed(&short, None, witness.verifier(), |_| {}).unwrap_err().to_string();
+        let e = verify_witnessed(&short, None, witness.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("covers 3 records, but the log holds 2"), "{e}");
         let other = CosignerKey::generate("example.org/zt-server/witness").unwrap();
-        let e = verify_witnessed(&log, None, other.verifier(), |_| {}).unwrap_err().to_string();
-        assert!(e.contains("decisions.log.cosigned: not cosigned by example.org/zt-server/witness+"), "{e}");
+        let e = verify_witnessed(&log, None, other.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("decisions.log.cosigned: not cosigned by example.org/zt-server/witness+"),
+            "{e}"
+        );
     }
 
     #[test]

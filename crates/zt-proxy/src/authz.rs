@@ -553,7 +553,10 @@ async fn ship(
             }
             continue;
         }
-        let sent = checkpoint.as_ref().map(|(_, note)| note.clone()).unwrap_or_default();
+        let sent = checkpoint
+            .as_ref()
+            .map(|(_, note)| note.clone())
+            .unwrap_or_default();
         match client.ship_decisions(batch, sent, verifier_key.clone()).await {
             Ok(answer) => {
                 let through = answer.stored_through;
@@ -572,7 +575,11 @@ async fn ship(
                 }
                 if let Some((size, note)) = checkpoint.filter(|_| !answer.cosignatures.is_empty()) {
                     let whole = format!("{note}{}", answer.cosignatures.concat());
-                    match zt_fs::write_atomically(&[(cosigned.clone(), whole.into_bytes(), zt_fs::PRIVATE_MODE)]) {
+                    match zt_fs::write_atomically(&[(
+                        cosigned.clone(),
+                        whole.into_bytes(),
+                        zt_fs::PRIVATE_MODE,
+                    )]) {
                         Ok(()) => {
                             witnessed = size;
                             tracing::debug!(size, "decision log checkpoint witnessed by zt server");

@@ -402,7 +402,13 @@ impl AgentService for AgentApi {
         if let Some(pinned) = pinned.filter(|_| !request.checkpoint.is_empty()) {
             cosignatures.push(
                 self.witness
-                    .cosign(&request.source, &pinned, &request.checkpoint, stored_through, now())
+                    .cosign(
+                        &request.source,
+                        &pinned,
+                        &request.checkpoint,
+                        stored_through,
+                        now(),
+                    )
                     .await
                     .map_err(|e| self.witness.refusal(e))?,
             );

@@ -117,7 +117,8 @@ pub async fn run(
     let tasks = zt_task::Tasks::new();
     let store = Store::open_supervised(&location, &tasks).await?;
     let metrics = Arc::new(metrics::Metrics::new(&tasks));
-    let witness = Arc::new(witness::Witness::load(store.clone(), &config.trust_domain, metrics.clone()).await?);
+    let witness =
+        Arc::new(witness::Witness::load(store.clone(), &config.trust_domain, metrics.clone()).await?);
     let authorities = authority::AuthorityManager::start(
         store.clone(),
         config.trust_domain.clone(),

@@ -72,7 +72,11 @@ pub struct PinnedKey {
 impl Witness {
     /// Loads the witness key from the datastore, creating it (named
     /// `<trust domain>/zt-server/witness`) if no server has yet.
-    pub async fn load(store: Store, trust_domain: &TrustDomain, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub async fn load(
+        store: Store,
+        trust_domain: &TrustDomain,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             what: "witness key",
             key: "1".into(),
@@ -97,7 +101,8 @@ impl Witness {
             source_id: source.to_owned(),
             what,
         };
-        let key = VerifierKey::parse(presented).map_err(|e| refused(format!("verifier key {presented:?}: {e}")))?;
+        let key =
+            VerifierKey::parse(presented).map_err(|e| refused(format!("verifier key {presented:?}: {e}")))?;
         // Its canonical form is what is pinned and compared.
         let text = key.to_string();
         let pinned = self.store.pin_source_key(source, &text).await?;
@@ -151,11 +156,11 @@ impl Witness {
                 pinned.witnessed_size
             )));
         }
-        let tree = self
-            .store
-            .decision_tree(source, size)
-            .await?
-            .ok_or_else(|| refused(format!("zt server holds fewer than {size} records for this source")))?;
+        let tree = self.store.decision_tree(source, size).await?.ok_or_else(|| {
+            refused(format!(
+                "zt server holds fewer than {size} records for this source"
+            ))
+        })?;
         if tree.root() != checkpoint.root {
             return Err(refused(format!(
                 "its root hash is not the one of the {size} records zt server holds for this source: \

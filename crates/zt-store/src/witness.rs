@@ -59,7 +59,12 @@ impl Store {
     /// be cosigned for `source` — only if no larger one was (the witnessed size
     /// never goes back, whichever replica cosigns) and the key is still the one
     /// pinned. Returns whether it was recorded.
-    pub async fn record_witnessed(&self, source: &str, verifier_key: &str, size: u64) -> Result<bool, StoreError> {
+    pub async fn record_witnessed(
+        &self,
+        source: &str,
+        verifier_key: &str,
+        size: u64,
+    ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE witnessed_logs SET witnessed_size = $3, witnessed_at = $4 \
              WHERE source = $1 AND verifier_key = $2 AND witnessed_size <= $3",
@@ -78,10 +83,11 @@ impl Store {
     /// act when a workload's log key changed. Returns the key forgotten.
     pub async fn forget_source_key(&self, source: &str) -> Result<Option<String>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let pinned: Option<(String,)> = sqlx::query_as("SELECT verifier_key FROM witnessed_logs WHERE source = $1")
-            .bind(source)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let pinned: Option<(String,)> =
+            sqlx::query_as("SELECT verifier_key FROM witnessed_logs WHERE source = $1")
+                .bind(source)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM witnessed_logs WHERE source = $1")
             .bind(source)
             .execute(&mut *tx)
@@ -93,11 +99,12 @@ impl Store {
     /// The Merkle tree (RFC 9162, as the writer keeps it) over the first `size`
     /// records stored for `source`; `None` if fewer are stored.
     pub async fn decision_tree(&self, source: &str, size: u64) -> Result<Option<Frontier>, StoreError> {
-        let rows = sqlx::query("SELECT seq, hash FROM decisions WHERE source = $1 AND seq <= $2 ORDER BY seq")
-            .bind(source)
-            .bind(to_i64(size))
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, hash FROM decisions WHERE source = $1 AND seq <= $2 ORDER BY seq")
+                .bind(source)
+                .bind(to_i64(size))
+                .fetch_all(self.pool())
+                .await?;
         let mut tree = Frontier::default();
         for row in &rows {
             let (seq, hash): (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);

@@ -153,11 +153,18 @@ async fn the_witness_pins_a_key_per_source_and_never_goes_back(store: Store) {
     // Trust on first use: the first key presented is pinned, a later one is not.
     let source = "spiffe://example.org/ns/production/sa/billing";
     let pinned = store.pin_source_key(source, "log-key-a").await.unwrap();
-    assert_eq!((pinned.verifier_key.as_str(), pinned.witnessed_size), ("log-key-a", 0));
+    assert_eq!(
+        (pinned.verifier_key.as_str(), pinned.witnessed_size),
+        ("log-key-a", 0)
+    );
     let again = store.pin_source_key(source, "log-key-b").await.unwrap();
     assert_eq!(again.verifier_key, "log-key-a");
     assert_eq!(
-        store.pin_source_key("spiffe://example.org/other", "log-key-b").await.unwrap().verifier_key,
+        store
+            .pin_source_key("spiffe://example.org/other", "log-key-b")
+            .await
+            .unwrap()
+            .verifier_key,
         "log-key-b"
     );
 
@@ -185,10 +192,16 @@ async fn the_witness_pins_a_key_per_source_and_never_goes_back(store: Store) {
     );
 
     // An operator forgets the key: the next one presented is pinned, from size 0.
-    assert_eq!(store.forget_source_key(source).await.unwrap().as_deref(), Some("log-key-a"));
+    assert_eq!(
+        store.forget_source_key(source).await.unwrap().as_deref(),
+        Some("log-key-a")
+    );
     assert_eq!(store.forget_source_key(source).await.unwrap(), None);
     let repinned = store.pin_source_key(source, "log-key-b").await.unwrap();
-    assert_eq!((repinned.verifier_key.as_str(), repinned.witnessed_size), ("log-key-b", 0));
+    assert_eq!(
+        (repinned.verifier_key.as_str(), repinned.witnessed_size),
+        ("log-key-b", 0)
+    );
 }
 
 async fn policy_versions_are_immutable_and_announced(store: Store) {

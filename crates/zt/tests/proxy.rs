@@ -2810,14 +2810,20 @@ fn rewrite_log(from: &Path, to: &Path, key: &Path) {
     };
     let mut writer = zt_audit::Writer::open_signed(to, signer, policy).unwrap();
     let mut flipped = records;
-    flipped[1].decision = if flipped[1].decision == "DENY" { "ALLOW" } else { "DENY" }.into();
+    flipped[1].decision = if flipped[1].decision == "DENY" {
+        "ALLOW"
+    } else {
+        "DENY"
+    }
+    .into();
     writer.append(flipped).unwrap();
     // Dropped: the last checkpoint covers every record.
 }
 
 #[test]
 fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
-    let Some(python) = zt_testkit::python("zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught")
+    let Some(python) =
+        zt_testkit::python("zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught")
     else {
         return;
     };
@@ -2873,9 +2879,15 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
         std::thread::sleep(POLL);
     }
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(fs::metadata(&cosigned).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&cosigned).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let witness_key = ok(&server, &["audit", "witness-key"]).trim().to_owned();
-    assert!(witness_key.starts_with("example.org/zt-server/witness+"), "{witness_key}");
+    assert!(
+        witness_key.starts_with("example.org/zt-server/witness+"),
+        "{witness_key}"
+    );
     let shown = Command::new(zt_exe())
         .args(["audit", "key", "show", key_file.to_str().unwrap()])
         .output()
@@ -2914,7 +2926,10 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
     let forged = forged_dir.join("billing-decisions.log");
     rewrite_log(&log, &forged, &key_file);
     fs::copy(&cosigned, zt_audit::signed::cosigned_path(&forged)).unwrap();
-    succeed(&verify(&forged, &[]), "the rewritten log, with the writer's key only");
+    succeed(
+        &verify(&forged, &[]),
+        "the rewritten log, with the writer's key only",
+    );
     let out = verify(&forged, &["--witness-key", &witness_key]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -2939,7 +2954,11 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
     let (billing, _, billing_admin) = start_billing();
     let start = Instant::now();
     while sample(server.http, "zt_server_witness_checkpoint_refusals_total").unwrap_or(0.0) < 1.0 {
-        assert!(start.elapsed() < DEADLINE, "the rewritten checkpoint was not refused\n{}", server.stderr());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the rewritten checkpoint was not refused\n{}",
+            server.stderr()
+        );
         std::thread::sleep(POLL);
     }
     assert!(
@@ -2962,17 +2981,26 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
     assert_eq!(http_get(inbound, "/fresh").unwrap().0, 403);
     let start = Instant::now();
     while sample(server.http, "zt_server_witness_key_refusals_total").unwrap_or(0.0) < 1.0 {
-        assert!(start.elapsed() < DEADLINE, "the new key was not refused\n{}", server.stderr());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the new key was not refused\n{}",
+            server.stderr()
+        );
         std::thread::sleep(POLL);
     }
     assert!(
         server.stderr().contains(&format!(
             "decisions from {billing_id}: verifier key zt/decision-log/"
-        )) && server.stderr().contains(&format!("is not {key}, the key pinned for this source")),
+        )) && server
+            .stderr()
+            .contains(&format!("is not {key}, the key pinned for this source")),
         "{}",
         server.stderr()
     );
     // Replacing the pinned key is an operator's act.
     let forgot = ok(&server, &["audit", "forget-key", billing_id]);
-    assert!(forgot.contains(&format!("{billing_id}: forgot decision log key {key}")), "{forgot}");
+    assert!(
+        forgot.contains(&format!("{billing_id}: forgot decision log key {key}")),
+        "{forgot}"
+    );
 }

@@ -12,8 +12,8 @@ use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
 use crate::{
-    AuditForgetKeyArgs, AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs, AuditServerArgs,
-    AuditSource, AuditVerifyArgs, CheckpointArgs,
+    AuditForgetKeyArgs, AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs,
+    AuditServerArgs, AuditSource, AuditVerifyArgs, CheckpointArgs,
 };
 
 /// Opens a decision log whose checkpoints are signed with `--decision-log-key`
@@ -165,9 +165,9 @@ fn verify_file(
             "{} signed checkpoints verified with key {key}; {uncovered}",
             verified.checkpoints
         ),
-        None if witnessed.is_some() => println!(
-            "the writer's checkpoint signatures were not checked (pin its key with --key)"
-        ),
+        None if witnessed.is_some() => {
+            println!("the writer's checkpoint signatures were not checked (pin its key with --key)")
+        }
         None => {
             if verified.checkpoints > 0 {
                 println!(
