@@ -98,8 +98,8 @@ pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if !chains.is_empty() {
         println!(
-            "zt server holds chains, not signed checkpoints: compare each head with the proxy's \
-             own log, verified with its key (zt audit verify LOG --key KEY)"
+            "zt server holds chains and cosigns the checkpoints proxies ship with them: check a \
+             proxy's own log against both keys (zt audit verify LOG --key KEY --witness-key WKEY)"
         );
     }
     Ok(ExitCode::SUCCESS)
