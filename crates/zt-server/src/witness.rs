@@ -200,3 +200,165 @@ impl Witness {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    use super::*;
+
+    fn record(path: &str) -> zt_audit::Record {
+        let line = format!(
+            r#"{{"seq":0,"time_ms":1,"id":"i","source_principal":null,"source_ip":null,"destination":"d","port":null,"protocol":"http","method":null,"host":null,"path":"{path}","decision":"DENY","mode":"enforce","policy":null,"reason":"r","policy_version":"v","eval_ns":1,"dry_run":null,"audit":null,"prev":"","hash":""}}"#
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// A signed log of `paths` written by `key`: its lines and its checkpoints' notes.
+    fn log(dir: &std::path::Path, key: &str, paths: &[&str]) -> (Vec<String>, Vec<String>) {
+        let path = dir.join("decisions.log");
+        let policy = zt_audit::CheckpointPolicy {
+            every: 2,
+            interval: std::time::Duration::from_secs(3600),
+        };
+        let signer = zt_audit::note::SigningKey::parse(key).unwrap();
+        let mut writer = zt_audit::Writer::open_signed(&path, signer, policy).unwrap();
+        for p in paths {
+            writer.append([record(p)]).unwrap();
+        }
+        drop(writer);
+        let lines = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let notes = zt_audit::signed::read_checkpoints(&zt_audit::signed::checkpoints_path(&path))
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.note)
+            .collect();
+        (lines, notes)
+    }
+
+    #[tokio::test]
+    async fn only_checkpoints_of_the_pinned_key_matching_the_stored_records_are_cosigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("zt.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(&zt_task::Tasks::new()));
+        let trust_domain = TrustDomain::parse("example.org").unwrap();
+        let witness = Witness::load(store.clone(), &trust_domain, metrics.clone())
+            .await
+            .unwrap();
+        // One key per datastore, whichever server loads it.
+        let again = Witness::load(store.clone(), &trust_domain, metrics.clone())
+            .await
+            .unwrap();
+        assert_eq!(again.verifier(), witness.verifier());
+
+        let source = "spiffe://example.org/ns/production/sa/billing";
+        let writer = zt_audit::note::SigningKey::generate("zt/decision-log/aa").unwrap();
+        let vkey = writer.verifier().to_string();
+        let logs = tempfile::tempdir().unwrap();
+        let (lines, notes) = log(
+            logs.path(),
+            &writer.to_secret_text(),
+            &["/a", "/b", "/c", "/d", "/e"],
+        );
+        // Checkpoints at 2, 4 and 5 records.
+        assert_eq!(notes.len(), 3);
+        let pinned = witness.pin(source, &vkey).await.unwrap();
+        let stored = store.append_decisions(source, &lines[..4]).await.unwrap();
+        assert_eq!(stored, 4);
+
+        let refused = |e: WitnessError| e.to_string();
+        // Beyond the records held.
+        let e = refused(
+            witness
+                .cosign(source, &pinned, &notes[2], stored, 1)
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.contains("covers 5 records, but zt server holds 4"), "{e}");
+        // Cosigned: the line verifies with the witness key.
+        let line = witness
+            .cosign(source, &pinned, &notes[1], stored, 1_700_000_000)
+            .await
+            .unwrap();
+        let whole = format!("{}{line}", notes[1]);
+        assert_eq!(witness.verifier().verify(&whole).unwrap().time, 1_700_000_000);
+        assert_eq!(metrics.checkpoints_cosigned.get(), 1);
+        // Never back to a smaller size.
+        let pinned = witness.pin(source, &vkey).await.unwrap();
+        let e = refused(
+            witness
+                .cosign(source, &pinned, &notes[0], stored, 1)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            e.contains("covers 2 records, fewer than the 4 already witnessed"),
+            "{e}"
+        );
+
+        // Another log key for the source: refused, naming the source and both keys.
+        let other = zt_audit::note::SigningKey::generate("zt/decision-log/bb").unwrap();
+        let err = witness
+            .pin(source, &other.verifier().to_string())
+            .await
+            .unwrap_err();
+        let e = err.to_string();
+        assert!(
+            e.starts_with(&format!(
+                "decisions from {source}: verifier key zt/decision-log/bb+"
+            )) && e.contains(&format!("is not {vkey}, the key pinned")),
+            "{e}"
+        );
+        let status = witness.refusal(err);
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::PermissionDenied, e.as_str())
+        );
+        assert_eq!(metrics.witness_key_refusals.get(), 1);
+        // A checkpoint signed by another key, or naming another log.
+        let text = zt_audit::note::Note::parse(&notes[1]).unwrap().text.to_owned();
+        let foreign = other.sign(&text);
+        let e = refused(
+            witness
+                .cosign(source, &pinned, &foreign, stored, 1)
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.contains("not signed by zt/decision-log/aa+"), "{e}");
+        let renamed = writer.sign(&text.replacen("zt/decision-log/aa", "zt/decision-log/zz", 1));
+        let e = refused(
+            witness
+                .cosign(source, &pinned, &renamed, stored, 1)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            e.contains("origin \"zt/decision-log/zz\" is not \"zt/decision-log/aa\""),
+            "{e}"
+        );
+
+        // A checkpoint of a rewritten history: its root is not the stored records'.
+        let rewritten = tempfile::tempdir().unwrap();
+        let (_, forged) = log(
+            rewritten.path(),
+            &writer.to_secret_text(),
+            &["/a", "/x", "/c", "/d", "/e"],
+        );
+        let e = refused(
+            witness
+                .cosign(source, &pinned, &forged[1], stored, 1)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            e.contains("its root hash is not the one of the 4 records zt server holds"),
+            "{e}"
+        );
+    }
+}
