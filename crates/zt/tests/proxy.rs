@@ -2940,6 +2940,17 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
         "{stderr}"
     );
 
+    // The writer's key is no witness key: the error names the flag and value.
+    let out = verify(&log, &["--witness-key", &key]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--witness-key {key:?}: public key: signature type 0x01, not 0x04"
+        )),
+        "{stderr}"
+    );
+
     // The proxy restarted on the rewritten log offers its new checkpoint to be
     // witnessed: its root is not that of the records zt server holds, refused.
     drop(billing);

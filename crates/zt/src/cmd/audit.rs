@@ -128,7 +128,13 @@ fn verify_file(
     let (verified, witnessed) = match witness {
         Some(witness) => {
             let (verified, witnessed) = zt_audit::signed::verify_witnessed(log, key, witness, |_| {})
-                .map_err(|e| anyhow::anyhow!("--witness-key {witness}: {e}"))?;
+                .map_err(|e| match e {
+                    // The cosigned checkpoint's own faults name the flag; the log's do not.
+                    e @ zt_audit::AuditError::Witness { .. } => {
+                        anyhow::anyhow!("--witness-key {witness}: {e}")
+                    }
+                    e => e.into(),
+                })?;
             (verified, Some(witnessed))
         }
         None => (zt_audit::signed::verify(log, key, |_| {})?, None),
