@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cosignature;
 pub mod merkle;
 pub mod note;
 pub mod signed;
@@ -115,16 +116,7 @@ impl Record {
     /// The record's leaf in the Merkle tree: its hash's 32 bytes (`None` if
     /// `hash` is not 64 hex digits, which a verified record never is).
     pub fn leaf(&self) -> Option<merkle::Hash> {
-        let bytes = self.hash.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut leaf = [0u8; 32];
-        for (out, pair) in leaf.iter_mut().zip(bytes.chunks_exact(2)) {
-            let digits = std::str::from_utf8(pair).ok()?;
-            *out = u8::from_str_radix(digits, 16).ok()?;
-        }
-        Some(leaf)
+        merkle::leaf_from_hex(&self.hash)
     }
 }
 
@@ -165,6 +157,15 @@ pub enum AuditError {
         line: usize,
         /// Its position in the file, from 1.
         number: usize,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The witnessed checkpoint (`LOG.cosigned`) is missing, not cosigned by
+    /// the witness, or does not match the log.
+    #[error("{path}: {what}")]
+    Witness {
+        /// The cosigned checkpoint's file.
+        path: PathBuf,
         /// What is wrong with it.
         what: String,
     },
@@ -404,6 +405,11 @@ impl Writer {
     /// crash before the last checkpoint, or checkpoints removed).
     pub fn found_uncovered(&self) -> u64 {
         self.signer.as_ref().map_or(0, |s| s.found_uncovered)
+    }
+
+    /// Records the last signed checkpoint covers (0 if this writer signs none).
+    pub fn covered(&self) -> u64 {
+        self.signer.as_ref().map_or(0, |s| s.covered)
     }
 
     /// How long records may wait for a checkpoint, if this writer signs them.

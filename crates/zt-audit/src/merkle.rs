@@ -9,6 +9,21 @@
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
 
+/// A leaf from a record's hash as logged and stored (64 hex digits); `None`
+/// if it is not one.
+pub fn leaf_from_hex(hex: &str) -> Option<Hash> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut leaf = [0u8; 32];
+    for (out, pair) in leaf.iter_mut().zip(bytes.chunks_exact(2)) {
+        let digits = std::str::from_utf8(pair).ok()?;
+        *out = u8::from_str_radix(digits, 16).ok()?;
+    }
+    Some(leaf)
+}
+
 fn sha256(parts: &[&[u8]]) -> Hash {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in parts {

@@ -29,12 +29,12 @@ const SIGNATURE_PREFIX: &str = "\u{2014} ";
 #[error("{0}")]
 pub struct NoteError(String);
 
-fn invalid(what: impl Into<String>) -> NoteError {
+pub(crate) fn invalid(what: impl Into<String>) -> NoteError {
     NoteError(what.into())
 }
 
 /// A key name: non-empty, no Unicode spaces, no `+`.
-fn check_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '+' || c.is_control()) {
         return Err(invalid(format!(
             "key name {name:?}: must be non-empty, without spaces or '+'"
@@ -43,10 +43,11 @@ fn check_name(name: &str) -> Result<(), NoteError> {
     Ok(())
 }
 
-fn key_id(name: &str, public: &[u8; 32]) -> u32 {
+/// The key ID of a key of signature type `kind`: SHA-256(name || 0x0A || kind || key)[:4].
+pub(crate) fn key_id(name: &str, kind: u8, public: &[u8; 32]) -> u32 {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     context.update(name.as_bytes());
-    context.update(&[b'\n', ED25519_TYPE]);
+    context.update(&[b'\n', kind]);
     context.update(public);
     let digest = context.finish();
     let mut id = [0u8; 4];
@@ -66,27 +67,8 @@ pub struct VerifierKey {
 impl VerifierKey {
     /// Parses a verifier key, checking that its ID is the one its name and key give.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let text = text.trim();
-        // Base64 may hold '+': only the first two separate.
-        let parts: Vec<&str> = text.splitn(3, '+').collect();
-        let [name, id, key] = parts.as_slice() else {
-            return Err(invalid("not a verifier key (NAME+KEYID+BASE64KEY)"));
-        };
-        check_name(name)?;
-        let id = parse_id(id)?;
-        let public = ed25519_key(key, "public")?;
-        let verifier = Self {
-            name: (*name).to_owned(),
-            id: key_id(name, &public),
-            public,
-        };
-        if verifier.id != id {
-            return Err(invalid(format!(
-                "key ID {id:08x} is not the one of this name and key ({:08x})",
-                verifier.id
-            )));
-        }
-        Ok(verifier)
+        let (name, id, public) = parse_verifier(text, ED25519_TYPE)?;
+        Ok(Self { name, id, public })
     }
 
     /// The key's name, which is also the origin of the checkpoints it signs.
@@ -127,10 +109,7 @@ impl VerifierKey {
 
 impl fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut key = Vec::with_capacity(33);
-        key.push(ED25519_TYPE);
-        key.extend_from_slice(&self.public);
-        write!(f, "{}+{:08x}+{}", self.name, self.id, BASE64.encode(key))
+        f.write_str(&format_key(&self.name, self.id, ED25519_TYPE, &self.public))
     }
 }
 
@@ -140,6 +119,69 @@ impl fmt::Debug for VerifierKey {
     }
 }
 
+/// Parses a verifier key `NAME+KEYID+BASE64(kind || key)` of signature type
+/// `kind`, checking that its ID is the one its name and key give.
+pub(crate) fn parse_verifier(text: &str, kind: u8) -> Result<(String, u32, [u8; 32]), NoteError> {
+    let text = text.trim();
+    // Base64 may hold '+': only the first two separate.
+    let parts: Vec<&str> = text.splitn(3, '+').collect();
+    let [name, id, key] = parts.as_slice() else {
+        return Err(invalid("not a verifier key (NAME+KEYID+BASE64KEY)"));
+    };
+    check_name(name)?;
+    let id = parse_id(id)?;
+    let public = ed25519_key(key, "public", kind)?;
+    let expected = key_id(name, kind, &public);
+    if expected != id {
+        return Err(invalid(format!(
+            "key ID {id:08x} is not the one of this name and key ({expected:08x})"
+        )));
+    }
+    Ok(((*name).to_owned(), id, public))
+}
+
+/// Parses a signer key `PRIVATE+KEY+NAME+KEYID+BASE64(kind || seed)` of
+/// signature type `kind`: its name, ID and seed (the ID is checked by the caller,
+/// which derives the public key).
+pub(crate) fn parse_signer(text: &str, kind: u8) -> Result<(String, u32, [u8; 32]), NoteError> {
+    let parts: Vec<&str> = text.trim().splitn(5, '+').collect();
+    let ["PRIVATE", "KEY", name, id, key] = parts.as_slice() else {
+        return Err(invalid("not a signing key (PRIVATE+KEY+NAME+KEYID+BASE64KEY)"));
+    };
+    check_name(name)?;
+    Ok((
+        (*name).to_owned(),
+        parse_id(id)?,
+        ed25519_key(key, "private", kind)?,
+    ))
+}
+
+/// `NAME+KEYID+BASE64(kind || key)`.
+pub(crate) fn format_key(name: &str, id: u32, kind: u8, key: &[u8; 32]) -> String {
+    let mut bytes = Vec::with_capacity(33);
+    bytes.push(kind);
+    bytes.extend_from_slice(key);
+    format!("{name}+{id:08x}+{}", BASE64.encode(bytes))
+}
+
+/// A new Ed25519 key pair from `seed`, and its public key.
+pub(crate) fn ed25519_pair(seed: &[u8; 32]) -> Result<(Ed25519KeyPair, [u8; 32]), NoteError> {
+    let pair =
+        Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| invalid(format!("not an Ed25519 key: {e}")))?;
+    let public = <[u8; 32]>::try_from(pair.public_key().as_ref())
+        .map_err(|_| invalid("Ed25519 public key is not 32 bytes"))?;
+    Ok((pair, public))
+}
+
+/// A signature line, `— NAME BASE64(key ID || bytes)` and its newline.
+pub(crate) fn signature_line(name: &str, id: u32, bytes: &[&[u8]]) -> String {
+    let mut blob = id.to_be_bytes().to_vec();
+    for part in bytes {
+        blob.extend_from_slice(part);
+    }
+    format!("{SIGNATURE_PREFIX}{name} {}\n", BASE64.encode(blob))
+}
+
 fn parse_id(text: &str) -> Result<u32, NoteError> {
     if text.len() != 8 {
         return Err(invalid(format!("key ID {text:?}: not 8 hex digits")));
@@ -147,17 +189,22 @@ fn parse_id(text: &str) -> Result<u32, NoteError> {
     u32::from_str_radix(text, 16).map_err(|_| invalid(format!("key ID {text:?}: not 8 hex digits")))
 }
 
-/// 0x01 followed by 32 bytes, base64: an Ed25519 public key or seed.
-fn ed25519_key(text: &str, what: &str) -> Result<[u8; 32], NoteError> {
+/// `kind` followed by 32 bytes, base64: an Ed25519 public key or seed.
+fn ed25519_key(text: &str, what: &str, kind: u8) -> Result<[u8; 32], NoteError> {
     let bytes = BASE64
         .decode(text)
         .map_err(|_| invalid(format!("{what} key: not base64")))?;
     match bytes.split_first() {
-        Some((&ED25519_TYPE, key)) => {
+        Some((&first, key)) if first == kind => {
             <[u8; 32]>::try_from(key).map_err(|_| invalid(format!("{what} key: {} bytes, not 32", key.len())))
         }
         Some((other, _)) => Err(invalid(format!(
-            "{what} key: signature type {other:#04x}, only Ed25519 ({ED25519_TYPE:#04x}) is supported"
+            "{what} key: signature type {other:#04x}, not {kind:#04x} ({})",
+            if kind == ED25519_TYPE {
+                "an Ed25519 note key"
+            } else {
+                "an Ed25519 cosignature/v1 key"
+            }
         ))),
         None => Err(invalid(format!("{what} key: empty"))),
     }
@@ -181,16 +228,13 @@ impl SigningKey {
 
     fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, NoteError> {
         check_name(name)?;
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
-            .map_err(|e| invalid(format!("not an Ed25519 key: {e}")))?;
-        let public = <[u8; 32]>::try_from(pair.public_key().as_ref())
-            .map_err(|_| invalid("Ed25519 public key is not 32 bytes"))?;
+        let (pair, public) = ed25519_pair(&seed)?;
         Ok(Self {
             pair,
             seed,
             verifier: VerifierKey {
                 name: name.to_owned(),
-                id: key_id(name, &public),
+                id: key_id(name, ED25519_TYPE, &public),
                 public,
             },
         })
@@ -198,12 +242,8 @@ impl SigningKey {
 
     /// Parses a signer key.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let parts: Vec<&str> = text.trim().splitn(5, '+').collect();
-        let ["PRIVATE", "KEY", name, id, key] = parts.as_slice() else {
-            return Err(invalid("not a signing key (PRIVATE+KEY+NAME+KEYID+BASE64KEY)"));
-        };
-        let id = parse_id(id)?;
-        let key = Self::from_seed(name, ed25519_key(key, "private")?)?;
+        let (name, id, seed) = parse_signer(text, ED25519_TYPE)?;
+        let key = Self::from_seed(&name, seed)?;
         if key.verifier.id != id {
             return Err(invalid(format!(
                 "key ID {id:08x} is not the one of this name and key ({:08x})",
@@ -215,14 +255,9 @@ impl SigningKey {
 
     /// The signer key's text form: a secret.
     pub fn to_secret_text(&self) -> String {
-        let mut key = Vec::with_capacity(33);
-        key.push(ED25519_TYPE);
-        key.extend_from_slice(&self.seed);
         format!(
-            "PRIVATE+KEY+{}+{:08x}+{}",
-            self.verifier.name,
-            self.verifier.id,
-            BASE64.encode(key)
+            "PRIVATE+KEY+{}",
+            format_key(&self.verifier.name, self.verifier.id, ED25519_TYPE, &self.seed)
         )
     }
 
@@ -234,13 +269,9 @@ impl SigningKey {
     /// `text` (a note text, ending in a newline) signed: the whole note.
     pub fn sign(&self, text: &str) -> String {
         let signature = self.pair.sign(text.as_bytes());
-        let mut bytes = Vec::with_capacity(68);
-        bytes.extend_from_slice(&self.verifier.id.to_be_bytes());
-        bytes.extend_from_slice(signature.as_ref());
         format!(
-            "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.verifier.name,
-            BASE64.encode(bytes)
+            "{text}\n{}",
+            signature_line(&self.verifier.name, self.verifier.id, &[signature.as_ref()])
         )
     }
 }

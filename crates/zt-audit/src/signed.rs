@@ -14,6 +14,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cosignature::CosignatureVerifier;
 use crate::merkle::Frontier;
 use crate::note::{Checkpoint, MAX_NOTE_BYTES, Note, SigningKey, VerifierKey};
 use crate::{AuditError, Head, read_records};
@@ -39,6 +40,12 @@ impl Default for CheckpointPolicy {
 /// `LOG.checkpoints`.
 pub fn checkpoints_path(log: &Path) -> PathBuf {
     beside(log, "checkpoints")
+}
+
+/// `LOG.cosigned`: the latest checkpoint zt server cosigned (witnessed), as the
+/// shipper got it back: the writer's note with the witness's signature lines.
+pub fn cosigned_path(log: &Path) -> PathBuf {
+    beside(log, "cosigned")
 }
 
 /// `LOG.key`: where a writer's signing key is kept unless given elsewhere.
@@ -338,6 +345,94 @@ pub fn verify(
     })
 }
 
+/// What a witness's cosignature vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witnessed {
+    /// The witness's key.
+    pub witness: String,
+    /// Records the cosigned checkpoint covers.
+    pub size: u64,
+    /// When it was cosigned, Unix seconds.
+    pub time: u64,
+}
+
+/// Verifies a log as [`verify`] does, and the checkpoint in `LOG.cosigned`:
+/// cosigned by `witness`, signed by `key` (when given) with its origin, and
+/// carrying the root the log's first records give at its size. A log
+/// rewritten after the witness saw it fails here even when every checkpoint
+/// in `LOG.checkpoints` was signed again by the writer.
+pub fn verify_witnessed(
+    log: &Path,
+    key: Option<&VerifierKey>,
+    witness: &CosignatureVerifier,
+    mut visit: impl FnMut(&crate::Record),
+) -> Result<(Verified, Witnessed), AuditError> {
+    let path = cosigned_path(log);
+    let failed = |what: String| AuditError::Witness {
+        path: path.clone(),
+        what,
+    };
+    let note = match File::open(&path) {
+        Ok(file) => {
+            let mut note = String::new();
+            file.take(MAX_NOTE_BYTES as u64 + 1)
+                .read_to_string(&mut note)
+                .map_err(AuditError::io(&path))?;
+            note
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(failed(
+                "missing: no checkpoint of this log was cosigned (is it shipped to zt server through zt agent?)"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(AuditError::io(&path)(e)),
+    };
+    let cosigned = witness.verify(&note).map_err(|e| failed(e.to_string()))?;
+    if let Some(key) = key {
+        key.verify(&note).map_err(|e| failed(e.to_string()))?;
+    }
+    let checkpoint = Checkpoint::parse(cosigned.text).map_err(|e| failed(e.to_string()))?;
+    if let Some(key) = key
+        && checkpoint.origin != key.name()
+    {
+        return Err(failed(format!(
+            "origin {:?} is not the key's name {:?}",
+            checkpoint.origin,
+            key.name()
+        )));
+    }
+    let mut tree = Frontier::default();
+    let mut root_at_size = (checkpoint.size == 0).then(|| tree.root());
+    let verified = verify(log, key, |record| {
+        tree.push(&record.leaf().unwrap_or_default());
+        if tree.size() == checkpoint.size {
+            root_at_size = Some(tree.root());
+        }
+        visit(record);
+    })?;
+    match root_at_size {
+        None => Err(failed(format!(
+            "the cosigned checkpoint covers {} records, but the log holds {}: records were cut off its end",
+            checkpoint.size, verified.head.records
+        ))),
+        Some(root) if root != checkpoint.root => Err(failed(format!(
+            "the root hash {} cosigned for the first {} records is not the log's: the log was rewritten \
+             after zt server witnessed it",
+            witness.name(),
+            checkpoint.size
+        ))),
+        Some(_) => Ok((
+            verified,
+            Witnessed {
+                witness: witness.to_string(),
+                size: checkpoint.size,
+                time: cosigned.time,
+            },
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
@@ -427,6 +522,79 @@ mod tests {
         let e = load_or_create_key(&key_path).unwrap_err().to_string();
         assert!(
             e.contains("decisions.log.key: mode 0640 lets other users use"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_witnessed_checkpoint_exposes_a_log_rewritten_and_signed_again_by_its_writer() {
+        use crate::cosignature::CosignerKey;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("decisions.log");
+        let key = load_or_create_key(&default_key_path(&log)).unwrap();
+        let verifier = key.verifier().clone();
+        let witness = CosignerKey::generate("example.org/zt-server/witness").unwrap();
+        let mut writer = Writer::open_signed(&log, key, policy(3)).unwrap();
+        writer.append(["/a", "/b", "/c"].map(record)).unwrap();
+        drop(writer);
+        let e = verify_witnessed(&log, Some(&verifier), witness.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("decisions.log.cosigned: missing: no checkpoint of this log was cosigned (is it shipped to zt server through zt agent?)"), "{e}");
+
+        // The witness cosigns the checkpoint of 3; then the writer adds one more.
+        let note = read_checkpoints(&checkpoints_path(&log)).unwrap().unwrap()[0]
+            .note
+            .clone();
+        let text = verifier.verify(&note).unwrap();
+        let cosigned = format!("{note}{}", witness.cosign(text, 1_700_000_000).unwrap());
+        std::fs::write(cosigned_path(&log), &cosigned).unwrap();
+        let key = load_key(&default_key_path(&log)).unwrap();
+        Writer::open_signed(&log, key, policy(3))
+            .unwrap()
+            .append([record("/d")])
+            .unwrap();
+        let (verified, witnessed) =
+            verify_witnessed(&log, Some(&verifier), witness.verifier(), |_| {}).unwrap();
+        assert_eq!(
+            (verified.head.records, witnessed.size, witnessed.time),
+            (4, 3, 1_700_000_000)
+        );
+
+        // The writer rewrites record 2 and signs every checkpoint again: its own
+        // key is satisfied, the witness's cosignature is not.
+        let forged = dir.path().join("forged.log");
+        std::fs::copy(default_key_path(&log), default_key_path(&forged)).unwrap();
+        let mut rewriter =
+            Writer::open_signed(&forged, load_key(&default_key_path(&forged)).unwrap(), policy(3)).unwrap();
+        let mut edited = record("/b");
+        edited.decision = "DENY".into();
+        rewriter
+            .append([record("/a"), edited, record("/c"), record("/d")])
+            .unwrap();
+        drop(rewriter);
+        verify(&forged, Some(&verifier), |_| {}).unwrap();
+        std::fs::write(cosigned_path(&forged), &cosigned).unwrap();
+        let e = verify_witnessed(&forged, Some(&verifier), witness.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forged.log.cosigned: the root hash example.org/zt-server/witness cosigned for the first 3 records is not the log's"), "{e}");
+
+        // A log cut shorter than the witnessed size, or another witness's key.
+        let short = dir.path().join("short.log");
+        let lines: Vec<&str> = std::fs::read_to_string(&log).unwrap().leak().lines().collect();
+        std::fs::write(&short, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+        std::fs::write(cosigned_path(&short), &cosigned).unwrap();
+        let e = verify_witnessed(&short, None, witness.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("covers 3 records, but the log holds 2"), "{e}");
+        let other = CosignerKey::generate("example.org/zt-server/witness").unwrap();
+        let e = verify_witnessed(&log, None, other.verifier(), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("decisions.log.cosigned: not cosigned by example.org/zt-server/witness+"),
             "{e}"
         );
     }

@@ -20,13 +20,15 @@ use zt_store::{EntrySpec, Store, StoreError};
 
 use crate::api::{
     AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, BundleQuery, Count, CreateJoinToken,
-    DecisionList, DecisionPage, EntryFilter, EntryList, ErrorBody, JoinToken, MintX509Svid, MintedX509Svid,
-    RevocationList, Revoke, Rotated, ShippedDecision, UpdateEntry,
+    DecisionList, DecisionPage, EntryFilter, EntryList, ErrorBody, ForgetSourceKey, ForgottenSourceKey,
+    JoinToken, MintX509Svid, MintedX509Svid, RevocationList, Revoke, Rotated, ShippedDecision, UpdateEntry,
+    WitnessKey,
 };
 use crate::authority::{AuthorityError, AuthorityManager};
 use crate::entries::EntryCache;
 use crate::metrics::Metrics;
 use crate::signing::{SignError, Signer};
+use crate::witness::Witness;
 use crate::{ServerError, now};
 
 /// Largest request body accepted, in bytes.
@@ -49,6 +51,7 @@ pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     pub authorities: Arc<AuthorityManager>,
     pub cache: Arc<EntryCache>,
+    pub witness: Arc<Witness>,
 }
 
 /// The admin API's routes.
@@ -70,6 +73,8 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/agents/{id}/ban", post(ban_agent))
         .route("/v1/ca/rotate", post(rotate_ca))
         .route("/v1/decisions", get(list_decisions))
+        .route("/v1/witness/key", get(show_witness_key))
+        .route("/v1/witness/forget", post(forget_source_key))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(
             Router::new()
@@ -467,6 +472,38 @@ async fn list_decisions(
             .map(|(source, record)| ShippedDecision { source, record })
             .collect(),
     }))
+}
+
+async fn show_witness_key(State(state): State<AdminState>) -> axum::Json<WitnessKey> {
+    axum::Json(WitnessKey {
+        verifier_key: state.witness.verifier().to_string(),
+    })
+}
+
+/// Forgets the log key pinned for a source: its next key is pinned on first use.
+async fn forget_source_key(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> ApiResult<axum::Json<ForgottenSourceKey>> {
+    let request: ForgetSourceKey = json(&body)?;
+    let forgotten = state
+        .store
+        .forget_source_key(&request.source)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    match forgotten {
+        Some(verifier_key) => {
+            tracing::warn!(target: "zt::audit", source = %request.source, verifier_key, "decision log key forgotten: the next one this source presents is pinned");
+            Ok(axum::Json(ForgottenSourceKey {
+                source: request.source,
+                verifier_key,
+            }))
+        }
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no decision log key is pinned for {:?}", request.source),
+        )),
+    }
 }
 
 async fn list_revocations(State(state): State<AdminState>) -> ApiResult<axum::Json<RevocationList>> {

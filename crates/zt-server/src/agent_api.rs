@@ -23,6 +23,7 @@ use crate::entries::EntryCache;
 use crate::metrics::Metrics;
 use crate::now;
 use crate::signing::{SignError, Signer};
+use crate::witness::Witness;
 
 /// The agent API's state.
 #[derive(Clone)]
@@ -31,6 +32,7 @@ pub struct AgentApi {
     pub(crate) cache: Arc<EntryCache>,
     pub(crate) authorities: Arc<AuthorityManager>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) witness: Arc<Witness>,
     pub(crate) trust_domain: TrustDomain,
     pub(crate) agent_ttl: Duration,
     /// Becomes true when the server stops: open sync streams end then.
@@ -368,18 +370,53 @@ impl AgentService for AgentApi {
                 agent.id, request.source
             )));
         }
-        match self
+        // The log key first: a source presenting another than the one pinned
+        // ships nothing.
+        let pinned = match (request.verifier_key.is_empty(), request.checkpoint.is_empty()) {
+            (true, true) => None,
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "a checkpoint needs the writer's verifier_key",
+                ));
+            }
+            (false, _) => Some(
+                self.witness
+                    .pin(&request.source, &request.verifier_key)
+                    .await
+                    .map_err(|e| self.witness.refusal(e))?,
+            ),
+        };
+        let stored_through = match self
             .store
             .append_decisions(&request.source, &request.records)
             .await
         {
-            Ok(stored_through) => Ok(Response::new(ShipDecisionsResponse { stored_through })),
+            Ok(stored_through) => stored_through,
             Err(e @ StoreError::BrokenChain { .. }) => {
                 tracing::error!(target: "zt::audit", source = %request.source, error = %e, "refused shipped decisions that break their chain");
-                Err(Status::failed_precondition(e.to_string()))
+                return Err(Status::failed_precondition(e.to_string()));
             }
-            Err(e) => Err(self.internal(e)),
+            Err(e) => return Err(self.internal(e)),
+        };
+        let mut cosignatures = Vec::new();
+        if let Some(pinned) = pinned.filter(|_| !request.checkpoint.is_empty()) {
+            cosignatures.push(
+                self.witness
+                    .cosign(
+                        &request.source,
+                        &pinned,
+                        &request.checkpoint,
+                        stored_through,
+                        now(),
+                    )
+                    .await
+                    .map_err(|e| self.witness.refusal(e))?,
+            );
         }
+        Ok(Response::new(ShipDecisionsResponse {
+            stored_through,
+            cosignatures,
+        }))
     }
 }
 

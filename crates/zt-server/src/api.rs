@@ -167,6 +167,31 @@ pub struct DecisionPage {
     pub after_seq: u64,
 }
 
+/// `GET /v1/witness/key` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WitnessKey {
+    /// The key that verifies zt server's cosignatures of decision-log
+    /// checkpoints: a note verifier key of type 0x04 (cosignature/v1).
+    pub verifier_key: String,
+}
+
+/// `POST /v1/witness/forget` body: forget the log key pinned for a source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetSourceKey {
+    /// The workload's SPIFFE ID.
+    pub source: String,
+}
+
+/// `POST /v1/witness/forget` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgottenSourceKey {
+    /// The workload's SPIFFE ID.
+    pub source: String,
+    /// The key that was pinned for it.
+    pub verifier_key: String,
+}
+
 /// One shipped decision record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShippedDecision {

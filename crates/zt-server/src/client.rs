@@ -13,8 +13,8 @@ use zt_store::{Entry, EntrySpec};
 
 use crate::api::{
     AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, DecisionList,
-    EntryFilter, EntryList, ErrorBody, JoinToken, MintX509Svid, MintedX509Svid, Revoke, Rotated,
-    ShippedDecision, UpdateEntry,
+    EntryFilter, EntryList, ErrorBody, ForgetSourceKey, ForgottenSourceKey, JoinToken, MintX509Svid,
+    MintedX509Svid, Revoke, Rotated, ShippedDecision, UpdateEntry, WitnessKey,
 };
 
 /// Largest answer read, in bytes.
@@ -156,6 +156,19 @@ impl AdminClient {
         );
         let list: DecisionList = self.call::<(), _>(Method::GET, &path, None).await?;
         Ok(list.decisions)
+    }
+
+    /// `GET /v1/witness/key`: the key that verifies zt server's cosignatures.
+    pub async fn witness_key(&self) -> Result<WitnessKey, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/witness/key", None).await
+    }
+
+    /// `POST /v1/witness/forget`: forgets the log key pinned for `source`.
+    pub async fn forget_source_key(&self, source: &str) -> Result<ForgottenSourceKey, ClientError> {
+        let body = ForgetSourceKey {
+            source: source.to_owned(),
+        };
+        self.call(Method::POST, "/v1/witness/forget", Some(&body)).await
     }
 
     /// `GET /v1/agents`.

@@ -12,6 +12,7 @@ pub mod authority;
 pub mod client;
 pub mod entries;
 pub mod metrics;
+pub mod witness;
 
 mod admin;
 mod signing;
@@ -116,6 +117,8 @@ pub async fn run(
     let tasks = zt_task::Tasks::new();
     let store = Store::open_supervised(&location, &tasks).await?;
     let metrics = Arc::new(metrics::Metrics::new(&tasks));
+    let witness =
+        Arc::new(witness::Witness::load(store.clone(), &config.trust_domain, metrics.clone()).await?);
     let authorities = authority::AuthorityManager::start(
         store.clone(),
         config.trust_domain.clone(),
@@ -156,6 +159,7 @@ pub async fn run(
         http = %config.http_addr,
         agent_api = %config.agent_addr,
         entries = cache.len(),
+        witness_key = %witness.verifier(),
         ca_ttl_secs = config.ca_ttl.as_secs(),
         "zt server started"
     );
@@ -166,6 +170,7 @@ pub async fn run(
         metrics: metrics.clone(),
         authorities: authorities.clone(),
         cache: cache.clone(),
+        witness: witness.clone(),
     });
     let health = metrics::router(metrics::HealthState {
         store: store.clone(),
@@ -205,6 +210,7 @@ pub async fn run(
         cache,
         authorities: authorities.clone(),
         metrics: metrics.clone(),
+        witness,
         trust_domain: config.trust_domain.clone(),
         agent_ttl: config.agent_ttl,
         stop: stop_rx.clone(),

@@ -29,6 +29,14 @@ pub struct Metrics {
     pub svids_signed: Counter,
     /// Time to sign one SVID, seconds.
     pub signing_seconds: Histogram,
+    /// Decision-log checkpoints cosigned as their witness.
+    pub checkpoints_cosigned: Counter,
+    /// Shipments refused because the source presented a log key other than the
+    /// one pinned for it.
+    pub witness_key_refusals: Counter,
+    /// Checkpoints refused: a bad signature or origin, a size beyond the records
+    /// held or below the one witnessed, a root the records do not give.
+    pub witness_checkpoint_refusals: Counter,
 }
 
 impl Metrics {
@@ -41,6 +49,24 @@ impl Metrics {
         let datastore_errors = Counter::default();
         let svids_signed = Counter::default();
         let signing_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        let checkpoints_cosigned = Counter::default();
+        let witness_key_refusals = Counter::default();
+        let witness_checkpoint_refusals = Counter::default();
+        registry.register(
+            "checkpoints_cosigned",
+            "Decision-log checkpoints cosigned as their witness",
+            checkpoints_cosigned.clone(),
+        );
+        registry.register(
+            "witness_key_refusals",
+            "Shipped decisions refused: the source's log key is not the one pinned for it",
+            witness_key_refusals.clone(),
+        );
+        registry.register(
+            "witness_checkpoint_refusals",
+            "Decision-log checkpoints refused by the witness (signature, origin, size or root)",
+            witness_checkpoint_refusals.clone(),
+        );
         registry.register("entries", "Registration entries", entries.clone());
         registry.register("agents", "Attested agents (banned ones included)", agents.clone());
         registry.register(
@@ -61,6 +87,9 @@ impl Metrics {
             datastore_errors,
             svids_signed,
             signing_seconds,
+            checkpoints_cosigned,
+            witness_key_refusals,
+            witness_checkpoint_refusals,
         }
     }
 }

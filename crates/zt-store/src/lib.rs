@@ -15,6 +15,7 @@ mod decisions;
 mod migrate;
 mod policies;
 mod revocations;
+mod witness;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -37,6 +38,7 @@ pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
+pub use witness::PinnedSource;
 
 /// The PostgreSQL channel changes are announced on.
 const CHANNEL: &str = "zt_changes";

@@ -13,10 +13,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_agents.sql")),
     (4, include_str!("../migrations/0004_revocations.sql")),
     (5, include_str!("../migrations/0005_policies_and_decisions.sql")),
+    (6, include_str!("../migrations/0006_witness.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 5;
+pub const LATEST: i64 = 6;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {

@@ -78,6 +78,7 @@ on_both_backends!(
     invalid_specs_are_refused,
     policy_versions_are_immutable_and_announced,
     shipped_decisions_must_continue_their_chain,
+    the_witness_pins_a_key_per_source_and_never_goes_back,
 );
 
 /// Four chained decision records, as JSON lines of a proxy's log.
@@ -141,6 +142,66 @@ async fn shipped_decisions_must_continue_their_chain(store: Store) {
     assert_eq!(stored[3].1, lines[3]);
     // Paging continues after the last (source, seq) seen.
     assert_eq!(store.decisions((source, 2), 100).await.unwrap().len(), 2);
+}
+
+async fn the_witness_pins_a_key_per_source_and_never_goes_back(store: Store) {
+    // One witness key per datastore: the first stored is every later caller's.
+    let first = store.witness_key("PRIVATE+KEY+first").await.unwrap();
+    assert_eq!(first, "PRIVATE+KEY+first");
+    assert_eq!(store.witness_key("PRIVATE+KEY+second").await.unwrap(), first);
+
+    // Trust on first use: the first key presented is pinned, a later one is not.
+    let source = "spiffe://example.org/ns/production/sa/billing";
+    let pinned = store.pin_source_key(source, "log-key-a").await.unwrap();
+    assert_eq!(
+        (pinned.verifier_key.as_str(), pinned.witnessed_size),
+        ("log-key-a", 0)
+    );
+    let again = store.pin_source_key(source, "log-key-b").await.unwrap();
+    assert_eq!(again.verifier_key, "log-key-a");
+    assert_eq!(
+        store
+            .pin_source_key("spiffe://example.org/other", "log-key-b")
+            .await
+            .unwrap()
+            .verifier_key,
+        "log-key-b"
+    );
+
+    // The witnessed size only grows, and only under the pinned key.
+    assert!(store.record_witnessed(source, "log-key-a", 3).await.unwrap());
+    assert!(store.record_witnessed(source, "log-key-a", 3).await.unwrap());
+    assert!(!store.record_witnessed(source, "log-key-a", 2).await.unwrap());
+    assert!(!store.record_witnessed(source, "log-key-b", 5).await.unwrap());
+    assert_eq!(store.pin_source_key(source, "x").await.unwrap().witnessed_size, 3);
+
+    // The tree over the stored records is the writer's.
+    let lines = decision_lines();
+    store.append_decisions(source, &lines[..3]).await.unwrap();
+    let mut expected = zt_audit::merkle::Frontier::default();
+    for line in &lines[..2] {
+        let record: zt_audit::Record = serde_json::from_str(line).unwrap();
+        expected.push(&record.leaf().unwrap());
+    }
+    let tree = store.decision_tree(source, 2).await.unwrap().unwrap();
+    assert_eq!((tree.size(), tree.root()), (2, expected.root()));
+    assert!(store.decision_tree(source, 4).await.unwrap().is_none());
+    assert_eq!(
+        store.decision_tree(source, 0).await.unwrap().unwrap().root(),
+        zt_audit::merkle::empty_root()
+    );
+
+    // An operator forgets the key: the next one presented is pinned, from size 0.
+    assert_eq!(
+        store.forget_source_key(source).await.unwrap().as_deref(),
+        Some("log-key-a")
+    );
+    assert_eq!(store.forget_source_key(source).await.unwrap(), None);
+    let repinned = store.pin_source_key(source, "log-key-b").await.unwrap();
+    assert_eq!(
+        (repinned.verifier_key.as_str(), repinned.witnessed_size),
+        ("log-key-b", 0)
+    );
 }
 
 async fn policy_versions_are_immutable_and_announced(store: Store) {

@@ -14,7 +14,8 @@ use zt_api::agent::workload_decisions_client::WorkloadDecisionsClient;
 use zt_api::agent::workload_policies_client::WorkloadPoliciesClient;
 use zt_api::agent::workload_revocations_client::WorkloadRevocationsClient;
 use zt_api::agent::{
-    PolicySet, RevokedIds, ShipDecisionsRequest, WatchPoliciesRequest, WatchRevokedIdsRequest,
+    PolicySet, RevokedIds, ShipDecisionsRequest, ShipDecisionsResponse, WatchPoliciesRequest,
+    WatchRevokedIdsRequest,
 };
 use zt_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zt_api::workload::{
@@ -131,18 +132,27 @@ impl WorkloadClient {
     }
 
     /// Ships decision records (JSON lines, in order) to zt server through zt
-    /// agent; the answer is the last sequence number the server holds.
-    pub async fn ship_decisions(&self, records: Vec<String>) -> Result<u64, Status> {
+    /// agent, with the writer's verifier key (pinned by the server on first
+    /// use) and its latest checkpoint (a signed note) when there is one to
+    /// witness (empty strings: none); the answer says what the server holds
+    /// and carries its cosignatures of the checkpoint.
+    pub async fn ship_decisions(
+        &self,
+        records: Vec<String>,
+        checkpoint: String,
+        verifier_key: String,
+    ) -> Result<ShipDecisionsResponse, Status> {
         Ok(self
             .decisions
             .clone()
             .ship(ShipDecisionsRequest {
                 source: String::new(),
                 records,
+                checkpoint,
+                verifier_key,
             })
             .await?
-            .into_inner()
-            .stored_through)
+            .into_inner())
     }
 
     /// zt agent's stream of authorization policy versions.

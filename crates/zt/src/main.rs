@@ -249,6 +249,28 @@ enum AuditCommand {
     /// RFC 9162 proofs from a log's Merkle tree, as JSON (hashes in base64): that a record
     /// is in the tree a checkpoint signs, or that a later tree extends an earlier one.
     Prove(AuditProveArgs),
+    /// Print zt server's witness key (NAME+KEYID+BASE64, type 0x04), which verifies the
+    /// checkpoints it cosigned: pin it with zt audit verify LOG --witness-key.
+    WitnessKey(AuditServerArgs),
+    /// Forget the decision log key zt server pinned for a workload on first use, so that
+    /// the next key it presents is pinned (after the workload's log key was replaced).
+    ForgetKey(AuditForgetKeyArgs),
+}
+
+/// zt server's admin socket.
+#[derive(Args)]
+struct AuditServerArgs {
+    /// The server's admin socket.
+    #[arg(long, env = "ZT_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Args)]
+struct AuditForgetKeyArgs {
+    /// The workload's SPIFFE ID (the source of its shipped decisions).
+    source: String,
+    #[command(flatten)]
+    server: AuditServerArgs,
 }
 
 #[derive(Args)]
@@ -318,6 +340,11 @@ struct AuditVerifyArgs {
     /// A file holding the verifier key.
     #[arg(long, conflicts_with = "server")]
     key_file: Option<PathBuf>,
+    /// zt server's witness key (zt audit witness-key): the checkpoint in LOG.cosigned must
+    /// carry its cosignature and match the log, which shows that no record it covers was
+    /// rewritten since zt server saw it.
+    #[arg(long, conflicts_with = "server")]
+    witness_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -1268,6 +1295,8 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
         Command::Audit(AuditCommand::Prove(args)) => cmd::audit::prove(args),
+        Command::Audit(AuditCommand::WitnessKey(args)) => cmd::audit::witness_key(args),
+        Command::Audit(AuditCommand::ForgetKey(args)) => cmd::audit::forget_key(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Show(args))) => cmd::audit::key_show(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Create(args))) => cmd::audit::key_create(args),
         Command::Pdp(PdpCommand::Run(args)) => cmd::pdp::run(args),

@@ -2928,3 +2928,231 @@ mod seed_tutorial {
         assert!(metric(admin, "zt_proxy_requests_total{code=\"403\"}") >= 5.0);
     }
 }
+
+/// The size of the checkpoint in a cosigned (or signed) note file, if any.
+fn checkpoint_size_in(path: &Path) -> Option<u64> {
+    let note = fs::read_to_string(path).ok()?;
+    let parsed = zt_audit::note::Note::parse(&note).ok()?;
+    Some(zt_audit::note::Checkpoint::parse(parsed.text).ok()?.size)
+}
+
+/// Rewrites `from`'s records into a new log at `to` with record 2's decision
+/// flipped, chained and checkpointed again with the writer's own key (`key`).
+fn rewrite_log(from: &Path, to: &Path, key: &Path) {
+    let records: Vec<zt_audit::Record> = fs::read_to_string(from)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let signer = zt_audit::signed::load_key(key).unwrap();
+    let policy = zt_audit::CheckpointPolicy {
+        every: 1000,
+        interval: std::time::Duration::from_secs(3600),
+    };
+    let mut writer = zt_audit::Writer::open_signed(to, signer, policy).unwrap();
+    let mut flipped = records;
+    flipped[1].decision = if flipped[1].decision == "DENY" {
+        "ALLOW"
+    } else {
+        "DENY"
+    }
+    .into();
+    writer.append(flipped).unwrap();
+    // Dropped: the last checkpoint covers every record.
+}
+
+#[test]
+fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
+    let Some(python) =
+        zt_testkit::python("zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), None);
+    let agent_dir = dir.path().join("agent");
+    fs::create_dir(&agent_dir).unwrap();
+    let agent_id = "spiffe://example.org/agent/node-1";
+    let agent = AgentProcess::start(&server, &agent_dir, agent_id);
+    let billing_exe = zt_at_path(&dir.path().join("billing-proxy"));
+    let billing_id = "spiffe://example.org/ns/production/sa/billing-service";
+    register(&server, agent_id, billing_id, &billing_exe, &[]);
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    let log = dir.path().join("billing-decisions.log");
+    let key_file = zt_audit::signed::default_key_path(&log);
+    let cosigned = zt_audit::signed::cosigned_path(&log);
+    // Plaintext accepted (--mode permissive); no policy yet, so each request is
+    // a recorded DENY. A checkpoint every 3 records, and soon after the last.
+    let start_billing = || {
+        let (mut command, inbound, admin) = proxy_command(&billing_exe);
+        command
+            .args([
+                "--app",
+                &app_addr.to_string(),
+                "--mode",
+                "permissive",
+                "--policies-from-agent",
+                "--decision-log-checkpoint-every",
+                "3",
+                "--decision-log-checkpoint-interval",
+                "1s",
+            ])
+            .arg("--decision-log")
+            .arg(&log)
+            .arg("--socket")
+            .arg(&agent.socket);
+        (spawn_ready(command, admin), inbound, admin)
+    };
+    let (billing, inbound, _) = start_billing();
+    for i in 0..5 {
+        assert_eq!(http_get(inbound, &format!("/r{i}")).unwrap().0, 403);
+    }
+
+    // The last checkpoint (5 records) comes back cosigned, kept 0600 beside the log.
+    let start = Instant::now();
+    while checkpoint_size_in(&cosigned) != Some(5) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no checkpoint of 5 records cosigned: {:?}\n{}",
+            fs::read_to_string(&cosigned),
+            server.stderr()
+        );
+        std::thread::sleep(POLL);
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        fs::metadata(&cosigned).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let witness_key = ok(&server, &["audit", "witness-key"]).trim().to_owned();
+    assert!(
+        witness_key.starts_with("example.org/zt-server/witness+"),
+        "{witness_key}"
+    );
+    let shown = Command::new(zt_exe())
+        .args(["audit", "key", "show", key_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let key = succeed(&shown, "zt audit key show").trim().to_owned();
+    let verify = |log: &Path, extra: &[&str]| {
+        Command::new(zt_exe())
+            .args(["audit", "verify", log.to_str().unwrap(), "--key", &key])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&log, &["--witness-key", &witness_key]);
+    let stdout = succeed(&out, "zt audit verify --witness-key");
+    assert!(
+        stdout.contains(&format!("witnessed by {witness_key} up to record 5"))
+            && stdout.contains("every record is witnessed"),
+        "{stdout}"
+    );
+    assert!(sample(server.http, "zt_server_checkpoints_cosigned_total").unwrap() >= 1.0);
+    // An implementation of the specs no one here wrote accepts the cosignature.
+    let out = Command::new(&python)
+        .arg(interop("verify_checkpoint.py"))
+        .arg(&key)
+        .arg(&log)
+        .arg(&witness_key)
+        .output()
+        .unwrap();
+    let checked = succeed(&out, "verify_checkpoint.py");
+    assert!(checked.ends_with("cosigned 5 ok\n"), "{checked}");
+
+    // The writer rewrites record 2 and signs its chain and checkpoints again:
+    // its own key cannot tell, zt server's cosignature can.
+    let forged_dir = dir.path().join("forged");
+    fs::create_dir(&forged_dir).unwrap();
+    let forged = forged_dir.join("billing-decisions.log");
+    rewrite_log(&log, &forged, &key_file);
+    fs::copy(&cosigned, zt_audit::signed::cosigned_path(&forged)).unwrap();
+    succeed(
+        &verify(&forged, &[]),
+        "the rewritten log, with the writer's key only",
+    );
+    let out = verify(&forged, &["--witness-key", &witness_key]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--witness-key {witness_key}: "))
+            && stderr.contains("forged/billing-decisions.log.cosigned: the root hash")
+            && stderr.contains("the log was rewritten after zt server witnessed it"),
+        "{stderr}"
+    );
+
+    // The writer's key is no witness key: the error names the flag and value.
+    let out = verify(&log, &["--witness-key", &key]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--witness-key {key:?}: public key: signature type 0x01, not 0x04"
+        )),
+        "{stderr}"
+    );
+
+    // The proxy restarted on the rewritten log offers its new checkpoint to be
+    // witnessed: its root is not that of the records zt server holds, refused.
+    drop(billing);
+    for suffix in ["", ".checkpoints"] {
+        fs::copy(
+            format!("{}{suffix}", forged.display()),
+            format!("{}{suffix}", log.display()),
+        )
+        .unwrap();
+    }
+    fs::remove_file(&cosigned).unwrap();
+    let (billing, _, billing_admin) = start_billing();
+    let start = Instant::now();
+    while sample(server.http, "zt_server_witness_checkpoint_refusals_total").unwrap_or(0.0) < 1.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the rewritten checkpoint was not refused\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        server.stderr().contains(&format!(
+            "checkpoint from {billing_id}: its root hash is not the one of the 5 records zt server holds"
+        )),
+        "{}",
+        server.stderr()
+    );
+    assert!(metric(billing_admin, "zt_proxy_decision_ship_failures_total") >= 1.0);
+    assert!(!cosigned.exists(), "a refused checkpoint was kept as cosigned");
+
+    // A fresh log under a new key for the same workload: refused, naming it.
+    drop(billing);
+    for suffix in ["", ".checkpoints", ".key"] {
+        fs::remove_file(format!("{}{suffix}", log.display())).unwrap();
+    }
+    fs::remove_file(log.with_extension("shipped")).unwrap();
+    let (_billing, inbound, _) = start_billing();
+    assert_eq!(http_get(inbound, "/fresh").unwrap().0, 403);
+    let start = Instant::now();
+    while sample(server.http, "zt_server_witness_key_refusals_total").unwrap_or(0.0) < 1.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the new key was not refused\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        server.stderr().contains(&format!(
+            "decisions from {billing_id}: verifier key zt/decision-log/"
+        )) && server
+            .stderr()
+            .contains(&format!("is not {key}, the key pinned for this source")),
+        "{}",
+        server.stderr()
+    );
+    // Replacing the pinned key is an operator's act.
+    let forgot = ok(&server, &["audit", "forget-key", billing_id]);
+    assert!(
+        forgot.contains(&format!("{billing_id}: forgot decision log key {key}")),
+        "{forgot}"
+    );
+}

@@ -142,6 +142,13 @@ fn changes_reach_agents_on_another_server_in_every_start_order() {
                 (a, b)
             }
         };
+        // One witness key for every replica, even when they create it together.
+        let witness_key = ok(&a, &["audit", "witness-key"]);
+        assert!(
+            witness_key.starts_with("example.org/zt-server/witness+"),
+            "{witness_key}"
+        );
+        assert_eq!(ok(&b, &["audit", "witness-key"]), witness_key, "{order}");
         let agent_dir = dir.join("agent");
         std::fs::create_dir_all(&agent_dir).unwrap();
         let agent = AgentProcess::start(&a, &agent_dir, AGENT_ID);

@@ -38,7 +38,8 @@ pub(super) fn start(
     if writer.found_uncovered() > 0 {
         tracing::warn!(log = %path.display(), records = writer.found_uncovered(), "decision log records no checkpoint covers (a crash, or checkpoints removed): the next checkpoint signs them as found");
     }
-    let (written_tx, written) = watch::channel(writer.head().records);
+    let (written_tx, written) = watch::channel(Written::of(&writer));
+    let verifier_key = writer.verifier().map(ToString::to_string).unwrap_or_default();
     let (tx, rx) = mpsc::channel(LOG_BACKLOG);
     tokio::spawn(write_log(
         writer,
@@ -51,7 +52,13 @@ pub(super) fn start(
     if let PolicySource::Agent(socket) = &config.source {
         let (path, socket, metrics) = (path.to_owned(), socket.clone(), metrics.clone());
         tasks.spawn_until_stop("decision_shipper", stop.clone(), move || {
-            ship(path.clone(), socket.clone(), written.clone(), metrics.clone())
+            ship(
+                path.clone(),
+                socket.clone(),
+                written.clone(),
+                verifier_key.clone(),
+                metrics.clone(),
+            )
         });
     }
     Ok(tx)
@@ -113,14 +120,32 @@ fn decision_id() -> String {
     zt_identity::x509::hex_compact(&bytes)
 }
 
-/// Appends decisions in batches until every sender is gone; publishes the
-/// last sequence number written. While decisions are few, a checkpoint is
+/// How far the log is written and signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    /// The last sequence number written.
+    records: u64,
+    /// Records the last signed checkpoint covers.
+    covered: u64,
+}
+
+impl Written {
+    fn of(writer: &zt_audit::Writer) -> Self {
+        Self {
+            records: writer.head().records,
+            covered: writer.covered(),
+        }
+    }
+}
+
+/// Appends decisions in batches until every sender is gone; publishes how far
+/// the log is written and signed. While decisions are few, a checkpoint is
 /// signed once records have waited `interval`; the writer's drop signs the
 /// last one.
 async fn write_log(
     mut writer: zt_audit::Writer,
     mut rx: mpsc::Receiver<zt_audit::Record>,
-    written: watch::Sender<u64>,
+    written: watch::Sender<Written>,
     interval: Duration,
     metrics: Arc<Metrics>,
 ) {
@@ -137,7 +162,7 @@ async fn write_log(
             tracing::error!(error = %e, "decision log write failed: requests are denied until the proxy is restarted");
             return;
         }
-        written.send_replace(writer.head().records);
+        written.send_replace(Written::of(&writer));
     }
 }
 
@@ -150,12 +175,26 @@ const SHIP_BACKLOG_BOUND: u64 = 100_000;
 /// Ships the decision log to zt server through zt agent, in order, in
 /// acknowledged batches; what the server holds is remembered in `LOG.shipped`,
 /// so a restart resumes there. While the server is unreachable the local log
-/// is the buffer.
-async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, metrics: Arc<Metrics>) {
+/// is the buffer. Each batch carries the latest signed checkpoint it completes
+/// (with the log's verifier key) for zt server to witness; its cosigned copy
+/// is kept in `LOG.cosigned`, always the latest.
+async fn ship(
+    log: PathBuf,
+    socket: PathBuf,
+    mut written: watch::Receiver<Written>,
+    verifier_key: String,
+    metrics: Arc<Metrics>,
+) {
     let cursor = log.with_extension("shipped");
     let mut shipped: u64 = std::fs::read_to_string(&cursor)
         .ok()
         .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    let cosigned = zt_audit::signed::cosigned_path(&log);
+    // The size of the last checkpoint cosigned.
+    let mut witnessed = std::fs::read_to_string(&cosigned)
+        .ok()
+        .and_then(|note| checkpoint_size(&note))
         .unwrap_or(0);
     let client = match zt_workload::WorkloadClient::new(&socket) {
         Ok(client) => client,
@@ -169,8 +208,8 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
     let mut backoff = Backoff::new();
     let mut over_bound = false;
     loop {
-        let head = *written.borrow_and_update();
-        let backlog = head.saturating_sub(shipped);
+        let now = *written.borrow_and_update();
+        let backlog = now.records.saturating_sub(shipped);
         metrics
             .decisions_unshipped
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
@@ -179,28 +218,56 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
             tracing::warn!(backlog, bound = SHIP_BACKLOG_BOUND, log = %log.display(), "decisions not yet on zt server passed the bound; they stay in the local log");
         }
         over_bound = backlog > SHIP_BACKLOG_BOUND;
-        if backlog == 0 {
+        let witness_due = !verifier_key.is_empty() && now.covered > witnessed;
+        if backlog == 0 && !witness_due {
             if written.changed().await.is_err() {
                 return;
             }
             continue;
         }
-        let batch = match read_batch(&log, &mut offset, shipped) {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::error!(log = %log.display(), error = %e, "reading the decision log to ship it");
-                tokio::time::sleep(backoff.next()).await;
-                continue;
+        let batch = if backlog == 0 {
+            Vec::new()
+        } else {
+            match read_batch(&log, &mut offset, shipped) {
+                Ok(batch) if batch.is_empty() => {
+                    // The log holds less than its head says (a record being written, or
+                    // a file replaced under the proxy): look again later, not in a loop.
+                    tokio::time::sleep(follow::FILE_POLL).await;
+                    continue;
+                }
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(log = %log.display(), error = %e, "reading the decision log to ship it");
+                    tokio::time::sleep(backoff.next()).await;
+                    continue;
+                }
             }
         };
-        if batch.is_empty() {
-            // The log holds less than its head says (a record being written, or
-            // a file replaced under the proxy): look again later, not in a loop.
-            tokio::time::sleep(follow::FILE_POLL).await;
+        // Records are consecutive: after this batch the server holds through here.
+        let through = shipped + batch.len() as u64;
+        let checkpoint = if witness_due {
+            latest_checkpoint(&log, through)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(log = %log.display(), error = %e, "reading the decision log's checkpoints to have them witnessed");
+                    None
+                })
+                .filter(|(size, _)| *size > witnessed)
+        } else {
+            None
+        };
+        if batch.is_empty() && checkpoint.is_none() {
+            if written.changed().await.is_err() {
+                return;
+            }
             continue;
         }
-        match client.ship_decisions(batch).await {
-            Ok(through) => {
+        let sent = checkpoint
+            .as_ref()
+            .map(|(_, note)| note.clone())
+            .unwrap_or_default();
+        match client.ship_decisions(batch, sent, verifier_key.clone()).await {
+            Ok(answer) => {
+                let through = answer.stored_through;
                 if through < shipped {
                     // The server holds less than we thought: ship again from there.
                     offset = 0;
@@ -214,6 +281,22 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
                 )]) {
                     tracing::warn!(cursor = %cursor.display(), error = %e, "remembering what was shipped");
                 }
+                if let Some((size, note)) = checkpoint.filter(|_| !answer.cosignatures.is_empty()) {
+                    let whole = format!("{note}{}", answer.cosignatures.concat());
+                    match zt_fs::write_atomically(&[(
+                        cosigned.clone(),
+                        whole.into_bytes(),
+                        zt_fs::PRIVATE_MODE,
+                    )]) {
+                        Ok(()) => {
+                            witnessed = size;
+                            tracing::debug!(size, "decision log checkpoint witnessed by zt server");
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %cosigned.display(), error = %e, "keeping the checkpoint zt server cosigned");
+                        }
+                    }
+                }
             }
             Err(status) => {
                 metrics.decision_ship_failures.inc();
@@ -223,6 +306,22 @@ async fn ship(log: PathBuf, socket: PathBuf, mut written: watch::Receiver<u64>, 
             }
         }
     }
+}
+
+/// The size of a checkpoint note's tree, if it parses.
+fn checkpoint_size(note: &str) -> Option<u64> {
+    let parsed = zt_audit::note::Note::parse(note).ok()?;
+    Some(zt_audit::note::Checkpoint::parse(parsed.text).ok()?.size)
+}
+
+/// The latest signed checkpoint (its size and whole note) that covers no more
+/// than `limit` records.
+fn latest_checkpoint(log: &Path, limit: u64) -> Result<Option<(u64, String)>, zt_audit::AuditError> {
+    let notes = zt_audit::signed::read_checkpoints(&zt_audit::signed::checkpoints_path(log))?;
+    Ok(notes.unwrap_or_default().into_iter().rev().find_map(|stored| {
+        let size = checkpoint_size(&stored.note)?;
+        (size <= limit).then_some((size, stored.note))
+    }))
 }
 
 /// The next lines after `shipped` (at most [`SHIP_BATCH`]), reading from

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use zt_audit::cosignature::CosignatureVerifier;
 use zt_audit::note::{SigningKey, VerifierKey};
 use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
 use crate::{
-    AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs, AuditSource, AuditVerifyArgs,
-    CheckpointArgs,
+    AuditForgetKeyArgs, AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs,
+    AuditServerArgs, AuditSource, AuditVerifyArgs, CheckpointArgs,
 };
 
 /// Opens a decision log whose checkpoints are signed with `--decision-log-key`
@@ -75,8 +76,15 @@ pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         (None, Some(file)) => Some(read_verifier(file)?),
         (None, None) => None,
     };
+    let witness = args
+        .witness_key
+        .as_deref()
+        .map(|text| {
+            CosignatureVerifier::parse(text).map_err(|e| anyhow::anyhow!("--witness-key {text:?}: {e}"))
+        })
+        .transpose()?;
     if let Some(log) = &args.source.log {
-        return verify_file(log, key.as_ref());
+        return verify_file(log, key.as_ref(), witness.as_ref());
     }
     let chains = verified(&args.source, |_| {})?;
     if chains.is_empty() {
@@ -90,8 +98,8 @@ pub fn verify(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if !chains.is_empty() {
         println!(
-            "zt server holds chains, not signed checkpoints: compare each head with the proxy's \
-             own log, verified with its key (zt audit verify LOG --key KEY)"
+            "zt server holds chains and cosigns the checkpoints proxies ship with them: check a \
+             proxy's own log against both keys (zt audit verify LOG --key KEY --witness-key WKEY)"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -110,9 +118,27 @@ fn read_verifier(file: &Path) -> anyhow::Result<VerifierKey> {
     VerifierKey::parse(&text).map_err(|e| anyhow::anyhow!("--key-file {}: {e}", file.display()))
 }
 
-/// Verifies a log file and its checkpoints, and says what that proves.
-fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode> {
-    let verified = zt_audit::signed::verify(log, key, |_| {})?;
+/// Verifies a log file and its checkpoints (and the one zt server cosigned,
+/// with a witness key), and says what that proves.
+fn verify_file(
+    log: &Path,
+    key: Option<&VerifierKey>,
+    witness: Option<&CosignatureVerifier>,
+) -> anyhow::Result<ExitCode> {
+    let (verified, witnessed) = match witness {
+        Some(witness) => {
+            let (verified, witnessed) = zt_audit::signed::verify_witnessed(log, key, witness, |_| {})
+                .map_err(|e| match e {
+                    // The cosigned checkpoint's own faults name the flag; the log's do not.
+                    e @ zt_audit::AuditError::Witness { .. } => {
+                        anyhow::anyhow!("--witness-key {witness}: {e}")
+                    }
+                    e => e.into(),
+                })?;
+            (verified, Some(witnessed))
+        }
+        None => (zt_audit::signed::verify(log, key, |_| {})?, None),
+    };
     let (records, covered) = (verified.head.records, verified.covered);
     println!(
         "{}: {records} records, chain intact, head {}",
@@ -145,6 +171,9 @@ fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode
             "{} signed checkpoints verified with key {key}; {uncovered}",
             verified.checkpoints
         ),
+        None if witnessed.is_some() => {
+            println!("the writer's checkpoint signatures were not checked (pin its key with --key)")
+        }
         None => {
             if verified.checkpoints > 0 {
                 println!(
@@ -158,6 +187,46 @@ fn verify_file(log: &Path, key: Option<&VerifierKey>) -> anyhow::Result<ExitCode
             );
         }
     }
+    if let Some(witnessed) = witnessed {
+        let size = witnessed.size;
+        println!(
+            "witnessed by {} up to record {size} (cosigned {}): those records are the ones zt server holds",
+            witnessed.witness,
+            super::timestamp(witnessed.time)
+        );
+        if size < records {
+            let vouched = if key.is_some() {
+                "only the writer's own signature vouches for those it covers"
+            } else {
+                "nothing independent vouches for them"
+            };
+            println!(
+                "the last {} records (after record {size}) are not witnessed: {vouched}",
+                records - size
+            );
+        } else {
+            println!("every record is witnessed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit witness-key`: zt server's cosignature verifier key.
+pub fn witness_key(args: AuditServerArgs) -> anyhow::Result<ExitCode> {
+    let client = zt_server::client::AdminClient::new(&args.socket);
+    let key = super::admin_call(client.witness_key())?;
+    println!("{}", key.verifier_key);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt audit forget-key SOURCE`: zt server pins the next log key the source presents.
+pub fn forget_key(args: AuditForgetKeyArgs) -> anyhow::Result<ExitCode> {
+    let client = zt_server::client::AdminClient::new(&args.server.socket);
+    let forgotten = super::admin_call(client.forget_source_key(&args.source))?;
+    println!(
+        "{}: forgot decision log key {}; the next key it presents is pinned",
+        forgotten.source, forgotten.verifier_key
+    );
     Ok(ExitCode::SUCCESS)
 }
 
