@@ -7,7 +7,8 @@
 //! - [`cache`]: the entries, SVIDs, bundle and revocations held, and the snapshots
 //!   the Workload API serves;
 //! - [`attest`]: Unix workload attestation;
-//! - [`workload_api`]: the Workload API service; [`client`]: a client of it.
+//! - [`workload_api`]: the Workload API service; [`client`]: a client of it;
+//! - [`sds`]: Envoy's Secret Discovery Service, on the same socket.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod cache;
 pub mod client;
 pub mod jwt;
 pub mod node;
+pub mod sds;
 pub mod uds;
 pub mod workload_api;
 
@@ -24,6 +26,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -167,7 +170,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         link_rx,
         stop_rx.clone(),
     );
-    tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
+    tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API and Envoy's SDS");
     let stopping = {
         let stop = stop.clone();
         async move {
@@ -183,6 +186,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .add_service(WorkloadRevocationsServer::new(api.clone()))
         .add_service(WorkloadPoliciesServer::new(api.clone()))
         .add_service(WorkloadDecisionsServer::new(api.clone()))
+        .add_service(SecretDiscoveryServiceServer::new(api.clone()))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .serve_with_incoming_shutdown(incoming(listener, flushing.clone()), stopping);
     let mut stop_rx = stop_rx;
