@@ -214,12 +214,7 @@ impl SecretDiscoveryService for WorkloadApi {
             .collect();
         let validator = request.node.as_ref().is_some_and(supports_spiffe_validator);
         let mut snapshots = self.snapshots.clone();
-        let wait = snapshots.wait_for(|s| {
-            !matches!(
-                secrets(s, &workload, &names, validator),
-                Secrets::Wait
-            )
-        });
+        let wait = snapshots.wait_for(|s| !matches!(secrets(s, &workload, &names, validator), Secrets::Wait));
         let snapshot = match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
             Ok(Ok(snapshot)) => snapshot.clone(),
             _ => return Err(Status::unavailable("the agent has no secrets to serve yet")),
@@ -506,10 +501,7 @@ mod tests {
                 "spiffe://example.org/api"
             ]
         );
-        assert_eq!(
-            ask(&["default", "ROOTCA", "ALL"]),
-            ["ROOTCA", "ALL", "default"]
-        );
+        assert_eq!(ask(&["default", "ROOTCA", "ALL"]), ["ROOTCA", "ALL", "default"]);
         assert_eq!(ask(&["spiffe://example.org/api"]), ["spiffe://example.org/api"]);
         // Another workload's identity is not the caller's to have.
         assert_eq!(
@@ -530,7 +522,8 @@ mod tests {
     fn validation_contexts_use_the_spiffe_validator_for_envoys_that_have_it() {
         let snapshot = snapshot();
         let bundle = snapshot.bundle.as_ref().unwrap();
-        let Some(secret::Type::ValidationContext(spiffe)) = validation_context("ALL", bundle, true).r#type else {
+        let Some(secret::Type::ValidationContext(spiffe)) = validation_context("ALL", bundle, true).r#type
+        else {
             panic!("not a validation context");
         };
         let config = spiffe.custom_validator_config.unwrap();

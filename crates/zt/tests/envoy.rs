@@ -40,7 +40,13 @@ impl Envoy {
         let child = Command::new(exe)
             .arg("-c")
             .arg(&path)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "info"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -183,7 +189,8 @@ fn downstream_tls(cert: &str, validation: &str, peer: &str) -> String {
 /// The whole bootstrap: admin on `ADMIN`, `listeners` and `clusters`.
 fn bootstrap(listeners: &str, clusters: &str) -> String {
     format!(
-        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: ADMIN}}}}\n\
+        "node: {{id: zt-test, cluster: zt-test}}\n\
+         admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: ADMIN}}}}\n\
          static_resources:\n  listeners:{listeners}\n  clusters:{clusters}\n"
     )
 }
@@ -204,7 +211,14 @@ impl Mesh {
         let agent = AgentProcess::start(&server, &agent_dir, AGENT_ID);
         let uid = format!("unix:uid:{}", my_uid());
         let path = format!("unix:path:{}", envoy.display());
-        let mut args = vec!["entry", "create", "--spiffe-id", ENVOY_ID, "--parent-id", AGENT_ID];
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            ENVOY_ID,
+            "--parent-id",
+            AGENT_ID,
+        ];
         args.extend(["--selector", &uid, "--selector", &path]);
         args.extend(extra);
         ok(&server, &args);
@@ -216,7 +230,14 @@ impl Mesh {
         let out = self.dir.path().join(id.rsplit('/').next().unwrap());
         ok(
             &self.server,
-            &["x509", "mint", "--spiffe-id", id, "--write", out.to_str().unwrap()],
+            &[
+                "x509",
+                "mint",
+                "--spiffe-id",
+                id,
+                "--write",
+                out.to_str().unwrap(),
+            ],
         );
         Minted { dir: out }
     }
@@ -234,10 +255,12 @@ impl Minted {
 
     /// A rustls client presenting this SVID that accepts only a server with `server_id`.
     fn client(&self, server_id: &str) -> rustls::ClientConfig {
-        let chain = zt_identity::x509::certificates_from_pem(&fs::read(self.file("svid.pem")).unwrap()).unwrap();
+        let chain =
+            zt_identity::x509::certificates_from_pem(&fs::read(self.file("svid.pem")).unwrap()).unwrap();
         let key = zt_identity::x509::private_key_from_pem(&fs::read(self.file("key.pem")).unwrap()).unwrap();
         let mut bundles = zt_identity::BundleSet::default();
-        bundles.insert(zt_identity::Bundle::parse(&fs::read(self.file("bundle.pem")).unwrap(), None).unwrap());
+        bundles
+            .insert(zt_identity::Bundle::parse(&fs::read(self.file("bundle.pem")).unwrap(), None).unwrap());
         zt_tls::client_config(
             chain,
             key,
@@ -310,7 +333,13 @@ fn envoy_gets_its_svid_over_sds_serves_mtls_and_follows_rotation() {
     let mesh = Mesh::start(&exe, &["--x509-ttl", "4s"]);
     let port = free_port();
     let config = bootstrap(
-        &listener("mtls", port, DIRECT, "", &downstream_tls(ENVOY_ID, "ROOTCA", CLIENT_ID)),
+        &listener(
+            "mtls",
+            port,
+            DIRECT,
+            "",
+            &downstream_tls(ENVOY_ID, "ROOTCA", CLIENT_ID),
+        ),
         &agent_cluster(&mesh.agent.socket),
     );
     let envoy = Envoy::start(&exe, mesh.dir.path(), &config);
@@ -382,7 +411,13 @@ fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_c
     };
     let mut inbound_proxy = Running(
         Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["proxy", "--inbound", &inbound.to_string(), "--admin", &admin.to_string()])
+            .args([
+                "proxy",
+                "--inbound",
+                &inbound.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
             .args(["--app", &app.to_string(), "--allow-spiffe-id", ENVOY_ID])
             .args(identity(&billing))
             .env("RUST_LOG", "info")
@@ -452,7 +487,9 @@ fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_c
     // Envoy → zt proxy: billing's app sees Envoy's SPIFFE ID, verified by zt.
     let plain: SocketAddr = ([127, 0, 0, 1], plain_port).into();
     let (status, body) = eventually("Envoy reaches zt proxy", || {
-        http_request(plain, "GET", "/ok", &[], "").ok().filter(|(s, _)| *s == 200)
+        http_request(plain, "GET", "/ok", &[], "")
+            .ok()
+            .filter(|(s, _)| *s == 200)
     });
     assert_eq!(status, 200);
     let seen: Value = serde_json::from_str(&body).unwrap();
@@ -480,7 +517,13 @@ fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_c
     let envoy_target = format!("localhost:{mtls_port}");
     let _outbound = Running({
         let mut child = Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["proxy", "--inbound", &addr().to_string(), "--admin", &out_admin.to_string()])
+            .args([
+                "proxy",
+                "--inbound",
+                &addr().to_string(),
+                "--admin",
+                &out_admin.to_string(),
+            ])
             .args(["--upstream", &format!("{local},{envoy_target},{ENVOY_ID}")])
             .args([
                 "--upstream",
@@ -509,7 +552,10 @@ fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_c
         stream.read_to_string(&mut answer).unwrap();
         answer
     };
-    assert!(answer.contains("x-peer: spiffe://example.org/payment"), "{answer}");
+    assert!(
+        answer.contains("x-peer: spiffe://example.org/payment"),
+        "{answer}"
+    );
     // An Envoy that is not the expected ID gets no request from zt.
     let wrong = http_request(wrong_local, "GET", "/", &[], "");
     assert!(!matches!(wrong, Ok((200, _))), "{wrong:?}");
@@ -518,7 +564,8 @@ fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_c
 
 #[test]
 fn envoy_asks_zt_pdp_over_ext_authz_with_bodies_and_every_decision_is_logged() {
-    let Some(exe) = zt_testkit::envoy("envoy_asks_zt_pdp_over_ext_authz_with_bodies_and_every_decision_is_logged")
+    let Some(exe) =
+        zt_testkit::envoy("envoy_asks_zt_pdp_over_ext_authz_with_bodies_and_every_decision_is_logged")
     else {
         return;
     };
@@ -532,8 +579,6 @@ fn envoy_asks_zt_pdp_over_ext_authz_with_bodies_and_every_decision_is_logged() {
     fs::write(
         &adapter,
         r#"package envoy.authz
-
-import rego.v1
 
 http := input.attributes.request.http
 
@@ -564,7 +609,14 @@ over_limit if input.parsed_body.amount > 100
     let (http, grpc) = (addr(), addr());
     let mut pdp = Running(
         Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["pdp", "run", "--addr", &http.to_string(), "--ext-authz-addr", &grpc.to_string()])
+            .args([
+                "pdp",
+                "run",
+                "--addr",
+                &http.to_string(),
+                "--ext-authz-addr",
+                &grpc.to_string(),
+            ])
             .args(["--decision-log", log.to_str().unwrap()])
             .arg(&seed)
             .arg(&adapter)
@@ -613,8 +665,14 @@ over_limit if input.parsed_body.amount > 100
     };
     let key = ("x-api-key", "hunter2");
     // The seed's rules: GET /internal for service-one only; /public for anyone.
-    assert_eq!(ask("GET", "/internal", &[("x-client-cn", "service-one"), key], ""), 200);
-    assert_eq!(ask("GET", "/internal", &[("x-client-cn", "service-two"), key], ""), 403);
+    assert_eq!(
+        ask("GET", "/internal", &[("x-client-cn", "service-one"), key], ""),
+        200
+    );
+    assert_eq!(
+        ask("GET", "/internal", &[("x-client-cn", "service-two"), key], ""),
+        403
+    );
     // The body, parsed: a small amount passes, a large one is refused; a body
     // that is not JSON leaves parsed_body null and is decided without it.
     assert_eq!(ask("POST", "/public", &[], r#"{"amount": 5}"#), 200);
@@ -651,10 +709,15 @@ over_limit if input.parsed_body.amount > 100
     }
     assert_eq!(records[3]["input"]["parsed_body"], json!({"amount": 500}));
     assert_eq!(records[4]["input"]["parsed_body"], Value::Null);
-    assert_eq!(records[4]["input"]["attributes"]["request"]["http"]["body"], r#"{"amount": 500"#);
-    assert!(records[0]["input"]["attributes"]["request"]["http"]["headers"]
-        .get("x-api-key")
-        .is_none());
+    assert_eq!(
+        records[4]["input"]["attributes"]["request"]["http"]["body"],
+        r#"{"amount": 500"#
+    );
+    assert!(
+        records[0]["input"]["attributes"]["request"]["http"]["headers"]
+            .get("x-api-key")
+            .is_none()
+    );
     assert!(!fs::read_to_string(&log).unwrap().contains("hunter2"));
     let out = Command::new(env!("CARGO_BIN_EXE_zt"))
         .args(["audit", "verify", log.to_str().unwrap()])
