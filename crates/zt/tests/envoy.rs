@@ -359,6 +359,20 @@ fn envoy_gets_its_svid_over_sds_serves_mtls_and_follows_rotation() {
     let refused = mtls_get(&intruder.client(ENVOY_ID), target);
     assert!(!matches!(refused, Ok((200, _, _))), "{refused:?}");
 
+    // Envoy holds the secrets by SPIRE's names, its validation context with
+    // the SPIFFE validator (Envoy sent its version), and a key (which its
+    // admin shows as `[redacted]`, base64).
+    let (_, dump) = http_get(envoy.admin, "/config_dump?resource=dynamic_active_secrets").unwrap();
+    for needle in [
+        &format!("\"name\": \"{ENVOY_ID}\""),
+        "\"name\": \"ROOTCA\"",
+        "\"name\": \"envoy.tls.cert_validator.spiffe\"",
+        "\"name\": \"example.org\"",
+        "\"inline_bytes\": \"W3JlZGFjdGVkXQ==\"",
+    ] {
+        assert!(dump.contains(needle), "no {needle} in {dump}");
+    }
+
     // Rotation reaches the running Envoy: a new serial on new handshakes, and
     // the same process.
     let pid = envoy.child.id();
