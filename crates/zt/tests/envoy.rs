@@ -393,7 +393,11 @@ fn envoy_gets_its_svid_over_sds_serves_mtls_and_follows_rotation() {
 #[test]
 fn zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_change() {
     let test = "zt_proxy_and_envoy_speak_mtls_both_ways_and_a_tls_1_2_envoy_is_told_what_to_change";
-    let (Some(exe), Some(python)) = (zt_testkit::envoy(test), zt_testkit::python(test)) else {
+    // Envoy comes from the test virtualenv, so its Python is there too.
+    let Some(exe) = zt_testkit::envoy(test) else {
+        return;
+    };
+    let Some(python) = zt_testkit::python(test) else {
         return;
     };
     let mesh = Mesh::start(&exe, &[]);
