@@ -7,7 +7,8 @@
 //! - [`cache`]: the entries, SVIDs, bundle and revocations held, and the snapshots
 //!   the Workload API serves;
 //! - [`attest`]: Unix workload attestation;
-//! - [`workload_api`]: the Workload API service (its client is `zt-workload`'s).
+//! - [`workload_api`]: the Workload API service (its client is `zt-workload`'s);
+//! - [`sds`]: Envoy's Secret Discovery Service, on the same socket.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod attest;
 pub mod cache;
 pub mod jwt;
 pub mod node;
+pub mod sds;
 pub mod uds;
 pub mod workload_api;
 
@@ -23,6 +25,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -118,7 +121,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         link_rx,
         stop_rx.clone(),
     );
-    tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API");
+    tracing::info!(socket = %config.socket.display(), "serving the SPIFFE Workload API and Envoy's SDS");
     let stopping = {
         let stop = stop.clone();
         async move {
@@ -134,6 +137,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .add_service(WorkloadRevocationsServer::new(api.clone()))
         .add_service(WorkloadPoliciesServer::new(api.clone()))
         .add_service(WorkloadDecisionsServer::new(api.clone()))
+        .add_service(SecretDiscoveryServiceServer::new(api.clone()))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .serve_with_incoming_shutdown(incoming(listener, flushing.clone()), stopping);
     let mut stop_rx = stop_rx;

@@ -39,17 +39,17 @@ pub use zt_workload::SECURITY_HEADER;
 /// The Workload API's state.
 #[derive(Clone)]
 pub struct WorkloadApi {
-    snapshots: watch::Receiver<Snapshot>,
+    pub(crate) snapshots: watch::Receiver<Snapshot>,
     attestor: Arc<UnixAttestor>,
     jwt: Arc<JwtSvids>,
     /// The connection to zt server, when there is one (decisions are forwarded on it).
     link: watch::Receiver<Option<AgentClient<Channel>>>,
     /// Becomes true when the agent stops: open streams end then.
-    stop: watch::Receiver<bool>,
+    pub(crate) stop: watch::Receiver<bool>,
 }
 
 /// What a caller is to be told now.
-enum View<T> {
+pub(crate) enum View<T> {
     /// Nothing yet (starting, or its SVIDs are being signed): wait for a change.
     Wait,
     /// It has no identity here.
@@ -57,7 +57,7 @@ enum View<T> {
     Ready(T),
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
     /// Serves what the node loop publishes in `snapshots` until `stop`.
@@ -84,6 +84,11 @@ impl WorkloadApi {
             (Some(value), None) if value == "true" => {}
             _ => return Err(Status::invalid_argument("security header missing from request")),
         }
+        self.attest(request).await
+    }
+
+    /// Attests the caller from the kernel's peer credentials.
+    pub(crate) async fn attest<T>(&self, request: &Request<T>) -> Result<Workload, Status> {
         let Some(credentials) = request.extensions().get::<PeerCredentials>().copied() else {
             return Err(Status::permission_denied(
                 "the caller could not be attested: no peer credentials",
@@ -156,7 +161,7 @@ impl WorkloadApi {
 }
 
 /// The entries that match `workload`, or why it gets nothing.
-fn matching<'a>(snapshot: &'a Snapshot, workload: &Workload) -> View<Vec<&'a Identity>> {
+pub(crate) fn matching<'a>(snapshot: &'a Snapshot, workload: &Workload) -> View<Vec<&'a Identity>> {
     let view = matching_entries(snapshot, workload);
     if let View::Denied(why) = &view {
         tracing::debug!(pid = workload.pid, selectors = ?workload.selectors, why, "no identity for the caller");

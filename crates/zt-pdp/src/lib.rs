@@ -98,16 +98,44 @@ impl Pdp {
         result: Option<&Value>,
         eval_ns: u64,
     ) -> Result<(), ApiError> {
-        let Some(log) = &self.log else { return Ok(()) };
-        let mut logged_input = input.cloned();
-        let mut logged_result = result.cloned();
-        mask(policies, path, id, &mut logged_input, &mut logged_result);
         let decision = match result {
             Some(Value::Bool(true)) => "ALLOW",
             Some(Value::Bool(false)) | None => "DENY",
             Some(_) => "RESULT",
         };
-        let record = zt_audit::Record {
+        let logged = Logged {
+            id,
+            query: path,
+            input,
+            result,
+            decision,
+            eval_ns,
+        };
+        self.record_with(policies, &logged, |_| {})
+    }
+
+    /// Appends one decision to the log, if there is one, masked by the
+    /// policies' `data.system.log.mask`; `fill` adds what the caller knows of
+    /// the request (ext_authz: principal, method, host, path).
+    pub(crate) fn record_with(
+        &self,
+        policies: &RegoPolicies,
+        logged: &Logged<'_>,
+        fill: impl FnOnce(&mut zt_audit::Record),
+    ) -> Result<(), ApiError> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let Logged {
+            id,
+            query: path,
+            input,
+            result,
+            decision,
+            eval_ns,
+        } = *logged;
+        let mut logged_input = input.cloned();
+        let mut logged_result = result.cloned();
+        mask(policies, path, id, &mut logged_input, &mut logged_result);
+        let mut record = zt_audit::Record {
             seq: 0,
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -137,6 +165,7 @@ impl Pdp {
             prev: String::new(),
             hash: String::new(),
         };
+        fill(&mut record);
         let mut writer = log
             .lock()
             .map_err(|_| ApiError::internal("decision log lock poisoned".into()))?;
@@ -182,6 +211,19 @@ impl Pdp {
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
+}
+
+/// One decision, as the log records it.
+pub(crate) struct Logged<'a> {
+    /// The decision id given to the caller.
+    pub id: &'a str,
+    /// The rule asked, `a/b/c`.
+    pub query: &'a str,
+    pub input: Option<&'a Value>,
+    pub result: Option<&'a Value>,
+    /// `ALLOW`, `DENY` or `RESULT`.
+    pub decision: &'static str,
+    pub eval_ns: u64,
 }
 
 /// Where and how `serve` listens.
@@ -333,7 +375,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// 128 random bits in UUID form, as OPA's decision ids.
-fn decision_id() -> String {
+pub(crate) fn decision_id() -> String {
     let mut b = [0u8; 16];
     // The system RNG does not fail on Linux.
     let _ = aws_lc_rs::rand::fill(&mut b);

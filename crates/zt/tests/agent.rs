@@ -1091,3 +1091,120 @@ fn a_banned_agent_stays_out_even_with_a_new_join_token() {
     );
     assert!(mesh.agent.child.try_wait().unwrap().is_none(), "the agent exited");
 }
+
+/// Envoy's SDS on the Workload API socket, spoken by a plain gRPC client (the
+/// real Envoy is in tests/envoy.rs): SPIRE's secret names, the key that goes
+/// with the certificate, no security header needed, a NACK answered by nothing
+/// until something changes, and names the caller may not have refused.
+#[test]
+fn sds_serves_spire_named_secrets_and_does_not_resend_a_nacked_version() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    use prost::{Message as _, Name as _};
+
+    let mesh = Mesh::start();
+    mesh.entry_for_me("spiffe://example.org/sds", &[]);
+    mesh.entry("spiffe://example.org/not-mine", &["unix:uid:4242"], &[]);
+    mesh.agent.wait_for_x509(&["spiffe://example.org/sds"]);
+    let socket = mesh.agent.socket.clone();
+    let connector = tower::service_fn(move |_| {
+        let socket = socket.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+    });
+    let rt = runtime();
+    let channel = rt.block_on(async {
+        tonic::transport::Endpoint::from_static("http://zt_agent").connect_with_connector_lazy(connector)
+    });
+    let mut client = SecretDiscoveryServiceClient::new(channel);
+    let request = |names: &[&str], nonce: &str, nack: bool| DiscoveryRequest {
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        type_url: Secret::type_url(),
+        response_nonce: nonce.to_owned(),
+        error_detail: nack.then(|| envoy_types::pb::google::rpc::Status {
+            code: 3,
+            message: "rejected by the test".into(),
+            details: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let decode = |any: &envoy_types::pb::google::protobuf::Any| Secret::decode(any.value.as_slice()).unwrap();
+
+    // FetchSecrets: the default SVID, its key, and the bundle under ROOTCA.
+    let fetched = rt
+        .block_on(client.fetch_secrets(request(&["default", "ROOTCA"], "", false)))
+        .unwrap()
+        .into_inner();
+    let secrets: Vec<Secret> = fetched.resources.iter().map(decode).collect();
+    assert_eq!(
+        secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["ROOTCA", "default"]
+    );
+    let Some(secret::Type::TlsCertificate(tls)) = &secrets[1].r#type else {
+        panic!("not a TLS certificate: {:?}", secrets[1].name);
+    };
+    let pem = |source: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match source
+        .as_ref()
+        .and_then(|s| s.specifier.clone())
+    {
+        Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(bytes)) => bytes,
+        other => panic!("not inline bytes: {other:?}"),
+    };
+    let chain = zt_identity::x509::certificates_from_pem(&pem(&tls.certificate_chain)).unwrap();
+    let key = zt_identity::x509::private_key_from_pem(&pem(&tls.private_key)).unwrap();
+    let mut set = BundleSet::default();
+    set.insert(mesh.bundle());
+    let verified = zt_identity::verify_x509_svid(
+        &chain,
+        &set,
+        rustls_pki_types::UnixTime::now(),
+        Purpose::ClientAuth,
+    )
+    .unwrap();
+    assert_eq!(verified.spiffe_id().to_string(), "spiffe://example.org/sds");
+    // The key is the certificate's: rustls accepts the pair.
+    rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .unwrap();
+    let Some(secret::Type::ValidationContext(_)) = &secrets[0].r#type else {
+        panic!("ROOTCA is not a validation context");
+    };
+
+    // StreamSecrets: a response, a NACK of it (nothing is sent again), then new
+    // names: the next message is their answer, a new version.
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(request(&["spiffe://example.org/sds"], "", false))
+            .await
+            .unwrap();
+        let mut responses = client
+            .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = responses.message().await.unwrap().unwrap();
+        assert_eq!(first.version_info, "1");
+        assert_eq!(decode(&first.resources[0]).name, "spiffe://example.org/sds");
+        tx.send(request(&["spiffe://example.org/sds"], &first.nonce, true))
+            .await
+            .unwrap();
+        tx.send(request(&["spiffe://example.org/sds", "ALL"], &first.nonce, false))
+            .await
+            .unwrap();
+        let second = responses.message().await.unwrap().unwrap();
+        assert_eq!(second.version_info, "2", "the NACKed version was sent again");
+        let names: Vec<String> = second.resources.iter().map(|r| decode(r).name).collect();
+        assert_eq!(names, ["ALL", "spiffe://example.org/sds"]);
+        // Another workload's identity ends the stream, as in SPIRE.
+        tx.send(request(&["spiffe://example.org/not-mine"], &second.nonce, false))
+            .await
+            .unwrap();
+        let refused = responses.message().await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+        assert!(
+            refused.message().contains("spiffe://example.org/not-mine"),
+            "{refused}"
+        );
+    });
+}
