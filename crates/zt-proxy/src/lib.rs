@@ -29,6 +29,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod refusal;
 pub mod request;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct ProxyConfig {
     pub versions: TlsVersions,
     /// The admin port: health, readiness, metrics.
     pub admin: SocketAddr,
+    /// Threads serving each inbound address, each with its own runtime and
+    /// `SO_REUSEPORT` socket (one per core is the default).
+    pub workers: usize,
     /// Authorization policies for every inbound request, if any.
     pub authz: Option<authz::AuthzConfig>,
 }
@@ -120,17 +124,30 @@ async fn serve(
     let mut listeners = tokio::task::JoinSet::new();
     for (flag, addr, mut inbound_config) in config.inbound {
         inbound_config.authz.clone_from(&authorizer);
-        let listener = bind(flag, addr).await?;
-        tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, "serving inbound mTLS");
-        let serving = connection::serve(
-            listener,
-            identity.clone(),
-            inbound_config,
-            config.versions,
-            metrics.clone(),
-            stop.clone(),
-        );
-        listeners.spawn(async move { ("inbound", serving.await) });
+        let sockets =
+            workers::bind(addr, config.workers).map_err(|source| ProxyError::Bind { flag, addr, source })?;
+        tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, threads = sockets.len(), "serving inbound mTLS");
+        let slots = connection::slots(&inbound_config);
+        let (identity, metrics, stop) = (identity.clone(), metrics.clone(), stop.clone());
+        let versions = config.versions;
+        let threads = workers::spawn("zt-inbound", sockets, move |listener| {
+            connection::serve(
+                listener,
+                identity.clone(),
+                inbound_config.clone(),
+                versions,
+                metrics.clone(),
+                slots.clone(),
+                stop.clone(),
+            )
+        })
+        .map_err(|source| ProxyError::Bind { flag, addr, source })?;
+        for thread in threads {
+            listeners.spawn(async move {
+                let _ = thread.await;
+                ("inbound", ())
+            });
+        }
     }
     for upstream in config.outbound {
         let listener = bind("--upstream", upstream.listen).await?;

@@ -459,6 +459,10 @@ struct ProxyArgs {
     /// The admin port: /healthz, /readyz (ready once the proxy holds an SVID), /metrics.
     #[arg(long, default_value = "127.0.0.1:15020")]
     admin: std::net::SocketAddr,
+    /// Threads serving each inbound address, each with its own event loop and listening
+    /// socket (SO_REUSEPORT), like nginx's workers [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
     #[arg(long = "allow-spiffe-id", required_unless_present_any = ["upstream", "policy_dir", "policies_from_agent"])]
     allow_spiffe_id: Vec<String>,

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::refusal::Refusal;
 
 /// The slots of one listener.
-pub(super) struct Slots {
+pub(crate) struct Slots {
     all: Arc<Semaphore>,
     per_source: SourceSlots,
 }

@@ -44,19 +44,29 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// Serves `listener` until `stop`.
-pub async fn serve(
+/// The connection limits of one inbound address, shared by every thread
+/// that accepts on it.
+pub(crate) type Slots = Arc<limits::Slots>;
+
+/// The connection slots for `config`'s limits.
+pub(crate) fn slots(config: &InboundConfig) -> Slots {
+    Arc::new(limits::Slots::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_source,
+    ))
+}
+
+/// Serves `listener` until `stop`: the connections it accepts, their requests
+/// and their app connections all on the calling runtime.
+pub(crate) async fn serve(
     listener: TcpListener,
     identity: IdentityWatch,
     config: InboundConfig,
     versions: TlsVersions,
     metrics: Arc<Metrics>,
+    slots: Slots,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = limits::Slots::new(
-        config.limits.max_connections,
-        config.limits.max_connections_per_source,
-    );
     let context = Arc::new(Context {
         app: App::new(config.app, config.app_protocol),
         config,

@@ -130,6 +130,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             TlsVersions::Tls13
         },
         admin: args.admin,
+        workers: args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        ),
         authz: policies.map(|source| AuthzConfig {
             providers: providers.clone(),
             source,
