@@ -150,6 +150,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     super::init_logging("info");
+    // A sidecar's heap is small: transparent huge pages would back mimalloc's
+    // arenas (the allocator regorus's memory limit brings) with 2 MiB pages
+    // and about double the proxy's resident memory for nothing. Where the
+    // kernel refuses, nothing is lost but that memory.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
