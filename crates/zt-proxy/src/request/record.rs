@@ -66,3 +66,34 @@ pub(crate) fn request(
         })
         .inc();
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use http_body_util::{BodyExt as _, Empty};
+
+    use super::*;
+    use crate::admin::Reason;
+
+    #[test]
+    fn a_refusal_is_counted_once_under_its_label_and_its_status() {
+        let metrics = Metrics::new(zt_task::Tasks::new());
+        let peer = Peer {
+            name: "spiffe://example.org/one".into(),
+            verified: true,
+            addr: "10.0.0.1:5000".parse().unwrap(),
+            local: "10.0.0.2:15006".parse().unwrap(),
+            allowed: false,
+            identity_headers: Vec::new(),
+            revocation: None,
+        };
+        let seen = Seen::of(&Request::get("/internal?token=1").body(()).unwrap());
+        request(&seen, &peer, &Err(Refusal::NotAllowed), &metrics);
+        let ok = Response::new(Empty::new().map_err(|e| match e {}).boxed());
+        request(&seen, &peer, &Ok(ok), &metrics);
+        let refused = |reason| metrics.refused.get_or_create(&Reason { reason }).get();
+        assert_eq!(refused("not_allowed"), 1);
+        assert_eq!(metrics.requests.get_or_create(&Status { code: 403 }).get(), 1);
+        assert_eq!(metrics.requests.get_or_create(&Status { code: 200 }).get(), 1);
+    }
+}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -20,12 +19,16 @@ use crate::refusal::Refusal;
 
 /// The answer for the client; `client_side` is the client's upgrade when the
 /// request asked for an allowed one.
-pub(crate) fn to_client(
-    mut response: Response<Incoming>,
+pub(crate) fn to_client<B>(
+    mut response: Response<B>,
     client_side: Option<OnUpgrade>,
     peer: &Peer,
     metrics: &Arc<Metrics>,
-) -> Result<Response<ProxyBody>, Refusal> {
+) -> Result<Response<ProxyBody>, Refusal>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upgrade = match (switching, client_side) {
         (false, _) => None,
@@ -81,5 +84,55 @@ async fn splice(
             metrics.revoked_connections.inc();
             tracing::info!(%peer, "SVID revoked: upgraded connection closed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer {
+            name: "spiffe://example.org/one".into(),
+            verified: true,
+            addr: "10.0.0.1:5000".parse().unwrap(),
+            local: "10.0.0.2:15006".parse().unwrap(),
+            allowed: true,
+            identity_headers: Vec::new(),
+            revocation: None,
+        }
+    }
+
+    #[test]
+    fn the_client_gets_no_hop_by_hop_header_of_the_app() {
+        let response = Response::builder()
+            .header("connection", "x-hop, keep-alive")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(zt_task::Tasks::new()));
+        let answer = to_client(response, None, &peer(), &metrics).unwrap();
+        let names: Vec<&str> = answer.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn a_switch_nobody_asked_for_is_refused() {
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "h2c")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(zt_task::Tasks::new()));
+        assert_eq!(
+            to_client(response, None, &peer(), &metrics).err(),
+            Some(Refusal::UnaskedUpgrade)
+        );
     }
 }

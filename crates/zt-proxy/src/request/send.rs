@@ -50,20 +50,7 @@ impl App {
         body: Incoming,
         max_body: Option<u64>,
     ) -> Result<Response<Incoming>, Refusal> {
-        let body = match max_body {
-            Some(max) => {
-                let declared = parts
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if declared.is_some_and(|len| len > max) {
-                    return Err(Refusal::BodyTooLarge);
-                }
-                let limit = usize::try_from(max).unwrap_or(usize::MAX);
-                http_body_util::Limited::new(body, limit).boxed()
-            }
-            None => body.map_err(Into::into).boxed(),
-        };
+        let body = limited(&parts, body, max_body)?;
         self.client
             .request(Request::from_parts(parts, body))
             .await
@@ -77,6 +64,27 @@ impl App {
                 }
             })
     }
+}
+
+/// `body`, held to `max` bytes: a declared length over it is refused now, a
+/// streamed body fails when it passes it.
+fn limited<B>(parts: &http::request::Parts, body: B, max: Option<u64>) -> Result<ProxyBody, Refusal>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BodyError>,
+{
+    let Some(max) = max else {
+        return Ok(body.map_err(Into::into).boxed());
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    Ok(http_body_util::Limited::new(body, limit).boxed())
 }
 
 /// Whether a failed exchange with the app was the request body going over
@@ -116,5 +124,40 @@ impl tower_service::Service<http::Uri> for AppConnector {
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(tcp))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use http_body_util::{BodyExt as _, Full};
+
+    use super::*;
+
+    fn parts(length: Option<&str>) -> http::request::Parts {
+        let mut request = Request::builder().uri("/upload");
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[tokio::test]
+    async fn bodies_are_held_to_the_limit_declared_or_streamed() {
+        let body = || Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            limited(&parts(Some("10")), body(), Some(9)).err(),
+            Some(Refusal::BodyTooLarge),
+            "a declared length over the limit is refused before anything is sent"
+        );
+        let whole = limited(&parts(Some("10")), body(), Some(10)).unwrap();
+        assert_eq!(whole.collect().await.unwrap().to_bytes().len(), 10);
+        // Streamed (no length): the body fails when it passes the limit, and
+        // the failure is recognized as the limit's.
+        let cut = limited(&parts(None), body(), Some(4)).unwrap();
+        let error = cut.collect().await.unwrap_err();
+        assert!(is_over_body_limit(error.as_ref()));
+        let unlimited = limited(&parts(None), body(), None).unwrap();
+        assert_eq!(unlimited.collect().await.unwrap().to_bytes().len(), 10);
     }
 }
