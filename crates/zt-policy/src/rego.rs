@@ -274,7 +274,87 @@ fn bounded_builtins(engine: &mut regorus::Engine) -> Result<(), String> {
             2,
             Box::new(|args: Vec<regorus::Value>| Ok(replace_n(&args)?)),
         )
+        .map_err(|e| e.to_string())?;
+    // sprintf pads to the widths its format names, in one allocation each
+    // (`%04000000000d` is 4 GB): the widths are checked first, and the
+    // formatting left to regorus's own sprintf, run in an engine that has it.
+    let mut formatter = regorus::Engine::new();
+    formatter
+        .add_policy(
+            "zt_sprintf.rego".into(),
+            "package zt_sprintf\nout := sprintf(input.format, input.values)\n".into(),
+        )
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_extension(
+            "sprintf".into(),
+            2,
+            Box::new(move |args: Vec<regorus::Value>| Ok(sprintf(&formatter, args)?)),
+        )
         .map_err(|e| e.to_string())
+}
+
+/// `sprintf(format, values)` as regorus formats it, refused before anything is
+/// built when the widths and precisions its format asks for add up to more
+/// than the memory limit.
+fn sprintf(
+    formatter: &regorus::Engine,
+    mut args: Vec<regorus::Value>,
+) -> Result<regorus::Value, BuiltinError> {
+    const NAME: &str = "sprintf";
+    let format = string(NAME, args.first())?;
+    let size = padding(format);
+    let limit = memory_limit();
+    if size > u128::from(limit) {
+        return Err(BuiltinError::TooLong {
+            name: NAME,
+            size,
+            limit,
+        });
+    }
+    let values = args.pop().unwrap_or(regorus::Value::Undefined);
+    let format = args.pop().unwrap_or(regorus::Value::Undefined);
+    let mut input = regorus::Value::new_object();
+    let fields = input
+        .as_object_mut()
+        .map_err(|e| BuiltinError::Format(e.to_string()))?;
+    fields.insert(regorus::Value::String("format".into()), format);
+    fields.insert(regorus::Value::String("values".into()), values);
+    let mut engine = formatter.clone();
+    engine.set_input(input);
+    engine
+        .eval_rule("data.zt_sprintf.out".into())
+        .map_err(|e| BuiltinError::Format(e.to_string()))
+}
+
+/// The widths and precisions a sprintf format asks for, summed: each `%`
+/// directive's digits (`%08d`, `%.3f`, `%20s`) as regorus's sprintf reads them.
+fn padding(format: &str) -> u128 {
+    let mut total: u128 = 0;
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        match chars.peek() {
+            Some('%') => {
+                chars.next();
+            }
+            Some(&first) if first == '.' || first.is_ascii_digit() => {
+                let mut width: u128 = 0;
+                if first == '.' {
+                    chars.next();
+                }
+                while let Some(digit) = chars.peek().and_then(|c| c.to_digit(10)) {
+                    chars.next();
+                    width = width.saturating_mul(10).saturating_add(u128::from(digit));
+                }
+                total = total.saturating_add(width);
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 /// A string argument of `name`.
@@ -350,6 +430,8 @@ enum BuiltinError {
     Patterns(&'static str),
     #[error("{0}")]
     Memory(regorus::LimitError),
+    #[error("sprintf: {0}")]
+    Format(String),
 }
 
 /// The integers from `args[0]` to `args[1]` (both included, descending if the
@@ -730,6 +812,37 @@ mod tests {
         assert_eq!(get("in_order"), Some(json!("cc")));
         let error = policies.query(&["bomb", "bad"], None).unwrap_err().to_string();
         assert!(error.contains("string keys and values"), "{error}");
+    }
+
+    #[test]
+    fn sprintf_widths_past_the_memory_limit_are_refused_and_the_rest_formats_as_before() {
+        let policies = one(
+            "fmt.rego",
+            "package bomb\n\
+             padded := sprintf(\"%04000000000d\", [1])\n\
+             precise := sprintf(\"%.4000000000f\", [1])\n\
+             wrapping := sprintf(\"%099999999999999999999d\", [1])\n\
+             many := sprintf(concat(\"\", [\"%0600000000d\" | some _ in numbers.range(1, 2)]), [1, 2])\n\
+             plain := sprintf(\"%s is %d (%05d, %.2f, 100%%, %v)\", [\"x\", 42, 7, 3.14159, [1]])\n\
+             missing := sprintf(\"%d %d\", [1])\n",
+        )
+        .unwrap();
+        for rule in ["padded", "precise", "wrapping", "many"] {
+            let error = memory_error(&policies, rule);
+            assert!(
+                error.contains("bytes exceeds the memory limit"),
+                "{rule}: {error}"
+            );
+        }
+        assert_eq!(
+            policies.query(&["bomb", "plain"], None).unwrap(),
+            Some(json!("x is 42 (00007, 3.14, 100%, [1])"))
+        );
+        let error = policies
+            .query(&["bomb", "missing"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sprintf"), "{error}");
     }
 
     #[test]

@@ -987,6 +987,11 @@ const REGO_BOMBS: &[(&str, &str, &[&str])] = &[
         "pairs := count([concat(\"\", [a, b]) | some a in input.items; some b in input.items])\n",
         &["pairs"],
     ),
+    (
+        "padding",
+        "zeros := sprintf(\"%04000000000d\", [1])\nwide := sprintf(\"%0900000000d%0900000000d\", [1, 2])\n",
+        &["zeros", "wide"],
+    ),
 ];
 
 /// Strings doubled through a chain of rules (concat, sprintf; strings.replace_n
