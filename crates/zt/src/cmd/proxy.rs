@@ -98,6 +98,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
         app_protocol,
         authz: None,
+        tracer: None,
     };
     let mut inbound = Vec::new();
     if let Some(app) = args.app {
@@ -144,6 +145,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             decision_log_key: args.checkpoints.decision_log_key.clone(),
             checkpoints: args.checkpoints.policy(),
         }),
+        otlp: args.otlp_endpoint,
     };
     super::init_logging("info");
     super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;
