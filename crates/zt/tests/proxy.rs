@@ -3174,7 +3174,7 @@ mod tracing_otlp {
         pki: Pki,
         app: Option<Running>,
         _collector: Option<Running>,
-        _proxy: Running,
+        proxy: Running,
         inbound: SocketAddr,
         spans: PathBuf,
         log: PathBuf,
@@ -3182,7 +3182,14 @@ mod tracing_otlp {
     }
 
     impl Traced {
+        /// Spans sent within 100 ms of their end, if `traced`.
         fn start(test: &str, traced: bool) -> Option<Self> {
+            Self::start_with(test, traced.then_some("100"))
+        }
+
+        /// Spans sent in batches every `delay` milliseconds (`OTEL_BSP_SCHEDULE_DELAY`),
+        /// if given.
+        fn start_with(test: &str, delay: Option<&str>) -> Option<Self> {
             let python = zt_testkit::python(test)?;
             let dir = tempfile::tempdir().unwrap();
             let pki = Pki::new(dir.path());
@@ -3198,14 +3205,14 @@ mod tracing_otlp {
                     "spiffe://example.org/ns/*/sa/payment-service",
                 ])
                 .stderr(fs::File::create(&log).unwrap());
-            let collector = traced.then(|| {
+            let collector = delay.map(|delay| {
                 let collector = interop("otlp_collector.py");
                 let (addr, collector) =
                     start_app(&python, &[collector.to_str().unwrap(), spans.to_str().unwrap()]);
                 command
                     .args(["--otlp-endpoint", &format!("http://{addr}")])
-                    // The batch processor's standard knob: send within 100 ms, not 5 s.
-                    .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+                    // The batch processor's standard knob.
+                    .env("OTEL_BSP_SCHEDULE_DELAY", delay);
                 collector
             });
             let proxy = spawn_ready(command, admin);
@@ -3214,7 +3221,7 @@ mod tracing_otlp {
                 pki,
                 app: Some(app),
                 _collector: collector,
-                _proxy: proxy,
+                proxy,
                 inbound,
                 spans,
                 log,
@@ -3428,6 +3435,27 @@ mod tracing_otlp {
             span["attributes"]["zt.refusal.reason"], "app_unreachable",
             "{span}"
         );
+    }
+
+    #[test]
+    fn spans_still_queued_are_sent_when_the_proxy_stops() {
+        // Batches every ten minutes: only the flush at stop can send this span.
+        let Some(mut traced) =
+            Traced::start_with("spans_still_queued_are_sent_when_the_proxy_stops", Some("600000"))
+        else {
+            return;
+        };
+        let (status, seen) = traced.get("payment", "/queued", &[]);
+        assert_eq!(status, 200, "{seen}");
+        let sent = Command::new("kill")
+            .args(["-TERM", &traced.proxy.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped = wait_with_deadline(&mut traced.proxy.0).expect("zt proxy still running after SIGTERM");
+        assert!(stopped.success(), "zt proxy: {stopped}");
+        let span = traced.span("flushed at stop", |s| s["attributes"]["url.path"] == "/queued");
+        assert_eq!(span["attributes"]["http.response.status_code"], 200, "{span}");
     }
 
     #[test]
