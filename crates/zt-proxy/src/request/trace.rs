@@ -387,6 +387,28 @@ mod tests {
         assert_eq!(headers[TRACESTATE], "a=b");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_traceparent_formatted_parses_back(
+            trace_id in proptest::array::uniform16(proptest::num::u8::ANY),
+            parent_id in proptest::array::uniform8(proptest::num::u8::ANY),
+            flags: u8,
+        ) {
+            let parent = TraceParent { trace_id, parent_id, flags };
+            let parsed = TraceParent::parse(parent.header().as_bytes());
+            let valid = trace_id != [0; 16] && parent_id != [0; 8];
+            proptest::prop_assert_eq!(parsed, valid.then_some(parent));
+        }
+
+        #[test]
+        fn a_parsed_traceparent_is_exactly_what_was_sent(value in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            if let Some(parent) = TraceParent::parse(&value) {
+                let header = parent.header();
+                proptest::prop_assert_eq!(header.as_bytes(), &value[..]);
+            }
+        }
+    }
+
     #[test]
     fn methods_are_named_as_the_semantic_conventions_say() {
         assert_eq!(method(&Method::GET), ("GET", "GET"));
