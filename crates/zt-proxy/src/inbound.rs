@@ -30,6 +30,9 @@ pub struct InboundConfig {
     pub limits: Limits,
     /// Authorization policies deciding every request, if configured.
     pub authz: Option<Arc<crate::authz::Authorizer>>,
+    /// Makes a span of every request, when spans are exported
+    /// ([`crate::ProxyConfig::otlp`]; set by [`crate::run`]).
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// Limits per connection and request; a client that breaks one gets the HTTP

@@ -5,14 +5,15 @@
 //! - [`connection`]: an inbound connection's stages: accept, limits, mTLS
 //!   handshake, the peer's identity, revocation; then HTTP or opaque TCP;
 //! - [`request`]: one HTTP request's stages: allow-list, normalize, authorize,
-//!   rewrite, send, respond, record;
+//!   rewrite, send, respond, record; a span per request when tracing is on;
 //! - [`refusal`]: every way a connection or request is turned away, with its
 //!   status, metric label and logged reason;
 //! - [`inbound`]: what an inbound listener is configured with;
 //! - [`identity`]: the proxy's own SVID and bundle (Workload API or files), hot;
 //! - [`authz`]: AuthorizationPolicies kept current, decisions, the decision log;
 //! - [`outbound`]: plaintext from the app, mTLS to an upstream with an expected ID;
-//! - [`admin`]: health, readiness, metrics.
+//! - [`admin`]: health, readiness, metrics;
+//! - [`otlp`]: the export of request spans with OTLP/gRPC (`--otlp-endpoint`).
 //!
 //! Every long-lived task (the identity and policy followers, the decision-log
 //! shipper) is supervised: one that ends is logged, counted
@@ -26,6 +27,7 @@ pub mod connection;
 mod follow;
 pub mod identity;
 pub mod inbound;
+pub mod otlp;
 pub mod outbound;
 pub mod refusal;
 pub mod request;
@@ -61,6 +63,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Authorization policies for every inbound request, if any.
     pub authz: Option<authz::AuthzConfig>,
+    /// Where request spans are exported (OTLP/gRPC), if tracing is on.
+    pub otlp: Option<otlp::Endpoint>,
 }
 
 /// Why the proxy could not start.
@@ -72,6 +76,9 @@ pub enum ProxyError {
     /// Authorization.
     #[error(transparent)]
     Authz(#[from] authz::AuthzError),
+    /// The span exporter.
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
     /// A listener ended while the proxy ran.
     #[error("a listener ended while the proxy ran (see the log)")]
     TaskEnded,
@@ -92,8 +99,13 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     // Created first, so that every task started below stops with the proxy,
     // including when it fails to start.
     let (stop, stop_rx) = watch::channel(false);
-    let served = serve(config, shutdown, stop_rx).await;
+    let mut export = None;
+    let served = serve(config, shutdown, stop_rx, &mut export).await;
     stop.send_replace(true);
+    // Last, so that the spans of the requests answered until now are sent.
+    if let Some(export) = export {
+        export.shutdown().await;
+    }
     served
 }
 
@@ -101,9 +113,20 @@ async fn serve(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()>,
     stop: watch::Receiver<bool>,
+    export: &mut Option<otlp::Export>,
 ) -> Result<(), ProxyError> {
     let tasks = zt_task::Tasks::new();
     let identity = config.identity.follow(&tasks, stop.clone())?;
+    let tracer = match &config.otlp {
+        Some(endpoint) => {
+            let own = identity.borrow().as_ref().map(|own| own.spiffe_id.clone());
+            let (started, tracer) = otlp::Export::start(endpoint, own.as_ref())?;
+            *export = Some(started);
+            tracing::info!(otlp = %endpoint, "exporting a span per request");
+            Some(tracer)
+        }
+        None => None,
+    };
     let bind = |flag: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -124,6 +147,7 @@ async fn serve(
     let mut listeners = tokio::task::JoinSet::new();
     for (flag, addr, mut inbound_config) in config.inbound {
         inbound_config.authz.clone_from(&authorizer);
+        inbound_config.tracer.clone_from(&tracer);
         let sockets =
             workers::bind(addr, config.workers).map_err(|source| ProxyError::Bind { flag, addr, source })?;
         tracing::info!(inbound = %addr, app = %inbound_config.app, protocol = ?inbound_config.app_protocol, threads = sockets.len(), "serving inbound mTLS");

@@ -574,6 +574,12 @@ struct ProxyArgs {
     custom_providers: Vec<(String, String)>,
     #[command(flatten)]
     rego_limits: RegoLimitArgs,
+    /// Export a span per inbound request (OpenTelemetry HTTP conventions, the caller's
+    /// SPIFFE ID) with OTLP over gRPC to this collector, e.g. http://127.0.0.1:4317; a
+    /// caller's W3C traceparent is continued and the app gets the proxy's. Off by
+    /// default: then trace headers pass through untouched.
+    #[arg(long, value_name = "URL", value_parser = parse_from_str::<zt_proxy::otlp::Endpoint>)]
+    otlp_endpoint: Option<zt_proxy::otlp::Endpoint>,
 }
 
 /// A value parsed by its `FromStr`, whose error says what was expected.

@@ -3156,3 +3156,330 @@ fn zt_server_witnesses_shipped_checkpoints_and_a_rewritten_log_is_caught() {
         "{forgot}"
     );
 }
+
+/// W3C trace context and a span per request exported with OTLP/gRPC
+/// (`--otlp-endpoint`), received by OpenTelemetry's own protos served with grpcio
+/// (`tests/interop/otlp_collector.py`).
+mod tracing_otlp {
+    use super::*;
+
+    /// The caller's trace and span, as in the W3C Trace Context spec's examples.
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const SPAN: &str = "b7ad6b7169203331";
+
+    /// The echo app behind a proxy allowing the payment service, with spans
+    /// exported to a collector if `traced`.
+    struct Traced {
+        _dir: tempfile::TempDir,
+        pki: Pki,
+        app: Option<Running>,
+        _collector: Option<Running>,
+        proxy: Running,
+        inbound: SocketAddr,
+        spans: PathBuf,
+        log: PathBuf,
+        python: PathBuf,
+    }
+
+    impl Traced {
+        /// Spans sent within 100 ms of their end, if `traced`.
+        fn start(test: &str, traced: bool) -> Option<Self> {
+            Self::start_with(test, traced.then_some("100"))
+        }
+
+        /// Spans sent in batches every `delay` milliseconds (`OTEL_BSP_SCHEDULE_DELAY`),
+        /// if given.
+        fn start_with(test: &str, delay: Option<&str>) -> Option<Self> {
+            let python = zt_testkit::python(test)?;
+            let dir = tempfile::tempdir().unwrap();
+            let pki = Pki::new(dir.path());
+            let (app_addr, app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+            let spans = dir.path().join("spans.jsonl");
+            let log = dir.path().join("proxy.log");
+            let (mut command, inbound, admin) = proxy_command(zt_exe());
+            command
+                .args(["--app", &app_addr.to_string()])
+                .args(pki.proxy_identity())
+                .args([
+                    "--allow-spiffe-id",
+                    "spiffe://example.org/ns/*/sa/payment-service",
+                ])
+                .stderr(fs::File::create(&log).unwrap());
+            let collector = delay.map(|delay| {
+                let collector = interop("otlp_collector.py");
+                let (addr, collector) =
+                    start_app(&python, &[collector.to_str().unwrap(), spans.to_str().unwrap()]);
+                command
+                    .args(["--otlp-endpoint", &format!("http://{addr}")])
+                    // The batch processor's standard knob.
+                    .env("OTEL_BSP_SCHEDULE_DELAY", delay);
+                collector
+            });
+            let proxy = spawn_ready(command, admin);
+            Some(Self {
+                _dir: dir,
+                pki,
+                app: Some(app),
+                _collector: collector,
+                proxy,
+                inbound,
+                spans,
+                log,
+                python,
+            })
+        }
+
+        /// Python `requests` as `client` with `headers` (NAME=VALUE): the status,
+        /// and the headers the app received (an empty object if it received none).
+        fn get(&self, client: &str, path: &str, headers: &[&str]) -> (u64, Value) {
+            let url = format!("https://localhost:{}{path}", self.inbound.port());
+            let out = Command::new(&self.python)
+                .arg(interop("requests_client.py"))
+                .args([
+                    &url,
+                    &self.pki.file(&format!("{client}.crt")),
+                    &self.pki.file(&format!("{client}.key")),
+                    &self.pki.file("bundle.pem"),
+                ])
+                .args(headers)
+                .output()
+                .unwrap();
+            let answer: Value = serde_json::from_str(&succeed(&out, "requests_client.py")).unwrap();
+            let status = answer["status"].as_u64().unwrap_or_else(|| panic!("{answer}"));
+            let seen = serde_json::from_str::<Value>(answer["body"].as_str().unwrap())
+                .map(|seen| seen["headers"].clone())
+                .unwrap_or_else(|_| Value::Object(Default::default()));
+            (status, seen)
+        }
+
+        /// The span the collector received that `wanted` picks, waited for.
+        fn span(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+            let start = Instant::now();
+            loop {
+                let received = fs::read_to_string(&self.spans).unwrap_or_default();
+                let found = received
+                    .lines()
+                    .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                    .find(|span| wanted(span));
+                if let Some(span) = found {
+                    return span;
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "no span {what} in:\n{received}\nproxy log:\n{}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// The one value of `name` the app received.
+    fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
+        let values = headers.get(name)?.as_array().unwrap();
+        assert_eq!(values.len(), 1, "{name}: {headers}");
+        values[0].as_str()
+    }
+
+    /// A version-00 traceparent's trace id, span id and flags.
+    fn parts(traceparent: &str) -> (String, String, String) {
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert!(
+            parts.len() == 4
+                && parts[0] == "00"
+                && parts[1].len() == 32
+                && parts[2].len() == 16
+                && parts[3].len() == 2
+                && traceparent
+                    .chars()
+                    .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "not a version-00 traceparent: {traceparent:?}"
+        );
+        (parts[1].to_owned(), parts[2].to_owned(), parts[3].to_owned())
+    }
+
+    #[test]
+    fn a_callers_trace_is_continued_and_every_request_is_exported_as_a_span() {
+        let Some(traced) = Traced::start(
+            "a_callers_trace_is_continued_and_every_request_is_exported_as_a_span",
+            true,
+        ) else {
+            return;
+        };
+        let caller = format!("traceparent=00-{TRACE}-{SPAN}-01");
+
+        // A caller's trace: the app's traceparent continues it from the proxy's span.
+        let (status, seen) = traced.get(
+            "payment",
+            "/orders/7?card=4111111111111111",
+            &[&caller, "tracestate=congo=t61rcWkgMzE"],
+        );
+        assert_eq!(status, 200, "{seen}");
+        let (trace, span_id, flags) = parts(header(&seen, "traceparent").unwrap());
+        assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "01"), "{seen}");
+        assert_ne!(span_id, SPAN, "the app's parent is the proxy's span: {seen}");
+        assert_eq!(header(&seen, "tracestate"), Some("congo=t61rcWkgMzE"));
+        let span = traced.span("continuing the caller's", |s| s["span_id"] == span_id.as_str());
+        assert_eq!(span["trace_id"], TRACE, "{span}");
+        assert_eq!(span["parent_span_id"], SPAN, "{span}");
+        assert_eq!(span["trace_state"], "congo=t61rcWkgMzE", "{span}");
+        assert_eq!(span["name"], "GET", "{span}");
+        assert_eq!(span["kind"], "SPAN_KIND_SERVER", "{span}");
+        assert_eq!(span["status"]["code"], "STATUS_CODE_UNSET", "{span}");
+        let attributes = &span["attributes"];
+        assert_eq!(attributes["http.request.method"], "GET", "{span}");
+        assert_eq!(attributes["url.path"], "/orders/7", "{span}");
+        assert_eq!(attributes["url.scheme"], "https", "{span}");
+        assert_eq!(attributes["http.response.status_code"], 200, "{span}");
+        assert_eq!(attributes["server.address"], "localhost", "{span}");
+        assert_eq!(attributes["server.port"], traced.inbound.port(), "{span}");
+        assert_eq!(attributes["client.address"], "127.0.0.1", "{span}");
+        assert_eq!(
+            attributes["zt.peer.spiffe_id"], "spiffe://example.org/ns/production/sa/payment-service",
+            "{span}"
+        );
+        assert!(attributes.get("zt.refusal.reason").is_none(), "{span}");
+        assert!(
+            !span.to_string().contains("4111"),
+            "a query reached the span: {span}"
+        );
+        assert_eq!(span["resource"]["service.name"], "zt-proxy", "{span}");
+        assert_eq!(
+            span["resource"]["zt.spiffe_id"], "spiffe://example.org/billing",
+            "{span}"
+        );
+
+        // No traceparent: a new trace, the proxy's span its root.
+        let (status, seen) = traced.get("payment", "/fresh", &[]);
+        assert_eq!(status, 200, "{seen}");
+        let (trace, span_id, _) = parts(header(&seen, "traceparent").unwrap());
+        assert_ne!(trace, TRACE);
+        let span = traced.span("starting a trace", |s| s["span_id"] == span_id.as_str());
+        assert_eq!(
+            (span["trace_id"].as_str(), span["parent_span_id"].as_str()),
+            (Some(trace.as_str()), Some(""))
+        );
+        assert_eq!(span["attributes"]["url.path"], "/fresh", "{span}");
+
+        // A malformed traceparent (uppercase hex) is dropped with its tracestate,
+        // never forwarded: a new trace starts.
+        let upper = format!("00-{}-{SPAN}-01", TRACE.to_uppercase());
+        let (status, seen) = traced.get(
+            "payment",
+            "/malformed",
+            &[&format!("traceparent={upper}"), "tracestate=congo=t61rcWkgMzE"],
+        );
+        assert_eq!(status, 200, "{seen}");
+        let forwarded = header(&seen, "traceparent").unwrap();
+        assert_ne!(forwarded, upper);
+        let (trace, span_id, _) = parts(forwarded);
+        assert_ne!(trace, TRACE, "{seen}");
+        assert!(seen.get("tracestate").is_none(), "{seen}");
+        let span = traced.span("for the malformed traceparent", |s| {
+            s["span_id"] == span_id.as_str()
+        });
+        assert_eq!(span["parent_span_id"], "", "{span}");
+
+        // Refused by the proxy (two Hosts: 400): a span with the refusal's label,
+        // in the caller's trace; a 4xx is not the server's error.
+        let refused_parent = "00-11111111111111111111111111111111-2222222222222222-01";
+        let answer = raw_exchange(
+            &traced.pki,
+            traced.inbound,
+            format!(
+                "GET /refused?token=secret HTTP/1.1\r\nHost: a\r\nHost: b\r\ntraceparent: {refused_parent}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let span = traced.span("for the refused request", |s| {
+            s["trace_id"] == "11111111111111111111111111111111"
+        });
+        assert_eq!(span["parent_span_id"], "2222222222222222", "{span}");
+        assert_eq!(
+            span["attributes"]["zt.refusal.reason"], "malformed_request",
+            "{span}"
+        );
+        assert_eq!(span["attributes"]["http.response.status_code"], 400, "{span}");
+        assert_eq!(span["attributes"]["url.path"], "/refused", "{span}");
+        assert_eq!(span["status"]["code"], "STATUS_CODE_UNSET", "{span}");
+        assert!(!span.to_string().contains("secret"), "{span}");
+
+        // A caller not on the allow-list: 403, labelled, the app never reached.
+        let (status, seen) = traced.get("intruder", "/internal", &[&caller]);
+        assert_eq!(status, 403, "{seen}");
+        let span = traced.span("for the intruder", |s| s["attributes"]["url.path"] == "/internal");
+        assert_eq!(span["attributes"]["zt.refusal.reason"], "not_allowed", "{span}");
+        assert_eq!(
+            span["attributes"]["zt.peer.spiffe_id"], "spiffe://example.org/ns/production/sa/intruder",
+            "{span}"
+        );
+        assert_eq!(span["trace_id"], TRACE, "{span}");
+    }
+
+    #[test]
+    fn a_5xx_is_an_error_span() {
+        let Some(mut traced) = Traced::start("a_5xx_is_an_error_span", true) else {
+            return;
+        };
+        // The app is gone: 502, app_unreachable, status Error.
+        drop(traced.app.take());
+        let (status, _) = traced.get("payment", "/gone", &[]);
+        assert_eq!(status, 502);
+        let span = traced.span("for the unreachable app", |s| {
+            s["attributes"]["url.path"] == "/gone"
+        });
+        assert_eq!(span["status"]["code"], "STATUS_CODE_ERROR", "{span}");
+        assert_eq!(span["attributes"]["error.type"], "app_unreachable", "{span}");
+        assert_eq!(
+            span["attributes"]["zt.refusal.reason"], "app_unreachable",
+            "{span}"
+        );
+    }
+
+    #[test]
+    fn spans_still_queued_are_sent_when_the_proxy_stops() {
+        // Batches every ten minutes: only the flush at stop can send this span.
+        let Some(mut traced) =
+            Traced::start_with("spans_still_queued_are_sent_when_the_proxy_stops", Some("600000"))
+        else {
+            return;
+        };
+        let (status, seen) = traced.get("payment", "/queued", &[]);
+        assert_eq!(status, 200, "{seen}");
+        let sent = Command::new("kill")
+            .args(["-TERM", &traced.proxy.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped = wait_with_deadline(&mut traced.proxy.0).expect("zt proxy still running after SIGTERM");
+        assert!(stopped.success(), "zt proxy: {stopped}");
+        let span = traced.span("flushed at stop", |s| s["attributes"]["url.path"] == "/queued");
+        assert_eq!(span["attributes"]["http.response.status_code"], 200, "{span}");
+    }
+
+    #[test]
+    fn without_an_endpoint_trace_headers_pass_through_untouched() {
+        let Some(plain) = Traced::start("without_an_endpoint_trace_headers_pass_through_untouched", false)
+        else {
+            return;
+        };
+        let caller = format!("00-{TRACE}-{SPAN}-01");
+        let malformed = format!("00-{}-{SPAN}-01", TRACE.to_uppercase());
+        for traceparent in [&caller, &malformed] {
+            let (status, seen) = plain.get(
+                "payment",
+                "/",
+                &[
+                    &format!("traceparent={traceparent}"),
+                    "tracestate=congo=t61rcWkgMzE",
+                ],
+            );
+            assert_eq!(status, 200, "{seen}");
+            assert_eq!(header(&seen, "traceparent"), Some(traceparent.as_str()), "{seen}");
+            assert_eq!(header(&seen, "tracestate"), Some("congo=t61rcWkgMzE"), "{seen}");
+        }
+        let (_, seen) = plain.get("payment", "/", &[]);
+        assert!(seen.get("traceparent").is_none(), "no trace is started: {seen}");
+    }
+}

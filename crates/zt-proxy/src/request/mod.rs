@@ -9,7 +9,12 @@
 //! 5. [`rewrite`] — target, `Host`, hop-by-hop headers, XFCC and identity headers;
 //! 6. [`send`] — to the app, the body held to its limit;
 //! 7. [`respond`] — the app's answer for the client (response stages: to come);
-//! 8. [`record`] — one access-log line and the metrics, refusals included.
+//! 8. [`record`] — one access-log line and the metrics, refusals included;
+//!    the request's span ended, when [`trace`] started one.
+//!
+//! With tracing on (`--otlp-endpoint`), [`trace`] starts a span before the
+//! first stage, continuing the caller's W3C trace context, and `rewrite` gives
+//! the app the proxy's `traceparent`; off, it costs a branch per request.
 //!
 //! A stage that refuses returns a [`Refusal`], which decides the status, the
 //! metric label and the logged reason.
@@ -21,6 +26,7 @@ mod record;
 mod respond;
 mod rewrite;
 pub(crate) mod send;
+pub(crate) mod trace;
 
 use http::header::HeaderValue;
 use http::{Request, Response};
@@ -38,8 +44,13 @@ pub(crate) async fn handle(
     context: &Context,
 ) -> Response<ProxyBody> {
     let seen = record::Seen::of(&request);
-    let outcome = stages(request, peer, context).await;
-    record::request(&seen, peer, &outcome, &context.metrics);
+    let mut traced = context
+        .config
+        .tracer
+        .as_ref()
+        .map(|tracer| trace::start(tracer, &request, peer));
+    let outcome = stages(request, peer, context, traced.as_mut()).await;
+    record::request(&seen, peer, &outcome, &context.metrics, traced);
     outcome.unwrap_or_else(|refusal| answer(&refusal))
 }
 
@@ -47,10 +58,14 @@ async fn stages(
     mut request: Request<Incoming>,
     peer: &Peer,
     context: &Context,
+    mut traced: Option<&mut trace::Traced>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let config = &context.config;
     allow::check(peer)?;
     let head = normalize::admit(&mut request, &config.head)?;
+    if let Some(traced) = traced.as_mut() {
+        traced.admitted(&head.host);
+    }
     if let Some(authz) = &config.authz {
         authorize::check(authz, &request, &head, peer).await?;
     }
@@ -61,6 +76,7 @@ async fn stages(
         protocol: context.app.protocol,
         app: &context.app.authority,
         identity: &peer.identity_headers,
+        trace: traced.as_ref().map(|traced| &traced.forward),
     };
     let parts = rewrite::for_app(parts, &head, &to, streamed)?;
     let response = context

@@ -1,12 +1,14 @@
 //! The record stage: one access-log line and the request metrics for every
 //! request, refused or answered — the refusal's reason and label from
-//! [`Refusal`], so that each is counted and logged exactly once.
+//! [`Refusal`], so that each is counted and logged exactly once — and the
+//! request's span ended with the same outcome, when tracing is on.
 
 use std::time::Instant;
 
 use http::{Method, Request, Response, Uri};
 
 use super::send::ProxyBody;
+use super::trace::Traced;
 use crate::admin::{Metrics, Status};
 use crate::connection::Peer;
 use crate::refusal::Refusal;
@@ -34,6 +36,7 @@ pub(crate) fn request(
     peer: &Peer,
     outcome: &Result<Response<ProxyBody>, Refusal>,
     metrics: &Metrics,
+    traced: Option<Traced>,
 ) {
     let (method, path) = (&seen.method, seen.uri.path());
     let status = match outcome {
@@ -56,6 +59,9 @@ pub(crate) fn request(
             status
         }
     };
+    if let Some(traced) = traced {
+        traced.end(status, outcome.as_ref().err());
+    }
     metrics
         .request_seconds
         .observe(seen.started.elapsed().as_secs_f64());
@@ -88,9 +94,9 @@ mod tests {
             revocation: None,
         };
         let seen = Seen::of(&Request::get("/internal?token=1").body(()).unwrap());
-        request(&seen, &peer, &Err(Refusal::NotAllowed), &metrics);
+        request(&seen, &peer, &Err(Refusal::NotAllowed), &metrics, None);
         let ok = Response::new(Empty::new().map_err(|e| match e {}).boxed());
-        request(&seen, &peer, &Ok(ok), &metrics);
+        request(&seen, &peer, &Ok(ok), &metrics, None);
         let refused = |reason| metrics.refused.get_or_create(&Reason { reason }).get();
         assert_eq!(refused("not_allowed"), 1);
         assert_eq!(metrics.requests.get_or_create(&Status { code: 403 }).get(), 1);

@@ -1,7 +1,8 @@
 //! The rewrite stage: the request head as the app gets it, from the head the
 //! policies decided on. Pure: it takes the head's parts and returns them
 //! rewritten — target and `Host`/`:authority`, version, hop-by-hop headers
-//! gone, the allowed upgrade kept, the caller's identity headers set, a body
+//! gone, the allowed upgrade kept, the caller's identity headers set, the
+//! proxy's trace headers in place of the caller's (when tracing is on), a body
 //! of unknown length sent chunked.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +21,9 @@ pub(crate) struct ForApp<'a> {
     pub(crate) app: &'a http::uri::Authority,
     /// The verified caller's identity headers (XFCC first).
     pub(crate) identity: &'a [(HeaderName, HeaderValue)],
+    /// The trace headers the app gets, when tracing is on; else the caller's
+    /// pass untouched.
+    pub(crate) trace: Option<&'a super::trace::Forward>,
 }
 
 /// Rewrites `parts` (admitted as `head`) for the app; `streamed` says the body's
@@ -59,6 +63,9 @@ pub(crate) fn for_app(
     }
     for (name, value) in to.identity {
         parts.headers.insert(name.clone(), value.clone());
+    }
+    if let Some(trace) = to.trace {
+        trace.apply(&mut parts.headers);
     }
     // Left to itself, the client would drop a GET's body without a word.
     if parts.version == Version::HTTP_11 && streamed {
@@ -121,6 +128,7 @@ mod tests {
             protocol,
             app: &app,
             identity: &identity,
+            trace: None,
         };
         for_app(request.into_parts().0, &head, &to, streamed).unwrap()
     }

@@ -98,6 +98,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
         app_protocol,
         authz: None,
+        tracer: None,
     };
     let mut inbound = Vec::new();
     if let Some(app) = args.app {
@@ -148,6 +149,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             decision_log_key: args.checkpoints.decision_log_key.clone(),
             checkpoints: args.checkpoints.policy(),
         }),
+        otlp: args.otlp_endpoint,
     };
     super::init_logging("info");
     // A sidecar's heap is small: transparent huge pages would back mimalloc's
