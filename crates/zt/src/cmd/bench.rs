@@ -5,12 +5,76 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::{Args, Subcommand};
 use rustls_pki_types::UnixTime;
 use zt_ca::{Authority, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL, KeyType, SvidRequest};
 use zt_identity::{Purpose, SpiffeId, TrustDomain, verify_jwt_svid, verify_x509_svid};
 
 use super::now;
-use crate::BenchIdentity;
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// SPIFFE ID parsing, SVID verification, minting and issuance.
+    Identity(BenchIdentity),
+    /// zt server through its agent API: signing throughput and entry propagation.
+    Server(BenchServer),
+    /// zt agent: entry created → SVID on a workload's stream, Workload API call latency.
+    Agent(BenchAgent),
+    /// AuthorizationPolicy evaluation in process, with 1 to 10 000 policies.
+    Policy(BenchPolicy),
+    /// Rego decisions in process (the seed's policy).
+    Pdp(BenchPdp),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchIdentity {
+    /// Timed calls per operation (issuance is capped at 2000).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) iterations: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchServer {
+    /// Entries of other agents stored before the server starts.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) entries: usize,
+    /// Concurrent signing callers, each on its own connection.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) callers: usize,
+    /// Length of the signing run, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) seconds: u64,
+    /// Entry changes timed to the sync stream.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) changes: usize,
+    /// A postgres:// URL to bench on PostgreSQL instead of SQLite (its database should be empty).
+    #[arg(long)]
+    pub(crate) datastore: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchAgent {
+    /// Entries created and timed to the workload's X.509-SVID stream.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) changes: usize,
+    /// Workload API calls timed.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) calls: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchPolicy {
+    /// Decisions timed per line.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) iterations: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchPdp {
+    /// Decisions timed per line.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) iterations: usize,
+}
 
 /// `zt bench identity`: the identity operations on every hot path.
 pub fn identity(args: BenchIdentity) -> anyhow::Result<ExitCode> {
@@ -123,7 +187,7 @@ fn fmt(d: Duration) -> String {
 /// through its agent API as agents drive it: SVID signing throughput with
 /// concurrent callers, and the delay from an entry created (admin API) to the
 /// entry arriving on an agent's sync stream, with `--entries` already stored.
-pub fn server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
+pub fn server(args: BenchServer) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,7 +195,7 @@ pub fn server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
     runtime.block_on(bench_server(args))
 }
 
-async fn bench_server(args: crate::BenchServer) -> anyhow::Result<ExitCode> {
+async fn bench_server(args: BenchServer) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     use zt_api::agent::agent_client::AgentClient;
     use zt_api::agent::{AttestJoinTokenRequest, SignX509SvidRequest, SyncRequest};
@@ -343,13 +407,13 @@ impl InProcessServer {
 /// process as the workload on the Workload API socket: the delay from an entry
 /// created on the server to its SVID on a watching workload's stream, and the
 /// latency of Workload API calls (attestation included).
-pub fn agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
+pub fn agent(args: BenchAgent) -> anyhow::Result<ExitCode> {
     // The audit line of each policy version applied would drown the figures.
     super::init_logging("warn,zt::audit=error");
     super::runtime()?.block_on(bench_agent(args))
 }
 
-async fn bench_agent(args: crate::BenchAgent) -> anyhow::Result<ExitCode> {
+async fn bench_agent(args: BenchAgent) -> anyhow::Result<ExitCode> {
     use zt_server::api::{BundleFormat, CreateJoinToken};
     use zt_workload::client::WorkloadClient;
 
@@ -541,7 +605,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 /// `zt bench policy`: one request decided by AuthorizationPolicies in process,
 /// for sets of 1, 100, 1 000 and 10 000 policies.
-pub fn policy(args: crate::BenchPolicy) -> anyhow::Result<ExitCode> {
+pub fn policy(args: BenchPolicy) -> anyhow::Result<ExitCode> {
     let n = args.iterations.max(1);
     println!(
         "{:<52} {:>10} {:>10} {:>14}",
@@ -668,7 +732,7 @@ fn assert_eq_decision(
 
 /// `zt bench pdp`: the seed's Rego policy decided in process (a clone of the
 /// prepared engine per decision, as the API does).
-pub fn pdp(args: crate::BenchPdp) -> anyhow::Result<ExitCode> {
+pub fn pdp(args: BenchPdp) -> anyhow::Result<ExitCode> {
     let text = include_str!("../../../../examples/rego/allow.rego");
     let policies = zt_policy::rego::RegoPolicies::compile(
         [("allow.rego".to_owned(), text.to_owned())].into(),

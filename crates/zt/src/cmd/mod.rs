@@ -2,6 +2,7 @@
 //! whose text names the file, flag or value at fault.
 
 pub mod agent;
+pub mod args;
 pub mod audit;
 pub mod bench;
 pub mod ca;
@@ -20,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use zt_identity::Bundle;
 
-use crate::BundleArgs;
+use self::svid::BundleArgs;
 
 /// Largest file any command reads, in bytes; SVIDs, keys and bundles are far smaller.
 pub const MAX_INPUT_BYTES: u64 = 1 << 20;

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::Args;
 use zt_identity::SpiffeId;
 use zt_server::api::{BundleFormat, CreateJoinToken, EntryFilter};
 use zt_server::client::AdminClient;
@@ -24,7 +25,29 @@ use zt_store::{EntrySpec, Selector};
 use self::children::Supervised;
 use self::layout::{AGENT_ID, Layout, MAX_PORT_OFFSET, Service, TRUST_DOMAIN};
 use self::state::{Component, Probe, State};
-use crate::{UpArgs, UpDirArgs};
+
+#[derive(Args)]
+pub(crate) struct UpArgs {
+    /// Where everything lives: datastore, sockets, certificates, policies, decision
+    /// logs, process logs. The next run reuses it.
+    #[arg(long, default_value = "zt-up")]
+    pub(crate) dir: PathBuf,
+    /// The loopback ports: zt server's health and metrics on BASE+80 and agent API on
+    /// BASE+81; per service (one, two): mTLS inbound BASE+1, +2; outbound to the other
+    /// service BASE+11, +12; proxy admin BASE+21, +22; app BASE+31, +32.
+    #[arg(long, default_value_t = 7000)]
+    pub(crate) port_base: u16,
+    /// Show what runs in --dir and whether it is healthy, as `zt status` does.
+    #[arg(long)]
+    pub(crate) status: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct UpDirArgs {
+    /// The directory `zt up` runs in.
+    #[arg(long, default_value = "zt-up")]
+    pub(crate) dir: PathBuf,
+}
 
 /// The policies a new DIR starts with (`examples/mesh/policies`).
 const POLICIES: &[(&str, &str)] = &[
