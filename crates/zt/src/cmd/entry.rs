@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 
 use anyhow::Context as _;
 use zt_identity::SpiffeId;
-use zt_server::api::MintedX509Svid;
 use zt_server::api::{CreateJoinToken, EntryFilter, UpdateEntry};
 use zt_server::client::AdminClient;
 use zt_store::{Entry, EntrySpec};
@@ -401,13 +400,13 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 /// `zt x509 mint`.
 pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.admin);
-    let request = MintRequest {
+    let request = zt_server::client::MintRequest {
         spiffe_id: &args.spiffe_id,
         ttl: args.ttl,
         dns_names: &args.dns,
     };
     let Some(dir) = &args.write else {
-        let (minted, key_pem) = super::admin_call(mint(&client, &request))?;
+        let (minted, key_pem) = super::admin_call(client.mint_x509_svid_for_new_key(&request))?;
         match args.admin.output {
             Output::Json => {
                 let mut value = serde_json::to_value(&minted)?;
@@ -422,7 +421,7 @@ pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let minted = super::admin_call(mint_to_dir(&client, &request, dir))?;
+    let minted = super::admin_call(client.mint_x509_svid_to_dir(&request, dir))?;
     println!(
         "{}: svid.pem, key.pem, bundle.pem for {} (serial {}, expires {})",
         dir.display(),
@@ -431,56 +430,6 @@ pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
         timestamp(minted.expires_at)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// What to mint.
-pub struct MintRequest<'a> {
-    pub spiffe_id: &'a SpiffeId,
-    pub ttl: std::time::Duration,
-    pub dns_names: &'a [String],
-}
-
-/// Has zt server sign an X.509-SVID for a key made here: only a CSR goes to the
-/// server. Returns the answer and the key (PEM).
-async fn mint(client: &AdminClient, request: &MintRequest<'_>) -> anyhow::Result<(MintedX509Svid, String)> {
-    use base64::Engine as _;
-    let (key_pem, csr) = zt_ca::key_and_csr().context("making a key and its signing request")?;
-    let minted = client
-        .mint_x509_svid(&zt_server::api::MintX509Svid {
-            spiffe_id: request.spiffe_id.to_string(),
-            csr: base64::engine::general_purpose::STANDARD.encode(csr),
-            ttl_secs: request.ttl.as_secs(),
-            dns_names: request.dns_names.to_vec(),
-        })
-        .await?;
-    Ok((minted, key_pem))
-}
-
-/// Mints an SVID (see [`mint`]) into `dir` as SPIRE's `x509 mint -write` does:
-/// svid.pem, key.pem (0600) and bundle.pem, each replaced atomically.
-pub async fn mint_to_dir(
-    client: &AdminClient,
-    request: &MintRequest<'_>,
-    dir: &std::path::Path,
-) -> anyhow::Result<MintedX509Svid> {
-    use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
-    let (minted, key_pem) = mint(client, request).await?;
-    zt_fs::private_dir(dir).with_context(|| format!("--write {}", dir.display()))?;
-    write_atomically(&[
-        (
-            dir.join("svid.pem"),
-            minted.chain_pem.clone().into_bytes(),
-            PUBLIC_MODE,
-        ),
-        (dir.join("key.pem"), key_pem.into_bytes(), PRIVATE_MODE),
-        (
-            dir.join("bundle.pem"),
-            minted.bundle_pem.clone().into_bytes(),
-            PUBLIC_MODE,
-        ),
-    ])
-    .with_context(|| format!("--write {}", dir.display()))?;
-    Ok(minted)
 }
 
 /// `zt agent list`.

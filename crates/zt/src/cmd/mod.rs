@@ -94,10 +94,8 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Set (to anything) by a supervisor that holds this process's standard input,
-/// as `zt up` does: when its end closes (the supervisor stops, or dies), this
-/// process stops as it would on SIGTERM, so nothing outlives its supervisor.
-pub const EXIT_ON_STDIN_EOF: &str = "ZT_EXIT_ON_STDIN_EOF";
+/// Set by a supervisor (`zt up`) that holds this process's standard input.
+pub use zt_up::children::EXIT_ON_STDIN_EOF;
 
 /// Completes on SIGINT or SIGTERM, or when standard input closes if
 /// [`EXIT_ON_STDIN_EOF`] is set.
