@@ -193,3 +193,37 @@ impl Layout {
 pub fn spiffe_id(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_and_within_the_block() {
+        let layout = Layout::new(PathBuf::from("/tmp/zt-up"), 7000);
+        let ports: Vec<u16> = layout.ports().iter().map(|(addr, _)| addr.port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| (7001..=7000 + MAX_PORT_OFFSET).contains(p)));
+        let services = layout.services();
+        assert_eq!(services[0].peer, services[1].name);
+        assert_eq!(
+            services[1].spiffe_id,
+            "spiffe://cluster.local/ns/default/sa/service-two"
+        );
+    }
+
+    #[test]
+    fn a_directory_too_deep_for_its_sockets_is_refused() {
+        assert!(
+            Layout::new(PathBuf::from("/tmp/zt-up"), 7000)
+                .check_socket_paths()
+                .is_ok()
+        );
+        let deep = PathBuf::from(format!("/tmp/{}", "d".repeat(100)));
+        let error = Layout::new(deep, 7000).check_socket_paths().unwrap_err();
+        assert!(error.to_string().contains("choose a shorter --dir"), "{error}");
+    }
+}

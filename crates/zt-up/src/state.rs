@@ -189,3 +189,34 @@ pub fn status(state_file: &Path) -> Result<Status, Error> {
         .collect();
     Ok(Status::Running { state, health })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_round_trips_and_its_absence_means_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.json");
+        assert!(matches!(status(&path).unwrap(), Status::NotRunning));
+        let state = State {
+            pid: std::process::id(),
+            started_at: "2026-11-30T14:00:00Z".into(),
+            components: vec![Component {
+                name: "zt agent".into(),
+                pid: u32::MAX,
+                probe: Probe::Unix {
+                    socket: dir.path().join("api.sock"),
+                },
+                log: None,
+            }],
+        };
+        state.save(&path).unwrap();
+        let Status::Running { state, health } = status(&path).unwrap() else {
+            panic!("this process is alive")
+        };
+        assert_eq!(state.components[0].name, "zt agent");
+        assert_eq!(health, vec![Err("not running".to_owned())]);
+        assert!(state.components[0].probe.to_string().starts_with("unix://"));
+    }
+}
