@@ -19,7 +19,7 @@ mod mesh;
 pub mod state;
 
 pub use error::Error;
-pub use mesh::{CLIENT_CERT_RENEWAL, Event, Progress, run};
+pub use mesh::{CLIENT_CERT_RENEWAL, Event, Outcome, Progress, run};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

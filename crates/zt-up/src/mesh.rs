@@ -155,16 +155,24 @@ impl Mesh {
     }
 }
 
+/// How a [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Stopped by the shutdown signal, not by a failure (reported as [`Event::Failed`]).
+    pub clean: bool,
+    /// Everything was ready at some point.
+    pub came_up: bool,
+}
+
 /// Runs the mesh of `layout` (whose directory is prepared and locked, its ports
-/// free) with `exe` as zt, until `shutdown` completes or a part fails. Returns
-/// whether it stopped cleanly and whether it ever came up; a failure has been
-/// reported as [`Event::Failed`].
+/// free) with `exe` as zt, until `shutdown` completes or a part fails; every
+/// child is stopped before it returns.
 pub async fn run(
     layout: &Layout,
     exe: &Path,
     shutdown: impl Future<Output = ()>,
     progress: &Progress,
-) -> (bool, bool) {
+) -> Outcome {
     let mut mesh = Mesh { children: Vec::new() };
     let started = start(layout, exe, &mut mesh, progress).await;
     let came_up = started.is_ok();
@@ -180,7 +188,10 @@ pub async fn run(
     if came_up {
         progress(Event::Stopped);
     }
-    (outcome.is_ok(), came_up)
+    Outcome {
+        clean: outcome.is_ok(),
+        came_up,
+    }
 }
 
 /// Starts every part, waits for each to be ready, and records what runs.

@@ -1,5 +1,6 @@
-//! One module per command group; each function returns the exit code or an error
-//! whose text names the file, flag or value at fault.
+//! One module per command group, with its clap arguments (those several share are
+//! in `args`); each function returns the exit code or an error whose text names
+//! the file, flag or value at fault.
 
 pub mod agent;
 pub mod args;

@@ -86,18 +86,18 @@ fn bring_up(layout: &Layout) -> (anyhow::Result<ExitCode>, bool) {
         Err(e) => return (Err(e), false),
     };
     let progress = progress(layout);
-    let (clean, came_up) = runtime.block_on(zt_up::run(layout, &exe, super::shutdown_signal(), &progress));
+    let outcome = runtime.block_on(zt_up::run(layout, &exe, super::shutdown_signal(), &progress));
     // The demo apps' tasks end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     // No pid is left for a later `zt down` to find (one that dies leaves its own,
     // which counts only while the lock is held).
     let _ = lock.set_len(0);
-    let code = if clean {
+    let code = if outcome.clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     };
-    (Ok(code), came_up)
+    (Ok(code), outcome.came_up)
 }
 
 /// Prints `zt up`'s progress: one line per part that is ready, then a guide.
