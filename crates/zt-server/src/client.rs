@@ -44,6 +44,36 @@ pub enum ClientError {
     },
 }
 
+/// Why minting an X.509-SVID for a key made here failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The key or its signing request could not be made.
+    #[error("making a key and its signing request")]
+    Key(#[source] zt_ca::CaError),
+    /// The admin call failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The files could not be written (`--write DIR`).
+    #[error("--write {}", dir.display())]
+    Write {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: zt_fs::FsError,
+    },
+}
+
+/// What to mint with [`AdminClient::mint_x509_svid_for_new_key`].
+#[derive(Debug, Clone, Copy)]
+pub struct MintRequest<'a> {
+    /// The identity, in the server's trust domain.
+    pub spiffe_id: &'a zt_identity::SpiffeId,
+    /// The lifetime asked for (the server may cut it shorter).
+    pub ttl: std::time::Duration,
+    /// DNS SANs.
+    pub dns_names: &'a [String],
+}
+
 /// An admin API client bound to one socket.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -188,6 +218,57 @@ impl AdminClient {
         let action = if ban { "ban" } else { "evict" };
         self.call::<(), _>(Method::POST, &format!("/v1/agents/{}/{action}", encode(id)), None)
             .await
+    }
+
+    /// Has zt server sign an X.509-SVID for a key made here: only a CSR goes to
+    /// the server. Returns the answer and the key (PKCS#8 PEM).
+    pub async fn mint_x509_svid_for_new_key(
+        &self,
+        request: &MintRequest<'_>,
+    ) -> Result<(MintedX509Svid, String), MintError> {
+        use base64::Engine as _;
+        let (key_pem, csr) = zt_ca::key_and_csr().map_err(MintError::Key)?;
+        let minted = self
+            .mint_x509_svid(&MintX509Svid {
+                spiffe_id: request.spiffe_id.to_string(),
+                csr: base64::engine::general_purpose::STANDARD.encode(csr),
+                ttl_secs: request.ttl.as_secs(),
+                dns_names: request.dns_names.to_vec(),
+            })
+            .await?;
+        Ok((minted, key_pem))
+    }
+
+    /// Mints an SVID (see [`Self::mint_x509_svid_for_new_key`]) into `dir` as
+    /// SPIRE's `x509 mint -write` does: svid.pem, key.pem (0600) and bundle.pem,
+    /// each replaced atomically; `dir` is made private (0700).
+    pub async fn mint_x509_svid_to_dir(
+        &self,
+        request: &MintRequest<'_>,
+        dir: &Path,
+    ) -> Result<MintedX509Svid, MintError> {
+        use zt_fs::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
+        let (minted, key_pem) = self.mint_x509_svid_for_new_key(request).await?;
+        let write = |source| MintError::Write {
+            dir: dir.to_owned(),
+            source,
+        };
+        zt_fs::private_dir(dir).map_err(write)?;
+        write_atomically(&[
+            (
+                dir.join("svid.pem"),
+                minted.chain_pem.clone().into_bytes(),
+                PUBLIC_MODE,
+            ),
+            (dir.join("key.pem"), key_pem.into_bytes(), PRIVATE_MODE),
+            (
+                dir.join("bundle.pem"),
+                minted.bundle_pem.clone().into_bytes(),
+                PUBLIC_MODE,
+            ),
+        ])
+        .map_err(write)?;
+        Ok(minted)
     }
 
     /// `POST /v1/ca/rotate`.

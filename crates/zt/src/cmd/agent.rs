@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
 use rustls_pki_types::CertificateDer;
 use zt_agent::{AgentConfig, NodeConfig};
 use zt_api::workload::X509svidResponse;
@@ -13,7 +15,134 @@ use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
 use zt_identity::Bundle;
 use zt_workload::client::WorkloadClient;
 
-use crate::{AgentRun, FetchJwt, FetchX509, Output, ValidateJwt, WorkloadSocket};
+use super::args::{AdminArgs, Output};
+use super::entry::{AgentTarget, TokenCommand};
+use crate::duration;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct AgentArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub(crate) run: AgentRun,
+}
+
+/// `zt agent` without a subcommand: run the agent.
+#[derive(Args)]
+pub(crate) struct AgentRun {
+    /// zt server's agent API, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub(crate) server: String,
+    /// A one-time join token from `zt agent token create` (SPIRE: -joinToken).
+    #[arg(long, env = "ZT_JOIN_TOKEN", hide_env_values = true)]
+    pub(crate) join_token: Option<String>,
+    /// A file with a join token, read again whenever the agent must attest
+    /// (after an eviction, write a new token here; no restart needed).
+    #[arg(long)]
+    pub(crate) join_token_file: Option<PathBuf>,
+    /// The trust bundle that authenticates the server before the agent has an SVID
+    /// (PEM or SPIFFE JWKS, from `zt bundle show`; SPIRE: -trustBundle).
+    #[arg(long, required = true)]
+    pub(crate) trust_bundle: Option<PathBuf>,
+    /// Where the Workload API listens: a path, unix:///path or unix:/path [default: /run/zt-agent/public/api.sock for root, else $XDG_RUNTIME_DIR/zt-agent/public/api.sock, else /tmp/zt-agent-$UID/public/api.sock].
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
+    pub(crate) socket: Option<PathBuf>,
+    /// Where the agent keeps its own SVID and the last bundle, to resume after a restart [default: /var/lib/zt-agent for root, else $XDG_RUNTIME_DIR/zt-agent/data, else /tmp/zt-agent-$UID/data].
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Call the SPIFFE Workload API as this process, like `spire-agent api`.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Join tokens for node attestation.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List attested agents.
+    List(AdminArgs),
+    /// Show one agent.
+    Show(AgentTarget),
+    /// Evict an agent: its SVID is revoked at once and it must attest again.
+    Evict(AgentTarget),
+    /// Ban an agent: evicted, and refused if it attests again.
+    Ban(AgentTarget),
+}
+
+/// Where the Workload API is: --socket, else SPIFFE_ENDPOINT_SOCKET, else the default.
+#[derive(Args)]
+pub(crate) struct WorkloadSocket {
+    /// The Workload API socket (SPIRE: -socketPath): a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
+    pub(crate) socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub(crate) timeout: Duration,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ApiCommand {
+    /// Fetch SVIDs from the Workload API.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Validate with the Workload API.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Print every X.509-SVID update the Workload API pushes, until interrupted.
+    Watch(WorkloadSocket),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FetchCommand {
+    /// This process's X.509-SVIDs and bundles.
+    X509(FetchX509),
+    /// JWT-SVIDs for an audience, and the JWT bundles.
+    Jwt(FetchJwt),
+}
+
+#[derive(Args)]
+pub(crate) struct FetchX509 {
+    /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory.
+    #[arg(long)]
+    pub(crate) write: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) socket: WorkloadSocket,
+}
+
+#[derive(Args)]
+pub(crate) struct FetchJwt {
+    /// The audience (repeatable).
+    #[arg(long, required = true)]
+    pub(crate) audience: Vec<String>,
+    /// Only this SPIFFE ID (SPIRE: -spiffeID).
+    #[arg(long)]
+    pub(crate) spiffe_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) socket: WorkloadSocket,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience.
+    Jwt(ValidateJwt),
+}
+
+#[derive(Args)]
+pub(crate) struct ValidateJwt {
+    /// The audience the token must be for.
+    #[arg(long)]
+    pub(crate) audience: String,
+    /// The token.
+    #[arg(long)]
+    pub(crate) svid: String,
+    #[command(flatten)]
+    pub(crate) socket: WorkloadSocket,
+}
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: AgentRun) -> anyhow::Result<ExitCode> {

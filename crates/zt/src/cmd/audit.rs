@@ -3,18 +3,150 @@
 //! server — and the keys that sign checkpoints shown or made.
 
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::{Args, Subcommand};
 use zt_audit::cosignature::CosignatureVerifier;
 use zt_audit::note::{SigningKey, VerifierKey};
 use zt_audit::{Chain, Head, Record};
 use zt_policy::matching::StringMatch;
 
-use crate::{
-    AuditForgetKeyArgs, AuditKeyCreateArgs, AuditKeyShowArgs, AuditProveArgs, AuditQueryArgs,
-    AuditServerArgs, AuditSource, AuditVerifyArgs, CheckpointArgs,
-};
+use super::args::{CheckpointArgs, DEFAULT_ADMIN_SOCKET};
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain and, with --key, the signed checkpoints: an edited, deleted
+    /// or reordered record is named by line, a rewritten history by the first checkpoint
+    /// it contradicts.
+    Verify(AuditVerifyArgs),
+    /// Print the records (JSON lines) that match every filter given; the chain is verified on the way.
+    Query(AuditQueryArgs),
+    /// The keys that sign decision logs' checkpoints.
+    #[command(subcommand)]
+    Key(AuditKeyCommand),
+    /// RFC 9162 proofs from a log's Merkle tree, as JSON (hashes in base64): that a record
+    /// is in the tree a checkpoint signs, or that a later tree extends an earlier one.
+    Prove(AuditProveArgs),
+    /// Print zt server's witness key (NAME+KEYID+BASE64, type 0x04), which verifies the
+    /// checkpoints it cosigned: pin it with zt audit verify LOG --witness-key.
+    WitnessKey(AuditServerArgs),
+    /// Forget the decision log key zt server pinned for a workload on first use, so that
+    /// the next key it presents is pinned (after the workload's log key was replaced).
+    ForgetKey(AuditForgetKeyArgs),
+}
+
+/// zt server's admin socket.
+#[derive(Args)]
+pub(crate) struct AuditServerArgs {
+    /// The server's admin socket.
+    #[arg(long, env = "ZT_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub(crate) socket: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct AuditForgetKeyArgs {
+    /// The workload's SPIFFE ID (the source of its shipped decisions).
+    pub(crate) source: String,
+    #[command(flatten)]
+    pub(crate) server: AuditServerArgs,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("proof").required(true).args(["inclusion", "consistency"])))]
+pub(crate) struct AuditProveArgs {
+    /// A decision log file; its chain and checkpoints are verified first.
+    pub(crate) log: PathBuf,
+    /// The record (its seq) to prove included in the tree of --size records.
+    #[arg(long)]
+    pub(crate) inclusion: Option<u64>,
+    /// The tree size for --inclusion [default: the last checkpoint's].
+    #[arg(long, requires = "inclusion")]
+    pub(crate) size: Option<u64>,
+    /// OLD NEW: prove that the tree of the first NEW records extends that of the first OLD.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    pub(crate) consistency: Option<Vec<u64>>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditKeyCommand {
+    /// Print the public verifier key (NAME+KEYID+BASE64) of a signing key file, to pin
+    /// with zt audit verify --key.
+    Show(AuditKeyShowArgs),
+    /// Create a signing key file (mode 0600) before the first decision is logged.
+    Create(AuditKeyCreateArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct AuditKeyShowArgs {
+    /// The signing key file (zt proxy --decision-log-key; default LOG.key).
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct AuditKeyCreateArgs {
+    /// Where to write it; an existing file is not replaced.
+    pub(crate) file: PathBuf,
+    /// The key's name, which is also the origin line of every checkpoint it signs
+    /// (no spaces or '+'), e.g. example.org/decisions/billing.
+    #[arg(long)]
+    pub(crate) name: String,
+}
+
+/// Which decision log: a proxy's file, or the copies zt server holds.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["log", "server"])))]
+pub(crate) struct AuditSource {
+    /// A decision log file (zt proxy --decision-log).
+    pub(crate) log: Option<PathBuf>,
+    /// The records proxies shipped to zt server, one chain per workload.
+    #[arg(long)]
+    pub(crate) server: bool,
+    /// The server's admin socket (with --server).
+    #[arg(long, env = "ZT_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub(crate) socket: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub(crate) source: AuditSource,
+    /// The verifier key (NAME+KEYID+BASE64, from zt audit key show) that must have signed
+    /// the log's checkpoints (LOG.checkpoints); without it, nothing shows that the log
+    /// was not rewritten by whoever can write it.
+    #[arg(long, conflicts_with_all = ["key_file", "server"])]
+    pub(crate) key: Option<String>,
+    /// A file holding the verifier key.
+    #[arg(long, conflicts_with = "server")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// zt server's witness key (zt audit witness-key): the checkpoint in LOG.cosigned must
+    /// carry its cosignature and match the log, which shows that no record it covers was
+    /// rewritten since zt server saw it.
+    #[arg(long, conflicts_with = "server")]
+    pub(crate) witness_key: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct AuditQueryArgs {
+    #[command(flatten)]
+    pub(crate) source: AuditSource,
+    /// The caller's SPIFFE ID (`*` wildcards at the ends, as in policies).
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    /// ALLOW or DENY.
+    #[arg(long, value_parser = ["ALLOW", "DENY"])]
+    pub(crate) decision: Option<String>,
+    /// The deciding policy, namespace/name; `none` for decisions no policy made.
+    #[arg(long)]
+    pub(crate) policy: Option<String>,
+    /// Records at or after this moment: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Records before this moment: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+}
 
 /// Opens a decision log whose checkpoints are signed with `--decision-log-key`
 /// (default `LOG.key`, created on first use). Errors name the flag.

@@ -1,16 +1,108 @@
 //! `zt ca`: a local CA kept in a directory.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
 
 use anyhow::Context as _;
+use zt_ca::KeyType;
 use zt_ca::store::{self, PRIVATE_MODE, PUBLIC_MODE};
 use zt_ca::{Authority, SvidRequest};
 use zt_identity::x509;
+use zt_identity::{SpiffeId, TrustDomain};
 
+use super::args::{AdminArgs, BundleFormat};
 use super::{now, timestamp};
-use crate::{BundleFormat, CaBundle, CaInit, CaIssue, CaIssueJwt, duration};
+use crate::duration;
+
+#[derive(Subcommand)]
+pub(crate) enum CaCommand {
+    /// Create a CA for a trust domain in a directory.
+    Init(CaInit),
+    /// Issue an X.509-SVID: writes PREFIX.crt (leaf, then chain) and PREFIX.key (mode 0600).
+    Issue(CaIssue),
+    /// Mint a JWT-SVID and print it.
+    IssueJwt(CaIssueJwt),
+    /// Print the CA's trust bundle.
+    Bundle(CaBundle),
+    /// Same as `zt authority rotate`: it acts on zt server, not on a local CA.
+    #[command(hide = true)]
+    Rotate(AdminArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct CaInit {
+    /// Trust domain name, e.g. example.org.
+    #[arg(long, value_parser = TrustDomain::parse)]
+    pub(crate) trust_domain: TrustDomain,
+    /// Directory to keep the CA in (created with mode 0700).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// Key algorithm of the CA: ec-p256, ec-p384 or rsa-2048.
+    #[arg(long, default_value = "ec-p256")]
+    pub(crate) key_type: KeyType,
+    /// Lifetime of the CA certificate.
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+    /// Replace a CA that already exists in the directory.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct CaIssue {
+    /// Directory of the CA (from `zt ca init`).
+    #[arg(long = "ca")]
+    pub(crate) ca_dir: PathBuf,
+    /// SPIFFE ID of the workload; must be in the CA's trust domain and have a path.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: SpiffeId,
+    /// DNS name to add as a SAN (repeatable).
+    #[arg(long = "dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// IP address to add as a SAN (repeatable).
+    #[arg(long = "ip")]
+    pub(crate) ip_addresses: Vec<IpAddr>,
+    /// Lifetime of the SVID.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+    /// Output prefix: writes PREFIX.crt and PREFIX.key.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct CaIssueJwt {
+    /// Directory of the CA.
+    #[arg(long = "ca")]
+    pub(crate) ca_dir: PathBuf,
+    /// SPIFFE ID of the subject.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: SpiffeId,
+    /// Audience (repeatable; one is strongly recommended).
+    #[arg(long = "audience", required = true)]
+    pub(crate) audiences: Vec<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "5m", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct CaBundle {
+    /// Directory of the CA.
+    #[arg(long = "ca")]
+    pub(crate) ca_dir: PathBuf,
+    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT keys).
+    #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+    pub(crate) format: BundleFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
 
 /// `zt ca init`.
 pub fn init(args: CaInit) -> anyhow::Result<ExitCode> {

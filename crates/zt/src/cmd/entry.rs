@@ -1,20 +1,211 @@
 //! Commands that talk to `zt server` through its admin API: `zt entry`,
 //! `zt agent`, `zt revoke`, `zt bundle show` and `zt ca rotate`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
 
 use anyhow::Context as _;
 use zt_identity::SpiffeId;
-use zt_server::api::MintedX509Svid;
 use zt_server::api::{CreateJoinToken, EntryFilter, UpdateEntry};
 use zt_server::client::AdminClient;
 use zt_store::{Entry, EntrySpec};
 
+use super::args::{AdminArgs, BundleFormat, Output};
 use super::timestamp;
-use crate::{
-    AdminArgs, AgentTarget, BundleFormat, BundleShow, EntryCreate, EntryFields, EntryShow, EntryTarget,
-    EntryUpdate, Output, RevokeArgs, TokenCreate, X509MintArgs,
-};
+use crate::duration;
+
+#[derive(Subcommand)]
+pub(crate) enum AuthorityCommand {
+    /// Ask zt server to rotate its signing authority now (the old one stays in the
+    /// bundle until it expires); every replica on the datastore follows.
+    Rotate(AdminArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spiffe_id", "serial"])))]
+pub(crate) struct RevokeArgs {
+    /// Every SVID of this SPIFFE ID issued until now.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// One SVID, by serial (hex, as zt svid inspect prints it).
+    #[arg(long)]
+    pub(crate) serial: Option<String>,
+    /// Why, for the record.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum X509Command {
+    /// Have zt server sign an X.509-SVID for a fresh key made here (the key never
+    /// leaves this process): svid.pem, key.pem (0600) and bundle.pem with --write.
+    Mint(X509MintArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct X509MintArgs {
+    /// The identity, in the server's trust domain (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: SpiffeId,
+    /// Lifetime, e.g. 1h (at most 24h; the signing authority's own life cuts it shorter).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+    /// A DNS SAN, for peers that check host names (repeatable).
+    #[arg(long)]
+    pub(crate) dns: Vec<String>,
+    /// Write svid.pem, key.pem and bundle.pem to this directory instead of printing them.
+    #[arg(long)]
+    pub(crate) write: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BundleCommand {
+    /// Print the trust bundle: every authority not yet expired.
+    Show(BundleShow),
+}
+
+#[derive(Args)]
+pub(crate) struct BundleShow {
+    /// pem (X.509 authorities only) or jwks (the SPIFFE bundle format, with JWT
+    /// keys; SPIRE: -format spiffe) [default: jwks with --output json, else pem].
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<BundleFormat>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EntryCommand {
+    /// Create a registration entry.
+    Create(EntryCreate),
+    /// Show one entry (--entry-id) or those matching the filters.
+    Show(EntryShow),
+    /// Change some fields of an entry; refused if it changed since it was read.
+    Update(EntryUpdate),
+    /// Delete an entry.
+    Delete(EntryTarget),
+    /// Count the entries.
+    Count(AdminArgs),
+}
+
+/// Fields of an entry, for create and update.
+#[derive(Args)]
+pub(crate) struct EntryFields {
+    /// SPIFFE ID of the workload (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// SPIFFE ID of the agent or node alias it runs under (SPIRE: -parentID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) parent_id: Option<SpiffeId>,
+    /// Selector type:value, repeatable, e.g. k8s:ns:production (SPIRE: -selector).
+    #[arg(long = "selector", value_parser = zt_store::Selector::parse)]
+    pub(crate) selectors: Vec<zt_store::Selector>,
+    /// X.509-SVID lifetime (SPIRE: -x509SVIDTTL, seconds or e.g. 1h).
+    #[arg(long, value_parser = duration::parse)]
+    pub(crate) x509_ttl: Option<Duration>,
+    /// Same as --x509-ttl (SPIRE's older -ttl).
+    #[arg(long, value_parser = duration::parse, conflicts_with = "x509_ttl")]
+    pub(crate) ttl: Option<Duration>,
+    /// JWT-SVID lifetime (SPIRE: -jwtSVIDTTL).
+    #[arg(long, value_parser = duration::parse)]
+    pub(crate) jwt_ttl: Option<Duration>,
+    /// DNS name for the X.509-SVID, repeatable (SPIRE: -dns).
+    #[arg(long = "dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// SVIDs of this entry may use the admin API (SPIRE: -admin).
+    #[arg(long)]
+    pub(crate) admin: bool,
+    /// A node alias: agents matching the selectors are grouped under the SPIFFE ID (SPIRE: -node).
+    #[arg(long)]
+    pub(crate) node: bool,
+    /// Unix time after which the entry no longer issues (SPIRE: -entryExpiry).
+    #[arg(long)]
+    pub(crate) expires_at: Option<u64>,
+    /// The Workload API's hint on this entry's SVIDs, by which a workload holding
+    /// several picks one (SPIRE: -hint).
+    #[arg(long)]
+    pub(crate) hint: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct EntryCreate {
+    #[command(flatten)]
+    pub(crate) fields: EntryFields,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct EntryShow {
+    /// Only this entry (SPIRE: -entryID).
+    #[arg(long)]
+    pub(crate) entry_id: Option<String>,
+    /// Only entries with this SPIFFE ID.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// Only entries under this parent.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) parent_id: Option<SpiffeId>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct EntryUpdate {
+    /// The entry to change (SPIRE: -entryID).
+    #[arg(long)]
+    pub(crate) entry_id: String,
+    /// Refuse unless the entry is still at this revision (default: the one just read).
+    #[arg(long)]
+    pub(crate) revision: Option<u64>,
+    #[command(flatten)]
+    pub(crate) fields: EntryFields,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct EntryTarget {
+    /// The entry (SPIRE: -entryID).
+    #[arg(long)]
+    pub(crate) entry_id: String,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct AgentTarget {
+    /// The agent's SPIFFE ID (SPIRE: -spiffeID).
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: SpiffeId,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a one-time join token.
+    Create(TokenCreate),
+}
+
+#[derive(Args)]
+pub(crate) struct TokenCreate {
+    /// The agent ID the token grants.
+    #[arg(long, value_parser = SpiffeId::parse)]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// Validity of the token.
+    #[arg(long, default_value = "10m", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
 
 /// Default X.509-SVID TTL of new entries, as the seeds require.
 const DEFAULT_X509_TTL: u64 = 3600;
@@ -209,13 +400,13 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 /// `zt x509 mint`.
 pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.admin);
-    let request = MintRequest {
+    let request = zt_server::client::MintRequest {
         spiffe_id: &args.spiffe_id,
         ttl: args.ttl,
         dns_names: &args.dns,
     };
     let Some(dir) = &args.write else {
-        let (minted, key_pem) = super::admin_call(mint(&client, &request))?;
+        let (minted, key_pem) = super::admin_call(client.mint_x509_svid_for_new_key(&request))?;
         match args.admin.output {
             Output::Json => {
                 let mut value = serde_json::to_value(&minted)?;
@@ -230,7 +421,7 @@ pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let minted = super::admin_call(mint_to_dir(&client, &request, dir))?;
+    let minted = super::admin_call(client.mint_x509_svid_to_dir(&request, dir))?;
     println!(
         "{}: svid.pem, key.pem, bundle.pem for {} (serial {}, expires {})",
         dir.display(),
@@ -239,56 +430,6 @@ pub fn mint_x509(args: X509MintArgs) -> anyhow::Result<ExitCode> {
         timestamp(minted.expires_at)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// What to mint.
-pub struct MintRequest<'a> {
-    pub spiffe_id: &'a SpiffeId,
-    pub ttl: std::time::Duration,
-    pub dns_names: &'a [String],
-}
-
-/// Has zt server sign an X.509-SVID for a key made here: only a CSR goes to the
-/// server. Returns the answer and the key (PEM).
-async fn mint(client: &AdminClient, request: &MintRequest<'_>) -> anyhow::Result<(MintedX509Svid, String)> {
-    use base64::Engine as _;
-    let (key_pem, csr) = zt_ca::key_and_csr().context("making a key and its signing request")?;
-    let minted = client
-        .mint_x509_svid(&zt_server::api::MintX509Svid {
-            spiffe_id: request.spiffe_id.to_string(),
-            csr: base64::engine::general_purpose::STANDARD.encode(csr),
-            ttl_secs: request.ttl.as_secs(),
-            dns_names: request.dns_names.to_vec(),
-        })
-        .await?;
-    Ok((minted, key_pem))
-}
-
-/// Mints an SVID (see [`mint`]) into `dir` as SPIRE's `x509 mint -write` does:
-/// svid.pem, key.pem (0600) and bundle.pem, each replaced atomically.
-pub async fn mint_to_dir(
-    client: &AdminClient,
-    request: &MintRequest<'_>,
-    dir: &std::path::Path,
-) -> anyhow::Result<MintedX509Svid> {
-    use zt_ca::store::{PRIVATE_MODE, PUBLIC_MODE, write_atomically};
-    let (minted, key_pem) = mint(client, request).await?;
-    zt_fs::private_dir(dir).with_context(|| format!("--write {}", dir.display()))?;
-    write_atomically(&[
-        (
-            dir.join("svid.pem"),
-            minted.chain_pem.clone().into_bytes(),
-            PUBLIC_MODE,
-        ),
-        (dir.join("key.pem"), key_pem.into_bytes(), PRIVATE_MODE),
-        (
-            dir.join("bundle.pem"),
-            minted.bundle_pem.clone().into_bytes(),
-            PUBLIC_MODE,
-        ),
-    ])
-    .with_context(|| format!("--write {}", dir.display()))?;
-    Ok(minted)
 }
 
 /// `zt agent list`.

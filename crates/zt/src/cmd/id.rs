@@ -2,7 +2,18 @@
 
 use std::process::ExitCode;
 
+use clap::Subcommand;
+
 use zt_identity::SpiffeId;
+
+#[derive(Subcommand)]
+pub(crate) enum IdCommand {
+    /// Print the trust domain and path of a SPIFFE ID, or why it is invalid (exit 1).
+    Check {
+        /// The SPIFFE ID, e.g. spiffe://example.org/service-one.
+        id: String,
+    },
+}
 
 /// `zt id check ID`: the parsed parts, or the reason it is invalid and exit 1.
 pub fn check(input: &str) -> anyhow::Result<ExitCode> {

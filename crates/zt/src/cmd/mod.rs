@@ -1,7 +1,9 @@
-//! One module per command group; each function returns the exit code or an error
-//! whose text names the file, flag or value at fault.
+//! One module per command group, with its clap arguments (those several share are
+//! in `args`); each function returns the exit code or an error whose text names
+//! the file, flag or value at fault.
 
 pub mod agent;
+pub mod args;
 pub mod audit;
 pub mod bench;
 pub mod ca;
@@ -20,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use zt_identity::Bundle;
 
-use crate::BundleArgs;
+use self::svid::BundleArgs;
 
 /// Largest file any command reads, in bytes; SVIDs, keys and bundles are far smaller.
 pub const MAX_INPUT_BYTES: u64 = 1 << 20;
@@ -93,10 +95,8 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Set (to anything) by a supervisor that holds this process's standard input,
-/// as `zt up` does: when its end closes (the supervisor stops, or dies), this
-/// process stops as it would on SIGTERM, so nothing outlives its supervisor.
-pub const EXIT_ON_STDIN_EOF: &str = "ZT_EXIT_ON_STDIN_EOF";
+/// Set by a supervisor (`zt up`) that holds this process's standard input.
+pub use zt_up::children::EXIT_ON_STDIN_EOF;
 
 /// Completes on SIGINT or SIGTERM, or when standard input closes if
 /// [`EXIT_ON_STDIN_EOF`] is set.

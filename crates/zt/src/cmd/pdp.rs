@@ -6,7 +6,52 @@ use std::process::ExitCode;
 
 use zt_policy::rego::RegoPolicies;
 
-use crate::{PdpRunArgs, RegoLimitArgs};
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::args::{CheckpointArgs, RegoLimitArgs};
+
+#[derive(Subcommand)]
+pub(crate) enum PdpCommand {
+    /// Serve Rego policies (.rego, v1 or v0) and data documents (.json, .yaml) with
+    /// OPA's REST API: `opa run --server FILES` becomes `zt pdp run FILES`.
+    Run(PdpRunArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PdpRunArgs {
+    /// Where to listen (OPA's default port).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    pub(crate) addr: std::net::SocketAddr,
+    /// Also serve Envoy's ext_authz (gRPC, envoy.service.auth.v3.Authorization) here,
+    /// e.g. 127.0.0.1:9191 as OPA-Envoy does.
+    #[arg(long)]
+    pub(crate) ext_authz_addr: Option<std::net::SocketAddr>,
+    /// The rule ext_authz decisions come from (OPA-Envoy's default).
+    #[arg(long, default_value = zt_pdp::ext_authz::DEFAULT_PATH)]
+    pub(crate) ext_authz_path: String,
+    /// Append every /v1/data decision (id, query, input masked by data.system.log.mask,
+    /// result, bundle revisions, time) to this hash-chained log (zt audit verify|query).
+    #[arg(long)]
+    pub(crate) decision_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) checkpoints: CheckpointArgs,
+    /// Serve PUT and DELETE /v1/policies/{id}: whoever may call the API can then change
+    /// what it decides. Without it they are refused (401).
+    #[arg(long)]
+    pub(crate) allow_policy_writes: bool,
+    /// Require `Authorization: Bearer TOKEN` on every API call but /health (OPA's
+    /// --authentication=token); the token is the file's first line, read once at start.
+    /// The file must not be readable by other users (chmod 600).
+    #[arg(long)]
+    pub(crate) api_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) rego_limits: RegoLimitArgs,
+    /// Policy and data files.
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+}
 
 /// Serves the policies and data files given until SIGINT or SIGTERM.
 pub fn run(args: PdpRunArgs) -> anyhow::Result<ExitCode> {

@@ -7,7 +7,74 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use zt_policy::{PolicySet, Request};
 
-use crate::{PolicyApplyArgs, PolicyEvalArgs, PolicyLintArgs, PolicyTestArgs};
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::args::{AdminArgs, RegoLimitArgs};
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Check every policy file in a directory: each problem as file:line: field: what is wrong.
+    Lint(PolicyLintArgs),
+    /// Decide one request: {"decision":"ALLOW"|"DENY","policy":"<namespace>/<name>"|null,"reason":"…"}.
+    Eval(PolicyEvalArgs),
+    /// Run table tests (requests and expected decisions) against a directory of policies,
+    /// and the test_* rules of its Rego modules.
+    Test(PolicyTestArgs),
+    /// Lint a directory, show its difference to the version on zt server, and store it
+    /// as the next version, which the server pushes to every proxy.
+    Apply(PolicyApplyArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyApplyArgs {
+    /// The directory of policy files.
+    pub(crate) dir: PathBuf,
+    /// Show the difference only; apply nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyLintArgs {
+    /// The directory of policy files (*.yaml, *.yml; searched recursively).
+    pub(crate) dir: PathBuf,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    pub(crate) root_namespace: String,
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyEvalArgs {
+    /// The directory of policy files.
+    #[arg(long)]
+    pub(crate) policies: PathBuf,
+    /// The request, as JSON: inline, @FILE, or - for standard input. Shape:
+    /// {"source":{"principal":"spiffe://…","namespace":"…","ip":"…"},"destination":{"namespace":"…","labels":{…},"port":8080},"request":{"method":"GET","path":"/…","host":"…","headers":{…},"auth":{"principal":"…","claims":{…}}},"protocol":"http"|"tcp"}
+    #[arg(long)]
+    pub(crate) request: String,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    pub(crate) root_namespace: String,
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyTestArgs {
+    /// The directory of policy files.
+    pub(crate) dir: PathBuf,
+    /// The cases: a YAML or JSON list of {name, request, decision, policy?}. Rego
+    /// modules' test_* rules in the directory run in any case, like `opa test`.
+    #[arg(long)]
+    pub(crate) cases: Option<PathBuf>,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    pub(crate) root_namespace: String,
+    #[command(flatten)]
+    pub(crate) rego_limits: RegoLimitArgs,
+}
 
 /// The policies of `dir`, or every problem, one per line.
 fn load(dir: &Path, root_namespace: &str) -> anyhow::Result<PolicySet> {

@@ -10,7 +10,193 @@ use zt_proxy::request::normalize::{HeadRules, ROUTING_HEADERS};
 use zt_proxy::{AppProtocol, IdentitySource, InboundConfig, ProxyConfig};
 use zt_tls::TlsVersions;
 
-use crate::{AppProtocolArg, ModeArg, PolicyModeArg, ProxyArgs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::args::{CheckpointArgs, RegoLimitArgs, parse_from_str};
+use crate::duration;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("files").multiple(true).args(["cert", "key", "bundle"])))]
+#[command(group(clap::ArgGroup::new("policies").args(["policy_dir", "policies_from_agent"])))]
+pub(crate) struct ProxyArgs {
+    /// The inbound mTLS listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub(crate) inbound: std::net::SocketAddr,
+    /// The local app (plaintext) that the inbound side fronts; without it, no --inbound listener.
+    #[arg(long, required_unless_present_any = ["upstream", "tcp_inbound"])]
+    pub(crate) app: Option<std::net::SocketAddr>,
+    /// Another inbound mTLS port, LISTEN,APP (repeatable), relayed as opaque TCP to
+    /// the app port APP whatever --app-protocol says: a database or cache port beside
+    /// the HTTP one. Same allow-list, mode and limits.
+    /// E.g. 0.0.0.0:15007,127.0.0.1:5432
+    #[arg(long)]
+    pub(crate) tcp_inbound: Vec<zt_proxy::TcpPort>,
+    /// An outbound route, LISTEN,TARGET,SPIFFE_ID (repeatable): the app connects in
+    /// plaintext to LISTEN, the proxy connects with mTLS to TARGET and requires its
+    /// SVID to be SPIFFE_ID. E.g. 127.0.0.1:15001,billing:15006,spiffe://example.org/billing
+    #[arg(long)]
+    pub(crate) upstream: Vec<zt_proxy::Upstream>,
+    /// What the app speaks: http1, h2c (HTTP/2 in cleartext, for gRPC apps), or tcp
+    /// (opaque: bytes relayed after the handshake and the allow-list, no headers).
+    #[arg(long, value_enum, default_value_t = AppProtocolArg::Http1)]
+    pub(crate) app_protocol: AppProtocolArg,
+    /// The admin port: /healthz, /readyz (ready once the proxy holds an SVID), /metrics.
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    pub(crate) admin: std::net::SocketAddr,
+    /// Threads serving each inbound address, each with its own event loop and listening
+    /// socket (SO_REUSEPORT), like nginx's workers [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) workers: Option<u16>,
+    /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
+    #[arg(long = "allow-spiffe-id", required_unless_present_any = ["upstream", "policy_dir", "policies_from_agent"])]
+    pub(crate) allow_spiffe_id: Vec<String>,
+    /// Headers a client could forge its identity with, removed before the app sees
+    /// a request (repeatable; x-forwarded-client-cert always is).
+    #[arg(long = "strip-header")]
+    pub(crate) strip_header: Vec<String>,
+    /// A header that hands the app part of the verified caller's SPIFFE ID, for apps
+    /// that cannot parse XFCC: NAME=FIELD or NAME=TEMPLATE with {FIELD}s, FIELD one of
+    /// spiffe-id, trust-domain, path, ns, sa (repeatable; e.g. X-Client-CN={sa}). A
+    /// copy sent by the client is removed in every spelling; a caller whose ID lacks
+    /// a field gets no header.
+    #[arg(long = "identity-header", value_name = "NAME=FIELD")]
+    pub(crate) identity_header: Vec<zt_proxy::connection::IdentityHeader>,
+    /// A header some apps route by (X-Forwarded-Host, X-Original-URL, X-Rewrite-URL,
+    /// Forwarded, method overrides…) to pass to the app as the client sent it
+    /// (repeatable); untrusted, they are removed, since the policies decided on the
+    /// request line and Host.
+    #[arg(long = "trust-header")]
+    pub(crate) trust_header: Vec<String>,
+    /// Request headers whose name has '_' (which CGI, WSGI, PHP and Rack read as
+    /// the same as '-'): drop, reject (400), or allow (still removed when they
+    /// spell a removed header).
+    #[arg(long, default_value = "drop", value_parser = parse_from_str::<zt_proxy::request::normalize::Underscores>)]
+    pub(crate) headers_with_underscores: zt_proxy::request::normalize::Underscores,
+    /// Path parameters (';' in a path segment, which servlet-style apps drop):
+    /// reject (400), or strip them from every segment before policies and the app
+    /// see the path.
+    #[arg(long, default_value = "reject", value_parser = parse_from_str::<zt_policy::normalize::PathParams>)]
+    pub(crate) path_params: zt_policy::normalize::PathParams,
+    /// An HTTP/1.1 upgrade protocol spliced through after the app's 101
+    /// (repeatable). Others (h2c above all, whose requests no policy would see) are
+    /// removed and the request served as an ordinary one.
+    #[arg(long = "allow-upgrade", default_value = "websocket")]
+    pub(crate) allow_upgrade: Vec<String>,
+    /// Accept TLS 1.2 as well as 1.3.
+    #[arg(long)]
+    pub(crate) tls12: bool,
+    /// strict: mTLS only. permissive: plaintext too on the same port, counted and
+    /// logged (Istio's PeerAuthentication modes; for migrating callers).
+    #[arg(long, value_enum, default_value_t = ModeArg::Strict)]
+    pub(crate) mode: ModeArg,
+    /// Open inbound connections at most; more are closed at accept.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_connections: usize,
+    /// Open inbound connections from one source address at most, so that one
+    /// client cannot hold every slot.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) max_connections_per_source: usize,
+    /// Request headers at most (else 431).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) max_request_headers: usize,
+    /// Bytes of request head at most (else 431).
+    #[arg(long, default_value_t = 65_536)]
+    pub(crate) max_header_bytes: usize,
+    /// Time for a request's head to arrive, also the idle time allowed between
+    /// requests (slow clients are disconnected).
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub(crate) request_header_timeout: Duration,
+    /// Request body bytes at most (else 413); unlimited if not set.
+    #[arg(long)]
+    pub(crate) max_request_body: Option<u64>,
+    /// The proxy's SVID chain, PEM, for development (with --key and --bundle; reloaded on change).
+    #[arg(long, requires_all = ["key", "bundle"])]
+    pub(crate) cert: Option<PathBuf>,
+    /// The SVID's key, PEM.
+    #[arg(long, requires_all = ["cert", "bundle"])]
+    pub(crate) key: Option<PathBuf>,
+    /// The trust bundle, PEM or SPIFFE JWKS.
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub(crate) bundle: Option<PathBuf>,
+    /// The Workload API socket, when not using files: a path, unix:///path or unix:/path [default: $SPIFFE_ENDPOINT_SOCKET, else /run/zt-agent/public/api.sock if it exists, else the agent's default for this user].
+    #[arg(long, value_parser = zt_workload::client::parse_socket)]
+    pub(crate) socket: Option<PathBuf>,
+    /// Authorize every request by the Istio AuthorizationPolicies in this directory
+    /// (reloaded when it changes; a set that does not load keeps the last good one).
+    #[arg(long)]
+    pub(crate) policy_dir: Option<PathBuf>,
+    /// Authorize every request by the policies zt server holds (zt policy apply), as
+    /// zt agent on the Workload API socket hands them out; until the first version
+    /// arrives, every request is denied.
+    #[arg(long)]
+    pub(crate) policies_from_agent: bool,
+    /// enforce: a DENY is a 403 (a closed connection for TCP). permissive: evaluated
+    /// and recorded, but let through.
+    #[arg(long, value_enum, default_value_t = PolicyModeArg::Enforce, requires = "policies")]
+    pub(crate) policy_mode: PolicyModeArg,
+    /// The workload's namespace for policy scope [default: from the SPIFFE ID's /ns/NS/].
+    #[arg(long, requires = "policies")]
+    pub(crate) namespace: Option<String>,
+    /// A workload label for policy selectors, KEY=VALUE (repeatable), e.g. app=billing-service.
+    #[arg(long = "label", value_parser = parse_label, requires = "policies")]
+    pub(crate) labels: Vec<(String, String)>,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    pub(crate) root_namespace: String,
+    /// Append every decision to this hash-chained log (zt audit verify|query reads it).
+    #[arg(long, requires = "policies")]
+    pub(crate) decision_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) checkpoints: CheckpointArgs,
+    /// Rego modules (v1, or v0 as written) for CUSTOM policies' providers (repeatable).
+    #[arg(long = "rego", requires = "policies")]
+    pub(crate) rego: Vec<PathBuf>,
+    /// A CUSTOM policy provider, NAME=RULE (repeatable): requests a CUSTOM policy naming
+    /// NAME sends out are decided in process by the Rego rule RULE (e.g.
+    /// zt-rego=envoy/authz/allow), with OPA-Envoy's input shape.
+    #[arg(long = "custom-provider", value_parser = parse_label, requires = "rego")]
+    pub(crate) custom_providers: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) rego_limits: RegoLimitArgs,
+    /// Export a span per inbound request (OpenTelemetry HTTP conventions, the caller's
+    /// SPIFFE ID) with OTLP over gRPC to this collector, e.g. http://127.0.0.1:4317; a
+    /// caller's W3C traceparent is continued and the app gets the proxy's. Off by
+    /// default: then trace headers pass through untouched.
+    #[arg(long, value_name = "URL", value_parser = parse_from_str::<zt_proxy::otlp::Endpoint>)]
+    pub(crate) otlp_endpoint: Option<zt_proxy::otlp::Endpoint>,
+}
+
+/// `--label KEY=VALUE`.
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PolicyModeArg {
+    Enforce,
+    Permissive,
+}
+
+/// `zt proxy --mode`.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ModeArg {
+    Strict,
+    Permissive,
+}
+
+/// `--app-protocol`.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum AppProtocolArg {
+    Http1,
+    H2c,
+    Tcp,
+}
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {

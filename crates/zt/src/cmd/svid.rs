@@ -1,17 +1,70 @@
 //! `zt svid`: inspect and verify SVIDs.
 
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::{Args, Subcommand};
 use rustls_pki_types::UnixTime;
 use serde_json::json;
+use zt_identity::TrustDomain;
 use zt_identity::x509::{self, CertificateSummary};
 use zt_identity::{Purpose, verify_x509_svid};
 
+use super::args::Output;
 use super::{load_bundle, now, read_input, timestamp};
-use crate::{Output, SvidInspect, SvidVerifyJwt};
+use crate::duration;
+
+#[derive(Subcommand)]
+pub(crate) enum SvidCommand {
+    /// Show an X.509-SVID's SPIFFE ID, serial and validity, and whether it verifies
+    /// against a bundle (exit 1 if it does not).
+    Inspect(SvidInspect),
+    /// Verify a JWT-SVID against a bundle and an audience (exit 1 if it does not verify).
+    VerifyJwt(SvidVerifyJwt),
+}
+
+/// Where the trust bundle comes from.
+#[derive(Args)]
+pub(crate) struct BundleArgs {
+    /// Trust bundle, PEM or SPIFFE JWKS.
+    #[arg(long)]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Trust domain of the bundle, when its authorities carry no SPIFFE ID.
+    #[arg(long, value_parser = TrustDomain::parse, requires = "bundle")]
+    pub(crate) trust_domain: Option<TrustDomain>,
+}
+
+#[derive(Args)]
+pub(crate) struct SvidInspect {
+    /// PEM file: the leaf first, then its chain.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) bundle: BundleArgs,
+    /// Private key file to check against the certificate.
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+#[derive(Args)]
+pub(crate) struct SvidVerifyJwt {
+    /// The token, or `-` to read it from standard input.
+    pub(crate) token: String,
+    #[command(flatten)]
+    pub(crate) bundle: BundleArgs,
+    /// The audience this verifier identifies with.
+    #[arg(long)]
+    pub(crate) audience: String,
+    /// The longest lifetime accepted, from iat (or now) to exp: a correctly
+    /// signed token that lives longer is refused.
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    pub(crate) max_lifetime: Duration,
+}
 
 /// `zt svid inspect`.
 pub fn inspect(args: SvidInspect) -> anyhow::Result<ExitCode> {

@@ -8,18 +8,25 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::cmd::EXIT_ON_STDIN_EOF;
+use crate::Error;
+
+/// Set (to anything) by a supervisor that holds a zt process's standard input,
+/// as `zt up` does: when its end closes (the supervisor stops, or dies), the
+/// process stops as it would on SIGTERM, so nothing outlives its supervisor.
+pub const EXIT_ON_STDIN_EOF: &str = "ZT_EXIT_ON_STDIN_EOF";
 
 /// How long a child has to stop once asked before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A running child process.
 pub struct Supervised {
+    /// What it is, e.g. `zt agent`.
     pub name: String,
+    /// Its process ID.
     pub pid: u32,
+    /// Where its standard output and error go.
     pub log: PathBuf,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -27,12 +34,12 @@ pub struct Supervised {
 
 impl Supervised {
     /// Starts `program args…` with its output appended to `log`.
-    pub fn spawn(name: &str, program: &Path, args: &[&OsStr], log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, program: &Path, args: &[&OsStr], log: &Path) -> Result<Self, Error> {
         let output = zt_fs::open_private(log, std::fs::OpenOptions::new().create(true).append(true))
-            .with_context(|| format!("{name}'s log"))?;
+            .map_err(Error::fs(format!("{name}'s log")))?;
         let errors = output
             .try_clone()
-            .with_context(|| format!("{name}'s log {}", log.display()))?;
+            .map_err(Error::io(format!("{name}'s log {}", log.display())))?;
         let mut child = Command::new(program)
             .args(args)
             .env(EXIT_ON_STDIN_EOF, "1")
@@ -42,8 +49,8 @@ impl Supervised {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
-        let pid = child.id().context("a child without a pid")?;
+            .map_err(Error::io(format!("starting {name} ({})", program.display())))?;
+        let pid = child.id().ok_or(Error::NoPid)?;
         let stdin = child.stdin.take();
         Ok(Self {
             name: name.to_owned(),
@@ -75,19 +82,19 @@ impl Supervised {
     }
 
     /// If the child has exited: which, how, and the end of its log.
-    pub fn exit_report(&mut self) -> Option<String> {
+    pub fn exit_report(&mut self) -> Option<Error> {
         let status = self.exited()?;
         Some(self.failure(&format!("exited ({})", describe(status))))
     }
 
     /// "NAME WHAT; its log PATH:" and the end of that log, to show why it failed.
-    pub fn failure(&self, what: &str) -> String {
-        format!(
-            "{} {what}; its log {}:\n{}",
-            self.name,
-            self.log.display(),
-            self.log_tail()
-        )
+    pub fn failure(&self, what: &str) -> Error {
+        Error::Child {
+            name: self.name.clone(),
+            what: what.to_owned(),
+            log: self.log.clone(),
+            tail: self.log_tail(),
+        }
     }
 
     /// The last lines of the child's log, indented.
@@ -96,8 +103,9 @@ impl Supervised {
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(12)..]
+        lines
             .iter()
+            .skip(lines.len().saturating_sub(12))
             .map(|line| format!("    | {line}\n"))
             .collect()
     }

@@ -1,14 +1,15 @@
 //! `DIR/up.json`: what a running `zt up` started, written once everything is
-//! ready and removed when it stops; and `zt status`, which reads it and asks each
-//! part whether it is healthy.
+//! ready and removed when it stops; and [`status`], which reads it and asks each
+//! part whether it is healthy (`zt status`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+
+use crate::Error;
 
 /// How long one health probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,15 +24,18 @@ pub struct State {
     pub pid: u32,
     /// RFC 3339.
     pub started_at: String,
+    /// What it started, in order.
     pub components: Vec<Component>,
 }
 
 /// One part of the mesh.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Component {
+    /// What it is, e.g. `zt agent` or `service-one app`.
     pub name: String,
     /// Its process (the demo apps run inside `zt up`).
     pub pid: u32,
+    /// How to tell that it is healthy.
     pub probe: Probe,
     /// Where it logs, if it has a log of its own.
     pub log: Option<PathBuf>,
@@ -42,9 +46,17 @@ pub struct Component {
 #[serde(rename_all = "snake_case")]
 pub enum Probe {
     /// `GET path` answers 200.
-    Http { addr: SocketAddr, path: String },
+    Http {
+        /// Where it listens.
+        addr: SocketAddr,
+        /// What to get.
+        path: String,
+    },
     /// The socket accepts a connection.
-    Unix { socket: PathBuf },
+    Unix {
+        /// The socket's path.
+        socket: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Probe {
@@ -111,76 +123,100 @@ pub fn alive(pid: u32) -> bool {
 
 impl State {
     /// Writes the state file atomically.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(self)?;
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(self).map_err(Error::Encode)?;
         zt_fs::write_atomically(&[(path.to_owned(), json, zt_fs::PRIVATE_MODE)])
-            .with_context(|| path.display().to_string())
+            .map_err(Error::fs(path.display()))
     }
 
     /// Reads the state file; `None` if there is none.
-    pub fn load(path: &Path) -> anyhow::Result<Option<Self>> {
+    pub fn load(path: &Path) -> Result<Option<Self>, Error> {
         if !path.exists() {
             return Ok(None);
         }
         let bytes = {
-            let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+            let file = std::fs::File::open(path).map_err(Error::io(path.display()))?;
             let mut bytes = Vec::new();
             file.take(MAX_STATE_BYTES)
                 .read_to_end(&mut bytes)
-                .with_context(|| path.display().to_string())?;
+                .map_err(Error::io(path.display()))?;
             bytes
         };
-        let state = serde_json::from_slice(&bytes).with_context(|| path.display().to_string())?;
+        let state = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Some(state))
     }
 }
 
-/// `zt status`: prints what runs in `dir` and whether each part is healthy;
-/// true if `zt up` runs there and every part is.
-pub fn report(dir: &Path, state_file: &Path) -> anyhow::Result<bool> {
+/// What runs in a `zt up` directory, by its state file.
+pub enum Status {
+    /// No state file: `zt up` is not running there (or not ready yet).
+    NotRunning,
+    /// The state file names a `zt up` whose process is gone.
+    Gone {
+        /// Its pid.
+        pid: u32,
+    },
+    /// `zt up` runs; each component with its health (`Err` says why not).
+    Running {
+        /// What it wrote.
+        state: State,
+        /// Per component, in order: healthy, or why not.
+        health: Vec<Result<(), String>>,
+    },
+}
+
+/// Reads `state_file` and asks each part whether it is healthy.
+pub fn status(state_file: &Path) -> Result<Status, Error> {
     let Some(state) = State::load(state_file)? else {
-        println!(
-            "zt up is not running in {} (no {})",
-            dir.display(),
-            state_file.display()
-        );
-        return Ok(false);
+        return Ok(Status::NotRunning);
     };
     if !alive(state.pid) {
-        println!(
-            "zt up is not running in {}: pid {} in {} is gone (it did not stop cleanly; `zt up --dir {}` starts it again)",
-            dir.display(),
-            state.pid,
-            state_file.display(),
-            dir.display()
-        );
-        return Ok(false);
+        return Ok(Status::Gone { pid: state.pid });
     }
-    println!(
-        "zt up in {} (pid {}, since {})",
-        dir.display(),
-        state.pid,
-        state.started_at
-    );
-    let width = state.components.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    let mut healthy = true;
-    for component in &state.components {
-        let verdict = if alive(component.pid) {
-            component.probe.check().map_err(|why| format!("unhealthy: {why}"))
-        } else {
-            Err("not running".to_owned())
-        };
-        let (word, why) = match verdict {
-            Ok(()) => ("healthy", String::new()),
-            Err(why) => {
-                healthy = false;
-                ("DOWN", format!(" ({why})"))
+    let health = state
+        .components
+        .iter()
+        .map(|component| {
+            if alive(component.pid) {
+                component.probe.check().map_err(|why| format!("unhealthy: {why}"))
+            } else {
+                Err("not running".to_owned())
             }
+        })
+        .collect();
+    Ok(Status::Running { state, health })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_round_trips_and_its_absence_means_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.json");
+        assert!(matches!(status(&path).unwrap(), Status::NotRunning));
+        let state = State {
+            pid: std::process::id(),
+            started_at: "2026-11-30T14:00:00Z".into(),
+            components: vec![Component {
+                name: "zt agent".into(),
+                pid: u32::MAX,
+                probe: Probe::Unix {
+                    socket: dir.path().join("api.sock"),
+                },
+                log: None,
+            }],
         };
-        println!(
-            "  {:width$}  pid {:<7}  {word:7}  {}{why}",
-            component.name, component.pid, component.probe
-        );
+        state.save(&path).unwrap();
+        let Status::Running { state, health } = status(&path).unwrap() else {
+            panic!("this process is alive")
+        };
+        assert_eq!(state.components[0].name, "zt agent");
+        assert_eq!(health, vec![Err("not running".to_owned())]);
+        assert!(state.components[0].probe.to_string().starts_with("unix://"));
     }
-    Ok(healthy)
 }

@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::Error;
+
 /// The trust domain of the demo mesh: Istio's default, so that policies name
 /// principals as Istio's do (`cluster.local/ns/default/sa/service-one`).
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -21,6 +23,7 @@ pub const MAX_PORT_OFFSET: u16 = 81;
 const MAX_SOCKET_PATH: usize = 107;
 
 /// The directory and ports of one `zt up`.
+#[derive(Debug, Clone)]
 pub struct Layout {
     /// Absolute.
     pub dir: PathBuf,
@@ -28,8 +31,11 @@ pub struct Layout {
 }
 
 /// One demo service: its identity and addresses.
+#[derive(Debug)]
 pub struct Service {
+    /// `service-one` or `service-two`.
     pub name: &'static str,
+    /// Its SPIFFE ID (see [`spiffe_id`]).
     pub spiffe_id: String,
     /// mTLS, served by its zt proxy.
     pub inbound: SocketAddr,
@@ -49,6 +55,7 @@ impl Layout {
         Self { dir, port_base }
     }
 
+    /// `--port-base`.
     pub fn port_base(&self) -> u16 {
         self.port_base
     }
@@ -57,14 +64,17 @@ impl Layout {
         (Ipv4Addr::LOCALHOST, self.port_base + offset).into()
     }
 
+    /// zt server's health and metrics port.
     pub fn server_http(&self) -> SocketAddr {
         self.port(80)
     }
 
+    /// zt server's agent API.
     pub fn agent_api(&self) -> SocketAddr {
         self.port(MAX_PORT_OFFSET)
     }
 
+    /// The demo services, with their addresses.
     pub fn services(&self) -> Vec<Service> {
         SERVICES
             .iter()
@@ -96,26 +106,32 @@ impl Layout {
         ports
     }
 
+    /// zt server's data directory.
     pub fn server_dir(&self) -> PathBuf {
         self.dir.join("server")
     }
 
+    /// zt server's admin socket.
     pub fn admin_socket(&self) -> PathBuf {
         self.server_dir().join(zt_server::ADMIN_SOCKET)
     }
 
+    /// zt agent's directory: its socket, data, join token and the server's bundle.
     pub fn agent_dir(&self) -> PathBuf {
         self.dir.join("agent")
     }
 
+    /// The Workload API socket.
     pub fn agent_socket(&self) -> PathBuf {
         self.agent_dir().join("api.sock")
     }
 
+    /// The agent's join token file.
     pub fn join_token(&self) -> PathBuf {
         self.agent_dir().join("join-token")
     }
 
+    /// The bundle that authenticates zt server to the agent.
     pub fn server_bundle(&self) -> PathBuf {
         self.agent_dir().join("server-bundle.pem")
     }
@@ -126,14 +142,17 @@ impl Layout {
         self.dir.join("bin").join(format!("{service}-proxy"))
     }
 
+    /// A child's log file.
     pub fn log(&self, component: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{component}.log"))
     }
 
+    /// A proxy's decision log.
     pub fn decision_log(&self, service: &str) -> PathBuf {
         self.dir.join("decisions").join(format!("{service}.log"))
     }
 
+    /// The policy directory applied at start.
     pub fn policies(&self) -> PathBuf {
         self.dir.join("policies")
     }
@@ -143,24 +162,27 @@ impl Layout {
         self.dir.join("clients").join(service)
     }
 
+    /// The state file (see [`crate::state`]).
     pub fn state(&self) -> PathBuf {
         self.dir.join("up.json")
     }
 
+    /// The lock file, which holds the running `zt up`'s pid.
     pub fn lock(&self) -> PathBuf {
         self.dir.join("up.lock")
     }
 
     /// Refuses a directory so deep that the sockets could not be bound in it.
-    pub fn check_socket_paths(&self) -> anyhow::Result<()> {
+    pub fn check_socket_paths(&self) -> Result<(), Error> {
         for socket in [self.admin_socket(), self.agent_socket()] {
             let length = socket.as_os_str().len();
             if length > MAX_SOCKET_PATH {
-                anyhow::bail!(
-                    "--dir {}: the socket {} would be {length} bytes long, and a Unix socket path can have at most {MAX_SOCKET_PATH}; choose a shorter --dir",
-                    self.dir.display(),
-                    socket.display()
-                );
+                return Err(Error::SocketPathTooLong {
+                    dir: self.dir.clone(),
+                    socket,
+                    length,
+                    max: MAX_SOCKET_PATH,
+                });
             }
         }
         Ok(())
@@ -170,4 +192,38 @@ impl Layout {
 /// The SPIFFE ID of a demo service: Istio's form, namespace `default`.
 pub fn spiffe_id(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_and_within_the_block() {
+        let layout = Layout::new(PathBuf::from("/tmp/zt-up"), 7000);
+        let ports: Vec<u16> = layout.ports().iter().map(|(addr, _)| addr.port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| (7001..=7000 + MAX_PORT_OFFSET).contains(p)));
+        let services = layout.services();
+        assert_eq!(services[0].peer, services[1].name);
+        assert_eq!(
+            services[1].spiffe_id,
+            "spiffe://cluster.local/ns/default/sa/service-two"
+        );
+    }
+
+    #[test]
+    fn a_directory_too_deep_for_its_sockets_is_refused() {
+        assert!(
+            Layout::new(PathBuf::from("/tmp/zt-up"), 7000)
+                .check_socket_paths()
+                .is_ok()
+        );
+        let deep = PathBuf::from(format!("/tmp/{}", "d".repeat(100)));
+        let error = Layout::new(deep, 7000).check_socket_paths().unwrap_err();
+        assert!(error.to_string().contains("choose a shorter --dir"), "{error}");
+    }
 }

@@ -12,26 +12,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
 
-/// Binds the app of `service` on `addr`; serving starts with the returned future.
+use crate::Error;
+
+/// Binds the app of `service` on `addr`; serving starts with the returned future,
+/// which ends only if serving fails.
 pub async fn bind(
     service: &'static str,
     addr: SocketAddr,
-) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use anyhow::Context as _;
+) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("{service}'s app on {addr}"))?;
+        .map_err(Error::io(format!("{service}'s app on {addr}")))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/public", any(answer))
         .route("/internal", any(answer))
         .fallback(not_found)
         .with_state(service);
-    Ok(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("zt up: {service}'s app stopped: {e}");
-        }
-    })
+    Ok(async move { axum::serve(listener, app).await })
 }
 
 async fn answer(State(service): State<&'static str>, request: Request) -> Response {

@@ -1,0 +1,661 @@
+//! Starting the mesh in order, waiting for each part to be ready, and watching
+//! it until it stops.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zt_identity::SpiffeId;
+use zt_server::api::{BundleFormat, CreateJoinToken, EntryFilter};
+use zt_server::client::AdminClient;
+use zt_store::{EntrySpec, Selector};
+
+use crate::Error;
+use crate::children::Supervised;
+use crate::layout::{self, AGENT_ID, Layout, Service, TRUST_DOMAIN};
+use crate::state::{Component, Probe, State};
+
+/// The policies a new DIR starts with (`examples/mesh/policies`).
+const POLICIES: &[(&str, &str)] = &[
+    (
+        "public.yaml",
+        include_str!("../../../examples/mesh/policies/public.yaml"),
+    ),
+    (
+        "internal.yaml",
+        include_str!("../../../examples/mesh/policies/internal.yaml"),
+    ),
+];
+
+/// How long each part may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often readiness is probed while waiting, and children watched after.
+const POLL: Duration = Duration::from_millis(50);
+const WATCH: Duration = Duration::from_millis(500);
+
+/// Lifetime of the certificates minted for callers outside the mesh.
+const CLIENT_CERT_TTL: Duration = Duration::from_secs(3600);
+
+/// How often the certificates for callers outside the mesh are renewed while
+/// `zt up` runs.
+pub const CLIENT_CERT_RENEWAL: Duration = Duration::from_secs(1800);
+
+/// How long the agent's join token is valid (it is used only if the agent has
+/// no valid SVID of its own from an earlier run).
+const JOIN_TOKEN_TTL: u64 = 600;
+
+/// What [`run`] reports as it goes, in order, for the caller to show.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Starting in the layout's directory; `reused` if its datastore is from an
+    /// earlier run.
+    Opening {
+        /// Whether the datastore, agent SVID and policies are reused.
+        reused: bool,
+    },
+    /// zt server is ready.
+    ServerReady {
+        /// Its pid.
+        pid: u32,
+        /// Its data directory.
+        data_dir: &'a Path,
+        /// Its agent API.
+        agent_api: SocketAddr,
+    },
+    /// A service's registration entry is in place.
+    EntryRegistered {
+        /// The service.
+        service: &'a Service,
+        /// The proxy executable its entry selects.
+        binary: &'a Path,
+        /// Whether the entry was created or replaced (else it was already right).
+        changed: bool,
+    },
+    /// zt agent is ready.
+    AgentReady {
+        /// Its pid.
+        pid: u32,
+        /// The Workload API socket.
+        socket: &'a Path,
+    },
+    /// A service's proxy is ready (it holds an SVID), its app behind it.
+    ProxyReady {
+        /// The service.
+        service: &'a Service,
+        /// The proxy's pid.
+        pid: u32,
+    },
+    /// The policies are applied and both proxies enforce them.
+    PoliciesInForce {
+        /// Whether zt's example policies were written into the new DIR.
+        wrote_examples: bool,
+        /// The last line `zt policy apply` printed.
+        said: &'a str,
+    },
+    /// The certificates for callers outside the mesh are written.
+    ClientCertsMinted,
+    /// Everything is ready, and the state file written.
+    Ready {
+        /// How long it took.
+        took: Duration,
+    },
+    /// Starting or running failed; what was started is stopped next.
+    Failed(&'a Error),
+    /// The shutdown signal came: stopping.
+    Stopping,
+    /// A child stopped.
+    ChildStopped {
+        /// Which.
+        name: &'a str,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        how: &'a str,
+    },
+    /// Everything that came up has stopped.
+    Stopped,
+    /// Renewing the client certificates failed; the mesh runs on.
+    RenewalFailed(&'a Error),
+    /// A demo app stopped serving.
+    AppStopped {
+        /// Its service.
+        service: &'static str,
+        /// Why.
+        error: &'a std::io::Error,
+    },
+}
+
+/// Where [`run`] reports its [`Event`]s (also from the demo apps' tasks).
+pub type Progress = Arc<dyn Fn(Event<'_>) + Send + Sync>;
+
+/// The running mesh: children in the order they started.
+struct Mesh {
+    children: Vec<Supervised>,
+}
+
+impl Mesh {
+    /// Stops every child, last started first.
+    async fn stop(&mut self, progress: &Progress) {
+        while let Some(mut child) = self.children.pop() {
+            let how = child.stop().await;
+            progress(Event::ChildStopped {
+                name: &child.name,
+                pid: child.pid,
+                how: &how,
+            });
+        }
+    }
+
+    /// What the first child that has exited says, if any has.
+    fn exited(&mut self) -> Option<Error> {
+        self.children.iter_mut().find_map(Supervised::exit_report)
+    }
+}
+
+/// How a [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Stopped by the shutdown signal, not by a failure (reported as [`Event::Failed`]).
+    pub clean: bool,
+    /// Everything was ready at some point.
+    pub came_up: bool,
+}
+
+/// Runs the mesh of `layout` (whose directory is prepared and locked, its ports
+/// free) with `exe` as zt, until `shutdown` completes or a part fails; every
+/// child is stopped before it returns.
+pub async fn run(
+    layout: &Layout,
+    exe: &Path,
+    shutdown: impl Future<Output = ()>,
+    progress: &Progress,
+) -> Outcome {
+    let mut mesh = Mesh { children: Vec::new() };
+    let started = start(layout, exe, &mut mesh, progress).await;
+    let came_up = started.is_ok();
+    let outcome = match started {
+        Ok(()) => supervise(layout, &mut mesh, shutdown, progress).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &outcome {
+        progress(Event::Failed(e));
+    }
+    mesh.stop(progress).await;
+    let _ = std::fs::remove_file(layout.state());
+    if came_up {
+        progress(Event::Stopped);
+    }
+    Outcome {
+        clean: outcome.is_ok(),
+        came_up,
+    }
+}
+
+/// Starts every part, waits for each to be ready, and records what runs.
+async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress) -> Result<(), Error> {
+    let started = Instant::now();
+    let reused = layout.server_dir().join(zt_server::SQLITE_FILE).exists();
+    progress(Event::Opening { reused });
+    let wrote_examples = write_default_policies(&layout.policies())?;
+    let mut starting = Starting {
+        layout,
+        exe: exe.to_owned(),
+        mesh,
+        components: Vec::new(),
+        progress,
+    };
+    starting.server().await?;
+    let admin = AdminClient::new(layout.admin_socket());
+    starting.agent(&admin).await?;
+    for service in layout.services() {
+        starting.service(&service).await?;
+    }
+
+    // The policies, as an operator applies them.
+    let (version, said) = apply_policies(layout, &starting.exe, &admin).await?;
+    let proxies = starting.mesh.children.iter_mut().skip(2);
+    for (service, proxy) in layout.services().iter().zip(proxies) {
+        wait_for_policy_version(proxy, service, version).await?;
+    }
+    progress(Event::PoliciesInForce {
+        wrote_examples,
+        said: &said,
+    });
+
+    mint_client_certs(layout, &admin).await?;
+    progress(Event::ClientCertsMinted);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let state = State {
+        pid: std::process::id(),
+        started_at: zt_ca::rfc3339(now),
+        components: starting.components,
+    };
+    state.save(&layout.state())?;
+    progress(Event::Ready {
+        took: started.elapsed(),
+    });
+    Ok(())
+}
+
+/// The parts started so far, and what starts the next.
+struct Starting<'a> {
+    layout: &'a Layout,
+    exe: PathBuf,
+    mesh: &'a mut Mesh,
+    components: Vec<Component>,
+    progress: &'a Progress,
+}
+
+impl Starting<'_> {
+    /// Spawns `program args…` as `name`, waits until `probe` passes, and records
+    /// it; returns its pid.
+    async fn run(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&OsStr],
+        log: &str,
+        probe: Probe,
+    ) -> Result<u32, Error> {
+        let mut child = Supervised::spawn(name, program, args, &self.layout.log(log))?;
+        let ready = wait_healthy(&mut child, &probe).await;
+        let component = Component {
+            name: child.name.clone(),
+            pid: child.pid,
+            probe,
+            log: Some(child.log.clone()),
+        };
+        // Kept even if not ready, so that it is stopped with the rest.
+        self.mesh.children.push(child);
+        ready?;
+        let pid = component.pid;
+        self.components.push(component);
+        Ok(pid)
+    }
+
+    /// The control plane.
+    async fn server(&mut self) -> Result<(), Error> {
+        let layout = self.layout;
+        let (http, agent_api) = (layout.server_http().to_string(), layout.agent_api().to_string());
+        let data_dir = layout.server_dir();
+        let args: [&OsStr; 9] = [
+            "server".as_ref(),
+            "--trust-domain".as_ref(),
+            TRUST_DOMAIN.as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--http".as_ref(),
+            http.as_ref(),
+            "--agent-api".as_ref(),
+            agent_api.as_ref(),
+        ];
+        let probe = Probe::Http {
+            addr: layout.server_http(),
+            path: "/readyz".into(),
+        };
+        let exe = self.exe.clone();
+        let pid = self.run("zt server", &exe, &args, "server", probe).await?;
+        (self.progress)(Event::ServerReady {
+            pid,
+            data_dir: &data_dir,
+            agent_api: layout.agent_api(),
+        });
+        Ok(())
+    }
+
+    /// The agent, joined with a fresh token, and the entries of the workloads it serves.
+    async fn agent(&mut self, admin: &AdminClient) -> Result<(), Error> {
+        let layout = self.layout;
+        let bundle = admin.bundle(BundleFormat::Pem).await?;
+        let token = admin
+            .create_join_token(&CreateJoinToken {
+                spiffe_id: Some(AGENT_ID.to_owned()),
+                ttl_secs: JOIN_TOKEN_TTL,
+            })
+            .await?;
+        let (bundle_file, token_file) = (layout.server_bundle(), layout.join_token());
+        write_files(&[
+            (bundle_file.clone(), bundle.into_bytes(), zt_fs::PUBLIC_MODE),
+            (token_file.clone(), token.token.into_bytes(), zt_fs::PRIVATE_MODE),
+        ])?;
+        for service in layout.services() {
+            let binary = layout.proxy_binary(service.name);
+            link_executable(&self.exe, &binary)?;
+            let changed = register(admin, &service, &binary).await?;
+            (self.progress)(Event::EntryRegistered {
+                service: &service,
+                binary: &binary,
+                changed,
+            });
+        }
+        let agent_api = layout.agent_api().to_string();
+        let socket = layout.agent_socket();
+        let data_dir = layout.agent_dir().join("data");
+        let args: [&OsStr; 11] = [
+            "agent".as_ref(),
+            "--server".as_ref(),
+            agent_api.as_ref(),
+            "--trust-bundle".as_ref(),
+            bundle_file.as_os_str(),
+            "--join-token-file".as_ref(),
+            token_file.as_os_str(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ];
+        let probe = Probe::Unix {
+            socket: socket.clone(),
+        };
+        let exe = self.exe.clone();
+        let pid = self.run("zt agent", &exe, &args, "agent", probe).await?;
+        (self.progress)(Event::AgentReady { pid, socket: &socket });
+        Ok(())
+    }
+
+    /// A demo service: its app, in this process, behind its own proxy.
+    async fn service(&mut self, service: &Service) -> Result<(), Error> {
+        let app = crate::demo::bind(service.name, service.app).await?;
+        let (name, progress) = (service.name, Arc::clone(self.progress));
+        tokio::spawn(async move {
+            if let Err(error) = app.await {
+                progress(Event::AppStopped {
+                    service: name,
+                    error: &error,
+                });
+            }
+        });
+        self.components.push(Component {
+            name: format!("{} app", service.name),
+            pid: std::process::id(),
+            probe: Probe::Http {
+                addr: service.app,
+                path: "/healthz".into(),
+            },
+            log: None,
+        });
+        let args = proxy_args(self.layout, service);
+        let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+        let name = format!("{} proxy", service.name);
+        let probe = Probe::Http {
+            addr: service.admin,
+            path: "/readyz".into(),
+        };
+        let binary = self.layout.proxy_binary(service.name);
+        let log = format!("{}-proxy", service.name);
+        let pid = self.run(&name, &binary, &args, &log, probe).await?;
+        (self.progress)(Event::ProxyReady { service, pid });
+        Ok(())
+    }
+}
+
+/// Runs until `shutdown`, watching the children; a child that exits is an error
+/// that stops the rest.
+async fn supervise(
+    layout: &Layout,
+    mesh: &mut Mesh,
+    shutdown: impl Future<Output = ()>,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let admin = AdminClient::new(layout.admin_socket());
+    let mut watch = tokio::time::interval(WATCH);
+    let mut renew = tokio::time::interval_at(
+        tokio::time::Instant::now() + CLIENT_CERT_RENEWAL,
+        CLIENT_CERT_RENEWAL,
+    );
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                progress(Event::Stopping);
+                return Ok(());
+            }
+            _ = watch.tick() => {
+                if let Some(report) = mesh.exited() {
+                    return Err(report);
+                }
+            }
+            _ = renew.tick() => {
+                if let Err(e) = mint_client_certs(layout, &admin).await {
+                    progress(Event::RenewalFailed(&e));
+                }
+            }
+        }
+    }
+}
+
+/// Probes until `probe` passes; fails if the child exits or the time runs out.
+async fn wait_healthy(child: &mut Supervised, probe: &Probe) -> Result<(), Error> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let check = probe.clone();
+        let result = tokio::task::spawn_blocking(move || check.check())
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let why = match result {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if let Some(report) = child.exit_report() {
+            return Err(report);
+        }
+        if Instant::now() > deadline {
+            return Err(child.failure(&format!("was not ready after {READY_TIMEOUT:?} ({probe}: {why})")));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the proxy of `service` enforces policy `version` (its
+/// `zt_proxy_policy_version` metric).
+async fn wait_for_policy_version(
+    proxy: &mut Supervised,
+    service: &Service,
+    version: u64,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let admin = service.admin;
+    loop {
+        let current = tokio::task::spawn_blocking(move || crate::state::http_get(admin, "/metrics"))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find_map(|line| line.strip_prefix("zt_proxy_policy_version "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+        if current.is_some_and(|current| current >= version) {
+            return Ok(());
+        }
+        if proxy.exited().is_some() || Instant::now() > deadline {
+            return Err(proxy.failure(&format!(
+                "did not receive policy version {version} (it has {current:?})"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Writes the example policies into a new DIR; an existing policy directory
+/// (perhaps edited) is left as it is. Returns whether it wrote them.
+fn write_default_policies(dir: &Path) -> Result<bool, Error> {
+    if dir.exists() {
+        return Ok(false);
+    }
+    // Written beside it and renamed into place: never a half-written directory.
+    let staging = dir.with_extension("new");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(Error::io(staging.display()))?;
+    let files: Vec<_> = POLICIES
+        .iter()
+        .map(|(name, text)| (staging.join(name), text.as_bytes().to_vec(), zt_fs::PUBLIC_MODE))
+        .collect();
+    write_files(&files)?;
+    std::fs::rename(&staging, dir).map_err(Error::io(dir.display()))?;
+    Ok(true)
+}
+
+fn write_files(files: &[(PathBuf, Vec<u8>, u32)]) -> Result<(), Error> {
+    zt_fs::write_atomically(files).map_err(Error::Write)
+}
+
+/// Makes `link` the same executable as `exe`: a hard link, replaced when zt was
+/// rebuilt since (a copy, made again each run, where a hard link cannot be made).
+fn link_executable(exe: &Path, link: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    let exe_meta = std::fs::metadata(exe).map_err(Error::io(exe.display()))?;
+    if std::fs::metadata(link).is_ok_and(|link_meta| same(&exe_meta, &link_meta)) {
+        return Ok(());
+    }
+    let temporary = link.with_extension("new");
+    let _ = std::fs::remove_file(&temporary);
+    if std::fs::hard_link(exe, &temporary).is_err() {
+        std::fs::copy(exe, &temporary).map_err(Error::io(format!(
+            "copying {} to {}",
+            exe.display(),
+            temporary.display()
+        )))?;
+    }
+    std::fs::rename(&temporary, link).map_err(Error::io(link.display()))
+}
+
+/// Makes sure `service` has exactly its entry: under the agent, for this user's
+/// processes running its proxy binary. Returns whether it changed anything.
+async fn register(admin: &AdminClient, service: &Service, binary: &Path) -> Result<bool, Error> {
+    let selectors = [
+        format!("unix:uid:{}", effective_uid()?),
+        format!("unix:path:{}", binary.display()),
+    ];
+    let spec = EntrySpec {
+        spiffe_id: SpiffeId::parse(&service.spiffe_id)?,
+        parent_id: SpiffeId::parse(AGENT_ID)?,
+        selectors: selectors
+            .iter()
+            .map(|s| Selector::parse(s))
+            .collect::<Result<_, _>>()?,
+        x509_ttl: 3600,
+        jwt_ttl: 300,
+        // For callers that check host names (curl, Python requests).
+        dns_names: vec!["localhost".into()],
+        admin: false,
+        node: false,
+        expires_at: None,
+        hint: None,
+    }
+    .normalize()?;
+    let existing = admin
+        .list_entries(&EntryFilter {
+            spiffe_id: Some(service.spiffe_id.clone()),
+            parent_id: None,
+        })
+        .await?;
+    if let [only] = existing.as_slice()
+        && only.spec == spec
+    {
+        return Ok(false);
+    }
+    for entry in existing {
+        admin.delete_entry(&entry.id).await?;
+    }
+    admin.create_entry(&spec).await?;
+    Ok(true)
+}
+
+/// The effective user ID, which the agent attests as `unix:uid`.
+fn effective_uid() -> Result<u32, Error> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(Error::io("/proc/self/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
+        .ok_or(Error::NoUid)
+}
+
+fn proxy_args(layout: &Layout, service: &Service) -> Vec<std::ffi::OsString> {
+    let peer_inbound = layout
+        .services()
+        .iter()
+        .find(|s| s.name == service.peer)
+        .map(|s| s.inbound)
+        .unwrap_or(service.inbound);
+    [
+        "proxy".into(),
+        "--socket".into(),
+        layout.agent_socket().into_os_string(),
+        "--inbound".into(),
+        service.inbound.to_string().into(),
+        "--app".into(),
+        service.app.to_string().into(),
+        "--admin".into(),
+        service.admin.to_string().into(),
+        "--allow-spiffe-id".into(),
+        format!("spiffe://{TRUST_DOMAIN}/*").into(),
+        "--strip-header".into(),
+        "X-Client-CN".into(),
+        "--policies-from-agent".into(),
+        "--label".into(),
+        format!("app={}", service.name).into(),
+        "--decision-log".into(),
+        layout.decision_log(service.name).into_os_string(),
+        "--upstream".into(),
+        format!(
+            "{},{peer_inbound},{}",
+            service.outbound,
+            layout::spiffe_id(service.peer)
+        )
+        .into(),
+    ]
+    .into()
+}
+
+/// Runs `zt policy apply DIR/policies`; returns the version in force and the
+/// last line the command printed (its diff is left out of the progress).
+async fn apply_policies(layout: &Layout, exe: &Path, admin: &AdminClient) -> Result<(u64, String), Error> {
+    let output = tokio::process::Command::new(exe)
+        .arg("policy")
+        .arg("apply")
+        .arg(layout.policies())
+        .arg("--socket")
+        .arg(layout.admin_socket())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(Error::io("running zt policy apply"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = stderr.trim();
+        return Err(Error::PolicyApply {
+            dir: layout.policies(),
+            said: said.strip_prefix("zt: ").unwrap_or(said).to_owned(),
+        });
+    }
+    let applied = admin.policies().await?.ok_or(Error::NoPolicyVersion)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let said = stdout.lines().last().unwrap_or_default().to_owned();
+    Ok((applied.version, said))
+}
+
+/// Certificates for each service's identity, for callers outside the mesh
+/// (curl, Python requests): DIR/clients/SERVICE/{svid,key,bundle}.pem.
+async fn mint_client_certs(layout: &Layout, admin: &AdminClient) -> Result<(), Error> {
+    for service in layout.services() {
+        let id = SpiffeId::parse(&service.spiffe_id)?;
+        let request = zt_server::client::MintRequest {
+            spiffe_id: &id,
+            ttl: CLIENT_CERT_TTL,
+            dns_names: &[],
+        };
+        admin
+            .mint_x509_svid_to_dir(&request, &layout.client_certs(service.name))
+            .await?;
+    }
+    Ok(())
+}
