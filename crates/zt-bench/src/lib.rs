@@ -11,7 +11,7 @@ pub mod pdp;
 pub mod policy;
 pub mod server;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub use error::Error;
 use zt_identity::SpiffeId;
@@ -121,12 +121,7 @@ pub fn measure(n: usize, mut op: impl FnMut()) -> Samples {
 }
 
 /// Seconds since the Unix epoch.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use zt_identity::clock::unix_seconds as now;
 
 /// A workload entry of the benches: one selector, SPIRE's default TTLs.
 fn workload_entry(id: &str, parent: &SpiffeId, selector: &str) -> Result<zt_store::EntrySpec, Error> {

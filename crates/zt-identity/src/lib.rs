@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod clock;
 pub mod jwk;
 pub mod jwt;
 pub mod spiffe_id;

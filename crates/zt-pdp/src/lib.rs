@@ -137,10 +137,7 @@ impl Pdp {
         mask(policies, path, id, &mut logged_input, &mut logged_result);
         let mut record = zt_audit::Record {
             seq: 0,
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            time_ms: zt_identity::clock::unix_millis(),
             id: id.to_owned(),
             source_principal: None,
             source_ip: None,

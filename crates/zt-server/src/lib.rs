@@ -21,7 +21,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use zt_identity::TrustDomain;
 use zt_store::{Store, StoreError};
@@ -283,9 +282,4 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
 }
 
 /// Seconds since the Unix epoch.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use zt_identity::clock::unix_seconds as now;

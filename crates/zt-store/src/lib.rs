@@ -20,7 +20,7 @@ mod witness;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -707,10 +707,7 @@ fn sha256_hex(text: &str) -> String {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| to_i64(d.as_secs()))
-        .unwrap_or(0)
+    to_i64(zt_identity::clock::unix_seconds())
 }
 
 /// Databases store signed 64-bit integers; our times and counters never reach 2^63.

@@ -228,10 +228,7 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     mint_client_certs(layout, &admin).await?;
     progress(Event::ClientCertsMinted);
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = zt_identity::clock::unix_seconds();
     let state = State {
         pid: std::process::id(),
         started_at: zt_ca::rfc3339(now),

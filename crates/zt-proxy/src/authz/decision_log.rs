@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use zt_policy::Request;
@@ -70,10 +70,7 @@ pub(super) fn record(request: &Request, decision: &Decision, verdict: &str, mode
     let outcome = &decision.verdict;
     zt_audit::Record {
         seq: 0,
-        time_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
+        time_ms: zt_identity::clock::unix_millis(),
         id: decision_id(),
         source_principal: request.source.principal.clone(),
         source_ip: request.source.ip.map(|ip| ip.to_string()),

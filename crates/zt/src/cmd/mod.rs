@@ -17,7 +17,6 @@ pub mod svid;
 pub mod up;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use zt_identity::Bundle;
@@ -28,12 +27,7 @@ use self::svid::BundleArgs;
 pub const MAX_INPUT_BYTES: u64 = 1 << 20;
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use zt_identity::clock::unix_seconds as now;
 
 /// Reads a whole input file, bounded; errors name the flag (if any) and the path.
 pub fn read_input(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
