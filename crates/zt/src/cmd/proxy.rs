@@ -47,7 +47,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:15020")]
     pub(crate) admin: std::net::SocketAddr,
     /// Threads serving each inbound address, each with its own event loop and listening
-    /// socket (SO_REUSEPORT), like nginx's workers [default: one per core].
+    /// socket (SO_REUSEPORT), like nginx's workers [default: 2, or 1 on a single core, as
+    /// Istio sizes its sidecars; a gateway may want one per core].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) workers: Option<u16>,
     /// SPIFFE IDs that may connect (repeatable; `*` wildcards, e.g. spiffe://example.org/ns/*/sa/web).
@@ -318,7 +319,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
         admin: args.admin,
         workers: args.workers.map_or_else(
-            || std::thread::available_parallelism().map_or(1, usize::from),
+            || std::thread::available_parallelism().map_or(1, |cores| cores.get().min(2)),
             usize::from,
         ),
         authz: policies.map(|source| AuthzConfig {
