@@ -127,12 +127,13 @@ async fn serve(
         }
         None => None,
     };
-    let bind = |flag: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind { flag, addr, source })
-    };
-    let admin_listener = bind("--admin", config.admin).await?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            flag: "--admin",
+            addr: config.admin,
+            source,
+        })?;
     let metrics = Arc::new(admin::Metrics::new(tasks.clone()));
     let authorizer = match config.authz {
         Some(authz) => Some(Arc::new(authz::Authorizer::start(
@@ -174,17 +175,30 @@ async fn serve(
         }
     }
     for upstream in config.outbound {
-        let listener = bind("--upstream", upstream.listen).await?;
-        tracing::info!(listen = %upstream.listen, target = %upstream.target, expect = %upstream.expect, "serving outbound");
-        let serving = outbound::serve(
-            listener,
-            upstream,
-            identity.clone(),
-            config.versions,
-            metrics.clone(),
-            stop.clone(),
-        );
-        listeners.spawn(async move { ("outbound", serving.await) });
+        let addr = upstream.listen;
+        let flag = "--upstream";
+        let sockets =
+            workers::bind(addr, config.workers).map_err(|source| ProxyError::Bind { flag, addr, source })?;
+        tracing::info!(listen = %addr, target = %upstream.target, expect = %upstream.expect, threads = sockets.len(), "serving outbound");
+        let (identity, metrics, stop) = (identity.clone(), metrics.clone(), stop.clone());
+        let versions = config.versions;
+        let threads = workers::spawn("zt-outbound", sockets, move |listener| {
+            outbound::serve(
+                listener,
+                upstream.clone(),
+                identity.clone(),
+                versions,
+                metrics.clone(),
+                stop.clone(),
+            )
+        })
+        .map_err(|source| ProxyError::Bind { flag, addr, source })?;
+        for thread in threads {
+            listeners.spawn(async move {
+                let _ = thread.await;
+                ("outbound", ())
+            });
+        }
     }
     let serving = admin::serve(admin_listener, identity, metrics, stop.clone());
     listeners.spawn(async move { ("admin", serving.await) });

@@ -1,4 +1,4 @@
-//! The threads that serve an inbound address: one per core, each a
+//! The threads that serve an inbound or outbound address: `--workers` of them, each a
 //! single-threaded runtime accepting on its own `SO_REUSEPORT` socket bound to
 //! that address, as nginx's workers do. The kernel spreads new connections
 //! across the sockets; a connection, its requests, its app connection and

@@ -344,6 +344,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     // and about double the proxy's resident memory for nothing. Where the
     // kernel refuses, nothing is lost but that memory.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
-    super::runtime()?.block_on(zt_proxy::run(config, super::shutdown_signal()))?;
+    // The data plane runs on the proxy's own worker threads (`--workers`); this
+    // runtime serves only the admin port and the followers.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(zt_proxy::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
