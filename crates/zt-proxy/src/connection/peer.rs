@@ -31,6 +31,22 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// A verified peer `spiffe://example.org/one` at 10.0.0.1, connected to
+    /// 10.0.0.2:15006, for the stages' unit tests.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used, reason = "tests")]
+    pub(crate) fn for_tests(allowed: bool) -> Self {
+        Self {
+            name: "spiffe://example.org/one".into(),
+            verified: true,
+            addr: "10.0.0.1:5000".parse().unwrap(),
+            local: "10.0.0.2:15006".parse().unwrap(),
+            allowed,
+            identity_headers: Vec::new(),
+            revocation: None,
+        }
+    }
+
     /// A request (or, without `http`, a TCP connection) from this peer as
     /// policies see it. The destination's namespace and labels are the proxy's
     /// own, applied when its policies were chosen.

@@ -62,15 +62,7 @@ mod tests {
             .body(())
             .unwrap();
         let head = admit(&mut request, &HeadRules::default()).unwrap();
-        let peer = Peer {
-            name: "spiffe://example.org/one".into(),
-            verified: true,
-            addr: "10.0.0.1:5000".parse().unwrap(),
-            local: "10.0.0.2:15006".parse().unwrap(),
-            allowed: true,
-            identity_headers: Vec::new(),
-            revocation: None,
-        };
+        let peer = Peer::for_tests(true);
         let seen = policy_request(&request, &head, &peer);
         let http = seen.request.unwrap();
         assert_eq!(http.path, "/a/c?x=1");

@@ -84,15 +84,7 @@ mod tests {
     #[test]
     fn a_refusal_is_counted_once_under_its_label_and_its_status() {
         let metrics = Metrics::new(zt_task::Tasks::new());
-        let peer = Peer {
-            name: "spiffe://example.org/one".into(),
-            verified: true,
-            addr: "10.0.0.1:5000".parse().unwrap(),
-            local: "10.0.0.2:15006".parse().unwrap(),
-            allowed: false,
-            identity_headers: Vec::new(),
-            revocation: None,
-        };
+        let peer = Peer::for_tests(false);
         let seen = Seen::of(&Request::get("/internal?token=1").body(()).unwrap());
         request(&seen, &peer, &Err(Refusal::NotAllowed), &metrics, None);
         let ok = Response::new(Empty::new().map_err(|e| match e {}).boxed());

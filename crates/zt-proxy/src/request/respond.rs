@@ -96,15 +96,7 @@ mod tests {
     use super::*;
 
     fn peer() -> Peer {
-        Peer {
-            name: "spiffe://example.org/one".into(),
-            verified: true,
-            addr: "10.0.0.1:5000".parse().unwrap(),
-            local: "10.0.0.2:15006".parse().unwrap(),
-            allowed: true,
-            identity_headers: Vec::new(),
-            revocation: None,
-        }
+        Peer::for_tests(true)
     }
 
     #[test]
