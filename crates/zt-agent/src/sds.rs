@@ -85,12 +85,7 @@ impl StreamState {
         if let Some(node) = &request.node {
             self.spiffe_validator = supports_spiffe_validator(node);
         }
-        let names: BTreeSet<String> = request
-            .resource_names
-            .iter()
-            .filter(|n| !n.is_empty())
-            .cloned()
-            .collect();
+        let names = requested(&request.resource_names);
         let changed = self.names.as_ref() != Some(&names);
         self.names = Some(names);
         if changed {
@@ -206,12 +201,7 @@ impl SecretDiscoveryService for WorkloadApi {
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let workload = self.attest(&request).await?;
         let request = request.into_inner();
-        let names: BTreeSet<String> = request
-            .resource_names
-            .iter()
-            .filter(|n| !n.is_empty())
-            .cloned()
-            .collect();
+        let names = requested(&request.resource_names);
         let validator = request.node.as_ref().is_some_and(supports_spiffe_validator);
         let mut snapshots = self.snapshots.clone();
         let wait = snapshots.wait_for(|s| !matches!(secrets(s, &workload, &names, validator), Secrets::Wait));
@@ -371,6 +361,11 @@ fn nonce() -> String {
     // The system RNG does not fail on Linux.
     let _ = aws_lc_rs::rand::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The secret names a request asks for (an empty name is none).
+fn requested(names: &[String]) -> BTreeSet<String> {
+    names.iter().filter(|n| !n.is_empty()).cloned().collect()
 }
 
 #[cfg(test)]

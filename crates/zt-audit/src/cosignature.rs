@@ -15,7 +15,7 @@ use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 
 use crate::note::{
     Note, NoteError, check_name, ed25519_pair, format_key, invalid, key_id, parse_signer, parse_verifier,
-    signature_line,
+    random_seed, signature_line,
 };
 
 /// The signature type of Ed25519 `cosignature/v1` signatures (and their keys).
@@ -135,9 +135,7 @@ pub struct CosignerKey {
 impl CosignerKey {
     /// A new random key named `name` (a schema-less URL, by the spec's advice).
     pub fn generate(name: &str) -> Result<Self, NoteError> {
-        let mut seed = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut seed).map_err(|_| invalid("the system random generator failed"))?;
-        Self::from_seed(name, seed)
+        Self::from_seed(name, random_seed()?)
     }
 
     fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, NoteError> {

@@ -165,6 +165,13 @@ pub(crate) fn format_key(name: &str, id: u32, kind: u8, key: &[u8; 32]) -> Strin
 }
 
 /// A new Ed25519 key pair from `seed`, and its public key.
+/// 32 random bytes for a new Ed25519 key.
+pub(crate) fn random_seed() -> Result<[u8; 32], NoteError> {
+    let mut seed = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut seed).map_err(|_| invalid("the system random generator failed"))?;
+    Ok(seed)
+}
+
 pub(crate) fn ed25519_pair(seed: &[u8; 32]) -> Result<(Ed25519KeyPair, [u8; 32]), NoteError> {
     let pair =
         Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| invalid(format!("not an Ed25519 key: {e}")))?;
@@ -221,9 +228,7 @@ pub struct SigningKey {
 impl SigningKey {
     /// A new random key.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
-        let mut seed = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut seed).map_err(|_| invalid("the system random generator failed"))?;
-        Self::from_seed(name, seed)
+        Self::from_seed(name, random_seed()?)
     }
 
     fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, NoteError> {

@@ -274,15 +274,7 @@ pub fn verify(
         }
         .map_err(|e| failed(e.to_string()))?;
         let checkpoint = Checkpoint::parse(text).map_err(|e| failed(e.to_string()))?;
-        if let Some(key) = key
-            && checkpoint.origin != key.name()
-        {
-            return Err(failed(format!(
-                "origin {:?} is not the key's name {:?}",
-                checkpoint.origin,
-                key.name()
-            )));
-        }
+        check_origin(&checkpoint, key).map_err(failed)?;
         if let Some((_, _, before)) = checkpoints.last()
             && checkpoint.size <= *before
         {
@@ -393,15 +385,7 @@ pub fn verify_witnessed(
         key.verify(&note).map_err(|e| failed(e.to_string()))?;
     }
     let checkpoint = Checkpoint::parse(cosigned.text).map_err(|e| failed(e.to_string()))?;
-    if let Some(key) = key
-        && checkpoint.origin != key.name()
-    {
-        return Err(failed(format!(
-            "origin {:?} is not the key's name {:?}",
-            checkpoint.origin,
-            key.name()
-        )));
-    }
+    check_origin(&checkpoint, key).map_err(failed)?;
     let mut tree = Frontier::default();
     let mut root_at_size = (checkpoint.size == 0).then(|| tree.root());
     let verified = verify(log, key, |record| {
@@ -430,6 +414,18 @@ pub fn verify_witnessed(
                 time: cosigned.time,
             },
         )),
+    }
+}
+
+/// A checkpoint signed by `key` must name the key's log as its origin.
+fn check_origin(checkpoint: &Checkpoint, key: Option<&VerifierKey>) -> Result<(), String> {
+    match key {
+        Some(key) if checkpoint.origin != key.name() => Err(format!(
+            "origin {:?} is not the key's name {:?}",
+            checkpoint.origin,
+            key.name()
+        )),
+        _ => Ok(()),
     }
 }
 
