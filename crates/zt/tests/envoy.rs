@@ -312,18 +312,6 @@ fn mtls_get(config: &rustls::ClientConfig, addr: SocketAddr) -> Result<(u16, Str
     Ok((status, peer, serial))
 }
 
-/// Polls `attempt` until it returns `Some`, failing after [`DEADLINE`] with `what`.
-fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = attempt() {
-            return found;
-        }
-        assert!(start.elapsed() < DEADLINE, "{what} within {DEADLINE:?}");
-        std::thread::sleep(POLL);
-    }
-}
-
 #[test]
 fn envoy_gets_its_svid_over_sds_serves_mtls_and_follows_rotation() {
     let Some(exe) = zt_testkit::envoy("envoy_gets_its_svid_over_sds_serves_mtls_and_follows_rotation") else {

@@ -528,3 +528,15 @@ pub fn join_token(server: &ServerProcess, agent_id: &str) -> String {
         .unwrap_or_else(|| panic!("no token in {out:?}"))
         .to_owned()
 }
+
+/// Polls `attempt` until it returns `Some`, failing after [`DEADLINE`] with `what`.
+pub fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = attempt() {
+            return found;
+        }
+        assert!(start.elapsed() < DEADLINE, "{what} within {DEADLINE:?}");
+        std::thread::sleep(POLL);
+    }
+}
