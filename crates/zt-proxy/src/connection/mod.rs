@@ -118,6 +118,14 @@ fn refused(metrics: &Metrics, peer: SocketAddr, refusal: &Refusal) {
     tracing::info!(%peer, reason = %refusal, "inbound connection refused");
 }
 
+/// [`refused`] for a connection still open, called before it is closed so
+/// that a client that sees the close can already read why in the metrics;
+/// `Ok`: the refusal is recorded.
+fn refused_open(metrics: &Metrics, peer: SocketAddr, refusal: &Refusal) -> Result<(), Refusal> {
+    refused(metrics, peer, refusal);
+    Ok(())
+}
+
 /// One inbound connection: handshake, the peer's identity and revocation
 /// check, then its protocol until either side closes or the peer's SVID is
 /// revoked.
@@ -178,7 +186,7 @@ async fn connection(
         },
     );
     if revocation.is_revoked() {
-        return Err(Refusal::Revoked);
+        return refused_open(&context.metrics, peer_addr, &Refusal::Revoked);
     }
     metrics
         .connections
@@ -212,7 +220,13 @@ where
     let revoked = Revocation::of(peer.revocation.clone());
     let served = async {
         match context.config.app_protocol {
-            AppProtocol::Tcp => tcp::relay(io, &peer, context).await,
+            AppProtocol::Tcp => {
+                let mut io = io;
+                match tcp::relay(&mut io, &peer, context).await {
+                    Err(refusal) => refused_open(&context.metrics, peer.addr, &refusal),
+                    relayed => relayed,
+                }
+            }
             AppProtocol::Http1 | AppProtocol::H2c => {
                 serve_http(TokioIo::new(io), peer.clone(), context.clone()).await;
                 Ok(())

@@ -10,7 +10,7 @@ use crate::refusal::Refusal;
 
 /// Relays `io` to the app until either side closes; the caller ends it when
 /// the peer's SVID is revoked.
-pub(super) async fn relay<IO>(mut io: IO, peer: &Peer, context: &Arc<Context>) -> Result<(), Refusal>
+pub(super) async fn relay<IO>(io: &mut IO, peer: &Peer, context: &Arc<Context>) -> Result<(), Refusal>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -26,7 +26,7 @@ where
         .map_err(|e| Refusal::AppUnreachable(format!("{app}: {e}")))?;
     let _ = upstream.set_nodelay(true);
     tracing::info!(target: "zt::access", peer = %peer.name, addr = %peer.addr, "tcp connection to the app");
-    if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+    if let Err(e) = tokio::io::copy_bidirectional(io, &mut upstream).await {
         tracing::debug!(peer = %peer.name, error = %e, "tcp relay ended");
     }
     Ok(())
