@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod generate;
+pub mod paths;
 pub mod traffic;
 
 pub use traffic::{Caller, Flow, Outcome, Seen, Shadow, Traffic, Window};
