@@ -14,6 +14,7 @@
 
 pub mod generate;
 pub mod paths;
+pub mod promote;
 pub mod traffic;
 
 pub use traffic::{Caller, Flow, Outcome, Seen, Shadow, Traffic, Window};
