@@ -215,6 +215,8 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),
         Command::Policy(PolicyCommand::Apply(args)) => cmd::policy::apply(args),
+        Command::Policy(PolicyCommand::Generate(args)) => cmd::policy::generate(args),
+        Command::Policy(PolicyCommand::Promote(args)) => cmd::policy::promote(args),
         Command::Audit(AuditCommand::Verify(args)) => cmd::audit::verify(args),
         Command::Audit(AuditCommand::Query(args)) => cmd::audit::query(args),
         Command::Audit(AuditCommand::Prove(args)) => cmd::audit::prove(args),

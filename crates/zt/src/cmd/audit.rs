@@ -140,10 +140,10 @@ pub(crate) struct AuditQueryArgs {
     /// The deciding policy, namespace/name; `none` for decisions no policy made.
     #[arg(long)]
     pub(crate) policy: Option<String>,
-    /// Records at or after this moment: RFC 3339 or Unix seconds.
+    /// Records at or after this moment: RFC 3339, Unix seconds, or a duration ago (24h).
     #[arg(long)]
     pub(crate) since: Option<String>,
-    /// Records before this moment: RFC 3339 or Unix seconds.
+    /// Records before this moment: RFC 3339, Unix seconds, or a duration ago.
     #[arg(long)]
     pub(crate) until: Option<String>,
 }
@@ -162,13 +162,28 @@ pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::
 
 /// Verifies every chain of `source` (and a file's checkpoints), showing each
 /// verified record to `visit`; returns each chain's name and head.
-fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
-    if let Some(log) = &source.log {
-        // The checkpoints' roots too (not their signatures: zt audit verify --key).
-        let verified = zt_audit::signed::verify(log, None, &mut visit)?;
-        return Ok(vec![(log.display().to_string(), verified.head)]);
+fn verified(source: &AuditSource, visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
+    match &source.log {
+        Some(log) => Ok(vec![verified_log(log, visit)?]),
+        None => verified_server(&source.socket, visit),
     }
-    let client = zt_server::client::AdminClient::new(&source.socket);
+}
+
+/// Verifies a log file's chain and its checkpoints' roots (not their
+/// signatures: zt audit verify --key), showing each record to `visit`; the
+/// error names the first line or checkpoint that fails.
+pub(crate) fn verified_log(log: &Path, visit: impl FnMut(&Record)) -> anyhow::Result<(String, Head)> {
+    let verified = zt_audit::signed::verify(log, None, visit)?;
+    Ok((log.display().to_string(), verified.head))
+}
+
+/// Verifies every chain zt server holds (one per workload), showing each
+/// record to `visit`.
+pub(crate) fn verified_server(
+    socket: &Path,
+    mut visit: impl FnMut(&Record),
+) -> anyhow::Result<Vec<(String, Head)>> {
+    let client = zt_server::client::AdminClient::new(socket);
     let mut chains: Vec<(String, Chain)> = Vec::new();
     let mut after = (String::new(), 0u64);
     loop {
@@ -442,13 +457,31 @@ pub fn key_create(args: AuditKeyCreateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A moment given as RFC 3339 or Unix seconds, in Unix milliseconds.
-fn moment(flag: &str, text: &str) -> anyhow::Result<u64> {
+/// A moment given as RFC 3339, Unix seconds, or a duration ago (`90s`, `30m`,
+/// `24h`, `7d`), in Unix milliseconds.
+pub(crate) fn moment(flag: &str, text: &str) -> anyhow::Result<u64> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(secs.saturating_mul(1000));
     }
-    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| anyhow::anyhow!("{flag} {text:?}: neither RFC 3339 nor Unix seconds ({e})"))?;
+    let unit = |suffix: char| match suffix {
+        's' => Some(1_000u64),
+        'm' => Some(60_000),
+        'h' => Some(3_600_000),
+        'd' => Some(86_400_000),
+        _ => None,
+    };
+    if let Some(suffix) = text.chars().last()
+        && let Some(ms) = unit(suffix)
+        && let Ok(count) = text[..text.len() - 1].parse::<u64>()
+    {
+        return Ok(zt_identity::clock::unix_millis().saturating_sub(count.saturating_mul(ms)));
+    }
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|e| {
+            anyhow::anyhow!(
+                "{flag} {text:?}: neither RFC 3339, Unix seconds, nor a duration ago such as 24h ({e})"
+            )
+        })?;
     u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| anyhow::anyhow!("{flag} {text:?}: before 1970"))
 }

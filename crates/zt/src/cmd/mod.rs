@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod svid;
+pub mod traffic;
 pub mod up;
 
 use std::path::Path;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::args::{AdminArgs, RegoLimitArgs};
+use super::traffic::TrafficArgs;
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -25,6 +26,55 @@ pub(crate) enum PolicyCommand {
     /// Lint a directory, show its difference to the version on zt server, and store it
     /// as the next version, which the server pushes to every proxy.
     Apply(PolicyApplyArgs),
+    /// Write AuthorizationPolicies (dry-run) that allow what verified callers were seen
+    /// doing in decision logs, one file per destination workload, and report what was
+    /// left out (plaintext callers, rare requests, denied ones).
+    Generate(PolicyGenerateArgs),
+    /// Enforce the dry-run policies of a directory whose shadow decisions show no
+    /// would-be denial of served traffic (their istio.io/dry-run annotation is removed);
+    /// list the would-be denials of the others.
+    Promote(PolicyPromoteArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyGenerateArgs {
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+    /// The directory to write the policies to (NAMESPACE/APP.yaml; created if missing).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Leave out a path template or TCP port a caller used fewer times than this.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) min_count: u64,
+    /// Turn the paths under a prefix into PREFIX/{**} once this many distinct ones were
+    /// seen (0: never).
+    #[arg(long, default_value_t = zt_observe::paths::Templating::default().collapse_after)]
+    pub(crate) collapse_after: usize,
+    /// The shortest path segment that counts as a random token (and becomes {*}).
+    #[arg(long, default_value_t = zt_observe::paths::Templating::default().token_min_length as u64,
+        value_parser = clap::value_parser!(u64).range(8..256))]
+    pub(crate) token_min_length: u64,
+    /// Write enforcing policies (no istio.io/dry-run annotation).
+    #[arg(long)]
+    pub(crate) enforce: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyPromoteArgs {
+    /// The directory of policies (as applied with zt policy apply).
+    pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+    /// Served requests a policy must have been evaluated with in shadow before it can be
+    /// promoted.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) min_requests: u64,
+    /// The namespace whose policies apply to every workload.
+    #[arg(long, default_value = zt_policy::DEFAULT_ROOT_NAMESPACE)]
+    pub(crate) root_namespace: String,
+    /// Show the verdicts only; change no file.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Args)]
@@ -218,6 +268,261 @@ pub fn apply(args: PolicyApplyArgs) -> anyhow::Result<ExitCode> {
     println!(
         "applied version {} ({} file(s) changed from {since}), digest {}",
         applied.version, changes, applied.digest
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt policy generate (--log FILE… | --server) --out DIR`: the policies, and
+/// what was left out and why.
+pub fn generate(args: PolicyGenerateArgs) -> anyhow::Result<ExitCode> {
+    let traffic = args.traffic.read()?;
+    let options = zt_observe::generate::Options {
+        min_count: args.min_count,
+        templating: zt_observe::paths::Templating {
+            collapse_after: args.collapse_after,
+            token_min_length: usize::try_from(args.token_min_length).unwrap_or(usize::MAX),
+        },
+        dry_run: !args.enforce,
+    };
+    let generated = zt_observe::generate::generate(&traffic, &options);
+    let files: Vec<(PathBuf, Vec<u8>, u32)> = generated
+        .files
+        .iter()
+        .map(|f| (args.out.join(&f.path), f.text.clone().into_bytes(), 0o644))
+        .collect();
+    for (path, _, _) in &files {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
+        }
+    }
+    zt_fs::write_atomically(&files).with_context(|| format!("--out {}", args.out.display()))?;
+    // What was written must lint, and allow every request it was made from.
+    let set = load(&args.out, zt_policy::DEFAULT_ROOT_NAMESPACE).with_context(|| {
+        format!(
+            "--out {}: the directory does not lint with the generated files",
+            args.out.display()
+        )
+    })?;
+    check_generated(&set, &traffic, &generated)?;
+
+    let span = traffic.span_ms().map_or_else(String::new, |(first, last)| {
+        format!(
+            ", {} to {}",
+            zt_observe::generate::rfc3339(first),
+            zt_observe::generate::rfc3339(last)
+        )
+    });
+    println!(
+        "{} policies ({} rules) written to {} from {} of {} observed requests{span}{}",
+        generated.files.len(),
+        generated.rules,
+        args.out.display(),
+        generated.covered,
+        traffic.in_window,
+        if options.dry_run {
+            "; dry-run until promoted"
+        } else {
+            "; enforcing"
+        },
+    );
+    for file in &generated.files {
+        println!("  {}", args.out.join(&file.path).display());
+    }
+    print_excluded(&generated.excluded, args.min_count);
+    println!(
+        "next: review them, zt policy apply {} --dry-run, then zt policy apply {}{}",
+        args.out.display(),
+        args.out.display(),
+        if options.dry_run {
+            ", and zt policy promote once they have run in shadow"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every served request of a verified caller that made it into a rule must
+/// be allowed by the generated set (shadow decisions count: the policies may
+/// be dry-run). A failure here is a bug in the generator, reported as one.
+fn check_generated(
+    set: &PolicySet,
+    traffic: &zt_observe::Traffic,
+    generated: &zt_observe::generate::Generated,
+) -> anyhow::Result<()> {
+    let excluded = &generated.excluded;
+    for (flow, _) in traffic.flows() {
+        let zt_observe::Caller::Principal(caller) = &flow.caller else {
+            continue;
+        };
+        let left_out = !flow.outcome.served()
+            || excluded.unselectable.contains_key(&flow.destination)
+            || flow
+                .path
+                .as_deref()
+                .is_some_and(|p| zt_observe::paths::unusable(p).is_some())
+            || excluded
+                .below_min_count
+                .keys()
+                .any(|(destination, c, _)| *destination == flow.destination && c == caller);
+        if left_out {
+            continue;
+        }
+        let decision = set.evaluate(&flow.request());
+        let verdict = decision.dry_run.map_or(decision.decision, |d| d.decision);
+        if verdict != zt_policy::Verdict::Allow {
+            anyhow::bail!(
+                "internal error: the generated policies do not allow an observed request ({}); please report it",
+                zt_observe::promote::describe(flow)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints what generation left out, by kind.
+fn print_excluded(excluded: &zt_observe::generate::Excluded, min_count: u64) {
+    use zt_observe::generate::rfc3339;
+    let times = |n: u64| {
+        if n == 1 {
+            "1 request".to_owned()
+        } else {
+            format!("{n} requests")
+        }
+    };
+    if !excluded.plaintext.is_empty() {
+        println!("callers still without mTLS (never allowed: no verified identity; move them to mTLS):");
+        for ((destination, address), seen) in &excluded.plaintext {
+            println!(
+                "  {address} → {destination}: {}, last seen {}",
+                times(seen.count),
+                rfc3339(seen.last_ms)
+            );
+        }
+    }
+    if !excluded.below_min_count.is_empty() {
+        println!("seen fewer than --min-count {min_count} times (left out):");
+        for ((destination, caller, what), seen) in &excluded.below_min_count {
+            println!("  {caller} → {destination}: {what} ({})", times(seen.count));
+        }
+    }
+    if !excluded.denied_by_policy.is_empty() {
+        println!("already denied by a DENY policy (left out):");
+        for ((destination, caller, policy), seen) in &excluded.denied_by_policy {
+            println!(
+                "  {caller} → {destination}: denied by {policy} ({})",
+                times(seen.count)
+            );
+        }
+    }
+    if !excluded.refused.is_empty() {
+        println!("refused in enforce mode, never served (left out):");
+        for ((destination, caller), seen) in &excluded.refused {
+            println!("  {caller} → {destination} ({})", times(seen.count));
+        }
+    }
+    if !excluded.unselectable.is_empty() {
+        println!(
+            "destinations no selector can pick (no app label, or a name a policy cannot carry; left out):"
+        );
+        for (destination, seen) in &excluded.unselectable {
+            println!(
+                "  {destination} ({}): give its proxy --label app=NAME",
+                times(seen.count)
+            );
+        }
+    }
+    if !excluded.unusable_paths.is_empty() {
+        println!("paths a policy cannot match as they are (left out):");
+        for ((destination, path, why), seen) in &excluded.unusable_paths {
+            println!("  {destination} {path:?}: {why} ({})", times(seen.count));
+        }
+    }
+}
+
+/// `zt policy promote DIR (--log FILE… | --server)`: each dry-run policy's
+/// verdict, and the annotation removed from those that may be enforced.
+pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
+    let policies = zt_policy::load_dir(&args.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !policies.iter().any(|p| p.dry_run) {
+        println!("{}: no dry-run policy to promote", args.dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let traffic = args.traffic.read()?;
+    let reviews = zt_observe::promote::review(&policies, &args.root_namespace, &traffic, args.min_requests);
+    // Documents to edit, by file, last document first so earlier lines keep their numbers.
+    let mut edits: std::collections::BTreeMap<PathBuf, Vec<usize>> = std::collections::BTreeMap::new();
+    for (review, policy) in reviews.iter().zip(policies.iter().filter(|p| p.dry_run)) {
+        use zt_observe::promote::Verdict;
+        let at = format!("{}:{}", policy.origin.file.display(), policy.origin.line);
+        match review.verdict {
+            Verdict::Promote => {
+                println!(
+                    "promote  {} ({at}): {} served requests evaluated in shadow, none would have been denied",
+                    review.policy, review.evidence
+                );
+                edits
+                    .entry(policy.origin.file.clone())
+                    .or_default()
+                    .push(policy.origin.line);
+            }
+            Verdict::WouldDeny => {
+                println!(
+                    "keep     {} ({at}): would have denied {} of {} served requests, e.g.:",
+                    review.policy, review.would_deny, review.evidence
+                );
+                for (flow, seen) in &review.examples {
+                    println!(
+                        "           {} ({}×)",
+                        zt_observe::promote::describe(flow),
+                        seen.count
+                    );
+                }
+            }
+            Verdict::TooLittleEvidence => println!(
+                "keep     {} ({at}): {} served requests evaluated in shadow, fewer than --min-requests {} \
+                 (apply it, let traffic flow, promote again)",
+                review.policy, review.evidence, args.min_requests
+            ),
+            Verdict::NotWeighed => println!(
+                "keep     {} ({at}): only ALLOW and DENY policies are weighed",
+                review.policy
+            ),
+        }
+    }
+    let promoted: usize = edits.values().map(Vec::len).sum();
+    if args.dry_run || promoted == 0 {
+        println!(
+            "{promoted} of {} dry-run policies can be enforced{}",
+            reviews.len(),
+            if args.dry_run {
+                "; --dry-run: no file changed"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut files = Vec::new();
+    for (file, mut lines) in edits {
+        let mut text = String::from_utf8(super::read_input("", &file)?)
+            .with_context(|| format!("{}: not UTF-8", file.display()))?;
+        lines.sort_unstable_by(|a, b| b.cmp(a));
+        for line in lines {
+            text = zt_observe::promote::remove_dry_run(&text, line)
+                .map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
+        }
+        let mode = std::fs::metadata(&file)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o644);
+        files.push((file, text.into_bytes(), mode));
+    }
+    zt_fs::write_atomically(&files).with_context(|| format!("{}", args.dir.display()))?;
+    println!(
+        "{promoted} of {} dry-run policies promoted to enforce in {}: review the change, then zt policy apply {}",
+        reviews.len(),
+        args.dir.display(),
+        args.dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }
