@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::identity::IdentityWatch;
+use crate::identity::{Identity, IdentityWatch};
 
 /// A connection's transport.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +86,12 @@ pub struct Metrics {
     /// Times the unshipped backlog grew past its bound (nothing is dropped: it
     /// stays in the local log).
     pub decision_backlog_over_bound: Counter,
+    /// The notBefore of the SVID in use, unix seconds; 0 while there is none.
+    /// Read from the identity at each scrape.
+    pub svid_not_before: Gauge,
+    /// Its notAfter: with notBefore, tells an SVID that is not being rotated
+    /// (past half its life) from one about to expire.
+    pub svid_not_after: Gauge,
     /// The supervised background tasks.
     tasks: zt_task::Tasks,
 }
@@ -110,6 +116,8 @@ impl Metrics {
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
             decision_backlog_over_bound: Counter::default(),
+            svid_not_before: Gauge::default(),
+            svid_not_after: Gauge::default(),
             tasks,
             registry: Registry::default(),
         };
@@ -118,6 +126,11 @@ impl Metrics {
             "Inbound connections that completed the handshake",
             metrics.connections.clone(),
         );
+        // Every reason exposed from the start, at 0: the first refusal of a kind
+        // then shows as an increase, which alerts (`increase(…) > 0`) look for.
+        for reason in crate::refusal::Refusal::LABELS {
+            let _ = metrics.refused.get_or_create(&Reason { reason });
+        }
         registry.register(
             "refused",
             "Inbound connections and requests refused, by reason",
@@ -184,6 +197,16 @@ impl Metrics {
             "Times the unshipped backlog grew past its bound (kept in the local log)",
             metrics.decision_backlog_over_bound.clone(),
         );
+        registry.register(
+            "svid_not_before_timestamp_seconds",
+            "The notBefore of the proxy's SVID, unix seconds; 0 while it holds none",
+            metrics.svid_not_before.clone(),
+        );
+        registry.register(
+            "svid_not_after_timestamp_seconds",
+            "The notAfter of the proxy's SVID, unix seconds; 0 while it holds none",
+            metrics.svid_not_after.clone(),
+        );
         metrics.tasks.register(&mut registry);
         Self { registry, ..metrics }
     }
@@ -218,6 +241,14 @@ impl Metrics {
     /// Counts a failed outbound connection.
     pub fn refuse_outbound(&self, reason: &'static str) {
         self.outbound_failed.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Sets the SVID gauges from the identity in use (both 0 without one).
+    pub fn observe_identity(&self, identity: Option<&Identity>) {
+        let seconds = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
+        let (not_before, not_after) = identity.map_or((0, 0), |own| (own.not_before, own.not_after));
+        self.svid_not_before.set(seconds(not_before));
+        self.svid_not_after.set(seconds(not_after));
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -264,10 +295,13 @@ fn answer(path: &str, identity: &IdentityWatch, metrics: &Metrics) -> Response<F
                 "not ready: no SVID yet\n".to_owned(),
             ),
         },
-        "/metrics" => match metrics.encode() {
-            Ok(text) => (StatusCode::OK, text),
-            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".to_owned()),
-        },
+        "/metrics" => {
+            metrics.observe_identity(identity.borrow().as_deref());
+            match metrics.encode() {
+                Ok(text) => (StatusCode::OK, text),
+                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".to_owned()),
+            }
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -281,4 +315,57 @@ fn answer(path: &str, identity: &IdentityWatch, metrics: &Metrics) -> Response<F
         response.headers_mut().insert(http::header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    /// The value of the sample named `name` (no labels) in the exposition.
+    fn sample(metrics: &Metrics, name: &str) -> i64 {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_svid_gauges_follow_the_identity_in_use() {
+        let now = zt_identity::clock::unix_seconds();
+        let hour = std::time::Duration::from_secs(3600);
+        let ca = zt_ca::Authority::generate(
+            zt_identity::TrustDomain::parse("example.org").unwrap(),
+            zt_ca::KeyType::default(),
+            hour,
+            now,
+        )
+        .unwrap();
+        let request = zt_ca::SvidRequest {
+            spiffe_id: zt_identity::SpiffeId::parse("spiffe://example.org/billing").unwrap(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            ttl: hour,
+        };
+        let issued = ca.issue_x509_svid(&request, now).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, bundle) = (dir.path().join("c"), dir.path().join("k"), dir.path().join("b"));
+        let chain: String = issued.chain.iter().map(zt_identity::x509::to_pem).collect();
+        std::fs::write(&cert, chain).unwrap();
+        std::fs::write(&key, &issued.private_key_pem).unwrap();
+        std::fs::write(&bundle, ca.certificate_pem()).unwrap();
+        let identity = crate::identity::load_files(&cert, &key, &bundle).unwrap();
+        assert_eq!(identity.not_after, issued.not_after);
+
+        let metrics = Metrics::new(zt_task::Tasks::new());
+        metrics.observe_identity(None);
+        assert_eq!(sample(&metrics, "zt_proxy_svid_not_after_timestamp_seconds"), 0);
+        assert_eq!(sample(&metrics, "zt_proxy_svid_not_before_timestamp_seconds"), 0);
+        metrics.observe_identity(Some(&identity));
+        let not_after = sample(&metrics, "zt_proxy_svid_not_after_timestamp_seconds");
+        let not_before = sample(&metrics, "zt_proxy_svid_not_before_timestamp_seconds");
+        assert_eq!(u64::try_from(not_after).unwrap(), issued.not_after);
+        assert!(not_before <= i64::try_from(now).unwrap() && not_after - not_before >= 3600);
+    }
 }

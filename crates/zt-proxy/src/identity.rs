@@ -30,6 +30,11 @@ pub struct Identity {
     /// SPIFFE ID → unix seconds: its SVIDs with an earlier notBefore are revoked
     /// (`zt revoke --spiffe-id`), from zt agent's revocations feed.
     pub revoked_ids: Arc<HashMap<String, u64>>,
+    /// The SVID's notBefore, unix seconds.
+    pub not_before: u64,
+    /// The SVID's notAfter, unix seconds: the proxy stops being able to
+    /// handshake then unless a rotated SVID replaces this one.
+    pub not_after: u64,
 }
 
 /// What revocation looks at in a peer's SVID.
@@ -169,6 +174,8 @@ fn assemble(
         bundles,
         revoked: Arc::default(),
         revoked_ids: Arc::default(),
+        not_before: verified.not_before(),
+        not_after: verified.not_after(),
     })
 }
 
