@@ -42,6 +42,9 @@ pub enum Error {
     /// A task panicked or was cancelled.
     #[error(transparent)]
     Join(#[from] tokio::task::JoinError),
+    /// A decision log could not be written or read.
+    #[error(transparent)]
+    Audit(#[from] zt_audit::AuditError),
     /// A Rego query failed.
     #[error(transparent)]
     Query(#[from] zt_policy::rego::QueryError),

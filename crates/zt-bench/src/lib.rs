@@ -7,6 +7,7 @@
 pub mod agent;
 mod error;
 pub mod identity;
+pub mod observe;
 pub mod pdp;
 pub mod policy;
 pub mod server;
@@ -55,6 +56,17 @@ pub enum Figure {
         callers: usize,
         /// How long they called.
         elapsed: Duration,
+    },
+    /// Items processed one after the other on one thread, and how long it took.
+    Rate {
+        /// What was done.
+        name: String,
+        /// How many.
+        items: u64,
+        /// What they are, e.g. `records`.
+        what: &'static str,
+        /// How long.
+        took: Duration,
     },
     /// Entries stored before the server started, and how long storing took.
     Stored {

@@ -181,6 +181,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Server(args)) => cmd::bench::server(args),
         Command::Bench(BenchCommand::Agent(args)) => cmd::bench::agent(args),
         Command::Bench(BenchCommand::Policy(args)) => cmd::bench::policy(args),
+        Command::Bench(BenchCommand::Generate(args)) => cmd::bench::generate(args),
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),

@@ -20,6 +20,16 @@ pub(crate) enum BenchCommand {
     Policy(BenchPolicy),
     /// Rego decisions in process (the seed's policy).
     Pdp(BenchPdp),
+    /// zt policy generate over a large signed decision log: read, verified, folded,
+    /// generated, on one thread.
+    Generate(BenchGenerate),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchGenerate {
+    /// Decision records in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) records: u64,
 }
 
 #[derive(Args)]
@@ -136,6 +146,13 @@ pub fn pdp(args: BenchPdp) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `zt bench generate`: `zt policy generate`'s pipeline over `--records`
+/// decision records of a synthetic mesh.
+pub fn generate(args: BenchGenerate) -> anyhow::Result<ExitCode> {
+    zt_bench::observe::run(args.records, |figure| print(&figure, 0))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The header line of a table of [`Figure::Calls`], printed once, before the
 /// first line.
 struct Header {
@@ -178,6 +195,15 @@ fn print(figure: &Figure, width: usize) {
             fmt(samples.percentile(0.5)),
             fmt(samples.percentile(0.99)),
             samples.per_second()
+        ),
+        Figure::Rate {
+            name,
+            items,
+            what,
+            took,
+        } => println!(
+            "{name:<60} {items} {what} in {took:.2?}: {:.0} {what}/s",
+            *items as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)
         ),
         Figure::Stored { entries, took } => println!("stored {entries} entries in {took:.1?}"),
         Figure::Throughput {
