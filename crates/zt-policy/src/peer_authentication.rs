@@ -213,8 +213,9 @@ fn line_of(text: &str, key: &str) -> usize {
 pub fn conflicts(all: &[PeerAuthentication]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(&str, &str), &PeerAuthentication> = BTreeMap::new();
-    let mut scopes: BTreeMap<(&str, Option<&BTreeMap<String, String>>), &PeerAuthentication> =
-        BTreeMap::new();
+    // By namespace and selector (`None`: namespace-wide).
+    type Scope<'a> = (&'a str, Option<&'a BTreeMap<String, String>>);
+    let mut scopes: BTreeMap<Scope<'_>, &PeerAuthentication> = BTreeMap::new();
     for policy in all {
         let at =
             |other: &PeerAuthentication| format!("{}:{}", other.origin.file.display(), other.origin.line);
@@ -554,13 +555,15 @@ mod tests {
         };
         let billing_labels = labels(&[("app", "billing"), ("version", "v1")]);
         let orders_labels = labels(&[("app", "orders")]);
-        let cases: Vec<(
-            &str,
+        // Name, policies, the workload's labels, the mode and the policy that sets it.
+        type Case<'a> = (
+            &'a str,
             Vec<String>,
-            &BTreeMap<String, String>,
+            &'a BTreeMap<String, String>,
             Option<MtlsMode>,
-            Option<&str>,
-        )> = vec![
+            Option<&'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             ("nothing", vec![], &billing_labels, None, None),
             (
                 "mesh only",
