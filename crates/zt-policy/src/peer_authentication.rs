@@ -349,6 +349,14 @@ impl WorkloadMtls {
     pub fn mode(&self, port: u16) -> Option<MtlsMode> {
         self.ports.get(&port).copied().or(self.mode)
     }
+
+    /// `namespace/name` of the policy that sets `port`'s mode, if one does.
+    pub fn policy_for(&self, port: u16) -> Option<&str> {
+        match self.ports.contains_key(&port) {
+            true => self.ports_by.as_deref(),
+            false => self.decided_by.as_deref(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -661,7 +669,8 @@ mod tests {
         assert_eq!(resolved.mode(15008), Some(Permissive));
         assert_eq!(resolved.mode(15009), Some(Permissive));
         assert_eq!(resolved.mode(1), Some(Permissive));
-        assert_eq!(resolved.ports_by.as_deref(), Some("production/billing"));
+        assert_eq!(resolved.policy_for(15007), Some("production/billing"));
+        assert_eq!(resolved.policy_for(1), Some("production/billing"));
 
         // Port-level only, workload mode UNSET: the port's mode, and the
         // namespace's elsewhere; with nothing above, only the port is set.
@@ -676,6 +685,7 @@ mod tests {
             (resolved.mode(15006), resolved.mode(15007), resolved.mode(15008)),
             (Some(Permissive), Some(Strict), Some(Strict))
         );
+        assert_eq!(resolved.policy_for(15007), Some("production/ns"));
         let resolved = set(&[ports_only]).for_workload("production", &labels(&[("app", "billing")]));
         assert_eq!(
             (resolved.mode(15006), resolved.mode(15007), resolved.mode(15008)),

@@ -51,6 +51,15 @@ pub struct AuthzLabels {
     pub mode: &'static str,
 }
 
+/// An inbound port and an mTLS mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MtlsLabels {
+    /// The inbound listener's port.
+    pub port: u16,
+    /// `STRICT`, `PERMISSIVE` or `DISABLE`.
+    pub mode: &'static str,
+}
+
 /// Every metric of the proxy, registered under `zt_proxy_`.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +88,8 @@ pub struct Metrics {
     /// 1 while the workload's namespace is not known (no `--namespace`, and no
     /// `/ns/NS/` in the SPIFFE ID): no policy can be chosen, everything is denied.
     pub policy_namespace_unknown: Gauge,
+    /// 1 for the mTLS mode in force on each inbound port, 0 for the others.
+    pub mtls_mode: Family<MtlsLabels, Gauge>,
     /// Decisions logged here and not yet stored by zt server.
     pub decisions_unshipped: Gauge,
     /// Attempts to ship decisions to zt server that failed.
@@ -107,6 +118,7 @@ impl Metrics {
             policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
             policy_namespace_unknown: Gauge::default(),
+            mtls_mode: Family::default(),
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
             decision_backlog_over_bound: Counter::default(),
@@ -168,6 +180,11 @@ impl Metrics {
             "policy_namespace_unknown",
             "1 while the workload's namespace is not known (set --namespace): every request is denied",
             metrics.policy_namespace_unknown.clone(),
+        );
+        registry.register(
+            "mtls_mode",
+            "1 for the mTLS mode in force on each inbound port (PeerAuthentication, else --mode)",
+            metrics.mtls_mode.clone(),
         );
         registry.register(
             "decisions_unshipped",
