@@ -2018,6 +2018,42 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
         std::thread::sleep(POLL);
     }
     eprintln!("policy change → enforced in {:?}", changed_at.elapsed());
+    // A PeerAuthentication travels the same way: checked on apply (two
+    // namespace-wide ones are refused, naming both files), stored, carried by
+    // the agent, and obeyed by the billing proxy: its port now takes plaintext,
+    // which the AuthorizationPolicy (no principal) then denies.
+    assert_eq!(plaintext_status(billing_inbound), None);
+    let apply = |server: &ServerProcess| zt(server, &["policy", "apply", policies.to_str().unwrap()]);
+    fs::write(
+        policies.join("peer.yaml"),
+        namespace_peer_authentication("PERMISSIVE"),
+    )
+    .unwrap();
+    fs::write(
+        policies.join("peer-too.yaml"),
+        namespace_peer_authentication("STRICT").replace("name: default", "name: too"),
+    )
+    .unwrap();
+    assert_failure(
+        &apply(&server),
+        1,
+        &[
+            "peer-too.yaml:1",
+            "namespace-wide PeerAuthentication",
+            "peer.yaml:1",
+        ],
+    );
+    fs::remove_file(policies.join("peer-too.yaml")).unwrap();
+    let out = apply(&server);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("applied version 3"),
+        "{}",
+        describe(&out)
+    );
+    eventually("PERMISSIVE from zt server in force", || {
+        (plaintext_status(billing_inbound) == Some(403)).then_some(())
+    });
+    assert_eq!(status(payment, "POST"), 200);
     // A set the server refuses is never stored or pushed.
     fs::write(policies.join("broken.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: production}\nspec:\n  actoin: DENY\n").unwrap();
     let out = zt(&server, &["policy", "apply", policies.to_str().unwrap()]);
