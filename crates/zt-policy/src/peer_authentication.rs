@@ -169,7 +169,7 @@ impl PeerAuthentication {
         if selector.is_none() && !spec.port_level_mtls.is_empty() {
             return Err((
                 line_of(text, "portLevelMtls"),
-                "spec.portLevelMtls: needs spec.selector.matchLabels (Istio applies port-level modes to selected workloads only); set spec.mtls.mode for the whole namespace, or select the workload".into(),
+                "spec.portLevelMtls: needs spec.selector.matchLabels (Istio applies port-level modes to selected workloads only); select the workload, or give the whole namespace one mode with mtls".into(),
             ));
         }
         Ok(Self {
