@@ -22,7 +22,7 @@ use crate::identity::IdentityWatch;
 /// A connection's transport.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Transport {
-    /// `mtls` (later also `plaintext`, in permissive mode).
+    /// `mtls`, or `plaintext` (in PERMISSIVE or DISABLE mode).
     pub transport: &'static str,
 }
 
