@@ -1,4 +1,4 @@
-//! Istio AuthorizationPolicy YAML (what `zt policy lint|apply` and `zt proxy
+//! Istio AuthorizationPolicy and PeerAuthentication YAML (what `zt policy lint|apply` and `zt proxy
 //! --policy-dir` read) from arbitrary text: never panics, and every problem it
 //! reports names the file and a line that exists.
 #![no_main]

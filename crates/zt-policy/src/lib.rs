@@ -5,6 +5,8 @@
 //! - [`model`]: the YAML, read strictly, every value checked as it is read;
 //! - [`load`]: a directory of policy files, every problem as `file:line: field`;
 //! - [`policy`]: one policy compiled for evaluation;
+//! - [`peer_authentication`]: Istio's `PeerAuthentication`, the mTLS mode of
+//!   a workload's ports, resolved mesh → namespace → workload → port;
 //! - [`evaluate`]: the decision, in Istio's order (DENY, then ALLOW, default);
 //! - [`normalize`]: paths, methods and hosts before any policy sees them;
 //! - [`matching`]: exact/prefix/suffix/presence patterns, path templates, CIDRs;
@@ -19,6 +21,7 @@ pub mod load;
 pub mod matching;
 pub mod model;
 pub mod normalize;
+pub mod peer_authentication;
 pub mod policy;
 pub mod rego;
 pub mod request;
@@ -27,5 +30,6 @@ pub use evaluate::{
     DEFAULT_ROOT_NAMESPACE, Decision, ExternalAuthorizer, PolicySet, Verdict, WorkloadPolicies,
 };
 pub use load::{LoadError, load_dir};
+pub use peer_authentication::{MtlsMode, PeerAuthentications, WorkloadMtls};
 pub use policy::Policy;
 pub use request::Request;

@@ -1,6 +1,6 @@
 //! Reading policies: a directory of YAML files (`*.yaml`, `*.yml`, searched
 //! recursively, in name order), each holding one or more documents separated by
-//! `---`. Every problem in every file is reported, each as `file:line: field:
+//! `---`, each an AuthorizationPolicy or a PeerAuthentication. Every problem in every file is reported, each as `file:line: field:
 //! what is wrong`; a set with any problem is not used at all.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::Document;
+use crate::peer_authentication::{self, PeerAuthentication};
 use crate::policy::{Origin, Policy};
 
 /// Largest policy file read, in bytes.
@@ -96,10 +97,27 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, LoadError> {
     parse(&read_dir(dir)?)
 }
 
-/// Compiles the policies of these sources; all problems or all policies.
+/// Everything a set of policy files holds.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The AuthorizationPolicies.
+    pub policies: Vec<Policy>,
+    /// The PeerAuthentications.
+    pub peer_authentications: Vec<PeerAuthentication>,
+}
+
+/// Compiles the AuthorizationPolicies of these sources (PeerAuthentications
+/// are checked too, and left out); all problems or all policies.
 pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
+    parse_all(sources).map(|loaded| loaded.policies)
+}
+
+/// Compiles every policy of these sources, of either kind; all problems or
+/// all policies.
+pub fn parse_all(sources: &[Source]) -> Result<Loaded, LoadError> {
     let mut problems = Vec::new();
     let mut policies: Vec<Policy> = Vec::new();
+    let mut peer_authentications = Vec::new();
     let mut seen: BTreeMap<(String, String), Origin> = BTreeMap::new();
     for source in sources {
         for (line, chunk) in documents(&source.text) {
@@ -112,18 +130,19 @@ pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
                 problems.push(format!("{}: {message}", at(offset)));
                 continue;
             }
-            let document = match Document::deserialize(serde_yaml_ng::Deserializer::from_str(chunk)) {
+            if is_peer_authentication(chunk) {
+                let compiled = read::<peer_authentication::Document>(chunk)
+                    .and_then(|document| PeerAuthentication::compile(document, origin, chunk));
+                match compiled {
+                    Ok(peer_authentication) => peer_authentications.push(peer_authentication),
+                    Err((offset, message)) => problems.push(format!("{}: {message}", at(offset))),
+                }
+                continue;
+            }
+            let document = match read::<Document>(chunk) {
                 Ok(document) => document,
-                Err(e) => {
-                    let (offset, message) = located(&e);
-                    // An error at the end of the input names the last line, not
-                    // the one after it.
-                    let last = chunk
-                        .replace("\r\n", "\n")
-                        .trim_end_matches(['\n', '\r'])
-                        .matches(['\n', '\r'])
-                        .count();
-                    problems.push(format!("{}: {message}", at(offset.min(last))));
+                Err((offset, message)) => {
+                    problems.push(format!("{}: {message}", at(offset)));
                     continue;
                 }
             };
@@ -148,11 +167,42 @@ pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
             }
         }
     }
+    problems.extend(peer_authentication::conflicts(&peer_authentications));
     if problems.is_empty() {
-        Ok(policies)
+        Ok(Loaded {
+            policies,
+            peer_authentications,
+        })
     } else {
         Err(LoadError { problems })
     }
+}
+
+/// Whether a document says it is a PeerAuthentication (anything else is read
+/// as an AuthorizationPolicy, whose errors say what is wrong).
+fn is_peer_authentication(chunk: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Header {
+        kind: Option<crate::model::Kind>,
+    }
+    serde_yaml_ng::from_str::<Header>(chunk)
+        .is_ok_and(|header| header.kind == Some(crate::model::Kind::PeerAuthentication))
+}
+
+/// One document read as a `T`, or the line offset (0-based, within the
+/// document) and message of what is wrong.
+fn read<T: serde::de::DeserializeOwned>(chunk: &str) -> Result<T, (usize, String)> {
+    T::deserialize(serde_yaml_ng::Deserializer::from_str(chunk)).map_err(|e| {
+        let (offset, message) = located(&e);
+        // An error at the end of the input names the last line, not the one
+        // after it.
+        let last = chunk
+            .replace("\r\n", "\n")
+            .trim_end_matches(['\n', '\r'])
+            .matches(['\n', '\r'])
+            .count();
+        (offset.min(last), message)
+    })
 }
 
 /// The documents of a YAML stream with the line each starts on (1-based),

@@ -40,11 +40,13 @@ pub enum ApiVersion {
     V1beta1,
 }
 
-/// The only kind zt reads here.
+/// The kinds a policy file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Kind {
     /// `AuthorizationPolicy`.
     AuthorizationPolicy,
+    /// `PeerAuthentication`, read by [`crate::peer_authentication`].
+    PeerAuthentication,
 }
 
 /// Kubernetes object metadata: the fields zt uses, and the server-written ones
@@ -548,7 +550,7 @@ impl TryFrom<String> for Path {
 }
 
 /// A port: a number or a string of one (Istio writes strings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Port(pub u16);
 
 impl<'de> Deserialize<'de> for Port {
@@ -556,7 +558,7 @@ impl<'de> Deserialize<'de> for Port {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            Number(u64),
+            Number(i64),
             Text(String),
         }
         let raw = Raw::deserialize(deserializer)?;

@@ -154,6 +154,9 @@ impl Policy {
     /// Checks what the YAML reader could not (across fields) and compiles.
     /// Errors name the field.
     pub fn compile(document: Document, origin: Origin) -> Result<Policy, String> {
+        if document.kind != model::Kind::AuthorizationPolicy {
+            return Err("kind: expected AuthorizationPolicy".into());
+        }
         let spec = document.spec;
         if spec.target_ref.is_some() || spec.target_refs.is_some() {
             return Err("spec.targetRef(s): zt selects workloads by spec.selector.matchLabels; Gateway API targets are not supported".into());

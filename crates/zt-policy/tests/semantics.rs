@@ -629,9 +629,14 @@ fn bad_policies_are_refused_with_file_line_and_field() {
         "{got}"
     );
     let got = problems(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: x}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: p, namespace: x}\n",
     );
-    assert!(got.contains("PeerAuthentication"), "{got}");
+    assert!(
+        got.contains("bad.yaml:2")
+            && got.contains("RequestAuthentication")
+            && got.contains("PeerAuthentication"),
+        "{got}"
+    );
     // Every problem of every document is reported, each with its own line; and
     // a duplicate name points at the first definition.
     let ok =

@@ -22,7 +22,7 @@ use crate::identity::{Identity, IdentityWatch};
 /// A connection's transport.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Transport {
-    /// `mtls` (later also `plaintext`, in permissive mode).
+    /// `mtls`, or `plaintext` (in PERMISSIVE or DISABLE mode).
     pub transport: &'static str,
 }
 
@@ -48,6 +48,15 @@ pub struct AuthzLabels {
     /// `ALLOW` or `DENY`.
     pub decision: &'static str,
     /// `enforce` or `permissive`.
+    pub mode: &'static str,
+}
+
+/// An inbound port and an mTLS mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MtlsLabels {
+    /// The inbound listener's port.
+    pub port: u16,
+    /// `STRICT`, `PERMISSIVE` or `DISABLE`.
     pub mode: &'static str,
 }
 
@@ -79,6 +88,8 @@ pub struct Metrics {
     /// 1 while the workload's namespace is not known (no `--namespace`, and no
     /// `/ns/NS/` in the SPIFFE ID): no policy can be chosen, everything is denied.
     pub policy_namespace_unknown: Gauge,
+    /// 1 for the mTLS mode in force on each inbound port, 0 for the others.
+    pub mtls_mode: Family<MtlsLabels, Gauge>,
     /// Decisions logged here and not yet stored by zt server.
     pub decisions_unshipped: Gauge,
     /// Attempts to ship decisions to zt server that failed.
@@ -113,6 +124,7 @@ impl Metrics {
             policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
             policy_namespace_unknown: Gauge::default(),
+            mtls_mode: Family::default(),
             decisions_unshipped: Gauge::default(),
             decision_ship_failures: Counter::default(),
             decision_backlog_over_bound: Counter::default(),
@@ -181,6 +193,11 @@ impl Metrics {
             "policy_namespace_unknown",
             "1 while the workload's namespace is not known (set --namespace): every request is denied",
             metrics.policy_namespace_unknown.clone(),
+        );
+        registry.register(
+            "mtls_mode",
+            "1 for the mTLS mode in force on each inbound port (PeerAuthentication, else --mode)",
+            metrics.mtls_mode.clone(),
         );
         registry.register(
             "decisions_unshipped",

@@ -24,7 +24,8 @@ pub struct InboundConfig {
     pub head: crate::request::normalize::HeadRules,
     /// What the app speaks.
     pub app_protocol: AppProtocol,
-    /// Whether plaintext is accepted too.
+    /// Whether plaintext is accepted too, where no PeerAuthentication says
+    /// (see [`InboundConfig::mode_for`]).
     pub mode: Mode,
     /// Limits that protect the proxy and the app from one client.
     pub limits: Limits,
@@ -33,6 +34,19 @@ pub struct InboundConfig {
     /// Makes a span of every request, when spans are exported
     /// ([`crate::ProxyConfig::otlp`]; set by [`crate::run`]).
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+}
+
+impl InboundConfig {
+    /// The mode of a new connection to the inbound `port` (the listener's, as
+    /// `destination.port` in policies): the PeerAuthentications in force for
+    /// this workload, else [`InboundConfig::mode`] (`--mode`). Read per
+    /// connection; resolved once per policy change.
+    pub fn mode_for(&self, port: u16) -> Mode {
+        self.authz
+            .as_ref()
+            .and_then(|authz| authz.mtls_mode(port))
+            .map_or(self.mode, Mode::from)
+    }
 }
 
 /// Limits per connection and request; a client that breaks one gets the HTTP
@@ -100,13 +114,87 @@ impl std::str::FromStr for TcpPort {
 /// Istio's PeerAuthentication modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// mTLS only.
+    /// mTLS only: plaintext fails the handshake (refused as `not_tls`).
     #[default]
     Strict,
     /// mTLS, and plaintext on the same port (told apart by the first byte: a TLS
     /// handshake record starts with 0x16), counted and logged: the migration path,
     /// watch who still talks plaintext before turning strict on.
     Permissive,
+    /// Plaintext only, from a PeerAuthentication (never the default): the proxy
+    /// terminates no TLS, so a client's ClientHello is just bytes to the app's
+    /// protocol — the HTTP parser refuses it, an opaque TCP port relays it.
+    Disable,
+}
+
+impl Mode {
+    /// Istio's name, as metrics and logs show it.
+    pub fn as_str(self) -> &'static str {
+        zt_policy::MtlsMode::from(self).as_str()
+    }
+}
+
+impl From<zt_policy::MtlsMode> for Mode {
+    fn from(mode: zt_policy::MtlsMode) -> Self {
+        match mode {
+            zt_policy::MtlsMode::Strict => Mode::Strict,
+            zt_policy::MtlsMode::Permissive => Mode::Permissive,
+            zt_policy::MtlsMode::Disable => Mode::Disable,
+        }
+    }
+}
+
+impl From<Mode> for zt_policy::MtlsMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Strict => zt_policy::MtlsMode::Strict,
+            Mode::Permissive => zt_policy::MtlsMode::Permissive,
+            Mode::Disable => zt_policy::MtlsMode::Disable,
+        }
+    }
+}
+
+/// Shows the inbound ports' modes — `zt_proxy_mtls_mode{port,mode}`, 1 for the
+/// mode in force and 0 for the others — and logs each change, until the
+/// proxy stops (run as the supervised task `mtls_modes`). `ports`: each inbound listener's port and its `--mode`.
+pub(crate) async fn follow_modes(
+    ports: Vec<(u16, Mode)>,
+    authz: Option<Arc<crate::authz::Authorizer>>,
+    metrics: Arc<crate::admin::Metrics>,
+) {
+    let mut changes = authz.as_ref().map(|authz| authz.mtls_changes());
+    let mut shown: Vec<Option<Mode>> = vec![None; ports.len()];
+    loop {
+        let in_force = changes
+            .as_mut()
+            .map(|changes| changes.current())
+            .unwrap_or_default();
+        for ((port, default), shown) in ports.iter().zip(&mut shown) {
+            let mode = in_force.mode(*port).map_or(*default, Mode::from);
+            for each in zt_policy::MtlsMode::ALL {
+                let labels = crate::admin::MtlsLabels {
+                    port: *port,
+                    mode: each.as_str(),
+                };
+                let active = zt_policy::MtlsMode::from(mode) == each;
+                metrics.mtls_mode.get_or_create(&labels).set(i64::from(active));
+            }
+            if *shown != Some(mode) {
+                let by = in_force.policy_for(*port).unwrap_or("--mode");
+                tracing::info!(port, mode = mode.as_str(), by, "inbound mTLS mode");
+                *shown = Some(mode);
+            }
+        }
+        match changes.as_mut() {
+            Some(changes) => {
+                if !changes.changed().await {
+                    return;
+                }
+            }
+            // Without policies nothing changes: `--mode` for good.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The protocol between the proxy and the app.

@@ -145,6 +145,17 @@ async fn serve(
         )?)),
         None => None,
     };
+    let ports: Vec<(u16, inbound::Mode)> = config
+        .inbound
+        .iter()
+        .map(|(_, addr, inbound)| (addr.port(), inbound.mode))
+        .collect();
+    if !ports.is_empty() {
+        let (authorizer, metrics) = (authorizer.clone(), metrics.clone());
+        tasks.spawn_until_stop("mtls_modes", stop.clone(), move || {
+            inbound::follow_modes(ports.clone(), authorizer.clone(), metrics.clone())
+        });
+    }
     let mut listeners = tokio::task::JoinSet::new();
     for (flag, addr, mut inbound_config) in config.inbound {
         inbound_config.authz.clone_from(&authorizer);

@@ -30,7 +30,9 @@ fn the_example_policies_lint_and_pass_their_cases() {
     let policies = examples().join("policies");
     let out = zt(&["policy", "lint", arg(&policies)]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 policies, no problems"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(
+        "1 policies, no problems (production: 1); 2 PeerAuthentications (production: 1, zt-system: 1)"
+    ));
     let cases = examples().join("policy-cases.yaml");
     passes(
         &["policy", "test", arg(&policies), "--cases", arg(&cases)],
@@ -175,6 +177,53 @@ fn problems_are_named_by_file_and_line_and_nothing_is_used() {
     assert_failure(&out, 1, &["team/bad.yml:"]);
     let out = zt(&["policy", "lint", "/nonexistent-policies"]);
     assert_failure(&out, 1, &["/nonexistent-policies"]);
+}
+
+#[test]
+fn peer_authentications_are_linted_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n";
+    fs::write(
+        dir.path().join("ports.yaml"),
+        format!("{head}  name: ports\n  namespace: production\nspec:\n  portLevelMtls:\n    8080:\n      mode: DISABLE\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("mode.yaml"),
+        format!("{head}  name: mode\n  namespace: staging\nspec:\n  mtls:\n    mode: STRICTER\n"),
+    )
+    .unwrap();
+    let out = zt(&["policy", "lint", arg(dir.path())]);
+    assert_failure(
+        &out,
+        1,
+        &[
+            "ports.yaml:7: spec.portLevelMtls: needs spec.selector.matchLabels",
+            "mode.yaml:8: spec.mtls.mode: unknown variant `STRICTER`",
+        ],
+    );
+
+    // A workload PeerAuthentication in the root namespace is ignored, as in
+    // Istio: lint passes and says so.
+    fs::remove_file(dir.path().join("mode.yaml")).unwrap();
+    fs::write(
+        dir.path().join("ports.yaml"),
+        format!("{head}  name: ports\n  namespace: zt-system\nspec:\n  selector:\n    matchLabels: {{app: a}}\n  mtls:\n    mode: DISABLE\n"),
+    )
+    .unwrap();
+    let out = zt(&["policy", "lint", arg(dir.path())]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("0 policies, no problems (); 1 PeerAuthentications (zt-system: 1)"),
+        "{}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("ports.yaml:1: spec.selector: zt-system/ports"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1732,6 +1732,143 @@ fn permissive_policy_mode_records_denials_and_lets_them_through() {
     );
 }
 
+/// A plaintext `GET` to `addr`: the answer's status, or `None` when the answer
+/// is not HTTP (the connection was refused: a TLS alert, or closed).
+fn plaintext_status(addr: SocketAddr) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(b"GET /plain HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
+}
+
+/// A `GET` over mTLS as the payment service: the answer's status, or `None`
+/// when the handshake fails.
+fn mtls_status(pki: &Pki, addr: SocketAddr) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut tls = tls_connect(pki, "payment", addr);
+    if tls.conn.is_handshaking() {
+        return None;
+    }
+    tls.write_all(b"GET /mtls HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
+}
+
+const ALLOW_ALL_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-all
+  namespace: production
+spec:
+  rules:
+  - {}
+";
+
+/// A namespace-wide PeerAuthentication for `production`.
+fn namespace_peer_authentication(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: production\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+#[test]
+fn peer_authentication_sets_the_mtls_mode_live_and_per_port() {
+    let Some(python) = zt_testkit::python("peer_authentication_sets_the_mtls_mode_live_and_per_port") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(policies.join("allow.yaml"), ALLOW_ALL_POLICY).unwrap();
+    let peer = policies.join("peer.yaml");
+    fs::write(&peer, namespace_peer_authentication("PERMISSIVE")).unwrap();
+    let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+    // A second inbound port, opaque TCP to the same app, for the port-level case.
+    let tcp_inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (_proxy, inbound, admin) = dev_proxy(
+        &pki,
+        &[
+            "--app",
+            &app_addr.to_string(),
+            "--tcp-inbound",
+            &format!("{tcp_inbound},{app_addr}"),
+            "--mode",
+            "permissive",
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--namespace",
+            "production",
+            "--label",
+            "app=billing-service",
+        ],
+    );
+    let mode = |port: u16, mode: &str| {
+        metric(
+            admin,
+            &format!("zt_proxy_mtls_mode{{port=\"{port}\",mode=\"{mode}\"}}"),
+        )
+    };
+
+    // PERMISSIVE: plaintext reaches the app, and so does mTLS.
+    assert_eq!(plaintext_status(inbound), Some(200));
+    assert_eq!(mtls_status(&pki, inbound), Some(200));
+    assert_eq!(mode(inbound.port(), "PERMISSIVE"), 1.0);
+
+    // STRICT, written in place: new plaintext connections are refused as
+    // not TLS, mTLS still succeeds, without a restart.
+    fs::write(&peer, namespace_peer_authentication("STRICT")).unwrap();
+    eventually("plaintext refused under STRICT", || {
+        plaintext_status(inbound).is_none().then_some(())
+    });
+    assert_eq!(mtls_status(&pki, inbound), Some(200));
+    assert!(metric(admin, "zt_proxy_refused_total{reason=\"not_tls\"}") >= 1.0);
+    assert_eq!(mode(inbound.port(), "STRICT"), 1.0);
+    assert_eq!(mode(inbound.port(), "PERMISSIVE"), 0.0);
+    assert_eq!(mode(tcp_inbound.port(), "STRICT"), 1.0);
+
+    // Port level: the workload's policy leaves its mode UNSET (the namespace's
+    // STRICT) and disables mTLS on the HTTP port only. There plaintext is
+    // served and a ClientHello is just bytes the HTTP parser refuses; the
+    // other port stays STRICT.
+    let workload = format!(
+        "{}---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: billing\n  namespace: production\nspec:\n  selector:\n    matchLabels:\n      app: billing-service\n  portLevelMtls:\n    {}:\n      mode: DISABLE\n",
+        namespace_peer_authentication("STRICT"),
+        inbound.port()
+    );
+    fs::write(&peer, workload).unwrap();
+    eventually("plaintext served on the DISABLE port", || {
+        (plaintext_status(inbound) == Some(200)).then_some(())
+    });
+    assert_eq!(mtls_status(&pki, inbound), None);
+    assert_eq!(mode(inbound.port(), "DISABLE"), 1.0);
+    assert_eq!(plaintext_status(tcp_inbound), None);
+    assert_eq!(mtls_status(&pki, tcp_inbound), Some(200));
+    assert_eq!(mode(tcp_inbound.port(), "STRICT"), 1.0);
+
+    // No PeerAuthentication left: --mode (permissive) applies again.
+    fs::remove_file(&peer).unwrap();
+    eventually("--mode back in force", || {
+        (mode(tcp_inbound.port(), "PERMISSIVE") == 1.0).then_some(())
+    });
+    assert_eq!(plaintext_status(tcp_inbound), Some(200));
+    assert_eq!(mtls_status(&pki, inbound), Some(200));
+}
+
 #[test]
 fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
     let Some(python) = zt_testkit::python("policies_applied_on_the_server_reach_the_proxies_and_change_live")
@@ -1881,6 +2018,42 @@ fn policies_applied_on_the_server_reach_the_proxies_and_change_live() {
         std::thread::sleep(POLL);
     }
     eprintln!("policy change → enforced in {:?}", changed_at.elapsed());
+    // A PeerAuthentication travels the same way: checked on apply (two
+    // namespace-wide ones are refused, naming both files), stored, carried by
+    // the agent, and obeyed by the billing proxy: its port now takes plaintext,
+    // which the AuthorizationPolicy (no principal) then denies.
+    assert_eq!(plaintext_status(billing_inbound), None);
+    let apply = |server: &ServerProcess| zt(server, &["policy", "apply", policies.to_str().unwrap()]);
+    fs::write(
+        policies.join("peer.yaml"),
+        namespace_peer_authentication("PERMISSIVE"),
+    )
+    .unwrap();
+    fs::write(
+        policies.join("peer-too.yaml"),
+        namespace_peer_authentication("STRICT").replace("name: default", "name: too"),
+    )
+    .unwrap();
+    assert_failure(
+        &apply(&server),
+        1,
+        &[
+            "peer-too.yaml:1",
+            "namespace-wide PeerAuthentication",
+            "peer.yaml:1",
+        ],
+    );
+    fs::remove_file(policies.join("peer-too.yaml")).unwrap();
+    let out = apply(&server);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("applied version 3"),
+        "{}",
+        describe(&out)
+    );
+    eventually("PERMISSIVE from zt server in force", || {
+        (plaintext_status(billing_inbound) == Some(403)).then_some(())
+    });
+    assert_eq!(status(payment, "POST"), 200);
     // A set the server refuses is never stored or pushed.
     fs::write(policies.join("broken.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: production}\nspec:\n  actoin: DENY\n").unwrap();
     let out = zt(&server, &["policy", "apply", policies.to_str().unwrap()]);

@@ -8,6 +8,10 @@
 //! both the policies and the namespace are known, every request is denied. A
 //! set that does not load keeps the last good one in force. In `permissive`
 //! mode a DENY is recorded and let through: observe first, enforce later.
+//!
+//! The same sets carry PeerAuthentications: the mTLS mode they give each
+//! inbound port is resolved with the rest, once per change, and read by every
+//! new connection ([`Authorizer::mtls_mode`]).
 
 mod decision_log;
 mod policies;
@@ -159,6 +163,17 @@ impl Authorizer {
             log,
             metrics,
         })
+    }
+
+    /// The mTLS mode the PeerAuthentications in force give the inbound
+    /// `port`; `None`: none applies (or none is in force yet), `--mode` does.
+    pub fn mtls_mode(&self, port: u16) -> Option<zt_policy::MtlsMode> {
+        policies::mtls_mode(&self.in_force, port)
+    }
+
+    /// The mTLS modes in force, to follow as they change.
+    pub(crate) fn mtls_changes(&self) -> policies::MtlsChanges {
+        policies::MtlsChanges(self.in_force.clone())
     }
 
     /// Decides `request` by the policies in force (everything is denied

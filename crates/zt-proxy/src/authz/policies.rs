@@ -1,12 +1,14 @@
 //! The policies in force for this workload, kept current: a directory
 //! reloaded when it changes, or zt agent's policy stream (from zt server),
-//! combined with the workload's namespace and labels.
+//! combined with the workload's namespace and labels — the
+//! AuthorizationPolicies that decide its requests, and the mTLS modes its
+//! PeerAuthentications give its ports.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use zt_policy::{PolicySet, WorkloadPolicies};
+use zt_policy::{MtlsMode, PeerAuthentications, PolicySet, WorkloadMtls, WorkloadPolicies};
 
 use super::AuthzConfig;
 use crate::admin::Metrics;
@@ -16,6 +18,7 @@ use crate::identity::IdentityWatch;
 /// A loaded policy directory and its version.
 struct Loaded {
     set: PolicySet,
+    mtls: PeerAuthentications,
     version: String,
 }
 
@@ -25,9 +28,10 @@ fn compile(
     version: String,
     root_namespace: &str,
 ) -> Result<Loaded, String> {
-    let policies = zt_policy::load::parse(sources).map_err(|e| e.to_string())?;
+    let loaded = zt_policy::load::parse_all(sources).map_err(|e| e.to_string())?;
     Ok(Loaded {
-        set: PolicySet::new(policies, root_namespace),
+        set: PolicySet::new(loaded.policies, root_namespace),
+        mtls: PeerAuthentications::new(loaded.peer_authentications, root_namespace),
         version,
     })
 }
@@ -52,12 +56,38 @@ fn load_dir(dir: &Path, root_namespace: &str) -> Result<Loaded, String> {
 /// The policies in force for this workload.
 pub(super) struct InForce {
     pub(super) policies: WorkloadPolicies,
+    /// The ports' mTLS modes (`None`: `--mode`).
+    pub(super) mtls: WorkloadMtls,
     pub(super) version: Arc<str>,
     pub(super) destination: Arc<str>,
 }
 
 /// The policies in force, kept current.
 pub(super) type InForceWatch = watch::Receiver<Option<Arc<InForce>>>;
+
+/// The mTLS modes of the policies in force, followed as they change.
+pub(crate) struct MtlsChanges(pub(super) InForceWatch);
+
+impl MtlsChanges {
+    /// The modes in force now (none set while no policies are in force).
+    pub(crate) fn current(&mut self) -> WorkloadMtls {
+        self.0
+            .borrow_and_update()
+            .as_ref()
+            .map(|in_force| in_force.mtls.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the policies in force to change; `false` once they never will.
+    pub(crate) async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
+/// The mTLS mode the policies in force give `port`, if they give one.
+pub(super) fn mtls_mode(in_force: &InForceWatch, port: u16) -> Option<MtlsMode> {
+    in_force.borrow().as_ref()?.mtls.mode(port)
+}
 
 /// Loads a policy directory now (a broken set fails the start) or starts
 /// following zt agent, as the supervised task `policies`; and combines what
@@ -150,13 +180,22 @@ async fn combine(
         let in_force = match (namespace, current) {
             (Some(namespace), Some(current)) => {
                 let policies = current.set.for_workload(&namespace, &config.labels);
+                let mtls = current.mtls.for_workload(&namespace, &config.labels);
                 tracing::info!(%namespace, version = %current.version, policies = policies.len(), "policies in force");
+                if !mtls.shadowed.is_empty() {
+                    tracing::warn!(
+                        chosen = mtls.decided_by.as_deref().unwrap_or_default(),
+                        shadowed = ?mtls.shadowed,
+                        "several workload PeerAuthentications select this workload; the first by name applies"
+                    );
+                }
                 let destination = match config.labels.get("app") {
                     Some(app) => format!("{namespace}/{app}"),
                     None => namespace,
                 };
                 Some(Arc::new(InForce {
                     policies,
+                    mtls,
                     version: current.version.as_str().into(),
                     destination: destination.into(),
                 }))

@@ -1,6 +1,7 @@
 //! An inbound connection, stage by stage: **accept** → **limits** (open
 //! connections in all and per source) → **handshake** (mTLS with the current
-//! SVID; plaintext too in permissive mode) → **peer identity** (the verified
+//! SVID; plaintext too in permissive mode, plaintext only in DISABLE — the
+//! port's mode read per connection, [`InboundConfig::mode_for`]) → **peer identity** (the verified
 //! SPIFFE ID, the allow-list, the identity headers) → **revocation watch**
 //! (a revoked SVID cuts the connection) → HTTP, each request through
 //! [`crate::request`], or opaque TCP ([`tcp`]). Each connection runs in a
@@ -141,30 +142,15 @@ async fn connection(
     let local = tcp
         .local_addr()
         .map_err(|e| Refusal::Handshake(crate::refusal::HandshakeFailure::Other, e.to_string()))?;
-    if context.config.mode == Mode::Permissive {
-        match handshake::starts_with_tls(&tcp).await? {
+    match context.config.mode_for(local.port()) {
+        Mode::Strict => {}
+        Mode::Permissive => match handshake::starts_with_tls(&tcp).await? {
             None => return Ok(()),
             Some(true) => {}
-            Some(false) => {
-                metrics
-                    .connections
-                    .get_or_create(&Transport {
-                        transport: "plaintext",
-                    })
-                    .inc();
-                tracing::warn!(target: "zt::access", peer = %peer_addr, "plaintext connection accepted (permissive mode)");
-                let peer = Peer {
-                    name: "plaintext".into(),
-                    verified: false,
-                    addr: peer_addr,
-                    local,
-                    allowed: true,
-                    identity_headers: Vec::new(),
-                    revocation: None,
-                };
-                return serve_protocol(tcp, Arc::new(peer), context).await;
-            }
-        }
+            Some(false) => return plaintext(tcp, peer_addr, local, Mode::Permissive, context).await,
+        },
+        // No TLS here: a ClientHello is just bytes to the app's protocol.
+        Mode::Disable => return plaintext(tcp, peer_addr, local, Mode::Disable, context).await,
     }
     let tls = handshake::accept(&acceptor, tcp).await?;
     let (_, session) = tls.get_ref();
@@ -209,6 +195,35 @@ async fn connection(
         revocation: Some(revocation),
     };
     serve_protocol(tls, Arc::new(peer), context).await
+}
+
+/// A plaintext connection (PERMISSIVE or DISABLE), counted and logged; its
+/// peer has no identity.
+async fn plaintext(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    local: SocketAddr,
+    mode: Mode,
+    context: &Arc<Context>,
+) -> Result<(), Refusal> {
+    context
+        .metrics
+        .connections
+        .get_or_create(&Transport {
+            transport: "plaintext",
+        })
+        .inc();
+    tracing::warn!(target: "zt::access", peer = %peer_addr, port = local.port(), mode = mode.as_str(), "plaintext connection accepted");
+    let peer = Peer {
+        name: "plaintext".into(),
+        verified: false,
+        addr: peer_addr,
+        local,
+        allowed: true,
+        identity_headers: Vec::new(),
+        revocation: None,
+    };
+    serve_protocol(tcp, Arc::new(peer), context).await
 }
 
 /// The app's protocol decides: HTTP, or opaque TCP; either ends when the

@@ -134,18 +134,40 @@ fn load(dir: &Path, root_namespace: &str) -> anyhow::Result<PolicySet> {
 
 /// `zt policy lint DIR`: exit 0 and a summary, or 1 and every problem.
 pub fn lint(args: PolicyLintArgs) -> anyhow::Result<ExitCode> {
-    let set = load(&args.dir, &args.root_namespace)?;
-    let mut namespaces = std::collections::BTreeMap::<&str, usize>::new();
-    for policy in set.policies() {
-        *namespaces.entry(policy.namespace.as_str()).or_default() += 1;
-    }
-    let by_namespace: Vec<String> = namespaces.iter().map(|(ns, n)| format!("{ns}: {n}")).collect();
-    println!(
+    let sources = zt_policy::load::read_dir(&args.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = zt_policy::load::parse_all(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let by_namespace = |namespaces: &mut dyn Iterator<Item = &str>| {
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for namespace in namespaces {
+            *counts.entry(namespace).or_default() += 1;
+        }
+        let counts: Vec<String> = counts.iter().map(|(ns, n)| format!("{ns}: {n}")).collect();
+        counts.join(", ")
+    };
+    let mut summary = format!(
         "{}: {} policies, no problems ({})",
         args.dir.display(),
-        set.policies().len(),
-        by_namespace.join(", ")
+        loaded.policies.len(),
+        by_namespace(&mut loaded.policies.iter().map(|p| p.namespace.as_str()))
     );
+    if !loaded.peer_authentications.is_empty() {
+        summary.push_str(&format!(
+            "; {} PeerAuthentications ({})",
+            loaded.peer_authentications.len(),
+            by_namespace(&mut loaded.peer_authentications.iter().map(|p| p.namespace.as_str()))
+        ));
+    }
+    let peer = zt_policy::PeerAuthentications::new(loaded.peer_authentications, &args.root_namespace);
+    for ignored in peer.ignored() {
+        eprintln!(
+            "warning: {}:{}: spec.selector: {} selects workloads in the root namespace {}, where Istio (and zt) ignore workload PeerAuthentications; remove the selector to make it mesh-wide",
+            ignored.origin.file.display(),
+            ignored.origin.line,
+            ignored.id(),
+            args.root_namespace
+        );
+    }
+    println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -90,7 +90,9 @@ pub(crate) struct ProxyArgs {
     #[arg(long)]
     pub(crate) tls12: bool,
     /// strict: mTLS only. permissive: plaintext too on the same port, counted and
-    /// logged (Istio's PeerAuthentication modes; for migrating callers).
+    /// logged (Istio's PeerAuthentication modes; for migrating callers). A
+    /// PeerAuthentication among the policies that applies to the workload overrides
+    /// it, per inbound port, live.
     #[arg(long, value_enum, default_value_t = ModeArg::Strict)]
     pub(crate) mode: ModeArg,
     /// Open inbound connections at most; more are closed at accept.
