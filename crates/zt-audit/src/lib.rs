@@ -103,10 +103,23 @@ impl Record {
     /// The hash this record must carry: SHA-256 over `prev` and its canonical
     /// JSON with `hash` empty.
     pub fn compute_hash(&self) -> String {
-        let mut unhashed = self.clone();
-        unhashed.hash = String::new();
-        // A struct of strings and numbers always serializes.
-        let canonical = serde_json::to_vec(&unhashed).unwrap_or_default();
+        // `hash` is serialized last: the canonical JSON is the record's own
+        // with that value emptied, without copying the record.
+        let mut json = Vec::with_capacity(512);
+        let tail = format!(",\"hash\":{}}}", serde_json::Value::from(self.hash.as_str()));
+        let canonical = match serde_json::to_writer(&mut json, self) {
+            Ok(()) if json.ends_with(tail.as_bytes()) => {
+                json.truncate(json.len() - tail.len());
+                json.extend_from_slice(b",\"hash\":\"\"}");
+                json
+            }
+            _ => {
+                let mut unhashed = self.clone();
+                unhashed.hash = String::new();
+                // A struct of strings and numbers always serializes.
+                serde_json::to_vec(&unhashed).unwrap_or_default()
+            }
+        };
         let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         context.update(self.prev.as_bytes());
         context.update(&canonical);
@@ -121,7 +134,13 @@ impl Record {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Why a log could not be used or does not verify.
@@ -545,6 +564,28 @@ mod tests {
 
     fn write(path: &Path, lines: &[String]) {
         std::fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    /// The hash as first defined: over a copy with `hash` emptied.
+    fn hash_of_a_copy(record: &Record) -> String {
+        let mut unhashed = record.clone();
+        unhashed.hash = String::new();
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        context.update(record.prev.as_bytes());
+        context.update(&serde_json::to_vec(&unhashed).unwrap());
+        hex(context.finish().as_ref())
+    }
+
+    #[test]
+    fn the_hash_is_the_one_over_a_copy_whatever_the_record_holds() {
+        let mut r = record("/a\"b\\c\u{1}é");
+        r.input = Some(serde_json::json!({"hash": "x", "n": [1, 2]}));
+        r.prev = "p".repeat(64);
+        for hash in ["", "ab".repeat(32).as_str(), "not hex \" \\ ,\"hash\":\"\"}"] {
+            r.hash = hash.to_owned();
+            assert_eq!(r.compute_hash(), hash_of_a_copy(&r), "hash {hash:?}");
+        }
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
 
     #[test]

@@ -16,10 +16,15 @@ pub fn leaf_from_hex(hex: &str) -> Option<Hash> {
     if bytes.len() != 64 {
         return None;
     }
+    let nibble = |digit: u8| match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    };
     let mut leaf = [0u8; 32];
     for (out, pair) in leaf.iter_mut().zip(bytes.chunks_exact(2)) {
-        let digits = std::str::from_utf8(pair).ok()?;
-        *out = u8::from_str_radix(digits, 16).ok()?;
+        *out = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(leaf)
 }

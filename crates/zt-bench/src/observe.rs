@@ -11,9 +11,15 @@ use crate::{Error, Figure};
 /// Writes a signed decision log of `records` records of a mesh's traffic
 /// (not timed: [`Figure::Stored`]), then times reading, verifying and
 /// folding it ([`Figure::Rate`]) and generating the policies.
-pub fn run(records: u64, mut report: impl FnMut(Figure)) -> Result<(), Error> {
+/// With `keep`, the log is written there and kept, so that the command itself
+/// can be timed on it (`zt policy generate --log FILE`).
+pub fn run(
+    records: u64,
+    keep: Option<&std::path::Path>,
+    mut report: impl FnMut(Figure),
+) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
-    let log = dir.path().join("decisions.log");
+    let log = keep.map_or_else(|| dir.path().join("decisions.log"), std::path::Path::to_owned);
     let started = Instant::now();
     write_log(&log, records)?;
     report(Figure::Rate {
@@ -41,7 +47,7 @@ pub fn run(records: u64, mut report: impl FnMut(Figure)) -> Result<(), Error> {
             "policies generated ({} files, {} rules, {} flows)",
             generated.files.len(),
             generated.rules,
-            traffic.flows().len()
+            traffic.len()
         ),
         items: records,
         what: "records",
@@ -66,18 +72,26 @@ fn record(i: u64) -> Record {
     let path = match route {
         0 => "/healthz".to_owned(),
         1 => format!("/api/v1/items/{}", i % 10_007),
-        2 => format!("/api/v1/orders/{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", i, i % 65_536, i % 4096, (i / 7) % 4096, i * 31),
+        2 => format!(
+            "/api/v1/orders/{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            i,
+            i % 65_536,
+            i % 4096,
+            (i / 7) % 4096,
+            i * 31
+        ),
         3 => "/api/v1/search".to_owned(),
         4 => format!("/users/{}/profile", i % 997),
         _ => "/api/v1/items".to_owned(),
     };
     let method = if route == 5 { "POST" } else { "GET" };
-    let plaintext = i % 50 == 0;
+    let plaintext = i.is_multiple_of(50);
     Record {
         seq: 0,
         time_ms: 1_790_000_000_000 + i,
         id: format!("{i:032x}"),
-        source_principal: (!plaintext).then(|| format!("spiffe://example.org/ns/ns-{}/sa/app-{caller}", caller % 8)),
+        source_principal: (!plaintext)
+            .then(|| format!("spiffe://example.org/ns/ns-{}/sa/app-{caller}", caller % 8)),
         source_ip: Some(format!("10.0.{}.{}", caller / 256, caller % 256)),
         destination: format!("ns-{}/app-{destination}", destination % 8),
         port: Some(15006),

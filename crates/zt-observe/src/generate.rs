@@ -105,7 +105,8 @@ type Rules = BTreeMap<String, RuleUse>;
 pub fn generate(traffic: &Traffic, options: &Options) -> Generated {
     let mut excluded = Excluded::default();
     let mut destinations: BTreeMap<(String, String), Rules> = BTreeMap::new();
-    for (flow, seen) in traffic.flows() {
+    for (flow, seen) in traffic.each_flow() {
+        let (flow, seen) = (&flow, &seen);
         let caller = match &flow.caller {
             Caller::Principal(principal) => principal,
             Caller::Plaintext(address) => {

@@ -82,7 +82,7 @@ pub fn review(
             if denies {
                 review.would_deny += seen.count;
                 if review.examples.len() < MAX_EXAMPLES {
-                    review.examples.push(((*flow).clone(), **seen));
+                    review.examples.push((flow.clone(), *seen));
                 }
             }
         }

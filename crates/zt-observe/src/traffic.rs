@@ -177,11 +177,53 @@ impl Seen {
     }
 }
 
+/// Strings seen in records, each kept once and named by its position, so
+/// that folding a record into its flow allocates nothing for what was seen
+/// before.
+#[derive(Debug, Clone, Default)]
+struct Interner {
+    ids: HashMap<String, u32, foldhash::fast::RandomState>,
+    strings: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let id = u32::try_from(self.strings.len()).unwrap_or(u32::MAX);
+        self.strings.push(text.to_owned());
+        self.ids.insert(text.to_owned(), id);
+        id
+    }
+
+    fn text(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("", String::as_str)
+    }
+}
+
+/// A [`Flow`] with its strings interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    destination: u32,
+    port: Option<u16>,
+    http: bool,
+    /// The principal's id, or the plaintext caller's address's.
+    caller: (bool, u32),
+    method: Option<u32>,
+    path: Option<u32>,
+    /// 0 allowed, 1 let through, 2 refused, 3 denied by the policy `denied_by`.
+    outcome: (u8, u32),
+    /// Allow, and the policy's id plus one (0: no policy).
+    shadow: Option<(bool, u32)>,
+}
+
 /// Every flow of the records added, within a window.
 #[derive(Debug, Clone, Default)]
 pub struct Traffic {
     window: Window,
-    flows: HashMap<Flow, Seen>,
+    strings: Interner,
+    flows: HashMap<FlowKey, Seen, foldhash::fast::RandomState>,
     /// Records read, in the window or not.
     pub records: u64,
     /// Records in the window that are proxies' decisions.
@@ -213,48 +255,96 @@ impl Traffic {
             self.not_proxy += 1;
             return;
         }
-        let Some(flow) = Self::flow_of(record) else {
+        let Some(key) = self.key_of(record) else {
             self.unknown += 1;
             return;
         };
         self.in_window += 1;
         self.flows
-            .entry(flow)
+            .entry(key)
             .and_modify(|seen| seen.merge(&Seen::at(record.time_ms)))
             .or_insert_with(|| Seen::at(record.time_ms));
     }
 
-    pub(crate) fn flow_of(record: &Record) -> Option<Flow> {
+    fn key_of(&mut self, record: &Record) -> Option<FlowKey> {
         let http = match record.protocol.as_str() {
             "http" => true,
             "tcp" => false,
             _ => return None,
         };
         let outcome = match (record.decision.as_str(), record.mode.as_str(), &record.policy) {
-            ("ALLOW", _, _) => Outcome::Allowed,
-            ("DENY", _, Some(policy)) => Outcome::DeniedBy(policy.clone()),
-            ("DENY", "permissive", None) => Outcome::LetThrough,
-            ("DENY", "enforce", None) => Outcome::Refused,
+            ("ALLOW", _, _) => (0, 0),
+            ("DENY", _, Some(policy)) => (3, self.strings.id(policy)),
+            ("DENY", "permissive", None) => (1, 0),
+            ("DENY", "enforce", None) => (2, 0),
             _ => return None,
         };
-        let caller = match &record.source_principal {
-            Some(principal) => Caller::Principal(principal.clone()),
-            None => Caller::Plaintext(record.source_ip.clone().unwrap_or_else(|| "unknown".into())),
-        };
         let shadow = match &record.dry_run {
-            Some(text) => Some(Shadow::parse(text)?),
+            Some(text) => {
+                let shadow = Shadow::parse(text)?;
+                let policy = shadow.policy.as_deref().map_or(0, |p| self.strings.id(p) + 1);
+                Some((shadow.allow, policy))
+            }
             None => None,
         };
-        Some(Flow {
-            destination: record.destination.clone(),
+        let caller = match &record.source_principal {
+            Some(principal) => (false, self.strings.id(principal)),
+            None => (
+                true,
+                self.strings.id(record.source_ip.as_deref().unwrap_or("unknown")),
+            ),
+        };
+        Some(FlowKey {
+            destination: self.strings.id(&record.destination),
             port: record.port,
             http,
             caller,
-            method: record.method.clone().filter(|_| http),
-            path: record.path.clone().filter(|_| http),
+            method: record
+                .method
+                .as_deref()
+                .filter(|_| http)
+                .map(|m| self.strings.id(m)),
+            path: record
+                .path
+                .as_deref()
+                .filter(|_| http)
+                .map(|p| self.strings.id(p)),
             outcome,
             shadow,
         })
+    }
+
+    /// The flow of a record (tests).
+    #[cfg(test)]
+    pub(crate) fn flow_of(record: &Record) -> Option<Flow> {
+        let mut traffic = Traffic::default();
+        let key = traffic.key_of(record)?;
+        Some(traffic.flow(&key))
+    }
+
+    fn flow(&self, key: &FlowKey) -> Flow {
+        let text = |id: u32| self.strings.text(id).to_owned();
+        Flow {
+            destination: text(key.destination),
+            port: key.port,
+            http: key.http,
+            caller: match key.caller {
+                (false, id) => Caller::Principal(text(id)),
+                (true, id) => Caller::Plaintext(text(id)),
+            },
+            method: key.method.map(text),
+            path: key.path.map(text),
+            outcome: match key.outcome {
+                (0, _) => Outcome::Allowed,
+                (1, _) => Outcome::LetThrough,
+                (2, _) => Outcome::Refused,
+                (_, id) => Outcome::DeniedBy(text(id)),
+            },
+            shadow: key.shadow.map(|(allow, policy)| Shadow {
+                allow,
+                policy: policy.checked_sub(1).map(text),
+            }),
+        }
     }
 
     /// The window the records were kept to.
@@ -262,10 +352,25 @@ impl Traffic {
         self.window
     }
 
+    /// How many distinct flows were seen.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow was seen.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Every distinct flow, in no particular order.
+    pub fn each_flow(&self) -> impl Iterator<Item = (Flow, Seen)> + '_ {
+        self.flows.iter().map(|(key, seen)| (self.flow(key), *seen))
+    }
+
     /// Every distinct flow, in a stable order.
-    pub fn flows(&self) -> Vec<(&Flow, &Seen)> {
-        let mut flows: Vec<_> = self.flows.iter().collect();
-        flows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    pub fn flows(&self) -> Vec<(Flow, Seen)> {
+        let mut flows: Vec<_> = self.each_flow().collect();
+        flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         flows
     }
 
@@ -340,7 +445,7 @@ pub(crate) mod tests {
         assert_eq!((traffic.records, traffic.in_window, traffic.not_proxy), (7, 4, 1));
         let flows = traffic.flows();
         assert_eq!(flows.len(), 2);
-        let (flow, seen) = flows[0];
+        let (flow, seen) = &flows[0];
         assert_eq!(flow.caller, Caller::Principal(a.into()));
         assert_eq!(flow.outcome, Outcome::Allowed);
         assert_eq!((seen.count, seen.first_ms, seen.last_ms), (3, 100, 299));

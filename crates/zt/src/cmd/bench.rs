@@ -30,6 +30,10 @@ pub(crate) struct BenchGenerate {
     /// Decision records in the log.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) records: u64,
+    /// Write the log here and keep it (a new file: an existing one is refused), to time
+    /// zt policy generate --log FILE on it.
+    #[arg(long)]
+    pub(crate) keep: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -149,7 +153,12 @@ pub fn pdp(args: BenchPdp) -> anyhow::Result<ExitCode> {
 /// `zt bench generate`: `zt policy generate`'s pipeline over `--records`
 /// decision records of a synthetic mesh.
 pub fn generate(args: BenchGenerate) -> anyhow::Result<ExitCode> {
-    zt_bench::observe::run(args.records, |figure| print(&figure, 0))?;
+    if let Some(keep) = &args.keep
+        && keep.exists()
+    {
+        anyhow::bail!("--keep {}: already exists", keep.display());
+    }
+    zt_bench::observe::run(args.records, args.keep.as_deref(), |figure| print(&figure, 0))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -373,7 +373,15 @@ fn check_generated(
     generated: &zt_observe::generate::Generated,
 ) -> anyhow::Result<()> {
     let excluded = &generated.excluded;
-    for (flow, _) in traffic.flows() {
+    let rare: std::collections::HashSet<(&str, &str)> = excluded
+        .below_min_count
+        .keys()
+        .map(|(destination, caller, _)| (destination.as_str(), caller.as_str()))
+        .collect();
+    // The policies of each destination, chosen once.
+    let mut by_destination: std::collections::HashMap<String, zt_policy::WorkloadPolicies> =
+        std::collections::HashMap::new();
+    for (flow, _) in traffic.each_flow() {
         let zt_observe::Caller::Principal(caller) = &flow.caller else {
             continue;
         };
@@ -383,19 +391,20 @@ fn check_generated(
                 .path
                 .as_deref()
                 .is_some_and(|p| zt_observe::paths::unusable(p).is_some())
-            || excluded
-                .below_min_count
-                .keys()
-                .any(|(destination, c, _)| *destination == flow.destination && c == caller);
+            || rare.contains(&(flow.destination.as_str(), caller.as_str()));
         if left_out {
             continue;
         }
-        let decision = set.evaluate(&flow.request());
+        let request = flow.request();
+        let policies = by_destination
+            .entry(flow.destination.clone())
+            .or_insert_with(|| set.for_workload(&request.destination.namespace, &request.destination.labels));
+        let decision = policies.evaluate(&request);
         let verdict = decision.dry_run.map_or(decision.decision, |d| d.decision);
         if verdict != zt_policy::Verdict::Allow {
             anyhow::bail!(
                 "internal error: the generated policies do not allow an observed request ({}); please report it",
-                zt_observe::promote::describe(flow)
+                zt_observe::promote::describe(&flow)
             );
         }
     }
