@@ -123,17 +123,45 @@ mod tests {
             last_ms: 2,
         };
         let flows = [
-            (flow("shop/web", Caller::Principal("spiffe://td/x".into()), Outcome::Allowed), seen(3)),
-            (flow("shop/web", Caller::Plaintext("10.0.0.9".into()), Outcome::LetThrough), seen(1)),
-            (flow("shop/db", Caller::Plaintext("10.0.0.8".into()), Outcome::Refused), seen(4)),
-            (flow("other/x", Caller::Principal("spiffe://td/y".into()), Outcome::Allowed), seen(2)),
+            (
+                flow(
+                    "shop/web",
+                    Caller::Principal("spiffe://td/x".into()),
+                    Outcome::Allowed,
+                ),
+                seen(3),
+            ),
+            (
+                flow(
+                    "shop/web",
+                    Caller::Plaintext("10.0.0.9".into()),
+                    Outcome::LetThrough,
+                ),
+                seen(1),
+            ),
+            (
+                flow("shop/db", Caller::Plaintext("10.0.0.8".into()), Outcome::Refused),
+                seen(4),
+            ),
+            (
+                flow(
+                    "other/x",
+                    Caller::Principal("spiffe://td/y".into()),
+                    Outcome::Allowed,
+                ),
+                seen(2),
+            ),
         ];
         let refs: Vec<(&Flow, &Seen)> = flows.iter().map(|(f, s)| (f, s)).collect();
         let coverage = compute(&refs, &workloads, &by);
         assert_eq!((coverage.total.mtls, coverage.total.plaintext), (5, 5));
         assert_eq!(coverage.total.plaintext_served, 1);
         assert_eq!(coverage.total.mtls_pct, Some(50.0));
-        let names: Vec<&str> = coverage.per_workload.iter().map(|w| w.workload.as_str()).collect();
+        let names: Vec<&str> = coverage
+            .per_workload
+            .iter()
+            .map(|w| w.workload.as_str())
+            .collect();
         assert_eq!(names, vec!["other/x", "shop/db", "shop/web"]);
         let web = &coverage.per_workload[2];
         assert_eq!(web.counts.mtls_pct, Some(75.0));

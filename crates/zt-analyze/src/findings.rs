@@ -151,7 +151,11 @@ pub fn find(evidence: &Evidence<'_>) -> Vec<Finding> {
         }
     }
     if let Some(coverage) = evidence.coverage {
-        for workload in coverage.per_workload.iter().filter(|w| w.counts.plaintext_served > 0) {
+        for workload in coverage
+            .per_workload
+            .iter()
+            .filter(|w| w.counts.plaintext_served > 0)
+        {
             let callers: Vec<&str> = workload.plaintext_callers.iter().map(String::as_str).collect();
             add(
                 Severity::Critical,
@@ -206,9 +210,7 @@ pub fn find(evidence: &Evidence<'_>) -> Vec<Finding> {
             );
         }
     }
-    found.sort_by(|a, b| {
-        (a.severity, a.kind, &a.subject).cmp(&(b.severity, b.kind, &b.subject))
-    });
+    found.sort_by(|a, b| (a.severity, a.kind, &a.subject).cmp(&(b.severity, b.kind, &b.subject)));
     found
 }
 
@@ -281,7 +283,11 @@ spec:
   - from: [{source: {notNamespaces: [data, shop]}}]
 "#;
         let policies = policies(yaml);
-        let workloads = vec![workload("shop", "api"), workload("shop", "web"), workload("data", "db")];
+        let workloads = vec![
+            workload("shop", "api"),
+            workload("shop", "web"),
+            workload("data", "db"),
+        ];
         let reach = crate::reach::analyze(&policies, "zt-system", &workloads);
         let found = find(&Evidence {
             policies: &policies,

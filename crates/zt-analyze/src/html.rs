@@ -103,7 +103,12 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
             escape(&value)
         )
     };
-    figure(out, "critical-findings", critical.to_string(), "critical findings")?;
+    figure(
+        out,
+        "critical-findings",
+        critical.to_string(),
+        "critical findings",
+    )?;
     figure(
         out,
         "direct-reduction",
@@ -139,7 +144,10 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
     if report.findings.is_empty() {
         writeln!(out, "<p>None.</p>")?;
     } else {
-        writeln!(out, "<table><tr><th>severity</th><th>kind</th><th>subject</th><th>detail</th></tr>")?;
+        writeln!(
+            out,
+            "<table><tr><th>severity</th><th>kind</th><th>subject</th><th>detail</th></tr>"
+        )?;
         for f in &report.findings {
             let severity = serde_json::to_value(f.severity)
                 .ok()
@@ -205,7 +213,10 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
         writeln!(out, "</section>")?;
     }
 
-    writeln!(out, "<section id=\"blast-radius\"><h2>Blast radius per workload</h2>")?;
+    writeln!(
+        out,
+        "<section id=\"blast-radius\"><h2>Blast radius per workload</h2>"
+    )?;
     writeln!(
         out,
         "<p>Direct: what the workload's own identity may call. Transitive: what an attacker reaches by compromising, in turn, every workload reached. Reduction against a flat network, where every workload reaches the other {}.</p>",
@@ -234,7 +245,10 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
             diff.transitive_pairs
         )?;
         if !diff.per_workload.is_empty() {
-            writeln!(out, "<table><tr><th>workload</th><th>gains</th><th>loses</th></tr>")?;
+            writeln!(
+                out,
+                "<table><tr><th>workload</th><th>gains</th><th>loses</th></tr>"
+            )?;
             for change in &diff.per_workload {
                 writeln!(
                     out,
@@ -283,7 +297,7 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
     if let Some(lifetimes) = &report.credentials {
         writeln!(
             out,
-            "<section id=\"credentials\"><h2>Credential lifetimes</h2><p>{} registration entries.</p><table><tr><th>credential</th><th>longest</th><th>median</th><th>over the limit</th></tr>",
+            "<section id=\"credentials\"><h2>Credential lifetimes</h2><p>{} identities with TTLs.</p><table><tr><th>credential</th><th>longest</th><th>median</th><th>over the limit</th></tr>",
             lifetimes.entries
         )?;
         for (what, stats) in [("X.509-SVID", &lifetimes.x509), ("JWT-SVID", &lifetimes.jwt)] {
@@ -377,7 +391,13 @@ fn blast_table(out: &mut String, radius: &BlastRadius) -> std::fmt::Result {
 /// One SVG of the mesh: workloads on a circle, allowed calls as arrows. With
 /// `focus`, that workload is the compromised one and the others are coloured
 /// by how it reaches them.
-fn graph(out: &mut String, radius: &BlastRadius, id: &str, size: f64, focus: Option<usize>) -> std::fmt::Result {
+fn graph(
+    out: &mut String,
+    radius: &BlastRadius,
+    id: &str,
+    size: f64,
+    focus: Option<usize>,
+) -> std::fmt::Result {
     let workloads = &radius.per_workload;
     let n = workloads.len();
     let labels = n <= LABELS_UP_TO && size >= 500.0;
@@ -447,17 +467,17 @@ fn graph(out: &mut String, radius: &BlastRadius, id: &str, size: f64, focus: Opt
     for (i, w) in workloads.iter().enumerate() {
         let (x, y) = at(i);
         let class = match (&focus_reach, focus) {
-            (Some(_), Some(f)) if f == i => "compromised",
-            (Some((direct, _)), _) if direct.contains(&w.workload.as_str()) => "direct",
-            (Some((_, transitive)), _) if transitive.contains(&w.workload.as_str()) => "transitive",
-            (Some(_), _) => "safe",
-            (None, _) if w.open => "open",
-            (None, _) if w.plaintext_allowed => "plaintext",
+            (Some(_), Some(f)) if f == i => " compromised",
+            (Some((direct, _)), _) if direct.contains(&w.workload.as_str()) => " direct",
+            (Some((_, transitive)), _) if transitive.contains(&w.workload.as_str()) => " transitive",
+            (Some(_), _) => " safe",
+            (None, _) if w.open => " open",
+            (None, _) if w.plaintext_allowed => " plaintext",
             (None, _) => "",
         };
         write!(
             out,
-            "<g class=\"node {class}\" data-workload=\"{}\"><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{node:.1}\"/><title>{}: reaches {} directly, {} transitively</title>",
+            "<g class=\"node{class}\" data-workload=\"{}\"><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{node:.1}\"/><title>{}: reaches {} directly, {} transitively</title>",
             escape(&w.workload),
             escape(&w.workload),
             w.direct.len(),
@@ -516,13 +536,16 @@ mod tests {
         let page = render(&report);
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(!page.contains("<script"));
-        assert!(!page.contains("src=") && !page.contains("<link"), "no external asset");
+        assert!(
+            !page.contains("src=") && !page.contains("<link"),
+            "no external asset"
+        );
         assert!(page.contains("&lt;dir&gt;") && !page.contains("<dir>"));
         assert!(page.contains("/x&lt;y&gt;"));
         // Three nodes in the main graph; a view per workload.
         let main = page.split("id=\"reach-graph\"").nth(1).unwrap_or_default();
         let main = main.split("</svg>").next().unwrap_or_default();
-        assert_eq!(main.matches("<g class=\"node ").count(), 3);
+        assert_eq!(main.matches(" data-workload=").count(), 3);
         // a → b by policy; a and c, without ALLOW policies, from everyone.
         assert_eq!(main.matches("<line").count(), 5);
         assert_eq!(page.matches("class=\"compromised-view\"").count(), 3);

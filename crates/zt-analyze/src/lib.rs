@@ -105,7 +105,11 @@ pub struct Input<'a> {
 
 /// Computes every figure.
 pub fn analyze(input: Input<'_>) -> Report {
-    let reach = reach::analyze(input.policies.set.policies(), input.root_namespace, input.workloads);
+    let reach = reach::analyze(
+        input.policies.set.policies(),
+        input.root_namespace,
+        input.workloads,
+    );
     let blast_radius = report::BlastRadius::new(&reach, input.workloads, &input.policies.from);
     let against = input.against.as_ref().map(|other| {
         let other_reach = reach::analyze(other.set.policies(), input.root_namespace, input.workloads);
@@ -133,13 +137,16 @@ pub fn analyze(input: Input<'_>) -> Report {
         lifetimes: credentials.as_ref(),
         unused: unused_rules.as_ref(),
     });
-    let decisions = input.traffic.as_ref().map(|(traffic, sources)| report::Decisions {
-        sources: sources.clone(),
-        records: traffic.records,
-        in_window: traffic.in_window,
-        since_ms: traffic.window().since_ms,
-        until_ms: traffic.window().until_ms,
-    });
+    let decisions = input
+        .traffic
+        .as_ref()
+        .map(|(traffic, sources)| report::Decisions {
+            sources: sources.clone(),
+            records: traffic.records,
+            in_window: traffic.in_window,
+            since_ms: traffic.window().since_ms,
+            until_ms: traffic.window().until_ms,
+        });
     Report {
         schema_version: SCHEMA_VERSION,
         inputs: report::Inputs {

@@ -55,7 +55,7 @@ pub struct Stats {
 /// Every lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lifetimes {
-    /// Registration entries looked at.
+    /// Registration entries (or workloads with TTLs) looked at.
     pub entries: usize,
     /// X.509-SVID TTLs; `null` when no entry gave one.
     pub x509: Option<Stats>,
@@ -95,9 +95,10 @@ fn stats(ttls: &[(&str, u64)], limit: u64) -> Option<Stats> {
             (a.copied().unwrap_or_default() + b.copied().unwrap_or_default()) / 2
         }
     };
-    let (longest, longest_secs) = ttls
-        .iter()
-        .fold(("", 0), |best, &(id, ttl)| if ttl > best.1 { (id, ttl) } else { best });
+    let (longest, longest_secs) = ttls.iter().fold(
+        ("", 0),
+        |best, &(id, ttl)| if ttl > best.1 { (id, ttl) } else { best },
+    );
     let mut over_limit: Vec<(String, u64)> = ttls
         .iter()
         .filter(|(_, ttl)| *ttl > limit)
@@ -161,12 +162,18 @@ mod tests {
         let lifetimes = compute(&credentials, Vec::new());
         assert_eq!(lifetimes.entries, 4);
         let x509 = lifetimes.x509.unwrap_or_else(|| unreachable!());
-        assert_eq!((x509.longest_secs, x509.longest.as_str()), (86_400, "spiffe://td/b"));
+        assert_eq!(
+            (x509.longest_secs, x509.longest.as_str()),
+            (86_400, "spiffe://td/b")
+        );
         // 1800, 3600, 7200, 86400: the mean of the middle two.
         assert_eq!(x509.median_secs, 5400);
         assert_eq!(
             x509.over_limit,
-            vec![("spiffe://td/b".to_owned(), 86_400), ("spiffe://td/d".to_owned(), 7200)],
+            vec![
+                ("spiffe://td/b".to_owned(), 86_400),
+                ("spiffe://td/d".to_owned(), 7200)
+            ],
             "exactly 1 h is not over"
         );
         let jwt = lifetimes.jwt.unwrap_or_else(|| unreachable!());
@@ -177,16 +184,23 @@ mod tests {
 
     #[test]
     fn a_bundle_gives_each_cas_validity() {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!());
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!());
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap_or_else(|_| unreachable!());
+        params.not_before =
+            time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap_or_else(|_| unreachable!());
         params.not_after = params.not_before + time::Duration::days(365);
         let key = rcgen::KeyPair::generate().unwrap_or_else(|_| unreachable!());
         let pem = params.self_signed(&key).unwrap_or_else(|_| unreachable!()).pem();
         let found = ca_lifetimes(format!("{pem}{pem}").as_bytes()).unwrap_or_default();
         assert_eq!(found.len(), 2);
-        assert_eq!((found[0].not_before, found[0].lifetime_secs), (1_700_000_000, 365 * 86_400));
+        assert_eq!(
+            (found[0].not_before, found[0].lifetime_secs),
+            (1_700_000_000, 365 * 86_400)
+        );
         assert_eq!(ca_lifetimes(b"").map(|v| v.len()), Ok(0));
-        assert!(ca_lifetimes(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            ca_lifetimes(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").is_err()
+        );
     }
 }

@@ -105,7 +105,10 @@ impl<'a> ByNamespace<'a> {
             if policy.namespace == root_namespace {
                 root.push(&**policy);
             } else {
-                namespaces.entry(policy.namespace.as_str()).or_default().push(policy);
+                namespaces
+                    .entry(policy.namespace.as_str())
+                    .or_default()
+                    .push(policy);
             }
         }
         Self { namespaces, root }
@@ -185,7 +188,8 @@ impl<'a> Gate<'a> {
                         if rule.from().is_empty() {
                             gate.deny_all.push(None);
                         }
-                        gate.deny_all.extend(rule.from().iter().filter(|s| is_certain(s)).map(Some));
+                        gate.deny_all
+                            .extend(rule.from().iter().filter(|s| is_certain(s)).map(Some));
                     }
                 }
                 Action::Audit | Action::Custom => {}
@@ -354,7 +358,11 @@ fn closure(direct: &[Vec<(usize, Vec<usize>)>]) -> Vec<Vec<usize>> {
 /// A rule's routes as reports name them: one per `to` operation, `any
 /// request` without `to`; `(when …)` marks a rule with conditions.
 fn describe_rule(rule: &Rule) -> Vec<String> {
-    let when = if rule.has_conditions() { " (when conditions hold)" } else { "" };
+    let when = if rule.has_conditions() {
+        " (when conditions hold)"
+    } else {
+        ""
+    };
     if rule.to().is_empty() {
         return vec![format!("any request{when}")];
     }
@@ -451,7 +459,10 @@ pub(crate) mod tests {
     }
 
     fn targets(reach: &Reach, caller: usize) -> Vec<&str> {
-        reach.direct[caller].iter().map(|(t, _)| reach.names[*t].as_str()).collect()
+        reach.direct[caller]
+            .iter()
+            .map(|(t, _)| reach.names[*t].as_str())
+            .collect()
     }
 
     #[test]
@@ -464,7 +475,12 @@ pub(crate) mod tests {
         ];
         let yaml = [
             // exact
-            allow("a", "two", "from: [{source: {principals: [\"td/ns/a/sa/one\"]}}]", ""),
+            allow(
+                "a",
+                "two",
+                "from: [{source: {principals: [\"td/ns/a/sa/one\"]}}]",
+                "",
+            ),
             // prefix, with a notPrincipals exception
             allow(
                 "b",
@@ -480,12 +496,21 @@ pub(crate) mod tests {
                 "\n    to: [{operation: {ports: [5432]}}]",
             ),
             // `a/one` has an ALLOW that admits nobody in the mesh
-            allow("a", "one", "from: [{source: {principals: [\"other/ns/x/sa/y\"]}}]", ""),
+            allow(
+                "a",
+                "one",
+                "from: [{source: {principals: [\"other/ns/x/sa/y\"]}}]",
+                "",
+            ),
         ]
         .concat();
         let reach = analyze(&policies(&yaml), "zt-system", &workloads);
         assert_eq!(targets(&reach, 0), vec!["a/two", "b/three", "b/db"]);
-        assert_eq!(targets(&reach, 1), vec!["b/db"], "notPrincipals excludes a/two from b/three");
+        assert_eq!(
+            targets(&reach, 1),
+            vec!["b/db"],
+            "notPrincipals excludes a/two from b/three"
+        );
         assert_eq!(targets(&reach, 2), vec!["b/db"]);
         assert!(targets(&reach, 3).is_empty());
         let (three, routes) = &reach.direct[0][1];
@@ -508,10 +533,20 @@ pub(crate) mod tests {
             workload("n", "d"),
         ];
         let yaml = [
-            allow("n", "b", "from: [{source: {principals: [td/ns/n/sa/a, td/ns/n/sa/d]}}]", ""),
+            allow(
+                "n",
+                "b",
+                "from: [{source: {principals: [td/ns/n/sa/a, td/ns/n/sa/d]}}]",
+                "",
+            ),
             allow("n", "c", "from: [{source: {principals: [td/ns/n/sa/b]}}]", ""),
             allow("n", "d", "from: [{source: {principals: [td/ns/n/sa/c]}}]", ""),
-            allow("n", "a", "from: [{source: {principals: [td/ns/n/sa/nobody]}}]", ""),
+            allow(
+                "n",
+                "a",
+                "from: [{source: {principals: [td/ns/n/sa/nobody]}}]",
+                "",
+            ),
         ]
         .concat();
         let reach = analyze(&policies(&yaml), "zt-system", &workloads);
@@ -521,7 +556,10 @@ pub(crate) mod tests {
         // b reaches c, d, and itself again through d: self is not counted.
         assert_eq!(names(&reach.transitive[1]), vec!["n/c", "n/d"]);
         assert!(reach.transitive[0].len() > reach.direct[0].len());
-        assert_eq!((reach.direct_pairs(), reach.transitive_pairs()), (4, 3 + 2 + 2 + 2));
+        assert_eq!(
+            (reach.direct_pairs(), reach.transitive_pairs()),
+            (4, 3 + 2 + 2 + 2)
+        );
     }
 
     #[test]
@@ -539,7 +577,11 @@ pub(crate) mod tests {
         let reach = analyze(&policies(&yaml), "zt-system", &workloads);
         assert_eq!(reach.open, vec![false, true, false]);
         assert_eq!(targets(&reach, 0), vec!["n/open", "m/c"]);
-        assert_eq!(targets(&reach, 2), Vec::<&str>::new(), "m/c is refused by n's DENY");
+        assert_eq!(
+            targets(&reach, 2),
+            Vec::<&str>::new(),
+            "m/c is refused by n's DENY"
+        );
         assert_eq!(targets(&reach, 1), vec!["n/a", "m/c"]);
         assert_eq!(reach.routes[1], vec!["any request (no ALLOW policy applies)"]);
         // `*` needs an identity; `from: {}`-less rule and the open workload take plaintext.

@@ -192,7 +192,9 @@ impl BlastRadius {
                             workload: name(target),
                             routes: routes
                                 .iter()
-                                .filter_map(|r| reach.routes.get(*target).and_then(|all| all.get(*r)).cloned())
+                                .filter_map(|r| {
+                                    reach.routes.get(*target).and_then(|all| all.get(*r)).cloned()
+                                })
                                 .collect(),
                         })
                         .collect(),
@@ -234,7 +236,12 @@ impl Comparison {
             .iter()
             .zip(&other.per_workload)
             .filter_map(|(before, after)| {
-                let set = |w: &WorkloadReach| w.direct.iter().map(|t| t.workload.clone()).collect::<BTreeSet<_>>();
+                let set = |w: &WorkloadReach| {
+                    w.direct
+                        .iter()
+                        .map(|t| t.workload.clone())
+                        .collect::<BTreeSet<_>>()
+                };
                 let (before_set, after_set) = (set(before), set(after));
                 let gained: Vec<String> = after_set.difference(&before_set).cloned().collect();
                 let lost: Vec<String> = before_set.difference(&after_set).cloned().collect();
@@ -341,7 +348,13 @@ impl Report {
                 diff.transitive_pairs
             )?;
             for change in &diff.per_workload {
-                let list = |l: &[String]| if l.is_empty() { "—".to_owned() } else { l.join(", ") };
+                let list = |l: &[String]| {
+                    if l.is_empty() {
+                        "—".to_owned()
+                    } else {
+                        l.join(", ")
+                    }
+                };
                 writeln!(
                     out,
                     "  {}: gains {}; loses {}",
@@ -354,8 +367,15 @@ impl Report {
 
         if let Some(coverage) = &self.mtls {
             writeln!(out)?;
-            writeln!(out, "mTLS coverage (decisions: one per HTTP request, one per TCP connection):")?;
-            writeln!(out, "  {:<32} {:>10} {:>10} {:>8}", "workload", "mTLS", "plaintext", "mTLS %")?;
+            writeln!(
+                out,
+                "mTLS coverage (decisions: one per HTTP request, one per TCP connection):"
+            )?;
+            writeln!(
+                out,
+                "  {:<32} {:>10} {:>10} {:>8}",
+                "workload", "mTLS", "plaintext", "mTLS %"
+            )?;
             let pct = |p: Option<f64>| p.map_or_else(|| "—".to_owned(), |p| format!("{p:.1}%"));
             for w in &coverage.per_workload {
                 writeln!(
@@ -379,7 +399,11 @@ impl Report {
 
         if let Some(lifetimes) = &self.credentials {
             writeln!(out)?;
-            writeln!(out, "Credential lifetimes ({} registration entries):", lifetimes.entries)?;
+            writeln!(
+                out,
+                "Credential lifetimes ({} identities with TTLs):",
+                lifetimes.entries
+            )?;
             for (what, stats) in [("X.509-SVID", &lifetimes.x509), ("JWT-SVID", &lifetimes.jwt)] {
                 match stats {
                     Some(s) => writeln!(
@@ -419,7 +443,11 @@ impl Report {
                 }
             )?;
             for rule in &unused.unused {
-                writeln!(out, "  {} rule {} ({}:{})", rule.policy, rule.rule, rule.file, rule.line)?;
+                writeln!(
+                    out,
+                    "  {} rule {} ({}:{})",
+                    rule.policy, rule.rule, rule.file, rule.line
+                )?;
             }
         }
         Ok(())
@@ -461,7 +489,11 @@ fn write_blast_radius(out: &mut String, radius: &BlastRadius) -> std::fmt::Resul
         radius.direct_reduction_pct,
         radius.transitive_reduction_pct
     )?;
-    let mut worst: Vec<&WorkloadReach> = radius.per_workload.iter().filter(|w| !w.direct.is_empty()).collect();
+    let mut worst: Vec<&WorkloadReach> = radius
+        .per_workload
+        .iter()
+        .filter(|w| !w.direct.is_empty())
+        .collect();
     worst.sort_by_key(|w| std::cmp::Reverse((w.transitive.len(), w.direct.len())));
     for w in worst.iter().take(ROUTES_SHOWN) {
         writeln!(out, "  if {} is compromised, it may call:", w.workload)?;
@@ -474,7 +506,11 @@ fn write_blast_radius(out: &mut String, radius: &BlastRadius) -> std::fmt::Resul
         }
     }
     if worst.len() > ROUTES_SHOWN {
-        writeln!(out, "  (routes of {} more callers: --output json)", worst.len() - ROUTES_SHOWN)?;
+        writeln!(
+            out,
+            "  (routes of {} more callers: --output json)",
+            worst.len() - ROUTES_SHOWN
+        )?;
     }
     Ok(())
 }

@@ -40,7 +40,12 @@ pub struct UnusedRules {
 
 /// The ALLOW rules of `set` that none of `flows` matches. A flow's destination
 /// gets the labels of the workload it names, when known (else `{app: …}`).
-pub fn compute(set: &PolicySet, flows: &[(&Flow, &Seen)], workloads: &[Workload], by: &ByDestination) -> UnusedRules {
+pub fn compute(
+    set: &PolicySet,
+    flows: &[(&Flow, &Seen)],
+    workloads: &[Workload],
+    by: &ByDestination,
+) -> UnusedRules {
     let mut used: HashSet<(String, usize)> = HashSet::new();
     let mut chosen: HashMap<&str, WorkloadPolicies> = HashMap::new();
     let mut undecidable_flows = 0;
@@ -50,9 +55,9 @@ pub fn compute(set: &PolicySet, flows: &[(&Flow, &Seen)], workloads: &[Workload]
             request.destination.namespace.clone_from(&workload.namespace);
             request.destination.labels.clone_from(&workload.labels);
         }
-        let policies = chosen.entry(flow.destination.as_str()).or_insert_with(|| {
-            set.for_workload(&request.destination.namespace, &request.destination.labels)
-        });
+        let policies = chosen
+            .entry(flow.destination.as_str())
+            .or_insert_with(|| set.for_workload(&request.destination.namespace, &request.destination.labels));
         match policies.matching_rules(&request) {
             Ok(matches) => used.extend(matches.into_iter().map(|(policy, rule)| (policy.id(), rule))),
             Err(_) => undecidable_flows += 1,
@@ -139,8 +144,15 @@ spec:
         let report = compute(&set, &refs, &workloads, &by);
         assert_eq!(report.allow_rules, 3);
         assert_eq!(report.undecidable_flows, 1, "a lower-case method is malformed");
-        let unused: Vec<(&str, usize)> = report.unused.iter().map(|u| (u.policy.as_str(), u.rule)).collect();
+        let unused: Vec<(&str, usize)> = report
+            .unused
+            .iter()
+            .map(|u| (u.policy.as_str(), u.rule))
+            .collect();
         assert_eq!(unused, vec![("shop/api", 1)]);
-        assert_eq!((report.unused[0].file.as_str(), report.unused[0].line), ("p.yaml", 1));
+        assert_eq!(
+            (report.unused[0].file.as_str(), report.unused[0].line),
+            ("p.yaml", 1)
+        );
     }
 }

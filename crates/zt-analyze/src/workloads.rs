@@ -102,8 +102,8 @@ pub fn parse(text: &str) -> Result<Vec<Workload>, WorkloadsError> {
         if raw.name.is_empty() || raw.namespace.is_empty() {
             return Err(fail("name and namespace must not be empty".into()));
         }
-        let spiffe_id =
-            SpiffeId::parse(&raw.spiffe_id).map_err(|e| fail(format!("spiffe_id {:?}: {e}", raw.spiffe_id)))?;
+        let spiffe_id = SpiffeId::parse(&raw.spiffe_id)
+            .map_err(|e| fail(format!("spiffe_id {:?}: {e}", raw.spiffe_id)))?;
         let workload = Workload {
             name: raw.name.clone(),
             namespace: raw.namespace.clone(),
@@ -206,9 +206,19 @@ mod tests {
         assert!(workloads[1].labels.is_empty());
 
         let twice = "- {name: a, namespace: n, spiffe_id: spiffe://td/a}\n- {name: a, namespace: n, spiffe_id: spiffe://td/b}";
-        assert!(parse(twice).unwrap_err().to_string().contains("n/a is listed twice"));
+        assert!(
+            parse(twice)
+                .unwrap_err()
+                .to_string()
+                .contains("n/a is listed twice")
+        );
         let bad_id = "- {name: a, namespace: n, spiffe_id: \"spiffe://TD/a\"}";
-        assert!(parse(bad_id).unwrap_err().to_string().starts_with("workload 0 (a): spiffe_id"));
+        assert!(
+            parse(bad_id)
+                .unwrap_err()
+                .to_string()
+                .starts_with("workload 0 (a): spiffe_id")
+        );
         assert!(parse("- {name: a, namespace: n, spiffe_id: spiffe://td/a, role: x}").is_err());
     }
 
@@ -225,7 +235,10 @@ mod tests {
         let (workloads, skipped) = from_spiffe_ids(&ids);
         assert_eq!(workloads.len(), 1);
         assert_eq!(workloads[0].key(), "default/service-one");
-        assert_eq!(workloads[0].labels.get("app").map(String::as_str), Some("service-one"));
+        assert_eq!(
+            workloads[0].labels.get("app").map(String::as_str),
+            Some("service-one")
+        );
         assert_eq!(skipped, vec!["spiffe://cluster.local/agent/zt-up"]);
         let by = ByDestination::new(&workloads);
         assert_eq!(by.find("default/service-one"), Some(0));

@@ -903,7 +903,10 @@ spec:
         found(&http(Some(PAYMENT), "GET", "/invoices/7")),
         vec![(audit.clone(), 0), (billing.clone(), 0), (billing.clone(), 1)]
     );
-    assert_eq!(found(&tcp(Some(PAYMENT), 8080)), vec![(audit.clone(), 0), (billing.clone(), 1)]);
+    assert_eq!(
+        found(&tcp(Some(PAYMENT), 8080)),
+        vec![(audit.clone(), 0), (billing.clone(), 1)]
+    );
     assert_eq!(found(&http(Some(INTRUDER), "GET", "/")), vec![(audit, 0)]);
     assert!(workload.matching_rules(&http(Some(PAYMENT), "get", "/")).is_err());
 
@@ -914,7 +917,9 @@ spec:
     let source = &rules[1].from()[0];
     assert_eq!(
         source.principals().any(),
-        &[zt_policy::matching::StringMatch::Suffix("/sa/payment-service".into())]
+        &[zt_policy::matching::StringMatch::Suffix(
+            "/sa/payment-service".into()
+        )]
     );
     assert_eq!(source.principals().none().len(), 1);
     assert!(!source.namespaces().is_set() && !source.names_addresses());

