@@ -19,8 +19,7 @@ pub struct Window {
 impl Window {
     /// Whether a record made at `time_ms` is in the window.
     pub fn contains(&self, time_ms: u64) -> bool {
-        self.since_ms.is_none_or(|since| time_ms >= since)
-            && self.until_ms.is_none_or(|until| time_ms < until)
+        self.since_ms.is_none_or(|since| time_ms >= since) && self.until_ms.is_none_or(|until| time_ms < until)
     }
 }
 
@@ -283,13 +282,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// A proxy's decision record, as `zt proxy` writes it (chain fields empty).
-    pub(crate) fn record(
-        time_ms: u64,
-        caller: Option<&str>,
-        destination: &str,
-        method: &str,
-        path: &str,
-    ) -> Record {
+    pub(crate) fn record(time_ms: u64, caller: Option<&str>, destination: &str, method: &str, path: &str) -> Record {
         Record {
             seq: 0,
             time_ms,
@@ -367,11 +360,7 @@ pub(crate) mod tests {
         let_through.mode = "enforce".into();
         assert_eq!(Traffic::flow_of(&let_through).unwrap().outcome, Outcome::Refused);
         let_through.dry_run = Some("MAYBE x".into());
-        assert_eq!(
-            Traffic::flow_of(&let_through),
-            None,
-            "an unknown shadow verdict is not guessed"
-        );
+        assert_eq!(Traffic::flow_of(&let_through), None, "an unknown shadow verdict is not guessed");
         let mut tcp = record(1, Some("spiffe://td/a"), "ns/b", "GET", "/");
         tcp.protocol = "tcp".into();
         let flow = Traffic::flow_of(&tcp).unwrap();
