@@ -186,6 +186,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Agent(args)) => cmd::bench::agent(args),
         Command::Bench(BenchCommand::Policy(args)) => cmd::bench::policy(args),
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
+        Command::Bench(BenchCommand::Analyze(args)) => cmd::bench::analyze(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

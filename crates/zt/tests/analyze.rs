@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -521,4 +523,78 @@ fn the_html_report_renders_in_headless_chromium() {
         shot.len(),
         blank.len()
     );
+}
+
+/// With `--server`: the policy version `zt policy apply` stored, the
+/// registration entries as workloads (`spiffe://TD/ns/NS/sa/SA` → `NS/SA`,
+/// `app: SA`) and their TTLs, the trust bundle's CA, the shipped decisions.
+#[test]
+fn from_zt_server_policies_entries_bundle_and_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = support::ServerProcess::start(&dir.path().join("data"), None);
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("cart.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: cart, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules:\n  - from: [{source: {principals: [example.org/ns/shop/sa/web]}}]\n",
+    )
+    .unwrap();
+    support::ok(&server, &["policy", "apply", arg(&policies)]);
+    for (id, ttl) in [
+        ("spiffe://example.org/ns/shop/sa/web", "3600"),
+        ("spiffe://example.org/ns/shop/sa/cart", "7200"),
+        ("spiffe://example.org/ns/shop/sa/payments", "1800"),
+        ("spiffe://example.org/batch/reports", "600"),
+    ] {
+        support::ok(
+            &server,
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                id,
+                "--parent-id",
+                "spiffe://example.org/node",
+                "--selector",
+                "unix:uid:1000",
+                "--x509-ttl",
+                ttl,
+            ],
+        );
+    }
+    let out = support::zt(&server, &["analyze", "--server", "--output", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["inputs"]["policies"], "zt server's policy version 1");
+    assert_eq!(report["inputs"]["workload_count"], json!(3));
+    assert_eq!(
+        report["inputs"]["skipped_ids"],
+        json!(["spiffe://example.org/batch/reports"])
+    );
+    // cart takes web only; web and payments have no ALLOW policy: 5 of 6 pairs.
+    let radius = &report["blast_radius"];
+    assert_eq!(
+        (radius["direct_pairs"].as_u64(), radius["flat_pairs"].as_u64()),
+        (Some(5), Some(6))
+    );
+    let open: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "no-allow-policy")
+        .map(|f| f["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(open, vec!["shop/payments", "shop/web"]);
+    let credentials = &report["credentials"];
+    assert_eq!(
+        credentials["entries"],
+        json!(4),
+        "every entry's TTLs count, workload or not"
+    );
+    assert_eq!(credentials["x509"]["longest_secs"], json!(7200));
+    assert!(
+        !credentials["ca"].as_array().unwrap().is_empty(),
+        "the server's CA"
+    );
+    assert_eq!(report["inputs"]["decisions"]["records"], json!(0));
 }
