@@ -17,7 +17,7 @@ pub struct Mesh {
     pub policies: Vec<(String, String)>,
 }
 
-/// The mesh of `workloads` workloads and about `policies` policies.
+/// The mesh of `workloads` workloads and `policies` policies.
 pub fn mesh(workloads: usize, policies: usize) -> Mesh {
     let namespace = |i: usize| format!("ns-{}", i / 10);
     let mut list = String::new();
@@ -28,7 +28,12 @@ pub fn mesh(workloads: usize, policies: usize) -> Mesh {
         ));
     }
     let mut files: Vec<(String, String)> = Vec::new();
-    let per_workload = policies / workloads.max(1);
+    // One DENY per hundred workloads; the ALLOWs spread evenly over the
+    // workloads that have any, so that the set has `policies` in all.
+    let denies = workloads.div_ceil(100);
+    let with_allow = (workloads - workloads / 100).max(1);
+    let allows = policies.saturating_sub(denies);
+    let mut k = 0;
     for i in 0..workloads {
         let ns = namespace(i);
         if i % 10 == 0 {
@@ -45,6 +50,8 @@ pub fn mesh(workloads: usize, policies: usize) -> Mesh {
         if i % 100 == 99 {
             continue; // no ALLOW policy: open to every caller
         }
+        let per_workload = allows / with_allow + usize::from(k < allows % with_allow);
+        k += 1;
         for j in 0..per_workload {
             let caller = (i * 7 + j * 131 + 1) % workloads;
             let source = match j % 10 {
@@ -153,8 +160,8 @@ mod tests {
             })
             .collect();
         let policies = zt_policy::load::parse(&sources).unwrap();
-        // 99 workloads with ten ALLOW policies each, one DENY.
-        assert_eq!(policies.len(), 99 * 10 + 1);
+        // One DENY; 999 ALLOWs over the 99 workloads that have any.
+        assert_eq!(policies.len(), 1000);
         assert_eq!(zt_analyze::workloads::parse(&mesh.workloads).unwrap().len(), 100);
         let mut figures = 0;
         run(20, 100, 1, |_| figures += 1).unwrap();

@@ -29,7 +29,8 @@ pub(crate) struct BenchAnalyze {
     /// Workloads in the synthetic mesh (ten per namespace).
     #[arg(long, default_value_t = 1_000)]
     pub(crate) workloads: usize,
-    /// ALLOW policies (about; the same number for each workload but one in a hundred).
+    /// Policies in all: one DENY per hundred workloads, the rest ALLOWs spread evenly
+    /// over the workloads (but one in a hundred, left with none).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) policies: usize,
     /// Timed runs of each stage.
