@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod analyze;
 mod error;
 pub mod identity;
 pub mod observe;

@@ -246,6 +246,21 @@ impl WorkloadPolicies {
         self.len() == 0
     }
 
+    /// Every rule that matches `request`, of every policy that applies (CUSTOM,
+    /// DENY, ALLOW, AUDIT; enforced and dry-run), as the policy and the rule's
+    /// index — whether or not it decided. Tells which rules observed traffic
+    /// uses; the error says why the request is malformed.
+    pub fn matching_rules(&self, request: &Request) -> Result<Vec<(&Arc<Policy>, usize)>, String> {
+        let facts = Facts::of(request)?;
+        let mut found = Vec::new();
+        for list in [&self.custom, &self.deny, &self.allow, &self.audit] {
+            for policy in list.candidates(facts.principal) {
+                found.extend(policy.matching_rules(&facts).map(|rule| (policy, rule)));
+            }
+        }
+        Ok(found)
+    }
+
     /// Decides one request; a CUSTOM policy that matches denies (there is no
     /// external authorizer to ask).
     pub fn evaluate(&self, request: &Request) -> Decision {

@@ -41,8 +41,10 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
+/// One compiled rule, read-only (for analysis: what it lets through, without
+/// a request to decide).
 #[derive(Debug, Clone)]
-struct Rule {
+pub struct Rule {
     from: Vec<SourceMatch>,
     to: Vec<OperationMatch>,
     when: Vec<ConditionMatch>,
@@ -52,7 +54,7 @@ struct Rule {
 
 /// A list of patterns and a list that must not match, as every field has.
 #[derive(Debug, Clone)]
-struct Field<T> {
+pub struct Field<T> {
     any: Vec<T>,
     none: Vec<T>,
 }
@@ -62,8 +64,19 @@ impl<T> Field<T> {
         Self { any, none }
     }
 
-    fn is_set(&self) -> bool {
+    /// Whether the rule names this field at all (absent matches anything).
+    pub fn is_set(&self) -> bool {
         !self.any.is_empty() || !self.none.is_empty()
+    }
+
+    /// The patterns one of which must match (empty: any value).
+    pub fn any(&self) -> &[T] {
+        &self.any
+    }
+
+    /// The patterns none of which may match (`not…`).
+    pub fn none(&self) -> &[T] {
+        &self.none
     }
 
     /// `test` says whether the request's value matches one pattern; an absent
@@ -73,8 +86,9 @@ impl<T> Field<T> {
     }
 }
 
+/// One `from[].source` of a rule.
 #[derive(Debug, Clone)]
-struct SourceMatch {
+pub struct SourceMatch {
     principals: Field<StringMatch>,
     request_principals: Field<StringMatch>,
     namespaces: Field<StringMatch>,
@@ -82,8 +96,9 @@ struct SourceMatch {
     remote_ip_blocks: Field<IpBlock>,
 }
 
+/// One `to[].operation` of a rule.
 #[derive(Debug, Clone)]
-struct OperationMatch {
+pub struct OperationMatch {
     hosts: Field<StringMatch>,
     ports: Field<u16>,
     methods: Field<StringMatch>,
@@ -235,15 +250,27 @@ impl Policy {
         Some(keys)
     }
 
+    /// Its rules, in order (a rule's index is its position here).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// The index of the first rule that matches.
     pub(crate) fn matching_rule(&self, facts: &Facts<'_>) -> Option<usize> {
+        self.matching_rules(facts).next()
+    }
+
+    /// The index of every rule that matches, in order.
+    pub(crate) fn matching_rules<'a>(&'a self, facts: &'a Facts<'_>) -> impl Iterator<Item = usize> + 'a {
         let tcp = facts.http.is_none();
         // On TCP, a rule with HTTP-only fields cannot match for ALLOW and AUDIT
         // (narrower); for DENY those fields are ignored (wider). Istio's rule.
         let lenient = self.action == Action::Deny;
         self.rules
             .iter()
-            .position(|rule| !(tcp && rule.http_only && !lenient) && rule.matches(facts))
+            .enumerate()
+            .filter(move |(_, rule)| !(tcp && rule.http_only && !lenient) && rule.matches(facts))
+            .map(|(i, _)| i)
     }
 }
 
@@ -320,6 +347,27 @@ fn compile_condition(condition: model::Condition) -> ConditionMatch {
 }
 
 impl Rule {
+    /// Its sources (`from`); empty: any source.
+    pub fn from(&self) -> &[SourceMatch] {
+        &self.from
+    }
+
+    /// Its operations (`to`); empty: any operation.
+    pub fn to(&self) -> &[OperationMatch] {
+        &self.to
+    }
+
+    /// Whether it has `when` conditions.
+    pub fn has_conditions(&self) -> bool {
+        !self.when.is_empty()
+    }
+
+    /// Whether it names a field only HTTP requests have (so it never allows a
+    /// TCP connection).
+    pub fn http_only(&self) -> bool {
+        self.http_only
+    }
+
     fn matches(&self, facts: &Facts<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(facts)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(facts)))
@@ -336,6 +384,27 @@ fn ip_field(field: &Field<IpBlock>, value: Option<IpAddr>) -> bool {
 }
 
 impl SourceMatch {
+    /// `principals` and `notPrincipals` (Istio's form, without `spiffe://`).
+    pub fn principals(&self) -> &Field<StringMatch> {
+        &self.principals
+    }
+
+    /// `namespaces` and `notNamespaces`.
+    pub fn namespaces(&self) -> &Field<StringMatch> {
+        &self.namespaces
+    }
+
+    /// `requestPrincipals` and `notRequestPrincipals` (JWT identities).
+    pub fn request_principals(&self) -> &Field<StringMatch> {
+        &self.request_principals
+    }
+
+    /// Whether it names peer or remote addresses (`ipBlocks`, `remoteIpBlocks`
+    /// or their `not…`).
+    pub fn names_addresses(&self) -> bool {
+        self.ip_blocks.is_set() || self.remote_ip_blocks.is_set()
+    }
+
     fn matches(&self, facts: &Facts<'_>) -> bool {
         let source = &facts.request.source;
         string_field(&self.principals, facts.principal)
@@ -353,6 +422,26 @@ impl SourceMatch {
 }
 
 impl OperationMatch {
+    /// `hosts` and `notHosts` (lower case).
+    pub fn hosts(&self) -> &Field<StringMatch> {
+        &self.hosts
+    }
+
+    /// `ports` and `notPorts`.
+    pub fn ports(&self) -> &Field<u16> {
+        &self.ports
+    }
+
+    /// `methods` and `notMethods`.
+    pub fn methods(&self) -> &Field<StringMatch> {
+        &self.methods
+    }
+
+    /// `paths` and `notPaths`.
+    pub fn paths(&self) -> &Field<PathMatch> {
+        &self.paths
+    }
+
     fn matches(&self, facts: &Facts<'_>) -> bool {
         let port = facts.request.destination.port;
         self.ports.matches(|p| port == Some(*p))

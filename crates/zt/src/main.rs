@@ -49,6 +49,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 use cmd::agent::{AgentArgs, AgentCommand, ApiCommand, FetchCommand, ValidateCommand};
+use cmd::analyze::AnalyzeArgs;
 use cmd::audit::{AuditCommand, AuditKeyCommand};
 use cmd::bench::BenchCommand;
 use cmd::ca::CaCommand;
@@ -111,6 +112,9 @@ enum Command {
     /// show its signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The mesh's security metrics: blast radius per workload (direct and transitive, against
+    /// a flat network), critical findings, mTLS coverage, credential lifetimes, unused rules.
+    Analyze(Box<AnalyzeArgs>),
     /// The policy decision point: Rego policies behind OPA's REST API.
     #[command(subcommand)]
     Pdp(PdpCommand),
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Policy(args)) => cmd::bench::policy(args),
         Command::Bench(BenchCommand::Generate(args)) => cmd::bench::generate(args),
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
+        Command::Bench(BenchCommand::Analyze(args)) => cmd::bench::analyze(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),
@@ -225,6 +230,7 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::ForgetKey(args)) => cmd::audit::forget_key(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Show(args))) => cmd::audit::key_show(args),
         Command::Audit(AuditCommand::Key(AuditKeyCommand::Create(args))) => cmd::audit::key_create(args),
+        Command::Analyze(args) => cmd::analyze::run(*args),
         Command::Pdp(PdpCommand::Run(args)) => cmd::pdp::run(args),
     };
     match result {

@@ -162,7 +162,10 @@ pub fn open_log(path: &Path, args: &CheckpointArgs) -> anyhow::Result<zt_audit::
 
 /// Verifies every chain of `source` (and a file's checkpoints), showing each
 /// verified record to `visit`; returns each chain's name and head.
-fn verified(source: &AuditSource, visit: impl FnMut(&Record)) -> anyhow::Result<Vec<(String, Head)>> {
+pub(crate) fn verified(
+    source: &AuditSource,
+    visit: impl FnMut(&Record),
+) -> anyhow::Result<Vec<(String, Head)>> {
     match &source.log {
         Some(log) => Ok(vec![verified_log(log, visit)?]),
         None => verified_server(&source.socket, visit),

@@ -23,6 +23,8 @@ pub(crate) enum BenchCommand {
     /// zt policy generate over a large signed decision log: read, verified, folded,
     /// generated, on one thread.
     Generate(BenchGenerate),
+    /// zt analyze on a synthetic mesh (1 000 workloads, 10 000 policies by default).
+    Analyze(BenchAnalyze),
 }
 
 #[derive(Args)]
@@ -34,6 +36,24 @@ pub(crate) struct BenchGenerate {
     /// zt policy generate --log FILE on it.
     #[arg(long)]
     pub(crate) keep: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchAnalyze {
+    /// Workloads in the synthetic mesh (ten per namespace).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) workloads: usize,
+    /// Policies in all: one DENY per hundred workloads, the rest ALLOWs spread evenly
+    /// over the workloads (but one in a hundred, left with none).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) policies: usize,
+    /// Timed runs of each stage.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) runs: usize,
+    /// Write the mesh instead (DIR/workloads.yaml, DIR/policies/NS.yaml), to time
+    /// zt analyze --policies DIR/policies --workloads DIR/workloads.yaml itself.
+    #[arg(long)]
+    pub(crate) write: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -162,6 +182,35 @@ pub fn generate(args: BenchGenerate) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `zt bench analyze`: the stages of `zt analyze` timed on a synthetic mesh,
+/// or the mesh written out with `--write`.
+pub fn analyze(args: BenchAnalyze) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.write {
+        let mesh = zt_bench::analyze::mesh(args.workloads, args.policies);
+        let mut files = vec![(dir.join("workloads.yaml"), mesh.workloads.into_bytes(), 0o644)];
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).with_context(|| format!("--write {}", policies.display()))?;
+        files.extend(
+            mesh.policies
+                .into_iter()
+                .map(|(name, text)| (policies.join(name), text.into_bytes(), 0o644)),
+        );
+        zt_fs::write_atomically(&files).with_context(|| format!("--write {}", dir.display()))?;
+        println!(
+            "wrote {} files: time zt analyze --policies {} --workloads {} --output json",
+            files.len(),
+            policies.display(),
+            dir.join("workloads.yaml").display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut header = Header::new("stage — mesh", 64);
+    zt_bench::analyze::run(args.workloads, args.policies, args.runs, |figure| {
+        print(&figure, header.width())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The header line of a table of [`Figure::Calls`], printed once, before the
 /// first line.
 struct Header {
@@ -250,6 +299,8 @@ fn fmt(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns < 10_000 {
         format!("{ns} ns")
+    } else if ns >= 10_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
     } else {
         format!("{:.1} µs", ns as f64 / 1000.0)
     }

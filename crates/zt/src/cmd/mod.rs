@@ -3,6 +3,7 @@
 //! the file, flag or value at fault.
 
 pub mod agent;
+pub mod analyze;
 pub mod args;
 pub mod audit;
 pub mod bench;
