@@ -152,6 +152,8 @@ pub fn remove_dry_run(text: &str, line: usize) -> Result<String, String> {
             )
         })?;
     let mut remove = vec![at];
+    // The generator's note that the policy is dry-run goes with the annotation.
+    remove.extend((start..end).filter(|&i| lines[i].trim_end() == crate::generate::DRY_RUN_COMMENT));
     // `annotations:` left empty: the line before the annotation, if it is
     // `annotations:`, and no line after the annotation is indented under it.
     if at > start && key_of(lines[at - 1]).as_deref() == Some("annotations") {
@@ -232,6 +234,17 @@ mod tests {
             describe(&reviews[0].examples[0].0),
             "DELETE /items/2 from spiffe://td/ns/web/sa/frontend to shop/cart"
         );
+    }
+
+    #[test]
+    fn promotion_removes_the_generators_dry_run_note_too() {
+        let mut seen = Traffic::new(Window::default());
+        seen.add(&record(1, Some(FRONTEND), "shop/cart", "GET", "/items/1"));
+        let text = generate(&seen, &Options::default()).files[0].text.clone();
+        assert!(text.contains(crate::generate::DRY_RUN_COMMENT));
+        let promoted = remove_dry_run(&text, 1).unwrap();
+        assert!(!promoted.contains("ry-run"), "{promoted}");
+        assert!(!load(&promoted)[0].dry_run);
     }
 
     #[test]

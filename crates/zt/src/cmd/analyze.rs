@@ -41,10 +41,10 @@ pub(crate) struct AnalyzeArgs {
     /// several. The observed traffic: mTLS coverage, plaintext served, unused rules.
     #[arg(long)]
     pub(crate) log: Vec<PathBuf>,
-    /// Decisions at or after this moment: RFC 3339 or Unix seconds.
+    /// Decisions at or after this moment: RFC 3339, Unix seconds, or a duration ago (24h).
     #[arg(long)]
     pub(crate) since: Option<String>,
-    /// Decisions before this moment: RFC 3339 or Unix seconds.
+    /// Decisions before this moment: RFC 3339, Unix seconds, or a duration ago.
     #[arg(long)]
     pub(crate) until: Option<String>,
     /// A second policy directory (a proposed change): its blast radius and the

@@ -471,6 +471,11 @@ fn print_excluded(excluded: &zt_observe::generate::Excluded, min_count: u64) {
     }
 }
 
+/// `1 served request`, `2 served requests`.
+fn served(count: u64) -> String {
+    zt_observe::generate::requests(count).replacen(' ', " served ", 1)
+}
+
 /// `zt policy promote DIR (--log FILE… | --server)`: each dry-run policy's
 /// verdict, and the annotation removed from those that may be enforced.
 pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
@@ -489,8 +494,9 @@ pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
         match review.verdict {
             Verdict::Promote => {
                 println!(
-                    "promote  {} ({at}): {} served requests evaluated in shadow, none would have been denied",
-                    review.policy, review.evidence
+                    "promote  {} ({at}): {} evaluated in shadow, none would have been denied",
+                    review.policy,
+                    served(review.evidence)
                 );
                 edits
                     .entry(policy.origin.file.clone())
@@ -499,8 +505,10 @@ pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
             }
             Verdict::WouldDeny => {
                 println!(
-                    "keep     {} ({at}): would have denied {} of {} served requests, e.g.:",
-                    review.policy, review.would_deny, review.evidence
+                    "keep     {} ({at}): would have denied {} of {}, e.g.:",
+                    review.policy,
+                    review.would_deny,
+                    served(review.evidence)
                 );
                 for (flow, seen) in &review.examples {
                     println!(
@@ -511,9 +519,11 @@ pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Verdict::TooLittleEvidence => println!(
-                "keep     {} ({at}): {} served requests evaluated in shadow, fewer than --min-requests {} \
+                "keep     {} ({at}): {} evaluated in shadow, fewer than --min-requests {} \
                  (apply it, let traffic flow, promote again)",
-                review.policy, review.evidence, args.min_requests
+                review.policy,
+                served(review.evidence),
+                args.min_requests
             ),
             Verdict::NotWeighed => println!(
                 "keep     {} ({at}): only ALLOW and DENY policies are weighed",
