@@ -218,10 +218,18 @@ struct FlowKey {
     shadow: Option<(bool, u32)>,
 }
 
-/// Every flow of the records added, within a window.
+/// Distinct flows kept at most by default (a few hundred bytes each).
+pub const DEFAULT_MAX_FLOWS: usize = 5_000_000;
+
+/// Every flow of the records added, within a window, up to a number of
+/// distinct flows (memory is bounded whatever the logs hold).
 #[derive(Debug, Clone, Default)]
 pub struct Traffic {
     window: Window,
+    max_flows: usize,
+    /// Records in the window whose flow was new after `max_flows` were kept:
+    /// not folded. Non-zero means the traffic is incomplete.
+    pub overflow: u64,
     strings: Interner,
     flows: HashMap<FlowKey, Seen, foldhash::fast::RandomState>,
     /// Records read, in the window or not.
@@ -237,12 +245,24 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// No traffic yet, counting only records within `window`.
+    /// No traffic yet, counting only records within `window`, keeping up to
+    /// [`DEFAULT_MAX_FLOWS`] distinct flows.
     pub fn new(window: Window) -> Self {
+        Self::with_max_flows(window, DEFAULT_MAX_FLOWS)
+    }
+
+    /// No traffic yet, keeping up to `max_flows` distinct flows.
+    pub fn with_max_flows(window: Window, max_flows: usize) -> Self {
         Self {
             window,
+            max_flows,
             ..Self::default()
         }
+    }
+
+    /// The most distinct flows kept.
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
     }
 
     /// Adds one record.
@@ -260,10 +280,13 @@ impl Traffic {
             return;
         };
         self.in_window += 1;
-        self.flows
-            .entry(key)
-            .and_modify(|seen| seen.merge(&Seen::at(record.time_ms)))
-            .or_insert_with(|| Seen::at(record.time_ms));
+        if let Some(seen) = self.flows.get_mut(&key) {
+            seen.merge(&Seen::at(record.time_ms));
+        } else if self.flows.len() < self.max_flows {
+            self.flows.insert(key, Seen::at(record.time_ms));
+        } else {
+            self.overflow += 1;
+        }
     }
 
     fn key_of(&mut self, record: &Record) -> Option<FlowKey> {
@@ -452,6 +475,16 @@ pub(crate) mod tests {
         assert_eq!(flows[1].0.caller, Caller::Plaintext("127.0.0.1".into()));
         assert_eq!(flows[1].0.outcome, Outcome::DeniedBy("shop/no-posts".into()));
         assert_eq!(traffic.span_ms(), Some((100, 299)));
+    }
+
+    #[test]
+    fn distinct_flows_beyond_the_limit_are_counted_not_kept() {
+        let mut traffic = Traffic::with_max_flows(Window::default(), 2);
+        for path in ["/a", "/b", "/c", "/a", "/d"] {
+            traffic.add(&record(1, Some("spiffe://td/x"), "ns/app", "GET", path));
+        }
+        assert_eq!((traffic.len(), traffic.overflow, traffic.in_window), (2, 2, 5));
+        assert_eq!(traffic.flows()[0].1.count, 2, "a kept flow still counts");
     }
 
     #[test]

@@ -374,6 +374,21 @@ fn bad_input_gets_one_clear_line() {
         "yesterday",
     ]);
     assert_failure(&failed, 1, &["--since \"yesterday\""]);
+    let failed = zt(&[
+        "policy",
+        "generate",
+        "--log",
+        log,
+        "--out",
+        out,
+        "--max-flows",
+        "3",
+    ]);
+    assert_failure(
+        &failed,
+        1,
+        &["more than --max-flows 3 distinct flows", "--since/--until"],
+    );
     let failed = zt(&["policy", "generate", "--log", "/nonexistent.log", "--out", out]);
     assert_failure(&failed, 1, &["/nonexistent.log"]);
     let failed = zt(&["policy", "generate", "--out", out]);

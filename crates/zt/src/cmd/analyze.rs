@@ -254,5 +254,13 @@ fn read_traffic(args: &AnalyzeArgs) -> anyhow::Result<Option<(zt_observe::Traffi
             .with_context(|| format!("--log {name}"))?;
         names.push(name);
     }
+    if traffic.overflow > 0 {
+        anyhow::bail!(
+            "{}: more than {} distinct flows in the window ({} records beyond them): narrow it with --since/--until",
+            names.join(", "),
+            traffic.max_flows(),
+            traffic.overflow
+        );
+    }
     Ok(Some((traffic, names)))
 }

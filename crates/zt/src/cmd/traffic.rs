@@ -28,6 +28,10 @@ pub(crate) struct TrafficArgs {
     /// Records before this moment: RFC 3339, Unix seconds, or a duration ago.
     #[arg(long)]
     pub(crate) until: Option<String>,
+    /// Distinct flows (caller, destination, method, path, outcome) kept at most; more
+    /// is an error, never a policy made from part of the traffic.
+    #[arg(long, default_value_t = zt_observe::traffic::DEFAULT_MAX_FLOWS)]
+    pub(crate) max_flows: usize,
 }
 
 impl TrafficArgs {
@@ -55,12 +59,21 @@ impl TrafficArgs {
     /// names the source (and line) that does not verify, or says that the
     /// window holds no traffic.
     pub(crate) fn read(&self) -> anyhow::Result<Traffic> {
-        let mut traffic = Traffic::new(self.window()?);
+        let mut traffic = Traffic::with_max_flows(self.window()?, self.max_flows);
         for log in &self.log {
             super::audit::verified_log(log, |record| traffic.add(record))?;
         }
         if self.server {
             super::audit::verified_server(&self.socket, |record| traffic.add(record))?;
+        }
+        if traffic.overflow > 0 {
+            anyhow::bail!(
+                "{}: more than --max-flows {} distinct flows in the window ({} records beyond them): \
+                 narrow it with --since/--until, or raise --max-flows",
+                self.describe(),
+                self.max_flows,
+                traffic.overflow
+            );
         }
         if traffic.in_window == 0 {
             let sources = self.describe();
