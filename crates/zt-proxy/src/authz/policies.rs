@@ -20,6 +20,8 @@ struct Loaded {
     set: PolicySet,
     mtls: PeerAuthentications,
     version: String,
+    /// The zt server version, for a set from zt agent.
+    server_version: Option<u64>,
 }
 
 /// Compiles a set of policy files; the version names it in decision records.
@@ -33,6 +35,7 @@ fn compile(
         set: PolicySet::new(loaded.policies, root_namespace),
         mtls: PeerAuthentications::new(loaded.peer_authentications, root_namespace),
         version,
+        server_version: None,
     })
 }
 
@@ -154,7 +157,9 @@ pub(super) fn follow(
 }
 
 /// Publishes the policies in force for the workload whenever the loaded set
-/// or the identity (which may give the namespace) changes.
+/// or the identity (which may give the namespace) changes; then, and not
+/// before, `zt_proxy_policy_version` says which zt server version is in force,
+/// so that whoever waits for it sees requests decided by that version.
 async fn combine(
     config: AuthzConfig,
     mut loaded: watch::Receiver<Option<Arc<Loaded>>>,
@@ -177,6 +182,7 @@ async fn combine(
         }
         metrics.policy_namespace_unknown.set(i64::from(unknown));
         let current = loaded.borrow_and_update().clone();
+        let server_version = current.as_ref().and_then(|c| c.server_version);
         let in_force = match (namespace, current) {
             (Some(namespace), Some(current)) => {
                 let policies = current.set.for_workload(&namespace, &config.labels);
@@ -202,7 +208,13 @@ async fn combine(
             }
             _ => None,
         };
+        let published = in_force.is_some();
         tx.send_replace(in_force);
+        if published && let Some(version) = server_version {
+            metrics
+                .policy_version
+                .set(i64::try_from(version).unwrap_or(i64::MAX));
+        }
         tokio::select! {
             changed = loaded.changed() => if changed.is_err() { return },
             changed = identity.changed() => if changed.is_err() { return },
@@ -251,12 +263,11 @@ async fn stream_policies(
             })
             .collect();
         match compile(&sources, format!("v{}", set.version), root_namespace) {
-            Ok(loaded) => {
+            Ok(mut loaded) => {
                 tracing::info!(version = set.version, "policies from zt server");
+                loaded.server_version = Some(set.version);
+                // The version is in force once `combine` has published it.
                 tx.send_replace(Some(Arc::new(loaded)));
-                metrics
-                    .policy_version
-                    .set(i64::try_from(set.version).unwrap_or(i64::MAX));
             }
             Err(problems) => {
                 // zt server checks every set it stores; this proxy may be older.
@@ -266,4 +277,91 @@ async fn stream_policies(
         }
     }
     Err("zt agent ended the policy stream".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::authz::{PolicyMode, PolicySource};
+
+    /// Version `version` of zt server's policies (an empty set).
+    fn from_server(version: u64) -> Option<Arc<Loaded>> {
+        let mut loaded = compile(&[], format!("v{version}"), zt_policy::DEFAULT_ROOT_NAMESPACE).unwrap();
+        loaded.server_version = Some(version);
+        Some(Arc::new(loaded))
+    }
+
+    /// `combine` running for a workload, and what a test drives and reads of it.
+    struct Combined {
+        loaded: watch::Sender<Option<Arc<Loaded>>>,
+        in_force: InForceWatch,
+        metrics: Arc<Metrics>,
+        /// Kept open: `combine` stops when the identity's sender is gone.
+        _identity: watch::Sender<Option<Arc<crate::identity::Identity>>>,
+    }
+
+    /// `combine` for a workload of `namespace` (`None`: from an SVID it has not got).
+    fn start(namespace: Option<&str>) -> Combined {
+        let config = AuthzConfig {
+            source: PolicySource::Agent(PathBuf::from("/nonexistent/api.sock")),
+            mode: PolicyMode::Enforce,
+            namespace: namespace.map(str::to_owned),
+            labels: BTreeMap::from([("app".to_owned(), "orders".to_owned())]),
+            root_namespace: zt_policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            decision_log: None,
+            decision_log_key: None,
+            checkpoints: zt_audit::CheckpointPolicy::default(),
+            providers: None,
+        };
+        let metrics = Arc::new(Metrics::new(zt_task::Tasks::new()));
+        let (loaded_tx, loaded) = watch::channel(None);
+        let (identity_tx, identity) = watch::channel(None);
+        let (tx, in_force) = watch::channel(None);
+        tokio::spawn(combine(config, loaded, identity, Arc::new(tx), metrics.clone()));
+        Combined {
+            loaded: loaded_tx,
+            in_force,
+            metrics,
+            _identity: identity_tx,
+        }
+    }
+
+    // On the test's single thread, `combine` runs from a publication to its
+    // next wait without yielding: once the test sees a change, the gauge has
+    // been set if it is going to be.
+    #[tokio::test]
+    async fn the_version_gauge_says_which_set_is_in_force_not_which_was_received() {
+        let Combined {
+            loaded,
+            mut in_force,
+            metrics,
+            _identity,
+        } = start(Some("shop"));
+        in_force.changed().await.unwrap();
+        assert_eq!(metrics.policy_version.get(), 0, "nothing received yet");
+        for version in [1, 2] {
+            loaded.send_replace(from_server(version));
+            in_force.changed().await.unwrap();
+            let version_in_force = in_force
+                .borrow_and_update()
+                .as_ref()
+                .map(|f| f.version.to_string());
+            assert_eq!(version_in_force.as_deref(), Some(format!("v{version}").as_str()));
+            assert_eq!(metrics.policy_version.get(), i64::try_from(version).unwrap());
+        }
+
+        // No namespace (no SVID yet): version 1 was received, none is in force.
+        let Combined {
+            loaded,
+            mut in_force,
+            metrics,
+            _identity,
+        } = start(None);
+        loaded.send_replace(from_server(1));
+        in_force.changed().await.unwrap();
+        assert!(in_force.borrow_and_update().is_none());
+        assert_eq!(metrics.policy_version.get(), 0);
+    }
 }
