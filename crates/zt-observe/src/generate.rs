@@ -97,6 +97,13 @@ struct RuleUse {
     ports: BTreeMap<u16, Seen>,
 }
 
+impl RuleUse {
+    /// Requests it covers.
+    fn requests(&self) -> u64 {
+        self.paths.values().map(|u| u.count).sum::<u64>() + self.ports.values().map(|s| s.count).sum::<u64>()
+    }
+}
+
 /// A destination's rules, by calling SPIFFE ID.
 type Rules = BTreeMap<String, RuleUse>;
 
@@ -183,13 +190,7 @@ pub fn generate(traffic: &Traffic, options: &Options) -> Generated {
             continue;
         }
         generated.rules += written.len();
-        generated.covered += written
-            .iter()
-            .map(|(_, rule)| {
-                rule.paths.values().map(|u| u.count).sum::<u64>()
-                    + rule.ports.values().map(|s| s.count).sum::<u64>()
-            })
-            .sum::<u64>();
+        generated.covered += written.iter().map(|(_, rule)| rule.requests()).sum::<u64>();
         generated.files.push(File {
             path: PathBuf::from(&namespace).join(format!("{app}.yaml")),
             text: render(&namespace, &app, &written, traffic, options),
@@ -308,12 +309,7 @@ fn render(
     options: &Options,
 ) -> String {
     let mut out = String::new();
-    let total: u64 = rules
-        .iter()
-        .map(|(_, r)| {
-            r.paths.values().map(|u| u.count).sum::<u64>() + r.ports.values().map(|s| s.count).sum::<u64>()
-        })
-        .sum();
+    let total: u64 = rules.iter().map(|(_, rule)| rule.requests()).sum();
     let window = match traffic.span_ms() {
         Some((first, last)) => format!("between {} and {}", rfc3339(first), rfc3339(last)),
         None => "in no window".to_owned(),
@@ -343,8 +339,7 @@ fn render(
     let _ = writeln!(out, "  action: ALLOW");
     let _ = writeln!(out, "  rules:");
     for (caller, rule) in rules {
-        let count: u64 = rule.paths.values().map(|u| u.count).sum::<u64>()
-            + rule.ports.values().map(|s| s.count).sum::<u64>();
+        let count = rule.requests();
         let distinct: u64 = rule.paths.values().map(|u| u.distinct).sum();
         let last = rule
             .paths

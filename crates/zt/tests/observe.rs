@@ -393,6 +393,36 @@ fn bad_input_gets_one_clear_line() {
     assert_failure(&failed, 1, &["/nonexistent.log"]);
     let failed = zt(&["policy", "generate", "--out", out]);
     assert_failure(&failed, 2, &["<--log <FILE>|--server>"]);
+    // Generated into a directory of other policies: they are not the generator's
+    // concern (a DENY there is fine), but a name they already use is refused.
+    let mixed = dir.path().join("mixed");
+    fs::create_dir_all(mixed.join("shop")).unwrap();
+    fs::write(mixed.join("deny.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: no-items\n  namespace: shop\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [\"/items/{*}\"]\n").unwrap();
+    ok(&[
+        "policy",
+        "generate",
+        "--log",
+        log,
+        "--out",
+        mixed.to_str().unwrap(),
+    ]);
+    fs::write(mixed.join("taken.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: cart-observed\n  namespace: shop\nspec: {}\n").unwrap();
+    let failed = zt(&[
+        "policy",
+        "generate",
+        "--log",
+        log,
+        "--out",
+        mixed.to_str().unwrap(),
+    ]);
+    assert_failure(
+        &failed,
+        1,
+        &[
+            "the directory does not lint with the generated files",
+            "taken.yaml",
+        ],
+    );
     // A policy directory that does not lint is not promoted.
     let broken = dir.path().join("broken");
     fs::create_dir(&broken).unwrap();
