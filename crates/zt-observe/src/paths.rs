@@ -155,7 +155,8 @@ impl PathUse {
 /// Replaces, deepest prefix first, every group of at least `collapse_after`
 /// paths under one prefix of one or more segments with `prefix/{**}`; a
 /// collapsed group then counts as one path of the prefix above it. The root
-/// is never collapsed: that would be every path.
+/// is never collapsed: that would be every path. Paths with an empty segment
+/// are left as they are (`{**}` does not match one).
 pub fn collapse(paths: BTreeMap<String, PathUse>, collapse_after: usize) -> BTreeMap<String, PathUse> {
     if collapse_after < 2 {
         return paths;
@@ -167,7 +168,10 @@ pub fn collapse(paths: BTreeMap<String, PathUse>, collapse_after: usize) -> BTre
     for d in (1..deepest).rev() {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for path in current.keys() {
-            if depth(path) > d {
+            // `{**}` stands for non-empty segments only: a path with an empty
+            // one (`//`, a trailing `/`) stays as it is.
+            let collapsible = path.len() > 1 && !path[1..].split('/').any(str::is_empty);
+            if collapsible && depth(path) > d {
                 let prefix_end = path.match_indices('/').nth(d).map_or(path.len(), |(i, _)| i);
                 groups
                     .entry(path[..prefix_end].to_owned())
@@ -300,5 +304,12 @@ mod tests {
         let flat: BTreeMap<String, PathUse> = (0..20).map(|i| (format!("/p{i}"), used(1))).collect();
         assert_eq!(collapse(flat.clone(), 3), flat);
         assert_eq!(collapse(flat.clone(), 0), flat);
+        // `{**}` covers no empty segment, so such paths stay literal.
+        let empty: BTreeMap<String, PathUse> = ["/a/", "/a//b", "/a/x", "/a/y"]
+            .iter()
+            .map(|p| (p.to_string(), used(1)))
+            .collect();
+        let keys: Vec<String> = collapse(empty, 2).into_keys().collect();
+        assert_eq!(keys, ["/a/", "/a//b", "/a/{**}"]);
     }
 }
