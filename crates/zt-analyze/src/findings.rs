@@ -238,11 +238,13 @@ fn namespaces_without_deny(evidence: &Evidence<'_>) -> BTreeSet<String> {
         .collect()
 }
 
-/// Seconds as the largest whole unit that divides them (`1h`, `15m`, `90s`).
+/// Seconds as the largest whole unit that divides them (`1h`, `15m`, `90s`),
+/// or, past a day, in days and the rest (`1d 10s`).
 pub fn duration(secs: u64) -> String {
     match secs {
         0 => "0s".into(),
         s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 86_400 => format!("{}d {}", s / 86_400, duration(s % 86_400)),
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
@@ -318,5 +320,7 @@ spec:
         assert_eq!(duration(3600), "1h");
         assert_eq!(duration(900), "15m");
         assert_eq!(duration(90), "90s");
+        assert_eq!(duration(86_410), "1d 10s");
+        assert_eq!(duration(2 * 86_400 + 3600), "2d 1h");
     }
 }

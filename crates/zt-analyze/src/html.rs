@@ -317,10 +317,14 @@ fn write_page(out: &mut String, report: &Report) -> std::fmt::Result {
         for ca in &lifetimes.ca {
             writeln!(
                 out,
-                "<tr><td>CA {}</td><td colspan=\"3\">valid {} (until Unix time {})</td></tr>",
+                "<tr><td>CA {}</td><td colspan=\"3\">valid {} (until {})</td></tr>",
                 escape(&ca.subject),
                 duration(u64::try_from(ca.lifetime_secs).unwrap_or_default()),
-                ca.not_after
+                zt_observe::generate::rfc3339(
+                    u64::try_from(ca.not_after)
+                        .unwrap_or_default()
+                        .saturating_mul(1000)
+                )
             )?;
         }
         writeln!(out, "</table></section>")?;

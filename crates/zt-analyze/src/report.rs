@@ -421,10 +421,14 @@ impl Report {
             for ca in &lifetimes.ca {
                 writeln!(
                     out,
-                    "  CA         {}: valid {} (until Unix time {})",
+                    "  CA         {}: valid {} (until {})",
                     ca.subject,
                     duration(u64::try_from(ca.lifetime_secs).unwrap_or_default()),
-                    ca.not_after
+                    zt_observe::generate::rfc3339(
+                        u64::try_from(ca.not_after)
+                            .unwrap_or_default()
+                            .saturating_mul(1000)
+                    )
                 )?;
             }
         }
