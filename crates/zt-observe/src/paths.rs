@@ -138,6 +138,8 @@ pub struct PathUse {
     pub count: u64,
     /// Distinct observed paths it covers.
     pub distinct: u64,
+    /// When it was first seen (Unix milliseconds).
+    pub first_ms: u64,
     /// When it was last seen (Unix milliseconds).
     pub last_ms: u64,
 }
@@ -145,6 +147,11 @@ pub struct PathUse {
 impl PathUse {
     /// Adds what `other` covers.
     pub fn merge(&mut self, other: &PathUse) {
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.first_ms = self.first_ms.min(other.first_ms);
         self.methods.extend(other.methods.iter().cloned());
         self.count += other.count;
         self.distinct += other.distinct;
@@ -267,6 +274,7 @@ mod tests {
             methods: ["GET".to_owned()].into(),
             count,
             distinct: 1,
+            first_ms: count,
             last_ms: count,
         }
     }
