@@ -115,7 +115,7 @@ pub enum StoreError {
         reason: String,
     },
     /// A user, group, client, credential or session field with a value it cannot have.
-    #[error("{field} {value:?}: {reason}")]
+    #[error("{field}{}: {reason}", quoted(.value))]
     InvalidValue {
         /// The field.
         field: &'static str,
@@ -159,6 +159,15 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// ` "value"`, or nothing for a value not repeated in messages.
+fn quoted(value: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        format!(" {value:?}")
+    }
 }
 
 impl StoreError {
