@@ -40,7 +40,7 @@ pub use clients::{Client, ClientKind, CreatedClient, GrantType, NewClient, Redir
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
-pub use people::{Group, Invite, MAX_NAME_LEN, NewUser, User, check_name};
+pub use people::{Group, Invite, NewUser, User};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
 pub use sessions::{Credential, NewCredential, RefreshFamily, Session};
@@ -230,7 +230,7 @@ impl Backend {
 pub struct Change {
     /// Position in the feed; strictly increasing.
     pub seq: u64,
-    /// What changed: `entry`, …
+    /// What changed: `entry`, `revocation`, `user`, `group`, `client`, `session`, …
     pub kind: String,
     /// Which record: an entry ID, …
     pub subject: String,

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Longest user or group name, in bytes.
-pub const MAX_NAME_LEN: usize = 64;
+const MAX_NAME_LEN: usize = 64;
 
 /// Longest e-mail address (RFC 5321's path limit) or display name, in bytes.
 const MAX_TEXT_LEN: usize = 254;
@@ -79,7 +79,7 @@ pub struct Invite {
 
 /// Checks a user or group name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters,
 /// digits, `.`, `_` and `-`, starting with a letter or digit.
-pub fn check_name(field: &'static str, name: &str) -> Result<(), StoreError> {
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), StoreError> {
     let invalid = |reason: &str| StoreError::InvalidValue {
         field,
         value: name.to_owned(),

@@ -116,9 +116,9 @@ fn users_groups_and_membership() {
         &[r#"email "not-an-address""#, "expected local@domain"],
     );
     assert_failure(
-        &zt(&server, &["user", "add", "-carol", "--email", "c@example.org"]),
-        2,
-        &["-c"],
+        &zt(&server, &["user", "add", "has space", "--email", "c@example.org"]),
+        1,
+        &[r#"name "has space""#, "only letters, digits"],
     );
     assert_failure(
         &zt(
