@@ -359,6 +359,20 @@ async fn hash_secret(secret: String) -> Result<String, StoreError> {
     .map_err(|e| StoreError::Hash(e.to_string()))?
 }
 
+/// The hash checked against when there is none to check: of a random secret no
+/// one knows, with the parameters of real ones; made once per process.
+fn unknown_client_hash() -> Result<&'static str, StoreError> {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(text) = HASH.get() {
+        return Ok(text);
+    }
+    let made = Argon2::default()
+        .hash_password(random_token()?.as_bytes())
+        .map_err(|e| StoreError::Hash(e.to_string()))?
+        .to_string();
+    Ok(HASH.get_or_init(|| made))
+}
+
 const CLIENT_COLUMNS: &str = "client_id, kind, jwks, redirect_uris, grant_types, created_at";
 
 impl Store {
@@ -470,16 +484,23 @@ impl Store {
                 .bind(client_id)
                 .fetch_optional(self.pool())
                 .await?;
-        let Some(hash) = row
+        let hash = row
             .map(|row| row.try_get::<Option<String>, _>("secret_hash"))
             .transpose()?
-            .flatten()
-        else {
-            return Ok(false);
-        };
+            .flatten();
         let secret = secret.to_owned();
         let key = client_id.to_owned();
         tokio::task::spawn_blocking(move || {
+            let Some(hash) = hash else {
+                // As slow as a real check, so that timing does not tell which
+                // client IDs have a secret.
+                let dummy = unknown_client_hash()?;
+                let _ = Argon2::default().verify_password(
+                    secret.as_bytes(),
+                    &PasswordHash::new(dummy).map_err(|e| StoreError::Hash(e.to_string()))?,
+                );
+                return Ok(false);
+            };
             let parsed = PasswordHash::new(&hash).map_err(|e| StoreError::Corrupt {
                 what: "client secret hash",
                 key,
