@@ -75,6 +75,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/witness/key", get(show_witness_key))
         .route("/v1/witness/forget", post(forget_source_key))
+        .merge(crate::people::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(
             Router::new()
@@ -113,22 +114,29 @@ impl IntoResponse for ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
+pub(crate) fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
     let status = match &e {
         StoreError::Invalid(_)
         | StoreError::JoinToken(_)
         | StoreError::InvalidSerial(_)
-        | StoreError::BrokenChain { .. } => StatusCode::BAD_REQUEST,
-        StoreError::NotFound(_) | StoreError::UnknownAgent(_) => StatusCode::NOT_FOUND,
+        | StoreError::BrokenChain { .. }
+        | StoreError::InvalidValue { .. }
+        | StoreError::Invite(_) => StatusCode::BAD_REQUEST,
+        StoreError::NotFound(_) | StoreError::UnknownAgent(_) | StoreError::Missing { .. } => {
+            StatusCode::NOT_FOUND
+        }
         StoreError::Banned(_) => StatusCode::FORBIDDEN,
-        StoreError::AlreadyExists { .. } | StoreError::StaleRevision { .. } => StatusCode::CONFLICT,
+        StoreError::AlreadyExists { .. }
+        | StoreError::StaleRevision { .. }
+        | StoreError::Duplicate { .. }
+        | StoreError::Disabled(_) => StatusCode::CONFLICT,
         StoreError::Database(_) => {
             metrics.datastore_errors.inc();
             tracing::error!(error = %e, "datastore error");
@@ -137,13 +145,14 @@ fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
         StoreError::Location(_)
         | StoreError::File(_)
         | StoreError::SchemaTooNew { .. }
-        | StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        | StoreError::Corrupt { .. }
+        | StoreError::Hash(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError(status, e.to_string())
 }
 
 /// Parses a JSON body, with serde's message (field, line, column) on failure.
-fn json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(crate) fn json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 

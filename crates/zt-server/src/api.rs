@@ -214,3 +214,79 @@ pub struct AgentList {
     /// Attested (and banned) agents.
     pub agents: Vec<zt_store::Agent>,
 }
+
+/// `GET /v1/users` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    /// Every user, by name.
+    pub users: Vec<zt_store::User>,
+}
+
+/// `POST /v1/groups` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    /// The group's name.
+    pub name: String,
+}
+
+/// `GET /v1/groups` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupList {
+    /// Every group, by name.
+    pub groups: Vec<zt_store::Group>,
+}
+
+/// `GET /v1/groups/{name}/members` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberList {
+    /// The group.
+    pub group: String,
+    /// Its members, by user name.
+    pub members: Vec<String>,
+}
+
+/// `POST /v1/users/{name}/invites` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvite {
+    /// Validity, seconds (at most a day).
+    pub ttl_secs: u64,
+}
+
+/// `GET /v1/users/{name}/credentials` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialList {
+    /// The user's credentials, revoked ones included.
+    pub credentials: Vec<zt_store::Credential>,
+}
+
+/// `GET /v1/clients` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientList {
+    /// Every OAuth client, by ID.
+    pub clients: Vec<zt_store::Client>,
+}
+
+/// `GET /v1/sessions` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionFilter {
+    /// Only this user's sessions, by name.
+    pub user: Option<String>,
+}
+
+/// `GET /v1/sessions` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Sessions, newest first.
+    pub sessions: Vec<zt_store::Session>,
+}
+
+/// `POST /v1/users/{name}/sessions/revoke` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedSessions {
+    /// The user.
+    pub user: String,
+    /// How many sessions were open and are now revoked, with their refresh-token families.
+    pub revoked: u64,
+}

@@ -9,12 +9,15 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
-use zt_store::{Entry, EntrySpec};
+use zt_store::{
+    Client, CreatedClient, Credential, Entry, EntrySpec, Group, Invite, NewClient, NewUser, Session, User,
+};
 
 use crate::api::{
-    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, Count, CreateJoinToken, DecisionList,
-    EntryFilter, EntryList, ErrorBody, ForgetSourceKey, ForgottenSourceKey, JoinToken, MintX509Svid,
-    MintedX509Svid, Revoke, Rotated, ShippedDecision, UpdateEntry, WitnessKey,
+    AgentList, AppliedPolicies, ApplyPolicies, BundleFormat, ClientList, Count, CreateInvite,
+    CreateJoinToken, CredentialList, DecisionList, EntryFilter, EntryList, ErrorBody, ForgetSourceKey,
+    ForgottenSourceKey, GroupList, JoinToken, MemberList, MintX509Svid, MintedX509Svid, NewGroup, Revoke,
+    RevokedSessions, Rotated, SessionList, ShippedDecision, UpdateEntry, UserList, WitnessKey,
 };
 
 /// Largest answer read, in bytes.
@@ -269,6 +272,161 @@ impl AdminClient {
         ])
         .map_err(write)?;
         Ok(minted)
+    }
+
+    /// `POST /v1/users`.
+    pub async fn create_user(&self, new: &NewUser) -> Result<User, ClientError> {
+        self.call(Method::POST, "/v1/users", Some(new)).await
+    }
+
+    /// `GET /v1/users/{name}`.
+    pub async fn user(&self, name: &str) -> Result<User, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/users/{}", encode(name)), None)
+            .await
+    }
+
+    /// `GET /v1/users`.
+    pub async fn users(&self) -> Result<Vec<User>, ClientError> {
+        let list: UserList = self.call::<(), _>(Method::GET, "/v1/users", None).await?;
+        Ok(list.users)
+    }
+
+    /// `DELETE /v1/users/{name}`: the user and everything of theirs.
+    pub async fn delete_user(&self, name: &str) -> Result<User, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/users/{}", encode(name)), None)
+            .await
+    }
+
+    /// `POST /v1/users/{name}/disable` (revokes their sessions) or `/enable`.
+    pub async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<User, ClientError> {
+        let action = if disabled { "disable" } else { "enable" };
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/users/{}/{action}", encode(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/users/{name}/invites`: a one-time enrollment token, returned this once.
+    pub async fn create_invite(&self, name: &str, ttl: std::time::Duration) -> Result<Invite, ClientError> {
+        let body = CreateInvite {
+            ttl_secs: ttl.as_secs(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/users/{}/invites", encode(name)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{name}/credentials`.
+    pub async fn credentials(&self, name: &str) -> Result<Vec<Credential>, ClientError> {
+        let list: CredentialList = self
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/users/{}/credentials", encode(name)),
+                None,
+            )
+            .await?;
+        Ok(list.credentials)
+    }
+
+    /// `POST /v1/credentials/{id}/revoke`.
+    pub async fn revoke_credential(&self, id: &str) -> Result<Credential, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/credentials/{}/revoke", encode(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/groups`.
+    pub async fn create_group(&self, name: &str) -> Result<Group, ClientError> {
+        let body = NewGroup {
+            name: name.to_owned(),
+        };
+        self.call(Method::POST, "/v1/groups", Some(&body)).await
+    }
+
+    /// `GET /v1/groups`.
+    pub async fn groups(&self) -> Result<Vec<Group>, ClientError> {
+        let list: GroupList = self.call::<(), _>(Method::GET, "/v1/groups", None).await?;
+        Ok(list.groups)
+    }
+
+    /// `DELETE /v1/groups/{name}`.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<()>(Method::DELETE, &format!("/v1/groups/{}", encode(name)), None)
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /v1/groups/{name}/members`: user names.
+    pub async fn group_members(&self, name: &str) -> Result<Vec<String>, ClientError> {
+        let list: MemberList = self
+            .call::<(), _>(Method::GET, &format!("/v1/groups/{}/members", encode(name)), None)
+            .await?;
+        Ok(list.members)
+    }
+
+    /// `PUT` (add) or `DELETE` (remove) `/v1/groups/{group}/members/{user}`.
+    pub async fn set_member(&self, group: &str, user: &str, member: bool) -> Result<(), ClientError> {
+        let method = if member { Method::PUT } else { Method::DELETE };
+        let path = format!("/v1/groups/{}/members/{}", encode(group), encode(user));
+        self.send::<()>(method, &path, None).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/clients`: the client, and its secret this once.
+    pub async fn create_client(&self, new: &NewClient) -> Result<CreatedClient, ClientError> {
+        self.call(Method::POST, "/v1/clients", Some(new)).await
+    }
+
+    /// `GET /v1/clients/{id}`.
+    pub async fn client(&self, id: &str) -> Result<Client, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/clients/{}", encode(id)), None)
+            .await
+    }
+
+    /// `GET /v1/clients`.
+    pub async fn clients(&self) -> Result<Vec<Client>, ClientError> {
+        let list: ClientList = self.call::<(), _>(Method::GET, "/v1/clients", None).await?;
+        Ok(list.clients)
+    }
+
+    /// `DELETE /v1/clients/{id}`.
+    pub async fn delete_client(&self, id: &str) -> Result<Client, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/clients/{}", encode(id)), None)
+            .await
+    }
+
+    /// `GET /v1/sessions`, of one user (by name) or of everyone.
+    pub async fn sessions(&self, user: Option<&str>) -> Result<Vec<Session>, ClientError> {
+        let path = match user {
+            Some(user) => format!("/v1/sessions?user={}", encode(user)),
+            None => "/v1/sessions".to_owned(),
+        };
+        let list: SessionList = self.call::<(), _>(Method::GET, &path, None).await?;
+        Ok(list.sessions)
+    }
+
+    /// `POST /v1/sessions/{id}/revoke`: the session and its refresh-token families.
+    pub async fn revoke_session(&self, id: &str) -> Result<Session, ClientError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/sessions/{}/revoke", encode(id)), None)
+            .await
+    }
+
+    /// `POST /v1/users/{name}/sessions/revoke`: every session of the user.
+    pub async fn revoke_user_sessions(&self, name: &str) -> Result<RevokedSessions, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/users/{}/sessions/revoke", encode(name)),
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/ca/rotate`.

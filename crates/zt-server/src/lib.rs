@@ -15,7 +15,10 @@ pub mod metrics;
 pub mod witness;
 
 mod admin;
+mod people;
 mod signing;
+
+pub use people::MAX_INVITE_TTL;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -11,10 +11,13 @@ pub mod model;
 
 mod agents;
 mod authorities;
+mod clients;
 mod decisions;
 mod migrate;
+mod people;
 mod policies;
 mod revocations;
+mod sessions;
 mod witness;
 
 use std::path::Path;
@@ -33,11 +36,14 @@ use zt_task::{Reporter, Tasks};
 
 pub use agents::Agent;
 pub use authorities::{AuthorityStep, StoredAuthority};
+pub use clients::{Client, ClientKind, CreatedClient, GrantType, NewClient, RedirectUri};
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
+pub use people::{Group, Invite, NewUser, User};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
+pub use sessions::{Credential, NewCredential, RefreshFamily, Session};
 pub use witness::PinnedSource;
 
 /// The PostgreSQL channel changes are announced on.
@@ -108,6 +114,41 @@ pub enum StoreError {
         /// What is wrong, and at which record.
         reason: String,
     },
+    /// A user, group, client, credential or session field with a value it cannot have.
+    #[error("{field}{}: {reason}", quoted(.value))]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// The value given (empty where it is too large to repeat, or secret).
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such user, group, client, credential or session.
+    #[error("{what} {key:?} not found")]
+    Missing {
+        /// What kind of record.
+        what: &'static str,
+        /// Its name or ID.
+        key: String,
+    },
+    /// A user, group or client with this name exists.
+    #[error("{what} {key:?} already exists")]
+    Duplicate {
+        /// What kind of record.
+        what: &'static str,
+        /// Its name or ID.
+        key: String,
+    },
+    /// The user is disabled: no invite, session or sign-in.
+    #[error("user {0:?} is disabled")]
+    Disabled(String),
+    /// An enrollment invite that is unknown, used or expired.
+    #[error("invite is {0}")]
+    Invite(TokenProblem),
+    /// Hashing or verifying a secret failed.
+    #[error("hashing a secret: {0}")]
+    Hash(String),
     /// Stored data that no longer parses (hand-edited or corrupted).
     #[error("stored {what} {key:?} is corrupt: {reason}")]
     Corrupt {
@@ -120,7 +161,32 @@ pub enum StoreError {
     },
 }
 
-/// Why a join token was refused.
+/// ` "value"`, or nothing for a value not repeated in messages.
+fn quoted(value: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        format!(" {value:?}")
+    }
+}
+
+impl StoreError {
+    pub(crate) fn missing(what: &'static str, key: &str) -> Self {
+        StoreError::Missing {
+            what,
+            key: key.to_owned(),
+        }
+    }
+
+    pub(crate) fn duplicate(what: &'static str, key: &str) -> Self {
+        StoreError::Duplicate {
+            what,
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// Why a join token or an invite was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenProblem {
     /// Never issued here.
@@ -164,7 +230,7 @@ impl Backend {
 pub struct Change {
     /// Position in the feed; strictly increasing.
     pub seq: u64,
-    /// What changed: `entry`, …
+    /// What changed: `entry`, `revocation`, `user`, `group`, `client`, `session`, …
     pub kind: String,
     /// Which record: an entry ID, …
     pub subject: String,

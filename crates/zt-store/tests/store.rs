@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 use zt_identity::SpiffeId;
-use zt_store::{EntrySpec, ModelError, Selector, Store, StoreError, TokenProblem};
+use zt_store::{
+    ClientKind, EntrySpec, GrantType, ModelError, NewClient, NewCredential, NewUser, RedirectUri, Selector,
+    Store, StoreError, TokenProblem,
+};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -79,6 +82,15 @@ on_both_backends!(
     policy_versions_are_immutable_and_announced,
     shipped_decisions_must_continue_their_chain,
     the_witness_pins_a_key_per_source_and_never_goes_back,
+    users_have_a_stable_random_sub,
+    groups_and_their_members,
+    disabling_a_user_revokes_its_sessions_and_families,
+    deleting_a_user_removes_everything_of_theirs,
+    invites_work_once_and_only_for_enabled_users,
+    credentials_are_listed_and_revoked,
+    clients_keep_only_a_hash_of_their_secret,
+    clients_are_checked_before_they_are_stored,
+    people_writes_are_in_the_change_feed,
 );
 
 /// Four chained decision records, as JSON lines of a proxy's log.
@@ -524,4 +536,442 @@ async fn postgres_change_reaches_another_server() {
     eprintln!("change reached the other server after {:?}", started.elapsed());
     let changes = reader.changes_since(0, 10).await.unwrap();
     assert_eq!(changes.last().map(|c| c.subject.clone()), Some(entry.id));
+}
+
+fn new_alice() -> NewUser {
+    NewUser {
+        name: "alice".into(),
+        email: "alice@example.org".into(),
+        display_name: Some("Alice Liddell".into()),
+        groups: vec![],
+    }
+}
+
+fn web_client(kind: ClientKind) -> NewClient {
+    NewClient {
+        client_id: "web".into(),
+        kind,
+        jwks: None,
+        redirect_uris: vec![RedirectUri::parse("https://app.example.org/callback").unwrap()],
+        grant_types: vec![],
+    }
+}
+
+async fn users_have_a_stable_random_sub(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    assert_eq!(alice.sub.len(), 32, "128 bits, hex: {}", alice.sub);
+    assert!(alice.sub.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(!alice.sub.contains("alice"));
+    assert_eq!(alice.display_name, "Alice Liddell");
+    assert!(!alice.disabled);
+    let bob = store
+        .create_user(
+            &NewUser {
+                name: "bob".into(),
+                email: "bob@example.org".into(),
+                ..NewUser::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.display_name, "bob", "the name by default");
+    assert_ne!(alice.sub, bob.sub);
+    assert_eq!(store.user("alice").await.unwrap(), alice);
+    let names: Vec<_> = store.users().await.unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+
+    let err = store.create_user(&new_alice(), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { what: "user", .. }), "{err}");
+    assert_eq!(err.to_string(), r#"user "alice" already exists"#);
+
+    let disabled = store.disable_user("alice", NOW + 1).await.unwrap();
+    assert!(disabled.disabled);
+    assert_eq!(disabled.sub, alice.sub, "the sub never changes");
+    let enabled = store.enable_user("alice", NOW + 2).await.unwrap();
+    assert!(!enabled.disabled);
+    assert_eq!(enabled.updated_at, NOW + 2);
+
+    for (name, email, field) in [
+        ("", "a@b", "name"),
+        ("-lead", "a@b", "name"),
+        ("has space", "a@b", "name"),
+        ("carol", "no-at-sign", "email"),
+        ("carol", "two@@example.org", "email"),
+        ("carol", "@example.org", "email"),
+    ] {
+        let user = NewUser {
+            name: name.into(),
+            email: email.into(),
+            ..NewUser::default()
+        };
+        let err = store.create_user(&user, NOW).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidValue { field: f, .. } if *f == field),
+            "{name} {email}: {err}"
+        );
+    }
+    let err = store.user("nobody").await.unwrap_err();
+    assert_eq!(err.to_string(), r#"user "nobody" not found"#);
+}
+
+async fn groups_and_their_members(store: Store) {
+    store.create_group("admins", NOW).await.unwrap();
+    store.create_group("staff", NOW).await.unwrap();
+    let err = store.create_group("staff", NOW).await.unwrap_err();
+    assert_eq!(err.to_string(), r#"group "staff" already exists"#);
+
+    let mut new = new_alice();
+    new.groups = vec!["staff".into(), "admins".into(), "staff".into()];
+    let alice = store.create_user(&new, NOW).await.unwrap();
+    assert_eq!(alice.groups, ["admins", "staff"]);
+
+    let mut ghost = alice_named("ghost");
+    ghost.groups = vec!["no-such-group".into()];
+    let err = store.create_user(&ghost, NOW).await.unwrap_err();
+    assert_eq!(err.to_string(), r#"group "no-such-group" not found"#);
+    assert!(store.user("ghost").await.is_err(), "nothing half-written");
+
+    store.create_user(&alice_named("bob"), NOW).await.unwrap();
+    store.add_member("staff", "bob", NOW).await.unwrap();
+    store.add_member("staff", "bob", NOW).await.unwrap();
+    assert_eq!(store.group_members("staff").await.unwrap(), ["alice", "bob"]);
+    let counts: Vec<_> = store
+        .groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.name, g.members))
+        .collect();
+    assert_eq!(counts, [("admins".to_owned(), 1), ("staff".to_owned(), 2)]);
+
+    store.remove_member("staff", "alice", NOW).await.unwrap();
+    let err = store.remove_member("staff", "alice", NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert_eq!(store.user("alice").await.unwrap().groups, ["admins"]);
+
+    store.delete_group("admins", NOW).await.unwrap();
+    assert!(store.user("alice").await.unwrap().groups.is_empty());
+    assert!(store.group_members("admins").await.is_err());
+    assert!(store.delete_group("admins", NOW).await.is_err());
+}
+
+fn alice_named(name: &str) -> NewUser {
+    NewUser {
+        name: name.into(),
+        email: format!("{name}@example.org"),
+        ..NewUser::default()
+    }
+}
+
+async fn disabling_a_user_revokes_its_sessions_and_families(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let bob = store.create_user(&alice_named("bob"), NOW).await.unwrap();
+    let first = store
+        .create_session(&alice.sub, NOW + 4 * 3600, NOW)
+        .await
+        .unwrap();
+    let second = store
+        .create_session(&alice.sub, NOW + 4 * 3600, NOW + 1)
+        .await
+        .unwrap();
+    let bobs = store.create_session(&bob.sub, NOW + 4 * 3600, NOW).await.unwrap();
+    store.create_refresh_family(&first.id, "web", NOW).await.unwrap();
+    store.create_refresh_family(&second.id, "cli", NOW).await.unwrap();
+    store.create_refresh_family(&bobs.id, "web", NOW).await.unwrap();
+    let listed: Vec<_> = store
+        .sessions(Some("alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [second.id.clone(), first.id.clone()], "newest first");
+    assert_eq!(store.sessions(None).await.unwrap().len(), 3);
+
+    store.disable_user("alice", NOW + 10).await.unwrap();
+    for session in store.sessions(Some("alice")).await.unwrap() {
+        assert_eq!(session.revoked_at, Some(NOW + 10));
+        assert_eq!(session.revoke_reason.as_deref(), Some("user disabled"));
+        for family in store.refresh_families(&session.id).await.unwrap() {
+            assert_eq!(family.revoked_at, Some(NOW + 10), "{family:?}");
+        }
+    }
+    let err = store
+        .create_session(&alice.sub, NOW + 3600, NOW + 11)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Disabled(_)), "{err}");
+    let err = store
+        .create_refresh_family(&first.id, "web", NOW + 11)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+
+    // Bob's are untouched; revoking one session revokes its families.
+    let family = &store.refresh_families(&bobs.id).await.unwrap()[0];
+    assert_eq!(family.revoked_at, None);
+    let revoked = store
+        .revoke_session(&bobs.id, "operator", NOW + 20)
+        .await
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(NOW + 20));
+    assert_eq!(
+        store.refresh_families(&bobs.id).await.unwrap()[0].revoked_at,
+        Some(NOW + 20)
+    );
+    // Revoking again keeps the first time.
+    let again = store.revoke_session(&bobs.id, "again", NOW + 30).await.unwrap();
+    assert_eq!(again.revoked_at, Some(NOW + 20));
+    assert!(store.revoke_session("nope", "x", NOW).await.is_err());
+
+    let carol = store.create_user(&alice_named("carol"), NOW).await.unwrap();
+    store.create_session(&carol.sub, NOW + 3600, NOW).await.unwrap();
+    store.create_session(&carol.sub, NOW + 3600, NOW).await.unwrap();
+    assert_eq!(
+        store
+            .revoke_user_sessions("carol", "operator", NOW + 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .revoke_user_sessions("carol", "operator", NOW + 2)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn deleting_a_user_removes_everything_of_theirs(store: Store) {
+    store.create_group("staff", NOW).await.unwrap();
+    let mut new = new_alice();
+    new.groups = vec!["staff".into()];
+    let alice = store.create_user(&new, NOW).await.unwrap();
+    let session = store.create_session(&alice.sub, NOW + 3600, NOW).await.unwrap();
+    store
+        .create_refresh_family(&session.id, "web", NOW)
+        .await
+        .unwrap();
+    store
+        .add_credential(&credential(&alice.sub, "cred-1"), NOW)
+        .await
+        .unwrap();
+    let invite = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+
+    let deleted = store.delete_user("alice", NOW).await.unwrap();
+    assert_eq!(deleted.sub, alice.sub);
+    assert!(store.users().await.unwrap().is_empty());
+    assert!(store.sessions(None).await.unwrap().is_empty());
+    assert!(store.refresh_families(&session.id).await.unwrap().is_empty());
+    assert!(store.group_members("staff").await.unwrap().is_empty());
+    let err = store.consume_invite(&invite.token, NOW + 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Unknown)), "{err}");
+    assert!(store.revoke_credential("cred-1", NOW).await.is_err());
+    assert!(store.delete_user("alice", NOW).await.is_err());
+
+    // A new alice is someone else.
+    let again = store.create_user(&new, NOW).await.unwrap();
+    assert_ne!(again.sub, alice.sub);
+}
+
+async fn invites_work_once_and_only_for_enabled_users(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let invite = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+    assert_eq!(invite.expires_at, NOW + 900);
+    assert!(invite.token.len() >= 43, "256 bits, base64url: {}", invite.token);
+    assert_eq!(
+        store.consume_invite(&invite.token, NOW + 1).await.unwrap(),
+        alice.sub
+    );
+    let err = store.consume_invite(&invite.token, NOW + 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Used)), "{err}");
+
+    let late = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+    let err = store.consume_invite(&late.token, NOW + 900).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Expired)), "{err}");
+    let err = store.consume_invite("forged", NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Unknown)), "{err}");
+
+    let pending = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+    store.disable_user("alice", NOW).await.unwrap();
+    let err = store.consume_invite(&pending.token, NOW + 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Disabled(_)), "{err}");
+    let err = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), r#"user "alice" is disabled"#);
+    let err = store
+        .create_invite("nobody", Duration::from_secs(900), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+}
+
+fn credential(sub: &str, id: &str) -> NewCredential {
+    NewCredential {
+        id: id.into(),
+        sub: sub.into(),
+        public_key: "{}".into(),
+        aaguid: "00000000-0000-0000-0000-000000000000".into(),
+        sign_count: 0,
+        backup_eligible: true,
+        backed_up: false,
+    }
+}
+
+async fn credentials_are_listed_and_revoked(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    assert!(store.credentials("alice").await.unwrap().is_empty());
+    store
+        .add_credential(&credential(&alice.sub, "cred-1"), NOW)
+        .await
+        .unwrap();
+    store
+        .add_credential(&credential(&alice.sub, "cred-2"), NOW + 1)
+        .await
+        .unwrap();
+    let err = store
+        .add_credential(&credential(&alice.sub, "cred-1"), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+    let err = store
+        .add_credential(&credential("no-such-sub", "cred-3"), NOW)
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, StoreError::Duplicate { .. }), "{err}");
+
+    let listed = store.credentials("alice").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].user, "alice");
+    assert!(listed[0].backup_eligible && !listed[0].backed_up);
+    let revoked = store.revoke_credential("cred-1", NOW + 5).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(NOW + 5));
+    let again = store.revoke_credential("cred-1", NOW + 6).await.unwrap();
+    assert_eq!(again.revoked_at, Some(NOW + 5), "the first revocation stands");
+    assert_eq!(store.credentials("alice").await.unwrap()[1].revoked_at, None);
+    assert!(store.credentials("nobody").await.is_err());
+}
+
+async fn clients_keep_only_a_hash_of_their_secret(store: Store) {
+    let created = store
+        .create_client(&web_client(ClientKind::Secret), NOW)
+        .await
+        .unwrap();
+    let secret = created.secret.unwrap();
+    assert!(secret.len() >= 43, "256 bits, base64url: {secret}");
+    assert_eq!(
+        created.client.grant_types,
+        [GrantType::AuthorizationCode, GrantType::RefreshToken]
+    );
+    assert!(store.verify_client_secret("web", &secret).await.unwrap());
+    assert!(!store.verify_client_secret("web", "wrong").await.unwrap());
+    assert!(!store.verify_client_secret("nobody", &secret).await.unwrap());
+    assert_eq!(store.client("web").await.unwrap(), created.client);
+    let err = store
+        .create_client(&web_client(ClientKind::Public), NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), r#"client "web" already exists"#);
+
+    let mut public = web_client(ClientKind::Public);
+    public.client_id = "spa".into();
+    let public = store.create_client(&public, NOW).await.unwrap();
+    assert!(public.secret.is_none());
+    assert!(!store.verify_client_secret("spa", "").await.unwrap());
+    let ids: Vec<_> = store
+        .clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect();
+    assert_eq!(ids, ["spa", "web"]);
+
+    store.delete_client("web", NOW).await.unwrap();
+    assert!(!store.verify_client_secret("web", &secret).await.unwrap());
+    assert!(store.client("web").await.is_err());
+}
+
+async fn clients_are_checked_before_they_are_stored(store: Store) {
+    let mut jwt = web_client(ClientKind::PrivateKeyJwt);
+    let err = store.create_client(&jwt, NOW).await.unwrap_err();
+    assert!(err.to_string().contains("needs its JWK Set"), "{err}");
+    jwt.jwks = Some(r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"abc"}]}"#.into());
+    let created = store.create_client(&jwt, NOW).await.unwrap();
+    assert!(created.secret.is_none());
+    assert!(created.client.jwks.is_some());
+
+    let mut public = web_client(ClientKind::Public);
+    public.client_id = "cli".into();
+    public.grant_types = vec![GrantType::ClientCredentials];
+    let err = store.create_client(&public, NOW).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("public client cannot use client_credentials"),
+        "{err}"
+    );
+
+    let mut nowhere = web_client(ClientKind::Secret);
+    nowhere.client_id = "svc".into();
+    nowhere.redirect_uris.clear();
+    let err = store.create_client(&nowhere, NOW).await.unwrap_err();
+    assert!(err.to_string().contains("at least one redirect URI"), "{err}");
+    nowhere.grant_types = vec![GrantType::ClientCredentials];
+    store.create_client(&nowhere, NOW).await.unwrap();
+
+    let mut bad_id = web_client(ClientKind::Public);
+    bad_id.client_id = "has space".into();
+    assert!(store.create_client(&bad_id, NOW).await.is_err());
+    assert_eq!(store.clients().await.unwrap().len(), 2);
+}
+
+async fn people_writes_are_in_the_change_feed(store: Store) {
+    let start = store.latest_change().await.unwrap();
+    store.create_group("staff", NOW).await.unwrap();
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let session = store.create_session(&alice.sub, NOW + 3600, NOW).await.unwrap();
+    store.disable_user("alice", NOW).await.unwrap();
+    store
+        .create_client(&web_client(ClientKind::Public), NOW)
+        .await
+        .unwrap();
+    let kinds: Vec<_> = store
+        .changes_since(start, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.subject))
+        .collect();
+    let expected = [
+        ("group", "staff"),
+        ("user", alice.sub.as_str()),
+        ("session", session.id.as_str()),
+        ("session", session.id.as_str()),
+        ("user", alice.sub.as_str()),
+        ("client", "web"),
+    ];
+    assert_eq!(
+        kinds,
+        expected.map(|(k, s)| (k.to_owned(), s.to_owned())).to_vec()
+    );
+    // A refused write records nothing.
+    let before = store.latest_change().await.unwrap();
+    assert!(store.create_group("staff", NOW).await.is_err());
+    assert_eq!(store.latest_change().await.unwrap(), before);
 }

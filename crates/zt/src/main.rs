@@ -53,14 +53,18 @@ use cmd::analyze::AnalyzeArgs;
 use cmd::audit::{AuditCommand, AuditKeyCommand};
 use cmd::bench::BenchCommand;
 use cmd::ca::CaCommand;
+use cmd::client::ClientCommand;
 use cmd::entry::{AuthorityCommand, BundleCommand, EntryCommand, RevokeArgs, TokenCommand, X509Command};
+use cmd::group::GroupCommand;
 use cmd::id::IdCommand;
 use cmd::pdp::PdpCommand;
 use cmd::policy::PolicyCommand;
 use cmd::proxy::ProxyArgs;
 use cmd::server::ServerArgs;
+use cmd::session::SessionCommand;
 use cmd::svid::SvidCommand;
 use cmd::up::{UpArgs, UpDirArgs};
+use cmd::user::{CredentialCommand, UserCommand};
 
 /// Zero trust in one binary: workload identity (SPIFFE), mTLS and policy.
 #[derive(Parser)]
@@ -103,6 +107,18 @@ enum Command {
     X509(X509Command),
     /// Revoke SVIDs at once: one by serial, or every SVID of a SPIFFE ID issued until now.
     Revoke(RevokeArgs),
+    /// People: users, their invites and credentials (through the admin socket).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Groups of users and their members.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// OAuth clients of zt server: secrets, private_key_jwt or public with PKCE; exact redirect URIs.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// People's sign-in sessions: list, revoke (with their refresh tokens).
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
     Proxy(Box<ProxyArgs>),
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
@@ -216,6 +232,33 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::up::status(args),
         Command::Down(args) => cmd::up::down(args),
         Command::Revoke(args) => cmd::entry::revoke(args),
+        Command::User(command) => match command {
+            UserCommand::Add(args) => cmd::user::add(args),
+            UserCommand::Show(args) => cmd::user::show(args),
+            UserCommand::List(args) => cmd::user::list(args),
+            UserCommand::Disable(args) => cmd::user::set_disabled(args, true),
+            UserCommand::Enable(args) => cmd::user::set_disabled(args, false),
+            UserCommand::Delete(args) => cmd::user::delete(args),
+            UserCommand::Invite(args) => cmd::user::invite(args),
+            UserCommand::Credentials(args) => cmd::user::credentials(args),
+            UserCommand::Credential(CredentialCommand::Revoke(args)) => cmd::user::revoke_credential(args),
+        },
+        Command::Group(command) => match command {
+            GroupCommand::Add(args) => cmd::group::add(args),
+            GroupCommand::List(args) => cmd::group::list(args),
+            GroupCommand::Delete(args) => cmd::group::delete(args),
+            GroupCommand::Members(args) => cmd::group::members(args),
+            GroupCommand::AddMember(args) => cmd::group::set_member(args, true),
+            GroupCommand::RemoveMember(args) => cmd::group::set_member(args, false),
+        },
+        Command::Client(command) => match command {
+            ClientCommand::Add(args) => cmd::client::add(args),
+            ClientCommand::List(args) => cmd::client::list(args),
+            ClientCommand::Show(args) => cmd::client::show(args),
+            ClientCommand::Delete(args) => cmd::client::delete(args),
+        },
+        Command::Session(SessionCommand::List(args)) => cmd::session::list(args),
+        Command::Session(SessionCommand::Revoke(args)) => cmd::session::revoke(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),

@@ -8,15 +8,19 @@ pub mod args;
 pub mod audit;
 pub mod bench;
 pub mod ca;
+pub mod client;
 pub mod entry;
+pub mod group;
 pub mod id;
 pub mod pdp;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod session;
 pub mod svid;
 pub mod traffic;
 pub mod up;
+pub mod user;
 
 use std::path::Path;
 

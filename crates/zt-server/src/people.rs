@@ -1,0 +1,323 @@
+//! The admin API's routes for people: users, groups and their members,
+//! enrollment invites, credentials, sessions and OAuth clients. Secrets made
+//! here (invites, client secrets) are in the answer once and in no log.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use zt_store::{NewClient, NewUser};
+
+use crate::admin::{AdminState, ApiError, ApiResult, json, store_error};
+use crate::api::{
+    ClientList, CreateInvite, CredentialList, GroupList, MemberList, NewGroup, RevokedSessions,
+    SessionFilter, SessionList, UserList,
+};
+use crate::now;
+
+/// Longest invite validity accepted: one day. An invite is a bearer credential
+/// for a first passkey; the default is 15 minutes.
+pub const MAX_INVITE_TTL: u64 = 24 * 3600;
+
+/// Why an operator's revocation happened, for the record.
+const OPERATOR: &str = "revoked by an operator";
+
+/// The people routes, merged into the admin router.
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/v1/users", post(create_user).get(list_users))
+        .route("/v1/users/{name}", get(show_user).delete(delete_user))
+        .route("/v1/users/{name}/disable", post(disable_user))
+        .route("/v1/users/{name}/enable", post(enable_user))
+        .route("/v1/users/{name}/invites", post(create_invite))
+        .route("/v1/users/{name}/credentials", get(list_credentials))
+        .route("/v1/users/{name}/sessions/revoke", post(revoke_user_sessions))
+        .route("/v1/credentials/{id}/revoke", post(revoke_credential))
+        .route("/v1/groups", post(create_group).get(list_groups))
+        .route("/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route("/v1/groups/{name}/members", get(list_members))
+        .route(
+            "/v1/groups/{name}/members/{user}",
+            put(add_member).delete(remove_member),
+        )
+        .route("/v1/clients", post(create_client).get(list_clients))
+        .route("/v1/clients/{id}", get(show_client).delete(delete_client))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}/revoke", post(revoke_session))
+}
+
+async fn create_user(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let new: NewUser = json(&body)?;
+    let user = state
+        .store
+        .create_user(&new, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user created");
+    Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+async fn list_users(State(state): State<AdminState>) -> ApiResult<axum::Json<UserList>> {
+    let users = state
+        .store
+        .users()
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(UserList { users }))
+}
+
+async fn show_user(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .store
+        .user(&name)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(user))
+}
+
+async fn delete_user(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .store
+        .delete_user(&name, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user deleted");
+    Ok(axum::Json(user))
+}
+
+async fn disable_user(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .store
+        .disable_user(&name, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user disabled; sessions revoked");
+    Ok(axum::Json(user))
+}
+
+async fn enable_user(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .store
+        .enable_user(&name, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user enabled");
+    Ok(axum::Json(user))
+}
+
+async fn create_invite(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let request: CreateInvite = json(&body)?;
+    if request.ttl_secs == 0 || request.ttl_secs > MAX_INVITE_TTL {
+        return Err(ApiError::bad_request(format!(
+            "ttl {}s is not between 1s and {MAX_INVITE_TTL}s ({}h)",
+            request.ttl_secs,
+            MAX_INVITE_TTL / 3600
+        )));
+    }
+    let invite = state
+        .store
+        .create_invite(&name, Duration::from_secs(request.ttl_secs), now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %name, expires_at = invite.expires_at, "invite created");
+    Ok((StatusCode::CREATED, axum::Json(invite)))
+}
+
+async fn list_credentials(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<axum::Json<CredentialList>> {
+    let credentials = state
+        .store
+        .credentials(&name)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(CredentialList { credentials }))
+}
+
+async fn revoke_credential(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let credential = state
+        .store
+        .revoke_credential(&id, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", credential = %credential.id, user = %credential.user, "credential revoked");
+    Ok(axum::Json(credential))
+}
+
+async fn create_group(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: NewGroup = json(&body)?;
+    let group = state
+        .store
+        .create_group(&request.name, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", group = %group.name, "group created");
+    Ok((StatusCode::CREATED, axum::Json(group)))
+}
+
+async fn list_groups(State(state): State<AdminState>) -> ApiResult<axum::Json<GroupList>> {
+    let groups = state
+        .store
+        .groups()
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(GroupList { groups }))
+}
+
+async fn delete_group(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .delete_group(&name, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", group = %name, "group deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_members(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<axum::Json<MemberList>> {
+    let members = state
+        .store
+        .group_members(&name)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(MemberList { group: name, members }))
+}
+
+async fn add_member(
+    State(state): State<AdminState>,
+    UrlPath((group, user)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .add_member(&group, &user, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", %group, %user, "member added");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    State(state): State<AdminState>,
+    UrlPath((group, user)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .remove_member(&group, &user, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", %group, %user, "member removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_client(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let new: NewClient = json(&body)?;
+    let created = state
+        .store
+        .create_client(&new, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", client = %created.client.client_id, kind = ?created.client.kind, "client created");
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+async fn list_clients(State(state): State<AdminState>) -> ApiResult<axum::Json<ClientList>> {
+    let clients = state
+        .store
+        .clients()
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(ClientList { clients }))
+}
+
+async fn show_client(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let client = state
+        .store
+        .client(&id)
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(client))
+}
+
+async fn delete_client(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let client = state
+        .store
+        .delete_client(&id, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", client = %client.client_id, "client deleted");
+    Ok(axum::Json(client))
+}
+
+async fn list_sessions(
+    State(state): State<AdminState>,
+    Query(filter): Query<SessionFilter>,
+) -> ApiResult<axum::Json<SessionList>> {
+    let sessions = state
+        .store
+        .sessions(filter.user.as_deref())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    Ok(axum::Json(SessionList { sessions }))
+}
+
+async fn revoke_session(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let session = state
+        .store
+        .revoke_session(&id, OPERATOR, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", session = %session.id, user = %session.user, "session revoked");
+    Ok(axum::Json(session))
+}
+
+async fn revoke_user_sessions(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<axum::Json<RevokedSessions>> {
+    let revoked = state
+        .store
+        .revoke_user_sessions(&name, OPERATOR, now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    tracing::info!(target: "zt::audit", user = %name, revoked, "sessions revoked");
+    Ok(axum::Json(RevokedSessions { user: name, revoked }))
+}
