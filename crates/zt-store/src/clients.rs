@@ -403,7 +403,7 @@ impl Store {
                 reason: e.to_string(),
             })
         };
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO oauth_clients (client_id, kind, secret_hash, jwks, redirect_uris, grant_types, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -456,7 +456,7 @@ impl Store {
     /// to it are revoked in the same transaction.
     pub async fn delete_client(&self, client_id: &str, now: u64) -> Result<Client, StoreError> {
         let client = self.client(client_id).await?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM oauth_clients WHERE client_id = $1")
             .bind(client_id)
             .execute(&mut *tx)

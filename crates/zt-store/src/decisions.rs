@@ -21,15 +21,7 @@ impl Store {
             source_id: source.to_owned(),
             reason,
         };
-        let mut tx = self.pool().begin().await?;
-        if self.backend() == crate::Backend::Sqlite {
-            // Take SQLite's write lock first: a transaction that reads and then
-            // writes is refused at once (SQLITE_BUSY, no waiting) when another
-            // wrote meanwhile; one that writes first waits its turn.
-            sqlx::query("UPDATE decisions SET seq = seq WHERE 1 = 0")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_write().await?;
         let last = sqlx::query("SELECT seq, hash FROM decisions WHERE source = $1 ORDER BY seq DESC LIMIT 1")
             .bind(source)
             .fetch_optional(&mut *tx)

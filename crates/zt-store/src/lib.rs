@@ -348,6 +348,21 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock first: a
+    /// transaction that reads and then writes is refused at once ("database
+    /// is locked", no waiting) when another connection wrote meanwhile, or
+    /// still holds the lock while its rollback is on its way; one that writes
+    /// first waits its turn (`busy_timeout`).
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend() == Backend::Sqlite {
+            sqlx::query("UPDATE changes SET seq = seq WHERE 1 = 0")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// Wakes this process's watchers after a commit.
     pub(crate) fn notify_local(&self) {
         self.changed.send_replace(());

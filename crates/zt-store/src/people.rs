@@ -141,7 +141,7 @@ impl Store {
         let display_name = new.display_name.clone().unwrap_or_else(|| new.name.clone());
         check_display_name(&display_name)?;
         let sub = random_id()?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO users (sub, name, display_name, email, disabled_at, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, NULL, $5, $5)",
@@ -224,7 +224,7 @@ impl Store {
     /// Disables a user: in the same transaction, every session of theirs and
     /// every refresh-token family of those sessions is revoked.
     pub async fn disable_user(&self, name: &str, now: u64) -> Result<User, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sub = sub_of(&mut tx, name).await?;
         sqlx::query(
             "UPDATE users SET disabled_at = $1, updated_at = $1 WHERE sub = $2 AND disabled_at IS NULL",
@@ -243,7 +243,7 @@ impl Store {
 
     /// Enables a disabled user. Sessions revoked when it was disabled stay revoked.
     pub async fn enable_user(&self, name: &str, now: u64) -> Result<User, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sub = sub_of(&mut tx, name).await?;
         sqlx::query(
             "UPDATE users SET disabled_at = NULL, updated_at = $1 WHERE sub = $2 AND disabled_at IS NOT NULL",
@@ -262,7 +262,7 @@ impl Store {
     /// sessions, refresh-token families, invites. Returns what the user was.
     pub async fn delete_user(&self, name: &str, now: u64) -> Result<User, StoreError> {
         let user = self.user(name).await?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE sub = $1")
             .bind(&user.sub)
             .execute(&mut *tx)
@@ -279,7 +279,7 @@ impl Store {
     /// Creates an empty group.
     pub async fn create_group(&self, name: &str, now: u64) -> Result<Group, StoreError> {
         check_name("group", name)?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query("INSERT INTO user_groups (name, created_at) VALUES ($1, $2)")
             .bind(name)
             .bind(to_i64(now))
@@ -321,7 +321,7 @@ impl Store {
 
     /// Deletes a group; its members lose the membership, nothing else.
     pub async fn delete_group(&self, name: &str, now: u64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM user_groups WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -359,7 +359,7 @@ impl Store {
 
     /// Adds a user to a group; adding a member again changes nothing.
     pub async fn add_member(&self, group: &str, user: &str, now: u64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sub = sub_of(&mut tx, user).await?;
         let already = sqlx::query("SELECT sub FROM group_members WHERE group_name = $1 AND sub = $2")
             .bind(group)
@@ -377,7 +377,7 @@ impl Store {
 
     /// Removes a user from a group; refused if the user is not a member.
     pub async fn remove_member(&self, group: &str, user: &str, now: u64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sub = sub_of(&mut tx, user).await?;
         let removed = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND sub = $2")
             .bind(group)
@@ -398,7 +398,7 @@ impl Store {
     pub async fn create_invite(&self, user: &str, ttl: Duration, now: u64) -> Result<Invite, StoreError> {
         let token = random_token()?;
         let expires_at = now.saturating_add(ttl.as_secs());
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT sub, disabled_at FROM users WHERE name = $1")
             .bind(user)
             .fetch_optional(&mut *tx)
@@ -431,7 +431,7 @@ impl Store {
     /// returns the user's `sub`.
     pub async fn consume_invite(&self, token: &str, now: u64) -> Result<String, StoreError> {
         let hash = sha256_hex(token);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let used = sqlx::query(
             "UPDATE invites SET used_at = $1 WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at > $1 \
              AND sub IN (SELECT sub FROM users WHERE disabled_at IS NULL)",

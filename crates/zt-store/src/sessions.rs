@@ -96,7 +96,7 @@ impl Store {
         credential: &NewCredential,
         now: u64,
     ) -> Result<Credential, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO credentials (id, sub, public_key, aaguid, sign_count, backup_eligible, backed_up, \
              created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
@@ -147,7 +147,7 @@ impl Store {
 
     /// Revokes a credential: it can no longer sign in. Revoking again keeps the first time.
     pub async fn revoke_credential(&self, id: &str, now: u64) -> Result<Credential, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(to_i64(now))
             .bind(id)
@@ -170,7 +170,7 @@ impl Store {
     /// Opens a session for the user with this `sub`, ending at `expires_at`.
     pub async fn create_session(&self, sub: &str, expires_at: u64, now: u64) -> Result<Session, StoreError> {
         let id = random_id()?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let user = sqlx::query("SELECT name, disabled_at FROM users WHERE sub = $1")
             .bind(sub)
             .fetch_optional(&mut *tx)
@@ -221,7 +221,7 @@ impl Store {
 
     /// Revokes one session and its refresh-token families.
     pub async fn revoke_session(&self, id: &str, reason: &str, now: u64) -> Result<Session, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
         )
@@ -248,7 +248,7 @@ impl Store {
     /// Revokes every session of a user (by name) and their families; returns
     /// how many sessions were still open.
     pub async fn revoke_user_sessions(&self, user: &str, reason: &str, now: u64) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let sub = sub_of(&mut tx, user).await?;
         let revoked = self.revoke_sessions_of(&mut tx, &sub, reason, now).await?;
         tx.commit().await?;
@@ -300,7 +300,7 @@ impl Store {
         now: u64,
     ) -> Result<RefreshFamily, StoreError> {
         let id = random_id()?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let open =
             sqlx::query("SELECT id FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2")
                 .bind(session_id)
