@@ -598,3 +598,51 @@ fn from_zt_server_policies_entries_bundle_and_decisions() {
     );
     assert_eq!(report["inputs"]["decisions"]["records"], json!(0));
 }
+
+/// `--fail-on` gates CI: the report is printed either way, and the exit code
+/// says whether a finding is at least that severe.
+#[test]
+fn fail_on_turns_findings_into_an_exit_code() {
+    let (policies, workloads) = (fixture("policies"), fixture("workloads.yaml"));
+    let base = [
+        "analyze",
+        "--policies",
+        arg(&policies),
+        "--workloads",
+        arg(&workloads),
+    ];
+    let failed = zt(&[&base[..], &["--fail-on", "critical"]].concat());
+    assert_eq!(failed.status.code(), Some(1), "{}", describe(&failed));
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        stdout.contains("CRITICAL"),
+        "the report is printed: {}",
+        describe(&failed)
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("at CRITICAL or worse (--fail-on)"),
+        "{}",
+        describe(&failed)
+    );
+    // The tightened set has no critical finding, but two high ones.
+    let tightened = fixture("policies-tightened");
+    let gate = |level: &str| {
+        zt(&[
+            "analyze",
+            "--policies",
+            arg(&tightened),
+            "--workloads",
+            arg(&workloads),
+            "--fail-on",
+            level,
+        ])
+    };
+    let passed = gate("critical");
+    assert!(passed.status.success(), "{}", describe(&passed));
+    let failed = gate("high");
+    assert_eq!(failed.status.code(), Some(1), "{}", describe(&failed));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("2 finding(s) at HIGH or worse"));
+    let bad = zt(&[&base[..], &["--fail-on", "severe"]].concat());
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+}

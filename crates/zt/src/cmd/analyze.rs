@@ -64,6 +64,30 @@ pub(crate) struct AnalyzeArgs {
     /// Also write the report as one self-contained HTML page (mode 0644).
     #[arg(long)]
     pub(crate) html: Option<PathBuf>,
+    /// Exit 1 (after the report) when a finding is at least this severe: a gate for CI.
+    #[arg(long, value_enum)]
+    pub(crate) fail_on: Option<FailOn>,
+}
+
+/// The least severe finding that fails `--fail-on`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum FailOn {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+impl FailOn {
+    fn severity(self) -> zt_analyze::findings::Severity {
+        use zt_analyze::findings::Severity;
+        match self {
+            FailOn::Critical => Severity::Critical,
+            FailOn::High => Severity::High,
+            FailOn::Medium => Severity::Medium,
+            FailOn::Low => Severity::Low,
+        }
+    }
 }
 
 /// `zt analyze`: the report on standard output, and as HTML with `--html`.
@@ -164,6 +188,21 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         zt_fs::write_atomically(&[(file.clone(), page.into_bytes(), 0o644)])
             .with_context(|| format!("--html {}", file.display()))?;
         eprintln!("wrote {}", file.display());
+    }
+    if let Some(fail_on) = args.fail_on {
+        // Severities order from the worst: Critical < High < Medium < Low.
+        let failing = report
+            .findings
+            .iter()
+            .filter(|f| f.severity <= fail_on.severity())
+            .count();
+        if failing > 0 {
+            eprintln!(
+                "zt analyze: {failing} finding(s) at {} or worse (--fail-on)",
+                fail_on.severity()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
