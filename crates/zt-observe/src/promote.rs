@@ -124,11 +124,26 @@ pub fn describe(flow: &Flow) -> String {
     format!("{what} from {caller} to {}", flow.destination)
 }
 
+/// Why a policy's document could not be promoted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    /// The document has no `istio.io/dry-run` line of its own to remove (it is
+    /// written in a form this edit does not change, e.g. a flow mapping).
+    #[error(
+        "line {line}: the document has no {} annotation line of its own",
+        zt_policy::policy::DRY_RUN_ANNOTATION
+    )]
+    NoAnnotationLine {
+        /// The line the document starts on.
+        line: usize,
+    },
+}
+
 /// The file's text with the dry-run annotation removed from the document that
 /// starts on line `line` (1-based, as [`zt_policy::policy::Origin`] counts),
 /// and `annotations:` too if nothing else is left under it. An error when the
 /// document has no such annotation as a plain line of its own.
-pub fn remove_dry_run(text: &str, line: usize) -> Result<String, String> {
+pub fn remove_dry_run(text: &str, line: usize) -> Result<String, PromoteError> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let start = line.saturating_sub(1);
     let end = lines
@@ -145,12 +160,7 @@ pub fn remove_dry_run(text: &str, line: usize) -> Result<String, String> {
     let indent = |l: &str| l.len() - l.trim_start().len();
     let at = (start..end)
         .find(|&i| key_of(lines[i]).as_deref() == Some(zt_policy::policy::DRY_RUN_ANNOTATION))
-        .ok_or_else(|| {
-            format!(
-                "line {line}: the document has no {} annotation line",
-                zt_policy::policy::DRY_RUN_ANNOTATION
-            )
-        })?;
+        .ok_or(PromoteError::NoAnnotationLine { line })?;
     let mut remove = vec![at];
     // The generator's note that the policy is dry-run goes with the annotation.
     remove.extend((start..end).filter(|&i| lines[i].trim_end() == crate::generate::DRY_RUN_COMMENT));
