@@ -61,7 +61,8 @@ pub struct Excluded {
     /// Destinations without an `app` label, or whose names cannot name a
     /// policy: no selector could pick exactly them.
     pub unselectable: BTreeMap<String, Seen>,
-    /// `(destination, path, why)`: paths a policy cannot match as they are.
+    /// `(destination, path, why)`: paths a policy cannot match as they are
+    /// (and records without the port or path a rule would need).
     pub unusable_paths: BTreeMap<(String, String, &'static str), Seen>,
 }
 
@@ -161,12 +162,26 @@ pub fn generate(traffic: &Traffic, options: &Options) -> Generated {
             .entry(caller.clone())
             .or_default();
         if !flow.http {
-            if let Some(port) = flow.port {
-                merge(&mut rule.ports, port, seen);
+            match flow.port {
+                Some(port) => merge(&mut rule.ports, port, seen),
+                None => {
+                    let key = (
+                        flow.destination.clone(),
+                        "(TCP)".to_owned(),
+                        "a connection without a port",
+                    );
+                    merge(&mut excluded.unusable_paths, key, seen);
+                }
             }
             continue;
         }
         let (Some(method), Some(path)) = (&flow.method, &flow.path) else {
+            let key = (
+                flow.destination.clone(),
+                "(HTTP)".to_owned(),
+                "a request without a method or path",
+            );
+            merge(&mut excluded.unusable_paths, key, seen);
             continue;
         };
         if let Some(why) = paths::unusable(path) {
@@ -512,9 +527,13 @@ mod tests {
         let mut refused = record(1, Some(ADMIN), "shop/cart", "GET", "/x");
         refused.decision = "DENY".into();
         refused.mode = "enforce".into();
+        let mut portless = record(1, Some(FRONTEND), "shop/cart", "", "");
+        portless.protocol = "tcp".into();
+        portless.port = None;
         let records = vec![
             denied,
             refused,
+            portless,
             record(1, Some(FRONTEND), "shop", "GET", "/no-app-label"),
             record(1, Some(FRONTEND), "shop/cart", "GET", "/a{b}"),
             record(1, Some(FRONTEND), "shop/cart", "GET", "/rare"),
@@ -530,7 +549,13 @@ mod tests {
         assert_eq!(excluded.denied_by_policy.len(), 1);
         assert_eq!(excluded.refused.len(), 1);
         assert_eq!(excluded.unselectable.keys().collect::<Vec<_>>(), ["shop"]);
-        assert_eq!(excluded.unusable_paths.len(), 1);
+        assert_eq!(excluded.unusable_paths.len(), 2, "{:?}", excluded.unusable_paths);
+        assert!(
+            excluded
+                .unusable_paths
+                .keys()
+                .any(|k| k.2 == "a connection without a port")
+        );
         assert_eq!(
             excluded
                 .below_min_count
