@@ -45,7 +45,7 @@ impl Store {
             key: id.clone(),
             reason: e.to_string(),
         })?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(&id)
             .execute(&mut *tx)
@@ -153,7 +153,7 @@ impl Store {
             .agent(spiffe_id)
             .await?
             .ok_or_else(|| StoreError::UnknownAgent(spiffe_id.to_owned()))?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         if ban {
             // Keep the row so that attestation can refuse it; clear the serial so no SVID passes.
             sqlx::query("UPDATE agents SET banned = 1, serial = '' WHERE spiffe_id = $1")

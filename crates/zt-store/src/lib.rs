@@ -405,7 +405,7 @@ impl Store {
 
     /// Stores a new entry.
     pub async fn create_entry(&self, spec: EntrySpec, now: u64) -> Result<Entry, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let entry = self.insert_entry(&mut tx, spec, now).await?;
         tx.commit().await?;
         self.notify_local();
@@ -414,7 +414,7 @@ impl Store {
 
     /// Stores many new entries in one transaction (an import): all or none.
     pub async fn import_entries(&self, specs: Vec<EntrySpec>, now: u64) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let count = specs.len();
         for spec in specs {
             self.insert_entry(&mut tx, spec, now).await?;
@@ -510,7 +510,7 @@ impl Store {
         now: u64,
     ) -> Result<Entry, StoreError> {
         let spec = spec.normalize()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, spec = $4, \
              revision = revision + 1, updated_at = $5 WHERE id = $6 AND revision = $7",
@@ -558,7 +558,7 @@ impl Store {
 
     /// Deletes the entry and returns what it was.
     pub async fn delete_entry(&self, id: &str, now: u64) -> Result<Entry, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT id, spec, revision, created_at, updated_at FROM entries WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)

@@ -59,7 +59,7 @@ impl Store {
     ) -> Result<(PolicyVersion, bool), StoreError> {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let digest = policy_digest(&files);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let latest = sqlx::query("SELECT version, digest FROM policy_versions ORDER BY version DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

@@ -86,7 +86,7 @@ impl Store {
         revocation: &Revocation,
         now: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         // Revoking again moves the cutoff forward; it never un-revokes.
         sqlx::query("DELETE FROM revocations WHERE id = $1")
             .bind(key)

@@ -82,7 +82,7 @@ impl Store {
     /// witnessed), so that the next key it presents is pinned: an operator's
     /// act when a workload's log key changed. Returns the key forgotten.
     pub async fn forget_source_key(&self, source: &str) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let pinned: Option<(String,)> =
             sqlx::query_as("SELECT verifier_key FROM witnessed_logs WHERE source = $1")
                 .bind(source)
