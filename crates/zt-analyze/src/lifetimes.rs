@@ -115,18 +115,44 @@ fn stats(ttls: &[(&str, u64)], limit: u64) -> Option<Stats> {
     })
 }
 
+/// Why a bundle's CA certificates could not be read: which one (from 0), and
+/// how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// A block is not PEM.
+    #[error("certificate {index}: not PEM: {reason}")]
+    NotPem {
+        /// Its position.
+        index: usize,
+        /// The parser's words.
+        reason: String,
+    },
+    /// A certificate block is not X.509.
+    #[error("certificate {index}: not X.509: {reason}")]
+    NotX509 {
+        /// Its position.
+        index: usize,
+        /// The parser's words.
+        reason: String,
+    },
+}
+
 /// The CA certificates of a PEM bundle, with their validity; the error names
 /// the certificate that did not parse.
-pub fn ca_lifetimes(pem: &[u8]) -> Result<Vec<CaLifetime>, String> {
+pub fn ca_lifetimes(pem: &[u8]) -> Result<Vec<CaLifetime>, BundleError> {
     let mut found = Vec::new();
     for (i, block) in x509_parser::pem::Pem::iter_from_buffer(pem).enumerate() {
-        let block = block.map_err(|e| format!("certificate {i}: not PEM: {e}"))?;
+        let block = block.map_err(|e| BundleError::NotPem {
+            index: i,
+            reason: e.to_string(),
+        })?;
         if block.label != "CERTIFICATE" {
             continue;
         }
-        let cert = block
-            .parse_x509()
-            .map_err(|e| format!("certificate {i}: not X.509: {e}"))?;
+        let cert = block.parse_x509().map_err(|e| BundleError::NotX509 {
+            index: i,
+            reason: e.to_string(),
+        })?;
         let validity = cert.validity();
         let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
         found.push(CaLifetime {

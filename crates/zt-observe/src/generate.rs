@@ -226,6 +226,67 @@ pub fn generate(traffic: &Traffic, options: &Options) -> Generated {
     generated
 }
 
+/// Why generated policies fail their own check: either is a bug in the
+/// generator, never a property of the traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The generated text does not load.
+    #[error("the generated policies do not load: {0}")]
+    Unloadable(zt_policy::LoadError),
+    /// A request a rule was made from is not allowed by the policies.
+    #[error("the generated policies do not allow an observed request ({0})")]
+    NotAllowed(String),
+}
+
+/// Checks `generated` against the traffic it was made from: every served
+/// request of a verified caller that went into a rule must be allowed by the
+/// generated policies alone (their shadow decision: they may be dry-run).
+/// Callers left out because one of their paths was too rare are not checked.
+pub fn check(generated: &Generated, traffic: &Traffic) -> Result<(), CheckError> {
+    let sources: Vec<zt_policy::load::Source> = generated
+        .files
+        .iter()
+        .map(|f| zt_policy::load::Source {
+            name: f.path.clone(),
+            text: f.text.clone(),
+        })
+        .collect();
+    let set = zt_policy::PolicySet::new(
+        zt_policy::load::parse(&sources).map_err(CheckError::Unloadable)?,
+        zt_policy::DEFAULT_ROOT_NAMESPACE,
+    );
+    let excluded = &generated.excluded;
+    let rare: std::collections::HashSet<(&str, &str)> = excluded
+        .below_min_count
+        .keys()
+        .map(|(destination, caller, _)| (destination.as_str(), caller.as_str()))
+        .collect();
+    // The policies of each destination, chosen once.
+    let mut by_destination: std::collections::HashMap<String, zt_policy::WorkloadPolicies> =
+        std::collections::HashMap::new();
+    for (flow, _) in traffic.each_flow() {
+        let Caller::Principal(caller) = &flow.caller else {
+            continue;
+        };
+        let left_out = !flow.outcome.served()
+            || excluded.unselectable.contains_key(&flow.destination)
+            || flow.path.as_deref().is_some_and(|p| paths::unusable(p).is_some())
+            || rare.contains(&(flow.destination.as_str(), caller.as_str()));
+        if left_out {
+            continue;
+        }
+        let request = flow.request();
+        let policies = by_destination
+            .entry(flow.destination.clone())
+            .or_insert_with(|| set.for_workload(&request.destination.namespace, &request.destination.labels));
+        let decision = policies.evaluate(&request);
+        if decision.dry_run.map_or(decision.decision, |d| d.decision) != zt_policy::Verdict::Allow {
+            return Err(CheckError::NotAllowed(crate::promote::describe(&flow)));
+        }
+    }
+    Ok(())
+}
+
 /// The rule without what was seen too rarely (reported), its paths collapsed.
 fn keep_frequent(
     rule: RuleUse,
@@ -468,6 +529,7 @@ mod tests {
         assert_eq!(generated.files.len(), 1);
         assert_eq!(generated.files[0].path, PathBuf::from("shop/cart.yaml"));
         assert_eq!((generated.rules, generated.covered), (2, 7));
+        check(&generated, &traffic(&records)).unwrap();
         let text = &generated.files[0].text;
         assert!(text.contains("istio.io/dry-run: \"true\""), "{text}");
         assert!(text.contains("# spiffe://td/ns/web/sa/frontend: 6 requests, 6 distinct paths, last seen 1970-01-01T00:00:09Z"), "{text}");

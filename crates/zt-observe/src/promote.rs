@@ -139,6 +139,18 @@ pub enum PromoteError {
     },
 }
 
+/// The file's text with the dry-run annotation removed from each document
+/// starting on one of `lines`, last document first (so that earlier lines keep
+/// their numbers).
+pub fn remove_dry_runs(text: &str, lines: &[usize]) -> Result<String, PromoteError> {
+    let mut lines = lines.to_vec();
+    lines.sort_unstable_by(|a, b| b.cmp(a));
+    lines.dedup();
+    lines
+        .into_iter()
+        .try_fold(text.to_owned(), |text, line| remove_dry_run(&text, line))
+}
+
 /// The file's text with the dry-run annotation removed from the document that
 /// starts on line `line` (1-based, as [`zt_policy::policy::Origin`] counts),
 /// and `annotations:` too if nothing else is left under it. An error when the
@@ -285,7 +297,10 @@ mod tests {
         assert!(dry("a") && !dry("b"));
         assert!(promoted.contains("    owner: team-a\n") && promoted.contains("  annotations:\n"));
         let a = policies.iter().find(|p| p.name == "a").unwrap();
+        let both = remove_dry_runs(text, &[a.origin.line, b.origin.line]).unwrap();
+        assert!(!load(&both).iter().any(|p| p.dry_run), "both, in any order");
         let promoted = remove_dry_run(&promoted, a.origin.line).unwrap();
+        assert_eq!(promoted, both);
         assert!(!load(&promoted).iter().any(|p| p.dry_run));
         assert!(promoted.starts_with("# a comment\n"));
         assert_eq!(

@@ -318,28 +318,16 @@ pub fn generate(args: PolicyGenerateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     zt_fs::write_atomically(&files).with_context(|| format!("--out {}", args.out.display()))?;
-    // The generated policies alone must allow every request they were made
-    // from; the directory they were written to must still lint.
-    let sources: Vec<zt_policy::load::Source> = generated
-        .files
-        .iter()
-        .map(|f| zt_policy::load::Source {
-            name: args.out.join(&f.path),
-            text: f.text.clone(),
-        })
-        .collect();
-    let set = PolicySet::new(
-        zt_policy::load::parse(&sources)
-            .map_err(|e| anyhow::anyhow!("internal error: generated policies: {e}"))?,
-        zt_policy::DEFAULT_ROOT_NAMESPACE,
-    );
+    // The directory must still lint, and the generated policies alone allow
+    // every request they were made from.
     zt_policy::load_dir(&args.out).map_err(|e| {
         anyhow::anyhow!(
             "--out {}: the directory does not lint with the generated files: {e}",
             args.out.display()
         )
     })?;
-    check_generated(&set, &traffic, &generated)?;
+    zt_observe::generate::check(&generated, &traffic)
+        .map_err(|e| anyhow::anyhow!("internal error, please report it: {e}"))?;
 
     let span = traffic.span_ms().map_or_else(String::new, |(first, last)| {
         format!(
@@ -376,53 +364,6 @@ pub fn generate(args: PolicyGenerateArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Every served request of a verified caller that made it into a rule must
-/// be allowed by the generated set (shadow decisions count: the policies may
-/// be dry-run). A failure here is a bug in the generator, reported as one.
-fn check_generated(
-    set: &PolicySet,
-    traffic: &zt_observe::Traffic,
-    generated: &zt_observe::generate::Generated,
-) -> anyhow::Result<()> {
-    let excluded = &generated.excluded;
-    let rare: std::collections::HashSet<(&str, &str)> = excluded
-        .below_min_count
-        .keys()
-        .map(|(destination, caller, _)| (destination.as_str(), caller.as_str()))
-        .collect();
-    // The policies of each destination, chosen once.
-    let mut by_destination: std::collections::HashMap<String, zt_policy::WorkloadPolicies> =
-        std::collections::HashMap::new();
-    for (flow, _) in traffic.each_flow() {
-        let zt_observe::Caller::Principal(caller) = &flow.caller else {
-            continue;
-        };
-        let left_out = !flow.outcome.served()
-            || excluded.unselectable.contains_key(&flow.destination)
-            || flow
-                .path
-                .as_deref()
-                .is_some_and(|p| zt_observe::paths::unusable(p).is_some())
-            || rare.contains(&(flow.destination.as_str(), caller.as_str()));
-        if left_out {
-            continue;
-        }
-        let request = flow.request();
-        let policies = by_destination
-            .entry(flow.destination.clone())
-            .or_insert_with(|| set.for_workload(&request.destination.namespace, &request.destination.labels));
-        let decision = policies.evaluate(&request);
-        let verdict = decision.dry_run.map_or(decision.decision, |d| d.decision);
-        if verdict != zt_policy::Verdict::Allow {
-            anyhow::bail!(
-                "internal error: the generated policies do not allow an observed request ({}); please report it",
-                zt_observe::promote::describe(&flow)
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Prints what generation left out, by kind.
@@ -500,7 +441,7 @@ pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
     }
     let traffic = args.traffic.read()?;
     let reviews = zt_observe::promote::review(&policies, &args.root_namespace, &traffic, args.min_requests);
-    // Documents to edit, by file, last document first so earlier lines keep their numbers.
+    // Documents to edit, by file.
     let mut edits: std::collections::BTreeMap<PathBuf, Vec<usize>> = std::collections::BTreeMap::new();
     for (review, policy) in reviews.iter().zip(policies.iter().filter(|p| p.dry_run)) {
         use zt_observe::promote::Verdict;
@@ -559,14 +500,11 @@ pub fn promote(args: PolicyPromoteArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut files = Vec::new();
-    for (file, mut lines) in edits {
-        let mut text = String::from_utf8(super::read_input("", &file)?)
+    for (file, lines) in edits {
+        let text = String::from_utf8(super::read_input("", &file)?)
             .with_context(|| format!("{}: not UTF-8", file.display()))?;
-        lines.sort_unstable_by(|a, b| b.cmp(a));
-        for line in lines {
-            text = zt_observe::promote::remove_dry_run(&text, line)
-                .map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
-        }
+        let text = zt_observe::promote::remove_dry_runs(&text, &lines)
+            .map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?;
         let mode = std::fs::metadata(&file)
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
             .unwrap_or(0o644);
