@@ -1,27 +1,16 @@
 // Proves browser.mjs can do what the OpenID Provider's tests need of it: a passkey
 // created and used on https://localhost under a test CA that is in no trust store,
 // and refused for another RP ID. Serves a tiny page over HTTPS (a throwaway CA and
-// leaf made with openssl in a temp dir), runs browser.mjs against it, checks the
-// results and exits non-zero on any surprise.
+// leaf from test_ca.mjs), runs browser.mjs against it, checks the results and
+// exits non-zero on any surprise.
 //
 //   node tests/interop/webauthn_selftest.mjs
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:https';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { makeTestCa } from './test_ca.mjs';
 
-const dir = mkdtempSync(join(tmpdir(), 'zt-webauthn-'));
-const openssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-  '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=zt test CA',
-  '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign');
-openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-  '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=localhost');
-writeFileSync(join(dir, 'leaf.ext'),
-  'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
-openssl('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key',
-  '-CAcreateserial', '-out', 'leaf.pem', '-days', '1', '-extfile', 'leaf.ext');
+const tls = makeTestCa();
 
 // register() and signIn(rpId) are called by the steps; #register goes through a click.
 const PAGE = `<!doctype html><title>webauthn self-test</title>
@@ -54,7 +43,7 @@ document.getElementById('register').onclick = async () => {
 </script>`;
 
 const server = createServer(
-  { key: readFileSync(join(dir, 'leaf.key')), cert: readFileSync(join(dir, 'leaf.pem')) },
+  { key: readFileSync(tls.key), cert: readFileSync(tls.cert) },
   (_, res) => res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE));
 await new Promise((resolve) => server.listen(0, 'localhost', resolve));
 const origin = `https://localhost:${server.address().port}/`;
@@ -107,18 +96,18 @@ const passkeys = async (trust, how) => {
 };
 
 try {
-  await passkeys({ cert: join(dir, 'leaf.pem') }, "by the leaf's SPKI hash");
-  await passkeys({ ca: join(dir, 'ca.pem') }, 'in an NSS database');
+  await passkeys({ cert: tls.cert }, "by the leaf's SPKI hash");
+  await passkeys({ ca: tls.ca }, 'in an NSS database');
   console.log('and:');
 
   const untrusted = await browser({ steps: [['goto', origin]] });
   check('without the CA the page does not load', untrusted.code === 1
     && /ERR_CERT_AUTHORITY_INVALID/.test(untrusted.stderr), untrusted.stderr);
-  const failing = await browser({ cert: join(dir, 'leaf.pem'), steps: [['goto', origin], ['click', '#absent']], timeout: 1000 });
+  const failing = await browser({ cert: tls.cert, steps: [['goto', origin], ['click', '#absent']], timeout: 1000 });
   check('a failing step is reported with its index and the page', failing.code === 1
     && /step 1 \["click","#absent"\]/.test(failing.stderr) && failing.stderr.includes(origin), failing.stderr);
 } finally {
   server.close();
-  rmSync(dir, { recursive: true, force: true });
+  rmSync(tls.dir, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
