@@ -205,6 +205,7 @@ impl InProcessServer {
             agent_addr: free_port()?,
             agent_ttl: Duration::from_secs(3600),
             pdp: None,
+            idp: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agent_addr = config.agent_addr;

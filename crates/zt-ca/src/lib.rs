@@ -434,6 +434,12 @@ impl Authority {
         Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 
+    /// The key that signs this authority's JWTs (JWT-SVIDs, and the OpenID
+    /// Provider's tokens).
+    pub fn jwt_signer(&self) -> &zt_identity::JwtSigner {
+        &self.jwt_signer
+    }
+
     /// Mints a JWT-SVID for `spiffe_id` and `audience`, valid for `ttl` from `now`.
     pub fn mint_jwt_svid(
         &self,

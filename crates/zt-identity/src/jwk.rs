@@ -177,6 +177,23 @@ impl PublicKey {
         URL_SAFE_NO_PAD.encode(digest.as_ref())
     }
 
+    /// The key as a JWK for signature verification (`use: sig`), with its
+    /// key ID and the algorithm it signs with: what an OpenID Provider
+    /// publishes at its `jwks_uri`.
+    pub fn to_signing_jwk(&self, kid: &str, alg: &str) -> serde_json::Value {
+        let mut jwk = Jwk {
+            use_: Some("sig".into()),
+            kid: Some(kid.into()),
+            ..Jwk::default()
+        };
+        self.write_to(&mut jwk);
+        let mut value = serde_json::to_value(jwk).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("alg".into(), alg.into());
+        }
+        value
+    }
+
     /// Fills the key-type parameters of a JWK.
     pub(crate) fn write_to(&self, jwk: &mut Jwk) {
         match self {
@@ -257,6 +274,22 @@ fn decode_param(value: &Option<String>, name: &'static str) -> Result<Vec<u8>, J
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[first..]
+}
+
+/// Reads the signature keys of a JWK Set (a client's `private_key_jwt`
+/// keys): each with its `kid`, if any. Keys for encryption (`use: enc`) are
+/// left out; a key of an unsupported type is an error.
+pub fn parse_jwk_set(text: &str) -> Result<Vec<(Option<String>, PublicKey)>, JwkError> {
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<Jwk>,
+    }
+    let set: Set = serde_json::from_str(text).map_err(|_| JwkError::MalformedParameter("keys"))?;
+    set.keys
+        .iter()
+        .filter(|jwk| jwk.use_.as_deref() != Some("enc"))
+        .map(|jwk| Ok((jwk.kid.clone(), PublicKey::read_from(jwk)?)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -158,6 +158,23 @@ impl Algorithm {
         }
     }
 
+    /// The algorithm a [`JwtSigner`] with this key signs with: ES of the
+    /// curve for EC keys, PS256 for RSA.
+    pub fn for_key(key: &PublicKey) -> Self {
+        match key {
+            PublicKey::Ec {
+                curve: Curve::P256, ..
+            } => Algorithm::ES256,
+            PublicKey::Ec {
+                curve: Curve::P384, ..
+            } => Algorithm::ES384,
+            PublicKey::Ec {
+                curve: Curve::P521, ..
+            } => Algorithm::ES512,
+            PublicKey::Rsa { .. } => Algorithm::PS256,
+        }
+    }
+
     /// Parses an `alg` value; case-sensitive, as RFC 7515 requires.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.name() == name)
@@ -336,19 +353,12 @@ pub fn mint_jwt_svid(
     if subject.is_root() {
         return Err(JwtSvidError::InvalidRequest("the subject needs a path"));
     }
-    let header = json!({ "alg": signer.algorithm.name(), "kid": signer.kid, "typ": "JWT" });
     let aud = match audience {
         [one] => json!(one),
         many => json!(many),
     };
     let claims = json!({ "sub": subject.to_string(), "aud": aud, "exp": expires_at, "iat": issued_at });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let sig = signer.sign(signing_input.as_bytes())?;
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    sign_jws(signer, "JWT", &claims)
 }
 
 /// A JWT-SVID whose signature, expiry and audience were verified.
@@ -416,41 +426,8 @@ pub fn verify_jwt_svid_within(
     now: u64,
     max_lifetime: u64,
 ) -> Result<VerifiedJwtSvid, JwtSvidError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(JwtSvidError::TooLong { len: token.len() });
-    }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwtSvidError::Malformed(
-            "a JWS compact token has exactly three parts",
-        ));
-    };
-
-    let header = decode_object(header_b64, "header is not base64url JSON")?;
-    let algorithm = match header.get("alg") {
-        Some(Value::String(alg)) => {
-            Algorithm::from_name(alg).ok_or_else(|| JwtSvidError::UnsupportedAlgorithm(alg.clone()))?
-        }
-        Some(_) => return Err(JwtSvidError::Malformed("alg is not a string")),
-        None => return Err(JwtSvidError::Malformed("alg header is missing")),
-    };
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
-        Some(other) => return Err(JwtSvidError::BadType(value_text(other))),
-    }
-    if let Some(name) = FORBIDDEN_HEADERS.iter().find(|h| header.contains_key(**h)) {
-        return Err(JwtSvidError::ForbiddenHeader((*name).to_owned()));
-    }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(JwtSvidError::Malformed("kid is not a string")),
-    };
-
-    let claims = decode_object(claims_b64, "claims are not base64url JSON")?;
+    let jws = Jws::decode(token, &["JWT", "JOSE"], true)?;
+    let claims = &jws.claims;
     let spiffe_id = match claims.get("sub") {
         Some(Value::String(sub)) => SpiffeId::parse(sub).map_err(JwtSvidError::InvalidSubject)?,
         Some(_) => {
@@ -472,45 +449,20 @@ pub fn verify_jwt_svid_within(
         .bundle_for(td)
         .ok_or_else(|| JwtSvidError::NoBundle(td.clone()))?;
 
-    let sig = URL_SAFE_NO_PAD
-        .decode(sig_b64)
-        .map_err(|_| JwtSvidError::Malformed("signature is not base64url"))?;
-    let signing_input = &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()];
-    let verified = match kid {
+    let verified = match jws.kid() {
         Some(kid) => {
             let key = bundle
                 .jwt_authority(kid)
                 .ok_or_else(|| JwtSvidError::UnknownKey(kid.to_owned(), td.clone()))?;
-            algorithm.verify(key, signing_input, &sig)
+            jws.verify(key)
         }
         // `kid` is optional in a JWT-SVID: try each key of the trust domain.
-        None => bundle
-            .jwt_authorities()
-            .any(|(_, key)| algorithm.verify(key, signing_input, &sig)),
+        None => bundle.jwt_authorities().any(|(_, key)| jws.verify(key)),
     };
     if !verified {
         return Err(JwtSvidError::BadSignature);
     }
-
-    let expiry = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))? as u64;
-    if expiry <= now {
-        return Err(JwtSvidError::Expired { exp: expiry, now });
-    }
-    // Counted from issuance when the token says so (an `iat` in the future
-    // counts as now), else from now.
-    let issued = numeric_date(&claims, "iat")?.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
-    let lifetime = expiry - issued;
-    if lifetime > max_lifetime {
-        return Err(JwtSvidError::LifetimeTooLong {
-            lifetime,
-            max: max_lifetime,
-        });
-    }
-    if let Some(nbf) = numeric_date(&claims, "nbf")?.map(|nbf| nbf.ceil())
-        && nbf > now as f64
-    {
-        return Err(JwtSvidError::NotYetValid { nbf: nbf as u64, now });
-    }
+    let expiry = check_times(claims, now, max_lifetime)?;
     let aud = match claims.get("aud") {
         Some(Value::String(one)) => vec![one.clone()],
         Some(Value::Array(many)) if !many.is_empty() => many
@@ -545,8 +497,139 @@ pub fn verify_jwt_svid_within(
         spiffe_id,
         audience: aud,
         expiry,
-        claims,
+        claims: jws.claims,
     })
+}
+
+/// A JWS in compact serialization whose header passed the checks every token
+/// zt accepts must pass; its signature is not verified yet.
+#[derive(Debug, Clone)]
+pub struct Jws {
+    /// The protected header.
+    pub header: Map<String, Value>,
+    /// The payload, a JSON object.
+    pub claims: Map<String, Value>,
+    algorithm: Algorithm,
+    signing_input_len: usize,
+    token: String,
+    signature: Vec<u8>,
+}
+
+impl Jws {
+    /// Decodes `token`: at most [`MAX_TOKEN_LEN`] bytes, three base64url parts
+    /// of JSON objects without duplicate members, an allowed `alg` (never
+    /// `none` or HMAC), no header that picks its own key or changes
+    /// processing, and a `typ` among `types` (compared without case and
+    /// without an `application/` prefix, RFC 7515 §4.1.9), or absent where
+    /// `typ_optional`.
+    pub fn decode(token: &str, types: &[&str], typ_optional: bool) -> Result<Self, JwtSvidError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(JwtSvidError::TooLong { len: token.len() });
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtSvidError::Malformed(
+                "a JWS compact token has exactly three parts",
+            ));
+        };
+        let header = decode_object(header_b64, "header is not base64url JSON")?;
+        let algorithm = match header.get("alg") {
+            Some(Value::String(alg)) => {
+                Algorithm::from_name(alg).ok_or_else(|| JwtSvidError::UnsupportedAlgorithm(alg.clone()))?
+            }
+            Some(_) => return Err(JwtSvidError::Malformed("alg is not a string")),
+            None => return Err(JwtSvidError::Malformed("alg header is missing")),
+        };
+        match header.get("typ") {
+            None if typ_optional => {}
+            Some(Value::String(t)) if types.iter().any(|want| media_type_is(t, want)) => {}
+            None => return Err(JwtSvidError::BadType(String::new())),
+            Some(other) => return Err(JwtSvidError::BadType(value_text(other))),
+        }
+        if let Some(name) = FORBIDDEN_HEADERS.iter().find(|h| header.contains_key(**h)) {
+            return Err(JwtSvidError::ForbiddenHeader((*name).to_owned()));
+        }
+        if header.get("kid").is_some_and(|kid| !kid.is_string()) {
+            return Err(JwtSvidError::Malformed("kid is not a string"));
+        }
+        let claims = decode_object(claims_b64, "claims are not base64url JSON")?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(sig_b64)
+            .map_err(|_| JwtSvidError::Malformed("signature is not base64url"))?;
+        Ok(Self {
+            header,
+            claims,
+            algorithm,
+            signing_input_len: header_b64.len() + 1 + claims_b64.len(),
+            token: token.to_owned(),
+            signature,
+        })
+    }
+
+    /// The `kid` header.
+    pub fn kid(&self) -> Option<&str> {
+        self.header.get("kid").and_then(Value::as_str)
+    }
+
+    /// The `alg` header.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Whether `key` made the signature, with the header's algorithm.
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        let input = &self.token.as_bytes()[..self.signing_input_len];
+        self.algorithm.verify(key, input, &self.signature)
+    }
+}
+
+/// Whether a `typ` value names the media type `want` (`at+jwt` matches
+/// `at+jwt`, `AT+JWT` and `application/at+jwt`).
+fn media_type_is(typ: &str, want: &str) -> bool {
+    let bare = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    bare.eq_ignore_ascii_case(want)
+}
+
+/// Checks `exp` (required, after `now`), the lifetime from `iat` (or `now`)
+/// to `exp` (at most `max_lifetime`) and `nbf` (not after `now`); returns `exp`.
+pub fn check_times(claims: &Map<String, Value>, now: u64, max_lifetime: u64) -> Result<u64, JwtSvidError> {
+    let expiry = numeric_date(claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))? as u64;
+    if expiry <= now {
+        return Err(JwtSvidError::Expired { exp: expiry, now });
+    }
+    // Counted from issuance when the token says so (an `iat` in the future
+    // counts as now), else from now.
+    let issued = numeric_date(claims, "iat")?.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
+    let lifetime = expiry - issued;
+    if lifetime > max_lifetime {
+        return Err(JwtSvidError::LifetimeTooLong {
+            lifetime,
+            max: max_lifetime,
+        });
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?.map(|nbf| nbf.ceil())
+        && nbf > now as f64
+    {
+        return Err(JwtSvidError::NotYetValid { nbf: nbf as u64, now });
+    }
+    Ok(expiry)
+}
+
+/// Signs `claims` as a compact JWS with `signer`'s key, `alg` and `kid`, and `typ`.
+pub fn sign_jws(signer: &JwtSigner, typ: &str, claims: &Value) -> Result<String, JwtSvidError> {
+    let header = json!({ "alg": signer.algorithm.name(), "kid": signer.kid, "typ": typ });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = signer.sign(signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
 /// Decodes a base64url JSON object, refusing duplicate member names: parsers that

@@ -347,7 +347,7 @@ async fn mint_x509_svid(
         .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "signed an empty chain".into()))?;
     let summary = zt_identity::x509::summarize(leaf)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let serial = crate::agent_tls::serial_hex(&summary.serial);
+    let serial = crate::server_tls::serial_hex(&summary.serial);
     tracing::info!(target: "zt::audit", spiffe_id = %spiffe_id, %serial, "X.509-SVID minted");
     Ok((
         StatusCode::CREATED,

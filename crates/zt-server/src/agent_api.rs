@@ -17,11 +17,11 @@ use zt_api::agent::{
 use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{Entry, Revoked, Selector, Store, StoreError};
 
-use crate::agent_tls::PeerInfo;
 use crate::authority::{Authorities, AuthorityManager};
 use crate::entries::EntryCache;
 use crate::metrics::Metrics;
 use crate::now;
+use crate::server_tls::PeerInfo;
 use crate::signing::{SignError, Signer};
 use crate::witness::Witness;
 
@@ -523,7 +523,7 @@ fn serial_of(svid: &X509Svid) -> Result<String, Status> {
         .ok_or_else(|| Status::internal("signed an empty chain"))?;
     let summary =
         zt_identity::x509::summarize(&leaf.clone().into()).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(crate::agent_tls::serial_hex(&summary.serial))
+    Ok(crate::server_tls::serial_hex(&summary.serial))
 }
 
 /// A stream fed by `produce` through a small channel.

@@ -254,6 +254,25 @@ pub struct CreateInvite {
     pub ttl_secs: u64,
 }
 
+/// `POST /v1/users/{name}/password` body.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    /// The new password; `None` removes it.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SetPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(
+            f,
+            "SetPassword({})",
+            if self.password.is_some() { "set" } else { "remove" }
+        )
+    }
+}
+
 /// `GET /v1/users/{name}/credentials` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CredentialList {

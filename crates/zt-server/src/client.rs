@@ -321,6 +321,20 @@ impl AdminClient {
         .await
     }
 
+    /// `POST /v1/users/{name}/password`: sets (or, with `None`, removes) a password.
+    pub async fn set_password(&self, name: &str, password: Option<&str>) -> Result<(), ClientError> {
+        let body = crate::api::SetPassword {
+            password: password.map(str::to_owned),
+        };
+        self.send(
+            Method::POST,
+            &format!("/v1/users/{}/password", encode(name)),
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `GET /v1/users/{name}/credentials`.
     pub async fn credentials(&self, name: &str) -> Result<Vec<Credential>, ClientError> {
         let list: CredentialList = self

@@ -6,12 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_api;
-pub mod agent_tls;
 pub mod api;
 pub mod authority;
 pub mod client;
 pub mod entries;
+pub mod idp;
 pub mod metrics;
+pub mod server_tls;
 pub mod witness;
 
 mod admin;
@@ -40,7 +41,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 const LOCK_FILE: &str = "server.lock";
 
 /// How a server is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerConfig {
     /// Where the admin socket, the lock and the embedded datastore live.
     pub data_dir: PathBuf,
@@ -61,6 +62,26 @@ pub struct ServerConfig {
     /// The policy decision point served on the HTTP port beside health and
     /// metrics (OPA's REST API), if any.
     pub pdp: Option<zt_pdp::Pdp>,
+    /// The OpenID Provider, if enabled.
+    pub idp: Option<IdpSettings>,
+}
+
+/// The OpenID Provider's listener and set-up.
+pub struct IdpSettings {
+    /// Its TLS address.
+    pub addr: SocketAddr,
+    /// The provider's configuration.
+    pub config: zt_idp::IdpConfig,
+    /// A certificate chain and key to serve instead of one from the CA.
+    pub certificate: Option<server_tls::ServerCertificate>,
+    /// Where authentication events are recorded.
+    pub decision_log: Option<zt_audit::Writer>,
+}
+
+impl std::fmt::Debug for IdpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdpSettings({} at {})", self.config.issuer, self.addr)
+    }
 }
 
 /// Why the server could not start or stopped.
@@ -102,6 +123,9 @@ pub enum ServerError {
     /// The agent API server failed.
     #[error("agent API: {0}")]
     AgentApi(String),
+    /// The OpenID Provider's configuration.
+    #[error("{0}")]
+    Idp(#[from] zt_idp::ConfigError),
 }
 
 /// Runs the server until `shutdown` completes.
@@ -118,9 +142,6 @@ pub async fn run(
     // `zt_server_task_restarts_total` and a task that is down makes `/readyz` fail.
     let tasks = zt_task::Tasks::new();
     let store = Store::open_supervised(&location, &tasks).await?;
-    let metrics = Arc::new(metrics::Metrics::new(&tasks));
-    let witness =
-        Arc::new(witness::Witness::load(store.clone(), &config.trust_domain, metrics.clone()).await?);
     let authorities = authority::AuthorityManager::start(
         store.clone(),
         config.trust_domain.clone(),
@@ -129,11 +150,67 @@ pub async fn run(
     )
     .await?;
 
+    let idp = match config.idp {
+        Some(settings) => {
+            let keys = Arc::new(idp::AuthorityKeys(authorities.clone()));
+            let provider =
+                zt_idp::Provider::new(settings.config, store.clone(), keys, settings.decision_log)?;
+            let certificate = settings.certificate.unwrap_or_else(|| {
+                let host = provider
+                    .config()
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                let (dns_names, mut ips) = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => (Vec::new(), vec![ip]),
+                    Err(_) => (vec![host], Vec::new()),
+                };
+                if !settings.addr.ip().is_unspecified() && !ips.contains(&settings.addr.ip()) {
+                    ips.push(settings.addr.ip());
+                }
+                server_tls::ServerCertificate::FromCa {
+                    path: "/zt/idp",
+                    dns_names,
+                    ips,
+                }
+            });
+            let tls = server_tls::ServerTls::new(
+                "OpenID Provider",
+                authorities.clone(),
+                config.trust_domain.clone(),
+                certificate,
+            )
+            .map_err(ServerError::Tls)?;
+            let listener = tokio::net::TcpListener::bind(settings.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    flag: "--idp",
+                    addr: settings.addr,
+                    source,
+                })?;
+            tracing::info!(issuer = %provider.config().issuer, addr = %settings.addr, "OpenID Provider enabled");
+            Some((provider, tls, listener))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(metrics::Metrics::new(&tasks, |registry| {
+        if let Some((provider, ..)) = &idp {
+            provider.register_metrics(registry);
+        }
+    }));
+    let witness =
+        Arc::new(witness::Witness::load(store.clone(), &config.trust_domain, metrics.clone()).await?);
     let cache = entries::EntryCache::load(store.clone()).await?;
-    let agent_tls = agent_tls::AgentTls::new(
+    let agent_tls = server_tls::ServerTls::new(
+        "agent API",
         authorities.clone(),
         config.trust_domain.clone(),
-        config.agent_addr.ip(),
+        server_tls::ServerCertificate::FromCa {
+            path: "/zt/server",
+            dns_names: vec!["localhost".into()],
+            ips: vec![config.agent_addr.ip()],
+        },
     )
     .map_err(ServerError::Tls)?;
     let agent_listener = tokio::net::TcpListener::bind(config.agent_addr)
@@ -206,6 +283,14 @@ pub async fn run(
         tasks.spawn("server_svid", stop_rx.clone(), move || {
             agent_tls.clone().maintain(stop.clone())
         });
+    }
+    if let Some((provider, tls, listener)) = idp {
+        let stop = stop_rx.clone();
+        let maintain = tls.clone();
+        tasks.spawn("idp_svid", stop_rx.clone(), move || {
+            maintain.clone().maintain(stop.clone())
+        });
+        tokio::spawn(idp::serve(provider, tls, listener, stop_rx.clone()));
     }
     let api = agent_api::AgentApi {
         store: store.clone(),

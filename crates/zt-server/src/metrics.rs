@@ -40,10 +40,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric, with those of the background `tasks`.
-    pub fn new(tasks: &zt_task::Tasks) -> Self {
+    /// Creates and registers every metric, with those of the background
+    /// `tasks` and whatever `more` registers (the OpenID Provider's).
+    pub fn new(tasks: &zt_task::Tasks, more: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("zt_server");
         tasks.register(&mut registry);
+        more(&mut registry);
         let entries = Gauge::default();
         let agents = Gauge::default();
         let datastore_errors = Counter::default();

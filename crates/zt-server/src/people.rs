@@ -15,7 +15,7 @@ use zt_store::{NewClient, NewUser};
 use crate::admin::{AdminState, ApiError, ApiResult, json, store_error};
 use crate::api::{
     ClientList, CreateInvite, CredentialList, GroupList, MemberList, NewGroup, RevokedSessions,
-    SessionFilter, SessionList, UserList,
+    SessionFilter, SessionList, SetPassword, UserList,
 };
 use crate::now;
 
@@ -34,6 +34,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/v1/users/{name}/disable", post(disable_user))
         .route("/v1/users/{name}/enable", post(enable_user))
         .route("/v1/users/{name}/invites", post(create_invite))
+        .route("/v1/users/{name}/password", post(set_password))
         .route("/v1/users/{name}/credentials", get(list_credentials))
         .route("/v1/users/{name}/sessions/revoke", post(revoke_user_sessions))
         .route("/v1/credentials/{id}/revoke", post(revoke_credential))
@@ -141,6 +142,26 @@ async fn create_invite(
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %name, expires_at = invite.expires_at, "invite created");
     Ok((StatusCode::CREATED, axum::Json(invite)))
+}
+
+async fn set_password(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let request: SetPassword = json(&body)?;
+    state
+        .store
+        .set_password(&name, request.password.as_deref(), now())
+        .await
+        .map_err(|e| store_error(&state.metrics, e))?;
+    let what = if request.password.is_some() {
+        "set"
+    } else {
+        "removed"
+    };
+    tracing::info!(target: "zt::audit", user = %name, "password {what}");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_credentials(

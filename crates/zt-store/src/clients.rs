@@ -348,7 +348,7 @@ fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
 /// Hashes a secret with argon2id (the crate's defaults, OWASP's minimum: 19 MiB,
 /// two passes) and a random salt, as a PHC string. Slow on purpose: run it off
 /// the async threads.
-async fn hash_secret(secret: String) -> Result<String, StoreError> {
+pub(crate) async fn hash_secret(secret: String) -> Result<String, StoreError> {
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(secret.as_bytes())
@@ -488,31 +488,41 @@ impl Store {
             .map(|row| row.try_get::<Option<String>, _>("secret_hash"))
             .transpose()?
             .flatten();
-        let secret = secret.to_owned();
-        let key = client_id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let Some(hash) = hash else {
-                // As slow as a real check, so that timing does not tell which
-                // client IDs have a secret.
-                let dummy = unknown_client_hash()?;
-                let _ = Argon2::default().verify_password(
-                    secret.as_bytes(),
-                    &PasswordHash::new(dummy).map_err(|e| StoreError::Hash(e.to_string()))?,
-                );
-                return Ok(false);
-            };
-            let parsed = PasswordHash::new(&hash).map_err(|e| StoreError::Corrupt {
-                what: "client secret hash",
-                key,
-                reason: e.to_string(),
-            })?;
-            Ok(Argon2::default()
-                .verify_password(secret.as_bytes(), &parsed)
-                .is_ok())
-        })
-        .await
-        .map_err(|e| StoreError::Hash(e.to_string()))?
+        check_secret(hash, secret, "client secret hash", client_id).await
     }
+}
+
+/// Whether `secret` matches the argon2id `hash` (argon2's verifier, constant
+/// time). Without a hash, it checks against one no secret matches, as slowly,
+/// so that timing does not tell which names have a secret.
+pub(crate) async fn check_secret(
+    hash: Option<String>,
+    secret: &str,
+    what: &'static str,
+    key: &str,
+) -> Result<bool, StoreError> {
+    let secret = secret.to_owned();
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let Some(hash) = hash else {
+            let dummy = unknown_client_hash()?;
+            let _ = Argon2::default().verify_password(
+                secret.as_bytes(),
+                &PasswordHash::new(dummy).map_err(|e| StoreError::Hash(e.to_string()))?,
+            );
+            return Ok(false);
+        };
+        let parsed = PasswordHash::new(&hash).map_err(|e| StoreError::Corrupt {
+            what,
+            key,
+            reason: e.to_string(),
+        })?;
+        Ok(Argon2::default()
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| StoreError::Hash(e.to_string()))?
 }
 
 fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {

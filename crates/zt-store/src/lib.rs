@@ -13,6 +13,7 @@ mod agents;
 mod authorities;
 mod clients;
 mod decisions;
+mod grants;
 mod migrate;
 mod people;
 mod policies;
@@ -38,12 +39,13 @@ pub use agents::Agent;
 pub use authorities::{AuthorityStep, StoredAuthority};
 pub use clients::{Client, ClientKind, CreatedClient, GrantType, NewClient, RedirectUri};
 pub use decisions::MAX_DECISIONS_PAGE;
+pub use grants::{GrantError, IssuedRefresh, MAX_GRACE_RETRIES, NewCode, RedeemedCode};
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
 pub use people::{Group, Invite, NewUser, User};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
-pub use sessions::{Credential, NewCredential, RefreshFamily, Session};
+pub use sessions::{Credential, NewCredential, OpenedSession, RefreshFamily, Session, SignIn};
 pub use witness::PinnedSource;
 
 /// The PostgreSQL channel changes are announced on.

@@ -15,10 +15,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_policies_and_decisions.sql")),
     (6, include_str!("../migrations/0006_witness.sql")),
     (7, include_str!("../migrations/0007_people.sql")),
+    (8, include_str!("../migrations/0008_tokens.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 7;
+pub const LATEST: i64 = 8;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {

@@ -15,6 +15,10 @@ use crate::{
 /// Longest user or group name, in bytes.
 const MAX_NAME_LEN: usize = 64;
 
+/// Shortest and longest password, in characters (NIST SP 800-63B's minimum).
+const MIN_PASSWORD_LEN: usize = 8;
+const MAX_PASSWORD_LEN: usize = 256;
+
 /// Longest e-mail address (RFC 5321's path limit) or display name, in bytes.
 const MAX_TEXT_LEN: usize = 254;
 
@@ -464,6 +468,55 @@ impl Store {
         tx.commit().await?;
         self.notify_local();
         Ok(sub)
+    }
+
+    /// Sets (or, with `None`, removes) a user's password, stored as argon2id.
+    /// Passwords are a weaker factor than passkeys, used only where a
+    /// deployment enables them.
+    pub async fn set_password(&self, user: &str, password: Option<&str>, now: u64) -> Result<(), StoreError> {
+        if let Some(password) = password
+            && !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.chars().count())
+        {
+            return Err(StoreError::InvalidValue {
+                field: "password",
+                value: String::new(),
+                reason: format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),
+            });
+        }
+        let hash = match password {
+            Some(password) => Some(crate::clients::hash_secret(password.to_owned()).await?),
+            None => None,
+        };
+        let mut tx = self.begin_write().await?;
+        let sub = sub_of(&mut tx, user).await?;
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE sub = $3")
+            .bind(hash)
+            .bind(to_i64(now))
+            .bind(&sub)
+            .execute(&mut *tx)
+            .await?;
+        self.record_change(&mut tx, "user", &sub, now).await?;
+        tx.commit().await?;
+        self.notify_local();
+        Ok(())
+    }
+
+    /// The enabled user `name` whose password is `password`, if both match;
+    /// as slow for an unknown name as for a known one.
+    pub async fn check_password(&self, name: &str, password: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT password_hash FROM users WHERE name = $1 AND disabled_at IS NULL")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        let hash = row
+            .map(|row| row.try_get::<Option<String>, _>("password_hash"))
+            .transpose()?
+            .flatten();
+        if crate::clients::check_secret(hash, password, "password hash", name).await? {
+            Ok(Some(self.user(name).await?))
+        } else {
+            Ok(None)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use crate::people::sub_of;
-use crate::{Store, StoreError, random_id, to_i64, to_u64};
+use crate::{Store, StoreError, User, random_id, random_token, sha256_hex, to_i64, to_u64};
 
 /// A registered WebAuthn credential.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,6 +65,49 @@ pub struct Session {
     pub revoked_at: Option<u64>,
     /// Why it was revoked.
     pub revoke_reason: Option<String>,
+    /// When the person authenticated, Unix seconds.
+    #[serde(default)]
+    pub auth_time: u64,
+    /// How (RFC 8176 values: `hwk`, `user`, `pwd`…).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// The assurance level reached.
+    #[serde(default)]
+    pub acr: String,
+    /// The address the person signed in from.
+    #[serde(default)]
+    pub source_ip: String,
+}
+
+impl Session {
+    /// Open at `now`: neither revoked nor past its absolute end.
+    pub fn is_open(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// What a sign-in establishes, to open a session with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// The user's `sub`.
+    pub sub: String,
+    /// The session's absolute end, Unix seconds.
+    pub expires_at: u64,
+    /// How the person authenticated (RFC 8176 `amr` values).
+    pub amr: Vec<String>,
+    /// The assurance level reached.
+    pub acr: String,
+    /// The address the person signed in from.
+    pub source_ip: String,
+}
+
+/// A session just opened, with the secret that names it to the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The session.
+    pub session: Session,
+    /// 256 random bits, base64url, for the session cookie; only its SHA-256 is stored.
+    pub secret: String,
 }
 
 /// A refresh-token family: every refresh token rotated from one grant.
@@ -76,6 +119,9 @@ pub struct RefreshFamily {
     pub session_id: String,
     /// The OAuth client it was issued to.
     pub client_id: String,
+    /// The scope granted, space-separated.
+    #[serde(default)]
+    pub scope: String,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds, if revoked.
@@ -87,7 +133,8 @@ pub struct RefreshFamily {
 const CREDENTIAL_COLUMNS: &str = "c.id, u.name, c.aaguid, c.sign_count, c.backup_eligible, c.backed_up, \
      c.created_at, c.last_used_at, c.revoked_at";
 
-const SESSION_COLUMNS: &str = "s.id, u.name, s.created_at, s.expires_at, s.revoked_at, s.revoke_reason";
+const SESSION_COLUMNS: &str = "s.id, u.name, s.created_at, s.expires_at, s.revoked_at, s.revoke_reason, \
+     s.auth_time, s.amr, s.acr, s.source_ip";
 
 impl Store {
     /// Stores a credential a registration ceremony produced.
@@ -167,40 +214,88 @@ impl Store {
         Ok(credential)
     }
 
-    /// Opens a session for the user with this `sub`, ending at `expires_at`.
-    pub async fn create_session(&self, sub: &str, expires_at: u64, now: u64) -> Result<Session, StoreError> {
+    /// Opens a session for a person who just signed in; a disabled user gets none.
+    pub async fn create_session(&self, sign_in: &SignIn, now: u64) -> Result<OpenedSession, StoreError> {
         let id = random_id()?;
+        let secret = random_token()?;
+        let amr = serde_json::to_string(&sign_in.amr).map_err(|e| StoreError::Hash(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         let user = sqlx::query("SELECT name, disabled_at FROM users WHERE sub = $1")
-            .bind(sub)
+            .bind(&sign_in.sub)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::missing("user", sub))?;
+            .ok_or_else(|| StoreError::missing("user", &sign_in.sub))?;
         let name: String = user.try_get("name")?;
         if user.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
             return Err(StoreError::Disabled(name));
         }
         sqlx::query(
-            "INSERT INTO sessions (id, sub, created_at, expires_at, revoked_at, revoke_reason) \
-             VALUES ($1, $2, $3, $4, NULL, NULL)",
+            "INSERT INTO sessions (id, sub, created_at, expires_at, revoked_at, revoke_reason, secret_sha256, \
+             auth_time, amr, acr, source_ip) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $3, $6, $7, $8)",
         )
         .bind(&id)
-        .bind(sub)
+        .bind(&sign_in.sub)
         .bind(to_i64(now))
-        .bind(to_i64(expires_at))
+        .bind(to_i64(sign_in.expires_at))
+        .bind(sha256_hex(&secret))
+        .bind(&amr)
+        .bind(&sign_in.acr)
+        .bind(&sign_in.source_ip)
         .execute(&mut *tx)
         .await?;
         self.record_change(&mut tx, "session", &id, now).await?;
         tx.commit().await?;
         self.notify_local();
-        Ok(Session {
-            id,
-            user: name,
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            revoke_reason: None,
+        Ok(OpenedSession {
+            session: Session {
+                id,
+                user: name,
+                created_at: now,
+                expires_at: sign_in.expires_at,
+                revoked_at: None,
+                revoke_reason: None,
+                auth_time: now,
+                amr: sign_in.amr.clone(),
+                acr: sign_in.acr.clone(),
+                source_ip: sign_in.source_ip.clone(),
+            },
+            secret,
         })
+    }
+
+    /// The open session a browser's cookie secret names, if any, and its user
+    /// (who must still be enabled).
+    pub async fn session_by_secret(
+        &self,
+        secret: &str,
+        now: u64,
+    ) -> Result<Option<(Session, User)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s JOIN users u ON u.sub = s.sub \
+             WHERE s.secret_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL"
+        ))
+        .bind(sha256_hex(secret))
+        .bind(to_i64(now))
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row)?;
+        let user = self.user(&session.user).await?;
+        Ok(Some((session, user)))
+    }
+
+    /// A session by ID and its user, open or not.
+    pub async fn session(&self, id: &str) -> Result<(Session, User), StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s JOIN users u ON u.sub = s.sub WHERE s.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::missing("session", id))?;
+        let session = session_from_row(&row)?;
+        let user = self.user(&session.user).await?;
+        Ok((session, user))
     }
 
     /// Sessions, of one user (by name) or of everyone, newest first.
@@ -292,51 +387,10 @@ impl Store {
         Ok(open.len() as u64)
     }
 
-    /// Starts a refresh-token family in an open session.
-    pub async fn create_refresh_family(
-        &self,
-        session_id: &str,
-        client_id: &str,
-        now: u64,
-    ) -> Result<RefreshFamily, StoreError> {
-        let id = random_id()?;
-        let mut tx = self.begin_write().await?;
-        let open =
-            sqlx::query("SELECT id FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2")
-                .bind(session_id)
-                .bind(to_i64(now))
-                .fetch_optional(&mut *tx)
-                .await?;
-        if open.is_none() {
-            return Err(StoreError::missing("open session", session_id));
-        }
-        sqlx::query(
-            "INSERT INTO refresh_families (id, session_id, client_id, created_at, revoked_at, reason) \
-             VALUES ($1, $2, $3, $4, NULL, NULL)",
-        )
-        .bind(&id)
-        .bind(session_id)
-        .bind(client_id)
-        .bind(to_i64(now))
-        .execute(&mut *tx)
-        .await?;
-        self.record_change(&mut tx, "session", session_id, now).await?;
-        tx.commit().await?;
-        self.notify_local();
-        Ok(RefreshFamily {
-            id,
-            session_id: session_id.to_owned(),
-            client_id: client_id.to_owned(),
-            created_at: now,
-            revoked_at: None,
-            reason: None,
-        })
-    }
-
     /// The refresh-token families of a session, oldest first.
     pub async fn refresh_families(&self, session_id: &str) -> Result<Vec<RefreshFamily>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, session_id, client_id, created_at, revoked_at, reason FROM refresh_families \
+            "SELECT id, session_id, client_id, scope, created_at, revoked_at, reason FROM refresh_families \
              WHERE session_id = $1 ORDER BY created_at, id",
         )
         .bind(session_id)
@@ -348,6 +402,7 @@ impl Store {
                     id: row.try_get("id")?,
                     session_id: row.try_get("session_id")?,
                     client_id: row.try_get("client_id")?,
+                    scope: row.try_get("scope")?,
                     created_at: to_u64(row.try_get("created_at")?),
                     revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(to_u64),
                     reason: row.try_get("reason")?,
@@ -358,7 +413,7 @@ impl Store {
 }
 
 /// Revokes the families still open that `filter` selects; in `filter`, `$3` is `key`.
-async fn revoke_families(
+pub(crate) async fn revoke_families(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     filter: &str,
     key: &str,
@@ -398,5 +453,13 @@ fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
         expires_at: to_u64(row.try_get("expires_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(to_u64),
         revoke_reason: row.try_get("revoke_reason")?,
+        auth_time: to_u64(row.try_get("auth_time")?),
+        amr: serde_json::from_str(&row.try_get::<String, _>("amr")?).map_err(|e| StoreError::Corrupt {
+            what: "session",
+            key: row.try_get("id").unwrap_or_default(),
+            reason: format!("amr: {e}"),
+        })?,
+        acr: row.try_get("acr")?,
+        source_ip: row.try_get("source_ip")?,
     })
 }

@@ -91,6 +91,9 @@ on_both_backends!(
     clients_keep_only_a_hash_of_their_secret,
     clients_are_checked_before_they_are_stored,
     people_writes_are_in_the_change_feed,
+    codes_are_single_use_and_a_replay_revokes_what_they_issued,
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    passwords_are_hashed_and_checked,
 );
 
 /// Four chained decision records, as JSON lines of a proxy's log.
@@ -668,17 +671,35 @@ async fn disabling_a_user_revokes_its_sessions_and_families(store: Store) {
     let alice = store.create_user(&new_alice(), NOW).await.unwrap();
     let bob = store.create_user(&alice_named("bob"), NOW).await.unwrap();
     let first = store
-        .create_session(&alice.sub, NOW + 4 * 3600, NOW)
+        .create_session(&sign_in(&alice.sub, NOW + 4 * 3600), NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .session;
     let second = store
-        .create_session(&alice.sub, NOW + 4 * 3600, NOW + 1)
+        .create_session(&sign_in(&alice.sub, NOW + 4 * 3600), NOW + 1)
         .await
+        .unwrap()
+        .session;
+    let bobs = store
+        .create_session(&sign_in(&bob.sub, NOW + 4 * 3600), NOW)
+        .await
+        .unwrap()
+        .session;
+    store
+        .start_refresh_family(&first.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
         .unwrap();
-    let bobs = store.create_session(&bob.sub, NOW + 4 * 3600, NOW).await.unwrap();
-    store.create_refresh_family(&first.id, "web", NOW).await.unwrap();
-    store.create_refresh_family(&second.id, "cli", NOW).await.unwrap();
-    store.create_refresh_family(&bobs.id, "web", NOW).await.unwrap();
+    store
+        .start_refresh_family(&second.id, "cli", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .start_refresh_family(&bobs.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
     let listed: Vec<_> = store
         .sessions(Some("alice"))
         .await
@@ -698,15 +719,16 @@ async fn disabling_a_user_revokes_its_sessions_and_families(store: Store) {
         }
     }
     let err = store
-        .create_session(&alice.sub, NOW + 3600, NOW + 11)
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW + 11)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Disabled(_)), "{err}");
     let err = store
-        .create_refresh_family(&first.id, "web", NOW + 11)
+        .start_refresh_family(&first.id, "web", "openid", None, NOW + 11)
         .await
+        .unwrap()
         .unwrap_err();
-    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(matches!(err, zt_store::GrantError::Ended(_)), "{err}");
 
     // Bob's are untouched; revoking one session revokes its families.
     let family = &store.refresh_families(&bobs.id).await.unwrap()[0];
@@ -726,8 +748,14 @@ async fn disabling_a_user_revokes_its_sessions_and_families(store: Store) {
     assert!(store.revoke_session("nope", "x", NOW).await.is_err());
 
     let carol = store.create_user(&alice_named("carol"), NOW).await.unwrap();
-    store.create_session(&carol.sub, NOW + 3600, NOW).await.unwrap();
-    store.create_session(&carol.sub, NOW + 3600, NOW).await.unwrap();
+    store
+        .create_session(&sign_in(&carol.sub, NOW + 3600), NOW)
+        .await
+        .unwrap();
+    store
+        .create_session(&sign_in(&carol.sub, NOW + 3600), NOW)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .revoke_user_sessions("carol", "operator", NOW + 1)
@@ -749,10 +777,15 @@ async fn deleting_a_user_removes_everything_of_theirs(store: Store) {
     let mut new = new_alice();
     new.groups = vec!["staff".into()];
     let alice = store.create_user(&new, NOW).await.unwrap();
-    let session = store.create_session(&alice.sub, NOW + 3600, NOW).await.unwrap();
-    store
-        .create_refresh_family(&session.id, "web", NOW)
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
         .await
+        .unwrap()
+        .session;
+    store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
         .unwrap();
     store
         .add_credential(&credential(&alice.sub, "cred-1"), NOW)
@@ -945,7 +978,11 @@ async fn people_writes_are_in_the_change_feed(store: Store) {
     let start = store.latest_change().await.unwrap();
     store.create_group("staff", NOW).await.unwrap();
     let alice = store.create_user(&new_alice(), NOW).await.unwrap();
-    let session = store.create_session(&alice.sub, NOW + 3600, NOW).await.unwrap();
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
+        .await
+        .unwrap()
+        .session;
     store.disable_user("alice", NOW).await.unwrap();
     store
         .create_client(&web_client(ClientKind::Public), NOW)
@@ -974,4 +1011,271 @@ async fn people_writes_are_in_the_change_feed(store: Store) {
     let before = store.latest_change().await.unwrap();
     assert!(store.create_group("staff", NOW).await.is_err());
     assert_eq!(store.latest_change().await.unwrap(), before);
+}
+
+/// What a sign-in with a passkey would establish, ending at `expires_at`.
+fn sign_in(sub: &str, expires_at: u64) -> zt_store::SignIn {
+    zt_store::SignIn {
+        sub: sub.to_owned(),
+        expires_at,
+        amr: vec!["hwk".into(), "user".into()],
+        acr: "urn:zt:acr:aal2".into(),
+        source_ip: "127.0.0.1".into(),
+    }
+}
+
+fn code_for(session: &str, expires_at: u64) -> zt_store::NewCode {
+    zt_store::NewCode {
+        client_id: "web".into(),
+        session_id: session.into(),
+        redirect_uri: "https://app.example/cb".into(),
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        scope: "openid".into(),
+        nonce: Some("n".into()),
+        expires_at,
+    }
+}
+
+async fn codes_are_single_use_and_a_replay_revokes_what_they_issued(store: Store) {
+    use zt_store::{GrantError, TokenProblem};
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
+        .await
+        .unwrap()
+        .session;
+    let code = store
+        .create_code(&code_for(&session.id, NOW + 60), NOW)
+        .await
+        .unwrap();
+    let redeemed = store.redeem_code(&code, NOW + 1).await.unwrap().unwrap();
+    assert_eq!(redeemed.session.id, session.id);
+    assert_eq!(redeemed.nonce.as_deref(), Some("n"));
+    let first = store
+        .start_refresh_family(&session.id, "web", "openid", Some(&code), NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    // The replay fails and revokes the family the first redemption started.
+    let replay = store.redeem_code(&code, NOW + 2).await.unwrap().unwrap_err();
+    assert_eq!(
+        replay,
+        GrantError::Token {
+            what: "authorization code",
+            problem: TokenProblem::Used
+        }
+    );
+    let family = &store.refresh_families(&session.id).await.unwrap()[0];
+    assert_eq!(family.reason.as_deref(), Some("authorization code replayed"));
+    let refused = store
+        .rotate_refresh_token(&first.token, "web", 10, NOW + 3)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(refused, GrantError::Ended(_)), "{refused}");
+    // Expired and unknown codes.
+    let late = store
+        .create_code(&code_for(&session.id, NOW + 60), NOW)
+        .await
+        .unwrap();
+    let expired = store.redeem_code(&late, NOW + 60).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            expired,
+            GrantError::Token {
+                problem: TokenProblem::Expired,
+                ..
+            }
+        ),
+        "{expired}"
+    );
+    let unknown = store.redeem_code("forged", NOW).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            unknown,
+            GrantError::Token {
+                problem: TokenProblem::Unknown,
+                ..
+            }
+        ),
+        "{unknown}"
+    );
+    // A code of a session revoked since is worth nothing.
+    let orphan = store
+        .create_code(&code_for(&session.id, NOW + 60), NOW)
+        .await
+        .unwrap();
+    store
+        .revoke_session(&session.id, "operator", NOW + 4)
+        .await
+        .unwrap();
+    let ended = store.redeem_code(&orphan, NOW + 5).await.unwrap().unwrap_err();
+    assert!(matches!(ended, GrantError::Ended(_)), "{ended}");
+}
+
+async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
+    use zt_store::GrantError;
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
+        .await
+        .unwrap()
+        .session;
+    let first = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.user.name, "alice");
+    // Rotation: a new token each time, the old one spent.
+    let second = store
+        .rotate_refresh_token(&first.token, "web", 10, NOW + 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.token, first.token);
+    assert!(!second.retried);
+    // Another client cannot use it.
+    let wrong = store
+        .rotate_refresh_token(&second.token, "cli", 10, NOW + 101)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(wrong, GrantError::WrongClient);
+    // A retry of the spent token inside the grace (a lost response) works, a
+    // bounded number of times.
+    for _ in 0..zt_store::MAX_GRACE_RETRIES {
+        let retry = store
+            .rotate_refresh_token(&first.token, "web", 10, NOW + 105)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(retry.retried);
+    }
+    let reused = store
+        .rotate_refresh_token(&first.token, "web", 10, NOW + 106)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(reused, GrantError::Reused { .. }), "{reused}");
+    // The legitimate holder's next refresh fails: the whole family is revoked.
+    let holder = store
+        .rotate_refresh_token(&second.token, "web", 10, NOW + 107)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(holder, GrantError::Ended(_)), "{holder}");
+    assert_eq!(
+        store.refresh_families(&session.id).await.unwrap()[0]
+            .reason
+            .as_deref(),
+        Some("refresh token reused")
+    );
+
+    // After the grace, one reuse is enough.
+    let other = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .rotate_refresh_token(&other.token, "web", 10, NOW + 200)
+        .await
+        .unwrap()
+        .unwrap();
+    let late = store
+        .rotate_refresh_token(&other.token, "web", 10, NOW + 211)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(late, GrantError::Reused { .. }), "{late}");
+
+    // Revocation by the client, and the session's end.
+    let third = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .revoke_refresh_token(&third.token, "cli", NOW + 300)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let revoked = store
+        .revoke_refresh_token(&third.token, "web", NOW + 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.reason.as_deref(), Some("revoked by the client"));
+    let fourth = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let past_end = store
+        .rotate_refresh_token(&fourth.token, "web", 10, NOW + 3600)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(past_end, GrantError::Ended(_)), "{past_end}");
+    assert!(store.prune_grants(0, NOW + 7200).await.unwrap() > 0);
+}
+
+async fn passwords_are_hashed_and_checked(store: Store) {
+    store.create_user(&new_alice(), NOW).await.unwrap();
+    assert!(
+        store
+            .check_password("alice", "anything at all")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .set_password("alice", Some("correct horse"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .check_password("alice", "correct horse")
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "alice"
+    );
+    assert!(
+        store
+            .check_password("alice", "correct horsE")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .check_password("nobody", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let short = store.set_password("alice", Some("short"), NOW).await.unwrap_err();
+    assert!(short.to_string().contains("password"), "{short}");
+    store.disable_user("alice", NOW).await.unwrap();
+    assert!(
+        store
+            .check_password("alice", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.enable_user("alice", NOW).await.unwrap();
+    store.set_password("alice", None, NOW).await.unwrap();
+    assert!(
+        store
+            .check_password("alice", "correct horse")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

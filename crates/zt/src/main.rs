@@ -240,6 +240,7 @@ fn main() -> ExitCode {
             UserCommand::Enable(args) => cmd::user::set_disabled(args, false),
             UserCommand::Delete(args) => cmd::user::delete(args),
             UserCommand::Invite(args) => cmd::user::invite(args),
+            UserCommand::Password(args) => cmd::user::password(args),
             UserCommand::Credentials(args) => cmd::user::credentials(args),
             UserCommand::Credential(CredentialCommand::Revoke(args)) => cmd::user::revoke_credential(args),
         },

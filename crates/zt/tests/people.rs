@@ -360,16 +360,21 @@ fn invites_are_stored_hashed_and_disabling_revokes_sessions() {
         &[r#"user "nobody" not found"#],
     );
 
-    // Sessions come from sign-in (next); here they are opened in the datastore itself.
+    // Sessions come from sign-in (crates/zt/tests/idp.rs); here they are opened in the datastore itself.
     let location = server.data_dir.join(zt_server::SQLITE_FILE);
     let sessions = block_on(async {
         let store = zt_store::Store::open(location.to_str().unwrap()).await.unwrap();
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let session = store.create_session(sub, now() + 4 * 3600, now()).await.unwrap();
-            store
-                .create_refresh_family(&session.id, "web", now())
+            let session = store
+                .create_session(&sign_in(sub, now() + 4 * 3600), now())
                 .await
+                .unwrap()
+                .session;
+            store
+                .start_refresh_family(&session.id, "web", "openid", None, now())
+                .await
+                .unwrap()
                 .unwrap();
             ids.push(session.id);
         }
@@ -408,8 +413,16 @@ fn invites_are_stored_hashed_and_disabling_revokes_sessions() {
     let bob_session = block_on(async {
         let store = zt_store::Store::open(location.to_str().unwrap()).await.unwrap();
         let sub = bob["sub"].as_str().unwrap();
-        store.create_session(sub, now() + 3600, now()).await.unwrap();
-        store.create_session(sub, now() + 3600, now()).await.unwrap().id
+        store
+            .create_session(&sign_in(sub, now() + 3600), now())
+            .await
+            .unwrap();
+        store
+            .create_session(&sign_in(sub, now() + 3600), now())
+            .await
+            .unwrap()
+            .session
+            .id
     });
     let revoked = json(&server, &["session", "revoke", &bob_session]);
     assert!(revoked["revoked_at"].is_u64(), "{revoked}");
@@ -428,4 +441,15 @@ fn invites_are_stored_hashed_and_disabling_revokes_sessions() {
         1,
         &[r#"credential "nope" not found"#],
     );
+}
+
+/// What a sign-in with a passkey would establish, ending at `expires_at`.
+fn sign_in(sub: &str, expires_at: u64) -> zt_store::SignIn {
+    zt_store::SignIn {
+        sub: sub.to_owned(),
+        expires_at,
+        amr: vec!["hwk".into(), "user".into()],
+        acr: "urn:zt:acr:aal2".into(),
+        source_ip: "127.0.0.1".into(),
+    }
 }

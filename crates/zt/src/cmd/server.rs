@@ -11,7 +11,7 @@ use clap::Args;
 use zt_ca::KeyType;
 use zt_identity::TrustDomain;
 
-use super::args::{DEFAULT_DATA_DIR, RegoLimitArgs};
+use super::args::{CheckpointArgs, DEFAULT_DATA_DIR, RegoLimitArgs};
 use crate::duration;
 
 #[derive(Args)]
@@ -55,11 +55,135 @@ pub(crate) struct ServerArgs {
     pub(crate) api_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) rego_limits: RegoLimitArgs,
+    #[command(flatten)]
+    pub(crate) idp: IdpArgs,
+}
+
+/// The OpenID Provider: people sign in, clients get tokens.
+#[derive(Args)]
+pub(crate) struct IdpArgs {
+    /// Serve the OpenID Provider (HTTPS) on this address.
+    #[arg(long = "idp", value_name = "ADDR")]
+    pub(crate) idp: Option<std::net::SocketAddr>,
+    /// The issuer URL clients see [default: https://localhost:PORT of --idp].
+    #[arg(long, requires = "idp")]
+    pub(crate) idp_issuer: Option<String>,
+    /// Serve this certificate chain (PEM) instead of one from the trust domain's CA.
+    #[arg(long, requires_all = ["idp", "idp_key"])]
+    pub(crate) idp_cert: Option<PathBuf>,
+    /// The private key (PEM) of --idp-cert.
+    #[arg(long, requires_all = ["idp", "idp_cert"])]
+    pub(crate) idp_key: Option<PathBuf>,
+    /// Lifetime of access tokens (at most 1h).
+    #[arg(long, default_value = "15m", value_parser = duration::parse, requires = "idp")]
+    pub(crate) idp_access_ttl: Duration,
+    /// Absolute lifetime of a sign-in session, which no refresh token outlives (at most 24h).
+    #[arg(long, default_value = "4h", value_parser = duration::parse, requires = "idp")]
+    pub(crate) idp_session_ttl: Duration,
+    /// How long a spent refresh token may be retried (a lost response) before
+    /// its reuse revokes the family (at most 60s).
+    #[arg(long, default_value = "10s", value_parser = duration::parse, requires = "idp")]
+    pub(crate) idp_refresh_grace: Duration,
+    /// Let people sign in with a password (a weaker factor than a passkey: amr "pwd").
+    #[arg(long, requires = "idp")]
+    pub(crate) idp_passwords: bool,
+    /// A network zone for the `zone` claim: NAME=CIDR[,CIDR…] (repeatable; first match wins).
+    #[arg(long = "idp-zone", value_name = "NAME=CIDRS", value_parser = parse_zone, requires = "idp")]
+    pub(crate) idp_zones: Vec<zt_idp::Zone>,
+    /// Record authentication events in this hash-chained decision log
+    /// [default with --idp: DATA_DIR/idp-decisions.log].
+    #[arg(long)]
+    pub(crate) decision_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) checkpoints: CheckpointArgs,
+}
+
+/// `NAME=CIDR[,CIDR…]`.
+fn parse_zone(text: &str) -> Result<zt_idp::Zone, String> {
+    let (name, blocks) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=CIDR[,CIDR…]"))?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!("{name:?}: a zone name is letters, digits, '-' and '_'"));
+    }
+    let blocks = blocks
+        .split(',')
+        .map(zt_policy::matching::IpBlock::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(zt_idp::Zone {
+        name: name.to_owned(),
+        blocks,
+    })
+}
+
+impl IdpArgs {
+    /// The provider's settings, if `--idp` is given; errors name the flag.
+    fn settings(
+        self,
+        trust_domain: &TrustDomain,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Option<zt_server::IdpSettings>> {
+        let Some(addr) = self.idp else {
+            if self.decision_log.is_some() {
+                anyhow::bail!("--decision-log records the OpenID Provider's events: it needs --idp");
+            }
+            return Ok(None);
+        };
+        let issuer = self
+            .idp_issuer
+            .unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
+        let certificate = match (&self.idp_cert, &self.idp_key) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &PathBuf, flag: &str| {
+                    std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
+                };
+                let chain = zt_identity::x509::certificates_from_pem(&read(cert, "--idp-cert")?)
+                    .map_err(|e| anyhow::anyhow!("--idp-cert {}: {e}", cert.display()))?;
+                if chain.is_empty() {
+                    anyhow::bail!("--idp-cert {}: no certificate in the file", cert.display());
+                }
+                let key_der = zt_identity::x509::private_key_from_pem(&read(key, "--idp-key")?)
+                    .map_err(|e| anyhow::anyhow!("--idp-key {}: {e}", key.display()))?;
+                Some(zt_server::server_tls::ServerCertificate::Given {
+                    chain,
+                    key: std::sync::Arc::new(key_der),
+                })
+            }
+            _ => None,
+        };
+        let log_path = match self.decision_log {
+            Some(path) => path,
+            None => {
+                zt_fs::private_dir(data_dir).map_err(|e| anyhow::anyhow!("--data-dir {e}"))?;
+                data_dir.join("idp-decisions.log")
+            }
+        };
+        let decision_log = super::audit::open_log(&log_path, &self.checkpoints)?;
+        Ok(Some(zt_server::IdpSettings {
+            addr,
+            config: zt_idp::IdpConfig {
+                issuer,
+                trust_domain: trust_domain.clone(),
+                access_ttl: self.idp_access_ttl,
+                session_ttl: self.idp_session_ttl,
+                refresh_grace: self.idp_refresh_grace,
+                passwords: self.idp_passwords,
+                zones: self.idp_zones,
+            },
+            certificate,
+            decision_log: Some(decision_log),
+        }))
+    }
 }
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     super::init_logging("info,sqlx=warn");
+    let idp = args.idp.settings(&args.trust_domain, &args.data_dir)?;
     let config = ServerConfig {
         data_dir: args.data_dir,
         datastore: args.datastore,
@@ -76,6 +200,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let (policies, _) = super::pdp::load(&args.pdp, "--pdp", args.rego_limits)?;
             Some(zt_pdp::Pdp::new(policies).with_access(access))
         },
+        idp,
     };
     super::runtime()?.block_on(zt_server::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

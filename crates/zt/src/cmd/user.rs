@@ -29,6 +29,9 @@ pub(crate) enum UserCommand {
     /// Make a one-time enrollment token for a user's first passkey (printed once,
     /// stored only as a hash).
     Invite(UserInvite),
+    /// Set a user's password, read from standard input (one line), for
+    /// servers started with --idp-passwords: a weaker factor than a passkey.
+    Password(UserPassword),
     /// List a user's credentials (passkeys and security keys).
     Credentials(UserTarget),
     /// Credentials by ID.
@@ -74,6 +77,17 @@ pub(crate) struct UserInvite {
     /// How long the token may be used, at most 24h.
     #[arg(long, default_value = "15m", value_parser = parse_invite_ttl)]
     pub(crate) ttl: Duration,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct UserPassword {
+    /// The user's name.
+    pub(crate) name: String,
+    /// Remove the password instead.
+    #[arg(long)]
+    pub(crate) remove: bool,
     #[command(flatten)]
     pub(crate) admin: AdminArgs,
 }
@@ -171,6 +185,28 @@ pub fn invite(args: UserInvite) -> anyhow::Result<ExitCode> {
             println!("One use; shown only now (zt server keeps its SHA-256).");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt user password`: the password is read from standard input, never an argument
+/// (arguments are visible to every user of the machine).
+pub fn password(args: UserPassword) -> anyhow::Result<ExitCode> {
+    let password = if args.remove {
+        None
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| anyhow::anyhow!("reading the password from standard input: {e}"))?;
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            anyhow::bail!("no password on standard input (use --remove to remove one)");
+        }
+        Some(line)
+    };
+    super::admin_call(client(&args.admin).set_password(&args.name, password.as_deref()))?;
+    let what = if args.remove { "removed" } else { "set" };
+    println!("Password {what} for {}", args.name);
     Ok(ExitCode::SUCCESS)
 }
 

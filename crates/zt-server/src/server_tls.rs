@@ -1,7 +1,9 @@
-//! TLS for the agent API: the server's own SVID (`spiffe://<td>/zt/server`),
-//! renewed at half its life and whenever the authorities change; client SVIDs
+//! TLS for the server's listeners (the agent API, the OpenID Provider): a
+//! certificate from the trust domain's CA (an SVID such as
+//! `spiffe://<td>/zt/server`, renewed at half its life and whenever the
+//! authorities change) or one given in files; client SVIDs, when presented,
 //! verified against the current bundle; a handshake timeout; and the verified
-//! peer handed to each gRPC call as [`PeerInfo`].
+//! peer handed to each call as [`PeerInfo`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the server's own SVID.
 const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 
-/// Who is on the other end of an agent API connection.
+/// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The verified SPIFFE ID of the client certificate, if one was presented.
@@ -40,15 +42,20 @@ pub struct PeerInfo {
     pub not_before: u64,
     /// The TCP peer.
     pub addr: Option<SocketAddr>,
+    /// SHA-256 of the client certificate (DER), base64url: RFC 8705's
+    /// `x5t#S256`, to bind tokens to it.
+    pub certificate_sha256: Option<String>,
 }
 
-/// A TLS connection of the agent API.
-pub struct AgentConn {
-    stream: TlsStream<TcpStream>,
-    peer: PeerInfo,
+/// A TLS connection and who is on the other end.
+pub struct TlsConn {
+    /// The stream.
+    pub stream: TlsStream<TcpStream>,
+    /// The peer.
+    pub peer: PeerInfo,
 }
 
-impl Connected for AgentConn {
+impl Connected for TlsConn {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
@@ -56,7 +63,7 @@ impl Connected for AgentConn {
     }
 }
 
-impl AsyncRead for AgentConn {
+impl AsyncRead for TlsConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -66,7 +73,7 @@ impl AsyncRead for AgentConn {
     }
 }
 
-impl AsyncWrite for AgentConn {
+impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -80,29 +87,54 @@ impl AsyncWrite for AgentConn {
     }
 }
 
-/// The current TLS configuration of the agent API, swapped on renewal: new
+/// The certificate a listener presents.
+#[derive(Clone)]
+pub enum ServerCertificate {
+    /// An SVID from the active authority, for this path in the trust domain,
+    /// with these DNS names and IP addresses.
+    FromCa {
+        /// The SPIFFE ID's path (`/zt/server`).
+        path: &'static str,
+        /// DNS names.
+        dns_names: Vec<String>,
+        /// IP addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// A chain and key given by the operator.
+    Given {
+        /// The chain, leaf first.
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        /// The key.
+        key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+    },
+}
+
+/// The current TLS configuration of a listener, swapped on renewal: new
 /// handshakes use the new one, established connections keep theirs.
-pub struct AgentTls {
+pub struct ServerTls {
+    name: &'static str,
     authorities: Arc<AuthorityManager>,
     trust_domain: TrustDomain,
-    listen_ip: IpAddr,
+    certificate: ServerCertificate,
     config: RwLock<Arc<ServerConfig>>,
-    /// notAfter of the server SVID in `config`.
+    /// Issuance and expiry of the certificate in `config`.
     expires: RwLock<(u64, u64)>,
 }
 
-impl AgentTls {
-    /// Builds the first configuration.
+impl ServerTls {
+    /// Builds the first configuration of the listener `name` (for logs).
     pub fn new(
+        name: &'static str,
         authorities: Arc<AuthorityManager>,
         trust_domain: TrustDomain,
-        listen_ip: IpAddr,
+        certificate: ServerCertificate,
     ) -> Result<Arc<Self>, String> {
-        let (config, validity) = build_config(&authorities, &trust_domain, listen_ip)?;
+        let (config, validity) = build_config(&authorities, &trust_domain, &certificate)?;
         Ok(Arc::new(Self {
+            name,
             authorities,
             trust_domain,
-            listen_ip,
+            certificate,
             config: RwLock::new(Arc::new(config)),
             expires: RwLock::new(validity),
         }))
@@ -116,7 +148,7 @@ impl AgentTls {
     }
 
     fn refresh(&self) {
-        match build_config(&self.authorities, &self.trust_domain, self.listen_ip) {
+        match build_config(&self.authorities, &self.trust_domain, &self.certificate) {
             Ok((config, validity)) => {
                 if let Ok(mut current) = self.config.write() {
                     *current = Arc::new(config);
@@ -125,11 +157,14 @@ impl AgentTls {
                     *expires = validity;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "could not renew the server SVID"),
+            Err(e) => {
+                tracing::error!(listener = self.name, error = %e, "could not renew the TLS configuration")
+            }
         }
     }
 
-    /// Renews the server SVID at half its life and when the authorities change, until `stop`.
+    /// Renews the certificate at half its life, and the trusted bundle when the
+    /// authorities change, until `stop`.
     pub async fn maintain(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut authorities = self.authorities.watch();
         loop {
@@ -150,7 +185,7 @@ impl AgentTls {
         self: Arc<Self>,
         listener: TcpListener,
         mut stop: watch::Receiver<bool>,
-    ) -> mpsc::Receiver<io::Result<AgentConn>> {
+    ) -> mpsc::Receiver<io::Result<TlsConn>> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -161,25 +196,28 @@ impl AgentTls {
                 let (tcp, addr) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
-                        tracing::warn!(error = %e, "agent API accept failed");
+                        tracing::warn!(listener = self.name, error = %e, "accept failed");
                         continue;
                     }
                 };
-                // Small gRPC messages (a sync update, a signed SVID) must not wait for
-                // Nagle's algorithm to meet the peer's delayed ACK (~40 ms).
+                // Small messages (a sync update, a signed SVID, a token) must not
+                // wait for Nagle's algorithm to meet the peer's delayed ACK (~40 ms).
                 if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "agent API: TCP_NODELAY not set");
+                    tracing::debug!(listener = self.name, error = %e, "TCP_NODELAY not set");
                 }
+                let name = self.name;
                 let acceptor = TlsAcceptor::from(self.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let peer = peer_info(&stream, addr);
-                            let _ = tx.send(Ok(AgentConn { stream, peer })).await;
+                            let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                         }
-                        Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "agent API handshake failed"),
-                        Err(_) => tracing::info!(peer = %addr, "agent API handshake timed out"),
+                        Ok(Err(e)) => {
+                            tracing::info!(listener = name, peer = %addr, error = %e, "handshake failed")
+                        }
+                        Err(_) => tracing::info!(listener = name, peer = %addr, "handshake timed out"),
                     }
                 });
             }
@@ -197,6 +235,11 @@ fn peer_info(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
         not_before: summary.as_ref().map_or(0, |s| s.not_before),
         serial: summary.map(|s| serial_hex(&s.serial)),
         addr: Some(addr),
+        certificate_sha256: leaf.map(|leaf| {
+            use base64::Engine as _;
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+        }),
     }
 }
 
@@ -205,35 +248,43 @@ pub fn serial_hex(serial: &[u8]) -> String {
     zt_identity::x509::hex_compact(serial)
 }
 
-/// A server SVID from the active authority and a config trusting the current bundle.
+/// The listener's certificate (a fresh SVID, or the given one) and a config
+/// trusting the current bundle; with the certificate's validity.
 fn build_config(
     authorities: &AuthorityManager,
     trust_domain: &TrustDomain,
-    listen_ip: IpAddr,
+    certificate: &ServerCertificate,
 ) -> Result<(ServerConfig, (u64, u64)), String> {
     let current = authorities.current();
     let now = now();
-    let remaining = current.active.not_after().saturating_sub(now);
-    let request = SvidRequest {
-        spiffe_id: SpiffeId::from_parts(trust_domain, "/zt/server").map_err(|e| e.to_string())?,
-        dns_names: vec!["localhost".into()],
-        ip_addresses: vec![listen_ip],
-        ttl: SERVER_SVID_TTL.min(Duration::from_secs(remaining)),
+    let (chain, key, validity) = match certificate {
+        ServerCertificate::FromCa { path, dns_names, ips } => {
+            let remaining = current.active.not_after().saturating_sub(now);
+            let request = SvidRequest {
+                spiffe_id: SpiffeId::from_parts(trust_domain, path).map_err(|e| e.to_string())?,
+                dns_names: dns_names.clone(),
+                ip_addresses: ips.clone(),
+                ttl: SERVER_SVID_TTL.min(Duration::from_secs(remaining)),
+            };
+            let svid = current
+                .active
+                .issue_x509_svid(&request, now)
+                .map_err(|e| e.to_string())?;
+            let key = zt_identity::x509::private_key_from_pem(svid.private_key_pem.as_bytes())?;
+            (svid.chain, key, (now, svid.not_after))
+        }
+        // Nothing to renew: only the bundle, when the authorities change.
+        ServerCertificate::Given { chain, key } => (chain.clone(), key.clone_key(), (now, u64::MAX / 2)),
     };
-    let svid = current
-        .active
-        .issue_x509_svid(&request, now)
-        .map_err(|e| e.to_string())?;
-    let key = zt_identity::x509::private_key_from_pem(svid.private_key_pem.as_bytes())?;
     let mut bundles = BundleSet::default();
     bundles.insert(current.bundle.clone());
     let config = zt_tls::server_config_client_optional(
-        svid.chain,
+        chain,
         key,
         Arc::new(bundles),
         PeerMatcher::MemberOf(trust_domain.clone()),
         TlsVersions::Tls13,
     )
     .map_err(|e| e.to_string())?;
-    Ok((config, (now, svid.not_after)))
+    Ok((config, validity))
 }

@@ -1,0 +1,268 @@
+//! How a client proves who it is at the token, introspection and revocation
+//! endpoints: `client_secret_basic` or `client_secret_post` (argon2id-hashed
+//! secrets), `private_key_jwt` (RFC 7523 assertions signed with a key of the
+//! client's registered JWK Set, each `jti` used once), or nothing for a
+//! public client, which PKCE protects instead. One method per request: a
+//! request that offers two is refused.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use serde_json::Value;
+use zt_identity::jwt::{Jws, check_times};
+use zt_store::{Client, ClientKind};
+
+use crate::params::Params;
+use crate::{OAuthError, Provider, now};
+
+/// `client_assertion_type` of RFC 7523.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest lifetime of a client assertion, seconds.
+const MAX_ASSERTION_LIFETIME: u64 = 300;
+/// Most assertion IDs remembered (each only until its `exp`).
+const MAX_SEEN_ASSERTIONS: usize = 100_000;
+
+/// A client that proved who it is (or a public client that named itself).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The client.
+    pub client: Client,
+    /// How: `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`.
+    pub method: &'static str,
+}
+
+/// Assertion IDs already used, until they expire.
+#[derive(Default)]
+pub struct SeenAssertions(Mutex<HashMap<String, u64>>);
+
+impl SeenAssertions {
+    /// Records `jti` (of `client`) until `exp`; `false` if it was seen before.
+    fn first_use(&self, client: &str, jti: &str, exp: u64, now: u64) -> bool {
+        let Ok(mut seen) = self.0.lock() else { return false };
+        if seen.len() >= MAX_SEEN_ASSERTIONS {
+            seen.retain(|_, until| *until > now);
+            if seen.len() >= MAX_SEEN_ASSERTIONS {
+                // Full of live IDs: refuse rather than forget one.
+                return false;
+            }
+        }
+        seen.insert(format!("{client}\u{0}{jti}"), exp).is_none()
+    }
+}
+
+impl Provider {
+    /// Authenticates the client of a request to `endpoint` (its URL is an
+    /// acceptable assertion audience, as is the issuer).
+    pub(crate) async fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        params: &Params,
+        endpoint: &str,
+    ) -> Result<Authenticated, OAuthError> {
+        let basic = basic_credentials(headers)?;
+        let post = params.get("client_secret");
+        let assertion = params.get("client_assertion");
+        let offered =
+            usize::from(basic.is_some()) + usize::from(post.is_some()) + usize::from(assertion.is_some());
+        if offered > 1 {
+            return Err(OAuthError::invalid_request(
+                "more than one client authentication method in one request",
+            ));
+        }
+        if let Some((id, secret)) = basic {
+            if params.get("client_id").is_some_and(|named| named != id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id differs from the client of the Authorization header",
+                ));
+            }
+            return self.secret_client(&id, &secret, "client_secret_basic").await;
+        }
+        if let Some(secret) = post {
+            let id = params.required("client_id")?;
+            return self.secret_client(id, secret, "client_secret_post").await;
+        }
+        if let Some(assertion) = assertion {
+            if params.get("client_assertion_type") != Some(JWT_BEARER) {
+                return Err(OAuthError::invalid_request(format!(
+                    "client_assertion_type must be {JWT_BEARER}"
+                )));
+            }
+            return self
+                .assertion_client(assertion, params.get("client_id"), endpoint)
+                .await;
+        }
+        let id = params.required("client_id")?;
+        let client = self.known_client(id).await?;
+        if client.kind != ClientKind::Public {
+            return Err(OAuthError::invalid_client(format!(
+                "client {id:?} must authenticate"
+            )));
+        }
+        Ok(Authenticated {
+            client,
+            method: "none",
+        })
+    }
+
+    async fn known_client(&self, id: &str) -> Result<Client, OAuthError> {
+        match self.store().client(id).await {
+            Ok(client) => Ok(client),
+            Err(zt_store::StoreError::Missing { .. }) => {
+                Err(OAuthError::invalid_client("client authentication failed"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn secret_client(
+        &self,
+        id: &str,
+        secret: &str,
+        method: &'static str,
+    ) -> Result<Authenticated, OAuthError> {
+        // The same answer, as slowly, for an unknown client and a wrong secret.
+        if !self.store().verify_client_secret(id, secret).await? {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
+        Ok(Authenticated {
+            client: self.known_client(id).await?,
+            method,
+        })
+    }
+
+    /// RFC 7523 §3: `iss` and `sub` are the client, `aud` names this
+    /// provider, `exp` soon, `jti` never seen; signed by a key of the client's JWK Set.
+    async fn assertion_client(
+        &self,
+        assertion: &str,
+        named: Option<&str>,
+        endpoint: &str,
+    ) -> Result<Authenticated, OAuthError> {
+        let failed = |why: &str| OAuthError::invalid_client(format!("client assertion: {why}"));
+        let jws = Jws::decode(assertion, &["JWT", "client-authentication+jwt"], true)
+            .map_err(|e| failed(&e.to_string()))?;
+        let claims = &jws.claims;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let (Some(iss), Some(sub)) = (text("iss"), text("sub")) else {
+            return Err(failed("iss and sub are required"));
+        };
+        if iss != sub || named.is_some_and(|named| named != iss) {
+            return Err(failed("iss, sub and client_id must all be the client"));
+        }
+        let client = self.known_client(iss).await?;
+        if client.kind != ClientKind::PrivateKeyJwt {
+            return Err(failed("this client does not authenticate with private_key_jwt"));
+        }
+        let audiences: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => return Err(failed("aud is required")),
+        };
+        let config = self.config();
+        let token_endpoint = config.url("/token");
+        if !audiences
+            .iter()
+            .any(|aud| *aud == config.issuer || *aud == endpoint || *aud == token_endpoint)
+        {
+            return Err(failed("aud does not name this provider"));
+        }
+        let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
+            .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
+        let verified = keys
+            .iter()
+            .filter(|(kid, _)| jws.kid().is_none() || kid.as_deref() == jws.kid())
+            .any(|(_, key)| jws.verify(key));
+        if !verified {
+            return Err(failed("signature does not verify with the client's keys"));
+        }
+        let now = now();
+        let exp = check_times(claims, now, MAX_ASSERTION_LIFETIME).map_err(|e| failed(&e.to_string()))?;
+        let jti = text("jti").ok_or_else(|| failed("jti is required"))?;
+        if !self.seen_assertions().first_use(iss, jti, exp, now) {
+            return Err(failed("this assertion was already used"));
+        }
+        Ok(Authenticated {
+            client,
+            method: "private_key_jwt",
+        })
+    }
+}
+
+/// `Authorization: Basic` credentials, form-urlencoded inside (RFC 6749 §2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(OAuthError::invalid_request("more than one Authorization header"));
+    }
+    let malformed = || OAuthError::invalid_client("malformed Basic credentials");
+    let text = value.to_str().map_err(|_| malformed())?;
+    let Some((scheme, encoded)) = text.split_once(' ') else {
+        return Err(malformed());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        // A Bearer token here is not client authentication.
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    Ok(Some((
+        form_decode(id).ok_or_else(malformed)?,
+        form_decode(secret).ok_or_else(malformed)?,
+    )))
+}
+
+/// Decodes `application/x-www-form-urlencoded` text.
+fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("my%3Aclient:s%2Bcr+t");
+        headers.insert("authorization", format!("Basic {encoded}").parse().unwrap());
+        assert_eq!(
+            basic_credentials(&headers).unwrap(),
+            Some(("my:client".to_owned(), "s+cr t".to_owned()))
+        );
+        headers.insert("authorization", "Basic !!!".parse().unwrap());
+        assert!(basic_credentials(&headers).is_err());
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(basic_credentials(&headers).unwrap(), None);
+    }
+
+    #[test]
+    fn an_assertion_id_is_used_once() {
+        let seen = SeenAssertions::default();
+        assert!(seen.first_use("a", "1", 100, 10));
+        assert!(!seen.first_use("a", "1", 100, 11));
+        assert!(seen.first_use("b", "1", 100, 11), "per client");
+    }
+}

@@ -1,0 +1,362 @@
+//! The token endpoint (RFC 6749 §3.2): `authorization_code` (PKCE verified,
+//! the code single-use, its redirect URI repeated), `refresh_token` (rotated
+//! on every use; reuse revokes the family) and `client_credentials` (a
+//! service acting as itself). No implicit and no password grant exist here.
+//!
+//! Every answer is `no-store`; every outcome is an [`Event`]; failures drain
+//! the rate limits of the client and of the source address.
+
+use std::time::Instant;
+
+use axum::Form;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use zt_store::{ClientKind, GrantError, GrantType, IssuedRefresh};
+
+use crate::client_auth::Authenticated;
+use crate::events::Event;
+use crate::params::Params;
+use crate::tokens::Grant;
+use crate::{OAuthError, Peer, Provider, no_store, now, secrets_equal, sha256_b64};
+
+/// `POST /token`.
+pub async fn token(
+    State(provider): State<Provider>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let started = Instant::now();
+    let ip = peer.addr.ip().to_string();
+    let result = match provider.limits().token_ip.check(&ip) {
+        Err(wait) => Err(OAuthError::too_many(wait)),
+        Ok(()) => provider.token_request(&headers, pairs, &peer).await,
+    };
+    provider
+        .events()
+        .token_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(body) => {
+            let mut response = axum::Json(Value::Object(body)).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(error) => {
+            if error.code() != "rate_limited" {
+                provider.limits().token_ip.charge(&ip);
+            }
+            error.into_response()
+        }
+    }
+}
+
+impl Provider {
+    async fn token_request(
+        &self,
+        headers: &HeaderMap,
+        pairs: Vec<(String, String)>,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let params = Params::from_pairs(pairs)?;
+        let grant_type = params.required("grant_type")?.to_owned();
+        let endpoint = self.config().url("/token");
+        let client = match self.authenticate_client(headers, &params, &endpoint).await {
+            Ok(client) => client,
+            Err(e) => {
+                self.events().record(
+                    Event::failure("token", e.code(), e.description())
+                        .from_ip(peer.addr.ip())
+                        .with("grant_type", grant_type.as_str())
+                        .with("client_id", params.get("client_id").unwrap_or_default()),
+                )?;
+                return Err(e);
+            }
+        };
+        let client_id = client.client.client_id.clone();
+        if let Err(wait) = self.limits().token_client.check(&client_id) {
+            return Err(OAuthError::too_many(wait));
+        }
+        let result = self.grant(&grant_type, &params, &client, peer).await;
+        let event = match &result {
+            Ok(_) => Event::success("token", format!("{grant_type} token issued")),
+            Err(e) => {
+                self.limits().token_client.charge(&client_id);
+                Event::failure("token", e.code(), e.description())
+            }
+        };
+        self.events().record(
+            event
+                .from_ip(peer.addr.ip())
+                .with("grant_type", grant_type.as_str())
+                .with("client_id", client_id.as_str())
+                .with("client_auth", client.method),
+        )?;
+        result
+    }
+
+    async fn grant(
+        &self,
+        grant_type: &str,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let Some(grant) = GrantType::parse(grant_type).filter(|g| g.as_str() == grant_type) else {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {grant_type:?} is not supported"),
+            ));
+        };
+        if !client.client.grant_types.contains(&grant) {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                format!("this client may not use {grant_type}"),
+            ));
+        }
+        match grant {
+            GrantType::AuthorizationCode => self.code_grant(params, client, peer).await,
+            GrantType::RefreshToken => self.refresh_grant(params, client, peer).await,
+            GrantType::ClientCredentials => self.client_credentials_grant(params, client, peer),
+            GrantType::DeviceCode | GrantType::TokenExchange => Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {grant_type:?} is not supported yet"),
+            )),
+        }
+    }
+
+    /// RFC 6749 §4.1.3 with RFC 7636 §4.6.
+    async fn code_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let code = params.required("code")?;
+        let redirect_uri = params.required("redirect_uri")?;
+        let verifier = params
+            .get("code_verifier")
+            .ok_or_else(|| OAuthError::invalid_grant("PKCE: code_verifier is missing"))?;
+        if !is_code_verifier(verifier) {
+            return Err(OAuthError::invalid_grant(
+                "PKCE: code_verifier must be 43 to 128 unreserved characters",
+            ));
+        }
+        let now = now();
+        let redeemed = match self.store().redeem_code(code, now).await? {
+            Ok(redeemed) => redeemed,
+            Err(e) => {
+                if let GrantError::Token {
+                    problem: zt_store::TokenProblem::Used,
+                    ..
+                } = e
+                {
+                    self.events().record(
+                        Event::failure(
+                            "code_replay",
+                            "invalid_grant",
+                            "an authorization code was presented again: what it issued is revoked",
+                        )
+                        .from_ip(peer.addr.ip())
+                        .with("client_id", client.client.client_id.as_str()),
+                    )?;
+                }
+                return Err(OAuthError::invalid_grant(e.to_string()));
+            }
+        };
+        // The code is spent whatever happens next: a mismatch below is an attack or a bug.
+        if redeemed.client_id != client.client.client_id {
+            return Err(OAuthError::invalid_grant("the code was issued to another client"));
+        }
+        if redeemed.redirect_uri != redirect_uri {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        if !secrets_equal(
+            sha256_b64(verifier.as_bytes()).as_bytes(),
+            redeemed.code_challenge.as_bytes(),
+        ) {
+            return Err(OAuthError::invalid_grant(
+                "PKCE: code_verifier does not match code_challenge",
+            ));
+        }
+        let session = &redeemed.session;
+        let (_, user) = self.store().session(&session.id).await?;
+        let mut body = Map::new();
+        if client.client.grant_types.contains(&GrantType::RefreshToken) {
+            let issued = self
+                .store()
+                .start_refresh_family(
+                    &session.id,
+                    &client.client.client_id,
+                    &redeemed.scope,
+                    Some(code),
+                    now,
+                )
+                .await?
+                .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+            body.insert("refresh_token".into(), json!(issued.token));
+        }
+        let grant = Grant {
+            client_id: &client.client.client_id,
+            scope: &redeemed.scope,
+            audience: None,
+            certificate_sha256: peer.certificate_sha256.as_deref(),
+        };
+        let access = self.access_token(session, &user, &grant, now)?;
+        if redeemed.scope.split(' ').any(|s| s == "openid") {
+            let id_token = self.id_token(
+                session,
+                &user,
+                &client.client.client_id,
+                &redeemed.scope,
+                redeemed.nonce.as_deref(),
+                now,
+            )?;
+            body.insert("id_token".into(), json!(id_token));
+        }
+        Ok(token_response(
+            body,
+            &access,
+            &redeemed.scope,
+            self.config().access_ttl.as_secs(),
+        ))
+    }
+
+    /// RFC 6749 §6, rotated (RFC 9700 §4.14.2).
+    async fn refresh_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let token = params.required("refresh_token")?;
+        let now = now();
+        let grace = self.config().refresh_grace.as_secs();
+        let IssuedRefresh {
+            token: next,
+            family,
+            session,
+            user,
+            retried,
+        } = match self
+            .store()
+            .rotate_refresh_token(token, &client.client.client_id, grace, now)
+            .await?
+        {
+            Ok(issued) => issued,
+            Err(e) => {
+                if let GrantError::Reused {
+                    family_id,
+                    session_id,
+                } = &e
+                {
+                    self.events().record(
+                        Event::failure(
+                            "refresh_reuse",
+                            "invalid_grant",
+                            "a spent refresh token was presented: its family is revoked",
+                        )
+                        .from_ip(peer.addr.ip())
+                        .with("client_id", client.client.client_id.as_str())
+                        .with("family", family_id.as_str())
+                        .with("session", session_id.as_str()),
+                    )?;
+                }
+                return Err(OAuthError::invalid_grant(e.to_string()));
+            }
+        };
+        if let Some(asked) = params.get("scope")
+            && asked.split(' ').any(|s| !family.scope.split(' ').any(|g| g == s))
+        {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "a refresh cannot widen the scope granted",
+            ));
+        }
+        if retried {
+            tracing::info!(family = %family.id, "refresh token retried inside the grace");
+        }
+        let scope = params.get("scope").unwrap_or(&family.scope).to_owned();
+        let grant = Grant {
+            client_id: &client.client.client_id,
+            scope: &scope,
+            audience: None,
+            certificate_sha256: peer.certificate_sha256.as_deref(),
+        };
+        let access = self.access_token(&session, &user, &grant, now)?;
+        let mut body = Map::new();
+        body.insert("refresh_token".into(), json!(next));
+        if scope.split(' ').any(|s| s == "openid") {
+            let id_token = self.id_token(&session, &user, &client.client.client_id, &scope, None, now)?;
+            body.insert("id_token".into(), json!(id_token));
+        }
+        Ok(token_response(
+            body,
+            &access,
+            &scope,
+            self.config().access_ttl.as_secs(),
+        ))
+    }
+
+    /// RFC 6749 §4.4: confidential clients only.
+    fn client_credentials_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        if client.client.kind == ClientKind::Public {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "a public client cannot use client_credentials",
+            ));
+        }
+        let scope = params.get("scope").unwrap_or_default();
+        let audience = params.get("resource").or_else(|| params.get("audience"));
+        let grant = Grant {
+            client_id: &client.client.client_id,
+            scope,
+            audience,
+            certificate_sha256: peer.certificate_sha256.as_deref(),
+        };
+        let access = self.client_access_token(&grant, now())?;
+        Ok(token_response(
+            Map::new(),
+            &access,
+            scope,
+            self.config().access_ttl.as_secs(),
+        ))
+    }
+}
+
+fn token_response(
+    mut body: Map<String, Value>,
+    access: &crate::tokens::Issued,
+    scope: &str,
+    expires_in: u64,
+) -> Map<String, Value> {
+    body.insert("access_token".into(), json!(access.token));
+    body.insert("token_type".into(), json!("Bearer"));
+    body.insert("expires_in".into(), json!(expires_in));
+    if !scope.is_empty() {
+        body.insert("scope".into(), json!(scope));
+    }
+    body
+}
+
+/// RFC 7636 §4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
+fn is_code_verifier(verifier: &str) -> bool {
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
