@@ -246,7 +246,7 @@ mod tests {
         let store = Store::open(dir.path().join("zt.db").to_str().unwrap())
             .await
             .unwrap();
-        let metrics = Arc::new(Metrics::new(&zt_task::Tasks::new()));
+        let metrics = Arc::new(Metrics::new(&zt_task::Tasks::new(), |_| {}));
         let trust_domain = TrustDomain::parse("example.org").unwrap();
         let witness = Witness::load(store.clone(), &trust_domain, metrics.clone())
             .await
