@@ -95,6 +95,9 @@ pub enum Error {
     /// A registration entry was refused.
     #[error(transparent)]
     Entry(#[from] zt_store::ModelError),
+    /// The demo user or client was refused.
+    #[error(transparent)]
+    People(zt_store::StoreError),
     /// `/proc/self/status` has no `Uid:` line.
     #[error("/proc/self/status: no Uid line")]
     NoUid,

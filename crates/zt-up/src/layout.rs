@@ -17,7 +17,17 @@ pub const AGENT_ID: &str = "spiffe://cluster.local/agent/zt-up";
 pub const SERVICES: [&str; 2] = ["service-one", "service-two"];
 
 /// Highest offset from `--port-base` that `zt up` uses.
-pub const MAX_PORT_OFFSET: u16 = 81;
+pub const MAX_PORT_OFFSET: u16 = 82;
+
+/// The demo user `zt up` creates, and their group.
+pub const DEMO_USER: &str = "demo";
+/// The group of the demo user.
+pub const DEMO_GROUP: &str = "staff";
+/// The public OAuth client for trying the sign-in flow by hand.
+pub const DEMO_CLIENT: &str = "zt-demo";
+/// Its redirect URI: a loopback address (RFC 8252), where nothing needs to
+/// listen: the code can be read off the browser's address bar.
+pub const DEMO_REDIRECT_URI: &str = "http://127.0.0.1:8400/callback";
 
 /// Longest path a Unix socket can be bound at (sun_path, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -71,7 +81,18 @@ impl Layout {
 
     /// zt server's agent API.
     pub fn agent_api(&self) -> SocketAddr {
-        self.port(MAX_PORT_OFFSET)
+        self.port(81)
+    }
+
+    /// zt server's OpenID Provider (HTTPS).
+    pub fn idp(&self) -> SocketAddr {
+        self.port(82)
+    }
+
+    /// The OpenID Provider's issuer: `localhost`, a name WebAuthn accepts as
+    /// relying party ID (an IP address is not).
+    pub fn issuer(&self) -> String {
+        format!("https://localhost:{}", self.idp().port())
     }
 
     /// The demo services, with their addresses.
@@ -96,6 +117,7 @@ impl Layout {
         let mut ports = vec![
             (self.server_http(), "zt server's health and metrics".to_owned()),
             (self.agent_api(), "zt server's agent API".to_owned()),
+            (self.idp(), "zt server's OpenID Provider".to_owned()),
         ];
         for s in self.services() {
             ports.push((s.inbound, format!("{}'s mTLS inbound", s.name)));

@@ -46,6 +46,8 @@ pub const CLIENT_CERT_RENEWAL: Duration = Duration::from_secs(1800);
 /// How long the agent's join token is valid (it is used only if the agent has
 /// no valid SVID of its own from an earlier run).
 const JOIN_TOKEN_TTL: u64 = 600;
+/// Lifetime of the demo user's invite.
+const INVITE_TTL: Duration = Duration::from_secs(3600);
 
 /// What [`run`] reports as it goes, in order, for the caller to show.
 #[derive(Debug)]
@@ -97,6 +99,16 @@ pub enum Event<'a> {
     },
     /// The certificates for callers outside the mesh are written.
     ClientCertsMinted,
+    /// The demo user, their group and the demo client exist; an invite to
+    /// register their first passkey was made.
+    PeopleReady {
+        /// The OpenID Provider's issuer.
+        issuer: &'a str,
+        /// The enrollment link (one use, short-lived).
+        invite_url: &'a str,
+        /// The CA a browser must trust to open it.
+        ca: &'a Path,
+    },
     /// Everything is ready, and the state file written.
     Ready {
         /// How long it took.
@@ -228,6 +240,13 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     mint_client_certs(layout, &admin).await?;
     progress(Event::ClientCertsMinted);
 
+    let invite = demo_person(&admin).await?;
+    progress(Event::PeopleReady {
+        issuer: &layout.issuer(),
+        invite_url: &format!("{}/enroll?invite={}", layout.issuer(), invite.token),
+        ca: &layout.server_bundle(),
+    });
+
     let now = zt_identity::clock::unix_seconds();
     let state = State {
         pid: std::process::id(),
@@ -281,8 +300,9 @@ impl Starting<'_> {
     async fn server(&mut self) -> Result<(), Error> {
         let layout = self.layout;
         let (http, agent_api) = (layout.server_http().to_string(), layout.agent_api().to_string());
+        let idp = layout.idp().to_string();
         let data_dir = layout.server_dir();
-        let args: [&OsStr; 9] = [
+        let args: [&OsStr; 11] = [
             "server".as_ref(),
             "--trust-domain".as_ref(),
             TRUST_DOMAIN.as_ref(),
@@ -292,6 +312,8 @@ impl Starting<'_> {
             http.as_ref(),
             "--agent-api".as_ref(),
             agent_api.as_ref(),
+            "--idp".as_ref(),
+            idp.as_ref(),
         ];
         let probe = Probe::Http {
             addr: layout.server_http(),
@@ -638,6 +660,45 @@ async fn apply_policies(layout: &Layout, exe: &Path, admin: &AdminClient) -> Res
     let stdout = String::from_utf8_lossy(&output.stdout);
     let said = stdout.lines().last().unwrap_or_default().to_owned();
     Ok((applied.version, said))
+}
+
+/// The demo user (in the demo group) and the demo public client, made once and
+/// kept across runs; and a fresh invite for the user's first passkey.
+async fn demo_person(admin: &AdminClient) -> Result<zt_store::Invite, Error> {
+    use crate::layout::{DEMO_CLIENT, DEMO_GROUP, DEMO_REDIRECT_URI, DEMO_USER};
+    // 409: made by an earlier run, kept.
+    let exists = |e: &zt_server::client::ClientError| {
+        matches!(e, zt_server::client::ClientError::Refused { status: 409, .. })
+    };
+    if let Err(e) = admin.create_group(DEMO_GROUP).await
+        && !exists(&e)
+    {
+        return Err(e.into());
+    }
+    let user = zt_store::NewUser {
+        name: DEMO_USER.into(),
+        email: format!("{DEMO_USER}@example.org"),
+        display_name: Some("Demo User".into()),
+        groups: vec![DEMO_GROUP.into()],
+    };
+    if let Err(e) = admin.create_user(&user).await
+        && !exists(&e)
+    {
+        return Err(e.into());
+    }
+    let client = zt_store::NewClient {
+        client_id: DEMO_CLIENT.into(),
+        kind: zt_store::ClientKind::Public,
+        jwks: None,
+        redirect_uris: vec![zt_store::RedirectUri::parse(DEMO_REDIRECT_URI).map_err(Error::People)?],
+        grant_types: Vec::new(),
+    };
+    if let Err(e) = admin.create_client(&client).await
+        && !exists(&e)
+    {
+        return Err(e.into());
+    }
+    Ok(admin.create_invite(DEMO_USER, INVITE_TTL).await?)
 }
 
 /// Certificates for each service's identity, for callers outside the mesh

@@ -177,6 +177,23 @@ fn progress(layout: &Layout) -> Progress {
                 zt_up::CLIENT_CERT_RENEWAL.as_secs() / 60
             ),
         ),
+        Event::PeopleReady {
+            issuer,
+            invite_url,
+            ca,
+        } => step(
+            "people",
+            None,
+            &format!(
+                "OpenID Provider {issuer}; user {} (group {}), public client {}; \
+                 register the user's first passkey (one use, 1 h) at\n      {invite_url}\n      \
+                 (your browser must trust {} for WebAuthn to work there)",
+                zt_up::layout::DEMO_USER,
+                zt_up::layout::DEMO_GROUP,
+                zt_up::layout::DEMO_CLIENT,
+                ca.display()
+            ),
+        ),
         Event::Ready { took } => print_guide(&guide, took),
         Event::Failed(e) => {
             eprintln!("zt up: {}", chain(e));
