@@ -127,11 +127,33 @@ pub async fn authorize(
         },
         None => None,
     };
+    // A session too old for `max_age`, or weaker than an `acr_values` level
+    // asked for, must sign in again (step-up).
+    let max_age = match params.get("max_age").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(seconds)) => Some(seconds),
+        Some(Err(_)) => return provider.redirect_error(&request, "invalid_request", "max_age is not a number of seconds"),
+    };
+    let wanted = params
+        .get("acr_values")
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(Assurance::from_acr)
+        .min();
+    let signed_in = signed_in.filter(|(session, _)| {
+        let fresh = max_age.is_none_or(|max| now().saturating_sub(session.auth_time) <= max);
+        let strong = wanted.is_none_or(|level| Assurance::from_acr(&session.acr).is_some_and(|have| have >= level));
+        fresh && strong
+    });
     match (signed_in, prompt) {
         (Some((session, user)), "" | "none" | "consent") => {
             provider.answer(&request, &session, &user, &peer).await
         }
-        (None, "none") => provider.redirect_error(&request, "login_required", "no one is signed in"),
+        (None, "none") => provider.redirect_error(
+            &request,
+            "login_required",
+            "no one is signed in, or not recently or strongly enough",
+        ),
         _ => provider.sign_in_page(request, &peer),
     }
 }

@@ -38,6 +38,11 @@ impl Assurance {
         }
     }
 
+    /// The level an `acr` value names, if it is one of ours.
+    pub fn from_acr(acr: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|level| level.acr() == acr)
+    }
+
     /// Every level, weakest first.
     pub const ALL: [Assurance; 3] = [Assurance::Aal1, Assurance::Aal2, Assurance::Aal3];
 }
