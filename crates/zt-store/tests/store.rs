@@ -1190,6 +1190,24 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap_err();
     assert!(matches!(late, GrantError::Reused { .. }), "{late}");
 
+    // Without a grace, a reuse in the very second of the rotation is enough.
+    let strict = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .await
+        .unwrap()
+        .unwrap();
+    let at_once = store
+        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(at_once, GrantError::Reused { .. }), "{at_once}");
+
     // Revocation by the client, and the session's end.
     let third = store
         .start_refresh_family(&session.id, "web", "openid", None, NOW)
