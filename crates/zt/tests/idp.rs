@@ -1228,7 +1228,8 @@ fn sign_in_forms_are_protected_against_csrf() {
     };
     let forged_cookie = format!("__Host-zt-signin={}", "A".repeat(43));
     let both_cookies = format!("{}; {forged_cookie}", page.cookie);
-    let attempts: [(&str, &SignInPage, Vec<(&str, &str)>); 5] = [
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let attempts: [(&str, &SignInPage, Headers<'_>); 5] = [
         ("no cookie", &page, vec![("Origin", &origin)]),
         (
             "a wrong csrf",
