@@ -1033,26 +1033,23 @@ fn forged_access_tokens_are_refused_at_userinfo_and_introspection() {
             format!("{input}.{sig}")
         }),
     ];
-    for raw in ["x", "x.y.z"] {
-        for decoded in [jwk["x"].as_str(), jwk.get("n").and_then(Value::as_str)]
-            .into_iter()
-            .flatten()
-        {
-            let bytes = URL_SAFE_NO_PAD.decode(decoded).unwrap();
+    // HS256 keyed with the public key as a verifier might hold it: the raw
+    // coordinate (or modulus) bytes, and the whole JWK Set document.
+    let hs256 = json!({ "alg": "HS256", "typ": "at+jwt", "kid": kid });
+    for field in ["x", "n"] {
+        if let Some(raw) = jwk.get(field).and_then(Value::as_str) {
+            let bytes = URL_SAFE_NO_PAD.decode(raw).unwrap();
             forged.push((
-                if raw == "x" {
-                    "HS256 keyed with the raw key"
-                } else {
-                    "HS256 keyed with the key, again"
-                },
-                forge_hs256(
-                    &json!({ "alg": "HS256", "typ": "at+jwt", "kid": kid }),
-                    &claims,
-                    &bytes,
-                ),
+                "HS256 keyed with the raw public key",
+                forge_hs256(&hs256, &claims, &bytes),
             ));
         }
     }
+    let document = idp.get("/jwks", &[]).body;
+    forged.push((
+        "HS256 keyed with the JWKS document",
+        forge_hs256(&hs256, &claims, document.as_bytes()),
+    ));
     for (what, token) in &forged {
         let reply = idp.userinfo(token, None);
         assert_eq!(reply.status, 401, "{what}: {}", reply.body);
