@@ -241,7 +241,12 @@ fn start_idp(dir: &tempfile::TempDir) -> Idp {
 
 fn invite(idp: &Idp) -> String {
     let out = json_of(&ok(&idp.server, &["user", "invite", "alice", "--output", "json"]));
-    out["token"].as_str().unwrap().to_owned()
+    let token = out["token"].as_str().unwrap().to_owned();
+    let url = format!("https://localhost:{}/enroll?invite={token}", idp.addr.port());
+    assert_eq!(out["url"], url, "the enrollment link: {out}");
+    let text = ok(&idp.server, &["user", "invite", "alice"]);
+    assert!(text.contains("Enroll: https://localhost:"), "{text}");
+    token
 }
 
 fn json_of(text: &str) -> Value {
