@@ -226,13 +226,13 @@ struct Idp {
     ca: String,
 }
 
-fn start_idp(dir: &tempfile::TempDir) -> Idp {
+fn start_idp(dir: &tempfile::TempDir, redirect: &str) -> Idp {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let data = dir.path().join("data");
     let mut server = ServerProcess::spawn_with(&data, None, &["--idp", &addr.to_string()]);
     server.wait_ready();
     ok(&server, &["user", "add", "alice", "--email", "alice@example.org"]);
-    ok(&server, &["client", "add", "web", "--public", "--redirect-uri", REDIRECT]);
+    ok(&server, &["client", "add", "web", "--public", "--redirect-uri", redirect]);
     let ca = ok(&server, &["bundle", "show", "--format", "pem"]);
     // The IdP answers once its listener is up.
     eventually("the IdP listens", || TcpStream::connect(addr).ok());
@@ -272,14 +272,20 @@ fn enroll(browser: &mut Browser, key: &mut Discoverable, token: &str, origin: &s
     )
 }
 
+/// `/authorize?…` for client `web` (code flow, PKCE S256 of `[7; 32]`), signing in again.
+fn authorize_path(redirect: &str, state: &str) -> String {
+    let verifier = B64.encode([7u8; 32]);
+    let challenge = B64.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()));
+    format!(
+        "/authorize?response_type=code&client_id=web&redirect_uri={}&scope=openid&prompt=login&state={state}&code_challenge={challenge}&code_challenge_method=S256",
+        redirect.replace(':', "%3A").replace('/', "%2F"),
+    )
+}
+
 /// An authorization request waiting for sign-in: (request, csrf, verifier).
 fn authorize(browser: &mut Browser) -> (String, String, String) {
     let verifier = B64.encode([7u8; 32]);
-    let challenge = B64.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()));
-    let page = browser.get(&format!(
-        "/authorize?response_type=code&client_id=web&redirect_uri={}&scope=openid&prompt=login&state=s1&code_challenge={challenge}&code_challenge_method=S256",
-        REDIRECT.replace(':', "%3A").replace('/', "%2F"),
-    ));
+    let page = browser.get(&authorize_path(REDIRECT, "s1"));
     assert_eq!(page.status, 200, "{:?} {}", page.headers, page.body);
     (attribute(&page.body, "data-request"), attribute(&page.body, "data-csrf"), verifier)
 }
@@ -324,6 +330,18 @@ fn query_param(url: &str, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Redeems `code` at `/token`; the access token's claims.
+fn redeem(browser: &mut Browser, code: &str, redirect: &str) -> Value {
+    let verifier = B64.encode([7u8; 32]);
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri={}&client_id=web&code_verifier={verifier}",
+        redirect.replace(':', "%3A").replace('/', "%2F"),
+    );
+    let answer = browser.request("POST", "/token", "application/x-www-form-urlencoded", &form, None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    jwt_claims(answer.json()["access_token"].as_str().unwrap())
+}
+
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
@@ -332,7 +350,7 @@ fn jwt_claims(token: &str) -> Value {
 #[test]
 fn passkeys_enroll_from_an_invite_and_sign_in() {
     let dir = tempfile::tempdir().unwrap();
-    let idp = start_idp(&dir);
+    let idp = start_idp(&dir, REDIRECT);
     let origin = format!("https://localhost:{}", idp.addr.port());
     let mut key = Discoverable {
         inner: SoftPasskey::new(true),
@@ -365,14 +383,7 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     assert_eq!(query_param(&redirect, "state").as_deref(), Some("s1"));
     assert!(query_param(&redirect, "iss").is_some(), "{redirect}");
     let code = query_param(&redirect, "code").unwrap();
-    let verifier = B64.encode([7u8; 32]);
-    let form = format!(
-        "grant_type=authorization_code&code={code}&redirect_uri={}&client_id=web&code_verifier={verifier}",
-        REDIRECT.replace(':', "%3A").replace('/', "%2F"),
-    );
-    let token_answer = browser.request("POST", "/token", "application/x-www-form-urlencoded", &form, None);
-    assert_eq!(token_answer.status, 200, "{}", token_answer.body);
-    let claims = jwt_claims(token_answer.json()["access_token"].as_str().unwrap());
+    let claims = redeem(&mut browser, &code, REDIRECT);
     // The soft passkey is not backup-eligible: a device-bound key.
     assert_eq!(claims["amr"], json!(["hwk", "user", "mfa"]), "{claims}");
     assert_eq!(claims["acr"], "urn:zt:acr:aal3", "{claims}");
@@ -432,4 +443,105 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     assert_eq!(revoked.status, 401, "{}", revoked.body);
     assert_eq!(revoked.json()["error_description"], cloned.json()["error_description"]);
     assert!(log.contains("\"factor\":\"passkey\""), "{log}");
+}
+
+/// A loopback "application" for the redirect URI: answers every request 200.
+fn application() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+/// Headless Chromium with a DevTools virtual authenticator (tests/interop/browser.mjs)
+/// opens an invite link, registers a passkey, signs in to a code flow and lands on
+/// the redirect URI with `code`, `state` and `iss`; a credential for another RP ID
+/// cannot sign in.
+#[test]
+fn a_real_browser_registers_a_passkey_and_signs_in() {
+    const TEST: &str = "a_real_browser_registers_a_passkey_and_signs_in";
+    let (Some((node, interop)), Some(_)) = (zt_testkit::node(TEST), zt_testkit::chromium(TEST)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let redirect = format!("http://{}/cb", application());
+    let idp = start_idp(&dir, &redirect);
+    let origin = format!("https://localhost:{}", idp.addr.port());
+    let token = invite(&idp);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &idp.ca).unwrap();
+
+    // Another site's credential, in the authenticator for the negative case.
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 =
+        aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .unwrap();
+    let std64 = base64::engine::general_purpose::STANDARD;
+    let foreign = json!({
+        "credentialId": std64.encode([9u8; 32]),
+        "isResidentCredential": true,
+        "rpId": "example.com",
+        "privateKey": std64.encode(pkcs8.as_ref()),
+        "userHandle": std64.encode([1u8; 16]),
+        "signCount": 0,
+    });
+    let script = json!({
+        "ca": ca,
+        "timeout": 20000,
+        "steps": [
+            ["goto", format!("{origin}/enroll?invite={token}")],
+            ["click", "#enroll-passkey"],
+            ["waitForSelector", "#enroll-done"],
+            ["credentials"],
+            ["goto", format!("{origin}{}", authorize_path(&redirect, "b1"))],
+            ["click", "#passkey-sign-in"],
+            ["waitForURL", { "prefix": redirect }],
+            ["url"],
+            ["removeCredentials"],
+            ["addCredential", foreign],
+            ["goto", format!("{origin}{}", authorize_path(&redirect, "b2"))],
+            ["click", "#passkey-sign-in"],
+            ["waitForSelector", "#passkey-error"],
+            ["url"],
+        ],
+    });
+    let path = dir.path().join("script.json");
+    std::fs::write(&path, script.to_string()).unwrap();
+    let out = std::process::Command::new(node)
+        .arg(interop.join("browser.mjs"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "browser.mjs: {}", zt_testkit::describe(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let credentials = results[0]["value"].as_array().unwrap();
+    assert_eq!(credentials.len(), 1, "one passkey registered: {answer}");
+    assert_eq!(credentials[0]["rpId"], "localhost");
+    assert_eq!(credentials[0]["isResidentCredential"], true, "a discoverable credential");
+
+    let landed = results[1]["value"].as_str().unwrap();
+    assert!(landed.starts_with(&format!("{redirect}?")), "{landed}");
+    assert_eq!(query_param(landed, "state").as_deref(), Some("b1"));
+    assert_eq!(
+        query_param(landed, "iss").as_deref(),
+        Some(origin.replace(':', "%3A").replace('/', "%2F").as_str())
+    );
+    let code = query_param(landed, "code").unwrap();
+    let mut browser = Browser::new(idp.addr, &idp.ca);
+    let claims = redeem(&mut browser, &code, &redirect);
+    assert_eq!(claims["amr"], json!(["hwk", "user", "mfa"]), "{claims}");
+
+    // The other site's credential: no sign-in, still on the sign-in page.
+    let stayed = results[2]["value"].as_str().unwrap();
+    assert!(stayed.starts_with(&format!("{origin}/authorize?")), "{stayed}");
+    let sessions = json_of(&ok(&idp.server, &["session", "list", "--output", "json"]));
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(1), "{sessions}");
 }
