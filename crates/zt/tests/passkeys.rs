@@ -475,6 +475,7 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
     let idp = start_idp(&dir, &redirect);
     let origin = format!("https://localhost:{}", idp.addr.port());
     let token = invite(&idp);
+    let synced = invite(&idp);
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &idp.ca).unwrap();
 
@@ -510,6 +511,16 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
             ["click", "#passkey-sign-in"],
             ["waitForSelector", "#passkey-error"],
             ["url"],
+            // A synced passkey (backup-eligible) on another device.
+            ["removeAuthenticator", 0],
+            ["addAuthenticator", { "defaultBackupEligibility": true, "defaultBackupState": true }],
+            ["goto", format!("{origin}/enroll?invite={synced}")],
+            ["click", "#enroll-passkey"],
+            ["waitForSelector", "#enroll-done"],
+            ["goto", format!("{origin}{}", authorize_path(&redirect, "b3"))],
+            ["click", "#passkey-sign-in"],
+            ["waitForURL", { "prefix": redirect }],
+            ["url"],
         ],
     });
     let path = dir.path().join("script.json");
@@ -542,6 +553,22 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
     // The other site's credential: no sign-in, still on the sign-in page.
     let stayed = results[2]["value"].as_str().unwrap();
     assert!(stayed.starts_with(&format!("{origin}/authorize?")), "{stayed}");
+
+    // The synced passkey: swk and AAL2, and its flags stored.
+    let landed = results[4]["value"].as_str().unwrap();
+    assert_eq!(query_param(landed, "state").as_deref(), Some("b3"), "{landed}");
+    let claims = redeem(&mut browser, &query_param(landed, "code").unwrap(), &redirect);
+    assert_eq!(claims["amr"], json!(["swk", "user", "mfa"]), "{claims}");
+    assert_eq!(claims["acr"], "urn:zt:acr:aal2", "{claims}");
+    let listed = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    let flags: Vec<(bool, bool)> = listed["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["backup_eligible"].as_bool().unwrap(), c["backed_up"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(flags, [(false, false), (true, true)], "{listed}");
+    // Two sign-ins, two sessions: the other site's credential opened none.
     let sessions = json_of(&ok(&idp.server, &["session", "list", "--output", "json"]));
-    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(1), "{sessions}");
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(2), "{sessions}");
 }
