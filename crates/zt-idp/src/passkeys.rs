@@ -215,17 +215,18 @@ pub struct EnrollBegin {
 /// `POST /enroll/begin`: checks the invite, returns creation options.
 pub async fn enroll_begin(
     State(provider): State<Provider>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     Json(body): Json<EnrollBegin>,
 ) -> Response {
-    if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf) {
+    if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf, &peer) {
         return response;
     }
     let store = provider.store();
     let user = match store.invite_user(&body.invite, now()).await {
         Ok(user) => user,
         Err(StoreError::Invite(_) | StoreError::Disabled(_) | StoreError::Missing { .. }) => {
-            return refuse(StatusCode::FORBIDDEN, "invalid_grant", BAD_INVITE);
+            return enroll_failure(&provider, &peer, "invalid_invite", BAD_INVITE);
         }
         Err(e) => return OAuthError::from(e).into_response(),
     };
@@ -292,19 +293,11 @@ pub async fn enroll_finish(
     headers: HeaderMap,
     Json(body): Json<EnrollFinish>,
 ) -> Response {
-    if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf) {
+    if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf, &peer) {
         return response;
     }
     let ip = peer.addr.ip();
-    let fail = |result: &str, why: &str| {
-        let event = Event::failure("credential_registered", result, why)
-            .from_ip(ip)
-            .with("factor", "passkey");
-        if let Err(e) = provider.events().record(event) {
-            return e.into_response();
-        }
-        refuse(StatusCode::FORBIDDEN, "invalid_grant", why)
-    };
+    let fail = |result: &str, why: &str| enroll_failure(&provider, &peer, result, why);
     let passkeys = provider.passkeys();
     let (state, invite, sub) = match passkeys.ceremonies.take(&body.ceremony) {
         Some(Ceremony::Enroll { state, invite, sub, csrf }) if secrets_equal(csrf.as_bytes(), body.csrf.as_bytes()) => {
@@ -367,8 +360,25 @@ pub async fn enroll_finish(
     response
 }
 
-fn check_enroll_csrf(provider: &Provider, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
+/// A refused registration: recorded, charged to the source address's sign-in
+/// limit (invites are bearer tokens worth guessing), told to the page.
+fn enroll_failure(provider: &Provider, peer: &Peer, result: &str, why: &str) -> Response {
+    let ip = peer.addr.ip();
+    provider.limits().sign_in_ip.charge(&ip.to_string());
+    let event = Event::failure("credential_registered", result, why)
+        .from_ip(ip)
+        .with("factor", "passkey");
+    if let Err(e) = provider.events().record(event) {
+        return e.into_response();
+    }
+    refuse(StatusCode::FORBIDDEN, "invalid_grant", why)
+}
+
+fn check_enroll_csrf(provider: &Provider, headers: &HeaderMap, csrf: &str, peer: &Peer) -> Result<(), Response> {
     same_origin(provider, headers)?;
+    if let Err(wait) = provider.limits().sign_in_ip.check(&peer.addr.ip().to_string()) {
+        return Err(OAuthError::too_many(wait).into_response());
+    }
     match cookie(headers, ENROLL_COOKIE) {
         Some(bound) if secrets_equal(bound.as_bytes(), csrf.as_bytes()) => Ok(()),
         _ => Err(refuse(

@@ -227,9 +227,16 @@ struct Idp {
 }
 
 fn start_idp(dir: &tempfile::TempDir, redirect: &str) -> Idp {
+    start_idp_with(dir, redirect, &[])
+}
+
+fn start_idp_with(dir: &tempfile::TempDir, redirect: &str, extra: &[&str]) -> Idp {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let data = dir.path().join("data");
-    let mut server = ServerProcess::spawn_with(&data, None, &["--idp", &addr.to_string()]);
+    let addr_arg = addr.to_string();
+    let mut args = vec!["--idp", &addr_arg];
+    args.extend(extra);
+    let mut server = ServerProcess::spawn_with(&data, None, &args);
     server.wait_ready();
     ok(&server, &["user", "add", "alice", "--email", "alice@example.org"]);
     ok(&server, &["client", "add", "web", "--public", "--redirect-uri", redirect]);
@@ -443,6 +450,36 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     assert_eq!(revoked.status, 401, "{}", revoked.body);
     assert_eq!(revoked.json()["error_description"], cloned.json()["error_description"]);
     assert!(log.contains("\"factor\":\"passkey\""), "{log}");
+}
+
+#[test]
+fn only_allowed_authenticator_models_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = "08987058-cadc-4b81-b6e1-30de50dcbe96";
+    let idp = start_idp_with(&dir, REDIRECT, &["--idp-aaguid", allowed]);
+    let origin = format!("https://localhost:{}", idp.addr.port());
+    let mut key = Discoverable {
+        inner: SoftPasskey::new(true),
+        made: Vec::new(),
+    };
+    let token = invite(&idp);
+    let mut browser = Browser::new(idp.addr, &idp.ca);
+    let refused = enroll(&mut browser, &mut key, &token, &origin);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let why = refused.json()["error_description"].as_str().unwrap().to_owned();
+    assert!(why.contains("AAGUID") && why.contains("not allowed"), "{why}");
+    let listed = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    assert_eq!(listed["credentials"], json!([]), "{listed}");
+
+    let out = zt_testkit::describe(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_zt"))
+            .args(["server", "--trust-domain", "example.org", "--idp", "127.0.0.1:0", "--idp-aaguid", "not-a-uuid"])
+            .arg("--data-dir")
+            .arg(dir.path().join("other"))
+            .output()
+            .unwrap(),
+    );
+    assert!(out.contains("--idp-aaguid \"not-a-uuid\": not a UUID"), "{out}");
 }
 
 /// A loopback "application" for the redirect URI: answers every request 200.
