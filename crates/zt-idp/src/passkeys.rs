@@ -42,7 +42,8 @@ use serde::Deserialize;
 use serde_json::json;
 use webauthn_rs::prelude::{
     CreationChallengeResponse, DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, RequestChallengeResponse, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
+    RegisterPublicKeyCredential, RequestChallengeResponse, Url, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
 };
 use zt_store::{CredentialUse, NewCredential, StoreError, User};
 
@@ -160,10 +161,14 @@ fn refuse(status: StatusCode, error: &'static str, why: &str) -> Response {
 }
 
 /// CSRF protection of the JSON endpoints: `Origin` must be present and be the issuer's.
-fn same_origin(provider: &Provider, headers: &HeaderMap) -> Result<(), Response> {
+fn same_origin(provider: &Provider, headers: &HeaderMap) -> Result<(), Box<Response>> {
     match headers.get(header::ORIGIN) {
         Some(origin) if origin.as_bytes() == provider.config().origin().as_bytes() => Ok(()),
-        _ => Err(refuse(StatusCode::FORBIDDEN, "invalid_request", "cross-origin request refused")),
+        _ => Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            "invalid_request",
+            "cross-origin request refused",
+        ))),
     }
 }
 
@@ -173,7 +178,8 @@ pub struct EnrollQuery {
     invite: String,
 }
 
-const BAD_INVITE: &str = "this invite link cannot be used: it may have expired or been used already; ask for a new one";
+const BAD_INVITE: &str =
+    "this invite link cannot be used: it may have expired or been used already; ask for a new one";
 
 /// `GET /enroll?invite=TOKEN`: the page that registers a first passkey.
 pub async fn enroll_page(State(provider): State<Provider>, Query(query): Query<EnrollQuery>) -> Response {
@@ -201,7 +207,13 @@ pub async fn enroll_page(State(provider): State<Provider>, Query(query): Query<E
         csrf = pages::escape(&csrf),
     );
     let mut response = pages::document("Register a passkey", &body, StatusCode::OK);
-    set_cookie(&mut response, ENROLL_COOKIE, &csrf, CEREMONY_TTL.as_secs() * 2, "Strict");
+    set_cookie(
+        &mut response,
+        ENROLL_COOKIE,
+        &csrf,
+        CEREMONY_TTL.as_secs() * 2,
+        "Strict",
+    );
     response
 }
 
@@ -220,7 +232,7 @@ pub async fn enroll_begin(
     Json(body): Json<EnrollBegin>,
 ) -> Response {
     if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf, &peer) {
-        return response;
+        return *response;
     }
     let store = provider.store();
     let user = match store.invite_user(&body.invite, now()).await {
@@ -240,7 +252,8 @@ pub async fn enroll_begin(
         .filter_map(|c| B64.decode(&c.id).ok())
         .collect::<Vec<_>>();
     let Some(handle) = user_handle(&user.sub) else {
-        return OAuthError::server_error("passkey registration", "a user's sub is not 128 bits of hex").into_response();
+        return OAuthError::server_error("passkey registration", "a user's sub is not 128 bits of hex")
+            .into_response();
     };
     let passkeys = provider.passkeys();
     let started = passkeys.webauthn.start_passkey_registration(
@@ -294,18 +307,24 @@ pub async fn enroll_finish(
     Json(body): Json<EnrollFinish>,
 ) -> Response {
     if let Err(response) = check_enroll_csrf(&provider, &headers, &body.csrf, &peer) {
-        return response;
+        return *response;
     }
     let ip = peer.addr.ip();
     let fail = |result: &str, why: &str| enroll_failure(&provider, &peer, result, why);
     let passkeys = provider.passkeys();
     let (state, invite, sub) = match passkeys.ceremonies.take(&body.ceremony) {
-        Some(Ceremony::Enroll { state, invite, sub, csrf }) if secrets_equal(csrf.as_bytes(), body.csrf.as_bytes()) => {
-            (state, invite, sub)
-        }
+        Some(Ceremony::Enroll {
+            state,
+            invite,
+            sub,
+            csrf,
+        }) if secrets_equal(csrf.as_bytes(), body.csrf.as_bytes()) => (state, invite, sub),
         _ => return fail("unknown_ceremony", "this registration has expired: start again"),
     };
-    let passkey = match passkeys.webauthn.finish_passkey_registration(&body.credential, &state) {
+    let passkey = match passkeys
+        .webauthn
+        .finish_passkey_registration(&body.credential, &state)
+    {
         Ok(passkey) => passkey,
         Err(e) => {
             tracing::info!(error = %e, "passkey registration refused");
@@ -337,7 +356,11 @@ pub async fn enroll_finish(
         backup_eligible: data.backup_eligible,
         backed_up: data.backed_up,
     };
-    let stored = match provider.store().enroll_credential(&invite, &credential, now()).await {
+    let stored = match provider
+        .store()
+        .enroll_credential(&invite, &credential, now())
+        .await
+    {
         Ok(stored) => stored,
         Err(StoreError::Invite(_) | StoreError::Disabled(_) | StoreError::Missing { .. }) => {
             return fail("invalid_invite", BAD_INVITE);
@@ -374,18 +397,23 @@ fn enroll_failure(provider: &Provider, peer: &Peer, result: &str, why: &str) -> 
     refuse(StatusCode::FORBIDDEN, "invalid_grant", why)
 }
 
-fn check_enroll_csrf(provider: &Provider, headers: &HeaderMap, csrf: &str, peer: &Peer) -> Result<(), Response> {
+fn check_enroll_csrf(
+    provider: &Provider,
+    headers: &HeaderMap,
+    csrf: &str,
+    peer: &Peer,
+) -> Result<(), Box<Response>> {
     same_origin(provider, headers)?;
     if let Err(wait) = provider.limits().sign_in_ip.check(&peer.addr.ip().to_string()) {
-        return Err(OAuthError::too_many(wait).into_response());
+        return Err(Box::new(OAuthError::too_many(wait).into_response()));
     }
     match cookie(headers, ENROLL_COOKIE) {
         Some(bound) if secrets_equal(bound.as_bytes(), csrf.as_bytes()) => Ok(()),
-        _ => Err(refuse(
+        _ => Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             "invalid_request",
             "this page has expired or was not opened in this browser: open the invite link again",
-        )),
+        ))),
     }
 }
 
@@ -404,7 +432,7 @@ pub async fn sign_in_begin(
     Json(body): Json<SignInBegin>,
 ) -> Response {
     if let Err(response) = check_sign_in(&provider, &headers, &peer, &body.request, &body.csrf) {
-        return response;
+        return *response;
     }
     let passkeys = provider.passkeys();
     let (mut options, state): (RequestChallengeResponse, _) =
@@ -443,7 +471,7 @@ pub async fn sign_in_finish(
 ) -> Response {
     let request = match check_sign_in(&provider, &headers, &peer, &body.request, &body.csrf) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let outcome = verify(&provider, &body).await;
     let ip = peer.addr.ip();
@@ -453,7 +481,9 @@ pub async fn sign_in_finish(
         Err(Failure::Refused { result, why, detail }) => {
             let limits = provider.limits();
             limits.sign_in_ip.charge(&ip.to_string());
-            let mut event = Event::failure("sign_in", result, why).from_ip(ip).with("factor", "passkey");
+            let mut event = Event::failure("sign_in", result, why)
+                .from_ip(ip)
+                .with("factor", "passkey");
             if let Some((key, value)) = detail {
                 event = event.with(key, value);
             }
@@ -469,7 +499,16 @@ pub async fn sign_in_finish(
         }
     };
     provider
-        .complete_sign_in(&body.request, &request, &user, amr, assurance, "passkey", &peer, Reply::Json)
+        .complete_sign_in(
+            &body.request,
+            &request,
+            &user,
+            amr,
+            assurance,
+            "passkey",
+            &peer,
+            Reply::Json,
+        )
         .await
 }
 
@@ -501,7 +540,12 @@ async fn verify(provider: &Provider, body: &SignInFinish) -> Result<(User, Vec<S
     let passkeys = provider.passkeys();
     let state = match passkeys.ceremonies.take(&body.ceremony) {
         Some(Ceremony::SignIn { state, request }) if request == body.request => state,
-        _ => return Err(refused("unknown_ceremony", "no such passkey ceremony, or it expired or was used")),
+        _ => {
+            return Err(refused(
+                "unknown_ceremony",
+                "no such passkey ceremony, or it expired or was used",
+            ));
+        }
     };
     let (handle, credential_id) = passkeys
         .webauthn
@@ -537,40 +581,41 @@ async fn verify(provider: &Provider, body: &SignInFinish) -> Result<(User, Vec<S
     }
     let mut passkey: Passkey = serde_json::from_str(&stored.public_key)
         .map_err(|e| Failure::Server(OAuthError::server_error("stored passkey", e).into_response()))?;
-    let result = match passkeys
-        .webauthn
-        .finish_discoverable_authentication_v2(&body.credential, state, &passkey)
-    {
-        Ok(result) => result,
-        Err(WebauthnError::CredentialPossibleCompromise) => {
-            let event = Event::failure(
-                "credential_cloned",
-                "sign_count_regression",
-                "the signature counter went backwards: the authenticator may have been cloned",
-            )
-            .with("sub", user.sub.as_str())
-            .with("user", user.name.as_str())
-            .with("credential", credential_id.as_str())
-            .with("stored_sign_count", stored.credential.sign_count);
-            provider
-                .events()
-                .record(event)
-                .map_err(|e| Failure::Server(e.into_response()))?;
-            return Err(Failure::Refused {
-                result: "credential_cloned",
-                why: "the signature counter went backwards",
-                detail,
-            });
-        }
-        Err(e) => {
-            tracing::info!(error = %e, credential = %credential_id, "passkey assertion refused");
-            return Err(Failure::Refused {
-                result: "verification_failed",
-                why: "the assertion did not verify",
-                detail,
-            });
-        }
-    };
+    let result =
+        match passkeys
+            .webauthn
+            .finish_discoverable_authentication_v2(&body.credential, state, &passkey)
+        {
+            Ok(result) => result,
+            Err(WebauthnError::CredentialPossibleCompromise) => {
+                let event = Event::failure(
+                    "credential_cloned",
+                    "sign_count_regression",
+                    "the signature counter went backwards: the authenticator may have been cloned",
+                )
+                .with("sub", user.sub.as_str())
+                .with("user", user.name.as_str())
+                .with("credential", credential_id.as_str())
+                .with("stored_sign_count", stored.credential.sign_count);
+                provider
+                    .events()
+                    .record(event)
+                    .map_err(|e| Failure::Server(e.into_response()))?;
+                return Err(Failure::Refused {
+                    result: "credential_cloned",
+                    why: "the signature counter went backwards",
+                    detail,
+                });
+            }
+            Err(e) => {
+                tracing::info!(error = %e, credential = %credential_id, "passkey assertion refused");
+                return Err(Failure::Refused {
+                    result: "verification_failed",
+                    why: "the assertion did not verify",
+                    detail,
+                });
+            }
+        };
     if !result.user_verified() {
         return Err(Failure::Refused {
             result: "not_user_verified",
@@ -589,7 +634,9 @@ async fn verify(provider: &Provider, body: &SignInFinish) -> Result<(User, Vec<S
     match store.record_credential_use(&credential_id, &used, now()).await {
         Ok(()) => {}
         // Revoked meanwhile.
-        Err(StoreError::Missing { .. }) => return Err(refused("revoked_credential", "the credential is revoked")),
+        Err(StoreError::Missing { .. }) => {
+            return Err(refused("revoked_credential", "the credential is revoked"));
+        }
         Err(e) => return Err(e.into()),
     }
     let (kind, assurance) = if result.backup_eligible() {
@@ -607,14 +654,14 @@ fn check_sign_in(
     peer: &Peer,
     request: &str,
     csrf: &str,
-) -> Result<crate::authorize::AuthorizationRequest, Response> {
+) -> Result<crate::authorize::AuthorizationRequest, Box<Response>> {
     same_origin(provider, headers)?;
     let checked = provider.check_form(headers, request, csrf).map_err(|_| {
-        refuse(
+        Box::new(refuse(
             StatusCode::FORBIDDEN,
             "invalid_request",
             "this sign-in page has expired or was not opened in this browser: start again from the application",
-        )
+        ))
     })?;
     let ip = peer.addr.ip();
     if let Err(wait) = provider.limits().sign_in_ip.check(&ip.to_string()) {
@@ -623,7 +670,7 @@ fn check_sign_in(
                 .from_ip(ip)
                 .with("factor", "passkey"),
         );
-        return Err(OAuthError::too_many(wait).into_response());
+        return Err(Box::new(OAuthError::too_many(wait).into_response()));
     }
     Ok(checked)
 }
@@ -676,7 +723,9 @@ mod cbor {
             let after_key = skip(rest, 0)?;
             if is_key {
                 let (v_major, v_len, value) = head(after_key)?;
-                return (v_major == 2).then(|| value.get(..usize::try_from(v_len).ok()?)).flatten();
+                return (v_major == 2)
+                    .then(|| value.get(..usize::try_from(v_len).ok()?))
+                    .flatten();
             }
             rest = skip(after_key, 0)?;
         }
@@ -690,9 +739,18 @@ mod cbor {
         let (argument, rest) = match info {
             0..=23 => (u64::from(info), rest),
             24 => (u64::from(*rest.first()?), rest.get(1..)?),
-            25 => (u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), rest.get(2..)?),
-            26 => (u64::from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)), rest.get(4..)?),
-            27 => (u64::from_be_bytes(rest.get(..8)?.try_into().ok()?), rest.get(8..)?),
+            25 => (
+                u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+                rest.get(2..)?,
+            ),
+            26 => (
+                u64::from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+                rest.get(4..)?,
+            ),
+            27 => (
+                u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+                rest.get(8..)?,
+            ),
             _ => return None, // indefinite lengths and reserved values: not in attestation objects
         };
         Some((major, argument, rest))
@@ -708,7 +766,11 @@ mod cbor {
             0 | 1 | 7 => Some(rest),
             2 | 3 => rest.get(usize::try_from(argument).ok()?..),
             4 | 5 => {
-                let items = if major == 5 { argument.checked_mul(2)? } else { argument };
+                let items = if major == 5 {
+                    argument.checked_mul(2)?
+                } else {
+                    argument
+                };
                 let mut rest = rest;
                 for _ in 0..items {
                     rest = skip(rest, depth + 1)?;

@@ -309,7 +309,11 @@ impl AdminClient {
     }
 
     /// `POST /v1/users/{name}/invites`: a one-time enrollment token, returned this once.
-    pub async fn create_invite(&self, name: &str, ttl: std::time::Duration) -> Result<crate::api::Invite, ClientError> {
+    pub async fn create_invite(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<crate::api::Invite, ClientError> {
         let body = CreateInvite {
             ttl_secs: ttl.as_secs(),
         };

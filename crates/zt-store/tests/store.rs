@@ -909,7 +909,10 @@ async fn an_invite_enrolls_one_credential_even_in_a_race(store: Store) {
         .create_invite("alice", Duration::from_secs(900), NOW)
         .await
         .unwrap();
-    assert_eq!(store.invite_user(&invite.token, NOW + 1).await.unwrap().sub, alice.sub);
+    assert_eq!(
+        store.invite_user(&invite.token, NOW + 1).await.unwrap().sub,
+        alice.sub
+    );
     let (first, second) = (credential(&alice.sub, "cred-a"), credential(&alice.sub, "cred-b"));
     let (a, b) = tokio::join!(
         store.enroll_credential(&invite.token, &first, NOW + 1),
@@ -918,7 +921,10 @@ async fn an_invite_enrolls_one_credential_even_in_a_race(store: Store) {
     assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
     let loser = a.err().or(b.err()).unwrap();
     assert!(
-        matches!(loser, StoreError::Invite(TokenProblem::Used) | StoreError::Database(_)),
+        matches!(
+            loser,
+            StoreError::Invite(TokenProblem::Used) | StoreError::Database(_)
+        ),
         "{loser}"
     );
     assert_eq!(store.credentials("alice").await.unwrap().len(), 1);
@@ -967,7 +973,10 @@ async fn credential_use_is_recorded(store: Store) {
         backed_up: true,
         public_key: r#"{"counter":7}"#.into(),
     };
-    store.record_credential_use("cred-1", &used, NOW + 3).await.unwrap();
+    store
+        .record_credential_use("cred-1", &used, NOW + 3)
+        .await
+        .unwrap();
     let stored = store.credential_by_id("cred-1").await.unwrap().unwrap();
     assert_eq!(stored.credential.sign_count, 7);
     assert!(stored.credential.backed_up);
@@ -975,7 +984,12 @@ async fn credential_use_is_recorded(store: Store) {
     assert_eq!(stored.public_key, used.public_key);
     assert!(store.credential_by_id("nope").await.unwrap().is_none());
     store.revoke_credential("cred-1", NOW + 4).await.unwrap();
-    assert!(store.record_credential_use("cred-1", &used, NOW + 5).await.is_err());
+    assert!(
+        store
+            .record_credential_use("cred-1", &used, NOW + 5)
+            .await
+            .is_err()
+    );
 }
 
 async fn clients_keep_only_a_hash_of_their_secret(store: Store) {

@@ -27,8 +27,8 @@ use webauthn_authenticator_rs::prelude::{
 };
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_rs_proto::{
-    AllowCredentials, PublicKeyCredential, PublicKeyCredentialCreationOptions, PublicKeyCredentialRequestOptions,
-    RegisterPublicKeyCredential,
+    AllowCredentials, PublicKeyCredential, PublicKeyCredentialCreationOptions,
+    PublicKeyCredentialRequestOptions, RegisterPublicKeyCredential,
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -49,11 +49,16 @@ impl AuthenticatorBackendHashedClientData for Discoverable {
         timeout_ms: u32,
     ) -> Result<RegisterPublicKeyCredential, WebauthnCError> {
         let selection = options.authenticator_selection.as_mut().unwrap();
-        assert!(selection.require_resident_key, "the server asks for a discoverable credential");
+        assert!(
+            selection.require_resident_key,
+            "the server asks for a discoverable credential"
+        );
         // This wrapper keeps the user handle: the soft passkey need not.
         selection.require_resident_key = false;
         let (user, rp) = (options.user.id.clone(), options.rp.id.clone());
-        let made = self.inner.perform_register(client_data_hash, options, timeout_ms)?;
+        let made = self
+            .inner
+            .perform_register(client_data_hash, options, timeout_ms)?;
         self.made.push((made.raw_id.clone(), user, rp));
         Ok(made)
     }
@@ -140,7 +145,14 @@ impl Browser {
         }
     }
 
-    fn request(&mut self, method: &str, path: &str, content_type: &str, body: &str, origin: Option<&str>) -> Answer {
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        origin: Option<&str>,
+    ) -> Answer {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(self.tls.clone(), name).unwrap();
         let tcp = TcpStream::connect(self.addr).unwrap();
@@ -176,7 +188,11 @@ impl Browser {
             .iter()
             .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
         let body = if chunked { dechunk(body) } else { body.to_owned() };
-        let answer = Answer { status, headers, body };
+        let answer = Answer {
+            status,
+            headers,
+            body,
+        };
         for (n, v) in &answer.headers {
             if n != "set-cookie" {
                 continue;
@@ -216,7 +232,11 @@ fn dechunk(mut body: &str) -> String {
 
 /// `data-NAME="VALUE"` in a page.
 fn attribute(page: &str, name: &str) -> String {
-    let start = page.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {page}")) + name.len() + 2;
+    let start = page
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + name.len()
+        + 2;
     page[start..].split('"').next().unwrap().to_owned()
 }
 
@@ -239,7 +259,10 @@ fn start_idp_with(dir: &tempfile::TempDir, redirect: &str, extra: &[&str]) -> Id
     let mut server = ServerProcess::spawn_with(&data, None, &args);
     server.wait_ready();
     ok(&server, &["user", "add", "alice", "--email", "alice@example.org"]);
-    ok(&server, &["client", "add", "web", "--public", "--redirect-uri", redirect]);
+    ok(
+        &server,
+        &["client", "add", "web", "--public", "--redirect-uri", redirect],
+    );
     let ca = ok(&server, &["bundle", "show", "--format", "pem"]);
     // The IdP answers once its listener is up.
     eventually("the IdP listens", || TcpStream::connect(addr).ok());
@@ -270,7 +293,11 @@ fn enroll(browser: &mut Browser, key: &mut Discoverable, token: &str, origin: &s
     let begun = begun.json();
     let options: CreationChallengeResponse = serde_json::from_value(begun["options"].clone()).unwrap();
     assert_eq!(options.public_key.rp.id, "localhost");
-    assert_ne!(options.public_key.user.id, b"alice@example.org".to_vec(), "the user handle is never the e-mail");
+    assert_ne!(
+        options.public_key.user.id,
+        b"alice@example.org".to_vec(),
+        "the user handle is never the e-mail"
+    );
     assert_eq!(options.public_key.user.id.len(), 16, "the sub's 128 bits");
     let credential = key.do_registration(Url::parse(origin).unwrap(), options).unwrap();
     browser.post_json(
@@ -282,7 +309,10 @@ fn enroll(browser: &mut Browser, key: &mut Discoverable, token: &str, origin: &s
 /// `/authorize?…` for client `web` (code flow, PKCE S256 of `[7; 32]`), signing in again.
 fn authorize_path(redirect: &str, state: &str) -> String {
     let verifier = B64.encode([7u8; 32]);
-    let challenge = B64.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()));
+    let challenge = B64.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
     format!(
         "/authorize?response_type=code&client_id=web&redirect_uri={}&scope=openid&prompt=login&state={state}&code_challenge={challenge}&code_challenge_method=S256",
         redirect.replace(':', "%3A").replace('/', "%2F"),
@@ -294,12 +324,19 @@ fn authorize(browser: &mut Browser) -> (String, String, String) {
     let verifier = B64.encode([7u8; 32]);
     let page = browser.get(&authorize_path(REDIRECT, "s1"));
     assert_eq!(page.status, 200, "{:?} {}", page.headers, page.body);
-    (attribute(&page.body, "data-request"), attribute(&page.body, "data-csrf"), verifier)
+    (
+        attribute(&page.body, "data-request"),
+        attribute(&page.body, "data-csrf"),
+        verifier,
+    )
 }
 
 /// Begins a passkey sign-in: (ceremony, options).
 fn begin_sign_in(browser: &mut Browser, request: &str, csrf: &str) -> (Value, RequestChallengeResponse) {
-    let begun = browser.post_json("/signin/passkey/begin", &json!({ "request": request, "csrf": csrf }));
+    let begun = browser.post_json(
+        "/signin/passkey/begin",
+        &json!({ "request": request, "csrf": csrf }),
+    );
     assert_eq!(begun.status, 200, "{}", begun.body);
     let begun = begun.json();
     (
@@ -325,7 +362,9 @@ fn finish_sign_in(
 fn sign_in(browser: &mut Browser, key: &mut Discoverable, origin: &str) -> Answer {
     let (request, csrf, _) = authorize(browser);
     let (ceremony, options) = begin_sign_in(browser, &request, &csrf);
-    let credential = key.do_authentication(Url::parse(origin).unwrap(), options).unwrap();
+    let credential = key
+        .do_authentication(Url::parse(origin).unwrap(), options)
+        .unwrap();
     finish_sign_in(browser, &request, &csrf, &ceremony, &credential)
 }
 
@@ -370,7 +409,10 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     let finished = enroll(&mut browser, &mut key, &token, &origin);
     assert_eq!(finished.status, 200, "{}", finished.body);
     assert_eq!(finished.json()["user"], "alice");
-    let credentials = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    let credentials = json_of(&ok(
+        &idp.server,
+        &["user", "credentials", "alice", "--output", "json"],
+    ));
     let credentials = credentials["credentials"].as_array().unwrap();
     assert_eq!(credentials.len(), 1, "{credentials:?}");
     let credential_id = credentials[0]["id"].as_str().unwrap().to_owned();
@@ -394,7 +436,10 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     // The soft passkey is not backup-eligible: a device-bound key.
     assert_eq!(claims["amr"], json!(["hwk", "user", "mfa"]), "{claims}");
     assert_eq!(claims["acr"], "urn:zt:acr:aal3", "{claims}");
-    let used = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    let used = json_of(&ok(
+        &idp.server,
+        &["user", "credentials", "alice", "--output", "json"],
+    ));
     assert!(used["credentials"][0]["last_used_at"].is_u64(), "{used}");
 
     // Another origin (here another port), or another RP ID: refused.
@@ -415,7 +460,9 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     // not answer a new challenge.
     let (request, csrf, _) = authorize(&mut other);
     let (ceremony, options) = begin_sign_in(&mut other, &request, &csrf);
-    let signed = key.do_authentication(Url::parse(&origin).unwrap(), options).unwrap();
+    let signed = key
+        .do_authentication(Url::parse(&origin).unwrap(), options)
+        .unwrap();
     let first = finish_sign_in(&mut other, &request, &csrf, &ceremony, &signed);
     assert_eq!(first.status, 200, "{}", first.body);
     let (request, csrf, _) = authorize(&mut other);
@@ -437,7 +484,10 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
             backed_up: false,
             public_key: passkey.to_string(),
         };
-        store.record_credential_use(&credential_id, &used, now()).await.unwrap();
+        store
+            .record_credential_use(&credential_id, &used, now())
+            .await
+            .unwrap();
     });
     let cloned = sign_in(&mut other, &mut key, &origin);
     assert_eq!(cloned.status, 401, "{}", cloned.body);
@@ -448,7 +498,10 @@ fn passkeys_enroll_from_an_invite_and_sign_in() {
     ok(&idp.server, &["user", "credential", "revoke", &credential_id]);
     let revoked = sign_in(&mut other, &mut key, &origin);
     assert_eq!(revoked.status, 401, "{}", revoked.body);
-    assert_eq!(revoked.json()["error_description"], cloned.json()["error_description"]);
+    assert_eq!(
+        revoked.json()["error_description"],
+        cloned.json()["error_description"]
+    );
     assert!(log.contains("\"factor\":\"passkey\""), "{log}");
 }
 
@@ -468,12 +521,23 @@ fn only_allowed_authenticator_models_register() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     let why = refused.json()["error_description"].as_str().unwrap().to_owned();
     assert!(why.contains("AAGUID") && why.contains("not allowed"), "{why}");
-    let listed = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    let listed = json_of(&ok(
+        &idp.server,
+        &["user", "credentials", "alice", "--output", "json"],
+    ));
     assert_eq!(listed["credentials"], json!([]), "{listed}");
 
     let out = zt_testkit::describe(
         &std::process::Command::new(env!("CARGO_BIN_EXE_zt"))
-            .args(["server", "--trust-domain", "example.org", "--idp", "127.0.0.1:0", "--idp-aaguid", "not-a-uuid"])
+            .args([
+                "server",
+                "--trust-domain",
+                "example.org",
+                "--idp",
+                "127.0.0.1:0",
+                "--idp-aaguid",
+                "not-a-uuid",
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("other"))
             .output()
@@ -518,9 +582,11 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
 
     // Another site's credential, in the authenticator for the negative case.
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 =
-        aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .unwrap();
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &rng,
+    )
+    .unwrap();
     let std64 = base64::engine::general_purpose::STANDARD;
     let foreign = json!({
         "credentialId": std64.encode([9u8; 32]),
@@ -567,13 +633,20 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "browser.mjs: {}", zt_testkit::describe(&out));
+    assert!(
+        out.status.success(),
+        "browser.mjs: {}",
+        zt_testkit::describe(&out)
+    );
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = answer["results"].as_array().unwrap();
     let credentials = results[0]["value"].as_array().unwrap();
     assert_eq!(credentials.len(), 1, "one passkey registered: {answer}");
     assert_eq!(credentials[0]["rpId"], "localhost");
-    assert_eq!(credentials[0]["isResidentCredential"], true, "a discoverable credential");
+    assert_eq!(
+        credentials[0]["isResidentCredential"], true,
+        "a discoverable credential"
+    );
 
     let landed = results[1]["value"].as_str().unwrap();
     assert!(landed.starts_with(&format!("{redirect}?")), "{landed}");
@@ -597,15 +670,27 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
     let claims = redeem(&mut browser, &query_param(landed, "code").unwrap(), &redirect);
     assert_eq!(claims["amr"], json!(["swk", "user", "mfa"]), "{claims}");
     assert_eq!(claims["acr"], "urn:zt:acr:aal2", "{claims}");
-    let listed = json_of(&ok(&idp.server, &["user", "credentials", "alice", "--output", "json"]));
+    let listed = json_of(&ok(
+        &idp.server,
+        &["user", "credentials", "alice", "--output", "json"],
+    ));
     let flags: Vec<(bool, bool)> = listed["credentials"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["backup_eligible"].as_bool().unwrap(), c["backed_up"].as_bool().unwrap()))
+        .map(|c| {
+            (
+                c["backup_eligible"].as_bool().unwrap(),
+                c["backed_up"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(flags, [(false, false), (true, true)], "{listed}");
     // Two sign-ins, two sessions: the other site's credential opened none.
     let sessions = json_of(&ok(&idp.server, &["session", "list", "--output", "json"]));
-    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(2), "{sessions}");
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(2),
+        "{sessions}"
+    );
 }
