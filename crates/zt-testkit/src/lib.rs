@@ -115,6 +115,18 @@ pub fn chromium(test: &str) -> Option<PathBuf> {
     command(test, "chromium", "--version")
 }
 
+/// Node.js with tests/interop's packages installed (`scripts/setup-test-env`):
+/// the `node` command and the interop directory.
+pub fn node(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let node = command(test, "node", "--version")?;
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
+    if interop.join("node_modules/playwright-core").is_dir() {
+        Some((node, interop))
+    } else {
+        missing(test, "tests/interop/node_modules (npm ci)", "ZT_REQUIRE_INTEROP")
+    }
+}
+
 /// `name`, if running it with `probe` succeeds.
 fn command(test: &str, name: &str, probe: &str) -> Option<PathBuf> {
     let found = Command::new(name)
