@@ -98,8 +98,8 @@ pub fn prometheus(test: &str) -> Option<PathBuf> {
 /// The `node` command, if installed, with `tests/interop/node_modules` (from
 /// scripts/setup-test-env): what runs the npm clients no one here wrote.
 pub fn node(test: &str) -> Option<PathBuf> {
-    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/node_modules");
-    if !modules.is_dir() {
+    let modules = interop_dir().join("node_modules");
+    if !modules.join("playwright-core").is_dir() || !modules.join("openid-client").is_dir() {
         return missing(
             test,
             "tests/interop/node_modules (scripts/setup-test-env)",
@@ -109,22 +109,15 @@ pub fn node(test: &str) -> Option<PathBuf> {
     command(test, "node", "--version")
 }
 
+/// `tests/interop`: the scripts of the clients no one here wrote.
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
+}
+
 /// The `chromium` command (Debian's package), if installed: a browser no one
 /// here wrote, to render HTML reports headless.
 pub fn chromium(test: &str) -> Option<PathBuf> {
     command(test, "chromium", "--version")
-}
-
-/// Node.js with tests/interop's packages installed (`scripts/setup-test-env`):
-/// the `node` command and the interop directory.
-pub fn node(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let node = command(test, "node", "--version")?;
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
-    if interop.join("node_modules/playwright-core").is_dir() {
-        Some((node, interop))
-    } else {
-        missing(test, "tests/interop/node_modules (npm ci)", "ZT_REQUIRE_INTEROP")
-    }
 }
 
 /// `name`, if running it with `probe` succeeds.

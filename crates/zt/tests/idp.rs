@@ -574,10 +574,6 @@ fn run_json(mut command: Command, what: &str) -> Value {
         .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {}", describe(&out)))
 }
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
-}
-
 /// What the RP scripts are given.
 fn rp_args(idp: &Idp, client: &str, secret: &str, user: &str) -> String {
     json!({
@@ -606,7 +602,7 @@ fn openid_client_runs_code_flow_refresh_reuse_detection_introspection_and_revoca
     let secret = idp.client("web", &[]);
     let mut command = Command::new(node);
     command
-        .arg(interop_dir().join("oidc_rp.mjs"))
+        .arg(zt_testkit::interop_dir().join("oidc_rp.mjs"))
         .arg(rp_args(&idp, "web", &secret, "alice"));
     let summary = run_json(command, "oidc_rp.mjs");
     assert_eq!(summary["issuer"], idp.issuer.as_str(), "{summary}");
@@ -643,7 +639,7 @@ fn authlib_runs_code_flow_refresh_reuse_detection_introspection_and_revocation()
     let secret = idp.client("web", &[]);
     let mut command = Command::new(python);
     command
-        .arg(interop_dir().join("authlib_client.py"))
+        .arg(zt_testkit::interop_dir().join("authlib_client.py"))
         .arg(rp_args(&idp, "web", &secret, "alice"));
     let summary = run_json(command, "authlib_client.py");
     assert_eq!(
@@ -674,9 +670,12 @@ fn pyjwt_verifies_access_tokens_against_the_jwks() {
     let tokens = idp.tokens(("web", &secret), "alice");
     let verify = |token: &str, audience: &str| {
         let mut command = Command::new(&python);
-        command.arg(interop_dir().join("pyjwt_verify.py")).arg(
-            json!({ "issuer": idp.issuer, "ca": idp.ca, "token": token, "audience": audience }).to_string(),
-        );
+        command
+            .arg(zt_testkit::interop_dir().join("pyjwt_verify.py"))
+            .arg(
+                json!({ "issuer": idp.issuer, "ca": idp.ca, "token": token, "audience": audience })
+                    .to_string(),
+            );
         command.stdin(Stdio::null()).output().unwrap()
     };
     let out = verify(tokens["access_token"].as_str().unwrap(), "web");

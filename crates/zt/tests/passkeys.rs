@@ -568,7 +568,7 @@ fn application() -> SocketAddr {
 #[test]
 fn a_real_browser_registers_a_passkey_and_signs_in() {
     const TEST: &str = "a_real_browser_registers_a_passkey_and_signs_in";
-    let (Some((node, interop)), Some(_)) = (zt_testkit::node(TEST), zt_testkit::chromium(TEST)) else {
+    let (Some(node), Some(_)) = (zt_testkit::node(TEST), zt_testkit::chromium(TEST)) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -629,7 +629,7 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
     let path = dir.path().join("script.json");
     std::fs::write(&path, script.to_string()).unwrap();
     let out = std::process::Command::new(node)
-        .arg(interop.join("browser.mjs"))
+        .arg(zt_testkit::interop_dir().join("browser.mjs"))
         .arg(&path)
         .output()
         .unwrap();
