@@ -243,7 +243,7 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     let invite = demo_person(&admin).await?;
     progress(Event::PeopleReady {
         issuer: &layout.issuer(),
-        invite_url: &format!("{}/enroll?invite={}", layout.issuer(), invite.token),
+        invite_url: invite.url.as_deref().unwrap_or_default(),
         ca: &layout.server_bundle(),
     });
 
