@@ -1,7 +1,8 @@
 //! How a client proves who it is at the token, introspection and revocation
 //! endpoints: `client_secret_basic` or `client_secret_post` (argon2id-hashed
 //! secrets), `private_key_jwt` (RFC 7523 assertions signed with a key of the
-//! client's registered JWK Set, each `jti` used once), or nothing for a
+//! client's registered JWK Set, each `jti` used once), a mesh workload's
+//! JWT-SVID for a `spiffe` client (RFC 7523 too: no secret), or nothing for a
 //! public client, which PKCE protects instead. One method per request: a
 //! request that offers two is refused.
 
@@ -11,7 +12,7 @@ use std::sync::Mutex;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use serde_json::Value;
-use zt_identity::jwt::{Jws, check_times};
+use zt_identity::jwt::{Jws, check_times, verify_jwt_svid_within};
 use zt_store::{Client, ClientKind};
 
 use crate::params::Params;
@@ -29,7 +30,8 @@ const MAX_SEEN_ASSERTIONS: usize = 100_000;
 pub struct Authenticated {
     /// The client.
     pub client: Client,
-    /// How: `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`.
+    /// How: `client_secret_basic`, `client_secret_post`, `private_key_jwt`,
+    /// `jwt_svid` or `none`.
     pub method: &'static str,
 }
 
@@ -132,8 +134,12 @@ impl Provider {
         })
     }
 
-    /// RFC 7523 §3: `iss` and `sub` are the client, `aud` names this
-    /// provider, `exp` soon, `jti` never seen; signed by a key of the client's JWK Set.
+    /// RFC 7523 §3: `sub` is the client, `aud` names this provider, `exp`
+    /// soon, `jti` never seen. What signs it depends on the client's kind: a
+    /// key of its JWK Set (`private_key_jwt`, where `iss` is the client too
+    /// and `jti` is required), or for a [`ClientKind::Spiffe`] client a JWT
+    /// authority of the trust domain, the assertion being the workload's
+    /// JWT-SVID (its `jti` used once when it has one).
     async fn assertion_client(
         &self,
         assertion: &str,
@@ -141,19 +147,13 @@ impl Provider {
         endpoint: &str,
     ) -> Result<Authenticated, OAuthError> {
         let failed = |why: &str| OAuthError::invalid_client(format!("client assertion: {why}"));
-        let jws = Jws::decode(assertion, &["JWT", "client-authentication+jwt"], true)
+        let jws = Jws::decode(assertion, &["JWT", "JOSE", "client-authentication+jwt"], true)
             .map_err(|e| failed(&e.to_string()))?;
         let claims = &jws.claims;
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
-        let (Some(iss), Some(sub)) = (text("iss"), text("sub")) else {
-            return Err(failed("iss and sub are required"));
-        };
-        if iss != sub || named.is_some_and(|named| named != iss) {
+        let sub = text("sub").ok_or_else(|| failed("sub is required"))?;
+        if text("iss").is_some_and(|iss| iss != sub) || named.is_some_and(|named| named != sub) {
             return Err(failed("iss, sub and client_id must all be the client"));
-        }
-        let client = self.known_client(iss).await?;
-        if client.kind != ClientKind::PrivateKeyJwt {
-            return Err(failed("this client does not authenticate with private_key_jwt"));
         }
         let audiences: Vec<&str> = match claims.get("aud") {
             Some(Value::String(one)) => vec![one.as_str()],
@@ -162,31 +162,62 @@ impl Provider {
         };
         let config = self.config();
         let token_endpoint = config.url("/token");
-        if !audiences
+        let audience = audiences
             .iter()
-            .any(|aud| *aud == config.issuer || *aud == endpoint || *aud == token_endpoint)
-        {
-            return Err(failed("aud does not name this provider"));
-        }
-        let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
-            .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
-        let verified = keys
-            .iter()
-            .filter(|(kid, _)| jws.kid().is_none() || kid.as_deref() == jws.kid())
-            .any(|(_, key)| jws.verify(key));
-        if !verified {
-            return Err(failed("signature does not verify with the client's keys"));
-        }
+            .find(|aud| **aud == config.issuer || **aud == endpoint || **aud == token_endpoint)
+            .ok_or_else(|| failed("aud does not name this provider"))?;
+        let client = self.known_client(sub).await?;
         let now = now();
-        let exp = check_times(claims, now, MAX_ASSERTION_LIFETIME).map_err(|e| failed(&e.to_string()))?;
-        let jti = text("jti").ok_or_else(|| failed("jti is required"))?;
-        if !self.seen_assertions().first_use(iss, jti, exp, now) {
+        let (exp, method) = match client.kind {
+            ClientKind::PrivateKeyJwt => {
+                if text("iss").is_none() {
+                    return Err(failed("iss is required"));
+                }
+                let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
+                    .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
+                let verified = keys
+                    .iter()
+                    .filter(|(kid, _)| jws.kid().is_none() || kid.as_deref() == jws.kid())
+                    .any(|(_, key)| jws.verify(key));
+                if !verified {
+                    return Err(failed("signature does not verify with the client's keys"));
+                }
+                if text("jti").is_none() {
+                    return Err(failed("jti is required"));
+                }
+                let exp =
+                    check_times(claims, now, MAX_ASSERTION_LIFETIME).map_err(|e| failed(&e.to_string()))?;
+                (exp, "private_key_jwt")
+            }
+            ClientKind::Spiffe => {
+                let svid = verify_jwt_svid_within(
+                    assertion,
+                    &self.keys().bundle(),
+                    audience,
+                    now,
+                    MAX_ASSERTION_LIFETIME,
+                )
+                .map_err(|e| failed(&format!("JWT-SVID: {e}")))?;
+                // The client ID was checked to be a SPIFFE ID of this trust
+                // domain when it was registered; the bundle is of this trust
+                // domain only. Both again, as the SVID's subject is what counts.
+                if svid.spiffe_id().trust_domain() != &config.trust_domain
+                    || svid.spiffe_id().to_string() != client.client_id
+                {
+                    return Err(failed("the JWT-SVID is not the client's"));
+                }
+                (svid.expiry(), "jwt_svid")
+            }
+            ClientKind::Secret | ClientKind::Public => {
+                return Err(failed("this client does not authenticate with an assertion"));
+            }
+        };
+        if let Some(jti) = text("jti")
+            && !self.seen_assertions().first_use(sub, jti, exp, now)
+        {
             return Err(failed("this assertion was already used"));
         }
-        Ok(Authenticated {
-            client,
-            method: "private_key_jwt",
-        })
+        Ok(Authenticated { client, method })
     }
 }
 
