@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
-use serde_json::Value;
+use serde_json::{Map, Value};
+use zt_identity::VerifiedJwtSvid;
 use zt_identity::jwt::{Jws, check_times, verify_jwt_svid_within};
 use zt_store::{Client, ClientKind};
 
@@ -21,7 +22,7 @@ use crate::{OAuthError, Provider, now};
 /// `client_assertion_type` of RFC 7523.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest lifetime of a client assertion, seconds.
-const MAX_ASSERTION_LIFETIME: u64 = 300;
+pub(crate) const MAX_ASSERTION_LIFETIME: u64 = 300;
 /// Most assertion IDs remembered (each only until its `exp`).
 const MAX_SEEN_ASSERTIONS: usize = 100_000;
 
@@ -155,17 +156,7 @@ impl Provider {
         if text("iss").is_some_and(|iss| iss != sub) || named.is_some_and(|named| named != sub) {
             return Err(failed("iss, sub and client_id must all be the client"));
         }
-        let audiences: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(one)) => vec![one.as_str()],
-            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(failed("aud is required")),
-        };
-        let config = self.config();
-        let token_endpoint = config.url("/token");
-        let audience = audiences
-            .iter()
-            .find(|aud| **aud == config.issuer || **aud == endpoint || **aud == token_endpoint)
-            .ok_or_else(|| failed("aud does not name this provider"))?;
+        self.our_audience(claims, endpoint).map_err(failed)?;
         let client = self.known_client(sub).await?;
         let now = now();
         let (exp, method) = match client.kind {
@@ -190,20 +181,10 @@ impl Provider {
                 (exp, "private_key_jwt")
             }
             ClientKind::Spiffe => {
-                let svid = verify_jwt_svid_within(
-                    assertion,
-                    &self.keys().bundle(),
-                    audience,
-                    now,
-                    MAX_ASSERTION_LIFETIME,
-                )
-                .map_err(|e| failed(&format!("JWT-SVID: {e}")))?;
-                // The client ID was checked to be a SPIFFE ID of this trust
-                // domain when it was registered; the bundle is of this trust
-                // domain only. Both again, as the SVID's subject is what counts.
-                if svid.spiffe_id().trust_domain() != &config.trust_domain
-                    || svid.spiffe_id().to_string() != client.client_id
-                {
+                let svid = self
+                    .verify_workload_svid(assertion, endpoint, now)
+                    .map_err(|e| failed(&e))?;
+                if svid.spiffe_id().to_string() != client.client_id {
                     return Err(failed("the JWT-SVID is not the client's"));
                 }
                 (svid.expiry(), "jwt_svid")
@@ -218,6 +199,52 @@ impl Provider {
             return Err(failed("this assertion was already used"));
         }
         Ok(Authenticated { client, method })
+    }
+}
+
+impl Provider {
+    /// The `aud` of `claims` that names this provider: its issuer, the
+    /// token endpoint, or `endpoint` (the one the token is presented to).
+    fn our_audience<'c>(&self, claims: &'c Map<String, Value>, endpoint: &str) -> Result<&'c str, &'static str> {
+        let audiences: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => return Err("aud is required"),
+        };
+        let config = self.config();
+        let token_endpoint = config.url("/token");
+        audiences
+            .into_iter()
+            .find(|aud| *aud == config.issuer || *aud == endpoint || *aud == token_endpoint)
+            .ok_or("aud does not name this provider")
+    }
+
+    /// Verifies a JWT-SVID of a workload of this trust domain presented to
+    /// `endpoint`: signed by one of the trust domain's JWT authorities, its
+    /// `aud` naming this provider, living at most five minutes. `Err` says why not.
+    pub(crate) fn verify_workload_svid(
+        &self,
+        token: &str,
+        endpoint: &str,
+        now: u64,
+    ) -> Result<VerifiedJwtSvid, String> {
+        let unverified = Jws::decode(token, &["JWT", "JOSE"], true).map_err(|e| format!("JWT-SVID: {e}"))?;
+        let audience = self
+            .our_audience(&unverified.claims, endpoint)
+            .map_err(|e| format!("JWT-SVID: {e}"))?;
+        let svid = verify_jwt_svid_within(
+            token,
+            &self.keys().bundle(),
+            audience,
+            now,
+            MAX_ASSERTION_LIFETIME,
+        )
+        .map_err(|e| format!("JWT-SVID: {e}"))?;
+        // The bundle is this trust domain's only; checked again all the same.
+        if svid.spiffe_id().trust_domain() != &self.config().trust_domain {
+            return Err("JWT-SVID: not of this trust domain".into());
+        }
+        Ok(svid)
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         GrantType::AuthorizationCode,
         GrantType::RefreshToken,
         GrantType::ClientCredentials,
+        GrantType::TokenExchange,
     ]
     .iter()
     .map(|g| g.as_str())
@@ -64,7 +65,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": SCOPES,
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "amr", "sid", "nonce",
-            "name", "preferred_username", "email", "groups", "ip", "zone", "device_id", "device_tier", "cnf"],
+            "name", "preferred_username", "email", "groups", "ip", "zone", "device_id", "device_tier", "cnf", "act"],
         "acr_values_supported": acr,
         "authorization_response_iss_parameter_supported": true,
         "tls_client_certificate_bound_access_tokens": true,

@@ -350,3 +350,152 @@ async fn an_assertion_authenticates_only_the_kinds_of_client_that_use_one() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
 }
+
+const ORDERS: &str = "spiffe://example.org/ns/shop/sa/orders";
+const BILLING: &str = "spiffe://example.org/ns/shop/sa/billing";
+
+impl Fixture {
+    /// `POST /token` as workload `id`, authenticated by a fresh JWT-SVID.
+    async fn as_workload(&self, id: &str, form: &[(&str, &str)]) -> (StatusCode, Map<String, Value>) {
+        let svid = self.authority.svid(id, ISSUER, 60);
+        let mut form = form.to_vec();
+        form.extend(assertion_form(&svid, TOKEN_EXCHANGE).into_iter().skip(1));
+        self.token(&form, None).await
+    }
+}
+
+fn exchange<'a>(subject: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", ACCESS_TOKEN_TYPE),
+        ("audience", audience),
+    ]
+}
+
+#[tokio::test]
+async fn a_service_exchanges_a_persons_token_to_call_another_on_their_behalf() {
+    let f = fixture().await;
+    for workload in [ORDERS, BILLING] {
+        f.client(workload, ClientKind::Spiffe, &[GrantType::TokenExchange])
+            .await;
+    }
+    let (subject, sid) = f.user_token("openid orders:read orders:write").await;
+    let subject_claims = claims_of(&subject);
+    // Every claim of the person's token beyond the token's own is a person claim.
+    for name in subject_claims.keys() {
+        let own = ["iss", "sub", "aud", "client_id", "iat", "exp", "jti", "scope"];
+        assert!(
+            own.contains(&name.as_str()) || zt_idp::tokens::PERSON_CLAIMS.contains(&name.as_str()),
+            "{name} is neither the token's own claim nor a person claim: an exchange would drop it"
+        );
+    }
+    // Later than the subject token: the exchanged one must not outlive it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let mut form = exchange(&subject, BILLING);
+    form.push(("scope", "orders:read"));
+    let (status, body) = f.as_workload(ORDERS, &form).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN_TYPE);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "orders:read");
+    let first = body["access_token"].as_str().unwrap().to_owned();
+    let claims = f.provider.verify_access_token(&first, now()).unwrap();
+    assert_eq!(claims["sub"], subject_claims["sub"]);
+    assert_eq!(claims["sid"], json!(sid));
+    for name in zt_idp::tokens::PERSON_CLAIMS {
+        assert_eq!(claims.get(name), subject_claims.get(name), "{name}");
+        assert!(claims.contains_key(name), "{name}");
+    }
+    assert_eq!(claims["aud"], BILLING);
+    assert_eq!(claims["client_id"], ORDERS);
+    assert_eq!(claims["act"], json!({ "sub": ORDERS }));
+    assert_eq!(claims["exp"], subject_claims["exp"], "no longer than the subject token's life");
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in < 900, "{expires_in}");
+
+    // Billing passes it on: the actors nest, the latest outermost (RFC 8693 §4.1).
+    let (status, body) = f
+        .as_workload(BILLING, &exchange(&first, "spiffe://example.org/ns/shop/sa/ledger"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let claims = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["act"], json!({ "sub": BILLING, "act": { "sub": ORDERS } }));
+    assert_eq!(claims["scope"], "orders:read", "the narrowed scope carries on");
+
+    // An actor token names the actor: a workload's JWT-SVID here.
+    let actor = f.authority.svid("spiffe://example.org/ns/shop/sa/frontend", ISSUER, 60);
+    let mut form = exchange(&subject, BILLING);
+    form.extend([("actor_token", actor.as_str()), ("actor_token_type", JWT_TOKEN_TYPE)]);
+    let (status, body) = f.as_workload(ORDERS, &form).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let claims = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["act"], json!({ "sub": "spiffe://example.org/ns/shop/sa/frontend" }));
+}
+
+#[tokio::test]
+async fn token_exchange_is_refused_unless_everything_holds() {
+    let f = fixture().await;
+    f.client(ORDERS, ClientKind::Spiffe, &[GrantType::TokenExchange])
+        .await;
+    f.client(BILLING, ClientKind::Spiffe, &[GrantType::ClientCredentials])
+        .await;
+    let (subject, sid) = f.user_token("openid orders:read").await;
+    let refused = |(status, body): (StatusCode, Map<String, Value>), error: &str, needle: &str| {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+        assert_eq!(body["error"], error, "{body:?}");
+        let why = body["error_description"].as_str().unwrap();
+        assert!(why.contains(needle), "{needle:?} not in {why:?}");
+    };
+
+    let mut wider = exchange(&subject, BILLING);
+    wider.push(("scope", "orders:read orders:write"));
+    refused(f.as_workload(ORDERS, &wider).await, "invalid_scope", "widen");
+
+    let mut no_audience = exchange(&subject, BILLING);
+    no_audience.pop();
+    refused(f.as_workload(ORDERS, &no_audience).await, "invalid_request", "audience");
+
+    let mut wrong_type = exchange(&subject, BILLING);
+    wrong_type[2].1 = JWT_TOKEN_TYPE;
+    refused(f.as_workload(ORDERS, &wrong_type).await, "invalid_request", "subject_token_type");
+
+    refused(
+        f.as_workload(BILLING, &exchange(&subject, ORDERS)).await,
+        "unauthorized_client",
+        "may not use",
+    );
+
+    refused(
+        f.as_workload(ORDERS, &exchange("not.a.token", BILLING)).await,
+        "invalid_request",
+        "subject_token",
+    );
+
+    // A client's own token has no person to act for.
+    let svid = f.authority.svid(BILLING, ISSUER, 60);
+    let (_, body) = f.token(&assertion_form(&svid, "client_credentials"), None).await;
+    let own = body["access_token"].as_str().unwrap();
+    refused(
+        f.as_workload(ORDERS, &exchange(own, BILLING)).await,
+        "invalid_request",
+        "acting as itself",
+    );
+
+    // An actor token of another trust domain.
+    let foreign = Authority::new("evil.example").svid("spiffe://evil.example/x", ISSUER, 60);
+    let mut form = exchange(&subject, BILLING);
+    form.extend([("actor_token", foreign.as_str()), ("actor_token_type", JWT_TOKEN_TYPE)]);
+    refused(f.as_workload(ORDERS, &form).await, "invalid_request", "actor_token");
+
+    // Once the person's session is revoked, their token buys nothing.
+    let (status, body) = f.as_workload(ORDERS, &exchange(&subject, BILLING)).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    f.store.revoke_session(&sid, "test", now()).await.unwrap();
+    refused(
+        f.as_workload(ORDERS, &exchange(&subject, BILLING)).await,
+        "invalid_request",
+        "session has ended",
+    );
+}

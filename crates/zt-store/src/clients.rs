@@ -368,10 +368,12 @@ fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
             "a spiffe client is a workload, not a browser app: no authorization_code, no redirect URIs",
         ));
     }
-    if new.kind == ClientKind::Public && grants.contains(&GrantType::ClientCredentials) {
+    if new.kind == ClientKind::Public
+        && (grants.contains(&GrantType::ClientCredentials) || grants.contains(&GrantType::TokenExchange))
+    {
         return Err(invalid(
             "grant_types",
-            "a public client cannot use client_credentials: it has nothing to authenticate with",
+            "a public client cannot use client_credentials (nor token exchange): it has nothing to authenticate with",
         ));
     }
     Ok(grants)
