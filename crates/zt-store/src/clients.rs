@@ -227,7 +227,8 @@ pub struct NewClient {
     /// Where authorization responses may be sent.
     #[serde(default)]
     pub redirect_uris: Vec<RedirectUri>,
-    /// The grants it may use (default: `authorization_code` and `refresh_token`).
+    /// The grants it may use (default: `authorization_code` and `refresh_token`;
+    /// `client_credentials` for a [`ClientKind::Spiffe`] client).
     #[serde(default)]
     pub grant_types: Vec<GrantType>,
 }
@@ -347,7 +348,9 @@ fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
             &format!("more than {MAX_REDIRECT_URIS}"),
         ));
     }
-    let mut grants = if new.grant_types.is_empty() {
+    let mut grants = if new.grant_types.is_empty() && new.kind == ClientKind::Spiffe {
+        vec![GrantType::ClientCredentials]
+    } else if new.grant_types.is_empty() {
         vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
     } else {
         new.grant_types.clone()

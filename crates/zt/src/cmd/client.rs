@@ -16,7 +16,8 @@ use super::timestamp;
 #[derive(Subcommand)]
 pub(crate) enum ClientCommand {
     /// Register a client: confidential with a secret (the default; printed once),
-    /// confidential with private_key_jwt (--jwks), or public with PKCE (--public).
+    /// confidential with private_key_jwt (--jwks), a mesh workload by its SPIFFE ID
+    /// authenticating with its JWT-SVID (--spiffe), or public with PKCE (--public).
     Add(ClientAdd),
     /// List every client.
     List(AdminArgs),
@@ -48,7 +49,8 @@ pub(crate) struct ClientAdd {
     /// client ID is its SPIFFE ID, in this server's trust domain.
     #[arg(long)]
     pub(crate) spiffe: bool,
-    /// A grant type it may use (repeatable) [default: authorization_code and refresh_token].
+    /// A grant type it may use (repeatable) [default: authorization_code and refresh_token;
+    /// client_credentials with --spiffe].
     #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
     pub(crate) grants: Vec<GrantType>,
     #[command(flatten)]
