@@ -39,6 +39,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         GrantType::RefreshToken,
         GrantType::ClientCredentials,
         GrantType::TokenExchange,
+        GrantType::DeviceCode,
     ]
     .iter()
     .map(|g| g.as_str())
@@ -48,6 +49,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         "issuer": config.issuer,
         "authorization_endpoint": url("/authorize"),
         "token_endpoint": url("/token"),
+        "device_authorization_endpoint": url("/device_authorization"),
         "userinfo_endpoint": url("/userinfo"),
         "jwks_uri": url("/jwks"),
         "introspection_endpoint": url("/introspect"),

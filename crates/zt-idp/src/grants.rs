@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use zt_store::{ClientKind, GrantError, GrantType, IssuedRefresh};
+use zt_store::{ClientKind, DevicePoll, GrantError, GrantType, IssuedRefresh, Session, User};
 
 use crate::client_auth::Authenticated;
 use crate::events::Event;
@@ -47,7 +47,7 @@ pub async fn token(
             response
         }
         Err(error) => {
-            if error.code() != "rate_limited" {
+            if !matches!(error.code(), "rate_limited" | "authorization_pending" | "slow_down") {
                 provider.limits().token_ip.charge(&ip);
             }
             error.into_response()
@@ -84,6 +84,8 @@ impl Provider {
         let result = self.grant(&grant_type, &params, &client, peer).await;
         let event = match &result {
             Ok(_) => Event::success("token", format!("{grant_type} token issued")),
+            // A device polling as it should: neither an event nor a failure.
+            Err(e) if e.code() == "authorization_pending" => return result,
             Err(e) => {
                 self.limits().token_client.charge(&client_id);
                 Event::failure("token", e.code(), e.description())
@@ -125,11 +127,7 @@ impl Provider {
             GrantType::RefreshToken => self.refresh_grant(params, client, peer).await,
             GrantType::ClientCredentials => self.client_credentials_grant(params, client, peer),
             GrantType::TokenExchange => self.token_exchange_grant(params, client, peer).await,
-            GrantType::DeviceCode => Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!("grant_type {grant_type:?} is not supported yet"),
-            )),
+            GrantType::DeviceCode => self.device_code_grant(params, client, peer).await,
         }
     }
 
@@ -191,35 +189,55 @@ impl Provider {
         }
         let session = &redeemed.session;
         let (_, user) = self.store().session(&session.id).await?;
+        let issued = SessionGrant {
+            scope: &redeemed.scope,
+            nonce: redeemed.nonce.as_deref(),
+            code: Some(code),
+        };
+        self.session_tokens(session, &user, client, &issued, peer, now).await
+    }
+
+    /// The tokens of a session just granted to `client`: a refresh-token
+    /// family (if the client may refresh), an access token, and an ID token
+    /// if `openid` is in the scope.
+    async fn session_tokens(
+        &self,
+        session: &Session,
+        user: &User,
+        client: &Authenticated,
+        issued: &SessionGrant<'_>,
+        peer: &Peer,
+        now: u64,
+    ) -> Result<Map<String, Value>, OAuthError> {
         let mut body = Map::new();
         if client.client.grant_types.contains(&GrantType::RefreshToken) {
-            let issued = self
+            let family = self
                 .store()
                 .start_refresh_family(
                     &session.id,
                     &client.client.client_id,
-                    &redeemed.scope,
-                    Some(code),
+                    issued.scope,
+                    issued.code,
                     now,
                 )
                 .await?
                 .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
-            body.insert("refresh_token".into(), json!(issued.token));
+            body.insert("refresh_token".into(), json!(family.token));
         }
         let grant = Grant {
             client_id: &client.client.client_id,
-            scope: &redeemed.scope,
+            scope: issued.scope,
             audience: None,
             certificate_sha256: peer.certificate_sha256.as_deref(),
         };
-        let access = self.access_token(session, &user, &grant, now)?;
-        if redeemed.scope.split(' ').any(|s| s == "openid") {
+        let access = self.access_token(session, user, &grant, now)?;
+        if issued.scope.split(' ').any(|s| s == "openid") {
             let id_token = self.id_token(
                 session,
-                &user,
+                user,
                 &client.client.client_id,
-                &redeemed.scope,
-                redeemed.nonce.as_deref(),
+                issued.scope,
+                issued.nonce,
                 now,
             )?;
             body.insert("id_token".into(), json!(id_token));
@@ -227,9 +245,59 @@ impl Provider {
         Ok(token_response(
             body,
             &access,
-            &redeemed.scope,
+            issued.scope,
             self.config().access_ttl.as_secs(),
         ))
+    }
+
+    /// RFC 8628 §3.4–3.5: a device polls with its device code until a person
+    /// approves or denies it, or it expires.
+    async fn device_code_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let device_code = params.required("device_code")?;
+        let now = now();
+        let refused = |error: &'static str, why: &str| {
+            OAuthError::new(axum::http::StatusCode::BAD_REQUEST, error, why)
+        };
+        match self
+            .store()
+            .poll_device_code(device_code, &client.client.client_id, now)
+            .await?
+        {
+            DevicePoll::Pending => Err(refused(
+                "authorization_pending",
+                "the person has not answered yet",
+            )),
+            DevicePoll::SlowDown => Err(refused(
+                "slow_down",
+                "polled sooner than the interval: wait 5s longer from now on",
+            )),
+            DevicePoll::Expired => Err(refused("expired_token", "the device code has expired")),
+            DevicePoll::Denied => Err(refused(
+                "access_denied",
+                "the person denied it, or their session has ended",
+            )),
+            DevicePoll::Invalid => Err(OAuthError::invalid_grant(
+                "the device code is unknown, another client's, or used",
+            )),
+            DevicePoll::Approved {
+                scope,
+                session,
+                user,
+            } => {
+                let issued = SessionGrant {
+                    scope: &scope,
+                    nonce: None,
+                    code: None,
+                };
+                self.session_tokens(&session, &user, client, &issued, peer, now)
+                    .await
+            }
+        }
     }
 
     /// RFC 6749 §6, rotated (RFC 9700 §4.14.2).
@@ -479,6 +547,15 @@ fn depth_of(act: Option<&Value>) -> usize {
         next = act.get("act");
     }
     depth
+}
+
+/// What a person's session is granted to a client: the scope, the `nonce`
+/// for the ID token, the authorization code redeemed (if any: a replay of it
+/// revokes the refresh family).
+struct SessionGrant<'a> {
+    scope: &'a str,
+    nonce: Option<&'a str>,
+    code: Option<&'a str>,
 }
 
 fn token_response(

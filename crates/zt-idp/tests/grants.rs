@@ -499,3 +499,208 @@ async fn token_exchange_is_refused_unless_everything_holds() {
         "session has ended",
     );
 }
+
+const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// An answer: status, `Set-Cookie` values (name=value), body.
+struct Answer {
+    status: StatusCode,
+    cookies: Vec<String>,
+    body: String,
+}
+
+impl Fixture {
+    async fn send(&self, method: &str, uri: &str, cookie: Option<&str>, form: Option<&[(&str, &str)]>) -> Answer {
+        let peer = Peer {
+            addr: "127.0.0.1:40001".parse().unwrap(),
+            certificate_sha256: None,
+            spiffe_id: None,
+        };
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let body = match form {
+            Some(form) => {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+                form.iter()
+                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            }
+            None => String::new(),
+        };
+        let response = self
+            .provider
+            .router()
+            .layer(axum::Extension(peer))
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let cookies = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+            .collect();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        Answer {
+            status,
+            cookies,
+            body: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn device_authorization(&self, client: &str) -> Map<String, Value> {
+        let answer = self
+            .send(
+                "POST",
+                "/device_authorization",
+                None,
+                Some(&[("client_id", client), ("scope", "openid offline_access unknown")]),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        serde_json::from_str(&answer.body).unwrap()
+    }
+
+    async fn poll(&self, device_code: &str) -> (StatusCode, Map<String, Value>) {
+        self.token(
+            &[
+                ("grant_type", DEVICE_CODE),
+                ("client_id", "cli"),
+                ("device_code", device_code),
+            ],
+            None,
+        )
+        .await
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn a_device_is_signed_in_by_a_person_elsewhere() {
+    let f = fixture().await;
+    f.client("cli", ClientKind::Public, &[GrantType::DeviceCode, GrantType::RefreshToken])
+        .await;
+    f.store
+        .create_user(
+            &NewUser {
+                name: "bob".into(),
+                email: "bob@example.org".into(),
+                display_name: None,
+                groups: vec![],
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    f.store
+        .set_password("bob", Some("correct horse battery staple"), now())
+        .await
+        .unwrap();
+
+    // The device asks, then polls: too early, then too fast.
+    let first = f.device_authorization("cli").await;
+    let user_code = first["user_code"].as_str().unwrap();
+    assert_eq!(user_code.len(), 9, "{user_code}");
+    assert!(
+        user_code
+            .chars()
+            .all(|c| c == '-' || "BCDFGHJKLMNPQRSTVWXZ".contains(c)),
+        "{user_code}"
+    );
+    assert_eq!(first["expires_in"], 600);
+    assert_eq!(first["interval"], 5);
+    assert_eq!(first["verification_uri"], format!("{ISSUER}/device"));
+    assert_eq!(
+        first["verification_uri_complete"],
+        format!("{ISSUER}/device?user_code={user_code}")
+    );
+    let device_code = first["device_code"].as_str().unwrap();
+    let (status, body) = f.poll(device_code).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("authorization_pending")));
+    let (_, body) = f.poll(device_code).await;
+    assert_eq!(body["error"], "slow_down");
+
+    // The person types the code, signs in, and the device's next poll gets tokens.
+    let second = f.device_authorization("cli").await;
+    let user_code = second["user_code"].as_str().unwrap().to_lowercase();
+    let page = f.send("GET", &format!("/device?user_code={user_code}"), None, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let sign_in_cookie = page.cookies.iter().find(|c| c.starts_with("__Host-zt-signin=")).unwrap();
+    let signed_in = f
+        .send(
+            "POST",
+            "/signin/password",
+            Some(sign_in_cookie),
+            Some(&[
+                ("request", &hidden(&page.body, "request")),
+                ("csrf", &hidden(&page.body, "csrf")),
+                ("username", "bob"),
+                ("password", "correct horse battery staple"),
+            ]),
+        )
+        .await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+    assert!(signed_in.body.contains("Device signed in"), "{}", signed_in.body);
+    let session = signed_in
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-zt-session="))
+        .unwrap()
+        .clone();
+    let (status, body) = f.poll(second["device_code"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(body["scope"], "openid offline_access", "unknown scopes dropped");
+    assert!(body["refresh_token"].is_string() && body["id_token"].is_string(), "{body:?}");
+    let claims = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["pwd"]));
+    assert_eq!(claims["client_id"], "cli");
+    let (_, body) = f.poll(second["device_code"].as_str().unwrap()).await;
+    assert_eq!(body["error"], "invalid_grant", "redeemed once");
+
+    // Signed in already: the person approves or denies, on a form bound to their session.
+    let third = f.device_authorization("cli").await;
+    let user_code = third["user_code"].as_str().unwrap();
+    let page = f
+        .send("GET", &format!("/device?user_code={user_code}"), Some(&session), None)
+        .await;
+    assert!(page.body.contains("id=\"deny\""), "{}", page.body);
+    let confirm = hidden(&page.body, "confirm");
+    let forged = f
+        .send(
+            "POST",
+            "/device",
+            Some(&session),
+            Some(&[("user_code", user_code), ("confirm", "forged"), ("action", "approve")]),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let denied = f
+        .send(
+            "POST",
+            "/device",
+            Some(&session),
+            Some(&[("user_code", user_code), ("confirm", &confirm), ("action", "deny")]),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::OK, "{}", denied.body);
+    let (_, body) = f.poll(third["device_code"].as_str().unwrap()).await;
+    assert_eq!(body["error"], "access_denied");
+
+    // An unknown code; a client without the grant.
+    let unknown = f.send("GET", "/device?user_code=BCDF-GHJK", None, None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    f.client("web-only", ClientKind::Public, &[GrantType::RefreshToken]).await;
+    let refused = f
+        .send("POST", "/device_authorization", None, Some(&[("client_id", "web-only")]))
+        .await;
+    assert!(refused.body.contains("unauthorized_client"), "{}", refused.body);
+}
