@@ -58,7 +58,8 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
     };
     let log = dir.path().join("idp-decisions.log");
     let key = zt_audit::signed::load_or_create_key(&zt_audit::signed::default_key_path(&log))?;
-    let decision_log = zt_audit::Writer::open_signed(&log, key, zt_audit::signed::CheckpointPolicy::default())?;
+    let decision_log =
+        zt_audit::Writer::open_signed(&log, key, zt_audit::signed::CheckpointPolicy::default())?;
     let idp = zt_server::IdpSettings {
         addr: idp_addr,
         config: config.clone(),
@@ -98,12 +99,22 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
         ))
         .await?;
     let secret = admin
-        .create_client(&client(SERVICE, ClientKind::Secret, vec![GrantType::ClientCredentials], false))
+        .create_client(&client(
+            SERVICE,
+            ClientKind::Secret,
+            vec![GrantType::ClientCredentials],
+            false,
+        ))
         .await?
         .secret
         .ok_or_else(|| Error::Failed("a secret client was made without a secret".into()))?;
     admin
-        .create_client(&client(WORKLOAD, ClientKind::Spiffe, vec![GrantType::ClientCredentials], false))
+        .create_client(&client(
+            WORKLOAD,
+            ClientKind::Spiffe,
+            vec![GrantType::ClientCredentials],
+            false,
+        ))
         .await?;
 
     // The trust domain's active JWT authority, which signs workloads' JWT-SVIDs.
@@ -189,7 +200,8 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
             let now = now();
             let claims = json!({ "sub": WORKLOAD, "aud": aud, "iat": now, "exp": now + 60,
                 "jti": format!("{}-{n}", random_hex()) });
-            zt_identity::jwt::sign_jws(signer.jwt_signer(), "JWT", &claims).map_err(|e| Error::Failed(e.to_string()))
+            zt_identity::jwt::sign_jws(signer.jwt_signer(), "JWT", &claims)
+                .map_err(|e| Error::Failed(e.to_string()))
         }
     };
     let figure = {
@@ -275,8 +287,8 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
 
     // Verification in process, as a resource server of this provider does it.
     let keys = Arc::new(AuthorityKeys { signer, bundle });
-    let provider = zt_idp::Provider::new(config, store, keys, None)
-        .map_err(|e| Error::Failed(e.to_string()))?;
+    let provider =
+        zt_idp::Provider::new(config, store, keys, None).map_err(|e| Error::Failed(e.to_string()))?;
     let mut failed = None;
     let samples = measure(20_000, || {
         if let Err(e) = provider.verify_access_token(&access_token, now()) {
@@ -384,11 +396,12 @@ fn tls_connector(bundle: &Bundle) -> Result<tokio_rustls::TlsConnector, Error> {
             .add(der.clone())
             .map_err(|e| Error::Failed(format!("the trust bundle's CA: {e}")))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::Failed(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Failed(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -422,8 +435,8 @@ impl Conn {
     async fn connect(addr: std::net::SocketAddr, tls: tokio_rustls::TlsConnector) -> Result<Self, Error> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let name = rustls_pki_types::ServerName::try_from("localhost")
-            .map_err(|e| Error::Failed(e.to_string()))?;
+        let name =
+            rustls_pki_types::ServerName::try_from("localhost").map_err(|e| Error::Failed(e.to_string()))?;
         let stream = tls.connect(name, tcp).await?;
         Ok(Self {
             stream,
@@ -431,8 +444,17 @@ impl Conn {
         })
     }
 
-    async fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Answer, Error> {
-        let mut request = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", body.len());
+    async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, Error> {
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+            body.len()
+        );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -472,7 +494,11 @@ impl Conn {
         }
         let body = self.buffer[body_start..body_start + length].to_vec();
         self.buffer.drain(..body_start + length);
-        Ok(Answer { status, headers, body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     async fn fill(&mut self) -> Result<(), Error> {
@@ -539,7 +565,11 @@ impl Conn {
             .await?;
         let session = signed_in
             .header("set-cookie")
-            .find_map(|c| c.split(';').next().filter(|c| c.starts_with("__Host-zt-session=")))
+            .find_map(|c| {
+                c.split(';')
+                    .next()
+                    .filter(|c| c.starts_with("__Host-zt-session="))
+            })
             .ok_or_else(|| {
                 Error::Failed(format!(
                     "password sign-in: {} {}",
@@ -623,7 +653,9 @@ fn encode_form(pairs: &[(&str, &str)]) -> String {
     let encode = |text: &str| -> String {
         text.bytes()
             .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
                 b => format!("%{b:02X}"),
             })
             .collect()

@@ -135,7 +135,13 @@ pub async fn authorize(
     let max_age = match params.get("max_age").map(str::parse::<u64>) {
         None => None,
         Some(Ok(seconds)) => Some(seconds),
-        Some(Err(_)) => return provider.redirect_error(&request, "invalid_request", "max_age is not a number of seconds"),
+        Some(Err(_)) => {
+            return provider.redirect_error(
+                &request,
+                "invalid_request",
+                "max_age is not a number of seconds",
+            );
+        }
     };
     let wanted = params
         .get("acr_values")
@@ -145,7 +151,8 @@ pub async fn authorize(
         .min();
     let signed_in = signed_in.filter(|(session, _)| {
         let fresh = max_age.is_none_or(|max| now().saturating_sub(session.auth_time) <= max);
-        let strong = wanted.is_none_or(|level| Assurance::from_acr(&session.acr).is_some_and(|have| have >= level));
+        let strong =
+            wanted.is_none_or(|level| Assurance::from_acr(&session.acr).is_some_and(|have| have >= level));
         fresh && strong
     });
     match (signed_in, prompt) {
@@ -224,7 +231,11 @@ impl Provider {
         mut request: AuthorizationRequest,
     ) -> Result<AuthorizationRequest, Refusal> {
         let refuse = |request: &AuthorizationRequest, error, why: &str| {
-            Err(Refusal::Redirect(Box::new(request.clone()), error, why.to_owned()))
+            Err(Refusal::Redirect(
+                Box::new(request.clone()),
+                error,
+                why.to_owned(),
+            ))
         };
         if request.state.as_ref().is_some_and(|s| s.len() > MAX_STATE_LEN) {
             request.state = None;
@@ -430,7 +441,10 @@ impl Provider {
         if let Some(origin) = headers.get(header::ORIGIN)
             && origin.as_bytes() != self.config().origin().as_bytes()
         {
-            return Err(Box::new(pages::error(StatusCode::FORBIDDEN, "cross-origin form refused")));
+            return Err(Box::new(pages::error(
+                StatusCode::FORBIDDEN,
+                "cross-origin form refused",
+            )));
         }
         let cookie_ok =
             cookie(headers, SIGN_IN_COOKIE).is_some_and(|c| secrets_equal(c.as_bytes(), csrf.as_bytes()));

@@ -205,7 +205,11 @@ impl Provider {
 impl Provider {
     /// The `aud` of `claims` that names this provider: its issuer, the
     /// token endpoint, or `endpoint` (the one the token is presented to).
-    fn our_audience<'c>(&self, claims: &'c Map<String, Value>, endpoint: &str) -> Result<&'c str, &'static str> {
+    fn our_audience<'c>(
+        &self,
+        claims: &'c Map<String, Value>,
+        endpoint: &str,
+    ) -> Result<&'c str, &'static str> {
         let audiences: Vec<&str> = match claims.get("aud") {
             Some(Value::String(one)) => vec![one.as_str()],
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),

@@ -143,7 +143,11 @@ pub async fn verification(
                  <button type=\"submit\" name=\"action\" value=\"approve\" id=\"approve\">Approve</button> \
                  <button type=\"submit\" name=\"action\" value=\"deny\" id=\"deny\">Deny</button></form>",
                 client = escape(&request.client_id),
-                scope = escape(if request.scope.is_empty() { "none" } else { &request.scope }),
+                scope = escape(if request.scope.is_empty() {
+                    "none"
+                } else {
+                    &request.scope
+                }),
                 code = escape(user_code),
                 confirm = escape(&confirmation(secret, user_code)),
             );
@@ -187,15 +191,26 @@ pub async fn verification_form(
         params.get("confirm"),
         cookie(&headers, SESSION_COOKIE),
     ) else {
-        return error(StatusCode::BAD_REQUEST, "this form is incomplete: start again from /device");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "this form is incomplete: start again from /device",
+        );
     };
     if !secrets_equal(given.as_bytes(), confirmation(secret, user_code).as_bytes()) {
-        return error(StatusCode::FORBIDDEN, "this form was not shown to this browser: start again from /device");
+        return error(
+            StatusCode::FORBIDDEN,
+            "this form was not shown to this browser: start again from /device",
+        );
     }
     let now = now();
     let (session, user) = match provider.store().session_by_secret(secret, now).await {
         Ok(Some(found)) => found,
-        Ok(None) => return error(StatusCode::FORBIDDEN, "your session has ended: start again from /device"),
+        Ok(None) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "your session has ended: start again from /device",
+            );
+        }
         Err(e) => return OAuthError::from(e).into_response(),
     };
     match params.get("action") {
@@ -203,7 +218,12 @@ pub async fn verification_form(
         Some("deny") => {
             match provider.store().answer_device_request(user_code, None, now).await {
                 Ok(true) => {}
-                Ok(false) => return error(StatusCode::BAD_REQUEST, "that code is unknown, expired or answered already"),
+                Ok(false) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "that code is unknown, expired or answered already",
+                    );
+                }
                 Err(e) => return OAuthError::from(e).into_response(),
             }
             if let Err(e) = provider.events().record(

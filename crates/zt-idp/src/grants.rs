@@ -47,7 +47,10 @@ pub async fn token(
             response
         }
         Err(error) => {
-            if !matches!(error.code(), "rate_limited" | "authorization_pending" | "slow_down") {
+            if !matches!(
+                error.code(),
+                "rate_limited" | "authorization_pending" | "slow_down"
+            ) {
                 provider.limits().token_ip.charge(&ip);
             }
             error.into_response()
@@ -194,7 +197,8 @@ impl Provider {
             nonce: redeemed.nonce.as_deref(),
             code: Some(code),
         };
-        self.session_tokens(session, &user, client, &issued, peer, now).await
+        self.session_tokens(session, &user, client, &issued, peer, now)
+            .await
     }
 
     /// The tokens of a session just granted to `client`: a refresh-token
@@ -260,9 +264,8 @@ impl Provider {
     ) -> Result<Map<String, Value>, OAuthError> {
         let device_code = params.required("device_code")?;
         let now = now();
-        let refused = |error: &'static str, why: &str| {
-            OAuthError::new(axum::http::StatusCode::BAD_REQUEST, error, why)
-        };
+        let refused =
+            |error: &'static str, why: &str| OAuthError::new(axum::http::StatusCode::BAD_REQUEST, error, why);
         match self
             .store()
             .poll_device_code(device_code, &client.client.client_id, now)
@@ -284,11 +287,7 @@ impl Provider {
             DevicePoll::Invalid => Err(OAuthError::invalid_grant(
                 "the device code is unknown, another client's, or used",
             )),
-            DevicePoll::Approved {
-                scope,
-                session,
-                user,
-            } => {
+            DevicePoll::Approved { scope, session, user } => {
                 let issued = SessionGrant {
                     scope: &scope,
                     nonce: None,

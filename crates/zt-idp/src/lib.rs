@@ -305,7 +305,10 @@ impl Provider {
             .route("/token", post(grants::token))
             // The workload and device grants (RFC 8628).
             .route("/device_authorization", post(device::device_authorization))
-            .route("/device", get(device::verification).post(device::verification_form))
+            .route(
+                "/device",
+                get(device::verification).post(device::verification_form),
+            )
             .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
             .route("/introspect", post(endpoints::introspect))
             .route("/revoke", post(endpoints::revoke))

@@ -167,7 +167,10 @@ impl Provider {
         }
         claims.insert("act".into(), Value::Object(act));
         if let Some(subject_exp) = subject.get("exp").and_then(Value::as_u64)
-            && claims.get("exp").and_then(Value::as_u64).is_none_or(|exp| exp > subject_exp)
+            && claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .is_none_or(|exp| exp > subject_exp)
         {
             claims.insert("exp".into(), json!(subject_exp));
         }

@@ -124,7 +124,11 @@ impl Fixture {
     }
 
     /// `POST /token` with a form (and Basic credentials when given).
-    async fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> (StatusCode, Map<String, Value>) {
+    async fn token(
+        &self,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> (StatusCode, Map<String, Value>) {
         let peer = Peer {
             addr: "127.0.0.1:40000".parse().unwrap(),
             certificate_sha256: None,
@@ -138,8 +142,11 @@ impl Fixture {
         let mut request = Request::post("/token").header("content-type", "application/x-www-form-urlencoded");
         if let Some((id, secret)) = basic {
             use base64::Engine as _;
-            let credentials = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", encode(id), encode(secret)));
+            let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                encode(id),
+                encode(secret)
+            ));
             request = request.header("authorization", format!("Basic {credentials}"));
         }
         let response = self
@@ -265,7 +272,9 @@ async fn a_workload_gets_a_token_with_its_jwt_svid() {
         assert_eq!(claims["sub"], WORKLOAD);
         assert_eq!(claims["client_id"], WORKLOAD);
         assert_eq!(claims["aud"], "spiffe://example.org/ns/billing/sa/api");
-        f.provider.verify_access_token(body["access_token"].as_str().unwrap(), now()).unwrap();
+        f.provider
+            .verify_access_token(body["access_token"].as_str().unwrap(), now())
+            .unwrap();
     }
 }
 
@@ -274,18 +283,28 @@ async fn a_jwt_svid_assertion_is_refused_unless_everything_holds() {
     let f = fixture().await;
     f.client(WORKLOAD, ClientKind::Spiffe, &[GrantType::ClientCredentials])
         .await;
-    let refused = |why: &'static str| move |(status, body): (StatusCode, Map<String, Value>)| {
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body:?}");
-        assert_eq!(body["error"], "invalid_client", "{why}: {body:?}");
-        body["error_description"].as_str().unwrap().to_owned()
+    let refused = |why: &'static str| {
+        move |(status, body): (StatusCode, Map<String, Value>)| {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body:?}");
+            assert_eq!(body["error"], "invalid_client", "{why}: {body:?}");
+            body["error_description"].as_str().unwrap().to_owned()
+        }
     };
 
-    let wrong_audience = f.authority.svid(WORKLOAD, "spiffe://example.org/ns/other/sa/x", 300);
-    let why = refused("audience")(f.token(&assertion_form(&wrong_audience, "client_credentials"), None).await);
+    let wrong_audience = f
+        .authority
+        .svid(WORKLOAD, "spiffe://example.org/ns/other/sa/x", 300);
+    let why = refused("audience")(
+        f.token(&assertion_form(&wrong_audience, "client_credentials"), None)
+            .await,
+    );
     assert!(why.contains("aud"), "{why}");
 
     let too_long = f.authority.svid(WORKLOAD, ISSUER, 3600);
-    let why = refused("lifetime")(f.token(&assertion_form(&too_long, "client_credentials"), None).await);
+    let why = refused("lifetime")(
+        f.token(&assertion_form(&too_long, "client_credentials"), None)
+            .await,
+    );
     assert!(why.contains("lifetime"), "{why}");
 
     let issued = now() - 120;
@@ -297,11 +316,19 @@ async fn a_jwt_svid_assertion_is_refused_unless_everything_holds() {
         issued + 60,
     )
     .unwrap();
-    let why = refused("expired")(f.token(&assertion_form(&expired, "client_credentials"), None).await);
+    let why = refused("expired")(
+        f.token(&assertion_form(&expired, "client_credentials"), None)
+            .await,
+    );
     assert!(why.contains("expired"), "{why}");
 
-    let unregistered = f.authority.svid("spiffe://example.org/ns/orders/sa/worker", ISSUER, 300);
-    refused("unregistered")(f.token(&assertion_form(&unregistered, "client_credentials"), None).await);
+    let unregistered = f
+        .authority
+        .svid("spiffe://example.org/ns/orders/sa/worker", ISSUER, 300);
+    refused("unregistered")(
+        f.token(&assertion_form(&unregistered, "client_credentials"), None)
+            .await,
+    );
 
     // Another trust domain's authority, and its workload of the same path.
     let foreign = Authority::new("evil.example");
@@ -309,7 +336,10 @@ async fn a_jwt_svid_assertion_is_refused_unless_everything_holds() {
     refused("foreign")(f.token(&assertion_form(&svid, "client_credentials"), None).await);
     // Another authority's signature over our workload's name.
     let forged = foreign_signed(&foreign, WORKLOAD);
-    let why = refused("forged")(f.token(&assertion_form(&forged, "client_credentials"), None).await);
+    let why = refused("forged")(
+        f.token(&assertion_form(&forged, "client_credentials"), None)
+            .await,
+    );
     assert!(why.contains("JWT-SVID"), "{why}");
 
     // A jti is single-use.
@@ -341,9 +371,12 @@ async fn an_assertion_authenticates_only_the_kinds_of_client_that_use_one() {
         .client("batch", ClientKind::Secret, &[GrantType::ClientCredentials])
         .await
         .unwrap();
-    let claims = json!({ "iss": "batch", "sub": "batch", "aud": ISSUER, "iat": now(), "exp": now() + 60, "jti": "x" });
+    let claims =
+        json!({ "iss": "batch", "sub": "batch", "aud": ISSUER, "iat": now(), "exp": now() + 60, "jti": "x" });
     let assertion = sign_jws(&f.authority.signer, "JWT", &claims).unwrap();
-    let (status, body) = f.token(&assertion_form(&assertion, "client_credentials"), None).await;
+    let (status, body) = f
+        .token(&assertion_form(&assertion, "client_credentials"), None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body:?}");
     let (status, body) = f
         .token(&[("grant_type", "client_credentials")], Some(("batch", &secret)))
@@ -411,13 +444,19 @@ async fn a_service_exchanges_a_persons_token_to_call_another_on_their_behalf() {
     assert_eq!(claims["aud"], BILLING);
     assert_eq!(claims["client_id"], ORDERS);
     assert_eq!(claims["act"], json!({ "sub": ORDERS }));
-    assert_eq!(claims["exp"], subject_claims["exp"], "no longer than the subject token's life");
+    assert_eq!(
+        claims["exp"], subject_claims["exp"],
+        "no longer than the subject token's life"
+    );
     let expires_in = body["expires_in"].as_u64().unwrap();
     assert!(expires_in < 900, "{expires_in}");
 
     // Billing passes it on: the actors nest, the latest outermost (RFC 8693 §4.1).
     let (status, body) = f
-        .as_workload(BILLING, &exchange(&first, "spiffe://example.org/ns/shop/sa/ledger"))
+        .as_workload(
+            BILLING,
+            &exchange(&first, "spiffe://example.org/ns/shop/sa/ledger"),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     let claims = claims_of(body["access_token"].as_str().unwrap());
@@ -425,13 +464,21 @@ async fn a_service_exchanges_a_persons_token_to_call_another_on_their_behalf() {
     assert_eq!(claims["scope"], "orders:read", "the narrowed scope carries on");
 
     // An actor token names the actor: a workload's JWT-SVID here.
-    let actor = f.authority.svid("spiffe://example.org/ns/shop/sa/frontend", ISSUER, 60);
+    let actor = f
+        .authority
+        .svid("spiffe://example.org/ns/shop/sa/frontend", ISSUER, 60);
     let mut form = exchange(&subject, BILLING);
-    form.extend([("actor_token", actor.as_str()), ("actor_token_type", JWT_TOKEN_TYPE)]);
+    form.extend([
+        ("actor_token", actor.as_str()),
+        ("actor_token_type", JWT_TOKEN_TYPE),
+    ]);
     let (status, body) = f.as_workload(ORDERS, &form).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     let claims = claims_of(body["access_token"].as_str().unwrap());
-    assert_eq!(claims["act"], json!({ "sub": "spiffe://example.org/ns/shop/sa/frontend" }));
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": "spiffe://example.org/ns/shop/sa/frontend" })
+    );
 }
 
 #[tokio::test]
@@ -455,11 +502,19 @@ async fn token_exchange_is_refused_unless_everything_holds() {
 
     let mut no_audience = exchange(&subject, BILLING);
     no_audience.pop();
-    refused(f.as_workload(ORDERS, &no_audience).await, "invalid_request", "audience");
+    refused(
+        f.as_workload(ORDERS, &no_audience).await,
+        "invalid_request",
+        "audience",
+    );
 
     let mut wrong_type = exchange(&subject, BILLING);
     wrong_type[2].1 = JWT_TOKEN_TYPE;
-    refused(f.as_workload(ORDERS, &wrong_type).await, "invalid_request", "subject_token_type");
+    refused(
+        f.as_workload(ORDERS, &wrong_type).await,
+        "invalid_request",
+        "subject_token_type",
+    );
 
     refused(
         f.as_workload(BILLING, &exchange(&subject, ORDERS)).await,
@@ -486,8 +541,15 @@ async fn token_exchange_is_refused_unless_everything_holds() {
     // An actor token of another trust domain.
     let foreign = Authority::new("evil.example").svid("spiffe://evil.example/x", ISSUER, 60);
     let mut form = exchange(&subject, BILLING);
-    form.extend([("actor_token", foreign.as_str()), ("actor_token_type", JWT_TOKEN_TYPE)]);
-    refused(f.as_workload(ORDERS, &form).await, "invalid_request", "actor_token");
+    form.extend([
+        ("actor_token", foreign.as_str()),
+        ("actor_token_type", JWT_TOKEN_TYPE),
+    ]);
+    refused(
+        f.as_workload(ORDERS, &form).await,
+        "invalid_request",
+        "actor_token",
+    );
 
     // Once the person's session is revoked, their token buys nothing.
     let (status, body) = f.as_workload(ORDERS, &exchange(&subject, BILLING)).await;
@@ -510,7 +572,13 @@ struct Answer {
 }
 
 impl Fixture {
-    async fn send(&self, method: &str, uri: &str, cookie: Option<&str>, form: Option<&[(&str, &str)]>) -> Answer {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        cookie: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
         let peer = Peer {
             addr: "127.0.0.1:40001".parse().unwrap(),
             certificate_sha256: None,
@@ -580,15 +648,22 @@ impl Fixture {
 
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
     html[start..start + html[start..].find('"').unwrap()].to_owned()
 }
 
 #[tokio::test]
 async fn a_device_is_signed_in_by_a_person_elsewhere() {
     let f = fixture().await;
-    f.client("cli", ClientKind::Public, &[GrantType::DeviceCode, GrantType::RefreshToken])
-        .await;
+    f.client(
+        "cli",
+        ClientKind::Public,
+        &[GrantType::DeviceCode, GrantType::RefreshToken],
+    )
+    .await;
     f.store
         .create_user(
             &NewUser {
@@ -625,16 +700,25 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
     );
     let device_code = first["device_code"].as_str().unwrap();
     let (status, body) = f.poll(device_code).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("authorization_pending")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("authorization_pending"))
+    );
     let (_, body) = f.poll(device_code).await;
     assert_eq!(body["error"], "slow_down");
 
     // The person types the code, signs in, and the device's next poll gets tokens.
     let second = f.device_authorization("cli").await;
     let user_code = second["user_code"].as_str().unwrap().to_lowercase();
-    let page = f.send("GET", &format!("/device?user_code={user_code}"), None, None).await;
+    let page = f
+        .send("GET", &format!("/device?user_code={user_code}"), None, None)
+        .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    let sign_in_cookie = page.cookies.iter().find(|c| c.starts_with("__Host-zt-signin=")).unwrap();
+    let sign_in_cookie = page
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-zt-signin="))
+        .unwrap();
     let signed_in = f
         .send(
             "POST",
@@ -659,7 +743,10 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
     let (status, body) = f.poll(second["device_code"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     assert_eq!(body["scope"], "openid offline_access", "unknown scopes dropped");
-    assert!(body["refresh_token"].is_string() && body["id_token"].is_string(), "{body:?}");
+    assert!(
+        body["refresh_token"].is_string() && body["id_token"].is_string(),
+        "{body:?}"
+    );
     let claims = claims_of(body["access_token"].as_str().unwrap());
     assert_eq!(claims["amr"], json!(["pwd"]));
     assert_eq!(claims["client_id"], "cli");
@@ -670,7 +757,12 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
     let third = f.device_authorization("cli").await;
     let user_code = third["user_code"].as_str().unwrap();
     let page = f
-        .send("GET", &format!("/device?user_code={user_code}"), Some(&session), None)
+        .send(
+            "GET",
+            &format!("/device?user_code={user_code}"),
+            Some(&session),
+            None,
+        )
         .await;
     assert!(page.body.contains("id=\"deny\""), "{}", page.body);
     let confirm = hidden(&page.body, "confirm");
@@ -679,7 +771,11 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
             "POST",
             "/device",
             Some(&session),
-            Some(&[("user_code", user_code), ("confirm", "forged"), ("action", "approve")]),
+            Some(&[
+                ("user_code", user_code),
+                ("confirm", "forged"),
+                ("action", "approve"),
+            ]),
         )
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
@@ -688,7 +784,11 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
             "POST",
             "/device",
             Some(&session),
-            Some(&[("user_code", user_code), ("confirm", &confirm), ("action", "deny")]),
+            Some(&[
+                ("user_code", user_code),
+                ("confirm", &confirm),
+                ("action", "deny"),
+            ]),
         )
         .await;
     assert_eq!(denied.status, StatusCode::OK, "{}", denied.body);
@@ -698,9 +798,15 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
     // An unknown code; a client without the grant.
     let unknown = f.send("GET", "/device?user_code=BCDF-GHJK", None, None).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    f.client("web-only", ClientKind::Public, &[GrantType::RefreshToken]).await;
+    f.client("web-only", ClientKind::Public, &[GrantType::RefreshToken])
+        .await;
     let refused = f
-        .send("POST", "/device_authorization", None, Some(&[("client_id", "web-only")]))
+        .send(
+            "POST",
+            "/device_authorization",
+            None,
+            Some(&[("client_id", "web-only")]),
+        )
         .await;
     assert!(refused.body.contains("unauthorized_client"), "{}", refused.body);
 }

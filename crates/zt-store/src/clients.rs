@@ -269,7 +269,9 @@ fn check_client_id(id: &str, kind: ClientKind) -> Result<(), StoreError> {
             Ok(_) => Err(StoreError::InvalidValue {
                 field: "client_id",
                 value: id.to_owned(),
-                reason: format!("a spiffe client's ID is a workload's SPIFFE ID, with a path, of at most {MAX_CLIENT_ID_LEN} bytes"),
+                reason: format!(
+                    "a spiffe client's ID is a workload's SPIFFE ID, with a path, of at most {MAX_CLIENT_ID_LEN} bytes"
+                ),
             }),
             Err(e) => Err(StoreError::InvalidValue {
                 field: "client_id",
@@ -637,8 +639,15 @@ mod tests {
             grant_types: vec![GrantType::ClientCredentials],
         };
         assert!(check_client(&new("spiffe://example.org/ns/x/sa/y", ClientKind::Spiffe)).is_ok());
-        for bad in ["spiffe://example.org", "spiffe://Example.org/x", "ns/x/sa/y", "https://example.org/x"] {
-            let error = check_client(&new(bad, ClientKind::Spiffe)).unwrap_err().to_string();
+        for bad in [
+            "spiffe://example.org",
+            "spiffe://Example.org/x",
+            "ns/x/sa/y",
+            "https://example.org/x",
+        ] {
+            let error = check_client(&new(bad, ClientKind::Spiffe))
+                .unwrap_err()
+                .to_string();
             assert!(error.starts_with("client_id "), "{bad}: {error}");
         }
         let error = check_client(&new("spiffe://example.org/ns/x/sa/y", ClientKind::Secret)).unwrap_err();
@@ -647,7 +656,12 @@ mod tests {
         browser.grant_types = vec![GrantType::AuthorizationCode];
         browser.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
         assert!(check_client(&browser).is_err());
-        for kind in [ClientKind::Secret, ClientKind::PrivateKeyJwt, ClientKind::Public, ClientKind::Spiffe] {
+        for kind in [
+            ClientKind::Secret,
+            ClientKind::PrivateKeyJwt,
+            ClientKind::Public,
+            ClientKind::Spiffe,
+        ] {
             assert_eq!(ClientKind::parse(kind.as_str()), Some(kind));
         }
     }

@@ -7,7 +7,9 @@
 
 use sqlx::Row as _;
 
-use crate::{Session, Store, StoreError, User, is_unique_violation, random_token, sha256_hex, to_i64, to_u64};
+use crate::{
+    Session, Store, StoreError, User, is_unique_violation, random_token, sha256_hex, to_i64, to_u64,
+};
 
 /// The user code's alphabet: consonants only, so no word is spelled and no
 /// two characters look alike (RFC 8628 §6.1).
@@ -56,9 +58,9 @@ pub enum DevicePoll {
         /// The scope asked for.
         scope: String,
         /// The session that approved it.
-        session: Session,
+        session: Box<Session>,
         /// Its user.
-        user: User,
+        user: Box<User>,
     },
 }
 
@@ -81,7 +83,9 @@ fn random_user_code() -> Result<String, StoreError> {
             .map_err(|_| sqlx::Error::Protocol("random number generator failed".into()))?;
         for b in bytes {
             if usize::from(b) < limit && code.len() < USER_CODE_LEN {
-                code.push(char::from(USER_CODE_ALPHABET[usize::from(b) % USER_CODE_ALPHABET.len()]));
+                code.push(char::from(
+                    USER_CODE_ALPHABET[usize::from(b) % USER_CODE_ALPHABET.len()],
+                ));
             }
         }
     }
@@ -131,7 +135,11 @@ impl Store {
     }
 
     /// The request a person's typed user code names, if it is still waiting.
-    pub async fn device_request(&self, user_code: &str, now: u64) -> Result<Option<DeviceRequest>, StoreError> {
+    pub async fn device_request(
+        &self,
+        user_code: &str,
+        now: u64,
+    ) -> Result<Option<DeviceRequest>, StoreError> {
         let Some(code) = normalize_user_code(user_code) else {
             return Ok(None);
         };
@@ -225,12 +233,14 @@ impl Store {
         } else {
             (interval, None)
         };
-        sqlx::query("UPDATE device_codes SET last_poll_at = $1, interval_secs = $2 WHERE device_code_sha256 = $3")
-            .bind(to_i64(now))
-            .bind(to_i64(set_interval))
-            .bind(sha256_hex(device_code))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE device_codes SET last_poll_at = $1, interval_secs = $2 WHERE device_code_sha256 = $3",
+        )
+        .bind(to_i64(now))
+        .bind(to_i64(set_interval))
+        .bind(sha256_hex(device_code))
+        .execute(&mut *tx)
+        .await?;
         if outcome.is_none() {
             sqlx::query("UPDATE device_codes SET redeemed_at = $1 WHERE device_code_sha256 = $2")
                 .bind(to_i64(now))
@@ -249,8 +259,8 @@ impl Store {
         }
         Ok(DevicePoll::Approved {
             scope: row.try_get("scope")?,
-            session,
-            user,
+            session: Box::new(session),
+            user: Box::new(user),
         })
     }
 }

@@ -348,12 +348,24 @@ fn a_workload_is_registered_as_a_client_by_its_spiffe_id() {
         &["not in this server's trust domain"],
     );
     assert_failure(
-        &zt(&server, &["client", "add", &format!("{id}-2"), "--spiffe", "--secret"]),
+        &zt(
+            &server,
+            &["client", "add", &format!("{id}-2"), "--spiffe", "--secret"],
+        ),
         2,
         &["--secret"],
     );
     assert_failure(
-        &zt(&server, &["client", "add", "ns/shop/sa/orders", "--grant", "client_credentials"]),
+        &zt(
+            &server,
+            &[
+                "client",
+                "add",
+                "ns/shop/sa/orders",
+                "--grant",
+                "client_credentials",
+            ],
+        ),
         1,
         &["client_id", "letters, digits"],
     );

@@ -93,7 +93,12 @@ fn print_session_text(session: &Session) {
     println!("Created    : {}", timestamp(session.created_at));
     println!("Expires    : {}", timestamp(session.expires_at));
     if !session.amr.is_empty() {
-        println!("Signed in  : {} ({}, {})", session.amr.join(" "), session.acr, session.source_ip);
+        println!(
+            "Signed in  : {} ({}, {})",
+            session.amr.join(" "),
+            session.acr,
+            session.source_ip
+        );
     }
     if let Some(at) = session.revoked_at {
         println!(
