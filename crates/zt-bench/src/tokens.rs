@@ -666,3 +666,29 @@ fn encode_form(pairs: &[(&str, &str)]) -> String {
         .collect::<Vec<_>>()
         .join("&")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_figure_is_measured_against_a_real_server() {
+        let bench = TokensBench {
+            window: Duration::from_secs(1),
+            concurrency: 2,
+        };
+        let mut figures = Vec::new();
+        run(bench, |figure| figures.push(figure)).await.unwrap();
+        let names: Vec<String> = figures
+            .iter()
+            .map(|figure| match figure {
+                Figure::Requests { name, samples, .. } | Figure::Calls { name, samples } => {
+                    assert!(!samples.is_empty(), "{name}: nothing measured");
+                    name.clone()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+    }
+}
