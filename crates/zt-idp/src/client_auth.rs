@@ -164,6 +164,9 @@ impl Provider {
                 if text("iss").is_none() {
                     return Err(failed("iss is required"));
                 }
+                // `JOSE` is a JWT-SVID's type, not a client's assertion's.
+                Jws::decode(assertion, &["JWT", "client-authentication+jwt"], true)
+                    .map_err(|e| failed(&e.to_string()))?;
                 let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
                     .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
                 let verified = keys
