@@ -9,7 +9,8 @@
 // an array: ["goto", URL], ["click", SEL], ["fill", SEL, VALUE], ["waitForURL",
 // GLOB | {"prefix": P} | {"regex": R}], ["waitForSelector", SEL], ["text", SEL],
 // ["evaluate", JS expression, awaited], ["credentials"], ["removeCredentials"],
-// ["url"], ["addAuthenticator", {options}] (records its id; the newest authenticator
+// ["url"], ["addCredential", {credential}, N] (CDP WebAuthn.Credential: a key for
+// any rpId, e.g. another site's), ["addAuthenticator", {options}] (records its id; the newest authenticator
 // is the current one), ["removeAuthenticator", N]; ["credentials", N] and
 // ["removeCredentials", N] act on authenticator N (0 the first), the current one
 // without N. Chromium offers a request to every authenticator present, and allows
@@ -146,6 +147,9 @@ async function main() {
           break;
         case 'removeCredentials':
           await cdp.send('WebAuthn.clearCredentials', { authenticatorId: authenticator(a) });
+          break;
+        case 'addCredential':
+          await cdp.send('WebAuthn.addCredential', { authenticatorId: authenticator(b), credential: a });
           break;
         case 'addAuthenticator': record(await addAuthenticator(a)); break;
         case 'removeAuthenticator': {

@@ -55,6 +55,7 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
         refresh_grace: zt_idp::DEFAULT_REFRESH_GRACE,
         passwords: true,
         zones: vec![],
+        aaguids: vec![],
     };
     let log = dir.path().join("idp-decisions.log");
     let key = zt_audit::signed::load_or_create_key(&zt_audit::signed::default_key_path(&log))?;

@@ -382,7 +382,10 @@ impl Provider {
     }
 
     /// Opens a session for a person who just proved who they are, answers the
-    /// pending request `pending_id` with a code, and sets the session cookie.
+    /// pending request `pending_id` with a code, and sets the session cookie;
+    /// `reply` says whether the browser is redirected (a form) or told where
+    /// to go (a script's `fetch`).
+    #[expect(clippy::too_many_arguments, reason = "one sign-in's facts, each needed")]
     pub(crate) async fn complete_sign_in(
         &self,
         pending_id: &str,
@@ -390,7 +393,9 @@ impl Provider {
         user: &User,
         amr: Vec<String>,
         assurance: Assurance,
+        factor: &'static str,
         peer: &Peer,
+        reply: Reply,
     ) -> Response {
         let now = now();
         let sign_in = SignIn {
@@ -411,6 +416,7 @@ impl Provider {
             .from_ip(peer.addr.ip())
             .with("sub", user.sub.as_str())
             .with("user", user.name.as_str())
+            .with("factor", factor)
             .with("amr", amr)
             .with("acr", assurance.acr())
             .with("session", opened.session.id.as_str());
@@ -427,7 +433,10 @@ impl Provider {
             "Lax",
         );
         clear_cookie(&mut response, SIGN_IN_COOKIE);
-        response
+        match reply {
+            Reply::Redirect => response,
+            Reply::Json => redirect_as_json(response),
+        }
     }
 
     /// Checks a sign-in form's CSRF protection: the issuer's origin, the
@@ -456,6 +465,36 @@ impl Provider {
             ))),
         }
     }
+}
+
+/// How a finished sign-in answers the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// A 303 to the client (a form was posted).
+    Redirect,
+    /// `{"redirect": URL}` with the same cookies (a script called `fetch`,
+    /// which would follow a redirect itself instead of navigating).
+    Json,
+}
+
+/// Turns a 303 into `{"redirect": URL}`, keeping its cookies; any other
+/// response (an error page) is returned as it is.
+fn redirect_as_json(response: Response) -> Response {
+    if response.status() != StatusCode::SEE_OTHER {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let location = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default();
+    let mut json = axum::Json(serde_json::json!({ "redirect": location })).into_response();
+    for cookie in parts.headers.get_all(header::SET_COOKIE) {
+        json.headers_mut().append(header::SET_COOKIE, cookie.clone());
+    }
+    crate::no_store(&mut json);
+    json
 }
 
 /// The password sign-in form.
@@ -539,7 +578,9 @@ pub async fn password_sign_in(
             &user,
             vec!["pwd".into()],
             Assurance::Aal1,
+            "pwd",
             &peer,
+            Reply::Redirect,
         )
         .await
 }

@@ -1,9 +1,10 @@
 //! Discovery (OpenID Connect Discovery 1.0, RFC 8414), the JWK Set, userinfo,
 //! introspection (RFC 7662), revocation (RFC 7009) and RP-initiated logout.
 //!
-//! An access token is only as good as its session: userinfo and
-//! introspection answer from the session's current state, so a disabled
-//! user or a revoked session is refused at once, not when the token expires.
+//! An access token is only as good as its session and its grant: userinfo
+//! and introspection answer from their current state, so a disabled user, a
+//! revoked session or a revoked refresh family (reuse detected, a code
+//! replayed) is refused at once, not when the token expires.
 //! A token bound to a certificate (RFC 8705 `cnf`) is refused on a
 //! connection that did not present it.
 
@@ -157,6 +158,26 @@ impl Provider {
             if user.disabled {
                 return Err("the user is disabled".into());
             }
+            // A refresh family of this client in this session revoked since
+            // the token was issued (reuse detected, its code replayed,
+            // revoked by the client) takes along the access tokens issued
+            // while it lived (RFC 9700 §4.2.4 and §4.14.2, RFC 7009 §2.1).
+            // Tokens do not name their family, so every such token of the
+            // client in the session goes: failing closed, as after a theft.
+            let client_id = claims.get("client_id").and_then(Value::as_str);
+            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or_default();
+            let families = self
+                .store()
+                .refresh_families(sid)
+                .await
+                .map_err(|e| e.to_string())?;
+            if families.iter().any(|family| {
+                Some(family.client_id.as_str()) == client_id
+                    && family.created_at <= iat
+                    && family.revoked_at.is_some_and(|revoked| revoked >= iat)
+            }) {
+                return Err("the refresh tokens of the grant this token came from were revoked".into());
+            }
         }
         if let Some(peer) = peer
             && let Some(bound) = claims
@@ -208,12 +229,19 @@ pub async fn userinfo(
 }
 
 /// `POST /introspect` (RFC 7662): for authenticated confidential clients.
+/// Failures drain the source address's token-endpoint limit, and an empty
+/// one refuses: client authentication here is as costly and as guessable
+/// as at the token endpoint.
 pub async fn introspect(
     State(provider): State<Provider>,
     axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    let ip = peer.addr.ip().to_string();
+    if let Err(wait) = provider.limits().token_ip.check(&ip) {
+        return OAuthError::too_many(wait).into_response();
+    }
     let result = async {
         let params = Params::from_pairs(pairs)?;
         let client = provider
@@ -270,7 +298,7 @@ pub async fn introspect(
             response
         }
         Err(e) => {
-            provider.limits().token_ip.charge(&peer.addr.ip().to_string());
+            provider.limits().token_ip.charge(&ip);
             e.into_response()
         }
     }
@@ -278,13 +306,17 @@ pub async fn introspect(
 
 /// `POST /revoke` (RFC 7009): a refresh token revokes its family; an access
 /// token is remembered as revoked until it expires. Unknown tokens are not
-/// an error (§2.2).
+/// an error (§2.2). Rate limited as introspection is.
 pub async fn revoke(
     State(provider): State<Provider>,
     axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    let ip = peer.addr.ip().to_string();
+    if let Err(wait) = provider.limits().token_ip.check(&ip) {
+        return OAuthError::too_many(wait).into_response();
+    }
     let result = async {
         let params = Params::from_pairs(pairs)?;
         let client = provider
@@ -332,7 +364,10 @@ pub async fn revoke(
             no_store(&mut response);
             response
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            provider.limits().token_ip.charge(&ip);
+            e.into_response()
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`tokens`]: RFC 9068 access tokens and ID tokens, issued and verified;
 //! - [`endpoints`]: discovery, JWKS, userinfo, introspection, revocation, logout;
 //! - [`events`]: every authentication event in the decision log and metrics;
+//! - [`passkeys`]: WebAuthn enrollment from an invite and passkey sign-in;
 //! - [`limits`]: rate limits per user and per source address.
 //!
 //! The datastore holds people, sessions, codes and refresh tokens (hashes
@@ -27,6 +28,7 @@ pub mod endpoints;
 pub mod events;
 pub mod grants;
 pub mod limits;
+pub mod passkeys;
 pub mod tokens;
 
 mod pages;
@@ -92,6 +94,8 @@ pub struct IdpConfig {
     pub passwords: bool,
     /// Network zones, first match wins; addresses in none are `external`.
     pub zones: Vec<Zone>,
+    /// AAGUIDs of the authenticator models that may register a passkey; empty: any.
+    pub aaguids: Vec<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -100,6 +104,9 @@ pub enum ConfigError {
     /// The issuer is not an https URL of the accepted shape.
     #[error("--idp-issuer {0:?}: {1}")]
     Issuer(String, &'static str),
+    /// An `--idp-aaguid` that is not a UUID.
+    #[error("--idp-aaguid {0:?}: not a UUID (like 08987058-cadc-4b81-b6e1-30de50dcbe96)")]
+    Aaguid(String),
     /// A lifetime beyond the server's cap, or zero.
     #[error("{flag} {value:?}: {reason}")]
     Lifetime {
@@ -220,6 +227,7 @@ struct Inner {
     limits: limits::Limits,
     pending: authorize::Pending,
     seen_assertions: client_auth::SeenAssertions,
+    passkeys: passkeys::Passkeys,
 }
 
 impl Provider {
@@ -231,8 +239,10 @@ impl Provider {
         log: Option<zt_audit::Writer>,
     ) -> Result<Self, ConfigError> {
         config.check()?;
+        let passkeys = passkeys::Passkeys::new(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                passkeys,
                 config,
                 store,
                 keys,
@@ -267,6 +277,10 @@ impl Provider {
 
     pub(crate) fn pending(&self) -> &authorize::Pending {
         &self.inner.pending
+    }
+
+    pub(crate) fn passkeys(&self) -> &passkeys::Passkeys {
+        &self.inner.passkeys
     }
 
     pub(crate) fn seen_assertions(&self) -> &client_auth::SeenAssertions {
@@ -313,6 +327,12 @@ impl Provider {
             .route("/introspect", post(endpoints::introspect))
             .route("/revoke", post(endpoints::revoke))
             .route("/logout", get(endpoints::logout).post(endpoints::logout_form))
+            // Passkeys: enrollment from an invite, sign-in.
+            .route("/enroll", get(passkeys::enroll_page))
+            .route("/enroll/begin", post(passkeys::enroll_begin))
+            .route("/enroll/finish", post(passkeys::enroll_finish))
+            .route("/signin/passkey/begin", post(passkeys::sign_in_begin))
+            .route("/signin/passkey/finish", post(passkeys::sign_in_finish))
             .route("/assets/zt.js", get(pages::script))
             .route("/assets/zt.css", get(pages::style))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -101,6 +101,7 @@ async fn fixture() -> Fixture {
         refresh_grace: zt_idp::DEFAULT_REFRESH_GRACE,
         passwords: true,
         zones: vec![],
+        aaguids: vec![],
     };
     let provider = Provider::new(config, store.clone(), authority.clone(), None).unwrap();
     Fixture {

@@ -52,6 +52,8 @@ pub(crate) struct AdminState {
     pub authorities: Arc<AuthorityManager>,
     pub cache: Arc<EntryCache>,
     pub witness: Arc<Witness>,
+    /// The OpenID Provider's issuer, when it runs (for enrollment links).
+    pub issuer: Option<String>,
 }
 
 /// The admin API's routes.

@@ -254,6 +254,21 @@ pub struct CreateInvite {
     pub ttl_secs: u64,
 }
 
+/// `POST /v1/users/{name}/invites` answer: the one-time token, and the
+/// enrollment link when zt server runs the OpenID Provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The user it enrolls, by name.
+    pub user: String,
+    /// The token: 256 random bits, base64url, shown only now.
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// `https://ISSUER/enroll?invite=TOKEN`, when the OpenID Provider runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
 /// `POST /v1/users/{name}/password` body.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

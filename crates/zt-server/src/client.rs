@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use zt_store::{
-    Client, CreatedClient, Credential, Entry, EntrySpec, Group, Invite, NewClient, NewUser, Session, User,
+    Client, CreatedClient, Credential, Entry, EntrySpec, Group, NewClient, NewUser, Session, User,
 };
 
 use crate::api::{
@@ -309,7 +309,11 @@ impl AdminClient {
     }
 
     /// `POST /v1/users/{name}/invites`: a one-time enrollment token, returned this once.
-    pub async fn create_invite(&self, name: &str, ttl: std::time::Duration) -> Result<Invite, ClientError> {
+    pub async fn create_invite(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<crate::api::Invite, ClientError> {
         let body = CreateInvite {
             ttl_secs: ttl.as_secs(),
         };

@@ -250,6 +250,9 @@ pub async fn run(
         authorities: authorities.clone(),
         cache: cache.clone(),
         witness: witness.clone(),
+        issuer: idp
+            .as_ref()
+            .map(|(provider, ..)| provider.config().issuer.clone()),
     });
     let health = metrics::router(metrics::HealthState {
         store: store.clone(),

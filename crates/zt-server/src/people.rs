@@ -141,7 +141,19 @@ async fn create_invite(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %name, expires_at = invite.expires_at, "invite created");
-    Ok((StatusCode::CREATED, axum::Json(invite)))
+    let url = state
+        .issuer
+        .as_ref()
+        .map(|issuer| format!("{issuer}/enroll?invite={}", invite.token));
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(crate::api::Invite {
+            user: invite.user,
+            token: invite.token,
+            expires_at: invite.expires_at,
+            url,
+        }),
+    ))
 }
 
 async fn set_password(

@@ -292,7 +292,9 @@ impl Store {
         let mut retried = false;
         if let Some(used_at) = row.try_get::<Option<i64>, _>("used_at")?.map(to_u64) {
             let retries = to_u64(row.try_get("retries")?);
-            if now.saturating_sub(used_at) > grace || retries >= MAX_GRACE_RETRIES {
+            // A grace of zero allows no retry at all, even within the second
+            // the token was spent in (times are whole seconds).
+            if grace == 0 || now.saturating_sub(used_at) > grace || retries >= MAX_GRACE_RETRIES {
                 revoke_families(&mut tx, "id = $3", &family.id, "refresh token reused", now).await?;
                 self.record_change(&mut tx, "session", &family.session_id, now)
                     .await?;

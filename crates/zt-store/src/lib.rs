@@ -47,7 +47,9 @@ pub use model::{Entry, EntrySpec, ModelError, Selector};
 pub use people::{Group, Invite, NewUser, User};
 pub use policies::{PolicyFile, PolicyVersion, policy_digest};
 pub use revocations::{Revocation, Revoked, normalize_serial};
-pub use sessions::{Credential, NewCredential, OpenedSession, RefreshFamily, Session, SignIn};
+pub use sessions::{
+    Credential, CredentialUse, NewCredential, OpenedSession, RefreshFamily, Session, SignIn, StoredCredential,
+};
 pub use witness::PinnedSource;
 
 /// The PostgreSQL channel changes are announced on.

@@ -434,40 +434,36 @@ impl Store {
     /// Uses an invite: succeeds once, before expiry, for a user still enabled;
     /// returns the user's `sub`.
     pub async fn consume_invite(&self, token: &str, now: u64) -> Result<String, StoreError> {
-        let hash = sha256_hex(token);
         let mut tx = self.begin_write().await?;
-        let used = sqlx::query(
-            "UPDATE invites SET used_at = $1 WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at > $1 \
-             AND sub IN (SELECT sub FROM users WHERE disabled_at IS NULL)",
-        )
-        .bind(to_i64(now))
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(
-            "SELECT i.sub, i.expires_at, u.disabled_at FROM invites i JOIN users u ON u.sub = i.sub \
-             WHERE i.token_sha256 = $1",
-        )
-        .bind(&hash)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::Invite(TokenProblem::Unknown))?;
-        let sub: String = row.try_get("sub")?;
-        if used.rows_affected() == 0 {
-            if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
-                return Err(StoreError::Disabled(sub));
-            }
-            let expired = to_u64(row.try_get("expires_at")?) <= now;
-            return Err(StoreError::Invite(if expired {
-                TokenProblem::Expired
-            } else {
-                TokenProblem::Used
-            }));
-        }
+        let sub = consume_invite_in(&mut tx, token, now).await?;
         self.record_change(&mut tx, "invite", &sub, now).await?;
         tx.commit().await?;
         self.notify_local();
         Ok(sub)
+    }
+
+    /// The user an invite enrolls, if it could be used now (unused, unexpired,
+    /// the user enabled); the invite stays unused.
+    pub async fn invite_user(&self, token: &str, now: u64) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.name, i.expires_at, i.used_at, u.disabled_at FROM invites i JOIN users u ON u.sub = i.sub \
+             WHERE i.token_sha256 = $1",
+        )
+        .bind(sha256_hex(token))
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::Invite(TokenProblem::Unknown))?;
+        let name: String = row.try_get("name")?;
+        if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+            return Err(StoreError::Disabled(name));
+        }
+        if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            return Err(StoreError::Invite(TokenProblem::Used));
+        }
+        if to_u64(row.try_get("expires_at")?) <= now {
+            return Err(StoreError::Invite(TokenProblem::Expired));
+        }
+        self.user(&name).await
     }
 
     /// Sets (or, with `None`, removes) a user's password, stored as argon2id.
@@ -521,6 +517,46 @@ impl Store {
 }
 
 /// The `sub` of the user named `name`, inside `tx`.
+/// Marks an invite used inside `tx`: succeeds once, before expiry, for a user
+/// still enabled; returns the user's `sub`. Two concurrent uses cannot both
+/// succeed: the conditional UPDATE is the arbiter.
+pub(crate) async fn consume_invite_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    token: &str,
+    now: u64,
+) -> Result<String, StoreError> {
+    let hash = sha256_hex(token);
+    let used = sqlx::query(
+        "UPDATE invites SET used_at = $1 WHERE token_sha256 = $2 AND used_at IS NULL AND expires_at > $1 \
+         AND sub IN (SELECT sub FROM users WHERE disabled_at IS NULL)",
+    )
+    .bind(to_i64(now))
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(
+        "SELECT i.sub, i.expires_at, u.disabled_at FROM invites i JOIN users u ON u.sub = i.sub \
+         WHERE i.token_sha256 = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::Invite(TokenProblem::Unknown))?;
+    let sub: String = row.try_get("sub")?;
+    if used.rows_affected() == 0 {
+        if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+            return Err(StoreError::Disabled(sub));
+        }
+        let expired = to_u64(row.try_get("expires_at")?) <= now;
+        return Err(StoreError::Invite(if expired {
+            TokenProblem::Expired
+        } else {
+            TokenProblem::Used
+        }));
+    }
+    Ok(sub)
+}
+
 pub(crate) async fn sub_of(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     name: &str,

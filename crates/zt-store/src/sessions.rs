@@ -50,6 +50,29 @@ pub struct NewCredential {
     pub backed_up: bool,
 }
 
+/// A credential as a sign-in ceremony needs it: what is shown, whose it is,
+/// and the stored state to verify an assertion with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    /// What `zt user credentials` shows.
+    pub credential: Credential,
+    /// The user's `sub`.
+    pub sub: String,
+    /// The stored credential (public key and state), JSON.
+    pub public_key: String,
+}
+
+/// What a successful assertion changes in a stored credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialUse {
+    /// The signature counter the authenticator reported.
+    pub sign_count: u64,
+    /// Its backup state now.
+    pub backed_up: bool,
+    /// The stored credential, updated, JSON.
+    pub public_key: String,
+}
+
 /// A sign-in session.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
@@ -144,6 +167,39 @@ impl Store {
         now: u64,
     ) -> Result<Credential, StoreError> {
         let mut tx = self.begin_write().await?;
+        let stored = self.insert_credential(&mut tx, credential, now).await?;
+        tx.commit().await?;
+        self.notify_local();
+        Ok(stored)
+    }
+
+    /// Stores the first credential of an invited user and uses the invite, in
+    /// one transaction: of two registrations racing on one invite, only one
+    /// is stored.
+    pub async fn enroll_credential(
+        &self,
+        invite: &str,
+        credential: &NewCredential,
+        now: u64,
+    ) -> Result<Credential, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let sub = crate::people::consume_invite_in(&mut tx, invite, now).await?;
+        if sub != credential.sub {
+            return Err(StoreError::Invite(crate::TokenProblem::Unknown));
+        }
+        self.record_change(&mut tx, "invite", &sub, now).await?;
+        let stored = self.insert_credential(&mut tx, credential, now).await?;
+        tx.commit().await?;
+        self.notify_local();
+        Ok(stored)
+    }
+
+    async fn insert_credential(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        credential: &NewCredential,
+        now: u64,
+    ) -> Result<Credential, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO credentials (id, sub, public_key, aaguid, sign_count, backup_eligible, backed_up, \
              created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
@@ -156,7 +212,7 @@ impl Store {
         .bind(i64::from(credential.backup_eligible))
         .bind(i64::from(credential.backed_up))
         .bind(to_i64(now))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match inserted {
             Err(e) if crate::is_unique_violation(&e) => {
@@ -164,19 +220,61 @@ impl Store {
             }
             other => other?,
         };
-        self.record_change(&mut tx, "credential", &credential.id, now)
-            .await?;
+        self.record_change(tx, "credential", &credential.id, now).await?;
         let row = sqlx::query(&format!(
             "SELECT {CREDENTIAL_COLUMNS} FROM credentials c JOIN users u ON u.sub = c.sub WHERE c.id = $1"
         ))
         .bind(&credential.id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| StoreError::missing("user", &credential.sub))?;
-        let stored = credential_from_row(&row)?;
+        credential_from_row(&row)
+    }
+
+    /// A credential by ID, revoked or not, with its owner's `sub` and its stored state.
+    pub async fn credential_by_id(&self, id: &str) -> Result<Option<StoredCredential>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS}, c.sub, c.public_key FROM credentials c JOIN users u ON u.sub = c.sub \
+             WHERE c.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredCredential {
+            credential: credential_from_row(&row)?,
+            sub: row.try_get("sub")?,
+            public_key: row.try_get("public_key")?,
+        }))
+    }
+
+    /// Records a successful assertion: the counter, backup state and stored
+    /// state it updated, and when. A revoked credential is left alone.
+    pub async fn record_credential_use(
+        &self,
+        id: &str,
+        used: &CredentialUse,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE credentials SET sign_count = $1, backed_up = $2, public_key = $3, last_used_at = $4 \
+             WHERE id = $5 AND revoked_at IS NULL",
+        )
+        .bind(to_i64(used.sign_count))
+        .bind(i64::from(used.backed_up))
+        .bind(&used.public_key)
+        .bind(to_i64(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::missing("credential", id));
+        }
+        self.record_change(&mut tx, "credential", id, now).await?;
         tx.commit().await?;
         self.notify_local();
-        Ok(stored)
+        Ok(())
     }
 
     /// A user's credentials, revoked ones included, oldest first.

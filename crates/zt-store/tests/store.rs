@@ -89,6 +89,8 @@ on_both_backends!(
     deleting_a_user_removes_everything_of_theirs,
     invites_work_once_and_only_for_enabled_users,
     credentials_are_listed_and_revoked,
+    an_invite_enrolls_one_credential_even_in_a_race,
+    credential_use_is_recorded,
     clients_keep_only_a_hash_of_their_secret,
     clients_are_checked_before_they_are_stored,
     people_writes_are_in_the_change_feed,
@@ -902,6 +904,95 @@ async fn credentials_are_listed_and_revoked(store: Store) {
     assert!(store.credentials("nobody").await.is_err());
 }
 
+async fn an_invite_enrolls_one_credential_even_in_a_race(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let invite = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.invite_user(&invite.token, NOW + 1).await.unwrap().sub,
+        alice.sub
+    );
+    let (first, second) = (credential(&alice.sub, "cred-a"), credential(&alice.sub, "cred-b"));
+    let (a, b) = tokio::join!(
+        store.enroll_credential(&invite.token, &first, NOW + 1),
+        store.enroll_credential(&invite.token, &second, NOW + 1),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    let loser = a.err().or(b.err()).unwrap();
+    assert!(
+        matches!(
+            loser,
+            StoreError::Invite(TokenProblem::Used) | StoreError::Database(_)
+        ),
+        "{loser}"
+    );
+    assert_eq!(store.credentials("alice").await.unwrap().len(), 1);
+    let err = store.invite_user(&invite.token, NOW + 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Used)), "{err}");
+    let err = store.invite_user("forged", NOW + 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invite(TokenProblem::Unknown)), "{err}");
+
+    // An invite enrolls only its own user.
+    let bob = store
+        .create_user(
+            &NewUser {
+                name: "bob".into(),
+                email: "bob@example.com".into(),
+                ..NewUser::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let other = store
+        .create_invite("alice", Duration::from_secs(900), NOW)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .enroll_credential(&other.token, &credential(&bob.sub, "cred-c"), NOW + 1)
+            .await
+            .is_err()
+    );
+    assert!(store.credentials("bob").await.unwrap().is_empty());
+}
+
+async fn credential_use_is_recorded(store: Store) {
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    store
+        .add_credential(&credential(&alice.sub, "cred-1"), NOW)
+        .await
+        .unwrap();
+    let stored = store.credential_by_id("cred-1").await.unwrap().unwrap();
+    assert_eq!(stored.sub, alice.sub);
+    assert_eq!(stored.public_key, "{}");
+    assert_eq!(stored.credential.last_used_at, None);
+    let used = zt_store::CredentialUse {
+        sign_count: 7,
+        backed_up: true,
+        public_key: r#"{"counter":7}"#.into(),
+    };
+    store
+        .record_credential_use("cred-1", &used, NOW + 3)
+        .await
+        .unwrap();
+    let stored = store.credential_by_id("cred-1").await.unwrap().unwrap();
+    assert_eq!(stored.credential.sign_count, 7);
+    assert!(stored.credential.backed_up);
+    assert_eq!(stored.credential.last_used_at, Some(NOW + 3));
+    assert_eq!(stored.public_key, used.public_key);
+    assert!(store.credential_by_id("nope").await.unwrap().is_none());
+    store.revoke_credential("cred-1", NOW + 4).await.unwrap();
+    assert!(
+        store
+            .record_credential_use("cred-1", &used, NOW + 5)
+            .await
+            .is_err()
+    );
+}
+
 async fn clients_keep_only_a_hash_of_their_secret(store: Store) {
     let created = store
         .create_client(&web_client(ClientKind::Secret), NOW)
@@ -1190,6 +1281,24 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap()
         .unwrap_err();
     assert!(matches!(late, GrantError::Reused { .. }), "{late}");
+
+    // Without a grace, a reuse in the very second of the rotation is enough.
+    let strict = store
+        .start_refresh_family(&session.id, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .await
+        .unwrap()
+        .unwrap();
+    let at_once = store
+        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(at_once, GrantError::Reused { .. }), "{at_once}");
 
     // Revocation by the client, and the session's end.
     let third = store

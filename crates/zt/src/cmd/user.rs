@@ -181,6 +181,9 @@ pub fn invite(args: UserInvite) -> anyhow::Result<ExitCode> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&invite)?),
         Output::Text => {
             println!("Token: {}", invite.token);
+            if let Some(url) = &invite.url {
+                println!("Enroll: {url}");
+            }
             println!("Expires: {}", timestamp(invite.expires_at));
             println!("One use; shown only now (zt server keeps its SHA-256).");
         }
