@@ -12,6 +12,7 @@ pub mod observe;
 pub mod pdp;
 pub mod policy;
 pub mod server;
+pub mod tokens;
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,18 @@ pub enum Figure {
         /// Each call's time.
         samples: Samples,
         /// Concurrent callers.
+        callers: usize,
+        /// How long they called.
+        elapsed: Duration,
+    },
+    /// Requests made by concurrent clients for a while, each on a keep-alive
+    /// connection, and how long each took.
+    Requests {
+        /// The request.
+        name: String,
+        /// Each request's time.
+        samples: Samples,
+        /// Concurrent clients.
         callers: usize,
         /// How long they called.
         elapsed: Duration,

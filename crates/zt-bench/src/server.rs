@@ -192,6 +192,16 @@ impl InProcessServer {
         datastore: String,
         td: &TrustDomain,
     ) -> Result<Self, Error> {
+        Self::start_with(data_dir, datastore, td, None).await
+    }
+
+    /// [`Self::start`], serving the OpenID Provider too when `idp` is given.
+    pub(crate) async fn start_with(
+        data_dir: std::path::PathBuf,
+        datastore: String,
+        td: &TrustDomain,
+        idp: Option<zt_server::IdpSettings>,
+    ) -> Result<Self, Error> {
         let free_port = || -> Result<std::net::SocketAddr, Error> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
         };
@@ -205,7 +215,7 @@ impl InProcessServer {
             agent_addr: free_port()?,
             agent_ttl: Duration::from_secs(3600),
             pdp: None,
-            idp: None,
+            idp,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agent_addr = config.agent_addr;

@@ -52,6 +52,9 @@ pub struct AuthorizationRequest {
     pub state: Option<String>,
     /// `nonce`, for the ID token.
     pub nonce: Option<String>,
+    /// For a device's request (RFC 8628), its user code: signing in approves
+    /// it instead of redirecting with a code.
+    pub device_user_code: Option<String>,
 }
 
 /// Authorization requests waiting for the person to sign in, by ID.
@@ -207,6 +210,7 @@ impl Provider {
             scope: String::new(),
             state: params.get("state").map(str::to_owned),
             nonce: None,
+            device_user_code: None,
         })
         .and_then(|request| {
             if client.grant_types.contains(&GrantType::AuthorizationCode) {
@@ -320,6 +324,9 @@ impl Provider {
         user: &User,
         peer: &Peer,
     ) -> Response {
+        if let Some(user_code) = &request.device_user_code {
+            return self.approve_device(user_code, session, user, peer).await;
+        }
         let now = now();
         let code = NewCode {
             client_id: request.client_id.clone(),
@@ -351,7 +358,7 @@ impl Provider {
         redirect(&request.redirect_uri, &query)
     }
 
-    fn sign_in_page(&self, request: AuthorizationRequest, _peer: &Peer) -> Response {
+    pub(crate) fn sign_in_page(&self, request: AuthorizationRequest, _peer: &Peer) -> Response {
         let client = request.client_id.clone();
         let (id, csrf) = match self.pending().insert(request) {
             Ok(pending) => pending,

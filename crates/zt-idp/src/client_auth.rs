@@ -1,7 +1,8 @@
 //! How a client proves who it is at the token, introspection and revocation
 //! endpoints: `client_secret_basic` or `client_secret_post` (argon2id-hashed
 //! secrets), `private_key_jwt` (RFC 7523 assertions signed with a key of the
-//! client's registered JWK Set, each `jti` used once), or nothing for a
+//! client's registered JWK Set, each `jti` used once), a mesh workload's
+//! JWT-SVID for a `spiffe` client (RFC 7523 too: no secret), or nothing for a
 //! public client, which PKCE protects instead. One method per request: a
 //! request that offers two is refused.
 
@@ -10,8 +11,9 @@ use std::sync::Mutex;
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
-use serde_json::Value;
-use zt_identity::jwt::{Jws, check_times};
+use serde_json::{Map, Value};
+use zt_identity::VerifiedJwtSvid;
+use zt_identity::jwt::{Jws, check_times, verify_jwt_svid_within};
 use zt_store::{Client, ClientKind};
 
 use crate::params::Params;
@@ -20,7 +22,7 @@ use crate::{OAuthError, Provider, now};
 /// `client_assertion_type` of RFC 7523.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest lifetime of a client assertion, seconds.
-const MAX_ASSERTION_LIFETIME: u64 = 300;
+pub(crate) const MAX_ASSERTION_LIFETIME: u64 = 300;
 /// Most assertion IDs remembered (each only until its `exp`).
 const MAX_SEEN_ASSERTIONS: usize = 100_000;
 
@@ -29,7 +31,8 @@ const MAX_SEEN_ASSERTIONS: usize = 100_000;
 pub struct Authenticated {
     /// The client.
     pub client: Client,
-    /// How: `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`.
+    /// How: `client_secret_basic`, `client_secret_post`, `private_key_jwt`,
+    /// `jwt_svid` or `none`.
     pub method: &'static str,
 }
 
@@ -132,8 +135,12 @@ impl Provider {
         })
     }
 
-    /// RFC 7523 §3: `iss` and `sub` are the client, `aud` names this
-    /// provider, `exp` soon, `jti` never seen; signed by a key of the client's JWK Set.
+    /// RFC 7523 §3: `sub` is the client, `aud` names this provider, `exp`
+    /// soon, `jti` never seen. What signs it depends on the client's kind: a
+    /// key of its JWK Set (`private_key_jwt`, where `iss` is the client too
+    /// and `jti` is required), or for a [`ClientKind::Spiffe`] client a JWT
+    /// authority of the trust domain, the assertion being the workload's
+    /// JWT-SVID (its `jti` used once when it has one).
     async fn assertion_client(
         &self,
         assertion: &str,
@@ -141,52 +148,110 @@ impl Provider {
         endpoint: &str,
     ) -> Result<Authenticated, OAuthError> {
         let failed = |why: &str| OAuthError::invalid_client(format!("client assertion: {why}"));
-        let jws = Jws::decode(assertion, &["JWT", "client-authentication+jwt"], true)
+        let jws = Jws::decode(assertion, &["JWT", "JOSE", "client-authentication+jwt"], true)
             .map_err(|e| failed(&e.to_string()))?;
         let claims = &jws.claims;
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
-        let (Some(iss), Some(sub)) = (text("iss"), text("sub")) else {
-            return Err(failed("iss and sub are required"));
-        };
-        if iss != sub || named.is_some_and(|named| named != iss) {
+        let sub = text("sub").ok_or_else(|| failed("sub is required"))?;
+        if text("iss").is_some_and(|iss| iss != sub) || named.is_some_and(|named| named != sub) {
             return Err(failed("iss, sub and client_id must all be the client"));
         }
-        let client = self.known_client(iss).await?;
-        if client.kind != ClientKind::PrivateKeyJwt {
-            return Err(failed("this client does not authenticate with private_key_jwt"));
+        self.our_audience(claims, endpoint).map_err(failed)?;
+        let client = self.known_client(sub).await?;
+        let now = now();
+        let (exp, method) = match client.kind {
+            ClientKind::PrivateKeyJwt => {
+                if text("iss").is_none() {
+                    return Err(failed("iss is required"));
+                }
+                // `JOSE` is a JWT-SVID's type, not a client's assertion's.
+                Jws::decode(assertion, &["JWT", "client-authentication+jwt"], true)
+                    .map_err(|e| failed(&e.to_string()))?;
+                let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
+                    .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
+                let verified = keys
+                    .iter()
+                    .filter(|(kid, _)| jws.kid().is_none() || kid.as_deref() == jws.kid())
+                    .any(|(_, key)| jws.verify(key));
+                if !verified {
+                    return Err(failed("signature does not verify with the client's keys"));
+                }
+                if text("jti").is_none() {
+                    return Err(failed("jti is required"));
+                }
+                let exp =
+                    check_times(claims, now, MAX_ASSERTION_LIFETIME).map_err(|e| failed(&e.to_string()))?;
+                (exp, "private_key_jwt")
+            }
+            ClientKind::Spiffe => {
+                let svid = self
+                    .verify_workload_svid(assertion, endpoint, now)
+                    .map_err(|e| failed(&e))?;
+                if svid.spiffe_id().to_string() != client.client_id {
+                    return Err(failed("the JWT-SVID is not the client's"));
+                }
+                (svid.expiry(), "jwt_svid")
+            }
+            ClientKind::Secret | ClientKind::Public => {
+                return Err(failed("this client does not authenticate with an assertion"));
+            }
+        };
+        if let Some(jti) = text("jti")
+            && !self.seen_assertions().first_use(sub, jti, exp, now)
+        {
+            return Err(failed("this assertion was already used"));
         }
+        Ok(Authenticated { client, method })
+    }
+}
+
+impl Provider {
+    /// The `aud` of `claims` that names this provider: its issuer, the
+    /// token endpoint, or `endpoint` (the one the token is presented to).
+    fn our_audience<'c>(
+        &self,
+        claims: &'c Map<String, Value>,
+        endpoint: &str,
+    ) -> Result<&'c str, &'static str> {
         let audiences: Vec<&str> = match claims.get("aud") {
             Some(Value::String(one)) => vec![one.as_str()],
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(failed("aud is required")),
+            _ => return Err("aud is required"),
         };
         let config = self.config();
         let token_endpoint = config.url("/token");
-        if !audiences
-            .iter()
-            .any(|aud| *aud == config.issuer || *aud == endpoint || *aud == token_endpoint)
-        {
-            return Err(failed("aud does not name this provider"));
+        audiences
+            .into_iter()
+            .find(|aud| *aud == config.issuer || *aud == endpoint || *aud == token_endpoint)
+            .ok_or("aud does not name this provider")
+    }
+
+    /// Verifies a JWT-SVID of a workload of this trust domain presented to
+    /// `endpoint`: signed by one of the trust domain's JWT authorities, its
+    /// `aud` naming this provider, living at most five minutes. `Err` says why not.
+    pub(crate) fn verify_workload_svid(
+        &self,
+        token: &str,
+        endpoint: &str,
+        now: u64,
+    ) -> Result<VerifiedJwtSvid, String> {
+        let unverified = Jws::decode(token, &["JWT", "JOSE"], true).map_err(|e| format!("JWT-SVID: {e}"))?;
+        let audience = self
+            .our_audience(&unverified.claims, endpoint)
+            .map_err(|e| format!("JWT-SVID: {e}"))?;
+        let svid = verify_jwt_svid_within(
+            token,
+            &self.keys().bundle(),
+            audience,
+            now,
+            MAX_ASSERTION_LIFETIME,
+        )
+        .map_err(|e| format!("JWT-SVID: {e}"))?;
+        // The bundle is this trust domain's only; checked again all the same.
+        if svid.spiffe_id().trust_domain() != &self.config().trust_domain {
+            return Err("JWT-SVID: not of this trust domain".into());
         }
-        let keys = zt_identity::jwk::parse_jwk_set(client.jwks.as_deref().unwrap_or_default())
-            .map_err(|e| OAuthError::server_error("the client's stored JWK Set", e))?;
-        let verified = keys
-            .iter()
-            .filter(|(kid, _)| jws.kid().is_none() || kid.as_deref() == jws.kid())
-            .any(|(_, key)| jws.verify(key));
-        if !verified {
-            return Err(failed("signature does not verify with the client's keys"));
-        }
-        let now = now();
-        let exp = check_times(claims, now, MAX_ASSERTION_LIFETIME).map_err(|e| failed(&e.to_string()))?;
-        let jti = text("jti").ok_or_else(|| failed("jti is required"))?;
-        if !self.seen_assertions().first_use(iss, jti, exp, now) {
-            return Err(failed("this assertion was already used"));
-        }
-        Ok(Authenticated {
-            client,
-            method: "private_key_jwt",
-        })
+        Ok(svid)
     }
 }
 

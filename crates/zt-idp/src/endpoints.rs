@@ -39,6 +39,8 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         GrantType::AuthorizationCode,
         GrantType::RefreshToken,
         GrantType::ClientCredentials,
+        GrantType::TokenExchange,
+        GrantType::DeviceCode,
     ]
     .iter()
     .map(|g| g.as_str())
@@ -48,6 +50,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         "issuer": config.issuer,
         "authorization_endpoint": url("/authorize"),
         "token_endpoint": url("/token"),
+        "device_authorization_endpoint": url("/device_authorization"),
         "userinfo_endpoint": url("/userinfo"),
         "jwks_uri": url("/jwks"),
         "introspection_endpoint": url("/introspect"),
@@ -65,7 +68,7 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": SCOPES,
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "amr", "sid", "nonce",
-            "name", "preferred_username", "email", "groups", "ip", "zone", "device_id", "device_tier", "cnf"],
+            "name", "preferred_username", "email", "groups", "ip", "zone", "device_id", "device_tier", "cnf", "act"],
         "acr_values_supported": acr,
         "authorization_response_iss_parameter_supported": true,
         "tls_client_certificate_bound_access_tokens": true,

@@ -1,7 +1,9 @@
 //! The token endpoint (RFC 6749 §3.2): `authorization_code` (PKCE verified,
 //! the code single-use, its redirect URI repeated), `refresh_token` (rotated
 //! on every use; reuse revokes the family) and `client_credentials` (a
-//! service acting as itself). No implicit and no password grant exist here.
+//! service acting as itself, which may be a mesh workload authenticated by
+//! its JWT-SVID) and token exchange (RFC 8693, a service acting for a
+//! person). No implicit and no password grant exist here.
 //!
 //! Every answer is `no-store`; every outcome is an [`Event`]; failures drain
 //! the rate limits of the client and of the source address.
@@ -13,7 +15,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use zt_store::{ClientKind, GrantError, GrantType, IssuedRefresh};
+use zt_store::{ClientKind, DevicePoll, GrantError, GrantType, IssuedRefresh, Session, User};
 
 use crate::client_auth::Authenticated;
 use crate::events::Event;
@@ -45,7 +47,10 @@ pub async fn token(
             response
         }
         Err(error) => {
-            if error.code() != "rate_limited" {
+            if !matches!(
+                error.code(),
+                "rate_limited" | "authorization_pending" | "slow_down"
+            ) {
                 provider.limits().token_ip.charge(&ip);
             }
             error.into_response()
@@ -82,6 +87,8 @@ impl Provider {
         let result = self.grant(&grant_type, &params, &client, peer).await;
         let event = match &result {
             Ok(_) => Event::success("token", format!("{grant_type} token issued")),
+            // A device polling as it should: neither an event nor a failure.
+            Err(e) if e.code() == "authorization_pending" => return result,
             Err(e) => {
                 self.limits().token_client.charge(&client_id);
                 Event::failure("token", e.code(), e.description())
@@ -122,11 +129,8 @@ impl Provider {
             GrantType::AuthorizationCode => self.code_grant(params, client, peer).await,
             GrantType::RefreshToken => self.refresh_grant(params, client, peer).await,
             GrantType::ClientCredentials => self.client_credentials_grant(params, client, peer),
-            GrantType::DeviceCode | GrantType::TokenExchange => Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!("grant_type {grant_type:?} is not supported yet"),
-            )),
+            GrantType::TokenExchange => self.token_exchange_grant(params, client, peer).await,
+            GrantType::DeviceCode => self.device_code_grant(params, client, peer).await,
         }
     }
 
@@ -188,35 +192,56 @@ impl Provider {
         }
         let session = &redeemed.session;
         let (_, user) = self.store().session(&session.id).await?;
+        let issued = SessionGrant {
+            scope: &redeemed.scope,
+            nonce: redeemed.nonce.as_deref(),
+            code: Some(code),
+        };
+        self.session_tokens(session, &user, client, &issued, peer, now)
+            .await
+    }
+
+    /// The tokens of a session just granted to `client`: a refresh-token
+    /// family (if the client may refresh), an access token, and an ID token
+    /// if `openid` is in the scope.
+    async fn session_tokens(
+        &self,
+        session: &Session,
+        user: &User,
+        client: &Authenticated,
+        issued: &SessionGrant<'_>,
+        peer: &Peer,
+        now: u64,
+    ) -> Result<Map<String, Value>, OAuthError> {
         let mut body = Map::new();
         if client.client.grant_types.contains(&GrantType::RefreshToken) {
-            let issued = self
+            let family = self
                 .store()
                 .start_refresh_family(
                     &session.id,
                     &client.client.client_id,
-                    &redeemed.scope,
-                    Some(code),
+                    issued.scope,
+                    issued.code,
                     now,
                 )
                 .await?
                 .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
-            body.insert("refresh_token".into(), json!(issued.token));
+            body.insert("refresh_token".into(), json!(family.token));
         }
         let grant = Grant {
             client_id: &client.client.client_id,
-            scope: &redeemed.scope,
+            scope: issued.scope,
             audience: None,
             certificate_sha256: peer.certificate_sha256.as_deref(),
         };
-        let access = self.access_token(session, &user, &grant, now)?;
-        if redeemed.scope.split(' ').any(|s| s == "openid") {
+        let access = self.access_token(session, user, &grant, now)?;
+        if issued.scope.split(' ').any(|s| s == "openid") {
             let id_token = self.id_token(
                 session,
-                &user,
+                user,
                 &client.client.client_id,
-                &redeemed.scope,
-                redeemed.nonce.as_deref(),
+                issued.scope,
+                issued.nonce,
                 now,
             )?;
             body.insert("id_token".into(), json!(id_token));
@@ -224,9 +249,54 @@ impl Provider {
         Ok(token_response(
             body,
             &access,
-            &redeemed.scope,
+            issued.scope,
             self.config().access_ttl.as_secs(),
         ))
+    }
+
+    /// RFC 8628 §3.4–3.5: a device polls with its device code until a person
+    /// approves or denies it, or it expires.
+    async fn device_code_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        let device_code = params.required("device_code")?;
+        let now = now();
+        let refused =
+            |error: &'static str, why: &str| OAuthError::new(axum::http::StatusCode::BAD_REQUEST, error, why);
+        match self
+            .store()
+            .poll_device_code(device_code, &client.client.client_id, now)
+            .await?
+        {
+            DevicePoll::Pending => Err(refused(
+                "authorization_pending",
+                "the person has not answered yet",
+            )),
+            DevicePoll::SlowDown => Err(refused(
+                "slow_down",
+                "polled sooner than the interval: wait 5s longer from now on",
+            )),
+            DevicePoll::Expired => Err(refused("expired_token", "the device code has expired")),
+            DevicePoll::Denied => Err(refused(
+                "access_denied",
+                "the person denied it, or their session has ended",
+            )),
+            DevicePoll::Invalid => Err(OAuthError::invalid_grant(
+                "the device code is unknown, another client's, or used",
+            )),
+            DevicePoll::Approved { scope, session, user } => {
+                let issued = SessionGrant {
+                    scope: &scope,
+                    nonce: None,
+                    code: None,
+                };
+                self.session_tokens(&session, &user, client, &issued, peer, now)
+                    .await
+            }
+        }
     }
 
     /// RFC 6749 §6, rotated (RFC 9700 §4.14.2).
@@ -336,6 +406,155 @@ impl Provider {
             self.config().access_ttl.as_secs(),
         ))
     }
+}
+
+/// `subject_token_type` and `issued_token_type` of an access token (RFC 8693 §3).
+pub const ACCESS_TOKEN_TYPE_URN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// `actor_token_type` of a JWT: here, a workload's JWT-SVID.
+pub const JWT_TYPE_URN: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Most actors nested in one token's `act` claim.
+const MAX_ACTORS: usize = 8;
+
+impl Provider {
+    /// RFC 8693: a service trades a person's access token for one to call
+    /// `audience` on their behalf. The subject token must be active (its
+    /// session open, its user enabled); the new token carries the person's
+    /// claims, a scope no wider, the service (or the `actor_token`'s
+    /// subject) in `act`, and lives no longer than the subject token.
+    async fn token_exchange_grant(
+        &self,
+        params: &Params,
+        client: &Authenticated,
+        peer: &Peer,
+    ) -> Result<Map<String, Value>, OAuthError> {
+        if client.client.kind == ClientKind::Public {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "a public client cannot exchange tokens",
+            ));
+        }
+        let subject_token = params.required("subject_token")?;
+        if params.required("subject_token_type")? != ACCESS_TOKEN_TYPE_URN {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token_type must be {ACCESS_TOKEN_TYPE_URN}"
+            )));
+        }
+        if params
+            .get("requested_token_type")
+            .is_some_and(|t| t != ACCESS_TOKEN_TYPE_URN)
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "requested_token_type can only be {ACCESS_TOKEN_TYPE_URN}"
+            )));
+        }
+        let audience = match (params.get("audience"), params.get("resource")) {
+            (Some(audience), Some(resource)) if audience != resource => {
+                return Err(OAuthError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    "audience and resource name different services: ask for one",
+                ));
+            }
+            (Some(target), _) | (None, Some(target)) => target,
+            (None, None) => {
+                return Err(OAuthError::invalid_request(
+                    "audience (or resource) is required: the service the token is for",
+                ));
+            }
+        };
+        let subject = self
+            .active_access_token(subject_token, Some(peer))
+            .await
+            .map_err(|why| OAuthError::invalid_request(format!("subject_token: {why}")))?;
+        if !subject.get("sid").is_some_and(Value::is_string) {
+            return Err(OAuthError::invalid_request(
+                "subject_token: a token of a client acting as itself has no one to act for",
+            ));
+        }
+        if depth_of(subject.get("act")) >= MAX_ACTORS {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token: already {MAX_ACTORS} actors deep"
+            )));
+        }
+        let granted = subject.get("scope").and_then(Value::as_str).unwrap_or_default();
+        let scope = match params.get("scope") {
+            Some(asked) if asked.split(' ').any(|s| !granted.split(' ').any(|g| g == s)) => {
+                return Err(OAuthError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    "an exchange cannot widen the subject token's scope",
+                ));
+            }
+            Some(asked) => asked,
+            None => granted,
+        };
+        let actor = match (params.get("actor_token"), params.get("actor_token_type")) {
+            (None, None) => client.client.client_id.clone(),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(OAuthError::invalid_request(
+                    "actor_token and actor_token_type go together",
+                ));
+            }
+            (Some(token), Some(ACCESS_TOKEN_TYPE_URN)) => {
+                let claims = self
+                    .active_access_token(token, None)
+                    .await
+                    .map_err(|why| OAuthError::invalid_request(format!("actor_token: {why}")))?;
+                claims
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            (Some(token), Some(JWT_TYPE_URN)) => self
+                .verify_workload_svid(token, &self.config().url("/token"), now())
+                .map_err(|why| OAuthError::invalid_request(format!("actor_token: {why}")))?
+                .spiffe_id()
+                .to_string(),
+            (Some(_), Some(other)) => {
+                return Err(OAuthError::invalid_request(format!(
+                    "actor_token_type {other:?}: expected {ACCESS_TOKEN_TYPE_URN} or {JWT_TYPE_URN}"
+                )));
+            }
+        };
+        let grant = Grant {
+            client_id: &client.client.client_id,
+            scope,
+            audience: Some(audience),
+            certificate_sha256: peer.certificate_sha256.as_deref(),
+        };
+        let now = now();
+        let access = self.exchanged_token(&subject, &grant, &actor, now)?;
+        let mut body = Map::new();
+        body.insert("issued_token_type".into(), json!(ACCESS_TOKEN_TYPE_URN));
+        Ok(token_response(
+            body,
+            &access,
+            scope,
+            access.expires_at.saturating_sub(now),
+        ))
+    }
+}
+
+/// How many actors an `act` claim nests.
+fn depth_of(act: Option<&Value>) -> usize {
+    let mut depth = 0;
+    let mut next = act;
+    while let Some(act) = next {
+        depth += 1;
+        next = act.get("act");
+    }
+    depth
+}
+
+/// What a person's session is granted to a client: the scope, the `nonce`
+/// for the ID token, the authorization code redeemed (if any: a replay of it
+/// revokes the refresh family).
+struct SessionGrant<'a> {
+    scope: &'a str,
+    nonce: Option<&'a str>,
+    code: Option<&'a str>,
 }
 
 fn token_response(

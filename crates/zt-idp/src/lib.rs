@@ -5,8 +5,10 @@
 //! - [`authorize`]: the authorization endpoint (code flow, PKCE S256 only,
 //!   exact redirect URIs, `iss` in the response) and the sign-in pages;
 //! - [`grants`]: the token endpoint (`authorization_code`, `refresh_token`
-//!   rotated with reuse detection, `client_credentials`);
-//! - [`client_auth`]: how clients prove who they are there;
+//!   rotated with reuse detection, `client_credentials`, token exchange, device code);
+//! - [`client_auth`]: how clients prove who they are there (a secret, a
+//!   `private_key_jwt` assertion, a workload's JWT-SVID);
+//! - [`device`]: the device authorization grant's endpoint and page (RFC 8628);
 //! - [`tokens`]: RFC 9068 access tokens and ID tokens, issued and verified;
 //! - [`endpoints`]: discovery, JWKS, userinfo, introspection, revocation, logout;
 //! - [`events`]: every authentication event in the decision log and metrics;
@@ -21,6 +23,7 @@
 
 pub mod authorize;
 pub mod client_auth;
+pub mod device;
 pub mod endpoints;
 pub mod events;
 pub mod grants;
@@ -314,6 +317,12 @@ impl Provider {
             .route("/authorize", get(authorize::authorize))
             .route("/signin/password", post(authorize::password_sign_in))
             .route("/token", post(grants::token))
+            // The workload and device grants (RFC 8628).
+            .route("/device_authorization", post(device::device_authorization))
+            .route(
+                "/device",
+                get(device::verification).post(device::verification_form),
+            )
             .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
             .route("/introspect", post(endpoints::introspect))
             .route("/revoke", post(endpoints::revoke))

@@ -47,6 +47,20 @@ impl Assurance {
     pub const ALL: [Assurance; 3] = [Assurance::Aal1, Assurance::Aal2, Assurance::Aal3];
 }
 
+/// The claims about a person and how they signed in that every access token
+/// of their session carries, and that a token exchanged for one keeps.
+pub const PERSON_CLAIMS: [&str; 9] = [
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "groups",
+    "ip",
+    "zone",
+    "device_id",
+    "device_tier",
+];
+
 /// Who a token is for and what it carries beyond the session.
 pub struct Grant<'a> {
     /// The client it is issued to.
@@ -96,20 +110,70 @@ impl Provider {
         now: u64,
     ) -> Result<Issued, OAuthError> {
         let mut claims = self.base_access_claims(&user.sub, grant, now)?;
-        claims.insert("auth_time".into(), json!(session.auth_time));
-        claims.insert("acr".into(), json!(session.acr));
-        claims.insert("amr".into(), json!(session.amr));
-        claims.insert("sid".into(), json!(session.id));
-        claims.insert("groups".into(), json!(user.groups));
-        claims.insert("ip".into(), json!(session.source_ip));
+        claims.extend(self.person_claims(session, user));
+        self.sign_access(claims)
+    }
+
+    /// The [`PERSON_CLAIMS`] of a session's tokens.
+    fn person_claims(&self, session: &Session, user: &User) -> Map<String, Value> {
         let zone = session
             .source_ip
             .parse()
             .map_or("external", |ip| self.config().zone_of(ip));
-        claims.insert("zone".into(), json!(zone));
-        // Device trust comes with enrolled devices; until then, honestly unknown.
-        claims.insert("device_id".into(), Value::Null);
-        claims.insert("device_tier".into(), json!("unknown"));
+        let claims = json!({
+            "auth_time": session.auth_time,
+            "acr": session.acr,
+            "amr": session.amr,
+            "sid": session.id,
+            "groups": user.groups,
+            "ip": session.source_ip,
+            "zone": zone,
+            // Device trust comes with enrolled devices; until then, honestly unknown.
+            "device_id": null,
+            "device_tier": "unknown",
+        });
+        let Value::Object(claims) = claims else {
+            return Map::new();
+        };
+        claims
+    }
+
+    /// Signs an access token for a call made on a person's behalf (RFC 8693
+    /// §2.2.1): `subject` holds the verified claims of the access token
+    /// exchanged, whose `sub` and [`PERSON_CLAIMS`] are copied; `act` names
+    /// `actor` with the subject token's own `act`, if any, nested inside it
+    /// (§4.1); and the new token lives no longer than the one it came from.
+    pub(crate) fn exchanged_token(
+        &self,
+        subject: &Map<String, Value>,
+        grant: &Grant<'_>,
+        actor: &str,
+        now: u64,
+    ) -> Result<Issued, OAuthError> {
+        let sub = subject
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OAuthError::invalid_request("subject_token has no sub"))?;
+        let mut claims = self.base_access_claims(sub, grant, now)?;
+        for name in PERSON_CLAIMS {
+            if let Some(value) = subject.get(name) {
+                claims.insert(name.into(), value.clone());
+            }
+        }
+        let mut act = Map::new();
+        act.insert("sub".into(), json!(actor));
+        if let Some(prior) = subject.get("act") {
+            act.insert("act".into(), prior.clone());
+        }
+        claims.insert("act".into(), Value::Object(act));
+        if let Some(subject_exp) = subject.get("exp").and_then(Value::as_u64)
+            && claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .is_none_or(|exp| exp > subject_exp)
+        {
+            claims.insert("exp".into(), json!(subject_exp));
+        }
         self.sign_access(claims)
     }
 

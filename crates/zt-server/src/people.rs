@@ -274,6 +274,15 @@ async fn remove_member(
 
 async fn create_client(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let new: NewClient = json(&body)?;
+    if new.kind == zt_store::ClientKind::Spiffe
+        && zt_identity::SpiffeId::parse(&new.client_id)
+            .is_ok_and(|id| id.trust_domain() != &state.trust_domain)
+    {
+        return Err(ApiError::bad_request(format!(
+            "client_id {}: not in this server's trust domain {}",
+            new.client_id, state.trust_domain
+        )));
+    }
     let created = state
         .store
         .create_client(&new, now())

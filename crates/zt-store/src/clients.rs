@@ -29,6 +29,10 @@ pub enum ClientKind {
     PrivateKeyJwt,
     /// A public client (a browser app, a CLI): no secret, PKCE required.
     Public,
+    /// A mesh workload: its client ID is its SPIFFE ID, and it authenticates
+    /// with a JWT-SVID of the server's trust domain as its assertion (RFC 7523),
+    /// so it needs no secret.
+    Spiffe,
 }
 
 impl ClientKind {
@@ -37,6 +41,7 @@ impl ClientKind {
             ClientKind::Secret => "secret",
             ClientKind::PrivateKeyJwt => "private_key_jwt",
             ClientKind::Public => "public",
+            ClientKind::Spiffe => "spiffe",
         }
     }
 
@@ -45,6 +50,7 @@ impl ClientKind {
             "secret" => ClientKind::Secret,
             "private_key_jwt" => ClientKind::PrivateKeyJwt,
             "public" => ClientKind::Public,
+            "spiffe" => ClientKind::Spiffe,
             _ => return None,
         })
     }
@@ -221,7 +227,8 @@ pub struct NewClient {
     /// Where authorization responses may be sent.
     #[serde(default)]
     pub redirect_uris: Vec<RedirectUri>,
-    /// The grants it may use (default: `authorization_code` and `refresh_token`).
+    /// The grants it may use (default: `authorization_code` and `refresh_token`;
+    /// `client_credentials` for a [`ClientKind::Spiffe`] client).
     #[serde(default)]
     pub grant_types: Vec<GrantType>,
 }
@@ -252,7 +259,27 @@ pub struct CreatedClient {
     pub secret: Option<String>,
 }
 
-fn check_client_id(id: &str) -> Result<(), StoreError> {
+/// A client ID: 1 to [`MAX_CLIENT_ID_LEN`] of a plain alphabet, or for a
+/// [`ClientKind::Spiffe`] client a workload's SPIFFE ID (with a path), and
+/// only for it: a `/` elsewhere would make IDs that look like workloads.
+fn check_client_id(id: &str, kind: ClientKind) -> Result<(), StoreError> {
+    if kind == ClientKind::Spiffe {
+        return match zt_identity::SpiffeId::parse(id) {
+            Ok(spiffe_id) if !spiffe_id.is_root() && id.len() <= MAX_CLIENT_ID_LEN => Ok(()),
+            Ok(_) => Err(StoreError::InvalidValue {
+                field: "client_id",
+                value: id.to_owned(),
+                reason: format!(
+                    "a spiffe client's ID is a workload's SPIFFE ID, with a path, of at most {MAX_CLIENT_ID_LEN} bytes"
+                ),
+            }),
+            Err(e) => Err(StoreError::InvalidValue {
+                field: "client_id",
+                value: id.to_owned(),
+                reason: format!("a spiffe client's ID must be a SPIFFE ID: {e}"),
+            }),
+        };
+    }
     if id.is_empty()
         || id.len() > MAX_CLIENT_ID_LEN
         || !id
@@ -303,7 +330,7 @@ fn check_jwks(jwks: &str) -> Result<(), StoreError> {
 }
 
 fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
-    check_client_id(&new.client_id)?;
+    check_client_id(&new.client_id, new.kind)?;
     let invalid = |field: &'static str, reason: &str| StoreError::InvalidValue {
         field,
         value: String::new(),
@@ -323,7 +350,9 @@ fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
             &format!("more than {MAX_REDIRECT_URIS}"),
         ));
     }
-    let mut grants = if new.grant_types.is_empty() {
+    let mut grants = if new.grant_types.is_empty() && new.kind == ClientKind::Spiffe {
+        vec![GrantType::ClientCredentials]
+    } else if new.grant_types.is_empty() {
         vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
     } else {
         new.grant_types.clone()
@@ -336,10 +365,20 @@ fn check_client(new: &NewClient) -> Result<Vec<GrantType>, StoreError> {
             "the authorization_code grant needs at least one redirect URI",
         ));
     }
-    if new.kind == ClientKind::Public && grants.contains(&GrantType::ClientCredentials) {
+    if new.kind == ClientKind::Spiffe
+        && (grants.contains(&GrantType::AuthorizationCode) || !new.redirect_uris.is_empty())
+    {
         return Err(invalid(
             "grant_types",
-            "a public client cannot use client_credentials: it has nothing to authenticate with",
+            "a spiffe client is a workload, not a browser app: no authorization_code, no redirect URIs",
+        ));
+    }
+    if new.kind == ClientKind::Public
+        && (grants.contains(&GrantType::ClientCredentials) || grants.contains(&GrantType::TokenExchange))
+    {
+        return Err(invalid(
+            "grant_types",
+            "a public client cannot use client_credentials (nor token exchange): it has nothing to authenticate with",
         ));
     }
     Ok(grants)
@@ -382,7 +421,7 @@ impl Store {
         let grant_types = check_client(new)?;
         let secret = match new.kind {
             ClientKind::Secret => Some(random_token()?),
-            ClientKind::PrivateKeyJwt | ClientKind::Public => None,
+            ClientKind::PrivateKeyJwt | ClientKind::Public | ClientKind::Spiffe => None,
         };
         let secret_hash = match &secret {
             Some(secret) => Some(hash_secret(secret.clone()).await?),
@@ -588,6 +627,43 @@ mod tests {
         assert!(check_jwks(r#"{"keys":[{"crv":"P-256"}]}"#).is_err());
         let private = check_jwks(r#"{"keys":[{"kty":"EC","d":"secret"}]}"#).unwrap_err();
         assert!(private.to_string().contains("private"), "{private}");
+    }
+
+    #[test]
+    fn only_a_spiffe_client_has_a_spiffe_id_for_client_id() {
+        let new = |id: &str, kind| NewClient {
+            client_id: id.into(),
+            kind,
+            jwks: None,
+            redirect_uris: vec![],
+            grant_types: vec![GrantType::ClientCredentials],
+        };
+        assert!(check_client(&new("spiffe://example.org/ns/x/sa/y", ClientKind::Spiffe)).is_ok());
+        for bad in [
+            "spiffe://example.org",
+            "spiffe://Example.org/x",
+            "ns/x/sa/y",
+            "https://example.org/x",
+        ] {
+            let error = check_client(&new(bad, ClientKind::Spiffe))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("client_id "), "{bad}: {error}");
+        }
+        let error = check_client(&new("spiffe://example.org/ns/x/sa/y", ClientKind::Secret)).unwrap_err();
+        assert!(error.to_string().contains("letters, digits"), "{error}");
+        let mut browser = new("spiffe://example.org/ns/x/sa/y", ClientKind::Spiffe);
+        browser.grant_types = vec![GrantType::AuthorizationCode];
+        browser.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
+        assert!(check_client(&browser).is_err());
+        for kind in [
+            ClientKind::Secret,
+            ClientKind::PrivateKeyJwt,
+            ClientKind::Public,
+            ClientKind::Spiffe,
+        ] {
+            assert_eq!(ClientKind::parse(kind.as_str()), Some(kind));
+        }
     }
 
     #[test]

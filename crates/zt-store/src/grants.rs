@@ -434,13 +434,18 @@ impl Store {
         )
     }
 
-    /// Deletes codes and refresh tokens past any use: codes expired more than
+    /// Deletes codes and refresh tokens past any use: codes (device codes too) expired more than
     /// `keep` seconds ago, tokens of families revoked or of sessions ended
     /// more than `keep` ago. Returns how many rows went.
     pub async fn prune_grants(&self, keep: u64, now: u64) -> Result<u64, StoreError> {
         let before = to_i64(now.saturating_sub(keep));
         let mut tx = self.begin_write().await?;
         let codes = sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let devices = sqlx::query("DELETE FROM device_codes WHERE expires_at < $1")
             .bind(before)
             .execute(&mut *tx)
             .await?
@@ -455,7 +460,7 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
-        Ok(codes + tokens)
+        Ok(codes + devices + tokens)
     }
 }
 

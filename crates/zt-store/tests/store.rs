@@ -71,6 +71,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    device_codes_wait_for_a_person_then_redeem_once,
     entry_lifecycle,
     duplicate_entries_are_refused,
     stale_revision_loses_no_update,
@@ -1386,5 +1387,117 @@ async fn passwords_are_hashed_and_checked(store: Store) {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+async fn device_codes_wait_for_a_person_then_redeem_once(store: Store) {
+    use zt_store::DevicePoll;
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
+        .await
+        .unwrap()
+        .session;
+    let code = store
+        .create_device_code("cli", "openid", NOW + 600, 5, NOW)
+        .await
+        .unwrap();
+    assert_eq!(code.device_code.len(), 43, "256 bits, base64url");
+    assert_eq!(code.user_code.len(), 9);
+    assert_eq!(&code.user_code[4..5], "-");
+
+    let request = store
+        .device_request(&code.user_code.to_lowercase(), NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (request.client_id.as_str(), request.scope.as_str()),
+        ("cli", "openid")
+    );
+    assert_eq!(store.device_request("BCDF-GHJK", NOW + 1).await.unwrap(), None);
+
+    let poll = |client: &'static str, at: u64| {
+        let (store, device_code) = (store.clone(), code.device_code.clone());
+        async move { store.poll_device_code(&device_code, client, at).await.unwrap() }
+    };
+    assert_eq!(poll("cli", NOW + 5).await, DevicePoll::Pending);
+    assert_eq!(
+        poll("cli", NOW + 7).await,
+        DevicePoll::SlowDown,
+        "2s after the last poll"
+    );
+    assert_eq!(
+        poll("cli", NOW + 14).await,
+        DevicePoll::SlowDown,
+        "the interval is 10s now"
+    );
+    assert_eq!(poll("cli", NOW + 30).await, DevicePoll::Pending);
+    assert_eq!(
+        poll("web", NOW + 45).await,
+        DevicePoll::Invalid,
+        "another client's"
+    );
+
+    assert!(
+        store
+            .answer_device_request(&code.user_code, Some(&session.id), NOW + 50)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .answer_device_request(&code.user_code, None, NOW + 51)
+            .await
+            .unwrap(),
+        "answered once"
+    );
+    match poll("cli", NOW + 60).await {
+        DevicePoll::Approved {
+            scope,
+            session: s,
+            user,
+        } => {
+            assert_eq!(
+                (scope.as_str(), s.id.as_str(), user.name.as_str()),
+                ("openid", session.id.as_str(), "alice")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(poll("cli", NOW + 80).await, DevicePoll::Invalid, "redeemed once");
+
+    // Denied; and expired.
+    let denied = store
+        .create_device_code("cli", "", NOW + 600, 5, NOW)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .answer_device_request(&denied.user_code, None, NOW + 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .poll_device_code(&denied.device_code, "cli", NOW + 10)
+            .await
+            .unwrap(),
+        DevicePoll::Denied
+    );
+    let late = store
+        .create_device_code("cli", "", NOW + 600, 5, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .poll_device_code(&late.device_code, "cli", NOW + 600)
+            .await
+            .unwrap(),
+        DevicePoll::Expired
+    );
+    assert_eq!(
+        store.device_request(&late.user_code, NOW + 600).await.unwrap(),
+        None
     );
 }

@@ -204,6 +204,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Generate(args)) => cmd::bench::generate(args),
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
         Command::Bench(BenchCommand::Analyze(args)) => cmd::bench::analyze(args),
+        Command::Bench(BenchCommand::Tokens(args)) => cmd::bench::tokens(args),
         Command::Server(args) => cmd::server::run(*args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

@@ -327,6 +327,53 @@ fn client_secrets_are_printed_once_and_stored_hashed() {
 }
 
 #[test]
+fn a_workload_is_registered_as_a_client_by_its_spiffe_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), None);
+    let id = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/orders");
+    let added = json(
+        &server,
+        &["client", "add", &id, "--spiffe", "--grant", "client_credentials"],
+    );
+    assert_eq!(added["client"]["kind"], "spiffe");
+    assert_eq!(added["secret"], Value::Null);
+    let shown = ok(&server, &["client", "show", &id]);
+    assert!(shown.contains("JWT-SVID"), "{shown}");
+    assert_failure(
+        &zt(
+            &server,
+            &["client", "add", "spiffe://other.example/ns/x/sa/y", "--spiffe"],
+        ),
+        1,
+        &["not in this server's trust domain"],
+    );
+    assert_failure(
+        &zt(
+            &server,
+            &["client", "add", &format!("{id}-2"), "--spiffe", "--secret"],
+        ),
+        2,
+        &["--secret"],
+    );
+    assert_failure(
+        &zt(
+            &server,
+            &[
+                "client",
+                "add",
+                "ns/shop/sa/orders",
+                "--grant",
+                "client_credentials",
+            ],
+        ),
+        1,
+        &["client_id", "letters, digits"],
+    );
+    let deleted = ok(&server, &["client", "delete", &id]);
+    assert!(deleted.contains(&id), "{deleted}");
+}
+
+#[test]
 fn invites_are_stored_hashed_and_disabling_revokes_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), None);

@@ -25,6 +25,19 @@ pub(crate) enum BenchCommand {
     Generate(BenchGenerate),
     /// zt analyze on a synthetic mesh (1 000 workloads, 10 000 policies by default).
     Analyze(BenchAnalyze),
+    /// The OpenID Provider's token endpoint over TLS (refresh, client credentials
+    /// with a JWT-SVID or a secret), introspection, and verification in process.
+    Tokens(BenchTokens),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchTokens {
+    /// Length of each run, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) seconds: u64,
+    /// Concurrent clients, each on its own keep-alive TLS connection.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
 }
 
 #[derive(Args)]
@@ -130,6 +143,29 @@ pub fn server(args: BenchServer) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(zt_bench::server::run(bench, |figure| print(&figure, 0)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zt bench tokens`: a real `zt server --idp` in this process on loopback
+/// (SQLite, the decision log on), a person signed in with a password, and
+/// concurrent clients over TLS on keep-alive connections.
+pub fn tokens(args: BenchTokens) -> anyhow::Result<ExitCode> {
+    super::init_logging("warn,zt::audit=error");
+    let bench = zt_bench::tokens::TokensBench {
+        window: Duration::from_secs(args.seconds),
+        concurrency: args.concurrency,
+    };
+    println!(
+        "{:<52} {:>9} {:>8} {:>10} {:>10} {:>10}",
+        "request", "requests", "seconds", "per second", "p50", "p99"
+    );
+    let mut header = Header::new("in process", 52);
+    super::runtime()?.block_on(zt_bench::tokens::run(bench, |figure| {
+        if let Figure::Calls { .. } = figure {
+            header.width();
+        }
+        print(&figure, 52)
+    }))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -272,6 +308,19 @@ fn print(figure: &Figure, width: usize) {
         } => println!(
             "{name:<44} {:>10.0} SVIDs/s  (p50 {}, p99 {}, {callers} callers, {elapsed:.1?})",
             samples.len() as f64 / elapsed.as_secs_f64(),
+            fmt(samples.percentile(0.5)),
+            fmt(samples.percentile(0.99)),
+        ),
+        Figure::Requests {
+            name,
+            samples,
+            callers,
+            elapsed,
+        } => println!(
+            "{name:<width$} {:>9} {:>8.1} {:>10.0} {:>10} {:>10}  ({callers} clients)",
+            samples.len(),
+            elapsed.as_secs_f64(),
+            samples.len() as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
             fmt(samples.percentile(0.5)),
             fmt(samples.percentile(0.99)),
         ),

@@ -16,7 +16,8 @@ use super::timestamp;
 #[derive(Subcommand)]
 pub(crate) enum ClientCommand {
     /// Register a client: confidential with a secret (the default; printed once),
-    /// confidential with private_key_jwt (--jwks), or public with PKCE (--public).
+    /// confidential with private_key_jwt (--jwks), a mesh workload by its SPIFFE ID
+    /// authenticating with its JWT-SVID (--spiffe), or public with PKCE (--public).
     Add(ClientAdd),
     /// List every client.
     List(AdminArgs),
@@ -27,7 +28,7 @@ pub(crate) enum ClientCommand {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("kind").args(["public", "secret", "jwks"])))]
+#[command(group(clap::ArgGroup::new("kind").args(["public", "secret", "jwks", "spiffe"])))]
 pub(crate) struct ClientAdd {
     /// The client ID.
     pub(crate) client_id: String,
@@ -44,7 +45,12 @@ pub(crate) struct ClientAdd {
     /// in this JWK Set file.
     #[arg(long, value_name = "FILE")]
     pub(crate) jwks: Option<PathBuf>,
-    /// A grant type it may use (repeatable) [default: authorization_code and refresh_token].
+    /// A mesh workload authenticating with a JWT-SVID (RFC 7523), no secret: the
+    /// client ID is its SPIFFE ID, in this server's trust domain.
+    #[arg(long)]
+    pub(crate) spiffe: bool,
+    /// A grant type it may use (repeatable) [default: authorization_code and refresh_token;
+    /// client_credentials with --spiffe].
     #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
     pub(crate) grants: Vec<GrantType>,
     #[command(flatten)]
@@ -82,6 +88,7 @@ fn client(admin: &AdminArgs) -> AdminClient {
 /// `zt client add`: prints the secret of a confidential client this once.
 pub fn add(args: ClientAdd) -> anyhow::Result<ExitCode> {
     let (kind, jwks) = match (&args.jwks, args.public) {
+        _ if args.spiffe => (ClientKind::Spiffe, None),
         (Some(path), _) => {
             let bytes = super::read_input("--jwks", path)?;
             let text = String::from_utf8(bytes).with_context(|| format!("--jwks {}", path.display()))?;
@@ -166,6 +173,7 @@ fn print_client_text(client: &Client) {
             ClientKind::Secret => "confidential (client secret)",
             ClientKind::PrivateKeyJwt => "confidential (private_key_jwt)",
             ClientKind::Public => "public (PKCE)",
+            ClientKind::Spiffe => "confidential (JWT-SVID of the workload)",
         }
     );
     for uri in &client.redirect_uris {
