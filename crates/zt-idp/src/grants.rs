@@ -214,18 +214,21 @@ impl Provider {
         now: u64,
     ) -> Result<Map<String, Value>, OAuthError> {
         let mut body = Map::new();
+        // A family is started even for a client that gets no refresh token:
+        // it records what this grant issued, so that a replay of the code
+        // revokes it (and the access tokens with it).
+        let family = self
+            .store()
+            .start_refresh_family(
+                &session.id,
+                &client.client.client_id,
+                issued.scope,
+                issued.code,
+                now,
+            )
+            .await?
+            .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
         if client.client.grant_types.contains(&GrantType::RefreshToken) {
-            let family = self
-                .store()
-                .start_refresh_family(
-                    &session.id,
-                    &client.client.client_id,
-                    issued.scope,
-                    issued.code,
-                    now,
-                )
-                .await?
-                .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
             body.insert("refresh_token".into(), json!(family.token));
         }
         let grant = Grant {
@@ -317,7 +320,7 @@ impl Provider {
             retried,
         } = match self
             .store()
-            .rotate_refresh_token(token, &client.client.client_id, grace, now)
+            .rotate_refresh_token(token, &client.client.client_id, params.get("scope"), grace, now)
             .await?
         {
             Ok(issued) => issued,
@@ -339,18 +342,16 @@ impl Provider {
                         .with("session", session_id.as_str()),
                     )?;
                 }
+                if e == GrantError::WiderScope {
+                    return Err(OAuthError::new(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        e.to_string(),
+                    ));
+                }
                 return Err(OAuthError::invalid_grant(e.to_string()));
             }
         };
-        if let Some(asked) = params.get("scope")
-            && asked.split(' ').any(|s| !family.scope.split(' ').any(|g| g == s))
-        {
-            return Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                "a refresh cannot widen the scope granted",
-            ));
-        }
         if retried {
             tracing::info!(family = %family.id, "refresh token retried inside the grace");
         }

@@ -66,6 +66,9 @@ pub enum GrantError {
     /// A refresh token presented by a client other than its own.
     #[error("refresh token was issued to another client")]
     WrongClient,
+    /// A refresh that asks for more than the family was granted.
+    #[error("a refresh cannot widen the scope granted")]
+    WiderScope,
     /// A spent refresh token came back after the grace: the family is revoked.
     #[error("refresh token was already used: every token of its family is revoked")]
     Reused {
@@ -246,11 +249,13 @@ impl Store {
     /// the same family issued. A spent token presented again within `grace`
     /// seconds of its first use (at most [`MAX_GRACE_RETRIES`] times) is a
     /// concurrent retry and gets a token too; after that it is theft, and the
-    /// whole family is revoked (RFC 9700 §4.14.2).
+    /// whole family is revoked (RFC 9700 §4.14.2). A `scope` wider than the
+    /// family's is refused before anything is spent.
     pub async fn rotate_refresh_token(
         &self,
         token: &str,
         client_id: &str,
+        scope: Option<&str>,
         grace: u64,
         now: u64,
     ) -> Result<Result<IssuedRefresh, GrantError>, StoreError> {
@@ -259,8 +264,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT t.family_id, t.used_at, t.retries, f.session_id, f.client_id, f.scope, f.created_at, \
-             f.revoked_at, f.reason FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
-             WHERE t.token_sha256 = $1",
+             f.revoked_at, f.reason, s.revoked_at AS session_revoked_at, s.expires_at AS session_expires_at, \
+             u.disabled_at FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+             JOIN sessions s ON s.id = f.session_id JOIN users u ON u.sub = s.sub WHERE t.token_sha256 = $1",
         )
         .bind(&hash)
         .fetch_optional(&mut *tx)
@@ -289,6 +295,16 @@ impl Store {
                 "refresh token family is revoked: {reason}"
             ))));
         }
+        if let Some(asked) = scope
+            && asked
+                .split(' ')
+                .any(|s| !family.scope.split(' ').any(|granted| granted == s))
+        {
+            return Ok(Err(GrantError::WiderScope));
+        }
+        let session_open = row.try_get::<Option<i64>, _>("session_revoked_at")?.is_none()
+            && to_u64(row.try_get("session_expires_at")?) > now
+            && row.try_get::<Option<i64>, _>("disabled_at")?.is_none();
         let mut retried = false;
         if let Some(used_at) = row.try_get::<Option<i64>, _>("used_at")?.map(to_u64) {
             let retries = to_u64(row.try_get("retries")?);
@@ -317,15 +333,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let open = sqlx::query(
-            "SELECT s.id FROM sessions s JOIN users u ON u.sub = s.sub \
-             WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL",
-        )
-        .bind(&family.session_id)
-        .bind(to_i64(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if open.is_none() {
+        if !session_open {
             return Ok(Err(GrantError::Ended(format!(
                 "session {} has ended",
                 family.session_id

@@ -1160,7 +1160,7 @@ async fn codes_are_single_use_and_a_replay_revokes_what_they_issued(store: Store
     let family = &store.refresh_families(&session.id).await.unwrap()[0];
     assert_eq!(family.reason.as_deref(), Some("authorization code replayed"));
     let refused = store
-        .rotate_refresh_token(&first.token, "web", 10, NOW + 3)
+        .rotate_refresh_token(&first.token, "web", None, 10, NOW + 3)
         .await
         .unwrap()
         .unwrap_err();
@@ -1219,9 +1219,16 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(first.user.name, "alice");
+    // A wider scope is refused before the token is spent.
+    let wider = store
+        .rotate_refresh_token(&first.token, "web", Some("openid email"), 10, NOW + 50)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(wider, GrantError::WiderScope);
     // Rotation: a new token each time, the old one spent.
     let second = store
-        .rotate_refresh_token(&first.token, "web", 10, NOW + 100)
+        .rotate_refresh_token(&first.token, "web", None, 10, NOW + 100)
         .await
         .unwrap()
         .unwrap();
@@ -1229,7 +1236,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
     assert!(!second.retried);
     // Another client cannot use it.
     let wrong = store
-        .rotate_refresh_token(&second.token, "cli", 10, NOW + 101)
+        .rotate_refresh_token(&second.token, "cli", None, 10, NOW + 101)
         .await
         .unwrap()
         .unwrap_err();
@@ -1238,21 +1245,21 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
     // bounded number of times.
     for _ in 0..zt_store::MAX_GRACE_RETRIES {
         let retry = store
-            .rotate_refresh_token(&first.token, "web", 10, NOW + 105)
+            .rotate_refresh_token(&first.token, "web", None, 10, NOW + 105)
             .await
             .unwrap()
             .unwrap();
         assert!(retry.retried);
     }
     let reused = store
-        .rotate_refresh_token(&first.token, "web", 10, NOW + 106)
+        .rotate_refresh_token(&first.token, "web", None, 10, NOW + 106)
         .await
         .unwrap()
         .unwrap_err();
     assert!(matches!(reused, GrantError::Reused { .. }), "{reused}");
     // The legitimate holder's next refresh fails: the whole family is revoked.
     let holder = store
-        .rotate_refresh_token(&second.token, "web", 10, NOW + 107)
+        .rotate_refresh_token(&second.token, "web", None, 10, NOW + 107)
         .await
         .unwrap()
         .unwrap_err();
@@ -1271,12 +1278,12 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap()
         .unwrap();
     store
-        .rotate_refresh_token(&other.token, "web", 10, NOW + 200)
+        .rotate_refresh_token(&other.token, "web", None, 10, NOW + 200)
         .await
         .unwrap()
         .unwrap();
     let late = store
-        .rotate_refresh_token(&other.token, "web", 10, NOW + 211)
+        .rotate_refresh_token(&other.token, "web", None, 10, NOW + 211)
         .await
         .unwrap()
         .unwrap_err();
@@ -1289,12 +1296,12 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap()
         .unwrap();
     store
-        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .rotate_refresh_token(&strict.token, "web", None, 0, NOW + 300)
         .await
         .unwrap()
         .unwrap();
     let at_once = store
-        .rotate_refresh_token(&strict.token, "web", 0, NOW + 300)
+        .rotate_refresh_token(&strict.token, "web", None, 0, NOW + 300)
         .await
         .unwrap()
         .unwrap_err();
@@ -1325,7 +1332,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: Store) {
         .unwrap()
         .unwrap();
     let past_end = store
-        .rotate_refresh_token(&fourth.token, "web", 10, NOW + 3600)
+        .rotate_refresh_token(&fourth.token, "web", None, 10, NOW + 3600)
         .await
         .unwrap()
         .unwrap_err();
