@@ -691,7 +691,12 @@ async fn demo_person(admin: &AdminClient) -> Result<zt_server::api::Invite, Erro
         kind: zt_store::ClientKind::Public,
         jwks: None,
         redirect_uris: vec![zt_store::RedirectUri::parse(DEMO_REDIRECT_URI).map_err(Error::People)?],
-        grant_types: Vec::new(),
+        // The code flow for browsers, the device flow for a terminal.
+        grant_types: vec![
+            zt_store::GrantType::AuthorizationCode,
+            zt_store::GrantType::RefreshToken,
+            zt_store::GrantType::DeviceCode,
+        ],
     };
     if let Err(e) = admin.create_client(&client).await
         && !exists(&e)
