@@ -306,10 +306,19 @@ impl Provider {
         ) {
             return e.into_response();
         }
-        document(
-            "Device signed in",
-            "<h1>Device signed in</h1>\n<p id=\"message\">You can return to your device.</p>",
-            StatusCode::OK,
-        )
+        // A 303 like the code flow's, so that a form and a passkey's script
+        // (which navigates to the redirect it is given) end on the same page.
+        let mut response = axum::response::Redirect::to("/device/done").into_response();
+        crate::no_store(&mut response);
+        response
     }
+}
+
+/// `GET /device/done`: what a person sees once a device's sign-in is approved.
+pub async fn done() -> Response {
+    document(
+        "Device signed in",
+        "<h1>Device signed in</h1>\n<p id=\"message\">You can return to your device.</p>",
+        StatusCode::OK,
+    )
 }

@@ -323,6 +323,7 @@ impl Provider {
                 "/device",
                 get(device::verification).post(device::verification_form),
             )
+            .route("/device/done", get(device::done))
             .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
             .route("/introspect", post(endpoints::introspect))
             .route("/revoke", post(endpoints::revoke))

@@ -565,10 +565,11 @@ async fn token_exchange_is_refused_unless_everything_holds() {
 
 const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// An answer: status, `Set-Cookie` values (name=value), body.
+/// An answer: status, `Set-Cookie` values (name=value), `Location`, body.
 struct Answer {
     status: StatusCode,
     cookies: Vec<String>,
+    location: Option<String>,
     body: String,
 }
 
@@ -613,10 +614,16 @@ impl Fixture {
             .iter()
             .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
             .collect();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         Answer {
             status,
             cookies,
+            location,
             body: String::from_utf8(bytes.to_vec()).unwrap(),
         }
     }
@@ -733,8 +740,10 @@ async fn a_device_is_signed_in_by_a_person_elsewhere() {
             ]),
         )
         .await;
-    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
-    assert!(signed_in.body.contains("Device signed in"), "{}", signed_in.body);
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.body);
+    assert_eq!(signed_in.location.as_deref(), Some("/device/done"));
+    let done = f.send("GET", "/device/done", None, None).await;
+    assert!(done.body.contains("Device signed in"), "{}", done.body);
     let session = signed_in
         .cookies
         .iter()

@@ -803,3 +803,125 @@ fn zt_up_keeps_secrets_private_under_umask_000() {
     assert_eq!(mode_of(&dir.join("agent/api.sock")), 0o777);
     assert!(up.stop_with("INT").success(), "{}", up.output());
 }
+
+/// The README's people walk: a device flow started with curl; zt up's demo user
+/// registers a passkey from the link zt up printed (in Chromium, with a virtual
+/// authenticator) and approves the device by signing in with it; curl gets the
+/// tokens.
+#[test]
+fn zt_up_demo_user_registers_a_passkey_and_gets_a_token_with_the_device_flow() {
+    const TEST: &str = "zt_up_demo_user_registers_a_passkey_and_gets_a_token_with_the_device_flow";
+    let (Some(curl_path), Some(node), Some(_)) = (
+        zt_testkit::curl(TEST),
+        zt_testkit::node(TEST),
+        zt_testkit::chromium(TEST),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let up = Up::start(&tmp.path().join("up"), base);
+    let printed = std::fs::read_to_string(&up.stdout).unwrap();
+    let issuer = format!("https://localhost:{}", base + 82);
+    let invite = printed
+        .split_whitespace()
+        .find(|word| word.starts_with(&format!("{issuer}/enroll?invite=")))
+        .unwrap_or_else(|| panic!("no invite link in zt up's output:\n{printed}"))
+        .to_owned();
+    let ca = up.dir.join("agent/server-bundle.pem");
+    assert!(
+        printed.contains(ca.to_str().unwrap()),
+        "the CA to trust is named:\n{printed}"
+    );
+    let ca = ca.to_str().unwrap().to_owned();
+
+    let (status, body) = curl(
+        &curl_path,
+        &[
+            "--cacert",
+            &ca,
+            "-d",
+            "client_id=zt-demo",
+            "-d",
+            "scope=openid profile groups",
+            &format!("{issuer}/device_authorization"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let device = json(&body);
+    let poll = || {
+        curl(
+            &curl_path,
+            &[
+                "--cacert",
+                &ca,
+                "-d",
+                "grant_type=urn:ietf:params:oauth:grant-type:device_code",
+                "-d",
+                "client_id=zt-demo",
+                "-d",
+                &format!("device_code={}", device["device_code"].as_str().unwrap()),
+                &format!("{issuer}/token"),
+            ],
+        )
+    };
+    let script = serde_json::json!({
+        "ca": ca,
+        "steps": [
+            ["goto", invite],
+            ["click", "#enroll-passkey"],
+            ["waitForSelector", "#enroll-done"],
+            ["goto", device["verification_uri_complete"]],
+            ["click", "#passkey-sign-in"],
+            ["waitForURL", {"prefix": format!("{issuer}/device/done")}],
+            ["text", "main"],
+        ],
+    });
+    let out = Command::new(&node)
+        .arg(zt_testkit::interop_dir().join("browser.mjs"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let said = succeed(&out, "browser.mjs");
+    assert!(said.contains("Device signed in"), "{said}");
+
+    // The first poll, after the person approved (pending and slow_down are
+    // crates/zt-idp/tests/grants.rs's).
+    let (status, body) = poll();
+    assert_eq!(status, 200, "{body}");
+    let tokens = json(&body);
+    assert_eq!(tokens["expires_in"], 900, "{tokens}");
+    assert!(
+        tokens["refresh_token"].is_string() && tokens["id_token"].is_string(),
+        "{tokens}"
+    );
+    let payload = tokens["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["amr"],
+        serde_json::json!(["hwk", "user", "mfa"]),
+        "{claims}"
+    );
+    assert_eq!(claims["groups"], serde_json::json!(["staff"]), "{claims}");
+    assert_eq!(claims["client_id"], "zt-demo");
+}
