@@ -28,6 +28,8 @@ pub struct TokensBench {
     pub window: Duration,
     /// Concurrent clients, each on its own keep-alive connection.
     pub concurrency: usize,
+    /// A `postgres://` URL for the datastore; SQLite in a temporary directory without.
+    pub datastore: Option<String>,
 }
 
 const APP: &str = "bench-app";
@@ -44,7 +46,10 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
     let td = TrustDomain::parse("example.org")?;
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
-    let location = dir.path().join("zt.db").to_string_lossy().into_owned();
+    let location = match &bench.datastore {
+        Some(url) => url.clone(),
+        None => dir.path().join("zt.db").to_string_lossy().into_owned(),
+    };
     let idp_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let issuer = format!("https://localhost:{}", idp_addr.port());
     let config = zt_idp::IdpConfig {
@@ -677,6 +682,7 @@ mod tests {
         let bench = TokensBench {
             window: Duration::from_secs(1),
             concurrency: 2,
+            datastore: None,
         };
         let mut figures = Vec::new();
         run(bench, |figure| figures.push(figure)).await.unwrap();

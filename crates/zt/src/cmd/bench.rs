@@ -38,6 +38,10 @@ pub(crate) struct BenchTokens {
     /// Concurrent clients, each on its own keep-alive TLS connection.
     #[arg(long, default_value_t = 16)]
     pub(crate) concurrency: usize,
+    /// The server's datastore: a postgres:// URL of an empty database (default:
+    /// SQLite in a temporary directory).
+    #[arg(long)]
+    pub(crate) datastore: Option<String>,
 }
 
 #[derive(Args)]
@@ -154,6 +158,7 @@ pub fn tokens(args: BenchTokens) -> anyhow::Result<ExitCode> {
     let bench = zt_bench::tokens::TokensBench {
         window: Duration::from_secs(args.seconds),
         concurrency: args.concurrency,
+        datastore: args.datastore,
     };
     println!(
         "{:<52} {:>9} {:>8} {:>10} {:>10} {:>10}",
