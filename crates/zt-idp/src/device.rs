@@ -18,7 +18,7 @@ use crate::authorize::{AuthorizationRequest, SCOPES, SESSION_COOKIE, cookie};
 use crate::events::Event;
 use crate::pages::{document, error, escape};
 use crate::params::Params;
-use crate::{OAuthError, Peer, Provider, no_store, now, secrets_equal, sha256_b64};
+use crate::{OAuthError, Peer, Provider, now, secrets_equal, sha256_b64};
 
 /// How long a device code lives (`expires_in`).
 pub const DEVICE_CODE_TTL: Duration = Duration::from_secs(600);
@@ -32,11 +32,7 @@ pub async fn device_authorization(
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let ip = peer.addr.ip().to_string();
-    if let Err(wait) = provider.limits().token_ip.check(&ip) {
-        return OAuthError::too_many(wait).into_response();
-    }
-    let result = async {
+    let answer = async {
         let params = Params::from_pairs(pairs)?;
         let endpoint = provider.config().url("/device_authorization");
         let client = provider.authenticate_client(&headers, &params, &endpoint).await?;
@@ -60,27 +56,16 @@ pub async fn device_authorization(
             )
             .await?;
         let verification_uri = provider.config().url("/device");
-        Ok(json!({
+        Ok(axum::Json(json!({
             "device_code": code.device_code,
             "user_code": code.user_code,
             "verification_uri": verification_uri,
             "verification_uri_complete": format!("{verification_uri}?user_code={}", code.user_code),
             "expires_in": DEVICE_CODE_TTL.as_secs(),
             "interval": POLL_INTERVAL,
-        }))
-    }
-    .await;
-    match result {
-        Ok(body) => {
-            let mut response = axum::Json(body).into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(e) => {
-            provider.limits().token_ip.charge(&ip);
-            e.into_response()
-        }
-    }
+        })))
+    };
+    provider.client_endpoint(&peer, answer).await
 }
 
 /// The scopes of `asked` this provider knows, as the authorization endpoint keeps them.

@@ -238,11 +238,7 @@ pub async fn introspect(
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let ip = peer.addr.ip().to_string();
-    if let Err(wait) = provider.limits().token_ip.check(&ip) {
-        return OAuthError::too_many(wait).into_response();
-    }
-    let result = async {
+    let answer = async {
         let params = Params::from_pairs(pairs)?;
         let client = provider
             .authenticate_client(&headers, &params, &provider.config().url("/introspect"))
@@ -289,19 +285,9 @@ pub async fn introspect(
             "exp": session.expires_at,
         });
         Ok(body.as_object().cloned().unwrap_or_default())
-    }
-    .await;
-    match result {
-        Ok(body) => {
-            let mut response = axum::Json(Value::Object(body)).into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(e) => {
-            provider.limits().token_ip.charge(&ip);
-            e.into_response()
-        }
-    }
+    };
+    let answer = async { answer.await.map(|body| axum::Json(Value::Object(body))) };
+    provider.client_endpoint(&peer, answer).await
 }
 
 /// `POST /revoke` (RFC 7009): a refresh token revokes its family; an access
@@ -313,11 +299,7 @@ pub async fn revoke(
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let ip = peer.addr.ip().to_string();
-    if let Err(wait) = provider.limits().token_ip.check(&ip) {
-        return OAuthError::too_many(wait).into_response();
-    }
-    let result = async {
+    let answer = async {
         let params = Params::from_pairs(pairs)?;
         let client = provider
             .authenticate_client(&headers, &params, &provider.config().url("/revoke"))
@@ -340,7 +322,7 @@ pub async fn revoke(
                         .with("jti", jti),
                 )?;
             }
-            return Ok(());
+            return Ok(StatusCode::OK);
         }
         if let Some(family) = provider
             .store()
@@ -355,20 +337,9 @@ pub async fn revoke(
                     .with("session", family.session_id.as_str()),
             )?;
         }
-        Ok::<(), OAuthError>(())
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            let mut response = StatusCode::OK.into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(e) => {
-            provider.limits().token_ip.charge(&ip);
-            e.into_response()
-        }
-    }
+        Ok::<_, OAuthError>(StatusCode::OK)
+    };
+    provider.client_endpoint(&peer, answer).await
 }
 
 /// `GET` or `POST /logout` (OpenID Connect RP-Initiated Logout 1.0). With an

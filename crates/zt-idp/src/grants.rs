@@ -13,7 +13,7 @@ use std::time::Instant;
 use axum::Form;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use zt_store::{ClientKind, DevicePoll, GrantError, GrantType, IssuedRefresh, Session, User};
 
@@ -21,7 +21,7 @@ use crate::client_auth::Authenticated;
 use crate::events::Event;
 use crate::params::Params;
 use crate::tokens::Grant;
-use crate::{OAuthError, Peer, Provider, no_store, now, secrets_equal, sha256_b64};
+use crate::{OAuthError, Peer, Provider, now, secrets_equal, sha256_b64};
 
 /// `POST /token`.
 pub async fn token(
@@ -31,31 +31,17 @@ pub async fn token(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let started = Instant::now();
-    let ip = peer.addr.ip().to_string();
-    let result = match provider.limits().token_ip.check(&ip) {
-        Err(wait) => Err(OAuthError::too_many(wait)),
-        Ok(()) => provider.token_request(&headers, pairs, &peer).await,
-    };
+    let response = provider
+        .client_endpoint(&peer, async {
+            let body = provider.token_request(&headers, pairs, &peer).await?;
+            Ok(axum::Json(Value::Object(body)))
+        })
+        .await;
     provider
         .events()
         .token_seconds
         .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(body) => {
-            let mut response = axum::Json(Value::Object(body)).into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(error) => {
-            if !matches!(
-                error.code(),
-                "rate_limited" | "authorization_pending" | "slow_down"
-            ) {
-                provider.limits().token_ip.charge(&ip);
-            }
-            error.into_response()
-        }
-    }
+    response
 }
 
 impl Provider {

@@ -305,6 +305,38 @@ impl Provider {
         self.inner.store.prune_grants(3600, now).await
     }
 
+    /// Answers a request to an endpoint where clients authenticate (token,
+    /// introspection, revocation, device authorization): refused while the
+    /// source address's failure bucket is empty, a failure drains it (but not
+    /// a device still waiting for its person), and no answer is cached.
+    pub(crate) async fn client_endpoint<T: IntoResponse>(
+        &self,
+        peer: &Peer,
+        handle: impl std::future::Future<Output = Result<T, OAuthError>>,
+    ) -> Response {
+        let ip = peer.addr.ip().to_string();
+        let result = match self.limits().token_ip.check(&ip) {
+            Err(wait) => Err(OAuthError::too_many(wait)),
+            Ok(()) => handle.await,
+        };
+        match result {
+            Ok(answer) => {
+                let mut response = answer.into_response();
+                no_store(&mut response);
+                response
+            }
+            Err(error) => {
+                if !matches!(
+                    error.code(),
+                    "rate_limited" | "authorization_pending" | "slow_down"
+                ) {
+                    self.limits().token_ip.charge(&ip);
+                }
+                error.into_response()
+            }
+        }
+    }
+
     /// Every endpoint.
     pub fn router(&self) -> Router {
         Router::new()
