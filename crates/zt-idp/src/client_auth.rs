@@ -55,6 +55,51 @@ impl SeenAssertions {
     }
 }
 
+/// Client secrets argon2id verified lately, so that a busy service does not
+/// pay 19 MiB and tens of milliseconds on every token request. Each is kept
+/// as SHA-256 of the client, its creation time and the secret — a secret is
+/// 256 random bits made by the server, which no one can search from its
+/// SHA-256 — for [`SECRET_CACHE_TTL`]; a client deleted and made again under
+/// the same ID has another creation time, so its old secret does not match.
+/// A wrong secret always goes to argon2id.
+#[derive(Default)]
+pub struct VerifiedSecrets(Mutex<HashMap<String, (String, std::time::Instant)>>);
+
+/// How long a verified secret is remembered.
+pub const SECRET_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most secrets remembered.
+const MAX_VERIFIED_SECRETS: usize = 10_000;
+
+impl VerifiedSecrets {
+    fn digest(client: &Client, secret: &str) -> String {
+        crate::sha256_b64(format!("{}\u{0}{}\u{0}{secret}", client.client_id, client.created_at).as_bytes())
+    }
+
+    /// Whether `secret` of `client` was verified within the TTL.
+    fn holds(&self, client: &Client, secret: &str) -> bool {
+        let Ok(verified) = self.0.lock() else { return false };
+        verified.get(&client.client_id).is_some_and(|(digest, at)| {
+            at.elapsed() < SECRET_CACHE_TTL
+                && crate::secrets_equal(digest.as_bytes(), Self::digest(client, secret).as_bytes())
+        })
+    }
+
+    /// Remembers a secret argon2id just verified.
+    fn remember(&self, client: &Client, secret: &str) {
+        let Ok(mut verified) = self.0.lock() else { return };
+        if verified.len() >= MAX_VERIFIED_SECRETS {
+            verified.retain(|_, (_, at)| at.elapsed() < SECRET_CACHE_TTL);
+            if verified.len() >= MAX_VERIFIED_SECRETS {
+                return;
+            }
+        }
+        verified.insert(
+            client.client_id.clone(),
+            (Self::digest(client, secret), std::time::Instant::now()),
+        );
+    }
+}
+
 impl Provider {
     /// Authenticates the client of a request to `endpoint` (its URL is an
     /// acceptable assertion audience, as is the issuer).
@@ -125,14 +170,25 @@ impl Provider {
         secret: &str,
         method: &'static str,
     ) -> Result<Authenticated, OAuthError> {
-        // The same answer, as slowly, for an unknown client and a wrong secret.
-        if !self.store().verify_client_secret(id, secret).await? {
-            return Err(OAuthError::invalid_client("client authentication failed"));
+        let client = match self.store().client(id).await {
+            Ok(client) => Some(client),
+            Err(zt_store::StoreError::Missing { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(client) = &client
+            && self.verified_secrets().holds(client, secret)
+        {
+            return Ok(Authenticated {
+                client: client.clone(),
+                method,
+            });
         }
-        Ok(Authenticated {
-            client: self.known_client(id).await?,
-            method,
-        })
+        // The same answer, as slowly, for an unknown client and a wrong secret.
+        let (true, Some(client)) = (self.store().verify_client_secret(id, secret).await?, client) else {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        };
+        self.verified_secrets().remember(&client, secret);
+        Ok(Authenticated { client, method })
     }
 
     /// RFC 7523 §3: `sub` is the client, `aud` names this provider, `exp`
@@ -321,6 +377,28 @@ mod tests {
         assert!(basic_credentials(&headers).is_err());
         headers.insert("authorization", "Bearer abc".parse().unwrap());
         assert_eq!(basic_credentials(&headers).unwrap(), None);
+    }
+
+    #[test]
+    fn a_verified_secret_is_remembered_for_its_client_only() {
+        let client = |id: &str, created_at| Client {
+            client_id: id.into(),
+            kind: ClientKind::Secret,
+            jwks: None,
+            redirect_uris: vec![],
+            grant_types: vec![],
+            created_at,
+        };
+        let verified = VerifiedSecrets::default();
+        assert!(!verified.holds(&client("svc", 1), "s3cret"));
+        verified.remember(&client("svc", 1), "s3cret");
+        assert!(verified.holds(&client("svc", 1), "s3cret"));
+        assert!(!verified.holds(&client("svc", 1), "s3creT"), "another secret");
+        assert!(!verified.holds(&client("other", 1), "s3cret"), "another client");
+        assert!(
+            !verified.holds(&client("svc", 2), "s3cret"),
+            "the same ID made again"
+        );
     }
 
     #[test]

@@ -227,6 +227,7 @@ struct Inner {
     limits: limits::Limits,
     pending: authorize::Pending,
     seen_assertions: client_auth::SeenAssertions,
+    verified_secrets: client_auth::VerifiedSecrets,
     passkeys: passkeys::Passkeys,
 }
 
@@ -250,6 +251,7 @@ impl Provider {
                 limits: limits::Limits::default(),
                 pending: authorize::Pending::default(),
                 seen_assertions: client_auth::SeenAssertions::default(),
+                verified_secrets: client_auth::VerifiedSecrets::default(),
             }),
         })
     }
@@ -285,6 +287,10 @@ impl Provider {
 
     pub(crate) fn seen_assertions(&self) -> &client_auth::SeenAssertions {
         &self.inner.seen_assertions
+    }
+
+    pub(crate) fn verified_secrets(&self) -> &client_auth::VerifiedSecrets {
+        &self.inner.verified_secrets
     }
 
     /// The counters of authentication events (what `zt_server_idp_events_total` shows).
