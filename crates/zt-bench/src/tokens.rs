@@ -239,7 +239,7 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
     };
     report(figure);
 
-    // client_credentials with client_secret_basic: argon2id per request.
+    // client_credentials with client_secret_basic: argon2id on the first request, then the remembered verification.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{SERVICE}:{secret}"));
     let figure = timed(
         "client_credentials (client_secret_basic; argon2id once per 5 min)",

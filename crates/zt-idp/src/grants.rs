@@ -297,7 +297,6 @@ impl Provider {
     ) -> Result<Map<String, Value>, OAuthError> {
         let token = params.required("refresh_token")?;
         let now = now();
-        let grace = self.config().refresh_grace.as_secs();
         let IssuedRefresh {
             token: next,
             family,
@@ -305,8 +304,8 @@ impl Provider {
             user,
             retried,
         } = match self
-            .store()
-            .rotate_refresh_token(token, &client.client.client_id, params.get("scope"), grace, now)
+            .rotations()
+            .rotate(token, &client.client.client_id, params.get("scope"))
             .await?
         {
             Ok(issued) => issued,

@@ -33,6 +33,7 @@ pub mod tokens;
 
 mod pages;
 mod params;
+mod rotation;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -228,6 +229,7 @@ struct Inner {
     pending: authorize::Pending,
     seen_assertions: client_auth::SeenAssertions,
     verified_secrets: client_auth::VerifiedSecrets,
+    rotations: rotation::Rotations,
     passkeys: passkeys::Passkeys,
 }
 
@@ -241,9 +243,11 @@ impl Provider {
     ) -> Result<Self, ConfigError> {
         config.check()?;
         let passkeys = passkeys::Passkeys::new(&config)?;
+        let rotations = rotation::Rotations::new(store.clone(), config.refresh_grace.as_secs());
         Ok(Self {
             inner: Arc::new(Inner {
                 passkeys,
+                rotations,
                 config,
                 store,
                 keys,
@@ -291,6 +295,10 @@ impl Provider {
 
     pub(crate) fn verified_secrets(&self) -> &client_auth::VerifiedSecrets {
         &self.inner.verified_secrets
+    }
+
+    pub(crate) fn rotations(&self) -> &rotation::Rotations {
+        &self.inner.rotations
     }
 
     /// The counters of authentication events (what `zt_server_idp_events_total` shows).

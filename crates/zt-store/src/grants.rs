@@ -82,6 +82,17 @@ pub enum GrantError {
     Ended(String),
 }
 
+/// One refresh-token rotation asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    /// The refresh token presented.
+    pub token: &'a str,
+    /// The client presenting it.
+    pub client_id: &'a str,
+    /// The scope asked for, if any (no wider than the family's).
+    pub scope: Option<&'a str>,
+}
+
 /// A refresh token just issued, and its family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedRefresh {
@@ -259,9 +270,68 @@ impl Store {
         grace: u64,
         now: u64,
     ) -> Result<Result<IssuedRefresh, GrantError>, StoreError> {
-        let hash = sha256_hex(token);
-        let next = random_token()?;
+        let rotation = Rotation {
+            token,
+            client_id,
+            scope,
+        };
+        let mut outcomes = self.rotate_refresh_tokens(&[rotation], grace, now).await?;
+        Ok(outcomes.pop().unwrap_or(Err(GrantError::Token {
+            what: "refresh token",
+            problem: TokenProblem::Unknown,
+        })))
+    }
+
+    /// [`Store::rotate_refresh_token`] for several requests in one
+    /// transaction, in order (a token presented twice in one batch is seen
+    /// spent the second time): one commit, one sync to disk, for all of them.
+    pub async fn rotate_refresh_tokens(
+        &self,
+        rotations: &[Rotation<'_>],
+        grace: u64,
+        now: u64,
+    ) -> Result<Vec<Result<IssuedRefresh, GrantError>>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let mut rotated = Vec::with_capacity(rotations.len());
+        let mut revoked = false;
+        for rotation in rotations {
+            let outcome = self.rotate_in(&mut tx, rotation, grace, now).await?;
+            revoked |= matches!(outcome, Err(GrantError::Reused { .. }));
+            rotated.push(outcome);
+        }
+        tx.commit().await?;
+        if revoked {
+            self.notify_local();
+        }
+        let mut outcomes = Vec::with_capacity(rotated.len());
+        for outcome in rotated {
+            outcomes.push(match outcome {
+                Ok((token, family, retried)) => {
+                    let (session, user) = self.session(&family.session_id).await?;
+                    Ok(IssuedRefresh {
+                        token,
+                        family,
+                        session,
+                        user,
+                        retried,
+                    })
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// One rotation inside `tx`: the new token, its family, whether it was a
+    /// retry inside the grace.
+    async fn rotate_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        rotation: &Rotation<'_>,
+        grace: u64,
+        now: u64,
+    ) -> Result<Result<(String, RefreshFamily, bool), GrantError>, StoreError> {
+        let hash = sha256_hex(rotation.token);
         let row = sqlx::query(
             "SELECT t.family_id, t.used_at, t.retries, f.session_id, f.client_id, f.scope, f.created_at, \
              f.revoked_at, f.reason, s.revoked_at AS session_revoked_at, s.expires_at AS session_expires_at, \
@@ -269,7 +339,7 @@ impl Store {
              JOIN sessions s ON s.id = f.session_id JOIN users u ON u.sub = s.sub WHERE t.token_sha256 = $1",
         )
         .bind(&hash)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = row else {
             return Ok(Err(GrantError::Token {
@@ -286,7 +356,7 @@ impl Store {
             revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(to_u64),
             reason: row.try_get("reason")?,
         };
-        if family.client_id != client_id {
+        if family.client_id != rotation.client_id {
             return Ok(Err(GrantError::WrongClient));
         }
         if family.revoked_at.is_some() {
@@ -295,7 +365,7 @@ impl Store {
                 "refresh token family is revoked: {reason}"
             ))));
         }
-        if let Some(asked) = scope
+        if let Some(asked) = rotation.scope
             && asked
                 .split(' ')
                 .any(|s| !family.scope.split(' ').any(|granted| granted == s))
@@ -305,17 +375,20 @@ impl Store {
         let session_open = row.try_get::<Option<i64>, _>("session_revoked_at")?.is_none()
             && to_u64(row.try_get("session_expires_at")?) > now
             && row.try_get::<Option<i64>, _>("disabled_at")?.is_none();
+        if !session_open {
+            return Ok(Err(GrantError::Ended(format!(
+                "session {} has ended",
+                family.session_id
+            ))));
+        }
         let mut retried = false;
         if let Some(used_at) = row.try_get::<Option<i64>, _>("used_at")?.map(to_u64) {
             let retries = to_u64(row.try_get("retries")?);
             // A grace of zero allows no retry at all, even within the second
             // the token was spent in (times are whole seconds).
             if grace == 0 || now.saturating_sub(used_at) > grace || retries >= MAX_GRACE_RETRIES {
-                revoke_families(&mut tx, "id = $3", &family.id, "refresh token reused", now).await?;
-                self.record_change(&mut tx, "session", &family.session_id, now)
-                    .await?;
-                tx.commit().await?;
-                self.notify_local();
+                revoke_families(tx, "id = $3", &family.id, "refresh token reused", now).await?;
+                self.record_change(tx, "session", &family.session_id, now).await?;
                 return Ok(Err(GrantError::Reused {
                     family_id: family.id,
                     session_id: family.session_id,
@@ -323,32 +396,19 @@ impl Store {
             }
             sqlx::query("UPDATE refresh_tokens SET retries = retries + 1 WHERE token_sha256 = $1")
                 .bind(&hash)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             retried = true;
         } else {
             sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_sha256 = $2")
                 .bind(to_i64(now))
                 .bind(&hash)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        if !session_open {
-            return Ok(Err(GrantError::Ended(format!(
-                "session {} has ended",
-                family.session_id
-            ))));
-        }
-        insert_refresh_token(&mut tx, &next, &family.id, now).await?;
-        tx.commit().await?;
-        let (session, user) = self.session(&family.session_id).await?;
-        Ok(Ok(IssuedRefresh {
-            token: next,
-            family,
-            session,
-            user,
-            retried,
-        }))
+        let next = random_token()?;
+        insert_refresh_token(tx, &next, &family.id, now).await?;
+        Ok(Ok((next, family, retried)))
     }
 
     /// Revokes the family of a refresh token (RFC 7009); returns it, or

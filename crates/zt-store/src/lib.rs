@@ -41,7 +41,7 @@ pub use authorities::{AuthorityStep, StoredAuthority};
 pub use clients::{Client, ClientKind, CreatedClient, GrantType, NewClient, RedirectUri};
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use device::{DeviceCode, DevicePoll, DeviceRequest, USER_CODE_ALPHABET};
-pub use grants::{GrantError, IssuedRefresh, MAX_GRACE_RETRIES, NewCode, RedeemedCode};
+pub use grants::{GrantError, IssuedRefresh, MAX_GRACE_RETRIES, NewCode, RedeemedCode, Rotation};
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
 pub use people::{Group, Invite, NewUser, User};

@@ -96,6 +96,7 @@ on_both_backends!(
     people_writes_are_in_the_change_feed,
     codes_are_single_use_and_a_replay_revokes_what_they_issued,
     refresh_tokens_rotate_and_reuse_revokes_the_family,
+    rotations_committed_together_apply_in_order,
     passwords_are_hashed_and_checked,
 );
 
@@ -1507,4 +1508,71 @@ async fn device_codes_wait_for_a_person_then_redeem_once(store: Store) {
         store.device_request(&late.user_code, NOW + 600).await.unwrap(),
         None
     );
+}
+
+async fn rotations_committed_together_apply_in_order(store: Store) {
+    use zt_store::{GrantError, Rotation};
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    let session = store
+        .create_session(&sign_in(&alice.sub, NOW + 3600), NOW)
+        .await
+        .unwrap()
+        .session;
+    let family = |store: &Store| {
+        let store = store.clone();
+        let id = session.id.clone();
+        async move {
+            store
+                .start_refresh_family(&id, "web", "openid", None, NOW)
+                .await
+                .unwrap()
+                .unwrap()
+                .token
+        }
+    };
+    let (first, second) = (family(&store).await, family(&store).await);
+    let rotation = |token| Rotation {
+        token,
+        client_id: "web",
+        scope: None,
+    };
+    // No grace: the same token twice in one batch is spent, then reused.
+    let outcomes = store
+        .rotate_refresh_tokens(
+            &[
+                rotation(&first),
+                rotation(&second),
+                rotation(&first),
+                rotation("forged"),
+            ],
+            0,
+            NOW + 10,
+        )
+        .await
+        .unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Err(GrantError::Reused { .. })),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[3], Err(GrantError::Token { .. })),
+        "{outcomes:?}"
+    );
+    // The reuse revoked the first family only, and it was committed with the rest.
+    let next_of_second = outcomes[1].as_ref().unwrap().token.clone();
+    assert!(
+        store
+            .rotate_refresh_token(&next_of_second, "web", None, 0, NOW + 11)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let next_of_first = outcomes[0].as_ref().unwrap().token.clone();
+    let ended = store
+        .rotate_refresh_token(&next_of_first, "web", None, 0, NOW + 11)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(ended, GrantError::Ended(_)), "{ended}");
 }
