@@ -1,9 +1,12 @@
-//! Refresh-token rotations, committed together. Each rotation is a write
-//! transaction that ends in a sync to disk, one writer at a time; requests
-//! that arrive while one batch commits go in the next (group commit), so a
-//! busy provider syncs once for many rotations and a lone request waits for
-//! nothing. Each rotation in a batch is checked and applied in order, as if
-//! alone (a token presented twice in one batch is spent the second time).
+//! Refresh-token rotations, committed together on SQLite. There each rotation
+//! is a write transaction that ends in a sync to disk, one writer at a time;
+//! requests that arrive while one batch commits go in the next (group
+//! commit), so a busy provider syncs once for many rotations and a lone
+//! request waits for nothing. Each rotation in a batch is checked and applied
+//! in order, as if alone (a token presented twice in one batch is spent the
+//! second time). PostgreSQL commits concurrent transactions together by
+//! itself, and one batch at a time would only serialize them: there each
+//! rotation is its own transaction.
 
 use std::sync::OnceLock;
 
@@ -50,6 +53,12 @@ impl Rotations {
         client_id: &str,
         scope: Option<&str>,
     ) -> Result<Outcome, OAuthError> {
+        if self.store.backend() != zt_store::Backend::Sqlite {
+            return Ok(self
+                .store
+                .rotate_refresh_token(token, client_id, scope, self.grace, now())
+                .await?);
+        }
         let queue = self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(QUEUE);
             tokio::spawn(commit_batches(self.store.clone(), self.grace, receiver));
