@@ -301,8 +301,8 @@ impl Provider {
         &self.inner.rotations
     }
 
-    /// The counters of authentication events (what `zt_server_idp_events_total` shows).
-    pub fn events_counter(&self) -> &events::Events {
+    /// The authentication events: their decision log and `zt_server_idp_events_total`.
+    pub fn auth_events(&self) -> &events::Events {
         &self.inner.events
     }
 

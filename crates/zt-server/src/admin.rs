@@ -52,8 +52,9 @@ pub(crate) struct AdminState {
     pub authorities: Arc<AuthorityManager>,
     pub cache: Arc<EntryCache>,
     pub witness: Arc<Witness>,
-    /// The OpenID Provider's issuer, when it runs (for enrollment links).
-    pub issuer: Option<String>,
+    /// The OpenID Provider, when it runs: its issuer (for enrollment links)
+    /// and its authentication-event log (for what admins do to people).
+    pub idp: Option<zt_idp::Provider>,
 }
 
 /// The admin API's routes.

@@ -64,7 +64,7 @@ pub async fn serve(
                 tokio::spawn(async move { provider.serve_connection(conn.stream, peer, router).await });
             }
             _ = housekeeping.tick() => {
-                provider.events_counter().checkpoint_if_due();
+                provider.auth_events().checkpoint_if_due();
                 let now = crate::now();
                 if now >= last_prune + 600 {
                     last_prune = now;

@@ -250,9 +250,7 @@ pub async fn run(
         authorities: authorities.clone(),
         cache: cache.clone(),
         witness: witness.clone(),
-        issuer: idp
-            .as_ref()
-            .map(|(provider, ..)| provider.config().issuer.clone()),
+        idp: idp.as_ref().map(|(provider, ..)| provider.clone()),
     });
     let health = metrics::router(metrics::HealthState {
         store: store.clone(),

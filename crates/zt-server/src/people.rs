@@ -18,6 +18,7 @@ use crate::api::{
     SessionFilter, SessionList, SetPassword, UserList,
 };
 use crate::now;
+use zt_idp::events::Event;
 
 /// Longest invite validity accepted: one day. An invite is a bearer credential
 /// for a first passkey; the default is 15 minutes.
@@ -93,6 +94,12 @@ async fn delete_user(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user deleted");
+    record(
+        &state,
+        Event::success("user_deleted", "user deleted by an admin")
+            .with("user", user.name.as_str())
+            .with("sub", user.sub.as_str()),
+    );
     Ok(axum::Json(user))
 }
 
@@ -106,6 +113,15 @@ async fn disable_user(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user disabled; sessions revoked");
+    record(
+        &state,
+        Event::success(
+            "user_disabled",
+            "user disabled by an admin: every session and refresh token revoked",
+        )
+        .with("user", user.name.as_str())
+        .with("sub", user.sub.as_str()),
+    );
     Ok(axum::Json(user))
 }
 
@@ -119,6 +135,12 @@ async fn enable_user(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %user.name, sub = %user.sub, "user enabled");
+    record(
+        &state,
+        Event::success("user_enabled", "user enabled by an admin")
+            .with("user", user.name.as_str())
+            .with("sub", user.sub.as_str()),
+    );
     Ok(axum::Json(user))
 }
 
@@ -142,9 +164,9 @@ async fn create_invite(
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %name, expires_at = invite.expires_at, "invite created");
     let url = state
-        .issuer
+        .idp
         .as_ref()
-        .map(|issuer| format!("{issuer}/enroll?invite={}", invite.token));
+        .map(|idp| format!("{}/enroll?invite={}", idp.config().issuer, invite.token));
     Ok((
         StatusCode::CREATED,
         axum::Json(crate::api::Invite {
@@ -173,6 +195,18 @@ async fn set_password(
         "removed"
     };
     tracing::info!(target: "zt::audit", user = %name, "password {what}");
+    record(
+        &state,
+        Event::success(
+            if request.password.is_some() {
+                "password_set"
+            } else {
+                "password_removed"
+            },
+            "password changed by an admin",
+        )
+        .with("user", name.as_str()),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -198,6 +232,12 @@ async fn revoke_credential(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", credential = %credential.id, user = %credential.user, "credential revoked");
+    record(
+        &state,
+        Event::success("credential_revoked", "credential revoked by an admin")
+            .with("user", credential.user.as_str())
+            .with("credential", credential.id.as_str()),
+    );
     Ok(axum::Json(credential))
 }
 
@@ -348,6 +388,15 @@ async fn revoke_session(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", session = %session.id, user = %session.user, "session revoked");
+    record(
+        &state,
+        Event::success(
+            "session_revoked",
+            "session revoked by an admin: its refresh tokens too",
+        )
+        .with("user", session.user.as_str())
+        .with("session", session.id.as_str()),
+    );
     Ok(axum::Json(session))
 }
 
@@ -361,5 +410,25 @@ async fn revoke_user_sessions(
         .await
         .map_err(|e| store_error(&state.metrics, e))?;
     tracing::info!(target: "zt::audit", user = %name, revoked, "sessions revoked");
+    record(
+        &state,
+        Event::success("session_revoked", "every session of the user revoked by an admin")
+            .with("user", name.as_str())
+            .with("sessions", revoked),
+    );
     Ok(axum::Json(RevokedSessions { user: name, revoked }))
+}
+
+/// Records what an admin did to a person in the OpenID Provider's
+/// authentication-event log, when it runs. The change is already committed:
+/// a log that cannot be written is reported, not undone.
+fn record(state: &AdminState, event: Event) {
+    if let Some(idp) = &state.idp
+        && let Err(e) = idp.auth_events().record(event.with("by", "admin"))
+    {
+        tracing::error!(
+            error = e.description(),
+            "recording an admin's change to people in the decision log failed"
+        );
+    }
 }

@@ -1136,6 +1136,17 @@ fn disabling_a_user_or_revoking_a_session_ends_its_tokens_at_once() {
         &[("Cookie", &page.cookie), ("Origin", &origin)],
     );
     assert_eq!(reply.status, 401, "{}", reply.body);
+    // What the admins did is in the authentication events' log, by whom.
+    let log = idp.server.data_dir.join("idp-decisions.log");
+    let records = audit_query(&[log.to_str().unwrap()]);
+    for (event, user) in [("idp/user_disabled", "alice"), ("idp/session_revoked", "bob")] {
+        let record = records
+            .iter()
+            .find(|r| r["query"] == event)
+            .unwrap_or_else(|| panic!("no {event} in the log"));
+        assert_eq!(record["input"]["user"], user, "{record}");
+        assert_eq!(record["input"]["by"], "admin", "{record}");
+    }
 }
 
 #[test]
