@@ -242,7 +242,7 @@ impl Provider {
             ClientKind::Spiffe => {
                 let svid = self
                     .verify_workload_svid(assertion, endpoint, now)
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| failed(&e.to_string()))?;
                 if svid.spiffe_id().to_string() != client.client_id {
                     return Err(failed("the JWT-SVID is not the client's"));
                 }
@@ -290,25 +290,38 @@ impl Provider {
         token: &str,
         endpoint: &str,
         now: u64,
-    ) -> Result<VerifiedJwtSvid, String> {
-        let unverified = Jws::decode(token, &["JWT", "JOSE"], true).map_err(|e| format!("JWT-SVID: {e}"))?;
+    ) -> Result<VerifiedJwtSvid, SvidRefused> {
+        let unverified = Jws::decode(token, &["JWT", "JOSE"], true)?;
         let audience = self
             .our_audience(&unverified.claims, endpoint)
-            .map_err(|e| format!("JWT-SVID: {e}"))?;
+            .map_err(SvidRefused::Audience)?;
         let svid = verify_jwt_svid_within(
             token,
             &self.keys().bundle(),
             audience,
             now,
             MAX_ASSERTION_LIFETIME,
-        )
-        .map_err(|e| format!("JWT-SVID: {e}"))?;
+        )?;
         // The bundle is this trust domain's only; checked again all the same.
         if svid.spiffe_id().trust_domain() != &self.config().trust_domain {
-            return Err("JWT-SVID: not of this trust domain".into());
+            return Err(SvidRefused::ForeignTrustDomain);
         }
         Ok(svid)
     }
+}
+
+/// Why a workload's JWT-SVID is refused as a client assertion or actor token.
+#[derive(Debug, thiserror::Error)]
+pub enum SvidRefused {
+    /// Its shape, signature or times.
+    #[error("JWT-SVID: {0}")]
+    Jwt(#[from] zt_identity::JwtSvidError),
+    /// Its `aud` does not name this provider.
+    #[error("JWT-SVID: {0}")]
+    Audience(&'static str),
+    /// Of another trust domain.
+    #[error("JWT-SVID: not of this trust domain")]
+    ForeignTrustDomain,
 }
 
 /// `Authorization: Basic` credentials, form-urlencoded inside (RFC 6749 §2.3.1).

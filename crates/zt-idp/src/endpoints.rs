@@ -130,6 +130,32 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Why an access token is not active.
+#[derive(Debug, thiserror::Error)]
+pub enum Inactive {
+    /// Its shape, signature, issuer or times.
+    #[error("{0}")]
+    Token(#[from] crate::tokens::TokenError),
+    /// Revoked by its client (RFC 7009).
+    #[error("the token was revoked")]
+    Revoked,
+    /// Its session was revoked or reached its end.
+    #[error("the token's session has ended")]
+    SessionEnded,
+    /// Its user is disabled.
+    #[error("the user is disabled")]
+    UserDisabled,
+    /// The refresh tokens of the grant it came from were revoked since.
+    #[error("the refresh tokens of the grant this token came from were revoked")]
+    GrantRevoked,
+    /// Bound to a certificate (RFC 8705) the connection did not present.
+    #[error("the token is bound to a certificate this connection did not present")]
+    WrongCertificate,
+    /// The datastore could not say: not active either (fail closed).
+    #[error("datastore: {0}")]
+    Store(#[from] zt_store::StoreError),
+}
+
 impl Provider {
     /// An access token's claims if it is active now: valid, not revoked, its
     /// session open and its user enabled, and presented with its certificate
@@ -138,25 +164,20 @@ impl Provider {
         &self,
         token: &str,
         peer: Option<&Peer>,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Map<String, Value>, Inactive> {
         let now = now();
-        let claims = self.verify_access_token(token, now).map_err(|e| e.to_string())?;
+        let claims = self.verify_access_token(token, now)?;
         let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default();
-        if self
-            .store()
-            .is_access_token_revoked(jti)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err("the token was revoked".into());
+        if self.store().is_access_token_revoked(jti).await? {
+            return Err(Inactive::Revoked);
         }
         if let Some(sid) = claims.get("sid").and_then(Value::as_str) {
-            let (session, user) = self.store().session(sid).await.map_err(|e| e.to_string())?;
+            let (session, user) = self.store().session(sid).await?;
             if !session.is_open(now) {
-                return Err("the token's session has ended".into());
+                return Err(Inactive::SessionEnded);
             }
             if user.disabled {
-                return Err("the user is disabled".into());
+                return Err(Inactive::UserDisabled);
             }
             // A refresh family of this client in this session revoked since
             // the token was issued (reuse detected, its code replayed,
@@ -166,17 +187,13 @@ impl Provider {
             // client in the session goes: failing closed, as after a theft.
             let client_id = claims.get("client_id").and_then(Value::as_str);
             let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or_default();
-            let families = self
-                .store()
-                .refresh_families(sid)
-                .await
-                .map_err(|e| e.to_string())?;
+            let families = self.store().refresh_families(sid).await?;
             if families.iter().any(|family| {
                 Some(family.client_id.as_str()) == client_id
                     && family.created_at <= iat
                     && family.revoked_at.is_some_and(|revoked| revoked >= iat)
             }) {
-                return Err("the refresh tokens of the grant this token came from were revoked".into());
+                return Err(Inactive::GrantRevoked);
             }
         }
         if let Some(peer) = peer
@@ -189,7 +206,7 @@ impl Provider {
                 .as_deref()
                 .is_some_and(|presented| secrets_equal(presented.as_bytes(), bound.as_bytes()))
         {
-            return Err("the token is bound to a certificate this connection did not present".into());
+            return Err(Inactive::WrongCertificate);
         }
         Ok(claims)
     }
@@ -210,7 +227,8 @@ pub async fn userinfo(
     };
     let claims = match provider.active_access_token(token, Some(&peer)).await {
         Ok(claims) => claims,
-        Err(why) => return invalid_token(&why),
+        Err(Inactive::Store(e)) => return OAuthError::from(e).into_response(),
+        Err(why) => return invalid_token(&why.to_string()),
     };
     let Some(sid) = claims.get("sid").and_then(Value::as_str) else {
         return invalid_token("the token was issued to a client, not to a person");
@@ -258,6 +276,7 @@ pub async fn introspect(
                     body.insert("token_type".into(), json!("Bearer"));
                     body
                 }
+                Err(Inactive::Store(e)) => return Err(e.into()),
                 Err(_) => inactive.as_object().cloned().unwrap_or_default(),
             });
         }
