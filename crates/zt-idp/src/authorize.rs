@@ -513,10 +513,22 @@ pub async fn password_sign_in(
     headers: HeaderMap,
     Form(form): Form<PasswordForm>,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let response = check_password(&provider, &peer, &headers, form).await;
+    provider.events().observe_sign_in("password", started);
+    response
+}
+
+async fn check_password(
+    provider: &Provider,
+    peer: &Peer,
+    headers: &HeaderMap,
+    form: PasswordForm,
+) -> Response {
     if !provider.config().passwords {
         return pages::error(StatusCode::NOT_FOUND, "password sign-in is not enabled here");
     }
-    let request = match provider.check_form(&headers, &form.request, &form.csrf) {
+    let request = match provider.check_form(headers, &form.request, &form.csrf) {
         Ok(request) => request,
         Err(response) => return *response,
     };
@@ -579,7 +591,7 @@ pub async fn password_sign_in(
             vec!["pwd".into()],
             Assurance::Aal1,
             "pwd",
-            &peer,
+            peer,
             Reply::Redirect,
         )
         .await

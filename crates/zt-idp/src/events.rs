@@ -27,6 +27,17 @@ pub struct EventLabels {
     pub result: String,
 }
 
+/// Label: how a person signed in (`passkey`, `password`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FactorLabels {
+    /// The factor.
+    pub factor: String,
+}
+
+fn sign_in_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
 /// One authentication event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -88,6 +99,9 @@ pub struct Events {
     events: Family<EventLabels, Counter>,
     /// Time to answer the token endpoint, seconds.
     pub token_seconds: Histogram,
+    /// Server time of a sign-in's last step (the assertion or password
+    /// checked, the session opened, the request answered), by factor.
+    sign_in_seconds: Family<FactorLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Events {
@@ -96,6 +110,7 @@ impl Events {
             log: log.map(Mutex::new),
             events: Family::default(),
             token_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            sign_in_seconds: Family::new_with_constructor(sign_in_histogram),
         }
     }
 
@@ -110,6 +125,20 @@ impl Events {
             "Time to answer a token request",
             self.token_seconds.clone(),
         );
+        registry.register(
+            "sign_in_seconds",
+            "Server time of a sign-in's last step (assertion or password checked, session opened, request answered), by factor",
+            self.sign_in_seconds.clone(),
+        );
+    }
+
+    /// Times one sign-in's last step with `factor`.
+    pub fn observe_sign_in(&self, factor: &str, started: std::time::Instant) {
+        self.sign_in_seconds
+            .get_or_create(&FactorLabels {
+                factor: factor.into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// How many events of `kind` ended with `result` (for tests and `zt bench`).

@@ -469,11 +469,23 @@ pub async fn sign_in_finish(
     headers: HeaderMap,
     Json(body): Json<SignInFinish>,
 ) -> Response {
-    let request = match check_sign_in(&provider, &headers, &peer, &body.request, &body.csrf) {
+    let started = Instant::now();
+    let response = finish_sign_in(&provider, &peer, &headers, &body).await;
+    provider.events().observe_sign_in("passkey", started);
+    response
+}
+
+async fn finish_sign_in(
+    provider: &Provider,
+    peer: &Peer,
+    headers: &HeaderMap,
+    body: &SignInFinish,
+) -> Response {
+    let request = match check_sign_in(provider, headers, peer, &body.request, &body.csrf) {
         Ok(request) => request,
         Err(response) => return *response,
     };
-    let outcome = verify(&provider, &body).await;
+    let outcome = verify(provider, body).await;
     let ip = peer.addr.ip();
     let (user, amr, assurance) = match outcome {
         Ok(signed_in) => signed_in,
@@ -506,7 +518,7 @@ pub async fn sign_in_finish(
             amr,
             assurance,
             "passkey",
-            &peer,
+            peer,
             Reply::Json,
         )
         .await

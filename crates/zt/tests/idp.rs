@@ -1369,6 +1369,11 @@ fn authentication_events_are_logged_hash_chained_and_counted() {
         );
         assert!(value.is_some_and(|v| v >= at_least), "{labels}: {value:?}");
     }
+    let timed = sample(
+        idp.server.http,
+        "zt_server_idp_sign_in_seconds_count{factor=\"password\"}",
+    );
+    assert!(timed.is_some_and(|n| n >= 1.0), "sign-ins timed: {timed:?}");
 }
 
 #[test]
