@@ -37,9 +37,7 @@ pub async fn device_authorization(
         let endpoint = provider.config().url("/device_authorization");
         let client = provider.authenticate_client(&headers, &params, &endpoint).await?;
         if !client.client.grant_types.contains(&GrantType::DeviceCode) {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
+            return Err(OAuthError::unauthorized_client(
                 "this client may not use the device authorization grant",
             ));
         }

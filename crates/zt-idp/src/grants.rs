@@ -105,11 +105,9 @@ impl Provider {
             ));
         };
         if !client.client.grant_types.contains(&grant) {
-            return Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                format!("this client may not use {grant_type}"),
-            ));
+            return Err(OAuthError::unauthorized_client(format!(
+                "this client may not use {grant_type}"
+            )));
         }
         match grant {
             GrantType::AuthorizationCode => self.code_grant(params, client, peer).await,
@@ -328,11 +326,7 @@ impl Provider {
                     )?;
                 }
                 if e == GrantError::WiderScope {
-                    return Err(OAuthError::new(
-                        axum::http::StatusCode::BAD_REQUEST,
-                        "invalid_scope",
-                        e.to_string(),
-                    ));
+                    return Err(OAuthError::invalid_scope(e.to_string()));
                 }
                 return Err(OAuthError::invalid_grant(e.to_string()));
             }
@@ -370,9 +364,7 @@ impl Provider {
         peer: &Peer,
     ) -> Result<Map<String, Value>, OAuthError> {
         if client.client.kind == ClientKind::Public {
-            return Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unauthorized_client",
+            return Err(OAuthError::unauthorized_client(
                 "a public client cannot use client_credentials",
             ));
         }
@@ -414,9 +406,7 @@ impl Provider {
         peer: &Peer,
     ) -> Result<Map<String, Value>, OAuthError> {
         if client.client.kind == ClientKind::Public {
-            return Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unauthorized_client",
+            return Err(OAuthError::unauthorized_client(
                 "a public client cannot exchange tokens",
             ));
         }
@@ -466,9 +456,7 @@ impl Provider {
         let granted = subject.get("scope").and_then(Value::as_str).unwrap_or_default();
         let scope = match params.get("scope") {
             Some(asked) if asked.split(' ').any(|s| !granted.split(' ').any(|g| g == s)) => {
-                return Err(OAuthError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "invalid_scope",
+                return Err(OAuthError::invalid_scope(
                     "an exchange cannot widen the subject token's scope",
                 ));
             }

@@ -37,8 +37,9 @@ impl Limiter {
     /// `Err(wait)` when `key` has no failure left to spend.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
+        // A poisoned lock (a panic while it was held) refuses: fail closed.
         let Ok(buckets) = self.buckets.lock() else {
-            return Ok(());
+            return Err(Duration::from_secs(1));
         };
         match buckets.get(key) {
             Some((tokens, since)) => {
