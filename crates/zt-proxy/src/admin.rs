@@ -110,7 +110,15 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric, the supervised `tasks`' included.
     pub fn new(tasks: zt_task::Tasks) -> Self {
-        let mut registry = Registry::with_prefix("zt_proxy");
+        Self::with_more(tasks, |_| {})
+    }
+
+    /// Like [`Metrics::new`], with `more` registering a component's own
+    /// metrics (zt gateway's) in the same registry, under its own prefix.
+    pub fn with_more(tasks: zt_task::Tasks, more: impl FnOnce(&mut Registry)) -> Self {
+        let mut root = Registry::default();
+        more(&mut root);
+        let registry = root.sub_registry_with_prefix("zt_proxy");
         let metrics = Self {
             connections: Family::default(),
             refused: Family::default(),
@@ -224,8 +232,11 @@ impl Metrics {
             "The notAfter of the proxy's SVID, unix seconds; 0 while it holds none",
             metrics.svid_not_after.clone(),
         );
-        metrics.tasks.register(&mut registry);
-        Self { registry, ..metrics }
+        metrics.tasks.register(registry);
+        Self {
+            registry: root,
+            ..metrics
+        }
     }
 
     /// Counts a refused connection.

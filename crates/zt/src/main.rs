@@ -55,6 +55,7 @@ use cmd::bench::BenchCommand;
 use cmd::ca::CaCommand;
 use cmd::client::ClientCommand;
 use cmd::entry::{AuthorityCommand, BundleCommand, EntryCommand, RevokeArgs, TokenCommand, X509Command};
+use cmd::gateway::GatewayArgs;
 use cmd::group::GroupCommand;
 use cmd::id::IdCommand;
 use cmd::pdp::PdpCommand;
@@ -121,6 +122,9 @@ enum Command {
     Session(SessionCommand),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
     Proxy(Box<ProxyArgs>),
+    /// Run the access gateway: people sign in (OpenID Connect) or send a bearer token, every
+    /// request is authorized on their claims, and goes on over mTLS into the mesh.
+    Gateway(GatewayArgs),
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -262,6 +266,7 @@ fn main() -> ExitCode {
         Command::Session(SessionCommand::List(args)) => cmd::session::list(args),
         Command::Session(SessionCommand::Revoke(args)) => cmd::session::revoke(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
+        Command::Gateway(args) => cmd::gateway::run(args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),

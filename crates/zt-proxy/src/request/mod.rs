@@ -24,7 +24,7 @@ mod authorize;
 pub mod normalize;
 mod record;
 mod respond;
-mod rewrite;
+pub mod rewrite;
 pub(crate) mod send;
 pub(crate) mod trace;
 
