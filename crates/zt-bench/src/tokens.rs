@@ -61,6 +61,7 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
         passwords: true,
         zones: vec![],
         aaguids: vec![],
+        backchannel_ca: vec![],
     };
     let log = dir.path().join("idp-decisions.log");
     let key = zt_audit::signed::load_or_create_key(&zt_audit::signed::default_key_path(&log))?;
@@ -95,6 +96,8 @@ pub async fn run(bench: TokensBench, mut report: impl FnMut(Figure)) -> Result<(
             vec![]
         },
         grant_types: grants,
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     };
     admin
         .create_client(&client(

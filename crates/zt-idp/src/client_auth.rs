@@ -400,6 +400,8 @@ mod tests {
             jwks: None,
             redirect_uris: vec![],
             grant_types: vec![],
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
             created_at,
         };
         let verified = VerifiedSecrets::default();

@@ -56,6 +56,8 @@ pub async fn discovery(State(provider): State<Provider>) -> Response {
         "introspection_endpoint": url("/introspect"),
         "revocation_endpoint": url("/revoke"),
         "end_session_endpoint": url("/logout"),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": grants,

@@ -27,6 +27,14 @@ pub struct EventLabels {
     pub result: String,
 }
 
+/// Label: how a back-channel logout delivery ended (`delivered`, `refused`,
+/// `failed`, `queue_full`, `sign_error`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The outcome.
+    pub result: String,
+}
+
 /// Label: how a person signed in (`passkey`, `password`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FactorLabels {
@@ -102,6 +110,8 @@ pub struct Events {
     /// Server time of a sign-in's last step (the assertion or password
     /// checked, the session opened, the request answered), by factor.
     sign_in_seconds: Family<FactorLabels, Histogram, fn() -> Histogram>,
+    /// Logout tokens sent to clients (OpenID Connect Back-Channel Logout), by outcome.
+    backchannel: Family<DeliveryLabels, Counter>,
 }
 
 impl Events {
@@ -111,6 +121,7 @@ impl Events {
             events: Family::default(),
             token_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             sign_in_seconds: Family::new_with_constructor(sign_in_histogram),
+            backchannel: Family::default(),
         }
     }
 
@@ -130,6 +141,25 @@ impl Events {
             "Server time of a sign-in's last step (assertion or password checked, session opened, request answered), by factor",
             self.sign_in_seconds.clone(),
         );
+        registry.register(
+            "backchannel_logout",
+            "Logout tokens sent to clients' back-channel logout URIs, by outcome",
+            self.backchannel.clone(),
+        );
+    }
+
+    /// Counts one back-channel logout delivery's outcome.
+    pub(crate) fn count_backchannel(&self, result: &str) {
+        self.backchannel
+            .get_or_create(&DeliveryLabels { result: result.into() })
+            .inc();
+    }
+
+    /// How many back-channel logout deliveries ended with `result` (for tests).
+    pub fn backchannel_count(&self, result: &str) -> u64 {
+        self.backchannel
+            .get_or_create(&DeliveryLabels { result: result.into() })
+            .get()
     }
 
     /// Times one sign-in's last step with `factor`.

@@ -11,6 +11,8 @@
 //! - [`device`]: the device authorization grant's endpoint and page (RFC 8628);
 //! - [`tokens`]: RFC 9068 access tokens and ID tokens, issued and verified;
 //! - [`endpoints`]: discovery, JWKS, userinfo, introspection, revocation, logout;
+//! - [`backchannel`]: logout tokens posted to clients when a session ends
+//!   (OpenID Connect Back-Channel Logout 1.0);
 //! - [`events`]: every authentication event in the decision log and metrics;
 //! - [`passkeys`]: WebAuthn enrollment from an invite and passkey sign-in;
 //! - [`limits`]: rate limits per user and per source address.
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod backchannel;
 pub mod client_auth;
 pub mod device;
 pub mod endpoints;
@@ -97,6 +100,9 @@ pub struct IdpConfig {
     pub zones: Vec<Zone>,
     /// AAGUIDs of the authenticator models that may register a passkey; empty: any.
     pub aaguids: Vec<String>,
+    /// Trust anchors for clients' back-channel logout URIs besides the trust
+    /// domain's own authorities (`--idp-backchannel-ca`).
+    pub backchannel_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// Why the configuration cannot be used.
@@ -231,6 +237,7 @@ struct Inner {
     verified_secrets: client_auth::VerifiedSecrets,
     rotations: rotation::Rotations,
     passkeys: passkeys::Passkeys,
+    backchannel: backchannel::Backchannel,
 }
 
 impl Provider {
@@ -244,8 +251,10 @@ impl Provider {
         config.check()?;
         let passkeys = passkeys::Passkeys::new(&config)?;
         let rotations = rotation::Rotations::new(store.clone(), config.refresh_grace.as_secs());
+        let backchannel = backchannel::Backchannel::new(config.backchannel_ca.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                backchannel,
                 passkeys,
                 rotations,
                 config,

@@ -102,6 +102,7 @@ async fn fixture() -> Fixture {
         passwords: true,
         zones: vec![],
         aaguids: vec![],
+        backchannel_ca: vec![],
     };
     let provider = Provider::new(config, store.clone(), authority.clone(), None).unwrap();
     Fixture {
@@ -120,6 +121,8 @@ impl Fixture {
             jwks: None,
             redirect_uris: vec![],
             grant_types: grants.to_vec(),
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         };
         self.store.create_client(&new, now()).await.unwrap().secret
     }
@@ -201,6 +204,8 @@ impl Fixture {
                     jwks: None,
                     redirect_uris: vec![zt_store::RedirectUri::parse("https://app.example.org/cb").unwrap()],
                     grant_types: vec![],
+                    backchannel_logout_uri: None,
+                    backchannel_logout_session_required: false,
                 },
                 now(),
             )

@@ -291,6 +291,10 @@ pub async fn run(
         tasks.spawn("idp_svid", stop_rx.clone(), move || {
             maintain.clone().maintain(stop.clone())
         });
+        let (logouts, stop) = (provider.clone(), stop_rx.clone());
+        tasks.spawn("idp_backchannel_logout", stop_rx.clone(), move || {
+            logouts.clone().follow_logouts(stop.clone())
+        });
         tokio::spawn(idp::serve(provider, tls, listener, stop_rx.clone()));
     }
     let api = agent_api::AgentApi {

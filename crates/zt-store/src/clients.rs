@@ -169,6 +169,92 @@ impl<'de> serde::Deserialize<'de> for RedirectUri {
     }
 }
 
+/// Where a client receives logout tokens (OpenID Connect Back-Channel Logout
+/// 1.0 §2.2): absolute `https`, or `http` to a loopback name or address
+/// (`localhost`, `127.0.0.1`, `[::1]`) for development; no fragment, no
+/// userinfo, no whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct BackchannelLogoutUri(String);
+
+impl BackchannelLogoutUri {
+    /// Checks `text` (see the type's documentation).
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidValue {
+            field: "backchannel_logout_uri",
+            value: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if text.len() > MAX_REDIRECT_URI_LEN {
+            return Err(invalid(&format!("longer than {MAX_REDIRECT_URI_LEN} bytes")));
+        }
+        if text.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(invalid("contains whitespace, control or non-ASCII characters"));
+        }
+        if text.contains('#') {
+            return Err(invalid("has a fragment"));
+        }
+        let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(invalid("not an absolute https:// (or loopback http://) URI"));
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(invalid("has userinfo"));
+        }
+        let host = host_of(authority).ok_or_else(|| invalid("has no valid host"))?;
+        if !https && !is_loopback_literal(host) && !host.eq_ignore_ascii_case("localhost") {
+            return Err(invalid(
+                "http is allowed only to a loopback name or address (localhost, 127.0.0.1, [::1]); use https",
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The URI as registered.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is `https`.
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+
+    /// Host (brackets removed from an IPv6 address), port (the scheme's
+    /// default when none is given) and path with query (`/` when empty).
+    pub fn parts(&self) -> (&str, u16, &str) {
+        let (rest, default_port) = match self.0.strip_prefix("https://") {
+            Some(rest) => (rest, 443),
+            None => (self.0.strip_prefix("http://").unwrap_or(&self.0), 80),
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let path = if path.is_empty() { "/" } else { path };
+        let host = host_of(authority).unwrap_or(authority);
+        let port = authority
+            .get(host.len()..)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|port| port.parse().ok())
+            .unwrap_or(default_port);
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        (host, port, path)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BackchannelLogoutUri {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The host of an authority `host[:port]` (brackets kept for IPv6), if both parts are sound.
 fn host_of(authority: &str) -> Option<&str> {
     let (host, port) = if authority.starts_with('[') {
@@ -231,6 +317,12 @@ pub struct NewClient {
     /// `client_credentials` for a [`ClientKind::Spiffe`] client).
     #[serde(default)]
     pub grant_types: Vec<GrantType>,
+    /// Where it receives logout tokens when a session it holds tokens from ends.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<BackchannelLogoutUri>,
+    /// Whether it requires `sid` in logout tokens (zt always sends it).
+    #[serde(default)]
+    pub backchannel_logout_session_required: bool,
 }
 
 /// A stored client (never its secret or the secret's hash).
@@ -246,6 +338,12 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// Allowed grant types.
     pub grant_types: Vec<GrantType>,
+    /// Where it receives logout tokens (OpenID Connect Back-Channel Logout), verbatim.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// Whether it requires `sid` in logout tokens.
+    #[serde(default)]
+    pub backchannel_logout_session_required: bool,
     /// Unix seconds.
     pub created_at: u64,
 }
@@ -412,7 +510,8 @@ fn unknown_client_hash() -> Result<&'static str, StoreError> {
     Ok(HASH.get_or_init(|| made))
 }
 
-const CLIENT_COLUMNS: &str = "client_id, kind, jwks, redirect_uris, grant_types, created_at";
+const CLIENT_COLUMNS: &str = "client_id, kind, jwks, redirect_uris, grant_types, created_at, \
+     backchannel_logout_uri, backchannel_logout_session_required";
 
 impl Store {
     /// Registers a client; for [`ClientKind::Secret`], makes its secret and
@@ -433,6 +532,11 @@ impl Store {
             jwks: new.jwks.clone(),
             redirect_uris: new.redirect_uris.iter().map(|u| u.as_str().to_owned()).collect(),
             grant_types,
+            backchannel_logout_uri: new
+                .backchannel_logout_uri
+                .as_ref()
+                .map(|uri| uri.as_str().to_owned()),
+            backchannel_logout_session_required: new.backchannel_logout_session_required,
             created_at: now,
         };
         let json = |value: serde_json::Result<String>| {
@@ -444,8 +548,9 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO oauth_clients (client_id, kind, secret_hash, jwks, redirect_uris, grant_types, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO oauth_clients (client_id, kind, secret_hash, jwks, redirect_uris, grant_types, created_at, \
+             backchannel_logout_uri, backchannel_logout_session_required) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&client.client_id)
         .bind(client.kind.as_str())
@@ -454,6 +559,8 @@ impl Store {
         .bind(json(serde_json::to_string(&client.redirect_uris))?)
         .bind(json(serde_json::to_string(&client.grant_types))?)
         .bind(to_i64(now))
+        .bind(&client.backchannel_logout_uri)
+        .bind(i64::from(client.backchannel_logout_session_required))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -581,6 +688,8 @@ fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {
         redirect_uris: serde_json::from_str(&redirect_uris).map_err(|e| corrupt(e.to_string()))?,
         grant_types: serde_json::from_str(&grant_types).map_err(|e| corrupt(e.to_string()))?,
         created_at: to_u64(row.try_get("created_at")?),
+        backchannel_logout_uri: row.try_get("backchannel_logout_uri")?,
+        backchannel_logout_session_required: row.try_get::<i64, _>("backchannel_logout_session_required")? != 0,
         client_id,
     })
 }
@@ -637,6 +746,8 @@ mod tests {
             jwks: None,
             redirect_uris: vec![],
             grant_types: vec![GrantType::ClientCredentials],
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         };
         assert!(check_client(&new("spiffe://example.org/ns/x/sa/y", ClientKind::Spiffe)).is_ok());
         for bad in [
@@ -675,5 +786,33 @@ mod tests {
         }
         assert_eq!(GrantType::parse("password"), None);
         assert_eq!(GrantType::parse("implicit"), None);
+    }
+
+    #[test]
+    fn backchannel_logout_uris_are_checked() {
+        for (good, parts) in [
+            ("https://rp.example.com/logout", ("rp.example.com", 443, "/logout")),
+            ("https://rp.example.com:8443", ("rp.example.com", 8443, "/")),
+            ("https://rp.example.com?x=1", ("rp.example.com", 443, "?x=1")),
+            ("http://localhost:9000/bc", ("localhost", 9000, "/bc")),
+            ("http://127.0.0.1/bc", ("127.0.0.1", 80, "/bc")),
+            ("http://[::1]:8080/bc?a=b", ("::1", 8080, "/bc?a=b")),
+        ] {
+            let uri = BackchannelLogoutUri::parse(good).unwrap();
+            assert_eq!(uri.parts(), parts, "{good}");
+            assert_eq!(uri.is_https(), good.starts_with("https"));
+        }
+        for (bad, why) in [
+            ("http://rp.example.com/logout", "loopback"),
+            ("http://localhost.evil.example/logout", "loopback"),
+            ("https://rp.example.com/logout#x", "fragment"),
+            ("https://u@rp.example.com/logout", "userinfo"),
+            ("ftp://rp.example.com/", "absolute"),
+            ("https://rp.example.com:0x1/", "host"),
+        ] {
+            let error = BackchannelLogoutUri::parse(bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+            assert!(error.starts_with("backchannel_logout_uri "), "{error}");
+        }
     }
 }

@@ -17,10 +17,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_people.sql")),
     (8, include_str!("../migrations/0008_tokens.sql")),
     (9, include_str!("../migrations/0009_device_codes.sql")),
+    (10, include_str!("../migrations/0010_backchannel_logout.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 9;
+pub const LATEST: i64 = 10;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {

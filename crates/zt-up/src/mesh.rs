@@ -697,6 +697,8 @@ async fn demo_person(admin: &AdminClient) -> Result<zt_server::api::Invite, Erro
             zt_store::GrantType::RefreshToken,
             zt_store::GrantType::DeviceCode,
         ],
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     };
     if let Err(e) = admin.create_client(&client).await
         && !exists(&e)

@@ -1423,3 +1423,226 @@ fn token_introspection_and_revocation_failures_are_rate_limited_per_address() {
         assert!(limited, "{endpoint}: good requests went through an empty bucket");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Back-channel logout (OpenID Connect Back-Channel Logout 1.0).
+
+/// A relying party's back-channel logout endpoint: plain HTTP on loopback,
+/// every form it receives handed to the test with the time it came.
+struct LogoutReceiver {
+    uri: String,
+    received: std::sync::mpsc::Receiver<(String, std::time::Instant)>,
+}
+
+impl LogoutReceiver {
+    fn start(host: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (send, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let arrived = std::time::Instant::now();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                let body = loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let head = text[..end].to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if request.len() >= end + 4 + length {
+                        assert!(head.starts_with("post /backchannel-logout http/1.1"), "{head}");
+                        assert!(
+                            head.contains("content-type: application/x-www-form-urlencoded"),
+                            "{head}"
+                        );
+                        break Some(text[end + 4..end + 4 + length].to_owned());
+                    }
+                };
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                if let Some(body) = body
+                    && send.send((body, arrived)).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            uri: format!("http://{host}:{port}/backchannel-logout"),
+            received,
+        }
+    }
+
+    /// The next logout token, within `within`.
+    fn token(&self, within: Duration) -> (String, std::time::Instant) {
+        let (body, at) = self
+            .received
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("no logout token at {} within {within:?}", self.uri));
+        let pairs = query_params(&body);
+        assert_eq!(pairs.len(), 1, "{body}");
+        assert_eq!(pairs[0].0, "logout_token", "{body}");
+        (pairs[0].1.clone(), at)
+    }
+
+    /// Nothing more arrives within `within`.
+    fn assert_quiet(&self, within: Duration) {
+        if let Ok((body, _)) = self.received.recv_timeout(within) {
+            panic!("unexpected logout token at {}: {body}", self.uri);
+        }
+    }
+}
+
+impl Idp {
+    /// Checks a logout token as a relying party must (§2.6): with PyJWT
+    /// against the JWKS when the interop venv is there, and always its
+    /// header and claims here. Returns the claims.
+    fn verify_logout_token(&self, token: &str, audience: &str) -> Value {
+        let header = jwt_part(token, 0);
+        assert_eq!(header["typ"], "logout+jwt", "{header}");
+        let kid = header["kid"].as_str().unwrap();
+        let key = self
+            .jwks()
+            .into_iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap_or_else(|| panic!("kid {kid} is not in the JWKS"));
+        assert_eq!(header["alg"], key["alg"], "{header}");
+        let claims = jwt_part(token, 1);
+        assert_eq!(claims["iss"], self.issuer.as_str(), "{claims}");
+        assert_eq!(claims["aud"], audience, "{claims}");
+        assert_eq!(
+            claims["events"],
+            json!({ "http://schemas.openid.net/event/backchannel-logout": {} }),
+            "{claims}"
+        );
+        let (iat, exp) = (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+        assert!(iat <= now() + 1 && exp == iat + 120, "{claims}");
+        assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 32), "{claims}");
+        assert!(claims.get("nonce").is_none(), "{claims}");
+        if let Some(python) = zt_testkit::python("pyjwt_verifies_logout_tokens") {
+            let out = Command::new(&python)
+                .arg(zt_testkit::interop_dir().join("pyjwt_verify_logout.py"))
+                .arg(
+                    json!({ "issuer": self.issuer, "ca": self.ca, "token": token, "audience": audience })
+                        .to_string(),
+                )
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "PyJWT: {}", describe(&out));
+            let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(verified["claims"], claims);
+            // The same library refuses it for another client.
+            let out = Command::new(&python)
+                .arg(zt_testkit::interop_dir().join("pyjwt_verify_logout.py"))
+                .arg(
+                    json!({ "issuer": self.issuer, "ca": self.ca, "token": token, "audience": "another" })
+                        .to_string(),
+                )
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "another audience accepted: {}", describe(&out));
+        }
+        claims
+    }
+}
+
+#[test]
+fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
+    let idp = Idp::start(&[]);
+    idp.user("alice");
+    idp.user("bob");
+    let web_rp = LogoutReceiver::start("localhost");
+    let app_rp = LogoutReceiver::start("127.0.0.1");
+    let web = idp.client(
+        "web",
+        &[
+            "--backchannel-logout-uri",
+            &web_rp.uri,
+            "--backchannel-logout-session-required",
+        ],
+    );
+    let app = idp.client("app", &["--backchannel-logout-uri", &app_rp.uri]);
+    let plain = idp.client("plain", &[]);
+    // What the clients registered is shown, and discovery says it is supported.
+    let shown: Value = serde_json::from_str(&ok(&idp.server, &["client", "show", "web", "--output", "json"])).unwrap();
+    assert_eq!(shown["backchannel_logout_uri"], web_rp.uri.as_str(), "{shown}");
+    assert_eq!(shown["backchannel_logout_session_required"], true, "{shown}");
+    let text = ok(&idp.server, &["client", "list"]);
+    assert!(text.contains(&format!("Logout URI    : {} (back-channel, sid required)", web_rp.uri)), "{text}");
+    let discovery = idp.get("/.well-known/openid-configuration", &[]).json();
+    assert_eq!(discovery["backchannel_logout_supported"], true);
+    assert_eq!(discovery["backchannel_logout_session_supported"], true);
+    // An http URI elsewhere than loopback is refused, naming the flag.
+    let out = zt(
+        &idp.server,
+        &["client", "add", "bad", "--redirect-uri", REDIRECT, "--backchannel-logout-uri", "http://rp.example/logout"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--backchannel-logout-uri") && stderr.contains("loopback"), "{stderr}");
+
+    // alice signs in to web and to plain, bob to app.
+    let alice = idp.tokens(("web", &web), "alice");
+    let sid = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+    let alice_plain = idp.tokens(("plain", &plain), "alice");
+    let bob = idp.tokens(("app", &app), "bob");
+    let bob_sid = jwt_part(bob["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+
+    // zt session revoke: web hears of alice's session within a second; app,
+    // whose session is another, hears nothing; plain has no URI.
+    let revoked = std::time::Instant::now();
+    ok(&idp.server, &["session", "revoke", &sid]);
+    let (token, arrived) = web_rp.token(Duration::from_secs(5));
+    let latency = arrived - revoked;
+    assert!(latency < Duration::from_secs(1), "the logout token took {latency:?}");
+    let claims = idp.verify_logout_token(&token, "web");
+    assert_eq!(claims["sid"], sid.as_str(), "{claims}");
+    let alice_sub = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sub"].clone();
+    assert_eq!(claims["sub"], alice_sub, "{claims}");
+    web_rp.assert_quiet(Duration::from_millis(500));
+    app_rp.assert_quiet(Duration::from_millis(10));
+    drop(alice_plain);
+
+    // zt user disable: app hears of bob's session; web hears nothing.
+    let disabled = std::time::Instant::now();
+    ok(&idp.server, &["user", "disable", "bob"]);
+    let (token, arrived) = app_rp.token(Duration::from_secs(5));
+    assert!(arrived - disabled < Duration::from_secs(1), "took {:?}", arrived - disabled);
+    let claims = idp.verify_logout_token(&token, "app");
+    assert_eq!(claims["sid"], bob_sid.as_str(), "{claims}");
+    app_rp.assert_quiet(Duration::from_millis(500));
+    web_rp.assert_quiet(Duration::from_millis(10));
+
+    // Each delivery is counted and in the authentication events' log.
+    let delivered = eventually("two deliveries counted", || {
+        sample(
+            idp.server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"delivered\"}",
+        )
+        .filter(|n| *n >= 2.0)
+    });
+    assert_eq!(delivered, 2.0);
+    let log = idp.server.data_dir.join("idp-decisions.log");
+    let records = audit_query(&[log.to_str().unwrap()]);
+    let deliveries: Vec<_> = records
+        .iter()
+        .filter(|r| r["query"] == "idp/backchannel_logout")
+        .collect();
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    assert_eq!(deliveries[0]["input"]["client_id"], "web");
+    assert_eq!(deliveries[0]["input"]["sid"], sid.as_str());
+    assert_eq!(deliveries[0]["input"]["cause"], "session_revoked");
+    assert_eq!(deliveries[0]["result"], "success");
+    assert_eq!(deliveries[1]["input"]["client_id"], "app");
+}

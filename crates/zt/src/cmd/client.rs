@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use zt_server::client::AdminClient;
-use zt_store::{Client, ClientKind, GrantType, NewClient, RedirectUri, StoreError};
+use zt_store::{BackchannelLogoutUri, Client, ClientKind, GrantType, NewClient, RedirectUri, StoreError};
 
 use super::args::{AdminArgs, Output};
 use super::timestamp;
@@ -53,6 +53,14 @@ pub(crate) struct ClientAdd {
     /// client_credentials with --spiffe].
     #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
     pub(crate) grants: Vec<GrantType>,
+    /// Where the OpenID Provider posts a logout token (OpenID Connect Back-Channel
+    /// Logout) when a session this client holds tokens from ends: https, or http to
+    /// localhost, 127.0.0.1 or [::1] for development.
+    #[arg(long, value_name = "URL", value_parser = parse_backchannel_logout_uri)]
+    pub(crate) backchannel_logout_uri: Option<BackchannelLogoutUri>,
+    /// The client requires `sid` in logout tokens (zt always sends it).
+    #[arg(long, requires = "backchannel_logout_uri")]
+    pub(crate) backchannel_logout_session_required: bool,
     #[command(flatten)]
     pub(crate) admin: AdminArgs,
 }
@@ -69,6 +77,14 @@ pub(crate) struct ClientTarget {
 /// (clap's message already names the flag and the value).
 fn parse_redirect_uri(text: &str) -> Result<RedirectUri, String> {
     RedirectUri::parse(text).map_err(|e| match e {
+        StoreError::InvalidValue { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+/// `--backchannel-logout-uri`: checked here as the server checks it.
+fn parse_backchannel_logout_uri(text: &str) -> Result<BackchannelLogoutUri, String> {
+    BackchannelLogoutUri::parse(text).map_err(|e| match e {
         StoreError::InvalidValue { reason, .. } => reason,
         other => other.to_string(),
     })
@@ -103,6 +119,8 @@ pub fn add(args: ClientAdd) -> anyhow::Result<ExitCode> {
         jwks,
         redirect_uris: args.redirect_uris,
         grant_types: args.grants,
+        backchannel_logout_uri: args.backchannel_logout_uri,
+        backchannel_logout_session_required: args.backchannel_logout_session_required,
     };
     let created =
         super::admin_call(client(&args.admin).create_client(&new)).map_err(|e| match &args.jwks {
@@ -181,5 +199,13 @@ fn print_client_text(client: &Client) {
     }
     let grants: Vec<_> = client.grant_types.iter().map(|g| g.as_str()).collect();
     println!("Grant types   : {}", grants.join(", "));
+    if let Some(uri) = &client.backchannel_logout_uri {
+        let sid = if client.backchannel_logout_session_required {
+            ", sid required"
+        } else {
+            ""
+        };
+        println!("Logout URI    : {uri} (back-channel{sid})");
+    }
     println!("Created       : {}", timestamp(client.created_at));
 }

@@ -94,6 +94,10 @@ pub(crate) struct IdpArgs {
     /// A network zone for the `zone` claim: NAME=CIDR[,CIDR…] (repeatable; first match wins).
     #[arg(long = "idp-zone", value_name = "NAME=CIDRS", value_parser = parse_zone, requires = "idp")]
     pub(crate) idp_zones: Vec<zt_idp::Zone>,
+    /// Also trust these CA certificates (PEM) for clients' back-channel logout
+    /// URIs, besides the trust domain's own CA.
+    #[arg(long, value_name = "FILE", requires = "idp")]
+    pub(crate) idp_backchannel_ca: Option<PathBuf>,
     /// Record authentication events in this hash-chained decision log
     /// [default with --idp: DATA_DIR/idp-decisions.log].
     #[arg(long)]
@@ -159,6 +163,19 @@ impl IdpArgs {
             }
             _ => None,
         };
+        let backchannel_ca = match &self.idp_backchannel_ca {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--idp-backchannel-ca {}: {e}", path.display()))?;
+                let roots = zt_identity::x509::certificates_from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("--idp-backchannel-ca {}: {e}", path.display()))?;
+                if roots.is_empty() {
+                    anyhow::bail!("--idp-backchannel-ca {}: no certificate in the file", path.display());
+                }
+                roots
+            }
+        };
         let log_path = match self.decision_log {
             Some(path) => path,
             None => {
@@ -178,6 +195,7 @@ impl IdpArgs {
                 passwords: self.idp_passwords,
                 zones: self.idp_zones,
                 aaguids: self.idp_aaguids,
+                backchannel_ca,
             },
             certificate,
             decision_log: Some(decision_log),
