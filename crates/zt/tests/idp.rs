@@ -1453,7 +1453,9 @@ impl LogoutReceiver {
                     }
                     request.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&request).into_owned();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
                     let head = text[..end].to_ascii_lowercase();
                     let length: usize = head
                         .lines()
@@ -1468,7 +1470,8 @@ impl LogoutReceiver {
                         break Some(text[end + 4..end + 4 + length].to_owned());
                     }
                 };
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 if let Some(body) = body
                     && send.send((body, arrived)).is_err()
                 {
@@ -1551,7 +1554,11 @@ impl Idp {
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            assert!(!out.status.success(), "another audience accepted: {}", describe(&out));
+            assert!(
+                !out.status.success(),
+                "another audience accepted: {}",
+                describe(&out)
+            );
         }
         claims
     }
@@ -1575,29 +1582,53 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     let app = idp.client("app", &["--backchannel-logout-uri", &app_rp.uri]);
     let plain = idp.client("plain", &[]);
     // What the clients registered is shown, and discovery says it is supported.
-    let shown: Value = serde_json::from_str(&ok(&idp.server, &["client", "show", "web", "--output", "json"])).unwrap();
+    let shown: Value =
+        serde_json::from_str(&ok(&idp.server, &["client", "show", "web", "--output", "json"])).unwrap();
     assert_eq!(shown["backchannel_logout_uri"], web_rp.uri.as_str(), "{shown}");
     assert_eq!(shown["backchannel_logout_session_required"], true, "{shown}");
     let text = ok(&idp.server, &["client", "list"]);
-    assert!(text.contains(&format!("Logout URI    : {} (back-channel, sid required)", web_rp.uri)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Logout URI    : {} (back-channel, sid required)",
+            web_rp.uri
+        )),
+        "{text}"
+    );
     let discovery = idp.get("/.well-known/openid-configuration", &[]).json();
     assert_eq!(discovery["backchannel_logout_supported"], true);
     assert_eq!(discovery["backchannel_logout_session_supported"], true);
     // An http URI elsewhere than loopback is refused, naming the flag.
     let out = zt(
         &idp.server,
-        &["client", "add", "bad", "--redirect-uri", REDIRECT, "--backchannel-logout-uri", "http://rp.example/logout"],
+        &[
+            "client",
+            "add",
+            "bad",
+            "--redirect-uri",
+            REDIRECT,
+            "--backchannel-logout-uri",
+            "http://rp.example/logout",
+        ],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--backchannel-logout-uri") && stderr.contains("loopback"), "{stderr}");
+    assert!(
+        stderr.contains("--backchannel-logout-uri") && stderr.contains("loopback"),
+        "{stderr}"
+    );
 
     // alice signs in to web and to plain, bob to app.
     let alice = idp.tokens(("web", &web), "alice");
-    let sid = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+    let sid = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let alice_plain = idp.tokens(("plain", &plain), "alice");
     let bob = idp.tokens(("app", &app), "bob");
-    let bob_sid = jwt_part(bob["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+    let bob_sid = jwt_part(bob["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // zt session revoke: web hears of alice's session within a second; app,
     // whose session is another, hears nothing; plain has no URI.
@@ -1605,7 +1636,10 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     ok(&idp.server, &["session", "revoke", &sid]);
     let (token, arrived) = web_rp.token(Duration::from_secs(5));
     let latency = arrived - revoked;
-    assert!(latency < Duration::from_secs(1), "the logout token took {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the logout token took {latency:?}"
+    );
     let claims = idp.verify_logout_token(&token, "web");
     assert_eq!(claims["sid"], sid.as_str(), "{claims}");
     let alice_sub = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sub"].clone();
@@ -1618,7 +1652,11 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     let disabled = std::time::Instant::now();
     ok(&idp.server, &["user", "disable", "bob"]);
     let (token, arrived) = app_rp.token(Duration::from_secs(5));
-    assert!(arrived - disabled < Duration::from_secs(1), "took {:?}", arrived - disabled);
+    assert!(
+        arrived - disabled < Duration::from_secs(1),
+        "took {:?}",
+        arrived - disabled
+    );
     let claims = idp.verify_logout_token(&token, "app");
     assert_eq!(claims["sid"], bob_sid.as_str(), "{claims}");
     app_rp.assert_quiet(Duration::from_millis(500));
