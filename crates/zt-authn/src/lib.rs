@@ -110,6 +110,7 @@ pub struct Issuer {
     audiences: Vec<String>,
     keys: Keys,
     types: Option<Vec<String>>,
+    clock_skew: u64,
 }
 
 impl Issuer {
@@ -121,7 +122,16 @@ impl Issuer {
             audiences,
             keys,
             types: None,
+            clock_skew: CLOCK_SKEW_SECS,
         }
+    }
+
+    /// Tolerates `seconds` of clock skew on `exp` and `nbf` instead of
+    /// [`CLOCK_SKEW_SECS`] (when the issuer's clock is this machine's, or
+    /// known to be close).
+    pub fn with_clock_skew(mut self, seconds: u64) -> Self {
+        self.clock_skew = seconds;
+        self
     }
 
     /// Accepts only tokens whose `typ` is one of `types` (compared without case
@@ -161,7 +171,7 @@ impl Issuer {
         }
         // Signed by the issuer from here on.
         let claims = jws.claims;
-        check_times_within(&claims, now, None, CLOCK_SKEW_SECS)?;
+        check_times_within(&claims, now, None, self.clock_skew)?;
         let subject = match claims.get("sub") {
             Some(Value::String(sub)) => sub.clone(),
             _ => return Err(Refused::Malformed("claim sub is missing or not a string")),

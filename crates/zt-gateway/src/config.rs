@@ -12,6 +12,7 @@
 //!   client_secret_file: gateway.secret
 //!   ca: server-bundle.pem              # default: the system's CA bundle
 //!   audiences: [zt-gateway]            # bearer tokens accepted
+//!   clock_skew: 60s                    # tolerated on exp and nbf
 //! session: {key_file: cookie.key, ttl: 4h}
 //! identity: {workload_api: /run/zt/agent.sock}   # or {cert, key, bundle}
 //! policy: {dir: policies/, namespace: edge, labels: {app: gateway}}
@@ -99,6 +100,8 @@ pub struct Oidc {
     /// The audiences a bearer token may carry (one suffices): the gateway's
     /// client ID unless set.
     pub audiences: Vec<String>,
+    /// The clock skew tolerated on tokens' `exp` and `nbf` (60 s by default).
+    pub clock_skew: Duration,
 }
 
 /// Session cookies.
@@ -200,6 +203,8 @@ struct OidcFile {
     scopes: Option<Vec<String>>,
     #[serde(default)]
     audiences: Option<Vec<String>>,
+    #[serde(default)]
+    clock_skew: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -299,7 +304,16 @@ impl GatewayConfig {
         if !scopes.iter().any(|s| s == "openid") {
             return Err("oidc.scopes: must include openid".into());
         }
+        let clock_skew = match &oidc.clock_skew {
+            Some(skew) => parse_duration(skew)
+                .filter(|skew| skew.as_secs() <= 300)
+                .ok_or_else(|| {
+                    format!("oidc.clock_skew: {skew:?}: expected a duration like 30s, at most 5m")
+                })?,
+            None => Duration::from_secs(zt_authn::CLOCK_SKEW_SECS),
+        };
         let oidc = Oidc {
+            clock_skew,
             audiences: oidc
                 .audiences
                 .filter(|a| !a.is_empty())

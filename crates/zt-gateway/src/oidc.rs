@@ -129,7 +129,8 @@ impl RelyingParty {
         }
         let keys = Keys::remote(discovery.jwks_uri.clone(), tls, Default::default());
         let issuer = |audiences: Vec<String>, types: Option<Vec<String>>| {
-            let issuer = Issuer::new(discovery.issuer.clone(), audiences, keys.clone());
+            let issuer = Issuer::new(discovery.issuer.clone(), audiences, keys.clone())
+                .with_clock_skew(oidc.clock_skew.as_secs());
             match types {
                 Some(types) => issuer.with_types(types),
                 None => issuer,

@@ -63,11 +63,16 @@ struct Stack {
     roots: PathBuf,
     _app: Running,
     _proxy: Running,
-    gateway_process: Running,
+    _gateway: Running,
 }
 
 impl Stack {
     fn start(python: &Path) -> Self {
+        Self::start_with(python, &[])
+    }
+
+    /// With `server_args` for zt server.
+    fn start_with(python: &Path, server_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // A development CA for the mesh: the gateway's SVID (also its HTTPS
@@ -116,11 +121,15 @@ impl Stack {
             &root.join("data"),
             None,
             &[
-                "--idp",
-                &idp_arg,
-                "--idp-backchannel-ca",
-                mesh_ca.to_str().unwrap(),
-            ],
+                &[
+                    "--idp",
+                    &idp_arg,
+                    "--idp-backchannel-ca",
+                    mesh_ca.to_str().unwrap(),
+                ],
+                server_args,
+            ]
+            .concat(),
         );
         server.wait_ready();
         eventually("the OpenID Provider listens", || TcpStream::connect(idp).ok());
@@ -242,13 +251,14 @@ spec:
 url: {url}
 admin: {gateway_admin}
 tls: {{cert: gateway.crt, key: gateway.key}}
-oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: provider.pem}}
+oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: provider.pem, clock_skew: 1s}}
 session: {{key_file: cookie.key}}
 identity: {{cert: gateway.crt, key: gateway.key, bundle: mesh.pem}}
 policy: {{dir: policies, namespace: edge, decision_log: decisions.log}}
 headers: {{X-Zt-User: preferred_username, X-Zt-Groups: groups, X-Zt-Amr: amr}}
 routes:
   - {{path: /, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\"}}
+  - {{path: /api, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\", token: none}}
 "
             ),
         )
@@ -278,7 +288,7 @@ routes:
             roots,
             _app: Running(app_child),
             _proxy: proxy,
-            gateway_process,
+            _gateway: gateway_process,
         }
     }
 
@@ -294,6 +304,58 @@ routes:
         let out: Value =
             serde_json::from_str(&ok(&self.server, &["user", "invite", user, "--output", "json"])).unwrap();
         out["url"].as_str().unwrap().to_owned()
+    }
+
+    /// curl (trusting the provider's and the mesh's CAs) to the gateway:
+    /// the status, the headers (lower-case names) and the body.
+    fn curl(&self, path: &str, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "20", "--cacert"])
+            .arg(&self.roots)
+            .args(args)
+            .arg(format!("{}{path}", self.origin()))
+            .output()
+            .unwrap();
+        let text = succeed(&out, &format!("curl {path}\n{}", self.log()));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        (status, headers, body.to_owned())
+    }
+
+    /// curl to the provider: status, headers, body.
+    fn curl_idp(&self, path: &str) -> (u16, Vec<(String, String)>, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&self.roots)
+            .arg(format!("{}{path}", self.idp_origin()))
+            .output()
+            .unwrap();
+        (200, Vec::new(), succeed(&out, "curl"))
+    }
+
+    /// A token from the provider's token endpoint for client `id` acting as
+    /// itself, for `audience`.
+    fn client_token(&self, id: &str, secret: &str, audience: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&self.roots)
+            .args([
+                "-u",
+                &format!("{id}:{secret}"),
+                "-d",
+                "grant_type=client_credentials",
+            ])
+            .args(["-d", &format!("audience={audience}")])
+            .arg(format!("{}/token", self.idp_origin()))
+            .output()
+            .unwrap();
+        let answer: Value = serde_json::from_str(&succeed(&out, "curl /token")).unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
     }
 
     fn log(&self) -> String {
@@ -441,4 +503,251 @@ fn jwt_claims(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
+}
+
+/// A token signed by a key of our own (`kid` as given), with these claims.
+fn forged(kid: Option<&str>, claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let signer = zt_identity::jwt::JwtSigner::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let token = zt_identity::jwt::sign_jws(&signer, "at+jwt", claims).unwrap();
+    let Some(kid) = kid else { return token };
+    // Same signature scheme, the header's kid replaced (and so re-signed).
+    let key = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+    )
+    .unwrap();
+    let header = b64.encode(json!({"alg": "ES256", "typ": "at+jwt", "kid": kid}).to_string());
+    let payload = token.split('.').nth(1).unwrap();
+    let input = format!("{header}.{payload}");
+    let signature = key.sign(&rng, input.as_bytes()).unwrap();
+    format!("{input}.{}", b64.encode(signature.as_ref()))
+}
+
+/// API clients (curl): no credential is a 401 with RFC 6750's challenge and
+/// never a redirect; a browser gets a PKCE sign-in redirect; every bad token
+/// (malformed, oversized, alg none, HS256, unknown kid, a real kid with our
+/// signature, another audience, expired) is a 401 that never reaches the app;
+/// a good one passes with the identity headers a client sent stripped; the
+/// sign-in return URL takes local paths only; a cookie the gateway did not
+/// seal is no session.
+#[test]
+fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
+    const TEST: &str = "api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app";
+    let Some(python) = zt_testkit::python(TEST) else {
+        return;
+    };
+    // Access tokens live 3 s here, to watch one expire.
+    let stack = Stack::start_with(&python, &["--idp-access-ttl", "3s"]);
+    let issuer = stack.idp_origin();
+    let header = |headers: &[(String, String)], name: &str| {
+        headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    };
+
+    let (status, headers, body) = stack.curl("/api/x", &["-H", "Accept: application/json"]);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        header(&headers, "www-authenticate"),
+        Some(format!("Bearer realm=\"{issuer}\""))
+    );
+    assert!(header(&headers, "location").is_none());
+
+    let (status, headers, _) = stack.curl("/internal?a=1", &["-H", "Accept: text/html"]);
+    assert_eq!(status, 303);
+    let location = header(&headers, "location").unwrap();
+    assert!(
+        location.starts_with(&format!("{issuer}/authorize?")),
+        "{location}"
+    );
+    for part in [
+        "response_type=code",
+        "client_id=zt-gateway",
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "nonce=",
+        "state=",
+    ] {
+        assert!(location.contains(part), "{part}: {location}");
+    }
+    let cookie = header(&headers, "set-cookie").unwrap();
+    assert!(cookie.starts_with("__Host-zt-sign-in="), "{cookie}");
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(cookie.contains(attribute), "{attribute}: {cookie}");
+    }
+
+    // Open redirects through the sign-in's return URL.
+    for bad in [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil.example",
+        "/%5cevil.example",
+        "%2f%2fevil.example",
+        "/%2f%2fevil.example",
+        "/%252f%252fevil.example",
+        "http:evil.example",
+    ] {
+        let (status, _, body) = stack.curl(
+            &format!(
+                "/.zt/sign-in?return={}",
+                bad.replace('%', "%25").replace('/', "%2F").replace('\\', "%5C")
+            ),
+            &[],
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _, _) = stack.curl("/.zt/sign-in?return=%2Fapi%2Fok", &[]);
+    assert_eq!(status, 303);
+
+    // Tokens that must not pass.
+    let (_, _, jwks) = stack.curl_idp("/jwks");
+    let idp_kid = serde_json::from_str::<Value>(&jwks).unwrap()["keys"][0]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claims = json!({"iss": issuer, "sub": "mallory", "aud": "zt-gateway", "iat": now(), "exp": now() + 300,
+                        "jti": "x", "client_id": "zt-gateway"});
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let unsigned = format!(
+        "{}.{}.",
+        b64.encode(json!({"alg": "none", "typ": "at+jwt"}).to_string()),
+        b64.encode(claims.to_string())
+    );
+    let hs256 = {
+        let header = b64.encode(json!({"alg": "HS256", "typ": "at+jwt", "kid": idp_kid}).to_string());
+        let input = format!("{header}.{}", b64.encode(claims.to_string()));
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, jwks.as_bytes());
+        format!(
+            "{input}.{}",
+            b64.encode(aws_lc_rs::hmac::sign(&key, input.as_bytes()).as_ref())
+        )
+    };
+    let secret = {
+        let created: Value = serde_json::from_str(&ok(
+            &stack.server,
+            &[
+                "client",
+                "add",
+                "svc",
+                "--secret",
+                "--grant",
+                "client_credentials",
+                "--output",
+                "json",
+            ],
+        ))
+        .unwrap();
+        created["secret"].as_str().unwrap().to_owned()
+    };
+    let other_audience = stack.client_token("svc", &secret, "someone-else");
+    for (token, what) in [
+        ("abc.def".to_owned(), "the token is malformed"),
+        ("a".repeat(70 * 1024), "the token is malformed"),
+        (unsigned, "the token does not verify"),
+        (hs256, "the token does not verify"),
+        (forged(None, &claims), "the token does not verify"),
+        (forged(Some("unknown"), &claims), "the token does not verify"),
+        (forged(Some(&idp_kid), &claims), "the token does not verify"),
+        (other_audience, "the token is not for this gateway"),
+    ] {
+        let (status, headers, body) = stack.curl(
+            "/api/x",
+            &["--http1.1", "-H", &format!("Authorization: Bearer {token}")],
+        );
+        assert_eq!(status, 401, "{what}: {body}");
+        let challenge = header(&headers, "www-authenticate").unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\"") || challenge.contains("error=\"invalid_request\""),
+            "{challenge}"
+        );
+        assert!(challenge.contains(what), "{what}: {challenge}");
+        assert!(
+            !body.contains("kid") && !body.contains("signature"),
+            "no detail beyond the standard error: {body}"
+        );
+    }
+
+    // A good token passes; identity headers a client sends never reach the app.
+    let good = stack.client_token("svc", &secret, "zt-gateway");
+    let (status, _, body) = stack.curl(
+        "/api/x",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {good}"),
+            "-H",
+            "X-Zt-User: admin",
+            "-H",
+            "x-zt-user: root",
+            "-H",
+            "X_Zt_User: admin",
+            "-H",
+            "X-Zt-Groups: staff",
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", stack.log());
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    let seen: Vec<String> = echoed["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    for forged in ["x-zt-user", "x_zt_user", "x-zt-groups", "authorization", "cookie"] {
+        assert!(
+            !seen.contains(&forged.to_owned()),
+            "{forged} reached the app: {seen:?}"
+        );
+    }
+    // Two credentials are one too many; a cookie the gateway did not seal is no session.
+    let (status, headers, _) = stack.curl(
+        "/api/x",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {good}"),
+            "-H",
+            "Cookie: __Host-zt-session=v1.AAAA",
+        ],
+    );
+    assert_eq!(status, 401);
+    assert!(
+        header(&headers, "www-authenticate")
+            .unwrap()
+            .contains("invalid_request")
+    );
+    let (status, _, _) = stack.curl("/api/x", &["-H", "Cookie: __Host-zt-session=v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    assert_eq!(status, 401);
+
+    // Expiry: the challenge tells the client to get a new token.
+    let challenge = eventually("the token expires", || {
+        let (status, headers, _) = stack.curl("/api/x", &["-H", &format!("Authorization: Bearer {good}")]);
+        (status == 401).then(|| header(&headers, "www-authenticate").unwrap())
+    });
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer realm=\"{issuer}\", error=\"invalid_token\", error_description=\"the token expired\""
+        )
+    );
+    // Each refusal counted by reason, at the gateway's admin port.
+    for reason in [
+        "missing",
+        "malformed",
+        "too_large",
+        "expired",
+        "wrong_audience",
+        "two_credentials",
+    ] {
+        let count = sample(
+            stack.gateway_admin,
+            &format!("zt_gateway_unauthenticated_total{{reason=\"{reason}\"}}"),
+        );
+        assert!(count.is_some_and(|c| c >= 1.0), "{reason}: {count:?}");
+    }
 }
