@@ -10,20 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use zt_authn::{Issuer, Keys, RemoteSettings};
+use zt_authn::request::Rule;
+use zt_authn::{Keys, RemoteSettings};
 use zt_policy::WorkloadAuthentication;
-use zt_policy::request_authentication::{JwksSource, JwtRule};
+use zt_policy::request_authentication::JwksSource;
 
 use crate::identity::Identity;
-
-/// One rule, ready.
-#[derive(Debug)]
-pub(crate) struct Rule {
-    /// The rule as written.
-    pub(crate) spec: JwtRule,
-    /// Its issuer and keys.
-    pub(crate) issuer: Issuer,
-}
 
 /// Every rule that applies to the workload, and the headers they set.
 #[derive(Debug, Default)]
@@ -102,10 +94,7 @@ impl KeysCache {
                     keys
                 }
             };
-            rules.push(Rule {
-                issuer: Issuer::new(rule.issuer.clone(), rule.audiences.clone(), keys),
-                spec: rule.clone(),
-            });
+            rules.push(Rule::new(rule.clone(), keys));
         }
         // Fetchers of URIs no rule names any more stop with their last handle.
         self.remote = remote;

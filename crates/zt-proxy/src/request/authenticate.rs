@@ -16,7 +16,8 @@
 use http::Request;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use zt_authn::{Refused, Verified};
+use zt_authn::Verified;
+use zt_authn::request::Outcome;
 use zt_policy::request_authentication::TokenLocation;
 
 use super::normalize::Admitted;
@@ -55,96 +56,58 @@ async fn authenticate<B>(
     request: &mut Request<B>,
     head: &mut Admitted,
 ) -> Result<Option<Verified>, Refusal> {
-    // Every (rule, location, token) found.
-    let mut found: Vec<(usize, &TokenLocation, String)> = Vec::new();
-    for (index, rule) in rules.rules.iter().enumerate() {
-        for location in &rule.spec.locations {
-            for token in tokens_at(request, head, location) {
-                found.push((index, location, token));
-            }
-        }
-    }
-    let Some((_, _, token)) = found.first() else {
-        return Ok(None);
+    let carrier = Carried {
+        request: &*request,
+        head: &*head,
     };
-    let token = token.clone();
-    if found.iter().any(|(_, _, other)| *other != token) {
-        return Err(Refusal::Unauthenticated("multiple_tokens"));
-    }
-    let mut refused: Option<Refused> = None;
-    let mut tried = Vec::new();
-    for (index, _, _) in &found {
-        if tried.contains(index) {
-            continue;
-        }
-        tried.push(*index);
-        let Some(rule) = rules.rules.get(*index) else {
-            continue;
-        };
-        match rule.issuer.verify(&token).await {
-            Ok(verified) => {
-                let locations: Vec<&TokenLocation> = found
-                    .iter()
-                    .filter(|(i, _, _)| i == index)
-                    .map(|(_, location, _)| *location)
-                    .collect();
-                if !rule.spec.forward_original_token {
-                    for location in locations {
-                        remove_token(request, head, location)?;
-                    }
+    match zt_authn::request::authenticate(&rules.rules, &carrier, None).await {
+        Outcome::Missing => Ok(None),
+        Outcome::Invalid(reason) => Err(Refusal::Unauthenticated(reason)),
+        Outcome::Valid {
+            rule,
+            verified,
+            token,
+            locations,
+        } => {
+            let Some(rule) = rules.rules.get(rule) else {
+                return Err(Refusal::Unauthenticated("invalid"));
+            };
+            if !rule.spec.forward_original_token {
+                for location in &locations {
+                    remove_token(request, head, location)?;
                 }
-                set_output_headers(request.headers_mut(), rule, &verified, &token);
-                return Ok(Some(verified));
             }
-            // The most telling reason: one from a rule of the token's issuer.
-            Err(why) => match refused {
-                Some(Refused::WrongIssuer) | None => refused = Some(why),
-                Some(_) => {}
-            },
+            for (name, value) in rule.output_headers(&verified, &token) {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    request.headers_mut().insert(name, value);
+                }
+            }
+            Ok(Some(verified))
         }
     }
-    Err(Refusal::Unauthenticated(
-        refused.map_or("invalid", |why| why.reason()),
-    ))
 }
 
-/// The tokens `location` holds in `request`.
-fn tokens_at<B>(request: &Request<B>, head: &Admitted, location: &TokenLocation) -> Vec<String> {
-    match location {
-        TokenLocation::Header { name, prefix } => request
+/// The request as zt-authn reads it: its headers, and the query of its head.
+struct Carried<'a, B> {
+    request: &'a Request<B>,
+    head: &'a Admitted,
+}
+
+impl<B> zt_authn::request::Carrier for Carried<'_, B> {
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.request
             .headers()
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|value| {
-                let value = value.to_str().ok()?.trim();
-                let rest = match value.get(..prefix.len()) {
-                    Some(start) if start.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..)?,
-                    _ => return None,
-                };
-                let token = rest.trim();
-                (!token.is_empty()).then(|| token.to_owned())
-            })
-            .collect(),
-        TokenLocation::Param(param) => head
-            .target
-            .query
-            .as_deref()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(key, value)| key == param && !value.is_empty())
-            .map(|(_, value)| value.to_owned())
-            .collect(),
-        TokenLocation::Cookie(cookie) => request
-            .headers()
-            .get_all(http::header::COOKIE)
+            .get_all(name)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(key, value)| key == cookie && !value.is_empty())
-            .map(|(_, value)| value.trim_matches('"').to_owned())
-            .collect(),
+            .collect()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.target.query.as_deref()
     }
 }
 
@@ -214,55 +177,6 @@ fn strip_output_headers(headers: &mut http::HeaderMap, names: &[String]) {
     }
 }
 
-/// Sets the rule's output headers from the verified token.
-fn set_output_headers(
-    headers: &mut http::HeaderMap,
-    rule: &crate::authz::authn::Rule,
-    verified: &Verified,
-    token: &str,
-) {
-    for output in &rule.spec.claim_headers {
-        let Some(value) = output.claim.find(verified.claims()).and_then(claim_text) else {
-            continue;
-        };
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(output.header.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    if let Some(header) = &rule.spec.payload_header
-        && let Some(payload) = token.split('.').nth(1)
-        && let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(header.as_bytes()),
-            HeaderValue::from_str(payload),
-        )
-    {
-        headers.insert(name, value);
-    }
-}
-
-/// A claim as a header value: strings as they are, numbers and booleans
-/// written out, arrays of those joined with `,`; objects are not copied.
-fn claim_text(value: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::Array(_) | Value::Object(_) | Value::Null => None,
-                other => claim_text(other),
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(|items| items.join(",")),
-        Value::Object(_) | Value::Null => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,15 +199,5 @@ mod tests {
         strip_output_headers(&mut headers, &["x-user".into()]);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-user-agent"));
-    }
-
-    #[test]
-    fn claims_as_header_values() {
-        use serde_json::json;
-        assert_eq!(claim_text(&json!("a")), Some("a".into()));
-        assert_eq!(claim_text(&json!(3)), Some("3".into()));
-        assert_eq!(claim_text(&json!(["a", "b", true])), Some("a,b,true".into()));
-        assert_eq!(claim_text(&json!({"a": 1})), None);
-        assert_eq!(claim_text(&json!([{"a": 1}])), None);
     }
 }
