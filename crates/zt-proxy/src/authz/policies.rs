@@ -343,6 +343,36 @@ mod tests {
         }
     }
 
+    /// A set from zt server (`zt policy apply`, through zt agent) carries
+    /// RequestAuthentications: their rules are in force with the rest.
+    #[tokio::test]
+    async fn sets_from_the_server_carry_request_authentications() {
+        let Combined {
+            loaded,
+            mut in_force,
+            _identity,
+            ..
+        } = start(Some("shop"));
+        in_force.changed().await.unwrap();
+        let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let text = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  jwtRules:\n  - issuer: https://idp.example\n    jwks: '{jwks}'\n    outputClaimToHeaders: [{{header: x-user, claim: sub}}]\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: other, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  jwtRules:\n  - issuer: https://other.example\n    jwks: '{jwks}'\n"
+        );
+        let sources = [zt_policy::load::Source {
+            name: "authn.yaml".into(),
+            text,
+        }];
+        let mut set = compile(&sources, "v7".into(), zt_policy::DEFAULT_ROOT_NAMESPACE).unwrap();
+        set.server_version = Some(7);
+        loaded.send_replace(Some(Arc::new(set)));
+        in_force.changed().await.unwrap();
+        let current = in_force.borrow_and_update().clone().unwrap();
+        // Only the one selecting app=orders applies.
+        assert_eq!(current.authn.rules.len(), 1);
+        assert_eq!(current.authn.rules[0].issuer.issuer(), "https://idp.example");
+        assert_eq!(current.authn.output_headers, ["x-user"]);
+    }
+
     // On the test's single thread, `combine` runs from a publication to its
     // next wait without yielding: once the test sees a change, the gauge has
     // been set if it is going to be.
