@@ -5,11 +5,13 @@
 //! checks a bearer token and returns [`Verified`], which only it can make, or
 //! why it [`Refused`] the token. Only asymmetric algorithms verify (RS*, PS*,
 //! ES*): `none` and HMAC are refused, so a public key can never be used as an
-//! HMAC secret.
+//! HMAC secret. [`request`] applies Istio's RequestAuthentication rules to a
+//! whole request (where tokens are, which rule accepts one).
 
 #![forbid(unsafe_code)]
 
 pub mod keys;
+pub mod request;
 
 use serde_json::{Map, Value};
 use zt_identity::JwtSvidError;

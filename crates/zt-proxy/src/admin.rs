@@ -51,6 +51,15 @@ pub struct AuthzLabels {
     pub mode: &'static str,
 }
 
+/// A request authentication's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthnLabels {
+    /// `valid`, `missing` or `invalid`.
+    pub result: &'static str,
+    /// For `invalid`, why (`expired`, `wrong_issuer`, `multiple_tokens`, …); else empty.
+    pub reason: &'static str,
+}
+
 /// An inbound port and an mTLS mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MtlsLabels {
@@ -79,6 +88,8 @@ pub struct Metrics {
     pub outbound_failed: Family<Reason, Counter>,
     /// Authorization decisions, by decision and mode.
     pub authz_decisions: Family<AuthzLabels, Counter>,
+    /// Requests that met RequestAuthentication rules, by result and reason.
+    pub request_authentication: Family<AuthnLabels, Counter>,
     /// Policy reloads that failed (the last good set stays in force).
     pub policy_reload_failures: Counter,
     /// The zt server policy version in force (`--policies-from-agent`); 0 before the first.
@@ -128,6 +139,7 @@ impl Metrics {
             outbound_connections: Counter::default(),
             outbound_failed: Family::default(),
             authz_decisions: Family::default(),
+            request_authentication: Family::default(),
             policy_reload_failures: Counter::default(),
             policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
@@ -181,6 +193,11 @@ impl Metrics {
             "authz_decisions",
             "Authorization decisions, by decision and mode",
             metrics.authz_decisions.clone(),
+        );
+        registry.register(
+            "request_authentication",
+            "Requests that met RequestAuthentication rules, by result (valid, missing, invalid) and reason",
+            metrics.request_authentication.clone(),
         );
         registry.register(
             "policy_reload_failures",
