@@ -193,6 +193,9 @@ async fn serve(
             decision_log_key: None,
             checkpoints: zt_audit::CheckpointPolicy::default(),
             providers: None,
+            // The gateway authenticates people itself; RequestAuthentications
+            // do not select it.
+            jwks_ca: Vec::new(),
         },
         identity.clone(),
         proxy_metrics.clone(),

@@ -27,6 +27,8 @@ use zt_testkit::describe;
 
 const SERVICE_ONE: &str = "spiffe://example.org/ns/demo/sa/service-one";
 const GATEWAY_ID: &str = "spiffe://example.org/ns/edge/sa/gateway";
+const FRONTEND: &str = "spiffe://example.org/ns/demo/sa/frontend";
+const BACKEND: &str = "spiffe://example.org/ns/demo/sa/backend";
 
 struct Running(Child);
 
@@ -63,6 +65,7 @@ struct Stack {
     roots: PathBuf,
     _app: Running,
     _proxy: Running,
+    chain: Chain,
     _gateway: Running,
 }
 
@@ -113,6 +116,12 @@ impl Stack {
                 "service-one",
             ],
         );
+        for (id, name) in [(FRONTEND, "frontend"), (BACKEND, "backend")] {
+            zt_in(
+                root,
+                &["ca", "issue", "--ca", "ca", "--spiffe-id", id, "--out", name],
+            );
+        }
         // The provider.
         let idp: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let idp_arg = idp.to_string();
@@ -180,48 +189,13 @@ impl Stack {
         .unwrap();
 
         // The echo app behind zt proxy, which lets only the gateway in.
-        let app: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut app_child = Command::new(python)
-            .arg(zt_testkit::interop_dir().join("echo_app.py"))
-            .arg(app.port().to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        eventually("the echo app listens", || {
-            assert!(app_child.try_wait().unwrap().is_none(), "the echo app exited");
-            TcpStream::connect(app).ok()
-        });
-        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let proxy_admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let file = |name: &str| root.join(name).to_str().unwrap().to_owned();
-        let proxy = Command::new(zt_exe())
-            .args([
-                "proxy",
-                "--inbound",
-                &inbound.to_string(),
-                "--admin",
-                &proxy_admin.to_string(),
-            ])
-            .args(["--app", &app.to_string()])
-            .args([
-                "--cert",
-                &file("service-one.crt"),
-                "--key",
-                &file("service-one.key"),
-            ])
-            .args(["--bundle", &file("mesh.pem"), "--allow-spiffe-id", GATEWAY_ID])
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(root.join("proxy.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let proxy = Running(proxy);
-        eventually("the sidecar is ready", || {
-            matches!(http_get(proxy_admin, "/readyz"), Ok((200, _))).then_some(())
-        });
+        let (app, app_child) = start_app(python, "echo_app.py", &[]);
+        let (proxy, inbound, _) = sidecar(root, "service-one", app, &["--allow-spiffe-id", GATEWAY_ID]);
+        let issuer = format!("https://localhost:{}", idp.port());
+        let chain = Chain::start(root, python, &issuer);
 
         // The gateway: /internal for staff signed in with a device-bound
         // passkey (amr hwk), / for anyone signed in.
-        let issuer = format!("https://localhost:{}", idp.port());
         std::fs::create_dir(root.join("policies")).unwrap();
         std::fs::write(
             root.join("policies/edge.yaml"),
@@ -259,12 +233,14 @@ headers: {{X-Zt-User: preferred_username, X-Zt-Groups: groups, X-Zt-Amr: amr}}
 routes:
   - {{path: /, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\"}}
   - {{path: /api, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\", token: none}}
-"
+  - {{path: /chain, upstream: \"{frontend}\", spiffe_id: \"{FRONTEND}\"}}
+",
+                frontend = chain.frontend,
             ),
         )
         .unwrap();
         let gateway_process = Command::new(zt_exe())
-            .args(["gateway", "--config", &file("gateway.yaml")])
+            .args(["gateway", "--config", root.join("gateway.yaml").to_str().unwrap()])
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(root.join("gateway.log")).unwrap())
             .spawn()
@@ -286,8 +262,9 @@ routes:
             gateway,
             gateway_admin,
             roots,
-            _app: Running(app_child),
+            _app: app_child,
             _proxy: proxy,
+            chain,
             _gateway: gateway_process,
         }
     }
@@ -363,6 +340,204 @@ routes:
     }
 }
 
+/// `python tests/interop/SCRIPT PORT ARGS…` on a free port, listening.
+fn start_app(python: &Path, script: &str, args: &[&str]) -> (SocketAddr, Running) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut child = Command::new(python)
+        .arg(zt_testkit::interop_dir().join(script))
+        .arg(addr.port().to_string())
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(&format!("{script} listens"), || {
+        assert!(child.try_wait().unwrap().is_none(), "{script} exited");
+        TcpStream::connect(addr).ok()
+    });
+    (addr, Running(child))
+}
+
+/// `zt proxy` with the SVID `NAME.crt` in front of `app`, ready: the process,
+/// its inbound address, its log file.
+fn sidecar(root: &Path, name: &str, app: SocketAddr, args: &[&str]) -> (Running, SocketAddr, PathBuf) {
+    let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let file = |name: &str| root.join(name).to_str().unwrap().to_owned();
+    let log = root.join(format!("{name}.log"));
+    let mut child = Command::new(zt_exe())
+        .args([
+            "proxy",
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--app", &app.to_string()])
+        .args([
+            "--cert",
+            &file(&format!("{name}.crt")),
+            "--key",
+            &file(&format!("{name}.key")),
+        ])
+        .args(["--bundle", &file("mesh.pem")])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(&format!("{name}'s sidecar is ready"), || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{name}'s sidecar exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        matches!(http_get(admin, "/readyz"), Ok((200, _))).then_some(())
+    });
+    (Running(child), inbound, log)
+}
+
+/// Two services behind the gateway's /chain: the frontend (the relay app)
+/// calls the backend (the echo app) through its sidecar, passing the
+/// person's token on. Both sidecars authenticate it (RequestAuthentication
+/// against the provider's JWKS) and log their decisions. The backend lets in
+/// only the frontend's SPIFFE ID, and only for staff.
+struct Chain {
+    frontend: SocketAddr,
+    /// The two hops' decision logs.
+    logs: [PathBuf; 2],
+    _running: Vec<Running>,
+}
+
+impl Chain {
+    fn start(root: &Path, python: &Path, issuer: &str) -> Self {
+        let request_authentication = |name: &str, audiences: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: people, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  jwtRules:
+  - issuer: \"{issuer}\"
+    jwksUri: \"{issuer}/jwks\"
+    audiences: {audiences}
+    forwardOriginalToken: true
+---
+"
+            )
+        };
+        let frontend_policies = root.join("frontend-policies");
+        std::fs::create_dir(&frontend_policies).unwrap();
+        std::fs::write(
+            frontend_policies.join("frontend.yaml"),
+            format!(
+                "{}apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: frontend, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: frontend}}}}
+  rules:
+  - from: [{{source: {{principals: [\"example.org/ns/edge/sa/gateway\"], requestPrincipals: [\"{issuer}/*\"]}}}}]
+",
+                request_authentication("frontend", &format!("[\"{FRONTEND}\"]"))
+            ),
+        )
+        .unwrap();
+        let backend_policies = root.join("backend-policies");
+        std::fs::create_dir(&backend_policies).unwrap();
+        // The frontend passes the person's token on as it came (its audience
+        // is the frontend's): the backend takes it only from the frontend's
+        // SVID, and decides on both.
+        std::fs::write(
+            backend_policies.join("backend.yaml"),
+            format!(
+                "{}apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: backend, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  rules:
+  - from: [{{source: {{principals: [\"example.org/ns/demo/sa/frontend\"], requestPrincipals: [\"{issuer}/*\"]}}}}]
+    when:
+    - {{key: \"request.auth.claims[groups]\", values: [staff]}}
+",
+                request_authentication("backend", &format!("[\"{FRONTEND}\", \"{BACKEND}\"]"))
+            ),
+        )
+        .unwrap();
+        let provider_ca = root.join("provider.pem");
+        let provider_ca = provider_ca.to_str().unwrap();
+        let (echo, echo_process) = start_app(python, "echo_app.py", &[]);
+        let backend_log = root.join("backend-decisions.log");
+        let (backend_proxy, backend, _) = sidecar(
+            root,
+            "backend",
+            echo,
+            &[
+                "--allow-spiffe-id",
+                FRONTEND,
+                "--policy-dir",
+                backend_policies.to_str().unwrap(),
+                "--namespace",
+                "demo",
+                "--label",
+                "app=backend",
+                "--jwks-ca",
+                provider_ca,
+                "--decision-log",
+                backend_log.to_str().unwrap(),
+            ],
+        );
+        let outbound = free_port();
+        let (relay, relay_process) = start_app(python, "relay_app.py", &[&outbound.to_string()]);
+        let frontend_log = root.join("frontend-decisions.log");
+        let (frontend_proxy, frontend, _) = sidecar(
+            root,
+            "frontend",
+            relay,
+            &[
+                "--allow-spiffe-id",
+                GATEWAY_ID,
+                "--policy-dir",
+                frontend_policies.to_str().unwrap(),
+                "--namespace",
+                "demo",
+                "--label",
+                "app=frontend",
+                "--jwks-ca",
+                provider_ca,
+                "--decision-log",
+                frontend_log.to_str().unwrap(),
+                "--upstream",
+                &format!("127.0.0.1:{outbound},{backend},{BACKEND}"),
+            ],
+        );
+        Self {
+            frontend,
+            logs: [frontend_log, backend_log],
+            _running: vec![echo_process, backend_proxy, relay_process, frontend_proxy],
+        }
+    }
+
+    /// The request principals and decisions of hop `n`'s decision log, in order.
+    fn decisions(&self, n: usize) -> Vec<(Option<String>, String, String)> {
+        std::fs::read_to_string(&self.logs[n])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|record| record.get("decision").is_some())
+            .map(|record| {
+                (
+                    record["request_principal"].as_str().map(str::to_owned),
+                    record["decision"].as_str().unwrap().to_owned(),
+                    record["path"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Runs a browser.mjs script; its results.
 fn browse(node: &Path, dir: &Path, script: &Value) -> Vec<Value> {
     let path = dir.join("script.json");
@@ -383,6 +558,12 @@ fn browse(node: &Path, dir: &Path, script: &Value) -> Vec<Value> {
 /// the gateway's cookie). After `zt session revoke`, the next request goes
 /// back to sign in, within a second. Bob, signed in but not staff, gets the
 /// 403 page.
+///
+/// Two hops: /chain goes to a frontend that calls a backend on the person's
+/// behalf; the backend's sidecar authenticates the person's token and lets
+/// the call in only for staff coming through the frontend's SVID: alice's
+/// call passes, the same call without her token and bob's are denied, and
+/// both hops' decision logs name the same person.
 #[test]
 fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_revoked() {
     const TEST: &str = "a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_revoked";
@@ -418,6 +599,10 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
             ["click", "#passkey-sign-in"],
             ["waitForURL", { "prefix": internal }],
             ["text", "body"],
+            ["goto", format!("{origin}/chain/report")],
+            ["text", "body"],
+            ["goto", format!("{origin}/chain/no-token")],
+            ["text", "body"],
             ["now"],
             ["run", revoke],
             ["gotoUntil", internal, idp],
@@ -435,6 +620,8 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
             ["goto", internal],
             ["text", "#user"],
             ["text", "#policy"],
+            ["goto", format!("{origin}/chain/report")],
+            ["text", "body"],
         ],
     });
     let results = browse(&node, stack.dir.path(), &script);
@@ -475,23 +662,67 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     assert_eq!(claims["groups"], json!(["staff"]));
     assert_eq!(echoed["path"], "/internal/report?q=1");
 
+    // Two hops: the backend let alice's call through the frontend in, on
+    // her claims; without her token, or with bob's, it refused.
+    let hop = |n: usize| -> Value { serde_json::from_str(results[n]["value"].as_str().unwrap()).unwrap() };
+    let through = hop(1);
+    assert_eq!(through["status"], 200, "{through}");
+    let backend_saw: Value = serde_json::from_str(through["next"].as_str().unwrap()).unwrap();
+    assert_eq!(backend_saw["path"], "/chain/report");
+    let no_token = hop(2);
+    assert_eq!(no_token["status"], 403, "without the person's token: {no_token}");
+
     // Revoked: back to the provider within a second of the revocation
     // (the time of `zt session revoke` itself included).
     let (before, after) = (
-        results[1]["value"].as_u64().unwrap(),
         results[3]["value"].as_u64().unwrap(),
+        results[5]["value"].as_u64().unwrap(),
     );
     assert!(
         after - before < 1000,
         "sent to sign in {} ms after the revocation ({} loads)\n{}",
         after - before,
-        results[2]["value"],
+        results[4]["value"],
         stack.log()
     );
 
-    assert_eq!(results[4]["value"], "bob", "the 403 page names who was refused");
-    let policy = results[5]["value"].as_str().unwrap();
+    assert_eq!(results[6]["value"], "bob", "the 403 page names who was refused");
+    let policy = results[7]["value"].as_str().unwrap();
     assert!(!policy.is_empty(), "the 403 page names the policy");
+    let bobs = hop(8);
+    assert_eq!(bobs["status"], 403, "bob is not staff: {bobs}");
+
+    // Both hops' decision logs name the same person for the same call.
+    let alice = format!("{idp}/{}", claims["sub"].as_str().unwrap());
+    let frontend = stack.chain.decisions(0);
+    let backend = stack.chain.decisions(1);
+    let of = |log: &[(Option<String>, String, String)], path: &str| -> Vec<(Option<String>, String)> {
+        log.iter()
+            .filter(|(_, _, p)| p == path)
+            .map(|(who, d, _)| (who.clone(), d.clone()))
+            .collect()
+    };
+    assert_eq!(
+        of(&frontend, "/chain/report")[0],
+        (Some(alice.clone()), "ALLOW".into()),
+        "{frontend:?}"
+    );
+    assert_eq!(
+        of(&backend, "/chain/report")[0],
+        (Some(alice.clone()), "ALLOW".into()),
+        "{backend:?}"
+    );
+    assert_eq!(of(&frontend, "/chain/no-token")[0], (Some(alice), "ALLOW".into()));
+    assert_eq!(of(&backend, "/chain/no-token")[0], (None, "DENY".into()));
+    let bob_at_backend = &of(&backend, "/chain/report")[1];
+    assert_eq!(bob_at_backend.1, "DENY");
+    assert!(
+        bob_at_backend
+            .0
+            .as_deref()
+            .is_some_and(|who| who.starts_with(&idp)),
+        "{bob_at_backend:?}"
+    );
 }
 
 fn jwt_claims(token: &str) -> Value {
