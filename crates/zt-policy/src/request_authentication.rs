@@ -330,7 +330,7 @@ impl RequestAuthentication {
     pub fn compile(document: Document, origin: Origin, text: &str) -> Result<Self, (usize, String)> {
         if document.kind != Kind::RequestAuthentication {
             return Err((
-                line_of(text, "kind", 0),
+                line_of(text, "kind"),
                 "kind: expected RequestAuthentication".into(),
             ));
         }
@@ -342,7 +342,7 @@ impl RequestAuthentication {
                 "targetRefs"
             };
             return Err((
-                line_of(text, key, 0),
+                line_of(text, key),
                 "spec.targetRef(s): zt selects workloads by spec.selector.matchLabels; Gateway API targets are not supported".into(),
             ));
         }
@@ -353,8 +353,7 @@ impl RequestAuthentication {
         let mut rules = Vec::with_capacity(spec.jwt_rules.len());
         for (index, rule) in spec.jwt_rules.into_iter().enumerate() {
             let field = |name: &str| format!("spec.jwtRules[{index}].{name}");
-            // The rule's own line: the index-th `- issuer:` or first key of an item.
-            let at = |key: &str| line_of(text, key, index);
+            let at = |key: &str| rule_line(text, index, key);
             let jwks = match (rule.jwks_uri, rule.jwks) {
                 (Some(uri), None) => JwksSource::Uri(uri.0),
                 (None, Some(jwks)) => {
@@ -374,7 +373,7 @@ impl RequestAuthentication {
                 }
                 (None, None) => {
                     return Err((
-                        line_of(text, "issuer", index),
+                        rule_line(text, index, "issuer"),
                         format!(
                             "{}: needs jwksUri or jwks (zt does not discover keys from the issuer's OpenID configuration)",
                             field("jwksUri")
@@ -459,21 +458,52 @@ impl RequestAuthentication {
     }
 }
 
-/// The line (0-based) of the `nth` `key:` in `text` (as a key, possibly after
-/// `- `), else of the first, else 0.
-fn line_of(text: &str, key: &str, nth: usize) -> usize {
-    let mut found = text.lines().enumerate().filter(|(_, line)| {
-        line.trim_start()
-            .trim_start_matches("- ")
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with(':'))
-    });
-    let first = found.next().map(|(n, _)| n);
-    match nth {
-        0 => first,
-        n => found.nth(n - 1).map(|(n, _)| n).or(first),
+/// Whether `line` is the key `key` (possibly as a sequence item's first key).
+fn is_key(line: &str, key: &str) -> bool {
+    line.trim_start()
+        .trim_start_matches("- ")
+        .strip_prefix(key)
+        .is_some_and(|rest| rest.trim_start().starts_with(':'))
+}
+
+/// The line (0-based) of the first `key:` in `text`, else 0.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines().position(|line| is_key(line, key)).unwrap_or(0)
+}
+
+/// The line (0-based) of `key` within the `index`-th item of `jwtRules`, else
+/// of that item, else of `jwtRules`, else 0.
+fn rule_line(text: &str, index: usize, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|line| is_key(line, "jwtRules")) else {
+        return 0;
+    };
+    let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let rules_indent = lines.get(start).map_or(0, |line| indent_of(line));
+    let mut items = Vec::new();
+    let mut item_indent = None;
+    for (n, line) in lines.iter().enumerate().skip(start + 1) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = indent_of(line);
+        let item = trimmed.starts_with('-');
+        if indent < rules_indent || (indent == rules_indent && !item) {
+            break;
+        }
+        if item && item_indent.is_none_or(|i| i == indent) {
+            item_indent = Some(indent);
+            items.push(n);
+        }
     }
-    .unwrap_or(0)
+    let Some(&first) = items.get(index) else {
+        return start;
+    };
+    let end = items.get(index + 1).copied().unwrap_or(lines.len());
+    (first..end)
+        .find(|&n| lines.get(n).is_some_and(|line| is_key(line, key)))
+        .unwrap_or(first)
 }
 
 /// Names used twice: one line each, `file:line: metadata: …`.
@@ -757,6 +787,25 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // A problem in the second rule is named at its line, not the first's.
+        let two = doc(
+            "shop",
+            "jwt",
+            &format!(
+                "  jwtRules:\n  - issuer: a\n    jwks: '{JWKS}'\n  - issuer: b\n    jwksUri: https://b.example/k\n    jwks: '{JWKS}'\n"
+            ),
+        );
+        let got = load(&two).unwrap_err().join("\n");
+        assert!(
+            got.starts_with("ra.yaml:12: spec.jwtRules[1].jwks: give jwksUri or jwks, not both"),
+            "{got}"
+        );
+        let flow = doc("shop", "jwt", "  jwtRules: [{issuer: a}]\n");
+        let got = load(&flow).unwrap_err().join("\n");
+        assert!(
+            got.starts_with("ra.yaml:7: spec.jwtRules[0].jwksUri: needs jwksUri or jwks"),
+            "{got}"
+        );
         // One name twice.
         let ok = doc("shop", "jwt", "  jwtRules: []\n");
         let got = load(&format!("{ok}---\n{ok}")).unwrap_err().join("\n");

@@ -3823,6 +3823,7 @@ spec:
       claim: sub
     - header: X-Team
       claim: org.team
+    outputPayloadToHeader: x-jwt-payload
   - issuer: {REMOTE}
     jwksUri: https://localhost:{}/jwks.json
     forwardOriginalToken: true
@@ -3899,11 +3900,17 @@ spec:
                 ("X_USER", "mallory3"),
                 ("x_team", "blue"),
                 ("X-TEAM", "blue"),
+                ("X-Jwt-Payload", "e30"),
             ],
         );
         assert_eq!(status, 200, "{seen}");
         assert_eq!(seen["x-user"], json!(["alice"]), "{seen}");
         assert_eq!(seen["x-team"], json!(["red"]), "{seen}");
+        assert_eq!(
+            seen["x-jwt-payload"],
+            json!([alice.split('.').nth(1).unwrap()]),
+            "{seen}"
+        );
         assert!(
             seen.get("authorization").is_none(),
             "forwardOriginalToken false removes it: {seen}"
