@@ -221,7 +221,8 @@ async fn serve(
     let rp = discover(&config, secret, provider_tls).await?;
     let cookie_key = cookie::CookieKey::load_or_create(&config.session.key_file)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
-    let routes = routes::Routes::new(&config.routes, &identity).map_err(GatewayError::Config)?;
+    let routes =
+        routes::Routes::new(&config.routes, &config.headers, &identity).map_err(GatewayError::Config)?;
     let mut strip: Vec<http::HeaderName> = Vec::new();
     for name in config
         .headers

@@ -127,11 +127,19 @@ impl Gateway {
                 "both a bearer token and a session cookie".into(),
             )),
             (Some(token), None) => {
-                let verified = self
-                    .rp
-                    .verify_access_token(token)
-                    .await
-                    .map_err(|e| Unauthenticated::Invalid(e.reason(), e.to_string()))?;
+                let verified = match self.sessions.verified(token, now) {
+                    Some(verified) => verified,
+                    None => {
+                        let verified = Arc::new(
+                            self.rp
+                                .verify_access_token(token)
+                                .await
+                                .map_err(|e| Unauthenticated::Invalid(e.reason(), e.to_string()))?,
+                        );
+                        self.sessions.keep_verified(token, verified.clone(), now);
+                        verified
+                    }
+                };
                 if self.sessions.token_logged_out(&verified) {
                     return Err(Unauthenticated::Invalid(
                         "logged_out",
@@ -139,7 +147,7 @@ impl Gateway {
                     ));
                 }
                 Ok(Person {
-                    verified: Arc::new(verified),
+                    verified,
                     token: token.to_owned(),
                 })
             }
@@ -306,20 +314,16 @@ impl Gateway {
         Ok(answer.access_token)
     }
 
-    /// The identity headers of `upstream`, from the verified claims: strings
-    /// as they are, arrays joined with `,`, other values as JSON; claims the
-    /// token lacks give no header.
+    /// The identity headers of `upstream`, from the verified claims, written
+    /// as RequestAuthentication's `outputClaimToHeaders` writes them; claims
+    /// the token lacks (or objects) give no header.
     fn identity_headers(&self, upstream: &Upstream, verified: &Verified) -> Vec<(HeaderName, HeaderValue)> {
-        self.config
+        upstream
             .headers
             .iter()
-            .chain(&upstream.route.headers)
             .filter_map(|(name, claim)| {
-                let value = claim_text(verified, claim)?;
-                Some((
-                    HeaderName::from_bytes(name.as_bytes()).ok()?,
-                    HeaderValue::from_str(&value).ok()?,
-                ))
+                let value = zt_authn::request::claim_text(claim.find(verified.claims())?)?;
+                Some((name.clone(), HeaderValue::from_str(&value).ok()?))
             })
             .collect()
     }
@@ -620,26 +624,6 @@ pub fn safe_return(target: &str) -> Option<&str> {
         return None;
     }
     Some(target)
-}
-
-/// A claim as header text: `a.b` reaches into objects.
-fn claim_text(verified: &Verified, claim: &str) -> Option<String> {
-    let mut value = verified.claims().get(claim.split('.').next()?)?;
-    for part in claim.split('.').skip(1) {
-        value = value.get(part)?;
-    }
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
 }
 
 /// When an access token expires: its `exp`, or `expires_in` from now.

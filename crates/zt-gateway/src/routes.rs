@@ -6,6 +6,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use zt_proxy::identity::IdentityWatch;
 
+use std::collections::BTreeMap;
+
+use http::HeaderName;
+use zt_policy::request_authentication::ClaimPath;
+
 use crate::config::Route;
 use crate::connect::{Connector, MeshTarget};
 use crate::request::Body;
@@ -18,14 +23,22 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     /// Connections to it, pooled.
     pub client: Client<Connector, Body>,
+    /// The identity headers it gets (the common ones and its own), each from
+    /// a claim (`a.b` reaches into objects).
+    pub headers: Vec<(HeaderName, ClaimPath)>,
 }
 
 /// Every route.
 pub struct Routes(Vec<Upstream>);
 
 impl Routes {
-    /// Clients for `routes`, presenting the SVID `identity` holds.
-    pub fn new(routes: &[Route], identity: &IdentityWatch) -> Result<Self, String> {
+    /// Clients for `routes`, presenting the SVID `identity` holds; every
+    /// route gets the `common` identity headers.
+    pub fn new(
+        routes: &[Route],
+        common: &BTreeMap<String, String>,
+        identity: &IdentityWatch,
+    ) -> Result<Self, String> {
         routes
             .iter()
             .map(|route| {
@@ -35,10 +48,21 @@ impl Routes {
                     MeshTarget::new(route.upstream.clone(), route.spiffe_id.clone(), identity.clone());
                 let client =
                     Client::builder(TokioExecutor::new()).build(Connector::Mesh(std::sync::Arc::new(target)));
+                let mut headers: BTreeMap<&String, &String> = common.iter().collect();
+                headers.extend(&route.headers);
+                let headers = headers
+                    .into_iter()
+                    .map(|(name, claim)| {
+                        let name = HeaderName::from_bytes(name.as_bytes())
+                            .map_err(|_| format!("headers: {name:?} is not a header name"))?;
+                        Ok((name, ClaimPath(claim.split('.').map(str::to_owned).collect())))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
                 Ok(Upstream {
                     route: route.clone(),
                     authority,
                     client,
+                    headers,
                 })
             })
             .collect::<Result<Vec<_>, String>>()
@@ -105,7 +129,7 @@ mod tests {
         )
         .unwrap();
         let (_tx, identity) = tokio::sync::watch::channel(None);
-        let routes = Routes::new(&config.routes, &identity).unwrap();
+        let routes = Routes::new(&config.routes, &config.headers, &identity).unwrap();
         let to = |host: &str, path: &str| routes.choose(host, path).map(|u| u.route.spiffe_id.to_string());
         assert_eq!(to("gw:443", "/api/x").as_deref(), Some("spiffe://td/api"));
         assert_eq!(to("gw", "/apix").as_deref(), Some("spiffe://td/any"));

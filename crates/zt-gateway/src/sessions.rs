@@ -26,6 +26,8 @@ const MAX_LOGOUTS: usize = 100_000;
 const LOGOUT_MEMORY: u64 = 24 * 3600;
 /// Most exchanged tokens cached.
 const MAX_EXCHANGED: usize = 100_000;
+/// Most verified bearer tokens remembered.
+const MAX_VERIFIED: usize = 10_000;
 /// A token is refreshed (or no longer reused) this long before it expires.
 pub const EARLY: u64 = 30;
 
@@ -90,6 +92,7 @@ pub struct Sessions {
     open: RwLock<HashMap<SessionId, Arc<Session>>>,
     logouts: Mutex<Logouts>,
     exchanged: Mutex<HashMap<(String, String), (String, u64)>>,
+    verified: Mutex<HashMap<String, (Arc<Verified>, u64)>>,
 }
 
 /// Provider sessions and people logged out, with when.
@@ -229,6 +232,30 @@ impl Sessions {
         }
     }
 
+    /// A bearer token verified before, while it has not expired: its
+    /// signature need not be checked again (the logout check still runs).
+    pub fn verified(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
+        let cache = self.verified.lock().ok()?;
+        let (verified, expires) = cache.get(token)?;
+        (*expires > now).then(|| verified.clone())
+    }
+
+    /// Remembers a verified bearer token until its `exp`.
+    pub fn keep_verified(&self, token: &str, verified: Arc<Verified>, now: u64) {
+        let Some(expires) = verified.claims().get("exp").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= MAX_VERIFIED {
+                cache.retain(|_, (_, e)| *e > now);
+                if cache.len() >= MAX_VERIFIED {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (verified, expires));
+        }
+    }
+
     /// Sessions whose access token needs refreshing by `now`.
     pub fn due_for_refresh(&self, now: u64) -> Vec<Arc<Session>> {
         let Ok(open) = self.open.read() else {
@@ -257,6 +284,9 @@ impl Sessions {
             logouts.subs.retain(|_, at| *at + LOGOUT_MEMORY > now);
         }
         if let Ok(mut cache) = self.exchanged.lock() {
+            cache.retain(|_, (_, e)| *e > now);
+        }
+        if let Ok(mut cache) = self.verified.lock() {
             cache.retain(|_, (_, e)| *e > now);
         }
     }
