@@ -99,6 +99,12 @@ pub struct Record {
     /// written before it existed, which still verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_principal: Option<String>,
+    /// The claims of that principal's token that the policies in force look
+    /// at (`when: request.auth.claims[…]`), as the request carried them,
+    /// keyed by their path (`groups`, `org.tier`): what a decision about a
+    /// person turned on. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_claims: Option<serde_json::Map<String, serde_json::Value>>,
     /// The hash of the record before (hex).
     pub prev: String,
     /// This record's hash (hex).
@@ -556,6 +562,7 @@ mod tests {
             result: None,
             revision: None,
             request_principal: None,
+            request_claims: None,
             prev: String::new(),
             hash: String::new(),
         }

@@ -124,6 +124,7 @@ fn record(i: u64) -> Record {
         result: None,
         revision: None,
         request_principal: None,
+        request_claims: None,
         prev: String::new(),
         hash: String::new(),
     }

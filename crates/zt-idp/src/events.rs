@@ -231,6 +231,7 @@ impl Events {
             result: Some(json!(event.result)),
             revision: None,
             request_principal: None,
+            request_claims: None,
             prev: String::new(),
             hash: String::new(),
         };

@@ -443,6 +443,7 @@ pub(crate) mod tests {
             result: None,
             revision: None,
             request_principal: None,
+            request_claims: None,
             prev: String::new(),
             hash: String::new(),
         }

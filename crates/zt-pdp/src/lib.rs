@@ -160,6 +160,7 @@ impl Pdp {
             result: logged_result,
             revision: self.revision.clone(),
             request_principal: None,
+            request_claims: None,
             prev: String::new(),
             hash: String::new(),
         };

@@ -236,6 +236,23 @@ impl Iterator for Merge<'_> {
 }
 
 impl WorkloadPolicies {
+    /// The `request.auth.claims[…]` paths these policies' conditions look at,
+    /// each once: the claims a decision can turn on, which the decision log
+    /// records beside the person.
+    pub fn claims_named(&self) -> Vec<Vec<String>> {
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for indexed in [&self.custom, &self.deny, &self.allow, &self.audit] {
+            for policy in &indexed.policies {
+                for path in policy.rules().iter().flat_map(|rule| rule.claims_named()) {
+                    if !paths.iter().any(|p| p == path) {
+                        paths.push(path.to_vec());
+                    }
+                }
+            }
+        }
+        paths
+    }
+
     /// How many policies apply.
     pub fn len(&self) -> usize {
         self.custom.len() + self.deny.len() + self.allow.len() + self.audit.len()

@@ -357,6 +357,14 @@ impl Rule {
         &self.to
     }
 
+    /// The `request.auth.claims[…]` paths its `when` conditions look at.
+    pub fn claims_named(&self) -> impl Iterator<Item = &[String]> {
+        self.when.iter().filter_map(|c| match &c.key {
+            WhenKey::AuthClaim(path) => Some(path.as_slice()),
+            _ => None,
+        })
+    }
+
     /// Whether it has `when` conditions.
     pub fn has_conditions(&self) -> bool {
         !self.when.is_empty()

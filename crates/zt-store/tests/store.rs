@@ -129,6 +129,7 @@ fn decision_lines() -> Vec<String> {
         result: None,
         revision: None,
         request_principal: None,
+        request_claims: None,
         prev: String::new(),
         hash: String::new(),
     };

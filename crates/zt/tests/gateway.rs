@@ -714,6 +714,41 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     );
     assert_eq!(of(&frontend, "/chain/no-token")[0], (Some(alice), "ALLOW".into()));
     assert_eq!(of(&backend, "/chain/no-token")[0], (None, "DENY".into()));
+    // The claims the decisions turned on are recorded with them.
+    let records = |path: &Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    };
+    let allowed = records(&stack.chain.logs[1])
+        .into_iter()
+        .find(|r| r["path"] == "/chain/report" && r["decision"] == "ALLOW")
+        .unwrap();
+    assert_eq!(
+        allowed["request_claims"],
+        json!({"groups": ["staff"]}),
+        "{allowed}"
+    );
+    let at_gateway = records(&stack.dir.path().join("decisions.log"));
+    let denied = at_gateway
+        .iter()
+        .find(|r| r["path"] == "/internal/report" && r["decision"] == "DENY")
+        .unwrap();
+    assert_eq!(
+        denied["request_claims"]["groups"],
+        json!([]),
+        "bob's groups: {denied}"
+    );
+    assert!(
+        denied["request_claims"]["amr"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("hwk")),
+        "{denied}"
+    );
+    assert!(denied["request_principal"].as_str().unwrap().starts_with(&idp));
     let bob_at_backend = &of(&backend, "/chain/report")[1];
     assert_eq!(bob_at_backend.1, "DENY");
     assert!(

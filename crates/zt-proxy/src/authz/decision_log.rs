@@ -101,9 +101,32 @@ pub(super) fn record(request: &Request, decision: &Decision, verdict: &str, mode
         request_principal: http
             .and_then(|h| h.auth.as_ref())
             .and_then(|a| a.principal.clone()),
+        request_claims: http
+            .and_then(|h| h.auth.as_ref())
+            .and_then(|auth| claims_named(&auth.claims, &decision.claims)),
         prev: String::new(),
         hash: String::new(),
     }
+}
+
+/// The claims at `paths` in `claims`, keyed by the path joined with `.`;
+/// `None` when none is there.
+fn claims_named(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    paths: &[Vec<String>],
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let found: serde_json::Map<String, serde_json::Value> = paths
+        .iter()
+        .filter_map(|path| {
+            let (first, rest) = path.split_first()?;
+            let mut value = claims.get(first)?;
+            for part in rest {
+                value = value.get(part)?;
+            }
+            Some((path.join("."), value.clone()))
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
 }
 
 /// A request target without its query: logs record the path only (a query may

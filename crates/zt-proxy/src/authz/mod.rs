@@ -131,6 +131,8 @@ pub struct Decision {
     version: Arc<str>,
     /// The workload decided for (`ns/app`).
     destination: Arc<str>,
+    /// The claim paths the policies in force look at.
+    claims: Arc<[Vec<String>]>,
     /// How long evaluation took.
     eval_ns: u64,
 }
@@ -195,6 +197,9 @@ impl Authorizer {
     pub fn decide(&self, request: &Request) -> Decision {
         let started = Instant::now();
         let in_force = self.in_force.borrow().clone();
+        let claims = in_force
+            .as_ref()
+            .map_or_else(|| Arc::from(Vec::new()), |f| f.claims.clone());
         let (verdict, version, destination) = match &in_force {
             Some(in_force) => (
                 in_force.policies.evaluate_with(
@@ -226,6 +231,7 @@ impl Authorizer {
             passes,
             version,
             destination,
+            claims,
             eval_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
         }
     }

@@ -69,6 +69,8 @@ pub(super) struct InForce {
     pub(super) authn: Arc<super::authn::Rules>,
     pub(super) version: Arc<str>,
     pub(super) destination: Arc<str>,
+    /// The claim paths the policies' conditions look at (for the decision log).
+    pub(super) claims: Arc<[Vec<String>]>,
 }
 
 /// The policies in force, kept current.
@@ -213,6 +215,7 @@ async fn combine(
                     None => namespace,
                 };
                 Some(Arc::new(InForce {
+                    claims: policies.claims_named().into(),
                     policies,
                     mtls,
                     authn: Arc::new(authn),
