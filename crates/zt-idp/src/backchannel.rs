@@ -316,7 +316,10 @@ impl Provider {
             .with("cause", notice.cause.as_str())
             .with("attempts", attempts);
         if let Err(e) = self.events().record(event) {
-            tracing::error!(error = e.description(), "back-channel logout: recording the delivery failed");
+            tracing::error!(
+                error = e.description(),
+                "back-channel logout: recording the delivery failed"
+            );
         }
     }
 }

@@ -151,14 +151,18 @@ impl Events {
     /// Counts one back-channel logout delivery's outcome.
     pub(crate) fn count_backchannel(&self, result: &str) {
         self.backchannel
-            .get_or_create(&DeliveryLabels { result: result.into() })
+            .get_or_create(&DeliveryLabels {
+                result: result.into(),
+            })
             .inc();
     }
 
     /// How many back-channel logout deliveries ended with `result` (for tests).
     pub fn backchannel_count(&self, result: &str) -> u64 {
         self.backchannel
-            .get_or_create(&DeliveryLabels { result: result.into() })
+            .get_or_create(&DeliveryLabels {
+                result: result.into(),
+            })
             .get()
     }
 

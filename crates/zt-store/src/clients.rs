@@ -689,7 +689,8 @@ fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {
         grant_types: serde_json::from_str(&grant_types).map_err(|e| corrupt(e.to_string()))?,
         created_at: to_u64(row.try_get("created_at")?),
         backchannel_logout_uri: row.try_get("backchannel_logout_uri")?,
-        backchannel_logout_session_required: row.try_get::<i64, _>("backchannel_logout_session_required")? != 0,
+        backchannel_logout_session_required: row.try_get::<i64, _>("backchannel_logout_session_required")?
+            != 0,
         client_id,
     })
 }
@@ -791,7 +792,10 @@ mod tests {
     #[test]
     fn backchannel_logout_uris_are_checked() {
         for (good, parts) in [
-            ("https://rp.example.com/logout", ("rp.example.com", 443, "/logout")),
+            (
+                "https://rp.example.com/logout",
+                ("rp.example.com", 443, "/logout"),
+            ),
             ("https://rp.example.com:8443", ("rp.example.com", 8443, "/")),
             ("https://rp.example.com?x=1", ("rp.example.com", 443, "?x=1")),
             ("http://localhost:9000/bc", ("localhost", 9000, "/bc")),

@@ -40,7 +40,9 @@ use zt_task::{Reporter, Tasks};
 pub use agents::Agent;
 pub use authorities::{AuthorityStep, StoredAuthority};
 pub use backchannel::{LogoutCause, LogoutNotice};
-pub use clients::{BackchannelLogoutUri, Client, ClientKind, CreatedClient, GrantType, NewClient, RedirectUri};
+pub use clients::{
+    BackchannelLogoutUri, Client, ClientKind, CreatedClient, GrantType, NewClient, RedirectUri,
+};
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use device::{DeviceCode, DevicePoll, DeviceRequest, USER_CODE_ALPHABET};
 pub use grants::{GrantError, IssuedRefresh, MAX_GRACE_RETRIES, NewCode, RedeemedCode, Rotation};

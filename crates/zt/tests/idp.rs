@@ -1436,50 +1436,84 @@ struct LogoutReceiver {
 
 impl LogoutReceiver {
     fn start(host: &str) -> Self {
+        Self::serve(host, None, 200)
+    }
+
+    /// Serves HTTPS with `cert` (from the test's zt CA, for `localhost`) if
+    /// given, answering every request with `status`.
+    fn serve(host: &str, cert: Option<&ClientCert>, status: u16) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let tls = cert.map(|cert| {
+            let key = zt_identity::x509::private_key_from_pem(&std::fs::read(&cert.key).unwrap()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(cert.chain.clone(), key)
+            .unwrap();
+            Arc::new(config)
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (send, received) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let arrived = std::time::Instant::now();
-                stream.set_read_timeout(Some(DEADLINE)).unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 8192];
-                let body = loop {
-                    let n = stream.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break None;
+                let Ok(tcp) = stream else { return };
+                tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+                let body = match &tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        Self::answer(rustls::StreamOwned::new(conn, tcp), status)
                     }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request).into_owned();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
-                    let head = text[..end].to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    if request.len() >= end + 4 + length {
-                        assert!(head.starts_with("post /backchannel-logout http/1.1"), "{head}");
-                        assert!(
-                            head.contains("content-type: application/x-www-form-urlencoded"),
-                            "{head}"
-                        );
-                        break Some(text[end + 4..end + 4 + length].to_owned());
-                    }
+                    None => Self::answer(tcp, status),
                 };
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 if let Some(body) = body
-                    && send.send((body, arrived)).is_err()
+                    && send.send((body, std::time::Instant::now())).is_err()
                 {
                     return;
                 }
             }
         });
         Self {
-            uri: format!("http://{host}:{port}/backchannel-logout"),
+            uri: format!("{scheme}://{host}:{port}/backchannel-logout"),
             received,
         }
+    }
+
+    /// Reads one request, answers `status`; the body.
+    fn answer(mut stream: impl std::io::Read + std::io::Write, status: u16) -> Option<String> {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 8192];
+        let body = loop {
+            let n = stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break None;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let head = text[..end].to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if request.len() >= end + 4 + length {
+                assert!(head.starts_with("post /backchannel-logout http/1.1"), "{head}");
+                assert!(
+                    head.contains("content-type: application/x-www-form-urlencoded"),
+                    "{head}"
+                );
+                break Some(text[end + 4..end + 4 + length].to_owned());
+            }
+        };
+        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(answer.as_bytes());
+        let _ = stream.flush();
+        body
     }
 
     /// The next logout token, within `within`.
@@ -1551,7 +1585,11 @@ impl Idp {
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            assert!(!out.status.success(), "another audience accepted: {}", describe(&out));
+            assert!(
+                !out.status.success(),
+                "another audience accepted: {}",
+                describe(&out)
+            );
         }
         claims
     }
@@ -1575,29 +1613,53 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     let app = idp.client("app", &["--backchannel-logout-uri", &app_rp.uri]);
     let plain = idp.client("plain", &[]);
     // What the clients registered is shown, and discovery says it is supported.
-    let shown: Value = serde_json::from_str(&ok(&idp.server, &["client", "show", "web", "--output", "json"])).unwrap();
+    let shown: Value =
+        serde_json::from_str(&ok(&idp.server, &["client", "show", "web", "--output", "json"])).unwrap();
     assert_eq!(shown["backchannel_logout_uri"], web_rp.uri.as_str(), "{shown}");
     assert_eq!(shown["backchannel_logout_session_required"], true, "{shown}");
     let text = ok(&idp.server, &["client", "list"]);
-    assert!(text.contains(&format!("Logout URI    : {} (back-channel, sid required)", web_rp.uri)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Logout URI    : {} (back-channel, sid required)",
+            web_rp.uri
+        )),
+        "{text}"
+    );
     let discovery = idp.get("/.well-known/openid-configuration", &[]).json();
     assert_eq!(discovery["backchannel_logout_supported"], true);
     assert_eq!(discovery["backchannel_logout_session_supported"], true);
     // An http URI elsewhere than loopback is refused, naming the flag.
     let out = zt(
         &idp.server,
-        &["client", "add", "bad", "--redirect-uri", REDIRECT, "--backchannel-logout-uri", "http://rp.example/logout"],
+        &[
+            "client",
+            "add",
+            "bad",
+            "--redirect-uri",
+            REDIRECT,
+            "--backchannel-logout-uri",
+            "http://rp.example/logout",
+        ],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--backchannel-logout-uri") && stderr.contains("loopback"), "{stderr}");
+    assert!(
+        stderr.contains("--backchannel-logout-uri") && stderr.contains("loopback"),
+        "{stderr}"
+    );
 
     // alice signs in to web and to plain, bob to app.
     let alice = idp.tokens(("web", &web), "alice");
-    let sid = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+    let sid = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let alice_plain = idp.tokens(("plain", &plain), "alice");
     let bob = idp.tokens(("app", &app), "bob");
-    let bob_sid = jwt_part(bob["id_token"].as_str().unwrap(), 1)["sid"].as_str().unwrap().to_owned();
+    let bob_sid = jwt_part(bob["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // zt session revoke: web hears of alice's session within a second; app,
     // whose session is another, hears nothing; plain has no URI.
@@ -1605,7 +1667,10 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     ok(&idp.server, &["session", "revoke", &sid]);
     let (token, arrived) = web_rp.token(Duration::from_secs(5));
     let latency = arrived - revoked;
-    assert!(latency < Duration::from_secs(1), "the logout token took {latency:?}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the logout token took {latency:?}"
+    );
     let claims = idp.verify_logout_token(&token, "web");
     assert_eq!(claims["sid"], sid.as_str(), "{claims}");
     let alice_sub = jwt_part(alice["id_token"].as_str().unwrap(), 1)["sub"].clone();
@@ -1618,7 +1683,11 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     let disabled = std::time::Instant::now();
     ok(&idp.server, &["user", "disable", "bob"]);
     let (token, arrived) = app_rp.token(Duration::from_secs(5));
-    assert!(arrived - disabled < Duration::from_secs(1), "took {:?}", arrived - disabled);
+    assert!(
+        arrived - disabled < Duration::from_secs(1),
+        "took {:?}",
+        arrived - disabled
+    );
     let claims = idp.verify_logout_token(&token, "app");
     assert_eq!(claims["sid"], bob_sid.as_str(), "{claims}");
     app_rp.assert_quiet(Duration::from_millis(500));
@@ -1645,4 +1714,98 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     assert_eq!(deliveries[0]["input"]["cause"], "session_revoked");
     assert_eq!(deliveries[0]["result"], "success");
     assert_eq!(deliveries[1]["input"]["client_id"], "app");
+}
+
+#[test]
+fn back_channel_logout_over_tls_on_refresh_token_theft_with_retries() {
+    let idp = Idp::start(&["--idp-refresh-grace", "0s"]);
+    idp.user("alice");
+    // The relying party's certificate comes from the trust domain's CA.
+    let rp_dir = idp.dir.path().join("rp-tls");
+    std::fs::create_dir_all(&rp_dir).unwrap();
+    ok(
+        &idp.server,
+        &[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            &format!("spiffe://{TRUST_DOMAIN}/ns/rp/sa/tls"),
+            "--dns",
+            "localhost",
+            "--write",
+            rp_dir.to_str().unwrap(),
+        ],
+    );
+    let tls_rp = LogoutReceiver::serve("localhost", Some(&ClientCert::load(&rp_dir)), 204);
+    assert!(tls_rp.uri.starts_with("https://localhost:"), "{}", tls_rp.uri);
+    let web = idp.client("web", &["--backchannel-logout-uri", &tls_rp.uri]);
+    let client = ("web", web.as_str());
+
+    // A spent refresh token comes back: its family is revoked, and its client
+    // told, over TLS, though the session lives on.
+    let tokens = idp.tokens(client, "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert_eq!(idp.refresh(client, refresh).status, 200);
+    assert_eq!(
+        idp.refresh(client, refresh).oauth_error(),
+        (400, "invalid_grant".into())
+    );
+    let (token, _) = tls_rp.token(Duration::from_secs(5));
+    let claims = idp.verify_logout_token(&token, "web");
+    assert_eq!(claims["sid"], sid.as_str());
+    // Revoking the session later tells it again, once.
+    ok(&idp.server, &["session", "revoke", &sid]);
+    let (again, _) = tls_rp.token(Duration::from_secs(5));
+    assert_ne!(again, token, "a new token: its own jti");
+    tls_rp.assert_quiet(Duration::from_millis(500));
+
+    // A relying party that fails is tried three times, then given up on.
+    let failing = LogoutReceiver::serve("127.0.0.1", None, 503);
+    let flaky = idp.client("flaky", &["--backchannel-logout-uri", &failing.uri]);
+    let tokens = idp.tokens(("flaky", &flaky), "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&idp.server, &["session", "revoke", &sid]);
+    let (first, at) = failing.token(Duration::from_secs(5));
+    for _ in 0..2 {
+        let (retry, _) = failing.token(Duration::from_secs(5));
+        assert_eq!(retry, first, "a retry sends the same token");
+    }
+    failing.assert_quiet(Duration::from_secs(1));
+    assert!(at.elapsed() < Duration::from_secs(5));
+    let failed = eventually("a failed delivery counted", || {
+        sample(
+            idp.server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"failed\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(failed, 1.0);
+    let log = idp.server.data_dir.join("idp-decisions.log");
+    let records = audit_query(&[log.to_str().unwrap()]);
+    let causes: Vec<_> = records
+        .iter()
+        .filter(|r| r["query"] == "idp/backchannel_logout")
+        .map(|r| {
+            (
+                r["input"]["client_id"].clone(),
+                r["input"]["cause"].clone(),
+                r["result"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            (json!("web"), json!("family_revoked"), json!("success")),
+            (json!("web"), json!("session_revoked"), json!("success")),
+            (json!("flaky"), json!("session_revoked"), json!("failed")),
+        ]
+    );
 }

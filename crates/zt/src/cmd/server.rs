@@ -171,7 +171,10 @@ impl IdpArgs {
                 let roots = zt_identity::x509::certificates_from_pem(&pem)
                     .map_err(|e| anyhow::anyhow!("--idp-backchannel-ca {}: {e}", path.display()))?;
                 if roots.is_empty() {
-                    anyhow::bail!("--idp-backchannel-ca {}: no certificate in the file", path.display());
+                    anyhow::bail!(
+                        "--idp-backchannel-ca {}: no certificate in the file",
+                        path.display()
+                    );
                 }
                 roots
             }
