@@ -1809,3 +1809,225 @@ fn back_channel_logout_over_tls_on_refresh_token_theft_with_retries() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------
+// zt login: the device flow at a terminal.
+
+/// `zt login ARGS` with the test's config directory.
+fn zt_login(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The one login file under `config`, and its contents.
+fn login_file(config: &Path) -> (PathBuf, Value) {
+    let dir = config.join("zt/login");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let json = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    (files[0].clone(), json)
+}
+
+#[test]
+fn zt_login_gets_tokens_with_the_device_flow_and_hands_them_out_refreshed() {
+    use std::io::BufRead as _;
+    // Access tokens of 62 s: fresh enough for --print-token just after login,
+    // due for a refresh (less than 60 s left) a few seconds later.
+    let idp = Idp::start(&["--idp-access-ttl", "62s"]);
+    idp.user("alice");
+    ok(
+        &idp.server,
+        &[
+            "client",
+            "add",
+            "zt-cli",
+            "--public",
+            "--grant",
+            "device_code",
+            "--grant",
+            "refresh_token",
+        ],
+    );
+    let config = idp.dir.path().join("config");
+    let ca = idp.ca.to_str().unwrap().to_owned();
+    let issuer_args = ["--issuer", idp.issuer.as_str(), "--ca", ca.as_str()];
+
+    // Before any login, --print-token says what to do.
+    let mut print = vec!["login", "--print-token"];
+    print.extend(issuer_args);
+    let out = zt_login(&config, &print);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "not logged in to {} (client zt-cli): run zt login --issuer {}",
+            idp.issuer, idp.issuer
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // zt login, under umask 000: the person approves the code it prints.
+    let mut child = zt_testkit::under_umask_000(Path::new(env!("CARGO_BIN_EXE_zt")))
+        .arg("login")
+        .args(issuer_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut shown = String::new();
+    let user_code = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "zt login ended: {shown}"
+        );
+        shown.push_str(&line);
+        if let Some(code) = line.trim().strip_prefix("and enter the code ") {
+            break code.to_owned();
+        }
+    };
+    assert!(
+        shown.contains(&format!("To sign in, open {}/device", idp.issuer)),
+        "{shown}"
+    );
+    let page = idp.sign_in_page(&format!("/device?user_code={user_code}"));
+    let origin = idp.origin();
+    let approved = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let status = wait_with_deadline(&mut child).expect("zt login did not finish");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{shown}{rest}");
+    assert!(rest.contains("Logged in to"), "{rest}");
+
+    // The tokens are the user's alone.
+    let (path, stored) = login_file(&config);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600);
+    assert_eq!(zt_testkit::mode_of(path.parent().unwrap()), 0o700);
+    assert_eq!(stored["issuer"], idp.issuer.as_str());
+    assert_eq!(stored["client_id"], "zt-cli");
+    let first_refresh = stored["refresh_token"].as_str().unwrap().to_owned();
+    let sid = jwt_part(stored["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // --print-token prints the token and nothing else; userinfo takes it.
+    let out = zt_login(&config, &print);
+    assert!(out.status.success(), "{}", describe(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim_end().lines().count(), 1, "{token}");
+    let token = token.trim_end().to_owned();
+    let info = idp.userinfo(&token, None);
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.json()["preferred_username"], "alice");
+
+    // curl and Python's requests, as the README shows.
+    let userinfo = format!("{}/userinfo", idp.issuer);
+    if let Some(curl) = zt_testkit::curl("zt_login_with_curl") {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "\"$CURL\" -sS --fail --cacert \"$CA\" -H \"Authorization: Bearer $(\"$ZT\" login --print-token --issuer \"$ISSUER\" --ca \"$CA\")\" \"$URL\"",
+            ])
+            .env("CURL", curl)
+            .env("ZT", env!("CARGO_BIN_EXE_zt"))
+            .env("CA", &ca)
+            .env("ISSUER", &idp.issuer)
+            .env("URL", &userinfo)
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl: {}", describe(&out));
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body["preferred_username"], "alice", "{body}");
+    }
+    if let Some(python) = zt_testkit::python("zt_login_with_requests") {
+        let script = "import os, subprocess, sys, requests\n\
+            token = subprocess.run([os.environ['ZT'], 'login', '--print-token', '--issuer', os.environ['ISSUER'],\n\
+                '--ca', os.environ['CA']], check=True, capture_output=True, text=True).stdout.strip()\n\
+            r = requests.get(os.environ['URL'], headers={'Authorization': 'Bearer ' + token}, verify=os.environ['CA'], timeout=20)\n\
+            r.raise_for_status()\n\
+            print(r.json()['preferred_username'])\n";
+        let out = Command::new(python)
+            .args(["-c", script])
+            .env("ZT", env!("CARGO_BIN_EXE_zt"))
+            .env("CA", &ca)
+            .env("ISSUER", &idp.issuer)
+            .env("URL", &userinfo)
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "requests: {}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    }
+
+    // Once the token has less than a minute left, --print-token refreshes it
+    // and keeps the rotated refresh token.
+    let due = |stored: &Value| stored["expires_at"].as_u64().unwrap() < now() + 60;
+    eventually("the access token is due for a refresh", || {
+        due(&login_file(&config).1).then_some(())
+    });
+    let out = zt_login(&config, &print);
+    assert!(out.status.success(), "{}", describe(&out));
+    let refreshed = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
+    assert_ne!(refreshed, token);
+    assert_eq!(idp.userinfo(&refreshed, None).status, 200);
+    let (_, stored) = login_file(&config);
+    assert_ne!(
+        stored["refresh_token"].as_str().unwrap(),
+        first_refresh,
+        "rotated"
+    );
+    assert_eq!(stored["access_token"].as_str().unwrap(), refreshed);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600, "still 0600 after the rewrite");
+
+    // The session is revoked: once the token is due again, --print-token fails
+    // and says how to log in again.
+    ok(&idp.server, &["session", "revoke", &sid]);
+    eventually("the access token is due for a refresh", || {
+        due(&login_file(&config).1).then_some(())
+    });
+    let out = zt_login(&config, &print);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the access token for {} (client zt-cli) expired",
+            idp.issuer
+        )) && stderr.contains("the refresh was refused (invalid_grant")
+            && stderr.contains(&format!("run zt login --issuer {}", idp.issuer)),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // zt logout forgets the login.
+    let mut logout = vec!["logout"];
+    logout.extend(issuer_args);
+    let out = zt_login(&config, &logout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!path.exists());
+    let out = zt_login(&config, &print);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not logged in"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -12,6 +12,7 @@ pub mod client;
 pub mod entry;
 pub mod group;
 pub mod id;
+pub mod login;
 pub mod pdp;
 pub mod policy;
 pub mod proxy;
