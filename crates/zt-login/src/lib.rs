@@ -6,11 +6,13 @@
 //! when it has less than [`REFRESH_MARGIN`] left.
 //!
 //! - [`http`]: the HTTPS client (TLS 1.3, `--ca` or the system's anchors);
-//! - [`Login`]: the device flow, `--print-token`, logout.
+//! - [`Login`]: the device flow, the authorization code flow with PKCE on a
+//!   loopback redirect (RFC 8252 §7.3), `--print-token`, logout.
 
 #![forbid(unsafe_code)]
 
 pub mod http;
+mod loopback;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +74,9 @@ pub enum LoginError {
         /// The user code shown.
         user_code: String,
     },
+    /// The loopback redirect cannot be received, or brought what it should not.
+    #[error("{0}")]
+    Loopback(String),
     /// The person denied the sign-in.
     #[error("the sign-in with code {user_code} was denied")]
     Denied {
@@ -346,6 +351,19 @@ impl Login {
         }
     }
 
+    /// The issuer.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
     /// An access token with at least [`REFRESH_MARGIN`] left: the one kept,
     /// or a refreshed one (the rotated refresh token kept in its place).
     pub async fn access_token(&self) -> Result<String, LoginError> {
@@ -453,7 +471,7 @@ impl Login {
         })
     }
 
-    fn save(&self, login: &StoredLogin) -> Result<(), LoginError> {
+    pub(crate) fn save(&self, login: &StoredLogin) -> Result<(), LoginError> {
         let path = self.path();
         let file_error = |reason: String| LoginError::File {
             path: path.clone(),
@@ -467,7 +485,7 @@ impl Login {
         zt_fs::write_atomically(&[(path.clone(), json, 0o600)]).map_err(|e| file_error(e.to_string()))
     }
 
-    async fn discover(&self, client: &http::Client) -> Result<Value, LoginError> {
+    pub(crate) async fn discover(&self, client: &http::Client) -> Result<Value, LoginError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
         let answer = client.get(&url).await?;
         if answer.status != 200 {
@@ -490,7 +508,7 @@ impl Login {
     }
 
     /// A token response as kept; a refresh keeps what it does not replace.
-    fn stored(
+    pub(crate) fn stored(
         &self,
         answer: &Value,
         token_endpoint: &str,
@@ -519,7 +537,7 @@ impl Login {
 }
 
 /// An endpoint of the discovery document, which must be an https URL.
-fn endpoint(discovery: &Value, name: &str, issuer: &str) -> Result<String, LoginError> {
+pub(crate) fn endpoint(discovery: &Value, name: &str, issuer: &str) -> Result<String, LoginError> {
     discovery
         .get(name)
         .and_then(Value::as_str)

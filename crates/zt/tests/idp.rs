@@ -2031,3 +2031,92 @@ fn zt_login_gets_tokens_with_the_device_flow_and_hands_them_out_refreshed() {
         describe(&out)
     );
 }
+
+#[test]
+fn zt_login_loopback_runs_the_code_flow_with_pkce_through_the_browser() {
+    use std::io::BufRead as _;
+    let idp = Idp::start(&[]);
+    idp.user("alice");
+    let port = free_port().to_string();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    ok(
+        &idp.server,
+        &[
+            "client",
+            "add",
+            "zt-cli",
+            "--public",
+            "--redirect-uri",
+            &redirect,
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+        ],
+    );
+    let config = idp.dir.path().join("config");
+    let ca = idp.ca.to_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "login",
+            "--loopback",
+            "--redirect-port",
+            &port,
+            "--issuer",
+            &idp.issuer,
+            "--ca",
+            &ca,
+        ])
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "zt login ended");
+        if let Some(path) = line.trim().strip_prefix(&format!("{}/authorize?", idp.issuer)) {
+            break format!("/authorize?{path}");
+        }
+    };
+    let params = query_params(url.split_once('?').unwrap().1);
+    assert_eq!(param(&params, "code_challenge_method"), Some("S256"));
+    assert_eq!(param(&params, "redirect_uri"), Some(redirect.as_str()));
+    // The browser: sign in, then follow the redirect to zt login's listener.
+    let page = idp.sign_in_page(&url);
+    let origin = idp.origin();
+    let reply = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    let location = reply.header("location").unwrap().to_owned();
+    assert!(location.starts_with(&redirect), "{location}");
+    // A request with another state is not the answer: zt login waits on.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _) = http_get(addr, "/callback?code=x&state=forged").unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = http_get(
+        addr,
+        location
+            .strip_prefix(&format!("http://127.0.0.1:{port}"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Signed in"), "{body}");
+    let status = wait_with_deadline(&mut child).expect("zt login did not finish");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let (path, stored) = login_file(&config);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600);
+    assert!(stored["refresh_token"].is_string(), "{stored}");
+    let out = zt_login(&config, &["login", "--print-token", "--issuer", &idp.issuer]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(idp.userinfo(token.trim_end(), None).status, 200);
+}

@@ -1,5 +1,5 @@
 //! `zt login` and `zt logout`: a person at a terminal signs in with the
-//! device flow (RFC 8628) and hands access tokens to other programs
+//! device flow (RFC 8628), or in a local browser (`--loopback`: code flow with PKCE), and hands access tokens to other programs
 //! (`--print-token`), refreshed on demand; the tokens stay in the user's
 //! config directory.
 
@@ -33,8 +33,16 @@ pub(crate) struct LoginArgs {
     pub(crate) scope: String,
     /// Print a valid access token to stdout (refreshed when it has less than a
     /// minute left) instead of logging in.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "loopback")]
     pub(crate) print_token: bool,
+    /// Sign in with the authorization code flow and PKCE in a browser on this
+    /// machine, which brings the code back to http://127.0.0.1:PORT/callback
+    /// (a redirect URI the client must have registered), instead of the device flow.
+    #[arg(long)]
+    pub(crate) loopback: bool,
+    /// The port of --loopback's redirect URI.
+    #[arg(long, default_value_t = 8400, value_name = "PORT", requires = "loopback")]
+    pub(crate) redirect_port: u16,
 }
 
 #[derive(Args)]
@@ -68,7 +76,19 @@ pub fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
             code.expires_in
         );
     };
-    let stored = super::admin_call(login.device_login(&args.scope, show))?;
+    let stored = if args.loopback {
+        let show = |url: &str| {
+            eprintln!("To sign in, open this URL in a browser on this machine:");
+            eprintln!("{url}");
+            eprintln!(
+                "Waiting for the browser to come back to http://127.0.0.1:{}/callback…",
+                args.redirect_port
+            );
+        };
+        super::admin_call(login.loopback_login(&args.scope, args.redirect_port, show))?
+    } else {
+        super::admin_call(login.device_login(&args.scope, show))?
+    };
     eprintln!(
         "Logged in to {} as client {}; tokens in {}",
         stored.issuer,
