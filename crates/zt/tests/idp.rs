@@ -1714,6 +1714,35 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     assert_eq!(deliveries[0]["input"]["cause"], "session_revoked");
     assert_eq!(deliveries[0]["result"], "success");
     assert_eq!(deliveries[1]["input"]["client_id"], "app");
+
+    // Signing out at /logout (RP-initiated, the ID token as hint) tells web too.
+    let (verifier, challenge) = pkce();
+    let page = idp.sign_in_page(&idp.authorize_path("web", &challenge, &[]));
+    let origin = idp.origin();
+    let reply = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    let cookie = reply
+        .headers
+        .iter()
+        .find(|(n, v)| n.eq_ignore_ascii_case("set-cookie") && v.starts_with("__Host-zt-session="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    let code = param(&reply.redirect_params(), "code").unwrap().to_owned();
+    let tokens = idp.token(("web", &web), &code_grant(&code, &verifier)).json();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let sid = jwt_part(id_token, 1)["sid"].as_str().unwrap().to_owned();
+    let signed_out = idp.get(
+        &format!("/logout?id_token_hint={id_token}"),
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(signed_out.status, 200, "{}", signed_out.body);
+    let (token, _) = web_rp.token(Duration::from_secs(5));
+    let claims = idp.verify_logout_token(&token, "web");
+    assert_eq!(claims["sid"], sid.as_str(), "{claims}");
 }
 
 #[test]
