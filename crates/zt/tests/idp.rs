@@ -1816,6 +1816,26 @@ fn back_channel_logout_over_tls_on_refresh_token_theft_with_retries() {
         .filter(|n| *n >= 1.0)
     });
     assert_eq!(failed, 1.0);
+
+    // A redirect is an answer, not followed and not retried.
+    let redirecting = LogoutReceiver::serve("127.0.0.1", None, 302);
+    let moved = idp.client("moved", &["--backchannel-logout-uri", &redirecting.uri]);
+    let tokens = idp.tokens(("moved", &moved), "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&idp.server, &["session", "revoke", &sid]);
+    redirecting.token(Duration::from_secs(5));
+    redirecting.assert_quiet(Duration::from_secs(1));
+    let refused = eventually("a refused delivery counted", || {
+        sample(
+            idp.server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"refused\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(refused, 1.0);
     let log = idp.server.data_dir.join("idp-decisions.log");
     let records = audit_query(&[log.to_str().unwrap()]);
     let causes: Vec<_> = records
@@ -1835,6 +1855,7 @@ fn back_channel_logout_over_tls_on_refresh_token_theft_with_retries() {
             (json!("web"), json!("family_revoked"), json!("success")),
             (json!("web"), json!("session_revoked"), json!("success")),
             (json!("flaky"), json!("session_revoked"), json!("failed")),
+            (json!("moved"), json!("session_revoked"), json!("refused")),
         ]
     );
 }
