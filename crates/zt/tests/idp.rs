@@ -191,6 +191,11 @@ impl ClientCert {
 impl Idp {
     /// `zt server --idp … --idp-passwords EXTRA`; returns once the provider accepts connections.
     fn start(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// The same on `datastore` (a PostgreSQL URL) when given.
+    fn start_on(datastore: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -198,7 +203,7 @@ impl Idp {
         let idp = addr.to_string();
         let mut args = vec!["--idp", idp.as_str(), "--idp-passwords"];
         args.extend_from_slice(extra);
-        let mut server = ServerProcess::spawn_with(&data, None, &args);
+        let mut server = ServerProcess::spawn_with(&data, datastore, &args);
         server.wait_ready();
         eventually("the OpenID Provider accepts connections", || {
             TcpStream::connect(addr).ok()
@@ -2169,4 +2174,51 @@ fn zt_login_loopback_runs_the_code_flow_with_pkce_through_the_browser() {
     assert!(out.status.success(), "{}", describe(&out));
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(idp.userinfo(token.trim_end(), None).status, 200);
+}
+
+#[test]
+fn replicas_on_one_database_send_each_logout_token_once() {
+    let Some(url) = postgres_database("replicas_on_one_database_send_each_logout_token_once") else {
+        return;
+    };
+    let a = Idp::start_on(Some(&url), &[]);
+    // A second replica of the provider, on the same database.
+    let b_data = a.dir.path().join("b");
+    std::fs::create_dir(&b_data).unwrap();
+    let b_idp = format!("127.0.0.1:{}", free_port());
+    let mut b = ServerProcess::spawn_with(
+        &b_data,
+        Some(&url),
+        &["--idp", &b_idp, "--idp-passwords", "--idp-issuer", &a.issuer],
+    );
+    b.wait_ready();
+    a.user("alice");
+    let rp = LogoutReceiver::start("127.0.0.1");
+    let web = a.client("web", &["--backchannel-logout-uri", &rp.uri]);
+    let total = |server: &ServerProcess| {
+        sample(
+            server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"delivered\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    for round in 0..3 {
+        let tokens = a.tokens(("web", &web), "alice");
+        let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Revoked through the other replica: both follow the feed, one sends.
+        let revoked = std::time::Instant::now();
+        ok(&b, &["session", "revoke", &sid]);
+        let (token, arrived) = rp.token(Duration::from_secs(5));
+        eprintln!("round {round}: the logout token came in {:?}", arrived - revoked);
+        assert_eq!(a.verify_logout_token(&token, "web")["sid"], sid.as_str());
+        rp.assert_quiet(Duration::from_millis(1500));
+        let delivered = eventually("the delivery counted", || {
+            let sum = total(&a.server) + total(&b);
+            (sum >= f64::from(round + 1)).then_some(sum)
+        });
+        assert_eq!(delivered, f64::from(round + 1), "round {round}");
+    }
 }
