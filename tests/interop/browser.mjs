@@ -9,7 +9,11 @@
 // an array: ["goto", URL], ["click", SEL], ["fill", SEL, VALUE], ["waitForURL",
 // GLOB | {"prefix": P} | {"regex": R}], ["waitForSelector", SEL], ["text", SEL],
 // ["evaluate", JS expression, awaited], ["credentials"], ["removeCredentials"],
-// ["url"], ["addCredential", {credential}, N] (CDP WebAuthn.Credential: a key for
+// ["url"], ["now"] (records Date.now()), ["run", [ARGV...]] (runs a command and
+// waits for it: a test's action between two page loads), ["clearCookies"],
+// ["gotoUntil", URL, PREFIX] (loads URL again every 50 ms until the page lands
+// on a URL starting with PREFIX; records the attempts),
+// ["addCredential", {credential}, N] (CDP WebAuthn.Credential: a key for
 // any rpId, e.g. another site's), ["addAuthenticator", {options}] (records its id; the newest authenticator
 // is the current one), ["removeAuthenticator", N]; ["credentials", N] and
 // ["removeCredentials", N] act on authenticator N (0 the first), the current one
@@ -142,6 +146,22 @@ async function main() {
         case 'text': record(await page.innerText(a)); break;
         case 'evaluate': record(await page.evaluate(a)); break;
         case 'url': record(page.url()); break;
+        case 'now': record(Date.now()); break;
+        case 'run': execFileSync(a[0], a.slice(1), { stdio: 'pipe' }); break;
+        case 'clearCookies': await page.context().clearCookies(); break;
+        case 'gotoUntil': {
+          const deadline = Date.now() + timeout;
+          let attempts = 0;
+          for (;;) {
+            attempts += 1;
+            await page.goto(a);
+            if (page.url().startsWith(b)) break;
+            if (Date.now() > deadline) throw new Error(`still at ${page.url()} after ${attempts} loads`);
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          record(attempts);
+          break;
+        }
         case 'credentials':
           record((await cdp.send('WebAuthn.getCredentials', { authenticatorId: authenticator(a) })).credentials);
           break;

@@ -93,6 +93,12 @@ pub struct Record {
     /// The bundle revisions in force, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The request's authenticated principal (`iss/sub` of a verified JWT,
+    /// Istio's `request.auth.principal`), so that the records of two hops can
+    /// name the same user; absent for requests without one (and in records
+    /// written before it existed, which still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<String>,
     /// The hash of the record before (hex).
     pub prev: String,
     /// This record's hash (hex).
@@ -549,6 +555,7 @@ mod tests {
             input: None,
             result: None,
             revision: None,
+            request_principal: None,
             prev: String::new(),
             hash: String::new(),
         }

@@ -123,6 +123,7 @@ fn record(i: u64) -> Record {
         input: None,
         result: None,
         revision: None,
+        request_principal: None,
         prev: String::new(),
         hash: String::new(),
     }

@@ -523,7 +523,21 @@ impl Jws {
     /// without an `application/` prefix, RFC 7515 §4.1.9), or absent where
     /// `typ_optional`.
     pub fn decode(token: &str, types: &[&str], typ_optional: bool) -> Result<Self, JwtSvidError> {
-        if token.len() > MAX_TOKEN_LEN {
+        Self::decode_within(token, MAX_TOKEN_LEN, Some(types), typ_optional)
+    }
+
+    /// [`Jws::decode`] with another length limit, and `types: None` for a
+    /// token whose `typ` may be anything or absent (the tokens of other
+    /// issuers: Istio's RequestAuthentication does not check `typ`).
+    /// [`JwtSvidError::TooLong`] still reports the limit of [`MAX_TOKEN_LEN`]'s
+    /// message; callers that pass their own limit report it themselves.
+    pub fn decode_within(
+        token: &str,
+        max_len: usize,
+        types: Option<&[&str]>,
+        typ_optional: bool,
+    ) -> Result<Self, JwtSvidError> {
+        if token.len() > max_len {
             return Err(JwtSvidError::TooLong { len: token.len() });
         }
         let mut parts = token.split('.');
@@ -542,11 +556,12 @@ impl Jws {
             Some(_) => return Err(JwtSvidError::Malformed("alg is not a string")),
             None => return Err(JwtSvidError::Malformed("alg header is missing")),
         };
-        match header.get("typ") {
-            None if typ_optional => {}
-            Some(Value::String(t)) if types.iter().any(|want| media_type_is(t, want)) => {}
-            None => return Err(JwtSvidError::BadType(String::new())),
-            Some(other) => return Err(JwtSvidError::BadType(value_text(other))),
+        match (header.get("typ"), types) {
+            (None | Some(Value::String(_)), None) => {}
+            (None, Some(_)) if typ_optional => {}
+            (Some(Value::String(t)), Some(types)) if types.iter().any(|want| media_type_is(t, want)) => {}
+            (None, _) => return Err(JwtSvidError::BadType(String::new())),
+            (Some(other), _) => return Err(JwtSvidError::BadType(value_text(other))),
         }
         if let Some(name) = FORBIDDEN_HEADERS.iter().find(|h| header.contains_key(**h)) {
             return Err(JwtSvidError::ForbiddenHeader((*name).to_owned()));
@@ -598,22 +613,33 @@ fn media_type_is(typ: &str, want: &str) -> bool {
 /// Checks `exp` (required, after `now`), the lifetime from `iat` (or `now`)
 /// to `exp` (at most `max_lifetime`) and `nbf` (not after `now`); returns `exp`.
 pub fn check_times(claims: &Map<String, Value>, now: u64, max_lifetime: u64) -> Result<u64, JwtSvidError> {
+    check_times_within(claims, now, Some(max_lifetime), 0)
+}
+
+/// [`check_times`] for tokens of other issuers: `max_lifetime: None` accepts
+/// any lifetime, and `leeway` seconds of clock skew are allowed on `exp` and
+/// `nbf` (never on the lifetime).
+pub fn check_times_within(
+    claims: &Map<String, Value>,
+    now: u64,
+    max_lifetime: Option<u64>,
+    leeway: u64,
+) -> Result<u64, JwtSvidError> {
     let expiry = numeric_date(claims, "exp")?.ok_or(JwtSvidError::MissingClaim("exp"))? as u64;
-    if expiry <= now {
+    if expiry.saturating_add(leeway) <= now {
         return Err(JwtSvidError::Expired { exp: expiry, now });
     }
     // Counted from issuance when the token says so (an `iat` in the future
     // counts as now), else from now.
     let issued = numeric_date(claims, "iat")?.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
-    let lifetime = expiry - issued;
-    if lifetime > max_lifetime {
-        return Err(JwtSvidError::LifetimeTooLong {
-            lifetime,
-            max: max_lifetime,
-        });
+    let lifetime = expiry.saturating_sub(issued);
+    if let Some(max) = max_lifetime
+        && lifetime > max
+    {
+        return Err(JwtSvidError::LifetimeTooLong { lifetime, max });
     }
     if let Some(nbf) = numeric_date(claims, "nbf")?.map(|nbf| nbf.ceil())
-        && nbf > now as f64
+        && nbf > now.saturating_add(leeway) as f64
     {
         return Err(JwtSvidError::NotYetValid { nbf: nbf as u64, now });
     }

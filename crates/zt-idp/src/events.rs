@@ -230,6 +230,7 @@ impl Events {
             input: Some(Value::Object(event.details)),
             result: Some(json!(event.result)),
             revision: None,
+            request_principal: None,
             prev: String::new(),
             hash: String::new(),
         };

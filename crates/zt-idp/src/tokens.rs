@@ -61,6 +61,12 @@ pub const PERSON_CLAIMS: [&str; 9] = [
     "device_tier",
 ];
 
+/// The standard claims naming a person that an access token carries when its
+/// scope releases them (RFC 9068 §2.2.1), so that a service, or a gateway
+/// setting identity headers, knows who without calling userinfo; a token
+/// exchanged for one keeps them.
+pub const PROFILE_CLAIMS: [&str; 3] = ["name", "preferred_username", "email"];
+
 /// Who a token is for and what it carries beyond the session.
 pub struct Grant<'a> {
     /// The client it is issued to.
@@ -111,6 +117,7 @@ impl Provider {
     ) -> Result<Issued, OAuthError> {
         let mut claims = self.base_access_claims(&user.sub, grant, now)?;
         claims.extend(self.person_claims(session, user));
+        profile_claims(&mut claims, user, grant.scope);
         self.sign_access(claims)
     }
 
@@ -155,9 +162,9 @@ impl Provider {
             .and_then(Value::as_str)
             .ok_or_else(|| OAuthError::invalid_request("subject_token has no sub"))?;
         let mut claims = self.base_access_claims(sub, grant, now)?;
-        for name in PERSON_CLAIMS {
-            if let Some(value) = subject.get(name) {
-                claims.insert(name.into(), value.clone());
+        for name in PERSON_CLAIMS.iter().chain(&PROFILE_CLAIMS) {
+            if let Some(value) = subject.get(*name) {
+                claims.insert((*name).into(), value.clone());
             }
         }
         let mut act = Map::new();

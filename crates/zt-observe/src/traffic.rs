@@ -442,6 +442,7 @@ pub(crate) mod tests {
             input: None,
             result: None,
             revision: None,
+            request_principal: None,
             prev: String::new(),
             hash: String::new(),
         }

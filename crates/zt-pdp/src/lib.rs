@@ -159,6 +159,7 @@ impl Pdp {
             input: logged_input,
             result: logged_result,
             revision: self.revision.clone(),
+            request_principal: None,
             prev: String::new(),
             hash: String::new(),
         };

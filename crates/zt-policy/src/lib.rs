@@ -7,6 +7,8 @@
 //! - [`policy`]: one policy compiled for evaluation;
 //! - [`peer_authentication`]: Istio's `PeerAuthentication`, the mTLS mode of
 //!   a workload's ports, resolved mesh → namespace → workload → port;
+//! - [`request_authentication`]: Istio's `RequestAuthentication`, the issuers
+//!   whose JWTs a workload accepts and what of them its app receives;
 //! - [`evaluate`]: the decision, in Istio's order (DENY, then ALLOW, default);
 //! - [`normalize`]: paths, methods and hosts before any policy sees them;
 //! - [`matching`]: exact/prefix/suffix/presence patterns, path templates, CIDRs;
@@ -25,6 +27,7 @@ pub mod peer_authentication;
 pub mod policy;
 pub mod rego;
 pub mod request;
+pub mod request_authentication;
 
 pub use evaluate::{
     DEFAULT_ROOT_NAMESPACE, Decision, ExternalAuthorizer, PolicySet, Verdict, WorkloadPolicies,
@@ -33,3 +36,4 @@ pub use load::{LoadError, load_dir};
 pub use peer_authentication::{MtlsMode, PeerAuthentications, WorkloadMtls};
 pub use policy::Policy;
 pub use request::Request;
+pub use request_authentication::{RequestAuthentications, WorkloadAuthentication};

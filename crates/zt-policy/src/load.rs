@@ -1,6 +1,6 @@
 //! Reading policies: a directory of YAML files (`*.yaml`, `*.yml`, searched
 //! recursively, in name order), each holding one or more documents separated by
-//! `---`, each an AuthorizationPolicy or a PeerAuthentication. Every problem in every file is reported, each as `file:line: field:
+//! `---`, each an AuthorizationPolicy, a PeerAuthentication or a RequestAuthentication. Every problem in every file is reported, each as `file:line: field:
 //! what is wrong`; a set with any problem is not used at all.
 
 use std::collections::BTreeMap;
@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::Document;
+use crate::model::{Document, Kind};
 use crate::peer_authentication::{self, PeerAuthentication};
 use crate::policy::{Origin, Policy};
+use crate::request_authentication::{self, RequestAuthentication};
 
 /// Largest policy file read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -104,20 +105,23 @@ pub struct Loaded {
     pub policies: Vec<Policy>,
     /// The PeerAuthentications.
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// The RequestAuthentications.
+    pub request_authentications: Vec<RequestAuthentication>,
 }
 
-/// Compiles the AuthorizationPolicies of these sources (PeerAuthentications
+/// Compiles the AuthorizationPolicies of these sources (the other kinds
 /// are checked too, and left out); all problems or all policies.
 pub fn parse(sources: &[Source]) -> Result<Vec<Policy>, LoadError> {
     parse_all(sources).map(|loaded| loaded.policies)
 }
 
-/// Compiles every policy of these sources, of either kind; all problems or
+/// Compiles every policy of these sources, of every kind; all problems or
 /// all policies.
 pub fn parse_all(sources: &[Source]) -> Result<Loaded, LoadError> {
     let mut problems = Vec::new();
     let mut policies: Vec<Policy> = Vec::new();
     let mut peer_authentications = Vec::new();
+    let mut request_authentications = Vec::new();
     let mut seen: BTreeMap<(String, String), Origin> = BTreeMap::new();
     for source in sources {
         for (line, chunk) in documents(&source.text) {
@@ -130,14 +134,26 @@ pub fn parse_all(sources: &[Source]) -> Result<Loaded, LoadError> {
                 problems.push(format!("{}: {message}", at(offset)));
                 continue;
             }
-            if is_peer_authentication(chunk) {
-                let compiled = read::<peer_authentication::Document>(chunk)
-                    .and_then(|document| PeerAuthentication::compile(document, origin, chunk));
-                match compiled {
-                    Ok(peer_authentication) => peer_authentications.push(peer_authentication),
-                    Err((offset, message)) => problems.push(format!("{}: {message}", at(offset))),
+            match kind_of(chunk) {
+                Some(Kind::PeerAuthentication) => {
+                    let compiled = read::<peer_authentication::Document>(chunk)
+                        .and_then(|document| PeerAuthentication::compile(document, origin, chunk));
+                    match compiled {
+                        Ok(peer_authentication) => peer_authentications.push(peer_authentication),
+                        Err((offset, message)) => problems.push(format!("{}: {message}", at(offset))),
+                    }
+                    continue;
                 }
-                continue;
+                Some(Kind::RequestAuthentication) => {
+                    let compiled = read::<request_authentication::Document>(chunk)
+                        .and_then(|document| RequestAuthentication::compile(document, origin, chunk));
+                    match compiled {
+                        Ok(request_authentication) => request_authentications.push(request_authentication),
+                        Err((offset, message)) => problems.push(format!("{}: {message}", at(offset))),
+                    }
+                    continue;
+                }
+                _ => {}
             }
             let document = match read::<Document>(chunk) {
                 Ok(document) => document,
@@ -168,25 +184,26 @@ pub fn parse_all(sources: &[Source]) -> Result<Loaded, LoadError> {
         }
     }
     problems.extend(peer_authentication::conflicts(&peer_authentications));
+    problems.extend(request_authentication::conflicts(&request_authentications));
     if problems.is_empty() {
         Ok(Loaded {
             policies,
             peer_authentications,
+            request_authentications,
         })
     } else {
         Err(LoadError { problems })
     }
 }
 
-/// Whether a document says it is a PeerAuthentication (anything else is read
-/// as an AuthorizationPolicy, whose errors say what is wrong).
-fn is_peer_authentication(chunk: &str) -> bool {
+/// The kind a document says it is (anything not readable is read as an
+/// AuthorizationPolicy, whose errors say what is wrong).
+fn kind_of(chunk: &str) -> Option<Kind> {
     #[derive(Deserialize)]
     struct Header {
-        kind: Option<crate::model::Kind>,
+        kind: Option<Kind>,
     }
-    serde_yaml_ng::from_str::<Header>(chunk)
-        .is_ok_and(|header| header.kind == Some(crate::model::Kind::PeerAuthentication))
+    serde_yaml_ng::from_str::<Header>(chunk).ok()?.kind
 }
 
 /// One document read as a `T`, or the line offset (0-based, within the

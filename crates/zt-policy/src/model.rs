@@ -47,6 +47,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `PeerAuthentication`, read by [`crate::peer_authentication`].
     PeerAuthentication,
+    /// `RequestAuthentication`, read by [`crate::request_authentication`].
+    RequestAuthentication,
 }
 
 /// Kubernetes object metadata: the fields zt uses, and the server-written ones

@@ -628,15 +628,21 @@ fn bad_policies_are_refused_with_file_line_and_field() {
         got.contains("bad.yaml:1") && got.contains("networking.istio.io/v1"),
         "{got}"
     );
-    let got = problems(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: p, namespace: x}\n",
-    );
+    // Another kind zt does not read is named with the ones it does.
+    let got =
+        problems("apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: {name: p, namespace: x}\n");
     assert!(
-        got.contains("bad.yaml:2")
-            && got.contains("RequestAuthentication")
-            && got.contains("PeerAuthentication"),
+        got.contains("bad.yaml:2") && got.contains("Sidecar") && got.contains("RequestAuthentication"),
         "{got}"
     );
+    // A RequestAuthentication loads (its own tests are in request_authentication.rs).
+    let ra = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: p, namespace: x}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: https://idp.example/jwks\n";
+    let loaded = zt_policy::load::parse_all(&[Source {
+        name: "ok.yaml".into(),
+        text: ra.into(),
+    }])
+    .unwrap();
+    assert_eq!(loaded.request_authentications.len(), 1);
     // Every problem of every document is reported, each with its own line; and
     // a duplicate name points at the first definition.
     let ok =

@@ -51,6 +51,15 @@ pub struct AuthzLabels {
     pub mode: &'static str,
 }
 
+/// A request authentication's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthnLabels {
+    /// `valid`, `missing` or `invalid`.
+    pub result: &'static str,
+    /// For `invalid`, why (`expired`, `wrong_issuer`, `multiple_tokens`, …); else empty.
+    pub reason: &'static str,
+}
+
 /// An inbound port and an mTLS mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MtlsLabels {
@@ -79,6 +88,8 @@ pub struct Metrics {
     pub outbound_failed: Family<Reason, Counter>,
     /// Authorization decisions, by decision and mode.
     pub authz_decisions: Family<AuthzLabels, Counter>,
+    /// Requests that met RequestAuthentication rules, by result and reason.
+    pub request_authentication: Family<AuthnLabels, Counter>,
     /// Policy reloads that failed (the last good set stays in force).
     pub policy_reload_failures: Counter,
     /// The zt server policy version in force (`--policies-from-agent`); 0 before the first.
@@ -110,7 +121,15 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric, the supervised `tasks`' included.
     pub fn new(tasks: zt_task::Tasks) -> Self {
-        let mut registry = Registry::with_prefix("zt_proxy");
+        Self::with_more(tasks, |_| {})
+    }
+
+    /// Like [`Metrics::new`], with `more` registering a component's own
+    /// metrics (zt gateway's) in the same registry, under its own prefix.
+    pub fn with_more(tasks: zt_task::Tasks, more: impl FnOnce(&mut Registry)) -> Self {
+        let mut root = Registry::default();
+        more(&mut root);
+        let registry = root.sub_registry_with_prefix("zt_proxy");
         let metrics = Self {
             connections: Family::default(),
             refused: Family::default(),
@@ -120,6 +139,7 @@ impl Metrics {
             outbound_connections: Counter::default(),
             outbound_failed: Family::default(),
             authz_decisions: Family::default(),
+            request_authentication: Family::default(),
             policy_reload_failures: Counter::default(),
             policy_version: Gauge::default(),
             decision_log_failures: Counter::default(),
@@ -175,6 +195,11 @@ impl Metrics {
             metrics.authz_decisions.clone(),
         );
         registry.register(
+            "request_authentication",
+            "Requests that met RequestAuthentication rules, by result (valid, missing, invalid) and reason",
+            metrics.request_authentication.clone(),
+        );
+        registry.register(
             "policy_reload_failures",
             "Policy reloads that failed; the last good set stays in force",
             metrics.policy_reload_failures.clone(),
@@ -224,8 +249,11 @@ impl Metrics {
             "The notAfter of the proxy's SVID, unix seconds; 0 while it holds none",
             metrics.svid_not_after.clone(),
         );
-        metrics.tasks.register(&mut registry);
-        Self { registry, ..metrics }
+        metrics.tasks.register(registry);
+        Self {
+            registry: root,
+            ..metrics
+        }
     }
 
     /// Counts a refused connection.

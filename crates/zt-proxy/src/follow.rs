@@ -88,7 +88,7 @@ impl Stamp {
 /// Calls `changed` every time something in `paths` changes, checking every
 /// [`FILE_POLL`]; `changed` says whether the change was taken (a half-written
 /// set is not, and is tried again on the next change). Never returns.
-pub(crate) async fn on_change(paths: &[&Path], mut changed: impl FnMut() -> bool) {
+pub async fn on_change(paths: &[&Path], mut changed: impl FnMut() -> bool) {
     let mut last = Stamp::of(paths);
     loop {
         tokio::time::sleep(FILE_POLL).await;

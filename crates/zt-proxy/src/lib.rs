@@ -24,7 +24,7 @@
 pub mod admin;
 pub mod authz;
 pub mod connection;
-mod follow;
+pub mod follow;
 pub mod identity;
 pub mod inbound;
 pub mod otlp;

@@ -82,6 +82,9 @@ pub enum Refusal {
     Malformed(String),
     /// The method is never proxied (`CONNECT`).
     MethodNotAllowed(String),
+    /// The request's JWT is invalid for every RequestAuthentication rule whose
+    /// location it was found in, or it carries two tokens: the reason label.
+    Unauthenticated(&'static str),
     /// A policy denied it (in enforce mode).
     DeniedByPolicy {
         /// The policy that decided, if one did.
@@ -113,6 +116,7 @@ impl Refusal {
             Self::NotAllowed => "not_allowed",
             Self::Malformed(_) => "malformed_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::DeniedByPolicy { .. } => "denied_by_policy",
             Self::DecisionLogFailed => "decision_log_failed",
             Self::BodyTooLarge => "body_too_large",
@@ -138,6 +142,7 @@ impl Refusal {
         "not_allowed",
         "malformed_request",
         "method_not_allowed",
+        "unauthenticated",
         "denied_by_policy",
         "decision_log_failed",
         "body_too_large",
@@ -151,6 +156,8 @@ impl Refusal {
         match self {
             Self::Malformed(_) => (StatusCode::BAD_REQUEST, "zt proxy: malformed request\n"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "zt proxy: method not allowed\n"),
+            // Envoy's words for any JWT failure; the reason is for the log.
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "Jwt verification fails\n"),
             Self::NotAllowed => (
                 StatusCode::FORBIDDEN,
                 "zt proxy: the caller's SPIFFE ID is not allowed\n",
@@ -185,6 +192,7 @@ impl std::fmt::Display for Refusal {
             Self::Revoked => f.write_str("presented a revoked SVID"),
             Self::NotAllowed => f.write_str("not on the allow-list"),
             Self::Malformed(why) | Self::MethodNotAllowed(why) => f.write_str(why),
+            Self::Unauthenticated(reason) => write!(f, "invalid token: {reason}"),
             Self::DeniedByPolicy { policy, reason } => match policy {
                 Some(policy) => write!(f, "denied by {policy}: {reason}"),
                 None => write!(f, "denied: {reason}"),
@@ -219,6 +227,7 @@ mod tests {
             Refusal::NotAllowed,
             Refusal::Malformed(String::new()),
             Refusal::MethodNotAllowed(String::new()),
+            Refusal::Unauthenticated("expired"),
             Refusal::DeniedByPolicy {
                 policy: None,
                 reason: String::new(),

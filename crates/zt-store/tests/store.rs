@@ -129,6 +129,7 @@ fn decision_lines() -> Vec<String> {
         input: None,
         result: None,
         revision: None,
+        request_principal: None,
         prev: String::new(),
         hash: String::new(),
     };

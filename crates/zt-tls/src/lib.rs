@@ -71,6 +71,9 @@ pub enum TlsConfigError {
     /// rustls refused the certificate, key or versions.
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
+    /// Not one certificate of the root bundle could be used.
+    #[error("no usable CA certificate in the bundle")]
+    NoRoots,
 }
 
 /// A peer SVID that verified but is not among the expected IDs.
@@ -342,6 +345,39 @@ pub fn client_config_anonymous(
         .with_protocol_versions(versions.versions())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// A server configuration for the web: `chain`/`key` (a certificate for host
+/// names, from any CA), no client certificates, `alpn` offered in order.
+pub fn web_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: TlsVersions,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsConfigError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(versions.versions())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client configuration for the web: servers verified by host name against
+/// `roots` (an operator's CA bundle, or the system's), no client certificate.
+pub fn web_client_config(
+    roots: &[CertificateDer<'static>],
+    versions: TlsVersions,
+) -> Result<ClientConfig, TlsConfigError> {
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(roots.iter().cloned());
+    if added == 0 {
+        return Err(TlsConfigError::NoRoots);
+    }
+    Ok(ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(versions.versions())?
+        .with_root_certificates(store)
         .with_no_client_auth())
 }
 

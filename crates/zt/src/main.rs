@@ -55,6 +55,7 @@ use cmd::bench::BenchCommand;
 use cmd::ca::CaCommand;
 use cmd::client::ClientCommand;
 use cmd::entry::{AuthorityCommand, BundleCommand, EntryCommand, RevokeArgs, TokenCommand, X509Command};
+use cmd::gateway::GatewayArgs;
 use cmd::group::GroupCommand;
 use cmd::id::IdCommand;
 use cmd::pdp::PdpCommand;
@@ -126,6 +127,9 @@ enum Command {
     Logout(cmd::login::LogoutArgs),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
     Proxy(Box<ProxyArgs>),
+    /// Run the access gateway: people sign in (OpenID Connect) or send a bearer token, every
+    /// request is authorized on their claims, and goes on over mTLS into the mesh.
+    Gateway(GatewayArgs),
     /// Authorization policies as code (Istio AuthorizationPolicy YAML): lint, evaluate, test.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -269,6 +273,7 @@ fn main() -> ExitCode {
         Command::Login(args) => cmd::login::run(args),
         Command::Logout(args) => cmd::login::logout(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
+        Command::Gateway(args) => cmd::gateway::run(args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
         Command::Policy(PolicyCommand::Test(args)) => cmd::policy::test(args),

@@ -40,6 +40,63 @@ fn the_example_policies_lint_and_pass_their_cases() {
     );
 }
 
+/// RequestAuthentication in table tests: raw tokens verified with zt proxy's
+/// code against the inline keys, 401 as an expectation, claims given directly.
+#[test]
+fn request_authentication_cases_verify_tokens_as_the_proxy_does() {
+    let dir = examples().join("request-authentication");
+    let policies = dir.join("policies");
+    let out = zt(&["policy", "lint", arg(&policies)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("; 1 RequestAuthentications (production: 1)"),
+        "{}",
+        describe(&out)
+    );
+    passes(
+        &[
+            "policy",
+            "test",
+            arg(&policies),
+            "--cases",
+            arg(&dir.join("cases.yaml")),
+        ],
+        "9 tests: 9 passed, 0 failed",
+    );
+    // A case expecting ALLOW for a refused token fails, saying why.
+    let cases = fs::read_to_string(dir.join("cases.yaml")).unwrap();
+    let wrong = cases.replacen("decision: UNAUTHENTICATED", "decision: ALLOW", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cases.yaml");
+    fs::write(&file, wrong).unwrap();
+    let out = zt(&["policy", "test", arg(&policies), "--cases", arg(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  an expired token is refused before any policy: want ALLOW, got UNAUTHENTICATED (unauthenticated: expired)"),
+        "{stdout}"
+    );
+    // eval: the 401 as JSON.
+    let request = json!({
+        "destination": {"namespace": "production", "labels": {"app": "reports"}},
+        "request": {"method": "GET", "path": "/reports/x", "headers": {"authorization": "Bearer not.a.token"}},
+    });
+    let out = zt(&[
+        "policy",
+        "eval",
+        "--policies",
+        arg(&policies),
+        "--request",
+        &request.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer,
+        json!({"decision": "UNAUTHENTICATED", "status": 401, "reason": "malformed"})
+    );
+}
+
 /// zt up's policies (which it embeds) and their Rego variant decide alike, by their tests.
 #[test]
 fn the_mesh_examples_pass_their_cases_in_yaml_and_rego() {

@@ -3645,3 +3645,451 @@ mod tracing_otlp {
         assert!(seen.get("traceparent").is_none(), "no trace is started: {seen}");
     }
 }
+
+/// RequestAuthentication end to end: Istio's documented behaviour through a
+/// real proxy, with inline keys and keys from a `jwksUri` served over HTTPS.
+mod request_authentication {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+    use zt_identity::JwtSigner;
+    use zt_identity::jwt::sign_jws;
+
+    use super::*;
+
+    const LOCAL: &str = "https://idp.example";
+    const REMOTE: &str = "https://remote.example";
+
+    fn signer() -> JwtSigner {
+        let key = rcgen::KeyPair::generate().unwrap();
+        JwtSigner::from_pkcs8(&key.serialize_der()).unwrap()
+    }
+
+    fn jwks(signers: &[&JwtSigner]) -> String {
+        let keys: Vec<Value> = signers
+            .iter()
+            .map(|s| s.public_key().to_signing_jwk(s.kid(), s.algorithm().name()))
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn token(
+        signer: &JwtSigner,
+        iss: &str,
+        sub: &str,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> String {
+        let now = now();
+        let mut claims = json!({
+            "iss": iss, "sub": sub, "aud": "billing", "exp": now + 600, "iat": now,
+            "groups": if sub == "bob" { json!(["admins"]) } else { json!(["dev"]) },
+            "org": {"team": "red"},
+        });
+        if let Value::Object(map) = &mut claims {
+            edit(map);
+        }
+        sign_jws(signer, "JWT", &claims).unwrap()
+    }
+
+    /// An HTTPS server of one JWK Set at `/jwks.json`, with a certificate from
+    /// the test CA (which the proxy trusts through its bundle); answers 503
+    /// while `down`.
+    struct JwksServer {
+        addr: SocketAddr,
+        down: Arc<AtomicBool>,
+    }
+
+    fn serve_jwks(pki: &Pki, body: String) -> JwksServer {
+        use std::io::{Read as _, Write as _};
+        let out = Command::new(zt_exe())
+            .args([
+                "ca",
+                "issue",
+                "--ca",
+                "ca",
+                "--spiffe-id",
+                "spiffe://example.org/jwks",
+            ])
+            .args(["--dns", "localhost", "--ip", "127.0.0.1", "--out", "jwks"])
+            .current_dir(&pki.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        let chain =
+            zt_identity::x509::certificates_from_pem(&fs::read(pki.file("jwks.crt")).unwrap()).unwrap();
+        let key = zt_identity::x509::private_key_from_pem(&fs::read(pki.file("jwks.key")).unwrap()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let (config, flag, body) = (config.clone(), flag.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = if flag.load(Ordering::SeqCst) {
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    let _ = tls.write_all(answer.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        JwksServer { addr, down }
+    }
+
+    /// `GET target` over mTLS as the payment service with `headers`: the
+    /// status, the answer's head, and what the echo app saw (headers by name).
+    fn get(pki: &Pki, inbound: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (u16, String, Value) {
+        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let answer = raw_answer(pki, inbound, raw.as_bytes());
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP answer to {target}: {answer:?}"));
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let seen = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("headers").cloned())
+            .unwrap_or(Value::Null);
+        (status, head.to_owned(), seen)
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn istio_request_authentication_end_to_end() {
+        let Some(python) = zt_testkit::python("istio_request_authentication_end_to_end") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let (local, remote, rotated, stranger) = (signer(), signer(), signer(), signer());
+        let server = serve_jwks(&pki, jwks(&[&remote]));
+        let policies = dir.path().join("policies");
+        fs::create_dir(&policies).unwrap();
+        let authn = format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: production
+spec:
+  selector:
+    matchLabels:
+      app: billing-service
+  jwtRules:
+  - issuer: {LOCAL}
+    audiences: [billing]
+    jwks: '{}'
+    outputClaimToHeaders:
+    - header: x-user
+      claim: sub
+    - header: X-Team
+      claim: org.team
+    outputPayloadToHeader: x-jwt-payload
+  - issuer: {REMOTE}
+    jwksUri: https://localhost:{}/jwks.json
+    forwardOriginalToken: true
+    outputClaimToHeaders:
+    - header: x-user
+      claim: sub
+",
+            jwks(&[&local]),
+            server.addr.port()
+        );
+        fs::write(policies.join("authn.yaml"), authn).unwrap();
+        fs::write(
+            policies.join("allow.yaml"),
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: users-only
+  namespace: production
+spec:
+  selector:
+    matchLabels:
+      app: billing-service
+  rules:
+  - from:
+    - source:
+        requestPrincipals: [\"*\"]
+    to:
+    - operation:
+        paths: [\"/api/*\"]
+  - from:
+    - source:
+        requestPrincipals: [\"*\"]
+    to:
+    - operation:
+        paths: [\"/admin\"]
+    when:
+    - key: request.auth.claims[groups]
+      values: [\"admins\"]
+",
+        )
+        .unwrap();
+        let log = dir.path().join("decisions.log");
+        let (app_addr, _app) = start_app(&python, &[interop("echo_app.py").to_str().unwrap()]);
+        let (_proxy, inbound, admin) = dev_proxy(
+            &pki,
+            &[
+                "--app",
+                &app_addr.to_string(),
+                "--policy-dir",
+                policies.to_str().unwrap(),
+                "--namespace",
+                "production",
+                "--label",
+                "app=billing-service",
+                "--decision-log",
+                log.to_str().unwrap(),
+            ],
+        );
+
+        // No token: authenticated by nothing, so the ALLOW naming requestPrincipals denies.
+        assert_eq!(get(&pki, inbound, "/api/none", &[]).0, 403);
+
+        // Valid: 200; the app sees the claim headers from the token and none of
+        // the client's copies, whatever their spelling; the token is not forwarded.
+        let alice = token(&local, LOCAL, "alice", |_| {});
+        let (status, _, seen) = get(
+            &pki,
+            inbound,
+            "/api/orders",
+            &[
+                ("Authorization", &bearer(&alice)),
+                ("X-User", "mallory"),
+                ("x-user", "mallory2"),
+                ("X_USER", "mallory3"),
+                ("x_team", "blue"),
+                ("X-TEAM", "blue"),
+                ("X-Jwt-Payload", "e30"),
+            ],
+        );
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["x-user"], json!(["alice"]), "{seen}");
+        assert_eq!(seen["x-team"], json!(["red"]), "{seen}");
+        assert_eq!(
+            seen["x-jwt-payload"],
+            json!([alice.split('.').nth(1).unwrap()]),
+            "{seen}"
+        );
+        assert!(
+            seen.get("authorization").is_none(),
+            "forwardOriginalToken false removes it: {seen}"
+        );
+        assert!(
+            seen.get("x_user").is_none() && seen.get("x_team").is_none(),
+            "{seen}"
+        );
+        // The same token as ?access_token= is taken, and removed from the query.
+        let (status, _, _) = get(&pki, inbound, &format!("/api/q?a=1&access_token={alice}"), &[]);
+        assert_eq!(status, 200);
+
+        // A claim in `when`: bob (admins) may, alice (dev) may not.
+        let bob = token(&local, LOCAL, "bob", |_| {});
+        assert_eq!(
+            get(&pki, inbound, "/admin", &[("authorization", &bearer(&bob))]).0,
+            200
+        );
+        assert_eq!(
+            get(&pki, inbound, "/admin", &[("authorization", &bearer(&alice))]).0,
+            403
+        );
+
+        // Invalid tokens: 401 with Istio's challenge, never reaching the app.
+        let invalid = [
+            (
+                "expired",
+                token(&local, LOCAL, "alice", |c| {
+                    c.insert("exp".into(), json!(now() - 120));
+                }),
+            ),
+            (
+                "not_yet_valid",
+                token(&local, LOCAL, "alice", |c| {
+                    c.insert("nbf".into(), json!(now() + 600));
+                }),
+            ),
+            (
+                "wrong_issuer",
+                token(&local, "https://evil.example", "alice", |_| {}),
+            ),
+            (
+                "wrong_audience",
+                token(&local, LOCAL, "alice", |c| {
+                    c.insert("aud".into(), json!("other"));
+                }),
+            ),
+            ("unknown_key", token(&stranger, LOCAL, "alice", |_| {})),
+            ("algorithm", {
+                let parts: Vec<&str> = alice.split('.').collect();
+                use base64::Engine as _;
+                let header =
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+                format!("{header}.{}.", parts[1])
+            }),
+            ("bad_signature", {
+                let forged = token(&local, LOCAL, "root", |_| {});
+                let (a, f): (Vec<&str>, Vec<&str>) =
+                    (alice.split('.').collect(), forged.split('.').collect());
+                format!("{}.{}.{}", a[0], f[1], a[2])
+            }),
+            ("malformed", "not-a-jwt".to_owned()),
+        ];
+        for (reason, bad) in &invalid {
+            let path = format!("/api/invalid-{reason}");
+            let (status, head, _) = get(&pki, inbound, &path, &[("authorization", &bearer(bad))]);
+            assert_eq!(status, 401, "{reason}: {head}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer error=\"invalid_token\""),
+                "{reason}: {head}"
+            );
+            let sample =
+                format!("zt_proxy_request_authentication_total{{result=\"invalid\",reason=\"{reason}\"}}");
+            assert_eq!(metric(admin, &sample), 1.0, "{reason}");
+        }
+        // Two different tokens: ambiguous, 401.
+        let (status, _, _) = get(
+            &pki,
+            inbound,
+            &format!("/api/invalid-two?access_token={bob}"),
+            &[("authorization", &bearer(&alice))],
+        );
+        assert_eq!(status, 401);
+        // Over 64 KiB: refused before it is parsed (the head limit is 64 KiB too).
+        let huge = format!("{}.{}.x", "a".repeat(40_000), "b".repeat(40_000));
+        let (status, _, _) = get(
+            &pki,
+            inbound,
+            "/api/invalid-huge",
+            &[("authorization", &bearer(&huge))],
+        );
+        assert!(matches!(status, 400 | 401 | 431), "{status}");
+        let (_, completed) = http_get(app_addr, "/__completed").unwrap();
+        assert!(
+            !completed.contains("invalid"),
+            "an invalid token reached the app: {completed}"
+        );
+
+        // Keys from a jwksUri over HTTPS; this rule forwards the token.
+        let carol = token(&remote, REMOTE, "carol", |c| {
+            c.remove("aud");
+        });
+        let (status, _, seen) = get(
+            &pki,
+            inbound,
+            "/api/remote",
+            &[("authorization", &bearer(&carol))],
+        );
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["x-user"], json!(["carol"]));
+        assert_eq!(
+            seen["authorization"],
+            json!([bearer(&carol)]),
+            "forwardOriginalToken true keeps it"
+        );
+        // The endpoint goes down: the last good keys still verify; a key it
+        // never served cannot be fetched, so its tokens are refused.
+        server.down.store(true, Ordering::SeqCst);
+        assert_eq!(
+            get(
+                &pki,
+                inbound,
+                "/api/remote2",
+                &[("authorization", &bearer(&carol))]
+            )
+            .0,
+            200
+        );
+        let rotated_token = token(&rotated, REMOTE, "carol", |_| {});
+        assert_eq!(
+            get(
+                &pki,
+                inbound,
+                "/api/invalid-rotated",
+                &[("authorization", &bearer(&rotated_token))]
+            )
+            .0,
+            401
+        );
+
+        assert!(
+            metric(
+                admin,
+                "zt_proxy_request_authentication_total{result=\"valid\",reason=\"\"}"
+            ) >= 5.0
+        );
+        assert_eq!(
+            metric(
+                admin,
+                "zt_proxy_request_authentication_total{result=\"missing\",reason=\"\"}"
+            ),
+            1.0
+        );
+
+        // The decision log names the request principal of authenticated requests.
+        let records: Vec<Value> = fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let principals: Vec<&str> = records
+            .iter()
+            .filter_map(|r| r.get("request_principal").and_then(Value::as_str))
+            .collect();
+        assert!(
+            principals.contains(&"https://idp.example/alice"),
+            "{principals:?}"
+        );
+        assert!(
+            principals.contains(&"https://remote.example/carol"),
+            "{principals:?}"
+        );
+        let unauthenticated = records.iter().find(|r| r["path"] == "/api/none").unwrap();
+        assert!(unauthenticated.get("request_principal").is_none());
+        let out = Command::new(zt_exe())
+            .args(["audit", "verify", log.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+}

@@ -98,6 +98,9 @@ pub(super) fn record(request: &Request, decision: &Decision, verdict: &str, mode
         input: None,
         result: None,
         revision: None,
+        request_principal: http
+            .and_then(|h| h.auth.as_ref())
+            .and_then(|a| a.principal.clone()),
         prev: String::new(),
         hash: String::new(),
     }

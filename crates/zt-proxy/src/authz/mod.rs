@@ -11,8 +11,10 @@
 //!
 //! The same sets carry PeerAuthentications: the mTLS mode they give each
 //! inbound port is resolved with the rest, once per change, and read by every
-//! new connection ([`Authorizer::mtls_mode`]).
+//! new connection ([`Authorizer::mtls_mode`]); and RequestAuthentications:
+//! the JWT rules of the workload, ready to verify ([`Authorizer::authentication`]).
 
+pub(crate) mod authn;
 mod decision_log;
 mod policies;
 mod providers;
@@ -82,6 +84,9 @@ pub struct AuthzConfig {
     pub checkpoints: zt_audit::CheckpointPolicy,
     /// Rego rules that decide for CUSTOM policies, by provider name.
     pub providers: Option<Arc<RegoProviders>>,
+    /// Roots trusted for RequestAuthentication `jwksUri` fetches besides the
+    /// SPIFFE trust bundles (`--jwks-ca`).
+    pub jwks_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Why authorization could not start.
@@ -169,6 +174,15 @@ impl Authorizer {
     /// `port`; `None`: none applies (or none is in force yet), `--mode` does.
     pub fn mtls_mode(&self, port: u16) -> Option<zt_policy::MtlsMode> {
         policies::mtls_mode(&self.in_force, port)
+    }
+
+    /// The RequestAuthentication rules in force for the workload; `None`
+    /// while no policies are.
+    pub(crate) fn authentication(&self) -> Option<Arc<authn::Rules>> {
+        self.in_force
+            .borrow()
+            .as_ref()
+            .map(|in_force| in_force.authn.clone())
     }
 
     /// The mTLS modes in force, to follow as they change.

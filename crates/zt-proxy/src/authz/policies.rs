@@ -1,14 +1,16 @@
 //! The policies in force for this workload, kept current: a directory
 //! reloaded when it changes, or zt agent's policy stream (from zt server),
 //! combined with the workload's namespace and labels — the
-//! AuthorizationPolicies that decide its requests, and the mTLS modes its
-//! PeerAuthentications give its ports.
+//! AuthorizationPolicies that decide its requests, the mTLS modes its
+//! PeerAuthentications give its ports, and its RequestAuthentications' JWT rules.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use zt_policy::{MtlsMode, PeerAuthentications, PolicySet, WorkloadMtls, WorkloadPolicies};
+use zt_policy::{
+    MtlsMode, PeerAuthentications, PolicySet, RequestAuthentications, WorkloadMtls, WorkloadPolicies,
+};
 
 use super::AuthzConfig;
 use crate::admin::Metrics;
@@ -19,6 +21,7 @@ use crate::identity::IdentityWatch;
 struct Loaded {
     set: PolicySet,
     mtls: PeerAuthentications,
+    authn: RequestAuthentications,
     version: String,
     /// The zt server version, for a set from zt agent.
     server_version: Option<u64>,
@@ -34,6 +37,7 @@ fn compile(
     Ok(Loaded {
         set: PolicySet::new(loaded.policies, root_namespace),
         mtls: PeerAuthentications::new(loaded.peer_authentications, root_namespace),
+        authn: RequestAuthentications::new(loaded.request_authentications, root_namespace),
         version,
         server_version: None,
     })
@@ -61,6 +65,8 @@ pub(super) struct InForce {
     pub(super) policies: WorkloadPolicies,
     /// The ports' mTLS modes (`None`: `--mode`).
     pub(super) mtls: WorkloadMtls,
+    /// The JWT rules (RequestAuthentications), ready to verify.
+    pub(super) authn: Arc<super::authn::Rules>,
     pub(super) version: Arc<str>,
     pub(super) destination: Arc<str>,
 }
@@ -167,8 +173,10 @@ async fn combine(
     tx: Arc<watch::Sender<Option<Arc<InForce>>>>,
     metrics: Arc<Metrics>,
 ) {
+    let mut keys = super::authn::KeysCache::default();
     loop {
-        let own_id = identity.borrow().as_ref().map(|i| i.spiffe_id.to_string());
+        let own = identity.borrow().clone();
+        let own_id = own.as_ref().map(|i| i.spiffe_id.to_string());
         let namespace = config
             .namespace
             .clone()
@@ -187,7 +195,12 @@ async fn combine(
             (Some(namespace), Some(current)) => {
                 let policies = current.set.for_workload(&namespace, &config.labels);
                 let mtls = current.mtls.for_workload(&namespace, &config.labels);
-                tracing::info!(%namespace, version = %current.version, policies = policies.len(), "policies in force");
+                let authn = keys.build(
+                    &current.authn.for_workload(&namespace, &config.labels),
+                    own.as_deref(),
+                    &config.jwks_ca,
+                );
+                tracing::info!(%namespace, version = %current.version, policies = policies.len(), jwt_rules = authn.rules.len(), "policies in force");
                 if !mtls.shadowed.is_empty() {
                     tracing::warn!(
                         chosen = mtls.decided_by.as_deref().unwrap_or_default(),
@@ -202,6 +215,7 @@ async fn combine(
                 Some(Arc::new(InForce {
                     policies,
                     mtls,
+                    authn: Arc::new(authn),
                     version: current.version.as_str().into(),
                     destination: destination.into(),
                 }))
@@ -314,6 +328,7 @@ mod tests {
             decision_log_key: None,
             checkpoints: zt_audit::CheckpointPolicy::default(),
             providers: None,
+            jwks_ca: Vec::new(),
         };
         let metrics = Arc::new(Metrics::new(zt_task::Tasks::new()));
         let (loaded_tx, loaded) = watch::channel(None);
@@ -326,6 +341,36 @@ mod tests {
             metrics,
             _identity: identity_tx,
         }
+    }
+
+    /// A set from zt server (`zt policy apply`, through zt agent) carries
+    /// RequestAuthentications: their rules are in force with the rest.
+    #[tokio::test]
+    async fn sets_from_the_server_carry_request_authentications() {
+        let Combined {
+            loaded,
+            mut in_force,
+            _identity,
+            ..
+        } = start(Some("shop"));
+        in_force.changed().await.unwrap();
+        let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let text = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  jwtRules:\n  - issuer: https://idp.example\n    jwks: '{jwks}'\n    outputClaimToHeaders: [{{header: x-user, claim: sub}}]\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: other, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  jwtRules:\n  - issuer: https://other.example\n    jwks: '{jwks}'\n"
+        );
+        let sources = [zt_policy::load::Source {
+            name: "authn.yaml".into(),
+            text,
+        }];
+        let mut set = compile(&sources, "v7".into(), zt_policy::DEFAULT_ROOT_NAMESPACE).unwrap();
+        set.server_version = Some(7);
+        loaded.send_replace(Some(Arc::new(set)));
+        in_force.changed().await.unwrap();
+        let current = in_force.borrow_and_update().clone().unwrap();
+        // Only the one selecting app=orders applies.
+        assert_eq!(current.authn.rules.len(), 1);
+        assert_eq!(current.authn.rules[0].issuer.issuer(), "https://idp.example");
+        assert_eq!(current.authn.output_headers, ["x-user"]);
     }
 
     // On the test's single thread, `combine` runs from a publication to its

@@ -17,13 +17,21 @@ pub(crate) async fn check<B>(
     request: &Request<B>,
     head: &Admitted,
     peer: &Peer,
+    verified: Option<&zt_authn::Verified>,
 ) -> Result<Decision, Refusal> {
-    authz.authorize(&policy_request(request, head, peer)).await
+    authz
+        .authorize(&policy_request(request, head, peer, verified))
+        .await
 }
 
 /// The request as policies see it: the head the app gets. The query rides
 /// along for CUSTOM providers; policies match the path only.
-fn policy_request<B>(request: &Request<B>, head: &Admitted, peer: &Peer) -> zt_policy::Request {
+fn policy_request<B>(
+    request: &Request<B>,
+    head: &Admitted,
+    peer: &Peer,
+    verified: Option<&zt_authn::Verified>,
+) -> zt_policy::Request {
     let mut headers = BTreeMap::new();
     for (name, value) in request.headers() {
         if let Ok(value) = value.to_str() {
@@ -41,7 +49,7 @@ fn policy_request<B>(request: &Request<B>, head: &Admitted, peer: &Peer) -> zt_p
         path: head.path_and_query.as_str().to_owned(),
         host: head.host.clone(),
         headers,
-        auth: None,
+        auth: verified.map(zt_authn::Verified::to_auth),
     }))
 }
 
@@ -63,7 +71,7 @@ mod tests {
             .unwrap();
         let head = admit(&mut request, &HeadRules::default()).unwrap();
         let peer = Peer::for_tests(true);
-        let seen = policy_request(&request, &head, &peer);
+        let seen = policy_request(&request, &head, &peer, None);
         let http = seen.request.unwrap();
         assert_eq!(http.path, "/a/c?x=1");
         assert_eq!(http.host, "api.example");

@@ -4,7 +4,9 @@
 //! 2. [`normalize`] — the head as the app will receive it, made once: one
 //!    authority, the path normalized, forged identity and routing headers
 //!    removed in every spelling, only allowed upgrades;
-//! 3. authenticate the request (tokens: to come);
+//! 3. [`authenticate`] — the request's JWT, where the RequestAuthentications
+//!    in force look for it: absent passes unauthenticated, invalid is a 401;
+//!    the app gets the rules' claim headers and (unless forwarded) no token;
 //! 4. [`authorize`] — the policies decide on that head; the decision is recorded;
 //! 5. [`rewrite`] — target, `Host`, hop-by-hop headers, XFCC and identity headers;
 //! 6. [`send`] — to the app, the body held to its limit;
@@ -20,11 +22,12 @@
 //! metric label and the logged reason.
 
 pub mod allow;
+mod authenticate;
 mod authorize;
 pub mod normalize;
 mod record;
 mod respond;
-mod rewrite;
+pub mod rewrite;
 pub(crate) mod send;
 pub(crate) mod trace;
 
@@ -62,12 +65,16 @@ async fn stages(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let config = &context.config;
     allow::check(peer)?;
-    let head = normalize::admit(&mut request, &config.head)?;
+    let mut head = normalize::admit(&mut request, &config.head)?;
     if let Some(traced) = traced.as_mut() {
         traced.admitted(&head.host);
     }
     if let Some(authz) = &config.authz {
-        authorize::check(authz, &request, &head, peer).await?;
+        let verified = match authz.authentication() {
+            Some(rules) => authenticate::check(&rules, &mut request, &mut head, &context.metrics).await?,
+            None => None,
+        };
+        authorize::check(authz, &request, &head, peer, verified.as_ref()).await?;
     }
     let client_side = head.upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
@@ -95,6 +102,12 @@ fn answer(refusal: &Refusal) -> Response<ProxyBody> {
             .boxed(),
     );
     *response.status_mut() = status;
+    if let Refusal::Unauthenticated(_) = refusal {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -80,7 +80,7 @@ pub(crate) fn for_app(
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names
 /// apply to one connection only: they are not forwarded. `TE: trailers` is kept:
 /// it says the client takes trailers, which gRPC needs end to end.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let trailers = headers.get(http::header::TE).is_some_and(|te| te == "trailers");
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)

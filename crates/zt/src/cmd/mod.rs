@@ -10,6 +10,7 @@ pub mod bench;
 pub mod ca;
 pub mod client;
 pub mod entry;
+pub mod gateway;
 pub mod group;
 pub mod id;
 pub mod login;

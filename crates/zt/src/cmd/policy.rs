@@ -126,10 +126,125 @@ pub(crate) struct PolicyTestArgs {
     pub(crate) rego_limits: RegoLimitArgs,
 }
 
-/// The policies of `dir`, or every problem, one per line.
-fn load(dir: &Path, root_namespace: &str) -> anyhow::Result<PolicySet> {
-    let policies = zt_policy::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(PolicySet::new(policies, root_namespace))
+/// The AuthorizationPolicies and RequestAuthentications of `dir`, or every problem.
+fn load_with_authn(
+    dir: &Path,
+    root_namespace: &str,
+) -> anyhow::Result<(PolicySet, zt_policy::RequestAuthentications)> {
+    let sources = zt_policy::load::read_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = zt_policy::load::parse_all(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((
+        PolicySet::new(loaded.policies, root_namespace),
+        zt_policy::RequestAuthentications::new(loaded.request_authentications, root_namespace),
+    ))
+}
+
+/// Authenticates a request's token as zt proxy does (zt-authn's code), by the
+/// RequestAuthentications selecting its destination: their inline `jwks`
+/// only (a `jwksUri` is not fetched: its rules are left out, with a warning).
+fn authenticate_case(
+    authn: &zt_policy::RequestAuthentications,
+    request: &Request,
+    warned: &mut std::collections::BTreeSet<String>,
+) -> zt_policy::cases::Authentication {
+    use zt_authn::request::{Carrier, Outcome, Rule};
+    use zt_policy::cases::Authentication;
+    use zt_policy::request_authentication::{JwksSource, TokenLocation};
+
+    struct Carried<'a>(&'a zt_policy::request::Http);
+    impl Carrier for Carried<'_> {
+        fn header_values(&self, name: &str) -> Vec<&str> {
+            self.0
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        }
+        fn query(&self) -> Option<&str> {
+            self.0.path.split_once('?').map(|(_, query)| query)
+        }
+    }
+
+    let Some(http) = &request.request else {
+        return Authentication::Unchanged;
+    };
+    let workload = authn.for_workload(&request.destination.namespace, &request.destination.labels);
+    if workload.is_empty() {
+        return Authentication::Unchanged;
+    }
+    let mut rules = Vec::new();
+    for (policy, rule) in workload.rules() {
+        match &rule.jwks {
+            JwksSource::Inline(jwks) => match zt_authn::Keys::inline(jwks) {
+                Ok(keys) => rules.push(Rule::new(rule.clone(), keys)),
+                Err(e) => return Authentication::Unauthenticated(format!("{}: jwks: {e}", policy.id())),
+            },
+            JwksSource::Uri(uri) => {
+                if warned.insert(format!("{}/{uri}", policy.id())) {
+                    eprintln!(
+                        "warning: {}:{}: {} rule for {} uses jwksUri {uri}, which zt policy test does not fetch; its tokens are not accepted here (give jwks inline to test them)",
+                        policy.origin.file.display(),
+                        policy.origin.line,
+                        policy.id(),
+                        rule.issuer
+                    );
+                }
+            }
+        }
+    }
+    let mut http = http.clone();
+    // The client's copies of the rules' output headers, in every spelling.
+    let outputs = workload.output_headers();
+    http.headers
+        .retain(|name, _| !outputs.contains(&name.to_ascii_lowercase().replace('_', "-")));
+    let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(zt_authn::request::authenticate(&rules, &Carried(&http), None)),
+        Err(e) => return Authentication::Unauthenticated(format!("no runtime: {e}")),
+    };
+    match outcome {
+        Outcome::Missing => {}
+        Outcome::Invalid(reason) => return Authentication::Unauthenticated(reason.to_owned()),
+        Outcome::Valid {
+            rule,
+            verified,
+            token,
+            locations,
+        } => {
+            let Some(rule) = rules.get(rule) else {
+                return Authentication::Unauthenticated("invalid".into());
+            };
+            if !rule.spec.forward_original_token {
+                for location in &locations {
+                    match location {
+                        TokenLocation::Header { name, .. } => {
+                            http.headers.retain(|n, _| !n.eq_ignore_ascii_case(name))
+                        }
+                        TokenLocation::Param(param) => {
+                            if let Some((path, query)) = http.path.split_once('?') {
+                                let kept: Vec<&str> = query
+                                    .split('&')
+                                    .filter(|pair| pair.split_once('=').is_none_or(|(key, _)| key != param))
+                                    .collect();
+                                http.path = match kept.is_empty() {
+                                    true => path.to_owned(),
+                                    false => format!("{path}?{}", kept.join("&")),
+                                };
+                            }
+                        }
+                        TokenLocation::Cookie(_) => {}
+                    }
+                }
+            }
+            for (name, value) in rule.output_headers(&verified, &token) {
+                http.headers.insert(name, value);
+            }
+            http.auth = Some(verified.to_auth());
+        }
+    }
+    let mut changed = request.clone();
+    changed.request = Some(http);
+    Authentication::Changed(Box::new(changed))
 }
 
 /// `zt policy lint DIR`: exit 0 and a summary, or 1 and every problem.
@@ -157,6 +272,18 @@ pub fn lint(args: PolicyLintArgs) -> anyhow::Result<ExitCode> {
             by_namespace(&mut loaded.peer_authentications.iter().map(|p| p.namespace.as_str()))
         ));
     }
+    if !loaded.request_authentications.is_empty() {
+        summary.push_str(&format!(
+            "; {} RequestAuthentications ({})",
+            loaded.request_authentications.len(),
+            by_namespace(
+                &mut loaded
+                    .request_authentications
+                    .iter()
+                    .map(|p| p.namespace.as_str())
+            )
+        ));
+    }
     let peer = zt_policy::PeerAuthentications::new(loaded.peer_authentications, &args.root_namespace);
     for ignored in peer.ignored() {
         eprintln!(
@@ -173,7 +300,7 @@ pub fn lint(args: PolicyLintArgs) -> anyhow::Result<ExitCode> {
 
 /// `zt policy eval --policies DIR --request JSON`: the decision as JSON.
 pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
-    let set = load(&args.policies, &args.root_namespace)?;
+    let (set, authn) = load_with_authn(&args.policies, &args.root_namespace)?;
     let text = match args.request.as_str() {
         "-" => {
             let mut text = String::new();
@@ -191,6 +318,15 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let request: Request = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--request: {e}"))?;
+    let request = match authenticate_case(&authn, &request, &mut Default::default()) {
+        zt_policy::cases::Authentication::Unchanged => request,
+        zt_policy::cases::Authentication::Changed(request) => *request,
+        zt_policy::cases::Authentication::Unauthenticated(reason) => {
+            let answer = serde_json::json!({"decision": "UNAUTHENTICATED", "status": 401, "reason": reason});
+            println!("{answer}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     println!("{}", serde_json::to_string(&set.evaluate(&request))?);
     Ok(ExitCode::SUCCESS)
 }
@@ -202,12 +338,16 @@ pub fn test(args: PolicyTestArgs) -> anyhow::Result<ExitCode> {
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut tally = |ok: bool| if ok { passed += 1 } else { failed += 1 };
     if let Some(cases_file) = &args.cases {
-        let set = load(&args.dir, &args.root_namespace)?;
+        let (set, authn) = load_with_authn(&args.dir, &args.root_namespace)?;
         let text = String::from_utf8(super::read_input("--cases", cases_file)?)
             .with_context(|| format!("--cases {}: not UTF-8", cases_file.display()))?;
         let cases = zt_policy::cases::parse(&text)
             .map_err(|e| anyhow::anyhow!("--cases {}: {e}", cases_file.display()))?;
-        for outcome in zt_policy::cases::run(&set, &cases) {
+        let mut warned = std::collections::BTreeSet::new();
+        let outcomes = zt_policy::cases::run_with(&set, &cases, |request| {
+            authenticate_case(&authn, request, &mut warned)
+        });
+        for outcome in outcomes {
             match &outcome.failure {
                 None => println!("PASS  {}", outcome.name),
                 Some(why) => println!("FAIL  {}: {why}", outcome.name),

@@ -164,12 +164,32 @@ pub(crate) struct ProxyArgs {
     pub(crate) custom_providers: Vec<(String, String)>,
     #[command(flatten)]
     pub(crate) rego_limits: RegoLimitArgs,
+    /// Certificates (PEM) trusted for RequestAuthentication jwksUri fetches, besides the
+    /// SPIFFE trust bundle: e.g. /etc/ssl/certs/ca-certificates.crt for a public issuer,
+    /// or the CA of a private one. Fetches are HTTPS only.
+    #[arg(long, value_name = "FILE", requires = "policies")]
+    pub(crate) jwks_ca: Option<PathBuf>,
     /// Export a span per inbound request (OpenTelemetry HTTP conventions, the caller's
     /// SPIFFE ID) with OTLP over gRPC to this collector, e.g. http://127.0.0.1:4317; a
     /// caller's W3C traceparent is continued and the app gets the proxy's. Off by
     /// default: then trace headers pass through untouched.
     #[arg(long, value_name = "URL", value_parser = parse_from_str::<zt_proxy::otlp::Endpoint>)]
     pub(crate) otlp_endpoint: Option<zt_proxy::otlp::Endpoint>,
+}
+
+/// Every certificate of a PEM file (`--jwks-ca`); none is an error.
+fn read_pem_certificates(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject as _;
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("--jwks-ca {}: {e}", path.display()))?;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--jwks-ca {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        anyhow::bail!("--jwks-ca {}: no PEM certificate", path.display());
+    }
+    Ok(certificates)
 }
 
 /// `--label KEY=VALUE`.
@@ -310,6 +330,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             rules: args.custom_providers.iter().cloned().collect(),
         }))
     };
+    let jwks_ca = match &args.jwks_ca {
+        Some(path) => read_pem_certificates(path)?,
+        None => Vec::new(),
+    };
     let config = ProxyConfig {
         identity,
         inbound,
@@ -337,6 +361,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             decision_log: args.decision_log,
             decision_log_key: args.checkpoints.decision_log_key.clone(),
             checkpoints: args.checkpoints.policy(),
+            jwks_ca,
         }),
         otlp: args.otlp_endpoint,
     };

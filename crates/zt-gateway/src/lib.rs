@@ -1,0 +1,456 @@
+//! `zt gateway`: the edge people reach mesh services through — an
+//! identity-aware reverse proxy. Browsers sign in with the OpenID Provider
+//! (zt server's, or any) and carry a sealed session cookie; API clients and
+//! CLIs send a bearer token. Every request is authorized by Istio
+//! AuthorizationPolicies on the person's verified claims (`requestPrincipals`,
+//! `request.auth.claims[…]`, `source.ip`, the route's paths and methods), and
+//! goes on over mTLS with the gateway's SVID, carrying the person's token
+//! exchanged for the upstream's audience and, for apps that read no JWT,
+//! identity headers set from it.
+//!
+//! - [`config`]: the YAML configuration, checked;
+//! - [`request`]: one request's stages;
+//! - [`oidc`]: the relying party (code flow with PKCE, refresh, exchange,
+//!   back-channel logout);
+//! - [`sessions`]: sign-ins in progress, sessions, logouts, exchanged tokens;
+//! - [`cookie`]: sealed `__Host-` cookies;
+//! - [`routes`]: host and path prefix → upstream;
+//! - [`connect`]: TLS to the provider, mTLS to upstreams;
+//! - [`pages`]: redirects, 401/403 pages and JSON;
+//! - [`paths`]: the gateway's own paths under `/.zt/`.
+//!
+//! The policies, the decision log, the head normalization, the SVID
+//! following and the admin endpoint are zt proxy's, shared, not copied.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod connect;
+pub mod cookie;
+pub mod oidc;
+pub mod pages;
+pub mod paths;
+pub mod request;
+pub mod routes;
+pub mod sessions;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zt_proxy::authz::{Authorizer, AuthzConfig, PolicyMode, PolicySource};
+use zt_proxy::identity::IdentitySource;
+use zt_proxy::request::normalize::HeadRules;
+
+pub use config::GatewayConfig;
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read (a 64 KiB token, cookies and the rest).
+const MAX_HEAD_BYTES: usize = 96 * 1024;
+/// How long the provider may take to answer discovery at start.
+const DISCOVERY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A file named by the configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The SVID.
+    #[error(transparent)]
+    Identity(#[from] zt_proxy::identity::IdentityError),
+    /// The policies or the decision log.
+    #[error(transparent)]
+    Authz(#[from] zt_proxy::authz::AuthzError),
+    /// The provider.
+    #[error("oidc.issuer: {0}")]
+    Provider(#[from] oidc::RpError),
+    /// A listener.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// `listen` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A reason label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: &'static str,
+}
+
+/// The gateway's own metrics, under `zt_gateway_`, beside zt proxy's.
+#[derive(Default)]
+pub struct GatewayMetrics {
+    /// Requests refused before authorization, by reason (`missing`, `expired`…).
+    pub unauthenticated_by: Family<ReasonLabel, Counter>,
+    /// Back-channel logouts taken.
+    pub logouts: Counter,
+    /// Sessions open.
+    pub sessions: Gauge,
+    /// Sessions opened.
+    pub sign_ins: Counter,
+}
+
+impl GatewayMetrics {
+    fn register(&self, root: &mut Registry) {
+        let registry = root.sub_registry_with_prefix("zt_gateway");
+        registry.register(
+            "unauthenticated",
+            "Requests refused before authorization (401, or a browser sent to sign in), by reason",
+            self.unauthenticated_by.clone(),
+        );
+        registry.register(
+            "backchannel_logouts",
+            "Back-channel logouts taken",
+            self.logouts.clone(),
+        );
+        registry.register("sessions", "Sessions open", self.sessions.clone());
+        registry.register("sign_ins", "Sessions opened", self.sign_ins.clone());
+    }
+
+    fn unauthenticated(&self, reason: &'static str) {
+        self.unauthenticated_by
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The gateway, shared by every connection.
+pub struct Gateway {
+    config: GatewayConfig,
+    rp: oidc::RelyingParty,
+    sessions: sessions::Sessions,
+    cookie_key: cookie::CookieKey,
+    authorizer: Authorizer,
+    routes: routes::Routes,
+    head_rules: HeadRules,
+    metrics: Arc<GatewayMetrics>,
+    proxy_metrics: Arc<zt_proxy::admin::Metrics>,
+}
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let (stop, stop_rx) = watch::channel(false);
+    let served = serve(config, shutdown, stop_rx).await;
+    stop.send_replace(true);
+    served
+}
+
+async fn serve(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let tasks = zt_task::Tasks::new();
+    let source = match &config.identity {
+        config::Identity::WorkloadApi(socket) => IdentitySource::WorkloadApi(socket.clone()),
+        config::Identity::Files { cert, key, bundle } => IdentitySource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            bundle: bundle.clone(),
+        },
+    };
+    let identity = source.follow(&tasks, stop.clone())?;
+    let metrics = Arc::new(GatewayMetrics::default());
+    let proxy_metrics = Arc::new(zt_proxy::admin::Metrics::with_more(tasks.clone(), |r| {
+        metrics.register(r)
+    }));
+    let policy_source = match (&config.policy.dir, &config.identity) {
+        (Some(dir), _) => PolicySource::Dir(dir.clone()),
+        (None, config::Identity::WorkloadApi(socket)) => PolicySource::Agent(socket.clone()),
+        (None, config::Identity::Files { .. }) => {
+            return Err(GatewayError::Config(
+                "policy.agent: needs identity.workload_api".into(),
+            ));
+        }
+    };
+    let authorizer = Authorizer::start(
+        AuthzConfig {
+            source: policy_source,
+            mode: PolicyMode::Enforce,
+            namespace: Some(config.policy.namespace.clone()),
+            labels: config.policy.labels.clone(),
+            root_namespace: zt_policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            decision_log: config.policy.decision_log.clone(),
+            decision_log_key: None,
+            checkpoints: zt_audit::CheckpointPolicy::default(),
+            providers: None,
+            // The gateway authenticates people itself; RequestAuthentications
+            // do not select it.
+            jwks_ca: Vec::new(),
+        },
+        identity.clone(),
+        proxy_metrics.clone(),
+        &tasks,
+        &stop,
+    )?;
+    let secret = std::fs::read_to_string(&config.oidc.client_secret_file)
+        .map_err(|e| {
+            GatewayError::Config(format!(
+                "oidc.client_secret_file {}: {e}",
+                config.oidc.client_secret_file.display()
+            ))
+        })?
+        .trim()
+        .to_owned();
+    if secret.is_empty() {
+        return Err(GatewayError::Config(format!(
+            "oidc.client_secret_file {}: empty",
+            config.oidc.client_secret_file.display()
+        )));
+    }
+    let provider_tls = Arc::new(provider_tls(&config.oidc.ca)?);
+    let rp = discover(&config, secret, provider_tls).await?;
+    let cookie_key = cookie::CookieKey::load_or_create(&config.session.key_file)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let routes =
+        routes::Routes::new(&config.routes, &config.headers, &identity).map_err(GatewayError::Config)?;
+    let mut strip: Vec<http::HeaderName> = Vec::new();
+    for name in config
+        .headers
+        .keys()
+        .chain(config.routes.iter().flat_map(|r| r.headers.keys()))
+    {
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes())
+            && !strip.contains(&name)
+        {
+            strip.push(name);
+        }
+    }
+    let head_rules = HeadRules {
+        strip,
+        ..HeadRules::default()
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "listen",
+            addr: config.listen,
+            source,
+        })?;
+    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key).map_err(GatewayError::Config)?);
+    {
+        let (tls, cert, key) = (tls.clone(), config.tls.cert.clone(), config.tls.key.clone());
+        tasks.spawn_until_stop("tls_certificate", stop.clone(), move || {
+            let (tls, cert, key) = (tls.clone(), cert.clone(), key.clone());
+            async move { tls.follow(&cert, &key).await }
+        });
+    }
+    if let Some(admin) = config.admin {
+        let admin_listener = TcpListener::bind(admin)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                what: "admin",
+                addr: admin,
+                source,
+            })?;
+        tokio::spawn(zt_proxy::admin::serve(
+            admin_listener,
+            identity.clone(),
+            proxy_metrics.clone(),
+            stop.clone(),
+        ));
+    }
+    let gateway = Arc::new(Gateway {
+        config,
+        rp,
+        sessions: sessions::Sessions::default(),
+        cookie_key,
+        authorizer,
+        routes,
+        head_rules,
+        metrics,
+        proxy_metrics,
+    });
+    {
+        let gateway = gateway.clone();
+        tasks.spawn_until_stop("session_refresh", stop.clone(), move || {
+            let gateway = gateway.clone();
+            async move { gateway.keep_sessions_fresh().await }
+        });
+    }
+    tracing::info!(
+        listen = %gateway.config.listen,
+        url = %gateway.config.url,
+        issuer = %gateway.rp.issuer(),
+        routes = gateway.config.routes.len(),
+        "zt gateway started"
+    );
+    tokio::select! {
+        () = shutdown => Ok(()),
+        () = accept(listener, tls, gateway, stop.clone()) => Ok(()),
+    }
+}
+
+/// Discovers the provider, waiting for it a little (it may start with the gateway).
+async fn discover(
+    config: &GatewayConfig,
+    secret: String,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<oidc::RelyingParty, GatewayError> {
+    let deadline = tokio::time::Instant::now() + DISCOVERY_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match oidc::RelyingParty::discover(&config.oidc, secret.clone(), tls.clone()).await {
+            Ok(rp) => return Ok(rp),
+            Err(oidc::RpError::Unreachable(why)) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::info!(issuer = %config.oidc.issuer, error = %why, "waiting for the OpenID Provider");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The TLS client configuration for the provider: its CA bundle.
+fn provider_tls(ca: &Path) -> Result<rustls::ClientConfig, GatewayError> {
+    let fail = |why: String| GatewayError::Config(format!("oidc.ca {}: {why}", ca.display()));
+    let pem = std::fs::read(ca).map_err(|e| fail(e.to_string()))?;
+    let roots = zt_identity::x509::certificates_from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+    zt_tls::web_client_config(&roots, zt_tls::TlsVersions::Tls13).map_err(|e| fail(e.to_string()))
+}
+
+/// The listener's certificate, swapped when its files change: new
+/// handshakes get the new one.
+struct ServerTls(RwLock<Arc<rustls::ServerConfig>>);
+
+impl ServerTls {
+    fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        Ok(Self(RwLock::new(Arc::new(server_config(cert, key)?))))
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |c| c.clone())
+    }
+
+    async fn follow(&self, cert: &Path, key: &Path) {
+        zt_proxy::follow::on_change(&[cert, key], || match server_config(cert, key) {
+            Ok(config) => {
+                if let Ok(mut current) = self.0.write() {
+                    *current = Arc::new(config);
+                }
+                tracing::info!(cert = %cert.display(), "gateway certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the gateway certificate changed but does not load; keeping the previous one");
+                false
+            }
+        })
+        .await;
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let chain_pem = std::fs::read(cert).map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    let chain = zt_identity::x509::certificates_from_pem(&chain_pem)
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+    let key = zt_identity::x509::private_key_from_pem(&key_pem)
+        .map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+    zt_tls::web_server_config(chain, key, zt_tls::TlsVersions::Tls13, &[b"h2", b"http/1.1"])
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))
+}
+
+async fn accept(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %client, error = %e, "handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let response = gateway.handle(request, client).await;
+                    gateway
+                        .proxy_metrics
+                        .requests
+                        .get_or_create(&zt_proxy::admin::Status {
+                            code: response.status().as_u16(),
+                        })
+                        .inc();
+                    gateway
+                        .proxy_metrics
+                        .request_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http2()
+                .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(peer = %client, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+impl Gateway {
+    /// Refreshes access tokens before they expire and prunes what has, every
+    /// [`sessions::REFRESH_TICK`]. A refresh the provider refuses ends the
+    /// session: this is how a revoked session ends even without a
+    /// back-channel logout.
+    async fn keep_sessions_fresh(&self) {
+        loop {
+            tokio::time::sleep(sessions::REFRESH_TICK).await;
+            let now = zt_identity::clock::unix_seconds();
+            for session in self.sessions.due_for_refresh(now) {
+                let _ = self.refresh(&session, now).await;
+            }
+            self.sessions.prune(now);
+            self.metrics
+                .sessions
+                .set(i64::try_from(self.sessions.open_count()).unwrap_or(i64::MAX));
+        }
+    }
+}
