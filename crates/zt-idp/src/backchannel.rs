@@ -170,7 +170,7 @@ impl Provider {
             let token = match self.logout_token(&notice, now) {
                 Ok(token) => token,
                 Err(e) => {
-                    self.record_delivery(&notice, "sign_error", &e.to_string(), 0);
+                    self.record_delivery(&notice, "sign_error", &e, 0);
                     continue;
                 }
             };
@@ -192,12 +192,8 @@ impl Provider {
 
     /// The logout token for a notice (§2.4): `iss`, `aud`, `iat`, `exp`,
     /// `jti`, `events`, `sid`, `sub`; never `nonce`.
-    pub(crate) fn logout_token(
-        &self,
-        notice: &LogoutNotice,
-        now: u64,
-    ) -> Result<String, zt_identity::JwtSvidError> {
-        let jti = crate::random_token().map_err(|_| zt_identity::JwtSvidError::Malformed("jti"))?;
+    pub(crate) fn logout_token(&self, notice: &LogoutNotice, now: u64) -> Result<String, String> {
+        let jti = crate::random_token().map_err(|e| e.description().to_owned())?;
         let claims = json!({
             "iss": self.config().issuer,
             "aud": notice.client_id,
@@ -208,7 +204,9 @@ impl Provider {
             "sid": notice.session_id,
             "sub": notice.sub,
         });
-        self.keys().sign(LOGOUT_TOKEN_TYPE, &claims)
+        self.keys()
+            .sign(LOGOUT_TOKEN_TYPE, &claims)
+            .map_err(|e| format!("signing the logout token: {e}"))
     }
 
     /// Posts one logout token, retrying a failure to reach the client (not

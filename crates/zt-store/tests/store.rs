@@ -98,6 +98,7 @@ on_both_backends!(
     refresh_tokens_rotate_and_reuse_revokes_the_family,
     rotations_committed_together_apply_in_order,
     passwords_are_hashed_and_checked,
+    logout_notices_go_to_the_clients_of_the_session_once,
 );
 
 /// Four chained decision records, as JSON lines of a proxy's log.
@@ -563,6 +564,8 @@ fn web_client(kind: ClientKind) -> NewClient {
         jwks: None,
         redirect_uris: vec![RedirectUri::parse("https://app.example.org/callback").unwrap()],
         grant_types: vec![],
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     }
 }
 
@@ -1577,4 +1580,119 @@ async fn rotations_committed_together_apply_in_order(store: Store) {
         .unwrap()
         .unwrap_err();
     assert!(matches!(ended, GrantError::Ended(_)), "{ended}");
+}
+
+async fn logout_notices_go_to_the_clients_of_the_session_once(store: Store) {
+    use zt_store::{BackchannelLogoutUri, LogoutCause};
+    let alice = store.create_user(&new_alice(), NOW).await.unwrap();
+    for (id, uri) in [
+        ("web", Some("https://web.example/logout")),
+        ("app", Some("http://localhost:9000/logout")),
+        ("plain", None),
+        ("idle", Some("https://idle.example/logout")),
+    ] {
+        let mut client = web_client(ClientKind::Public);
+        client.client_id = id.into();
+        client.backchannel_logout_uri = uri.map(|u| BackchannelLogoutUri::parse(u).unwrap());
+        store.create_client(&client, NOW).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .client("app")
+            .await
+            .unwrap()
+            .backchannel_logout_uri
+            .as_deref(),
+        Some("http://localhost:9000/logout")
+    );
+    let open = |store: &Store| {
+        let store = store.clone();
+        let sub = alice.sub.clone();
+        async move {
+            store
+                .create_session(&sign_in(&sub, NOW + 3600), NOW)
+                .await
+                .unwrap()
+                .session
+                .id
+        }
+    };
+    let session = open(&store).await;
+    let other = open(&store).await;
+    // web holds a refresh family, app a code, plain a family; idle holds
+    // tokens of another session only.
+    let issued = store
+        .start_refresh_family(&session, "web", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut code = code_for(&session, NOW + 60);
+    code.client_id = "app".into();
+    store.create_code(&code, NOW).await.unwrap();
+    store
+        .start_refresh_family(&session, "plain", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .start_refresh_family(&other, "idle", "openid", None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // While the session is open and no family was revoked for theft: nothing.
+    assert!(
+        store
+            .claim_logout_notices(&session, NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A spent refresh token comes back: its family's client, once.
+    let next = store
+        .rotate_refresh_token(&issued.token, "web", None, 0, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(next);
+    store
+        .rotate_refresh_token(&issued.token, "web", None, 0, NOW + 5)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let notices = store.claim_logout_notices(&session, NOW + 5).await.unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].client_id, "web");
+    assert_eq!(notices[0].cause, LogoutCause::FamilyRevoked);
+    assert!(
+        store
+            .claim_logout_notices(&session, NOW + 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The session is revoked: every client of it with a URI, once; not idle.
+    store.revoke_session(&session, "test", NOW + 6).await.unwrap();
+    let notices = store.claim_logout_notices(&session, NOW + 6).await.unwrap();
+    let clients: Vec<_> = notices.iter().map(|n| n.client_id.as_str()).collect();
+    assert_eq!(clients, ["app", "web"]);
+    for notice in &notices {
+        assert_eq!(notice.sub, alice.sub);
+        assert_eq!(notice.session_id, session);
+        assert_eq!(notice.cause, LogoutCause::SessionRevoked);
+    }
+    assert_eq!(notices[0].uri, "http://localhost:9000/logout");
+    assert!(
+        store
+            .claim_logout_notices(&session, NOW + 7)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_logout_notices("no-such-session", NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

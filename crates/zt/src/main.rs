@@ -120,6 +120,11 @@ enum Command {
     /// People's sign-in sessions: list, revoke (with their refresh tokens).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Sign in at a terminal (the device flow) to an OpenID Provider; --print-token
+    /// prints a valid access token for other programs.
+    Login(cmd::login::LoginArgs),
+    /// Forget a `zt login`: revoke its refresh token and remove its file.
+    Logout(cmd::login::LogoutArgs),
     /// Run the mTLS sidecar in front of a local app (inbound mTLS → plaintext app).
     Proxy(Box<ProxyArgs>),
     /// Run the access gateway: people sign in (OpenID Connect) or send a bearer token, every
@@ -265,6 +270,8 @@ fn main() -> ExitCode {
         },
         Command::Session(SessionCommand::List(args)) => cmd::session::list(args),
         Command::Session(SessionCommand::Revoke(args)) => cmd::session::revoke(args),
+        Command::Login(args) => cmd::login::run(args),
+        Command::Logout(args) => cmd::login::logout(args),
         Command::Proxy(args) => cmd::proxy::run(*args),
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Policy(PolicyCommand::Lint(args)) => cmd::policy::lint(args),

@@ -191,6 +191,11 @@ impl ClientCert {
 impl Idp {
     /// `zt server --idp … --idp-passwords EXTRA`; returns once the provider accepts connections.
     fn start(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// The same on `datastore` (a PostgreSQL URL) when given.
+    fn start_on(datastore: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -198,7 +203,7 @@ impl Idp {
         let idp = addr.to_string();
         let mut args = vec!["--idp", idp.as_str(), "--idp-passwords"];
         args.extend_from_slice(extra);
-        let mut server = ServerProcess::spawn_with(&data, None, &args);
+        let mut server = ServerProcess::spawn_with(&data, datastore, &args);
         server.wait_ready();
         eventually("the OpenID Provider accepts connections", || {
             TcpStream::connect(addr).ok()
@@ -1436,53 +1441,84 @@ struct LogoutReceiver {
 
 impl LogoutReceiver {
     fn start(host: &str) -> Self {
+        Self::serve(host, None, 200)
+    }
+
+    /// Serves HTTPS with `cert` (from the test's zt CA, for `localhost`) if
+    /// given, answering every request with `status`.
+    fn serve(host: &str, cert: Option<&ClientCert>, status: u16) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let tls = cert.map(|cert| {
+            let key = zt_identity::x509::private_key_from_pem(&std::fs::read(&cert.key).unwrap()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(cert.chain.clone(), key)
+            .unwrap();
+            Arc::new(config)
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (send, received) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let arrived = std::time::Instant::now();
-                stream.set_read_timeout(Some(DEADLINE)).unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 8192];
-                let body = loop {
-                    let n = stream.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break None;
+                let Ok(tcp) = stream else { return };
+                tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+                let body = match &tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                        Self::answer(rustls::StreamOwned::new(conn, tcp), status)
                     }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request).into_owned();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = text[..end].to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    if request.len() >= end + 4 + length {
-                        assert!(head.starts_with("post /backchannel-logout http/1.1"), "{head}");
-                        assert!(
-                            head.contains("content-type: application/x-www-form-urlencoded"),
-                            "{head}"
-                        );
-                        break Some(text[end + 4..end + 4 + length].to_owned());
-                    }
+                    None => Self::answer(tcp, status),
                 };
-                let _ =
-                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 if let Some(body) = body
-                    && send.send((body, arrived)).is_err()
+                    && send.send((body, std::time::Instant::now())).is_err()
                 {
                     return;
                 }
             }
         });
         Self {
-            uri: format!("http://{host}:{port}/backchannel-logout"),
+            uri: format!("{scheme}://{host}:{port}/backchannel-logout"),
             received,
         }
+    }
+
+    /// Reads one request, answers `status`; the body.
+    fn answer(mut stream: impl std::io::Read + std::io::Write, status: u16) -> Option<String> {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 8192];
+        let body = loop {
+            let n = stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break None;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let head = text[..end].to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if request.len() >= end + 4 + length {
+                assert!(head.starts_with("post /backchannel-logout http/1.1"), "{head}");
+                assert!(
+                    head.contains("content-type: application/x-www-form-urlencoded"),
+                    "{head}"
+                );
+                break Some(text[end + 4..end + 4 + length].to_owned());
+            }
+        };
+        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(answer.as_bytes());
+        let _ = stream.flush();
+        body
     }
 
     /// The next logout token, within `within`.
@@ -1683,4 +1719,506 @@ fn back_channel_logout_tokens_reach_the_clients_of_a_session_that_ends() {
     assert_eq!(deliveries[0]["input"]["cause"], "session_revoked");
     assert_eq!(deliveries[0]["result"], "success");
     assert_eq!(deliveries[1]["input"]["client_id"], "app");
+
+    // Signing out at /logout (RP-initiated, the ID token as hint) tells web too.
+    let (verifier, challenge) = pkce();
+    let page = idp.sign_in_page(&idp.authorize_path("web", &challenge, &[]));
+    let origin = idp.origin();
+    let reply = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    let cookie = reply
+        .headers
+        .iter()
+        .find(|(n, v)| n.eq_ignore_ascii_case("set-cookie") && v.starts_with("__Host-zt-session="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    let code = param(&reply.redirect_params(), "code").unwrap().to_owned();
+    let tokens = idp.token(("web", &web), &code_grant(&code, &verifier)).json();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let sid = jwt_part(id_token, 1)["sid"].as_str().unwrap().to_owned();
+    let signed_out = idp.get(
+        &format!("/logout?id_token_hint={id_token}"),
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(signed_out.status, 200, "{}", signed_out.body);
+    let (token, _) = web_rp.token(Duration::from_secs(5));
+    let claims = idp.verify_logout_token(&token, "web");
+    assert_eq!(claims["sid"], sid.as_str(), "{claims}");
+}
+
+#[test]
+fn back_channel_logout_over_tls_on_refresh_token_theft_with_retries() {
+    let idp = Idp::start(&["--idp-refresh-grace", "0s"]);
+    idp.user("alice");
+    // The relying party's certificate comes from the trust domain's CA.
+    let rp_dir = idp.dir.path().join("rp-tls");
+    std::fs::create_dir_all(&rp_dir).unwrap();
+    ok(
+        &idp.server,
+        &[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            &format!("spiffe://{TRUST_DOMAIN}/ns/rp/sa/tls"),
+            "--dns",
+            "localhost",
+            "--write",
+            rp_dir.to_str().unwrap(),
+        ],
+    );
+    let tls_rp = LogoutReceiver::serve("localhost", Some(&ClientCert::load(&rp_dir)), 204);
+    assert!(tls_rp.uri.starts_with("https://localhost:"), "{}", tls_rp.uri);
+    let web = idp.client("web", &["--backchannel-logout-uri", &tls_rp.uri]);
+    let client = ("web", web.as_str());
+
+    // A spent refresh token comes back: its family is revoked, and its client
+    // told, over TLS, though the session lives on.
+    let tokens = idp.tokens(client, "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert_eq!(idp.refresh(client, refresh).status, 200);
+    assert_eq!(
+        idp.refresh(client, refresh).oauth_error(),
+        (400, "invalid_grant".into())
+    );
+    let (token, _) = tls_rp.token(Duration::from_secs(5));
+    let claims = idp.verify_logout_token(&token, "web");
+    assert_eq!(claims["sid"], sid.as_str());
+    // Revoking the session later tells it again, once.
+    ok(&idp.server, &["session", "revoke", &sid]);
+    let (again, _) = tls_rp.token(Duration::from_secs(5));
+    assert_ne!(again, token, "a new token: its own jti");
+    tls_rp.assert_quiet(Duration::from_millis(500));
+
+    // A relying party that fails is tried three times, then given up on.
+    let failing = LogoutReceiver::serve("127.0.0.1", None, 503);
+    let flaky = idp.client("flaky", &["--backchannel-logout-uri", &failing.uri]);
+    let tokens = idp.tokens(("flaky", &flaky), "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&idp.server, &["session", "revoke", &sid]);
+    let (first, at) = failing.token(Duration::from_secs(5));
+    for _ in 0..2 {
+        let (retry, _) = failing.token(Duration::from_secs(5));
+        assert_eq!(retry, first, "a retry sends the same token");
+    }
+    failing.assert_quiet(Duration::from_secs(1));
+    assert!(at.elapsed() < Duration::from_secs(5));
+    let failed = eventually("a failed delivery counted", || {
+        sample(
+            idp.server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"failed\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(failed, 1.0);
+
+    // A redirect is an answer, not followed and not retried.
+    let redirecting = LogoutReceiver::serve("127.0.0.1", None, 302);
+    let moved = idp.client("moved", &["--backchannel-logout-uri", &redirecting.uri]);
+    let tokens = idp.tokens(("moved", &moved), "alice");
+    let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&idp.server, &["session", "revoke", &sid]);
+    redirecting.token(Duration::from_secs(5));
+    redirecting.assert_quiet(Duration::from_secs(1));
+    let refused = eventually("a refused delivery counted", || {
+        sample(
+            idp.server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"refused\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(refused, 1.0);
+    let log = idp.server.data_dir.join("idp-decisions.log");
+    let records = audit_query(&[log.to_str().unwrap()]);
+    let causes: Vec<_> = records
+        .iter()
+        .filter(|r| r["query"] == "idp/backchannel_logout")
+        .map(|r| {
+            (
+                r["input"]["client_id"].clone(),
+                r["input"]["cause"].clone(),
+                r["result"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            (json!("web"), json!("family_revoked"), json!("success")),
+            (json!("web"), json!("session_revoked"), json!("success")),
+            (json!("flaky"), json!("session_revoked"), json!("failed")),
+            (json!("moved"), json!("session_revoked"), json!("refused")),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// zt login: the device flow at a terminal.
+
+/// `zt login ARGS` with the test's config directory.
+fn zt_login(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The one login file under `config`, and its contents.
+fn login_file(config: &Path) -> (PathBuf, Value) {
+    let dir = config.join("zt/login");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let json = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    (files[0].clone(), json)
+}
+
+#[test]
+fn zt_login_gets_tokens_with_the_device_flow_and_hands_them_out_refreshed() {
+    use std::io::BufRead as _;
+    // Access tokens of 62 s: fresh enough for --print-token just after login,
+    // due for a refresh (less than 60 s left) a few seconds later.
+    let idp = Idp::start(&["--idp-access-ttl", "62s"]);
+    idp.user("alice");
+    ok(
+        &idp.server,
+        &[
+            "client",
+            "add",
+            "zt-cli",
+            "--public",
+            "--grant",
+            "device_code",
+            "--grant",
+            "refresh_token",
+        ],
+    );
+    let config = idp.dir.path().join("config");
+    let ca = idp.ca.to_str().unwrap().to_owned();
+    let issuer_args = ["--issuer", idp.issuer.as_str(), "--ca", ca.as_str()];
+
+    // Before any login, --print-token says what to do.
+    let mut print = vec!["login", "--print-token"];
+    print.extend(issuer_args);
+    let out = zt_login(&config, &print);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "not logged in to {} (client zt-cli): run zt login --issuer {}",
+            idp.issuer, idp.issuer
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // zt login, under umask 000: the person approves the code it prints.
+    let mut child = zt_testkit::under_umask_000(Path::new(env!("CARGO_BIN_EXE_zt")))
+        .arg("login")
+        .args(issuer_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut shown = String::new();
+    let user_code = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "zt login ended: {shown}"
+        );
+        shown.push_str(&line);
+        if let Some(code) = line.trim().strip_prefix("and enter the code ") {
+            break code.to_owned();
+        }
+    };
+    assert!(
+        shown.contains(&format!("To sign in, open {}/device", idp.issuer)),
+        "{shown}"
+    );
+    let page = idp.sign_in_page(&format!("/device?user_code={user_code}"));
+    let origin = idp.origin();
+    let approved = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let status = wait_with_deadline(&mut child).expect("zt login did not finish");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{shown}{rest}");
+    assert!(rest.contains("Logged in to"), "{rest}");
+
+    // The tokens are the user's alone.
+    let (path, stored) = login_file(&config);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600);
+    assert_eq!(zt_testkit::mode_of(path.parent().unwrap()), 0o700);
+    assert_eq!(stored["issuer"], idp.issuer.as_str());
+    assert_eq!(stored["client_id"], "zt-cli");
+    let first_refresh = stored["refresh_token"].as_str().unwrap().to_owned();
+    let sid = jwt_part(stored["id_token"].as_str().unwrap(), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // --print-token prints the token and nothing else; userinfo takes it.
+    let out = zt_login(&config, &print);
+    assert!(out.status.success(), "{}", describe(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim_end().lines().count(), 1, "{token}");
+    let token = token.trim_end().to_owned();
+    let info = idp.userinfo(&token, None);
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.json()["preferred_username"], "alice");
+
+    // curl and Python's requests, as the README shows.
+    let userinfo = format!("{}/userinfo", idp.issuer);
+    if let Some(curl) = zt_testkit::curl("zt_login_with_curl") {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "\"$CURL\" -sS --fail --cacert \"$CA\" -H \"Authorization: Bearer $(\"$ZT\" login --print-token --issuer \"$ISSUER\" --ca \"$CA\")\" \"$URL\"",
+            ])
+            .env("CURL", curl)
+            .env("ZT", env!("CARGO_BIN_EXE_zt"))
+            .env("CA", &ca)
+            .env("ISSUER", &idp.issuer)
+            .env("URL", &userinfo)
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl: {}", describe(&out));
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body["preferred_username"], "alice", "{body}");
+    }
+    if let Some(python) = zt_testkit::python("zt_login_with_requests") {
+        let script = "import os, subprocess, sys, requests\n\
+            token = subprocess.run([os.environ['ZT'], 'login', '--print-token', '--issuer', os.environ['ISSUER'],\n\
+                '--ca', os.environ['CA']], check=True, capture_output=True, text=True).stdout.strip()\n\
+            r = requests.get(os.environ['URL'], headers={'Authorization': 'Bearer ' + token}, verify=os.environ['CA'], timeout=20)\n\
+            r.raise_for_status()\n\
+            print(r.json()['preferred_username'])\n";
+        let out = Command::new(python)
+            .args(["-c", script])
+            .env("ZT", env!("CARGO_BIN_EXE_zt"))
+            .env("CA", &ca)
+            .env("ISSUER", &idp.issuer)
+            .env("URL", &userinfo)
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "requests: {}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    }
+
+    // Once the token has less than a minute left, --print-token refreshes it
+    // and keeps the rotated refresh token.
+    let due = |stored: &Value| stored["expires_at"].as_u64().unwrap() < now() + 60;
+    eventually("the access token is due for a refresh", || {
+        due(&login_file(&config).1).then_some(())
+    });
+    let out = zt_login(&config, &print);
+    assert!(out.status.success(), "{}", describe(&out));
+    let refreshed = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
+    assert_ne!(refreshed, token);
+    assert_eq!(idp.userinfo(&refreshed, None).status, 200);
+    let (_, stored) = login_file(&config);
+    assert_ne!(
+        stored["refresh_token"].as_str().unwrap(),
+        first_refresh,
+        "rotated"
+    );
+    assert_eq!(stored["access_token"].as_str().unwrap(), refreshed);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600, "still 0600 after the rewrite");
+
+    // The session is revoked: once the token is due again, --print-token fails
+    // and says how to log in again.
+    ok(&idp.server, &["session", "revoke", &sid]);
+    eventually("the access token is due for a refresh", || {
+        due(&login_file(&config).1).then_some(())
+    });
+    let out = zt_login(&config, &print);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the access token for {} (client zt-cli) expired",
+            idp.issuer
+        )) && stderr.contains("the refresh was refused (invalid_grant")
+            && stderr.contains(&format!("run zt login --issuer {}", idp.issuer)),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // zt logout forgets the login.
+    let mut logout = vec!["logout"];
+    logout.extend(issuer_args);
+    let out = zt_login(&config, &logout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!path.exists());
+    let out = zt_login(&config, &print);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not logged in"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn zt_login_loopback_runs_the_code_flow_with_pkce_through_the_browser() {
+    use std::io::BufRead as _;
+    let idp = Idp::start(&[]);
+    idp.user("alice");
+    let port = free_port().to_string();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    ok(
+        &idp.server,
+        &[
+            "client",
+            "add",
+            "zt-cli",
+            "--public",
+            "--redirect-uri",
+            &redirect,
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+        ],
+    );
+    let config = idp.dir.path().join("config");
+    let ca = idp.ca.to_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zt"))
+        .args([
+            "login",
+            "--loopback",
+            "--redirect-port",
+            &port,
+            "--issuer",
+            &idp.issuer,
+            "--ca",
+            &ca,
+        ])
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "zt login ended");
+        if let Some(path) = line.trim().strip_prefix(&format!("{}/authorize?", idp.issuer)) {
+            break format!("/authorize?{path}");
+        }
+    };
+    let params = query_params(url.split_once('?').unwrap().1);
+    assert_eq!(param(&params, "code_challenge_method"), Some("S256"));
+    assert_eq!(param(&params, "redirect_uri"), Some(redirect.as_str()));
+    // The browser: sign in, then follow the redirect to zt login's listener.
+    let page = idp.sign_in_page(&url);
+    let origin = idp.origin();
+    let reply = idp.post_password(
+        &page,
+        "alice",
+        PASSWORD,
+        &[("Cookie", &page.cookie), ("Origin", &origin)],
+    );
+    let location = reply.header("location").unwrap().to_owned();
+    assert!(location.starts_with(&redirect), "{location}");
+    // A request with another state is not the answer: zt login waits on.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _) = http_get(addr, "/callback?code=x&state=forged").unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = http_get(
+        addr,
+        location
+            .strip_prefix(&format!("http://127.0.0.1:{port}"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Signed in"), "{body}");
+    let status = wait_with_deadline(&mut child).expect("zt login did not finish");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let (path, stored) = login_file(&config);
+    assert_eq!(zt_testkit::mode_of(&path), 0o600);
+    assert!(stored["refresh_token"].is_string(), "{stored}");
+    let out = zt_login(&config, &["login", "--print-token", "--issuer", &idp.issuer]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(idp.userinfo(token.trim_end(), None).status, 200);
+}
+
+#[test]
+fn replicas_on_one_database_send_each_logout_token_once() {
+    let Some(url) = postgres_database("replicas_on_one_database_send_each_logout_token_once") else {
+        return;
+    };
+    let a = Idp::start_on(Some(&url), &[]);
+    // A second replica of the provider, on the same database.
+    let b_data = a.dir.path().join("b");
+    std::fs::create_dir(&b_data).unwrap();
+    let b_idp = format!("127.0.0.1:{}", free_port());
+    let mut b = ServerProcess::spawn_with(
+        &b_data,
+        Some(&url),
+        &["--idp", &b_idp, "--idp-passwords", "--idp-issuer", &a.issuer],
+    );
+    b.wait_ready();
+    a.user("alice");
+    let rp = LogoutReceiver::start("127.0.0.1");
+    let web = a.client("web", &["--backchannel-logout-uri", &rp.uri]);
+    let total = |server: &ServerProcess| {
+        sample(
+            server.http,
+            "zt_server_idp_backchannel_logout_total{result=\"delivered\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    for round in 0..3 {
+        let tokens = a.tokens(("web", &web), "alice");
+        let sid = jwt_part(tokens["id_token"].as_str().unwrap(), 1)["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Revoked through the other replica: both follow the feed, one sends.
+        let revoked = std::time::Instant::now();
+        ok(&b, &["session", "revoke", &sid]);
+        let (token, arrived) = rp.token(Duration::from_secs(5));
+        eprintln!("round {round}: the logout token came in {:?}", arrived - revoked);
+        assert_eq!(a.verify_logout_token(&token, "web")["sid"], sid.as_str());
+        rp.assert_quiet(Duration::from_millis(1500));
+        let delivered = eventually("the delivery counted", || {
+            let sum = total(&a.server) + total(&b);
+            (sum >= f64::from(round + 1)).then_some(sum)
+        });
+        assert_eq!(delivered, f64::from(round + 1), "round {round}");
+    }
 }

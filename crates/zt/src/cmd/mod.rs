@@ -13,6 +13,7 @@ pub mod entry;
 pub mod gateway;
 pub mod group;
 pub mod id;
+pub mod login;
 pub mod pdp;
 pub mod policy;
 pub mod proxy;
