@@ -500,6 +500,14 @@ impl Provider {
         };
         let now = now();
         let access = self.exchanged_token(&subject, &grant, &actor, now)?;
+        // The exchanging client now holds a token of the session: it hears of
+        // the session's end (back-channel logout) as its own clients do.
+        if let Some(sid) = subject.get("sid").and_then(Value::as_str) {
+            self.store()
+                .record_exchange(sid, &client.client.client_id, now)
+                .await
+                .map_err(|e| OAuthError::server_error("recording a token exchange", e))?;
+        }
         let mut body = Map::new();
         body.insert("issued_token_type".into(), json!(ACCESS_TOKEN_TYPE_URN));
         Ok(token_response(

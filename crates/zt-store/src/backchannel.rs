@@ -47,6 +47,21 @@ pub struct LogoutNotice {
 const THEFT_REASONS: &str = "('refresh token reused', 'authorization code replayed')";
 
 impl Store {
+    /// Records that `client` exchanged a token of session `session_id` (RFC
+    /// 8693): it holds the session's tokens from now on, and hears of its end.
+    pub async fn record_exchange(&self, session_id: &str, client: &str, now: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO session_exchanges (session_id, client_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (session_id, client_id) DO NOTHING",
+        )
+        .bind(session_id)
+        .bind(client)
+        .bind(i64::try_from(now).unwrap_or(i64::MAX))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Claims the logout notices a change to session `session_id` calls for
     /// and that no server claimed before: one per client with a logout URI
     /// that holds tokens from it once the session is revoked; while it is
@@ -75,7 +90,8 @@ impl Store {
                  WHERE c.backchannel_logout_uri IS NOT NULL AND c.client_id IN ( \
                  SELECT client_id FROM refresh_families WHERE session_id = $1 \
                  UNION SELECT client_id FROM authorization_codes WHERE session_id = $1 \
-                 UNION SELECT client_id FROM device_codes WHERE session_id = $1) \
+                 UNION SELECT client_id FROM device_codes WHERE session_id = $1 \
+                 UNION SELECT client_id FROM session_exchanges WHERE session_id = $1) \
                  ORDER BY c.client_id",
             )
             .bind(session_id)

@@ -150,6 +150,20 @@ impl Stack {
         }
         ok(&server, &["group", "add", "staff"]);
         ok(&server, &["group", "add-member", "staff", "alice"]);
+        // For people at a terminal: zt login's device flow.
+        ok(
+            &server,
+            &[
+                "client",
+                "add",
+                "zt-cli",
+                "--public",
+                "--grant",
+                "device_code",
+                "--grant",
+                "refresh_token",
+            ],
+        );
         let gateway: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let url = format!("https://localhost:{}", gateway.port());
         let created: Value = serde_json::from_str(&ok(
@@ -225,7 +239,8 @@ spec:
 url: {url}
 admin: {gateway_admin}
 tls: {{cert: gateway.crt, key: gateway.key}}
-oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: provider.pem, clock_skew: 1s}}
+oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: provider.pem, clock_skew: 1s,
+        audiences: [zt-gateway, zt-cli]}}
 session: {{key_file: cookie.key}}
 identity: {{cert: gateway.crt, key: gateway.key, bundle: mesh.pem}}
 policy: {{dir: policies, namespace: edge, decision_log: decisions.log}}
@@ -769,6 +784,125 @@ fn jwt_claims(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
+}
+
+/// A person at a terminal: `zt login` (the device flow, approved in Chromium
+/// with a passkey), then curl and Python `requests` through the gateway with
+/// `zt login --print-token`: alice reaches /internal and the two-hop /chain;
+/// after `zt session revoke` the same token gets a 401 whose challenge says
+/// to sign in again.
+#[test]
+fn zt_login_tokens_reach_services_through_the_gateway_with_curl_and_requests() {
+    use std::io::BufRead as _;
+    const TEST: &str = "zt_login_tokens_reach_services_through_the_gateway_with_curl_and_requests";
+    let (Some(node), Some(_), Some(python)) = (
+        zt_testkit::node(TEST),
+        zt_testkit::chromium(TEST),
+        zt_testkit::python(TEST),
+    ) else {
+        return;
+    };
+    let stack = Stack::start(&python);
+    let issuer = stack.idp_origin();
+    let config = stack.dir.path().join("config");
+    let provider_ca = stack.dir.path().join("provider.pem");
+    let login_args = [
+        "--issuer",
+        issuer.as_str(),
+        "--client-id",
+        "zt-cli",
+        "--ca",
+        provider_ca.to_str().unwrap(),
+    ];
+    let mut login = Command::new(zt_exe())
+        .arg("login")
+        .args(login_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(login.stderr.take().unwrap());
+    let user_code = loop {
+        let mut line = String::new();
+        assert!(said.read_line(&mut line).unwrap() > 0, "zt login ended");
+        if let Some(code) = line.trim().strip_prefix("and enter the code ") {
+            break code.to_owned();
+        }
+    };
+    browse(
+        &node,
+        stack.dir.path(),
+        &json!({
+            "ca": stack.roots,
+            "timeout": 20000,
+            "steps": [
+                ["goto", stack.invite("alice")],
+                ["click", "#enroll-passkey"],
+                ["waitForSelector", "#enroll-done"],
+                ["goto", format!("{issuer}/device?user_code={user_code}")],
+                ["click", "#passkey-sign-in"],
+                ["waitForURL", { "prefix": format!("{issuer}/device/done") }],
+            ],
+        }),
+    );
+    assert!(wait_with_deadline(&mut login).is_some_and(|s| s.success()));
+    let out = Command::new(zt_exe())
+        .args(["login", "--print-token"])
+        .args(login_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .unwrap();
+    let token = succeed(&out, "zt login --print-token").trim().to_owned();
+
+    // curl, to /internal (staff with a device-bound passkey).
+    let (status, _, body) = stack.curl(
+        "/internal/report",
+        &["-H", &format!("Authorization: Bearer {token}")],
+    );
+    assert_eq!(status, 200, "{body}\n{}", stack.log());
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-zt-user"], json!(["alice"]));
+    // Python requests, through both hops.
+    let script = "import requests, sys\n\
+        r = requests.get(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]}, verify=sys.argv[3], timeout=20)\n\
+        print(r.status_code)\nprint(r.text)";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(format!("{}/chain/report", stack.origin()))
+        .arg(&token)
+        .arg(&stack.roots)
+        .output()
+        .unwrap();
+    let text = succeed(&out, "requests");
+    let (status, body) = text.split_once('\n').unwrap();
+    assert_eq!(status, "200", "{body}");
+    let hop: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(hop["status"], 200, "the backend let alice in: {hop}");
+
+    // Revoked at the provider: the gateway refuses the token at once, and
+    // its challenge says what to do.
+    ok(&stack.server, &["session", "revoke", "--user", "alice"]);
+    let challenge = eventually("the gateway refuses the revoked session's token", || {
+        let (status, headers, _) = stack.curl(
+            "/internal/report",
+            &["-H", &format!("Authorization: Bearer {token}")],
+        );
+        (status == 401).then(|| {
+            headers
+                .into_iter()
+                .find(|(n, _)| n == "www-authenticate")
+                .unwrap()
+                .1
+        })
+    });
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer realm=\"{issuer}\", error=\"invalid_token\", error_description=\"the session ended: sign in again\""
+        )
+    );
 }
 
 /// A token signed by a key of our own (`kid` as given), with these claims.
