@@ -35,7 +35,7 @@ pub fn prepare_dir(dir: &Path) -> Result<PathBuf, Error> {
     let flag = format!("--dir {}", dir.display());
     zt_fs::private_dir(dir).map_err(Error::fs(&flag))?;
     let dir = dir.canonicalize().map_err(Error::io(&flag))?;
-    for sub in ["bin", "logs", "decisions", "clients", "agent"] {
+    for sub in ["bin", "logs", "decisions", "clients", "agent", "gateway"] {
         zt_fs::private_dir(&dir.join(sub)).map_err(Error::fs(&flag))?;
     }
     zt_fs::check_path(&dir.join("agent"), zt_fs::Owners::RootAndSelf).map_err(Error::fs(&flag))?;
