@@ -841,13 +841,17 @@ async fn gateway_client(layout: &Layout, admin: &AdminClient) -> Result<bool, Er
     match admin.client(layout::GATEWAY_CLIENT).await {
         Ok(existing) => {
             let same = existing.kind == wanted.kind
-                && existing.redirect_uris.iter().map(String::as_str).eq(wanted
+                && existing
                     .redirect_uris
                     .iter()
-                    .map(RedirectUri::as_str))
+                    .map(String::as_str)
+                    .eq(wanted.redirect_uris.iter().map(RedirectUri::as_str))
                 && existing.grant_types == wanted.grant_types
                 && existing.backchannel_logout_uri.as_deref()
-                    == wanted.backchannel_logout_uri.as_ref().map(BackchannelLogoutUri::as_str);
+                    == wanted
+                        .backchannel_logout_uri
+                        .as_ref()
+                        .map(BackchannelLogoutUri::as_str);
             if same && secret_file.exists() {
                 return Ok(false);
             }
@@ -928,7 +932,10 @@ mod tests {
         assert_eq!(config.policy.namespace, "edge");
         assert_eq!(config.policy.labels["app"], "gateway");
         assert_eq!(config.routes[0].upstream, "127.0.0.1:7001");
-        assert_eq!(config.routes[0].spiffe_id.to_string(), layout::spiffe_id("service-one"));
+        assert_eq!(
+            config.routes[0].spiffe_id.to_string(),
+            layout::spiffe_id("service-one")
+        );
         assert_eq!(config.headers["X-Zt-User"], "preferred_username");
     }
 
@@ -940,6 +947,9 @@ mod tests {
         let gateway = std::fs::read_to_string(layout.policies().join("gateway.yaml")).unwrap();
         assert!(gateway.contains("\"https://localhost:9082/*\""), "{gateway}");
         assert!(!gateway.contains(EXAMPLE_ISSUER), "{gateway}");
-        assert!(!write_default_policies(&layout).unwrap(), "an existing directory is kept");
+        assert!(
+            !write_default_policies(&layout).unwrap(),
+            "an existing directory is kept"
+        );
     }
 }

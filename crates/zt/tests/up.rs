@@ -572,7 +572,12 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let output = up.output();
     assert_eq!(exit.code(), Some(1), "{output}");
     assert!(output.contains("zt agent exited (signal 9)"), "{output}");
-    for name in ["zt server", "service-one proxy", "service-two proxy", "zt gateway"] {
+    for name in [
+        "zt server",
+        "service-one proxy",
+        "service-two proxy",
+        "zt gateway",
+    ] {
         assert!(
             !alive(pid_of(name)),
             "{name} still runs after zt up gave up:\n{output}"
@@ -1059,7 +1064,12 @@ fn zt_up_gateway_lets_the_demo_user_in_with_a_passkey() {
         .unwrap_or_else(|| panic!("no invite link in zt up's output:\n{printed}"))
         .to_owned();
     let admin = |args: &[&str]| {
-        let out = zt().args(args).arg("--socket").arg(up.admin_socket()).output().unwrap();
+        let out = zt()
+            .args(args)
+            .arg("--socket")
+            .arg(up.admin_socket())
+            .output()
+            .unwrap();
         succeed(&out, &format!("zt {args:?}"))
     };
     admin(&["user", "add", "visitor", "--email", "visitor@example.org"]);

@@ -205,7 +205,7 @@ fn progress(layout: &Layout) -> Progress {
             &format!(
                 "{url} in front of service-one, as {}; OAuth client {}{}, config {}\n      \
                  open {url}/ and sign in as {} with the passkey registered at the link above; \
-                 {url}/internal is for group {} signed in with a passkey (amr hwk)",
+                 {url}/internal is for group {} signed in with a passkey (amr hwk or swk), not a password",
                 zt_up::layout::GATEWAY_ID,
                 zt_up::layout::GATEWAY_CLIENT,
                 if new_client { " (new secret)" } else { "" },
