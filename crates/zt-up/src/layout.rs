@@ -142,7 +142,7 @@ impl Layout {
             (self.server_http(), "zt server's health and metrics".to_owned()),
             (self.agent_api(), "zt server's agent API".to_owned()),
             (self.idp(), "zt server's OpenID Provider".to_owned()),
-            (self.gateway(), "the access gateway (HTTPS)".to_owned()),
+            (self.gateway(), "the access gateway's HTTPS".to_owned()),
             (self.gateway_admin(), "the access gateway's admin".to_owned()),
         ];
         for s in self.services() {

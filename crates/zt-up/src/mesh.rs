@@ -106,6 +106,9 @@ pub enum Event<'a> {
     PoliciesInForce {
         /// Whether zt's example policies were written into the new DIR.
         wrote_examples: bool,
+        /// Whether the gateway's example policies were added to a DIR whose
+        /// policies predate the gateway.
+        added_gateway_policies: bool,
         /// The last line `zt policy apply` printed.
         said: &'a str,
     },
@@ -236,6 +239,7 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     let reused = layout.server_dir().join(zt_server::SQLITE_FILE).exists();
     progress(Event::Opening { reused });
     let wrote_examples = write_default_policies(layout)?;
+    let added_gateway_policies = !wrote_examples && add_gateway_policies(layout)?;
     let mut starting = Starting {
         layout,
         exe: exe.to_owned(),
@@ -258,6 +262,7 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     }
     progress(Event::PoliciesInForce {
         wrote_examples,
+        added_gateway_policies,
         said: &said,
     });
 
@@ -589,6 +594,32 @@ fn write_default_policies(layout: &Layout) -> Result<bool, Error> {
         .collect();
     write_files(&files)?;
     std::fs::rename(&staging, dir).map_err(Error::io(dir.display()))?;
+    Ok(true)
+}
+
+/// The example policies that let people through the gateway (see
+/// `examples/mesh/policies/gateway.yaml`).
+const GATEWAY_POLICIES: [&str; 2] = ["gateway.yaml", "from-gateway.yaml"];
+
+/// A DIR whose policies were written before `zt up` ran a gateway (it has never
+/// written the gateway's configuration) gets the gateway's example policies
+/// beside its own, once: without them no policy would select the gateway, and
+/// Istio's semantics would let anyone signed in through it. Returns whether it
+/// added them.
+fn add_gateway_policies(layout: &Layout) -> Result<bool, Error> {
+    let dir = layout.policies();
+    if layout.gateway_config().exists() || GATEWAY_POLICIES.iter().any(|name| dir.join(name).exists()) {
+        return Ok(false);
+    }
+    let files: Vec<_> = POLICIES
+        .iter()
+        .filter(|(name, _)| GATEWAY_POLICIES.contains(name))
+        .map(|(name, text)| {
+            let text = text.replace(EXAMPLE_ISSUER, &layout.issuer());
+            (dir.join(name), text.into_bytes(), zt_fs::PUBLIC_MODE)
+        })
+        .collect();
+    write_files(&files)?;
     Ok(true)
 }
 
@@ -951,5 +982,30 @@ mod tests {
             !write_default_policies(&layout).unwrap(),
             "an existing directory is kept"
         );
+    }
+
+    #[test]
+    fn policies_from_before_the_gateway_get_its_policies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_owned(), 9000);
+        assert!(write_default_policies(&layout).unwrap());
+        assert!(!add_gateway_policies(&layout).unwrap(), "already there");
+        for name in GATEWAY_POLICIES {
+            std::fs::remove_file(layout.policies().join(name)).unwrap();
+        }
+        assert!(
+            add_gateway_policies(&layout).unwrap(),
+            "a DIR from before the gateway"
+        );
+        let gateway = std::fs::read_to_string(layout.policies().join("gateway.yaml")).unwrap();
+        assert!(gateway.contains("https://localhost:9082/*"), "{gateway}");
+        assert!(layout.policies().join("from-gateway.yaml").exists());
+        // Once the gateway has run, what the policies hold is the operator's.
+        for name in GATEWAY_POLICIES {
+            std::fs::remove_file(layout.policies().join(name)).unwrap();
+        }
+        std::fs::create_dir_all(layout.gateway_dir()).unwrap();
+        std::fs::write(layout.gateway_config(), "").unwrap();
+        assert!(!add_gateway_policies(&layout).unwrap());
     }
 }

@@ -159,13 +159,23 @@ fn progress(layout: &Layout) -> Progress {
                 service.app
             ),
         ),
-        Event::PoliciesInForce { wrote_examples, said } => step(
+        Event::PoliciesInForce {
+            wrote_examples,
+            added_gateway_policies,
+            said,
+        } => step(
             "policies",
             None,
             &format!(
                 "zt policy apply {}{}: {said}; in force at both proxies",
                 guide.policies().display(),
-                if wrote_examples { " (zt's examples)" } else { "" },
+                if wrote_examples {
+                    " (zt's examples)"
+                } else if added_gateway_policies {
+                    " (zt's examples for the gateway added: gateway.yaml, from-gateway.yaml)"
+                } else {
+                    ""
+                },
             ),
         ),
         Event::ClientCertsMinted => step(
