@@ -83,7 +83,7 @@ pub enum Event<'a> {
     EntryRegistered {
         /// The SPIFFE ID it gives.
         spiffe_id: &'a str,
-        /// The proxy executable its entry selects.
+        /// The executable its entry selects.
         binary: &'a Path,
         /// Whether the entry was created or replaced (else it was already right).
         changed: bool,
