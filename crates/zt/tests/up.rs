@@ -538,8 +538,16 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     assert!(verified.contains("every record is covered"), "{verified}");
 
     // Again on the same directory: the datastore, the agent's SVID and the edited policy are reused.
+    // (The gateway's HTTPS certificate is minted anew.)
+    let gateway_cert = dir.join("gateway/tls/svid.pem");
+    let earlier_cert = std::fs::read(&gateway_cert).unwrap();
     drop(up);
     let mut up = Up::start(&dir, base);
+    assert_ne!(
+        std::fs::read(&gateway_cert).unwrap(),
+        earlier_cert,
+        "the gateway's certificate is minted at every start"
+    );
     let output = up.output();
     assert!(output.contains("reusing"), "{output}");
     assert!(output.contains("no change from version 2"), "{output}");
