@@ -1,7 +1,10 @@
 //! The demo services' app: plain HTTP on loopback, reached only through its zt
-//! proxy. It answers `/public` and `/internal` with who called, as the proxy
-//! verified it (the `URI` of `x-forwarded-client-cert`), and any `X-Client-CN` it
-//! received — which the proxy strips, so there never is one.
+//! proxy. It answers `/`, `/public` and `/internal` with who called, as the
+//! proxy verified it (the `URI` of `x-forwarded-client-cert`), and any
+//! `X-Client-CN` it received — which the proxy strips, so there never is one.
+//! When the caller is the access gateway, the answer also names the person
+//! the gateway verified (its `X-Zt-User` and `X-Zt-Groups`); from any other
+//! caller these headers are not believed.
 
 use std::net::SocketAddr;
 
@@ -13,6 +16,7 @@ use axum::routing::{any, get};
 use serde_json::json;
 
 use crate::Error;
+use crate::layout::GATEWAY_ID;
 
 /// Binds the app of `service` on `addr`; serving starts with the returned future,
 /// which ends only if serving fails.
@@ -25,6 +29,7 @@ pub async fn bind(
         .map_err(Error::io(format!("{service}'s app on {addr}")))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", any(answer))
         .route("/public", any(answer))
         .route("/internal", any(answer))
         .fallback(not_found)
@@ -34,12 +39,21 @@ pub async fn bind(
 
 async fn answer(State(service): State<&'static str>, request: Request) -> Response {
     let headers = request.headers();
+    let caller = verified_caller(headers);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let person = (caller.as_deref() == Some(GATEWAY_ID)).then(|| {
+        json!({
+            "user": header("x-zt-user"),
+            "groups": header("x-zt-groups"),
+        })
+    });
     let body = json!({
         "service": service,
         "method": request.method().as_str(),
         "path": request.uri().path(),
-        "caller": verified_caller(headers),
-        "x_client_cn": headers.get("x-client-cn").and_then(|v| v.to_str().ok()),
+        "caller": caller,
+        "person": person,
+        "x_client_cn": header("x-client-cn"),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

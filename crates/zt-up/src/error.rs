@@ -98,6 +98,9 @@ pub enum Error {
     /// The demo user or client was refused.
     #[error(transparent)]
     People(zt_store::StoreError),
+    /// zt server made the gateway's confidential client without a secret.
+    #[error("zt server made the gateway's OAuth client without a secret")]
+    NoClientSecret,
     /// `/proc/self/status` has no `Uid:` line.
     #[error("/proc/self/status: no Uid line")]
     NoUid,

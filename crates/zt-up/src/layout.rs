@@ -16,8 +16,17 @@ pub const AGENT_ID: &str = "spiffe://cluster.local/agent/zt-up";
 /// The demo services, each an app behind a zt proxy.
 pub const SERVICES: [&str; 2] = ["service-one", "service-two"];
 
+/// The access gateway's SPIFFE ID: Istio's form, namespace `edge`, for its
+/// mTLS to the demo services (and, with the DNS name `localhost`, its HTTPS
+/// certificate).
+pub const GATEWAY_ID: &str = "spiffe://cluster.local/ns/edge/sa/gateway";
+/// The namespace policies select the gateway by (with the label `app=gateway`).
+pub const GATEWAY_NAMESPACE: &str = "edge";
+/// The gateway's OAuth client at the OpenID Provider (confidential).
+pub const GATEWAY_CLIENT: &str = "zt-gateway";
+
 /// Highest offset from `--port-base` that `zt up` uses.
-pub const MAX_PORT_OFFSET: u16 = 82;
+pub const MAX_PORT_OFFSET: u16 = 83;
 
 /// The demo user `zt up` creates, and their group.
 pub const DEMO_USER: &str = "demo";
@@ -95,6 +104,21 @@ impl Layout {
         format!("https://localhost:{}", self.idp().port())
     }
 
+    /// The access gateway (HTTPS), in front of service-one.
+    pub fn gateway(&self) -> SocketAddr {
+        self.port(83)
+    }
+
+    /// The gateway's `https://localhost:PORT`, the origin browsers open.
+    pub fn gateway_url(&self) -> String {
+        format!("https://localhost:{}", self.gateway().port())
+    }
+
+    /// The gateway's /healthz, /readyz and /metrics (beside the proxies' admin ports).
+    pub fn gateway_admin(&self) -> SocketAddr {
+        self.port(23)
+    }
+
     /// The demo services, with their addresses.
     pub fn services(&self) -> Vec<Service> {
         SERVICES
@@ -118,6 +142,8 @@ impl Layout {
             (self.server_http(), "zt server's health and metrics".to_owned()),
             (self.agent_api(), "zt server's agent API".to_owned()),
             (self.idp(), "zt server's OpenID Provider".to_owned()),
+            (self.gateway(), "the access gateway's HTTPS".to_owned()),
+            (self.gateway_admin(), "the access gateway's admin".to_owned()),
         ];
         for s in self.services() {
             ports.push((s.inbound, format!("{}'s mTLS inbound", s.name)));
@@ -162,6 +188,33 @@ impl Layout {
     /// the agent attests (`unix:path`) to tell the two proxies apart.
     pub fn proxy_binary(&self, service: &str) -> PathBuf {
         self.dir.join("bin").join(format!("{service}-proxy"))
+    }
+
+    /// The gateway's executable, a link to zt like the proxies' (see
+    /// [`Layout::proxy_binary`]).
+    pub fn gateway_binary(&self) -> PathBuf {
+        self.dir.join("bin").join("gateway")
+    }
+
+    /// The gateway's directory: its configuration, HTTPS certificate, client
+    /// secret and session key.
+    pub fn gateway_dir(&self) -> PathBuf {
+        self.dir.join("gateway")
+    }
+
+    /// The gateway's configuration, written by every run.
+    pub fn gateway_config(&self) -> PathBuf {
+        self.gateway_dir().join("gateway.yaml")
+    }
+
+    /// The gateway's OAuth client secret (0600).
+    pub fn gateway_secret(&self) -> PathBuf {
+        self.gateway_dir().join("client-secret")
+    }
+
+    /// The gateway's HTTPS certificate: svid.pem, key.pem, bundle.pem.
+    pub fn gateway_tls(&self) -> PathBuf {
+        self.gateway_dir().join("tls")
     }
 
     /// A child's log file.
@@ -229,6 +282,7 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), ports.len(), "{ports:?}");
         assert!(ports.iter().all(|p| (7001..=7000 + MAX_PORT_OFFSET).contains(p)));
+        assert_eq!(ports.iter().max(), Some(&(7000 + MAX_PORT_OFFSET)));
         let services = layout.services();
         assert_eq!(services[0].peer, services[1].name);
         assert_eq!(

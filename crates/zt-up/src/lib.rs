@@ -2,9 +2,10 @@
 //! `zt server` (SQLite in DIR), a `zt agent` joined with a fresh token, and two
 //! demo services — an app served in this process behind a `zt proxy` each, every
 //! proxy with its own SVID from the Workload API — and applies the example
-//! policies with `zt policy apply`. Stopping stops everything in order; running
-//! it again reuses DIR: the datastore, the agent's SVID, the (possibly edited)
-//! policies.
+//! policies with `zt policy apply`; in front of service-one, a `zt gateway`
+//! lets people in who signed in at zt server's OpenID Provider. Stopping stops
+//! everything in order; running it again reuses DIR: the datastore, the
+//! agent's SVID, the (possibly edited) policies, the gateway's OAuth client.
 //!
 //! The children are zt itself, whose path the caller gives ([`run`]'s `exe`);
 //! what happens is reported as [`Event`]s, for the caller to show.
@@ -35,7 +36,7 @@ pub fn prepare_dir(dir: &Path) -> Result<PathBuf, Error> {
     let flag = format!("--dir {}", dir.display());
     zt_fs::private_dir(dir).map_err(Error::fs(&flag))?;
     let dir = dir.canonicalize().map_err(Error::io(&flag))?;
-    for sub in ["bin", "logs", "decisions", "clients", "agent"] {
+    for sub in ["bin", "logs", "decisions", "clients", "agent", "gateway"] {
         zt_fs::private_dir(&dir.join(sub)).map_err(Error::fs(&flag))?;
     }
     zt_fs::check_path(&dir.join("agent"), zt_fs::Owners::RootAndSelf).map_err(Error::fs(&flag))?;
@@ -121,7 +122,7 @@ fn read_pid(lock: &Path) -> Option<rustix::process::Pid> {
 /// How often `zt down` looks whether `zt up` has stopped.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How long `zt down` waits for `zt up` to stop: each of its four children has
+/// How long `zt down` waits for `zt up` to stop: each of its five children has
 /// 10 s to stop before it is killed.
 pub const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -27,7 +27,19 @@ const POLICIES: &[(&str, &str)] = &[
         "internal.yaml",
         include_str!("../../../examples/mesh/policies/internal.yaml"),
     ),
+    (
+        "gateway.yaml",
+        include_str!("../../../examples/mesh/policies/gateway.yaml"),
+    ),
+    (
+        "from-gateway.yaml",
+        include_str!("../../../examples/mesh/policies/from-gateway.yaml"),
+    ),
 ];
+
+/// The issuer the example policies name (the default `--port-base`'s), replaced
+/// by the running one's when they are written into a new DIR.
+const EXAMPLE_ISSUER: &str = "https://localhost:7082";
 
 /// How long each part may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,11 +79,11 @@ pub enum Event<'a> {
         /// Its agent API.
         agent_api: SocketAddr,
     },
-    /// A service's registration entry is in place.
+    /// A registration entry (a service's proxy, or the gateway) is in place.
     EntryRegistered {
-        /// The service.
-        service: &'a Service,
-        /// The proxy executable its entry selects.
+        /// The SPIFFE ID it gives.
+        spiffe_id: &'a str,
+        /// The executable its entry selects.
         binary: &'a Path,
         /// Whether the entry was created or replaced (else it was already right).
         changed: bool,
@@ -94,6 +106,9 @@ pub enum Event<'a> {
     PoliciesInForce {
         /// Whether zt's example policies were written into the new DIR.
         wrote_examples: bool,
+        /// Whether the gateway's example policies were added to a DIR whose
+        /// policies predate the gateway.
+        added_gateway_policies: bool,
         /// The last line `zt policy apply` printed.
         said: &'a str,
     },
@@ -108,6 +123,18 @@ pub enum Event<'a> {
         invite_url: &'a str,
         /// The CA a browser must trust to open it.
         ca: &'a Path,
+    },
+    /// The access gateway is ready: it holds its SVID and enforces the
+    /// policies in force, in front of service-one.
+    GatewayReady {
+        /// Its pid.
+        pid: u32,
+        /// The origin to open in a browser.
+        url: &'a str,
+        /// Its configuration file.
+        config: &'a Path,
+        /// Whether its OAuth client was (re)made, with a new secret.
+        new_client: bool,
     },
     /// Everything is ready, and the state file written.
     Ready {
@@ -129,7 +156,7 @@ pub enum Event<'a> {
     },
     /// Everything that came up has stopped.
     Stopped,
-    /// Renewing the client certificates failed; the mesh runs on.
+    /// Renewing the client certificates or the gateway's failed; the mesh runs on.
     RenewalFailed(&'a Error),
     /// A demo app stopped serving.
     AppStopped {
@@ -211,7 +238,8 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     let started = Instant::now();
     let reused = layout.server_dir().join(zt_server::SQLITE_FILE).exists();
     progress(Event::Opening { reused });
-    let wrote_examples = write_default_policies(&layout.policies())?;
+    let wrote_examples = write_default_policies(layout)?;
+    let added_gateway_policies = !wrote_examples && add_gateway_policies(layout)?;
     let mut starting = Starting {
         layout,
         exe: exe.to_owned(),
@@ -230,10 +258,11 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     let (version, said) = apply_policies(layout, &starting.exe, &admin).await?;
     let proxies = starting.mesh.children.iter_mut().skip(2);
     for (service, proxy) in layout.services().iter().zip(proxies) {
-        wait_for_policy_version(proxy, service, version).await?;
+        wait_for_policy_version(proxy, service.admin, version).await?;
     }
     progress(Event::PoliciesInForce {
         wrote_examples,
+        added_gateway_policies,
         said: &said,
     });
 
@@ -246,6 +275,8 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
         invite_url: invite.url.as_deref().unwrap_or_default(),
         ca: &layout.server_bundle(),
     });
+
+    starting.gateway(&admin, version).await?;
 
     let now = zt_identity::clock::unix_seconds();
     let state = State {
@@ -344,12 +375,16 @@ impl Starting<'_> {
             (bundle_file.clone(), bundle.into_bytes(), zt_fs::PUBLIC_MODE),
             (token_file.clone(), token.token.into_bytes(), zt_fs::PRIVATE_MODE),
         ])?;
-        for service in layout.services() {
-            let binary = layout.proxy_binary(service.name);
+        let workloads = layout
+            .services()
+            .into_iter()
+            .map(|service| (service.spiffe_id, layout.proxy_binary(service.name)))
+            .chain([(layout::GATEWAY_ID.to_owned(), layout.gateway_binary())]);
+        for (spiffe_id, binary) in workloads {
             link_executable(&self.exe, &binary)?;
-            let changed = register(admin, &service, &binary).await?;
+            let changed = register(admin, &spiffe_id, &binary).await?;
             (self.progress)(Event::EntryRegistered {
-                service: &service,
+                spiffe_id: &spiffe_id,
                 binary: &binary,
                 changed,
             });
@@ -413,6 +448,38 @@ impl Starting<'_> {
         (self.progress)(Event::ProxyReady { service, pid });
         Ok(())
     }
+
+    /// The access gateway in front of service-one: its HTTPS certificate, its
+    /// OAuth client and configuration, then the process, ready once it holds
+    /// its SVID and enforces policy `version`.
+    async fn gateway(&mut self, admin: &AdminClient, version: u64) -> Result<(), Error> {
+        let layout = self.layout;
+        mint_gateway_cert(layout, admin).await?;
+        let new_client = gateway_client(layout, admin).await?;
+        let config = layout.gateway_config();
+        write_files(&[(
+            config.clone(),
+            gateway_config(layout).into_bytes(),
+            zt_fs::PUBLIC_MODE,
+        )])?;
+        let args: [&OsStr; 3] = ["gateway".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let probe = Probe::Http {
+            addr: layout.gateway_admin(),
+            path: "/readyz".into(),
+        };
+        let binary = layout.gateway_binary();
+        let pid = self.run("zt gateway", &binary, &args, "gateway", probe).await?;
+        if let Some(gateway) = self.mesh.children.last_mut() {
+            wait_for_policy_version(gateway, layout.gateway_admin(), version).await?;
+        }
+        (self.progress)(Event::GatewayReady {
+            pid,
+            url: &layout.gateway_url(),
+            config: &config,
+            new_client,
+        });
+        Ok(())
+    }
 }
 
 /// Runs until `shutdown`, watching the children; a child that exits is an error
@@ -442,7 +509,11 @@ async fn supervise(
                 }
             }
             _ = renew.tick() => {
-                if let Err(e) = mint_client_certs(layout, &admin).await {
+                let renewed = match mint_client_certs(layout, &admin).await {
+                    Ok(()) => mint_gateway_cert(layout, &admin).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = renewed {
                     progress(Event::RenewalFailed(&e));
                 }
             }
@@ -472,15 +543,14 @@ async fn wait_healthy(child: &mut Supervised, probe: &Probe) -> Result<(), Error
     }
 }
 
-/// Waits until the proxy of `service` enforces policy `version` (its
-/// `zt_proxy_policy_version` metric).
+/// Waits until `proxy` (a service's proxy, or the gateway) enforces policy
+/// `version` (the `zt_proxy_policy_version` metric on its `admin` port).
 async fn wait_for_policy_version(
     proxy: &mut Supervised,
-    service: &Service,
+    admin: SocketAddr,
     version: u64,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let admin = service.admin;
     loop {
         let current = tokio::task::spawn_blocking(move || crate::state::http_get(admin, "/metrics"))
             .await
@@ -503,9 +573,11 @@ async fn wait_for_policy_version(
     }
 }
 
-/// Writes the example policies into a new DIR; an existing policy directory
-/// (perhaps edited) is left as it is. Returns whether it wrote them.
-fn write_default_policies(dir: &Path) -> Result<bool, Error> {
+/// Writes the example policies into a new DIR, naming this layout's issuer; an
+/// existing policy directory (perhaps edited) is left as it is. Returns whether
+/// it wrote them.
+fn write_default_policies(layout: &Layout) -> Result<bool, Error> {
+    let dir = &layout.policies();
     if dir.exists() {
         return Ok(false);
     }
@@ -515,10 +587,39 @@ fn write_default_policies(dir: &Path) -> Result<bool, Error> {
     std::fs::create_dir_all(&staging).map_err(Error::io(staging.display()))?;
     let files: Vec<_> = POLICIES
         .iter()
-        .map(|(name, text)| (staging.join(name), text.as_bytes().to_vec(), zt_fs::PUBLIC_MODE))
+        .map(|(name, text)| {
+            let text = text.replace(EXAMPLE_ISSUER, &layout.issuer());
+            (staging.join(name), text.into_bytes(), zt_fs::PUBLIC_MODE)
+        })
         .collect();
     write_files(&files)?;
     std::fs::rename(&staging, dir).map_err(Error::io(dir.display()))?;
+    Ok(true)
+}
+
+/// The example policies that let people through the gateway (see
+/// `examples/mesh/policies/gateway.yaml`).
+const GATEWAY_POLICIES: [&str; 2] = ["gateway.yaml", "from-gateway.yaml"];
+
+/// A DIR whose policies were written before `zt up` ran a gateway (it has never
+/// written the gateway's configuration) gets the gateway's example policies
+/// beside its own, once: without them no policy would select the gateway, and
+/// Istio's semantics would let anyone signed in through it. Returns whether it
+/// added them.
+fn add_gateway_policies(layout: &Layout) -> Result<bool, Error> {
+    let dir = layout.policies();
+    if layout.gateway_config().exists() || GATEWAY_POLICIES.iter().any(|name| dir.join(name).exists()) {
+        return Ok(false);
+    }
+    let files: Vec<_> = POLICIES
+        .iter()
+        .filter(|(name, _)| GATEWAY_POLICIES.contains(name))
+        .map(|(name, text)| {
+            let text = text.replace(EXAMPLE_ISSUER, &layout.issuer());
+            (dir.join(name), text.into_bytes(), zt_fs::PUBLIC_MODE)
+        })
+        .collect();
+    write_files(&files)?;
     Ok(true)
 }
 
@@ -547,15 +648,15 @@ fn link_executable(exe: &Path, link: &Path) -> Result<(), Error> {
     std::fs::rename(&temporary, link).map_err(Error::io(link.display()))
 }
 
-/// Makes sure `service` has exactly its entry: under the agent, for this user's
-/// processes running its proxy binary. Returns whether it changed anything.
-async fn register(admin: &AdminClient, service: &Service, binary: &Path) -> Result<bool, Error> {
+/// Makes sure `spiffe_id` has exactly its entry: under the agent, for this
+/// user's processes running `binary`. Returns whether it changed anything.
+async fn register(admin: &AdminClient, spiffe_id: &str, binary: &Path) -> Result<bool, Error> {
     let selectors = [
         format!("unix:uid:{}", effective_uid()?),
         format!("unix:path:{}", binary.display()),
     ];
     let spec = EntrySpec {
-        spiffe_id: SpiffeId::parse(&service.spiffe_id)?,
+        spiffe_id: SpiffeId::parse(spiffe_id)?,
         parent_id: SpiffeId::parse(AGENT_ID)?,
         selectors: selectors
             .iter()
@@ -573,7 +674,7 @@ async fn register(admin: &AdminClient, service: &Service, binary: &Path) -> Resu
     .normalize()?;
     let existing = admin
         .list_entries(&EntryFilter {
-            spiffe_id: Some(service.spiffe_id.clone()),
+            spiffe_id: Some(spiffe_id.to_owned()),
             parent_id: None,
         })
         .await?;
@@ -723,4 +824,188 @@ async fn mint_client_certs(layout: &Layout, admin: &AdminClient) -> Result<(), E
             .await?;
     }
     Ok(())
+}
+
+/// The gateway's HTTPS certificate, for `localhost`, from zt server's CA (which
+/// browsers are told to trust for the OpenID Provider already):
+/// DIR/gateway/tls/{svid,key,bundle}.pem. It lives [`CLIENT_CERT_TTL`] and is
+/// minted again at every start and every [`CLIENT_CERT_RENEWAL`]; the gateway
+/// loads the new files for new connections.
+async fn mint_gateway_cert(layout: &Layout, admin: &AdminClient) -> Result<(), Error> {
+    let id = SpiffeId::parse(layout::GATEWAY_ID)?;
+    let request = zt_server::client::MintRequest {
+        spiffe_id: &id,
+        ttl: CLIENT_CERT_TTL,
+        dns_names: &["localhost".to_owned()],
+    };
+    admin
+        .mint_x509_svid_to_dir(&request, &layout.gateway_tls())
+        .await?;
+    Ok(())
+}
+
+/// The gateway's confidential OAuth client, with its secret in
+/// DIR/gateway/client-secret (0600). Kept across runs while it is as this
+/// layout needs it and its secret is there; else (another `--port-base`, the
+/// secret file gone) made again, with a new secret — the server shows a secret
+/// only when it makes it. Returns whether it was made.
+async fn gateway_client(layout: &Layout, admin: &AdminClient) -> Result<bool, Error> {
+    use zt_server::client::ClientError;
+    use zt_store::{BackchannelLogoutUri, GrantType, RedirectUri};
+    let url = layout.gateway_url();
+    let wanted = zt_store::NewClient {
+        client_id: layout::GATEWAY_CLIENT.into(),
+        kind: zt_store::ClientKind::Secret,
+        jwks: None,
+        redirect_uris: vec![RedirectUri::parse(&format!("{url}/.zt/callback")).map_err(Error::People)?],
+        grant_types: vec![
+            GrantType::AuthorizationCode,
+            GrantType::RefreshToken,
+            GrantType::TokenExchange,
+        ],
+        backchannel_logout_uri: Some(
+            BackchannelLogoutUri::parse(&format!("{url}/.zt/backchannel-logout")).map_err(Error::People)?,
+        ),
+        backchannel_logout_session_required: true,
+    };
+    let secret_file = layout.gateway_secret();
+    match admin.client(layout::GATEWAY_CLIENT).await {
+        Ok(existing) => {
+            let same = existing.kind == wanted.kind
+                && existing
+                    .redirect_uris
+                    .iter()
+                    .map(String::as_str)
+                    .eq(wanted.redirect_uris.iter().map(RedirectUri::as_str))
+                && existing.grant_types == wanted.grant_types
+                && existing.backchannel_logout_uri.as_deref()
+                    == wanted
+                        .backchannel_logout_uri
+                        .as_ref()
+                        .map(BackchannelLogoutUri::as_str);
+            if same && secret_file.exists() {
+                return Ok(false);
+            }
+            admin.delete_client(layout::GATEWAY_CLIENT).await?;
+        }
+        Err(ClientError::Refused { status: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let created = admin.create_client(&wanted).await?;
+    let secret = created.secret.ok_or(Error::NoClientSecret)?;
+    write_files(&[(secret_file, secret.into_bytes(), zt_fs::PRIVATE_MODE)])?;
+    Ok(true)
+}
+
+/// The gateway's configuration (zt gateway's YAML, see `zt_gateway::config`),
+/// written at every start: `/` and below go to service-one, as the gateway
+/// (its SVID from the Workload API), with the person's token exchanged for
+/// service-one's audience and their name and groups in headers; the policies
+/// come from the agent, those of namespace `edge` that select `app=gateway`.
+fn gateway_config(layout: &Layout) -> String {
+    // JSON strings are YAML's double-quoted scalars: any path is safe in them.
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let path = |path: PathBuf| quote(&path.to_string_lossy());
+    let tls = layout.gateway_tls();
+    let services = layout.services();
+    let one = &services[0];
+    format!(
+        "# Written by zt up at every start (edits are overwritten): zt gateway --config THIS_FILE
+listen: {listen}
+url: {url}
+admin: {admin}
+tls: {{cert: {cert}, key: {key}}}
+oidc:
+  issuer: {issuer}
+  client_id: {client}
+  client_secret_file: {secret}
+  ca: {ca}
+session: {{key_file: {session}}}
+identity: {{workload_api: {socket}}}
+policy: {{agent: true, namespace: {namespace}, labels: {{app: gateway}}, decision_log: {decisions}}}
+headers: {{X-Zt-User: preferred_username, X-Zt-Groups: groups}}
+routes:
+  - {{path: /, upstream: {inbound}, spiffe_id: {spiffe_id}}}
+",
+        listen = quote(&layout.gateway().to_string()),
+        url = quote(&layout.gateway_url()),
+        admin = quote(&layout.gateway_admin().to_string()),
+        cert = path(tls.join("svid.pem")),
+        key = path(tls.join("key.pem")),
+        issuer = quote(&layout.issuer()),
+        client = quote(layout::GATEWAY_CLIENT),
+        secret = path(layout.gateway_secret()),
+        ca = path(layout.server_bundle()),
+        session = path(layout.gateway_dir().join("session.key")),
+        socket = path(layout.agent_socket()),
+        namespace = quote(layout::GATEWAY_NAMESPACE),
+        decisions = path(layout.decision_log("gateway")),
+        inbound = quote(&one.inbound.to_string()),
+        spiffe_id = quote(&one.spiffe_id),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn the_gateway_configuration_is_one_zt_gateway_reads() {
+        let layout = Layout::new(PathBuf::from("/tmp/zt up \"quoted\""), 7000);
+        let config = zt_gateway::GatewayConfig::parse(&gateway_config(&layout), Path::new("/")).unwrap();
+        assert_eq!(config.url, "https://localhost:7083");
+        assert_eq!(config.redirect_uri(), "https://localhost:7083/.zt/callback");
+        assert_eq!(config.oidc.issuer, "https://localhost:7082");
+        assert_eq!(config.oidc.client_id, layout::GATEWAY_CLIENT);
+        assert_eq!(config.oidc.ca, layout.server_bundle());
+        assert_eq!(config.tls.key, layout.gateway_tls().join("key.pem"));
+        assert_eq!(config.policy.namespace, "edge");
+        assert_eq!(config.policy.labels["app"], "gateway");
+        assert_eq!(config.routes[0].upstream, "127.0.0.1:7001");
+        assert_eq!(
+            config.routes[0].spiffe_id.to_string(),
+            layout::spiffe_id("service-one")
+        );
+        assert_eq!(config.headers["X-Zt-User"], "preferred_username");
+    }
+
+    #[test]
+    fn the_example_policies_name_the_running_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_owned(), 9000);
+        assert!(write_default_policies(&layout).unwrap());
+        let gateway = std::fs::read_to_string(layout.policies().join("gateway.yaml")).unwrap();
+        assert!(gateway.contains("\"https://localhost:9082/*\""), "{gateway}");
+        assert!(!gateway.contains(EXAMPLE_ISSUER), "{gateway}");
+        assert!(
+            !write_default_policies(&layout).unwrap(),
+            "an existing directory is kept"
+        );
+    }
+
+    #[test]
+    fn policies_from_before_the_gateway_get_its_policies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_owned(), 9000);
+        assert!(write_default_policies(&layout).unwrap());
+        assert!(!add_gateway_policies(&layout).unwrap(), "already there");
+        for name in GATEWAY_POLICIES {
+            std::fs::remove_file(layout.policies().join(name)).unwrap();
+        }
+        assert!(
+            add_gateway_policies(&layout).unwrap(),
+            "a DIR from before the gateway"
+        );
+        let gateway = std::fs::read_to_string(layout.policies().join("gateway.yaml")).unwrap();
+        assert!(gateway.contains("https://localhost:9082/*"), "{gateway}");
+        assert!(layout.policies().join("from-gateway.yaml").exists());
+        // Once the gateway has run, what the policies hold is the operator's.
+        for name in GATEWAY_POLICIES {
+            std::fs::remove_file(layout.policies().join(name)).unwrap();
+        }
+        std::fs::create_dir_all(layout.gateway_dir()).unwrap();
+        std::fs::write(layout.gateway_config(), "").unwrap();
+        assert!(!add_gateway_policies(&layout).unwrap());
+    }
 }

@@ -23,6 +23,7 @@ use zt_testkit::describe;
 
 const SERVICE_ONE: &str = "spiffe://cluster.local/ns/default/sa/service-one";
 const SERVICE_TWO: &str = "spiffe://cluster.local/ns/default/sa/service-two";
+const GATEWAY: &str = "spiffe://cluster.local/ns/edge/sa/gateway";
 
 /// How long `zt up` may take to be ready: a debug build on a loaded machine.
 const READY_DEADLINE: Duration = Duration::from_secs(120);
@@ -33,7 +34,7 @@ fn zt() -> Command {
     command
 }
 
-/// A port base whose 82 ports are all free now (below the ephemeral range, so
+/// A port base whose 83 ports are all free now (below the ephemeral range, so
 /// other tests' listeners do not take them meanwhile), and which no other test
 /// of this process was given: tests run side by side, and a block looks free to
 /// the second until the first's zt up binds it.
@@ -50,12 +51,12 @@ fn free_port_base() -> u16 {
         .map(|i| 20_000 + (start + i) % 50 * 200)
         .filter(|base| !given.contains(base))
         .find(|base| {
-            (1..=81).all(|offset| {
+            (1..=83).all(|offset| {
                 std::net::TcpStream::connect(("127.0.0.1", base + offset))
                     .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
             })
         })
-        .expect("no block of 82 free ports between 20000 and 30000");
+        .expect("no block of 83 free ports between 20000 and 30000");
     given.push(base);
     base
 }
@@ -314,11 +315,15 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let base = free_port_base();
     let mut up = Up::start(&dir, base);
     let pids = up.pids();
-    assert_eq!(pids.len(), 6, "server, agent, two apps, two proxies: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        7,
+        "server, agent, two apps, two proxies, gateway: {pids:?}"
+    );
 
     let status = up.status();
     let text = succeed(&status, "zt status");
-    assert_eq!(text.matches(" healthy ").count(), 6, "{text}");
+    assert_eq!(text.matches(" healthy ").count(), 7, "{text}");
     let again = zt().args(["up", "--dir"]).arg(&up.dir).output().unwrap();
     assert!(
         !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"),
@@ -417,6 +422,14 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         describe(&no_cert)
     );
 
+    gateway_sends_people_to_sign_in(&curl_path, &up, base);
+    // service-two claims to bring a person to service-one's app: not believed,
+    // as it is not the gateway.
+    let (code, body) = curl(&curl_path, &["-H", "X-Zt-User: demo", &two_to_one("/public")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["caller"], SERVICE_TWO, "{body}");
+    assert_eq!(json(&body)["person"], Value::Null, "{body}");
+
     // Change a policy; see it take effect without restarting anything.
     let policies = up.dir.join("policies");
     std::fs::write(policies.join("internal.yaml"), INTERNAL_FOR_BOTH).unwrap();
@@ -484,7 +497,13 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let exit = up.stop_with("INT");
     assert!(exit.success(), "zt up after SIGINT: {exit}\n{}", up.output());
     let output = up.output();
-    for name in ["service-two proxy", "service-one proxy", "zt agent", "zt server"] {
+    for name in [
+        "zt gateway",
+        "service-two proxy",
+        "service-one proxy",
+        "zt agent",
+        "zt server",
+    ] {
         assert!(
             output.contains(&format!("stopped {name} (pid")),
             "{name} not stopped:\n{output}"
@@ -519,11 +538,23 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     assert!(verified.contains("every record is covered"), "{verified}");
 
     // Again on the same directory: the datastore, the agent's SVID and the edited policy are reused.
+    // (The gateway's HTTPS certificate is minted anew.)
+    let gateway_cert = dir.join("gateway/tls/svid.pem");
+    let earlier_cert = std::fs::read(&gateway_cert).unwrap();
     drop(up);
     let mut up = Up::start(&dir, base);
+    assert_ne!(
+        std::fs::read(&gateway_cert).unwrap(),
+        earlier_cert,
+        "the gateway's certificate is minted at every start"
+    );
     let output = up.output();
     assert!(output.contains("reusing"), "{output}");
     assert!(output.contains("no change from version 2"), "{output}");
+    assert!(
+        output.contains("OAuth client zt-gateway, config"),
+        "the gateway's client and secret are kept: {output}"
+    );
     let (code, _) = curl(&curl_path, &[&two_to_one("/internal")]);
     assert_eq!(code, 200, "the edited policy was kept");
     let status = zt().args(["up", "--status", "--dir"]).arg(&dir).output().unwrap();
@@ -549,7 +580,12 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let output = up.output();
     assert_eq!(exit.code(), Some(1), "{output}");
     assert!(output.contains("zt agent exited (signal 9)"), "{output}");
-    for name in ["zt server", "service-one proxy", "service-two proxy"] {
+    for name in [
+        "zt server",
+        "service-one proxy",
+        "service-two proxy",
+        "zt gateway",
+    ] {
         assert!(
             !alive(pid_of(name)),
             "{name} still runs after zt up gave up:\n{output}"
@@ -558,14 +594,26 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     drop(up);
 
     // zt up killed outright (no chance to stop anything): its children stop on their own,
-    // as their standard input, its pipe, closes.
+    // as their standard input, its pipe, closes. (And the gateway's client
+    // secret is gone: its client is made again, with a new one.)
+    std::fs::remove_file(dir.join("gateway/client-secret")).unwrap();
     let mut up = Up::start(&dir, base);
+    assert!(
+        up.output().contains("OAuth client zt-gateway (new secret)"),
+        "{}",
+        up.output()
+    );
+    gateway_sends_people_to_sign_in(&curl_path, &up, base);
     let children: Vec<u64> = up
         .pids()
         .into_iter()
         .filter(|pid| *pid != u64::from(up.child.id()))
         .collect();
-    assert_eq!(children.len(), 4, "server, agent and two proxies: {children:?}");
+    assert_eq!(
+        children.len(),
+        5,
+        "server, agent, two proxies and the gateway: {children:?}"
+    );
     assert_eq!(up.stop_with("KILL").code(), None, "zt up survived SIGKILL");
     eventually("zt up's children stopping after it was killed", || {
         children.iter().all(|pid| !alive(*pid))
@@ -618,6 +666,71 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         "{text}"
     );
     assert!(text.contains("stopped zt server"), "{text}");
+}
+
+/// The access gateway on BASE+83 answers HTTPS with a certificate for
+/// `localhost` from zt server's CA; it tells an API client without a token
+/// to bring one (401, `WWW-Authenticate: Bearer`), and sends a browser to sign
+/// in at zt server's OpenID Provider as its client, with PKCE (S256).
+fn gateway_sends_people_to_sign_in(curl_path: &Path, up: &Up, base: u16) {
+    let ca = up.dir.join("agent/server-bundle.pem");
+    let ca = ca.to_str().unwrap();
+    let gateway = format!("https://localhost:{}", base + 83);
+    let issuer = format!("https://localhost:{}", base + 82);
+    // curl checks the name: localhost, from the server's CA alone.
+    let (code, answer) = curl(curl_path, &["-i", "--cacert", ca, &format!("{gateway}/")]);
+    assert_eq!(code, 401, "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("www-authenticate: bearer realm=\"{issuer}\"")),
+        "{answer}"
+    );
+    let (code, answer) = curl(
+        curl_path,
+        &[
+            "-i",
+            "--cacert",
+            ca,
+            "-H",
+            "Accept: text/html",
+            &format!("{gateway}/internal"),
+        ],
+    );
+    assert_eq!(code, 303, "{answer}");
+    let location = answer
+        .lines()
+        .find_map(|line| {
+            line.split_once(':')
+                .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+                .map(|(_, value)| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Location: {answer}"));
+    let query = location
+        .strip_prefix(&format!("{issuer}/authorize?"))
+        .unwrap_or_else(|| panic!("not the provider's /authorize: {location}"));
+    let params: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} in {location}"))
+    };
+    assert_eq!(param("client_id"), "zt-gateway", "{location}");
+    assert_eq!(param("response_type"), "code", "{location}");
+    assert_eq!(param("code_challenge_method"), "S256", "{location}");
+    assert_eq!(param("code_challenge").len(), 43, "{location}");
+    assert_eq!(
+        param("redirect_uri"),
+        format!("https%3A%2F%2Flocalhost%3A{}%2F.zt%2Fcallback", base + 83),
+        "{location}"
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("set-cookie: __host-zt-sign-in="),
+        "the sign-in is bound to this browser: {answer}"
+    );
 }
 
 /// What `zt up` cannot run is refused before anything starts, saying why.
@@ -766,6 +879,8 @@ fn zt_up_keeps_secrets_private_under_umask_000() {
         "clients/service-one",
         "clients/service-two",
         "decisions",
+        "gateway",
+        "gateway/tls",
         "logs",
     ] {
         expected.push((dir.join(sub), 0o700));
@@ -780,6 +895,9 @@ fn zt_up_keeps_secrets_private_under_umask_000() {
         "agent/data/agent.key",
         "clients/service-one/key.pem",
         "clients/service-two/key.pem",
+        "gateway/client-secret",
+        "gateway/session.key",
+        "gateway/tls/key.pem",
         "decisions/service-one.log",
         "decisions/service-one.shipped",
         "decisions/service-two.log",
@@ -924,4 +1042,108 @@ fn zt_up_demo_user_registers_a_passkey_and_gets_a_token_with_the_device_flow() {
     );
     assert_eq!(claims["groups"], serde_json::json!(["staff"]), "{claims}");
     assert_eq!(claims["client_id"], "zt-demo");
+}
+
+/// The README's gateway walk: the demo user registers a passkey from the link
+/// zt up printed, opens the gateway's /internal in Chromium, is sent to sign
+/// in, signs in with the passkey and lands on service-one's /internal, whose
+/// app names the person the gateway verified. A second user, signed in with a
+/// passkey too but not in the group, reaches / and gets the 403 page at
+/// /internal.
+#[test]
+fn zt_up_gateway_lets_the_demo_user_in_with_a_passkey() {
+    const TEST: &str = "zt_up_gateway_lets_the_demo_user_in_with_a_passkey";
+    let (Some(node), Some(_)) = (zt_testkit::node(TEST), zt_testkit::chromium(TEST)) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let up = Up::start(&tmp.path().join("up"), base);
+    let printed = std::fs::read_to_string(&up.stdout).unwrap();
+    let issuer = format!("https://localhost:{}", base + 82);
+    let gateway = format!("https://localhost:{}", base + 83);
+    assert!(
+        printed.contains(&format!("open {gateway}/")),
+        "the gateway's URL is printed:\n{printed}"
+    );
+    let invite = printed
+        .split_whitespace()
+        .find(|word| word.starts_with(&format!("{issuer}/enroll?invite=")))
+        .unwrap_or_else(|| panic!("no invite link in zt up's output:\n{printed}"))
+        .to_owned();
+    let admin = |args: &[&str]| {
+        let out = zt()
+            .args(args)
+            .arg("--socket")
+            .arg(up.admin_socket())
+            .output()
+            .unwrap();
+        succeed(&out, &format!("zt {args:?}"))
+    };
+    admin(&["user", "add", "visitor", "--email", "visitor@example.org"]);
+    let visitor_invite = json(&admin(&["user", "invite", "visitor", "--output", "json"]))["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let internal = format!("{gateway}/internal");
+    let script = serde_json::json!({
+        "ca": up.dir.join("agent/server-bundle.pem"),
+        "timeout": 20000,
+        "steps": [
+            ["goto", invite],
+            ["click", "#enroll-passkey"],
+            ["waitForSelector", "#enroll-done"],
+            ["goto", internal],
+            ["waitForURL", {"prefix": issuer}],
+            ["click", "#passkey-sign-in"],
+            ["waitForURL", {"prefix": internal}],
+            ["text", "body"],
+            // Someone else, signed in with a passkey, not in the group.
+            ["clearCookies"],
+            ["removeCredentials"],
+            ["goto", visitor_invite],
+            ["click", "#enroll-passkey"],
+            ["waitForSelector", "#enroll-done"],
+            ["goto", format!("{gateway}/")],
+            ["waitForURL", {"prefix": issuer}],
+            ["click", "#passkey-sign-in"],
+            ["waitForURL", {"prefix": format!("{gateway}/")}],
+            ["text", "body"],
+            ["goto", internal],
+            ["text", "#user"],
+        ],
+    });
+    let out = Command::new(&node)
+        .arg(zt_testkit::interop_dir().join("browser.mjs"))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let said = succeed(&out, "browser.mjs");
+    let gateway_log = || std::fs::read_to_string(up.dir.join("logs/gateway.log")).unwrap_or_default();
+    let results = json(&said)["results"].as_array().unwrap().clone();
+    let demo = json(results[0]["value"].as_str().unwrap());
+    assert_eq!(demo["service"], "service-one", "{demo}\n{}", gateway_log());
+    assert_eq!(demo["path"], "/internal", "{demo}");
+    assert_eq!(demo["caller"], GATEWAY, "the gateway called, over mTLS: {demo}");
+    assert_eq!(demo["person"]["user"], "demo", "{demo}");
+    assert_eq!(demo["person"]["groups"], "staff", "{demo}");
+    let visitor = json(results[1]["value"].as_str().unwrap());
+    assert_eq!(visitor["path"], "/", "{visitor}");
+    assert_eq!(visitor["person"]["user"], "visitor", "{visitor}");
+    assert_eq!(
+        results[2]["value"], "visitor",
+        "the 403 page names who was refused: {results:?}"
+    );
 }

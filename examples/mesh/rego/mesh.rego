@@ -1,5 +1,6 @@
-# zt up's policies (examples/mesh/policies) in Rego: /public for every mesh
-# identity, GET /internal for service-one only, nothing else. Serve it with
+# zt up's service-to-service policies (examples/mesh/policies/public.yaml and
+# internal.yaml; not the gateway's) in Rego: /public for every mesh identity,
+# GET /internal for service-one only, nothing else. Serve it with
 #   zt pdp run examples/mesh/rego/mesh.rego
 # and ask with the seed's input, {"principal", "method", "path"}:
 #   curl -s localhost:8181/v1/data/mesh/authz/allow -d '{"input":{"principal":"spiffe://cluster.local/ns/default/sa/service-one","method":"GET","path":"/internal"}}'

@@ -20,9 +20,10 @@ pub(crate) struct UpArgs {
     /// logs, process logs. The next run reuses it.
     #[arg(long, default_value = "zt-up")]
     pub(crate) dir: PathBuf,
-    /// The loopback ports: zt server's health and metrics on BASE+80 and agent API on
-    /// BASE+81; per service (one, two): mTLS inbound BASE+1, +2; outbound to the other
-    /// service BASE+11, +12; proxy admin BASE+21, +22; app BASE+31, +32.
+    /// The loopback ports: zt server's health and metrics on BASE+80, agent API on
+    /// BASE+81, OpenID Provider on BASE+82; the access gateway on BASE+83 (its admin
+    /// BASE+23); per service (one, two): mTLS inbound BASE+1, +2; outbound to the
+    /// other service BASE+11, +12; proxy admin BASE+21, +22; app BASE+31, +32.
     #[arg(long, default_value_t = 7000)]
     pub(crate) port_base: u16,
     /// Show what runs in --dir and whether it is healthy, as `zt status` does.
@@ -127,15 +128,14 @@ fn progress(layout: &Layout) -> Progress {
             ),
         ),
         Event::EntryRegistered {
-            service,
+            spiffe_id,
             binary,
             changed,
         } => step(
             "entry",
             None,
             &format!(
-                "{} for unix:path:{}{}",
-                service.spiffe_id,
+                "{spiffe_id} for unix:path:{}{}",
                 binary.display(),
                 if changed { "" } else { " (unchanged)" }
             ),
@@ -159,13 +159,23 @@ fn progress(layout: &Layout) -> Progress {
                 service.app
             ),
         ),
-        Event::PoliciesInForce { wrote_examples, said } => step(
+        Event::PoliciesInForce {
+            wrote_examples,
+            added_gateway_policies,
+            said,
+        } => step(
             "policies",
             None,
             &format!(
                 "zt policy apply {}{}: {said}; in force at both proxies",
                 guide.policies().display(),
-                if wrote_examples { " (zt's examples)" } else { "" },
+                if wrote_examples {
+                    " (zt's examples)"
+                } else if added_gateway_policies {
+                    " (zt's examples for the gateway added: gateway.yaml, from-gateway.yaml)"
+                } else {
+                    ""
+                },
             ),
         ),
         Event::ClientCertsMinted => step(
@@ -194,6 +204,26 @@ fn progress(layout: &Layout) -> Progress {
                 ca.display()
             ),
         ),
+        Event::GatewayReady {
+            pid,
+            url,
+            config,
+            new_client,
+        } => step(
+            "zt gateway",
+            Some(pid),
+            &format!(
+                "{url} in front of service-one, as {}; OAuth client {}{}, config {}\n      \
+                 open {url}/ and sign in as {} with the passkey registered at the link above; \
+                 {url}/internal is for group {} signed in with a passkey (amr hwk or swk), not a password",
+                zt_up::layout::GATEWAY_ID,
+                zt_up::layout::GATEWAY_CLIENT,
+                if new_client { " (new secret)" } else { "" },
+                config.display(),
+                zt_up::layout::DEMO_USER,
+                zt_up::layout::DEMO_GROUP,
+            ),
+        ),
         Event::Ready { took } => print_guide(&guide, took),
         Event::Failed(e) => {
             eprintln!("zt up: {}", chain(e));
@@ -202,7 +232,10 @@ fn progress(layout: &Layout) -> Progress {
         Event::Stopping => println!("\nzt up: stopping"),
         Event::ChildStopped { name, pid, how } => println!("  stopped {name} (pid {pid}, {how})"),
         Event::Stopped => println!("zt up: stopped; {} is kept for the next run", dir.display()),
-        Event::RenewalFailed(e) => eprintln!("zt up: renewing the client certificates: {}", chain(e)),
+        Event::RenewalFailed(e) => eprintln!(
+            "zt up: renewing the client certificates and the gateway's: {}",
+            chain(e)
+        ),
         Event::AppStopped { service, error } => eprintln!("zt up: {service}'s app stopped: {error}"),
     })
 }
@@ -333,6 +366,10 @@ zt up: ready in {:.1} s. Try, from another terminal:
   # ... and for service-two, with a forged X-Client-CN header: still denied (403)
   curl -s {two_certs} -H 'X-Client-CN: service-one' https://localhost:{one_in}/internal
 
+  # People reach service-one through the access gateway: open {gateway}/ in a browser
+  # that trusts {ca}, and sign in as {user}. Without a sign-in or a token: 401
+  curl -s --cacert {ca} {gateway}/
+
 Decisions, hash-chained, one log per proxy (and shipped to zt server):
   zt audit query {denials} --decision DENY
   zt audit verify {denials}
@@ -346,6 +383,9 @@ Logs of each process: {logs}/. Status: zt status --dir {dir}. Stop: Ctrl-C, or z
         two_certs = certs(two),
         one_in = one.inbound.port(),
         two_in = two.inbound.port(),
+        gateway = layout.gateway_url(),
+        ca = layout.server_bundle().display(),
+        user = zt_up::layout::DEMO_USER,
         denials = layout.decision_log(one.name).display(),
         policies = layout.policies().display(),
         socket = socket.display(),
