@@ -72,15 +72,16 @@ impl Gateway {
         client: SocketAddr,
     ) -> Response<Body> {
         let now = zt_identity::clock::unix_seconds();
-        let path = request.uri().path().to_owned();
-        if path.starts_with(paths::PREFIX) {
-            return self.own(request, client, now).await;
-        }
         let browser = pages::is_browser(&request);
         let head = match zt_proxy::request::normalize::admit(&mut request, &self.head_rules) {
             Ok(head) => head,
             Err(refusal) => return self.refused(&refusal, browser),
         };
+        // On the normalized path: `/./.zt/…` and `/%2Ezt/…` are the gateway's
+        // too, never an upstream's.
+        if head.target.path.starts_with(paths::PREFIX) {
+            return self.own(request, &head, client, now).await;
+        }
         let Some(upstream) = self.routes.choose(&head.host, &head.target.path) else {
             return pages::not_found(browser);
         };
@@ -208,21 +209,10 @@ impl Gateway {
         person: &Person,
         client: SocketAddr,
     ) -> Result<zt_proxy::authz::Decision, Refusal> {
-        let mut headers = std::collections::BTreeMap::new();
-        for (name, value) in request.headers() {
-            if name == http::header::AUTHORIZATION || name == http::header::COOKIE {
-                continue;
-            }
-            if let Ok(value) = value.to_str() {
-                headers
-                    .entry(name.as_str().to_owned())
-                    .and_modify(|v: &mut String| {
-                        v.push(',');
-                        v.push_str(value);
-                    })
-                    .or_insert_with(|| value.to_owned());
-            }
-        }
+        let headers = zt_proxy::request::authorize::policy_headers(
+            request.headers(),
+            &[http::header::AUTHORIZATION, http::header::COOKIE],
+        );
         let policy_request = zt_policy::Request {
             source: zt_policy::request::Source {
                 principal: None,
@@ -364,11 +354,12 @@ impl Gateway {
     async fn own(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        head: &zt_proxy::request::normalize::Admitted,
         client: SocketAddr,
         now: u64,
     ) -> Response<Body> {
-        let query = request.uri().query().unwrap_or_default().to_owned();
-        match (request.method(), request.uri().path()) {
+        let query = head.target.query.clone().unwrap_or_default();
+        match (request.method(), head.target.path.as_str()) {
             (&Method::GET, paths::CALLBACK) => self.callback(&request, &query, now).await,
             (&Method::GET, paths::SIGN_IN) => match oidc::param(&query, "return") {
                 Some(to) if safe_return(&to).is_some() => self.start_sign_in(&to, now),

@@ -1004,6 +1004,16 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
     }
     let (status, _, _) = stack.curl("/.zt/sign-in?return=%2Fapi%2Fok", &[]);
     assert_eq!(status, 303);
+    // The gateway's own paths are its own however they are spelled: never
+    // passed to an upstream.
+    for spelled in [
+        "/./.zt/sign-in?return=%2F%2Fevil",
+        "/api/../.zt/sign-in?return=%2F%2Fevil",
+        "/%2Ezt/sign-in?return=%2F%2Fevil",
+    ] {
+        let (status, _, body) = stack.curl(spelled, &["--path-as-is"]);
+        assert_eq!(status, 400, "{spelled}: {body}");
+    }
 
     // Tokens that must not pass.
     let (_, _, jwks) = stack.curl_idp("/jwks");

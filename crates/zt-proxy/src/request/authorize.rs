@@ -32,10 +32,27 @@ fn policy_request<B>(
     peer: &Peer,
     verified: Option<&zt_authn::Verified>,
 ) -> zt_policy::Request {
-    let mut headers = BTreeMap::new();
-    for (name, value) in request.headers() {
+    let headers = policy_headers(request.headers(), &[]);
+    peer.policy_request(Some(zt_policy::request::Http {
+        method: request.method().as_str().to_owned(),
+        path: head.path_and_query.as_str().to_owned(),
+        host: head.host.clone(),
+        headers,
+        auth: verified.map(zt_authn::Verified::to_auth),
+    }))
+}
+
+/// Headers as policies see them (`request.headers[NAME]`): lower-case
+/// names, the values of a repeated header joined with `,`; those in `except`
+/// (credentials a policy has no business reading) left out.
+pub fn policy_headers(headers: &http::HeaderMap, except: &[http::HeaderName]) -> BTreeMap<String, String> {
+    let mut folded = BTreeMap::new();
+    for (name, value) in headers {
+        if except.contains(name) {
+            continue;
+        }
         if let Ok(value) = value.to_str() {
-            headers
+            folded
                 .entry(name.as_str().to_owned())
                 .and_modify(|v: &mut String| {
                     v.push(',');
@@ -44,13 +61,7 @@ fn policy_request<B>(
                 .or_insert_with(|| value.to_owned());
         }
     }
-    peer.policy_request(Some(zt_policy::request::Http {
-        method: request.method().as_str().to_owned(),
-        path: head.path_and_query.as_str().to_owned(),
-        host: head.host.clone(),
-        headers,
-        auth: verified.map(zt_authn::Verified::to_auth),
-    }))
+    folded
 }
 
 #[cfg(test)]

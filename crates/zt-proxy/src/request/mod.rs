@@ -23,7 +23,7 @@
 
 pub mod allow;
 mod authenticate;
-mod authorize;
+pub mod authorize;
 pub mod normalize;
 mod record;
 mod respond;
