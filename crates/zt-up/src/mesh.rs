@@ -920,6 +920,8 @@ oidc:
   client_id: {client}
   client_secret_file: {secret}
   ca: {ca}
+  # Bearer tokens of the gateway's own client and of zt-demo (zt login --client-id zt-demo).
+  audiences: [{client}, {demo_client}]
 session: {{key_file: {session}}}
 identity: {{workload_api: {socket}}}
 policy: {{agent: true, namespace: {namespace}, labels: {{app: gateway}}, decision_log: {decisions}}}
@@ -933,6 +935,7 @@ routes:
         cert = path(tls.join("svid.pem")),
         key = path(tls.join("key.pem")),
         issuer = quote(&layout.issuer()),
+        demo_client = quote(crate::layout::DEMO_CLIENT),
         client = quote(layout::GATEWAY_CLIENT),
         secret = path(layout.gateway_secret()),
         ca = path(layout.server_bundle()),
