@@ -162,16 +162,24 @@ routes:
         for name, *_ in targets[1:]:
             print(f"{name} / nginx: throughput {med[name]['rps'] / med[base]['rps']:.2f}x")
         print()
-        print(f"At a fixed {args.rate} req/s ({args.seconds}s): CPU time of each front door's processes and threads per request, and p99:")
-        cpu, p99 = {}, {}
-        for name, url, extra, proc in targets:
-            oha(url, extra, 2, args.connections, args.rate)
-            before = cpu_seconds(proc.pid)
-            r = oha(url, extra, args.seconds, args.connections, args.rate)
-            used = cpu_seconds(proc.pid) - before
-            cpu[name] = used / max(r["ok"], 1) * 1e6
-            p99[name] = r["p99"]
-            print(f"{name:<34} {cpu[name]:>7.1f} µs per request  p99 {r['p99']:.3f} ms  ({r['ok']} requests, non-200 {r['total'] - r['ok']})")
+        print(f"At a fixed {args.rate} req/s ({args.seconds}s, {args.rounds} interleaved rounds): CPU time of each front door's "
+              "processes and threads per request, and p99 (medians):")
+        cpu = {name: [] for name, *_ in targets}
+        p99 = {name: [] for name, *_ in targets}
+        for round_ in range(1, args.rounds + 1):
+            for name, url, extra, proc in targets:
+                oha(url, extra, 2, args.connections, args.rate)
+                before = cpu_seconds(proc.pid)
+                r = oha(url, extra, args.seconds, args.connections, args.rate)
+                used = cpu_seconds(proc.pid) - before
+                cpu[name].append(used / max(r["ok"], 1) * 1e6)
+                p99[name].append(r["p99"])
+                print(f"round {round_}  {name:<34} {cpu[name][-1]:>7.1f} µs per request  p99 {r['p99']:.3f} ms  "
+                      f"({r['ok']} requests, non-200 {r['total'] - r['ok']})")
+        cpu = {name: statistics.median(v) for name, v in cpu.items()}
+        p99 = {name: statistics.median(v) for name, v in p99.items()}
+        for name, *_ in targets:
+            print(f"{name:<34} {cpu[name]:>7.1f} µs per request  p99 {p99[name]:.3f} ms")
         for name, *_ in targets[1:]:
             print(f"{name}: {cpu[name] - cpu[base]:+.1f} µs CPU and {p99[name] - p99[base]:+.3f} ms p99 per request against nginx, "
                   f"which checks no one")
