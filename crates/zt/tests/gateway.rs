@@ -572,7 +572,8 @@ fn browse(node: &Path, dir: &Path, script: &Value) -> Vec<Value> {
 /// person (identity headers and an exchanged token for its audience, never
 /// the gateway's cookie). After `zt session revoke`, the next request goes
 /// back to sign in, within a second. Bob, signed in but not staff, gets the
-/// 403 page.
+/// 403 page. Access tokens live 4 s here: the session outlives them,
+/// refreshed.
 ///
 /// Two hops: /chain goes to a frontend that calls a backend on the person's
 /// behalf; the backend's sidecar authenticates the person's token and lets
@@ -589,7 +590,8 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     ) else {
         return;
     };
-    let stack = Stack::start(&python);
+    // Access tokens of 4 s: the session outlives several, refreshed.
+    let stack = Stack::start_with(&python, &["--idp-access-ttl", "4s"]);
     let (origin, idp) = (stack.origin(), stack.idp_origin());
     let internal = format!("{origin}/internal/report?q=1");
     let socket = stack.server.socket();
@@ -617,6 +619,10 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
             ["goto", format!("{origin}/chain/report")],
             ["text", "body"],
             ["goto", format!("{origin}/chain/no-token")],
+            ["text", "body"],
+            // Past the first access token's life: the session goes on.
+            ["run", ["sleep", "5"]],
+            ["goto", internal],
             ["text", "body"],
             ["now"],
             ["run", revoke],
@@ -687,24 +693,35 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     let no_token = hop(2);
     assert_eq!(no_token["status"], 403, "without the person's token: {no_token}");
 
+    // Refreshed: the same person, a new token (exchanged from a new access token).
+    let later: Value = serde_json::from_str(results[3]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(later["headers"]["x-zt-user"], json!(["alice"]), "{later}");
+    let later_token = later["headers"]["authorization"][0].as_str().unwrap();
+    let later_claims = jwt_claims(later_token.strip_prefix("Bearer ").unwrap());
+    assert_ne!(
+        later_claims["jti"], claims["jti"],
+        "a fresh token after the first expired"
+    );
+    assert!(later_claims["exp"].as_u64() > claims["exp"].as_u64());
+
     // Revoked: back to the provider within a second of the revocation
     // (the time of `zt session revoke` itself included).
     let (before, after) = (
-        results[3]["value"].as_u64().unwrap(),
-        results[5]["value"].as_u64().unwrap(),
+        results[4]["value"].as_u64().unwrap(),
+        results[6]["value"].as_u64().unwrap(),
     );
     assert!(
         after - before < 1000,
         "sent to sign in {} ms after the revocation ({} loads)\n{}",
         after - before,
-        results[4]["value"],
+        results[5]["value"],
         stack.log()
     );
 
-    assert_eq!(results[6]["value"], "bob", "the 403 page names who was refused");
-    let policy = results[7]["value"].as_str().unwrap();
+    assert_eq!(results[7]["value"], "bob", "the 403 page names who was refused");
+    let policy = results[8]["value"].as_str().unwrap();
     assert!(!policy.is_empty(), "the 403 page names the policy");
-    let bobs = hop(8);
+    let bobs = hop(9);
     assert_eq!(bobs["status"], 403, "bob is not staff: {bobs}");
 
     // Both hops' decision logs name the same person for the same call.
@@ -937,7 +954,8 @@ fn forged(kid: Option<&str>, claims: &Value) -> String {
 /// signature, another audience, expired) is a 401 that never reaches the app;
 /// a good one passes with the identity headers a client sent stripped; the
 /// sign-in return URL takes local paths only; a cookie the gateway did not
-/// seal is no session.
+/// seal is no session; a new certificate in the files is served without a
+/// restart.
 #[test]
 fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
     const TEST: &str = "api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app";
@@ -1145,6 +1163,47 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
             "Bearer realm=\"{issuer}\", error=\"invalid_token\", error_description=\"the token expired\""
         )
     );
+    // A new certificate in the files is served to new connections.
+    zt_in(
+        stack.dir.path(),
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            GATEWAY_ID,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "gateway",
+        ],
+    );
+    let pem = std::fs::read_to_string(stack.dir.path().join("gateway.crt")).unwrap();
+    let leaf: String = pem
+        .split("-----END CERTIFICATE-----")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    eventually("the gateway serves the new certificate", || {
+        let out = Command::new(&python)
+            .args([
+                "-c",
+                "import ssl, sys; print(ssl.get_server_certificate(('127.0.0.1', int(sys.argv[1]))))",
+            ])
+            .arg(stack.gateway.port().to_string())
+            .output()
+            .unwrap();
+        let served: String = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        (served == leaf).then_some(())
+    });
     // Each refusal counted by reason, at the gateway's admin port.
     for reason in [
         "missing",
