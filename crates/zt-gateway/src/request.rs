@@ -174,10 +174,17 @@ impl Gateway {
         }
     }
 
-    /// Refreshes `session`'s tokens; `None` (and the session ended) when the
-    /// provider refuses: its session is over.
+    /// Refreshes `session`'s tokens, one refresh at a time (requests that
+    /// wait get the tokens it brought); `None` (and the session ended) when
+    /// the provider refuses: its session is over.
     pub(crate) async fn refresh(&self, session: &crate::sessions::Session, now: u64) -> Option<Tokens> {
+        let seen = session.tokens()?.access;
+        let _one_at_a_time = session.refreshing.lock().await;
         let current = session.tokens()?;
+        if current.access != seen {
+            // Refreshed while this request waited: use those.
+            return Some(current);
+        }
         let refresh = current.refresh.as_deref()?;
         match self.rp.refresh(refresh).await {
             Ok((answer, verified)) => {

@@ -56,6 +56,10 @@ pub struct Session {
     /// The absolute end, whatever happens.
     pub expires: u64,
     tokens: Mutex<Tokens>,
+    /// Held while the tokens are refreshed: one refresh at a time, so that
+    /// requests arriving together do not spend the refresh token twice
+    /// (which the provider takes for theft).
+    pub refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A session's current tokens.
@@ -145,6 +149,7 @@ impl Sessions {
             sid,
             expires,
             tokens: Mutex::new(tokens),
+            refreshing: tokio::sync::Mutex::new(()),
         });
         let mut open = self.open.write().ok()?;
         if open.len() >= MAX_SESSIONS {

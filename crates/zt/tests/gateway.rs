@@ -622,6 +622,9 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
             ["text", "body"],
             // Past the first access token's life: the session goes on.
             ["run", ["sleep", "5"]],
+            // Ten requests at once, as a page's assets come: the refresh is
+            // done once, and every one passes.
+            ["evaluate", "Promise.all(Array.from({length: 10}, () => fetch('/internal/report').then(r => r.status)))"],
             ["goto", internal],
             ["text", "body"],
             ["now"],
@@ -694,7 +697,8 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     assert_eq!(no_token["status"], 403, "without the person's token: {no_token}");
 
     // Refreshed: the same person, a new token (exchanged from a new access token).
-    let later: Value = serde_json::from_str(results[3]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(results[3]["value"], json!(vec![200; 10]), "{}", stack.log());
+    let later: Value = serde_json::from_str(results[4]["value"].as_str().unwrap()).unwrap();
     assert_eq!(later["headers"]["x-zt-user"], json!(["alice"]), "{later}");
     let later_token = later["headers"]["authorization"][0].as_str().unwrap();
     let later_claims = jwt_claims(later_token.strip_prefix("Bearer ").unwrap());
@@ -707,21 +711,21 @@ fn a_browser_signs_in_with_a_passkey_through_the_gateway_and_loses_access_when_r
     // Revoked: back to the provider within a second of the revocation
     // (the time of `zt session revoke` itself included).
     let (before, after) = (
-        results[4]["value"].as_u64().unwrap(),
-        results[6]["value"].as_u64().unwrap(),
+        results[5]["value"].as_u64().unwrap(),
+        results[7]["value"].as_u64().unwrap(),
     );
     assert!(
         after - before < 1000,
         "sent to sign in {} ms after the revocation ({} loads)\n{}",
         after - before,
-        results[5]["value"],
+        results[6]["value"],
         stack.log()
     );
 
-    assert_eq!(results[7]["value"], "bob", "the 403 page names who was refused");
-    let policy = results[8]["value"].as_str().unwrap();
+    assert_eq!(results[8]["value"], "bob", "the 403 page names who was refused");
+    let policy = results[9]["value"].as_str().unwrap();
     assert!(!policy.is_empty(), "the 403 page names the policy");
-    let bobs = hop(9);
+    let bobs = hop(10);
     assert_eq!(bobs["status"], 403, "bob is not staff: {bobs}");
 
     // Both hops' decision logs name the same person for the same call.
