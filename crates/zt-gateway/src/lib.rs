@@ -40,8 +40,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -373,12 +372,26 @@ fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String
         .map_err(|e| format!("tls.cert {}: {e}", cert.display()))
 }
 
+/// What the gateway holds any one client to: zt proxy's limits, with room
+/// in the head for a 64 KiB token beside the cookies and the rest.
+fn limits() -> zt_proxy::inbound::Limits {
+    zt_proxy::inbound::Limits {
+        max_header_bytes: MAX_HEAD_BYTES,
+        ..zt_proxy::inbound::Limits::default()
+    }
+}
+
 async fn accept(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limits = limits();
+    let slots = Arc::new(zt_proxy::connection::limits::Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_source,
+    ));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -392,10 +405,18 @@ async fn accept(
                 continue;
             }
         };
+        let held = match slots.acquire(client.ip()) {
+            Ok(held) => held,
+            Err(refusal) => {
+                gateway.proxy_metrics.refuse(refusal.label());
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            let _held = held;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -423,12 +444,10 @@ async fn accept(
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(MAX_HEAD_BYTES);
-            builder
-                .http2()
-                .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = zt_proxy::connection::http_server(&limits)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(peer = %client, error = %e, "connection ended with an error");
             }
         });

@@ -11,19 +11,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::refusal::Refusal;
 
 /// The slots of one listener.
-pub(crate) struct Slots {
+pub struct Slots {
     all: Arc<Semaphore>,
     per_source: SourceSlots,
 }
 
 /// What one open connection holds; released on drop.
-pub(super) struct Held {
+pub struct Held {
     _all: OwnedSemaphorePermit,
     _source: SourceSlot,
 }
 
 impl Slots {
-    pub(super) fn new(max: usize, max_per_source: usize) -> Self {
+    /// `max` connections in all, `max_per_source` from one address.
+    pub fn new(max: usize, max_per_source: usize) -> Self {
         Self {
             all: Arc::new(Semaphore::new(max)),
             per_source: SourceSlots {
@@ -34,7 +35,7 @@ impl Slots {
     }
 
     /// The slots for one more connection from `ip`, or the limit it hits.
-    pub(super) fn acquire(&self, ip: IpAddr) -> Result<Held, Refusal> {
+    pub fn acquire(&self, ip: IpAddr) -> Result<Held, Refusal> {
         let all = self
             .all
             .clone()

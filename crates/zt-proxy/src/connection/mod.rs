@@ -9,7 +9,7 @@
 //! is counted and logged once, here.
 
 mod handshake;
-mod limits;
+pub mod limits;
 mod peer;
 mod revocation;
 mod tcp;
@@ -259,17 +259,12 @@ where
     }
 }
 
-/// HTTP on an established connection, each request through the request
-/// stages, until either side closes.
-async fn serve_http<IO>(io: TokioIo<IO>, peer: Arc<Peer>, context: Arc<Context>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = context.config.limits;
-    let service = hyper::service::service_fn(move |request| {
-        let (peer, context) = (peer.clone(), context.clone());
-        async move { Ok::<_, hyper::Error>(crate::request::handle(request, &peer, &context).await) }
-    });
+/// An HTTP/1.1 and h2 server held to `limits`: the head's size and header
+/// count, the time it may take to arrive (slowloris, idle keep-alive), h2
+/// pings to find dead peers. zt gateway serves people with the same.
+pub fn http_server(
+    limits: &crate::inbound::Limits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -283,7 +278,24 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+    builder
+}
+
+/// HTTP on an established connection, each request through the request
+/// stages, until either side closes.
+async fn serve_http<IO>(io: TokioIo<IO>, peer: Arc<Peer>, context: Arc<Context>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = context.config.limits;
+    let service = hyper::service::service_fn(move |request| {
+        let (peer, context) = (peer.clone(), context.clone());
+        async move { Ok::<_, hyper::Error>(crate::request::handle(request, &peer, &context).await) }
+    });
+    if let Err(e) = http_server(&limits)
+        .serve_connection_with_upgrades(io, service)
+        .await
+    {
         tracing::debug!(error = %e, "HTTP connection ended");
     }
 }
