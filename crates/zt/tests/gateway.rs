@@ -1088,6 +1088,14 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
         (forged(Some("unknown"), &claims), "the token does not verify"),
         (forged(Some(&idp_kid), &claims), "the token does not verify"),
         (other_audience, "the token is not for this gateway"),
+        (
+            forged(
+                Some(&idp_kid),
+                &json!({"iss": "https://evil.example", "sub": "mallory", "aud": "zt-gateway",
+                                           "iat": now(), "exp": now() + 300}),
+            ),
+            "the token does not verify",
+        ),
     ] {
         let (status, headers, body) = stack.curl(
             "/api/x",
@@ -1155,6 +1163,28 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
     );
     let (status, _, _) = stack.curl("/api/x", &["-H", "Cookie: __Host-zt-session=v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
     assert_eq!(status, 401);
+    // A cookie well sealed, by another instance's key, opens nothing here.
+    let other = zt_gateway::cookie::CookieKey::from_bytes(&[7; 32]).unwrap();
+    let sealed = other
+        .seal(
+            zt_gateway::cookie::SESSION,
+            &other.new_session_id().unwrap(),
+            now() + 3600,
+        )
+        .unwrap();
+    let (status, _, _) = stack.curl("/api/x", &["-H", &format!("Cookie: __Host-zt-session={sealed}")]);
+    assert_eq!(status, 401);
+    // A person the policy does not let in gets JSON, not a page: this
+    // client's token has no staff group.
+    let (status, headers, body) =
+        stack.curl("/internal/x", &["-H", &format!("Authorization: Bearer {good}")]);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        header(&headers, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let denied: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(denied["error"], "access_denied", "{denied}");
 
     // Expiry: the challenge tells the client to get a new token.
     let challenge = eventually("the token expires", || {
