@@ -106,7 +106,7 @@ fn the_mesh_examples_pass_their_cases_in_yaml_and_rego() {
     let (policies, cases) = (mesh.join("policies"), mesh.join("policy-cases.yaml"));
     passes(
         &["policy", "test", arg(&policies), "--cases", arg(&cases)],
-        "16 tests: 16 passed, 0 failed",
+        "18 tests: 18 passed, 0 failed",
     );
     passes(
         &["policy", "test", arg(&mesh.join("rego"))],
