@@ -173,10 +173,12 @@ impl Sessions {
         self.open.write().ok()?.remove(id)
     }
 
-    /// The provider logged out its session `sid`, or everything of `sub`:
-    /// the gateway's sessions from it end now, and tokens from it are refused
-    /// from now on. Returns how many sessions ended.
+    /// The provider logged out its session `sid` (a token naming one is about
+    /// that session alone, whatever `sub` it names too), or else everything of
+    /// `sub`: the gateway's sessions from it end now, and tokens from it are
+    /// refused from now on. Returns how many sessions ended.
     pub fn logout(&self, sid: Option<&str>, sub: Option<&str>, now: u64) -> usize {
+        let sub = if sid.is_some() { None } else { sub };
         if let Ok(mut logouts) = self.logouts.lock() {
             let logouts = &mut *logouts;
             for (map, key) in [(&mut logouts.sids, sid), (&mut logouts.subs, sub)] {
@@ -195,7 +197,7 @@ impl Sessions {
         let before = open.len();
         open.retain(|_, s| {
             let same_sid = sid.is_some() && s.sid.as_deref() == sid;
-            let same_sub = sid.is_none() && sub == Some(s.sub.as_str());
+            let same_sub = sub == Some(s.sub.as_str());
             !(same_sid || same_sub)
         });
         before - open.len()
@@ -313,3 +315,33 @@ fn issued_at(verified: &Verified) -> u64 {
 
 /// How often the refresher looks for tokens to refresh and prunes.
 pub const REFRESH_TICK: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logout_naming_a_session_ends_that_session_alone() {
+        let sessions = Sessions::default();
+        sessions.logout(Some("s1"), Some("alice"), 100);
+        assert!(
+            sessions.logged_out(Some("s1"), "alice", 50),
+            "the session's tokens"
+        );
+        assert!(
+            !sessions.logged_out(Some("s2"), "alice", 50),
+            "her other sessions are not over"
+        );
+        assert!(!sessions.logged_out(None, "alice", 50));
+        // Without a sid: every token of hers issued until then.
+        sessions.logout(None, Some("bob"), 100);
+        assert!(sessions.logged_out(Some("s3"), "bob", 100));
+        assert!(sessions.logged_out(None, "bob", 20));
+        assert!(!sessions.logged_out(None, "bob", 101), "a sign-in after it");
+        sessions.prune(100 + LOGOUT_MEMORY);
+        assert!(
+            !sessions.logged_out(Some("s1"), "alice", 50),
+            "forgotten once no token can live"
+        );
+    }
+}
