@@ -70,9 +70,17 @@ pub enum GatewayError {
     /// The SVID.
     #[error(transparent)]
     Identity(#[from] zt_proxy::identity::IdentityError),
-    /// The policies or the decision log.
-    #[error(transparent)]
-    Authz(#[from] zt_proxy::authz::AuthzError),
+    /// The policies do not load: every problem, one per line.
+    #[error("policy.dir {dir}:\n{problems}")]
+    Policies {
+        /// The directory.
+        dir: String,
+        /// `file:line: field: problem` lines.
+        problems: String,
+    },
+    /// The decision log cannot be opened or does not verify.
+    #[error("policy.decision_log: {0}")]
+    DecisionLog(zt_audit::AuditError),
     /// The provider.
     #[error("oidc.issuer: {0}")]
     Provider(#[from] oidc::RpError),
@@ -106,6 +114,16 @@ pub struct GatewayMetrics {
     pub sessions: Gauge,
     /// Sessions opened.
     pub sign_ins: Counter,
+}
+
+/// zt proxy's authorization errors, named by the gateway's configuration keys.
+impl From<zt_proxy::authz::AuthzError> for GatewayError {
+    fn from(error: zt_proxy::authz::AuthzError) -> Self {
+        match error {
+            zt_proxy::authz::AuthzError::Policies { dir, problems } => Self::Policies { dir, problems },
+            zt_proxy::authz::AuthzError::Log(e) => Self::DecisionLog(e),
+        }
+    }
 }
 
 impl GatewayMetrics {

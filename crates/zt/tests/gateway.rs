@@ -1256,3 +1256,85 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
         assert!(count.is_some_and(|c| c >= 1.0), "{reason}: {count:?}");
     }
 }
+
+/// `zt gateway` refuses a bad configuration at start with one line naming
+/// the file, the key and the value, and bad policies with `file:line`.
+#[test]
+fn bad_configuration_and_policies_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    zt_in(
+        root,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    );
+    zt_in(root, &["ca", "bundle", "--ca", "ca", "--out", "mesh.pem"]);
+    zt_in(
+        root,
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            GATEWAY_ID,
+            "--dns",
+            "localhost",
+            "--out",
+            "gateway",
+        ],
+    );
+    std::fs::create_dir(root.join("policies")).unwrap();
+    let config = |routes: &str| {
+        format!(
+            "listen: 127.0.0.1:{}
+url: https://localhost
+tls: {{cert: gateway.crt, key: gateway.key}}
+oidc: {{issuer: \"https://localhost:1\", client_id: gw, client_secret_file: secret, ca: mesh.pem}}
+session: {{key_file: cookie.key}}
+identity: {{cert: gateway.crt, key: gateway.key, bundle: mesh.pem}}
+policy: {{dir: policies, namespace: edge}}
+routes:
+{routes}",
+            free_port()
+        )
+    };
+    let run = |text: &str| {
+        let path = root.join("gateway.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(zt_exe())
+            .args(["gateway", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run(&config(
+        "  - {path: /app, upstream: \"127.0.0.1:1\", spiffe_id: \"spiffe://Example.org/x\"}\n",
+    ));
+    assert!(
+        said.contains("gateway.yaml: routes[0].spiffe_id: \"spiffe://Example.org/x\""),
+        "{said}"
+    );
+    let said = run(&config(
+        "  - {path: /app, upstream: \"127.0.0.1:1\", spiffe_id: \"spiffe://example.org/x\", token: forward}\n",
+    ));
+    assert!(said.contains("routes[0].token: \"forward\""), "{said}");
+    // The configuration is good; a policy is not.
+    std::fs::write(
+        root.join("policies/bad.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: edge}\nspec:\n  bogus: 1\n",
+    )
+    .unwrap();
+    let said = run(&config(
+        "  - {path: /app, upstream: \"127.0.0.1:1\", spiffe_id: \"spiffe://example.org/x\"}\n",
+    ));
+    assert!(
+        said.contains("policy.dir ") && said.contains("bad.yaml:5"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("--policy-dir"),
+        "the gateway's own key, not the proxy's flag: {said}"
+    );
+}
