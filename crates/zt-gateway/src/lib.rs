@@ -58,6 +58,8 @@ pub use config::GatewayConfig;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head read (a 64 KiB token, cookies and the rest).
 const MAX_HEAD_BYTES: usize = 96 * 1024;
+/// Sessions refreshed at once by the background refresher.
+const REFRESH_PARALLEL: usize = 16;
 /// How long the provider may take to answer discovery at start.
 const DISCOVERY_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -477,12 +479,24 @@ impl Gateway {
     /// [`sessions::REFRESH_TICK`]. A refresh the provider refuses ends the
     /// session: this is how a revoked session ends even without a
     /// back-channel logout.
-    async fn keep_sessions_fresh(&self) {
+    async fn keep_sessions_fresh(self: Arc<Self>) {
         loop {
             tokio::time::sleep(sessions::REFRESH_TICK).await;
             let now = zt_identity::clock::unix_seconds();
-            for session in self.sessions.due_for_refresh(now) {
-                let _ = self.refresh(&session, now).await;
+            // A few at a time, so that many sessions due together neither wait
+            // in one line nor flood the provider.
+            let mut due = self.sessions.due_for_refresh(now).into_iter();
+            loop {
+                let batch: Vec<_> = due.by_ref().take(REFRESH_PARALLEL).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let mut refreshing = tokio::task::JoinSet::new();
+                for session in batch {
+                    let gateway = self.clone();
+                    refreshing.spawn(async move { gateway.refresh(&session, now).await });
+                }
+                while refreshing.join_next().await.is_some() {}
             }
             self.sessions.prune(now);
             self.metrics

@@ -885,6 +885,12 @@ fn zt_login_tokens_reach_services_through_the_gateway_with_curl_and_requests() {
     assert_eq!(status, 200, "{body}\n{}", stack.log());
     let echoed: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed["headers"]["x-zt-user"], json!(["alice"]));
+    // Who the gateway takes the caller for.
+    let (status, _, body) = stack.curl("/.zt/whoami", &["-H", &format!("Authorization: Bearer {token}")]);
+    assert_eq!(status, 200, "{body}");
+    let whoami: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(whoami["preferred_username"], "alice");
+    assert_eq!(whoami["aud"], "zt-cli");
     // Python requests, through both hops.
     let script = "import requests, sys\n\
         r = requests.get(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]}, verify=sys.argv[3], timeout=20)\n\
