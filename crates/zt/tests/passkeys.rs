@@ -674,7 +674,8 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
         &idp.server,
         &["user", "credentials", "alice", "--output", "json"],
     ));
-    let flags: Vec<(bool, bool)> = listed["credentials"]
+    // Both may be registered in the same second: compared in any order.
+    let mut flags: Vec<(bool, bool)> = listed["credentials"]
         .as_array()
         .unwrap()
         .iter()
@@ -685,6 +686,7 @@ fn a_real_browser_registers_a_passkey_and_signs_in() {
             )
         })
         .collect();
+    flags.sort_unstable();
     assert_eq!(flags, [(false, false), (true, true)], "{listed}");
     // Two sign-ins, two sessions: the other site's credential opened none.
     let sessions = json_of(&ok(&idp.server, &["session", "list", "--output", "json"]));
