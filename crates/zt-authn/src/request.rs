@@ -173,6 +173,74 @@ pub fn tokens_at(carrier: &impl Carrier, location: &TokenLocation) -> Vec<String
     }
 }
 
+/// A request in policies' JSON form (`zt policy test` and `eval` cases)
+/// authenticated as zt proxy authenticates a live one, and rewritten as the
+/// proxy rewrites it: the client's copies of `outputs` (the rules' output
+/// headers, compared in lower case with `_` as `-`) removed, then, for a valid
+/// token, the token removed from where it was found unless the rule forwards
+/// it, the output headers set, and `auth` filled in. `Invalid` leaves `http`
+/// as it was; the caller refuses it.
+pub async fn authenticate_http(
+    rules: &[Rule],
+    outputs: &[String],
+    http: &mut zt_policy::request::Http,
+) -> Outcome {
+    struct Carried<'a>(&'a zt_policy::request::Http);
+    impl Carrier for Carried<'_> {
+        fn header_values(&self, name: &str) -> Vec<&str> {
+            self.0
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        }
+        fn query(&self) -> Option<&str> {
+            self.0.path.split_once('?').map(|(_, query)| query)
+        }
+    }
+
+    http.headers
+        .retain(|name, _| !outputs.contains(&name.to_ascii_lowercase().replace('_', "-")));
+    let outcome = authenticate(rules, &Carried(http), None).await;
+    if let Outcome::Valid {
+        rule,
+        verified,
+        token,
+        locations,
+    } = &outcome
+        && let Some(rule) = rules.get(*rule)
+    {
+        if !rule.spec.forward_original_token {
+            for location in locations {
+                match location {
+                    TokenLocation::Header { name, .. } => {
+                        http.headers.retain(|n, _| !n.eq_ignore_ascii_case(name))
+                    }
+                    TokenLocation::Param(param) => {
+                        if let Some((path, query)) = http.path.split_once('?') {
+                            let kept: Vec<&str> = query
+                                .split('&')
+                                .filter(|pair| pair.split_once('=').is_none_or(|(key, _)| key != param))
+                                .collect();
+                            http.path = match kept.is_empty() {
+                                true => path.to_owned(),
+                                false => format!("{path}?{}", kept.join("&")),
+                            };
+                        }
+                    }
+                    TokenLocation::Cookie(_) => {}
+                }
+            }
+        }
+        for (name, value) in rule.output_headers(verified, token) {
+            http.headers.insert(name, value);
+        }
+        http.auth = Some(verified.to_auth());
+    }
+    outcome
+}
+
 /// A claim as a header value: strings as they are, numbers and booleans
 /// written out, arrays of those joined with `,`; objects are not copied.
 pub fn claim_text(value: &serde_json::Value) -> Option<String> {

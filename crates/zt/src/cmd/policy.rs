@@ -147,24 +147,9 @@ fn authenticate_case(
     request: &Request,
     warned: &mut std::collections::BTreeSet<String>,
 ) -> zt_policy::cases::Authentication {
-    use zt_authn::request::{Carrier, Outcome, Rule};
+    use zt_authn::request::{Outcome, Rule};
     use zt_policy::cases::Authentication;
-    use zt_policy::request_authentication::{JwksSource, TokenLocation};
-
-    struct Carried<'a>(&'a zt_policy::request::Http);
-    impl Carrier for Carried<'_> {
-        fn header_values(&self, name: &str) -> Vec<&str> {
-            self.0
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect()
-        }
-        fn query(&self) -> Option<&str> {
-            self.0.path.split_once('?').map(|(_, query)| query)
-        }
-    }
+    use zt_policy::request_authentication::JwksSource;
 
     let Some(http) = &request.request else {
         return Authentication::Unchanged;
@@ -194,53 +179,16 @@ fn authenticate_case(
         }
     }
     let mut http = http.clone();
-    // The client's copies of the rules' output headers, in every spelling.
-    let outputs = workload.output_headers();
-    http.headers
-        .retain(|name, _| !outputs.contains(&name.to_ascii_lowercase().replace('_', "-")));
     let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(zt_authn::request::authenticate(&rules, &Carried(&http), None)),
+        Ok(runtime) => runtime.block_on(zt_authn::request::authenticate_http(
+            &rules,
+            &workload.output_headers(),
+            &mut http,
+        )),
         Err(e) => return Authentication::Unauthenticated(format!("no runtime: {e}")),
     };
-    match outcome {
-        Outcome::Missing => {}
-        Outcome::Invalid(reason) => return Authentication::Unauthenticated(reason.to_owned()),
-        Outcome::Valid {
-            rule,
-            verified,
-            token,
-            locations,
-        } => {
-            let Some(rule) = rules.get(rule) else {
-                return Authentication::Unauthenticated("invalid".into());
-            };
-            if !rule.spec.forward_original_token {
-                for location in &locations {
-                    match location {
-                        TokenLocation::Header { name, .. } => {
-                            http.headers.retain(|n, _| !n.eq_ignore_ascii_case(name))
-                        }
-                        TokenLocation::Param(param) => {
-                            if let Some((path, query)) = http.path.split_once('?') {
-                                let kept: Vec<&str> = query
-                                    .split('&')
-                                    .filter(|pair| pair.split_once('=').is_none_or(|(key, _)| key != param))
-                                    .collect();
-                                http.path = match kept.is_empty() {
-                                    true => path.to_owned(),
-                                    false => format!("{path}?{}", kept.join("&")),
-                                };
-                            }
-                        }
-                        TokenLocation::Cookie(_) => {}
-                    }
-                }
-            }
-            for (name, value) in rule.output_headers(&verified, &token) {
-                http.headers.insert(name, value);
-            }
-            http.auth = Some(verified.to_auth());
-        }
+    if let Outcome::Invalid(reason) = outcome {
+        return Authentication::Unauthenticated(reason.to_owned());
     }
     let mut changed = request.clone();
     changed.request = Some(http);
