@@ -83,6 +83,16 @@ pub enum GatewayError {
     /// The decision log cannot be opened or does not verify.
     #[error("policy.decision_log: {0}")]
     DecisionLog(zt_audit::AuditError),
+    /// The listener's certificate or key.
+    #[error("{setting} {path}: {reason}")]
+    Certificate {
+        /// `tls.cert` or `tls.key`.
+        setting: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The provider.
     #[error("oidc.issuer: {0}")]
     Provider(#[from] oidc::RpError),
@@ -265,7 +275,7 @@ async fn serve(
             addr: config.listen,
             source,
         })?;
-    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key).map_err(GatewayError::Config)?);
+    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key)?);
     {
         let (tls, cert, key) = (tls.clone(), config.tls.cert.clone(), config.tls.key.clone());
         tasks.spawn_until_stop("tls_certificate", stop.clone(), move || {
@@ -353,7 +363,7 @@ fn provider_tls(ca: &Path) -> Result<rustls::ClientConfig, GatewayError> {
 struct ServerTls(RwLock<Arc<rustls::ServerConfig>>);
 
 impl ServerTls {
-    fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+    fn load(cert: &Path, key: &Path) -> Result<Self, GatewayError> {
         Ok(Self(RwLock::new(Arc::new(server_config(cert, key)?))))
     }
 
@@ -381,15 +391,23 @@ impl ServerTls {
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
-    let chain_pem = std::fs::read(cert).map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, GatewayError> {
+    let fail = |setting: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |reason: String| GatewayError::Certificate {
+            setting,
+            path,
+            reason,
+        }
+    };
+    let chain_pem = std::fs::read(cert).map_err(|e| fail("tls.cert", cert)(e.to_string()))?;
     let chain = zt_identity::x509::certificates_from_pem(&chain_pem)
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
-    let key = zt_identity::x509::private_key_from_pem(&key_pem)
-        .map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+        .map_err(|e| fail("tls.cert", cert)(e.to_string()))?;
+    let key_pem = std::fs::read(key).map_err(|e| fail("tls.key", key)(e.to_string()))?;
+    let key =
+        zt_identity::x509::private_key_from_pem(&key_pem).map_err(|e| fail("tls.key", key)(e.to_string()))?;
     zt_tls::web_server_config(chain, key, zt_tls::TlsVersions::Tls13, &[b"h2", b"http/1.1"])
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))
+        .map_err(|e| fail("tls.cert", cert)(e.to_string()))
 }
 
 /// What the gateway holds any one client to: zt proxy's limits, with room

@@ -53,6 +53,39 @@ fn zt_in(dir: &Path, args: &[&str]) -> String {
     succeed(&out, &format!("zt {args:?}"))
 }
 
+/// A development CA for the mesh in `root` (`ca/`, `mesh.pem`) and the
+/// gateway's SVID from it ([`issue_gateway_svid`]).
+fn mesh_ca(root: &Path) {
+    zt_in(
+        root,
+        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
+    );
+    zt_in(root, &["ca", "bundle", "--ca", "ca", "--out", "mesh.pem"]);
+    issue_gateway_svid(root);
+}
+
+/// `gateway.crt`/`gateway.key`: the gateway's SVID, also its HTTPS
+/// certificate (for localhost), a new one at each call.
+fn issue_gateway_svid(root: &Path) {
+    zt_in(
+        root,
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            "ca",
+            "--spiffe-id",
+            GATEWAY_ID,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "gateway",
+        ],
+    );
+}
+
 /// Everything a gateway test runs: the provider, the sidecar and its app,
 /// the gateway; and the files a client needs.
 struct Stack {
@@ -81,28 +114,7 @@ impl Stack {
         // A development CA for the mesh: the gateway's SVID (also its HTTPS
         // certificate, for localhost, which the provider trusts for its
         // back-channel logouts) and service-one's.
-        zt_in(
-            root,
-            &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
-        );
-        zt_in(root, &["ca", "bundle", "--ca", "ca", "--out", "mesh.pem"]);
-        zt_in(
-            root,
-            &[
-                "ca",
-                "issue",
-                "--ca",
-                "ca",
-                "--spiffe-id",
-                GATEWAY_ID,
-                "--dns",
-                "localhost",
-                "--ip",
-                "127.0.0.1",
-                "--out",
-                "gateway",
-            ],
-        );
+        mesh_ca(root);
         zt_in(
             root,
             &[
@@ -1207,23 +1219,7 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
         )
     );
     // A new certificate in the files is served to new connections.
-    zt_in(
-        stack.dir.path(),
-        &[
-            "ca",
-            "issue",
-            "--ca",
-            "ca",
-            "--spiffe-id",
-            GATEWAY_ID,
-            "--dns",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-            "gateway",
-        ],
-    );
+    issue_gateway_svid(stack.dir.path());
     let pem = std::fs::read_to_string(stack.dir.path().join("gateway.crt")).unwrap();
     let leaf: String = pem
         .split("-----END CERTIFICATE-----")
@@ -1270,26 +1266,7 @@ fn api_clients_get_401s_that_say_why_and_bad_tokens_never_reach_the_app() {
 fn bad_configuration_and_policies_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    zt_in(
-        root,
-        &["ca", "init", "--trust-domain", "example.org", "--dir", "ca"],
-    );
-    zt_in(root, &["ca", "bundle", "--ca", "ca", "--out", "mesh.pem"]);
-    zt_in(
-        root,
-        &[
-            "ca",
-            "issue",
-            "--ca",
-            "ca",
-            "--spiffe-id",
-            GATEWAY_ID,
-            "--dns",
-            "localhost",
-            "--out",
-            "gateway",
-        ],
-    );
+    mesh_ca(root);
     std::fs::create_dir(root.join("policies")).unwrap();
     let config = |routes: &str| {
         format!(
