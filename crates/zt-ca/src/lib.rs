@@ -363,6 +363,19 @@ impl Authority {
         self.sign_leaf(&csr.public_key, request, now, not_before)
     }
 
+    /// Signs an X.509-SVID for a public key (SubjectPublicKeyInfo, DER) whose
+    /// possession the caller has already proven (a device key: at enrollment,
+    /// then by a signed request for each certificate).
+    pub fn sign_x509_svid_for_key(
+        &self,
+        spki_der: &[u8],
+        request: &SvidRequest,
+        now: u64,
+    ) -> Result<SignedSvid, CaError> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)?;
+        self.sign_leaf(&public_key, request, now, now.saturating_sub(BACKDATE.as_secs()))
+    }
+
     /// The X.509-SVID profile: one URI SAN, `cA=false`, digitalSignature, server and client auth.
     fn sign_leaf(
         &self,

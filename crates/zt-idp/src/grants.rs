@@ -220,6 +220,7 @@ impl Provider {
             scope: issued.scope,
             audience: None,
             certificate_sha256: peer.certificate_sha256.as_deref(),
+            peer_spiffe_id: peer.spiffe_id.as_deref(),
         };
         let access = self.access_token(session, user, &grant, now)?;
         if issued.scope.split(' ').any(|s| s == "openid") {
@@ -340,6 +341,7 @@ impl Provider {
             scope: &scope,
             audience: None,
             certificate_sha256: peer.certificate_sha256.as_deref(),
+            peer_spiffe_id: peer.spiffe_id.as_deref(),
         };
         let access = self.access_token(&session, &user, &grant, now)?;
         let mut body = Map::new();
@@ -375,6 +377,7 @@ impl Provider {
             scope,
             audience,
             certificate_sha256: peer.certificate_sha256.as_deref(),
+            peer_spiffe_id: peer.spiffe_id.as_deref(),
         };
         let access = self.client_access_token(&grant, now())?;
         Ok(token_response(
@@ -497,6 +500,7 @@ impl Provider {
             scope,
             audience: Some(audience),
             certificate_sha256: peer.certificate_sha256.as_deref(),
+            peer_spiffe_id: peer.spiffe_id.as_deref(),
         };
         let now = now();
         let access = self.exchanged_token(&subject, &grant, &actor, now)?;

@@ -238,6 +238,15 @@ struct Inner {
     rotations: rotation::Rotations,
     passkeys: passkeys::Passkeys,
     backchannel: backchannel::Backchannel,
+    devices: std::sync::OnceLock<Arc<dyn DeviceDirectory>>,
+}
+
+/// Where the provider learns the live state of an enrolled device (zt
+/// server's device service), for the `device_id` and `device_tier` claims
+/// of tokens requested over mTLS with a device certificate.
+pub trait DeviceDirectory: Send + Sync {
+    /// The device's ID and current tier, if `spiffe_id` names an enrolled device.
+    fn device(&self, spiffe_id: &str) -> Option<(String, String)>;
 }
 
 impl Provider {
@@ -255,6 +264,7 @@ impl Provider {
         Ok(Self {
             inner: Arc::new(Inner {
                 backchannel,
+                devices: std::sync::OnceLock::new(),
                 passkeys,
                 rotations,
                 config,
@@ -313,6 +323,17 @@ impl Provider {
     /// The authentication events: their decision log and `zt_server_idp_events_total`.
     pub fn auth_events(&self) -> &events::Events {
         &self.inner.events
+    }
+
+    /// Lets tokens carry the live state of the device whose certificate a
+    /// client presents (set once, at start).
+    pub fn set_devices(&self, devices: Arc<dyn DeviceDirectory>) {
+        let _ = self.inner.devices.set(devices);
+    }
+
+    /// The device (ID, tier) behind a client certificate's SPIFFE ID.
+    pub(crate) fn device(&self, spiffe_id: Option<&str>) -> Option<(String, String)> {
+        self.inner.devices.get()?.device(spiffe_id?)
     }
 
     /// Registers the provider's metrics under the caller's prefix (`zt_server_idp_…`).

@@ -77,6 +77,9 @@ pub struct Grant<'a> {
     pub audience: Option<&'a str>,
     /// RFC 8705: the client certificate's `x5t#S256`, to bind the token to it.
     pub certificate_sha256: Option<&'a str>,
+    /// The SPIFFE ID of that certificate (an enrolled device's, for the
+    /// `device_*` claims).
+    pub peer_spiffe_id: Option<&'a str>,
 }
 
 /// An access token just signed.
@@ -116,13 +119,16 @@ impl Provider {
         now: u64,
     ) -> Result<Issued, OAuthError> {
         let mut claims = self.base_access_claims(&user.sub, grant, now)?;
-        claims.extend(self.person_claims(session, user));
+        let device = self.device(grant.peer_spiffe_id);
+        claims.extend(self.person_claims(session, user, device));
         profile_claims(&mut claims, user, grant.scope);
         self.sign_access(claims)
     }
 
     /// The [`PERSON_CLAIMS`] of a session's tokens.
-    fn person_claims(&self, session: &Session, user: &User) -> Map<String, Value> {
+    /// `device` is the device (ID, live tier) whose certificate the client
+    /// presented; without one, the device is honestly unknown.
+    fn person_claims(&self, session: &Session, user: &User, device: Option<(String, String)>) -> Map<String, Value> {
         let zone = session
             .source_ip
             .parse()
@@ -135,9 +141,8 @@ impl Provider {
             "groups": user.groups,
             "ip": session.source_ip,
             "zone": zone,
-            // Device trust comes with enrolled devices; until then, honestly unknown.
-            "device_id": null,
-            "device_tier": "unknown",
+            "device_id": device.as_ref().map(|(id, _)| id.clone()),
+            "device_tier": device.map_or_else(|| "unknown".to_owned(), |(_, tier)| tier),
         });
         let Value::Object(claims) = claims else {
             return Map::new();

@@ -55,6 +55,8 @@ pub(crate) struct AdminState {
     /// The OpenID Provider, when it runs: its issuer (for enrollment links)
     /// and its authentication-event log (for what admins do to people).
     pub idp: Option<zt_idp::Provider>,
+    /// Device trust, when it runs: the live tiers.
+    pub devices: Option<Arc<crate::devices::Devices>>,
 }
 
 /// The admin API's routes.
@@ -79,6 +81,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/witness/key", get(show_witness_key))
         .route("/v1/witness/forget", post(forget_source_key))
         .merge(crate::people::routes())
+        .merge(crate::devices::admin_routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .merge(
             Router::new()
@@ -128,6 +131,7 @@ pub(crate) fn store_error(metrics: &Metrics, e: StoreError) -> ApiError {
     let status = match &e {
         StoreError::Invalid(_)
         | StoreError::JoinToken(_)
+        | StoreError::DeviceToken(_)
         | StoreError::InvalidSerial(_)
         | StoreError::BrokenChain { .. }
         | StoreError::InvalidValue { .. }

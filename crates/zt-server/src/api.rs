@@ -324,3 +324,47 @@ pub struct RevokedSessions {
     /// How many sessions were open and are now revoked, with their refresh-token families.
     pub revoked: u64,
 }
+
+/// `POST /v1/devices/tokens`: a one-time device enrollment token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDeviceToken {
+    /// The person the device is issued to.
+    pub owner: String,
+    /// Validity, seconds.
+    pub ttl_secs: u64,
+    /// Devices enrolled with it wait for `zt device approve`.
+    #[serde(default)]
+    pub approval: bool,
+    /// Devices enrolled with it may report overridden facts: for tests only.
+    #[serde(default)]
+    pub test_mode: bool,
+}
+
+/// `POST /v1/devices/tokens` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceToken {
+    /// The token; shown once, stored only as a hash.
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A device as the admin API shows it: what is stored, with the live tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// What the datastore holds.
+    #[serde(flatten)]
+    pub device: zt_store::Device,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// Its newest events, newest first (`GET /v1/devices/{id}` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<zt_store::DeviceEvent>,
+}
+
+/// `GET /v1/devices` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Every device, by enrollment time.
+    pub devices: Vec<DeviceInfo>,
+}

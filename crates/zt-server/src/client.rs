@@ -447,6 +447,36 @@ impl AdminClient {
         .await
     }
 
+    /// `POST /v1/devices/tokens`.
+    pub async fn create_device_token(
+        &self,
+        request: &crate::api::CreateDeviceToken,
+    ) -> Result<crate::api::DeviceToken, ClientError> {
+        self.call(Method::POST, "/v1/devices/tokens", Some(request)).await
+    }
+
+    /// `GET /v1/devices`.
+    pub async fn devices(&self) -> Result<Vec<crate::api::DeviceInfo>, ClientError> {
+        let list: crate::api::DeviceList = self.call::<(), _>(Method::GET, "/v1/devices", None).await?;
+        Ok(list.devices)
+    }
+
+    /// `GET /v1/devices/{id}`, with its newest events.
+    pub async fn device(&self, id: &str) -> Result<crate::api::DeviceInfo, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/devices/{}", encode(id)), None)
+            .await
+    }
+
+    /// `POST /v1/devices/{id}/approve` or `/revoke`, or `DELETE /v1/devices/{id}`.
+    pub async fn device_action(&self, id: &str, action: DeviceAction) -> Result<crate::api::DeviceInfo, ClientError> {
+        let path = format!("/v1/devices/{}", encode(id));
+        match action {
+            DeviceAction::Approve => self.call::<(), _>(Method::POST, &format!("{path}/approve"), None).await,
+            DeviceAction::Revoke => self.call::<(), _>(Method::POST, &format!("{path}/revoke"), None).await,
+            DeviceAction::Delete => self.call::<(), _>(Method::DELETE, &path, None).await,
+        }
+    }
+
     /// `POST /v1/ca/rotate`.
     pub async fn rotate_ca(&self) -> Result<Rotated, ClientError> {
         self.call::<(), _>(Method::POST, "/v1/ca/rotate", None).await
@@ -530,4 +560,15 @@ fn encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// What an administrator does to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// A pending device may get its certificate.
+    Approve,
+    /// Its certificate and reports are refused from now on.
+    Revoke,
+    /// Forgotten, with its events.
+    Delete,
 }

@@ -9,6 +9,7 @@ pub mod agent_api;
 pub mod api;
 pub mod authority;
 pub mod client;
+pub mod devices;
 pub mod entries;
 pub mod idp;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     pub pdp: Option<zt_pdp::Pdp>,
     /// The OpenID Provider, if enabled.
     pub idp: Option<IdpSettings>,
+    /// Device trust (enrollment, posture, tiers), if enabled.
+    pub devices: Option<devices::DeviceSettings>,
 }
 
 /// The OpenID Provider's listener and set-up.
@@ -194,9 +197,49 @@ pub async fn run(
         }
         None => None,
     };
+    let device_metrics = devices::DeviceMetrics::default();
+    let device_service = match config.devices {
+        Some(mut settings) => {
+            let service = devices::Devices::load(
+                store.clone(),
+                config.trust_domain.clone(),
+                authorities.clone(),
+                &mut settings,
+                device_metrics.clone(),
+            )
+            .await?;
+            let tls = server_tls::ServerTls::new(
+                "device API",
+                authorities.clone(),
+                config.trust_domain.clone(),
+                server_tls::ServerCertificate::FromCa {
+                    path: "/zt/devices",
+                    dns_names: vec!["localhost".into()],
+                    ips: vec![settings.addr.ip()],
+                },
+            )
+            .map_err(ServerError::Tls)?;
+            let listener = tokio::net::TcpListener::bind(settings.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    flag: "--devices",
+                    addr: settings.addr,
+                    source,
+                })?;
+            tracing::info!(addr = %settings.addr, floor = service.floor(), "device API enabled");
+            Some((service, tls, listener))
+        }
+        None => None,
+    };
+    if let (Some((provider, ..)), Some((service, ..))) = (&idp, &device_service) {
+        provider.set_devices(service.clone());
+    }
     let metrics = Arc::new(metrics::Metrics::new(&tasks, |registry| {
         if let Some((provider, ..)) = &idp {
             provider.register_metrics(registry);
+        }
+        if device_service.is_some() {
+            device_metrics.register(registry);
         }
     }));
     let witness =
@@ -251,6 +294,7 @@ pub async fn run(
         cache: cache.clone(),
         witness: witness.clone(),
         idp: idp.as_ref().map(|(provider, ..)| provider.clone()),
+        devices: device_service.as_ref().map(|(service, ..)| service.clone()),
     });
     let health = metrics::router(metrics::HealthState {
         store: store.clone(),
@@ -296,6 +340,26 @@ pub async fn run(
             logouts.clone().follow_logouts(stop.clone())
         });
         tokio::spawn(idp::serve(provider, tls, listener, stop_rx.clone()));
+    }
+    if let Some((service, tls, listener)) = device_service {
+        let stop = stop_rx.clone();
+        let maintain = tls.clone();
+        tasks.spawn("devices_svid", stop_rx.clone(), move || {
+            maintain.clone().maintain(stop.clone())
+        });
+        let (deadlines, stop) = (service.clone(), stop_rx.clone());
+        tasks.spawn("device_deadlines", stop_rx.clone(), move || {
+            deadlines.clone().watch_deadlines(stop.clone())
+        });
+        let (saver, stop) = (service.clone(), stop_rx.clone());
+        tasks.spawn("device_reports", stop_rx.clone(), move || {
+            saver.clone().save_reports(stop.clone())
+        });
+        let (follower, stop) = (service.clone(), stop_rx.clone());
+        tasks.spawn("device_changes", stop_rx.clone(), move || {
+            follower.clone().follow(stop.clone())
+        });
+        tokio::spawn(devices::serve(service, tls, listener, stop_rx.clone()));
     }
     let api = agent_api::AgentApi {
         store: store.clone(),

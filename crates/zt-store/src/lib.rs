@@ -15,6 +15,7 @@ mod backchannel;
 mod clients;
 mod decisions;
 mod device;
+mod devices;
 mod grants;
 mod migrate;
 mod people;
@@ -45,6 +46,7 @@ pub use clients::{
 };
 pub use decisions::MAX_DECISIONS_PAGE;
 pub use device::{DeviceCode, DevicePoll, DeviceRequest, USER_CODE_ALPHABET};
+pub use devices::{Device, DeviceEvent, DeviceStatus, DeviceTokenGrant, NewDevice, SavedPosture};
 pub use grants::{GrantError, IssuedRefresh, MAX_GRACE_RETRIES, NewCode, RedeemedCode, Rotation};
 pub use migrate::LATEST as SCHEMA_VERSION;
 pub use model::{Entry, EntrySpec, ModelError, Selector};
@@ -106,6 +108,9 @@ pub enum StoreError {
     /// A join token that is unknown, used or expired.
     #[error("join token is {0}")]
     JoinToken(TokenProblem),
+    /// A device enrollment token that is unknown, used or expired.
+    #[error("device enrollment token is {0}")]
+    DeviceToken(TokenProblem),
     /// No agent with this ID (or not with this SVID).
     #[error("agent {0} is not attested (evicted, or its SVID was replaced)")]
     UnknownAgent(String),

@@ -19,10 +19,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_device_codes.sql")),
     (10, include_str!("../migrations/0010_backchannel_logout.sql")),
     (11, include_str!("../migrations/0011_session_exchanges.sql")),
+    (12, include_str!("../migrations/0012_devices.sql")),
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 11;
+pub const LATEST: i64 = 12;
 
 /// Brings the schema to [`LATEST`]; refuses a database from a newer zt.
 pub async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
