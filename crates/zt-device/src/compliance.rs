@@ -258,20 +258,25 @@ impl Policy {
         let mut names = BTreeSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, rule) in raw.rules.into_iter().enumerate() {
-            let here = locate(text, "name", Some(&rule.name));
+            // Rules are the only mappings with a `name`: the i-th is rule i's.
+            let here = key_lines(text, "name", None).nth(i);
+            // A key of this rule: the first at or after its name.
+            let field = |key: &str, value: Option<&str>| {
+                key_lines(text, key, value).find(|&l| Some(l) >= here).or(here)
+            };
             let key = |field: &str| format!("rules[{i}].{field}");
             if rule.name.trim().is_empty() {
                 return Err(invalid(here, format!("{}: empty", key("name"))));
             }
             if !names.insert(rule.name.clone()) {
                 return Err(invalid(
-                    locate_nth(text, "name", Some(&rule.name), 1),
+                    here,
                     format!("{}: {:?} names two rules", key("name"), rule.name),
                 ));
             }
             if rule.fact.trim().is_empty() {
                 return Err(invalid(
-                    locate(text, "fact", Some(&rule.fact)).or(here),
+                    field("fact", Some(&rule.fact)),
                     format!("{}: empty (rule {})", key("fact"), rule.name),
                 ));
             }
@@ -279,7 +284,7 @@ impl Policy {
                 Some(p) if p < floor => p,
                 Some(_) => {
                     return Err(invalid(
-                        locate(text, "required_for", Some(&rule.required_for)).or(here),
+                        field("required_for", Some(&rule.required_for)),
                         format!(
                             "{}: {:?} is the floor, which every device has (rule {})",
                             key("required_for"),
@@ -290,7 +295,7 @@ impl Policy {
                 }
                 None => {
                     return Err(invalid(
-                        locate(text, "required_for", Some(&rule.required_for)).or(here),
+                        field("required_for", Some(&rule.required_for)),
                         format!(
                             "{}: {:?} is not a tier (tiers: {tier_list})",
                             key("required_for"),
@@ -302,7 +307,7 @@ impl Policy {
             let max_age_ms = match rule.max_age {
                 Some(age) if age.is_zero() => {
                     return Err(invalid(
-                        here,
+                        field("max_age", None),
                         format!("{}: must be longer than 0 (rule {})", key("max_age"), rule.name),
                     ));
                 }
@@ -313,7 +318,7 @@ impl Policy {
             if let Some(value) = rule.equals {
                 if value.is_null() {
                     return Err(invalid(
-                        here,
+                        field("equals", None),
                         format!(
                             "{}: null (unknown never passes; rule {})",
                             key("equals"),
@@ -326,23 +331,23 @@ impl Policy {
             if let Some(values) = rule.in_ {
                 if values.is_empty() || values.iter().any(Value::is_null) {
                     return Err(invalid(
-                        here,
+                        field("in", None),
                         format!("{}: must list values, none null (rule {})", key("in"), rule.name),
                     ));
                 }
                 tests.push(Test::In(values));
             }
-            for (field, bound, make) in [
+            for (name, bound, make) in [
                 ("at_most", rule.at_most, Test::AtMost as fn(f64) -> Test),
                 ("at_least", rule.at_least, Test::AtLeast),
             ] {
                 if let Some(bound) = bound {
                     if !bound.is_finite() {
                         return Err(invalid(
-                            here,
+                            field(name, None),
                             format!(
                                 "{}: {bound} is not a finite number (rule {})",
-                                key(field),
+                                key(name),
                                 rule.name
                             ),
                         ));
@@ -704,7 +709,8 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
-/// A version bound, written as a string (`"12"`) or a number (`12`).
+/// A version bound, written as a string (`"12"`) or a number (`12`); quote
+/// it, as YAML reads `12.10` as the number 12.1.
 fn version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Version>, D::Error> {
     scalar(deserializer, "a dotted numeric version (\"12\")", |text| {
         Version::parse(text)
@@ -781,35 +787,51 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, source: &st
     })
 }
 
-/// The line (1-based) where `key:` is first written (with `value`, when
-/// given), for errors found after deserializing, which carry no position.
-pub(crate) fn locate(text: &str, key: &str, value: Option<&str>) -> Option<usize> {
-    locate_nth(text, key, value, 0)
-}
-
-/// As [`locate`], the `nth` (0-based) such line.
-pub(crate) fn locate_nth(text: &str, key: &str, value: Option<&str>, nth: usize) -> Option<usize> {
+/// The lines (1-based) where `key:` is written, with `value` when given, in
+/// block or flow style (`{key: value}`): the position of errors found after
+/// deserializing, which carry none.
+pub(crate) fn key_lines<'t>(
+    text: &'t str,
+    key: &'t str,
+    value: Option<&'t str>,
+) -> impl Iterator<Item = usize> + 't {
     text.lines()
         .enumerate()
-        .filter(|(_, line)| {
-            let bare = line.trim_start().trim_start_matches(['-', ' ']);
-            let Some(rest) = bare
-                .strip_prefix(key)
-                .and_then(|r| r.trim_start().strip_prefix(':'))
-            else {
-                return false;
+        .filter(move |(_, line)| {
+            // Outside quotes, a `#` after a space (or first) starts a comment.
+            let line = match line.find(" #") {
+                Some(end) if !line.trim_start().starts_with('#') => line.get(..end).unwrap_or(line),
+                _ if line.trim_start().starts_with('#') => "",
+                _ => line,
             };
-            let Some(value) = value else { return true };
-            let rest = rest.split(" #").next().unwrap_or("").trim();
-            let unquoted = rest
-                .strip_prefix('"')
-                .and_then(|r| r.strip_suffix('"'))
-                .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
-                .unwrap_or(rest);
-            unquoted == value
+            line.match_indices(key).any(|(at, _)| {
+                let before = line.get(..at).and_then(|b| b.chars().next_back());
+                if !matches!(before, None | Some(' ' | '{' | ',' | '-')) {
+                    return false;
+                }
+                let Some(rest) = line
+                    .get(at + key.len()..)
+                    .and_then(|r| r.trim_start().strip_prefix(':'))
+                    .filter(|r| r.is_empty() || r.starts_with(' '))
+                else {
+                    return false;
+                };
+                let Some(value) = value else { return true };
+                let token = rest.split([',', '}']).next().unwrap_or("").trim();
+                let unquoted = token
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .or_else(|| token.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')))
+                    .unwrap_or(token);
+                unquoted == value
+            })
         })
-        .nth(nth)
         .map(|(index, _)| index + 1)
+}
+
+/// The first line where `key:` is written (with `value`, when given).
+pub(crate) fn locate(text: &str, key: &str, value: Option<&str>) -> Option<usize> {
+    key_lines(text, key, value).next()
 }
 
 /// A CAEP 1.0 `device-compliance-change` event in a Security Event Token

@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::{
-    DeviceView, Evaluation, Policy, PolicyError, STATUS_ACTIVE, STATUS_ATTRIBUTE, locate, parse_yaml, read,
+    DeviceView, Evaluation, Policy, PolicyError, STATUS_ACTIVE, STATUS_ATTRIBUTE, key_lines, parse_yaml, read,
 };
 use crate::facts::{Facts, Observed};
 
@@ -140,7 +140,7 @@ impl Cases {
             if let Some(fact) = case.ages.keys().find(|fact| !case.facts.contains_key(*fact)) {
                 return Err(PolicyError::Invalid {
                     file: source.to_owned(),
-                    line: locate(text, "name", Some(&case.name)),
+                    line: key_lines(text, "name", None).nth(i),
                     message: format!("cases[{i}].ages: {fact} is not in facts (case {:?})", case.name),
                 });
             }

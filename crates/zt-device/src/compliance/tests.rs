@@ -547,11 +547,11 @@ fn errors_name_the_file_the_line_and_the_key() {
         ),
         (
             "tiers: [a, b]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - name: x\n    fact: f\n    equals: null\n    required_for: a\n",
-            "p.yaml:4: rules[0].equals: null",
+            "p.yaml:6: rules[0].equals: null",
         ),
         (
             "tiers: [a, b]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - name: x\n    fact: f\n    in: []\n    required_for: a\n",
-            "p.yaml:4: rules[0].in: must list values",
+            "p.yaml:6: rules[0].in: must list values",
         ),
         (
             "tiers: [a, b]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - name: x\n    fact: f\n    equals: true\n    max_age: 30\n    required_for: a\n",
@@ -562,6 +562,22 @@ fn errors_name_the_file_the_line_and_the_key() {
             "p.yaml:3: unknown field `extra`",
         ),
         ("tiers: [a, b]\n", "p.yaml:1: missing field `heartbeat`"),
+        (
+            "tiers: [a, b, c]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - {name: x, fact: f, equals: 1, required_for: a}\n  - {name: y, fact: f, equals: 1, required_for: a}\n  - {name: z, fact: f, equals: 1, required_for: d}  # name: q\n",
+            "p.yaml:6: rules[2].required_for: \"d\" is not a tier",
+        ),
+        (
+            "tiers: [a, b, c]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - name: x\n    fact: f\n    equals: 1\n    required_for: d\n  - name: y\n    fact: f\n    equals: 1\n    max_age: 0s\n    required_for: d\n",
+            "p.yaml:7: rules[0].required_for",
+        ),
+        (
+            "tiers: [a, b, c]\nheartbeat: {window: 6s, silent_tier: a}\nrules:\n  - name: x\n    fact: f\n    equals: 1\n    required_for: a\n  - name: y\n    fact: f\n    equals: 1\n    max_age: 0s\n    required_for: a\n",
+            "p.yaml:11: rules[1].max_age: must be longer than 0",
+        ),
+        (
+            "tiers: [a, b]\nheartbeat: {window: 0s, silent_tier: a}\n",
+            "p.yaml:2: heartbeat.window: must be longer than 0",
+        ),
         ("tiers: [a, b\n", "p.yaml:"),
     ];
     for (text, want) in cases {
