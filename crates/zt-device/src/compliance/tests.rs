@@ -717,3 +717,63 @@ fn caep_event_is_a_set() {
     assert_eq!(event["current_status"], "compliant");
     assert_ne!(other["jti"], set["jti"]);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_read_or_refused_without_panicking(text in "\\PC{0,200}") {
+            let _ = Policy::from_yaml(&text, "p.yaml");
+            let _ = Cases::from_yaml(&text, "c.yaml");
+        }
+
+        #[test]
+        fn durations_read_what_they_show(ms in 0u64..10_000_000_000) {
+            let shown = show_ms(ms);
+            if let Some(read) = parse_duration(&shown) {
+                prop_assert_eq!(millis(read), ms);
+            } else {
+                // Only fractional seconds are shown in a form not read back.
+                prop_assert!(shown.contains('.'));
+            }
+        }
+
+        /// Nothing changes before `changes_at_ms`, and something has by then.
+        #[test]
+        fn changes_at_is_exact(
+            ages in proptest::collection::vec(0u64..120, 5),
+            firewall in any::<bool>(),
+            last_ago in 0u64..20_000,
+            later in 0u64..200_000,
+        ) {
+            let p = policy();
+            let a = attributes("tpm");
+            let f = facts(&[
+                ("firewall.active", firewall.into(), ages[0]),
+                ("updates.security_pending", 0.into(), ages[1]),
+                ("os.version_id", "12.1".into(), ages[2]),
+                ("os.id", "debian".into(), ages[3]),
+                ("agent.version", 2.into(), ages[4]),
+            ]);
+            let last = Some(NOW - last_ago);
+            let rules = |e: &Evaluation| -> Vec<String> {
+                e.reasons.iter().map(|r| r.split(':').next().unwrap_or("").to_owned()).collect()
+            };
+            let now = eval(&p, &f, &a, last, NOW);
+            let then = eval(&p, &f, &a, last, NOW + later);
+            match now.changes_at_ms {
+                Some(at) if NOW + later >= at => {
+                    prop_assert!(at > NOW);
+                    let before = eval(&p, &f, &a, last, at - 1);
+                    let after = eval(&p, &f, &a, last, at);
+                    prop_assert_eq!((&before.tier, rules(&before)), (&now.tier, rules(&now)));
+                    prop_assert_ne!((&after.tier, rules(&after)), (&now.tier, rules(&now)));
+                }
+                _ => prop_assert_eq!((&then.tier, rules(&then)), (&now.tier, rules(&now))),
+            }
+        }
+    }
+}
