@@ -73,6 +73,32 @@ pub enum KeyChoice {
     Software,
 }
 
+impl std::str::FromStr for KeyChoice {
+    type Err = String;
+
+    /// `auto`, `tpm` or `software`, as `--key` takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "tpm" => Ok(Self::Tpm),
+            "software" => Ok(Self::Software),
+            other => Err(format!(
+                "unknown device key choice {other:?}: expected auto, tpm or software"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KeyChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Tpm => "tpm",
+            Self::Software => "software",
+        })
+    }
+}
+
 /// Where the TPM is, as a TCTI string, or that there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TpmLocation {
@@ -937,6 +963,18 @@ mod tests {
                 kind
             );
         }
+    }
+
+    #[test]
+    fn key_choice_parses_what_the_cli_takes() {
+        for choice in [KeyChoice::Auto, KeyChoice::Tpm, KeyChoice::Software] {
+            assert_eq!(choice.to_string().parse::<KeyChoice>().unwrap(), choice);
+        }
+        let err = "hsm".parse::<KeyChoice>().unwrap_err();
+        assert_eq!(
+            err,
+            r#"unknown device key choice "hsm": expected auto, tpm or software"#
+        );
     }
 
     #[test]
