@@ -2,9 +2,15 @@
 //! observed; a fact that could not be read is reported with no value
 //! (unknown), and unknown never satisfies a compliance rule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// One observed fact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +48,1035 @@ pub mod names {
     pub const SCREEN_LOCK: &str = "screen_lock.enabled";
     /// Whether every required process is running, bool.
     pub const PROCESSES: &str = "processes.required_running";
+    /// The required processes that are not running, list of strings.
+    pub const PROCESSES_MISSING: &str = "processes.missing";
     /// The device agent's version, string.
     pub const AGENT_VERSION: &str = "agent.version";
+
+    /// Every fact [`Collector::collect`](super::Collector::collect) reports.
+    pub const ALL: &[&str] = &[
+        OS_ID,
+        OS_VERSION_ID,
+        OS_NAME,
+        KERNEL,
+        SECURITY_UPDATES,
+        ROOT_ENCRYPTED,
+        HOME_ENCRYPTED,
+        FIREWALL,
+        SECURE_BOOT,
+        SCREEN_LOCK,
+        PROCESSES,
+        PROCESSES_MISSING,
+        AGENT_VERSION,
+    ];
+}
+
+/// The JSON type of a fact's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string.
+    Text,
+    /// A non-negative integer.
+    Count,
+    /// `true` or `false`.
+    Flag,
+    /// A list of strings.
+    TextList,
+}
+
+impl Kind {
+    /// The kind of the fact named `name`; `None` for a name not in [`names`].
+    pub fn of(name: &str) -> Option<Self> {
+        use names::*;
+        Some(match name {
+            OS_ID | OS_VERSION_ID | OS_NAME | KERNEL | AGENT_VERSION => Self::Text,
+            SECURITY_UPDATES => Self::Count,
+            ROOT_ENCRYPTED | HOME_ENCRYPTED | FIREWALL | SECURE_BOOT | SCREEN_LOCK | PROCESSES => Self::Flag,
+            PROCESSES_MISSING => Self::TextList,
+            _ => return None,
+        })
+    }
+
+    /// Whether `value` is of this kind.
+    pub fn accepts(self, value: &Value) -> bool {
+        match self {
+            Self::Text => value.is_string(),
+            Self::Count => value.is_u64(),
+            Self::Flag => value.is_boolean(),
+            Self::TextList => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_string)),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Text => "a string",
+            Self::Count => "a non-negative integer",
+            Self::Flag => "true or false",
+            Self::TextList => "a list of strings",
+        }
+    }
+}
+
+/// Why a facts-override file could not be used; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file is larger than an override file may be.
+    #[error("{path}: larger than {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// Not a JSON or YAML map of fact names to values.
+    #[error("{path}: line {line}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1 (0 when the parser could not tell).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A name this agent does not report, or a value of the wrong type.
+    #[error("{path}: line {line}: fact {fact}: {message}")]
+    Fact {
+        /// The file.
+        path: PathBuf,
+        /// The line the fact is on, from 1 (0 when it could not be found).
+        line: usize,
+        /// The fact's name.
+        fact: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Files read by the collectors are cut at this size.
+const FILE_CAP: u64 = 64 * 1024;
+/// `mountinfo` may be longer than other files; past this it is unknown.
+const MOUNTS_CAP: u64 = 1024 * 1024;
+/// A command's standard output past this is dropped (and the result marked truncated).
+const OUTPUT_CAP: u64 = 1024 * 1024;
+/// A command still running after this is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a running command is checked on.
+const POLL: Duration = Duration::from_millis(10);
+/// At most this many processes are looked at in `/proc`.
+const PROCESS_CAP: usize = 65_536;
+/// At most this many device-mapper layers are followed under a file system.
+const DM_DEPTH: usize = 16;
+/// Commands are looked up here only: the agent's `PATH` is not trusted to
+/// name the programs whose output decides compliance.
+const PROGRAM_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/// UEFI's global variable holding whether Secure Boot is enforced.
+const SECURE_BOOT_VAR: &str = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// Processes that mean a graphical session is running on the device.
+const DESKTOPS: &[&str] = &[
+    "gnome-shell",
+    "plasmashell",
+    "kwin_wayland",
+    "kwin_x11",
+    "xfce4-session",
+    "cinnamon",
+    "mate-session",
+    "lxqt-session",
+    "lxsession",
+    "budgie-wm",
+    "sway",
+    "Hyprland",
+];
+/// The kernel keeps this many bytes of a process's name (`comm`).
+const COMM_LEN: usize = 15;
+
+/// What to collect and from where.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    /// `/` normally; a fake root in tests.
+    root: PathBuf,
+    /// Processes that must be running ([`names::PROCESSES`]).
+    required_processes: Vec<String>,
+    /// Reported as [`names::AGENT_VERSION`].
+    agent_version: String,
+    /// Whether to run `nft`, `iptables-save`, `apt-get` and `gsettings`;
+    /// without them their facts are unknown.
+    commands: bool,
+}
+
+impl Collector {
+    /// Collects from this machine (`/`), running commands where a fact needs one.
+    pub fn new(required_processes: Vec<String>, agent_version: &str) -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            required_processes,
+            agent_version: agent_version.to_owned(),
+            commands: true,
+        }
+    }
+
+    /// Reads files under `root` instead of `/`; `commands` false leaves the
+    /// facts that need a command unknown (the commands see the real machine,
+    /// not `root`).
+    pub fn with_root(self, root: PathBuf, commands: bool) -> Self {
+        Self {
+            root,
+            commands,
+            ..self
+        }
+    }
+
+    /// Collects every fact in [`names::ALL`], each stamped with `now` (Unix
+    /// seconds); a fact that could not be read has no value (unknown). Never
+    /// fails as a whole.
+    pub fn collect(&self, now: u64) -> Facts {
+        use names::*;
+        let os = self.os_release();
+        let field = |key: &str| {
+            os.as_ref()
+                .and_then(|fields| fields.get(key))
+                .map(|value| Value::String(value.clone()))
+        };
+        let flag = |value: Option<bool>| value.map(Value::Bool);
+        let (root, home) = self.disk_encryption();
+        let processes = self.processes();
+        let (running, missing) = self.required(processes.as_ref());
+        let values = [
+            (OS_ID, field("ID")),
+            (OS_VERSION_ID, field("VERSION_ID")),
+            (OS_NAME, field("PRETTY_NAME")),
+            (KERNEL, self.kernel().map(Value::String)),
+            (
+                SECURITY_UPDATES,
+                self.security_updates(os.as_ref()).map(Value::from),
+            ),
+            (ROOT_ENCRYPTED, flag(root)),
+            (HOME_ENCRYPTED, flag(home)),
+            (FIREWALL, flag(self.firewall())),
+            (SECURE_BOOT, flag(self.secure_boot())),
+            (SCREEN_LOCK, flag(self.screen_lock(processes.as_ref()))),
+            (PROCESSES, flag(running)),
+            (PROCESSES_MISSING, missing.map(Value::from)),
+            (AGENT_VERSION, Some(Value::String(self.agent_version.clone()))),
+        ];
+        values
+            .into_iter()
+            .map(|(name, value)| {
+                if value.is_none() {
+                    tracing::debug!(fact = name, "unknown");
+                }
+                let observed = Observed {
+                    value,
+                    observed_at: now,
+                };
+                (name.to_owned(), observed)
+            })
+            .collect()
+    }
+
+    /// What the device is, for the inventory: `hostname`, `sys_vendor`,
+    /// `product_name`, `arch` and `cpu_model`, each only when it could be read.
+    pub fn hardware(&self) -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        for (key, path) in [
+            ("hostname", "/proc/sys/kernel/hostname"),
+            ("sys_vendor", "/sys/class/dmi/id/sys_vendor"),
+            ("product_name", "/sys/class/dmi/id/product_name"),
+        ] {
+            if let Some(value) = read_small(&self.path(path)).ok().and_then(non_empty) {
+                found.insert(key.to_owned(), value);
+            }
+        }
+        found.insert("arch".to_owned(), std::env::consts::ARCH.to_owned());
+        // A machine with many cores has a long cpuinfo; the first core's lines suffice.
+        if let Ok((cpuinfo, _)) = read_capped(&self.path("/proc/cpuinfo"), FILE_CAP)
+            && let Some(model) = cpu_model(&cpuinfo)
+        {
+            found.insert("cpu_model".to_owned(), model);
+        }
+        found
+    }
+
+    /// `absolute` under the root.
+    fn path(&self, absolute: &str) -> PathBuf {
+        self.root.join(absolute.trim_start_matches('/'))
+    }
+
+    /// The fields of `os-release`; `None` when neither file could be read.
+    fn os_release(&self) -> Option<BTreeMap<String, String>> {
+        let text = read_small(&self.path("/etc/os-release"))
+            .or_else(|_| read_small(&self.path("/usr/lib/os-release")))
+            .ok()?;
+        Some(parse_os_release(&text))
+    }
+
+    fn kernel(&self) -> Option<String> {
+        non_empty(read_small(&self.path("/proc/sys/kernel/osrelease")).ok()?)
+    }
+
+    /// Pending upgrades from a security archive, as apt would install them
+    /// now; only as fresh as the last `apt-get update`.
+    fn security_updates(&self, os: Option<&BTreeMap<String, String>>) -> Option<u64> {
+        if !self.commands {
+            return None;
+        }
+        let os = os?;
+        let debian_like = ["ID", "ID_LIKE"]
+            .iter()
+            .filter_map(|key| os.get(*key))
+            .any(|ids| ids.split_whitespace().any(|id| id == "debian"));
+        if !debian_like {
+            return None;
+        }
+        let plan = run("apt-get", &["-s", "-o", "Debug::NoLocking=1", "upgrade"]).complete()?;
+        Some(count_security_upgrades(&plan))
+    }
+
+    /// Whether `/` and `/home` are on dm-crypt.
+    fn disk_encryption(&self) -> (Option<bool>, Option<bool>) {
+        let Some(mounts) = self.mounts() else {
+            return (None, None);
+        };
+        let root = mount_for(&mounts, "/");
+        let home = mount_for(&mounts, "/home");
+        let encrypted = |index: Option<usize>| {
+            let mount = mounts.get(index?)?;
+            self.mount_encrypted(mount)
+        };
+        let root_answer = encrypted(root);
+        let home_answer = if home == root {
+            root_answer
+        } else {
+            encrypted(home)
+        };
+        (root_answer, home_answer)
+    }
+
+    /// The mount table, from `mountinfo` or else `/proc/mounts`; `None` when
+    /// neither is readable, whole and well formed.
+    fn mounts(&self) -> Option<Vec<Mount>> {
+        if let Ok((text, false)) = read_capped(&self.path("/proc/self/mountinfo"), MOUNTS_CAP)
+            && let Some(mounts) = parse_mountinfo(&text)
+        {
+            return Some(mounts);
+        }
+        match read_capped(&self.path("/proc/mounts"), MOUNTS_CAP) {
+            Ok((text, false)) => parse_mounts(&text),
+            _ => None,
+        }
+    }
+
+    /// Whether the file system `mount` is on a dm-crypt layer. A block device
+    /// that is not device-mapper is a plain one (`false`); a file system with
+    /// no block device under it (overlay, tmpfs, NFS, a ZFS dataset) is unknown.
+    fn mount_encrypted(&self, mount: &Mount) -> Option<bool> {
+        let device = mount.source.strip_prefix("/dev/")?;
+        let dm = match device.strip_prefix("mapper/") {
+            Some(name) => self.dm_by_name(name)?,
+            None if is_dm(device) => device.to_owned(),
+            // `/dev/root`, `/dev/disk/by-…`: ask sysfs which device the numbers are.
+            None => match mount.dev.as_deref().and_then(|dev| self.block_by_dev(dev)) {
+                Some(name) if is_dm(&name) => name,
+                _ => return Some(false),
+            },
+        };
+        self.dm_encrypted(&dm, 0, &mut BTreeSet::new())
+    }
+
+    /// The `dm-N` whose device-mapper name is `name`.
+    fn dm_by_name(&self, name: &str) -> Option<String> {
+        let entries = std::fs::read_dir(self.path("/sys/block")).ok()?;
+        entries
+            .take(PROCESS_CAP)
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|block| is_dm(block))
+            .find(|block| {
+                let path = self.path("/sys/block").join(block).join("dm/name");
+                read_small(&path).is_ok_and(|found| found.trim() == name)
+            })
+    }
+
+    /// The kernel's name for the block device `major:minor`.
+    fn block_by_dev(&self, dev: &str) -> Option<String> {
+        let target = std::fs::read_link(self.path("/sys/dev/block").join(dev)).ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// Whether `dm` or a device-mapper layer under it is dm-crypt: its uuid
+    /// starts with `CRYPT-` (`CRYPT-LUKS2-…`, `CRYPT-PLAIN-…`).
+    fn dm_encrypted(&self, dm: &str, depth: usize, seen: &mut BTreeSet<String>) -> Option<bool> {
+        if depth > DM_DEPTH {
+            return None;
+        }
+        if !seen.insert(dm.to_owned()) {
+            return Some(false);
+        }
+        let base = self.path("/sys/block").join(dm);
+        let uuid = read_small(&base.join("dm/uuid")).ok();
+        if uuid
+            .as_deref()
+            .is_some_and(|uuid| uuid.trim().starts_with("CRYPT-"))
+        {
+            return Some(true);
+        }
+        let mut known = uuid.is_some();
+        match std::fs::read_dir(base.join("slaves")) {
+            Err(_) => known = false,
+            Ok(entries) => {
+                for entry in entries.take(PROCESS_CAP) {
+                    let Ok(entry) = entry else {
+                        known = false;
+                        continue;
+                    };
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !is_dm(&name) {
+                        continue;
+                    }
+                    match self.dm_encrypted(&name, depth + 1, seen) {
+                        Some(true) => return Some(true),
+                        Some(false) => {}
+                        None => known = false,
+                    }
+                }
+            }
+        }
+        known.then_some(false)
+    }
+
+    /// Whether nftables or iptables holds a ruleset.
+    fn firewall(&self) -> Option<bool> {
+        if !self.commands {
+            return None;
+        }
+        let nft = Ruleset::from_run(&run("nft", &["list", "ruleset"]), nft_has_rules);
+        let iptables = Ruleset::from_run(&run("iptables-save", &[]), iptables_has_rules);
+        firewall_verdict(nft, iptables)
+    }
+
+    /// Secure Boot. A machine without UEFI (no `/sys/firmware/efi`) boots
+    /// through a BIOS and so has no Secure Boot: `false`, not unknown.
+    fn secure_boot(&self) -> Option<bool> {
+        // Without /sys/firmware at all (not mounted, a fake root), nothing is known.
+        if !std::fs::metadata(self.path("/sys/firmware")).is_ok_and(|meta| meta.is_dir()) {
+            return None;
+        }
+        match std::fs::metadata(self.path("/sys/firmware/efi")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(false),
+            Ok(meta) if meta.is_dir() => {}
+            _ => return None,
+        }
+        // Four bytes of attributes, then the value.
+        let (bytes, _) = read_capped_bytes(&self.path(SECURE_BOOT_VAR), 64).ok()?;
+        match bytes.get(4) {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether the desktop session locks its screen: GNOME's `lock-enabled`
+    /// with a non-zero idle delay. Unknown without a desktop session (not
+    /// applicable), on desktops other than GNOME, and when the session is
+    /// another user's: `gsettings` reads the settings of whoever runs it.
+    fn screen_lock(&self, processes: Option<&Processes>) -> Option<bool> {
+        let processes = processes?;
+        let desktop = DESKTOPS.iter().any(|name| processes.running(name));
+        if !desktop || !self.commands {
+            return None;
+        }
+        let me = zt_fs::euid().ok()?;
+        if !processes
+            .owners("gnome-shell")
+            .is_some_and(|uids| uids.contains(&me))
+        {
+            return None;
+        }
+        let lock = run(
+            "gsettings",
+            &["get", "org.gnome.desktop.screensaver", "lock-enabled"],
+        )
+        .complete()?;
+        match lock.trim() {
+            "true" => {}
+            "false" => return Some(false),
+            _ => return None,
+        }
+        let idle = run("gsettings", &["get", "org.gnome.desktop.session", "idle-delay"]).complete()?;
+        let seconds: u64 = idle.trim().trim_start_matches("uint32").trim().parse().ok()?;
+        Some(seconds > 0)
+    }
+
+    /// The processes running, by name; `None` when `/proc` cannot be listed
+    /// or lists none (not mounted).
+    fn processes(&self) -> Option<Processes> {
+        use std::os::unix::fs::MetadataExt;
+        let entries = std::fs::read_dir(self.path("/proc")).ok()?;
+        let mut processes = Processes {
+            owners: BTreeMap::new(),
+            complete: true,
+        };
+        let mut count = 0;
+        for entry in entries {
+            let Ok(entry) = entry else {
+                processes.complete = false;
+                continue;
+            };
+            let pid = entry.file_name();
+            if !pid
+                .to_str()
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            {
+                continue;
+            }
+            if count == PROCESS_CAP {
+                processes.complete = false;
+                break;
+            }
+            count += 1;
+            // A process that exits between the listing and this read is simply gone.
+            let Ok((comm, _)) = read_capped(&entry.path().join("comm"), 64) else {
+                continue;
+            };
+            let owners = processes
+                .owners
+                .entry(comm.trim_end_matches('\n').to_owned())
+                .or_default();
+            if let Ok(meta) = entry.metadata() {
+                owners.insert(meta.uid());
+            }
+        }
+        (count > 0).then_some(processes)
+    }
+
+    /// [`names::PROCESSES`] and [`names::PROCESSES_MISSING`].
+    fn required(&self, processes: Option<&Processes>) -> (Option<bool>, Option<Vec<String>>) {
+        let Some(processes) = processes else {
+            return (None, None);
+        };
+        let missing: Vec<String> = self
+            .required_processes
+            .iter()
+            .filter(|name| !processes.running(name))
+            .cloned()
+            .collect();
+        // Past the cap, a process not seen may still be running.
+        if !missing.is_empty() && !processes.complete {
+            return (None, None);
+        }
+        (Some(missing.is_empty()), Some(missing))
+    }
+}
+
+/// Reads a facts-override file, for tests only: a JSON or YAML map of fact
+/// name to value, `null` for unknown. Each name must be in [`names`] and each
+/// value of its [`Kind`]; errors name the file, the line and the fact.
+pub fn read_override(path: &Path) -> Result<BTreeMap<String, Option<Value>>, FactsError> {
+    let (text, truncated) = read_capped(path, FILE_CAP).map_err(|source| FactsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if truncated {
+        return Err(FactsError::TooLarge {
+            path: path.to_owned(),
+            limit: FILE_CAP,
+        });
+    }
+    let json = path.extension().is_some_and(|ext| ext == "json") || text.trim_start().starts_with('{');
+    let parsed: BTreeMap<String, Option<Value>> = if json {
+        serde_json::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            // serde_json appends the position, which the error already carries.
+            let message = message.split(" at line ").next().unwrap_or_default().to_owned();
+            FactsError::Syntax {
+                path: path.to_owned(),
+                line: e.line(),
+                message,
+            }
+        })?
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|e| FactsError::Syntax {
+            path: path.to_owned(),
+            line: e.location().map_or(0, |at| at.line()),
+            message: e.to_string(),
+        })?
+    };
+    for (fact, value) in &parsed {
+        let fact_error = |message: String| FactsError::Fact {
+            path: path.to_owned(),
+            line: line_of(&text, fact),
+            fact: fact.clone(),
+            message,
+        };
+        let Some(kind) = Kind::of(fact) else {
+            return Err(fact_error("not a fact the agent reports".to_owned()));
+        };
+        if let Some(value) = value
+            && !kind.accepts(value)
+        {
+            return Err(fact_error(format!(
+                "expected {} or null, found {value}",
+                kind.describe()
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+/// The first line (from 1) where `key` stands as a map key; 0 if none does.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches(['{', ',', ' ']);
+            ["\"", "'", ""].iter().any(|quote| {
+                line.strip_prefix(quote)
+                    .and_then(|rest| rest.strip_prefix(key))
+                    .and_then(|rest| rest.strip_prefix(quote))
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            })
+        })
+        .map_or(0, |index| index + 1)
+}
+
+/// Processes by name (`comm`), with the uids they run as.
+struct Processes {
+    owners: BTreeMap<String, BTreeSet<u32>>,
+    /// False when the scan stopped at [`PROCESS_CAP`] or an entry was unreadable.
+    complete: bool,
+}
+
+impl Processes {
+    /// The uids running a process named `name` (cut as the kernel cuts `comm`).
+    fn owners(&self, name: &str) -> Option<&BTreeSet<u32>> {
+        self.owners.get(comm_of(name))
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.owners(name).is_some()
+    }
+}
+
+/// `name` as `/proc/PID/comm` shows it: at most [`COMM_LEN`] bytes.
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(COMM_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.get(..end).unwrap_or(name)
+}
+
+/// One mounted file system.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    mount_point: String,
+    /// What was mounted: `/dev/…`, or `overlay`, `tmpfs`, `server:/path`, a dataset.
+    source: String,
+    /// `major:minor` (from `mountinfo` only).
+    dev: Option<String>,
+}
+
+/// `/proc/PID/mountinfo`: `id parent major:minor root mount-point options
+/// [optional…] - type source super-options`. `None` if any line is malformed:
+/// a missed line could be the mount that decides the answer.
+fn parse_mountinfo(text: &str) -> Option<Vec<Mount>> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let separator = fields.iter().skip(6).position(|field| *field == "-")? + 6;
+            Some(Mount {
+                mount_point: unescape_octal(fields.get(4)?),
+                source: unescape_octal(fields.get(separator + 2)?),
+                dev: Some((*fields.get(2)?).to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// `/proc/mounts`: `source mount-point type options dump pass`.
+fn parse_mounts(text: &str) -> Option<Vec<Mount>> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let source = unescape_octal(fields.next()?);
+            let mount_point = unescape_octal(fields.next()?);
+            fields.next()?;
+            Some(Mount {
+                mount_point,
+                source,
+                dev: None,
+            })
+        })
+        .collect()
+}
+
+/// The kernel writes space, tab, newline and backslash in mount fields as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| byte == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .and_then(|digits| {
+                let digits = std::str::from_utf8(digits).ok()?;
+                u8::from_str_radix(digits, 8).ok()
+            });
+        match octal {
+            Some(decoded) => {
+                out.push(decoded);
+                i += 4;
+            }
+            None => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The index of the mount `path` is on: the longest mount point that is a
+/// prefix of it, the latest one when a mount point was mounted over.
+fn mount_for(mounts: &[Mount], path: &str) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    for (index, mount) in mounts.iter().enumerate() {
+        let point = mount.mount_point.trim_end_matches('/');
+        let contains = point.is_empty()
+            || path == point
+            || path.strip_prefix(point).is_some_and(|rest| rest.starts_with('/'));
+        if contains && best.is_none_or(|(_, len)| point.len() >= len) {
+            best = Some((index, point.len()));
+        }
+    }
+    best.map(|(index, _)| index)
+}
+
+/// `dm-N`.
+fn is_dm(name: &str) -> bool {
+    name.strip_prefix("dm-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The fields of an `os-release` file. Values are shell words: bare, `'…'`
+/// (literal) or `"…"` (with `\"`, `\\`, `\$`, `` \` `` escapes); a line that
+/// is not one is skipped.
+fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.starts_with('#') {
+                return None;
+            }
+            let (key, value) = line.split_once('=')?;
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return None;
+            }
+            Some((key.to_owned(), unquote(value)?))
+        })
+        .collect()
+}
+
+/// One shell word without its quoting; `None` if a quote is not closed or
+/// the word is several (unquoted blank).
+fn unquote(word: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next()? {
+                    '\'' => break,
+                    c => out.push(c),
+                }
+            },
+            '"' => loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        c @ ('"' | '\\' | '$' | '`') => out.push(c),
+                        c => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                    },
+                    c => out.push(c),
+                }
+            },
+            '\\' => out.push(chars.next()?),
+            c if c.is_whitespace() => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Upgrades in `apt-get -s upgrade`'s plan that come from a security archive:
+/// `Inst pkg [old] (new Debian-Security:12/stable-security [amd64])`.
+fn count_security_upgrades(plan: &str) -> u64 {
+    let count = plan
+        .lines()
+        .filter(|line| line.starts_with("Inst "))
+        .filter(|line| {
+            let origin = line.split_once('(').map_or("", |(_, origin)| origin);
+            origin.contains("-security") || origin.contains("Debian-Security")
+        })
+        .count();
+    u64::try_from(count).unwrap_or(u64::MAX)
+}
+
+/// What one firewall tool showed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ruleset {
+    /// At least one rule, or a default policy that is not accept.
+    Rules,
+    /// Nothing loaded.
+    Empty,
+    /// The tool is not installed.
+    Absent,
+    /// It failed: not root, timed out, killed.
+    Unreadable,
+}
+
+impl Ruleset {
+    fn from_run(ran: &Ran, has_rules: fn(&str) -> bool) -> Self {
+        match ran {
+            Ran::Missing => Self::Absent,
+            Ran::Output {
+                success: true,
+                stdout,
+                truncated,
+            } => {
+                if has_rules(stdout) {
+                    Self::Rules
+                } else if *truncated {
+                    Self::Unreadable
+                } else {
+                    Self::Empty
+                }
+            }
+            Ran::Output { .. } | Ran::Failed => Self::Unreadable,
+        }
+    }
+}
+
+/// Active if either tool shows rules; inactive only if one showed nothing and
+/// the other showed nothing too or is not installed (iptables-nft writes into
+/// nftables; legacy iptables cannot be loaded without its tool).
+fn firewall_verdict(nft: Ruleset, iptables: Ruleset) -> Option<bool> {
+    use Ruleset::*;
+    match (nft, iptables) {
+        (Rules, _) | (_, Rules) => Some(true),
+        (Empty, Empty | Absent) | (Absent, Empty) => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `nft list ruleset` shows a chain with a rule in it, or a base
+/// chain whose policy is drop.
+fn nft_has_rules(ruleset: &str) -> bool {
+    let mut depth = 0usize;
+    // The brace depth of the body of the chain being read.
+    let mut chain_body: Option<usize> = None;
+    for line in ruleset.lines() {
+        let line = line.trim();
+        if chain_body == Some(depth) {
+            if line.contains("policy drop") {
+                return true;
+            }
+            let header = ["type ", "policy ", "comment ", "devices "]
+                .iter()
+                .any(|prefix| line.starts_with(prefix));
+            if !line.is_empty() && !line.starts_with(['#', '}']) && !header {
+                return true;
+            }
+        }
+        if chain_body.is_none() && line.starts_with("chain ") && line.ends_with('{') {
+            chain_body = Some(depth + 1);
+        }
+        let opens = line.matches('{').count();
+        let closes = line.matches('}').count();
+        depth = (depth + opens).saturating_sub(closes);
+        if chain_body.is_some_and(|body| depth < body) {
+            chain_body = None;
+        }
+    }
+    false
+}
+
+/// Whether `iptables-save` shows a rule (`-A`) or a built-in chain whose
+/// policy is not ACCEPT (`:INPUT DROP [0:0]`).
+fn iptables_has_rules(save: &str) -> bool {
+    save.lines().any(|line| {
+        line.starts_with("-A ")
+            || (line.starts_with(':')
+                && line
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|policy| policy != "ACCEPT" && policy != "-"))
+    })
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (x86's `model name`, or what
+/// other architectures call it).
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    ["model name", "Model", "Hardware", "cpu model", "uarch"]
+        .iter()
+        .find_map(|key| {
+            cpuinfo.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                let value = value.trim();
+                (name.trim() == *key && !value.is_empty()).then(|| value.to_owned())
+            })
+        })
+}
+
+/// A trimmed string, `None` when nothing is left.
+fn non_empty(text: String) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// At most `cap` bytes of `path`, and whether there was more.
+fn read_capped_bytes(path: &Path, cap: u64) -> io::Result<(Vec<u8>, bool)> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+    let truncated = u64::try_from(bytes.len()).unwrap_or(u64::MAX) > cap;
+    bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    Ok((bytes, truncated))
+}
+
+/// [`read_capped_bytes`] as text (invalid UTF-8 replaced).
+fn read_capped(path: &Path, cap: u64) -> io::Result<(String, bool)> {
+    let (bytes, truncated) = read_capped_bytes(path, cap)?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), truncated))
+}
+
+/// A small file whole; an error when it is longer than [`FILE_CAP`].
+fn read_small(path: &Path) -> io::Result<String> {
+    match read_capped(path, FILE_CAP)? {
+        (text, false) => Ok(text),
+        (_, true) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("longer than {FILE_CAP} bytes"),
+        )),
+    }
+}
+
+/// How a command ended.
+#[derive(Debug)]
+enum Ran {
+    /// It exited; `stdout` cut at [`OUTPUT_CAP`] (then `truncated`).
+    Output {
+        success: bool,
+        stdout: String,
+        truncated: bool,
+    },
+    /// Not installed.
+    Missing,
+    /// It could not be started, or was killed at the deadline.
+    Failed,
+}
+
+impl Ran {
+    /// The whole output of a successful run.
+    fn complete(self) -> Option<String> {
+        match self {
+            Self::Output {
+                success: true,
+                stdout,
+                truncated: false,
+            } => Some(stdout),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `program` (looked up in [`PROGRAM_DIRS`]) with [`COMMAND_TIMEOUT`].
+fn run(program: &str, args: &[&str]) -> Ran {
+    run_for(program, args, COMMAND_TIMEOUT)
+}
+
+/// Runs `program` in the C locale with no input, reading at most
+/// [`OUTPUT_CAP`] bytes of its output, and kills it after `timeout`.
+fn run_for(program: &str, args: &[&str], timeout: Duration) -> Ran {
+    let Some(path) = PROGRAM_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+    else {
+        return Ran::Missing;
+    };
+    let spawned = Command::new(&path)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ran::Missing,
+        Err(error) => {
+            tracing::debug!(program, %error, "could not start");
+            return Ran::Failed;
+        }
+    };
+    // Read on another thread so that a child writing more than a pipe holds
+    // is not blocked while this one waits for it to exit.
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            // The receiver may be gone (timed out): nothing to do then.
+            let _ = sender.send(read_output(stdout));
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+            waited => {
+                if let Err(error) = waited {
+                    tracing::debug!(program, %error, "could not wait");
+                } else {
+                    tracing::warn!(program, ?timeout, "killed: still running at the deadline");
+                }
+                // Already exited or not ours to kill any more: either way it is gone.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ran::Failed;
+            }
+        }
+    };
+    // The output is complete unless a child of the command still holds the pipe.
+    match receiver.recv_timeout(Duration::from_secs(1)) {
+        Ok(Ok((stdout, truncated))) => Ran::Output {
+            success: status.success(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            truncated,
+        },
+        _ => Ran::Failed,
+    }
+}
+
+/// At most [`OUTPUT_CAP`] bytes of `stdout`; the rest is read and dropped
+/// so that the command can finish.
+fn read_output(mut stdout: impl Read) -> io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    (&mut stdout).take(OUTPUT_CAP).read_to_end(&mut kept)?;
+    let dropped = io::copy(&mut stdout, &mut io::sink())?;
+    Ok((kept, dropped > 0))
 }
