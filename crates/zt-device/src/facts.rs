@@ -543,9 +543,17 @@ impl Collector {
                 break;
             }
             count += 1;
-            // A process that exits between the listing and this read is simply gone.
-            let Ok((comm, _)) = read_capped(&entry.path().join("comm"), 64) else {
-                continue;
+            let comm = match read_capped(&entry.path().join("comm"), 64) {
+                Ok((comm, _)) => comm,
+                // A process that exits between the listing and this read is
+                // simply gone (ENOENT, or ESRCH: 3 on Linux).
+                Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(3) => {
+                    continue;
+                }
+                Err(_) => {
+                    processes.complete = false;
+                    continue;
+                }
             };
             let owners = processes
                 .owners
@@ -650,7 +658,7 @@ fn line_of(text: &str, key: &str) -> usize {
 /// Processes by name (`comm`), with the uids they run as.
 struct Processes {
     owners: BTreeMap<String, BTreeSet<u32>>,
-    /// False when the scan stopped at [`PROCESS_CAP`] or an entry was unreadable.
+    /// False when the scan stopped at [`PROCESS_CAP`] or a name was unreadable.
     complete: bool,
 }
 
@@ -1079,4 +1087,555 @@ fn read_output(mut stdout: impl Read) -> io::Result<(Vec<u8>, bool)> {
     (&mut stdout).take(OUTPUT_CAP).read_to_end(&mut kept)?;
     let dropped = io::copy(&mut stdout, &mut io::sink())?;
     Ok((kept, dropped > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use names::*;
+
+    /// A fake root: files written under a temporary directory.
+    struct Root(tempfile::TempDir);
+
+    impl Root {
+        fn new() -> Self {
+            Self(tempfile::tempdir().unwrap())
+        }
+
+        fn file(&self, path: &str, content: &[u8]) -> &Self {
+            let path = self.0.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+            self
+        }
+
+        fn dir(&self, path: &str) -> &Self {
+            std::fs::create_dir_all(self.0.path().join(path.trim_start_matches('/'))).unwrap();
+            self
+        }
+
+        /// A device-mapper device `dm-N` with its name, uuid and dm slaves.
+        fn dm(&self, n: u32, name: &str, uuid: &str, slaves: &[&str]) -> &Self {
+            self.file(
+                &format!("/sys/block/dm-{n}/dm/name"),
+                format!("{name}\n").as_bytes(),
+            );
+            self.file(
+                &format!("/sys/block/dm-{n}/dm/uuid"),
+                format!("{uuid}\n").as_bytes(),
+            );
+            self.dir(&format!("/sys/block/dm-{n}/slaves"));
+            for slave in slaves {
+                self.file(&format!("/sys/block/dm-{n}/slaves/{slave}"), b"");
+            }
+            self
+        }
+
+        fn mountinfo(&self, mounts: &[(&str, &str, &str)]) -> &Self {
+            let lines: String = mounts
+                .iter()
+                .enumerate()
+                .map(|(i, (point, fs, source))| {
+                    format!(
+                        "{} 1 254:{i} / {point} rw,relatime shared:1 - {fs} {source} rw\n",
+                        20 + i
+                    )
+                })
+                .collect();
+            self.file("/proc/self/mountinfo", lines.as_bytes())
+        }
+
+        fn collector(&self, required: &[&str]) -> Collector {
+            let required = required.iter().map(|name| (*name).to_owned()).collect();
+            Collector::new(required, "1.2.3").with_root(self.0.path().to_owned(), false)
+        }
+
+        fn facts(&self) -> Facts {
+            self.collector(&[]).collect(1_700_000_000)
+        }
+    }
+
+    fn value(facts: &Facts, name: &str) -> Option<Value> {
+        facts.get(name).unwrap().value.clone()
+    }
+
+    fn flag(facts: &Facts, name: &str) -> Option<bool> {
+        value(facts, name).map(|value| value.as_bool().unwrap())
+    }
+
+    const LUKS: &str = "CRYPT-LUKS2-0c1e5a7f9b2d4e6f8a0b1c2d3e4f5a6b-root";
+
+    #[test]
+    fn os_release_is_read_with_shell_quoting() {
+        let root = Root::new();
+        root.file(
+            "/etc/os-release",
+            b"# comment\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm) \\\"x\\\"\"\nNAME='Debian GNU/Linux'\nVERSION_ID=\"12\"\nID=debian\nBROKEN=\"unclosed\n",
+        );
+        let facts = root.facts();
+        assert_eq!(value(&facts, OS_ID), Some(Value::from("debian")));
+        assert_eq!(value(&facts, OS_VERSION_ID), Some(Value::from("12")));
+        assert_eq!(
+            value(&facts, OS_NAME),
+            Some(Value::from("Debian GNU/Linux 12 (bookworm) \"x\""))
+        );
+        assert_eq!(unquote("'a b'\"c\"d"), Some("a bcd".to_owned()));
+        assert_eq!(unquote("a b"), None);
+        assert_eq!(unquote("\"open"), None);
+    }
+
+    #[test]
+    fn os_release_falls_back_to_usr_lib_and_missing_keys_are_unknown() {
+        let root = Root::new();
+        root.file("/usr/lib/os-release", b"ID=fedora\n");
+        let facts = root.facts();
+        assert_eq!(value(&facts, OS_ID), Some(Value::from("fedora")));
+        assert_eq!(value(&facts, OS_VERSION_ID), None);
+        let empty = Root::new().facts();
+        assert_eq!(value(&empty, OS_ID), None);
+        assert_eq!(value(&empty, OS_NAME), None);
+    }
+
+    #[test]
+    fn kernel_release_and_agent_version() {
+        let root = Root::new();
+        root.file("/proc/sys/kernel/osrelease", b"6.1.0-18-amd64\n");
+        let facts = root.facts();
+        assert_eq!(value(&facts, KERNEL), Some(Value::from("6.1.0-18-amd64")));
+        assert_eq!(value(&facts, AGENT_VERSION), Some(Value::from("1.2.3")));
+        assert!(facts.values().all(|fact| fact.observed_at == 1_700_000_000));
+    }
+
+    #[test]
+    fn root_on_luks_is_encrypted_and_so_is_home_on_it() {
+        let root = Root::new();
+        root.mountinfo(&[("/", "ext4", "/dev/mapper/root"), ("/proc", "proc", "proc")])
+            .dm(0, "root", LUKS, &["nvme0n1p3"]);
+        let facts = root.facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), Some(true));
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), Some(true));
+    }
+
+    #[test]
+    fn lvm_on_luks_is_encrypted_through_the_slaves() {
+        let root = Root::new();
+        root.mountinfo(&[
+            ("/", "ext4", "/dev/mapper/vg-root"),
+            ("/home", "ext4", "/dev/dm-2"),
+        ])
+        .dm(0, "luks-abc", LUKS, &["sda3"])
+        .dm(1, "vg-root", "LVM-aaaa", &["dm-0"])
+        .dm(2, "vg-home", "LVM-bbbb", &["dm-0"]);
+        let facts = root.facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), Some(true));
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), Some(true));
+    }
+
+    #[test]
+    fn plain_partitions_and_lvm_without_crypt_are_not_encrypted() {
+        let root = Root::new();
+        root.mountinfo(&[("/", "ext4", "/dev/sda2")]);
+        assert_eq!(flag(&root.facts(), ROOT_ENCRYPTED), Some(false));
+        assert_eq!(flag(&root.facts(), HOME_ENCRYPTED), Some(false));
+
+        let lvm = Root::new();
+        lvm.mountinfo(&[("/", "ext4", "/dev/mapper/vg-root")])
+            .dm(0, "vg-root", "LVM-aaaa", &["sda2"]);
+        assert_eq!(flag(&lvm.facts(), ROOT_ENCRYPTED), Some(false));
+    }
+
+    #[test]
+    fn separate_plain_home_under_an_encrypted_root_is_not_encrypted() {
+        let root = Root::new();
+        root.mountinfo(&[
+            ("/", "ext4", "/dev/mapper/root"),
+            ("/home", "ext4", "/dev/sdb1"),
+            ("/home/user/mnt", "ext4", "/dev/mapper/root"),
+        ])
+        .dm(0, "root", LUKS, &[]);
+        let facts = root.facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), Some(true));
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), Some(false));
+    }
+
+    #[test]
+    fn the_last_mount_over_a_mount_point_wins() {
+        let root = Root::new();
+        root.mountinfo(&[("/", "ext4", "/dev/sda1"), ("/", "ext4", "/dev/mapper/root")])
+            .dm(0, "root", LUKS, &[]);
+        assert_eq!(flag(&root.facts(), ROOT_ENCRYPTED), Some(true));
+    }
+
+    #[test]
+    fn disks_without_a_readable_block_device_are_unknown() {
+        // No mount table at all.
+        let facts = Root::new().facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), None);
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), None);
+
+        // A container's overlay root.
+        let overlay = Root::new();
+        overlay.mountinfo(&[("/", "overlay", "overlay")]);
+        assert_eq!(flag(&overlay.facts(), ROOT_ENCRYPTED), None);
+
+        // A mapper name sysfs does not know, and a dm device whose uuid is unreadable.
+        let unnamed = Root::new();
+        unnamed.mountinfo(&[("/", "ext4", "/dev/mapper/ghost"), ("/home", "ext4", "/dev/dm-0")]);
+        unnamed
+            .dir("/sys/block/dm-0/dm/uuid")
+            .dir("/sys/block/dm-0/slaves");
+        let facts = unnamed.facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), None);
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), None);
+
+        // A malformed mount table is unknown, not a guess from what parsed.
+        let garbled = Root::new();
+        garbled.file(
+            "/proc/self/mountinfo",
+            b"20 1 8:1 / / rw - ext4 /dev/sda1 rw\nnonsense\n",
+        );
+        assert_eq!(flag(&garbled.facts(), ROOT_ENCRYPTED), None);
+    }
+
+    #[test]
+    fn proc_mounts_is_the_fallback_and_octal_escapes_are_decoded() {
+        let root = Root::new();
+        root.file(
+            "/proc/mounts",
+            b"/dev/mapper/root / ext4 rw 0 0\n/dev/sdb1 /home ext4 rw 0 0\n",
+        )
+        .dm(0, "root", LUKS, &[]);
+        let facts = root.facts();
+        assert_eq!(flag(&facts, ROOT_ENCRYPTED), Some(true));
+        assert_eq!(flag(&facts, HOME_ENCRYPTED), Some(false));
+        assert_eq!(unescape_octal("/mnt/a\\040b\\\\"), "/mnt/a b\\\\");
+    }
+
+    #[test]
+    fn secure_boot_from_the_efi_variable() {
+        let var = SECURE_BOOT_VAR;
+        let on = Root::new();
+        on.file(var, &[6, 0, 0, 0, 1]);
+        assert_eq!(flag(&on.facts(), SECURE_BOOT), Some(true));
+
+        let off = Root::new();
+        off.file(var, &[6, 0, 0, 0, 0]);
+        assert_eq!(flag(&off.facts(), SECURE_BOOT), Some(false));
+
+        let missing = Root::new();
+        missing.dir("/sys/firmware/efi/efivars");
+        assert_eq!(flag(&missing.facts(), SECURE_BOOT), None);
+
+        let short = Root::new();
+        short.file(var, &[6, 0, 0]);
+        assert_eq!(flag(&short.facts(), SECURE_BOOT), None);
+
+        let unreadable = Root::new();
+        unreadable.dir(var);
+        assert_eq!(flag(&unreadable.facts(), SECURE_BOOT), None);
+
+        // BIOS: firmware but no EFI; no Secure Boot to speak of.
+        let bios = Root::new();
+        bios.dir("/sys/firmware/acpi");
+        assert_eq!(flag(&bios.facts(), SECURE_BOOT), Some(false));
+
+        // No /sys/firmware at all: nothing is known.
+        assert_eq!(flag(&Root::new().facts(), SECURE_BOOT), None);
+    }
+
+    fn with_processes(names: &[&str]) -> Root {
+        let root = Root::new();
+        for (pid, name) in names.iter().enumerate() {
+            root.file(&format!("/proc/{}/comm", pid + 1), format!("{name}\n").as_bytes());
+        }
+        root.file("/proc/self/mountinfo", b"").dir("/proc/sys");
+        root
+    }
+
+    #[test]
+    fn required_processes_running_and_missing() {
+        // The kernel keeps the first 15 bytes of a name.
+        let root = with_processes(&["systemd", "sshd", "zt-device-agent"]);
+        let all = root.collector(&["sshd", "zt-device-agent-daemon"]).collect(1);
+        assert_eq!(flag(&all, PROCESSES), Some(true));
+        assert_eq!(value(&all, PROCESSES_MISSING), Some(serde_json::json!([])));
+
+        let some = root.collector(&["sshd", "auditd", "clamd"]).collect(1);
+        assert_eq!(flag(&some, PROCESSES), Some(false));
+        assert_eq!(
+            value(&some, PROCESSES_MISSING),
+            Some(serde_json::json!(["auditd", "clamd"]))
+        );
+
+        assert_eq!(flag(&root.facts(), PROCESSES), Some(true));
+
+        // No /proc, or a /proc with no processes in it (not mounted).
+        let none = Root::new().collector(&["sshd"]).collect(1);
+        assert_eq!(flag(&none, PROCESSES), None);
+        assert_eq!(value(&none, PROCESSES_MISSING), None);
+        let empty = with_processes(&[]).collector(&[]).collect(1);
+        assert_eq!(flag(&empty, PROCESSES), None);
+    }
+
+    #[test]
+    fn screen_lock_is_unknown_without_a_desktop_or_commands() {
+        assert_eq!(flag(&with_processes(&["sshd"]).facts(), SCREEN_LOCK), None);
+        // A desktop, but no commands: still unknown, never true.
+        assert_eq!(flag(&with_processes(&["gnome-shell"]).facts(), SCREEN_LOCK), None);
+    }
+
+    #[test]
+    fn facts_needing_commands_are_unknown_without_them() {
+        let root = Root::new();
+        root.file("/etc/os-release", b"ID=debian\n");
+        let facts = root.facts();
+        assert_eq!(value(&facts, SECURITY_UPDATES), None);
+        assert_eq!(value(&facts, FIREWALL), None);
+    }
+
+    #[test]
+    fn unreadable_sources_are_unknown_never_true() {
+        // Directories where files should be: every read fails.
+        let root = Root::new();
+        for path in [
+            "/etc/os-release",
+            "/usr/lib/os-release",
+            "/proc/sys/kernel/osrelease",
+            "/proc/self/mountinfo",
+            "/proc/mounts",
+            "/proc/1/comm",
+            SECURE_BOOT_VAR,
+        ] {
+            root.dir(path);
+        }
+        let facts = root.collector(&["sshd"]).collect(5);
+        for name in names::ALL.iter().filter(|name| **name != AGENT_VERSION) {
+            assert_eq!(value(&facts, name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_fact_is_reported_with_its_kind() {
+        let root = with_processes(&["sshd"]);
+        root.file(
+            "/etc/os-release",
+            b"ID=debian\nVERSION_ID=12\nPRETTY_NAME=Debian\n",
+        )
+        .file("/proc/sys/kernel/osrelease", b"6.1.0\n");
+        let facts = root.collector(&["sshd"]).collect(1);
+        assert_eq!(facts.len(), names::ALL.len());
+        for name in names::ALL {
+            let kind = Kind::of(name).unwrap();
+            if let Some(value) = &facts.get(*name).unwrap().value {
+                assert!(kind.accepts(value), "{name}: {value}");
+            }
+        }
+    }
+
+    #[test]
+    fn apt_plans_count_security_upgrades_only() {
+        let plan = "\
+Reading package lists...
+Inst libssl3 [3.0.11-1~deb12u1] (3.0.11-1~deb12u2 Debian-Security:12/stable-security [amd64])
+Inst tzdata [2024a-0+deb12u1] (2024b-0+deb12u1 Debian:12.8/stable [all])
+Inst openssh-client [1:8.9p1-3ubuntu0.6] (1:8.9p1-3ubuntu0.10 Ubuntu:22.04/jammy-security [amd64])
+Conf libssl3 (3.0.11-1~deb12u2 Debian-Security:12/stable-security [amd64])
+";
+        assert_eq!(count_security_upgrades(plan), 2);
+        assert_eq!(count_security_upgrades(""), 0);
+    }
+
+    #[test]
+    fn nft_rulesets() {
+        let empty_chain = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n";
+        assert!(!nft_has_rules(empty_chain));
+        assert!(!nft_has_rules(""));
+        assert!(!nft_has_rules("table inet filter {\n}\n"));
+        let with_rule = "table inet filter {\n\tset allowed {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1 }\n\t}\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport { 22, 443 } accept\n\t}\n}\n";
+        assert!(nft_has_rules(with_rule));
+        let drop_policy = empty_chain.replace("policy accept", "policy drop");
+        assert!(nft_has_rules(&drop_policy));
+        // A set's elements are not rules.
+        assert!(!nft_has_rules(
+            "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 1.2.3.4 }\n\t}\n}\n"
+        ));
+    }
+
+    #[test]
+    fn iptables_saves() {
+        let empty = "# Generated by iptables-save\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+        assert!(!iptables_has_rules(empty));
+        assert!(iptables_has_rules(
+            &empty.replace(":FORWARD ACCEPT", ":FORWARD DROP")
+        ));
+        assert!(iptables_has_rules(
+            &empty.replace("COMMIT", "-A INPUT -j DROP\nCOMMIT")
+        ));
+        assert!(!iptables_has_rules(
+            &empty.replace("COMMIT", ":DOCKER - [0:0]\nCOMMIT")
+        ));
+    }
+
+    #[test]
+    fn firewall_verdicts() {
+        use Ruleset::*;
+        let table = [
+            (Rules, Unreadable, Some(true)),
+            (Unreadable, Rules, Some(true)),
+            (Empty, Empty, Some(false)),
+            (Empty, Absent, Some(false)),
+            (Absent, Empty, Some(false)),
+            (Absent, Absent, None),
+            (Unreadable, Empty, None),
+            (Empty, Unreadable, None),
+            (Unreadable, Unreadable, None),
+        ];
+        for (nft, iptables, expected) in table {
+            assert_eq!(firewall_verdict(nft, iptables), expected, "{nft:?} {iptables:?}");
+        }
+        let truncated = Ran::Output {
+            success: true,
+            stdout: String::new(),
+            truncated: true,
+        };
+        assert_eq!(Ruleset::from_run(&truncated, nft_has_rules), Unreadable);
+        let refused = Ran::Output {
+            success: false,
+            stdout: String::new(),
+            truncated: false,
+        };
+        assert_eq!(Ruleset::from_run(&refused, nft_has_rules), Unreadable);
+        assert_eq!(Ruleset::from_run(&Ran::Missing, nft_has_rules), Absent);
+    }
+
+    #[test]
+    fn commands_are_bounded_in_time_and_output() {
+        let started = Instant::now();
+        assert!(matches!(
+            run_for("sleep", &["5"], Duration::from_millis(100)),
+            Ran::Failed
+        ));
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        // Endless output: capped while it runs, then killed.
+        assert!(matches!(
+            run_for("yes", &[], Duration::from_millis(300)),
+            Ran::Failed
+        ));
+        let long = run_for("head", &["-c", "1100000", "/dev/zero"], Duration::from_secs(5));
+        assert!(matches!(
+            long,
+            Ran::Output { success: true, ref stdout, truncated: true } if stdout.len() == 1024 * 1024
+        ));
+
+        assert_eq!(
+            run_for("echo", &["hi"], Duration::from_secs(5)).complete(),
+            Some("hi\n".to_owned())
+        );
+        assert!(matches!(
+            run_for("false", &[], Duration::from_secs(5)),
+            Ran::Output { success: false, .. }
+        ));
+        assert!(matches!(
+            run_for("zt-no-such-program", &[], Duration::from_secs(5)),
+            Ran::Missing
+        ));
+    }
+
+    #[test]
+    fn hardware_from_the_fake_root() {
+        let root = Root::new();
+        root.file("/proc/sys/kernel/hostname", b"laptop-17\n")
+            .file("/sys/class/dmi/id/sys_vendor", b"LENOVO\n")
+            .file(
+                "/proc/cpuinfo",
+                b"processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7-1165G7 @ 2.80GHz\n",
+            );
+        let hardware = root.collector(&[]).hardware();
+        assert_eq!(hardware.get("hostname").unwrap(), "laptop-17");
+        assert_eq!(hardware.get("sys_vendor").unwrap(), "LENOVO");
+        assert!(!hardware.contains_key("product_name"));
+        assert_eq!(hardware.get("arch").unwrap(), std::env::consts::ARCH);
+        assert_eq!(
+            hardware.get("cpu_model").unwrap(),
+            "Intel(R) Core(TM) i7-1165G7 @ 2.80GHz"
+        );
+    }
+
+    #[test]
+    fn overrides_in_json_and_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("facts.json");
+        std::fs::write(
+            &json,
+            "{\n  \"os.id\": \"debian\",\n  \"disk.root_encrypted\": true,\n  \"updates.security_pending\": 3,\n  \"firewall.active\": null\n}\n",
+        )
+        .unwrap();
+        let read = read_override(&json).unwrap();
+        assert_eq!(read.get(OS_ID).unwrap(), &Some(Value::from("debian")));
+        assert_eq!(read.get(ROOT_ENCRYPTED).unwrap(), &Some(Value::Bool(true)));
+        assert_eq!(read.get(SECURITY_UPDATES).unwrap(), &Some(Value::from(3)));
+        assert_eq!(read.get(FIREWALL).unwrap(), &None);
+
+        let yaml = dir.path().join("facts.yaml");
+        std::fs::write(
+            &yaml,
+            "os.id: debian\nsecure_boot.enabled: false\nprocesses.missing: [auditd]\nscreen_lock.enabled: null\n",
+        )
+        .unwrap();
+        let read = read_override(&yaml).unwrap();
+        assert_eq!(read.get(SECURE_BOOT).unwrap(), &Some(Value::Bool(false)));
+        assert_eq!(
+            read.get(PROCESSES_MISSING).unwrap(),
+            &Some(serde_json::json!(["auditd"]))
+        );
+        assert_eq!(read.get(SCREEN_LOCK).unwrap(), &None);
+    }
+
+    #[test]
+    fn override_errors_name_the_file_the_line_and_the_fact() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let cases = [
+            (
+                write(
+                    "syntax.json",
+                    "{\n  \"os.id\": \"debian\",\n  \"kernel.release\" 6\n}\n",
+                ),
+                "syntax.json: line 3: ",
+            ),
+            (
+                write("syntax.yaml", "os.id: debian\nkernel.release: [6\n"),
+                "syntax.yaml: line ",
+            ),
+            (
+                write("type.yaml", "os.id: debian\ndisk.root_encrypted: \"yes\"\n"),
+                "type.yaml: line 2: fact disk.root_encrypted: expected true or false or null, found \"yes\"",
+            ),
+            (
+                write(
+                    "count.json",
+                    "{\"os.id\": \"debian\",\n\"updates.security_pending\": -1}",
+                ),
+                "count.json: line 2: fact updates.security_pending: expected a non-negative integer",
+            ),
+            (
+                write("name.yaml", "# header\nos.id: debian\n\nfirewall.enabled: true\n"),
+                "name.yaml: line 4: fact firewall.enabled: not a fact the agent reports",
+            ),
+        ];
+        for (path, expected) in cases {
+            let error = read_override(&path).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.ends_with('.'), "{error}");
+        }
+        let error = read_override(&dir.path().join("absent.json")).unwrap_err();
+        assert!(error.to_string().contains("absent.json"), "{error}");
+        let big = write("big.yaml", &"# padding\n".repeat(10_000));
+        assert!(matches!(read_override(&big), Err(FactsError::TooLarge { .. })));
+    }
 }
