@@ -42,11 +42,15 @@ pub mod names {
     pub const HOME_ENCRYPTED: &str = "disk.home_encrypted";
     /// Whether a firewall ruleset (nftables or iptables) is loaded and not empty, bool.
     pub const FIREWALL: &str = "firewall.active";
-    /// Whether UEFI Secure Boot is on, bool.
+    /// Whether UEFI Secure Boot is on, bool; `false` on a machine booted by a
+    /// BIOS (no `/sys/firmware/efi`), which has no Secure Boot.
     pub const SECURE_BOOT: &str = "secure_boot.enabled";
-    /// Whether a screen lock is configured, bool; unknown without a desktop session.
+    /// Whether a screen lock is configured, bool; unknown without a desktop
+    /// session (not applicable), and unknown unless the agent can read the
+    /// session's own settings (GNOME, same user).
     pub const SCREEN_LOCK: &str = "screen_lock.enabled";
-    /// Whether every required process is running, bool.
+    /// Whether every required process is running, bool; names are compared
+    /// as the kernel keeps them, cut at 15 bytes.
     pub const PROCESSES: &str = "processes.required_running";
     /// The required processes that are not running, list of strings.
     pub const PROCESSES_MISSING: &str = "processes.missing";
@@ -174,6 +178,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 /// At most this many processes are looked at in `/proc`.
 const PROCESS_CAP: usize = 65_536;
+/// At most this many entries of a sysfs directory are looked at.
+const ENTRY_CAP: usize = 4096;
 /// At most this many device-mapper layers are followed under a file system.
 const DM_DEPTH: usize = 16;
 /// Commands are looked up here only: the agent's `PATH` is not trusted to
@@ -396,7 +402,7 @@ impl Collector {
     fn dm_by_name(&self, name: &str) -> Option<String> {
         let entries = std::fs::read_dir(self.path("/sys/block")).ok()?;
         entries
-            .take(PROCESS_CAP)
+            .take(ENTRY_CAP)
             .filter_map(Result::ok)
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|block| is_dm(block))
@@ -433,7 +439,7 @@ impl Collector {
         match std::fs::read_dir(base.join("slaves")) {
             Err(_) => known = false,
             Ok(entries) => {
-                for entry in entries.take(PROCESS_CAP) {
+                for entry in entries.take(ENTRY_CAP) {
                     let Ok(entry) = entry else {
                         known = false;
                         continue;
@@ -459,6 +465,9 @@ impl Collector {
             return None;
         }
         let nft = Ruleset::from_run(&run("nft", &["list", "ruleset"]), nft_has_rules);
+        if nft == Ruleset::Rules {
+            return Some(true);
+        }
         let iptables = Ruleset::from_run(&run("iptables-save", &[]), iptables_has_rules);
         firewall_verdict(nft, iptables)
     }
@@ -599,7 +608,12 @@ pub fn read_override(path: &Path) -> Result<BTreeMap<String, Option<Value>>, Fac
             limit: FILE_CAP,
         });
     }
-    let json = path.extension().is_some_and(|ext| ext == "json") || text.trim_start().starts_with('{');
+    // By extension; without one, a file opening with `{` is taken for JSON.
+    let json = match path.extension().and_then(|ext| ext.to_str()) {
+        Some("json") => true,
+        Some("yaml" | "yml") => false,
+        _ => text.trim_start().starts_with('{'),
+    };
     let parsed: BTreeMap<String, Option<Value>> = if json {
         serde_json::from_str(&text).map_err(|e| {
             let message = e.to_string();
@@ -640,18 +654,22 @@ pub fn read_override(path: &Path) -> Result<BTreeMap<String, Option<Value>>, Fac
     Ok(parsed)
 }
 
-/// The first line (from 1) where `key` stands as a map key; 0 if none does.
+/// The first line (from 1) where `key` stands as a map key, else the first
+/// where it appears quoted (several keys on a line); 0 if none.
 fn line_of(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start().trim_start_matches(['{', ',', ' ']);
-            ["\"", "'", ""].iter().any(|quote| {
-                line.strip_prefix(quote)
-                    .and_then(|rest| rest.strip_prefix(key))
-                    .and_then(|rest| rest.strip_prefix(quote))
-                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
-            })
+    let as_key = |line: &str| {
+        let line = line.trim_start().trim_start_matches(['{', ',', ' ']);
+        ["\"", "'", ""].iter().any(|quote| {
+            line.strip_prefix(quote)
+                .and_then(|rest| rest.strip_prefix(key))
+                .and_then(|rest| rest.strip_prefix(quote))
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
         })
+    };
+    let quoted = |line: &str| line.contains(&format!("\"{key}\"")) || line.contains(&format!("'{key}'"));
+    text.lines()
+        .position(as_key)
+        .or_else(|| text.lines().position(quoted))
         .map_or(0, |index| index + 1)
 }
 
@@ -1590,6 +1608,12 @@ Conf libssl3 (3.0.11-1~deb12u2 Debian-Security:12/stable-security [amd64])
             &Some(serde_json::json!(["auditd"]))
         );
         assert_eq!(read.get(SCREEN_LOCK).unwrap(), &None);
+
+        // A YAML flow map is YAML, though it opens with a brace.
+        let flow = dir.path().join("flow.yml");
+        std::fs::write(&flow, "{os.id: debian, agent.version: '1.0'}\n").unwrap();
+        let read = read_override(&flow).unwrap();
+        assert_eq!(read.get(AGENT_VERSION).unwrap(), &Some(Value::from("1.0")));
     }
 
     #[test]
@@ -1626,6 +1650,13 @@ Conf libssl3 (3.0.11-1~deb12u2 Debian-Security:12/stable-security [amd64])
             (
                 write("name.yaml", "# header\nos.id: debian\n\nfirewall.enabled: true\n"),
                 "name.yaml: line 4: fact firewall.enabled: not a fact the agent reports",
+            ),
+            (
+                write(
+                    "one-line.json",
+                    "\n{\"os.id\": \"debian\", \"kernel.release\": 6}",
+                ),
+                "one-line.json: line 2: fact kernel.release: expected a string or null, found 6",
             ),
         ];
         for (path, expected) in cases {
