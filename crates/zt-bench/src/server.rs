@@ -216,6 +216,7 @@ impl InProcessServer {
             agent_ttl: Duration::from_secs(3600),
             pdp: None,
             idp,
+            devices: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agent_addr = config.agent_addr;

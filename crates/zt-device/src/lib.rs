@@ -8,10 +8,13 @@
 //! - [`report`]: posture reports signed with the device key, with a sequence
 //!   number and a time so that none can be replayed or re-ordered;
 //! - [`compliance`]: the compliance policy (YAML): rules with a maximum fact
-//!   age → tiers, and the heartbeat window after which a silent device drops.
+//!   age → tiers, and the heartbeat window after which a silent device drops;
+//! - [`agent`]: the device's side — enrollment, its certificate, and the
+//!   reports `zt device agent` sends.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod compliance;
 pub mod facts;
 pub mod key;

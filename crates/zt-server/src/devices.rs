@@ -448,6 +448,8 @@ impl Devices {
             revision: None,
             request_principal: None,
             request_claims: None,
+            prev: String::new(),
+            hash: String::new(),
         };
         if let Err(e) = lock(log).append([record]) {
             tracing::error!(error = %e, "writing the device decision log failed");

@@ -62,6 +62,7 @@ use cmd::pdp::PdpCommand;
 use cmd::policy::PolicyCommand;
 use cmd::proxy::ProxyArgs;
 use cmd::server::ServerArgs;
+use cmd::device::{DeviceCommand, DevicePolicyCommand, DeviceTokenCommand};
 use cmd::session::SessionCommand;
 use cmd::svid::SvidCommand;
 use cmd::up::{UpArgs, UpDirArgs};
@@ -120,6 +121,10 @@ enum Command {
     /// People's sign-in sessions: list, revoke (with their refresh tokens).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Device trust: enrollment tokens, the inventory, enrolling this machine,
+    /// its posture agent, and compliance policy tests.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Sign in at a terminal (the device flow) to an OpenID Provider; --print-token
     /// prints a valid access token for other programs.
     Login(cmd::login::LoginArgs),
@@ -270,6 +275,17 @@ fn main() -> ExitCode {
         },
         Command::Session(SessionCommand::List(args)) => cmd::session::list(args),
         Command::Session(SessionCommand::Revoke(args)) => cmd::session::revoke(args),
+        Command::Device(command) => match command {
+            DeviceCommand::Token(DeviceTokenCommand::Create(args)) => cmd::device::token_create(args),
+            DeviceCommand::Enroll(args) => cmd::device::enroll(args),
+            DeviceCommand::Agent(args) => cmd::device::agent(args),
+            DeviceCommand::List(args) => cmd::device::list(args),
+            DeviceCommand::Show(args) => cmd::device::show(args),
+            DeviceCommand::Approve(args) => cmd::device::act(args, zt_server::client::DeviceAction::Approve),
+            DeviceCommand::Revoke(args) => cmd::device::act(args, zt_server::client::DeviceAction::Revoke),
+            DeviceCommand::Delete(args) => cmd::device::act(args, zt_server::client::DeviceAction::Delete),
+            DeviceCommand::Policy(DevicePolicyCommand::Test(args)) => cmd::device::policy_test(args),
+        },
         Command::Login(args) => cmd::login::run(args),
         Command::Logout(args) => cmd::login::logout(args),
         Command::Proxy(args) => cmd::proxy::run(*args),

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod client;
+pub mod device;
 pub mod entry;
 pub mod gateway;
 pub mod group;

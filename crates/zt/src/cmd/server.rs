@@ -57,6 +57,55 @@ pub(crate) struct ServerArgs {
     pub(crate) rego_limits: RegoLimitArgs,
     #[command(flatten)]
     pub(crate) idp: IdpArgs,
+    #[command(flatten)]
+    pub(crate) devices: DeviceArgs,
+}
+
+/// Device trust: enrollment, device certificates, posture reports and tiers.
+#[derive(Args)]
+pub(crate) struct DeviceArgs {
+    /// Serve the device API (HTTPS; devices enroll, renew their certificate
+    /// and report over mTLS) on this address.
+    #[arg(long = "devices", value_name = "ADDR")]
+    pub(crate) devices: Option<std::net::SocketAddr>,
+    /// The compliance policy (YAML): rules → tiers, fact ages, the heartbeat
+    /// window. Without it every device is at the floor, `untrusted`.
+    #[arg(long, value_name = "FILE", requires = "devices")]
+    pub(crate) device_policy: Option<PathBuf>,
+    /// Lifetime of device certificates (renewed at half of it).
+    #[arg(long, default_value = "24h", value_parser = duration::parse, requires = "devices")]
+    pub(crate) device_cert_ttl: Duration,
+    /// Record tier changes and refused reports in this hash-chained log
+    /// [default with --devices: DATA_DIR/device-decisions.log].
+    #[arg(long, value_name = "FILE", requires = "devices")]
+    pub(crate) device_decision_log: Option<PathBuf>,
+}
+
+impl DeviceArgs {
+    fn settings(self, data_dir: &std::path::Path) -> anyhow::Result<Option<zt_server::devices::DeviceSettings>> {
+        let Some(addr) = self.devices else {
+            return Ok(None);
+        };
+        let policy = self
+            .device_policy
+            .map(|path| zt_device::compliance::Policy::load(&path).map_err(|e| anyhow::anyhow!("--device-policy {e}")))
+            .transpose()?;
+        let log_path = match self.device_decision_log {
+            Some(path) => path,
+            None => {
+                zt_fs::private_dir(data_dir).map_err(|e| anyhow::anyhow!("--data-dir {e}"))?;
+                data_dir.join("device-decisions.log")
+            }
+        };
+        let log = zt_audit::Writer::open(&log_path)
+            .map_err(|e| anyhow::anyhow!("--device-decision-log {}: {e}", log_path.display()))?;
+        Ok(Some(zt_server::devices::DeviceSettings {
+            addr,
+            policy,
+            cert_ttl: self.device_cert_ttl,
+            decision_log: Some(log),
+        }))
+    }
 }
 
 /// The OpenID Provider: people sign in, clients get tokens.
@@ -210,6 +259,7 @@ impl IdpArgs {
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     super::init_logging("info,sqlx=warn");
     let idp = args.idp.settings(&args.trust_domain, &args.data_dir)?;
+    let devices = args.devices.settings(&args.data_dir)?;
     let config = ServerConfig {
         data_dir: args.data_dir,
         datastore: args.datastore,
@@ -227,6 +277,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             Some(zt_pdp::Pdp::new(policies).with_access(access))
         },
         idp,
+        devices,
     };
     super::runtime()?.block_on(zt_server::run(config, super::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
