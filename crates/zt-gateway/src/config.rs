@@ -72,6 +72,26 @@ pub struct GatewayConfig {
     pub headers: BTreeMap<String, String>,
     /// The admin listener (health, metrics), if any.
     pub admin: Option<SocketAddr>,
+    /// Device trust: the device states followed from zt server, checked on
+    /// every request against the certificate the client presents.
+    pub devices: Option<Devices>,
+}
+
+/// Where device states come from.
+#[derive(Debug, Clone)]
+pub struct Devices {
+    /// zt server's device API, `https://host:port`, reached with the gateway's SVID.
+    pub server: String,
+    /// With no answer from it for this long, every device counts as unknown.
+    pub stale_after: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesFile {
+    server: String,
+    #[serde(default)]
+    stale_after: Option<String>,
 }
 
 /// A certificate and its key.
@@ -189,6 +209,8 @@ struct File {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     admin: Option<String>,
+    #[serde(default)]
+    devices: Option<DevicesFile>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +408,24 @@ impl GatewayConfig {
             .admin
             .map(|a| a.parse().map_err(|_| format!("admin: {a:?} is not IP:PORT")))
             .transpose()?;
+        let devices = file
+            .devices
+            .map(|d| {
+                if !d.server.starts_with("https://") {
+                    return Err(format!("devices.server: {:?} is not an https:// URL", d.server));
+                }
+                let stale_after = match d.stale_after {
+                    None => Duration::from_secs(15),
+                    Some(text) => parse_duration(&text)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| format!("devices.stale_after: {text:?} is not a duration such as 15s"))?,
+                };
+                Ok(Devices {
+                    server: d.server,
+                    stale_after,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             listen,
             url,
@@ -400,6 +440,7 @@ impl GatewayConfig {
             routes,
             headers: file.headers,
             admin,
+            devices,
         })
     }
 

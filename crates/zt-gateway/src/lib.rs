@@ -14,6 +14,7 @@
 //!   back-channel logout);
 //! - [`sessions`]: sign-ins in progress, sessions, logouts, exchanged tokens;
 //! - [`cookie`]: sealed `__Host-` cookies;
+//! - [`devices`]: the live tier of the device behind each request;
 //! - [`routes`]: host and path prefix → upstream;
 //! - [`connect`]: TLS to the provider, mTLS to upstreams;
 //! - [`pages`]: redirects, 401/403 pages and JSON;
@@ -27,6 +28,7 @@
 pub mod config;
 pub mod connect;
 pub mod cookie;
+pub mod devices;
 pub mod oidc;
 pub mod pages;
 pub mod paths;
@@ -173,6 +175,7 @@ pub struct Gateway {
     head_rules: HeadRules,
     metrics: Arc<GatewayMetrics>,
     proxy_metrics: Arc<zt_proxy::admin::Metrics>,
+    devices: Option<Arc<devices::Devices>>,
 }
 
 /// Runs the gateway until `shutdown` completes.
@@ -275,14 +278,43 @@ async fn serve(
             addr: config.listen,
             source,
         })?;
-    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key)?);
+    // With device trust, a client may present a device certificate of the
+    // trust domain (verified against its bundle); it never has to.
+    let device_roots = match &config.devices {
+        Some(_) => Some(
+            identity
+                .borrow()
+                .as_ref()
+                .map(|identity| identity.bundles.clone())
+                .ok_or_else(|| GatewayError::Config("devices: the gateway has no trust bundle yet".into()))?,
+        ),
+        None => None,
+    };
+    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key, device_roots.clone())?);
     {
         let (tls, cert, key) = (tls.clone(), config.tls.cert.clone(), config.tls.key.clone());
+        let roots = device_roots.clone();
         tasks.spawn_until_stop("tls_certificate", stop.clone(), move || {
-            let (tls, cert, key) = (tls.clone(), cert.clone(), key.clone());
-            async move { tls.follow(&cert, &key).await }
+            let (tls, cert, key, roots) = (tls.clone(), cert.clone(), key.clone(), roots.clone());
+            async move { tls.follow(&cert, &key, roots).await }
         });
     }
+    let devices = match (&config.devices, &device_roots) {
+        (Some(settings), Some(_)) => {
+            let trust_domain = identity
+                .borrow()
+                .as_ref()
+                .map(|identity| identity.spiffe_id.trust_domain().to_string())
+                .unwrap_or_default();
+            let devices = Arc::new(devices::Devices::new(&trust_domain, settings.stale_after));
+            let (follower, settings, identity) = (devices.clone(), settings.clone(), identity.clone());
+            tasks.spawn_until_stop("device_states", stop.clone(), move || {
+                follower.clone().follow(settings.clone(), identity.clone())
+            });
+            Some(devices)
+        }
+        _ => None,
+    };
     if let Some(admin) = config.admin {
         let admin_listener = TcpListener::bind(admin)
             .await
@@ -308,6 +340,7 @@ async fn serve(
         head_rules,
         metrics,
         proxy_metrics,
+        devices,
     });
     {
         let gateway = gateway.clone();
@@ -363,8 +396,8 @@ fn provider_tls(ca: &Path) -> Result<rustls::ClientConfig, GatewayError> {
 struct ServerTls(RwLock<Arc<rustls::ServerConfig>>);
 
 impl ServerTls {
-    fn load(cert: &Path, key: &Path) -> Result<Self, GatewayError> {
-        Ok(Self(RwLock::new(Arc::new(server_config(cert, key)?))))
+    fn load(cert: &Path, key: &Path, device_roots: Option<Arc<zt_identity::BundleSet>>) -> Result<Self, GatewayError> {
+        Ok(Self(RwLock::new(Arc::new(server_config(cert, key, device_roots)?))))
     }
 
     fn current(&self) -> Arc<rustls::ServerConfig> {
@@ -373,8 +406,8 @@ impl ServerTls {
             .map_or_else(|p| p.into_inner().clone(), |c| c.clone())
     }
 
-    async fn follow(&self, cert: &Path, key: &Path) {
-        zt_proxy::follow::on_change(&[cert, key], || match server_config(cert, key) {
+    async fn follow(&self, cert: &Path, key: &Path, device_roots: Option<Arc<zt_identity::BundleSet>>) {
+        zt_proxy::follow::on_change(&[cert, key], || match server_config(cert, key, device_roots.clone()) {
             Ok(config) => {
                 if let Ok(mut current) = self.0.write() {
                     *current = Arc::new(config);
@@ -391,7 +424,11 @@ impl ServerTls {
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, GatewayError> {
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    device_roots: Option<Arc<zt_identity::BundleSet>>,
+) -> Result<rustls::ServerConfig, GatewayError> {
     let fail = |setting: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |reason: String| GatewayError::Certificate {
@@ -406,8 +443,12 @@ fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Gatewa
     let key_pem = std::fs::read(key).map_err(|e| fail("tls.key", key)(e.to_string()))?;
     let key =
         zt_identity::x509::private_key_from_pem(&key_pem).map_err(|e| fail("tls.key", key)(e.to_string()))?;
-    zt_tls::web_server_config(chain, key, zt_tls::TlsVersions::Tls13, &[b"h2", b"http/1.1"])
-        .map_err(|e| fail("tls.cert", cert)(e.to_string()))
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    match device_roots {
+        None => zt_tls::web_server_config(chain, key, zt_tls::TlsVersions::Tls13, alpn),
+        Some(roots) => zt_tls::web_server_config_client_optional(chain, key, roots, zt_tls::TlsVersions::Tls13, alpn),
+    }
+    .map_err(|e| fail("tls.cert", cert)(e.to_string()))
 }
 
 /// What the gateway holds any one client to: zt proxy's limits, with room
@@ -463,11 +504,12 @@ async fn accept(
                 }
                 Err(_) => return,
             };
+            let peer = Arc::new(request::ClientCertificate::of(stream.get_ref().1));
             let service = hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
+                let (gateway, peer) = (gateway.clone(), peer.clone());
                 async move {
                     let started = std::time::Instant::now();
-                    let response = gateway.handle(request, client).await;
+                    let response = gateway.handle(request, client, &peer).await;
                     gateway
                         .proxy_metrics
                         .requests

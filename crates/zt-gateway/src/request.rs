@@ -47,6 +47,29 @@ pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 /// The largest body of a back-channel logout.
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
+/// The certificate a client presented on its connection (a device's), if any.
+#[derive(Debug, Default)]
+pub struct ClientCertificate {
+    /// Its verified SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// SHA-256 of its DER, base64url: RFC 8705's `x5t#S256`.
+    pub sha256: Option<String>,
+}
+
+impl ClientCertificate {
+    /// The certificate of a completed handshake (the verifier has checked it).
+    pub fn of(connection: &rustls::ServerConnection) -> Self {
+        let Some(leaf) = connection.peer_certificates().and_then(|certs| certs.first()) else {
+            return Self::default();
+        };
+        use base64::Engine as _;
+        Self {
+            spiffe_id: zt_tls::peer_spiffe_id(connection).map(|id| id.to_string()),
+            sha256: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(leaf.as_ref()))),
+        }
+    }
+}
+
 /// Who is asking, once authenticated.
 pub(crate) struct Person {
     /// The verified access token's claims.
@@ -70,6 +93,7 @@ impl Gateway {
         self: &Arc<Self>,
         mut request: Request<Incoming>,
         client: SocketAddr,
+        certificate: &ClientCertificate,
     ) -> Response<Body> {
         let now = zt_identity::clock::unix_seconds();
         let browser = pages::is_browser(&request);
@@ -92,12 +116,36 @@ impl Gateway {
             }
             Err(why) => return self.unauthenticated(&why, client),
         };
-        let decision = match self.authorize(&request, &head, &person, client).await {
+        // A token bound to a certificate (RFC 8705) is good only with it.
+        if let Some(bound) = bound_certificate(&person.verified)
+            && !certificate
+                .sha256
+                .as_deref()
+                .is_some_and(|presented| constant_time_eq(presented.as_bytes(), bound.as_bytes()))
+        {
+            return self.unauthenticated(
+                &Unauthenticated::Invalid(
+                    "wrong_certificate",
+                    "the token is bound to a certificate this connection did not present".into(),
+                ),
+                client,
+            );
+        }
+        let device = self.devices.as_ref().map(|devices| {
+            devices.lookup(certificate.spiffe_id.as_deref(), zt_identity::clock::unix_millis())
+        });
+        let decision = match self.authorize(&request, &head, &person, device.as_ref(), client).await {
             Ok(decision) => decision,
             Err(refusal) => {
-                tracing::info!(target: "zt::access", user = %person.verified.principal(), path = %head.target.path, reason = %refusal, "gateway: denied");
+                tracing::info!(target: "zt::access", user = %person.verified.principal(), path = %head.target.path, reason = %refusal, device = ?device, "gateway: denied");
                 return match refusal {
                     Refusal::DeniedByPolicy { policy, reason } => {
+                        let reason = match &device {
+                            Some(device) if !device.reasons.is_empty() => {
+                                format!("{reason}; {}", device.explanation())
+                            }
+                            _ => reason,
+                        };
                         pages::forbidden(browser, &person.verified, policy.as_deref(), &reason)
                     }
                     other => self.refused(&other, browser),
@@ -214,8 +262,15 @@ impl Gateway {
         request: &Request<B>,
         head: &zt_proxy::request::normalize::Admitted,
         person: &Person,
+        device: Option<&crate::devices::RequestDevice>,
         client: SocketAddr,
     ) -> Result<zt_proxy::authz::Decision, Refusal> {
+        let mut auth = person.verified.to_auth();
+        // The device's live tier, not the one written in the token when it
+        // was issued: the device behind this connection's certificate.
+        if let Some(device) = device {
+            auth.claims.extend(device.claims());
+        }
         let headers = zt_proxy::request::authorize::policy_headers(
             request.headers(),
             &[http::header::AUTHORIZATION, http::header::COOKIE],
@@ -237,7 +292,7 @@ impl Gateway {
                 path: head.path_and_query.as_str().to_owned(),
                 host: head.host.clone(),
                 headers,
-                auth: Some(person.verified.to_auth()),
+                auth: Some(auth),
             }),
             protocol: zt_policy::request::Protocol::Http,
             connection: None,
@@ -632,6 +687,16 @@ fn expiry(verified: &Verified, expires_in: Option<u64>, now: u64) -> u64 {
         .and_then(Value::as_u64)
         .or(expires_in.map(|s| now + s))
         .unwrap_or(now)
+}
+
+/// The `x5t#S256` a token is bound to, if any.
+fn bound_certificate(verified: &Verified) -> Option<&str> {
+    verified.claims().get("cnf")?.get("x5t#S256")?.as_str()
+}
+
+/// Whether two secrets are equal, in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

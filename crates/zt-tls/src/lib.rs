@@ -364,6 +364,27 @@ pub fn web_server_config(
     Ok(config)
 }
 
+/// As [`web_server_config`], and a client may present a certificate of the
+/// trust domains in `bundles` (a device certificate): verified when
+/// presented, never required. Who the client is must then be checked per
+/// request.
+pub fn web_server_config_client_optional(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    bundles: Arc<BundleSet>,
+    versions: TlsVersions,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsConfigError> {
+    let mut config = server_config_with(
+        SpiffeVerifier::client_optional(bundles, PeerMatcher::Any),
+        chain,
+        key,
+        versions,
+    )?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// A client configuration for the web: servers verified by host name against
 /// `roots` (an operator's CA bundle, or the system's), no client certificate.
 pub fn web_client_config(
