@@ -12,11 +12,8 @@
     reason = "a test crate: a panic is how a test fails"
 )]
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr as _;
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
@@ -29,73 +26,17 @@ use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{Digest, Public, SymmetricDefinition, SymmetricDefinitionObject};
 use tss_esapi::{Context, TctiNameConf};
+use zt_testkit::swtpm::{Swtpm, free_port_pair};
 use zt_device::key::tpm::{KeyBlob, device_key_template, storage_key_template};
 use zt_device::key::{DeviceKey, KeyChoice, KeyError, KeyKind, META_FILE, TPM_FILE, TpmLocation, p256_point};
 
-/// One swtpm process with its state directory; killed on drop.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
+/// The test's own view of the TPM.
+trait TestTpm {
+    fn location(&self) -> TpmLocation;
+    fn context(&self) -> Context;
 }
 
-impl Swtpm {
-    fn start() -> Self {
-        let state = tempfile::tempdir().unwrap();
-        let port = free_port_pair();
-        let spawned = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) => panic!(
-                "starting swtpm failed ({e}): the TPM tests need swtpm, install it with scripts/setup-test-env (Debian: apt-get install swtpm swtpm-tools)"
-            ),
-        };
-        let mut swtpm = Self {
-            child,
-            port,
-            _state: state,
-        };
-        swtpm.wait_ready();
-        swtpm
-    }
-
-    /// Waits until the TPM port accepts a connection (or swtpm has died).
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("swtpm on port {} exited before it was ready: {status}", self.port);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "swtpm on port {} not accepting connections after 20 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
+impl TestTpm for Swtpm {
     fn location(&self) -> TpmLocation {
         TpmLocation::tcti(self.tcti())
     }
@@ -109,25 +50,6 @@ impl Swtpm {
     }
 }
 
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port P such that P and P + 1 are free on loopback (swtpm's TPM and
-/// control ports).
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free loopback ports in 100 tries");
-}
 
 fn verifies(key: &DeviceKey, message: &[u8], signature: &[u8]) -> bool {
     let spki = key.public_key_der();

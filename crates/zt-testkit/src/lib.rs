@@ -14,6 +14,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::panic, reason = "test support: a failed precondition fails the test")]
 
+
+pub mod swtpm;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::PathBuf;
