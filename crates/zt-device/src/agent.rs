@@ -169,10 +169,9 @@ impl DeviceDir {
     /// there is one) and trusting the bundle.
     pub fn client_config(&self) -> Result<ClientConfig, AgentError> {
         let roots = read_pem_certs(&self.dir.join(BUNDLE_FILE))?;
-        let identity = match self.certificate()? {
-            Some(chain) => Some(Arc::new(CertifiedKey::new(chain, self.key.rustls_key()))),
-            None => None,
-        };
+        let identity = self
+            .certificate()?
+            .map(|chain| Arc::new(CertifiedKey::new(chain, self.key.rustls_key())));
         client_config(&roots, identity).map_err(|reason| AgentError::File {
             path: self.dir.join(BUNDLE_FILE),
             reason,
@@ -202,10 +201,21 @@ impl DeviceDir {
         let chain = field("chain_pem")?;
         let bundle = field("bundle_pem")?;
         zt_fs::write_atomically(&[
-            (self.dir.join(CERTIFICATE_FILE), chain.into_bytes(), zt_fs::PRIVATE_MODE),
-            (self.dir.join(BUNDLE_FILE), bundle.into_bytes(), zt_fs::PRIVATE_MODE),
+            (
+                self.dir.join(CERTIFICATE_FILE),
+                chain.into_bytes(),
+                zt_fs::PRIVATE_MODE,
+            ),
+            (
+                self.dir.join(BUNDLE_FILE),
+                bundle.into_bytes(),
+                zt_fs::PRIVATE_MODE,
+            ),
         ])?;
-        Ok(answer.get("expires_at").and_then(Value::as_u64).unwrap_or_default())
+        Ok(answer
+            .get("expires_at")
+            .and_then(Value::as_u64)
+            .unwrap_or_default())
     }
 }
 
@@ -268,7 +278,13 @@ pub async fn enroll(request: Enrollment<'_>) -> Result<Enrolled, AgentError> {
         key.sign(input).map_err(|e| e.to_string())
     })?;
     let answer = client.post("/v1/enroll", signed).await?;
-    let text = |name: &str| answer.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let text = |name: &str| {
+        answer
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let identity = DeviceIdentity {
         device_id: text("device_id"),
         spiffe_id: text("spiffe_id"),
@@ -280,7 +296,11 @@ pub async fn enroll(request: Enrollment<'_>) -> Result<Enrolled, AgentError> {
         reason: e.to_string(),
     })?;
     zt_fs::write_atomically(&[
-        (request.dir.join(BUNDLE_FILE), request.bundle_pem.to_vec(), zt_fs::PRIVATE_MODE),
+        (
+            request.dir.join(BUNDLE_FILE),
+            request.bundle_pem.to_vec(),
+            zt_fs::PRIVATE_MODE,
+        ),
         (request.dir.join(DEVICE_FILE), identity_json, zt_fs::PRIVATE_MODE),
     ])?;
     let status = text("status");
@@ -341,7 +361,9 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 let collector = collector.clone();
-                if let Ok(collected) = tokio::task::spawn_blocking(move || collector.collect(now_secs())).await {
+                if let Ok(collected) =
+                    tokio::task::spawn_blocking(move || collector.collect(now_secs())).await
+                {
                     *facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = collected;
                 }
                 tokio::time::sleep(every).await;
@@ -375,13 +397,22 @@ pub async fn run(
                 }
             }
         }
-        let mut current = facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut current = facts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let mut overridden = Vec::new();
         if let Some(path) = &settings.facts_override {
             match read_override(path) {
                 Ok(values) => {
                     for (name, value) in values {
-                        current.insert(name.clone(), Observed { value, observed_at: now });
+                        current.insert(
+                            name.clone(),
+                            Observed {
+                                value,
+                                observed_at: now,
+                            },
+                        );
                         overridden.push(name);
                     }
                 }
@@ -401,10 +432,14 @@ pub async fn run(
         if client.is_none() {
             client = Some(Client::new(&device.identity.server, device.client_config()?)?);
         }
-        let Some(connection) = client.as_mut() else { continue };
+        let Some(connection) = client.as_mut() else {
+            continue;
+        };
         match connection.post("/v1/report", signed).await {
             Ok(answer) => match serde_json::from_value::<ReportAnswer>(answer) {
-                Ok(answer) => tracing::debug!(seq = answer.seq, tier = ?answer.tier, reasons = ?answer.reasons, "report accepted"),
+                Ok(answer) => {
+                    tracing::debug!(seq = answer.seq, tier = ?answer.tier, reasons = ?answer.reasons, "report accepted")
+                }
                 Err(e) => tracing::warn!(error = %e, "report answer unreadable"),
             },
             Err(e) => {
@@ -439,7 +474,11 @@ impl Client {
             return Err(bad("expected https://host:port"));
         }
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Ok(Self {
             base: server.trim_end_matches('/').to_owned(),
             authority: authority.to_string(),
@@ -526,16 +565,20 @@ impl Client {
 }
 
 /// A client config trusting `roots`, presenting `identity` if given.
-fn client_config(roots: &[CertificateDer<'static>], identity: Option<Arc<CertifiedKey>>) -> Result<ClientConfig, String> {
+fn client_config(
+    roots: &[CertificateDer<'static>],
+    identity: Option<Arc<CertifiedKey>>,
+) -> Result<ClientConfig, String> {
     let mut store = rustls::RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(roots.iter().cloned());
     if added == 0 {
         return Err("no CA certificate in the trust bundle".into());
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(store);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store);
     Ok(match identity {
         Some(identity) => builder.with_client_cert_resolver(Arc::new(Presents(identity))),
         None => builder.with_no_client_auth(),

@@ -119,7 +119,10 @@ pub fn sign(
 pub fn decode(token: &str, typ: &'static str) -> Result<Jws, SignedError> {
     let what = what(typ);
     if token.len() > MAX_SIGNED_BYTES {
-        return Err(SignedError::TooLarge { what, len: token.len() });
+        return Err(SignedError::TooLarge {
+            what,
+            len: token.len(),
+        });
     }
     let jws = Jws::decode_within(token, MAX_SIGNED_BYTES, Some(&[typ]), false).map_err(|e| {
         SignedError::Malformed {
@@ -146,7 +149,10 @@ pub fn verified(jws: Jws, typ: &'static str, key: &PublicKey) -> Result<Map<Stri
 
 impl Report {
     /// Signs the report with the device key.
-    pub fn sign(&self, sign_der: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<String, SignedError> {
+    pub fn sign(
+        &self,
+        sign_der: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<String, SignedError> {
         let claims = serde_json::to_value(self).map_err(|e| SignedError::Signing(e.to_string()))?;
         sign(REPORT_TYPE, &self.device_id, &claims, sign_der)
     }
@@ -157,7 +163,8 @@ impl Report {
             what: "posture report",
             reason,
         };
-        let report: Report = serde_json::from_value(Value::Object(claims)).map_err(|e| malformed(e.to_string()))?;
+        let report: Report =
+            serde_json::from_value(Value::Object(claims)).map_err(|e| malformed(e.to_string()))?;
         if report.facts.len() > MAX_FACTS {
             return Err(malformed(format!(
                 "{} facts, over the limit of {MAX_FACTS}",
@@ -218,7 +225,8 @@ mod tests {
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 
     fn key() -> (EcdsaKeyPair, Vec<u8>) {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new()).unwrap();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new()).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
         let mut spki = P256_SPKI_PREFIX.to_vec();
         spki.extend_from_slice(pair.public_key().as_ref());
@@ -263,7 +271,10 @@ mod tests {
         let (_, other) = key();
         let jws = decode(&token, REPORT_TYPE).unwrap();
         let err = verified(jws, REPORT_TYPE, &p256_key(&other).unwrap()).unwrap_err();
-        assert_eq!(err.to_string(), "posture report is not signed by the device's key");
+        assert_eq!(
+            err.to_string(),
+            "posture report is not signed by the device's key"
+        );
     }
 
     #[test]
@@ -277,21 +288,42 @@ mod tests {
     #[test]
     fn oversized_and_malformed_documents_are_refused_with_a_reason() {
         let big = "a".repeat(MAX_SIGNED_BYTES + 1);
-        assert!(matches!(decode(&big, REPORT_TYPE), Err(SignedError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&big, REPORT_TYPE),
+            Err(SignedError::TooLarge { .. })
+        ));
         for bad in ["", "a.b", "a.b.c", "e30.e30.", "a.b.c.d"] {
             let err = decode(bad, REPORT_TYPE).unwrap_err();
-            assert!(err.to_string().starts_with("malformed posture report"), "{bad:?}: {err}");
+            assert!(
+                err.to_string().starts_with("malformed posture report"),
+                "{bad:?}: {err}"
+            );
         }
         let mut claims = serde_json::to_value(report()).unwrap();
         claims["extra"] = json!(1);
-        let Value::Object(claims) = claims else { unreachable!() };
+        let Value::Object(claims) = claims else {
+            unreachable!()
+        };
         assert!(Report::from_claims(claims).is_err());
         let mut many = report();
         for i in 0..=MAX_FACTS {
-            many.facts.insert(format!("f{i}"), Observed { value: None, observed_at: 0 });
+            many.facts.insert(
+                format!("f{i}"),
+                Observed {
+                    value: None,
+                    observed_at: 0,
+                },
+            );
         }
-        let Value::Object(claims) = serde_json::to_value(many).unwrap() else { unreachable!() };
-        assert!(Report::from_claims(claims).unwrap_err().to_string().contains("over the limit"));
+        let Value::Object(claims) = serde_json::to_value(many).unwrap() else {
+            unreachable!()
+        };
+        assert!(
+            Report::from_claims(claims)
+                .unwrap_err()
+                .to_string()
+                .contains("over the limit")
+        );
     }
 
     #[test]
@@ -308,6 +340,9 @@ mod tests {
         assert_eq!(raw[..32], [0x80; 32]);
         assert_eq!(raw[32..63], [0; 31]);
         assert_eq!(raw[63], 5);
-        assert_eq!(p256_key(&[0x30, 0x59]).unwrap_err().to_string(), "the device key is not a P-256 public key");
+        assert_eq!(
+            p256_key(&[0x30, 0x59]).unwrap_err().to_string(),
+            "the device key is not a P-256 public key"
+        );
     }
 }

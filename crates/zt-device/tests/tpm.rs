@@ -26,9 +26,9 @@ use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{Digest, Public, SymmetricDefinition, SymmetricDefinitionObject};
 use tss_esapi::{Context, TctiNameConf};
-use zt_testkit::swtpm::{Swtpm, free_port_pair};
 use zt_device::key::tpm::{KeyBlob, device_key_template, storage_key_template};
 use zt_device::key::{DeviceKey, KeyChoice, KeyError, KeyKind, META_FILE, TPM_FILE, TpmLocation, p256_point};
+use zt_testkit::swtpm::{Swtpm, free_port_pair};
 
 /// The test's own view of the TPM.
 trait TestTpm {
@@ -49,7 +49,6 @@ impl TestTpm for Swtpm {
         context
     }
 }
-
 
 fn verifies(key: &DeviceKey, message: &[u8], signature: &[u8]) -> bool {
     let spki = key.public_key_der();

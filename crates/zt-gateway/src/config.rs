@@ -416,9 +416,9 @@ impl GatewayConfig {
                 }
                 let stale_after = match d.stale_after {
                     None => Duration::from_secs(15),
-                    Some(text) => parse_duration(&text)
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| format!("devices.stale_after: {text:?} is not a duration such as 15s"))?,
+                    Some(text) => parse_duration(&text).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        format!("devices.stale_after: {text:?} is not a duration such as 15s")
+                    })?,
                 };
                 Ok(Devices {
                     server: d.server,

@@ -122,7 +122,10 @@ impl Devices {
                 )],
             };
         }
-        let states = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let states = self
+            .states
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match states.get(id) {
             Some(state) if state.status == "active" => RequestDevice {
                 id: Some(id.to_owned()),
@@ -144,7 +147,10 @@ impl Devices {
 
     /// Applies an answer; `full` when it holds every device (`after` 0).
     fn apply(&self, states: States, full: bool) -> u64 {
-        let mut map = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .states
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if full {
             map.clear();
         }
@@ -181,7 +187,12 @@ impl Devices {
         }
     }
 
-    async fn poll(&self, settings: &config::Devices, identity: &IdentityWatch, after: u64) -> Result<u64, String> {
+    async fn poll(
+        &self,
+        settings: &config::Devices,
+        identity: &IdentityWatch,
+        after: u64,
+    ) -> Result<u64, String> {
         let identity = identity.borrow().clone().ok_or("the gateway has no SVID yet")?;
         let config = zt_tls::client_config(
             identity.chain.clone(),
@@ -191,9 +202,16 @@ impl Devices {
             zt_tls::TlsVersions::Tls13,
         )
         .map_err(|e| e.to_string())?;
-        let uri: Uri = settings.server.parse().map_err(|_| "devices.server is not a URL".to_owned())?;
+        let uri: Uri = settings
+            .server
+            .parse()
+            .map_err(|_| "devices.server is not a URL".to_owned())?;
         let authority = uri.authority().ok_or("devices.server has no host")?.clone();
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let tcp = tokio::net::TcpStream::connect((host.as_str(), authority.port_u16().unwrap_or(443)))
             .await
             .map_err(|e| e.to_string())?;
@@ -214,10 +232,11 @@ impl Devices {
                 .header(http::header::HOST, authority.as_str())
                 .body(Empty::<Bytes>::new())
                 .map_err(|e| e.to_string())?;
-            let answer = tokio::time::timeout(Duration::from_secs(WAIT_SECS + 10), sender.send_request(request))
-                .await
-                .map_err(|_| "no answer".to_owned())?
-                .map_err(|e| e.to_string())?;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(WAIT_SECS + 10), sender.send_request(request))
+                    .await
+                    .map_err(|_| "no answer".to_owned())?
+                    .map_err(|e| e.to_string())?;
             let status = answer.status();
             let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
                 .collect()

@@ -290,7 +290,11 @@ async fn serve(
         ),
         None => None,
     };
-    let tls = Arc::new(ServerTls::load(&config.tls.cert, &config.tls.key, device_roots.clone())?);
+    let tls = Arc::new(ServerTls::load(
+        &config.tls.cert,
+        &config.tls.key,
+        device_roots.clone(),
+    )?);
     {
         let (tls, cert, key) = (tls.clone(), config.tls.cert.clone(), config.tls.key.clone());
         let roots = device_roots.clone();
@@ -396,8 +400,16 @@ fn provider_tls(ca: &Path) -> Result<rustls::ClientConfig, GatewayError> {
 struct ServerTls(RwLock<Arc<rustls::ServerConfig>>);
 
 impl ServerTls {
-    fn load(cert: &Path, key: &Path, device_roots: Option<Arc<zt_identity::BundleSet>>) -> Result<Self, GatewayError> {
-        Ok(Self(RwLock::new(Arc::new(server_config(cert, key, device_roots)?))))
+    fn load(
+        cert: &Path,
+        key: &Path,
+        device_roots: Option<Arc<zt_identity::BundleSet>>,
+    ) -> Result<Self, GatewayError> {
+        Ok(Self(RwLock::new(Arc::new(server_config(
+            cert,
+            key,
+            device_roots,
+        )?))))
     }
 
     fn current(&self) -> Arc<rustls::ServerConfig> {
@@ -446,7 +458,9 @@ fn server_config(
     let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
     match device_roots {
         None => zt_tls::web_server_config(chain, key, zt_tls::TlsVersions::Tls13, alpn),
-        Some(roots) => zt_tls::web_server_config_client_optional(chain, key, roots, zt_tls::TlsVersions::Tls13, alpn),
+        Some(roots) => {
+            zt_tls::web_server_config_client_optional(chain, key, roots, zt_tls::TlsVersions::Tls13, alpn)
+        }
     }
     .map_err(|e| fail("tls.cert", cert)(e.to_string()))
 }

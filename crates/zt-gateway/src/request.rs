@@ -132,9 +132,15 @@ impl Gateway {
             );
         }
         let device = self.devices.as_ref().map(|devices| {
-            devices.lookup(certificate.spiffe_id.as_deref(), zt_identity::clock::unix_millis())
+            devices.lookup(
+                certificate.spiffe_id.as_deref(),
+                zt_identity::clock::unix_millis(),
+            )
         });
-        let decision = match self.authorize(&request, &head, &person, device.as_ref(), client).await {
+        let decision = match self
+            .authorize(&request, &head, &person, device.as_ref(), client)
+            .await
+        {
             Ok(decision) => decision,
             Err(refusal) => {
                 tracing::info!(target: "zt::access", user = %person.verified.principal(), path = %head.target.path, reason = %refusal, device = ?device, "gateway: denied");

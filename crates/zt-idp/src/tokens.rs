@@ -128,7 +128,12 @@ impl Provider {
     /// The [`PERSON_CLAIMS`] of a session's tokens.
     /// `device` is the device (ID, live tier) whose certificate the client
     /// presented; without one, the device is honestly unknown.
-    fn person_claims(&self, session: &Session, user: &User, device: Option<(String, String)>) -> Map<String, Value> {
+    fn person_claims(
+        &self,
+        session: &Session,
+        user: &User,
+        device: Option<(String, String)>,
+    ) -> Map<String, Value> {
         let zone = session
             .source_ip
             .parse()

@@ -136,7 +136,6 @@ impl Fixture {
         let peer = Peer {
             addr: "127.0.0.1:40000".parse().unwrap(),
             certificate_sha256: None,
-            peer_spiffe_id: None,
             spiffe_id: None,
         };
         let body: String = form
@@ -590,7 +589,6 @@ impl Fixture {
         let peer = Peer {
             addr: "127.0.0.1:40001".parse().unwrap(),
             certificate_sha256: None,
-            peer_spiffe_id: None,
             spiffe_id: None,
         };
         let mut request = Request::builder().method(method).uri(uri);

@@ -468,11 +468,21 @@ impl AdminClient {
     }
 
     /// `POST /v1/devices/{id}/approve` or `/revoke`, or `DELETE /v1/devices/{id}`.
-    pub async fn device_action(&self, id: &str, action: DeviceAction) -> Result<crate::api::DeviceInfo, ClientError> {
+    pub async fn device_action(
+        &self,
+        id: &str,
+        action: DeviceAction,
+    ) -> Result<crate::api::DeviceInfo, ClientError> {
         let path = format!("/v1/devices/{}", encode(id));
         match action {
-            DeviceAction::Approve => self.call::<(), _>(Method::POST, &format!("{path}/approve"), None).await,
-            DeviceAction::Revoke => self.call::<(), _>(Method::POST, &format!("{path}/revoke"), None).await,
+            DeviceAction::Approve => {
+                self.call::<(), _>(Method::POST, &format!("{path}/approve"), None)
+                    .await
+            }
+            DeviceAction::Revoke => {
+                self.call::<(), _>(Method::POST, &format!("{path}/revoke"), None)
+                    .await
+            }
             DeviceAction::Delete => self.call::<(), _>(Method::DELETE, &path, None).await,
         }
     }

@@ -184,7 +184,11 @@ impl Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message, "reason": self.kind }))).into_response()
+        (
+            self.status,
+            axum::Json(json!({ "error": self.message, "reason": self.kind })),
+        )
+            .into_response()
     }
 }
 
@@ -197,7 +201,11 @@ fn store_refusal(e: StoreError) -> Refused {
         ),
         other => {
             tracing::error!(error = %other, "device datastore operation failed");
-            Refused::new(StatusCode::SERVICE_UNAVAILABLE, "datastore", "datastore unavailable")
+            Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "datastore",
+                "datastore unavailable",
+            )
         }
     }
 }
@@ -375,7 +383,11 @@ impl Devices {
             other => return (floor, vec![format!("the device is {other}")], None),
         }
         let Some(policy) = &self.policy else {
-            return (floor, vec!["no compliance policy: every device is at the floor".into()], None);
+            return (
+                floor,
+                vec!["no compliance policy: every device is at the floor".into()],
+                None,
+            );
         };
         let attributes: BTreeMap<String, Value> = [
             ("device.key_type".to_owned(), json!(device.key_type)),
@@ -416,7 +428,13 @@ impl Devices {
         if let Err(e) = self.store.set_device_tier(id, tier, reasons, &event, now).await {
             tracing::error!(device = %id, error = %e, "recording a tier change failed");
         }
-        self.audit(id, "tier", true, &format!("{previous} -> {tier}: {}", reasons.join("; ")), Some(event));
+        self.audit(
+            id,
+            "tier",
+            true,
+            &format!("{previous} -> {tier}: {}", reasons.join("; ")),
+            Some(event),
+        );
     }
 
     /// Writes a record to the decision log, if there is one.
@@ -526,7 +544,11 @@ impl Devices {
         let mut changes = self.store.watch_changes();
         let mut seq = self.store.latest_change().await.map_err(|e| e.to_string())?;
         loop {
-            let batch = self.store.changes_since(seq, 500).await.map_err(|e| e.to_string())?;
+            let batch = self
+                .store
+                .changes_since(seq, 500)
+                .await
+                .map_err(|e| e.to_string())?;
             for change in &batch {
                 seq = change.seq;
                 if change.kind == "device" {
@@ -634,7 +656,9 @@ impl Devices {
         let public_key = text("public_key")?;
         let key_type = text("key_type")?;
         if key_type != "tpm" && key_type != "software" {
-            return Err(bad(format!("enrollment request: key_type {key_type:?}: expected tpm or software")));
+            return Err(bad(format!(
+                "enrollment request: key_type {key_type:?}: expected tpm or software"
+            )));
         }
         check_iat(&jws.claims, "enrollment request")?;
         let hardware: BTreeMap<String, String> = match jws.claims.get("hardware") {
@@ -643,7 +667,9 @@ impl Devices {
             None => BTreeMap::new(),
         };
         if hardware.len() > 32 || hardware.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
-            return Err(bad("enrollment request: hardware: at most 32 facts of 256 bytes".into()));
+            return Err(bad(
+                "enrollment request: hardware: at most 32 facts of 256 bytes".into()
+            ));
         }
         let spki = base64::engine::general_purpose::STANDARD
             .decode(&public_key)
@@ -688,9 +714,13 @@ impl Devices {
             .ok_or_else(|| bad("certificate request: kid is missing".into()))?;
         let (key, status) = {
             let live = lock(&self.live);
-            let device = live
-                .get(&id)
-                .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "unknown_device", format!("device {id} is not enrolled")))?;
+            let device = live.get(&id).ok_or_else(|| {
+                Refused::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_device",
+                    format!("device {id} is not enrolled"),
+                )
+            })?;
             (device.key.clone(), device.status)
         };
         let claims = report::verified(jws, CERTIFICATE_TYPE, &key)
@@ -706,15 +736,34 @@ impl Devices {
                 ));
             }
             DeviceStatus::Revoked => {
-                return Err(Refused::new(StatusCode::FORBIDDEN, "revoked", format!("device {id} is revoked")));
+                return Err(Refused::new(
+                    StatusCode::FORBIDDEN,
+                    "revoked",
+                    format!("device {id} is revoked"),
+                ));
             }
         }
-        let device = self.store.device(&id).await.map_err(store_refusal)?.ok_or_else(|| {
-            Refused::new(StatusCode::NOT_FOUND, "unknown_device", format!("device {id} is not enrolled"))
-        })?;
+        let device = self
+            .store
+            .device(&id)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| {
+                Refused::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_device",
+                    format!("device {id} is not enrolled"),
+                )
+            })?;
         let spki = base64::engine::general_purpose::STANDARD
             .decode(&device.public_key)
-            .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", "stored key unreadable"))?;
+            .map_err(|_| {
+                Refused::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt",
+                    "stored key unreadable",
+                )
+            })?;
         let spiffe_id = SpiffeId::parse(&self.spiffe_id(&id))
             .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
         let authorities = self.authorities.current();
@@ -775,7 +824,11 @@ impl Devices {
             tracing::warn!(device = %id, reason = refused.kind, error = %refused.message, "posture report refused");
             let detail = json!({ "reason": refused.kind, "error": refused.message });
             if lock(&self.live).contains_key(id.as_str()) {
-                if let Err(e) = self.store.record_device_event(id, "refused", &detail, now_ms()).await {
+                if let Err(e) = self
+                    .store
+                    .record_device_event(id, "refused", &detail, now_ms())
+                    .await
+                {
                     tracing::warn!(device = %id, error = %e, "recording a refused report failed");
                 }
                 self.audit(id, "report", false, &refused.message, Some(detail));
@@ -798,20 +851,31 @@ impl Devices {
             return Err(Refused::new(
                 StatusCode::FORBIDDEN,
                 "other_device",
-                format!("the report names device {:?}, the certificate {id}", jws.kid().unwrap_or_default()),
+                format!(
+                    "the report names device {:?}, the certificate {id}",
+                    jws.kid().unwrap_or_default()
+                ),
             ));
         }
         let (key, status, test_mode) = {
             let live = lock(&self.live);
             let device = live.get(id).ok_or_else(|| {
-                Refused::new(StatusCode::NOT_FOUND, "unknown_device", format!("device {id} is not enrolled"))
+                Refused::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_device",
+                    format!("device {id} is not enrolled"),
+                )
             })?;
             (device.key.clone(), device.status, device.test_mode)
         };
         if status != DeviceStatus::Active {
             return Err(Refused::new(
                 StatusCode::FORBIDDEN,
-                if status == DeviceStatus::Revoked { "revoked" } else { "pending" },
+                if status == DeviceStatus::Revoked {
+                    "revoked"
+                } else {
+                    "pending"
+                },
                 format!("device {id} is {status}"),
             ));
         }
@@ -822,7 +886,10 @@ impl Devices {
             return Err(Refused::new(
                 StatusCode::FORBIDDEN,
                 "other_device",
-                format!("the report is for device {:?}, the certificate {id}", report.device_id),
+                format!(
+                    "the report is for device {:?}, the certificate {id}",
+                    report.device_id
+                ),
             ));
         }
         let now = now_ms();
@@ -864,7 +931,11 @@ impl Devices {
         {
             let mut live = lock(&self.live);
             let device = live.get_mut(id).ok_or_else(|| {
-                Refused::new(StatusCode::NOT_FOUND, "unknown_device", format!("device {id} is not enrolled"))
+                Refused::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_device",
+                    format!("device {id} is not enrolled"),
+                )
             })?;
             if report.seq <= device.seq {
                 return Err(Refused::new(
@@ -909,14 +980,21 @@ impl Devices {
 /// [`REQUEST_WINDOW_SECS`] from now.
 fn check_iat(claims: &serde_json::Map<String, Value>, what: &str) -> Result<(), Refused> {
     let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| {
-        Refused::new(StatusCode::BAD_REQUEST, "malformed", format!("{what}: iat is missing"))
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("{what}: iat is missing"),
+        )
     })?;
     let now = now_ms() / 1000;
     if iat.abs_diff(now) > REQUEST_WINDOW_SECS {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "stale",
-            format!("{what}: iat is {} s from the server's clock (at most {REQUEST_WINDOW_SECS})", iat.abs_diff(now)),
+            format!(
+                "{what}: iat is {} s from the server's clock (at most {REQUEST_WINDOW_SECS})",
+                iat.abs_diff(now)
+            ),
         ));
     }
     Ok(())
@@ -990,11 +1068,20 @@ async fn states(
     Query(query): Query<StatesQuery>,
 ) -> Response {
     let Some(caller) = &peer.spiffe_id else {
-        return Refused::new(StatusCode::UNAUTHORIZED, "no_certificate", "device states are for workloads with an SVID")
-            .into_response();
+        return Refused::new(
+            StatusCode::UNAUTHORIZED,
+            "no_certificate",
+            "device states are for workloads with an SVID",
+        )
+        .into_response();
     };
     if devices.device_id_of(&caller.to_string()).is_some() {
-        return Refused::new(StatusCode::FORBIDDEN, "device", "devices may not read device states").into_response();
+        return Refused::new(
+            StatusCode::FORBIDDEN,
+            "device",
+            "devices may not read device states",
+        )
+        .into_response();
     }
     if query.after != 0 && devices.version.load(Ordering::SeqCst) <= query.after {
         devices
@@ -1073,7 +1160,11 @@ fn service(state: &AdminState) -> ApiResult<&Arc<Devices>> {
 fn info(state: &AdminState, device: Device, events: Vec<zt_store::DeviceEvent>) -> DeviceInfo {
     let spiffe_id = format!("spiffe://{}/device/{}", state.trust_domain, device.id);
     let mut device = device;
-    if let Some(live) = state.devices.as_ref().and_then(|service| service.state(&device.id)) {
+    if let Some(live) = state
+        .devices
+        .as_ref()
+        .and_then(|service| service.state(&device.id))
+    {
         device.tier = live.tier;
         device.tier_reasons = live.reasons;
         device.last_seen = live.last_report_ms.map(|ms| ms / 1000).or(device.last_seen);
@@ -1131,7 +1222,15 @@ async fn show_device(
         .device(&id)
         .await
         .map_err(|e| store_error(&state.metrics, e))?
-        .ok_or_else(|| store_error(&state.metrics, StoreError::Missing { what: "device", key: id.clone() }))?;
+        .ok_or_else(|| {
+            store_error(
+                &state.metrics,
+                StoreError::Missing {
+                    what: "device",
+                    key: id.clone(),
+                },
+            )
+        })?;
     let events = state
         .store
         .device_events(&id, 20)

@@ -178,7 +178,12 @@ impl Store {
     /// Enrolls a device with a token: the token is used up in the same
     /// transaction that stores the device, so of two enrollments with one
     /// token exactly one succeeds, before expiry, even across servers.
-    pub async fn enroll_device(&self, token: &str, device: NewDevice, now_ms: u64) -> Result<Device, StoreError> {
+    pub async fn enroll_device(
+        &self,
+        token: &str,
+        device: NewDevice,
+        now_ms: u64,
+    ) -> Result<Device, StoreError> {
         let now = now_ms / 1000;
         let hash = sha256_hex(token);
         let mut tx = self.begin_write().await?;
@@ -189,10 +194,12 @@ impl Store {
         .bind(&hash)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query("SELECT owner, approval, test_mode, expires_at FROM device_tokens WHERE token_sha256 = $1")
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT owner, approval, test_mode, expires_at FROM device_tokens WHERE token_sha256 = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             return Err(StoreError::DeviceToken(TokenProblem::Unknown));
         };
@@ -259,15 +266,22 @@ impl Store {
 
     /// Every device, by enrollment time.
     pub async fn list_devices(&self) -> Result<Vec<Device>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id"))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id"
+        ))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(device_from_row).collect()
     }
 
     /// Sets a device's status (approve: pending → active; revoke: any →
     /// revoked), recording the event. Approving a revoked device is refused.
-    pub async fn set_device_status(&self, id: &str, status: DeviceStatus, now_ms: u64) -> Result<Device, StoreError> {
+    pub async fn set_device_status(
+        &self,
+        id: &str,
+        status: DeviceStatus,
+        now_ms: u64,
+    ) -> Result<Device, StoreError> {
         let device = self.device(id).await?.ok_or_else(|| StoreError::Missing {
             what: "device",
             key: id.to_owned(),
@@ -290,7 +304,14 @@ impl Store {
             DeviceStatus::Revoked => "revoked",
             DeviceStatus::Pending => "pending",
         };
-        insert_event(&mut tx, id, now_ms, kind, &serde_json::json!({ "previous": device.status })).await?;
+        insert_event(
+            &mut tx,
+            id,
+            now_ms,
+            kind,
+            &serde_json::json!({ "previous": device.status }),
+        )
+        .await?;
         self.record_change(&mut tx, "device", id, now_ms / 1000).await?;
         tx.commit().await?;
         self.notify_local();
@@ -394,7 +415,13 @@ impl Store {
     }
 
     /// Records an event of a device (a refused report, say).
-    pub async fn record_device_event(&self, id: &str, kind: &str, detail: &Value, now_ms: u64) -> Result<(), StoreError> {
+    pub async fn record_device_event(
+        &self,
+        id: &str,
+        kind: &str,
+        detail: &Value,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         insert_event(&mut tx, id, now_ms, kind, detail).await?;
         tx.commit().await?;

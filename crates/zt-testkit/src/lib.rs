@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::panic, reason = "test support: a failed precondition fails the test")]
 
-
 pub mod swtpm;
 
 use std::io::{Read as _, Write as _};

@@ -15,7 +15,7 @@ pub struct Swtpm {
 impl Swtpm {
     /// Starts swtpm and waits until its TPM port accepts connections.
     pub fn start() -> Self {
-        let state = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap_or_else(|e| panic!("a state directory for swtpm: {e}"));
         let port = free_port_pair();
         let spawned = Command::new("swtpm")
             .arg("socket")
@@ -54,7 +54,11 @@ impl Swtpm {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("waiting for swtpm: {e}"))
+            {
                 panic!("swtpm on port {} exited before it was ready: {status}", self.port);
             }
             assert!(
@@ -83,12 +87,12 @@ impl Drop for Swtpm {
 /// control ports).
 pub fn free_port_pair() -> u16 {
     for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
+        let first =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
+        let port = first.local_addr().map_or(0, |addr| addr.port());
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }
     }
     panic!("no two consecutive free loopback ports in 100 tries");
 }
-

@@ -101,7 +101,10 @@ impl Devices {
     }
 
     fn token(&self, extra: &[&str]) -> String {
-        let out = zt(&self.server, &[&["device", "token", "create", "--owner", "alice"], extra].concat());
+        let out = zt(
+            &self.server,
+            &[&["device", "token", "create", "--owner", "alice"], extra].concat(),
+        );
         assert!(out.status.success(), "zt device token create: {}", describe(&out));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
@@ -109,7 +112,16 @@ impl Devices {
     /// `zt device enroll`; its output.
     fn enroll(&self, token: &str, dir: &Path, key: &str, env: &[(&str, String)]) -> std::process::Output {
         Command::new(zt_exe())
-            .args(["device", "enroll", "--token", token, "--server", &self.url(), "--key", key])
+            .args([
+                "device",
+                "enroll",
+                "--token",
+                token,
+                "--server",
+                &self.url(),
+                "--key",
+                key,
+            ])
             .arg("--bundle")
             .arg(&self.bundle)
             .arg("--dir")
@@ -172,7 +184,13 @@ impl Devices {
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".agent.log"))
-            .map(|e| format!("{}:\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+            .map(|e| {
+                format!(
+                    "{}:\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                )
+            })
             .collect()
     }
 }
@@ -200,21 +218,18 @@ fn report(device: &str, seq: u64, key: &DeviceKey, facts: Facts) -> String {
 
 fn good_facts() -> Facts {
     let now = zt_identity::clock::unix_seconds();
-    [
-        ("firewall.active", true),
-        ("processes.required_running", true),
-    ]
-    .into_iter()
-    .map(|(name, value)| {
-        (
-            name.to_owned(),
-            Observed {
-                value: Some(json!(value)),
-                observed_at: now,
-            },
-        )
-    })
-    .collect()
+    [("firewall.active", true), ("processes.required_running", true)]
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                name.to_owned(),
+                Observed {
+                    value: Some(json!(value)),
+                    observed_at: now,
+                },
+            )
+        })
+        .collect()
 }
 
 fn refused(result: Result<Value, zt_device::agent::AgentError>, status: u16, words: &str) {
@@ -244,7 +259,10 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
     assert_eq!(shown["status"], "active");
     assert_eq!(shown["tier"], "untrusted");
     assert_eq!(shown["spiffe_id"], format!("spiffe://example.org/device/{a}"));
-    assert!(!shown["hardware"]["arch"].as_str().unwrap_or_default().is_empty(), "{shown}");
+    assert!(
+        !shown["hardware"]["arch"].as_str().unwrap_or_default().is_empty(),
+        "{shown}"
+    );
 
     // A software key with every fact good is trusted, never hardware.
     {
@@ -286,7 +304,11 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
     // Facts from the future.
     let mut future = good_facts();
     future.get_mut("firewall.active").unwrap().observed_at += 3600;
-    refused(post(&mut over_a, report(&a, seq + 3, device_a.key(), future)), 400, "in the future");
+    refused(
+        post(&mut over_a, report(&a, seq + 3, device_a.key(), future)),
+        400,
+        "in the future",
+    );
     // Sent long ago.
     let stale = Report {
         device_id: a.clone(),
@@ -299,10 +321,20 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
     .unwrap();
     refused(post(&mut over_a, stale), 400, "from the server's clock");
     // Malformed and oversized.
-    refused(post(&mut over_a, "not a report".into()), 400, "malformed posture report");
+    refused(
+        post(&mut over_a, "not a report".into()),
+        400,
+        "malformed posture report",
+    );
     let oversized = post(&mut over_a, "a".repeat(70 * 1024));
     assert!(
-        matches!(&oversized, Err(zt_device::agent::AgentError::Refused { status: 400 | 413, .. })),
+        matches!(
+            &oversized,
+            Err(zt_device::agent::AgentError::Refused {
+                status: 400 | 413,
+                ..
+            })
+        ),
         "{oversized:?}"
     );
     // Without a device certificate at all.
@@ -348,8 +380,16 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
     }
     .sign(|input| device_c.key().sign(input).map_err(|e| e.to_string()))
     .unwrap();
-    refused(post(&mut over_c, overridden), 403, "was not enrolled in test mode");
-    assert_eq!(devices.show(&c)["tier"], "untrusted", "a refused report raises nothing");
+    refused(
+        post(&mut over_c, overridden),
+        403,
+        "was not enrolled in test mode",
+    );
+    assert_eq!(
+        devices.show(&c)["tier"],
+        "untrusted",
+        "a refused report raises nothing"
+    );
 
     // A revoked device: its reports and its certificate are refused.
     ok(&devices.server, &["device", "revoke", &b]);
@@ -375,10 +415,21 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
         .filter(|e| e["kind"] == "refused")
         .map(|e| e["detail"]["reason"].as_str().unwrap())
         .collect();
-    for reason in ["replayed", "bad_signature", "other_device", "future_fact", "stale", "malformed"] {
+    for reason in [
+        "replayed",
+        "bad_signature",
+        "other_device",
+        "future_fact",
+        "stale",
+        "malformed",
+    ] {
         assert!(reasons.contains(&reason), "{reason} not recorded: {reasons:?}");
     }
-    let replayed = sample(devices.server.http, "zt_server_device_reports_total{result=\"replayed\"}").unwrap();
+    let replayed = sample(
+        devices.server.http,
+        "zt_server_device_reports_total{result=\"replayed\"}",
+    )
+    .unwrap();
     assert!(replayed >= 2.0, "{replayed}");
     // The tier changes are in the hash-chained decision log.
     let log = std::fs::read_to_string(devices.dir.path().join("data/device-decisions.log")).unwrap();
@@ -407,20 +458,41 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
 
     // A token that needs approval: no certificate until zt device approve.
     let pending_dir = devices.dir.path().join("p");
-    let out = devices.enroll(&devices.token(&["--approval", "--test-mode"]), &pending_dir, "software", &[]);
+    let out = devices.enroll(
+        &devices.token(&["--approval", "--test-mode"]),
+        &pending_dir,
+        "software",
+        &[],
+    );
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("zt device approve"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("zt device approve"),
+        "{}",
+        describe(&out)
+    );
     let p = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let pending = DeviceDir::open(&pending_dir, &tpm).unwrap();
     let early = runtime.block_on(pending.renew_certificate());
-    assert!(matches!(&early, Err(zt_device::agent::AgentError::Refused { status: 403, .. })), "{early:?}");
+    assert!(
+        matches!(
+            &early,
+            Err(zt_device::agent::AgentError::Refused { status: 403, .. })
+        ),
+        "{early:?}"
+    );
     ok(&devices.server, &["device", "approve", &p]);
     runtime.block_on(pending.renew_certificate()).unwrap();
 
     // Delete: gone from the inventory.
     ok(&devices.server, &["device", "delete", &c]);
-    let list: Value = serde_json::from_str(&ok(&devices.server, &["device", "list", "--output", "json"])).unwrap();
-    let ids: Vec<&str> = list["devices"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let list: Value =
+        serde_json::from_str(&ok(&devices.server, &["device", "list", "--output", "json"])).unwrap();
+    let ids: Vec<&str> = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
     assert!(!ids.contains(&c.as_str()) && ids.contains(&a.as_str()), "{ids:?}");
 }
 
@@ -429,7 +501,11 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
 struct Never;
 
 impl rustls::client::ResolvesClientCert for Never {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         None
     }
 
@@ -443,7 +519,11 @@ impl rustls::client::ResolvesClientCert for Never {
 struct Always(std::sync::Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::client::ResolvesClientCert for Always {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 
@@ -460,7 +540,11 @@ fn a_device_key_in_the_tpm_never_touches_the_disk_and_ranks_above_a_software_key
     let env = [("ZT_TPM_TCTI", swtpm.tcti())];
     let dir = devices.dir.path().join("tpm-device");
     let out = devices.enroll(&devices.token(&["--test-mode"]), &dir, "tpm", &env);
-    assert!(out.status.success(), "zt device enroll --key tpm: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "zt device enroll --key tpm: {}",
+        describe(&out)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     // Only the TPM-wrapped blob is on disk: no private key file, nothing
     // that parses as one.
@@ -469,7 +553,16 @@ fn a_device_key_in_the_tpm_never_touches_the_disk_and_ranks_above_a_software_key
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["bundle.pem", "device-key.json", "device-key.tpm", "device.json", "device.pem"]);
+    assert_eq!(
+        names,
+        [
+            "bundle.pem",
+            "device-key.json",
+            "device-key.tpm",
+            "device.json",
+            "device.pem"
+        ]
+    );
     for name in &names {
         let out = Command::new("openssl")
             .args(["pkey", "-noout", "-in"])
@@ -487,7 +580,10 @@ fn a_device_key_in_the_tpm_never_touches_the_disk_and_ranks_above_a_software_key
     assert_eq!(shown["key_type"], "tpm");
     let software = devices.wait_for_tier(&sw, "trusted");
     assert_eq!(software["key_type"], "software");
-    assert!(software["tier_reasons"].to_string().contains("device.key_type"), "{software}");
+    assert!(
+        software["tier_reasons"].to_string().contains("device.key_type"),
+        "{software}"
+    );
 }
 
 /// A service behind zt proxy, the gateway in front of it with two routes:
@@ -495,14 +591,29 @@ fn a_device_key_in_the_tpm_never_touches_the_disk_and_ranks_above_a_software_key
 /// better; a client presenting its device certificate and a token bound to it.
 #[test]
 fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_it_back() {
-    let Some(python) = zt_testkit::python("devices") else { return };
-    let Some(curl) = zt_testkit::curl("devices") else { return };
+    let Some(python) = zt_testkit::python("devices") else {
+        return;
+    };
+    let Some(curl) = zt_testkit::curl("devices") else {
+        return;
+    };
     let devices = Devices::start();
     let root = devices.dir.path();
     let mint = |id: &str, name: &str| {
         ok(
             &devices.server,
-            &["x509", "mint", "--spiffe-id", id, "--dns", "localhost", "--ttl", "1h", "--write", root.join(name).to_str().unwrap()],
+            &[
+                "x509",
+                "mint",
+                "--spiffe-id",
+                id,
+                "--dns",
+                "localhost",
+                "--ttl",
+                "1h",
+                "--write",
+                root.join(name).to_str().unwrap(),
+            ],
         );
     };
     mint(GATEWAY_ID, "gateway");
@@ -523,9 +634,25 @@ fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_
     let file = |path: &str| root.join(path).to_str().unwrap().to_owned();
     let _sidecar = Running(
         Command::new(zt_exe())
-            .args(["proxy", "--inbound", &inbound.to_string(), "--app", &app.to_string()])
-            .args(["--cert", &file("service-one/svid.pem"), "--key", &file("service-one/key.pem")])
-            .args(["--bundle", &file("service-one/bundle.pem"), "--allow-spiffe-id", GATEWAY_ID])
+            .args([
+                "proxy",
+                "--inbound",
+                &inbound.to_string(),
+                "--app",
+                &app.to_string(),
+            ])
+            .args([
+                "--cert",
+                &file("service-one/svid.pem"),
+                "--key",
+                &file("service-one/key.pem"),
+            ])
+            .args([
+                "--bundle",
+                &file("service-one/bundle.pem"),
+                "--allow-spiffe-id",
+                GATEWAY_ID,
+            ])
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(root.join("sidecar.log")).unwrap())
             .spawn()
@@ -537,14 +664,32 @@ fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_
     // with a device certificate they are bound to it (cnf).
     let created: Value = serde_json::from_str(&ok(
         &devices.server,
-        &["client", "add", "laptop-cli", "--secret", "--grant", "client_credentials", "--output", "json"],
+        &[
+            "client",
+            "add",
+            "laptop-cli",
+            "--secret",
+            "--grant",
+            "client_credentials",
+            "--output",
+            "json",
+        ],
     ))
     .unwrap();
     let secret = created["secret"].as_str().unwrap().to_owned();
     std::fs::write(root.join("gateway.secret"), "unused-by-this-test").unwrap();
     ok(
         &devices.server,
-        &["client", "add", "zt-gateway", "--secret", "--redirect-uri", "https://localhost:1/.zt/callback", "--grant", "authorization_code"],
+        &[
+            "client",
+            "add",
+            "zt-gateway",
+            "--secret",
+            "--redirect-uri",
+            "https://localhost:1/.zt/callback",
+            "--grant",
+            "authorization_code",
+        ],
     );
     let issuer = format!("https://localhost:{}", devices.idp.port());
     std::fs::create_dir(root.join("policies")).unwrap();
@@ -627,7 +772,14 @@ routes:
         .arg(laptop.join("device.pem"))
         .arg("--key")
         .arg(&key_pem)
-        .args(["-u", &format!("laptop-cli:{secret}"), "-d", "grant_type=client_credentials", "-d", "audience=zt-gateway"])
+        .args([
+            "-u",
+            &format!("laptop-cli:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "audience=zt-gateway",
+        ])
         .arg(format!("{issuer}/token"))
         .output()
         .unwrap();
@@ -639,18 +791,41 @@ routes:
     let call = |path: &str, with_cert: bool| -> (u16, String) {
         let mut command = Command::new(&curl);
         command
-            .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
             .arg(&devices.bundle)
-            .args(["-H", &format!("Authorization: Bearer {token}"), "-H", "Accept: application/json"]);
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Accept: application/json",
+            ]);
         if with_cert {
-            command.arg("--cert").arg(laptop.join("device.pem")).arg("--key").arg(&key_pem);
+            command
+                .arg("--cert")
+                .arg(laptop.join("device.pem"))
+                .arg("--key")
+                .arg(&key_pem);
         }
-        let out = command.arg(format!("https://localhost:{}{path}", gateway.port())).output().unwrap();
+        let out = command
+            .arg(format!("https://localhost:{}{path}", gateway.port()))
+            .output()
+            .unwrap();
         let text = succeed(&out, &format!("curl {path}\n{}", gateway_log()));
         let (body, status) = text.rsplit_once('\n').unwrap();
         (status.parse().unwrap(), body.to_owned())
     };
-    eventually("the gateway sees the laptop trusted", || (call("/trusted/report", true).0 == 200).then_some(()));
+    eventually("the gateway sees the laptop trusted", || {
+        (call("/trusted/report", true).0 == 200).then_some(())
+    });
     assert_eq!(call("/basic/page", true).0, 200);
     // The bound token without its certificate: refused, whatever the route.
     let (status, _) = call("/basic/page", false);
@@ -670,12 +845,21 @@ routes:
         lost_after <= WINDOW + Duration::from_secs(1),
         "access lasted {lost_after:?} after the agent stopped (window {WINDOW:?} + 1 s)"
     );
-    assert!(body.contains(&id) && body.contains("no report"), "the 403 says why: {body}");
-    assert_eq!(call("/basic/page", true).0, 200, "basic still works for a silent device");
+    assert!(
+        body.contains(&id) && body.contains("no report"),
+        "the 403 says why: {body}"
+    );
+    assert_eq!(
+        call("/basic/page", true).0,
+        200,
+        "basic still works for a silent device"
+    );
 
     // It comes back.
     agent = devices.agent(&laptop, &facts, &[]);
-    eventually("the trusted route comes back", || (call("/trusted/report", true).0 == 200).then_some(()));
+    eventually("the trusted route comes back", || {
+        (call("/trusted/report", true).0 == 200).then_some(())
+    });
 
     // The firewall goes off: trusted lost, basic kept; on again: back.
     write_facts(&facts, false);
@@ -686,16 +870,25 @@ routes:
     assert!(body.contains("firewall"), "{body}");
     assert_eq!(call("/basic/page", true).0, 200);
     write_facts(&facts, true);
-    eventually("the firewall is back", || (call("/trusted/report", true).0 == 200).then_some(()));
+    eventually("the firewall is back", || {
+        (call("/trusted/report", true).0 == 200).then_some(())
+    });
 
     // Revoked: every route that needs a tier is gone at once.
     ok(&devices.server, &["device", "revoke", &id]);
-    eventually("a revoked device loses /basic", || (call("/basic/page", true).0 == 403).then_some(()));
+    eventually("a revoked device loses /basic", || {
+        (call("/basic/page", true).0 == 403).then_some(())
+    });
     drop(agent);
 }
 
 fn jwt_claims(token: &str) -> Value {
     use base64::Engine as _;
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }

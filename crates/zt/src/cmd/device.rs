@@ -156,7 +156,11 @@ pub fn token_create(args: DeviceTokenCreate) -> anyhow::Result<ExitCode> {
                 "one-time device enrollment token for {}, valid until {}{}",
                 request.owner,
                 timestamp(token.expires_at),
-                if request.approval { "; the device waits for zt device approve" } else { "" }
+                if request.approval {
+                    "; the device waits for zt device approve"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -167,7 +171,10 @@ pub fn token_create(args: DeviceTokenCreate) -> anyhow::Result<ExitCode> {
 pub fn list(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let devices = super::admin_call(client(&args).devices())?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "devices": devices }))?),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "devices": devices }))?
+        ),
         Output::Text if devices.is_empty() => println!("no devices"),
         Output::Text => {
             println!(
@@ -228,7 +235,10 @@ fn print_device(info: &DeviceInfo, output: Output) -> anyhow::Result<ExitCode> {
         println!("  because    {reason}");
     }
     println!("enrolled:    {}", timestamp(d.enrolled_at));
-    println!("last seen:   {}", d.last_seen.map_or_else(|| "never".to_owned(), timestamp));
+    println!(
+        "last seen:   {}",
+        d.last_seen.map_or_else(|| "never".to_owned(), timestamp)
+    );
     if let Some(serial) = &d.cert_serial {
         println!(
             "certificate: {serial} until {}",
@@ -240,21 +250,34 @@ fn print_device(info: &DeviceInfo, output: Output) -> anyhow::Result<ExitCode> {
     }
     if let Some(facts) = d.facts.as_object() {
         for (name, fact) in facts {
-            let value = fact.get("value").map_or_else(|| "unknown".to_owned(), |v| {
-                if v.is_null() { "unknown".to_owned() } else { v.to_string() }
-            });
+            let value = fact.get("value").map_or_else(
+                || "unknown".to_owned(),
+                |v| {
+                    if v.is_null() {
+                        "unknown".to_owned()
+                    } else {
+                        v.to_string()
+                    }
+                },
+            );
             println!("fact:        {name} = {value}");
         }
     }
     for event in &info.events {
-        println!("event:       {} {} {}", event.at_ms / 1000, event.kind, event.detail);
+        println!(
+            "event:       {} {} {}",
+            event.at_ms / 1000,
+            event.kind,
+            event.detail
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `zt device enroll`.
 pub fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
-    let bundle = std::fs::read(&args.bundle).with_context(|| format!("--bundle {}", args.bundle.display()))?;
+    let bundle =
+        std::fs::read(&args.bundle).with_context(|| format!("--bundle {}", args.bundle.display()))?;
     let collector = Collector::new(Vec::new(), env!("CARGO_PKG_VERSION"));
     let enrolled = super::admin_call(zt_device::agent::enroll(Enrollment {
         dir: &args.dir,
@@ -319,5 +342,9 @@ pub fn policy_test(args: PolicyTest) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{} passed, {failed} failed", results.len() - failed);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -82,13 +82,18 @@ pub(crate) struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn settings(self, data_dir: &std::path::Path) -> anyhow::Result<Option<zt_server::devices::DeviceSettings>> {
+    fn settings(
+        self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Option<zt_server::devices::DeviceSettings>> {
         let Some(addr) = self.devices else {
             return Ok(None);
         };
         let policy = self
             .device_policy
-            .map(|path| zt_device::compliance::Policy::load(&path).map_err(|e| anyhow::anyhow!("--device-policy {e}")))
+            .map(|path| {
+                zt_device::compliance::Policy::load(&path).map_err(|e| anyhow::anyhow!("--device-policy {e}"))
+            })
             .transpose()?;
         let log_path = match self.device_decision_log {
             Some(path) => path,
