@@ -149,6 +149,18 @@ impl DeviceDir {
         read_pem_certs(&path).map(Some)
     }
 
+    /// When the certificate is due for renewal: half way through its life
+    /// (0 when there is none).
+    pub fn renewal_due(&self) -> Result<u64, AgentError> {
+        let Some(chain) = self.certificate()? else {
+            return Ok(0);
+        };
+        let Some(summary) = chain.first().and_then(|leaf| zt_identity::x509::summarize(leaf).ok()) else {
+            return Ok(0);
+        };
+        Ok(summary.not_before + summary.not_after.saturating_sub(summary.not_before) / 2)
+    }
+
     /// The certificate's notAfter, Unix seconds.
     pub fn certificate_expiry(&self) -> Result<Option<u64>, AgentError> {
         let Some(chain) = self.certificate()? else {
@@ -372,7 +384,9 @@ pub async fn run(
     };
     let mut seq = now_millis();
     let mut client: Option<Client> = None;
-    let mut renew_at = 0;
+    // A certificate still in the first half of its life is kept: a token
+    // bound to it (cnf) stays good until the renewal.
+    let mut renew_at = device.renewal_due()?;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {

@@ -228,6 +228,8 @@ impl Devices {
         let mut after = after;
         // One connection for many polls; a new one when it fails.
         loop {
+            // The previous answer must be done with before the next request.
+            sender.ready().await.map_err(|e| e.to_string())?;
             let request = Request::get(format!("/v1/states?after={after}&wait={WAIT_SECS}"))
                 .header(http::header::HOST, authority.as_str())
                 .body(Empty::<Bytes>::new())
