@@ -520,7 +520,9 @@ async fn staleness(
 /// A workload of the trust domain following `/v1/states`, as the gateway does.
 struct Follower {
     authority: String,
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
 }
 
 impl Follower {
@@ -553,17 +555,34 @@ impl Follower {
         let addr: std::net::SocketAddr = authority
             .parse()
             .map_err(|_| Error::Failed(format!("{server_url}: not host:port")))?;
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::IpAddress(addr.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| Error::Failed(format!("/v1/states: {e}")))?;
-        tokio::spawn(connection);
-        Ok(Self { authority, sender })
+        Ok(Self {
+            authority,
+            addr,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sender: None,
+        })
+    }
+
+    async fn connected(
+        &mut self,
+    ) -> Result<&mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Error> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = self
+                .connector
+                .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
+                .await?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| Error::Failed(format!("/v1/states: {e}")))?;
+            tokio::spawn(connection);
+            self.sender = Some(sender);
+        }
+        self.sender
+            .as_mut()
+            .ok_or_else(|| Error::Failed("/v1/states: not connected".into()))
     }
 
     /// `GET /v1/states?after=AFTER&wait=WAIT`.
@@ -573,7 +592,9 @@ impl Follower {
             .header(http::header::HOST, &self.authority)
             .body(Empty::<Bytes>::new())
             .map_err(|e| failed(e.to_string()))?;
-        let answer = tokio::time::timeout(Duration::from_secs(wait + 10), self.sender.send_request(request))
+        let sender = self.connected().await?;
+        sender.ready().await.map_err(|e| failed(e.to_string()))?;
+        let answer = tokio::time::timeout(Duration::from_secs(wait + 10), sender.send_request(request))
             .await
             .map_err(Error::timeout("no answer from /v1/states"))?
             .map_err(|e| failed(e.to_string()))?;
