@@ -39,6 +39,12 @@ pub enum Error {
     /// zt agent failed.
     #[error(transparent)]
     Agent(#[from] zt_agent::AgentError),
+    /// A device's enrollment or report failed.
+    #[error(transparent)]
+    Device(#[from] zt_device::agent::AgentError),
+    /// A device's report could not be signed.
+    #[error(transparent)]
+    Signed(#[from] zt_device::report::SignedError),
     /// A task panicked or was cancelled.
     #[error(transparent)]
     Join(#[from] tokio::task::JoinError),

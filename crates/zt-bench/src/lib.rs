@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod analyze;
+pub mod devices;
 mod error;
 pub mod identity;
 pub mod observe;
@@ -81,6 +82,19 @@ pub enum Figure {
         what: &'static str,
         /// How long.
         took: Duration,
+    },
+    /// CPU time one side of a run took, from `/proc`, over the items it handled.
+    Cpu {
+        /// Whose.
+        name: String,
+        /// How much CPU time.
+        cpu: Duration,
+        /// Over how long a run.
+        elapsed: Duration,
+        /// Items handled meanwhile.
+        items: u64,
+        /// What they are, e.g. `report`.
+        what: &'static str,
     },
     /// Entries stored before the server started, and how long storing took.
     Stored {

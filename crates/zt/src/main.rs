@@ -219,6 +219,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Pdp(args)) => cmd::bench::pdp(args),
         Command::Bench(BenchCommand::Analyze(args)) => cmd::bench::analyze(args),
         Command::Bench(BenchCommand::Tokens(args)) => cmd::bench::tokens(args),
+        Command::Bench(BenchCommand::Devices(args)) => cmd::bench::devices(args),
         Command::Server(args) => cmd::server::run(*args),
         Command::Entry(EntryCommand::Create(args)) => cmd::entry::create(args),
         Command::Entry(EntryCommand::Show(args)) => cmd::entry::show(args),

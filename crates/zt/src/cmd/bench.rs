@@ -28,6 +28,31 @@ pub(crate) enum BenchCommand {
     /// The OpenID Provider's token endpoint over TLS (refresh, client credentials
     /// with a JWT-SVID or a secret), introspection, and verification in process.
     Tokens(BenchTokens),
+    /// Device trust: posture reports accepted per second over mTLS, and the delay
+    /// from a silent device's heartbeat deadline to its new tier on /v1/states.
+    Devices(BenchDevices),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchDevices {
+    /// Software devices enrolled (test-mode tokens, no approval).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) devices: usize,
+    /// Concurrent keep-alive connections reporting, each one device's.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Length of each throughput round, seconds (1 to 20).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) seconds: u64,
+    /// Throughput rounds (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// Devices that report once and fall silent, timed to /v1/states.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) silent: usize,
+    /// The compliance policy's heartbeat window, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) window_ms: u64,
 }
 
 #[derive(Args)]
@@ -174,6 +199,25 @@ pub fn tokens(args: BenchTokens) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `zt bench devices`: a real `zt server --devices` in this process (on a
+/// runtime of its own), software devices enrolled into temporary directories,
+/// pre-signed posture reports posted over keep-alive mTLS connections, and a
+/// follower of `/v1/states` timing silent devices' drops.
+pub fn devices(args: BenchDevices) -> anyhow::Result<ExitCode> {
+    // A warning per device dropping tier, or per audit line, would drown the figures.
+    super::init_logging("warn,zt::audit=error");
+    let bench = zt_bench::devices::DevicesBench {
+        devices: args.devices,
+        connections: args.connections,
+        window: Duration::from_secs(args.seconds),
+        rounds: args.rounds,
+        silent: args.silent,
+        heartbeat: Duration::from_millis(args.window_ms),
+    };
+    zt_bench::devices::run(bench, |figure| print(&figure, 52))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `zt bench agent`: a real `zt server` and `zt agent` in this process, this
 /// process as the workload on the Workload API socket: the delay from an entry
 /// created on the server to its SVID on a watching workload's stream, and the
@@ -303,6 +347,17 @@ fn print(figure: &Figure, width: usize) {
         } => println!(
             "{name:<60} {items} {what} in {took:.2?}: {:.0} {what}/s",
             *items as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)
+        ),
+        Figure::Cpu {
+            name,
+            cpu,
+            elapsed,
+            items,
+            what,
+        } => println!(
+            "{name:<52} {:>5.0}% of a core, {} CPU per {what}",
+            100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            fmt(cpu.checked_div((*items).max(1) as u32).unwrap_or_default()),
         ),
         Figure::Stored { entries, took } => println!("stored {entries} entries in {took:.1?}"),
         Figure::Throughput {
