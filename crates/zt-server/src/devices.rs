@@ -56,6 +56,11 @@ const REQUEST_WINDOW_SECS: u64 = 60;
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest a follower's long poll is held open.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Refused reports recorded per device (events and the decision log) in
+/// each [`REFUSALS_WINDOW_MS`]; more are only counted, so that a device
+/// sending garbage cannot fill the datastore.
+const REFUSALS_RECORDED: u32 = 20;
+const REFUSALS_WINDOW_MS: u64 = 10_000;
 /// The largest request body.
 const MAX_BODY_BYTES: usize = report::MAX_SIGNED_BYTES + 1024;
 
@@ -223,6 +228,8 @@ pub struct Devices {
     deadlines: Mutex<BTreeSet<(u64, String)>>,
     deadline_changed: Notify,
     unsaved: Mutex<HashMap<String, SavedPosture>>,
+    /// Per device: the start of its refusal window and refusals recorded in it.
+    refusals: Mutex<HashMap<String, (u64, u32)>>,
     /// Deleted devices, with the version at which they went.
     deleted: Mutex<HashMap<String, u64>>,
     version: AtomicU64,
@@ -250,6 +257,7 @@ impl Devices {
             deadlines: Mutex::new(BTreeSet::new()),
             deadline_changed: Notify::new(),
             unsaved: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
             version: AtomicU64::new(1),
             changed: watch::channel(1).0,
@@ -589,6 +597,7 @@ impl Devices {
                 }
             }
             None => {
+                lock(&self.refusals).remove(id);
                 let removed = lock(&self.live).remove(id);
                 if let Some(device) = removed {
                     if let Some(at) = device.deadline {
@@ -823,7 +832,7 @@ impl Devices {
         if let (Err(refused), Some(id)) = (&result, &device_id) {
             tracing::warn!(device = %id, reason = refused.kind, error = %refused.message, "posture report refused");
             let detail = json!({ "reason": refused.kind, "error": refused.message });
-            if lock(&self.live).contains_key(id.as_str()) {
+            if lock(&self.live).contains_key(id.as_str()) && self.may_record_refusal(id) {
                 if let Err(e) = self
                     .store
                     .record_device_event(id, "refused", &detail, now_ms())
@@ -835,6 +844,18 @@ impl Devices {
             }
         }
         result
+    }
+
+    /// Whether another refusal of `id` may be recorded in this window.
+    fn may_record_refusal(&self, id: &str) -> bool {
+        let now = now_ms();
+        let mut refusals = lock(&self.refusals);
+        let (since, count) = refusals.entry(id.to_owned()).or_insert((now, 0));
+        if now.saturating_sub(*since) >= REFUSALS_WINDOW_MS {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= REFUSALS_RECORDED
     }
 
     async fn report_inner(&self, device_id: Option<&str>, body: &str) -> Result<Value, Refused> {
