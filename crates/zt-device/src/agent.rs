@@ -32,6 +32,9 @@ pub const DEVICE_FILE: &str = "device.json";
 pub const BUNDLE_FILE: &str = "bundle.pem";
 /// The certificate chain file.
 pub const CERTIFICATE_FILE: &str = "device.pem";
+/// What the server said of the last accepted report (`zt up`'s probe, and
+/// for people: when, and the tier it earned).
+pub const LAST_REPORT_FILE: &str = "last-report.json";
 /// The largest answer read from the server.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// How long one call to the server may take.
@@ -452,7 +455,21 @@ pub async fn run(
         match connection.post("/v1/report", signed).await {
             Ok(answer) => match serde_json::from_value::<ReportAnswer>(answer) {
                 Ok(answer) => {
-                    tracing::debug!(seq = answer.seq, tier = ?answer.tier, reasons = ?answer.reasons, "report accepted")
+                    tracing::debug!(seq = answer.seq, tier = ?answer.tier, reasons = ?answer.reasons, "report accepted");
+                    let status = json!({
+                        "at_ms": now_millis(),
+                        "seq": answer.seq,
+                        "tier": answer.tier,
+                        "reasons": answer.reasons,
+                    });
+                    let written = zt_fs::write_atomically(&[(
+                        device.dir.join(LAST_REPORT_FILE),
+                        status.to_string().into_bytes(),
+                        zt_fs::PRIVATE_MODE,
+                    )]);
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "the last report's status not written");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "report answer unreadable"),
             },

@@ -89,6 +89,9 @@ pub enum Error {
     /// An X.509-SVID for callers outside the mesh could not be minted.
     #[error(transparent)]
     Mint(#[from] zt_server::client::MintError),
+    /// This machine could not be enrolled as the demo device.
+    #[error("enrolling this machine as a device: {0}")]
+    Device(#[from] zt_device::agent::AgentError),
     /// A SPIFFE ID was refused.
     #[error(transparent)]
     SpiffeId(#[from] zt_identity::SpiffeIdError),

@@ -119,6 +119,26 @@ impl Layout {
         self.port(23)
     }
 
+    /// zt server's device API (HTTPS).
+    pub fn devices(&self) -> SocketAddr {
+        self.port(84)
+    }
+
+    /// The device API's URL, as the device agent and the gateway reach it.
+    pub fn devices_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.devices().port())
+    }
+
+    /// This machine enrolled as a demo device: its key, certificate and identity.
+    pub fn device_dir(&self) -> PathBuf {
+        self.dir.join("device")
+    }
+
+    /// The compliance policy (written once from the example; edit it freely).
+    pub fn device_policy(&self) -> PathBuf {
+        self.dir.join("device-compliance.yaml")
+    }
+
     /// The demo services, with their addresses.
     pub fn services(&self) -> Vec<Service> {
         SERVICES
@@ -144,6 +164,7 @@ impl Layout {
             (self.idp(), "zt server's OpenID Provider".to_owned()),
             (self.gateway(), "the access gateway's HTTPS".to_owned()),
             (self.gateway_admin(), "the access gateway's admin".to_owned()),
+            (self.devices(), "zt server's device API".to_owned()),
         ];
         for s in self.services() {
             ports.push((s.inbound, format!("{}'s mTLS inbound", s.name)));

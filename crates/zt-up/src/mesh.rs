@@ -70,6 +70,19 @@ pub enum Event<'a> {
         /// Whether the datastore, agent SVID and policies are reused.
         reused: bool,
     },
+    /// This machine, enrolled as a demo device, reports its posture.
+    DeviceReady {
+        /// The device agent's pid.
+        pid: u32,
+        /// The device's ID.
+        id: &'a str,
+        /// `tpm` or `software`.
+        key: &'a str,
+        /// Its tier after its first report.
+        tier: &'a str,
+        /// Why not better.
+        reasons: &'a [String],
+    },
     /// zt server is ready.
     ServerReady {
         /// Its pid.
@@ -277,6 +290,7 @@ async fn start(layout: &Layout, exe: &Path, mesh: &mut Mesh, progress: &Progress
     });
 
     starting.gateway(&admin, version).await?;
+    starting.device(&admin).await?;
 
     let now = zt_identity::clock::unix_seconds();
     let state = State {
@@ -332,8 +346,13 @@ impl Starting<'_> {
         let layout = self.layout;
         let (http, agent_api) = (layout.server_http().to_string(), layout.agent_api().to_string());
         let idp = layout.idp().to_string();
+        let devices = layout.devices().to_string();
+        let policy = layout.device_policy();
+        if !policy.exists() {
+            write_files(&[(policy.clone(), DEVICE_POLICY.as_bytes().to_vec(), zt_fs::PUBLIC_MODE)])?;
+        }
         let data_dir = layout.server_dir();
-        let args: [&OsStr; 11] = [
+        let args: [&OsStr; 15] = [
             "server".as_ref(),
             "--trust-domain".as_ref(),
             TRUST_DOMAIN.as_ref(),
@@ -345,6 +364,10 @@ impl Starting<'_> {
             agent_api.as_ref(),
             "--idp".as_ref(),
             idp.as_ref(),
+            "--devices".as_ref(),
+            devices.as_ref(),
+            "--device-policy".as_ref(),
+            policy.as_os_str(),
         ];
         let probe = Probe::Http {
             addr: layout.server_http(),
@@ -481,6 +504,74 @@ impl Starting<'_> {
         Ok(())
     }
 }
+
+impl Starting<'_> {
+    /// This machine as a demo device: enrolled once (a software key unless
+    /// there is a TPM), then its agent reporting every 2 s.
+    async fn device(&mut self, admin: &AdminClient) -> Result<(), Error> {
+        let layout = self.layout;
+        let dir = layout.device_dir();
+        if !dir.join(zt_device::agent::DEVICE_FILE).exists() {
+            let owner = crate::layout::DEMO_USER;
+            let token = admin
+                .create_device_token(&zt_server::api::CreateDeviceToken {
+                    owner: owner.to_owned(),
+                    ttl_secs: 300,
+                    approval: false,
+                    test_mode: false,
+                })
+                .await?;
+            let bundle = std::fs::read(layout.server_bundle()).map_err(|e| Error::Io {
+                what: format!("reading {}", layout.server_bundle().display()),
+                source: e,
+            })?;
+            let collector = zt_device::facts::Collector::new(Vec::new(), env!("CARGO_PKG_VERSION"));
+            zt_device::agent::enroll(zt_device::agent::Enrollment {
+                dir: &dir,
+                server: &layout.devices_url(),
+                bundle_pem: &bundle,
+                token: &token.token,
+                key: zt_device::key::KeyChoice::Auto,
+                tpm: &zt_device::key::TpmLocation::from_env(),
+                hardware: collector.hardware(),
+            })
+            .await?;
+        }
+        let args: [&OsStr; 6] = [
+            "device".as_ref(),
+            "agent".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--interval".as_ref(),
+            "2s".as_ref(),
+        ];
+        let probe = Probe::Fresh {
+            file: dir.join(zt_device::agent::LAST_REPORT_FILE),
+            within_secs: 10,
+        };
+        let exe = self.exe.clone();
+        let pid = self.run("zt device agent", &exe, &args, "device", probe).await?;
+        let identity: zt_device::agent::DeviceIdentity = std::fs::read(dir.join(zt_device::agent::DEVICE_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .ok_or_else(|| Error::Io {
+                what: format!("reading {}", dir.join(zt_device::agent::DEVICE_FILE).display()),
+                source: std::io::Error::other("not a device identity"),
+            })?;
+        let shown = admin.device(&identity.device_id).await?;
+        (self.progress)(Event::DeviceReady {
+            pid,
+            id: &identity.device_id,
+            key: &shown.device.key_type,
+            tier: &shown.device.tier,
+            reasons: &shown.device.tier_reasons,
+        });
+        Ok(())
+    }
+}
+
+/// The compliance policy `zt up` starts with.
+const DEVICE_POLICY: &str = include_str!("../../../examples/devices/compliance.yaml");
 
 /// Runs until `shutdown`, watching the children; a child that exits is an error
 /// that stops the rest.
@@ -928,6 +1019,9 @@ policy: {{agent: true, namespace: {namespace}, labels: {{app: gateway}}, decisio
 headers: {{X-Zt-User: preferred_username, X-Zt-Groups: groups}}
 routes:
   - {{path: /, upstream: {inbound}, spiffe_id: {spiffe_id}}}
+# The live tier of the device whose certificate a client presents is
+# request.auth.claims[device_tier] in policies (zt-up/device/device.pem).
+devices: {{server: {devices}}}
 ",
         listen = quote(&layout.gateway().to_string()),
         url = quote(&layout.gateway_url()),
@@ -945,6 +1039,7 @@ routes:
         decisions = path(layout.decision_log("gateway")),
         inbound = quote(&one.inbound.to_string()),
         spiffe_id = quote(&one.spiffe_id),
+        devices = quote(&layout.devices_url()),
     )
 }
 

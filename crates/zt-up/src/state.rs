@@ -57,6 +57,14 @@ pub enum Probe {
         /// The socket's path.
         socket: PathBuf,
     },
+    /// The file was written within the last `within_secs` (the device
+    /// agent's last accepted report).
+    Fresh {
+        /// The file.
+        file: PathBuf,
+        /// How recent it must be.
+        within_secs: u64,
+    },
 }
 
 impl std::fmt::Display for Probe {
@@ -64,6 +72,7 @@ impl std::fmt::Display for Probe {
         match self {
             Self::Http { addr, path } => write!(f, "http://{addr}{path}"),
             Self::Unix { socket } => write!(f, "unix://{}", socket.display()),
+            Self::Fresh { file, within_secs } => write!(f, "{} written in the last {within_secs} s", file.display()),
         }
     }
 }
@@ -80,6 +89,17 @@ impl Probe {
             Self::Unix { socket } => std::os::unix::net::UnixStream::connect(socket)
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            Self::Fresh { file, within_secs } => {
+                let modified = std::fs::metadata(file)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| e.to_string())?;
+                let age = modified.elapsed().unwrap_or_default();
+                if age.as_secs() <= *within_secs {
+                    Ok(())
+                } else {
+                    Err(format!("last written {}s ago", age.as_secs()))
+                }
+            }
         }
     }
 }

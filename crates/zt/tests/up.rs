@@ -317,13 +317,18 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     let pids = up.pids();
     assert_eq!(
         pids.len(),
-        7,
-        "server, agent, two apps, two proxies, gateway: {pids:?}"
+        8,
+        "server, agent, two apps, two proxies, gateway, device agent: {pids:?}"
     );
 
     let status = up.status();
     let text = succeed(&status, "zt status");
-    assert_eq!(text.matches(" healthy ").count(), 7, "{text}");
+    assert_eq!(text.matches(" healthy ").count(), 8, "{text}");
+    // This machine is enrolled as the demo's device and reports; its tier is
+    // whatever its posture earns under zt-up/device-compliance.yaml.
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("device/last-report.json")).unwrap()).unwrap();
+    assert!(last["tier"].is_string() && last["seq"].as_u64().is_some(), "{last}");
     let again = zt().args(["up", "--dir"]).arg(&up.dir).output().unwrap();
     assert!(
         !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"),
@@ -611,8 +616,8 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         .collect();
     assert_eq!(
         children.len(),
-        5,
-        "server, agent, two proxies and the gateway: {children:?}"
+        6,
+        "server, agent, two proxies, the gateway and the device agent: {children:?}"
     );
     assert_eq!(up.stop_with("KILL").code(), None, "zt up survived SIGKILL");
     eventually("zt up's children stopping after it was killed", || {

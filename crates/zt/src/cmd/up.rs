@@ -224,6 +224,26 @@ fn progress(layout: &Layout) -> Progress {
                 zt_up::layout::DEMO_GROUP,
             ),
         ),
+        Event::DeviceReady {
+            pid,
+            id,
+            key,
+            tier,
+            reasons,
+        } => step(
+            "zt device agent",
+            Some(pid),
+            &format!(
+                "this machine is device {id} ({key} key), tier {tier}{}\n      \
+                 watch it: zt device show {id}; stop this agent and the device drops to the \
+                 policy's silent tier in seconds (zt-up/device-compliance.yaml)",
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", reasons.join("; "))
+                }
+            ),
+        ),
         Event::Ready { took } => print_guide(&guide, took),
         Event::Failed(e) => {
             eprintln!("zt up: {}", chain(e));
