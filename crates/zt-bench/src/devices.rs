@@ -429,7 +429,10 @@ fn gateway_device_check() -> Figure {
     let mut next = 0;
     let samples = crate::measure(200_000, || {
         next = (next + 1) % DEVICES;
-        let device = devices.lookup(ids.get(next).map(String::as_str), zt_identity::clock::unix_millis());
+        let device = devices.lookup(
+            ids.get(next).map(String::as_str),
+            zt_identity::clock::unix_millis(),
+        );
         claims.extend(device.claims());
         std::hint::black_box(&claims);
     });

@@ -158,7 +158,10 @@ impl DeviceDir {
         let Some(chain) = self.certificate()? else {
             return Ok(0);
         };
-        let Some(summary) = chain.first().and_then(|leaf| zt_identity::x509::summarize(leaf).ok()) else {
+        let Some(summary) = chain
+            .first()
+            .and_then(|leaf| zt_identity::x509::summarize(leaf).ok())
+        else {
             return Ok(0);
         };
         Ok(summary.not_before + summary.not_after.saturating_sub(summary.not_before) / 2)

@@ -148,7 +148,13 @@ impl Devices {
     /// Takes `states` as every device there is, answered now (what the first
     /// long poll does; also for benchmarks).
     pub fn replace_all(&self, states: Vec<DeviceState>) {
-        self.apply(States { version: 0, devices: states }, true);
+        self.apply(
+            States {
+                version: 0,
+                devices: states,
+            },
+            true,
+        );
     }
 
     /// Applies an answer; `full` when it holds every device (`after` 0).

@@ -349,7 +349,11 @@ impl Starting<'_> {
         let devices = layout.devices().to_string();
         let policy = layout.device_policy();
         if !policy.exists() {
-            write_files(&[(policy.clone(), DEVICE_POLICY.as_bytes().to_vec(), zt_fs::PUBLIC_MODE)])?;
+            write_files(&[(
+                policy.clone(),
+                DEVICE_POLICY.as_bytes().to_vec(),
+                zt_fs::PUBLIC_MODE,
+            )])?;
         }
         let data_dir = layout.server_dir();
         let args: [&OsStr; 15] = [
@@ -551,13 +555,14 @@ impl Starting<'_> {
         };
         let exe = self.exe.clone();
         let pid = self.run("zt device agent", &exe, &args, "device", probe).await?;
-        let identity: zt_device::agent::DeviceIdentity = std::fs::read(dir.join(zt_device::agent::DEVICE_FILE))
-            .ok()
-            .and_then(|text| serde_json::from_slice(&text).ok())
-            .ok_or_else(|| Error::Io {
-                what: format!("reading {}", dir.join(zt_device::agent::DEVICE_FILE).display()),
-                source: std::io::Error::other("not a device identity"),
-            })?;
+        let identity: zt_device::agent::DeviceIdentity =
+            std::fs::read(dir.join(zt_device::agent::DEVICE_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_slice(&text).ok())
+                .ok_or_else(|| Error::Io {
+                    what: format!("reading {}", dir.join(zt_device::agent::DEVICE_FILE).display()),
+                    source: std::io::Error::other("not a device identity"),
+                })?;
         let shown = admin.device(&identity.device_id).await?;
         (self.progress)(Event::DeviceReady {
             pid,

@@ -72,7 +72,9 @@ impl std::fmt::Display for Probe {
         match self {
             Self::Http { addr, path } => write!(f, "http://{addr}{path}"),
             Self::Unix { socket } => write!(f, "unix://{}", socket.display()),
-            Self::Fresh { file, within_secs } => write!(f, "{} written in the last {within_secs} s", file.display()),
+            Self::Fresh { file, within_secs } => {
+                write!(f, "{} written in the last {within_secs} s", file.display())
+            }
         }
     }
 }

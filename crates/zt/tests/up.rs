@@ -328,7 +328,10 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
     // whatever its posture earns under zt-up/device-compliance.yaml.
     let last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("device/last-report.json")).unwrap()).unwrap();
-    assert!(last["tier"].is_string() && last["seq"].as_u64().is_some(), "{last}");
+    assert!(
+        last["tier"].is_string() && last["seq"].as_u64().is_some(),
+        "{last}"
+    );
     let again = zt().args(["up", "--dir"]).arg(&up.dir).output().unwrap();
     assert!(
         !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"),
