@@ -26,7 +26,7 @@ pub const GATEWAY_NAMESPACE: &str = "edge";
 pub const GATEWAY_CLIENT: &str = "zt-gateway";
 
 /// Highest offset from `--port-base` that `zt up` uses.
-pub const MAX_PORT_OFFSET: u16 = 83;
+pub const MAX_PORT_OFFSET: u16 = 84;
 
 /// The demo user `zt up` creates, and their group.
 pub const DEMO_USER: &str = "demo";

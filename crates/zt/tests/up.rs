@@ -51,7 +51,7 @@ fn free_port_base() -> u16 {
         .map(|i| 20_000 + (start + i) % 50 * 200)
         .filter(|base| !given.contains(base))
         .find(|base| {
-            (1..=83).all(|offset| {
+            (1..=zt_up::layout::MAX_PORT_OFFSET).all(|offset| {
                 std::net::TcpStream::connect(("127.0.0.1", base + offset))
                     .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
             })

@@ -21,8 +21,8 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value = "zt-up")]
     pub(crate) dir: PathBuf,
     /// The loopback ports: zt server's health and metrics on BASE+80, agent API on
-    /// BASE+81, OpenID Provider on BASE+82; the access gateway on BASE+83 (its admin
-    /// BASE+23); per service (one, two): mTLS inbound BASE+1, +2; outbound to the
+    /// BASE+81, OpenID Provider on BASE+82, device API on BASE+84; the access gateway
+    /// on BASE+83 (its admin BASE+23); per service (one, two): mTLS inbound BASE+1, +2; outbound to the
     /// other service BASE+11, +12; proxy admin BASE+21, +22; app BASE+31, +32.
     #[arg(long, default_value_t = 7000)]
     pub(crate) port_base: u16,
