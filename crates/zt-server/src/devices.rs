@@ -236,6 +236,19 @@ pub struct Devices {
     changed: watch::Sender<u64>,
     log: Option<Mutex<zt_audit::Writer>>,
     metrics: DeviceMetrics,
+    /// Tier changes on their way to the datastore and the log: recorded by a
+    /// task of their own, so that a request cancelled half way (its client
+    /// gone) cannot lose one.
+    tier_changes: tokio::sync::mpsc::UnboundedSender<TierChange>,
+}
+
+/// A tier change to record.
+struct TierChange {
+    id: String,
+    previous: String,
+    tier: String,
+    reasons: Vec<String>,
+    at_ms: u64,
 }
 
 impl Devices {
@@ -247,6 +260,7 @@ impl Devices {
         settings: &mut DeviceSettings,
         metrics: DeviceMetrics,
     ) -> Result<Arc<Self>, StoreError> {
+        let (tier_changes, mut changes) = tokio::sync::mpsc::unbounded_channel::<TierChange>();
         let devices = Arc::new(Self {
             store: store.clone(),
             trust_domain,
@@ -263,6 +277,22 @@ impl Devices {
             changed: watch::channel(1).0,
             log: settings.decision_log.take().map(Mutex::new),
             metrics,
+            tier_changes,
+        });
+        let recorder = Arc::downgrade(&devices);
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let Some(devices) = recorder.upgrade() else { return };
+                devices
+                    .record_tier_change(
+                        &change.id,
+                        &change.previous,
+                        &change.tier,
+                        &change.reasons,
+                        change.at_ms,
+                    )
+                    .await;
+            }
         });
         for device in store.list_devices().await? {
             devices.insert(&device);
@@ -378,7 +408,16 @@ impl Devices {
         if let Some((previous, tier, reasons)) = change
             && previous != tier
         {
-            self.record_tier_change(id, &previous, &tier, &reasons, now).await;
+            let change = TierChange {
+                id: id.to_owned(),
+                previous,
+                tier,
+                reasons,
+                at_ms: now,
+            };
+            if self.tier_changes.send(change).is_err() {
+                tracing::error!(device = %id, "the tier change recorder is gone: a tier change is not recorded");
+            }
         }
     }
 
