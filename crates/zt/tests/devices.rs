@@ -66,23 +66,22 @@ struct Devices {
 
 impl Devices {
     fn start() -> Self {
+        Self::start_with(Some(POLICY))
+    }
+
+    /// With this compliance policy, or none.
+    fn start_with(policy: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("compliance.yaml"), POLICY).unwrap();
         let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let idp: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let policy = dir.path().join("compliance.yaml");
-        let mut server = ServerProcess::spawn_with(
-            &dir.path().join("data"),
-            None,
-            &[
-                "--devices",
-                &api.to_string(),
-                "--device-policy",
-                policy.to_str().unwrap(),
-                "--idp",
-                &idp.to_string(),
-            ],
-        );
+        let (api_arg, idp_arg) = (api.to_string(), idp.to_string());
+        let mut args = vec!["--devices", &api_arg, "--idp", &idp_arg];
+        let path = dir.path().join("compliance.yaml");
+        if let Some(policy) = policy {
+            std::fs::write(&path, policy).unwrap();
+            args.extend(["--device-policy", path.to_str().unwrap()]);
+        }
+        let mut server = ServerProcess::spawn_with(&dir.path().join("data"), None, &args);
         server.wait_ready();
         eventually("the device API listens", || TcpStream::connect(api).ok());
         let bundle = dir.path().join("bundle.pem");
@@ -497,6 +496,24 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert!(!ids.contains(&c.as_str()) && ids.contains(&a.as_str()), "{ids:?}");
+}
+
+#[test]
+fn without_a_compliance_policy_every_device_stays_at_the_floor() {
+    let devices = Devices::start_with(None);
+    let (dir, id) = devices.software_device("laptop");
+    let facts = devices.dir.path().join("facts.json");
+    write_facts(&facts, true);
+    let _agent = devices.agent(&dir, &facts, &[]);
+    let shown = eventually("the device reports", || {
+        let shown = devices.show(&id);
+        shown["last_seen"].is_u64().then_some(shown)
+    });
+    assert_eq!(shown["tier"], "untrusted", "{shown}");
+    assert!(
+        shown["tier_reasons"].to_string().contains("no compliance policy"),
+        "{shown}"
+    );
 }
 
 /// Presents no certificate.
