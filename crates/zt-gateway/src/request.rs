@@ -118,10 +118,10 @@ impl Gateway {
         };
         // A token bound to a certificate (RFC 8705) is good only with it.
         if let Some(bound) = bound_certificate(&person.verified)
-            && !certificate
-                .sha256
-                .as_deref()
-                .is_some_and(|presented| constant_time_eq(presented.as_bytes(), bound.as_bytes()))
+            && !certificate.sha256.as_deref().is_some_and(|presented| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), bound.as_bytes())
+                    .is_ok()
+            })
         {
             return self.unauthenticated(
                 &Unauthenticated::Invalid(
@@ -698,11 +698,6 @@ fn expiry(verified: &Verified, expires_in: Option<u64>, now: u64) -> u64 {
 /// The `x5t#S256` a token is bound to, if any.
 fn bound_certificate(verified: &Verified) -> Option<&str> {
     verified.claims().get("cnf")?.get("x5t#S256")?.as_str()
-}
-
-/// Whether two secrets are equal, in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
