@@ -448,14 +448,25 @@ fn devices_enroll_and_every_forged_replayed_or_stale_report_is_refused_and_recor
         "{}",
         describe(&again)
     );
-    let short = devices.token(&["--ttl", "1s"]);
-    let expired = eventually("the token expires", || {
-        std::thread::sleep(Duration::from_millis(200));
-        let out = devices.enroll(&short, &devices.dir.path().join("d3"), "software", &[]);
-        String::from_utf8_lossy(&out.stderr)
-            .contains("device enrollment token is expired")
-            .then_some(out)
-    });
+    let created: Value = serde_json::from_str(&ok(
+        &devices.server,
+        &[
+            "device", "token", "create", "--owner", "alice", "--ttl", "1s", "--output", "json",
+        ],
+    ))
+    .unwrap();
+    let short = created["token"].as_str().unwrap().to_owned();
+    let expires_at = created["expires_at"].as_u64().unwrap();
+    // The clock, not the server, decides when this token is past its life.
+    while zt_identity::clock::unix_seconds() <= expires_at {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expired = devices.enroll(&short, &devices.dir.path().join("d3"), "software", &[]);
+    assert!(
+        String::from_utf8_lossy(&expired.stderr).contains("device enrollment token is expired"),
+        "{}",
+        describe(&expired)
+    );
     assert!(!expired.status.success());
 
     // A token that needs approval: no certificate until zt device approve.
