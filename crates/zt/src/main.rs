@@ -46,7 +46,7 @@ mod size;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::agent::{AgentArgs, AgentCommand, ApiCommand, FetchCommand, ValidateCommand};
 use cmd::analyze::AnalyzeArgs;
@@ -372,39 +372,74 @@ fn spire_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<std
     if !applies {
         return Ok(args);
     }
-    args.into_iter()
-        .map(|arg| {
-            let Some(text) = arg.to_str() else { return Ok(arg) };
-            let single = !text.starts_with("--");
-            let bare = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
-            let Some(bare) = bare else { return Ok(arg) };
-            let (name, value) = match bare.split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (bare, None),
-            };
-            if let Some((_, ours)) = SPIRE_FLAGS.iter().find(|(spire, _)| *spire == name) {
-                return Ok(match value {
-                    Some(value) => format!("{ours}={value}").into(),
-                    None => (*ours).into(),
-                });
-            }
-            if let Some((_, why)) = SPIRE_FLAGS_UNSUPPORTED.iter().find(|(spire, _)| *spire == name) {
-                return Err(format!("-{name}: this SPIRE flag is not supported: {why}"));
-            }
-            let word = name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic());
-            if single && word {
-                return Err(format!(
-                    "-{name}: not a flag zt knows (SPIRE's single-dash flags that zt supports: {})",
-                    SPIRE_FLAGS
-                        .iter()
-                        .map(|(spire, _)| format!("-{spire}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            Ok(arg)
+    let command = subcommand(&Cli::command(), &args[1..]);
+    let takes_value = |flag: &str| {
+        flag.strip_prefix("--").is_some_and(|long| {
+            command
+                .get_arguments()
+                .any(|arg| arg.get_long() == Some(long) && arg.get_action().takes_values())
         })
-        .collect()
+    };
+    let mut rewritten = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    for arg in args {
+        // The value of the flag before it (a token may begin with `-`) is
+        // never read as a flag.
+        if std::mem::take(&mut value_next) {
+            rewritten.push(arg);
+            continue;
+        }
+        let arg = spire_flag(arg)?;
+        value_next = arg.to_str().is_some_and(takes_value);
+        rewritten.push(arg);
+    }
+    Ok(rewritten)
+}
+
+/// The subcommand the leading words of `args` name (`agent token create`).
+fn subcommand(command: &clap::Command, args: &[std::ffi::OsString]) -> clap::Command {
+    let mut command = command.clone();
+    for word in args.iter().map_while(|a| a.to_str()) {
+        match command.find_subcommand(word) {
+            Some(sub) => command = sub.clone(),
+            None => break,
+        }
+    }
+    command
+}
+
+/// One argument in zt's spelling: a SPIRE flag becomes ours, an unsupported or
+/// unknown single-dash word is an error that names it.
+fn spire_flag(arg: std::ffi::OsString) -> Result<std::ffi::OsString, String> {
+    let Some(text) = arg.to_str() else { return Ok(arg) };
+    let single = !text.starts_with("--");
+    let bare = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
+    let Some(bare) = bare else { return Ok(arg) };
+    let (name, value) = match bare.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (bare, None),
+    };
+    if let Some((_, ours)) = SPIRE_FLAGS.iter().find(|(spire, _)| *spire == name) {
+        return Ok(match value {
+            Some(value) => format!("{ours}={value}").into(),
+            None => (*ours).into(),
+        });
+    }
+    if let Some((_, why)) = SPIRE_FLAGS_UNSUPPORTED.iter().find(|(spire, _)| *spire == name) {
+        return Err(format!("-{name}: this SPIRE flag is not supported: {why}"));
+    }
+    let word = name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic());
+    if single && word {
+        return Err(format!(
+            "-{name}: not a flag zt knows (SPIRE's single-dash flags that zt supports: {})",
+            SPIRE_FLAGS
+                .iter()
+                .map(|(spire, _)| format!("-{spire}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    Ok(arg)
 }
 
 /// An error and its causes on one line, `outer: inner: …`. Library errors often
@@ -453,6 +488,16 @@ mod tests {
         ] {
             assert_eq!(rewrite(line), Ok(args(line)));
         }
+        // A flag's value is never read as a flag: join tokens are URL-safe
+        // base64 and may begin with `-`.
+        assert_eq!(
+            rewrite("zt agent -joinToken -Qx9 --trust-bundle b.pem"),
+            Ok(args("zt agent --join-token -Qx9 --trust-bundle b.pem"))
+        );
+        assert_eq!(
+            rewrite("zt agent --join-token -federatesWith"),
+            Ok(args("zt agent --join-token -federatesWith"))
+        );
         // A SPIRE flag zt lacks is an error that names it, never short flags.
         for (line, flag) in [
             ("zt entry create -federatesWith spiffe://other", "-federatesWith"),
@@ -461,6 +506,19 @@ mod tests {
         ] {
             let error = rewrite(line).unwrap_err();
             assert!(error.starts_with(&format!("{flag}: ")), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn tokens_that_begin_with_a_dash_are_values() {
+        for line in [
+            "zt agent --join-token -9abc --trust-bundle b.pem",
+            "zt device enroll --token -9abc --server https://127.0.0.1:1 --bundle b.pem",
+        ] {
+            let args = spire_flags(line.split(' ').map(std::ffi::OsString::from)).unwrap();
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{line}: {e}");
+            }
         }
     }
 
