@@ -36,7 +36,12 @@ pub(crate) struct AgentRun {
     pub(crate) server: String,
     /// A one-time join token from `zt agent token create` (SPIRE: -joinToken).
     /// Tokens are URL-safe base64 and may begin with `-`.
-    #[arg(long, env = "ZT_JOIN_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "ZT_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub(crate) join_token: Option<String>,
     /// A file with a join token, read again whenever the agent must attest
     /// (after an eviction, write a new token here; no restart needed).

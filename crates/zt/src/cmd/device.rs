@@ -89,7 +89,12 @@ pub(crate) struct DeviceId {
 pub(crate) struct EnrollArgs {
     /// The one-time token from `zt device token create` (URL-safe base64: it
     /// may begin with `-`).
-    #[arg(long, env = "ZT_DEVICE_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "ZT_DEVICE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: String,
     /// zt server's device API, `https://host:port`.
     #[arg(long)]
