@@ -215,8 +215,10 @@ async fn drive(
         devices: Some(zt_server::devices::DeviceSettings {
             addr: devices_addr,
             policy: Some(policy),
+            policy_path: None,
             cert_ttl: Duration::from_secs(24 * 3600),
             decision_log: Some(zt_audit::Writer::open(&dir.path().join("device-decisions.log"))?),
+            state_readers: [format!("spiffe://{td}{FOLLOWER_PATH}")].into(),
         }),
     };
     let admin = zt_server::client::AdminClient::new(config.data_dir.join(zt_server::ADMIN_SOCKET));
@@ -562,13 +564,16 @@ struct Follower {
     sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
 }
 
+/// The follower's SPIFFE ID path, the one `--device-state-reader`.
+const FOLLOWER_PATH: &str = "/bench/device-follower";
+
 impl Follower {
     async fn connect(
         admin: &zt_server::client::AdminClient,
         td: &TrustDomain,
         server_url: &str,
     ) -> Result<Self, Error> {
-        let id = SpiffeId::from_parts(td, "/bench/device-follower")?;
+        let id = SpiffeId::from_parts(td, FOLLOWER_PATH)?;
         let (minted, key_pem) = admin
             .mint_x509_svid_for_new_key(&zt_server::client::MintRequest {
                 spiffe_id: &id,

@@ -112,6 +112,8 @@ pub struct Policy {
     /// Position of the silent tier in `tiers`.
     silent_tier: usize,
     rules: Vec<Rule>,
+    /// The first 16 hex digits of the SHA-256 of the policy's text.
+    version: String,
 }
 
 /// One rule, checked.
@@ -378,11 +380,13 @@ impl Policy {
                 required_for,
             });
         }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
         Ok(Policy {
             tiers: raw.tiers,
             window: raw.heartbeat.window,
             silent_tier,
             rules,
+            version: hex(digest.as_ref().get(..8).unwrap_or_default()),
         })
     }
 
@@ -390,6 +394,11 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = read(path)?;
         Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Which policy this is: the first 16 hex digits of its text's SHA-256.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The tiers, best first.
@@ -910,10 +919,16 @@ fn jti(device_id: &str, previous: &str, current: &str, at_secs: u64) -> String {
         digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
         digest.as_ref().get(..16).unwrap_or(digest.as_ref())
     };
-    bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
+    hex(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::time::Duration;
 use http::{Request, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -93,6 +95,10 @@ pub struct Devices {
     answered_ms: AtomicU64,
     stale_after: Duration,
     trust_domain_prefix: String,
+    /// Devices held (a metric).
+    held: Gauge,
+    /// Polls of the server that failed (a metric).
+    failures: Counter,
 }
 
 impl Devices {
@@ -103,6 +109,19 @@ impl Devices {
             answered_ms: AtomicU64::new(0),
             stale_after,
             trust_domain_prefix: format!("spiffe://{trust_domain}/device/"),
+            held: Gauge::default(),
+            failures: Counter::default(),
+        }
+    }
+
+    /// The same, counting into `held` (devices whose state is held) and
+    /// `failures` (polls of the server that failed).
+    #[must_use]
+    pub fn with_metrics(self, held: Gauge, failures: Counter) -> Self {
+        Self {
+            held,
+            failures,
+            ..self
         }
     }
 
@@ -173,6 +192,7 @@ impl Devices {
                 map.insert(state.id.clone(), state);
             }
         }
+        self.held.set(i64::try_from(map.len()).unwrap_or(i64::MAX));
         self.answered_ms
             .store(zt_identity::clock::unix_millis(), Ordering::Release);
         states.version
@@ -190,6 +210,7 @@ impl Devices {
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {
+                    self.failures.inc();
                     tracing::warn!(server = %settings.server, error = %e, "device states: no answer");
                     version = 0;
                     tokio::time::sleep(backoff).await;

@@ -128,6 +128,10 @@ pub struct GatewayMetrics {
     pub sessions: Gauge,
     /// Sessions opened.
     pub sign_ins: Counter,
+    /// Devices whose live state the gateway holds.
+    pub device_states: Gauge,
+    /// Polls of zt server's device states that failed.
+    pub device_state_failures: Counter,
 }
 
 /// zt proxy's authorization errors, named by the gateway's configuration keys.
@@ -155,6 +159,16 @@ impl GatewayMetrics {
         );
         registry.register("sessions", "Sessions open", self.sessions.clone());
         registry.register("sign_ins", "Sessions opened", self.sign_ins.clone());
+        registry.register(
+            "device_states",
+            "Devices whose live state the gateway holds, from zt server's device states",
+            self.device_states.clone(),
+        );
+        registry.register(
+            "device_state_failures",
+            "Polls of zt server's device states that failed (refused, unreachable)",
+            self.device_state_failures.clone(),
+        );
     }
 
     fn unauthenticated(&self, reason: &'static str) {
@@ -310,7 +324,12 @@ async fn serve(
                 .as_ref()
                 .map(|identity| identity.spiffe_id.trust_domain().to_string())
                 .unwrap_or_default();
-            let devices = Arc::new(devices::Devices::new(&trust_domain, settings.stale_after));
+            let devices = Arc::new(
+                devices::Devices::new(&trust_domain, settings.stale_after).with_metrics(
+                    metrics.device_states.clone(),
+                    metrics.device_state_failures.clone(),
+                ),
+            );
             let (follower, settings, identity) = (devices.clone(), settings.clone(), identity.clone());
             tasks.spawn_until_stop("device_states", stop.clone(), move || {
                 follower.clone().follow(settings.clone(), identity.clone())
@@ -419,7 +438,7 @@ impl ServerTls {
     }
 
     async fn follow(&self, cert: &Path, key: &Path, device_roots: Option<Arc<zt_identity::BundleSet>>) {
-        zt_proxy::follow::on_change(&[cert, key], || match server_config(cert, key, device_roots.clone()) {
+        zt_task::files::on_change(&[cert, key], || match server_config(cert, key, device_roots.clone()) {
             Ok(config) => {
                 if let Ok(mut current) = self.0.write() {
                     *current = Arc::new(config);

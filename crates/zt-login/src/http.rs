@@ -54,8 +54,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// Trusts the certificates of the PEM file `ca`, or else the system's anchors.
-    pub fn new(ca: Option<&Path>) -> Result<Self, LoginError> {
+    /// Trusts the certificates of the PEM file `ca`, or else the system's
+    /// anchors; presents `certificate`'s, if any.
+    pub fn new(
+        ca: Option<&Path>,
+        certificate: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+    ) -> Result<Self, LoginError> {
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             Some(path) => {
@@ -84,11 +88,14 @@ impl Client {
             }
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| LoginError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let tls = match certificate {
+            Some(resolver) => builder.with_client_cert_resolver(resolver),
+            None => builder.with_no_client_auth(),
+        };
         Ok(Self { tls: Arc::new(tls) })
     }
 

@@ -15,6 +15,7 @@ pub mod http;
 mod loopback;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,18 @@ pub struct Login {
     client_id: String,
     ca: Option<PathBuf>,
     dir: PathBuf,
+    certificate: Option<ClientCertificate>,
+}
+
+/// A client certificate presented to the provider over mTLS: an enrolled
+/// device's, so that tokens carry the device's live state and are bound to
+/// its certificate (RFC 8705 `cnf`).
+#[derive(Clone)]
+pub struct ClientCertificate {
+    /// Picks the certificate and signs with its key (in a TPM, perhaps).
+    pub resolver: Arc<dyn rustls::client::ResolvesClientCert>,
+    /// The flags that name it again, for the commands `zt login` prints.
+    pub flags: String,
 }
 
 impl Login {
@@ -206,7 +219,23 @@ impl Login {
             client_id: client_id.to_owned(),
             ca,
             dir,
+            certificate: None,
         })
+    }
+
+    /// The same login, presenting `certificate` to the provider.
+    #[must_use]
+    pub fn presenting(self, certificate: ClientCertificate) -> Self {
+        Self {
+            certificate: Some(certificate),
+            ..self
+        }
+    }
+
+    /// An HTTPS client trusting `ca` (or the system's anchors), presenting
+    /// the client certificate, if any.
+    pub(crate) fn http_client(&self, ca: Option<&Path>) -> Result<http::Client, LoginError> {
+        http::Client::new(ca, self.certificate.as_ref().map(|c| c.resolver.clone()))
     }
 
     /// The file this login is kept in.
@@ -248,6 +277,10 @@ impl Login {
         if let Some(ca) = &self.ca {
             command.push_str(&format!(" --ca {}", ca.display()));
         }
+        if let Some(certificate) = &self.certificate {
+            command.push(' ');
+            command.push_str(&certificate.flags);
+        }
         command
     }
 
@@ -259,7 +292,7 @@ impl Login {
         scope: &str,
         show: impl FnOnce(&DeviceCode),
     ) -> Result<StoredLogin, LoginError> {
-        let client = http::Client::new(self.ca.as_deref())?;
+        let client = self.http_client(self.ca.as_deref())?;
         let discovery = self.discover(&client).await?;
         let device_endpoint = endpoint(&discovery, "device_authorization_endpoint", &self.issuer)?;
         let token_endpoint = endpoint(&discovery, "token_endpoint", &self.issuer)?;
@@ -383,7 +416,7 @@ impl Login {
         };
         // The CA of the login, unless --ca names another.
         let ca = self.ca.clone().or_else(|| login.ca.clone());
-        let client = http::Client::new(ca.as_deref())?;
+        let client = self.http_client(ca.as_deref())?;
         let answer = client
             .post_form(
                 &login.token_endpoint,
@@ -416,7 +449,7 @@ impl Login {
         let revoked = match (&login.refresh_token, &login.revocation_endpoint) {
             (Some(token), Some(endpoint)) => {
                 let ca = self.ca.clone().or_else(|| login.ca.clone());
-                match http::Client::new(ca.as_deref()) {
+                match self.http_client(ca.as_deref()) {
                     Ok(client) => client
                         .post_form(
                             endpoint,

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::http::encode_form;
-use crate::{Login, LoginError, StoredLogin, endpoint, http};
+use crate::{Login, LoginError, StoredLogin, endpoint};
 
 /// How long the browser has to come back.
 pub const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -27,7 +27,7 @@ impl Login {
         port: u16,
         show: impl FnOnce(&str),
     ) -> Result<StoredLogin, LoginError> {
-        let client = http::Client::new(self.ca())?;
+        let client = self.http_client(self.ca())?;
         let discovery = self.discover(&client).await?;
         let authorization_endpoint = endpoint(&discovery, "authorization_endpoint", self.issuer())?;
         let token_endpoint = endpoint(&discovery, "token_endpoint", self.issuer())?;

@@ -183,7 +183,7 @@ fn assemble(
 /// key) does not load; it is tried again on the next change, and the last good
 /// identity stays in use meanwhile.
 async fn follow_files(cert: PathBuf, key: PathBuf, bundle: PathBuf, tx: Publisher) {
-    follow::on_change(&[&cert, &key, &bundle], || match load_files(&cert, &key, &bundle) {
+    zt_task::files::on_change(&[&cert, &key, &bundle], || match load_files(&cert, &key, &bundle) {
         Ok(identity) => {
             tracing::info!(spiffe_id = %identity.spiffe_id, "identity reloaded from files");
             tx.send_replace(Some(Arc::new(identity)));

@@ -70,10 +70,16 @@ pub struct DeviceSettings {
     pub addr: SocketAddr,
     /// The compliance policy; `None`: every device is at the floor (fail closed).
     pub policy: Option<Policy>,
+    /// The file the policy was read from: followed, and read again whenever it
+    /// changes ([`Devices::follow_policy`]).
+    pub policy_path: Option<std::path::PathBuf>,
     /// Lifetime of device certificates.
     pub cert_ttl: Duration,
     /// Where tier changes and refused reports are recorded.
     pub decision_log: Option<zt_audit::Writer>,
+    /// The workloads (SPIFFE IDs) that may follow every device's state on
+    /// `GET /v1/states`: the gateways. No one else may.
+    pub state_readers: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for DeviceSettings {
@@ -145,6 +151,7 @@ pub struct DeviceMetrics {
     reports: Family<ResultLabels, Counter>,
     tier_changes: Family<TierLabels, Counter>,
     enrollments: Family<ResultLabels, Counter>,
+    policy_loads: Family<ResultLabels, Counter>,
 }
 
 impl DeviceMetrics {
@@ -164,6 +171,11 @@ impl DeviceMetrics {
             "device_enrollments",
             "Device enrollments, by result",
             self.enrollments.clone(),
+        );
+        registry.register(
+            "device_policy_loads",
+            "Compliance policy files read again after a change, by result (loaded, refused)",
+            self.policy_loads.clone(),
         );
     }
 }
@@ -221,8 +233,10 @@ pub struct Devices {
     store: Store,
     trust_domain: TrustDomain,
     authorities: Arc<AuthorityManager>,
-    policy: Option<Policy>,
+    /// The policy in force; replaced when its file changes.
+    policy: std::sync::RwLock<Option<Arc<Policy>>>,
     cert_ttl: Duration,
+    state_readers: BTreeSet<String>,
     live: Mutex<HashMap<String, Live>>,
     /// (deadline ms, device ID), earliest first.
     deadlines: Mutex<BTreeSet<(u64, String)>>,
@@ -265,8 +279,9 @@ impl Devices {
             store: store.clone(),
             trust_domain,
             authorities,
-            policy: settings.policy.take(),
+            policy: std::sync::RwLock::new(settings.policy.take().map(Arc::new)),
             cert_ttl: settings.cert_ttl,
+            state_readers: std::mem::take(&mut settings.state_readers),
             live: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(BTreeSet::new()),
             deadline_changed: Notify::new(),
@@ -305,9 +320,85 @@ impl Devices {
         Ok(devices)
     }
 
+    /// The policy in force, if there is one.
+    fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The policy's floor: the tier of a device nothing is known of.
-    pub fn floor(&self) -> &str {
-        self.policy.as_ref().map_or("untrusted", Policy::floor)
+    pub fn floor(&self) -> String {
+        floor_of(self.policy().as_deref())
+    }
+
+    /// Follows the compliance policy's file: whenever it changes, it is read
+    /// again ([`Self::reload_policy`]). Never returns.
+    pub async fn follow_policy(self: Arc<Self>, path: std::path::PathBuf) {
+        let mut last = zt_task::files::Stamp::of(&[&path]);
+        loop {
+            tokio::time::sleep(zt_task::files::FILE_POLL).await;
+            let now = zt_task::files::Stamp::of(&[&path]);
+            if now != last {
+                last = now;
+                self.reload_policy(&path).await;
+            }
+        }
+    }
+
+    /// Reads the compliance policy again. A policy that loads replaces the
+    /// one in force and every device is evaluated under it at once (its tier
+    /// changes recorded as any other); one that does not is logged, counted
+    /// and recorded, and the policy in force stays (a half-written file
+    /// never drops every device to the floor).
+    pub async fn reload_policy(&self, path: &std::path::Path) {
+        let previous = self
+            .policy()
+            .map_or_else(|| "none".to_owned(), |p| p.version().to_owned());
+        let loaded = Policy::load(path);
+        let result = if loaded.is_ok() { "loaded" } else { "refused" };
+        self.metrics
+            .policy_loads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        let policy = match loaded {
+            Ok(policy) => policy,
+            Err(e) => {
+                tracing::error!(error = %e, version = previous, "the changed compliance policy is refused: the policy in force stays");
+                self.audit(
+                    None,
+                    "policy",
+                    false,
+                    &format!("{e}; policy {previous} stays"),
+                    None,
+                );
+                return;
+            }
+        };
+        let version = policy.version().to_owned();
+        if version == previous {
+            return;
+        }
+        tracing::info!(path = %path.display(), version, previous, "compliance policy loaded");
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(policy));
+        self.audit(
+            None,
+            "policy",
+            true,
+            &format!("policy {previous} -> {version} from {}", path.display()),
+            None,
+        );
+        let now = now_ms();
+        let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
+        for id in ids {
+            self.evaluate(&id, now).await;
+        }
     }
 
     /// The SPIFFE ID of a device.
@@ -424,12 +515,13 @@ impl Devices {
     /// The tier, reasons and next deadline of a device at `now`; fails
     /// closed to the floor.
     fn judge(&self, device: &Live, now: u64) -> (String, Vec<String>, Option<u64>) {
-        let floor = self.floor().to_owned();
+        let policy = self.policy();
+        let floor = floor_of(policy.as_deref());
         match device.status {
             DeviceStatus::Active => {}
             other => return (floor, vec![format!("the device is {other}")], None),
         }
-        let Some(policy) = &self.policy else {
+        let Some(policy) = policy else {
             return (
                 floor,
                 vec!["no compliance policy: every device is at the floor".into()],
@@ -467,7 +559,7 @@ impl Devices {
             &spiffe_id,
             previous,
             tier,
-            self.floor(),
+            &self.floor(),
             reasons,
             now / 1000,
         );
@@ -476,7 +568,7 @@ impl Devices {
             tracing::error!(device = %id, error = %e, "recording a tier change failed");
         }
         self.audit(
-            id,
+            Some(self.spiffe_id(id)),
             "tier",
             true,
             &format!("{previous} -> {tier}: {}", reasons.join("; ")),
@@ -484,14 +576,23 @@ impl Devices {
         );
     }
 
-    /// Writes a record to the decision log, if there is one.
-    fn audit(&self, id: &str, kind: &str, allowed: bool, reason: &str, input: Option<Value>) {
+    /// Writes a record to the decision log, if there is one: about the
+    /// device `principal` (its SPIFFE ID), or the service itself (`None`),
+    /// under the policy in force.
+    fn audit(
+        &self,
+        principal: Option<String>,
+        kind: &str,
+        allowed: bool,
+        reason: &str,
+        input: Option<Value>,
+    ) {
         let Some(log) = &self.log else { return };
         let record = zt_audit::Record {
             seq: 0,
             time_ms: now_ms(),
             id: zt_store::random_id().unwrap_or_default(),
-            source_principal: Some(self.spiffe_id(id)),
+            source_principal: principal,
             source_ip: None,
             destination: "devices".into(),
             port: None,
@@ -503,7 +604,7 @@ impl Devices {
             mode: "devices".into(),
             policy: None,
             reason: reason.to_owned(),
-            policy_version: String::new(),
+            policy_version: self.policy().map(|p| p.version().to_owned()).unwrap_or_default(),
             eval_ns: 0,
             dry_run: None,
             audit: None,
@@ -668,7 +769,7 @@ impl Devices {
                     spiffe_id: self.spiffe_id(id),
                     owner: String::new(),
                     status: "deleted".into(),
-                    tier: self.floor().to_owned(),
+                    tier: self.floor(),
                     reasons: vec!["the device was deleted".into()],
                     last_report_ms: None,
                 }),
@@ -734,7 +835,7 @@ impl Devices {
                     key_type,
                     public_key,
                     hardware,
-                    tier: self.floor().to_owned(),
+                    tier: self.floor(),
                 },
                 now_ms(),
             )
@@ -879,7 +980,13 @@ impl Devices {
                 {
                     tracing::warn!(device = %id, error = %e, "recording a refused report failed");
                 }
-                self.audit(id, "report", false, &refused.message, Some(detail));
+                self.audit(
+                    Some(self.spiffe_id(id)),
+                    "report",
+                    false,
+                    &refused.message,
+                    Some(detail),
+                );
             }
         }
         result
@@ -1060,6 +1167,12 @@ fn check_iat(claims: &serde_json::Map<String, Value>, what: &str) -> Result<(), 
     Ok(())
 }
 
+/// The tier of a device nothing is known of: the policy's last, `untrusted`
+/// without one.
+fn floor_of(policy: Option<&Policy>) -> String {
+    policy.map_or("untrusted", Policy::floor).to_owned()
+}
+
 fn now_ms() -> u64 {
     zt_identity::clock::unix_millis()
 }
@@ -1120,8 +1233,9 @@ async fn report_route(
     }
 }
 
-/// Device states, for the gateway: a long poll, open to workloads of the
-/// trust domain (never to devices).
+/// Device states, for the gateway: a long poll, open only to the workloads
+/// named by `--device-state-reader` (every device's tier and the reasons for
+/// it are not for every workload of the trust domain, nor for devices).
 async fn states(
     State(devices): State<Arc<Devices>>,
     axum::Extension(peer): axum::Extension<PeerInfo>,
@@ -1135,11 +1249,13 @@ async fn states(
         )
         .into_response();
     };
-    if devices.device_id_of(&caller.to_string()).is_some() {
+    let caller = caller.to_string();
+    if !devices.state_readers.contains(&caller) {
+        tracing::warn!(caller, "device states refused: not a --device-state-reader");
         return Refused::new(
             StatusCode::FORBIDDEN,
-            "device",
-            "devices may not read device states",
+            "not_a_state_reader",
+            format!("{caller} may not read device states (zt server --device-state-reader names who may)"),
         )
         .into_response();
     }

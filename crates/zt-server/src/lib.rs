@@ -227,7 +227,7 @@ pub async fn run(
                     source,
                 })?;
             tracing::info!(addr = %settings.addr, floor = service.floor(), "device API enabled");
-            Some((service, tls, listener))
+            Some((service, tls, listener, settings.policy_path))
         }
         None => None,
     };
@@ -341,7 +341,7 @@ pub async fn run(
         });
         tokio::spawn(idp::serve(provider, tls, listener, stop_rx.clone()));
     }
-    if let Some((service, tls, listener)) = device_service {
+    if let Some((service, tls, listener, policy_path)) = device_service {
         let stop = stop_rx.clone();
         let maintain = tls.clone();
         tasks.spawn("devices_svid", stop_rx.clone(), move || {
@@ -359,6 +359,12 @@ pub async fn run(
         tasks.spawn("device_changes", stop_rx.clone(), move || {
             follower.clone().follow(stop.clone())
         });
+        if let Some(path) = policy_path {
+            let reader = service.clone();
+            tasks.spawn("device_policy", stop_rx.clone(), move || {
+                reader.clone().follow_policy(path.clone())
+            });
+        }
         tokio::spawn(devices::serve(service, tls, listener, stop_rx.clone()));
     }
     let api = agent_api::AgentApi {

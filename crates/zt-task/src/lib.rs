@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod files;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};

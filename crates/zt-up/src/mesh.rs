@@ -356,7 +356,7 @@ impl Starting<'_> {
             )])?;
         }
         let data_dir = layout.server_dir();
-        let args: [&OsStr; 15] = [
+        let args: [&OsStr; 17] = [
             "server".as_ref(),
             "--trust-domain".as_ref(),
             TRUST_DOMAIN.as_ref(),
@@ -372,6 +372,8 @@ impl Starting<'_> {
             devices.as_ref(),
             "--device-policy".as_ref(),
             policy.as_os_str(),
+            "--device-state-reader".as_ref(),
+            layout::GATEWAY_ID.as_ref(),
         ];
         let probe = Probe::Http {
             addr: layout.server_http(),

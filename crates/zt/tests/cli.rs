@@ -606,3 +606,37 @@ fn spire_flags_zt_lacks_fail_loudly() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_device_state_reader_must_be_a_workload_of_the_trust_domain() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    for (reader, why) in [
+        ("not-an-id", "--device-state-reader not-an-id: "),
+        (
+            "spiffe://other.org/gateway",
+            "--device-state-reader spiffe://other.org/gateway: not in the trust domain example.org",
+        ),
+        (
+            "spiffe://example.org/device/0a1b",
+            "--device-state-reader spiffe://example.org/device/0a1b: a device may not read device states",
+        ),
+    ] {
+        fails_cleanly(
+            tmp.path(),
+            &[
+                "server",
+                "--trust-domain",
+                "example.org",
+                "--data-dir",
+                "data",
+                "--devices",
+                "127.0.0.1:0",
+                "--device-state-reader",
+                reader,
+            ],
+            1,
+            &[why],
+        )?;
+    }
+    Ok(())
+}

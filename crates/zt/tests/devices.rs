@@ -75,7 +75,14 @@ impl Devices {
         let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let idp: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let (api_arg, idp_arg) = (api.to_string(), idp.to_string());
-        let mut args = vec!["--devices", &api_arg, "--idp", &idp_arg];
+        let mut args = vec![
+            "--devices",
+            &api_arg,
+            "--idp",
+            &idp_arg,
+            "--device-state-reader",
+            GATEWAY_ID,
+        ];
         let path = dir.path().join("compliance.yaml");
         if let Some(policy) = policy {
             std::fs::write(&path, policy).unwrap();
@@ -527,6 +534,77 @@ fn without_a_compliance_policy_every_device_stays_at_the_floor() {
     );
 }
 
+#[test]
+fn a_changed_policy_applies_at_once_and_a_broken_one_changes_nothing() {
+    let devices = Devices::start();
+    let policy = devices.dir.path().join("compliance.yaml");
+    // Replaced whole, as an editor or a deployment does.
+    let replace = |text: &str| {
+        let next = devices.dir.path().join("compliance.yaml.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &policy).unwrap();
+    };
+    let (dir, id) = devices.software_device("laptop");
+    let facts = devices.dir.path().join("facts.json");
+    write_facts(&facts, true);
+    let _agent = devices.agent(&dir, &facts, &[]);
+    devices.wait_for_tier(&id, "trusted");
+
+    // A stricter policy: a firewall is no longer enough for `trusted`.
+    let stricter = POLICY.replace(
+        "fact: firewall.active, equals: true",
+        "fact: firewall.active, equals: false",
+    );
+    replace(&stricter);
+    let shown = devices.wait_for_tier(&id, "basic");
+    assert!(shown["tier_reasons"].to_string().contains("firewall"), "{shown}");
+
+    // A broken policy is refused; the one in force stays, and no device
+    // falls to the floor.
+    replace("tiers: [hardware, trusted\nrules: {");
+    eventually("the broken policy is refused", || {
+        sample(
+            devices.server.http,
+            "zt_server_device_policy_loads_total{result=\"refused\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert_eq!(devices.show(&id)["tier"], "basic", "the policy in force stays");
+    assert!(
+        devices.server.stderr().contains("the policy in force stays"),
+        "{}",
+        devices.server.stderr()
+    );
+
+    // Back to the first policy: trusted again.
+    replace(POLICY);
+    devices.wait_for_tier(&id, "trusted");
+    assert!(
+        sample(
+            devices.server.http,
+            "zt_server_device_policy_loads_total{result=\"loaded\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
+    // Each load and refusal is in the hash-chained decision log, and tier
+    // changes name the policy version they were decided under.
+    let log = std::fs::read_to_string(devices.dir.path().join("data/device-decisions.log")).unwrap();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let policy_records: Vec<&Value> = records.iter().filter(|r| r["query"] == "device/policy").collect();
+    assert!(
+        policy_records.iter().any(|r| r["decision"] == "DENY")
+            && policy_records.iter().filter(|r| r["decision"] == "ALLOW").count() >= 2,
+        "{policy_records:?}"
+    );
+    let versions: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r["query"] == "device/tier")
+        .filter_map(|r| r["policy_version"].as_str())
+        .collect();
+    assert!(versions.len() >= 2, "{versions:?}");
+}
+
 /// Presents no certificate.
 #[derive(Debug)]
 struct Never;
@@ -622,10 +700,13 @@ fn a_device_key_in_the_tpm_never_touches_the_disk_and_ranks_above_a_software_key
 /// better; a client presenting its device certificate and a token bound to it.
 #[test]
 fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_it_back() {
-    let Some(python) = zt_testkit::python("devices") else {
-        return;
-    };
-    let Some(curl) = zt_testkit::curl("devices") else {
+    const TEST: &str = "the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_it_back";
+    let (Some(python), Some(curl), Some(node), Some(_)) = (
+        zt_testkit::python(TEST),
+        zt_testkit::curl(TEST),
+        zt_testkit::node(TEST),
+        zt_testkit::chromium(TEST),
+    ) else {
         return;
     };
     let devices = Devices::start();
@@ -750,7 +831,7 @@ spec:
             "listen: {gateway}
 url: https://localhost:{port}
 tls: {{cert: gateway/svid.pem, key: gateway/key.pem}}
-oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: gateway/bundle.pem, audiences: [zt-gateway]}}
+oidc: {{issuer: \"{issuer}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: gateway/bundle.pem, audiences: [zt-gateway, zt-cli]}}
 session: {{key_file: cookie.key}}
 identity: {{cert: gateway/svid.pem, key: gateway/key.pem, bundle: gateway/bundle.pem}}
 policy: {{dir: policies, namespace: edge}}
@@ -819,7 +900,7 @@ routes:
     let claims = jwt_claims(&token);
     assert!(claims["cnf"]["x5t#S256"].is_string(), "{claims}");
 
-    let call = |path: &str, with_cert: bool| -> (u16, String) {
+    let call_with = |token: &str, path: &str, with_cert: bool| -> (u16, String) {
         let mut command = Command::new(&curl);
         command
             .args([
@@ -854,10 +935,54 @@ routes:
         let (body, status) = text.rsplit_once('\n').unwrap();
         (status.parse().unwrap(), body.to_owned())
     };
+    let call = |path: &str, with_cert: bool| call_with(&token, path, with_cert);
     eventually("the gateway sees the laptop trusted", || {
         (call("/trusted/report", true).0 == 200).then_some(())
     });
     assert_eq!(call("/basic/page", true).0, 200);
+
+    // Every device's state is for the gateway alone: not for another
+    // workload of the trust domain, not for a device.
+    let states = |cert: &Path, key: &Path| -> (u16, String) {
+        let out = Command::new(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(&devices.bundle)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("{}/v1/states", devices.url()))
+            .output()
+            .unwrap();
+        let text = succeed(&out, "curl /v1/states");
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.parse().unwrap(), body.to_owned())
+    };
+    let (status, body) = states(&root.join("gateway/svid.pem"), &root.join("gateway/key.pem"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id), "{body}");
+    let (status, body) = states(
+        &root.join("service-one/svid.pem"),
+        &root.join("service-one/key.pem"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("--device-state-reader") && !body.contains(&id),
+        "{body}"
+    );
+    let (status, body) = states(&laptop.join("device.pem"), &key_pem);
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("tier"), "{body}");
+
     // The bound token without its certificate: refused, whatever the route.
     let (status, _) = call("/basic/page", false);
     assert_eq!(status, 401, "a bound token without its certificate");
@@ -904,6 +1029,98 @@ routes:
     eventually("the firewall is back", || {
         (call("/trusted/report", true).0 == 200).then_some(())
     });
+
+    // A person at a terminal: `zt login --device-dir` signs in with the
+    // device flow (approved in Chromium with a passkey), presenting the
+    // laptop's certificate to the provider: the token carries the device's
+    // live tier, is bound to the certificate, and reaches /trusted with it.
+    ok(
+        &devices.server,
+        &["user", "add", "alice", "--email", "alice@example.org"],
+    );
+    ok(
+        &devices.server,
+        &[
+            "client",
+            "add",
+            "zt-cli",
+            "--public",
+            "--grant",
+            "device_code",
+            "--grant",
+            "refresh_token",
+        ],
+    );
+    let invite: Value = serde_json::from_str(&ok(
+        &devices.server,
+        &["user", "invite", "alice", "--output", "json"],
+    ))
+    .unwrap();
+    let login_args = [
+        "--issuer",
+        issuer.as_str(),
+        "--client-id",
+        "zt-cli",
+        "--ca",
+        devices.bundle.to_str().unwrap(),
+        "--device-dir",
+        laptop.to_str().unwrap(),
+    ];
+    let config = root.join("config");
+    let mut login = Command::new(zt_exe())
+        .arg("login")
+        .args(login_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let user_code = {
+        use std::io::BufRead as _;
+        let mut said = std::io::BufReader::new(login.stderr.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(said.read_line(&mut line).unwrap() > 0, "zt login ended");
+            if let Some(code) = line.trim().strip_prefix("and enter the code ") {
+                break code.to_owned();
+            }
+        }
+    };
+    browse(
+        &node,
+        root,
+        &json!({
+            "ca": devices.bundle,
+            "timeout": 20000,
+            "steps": [
+                ["goto", invite["url"]],
+                ["click", "#enroll-passkey"],
+                ["waitForSelector", "#enroll-done"],
+                ["goto", format!("{issuer}/device?user_code={user_code}")],
+                ["click", "#passkey-sign-in"],
+                ["waitForURL", { "prefix": format!("{issuer}/device/done") }],
+            ],
+        }),
+    );
+    assert!(wait_with_deadline(&mut login).is_some_and(|s| s.success()));
+    let out = Command::new(zt_exe())
+        .args(["login", "--print-token"])
+        .args(login_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .unwrap();
+    let person = succeed(&out, "zt login --print-token").trim().to_owned();
+    let claims = jwt_claims(&person);
+    assert_eq!(claims["device_id"], json!(id), "{claims}");
+    assert_eq!(claims["device_tier"], "trusted", "{claims}");
+    assert!(claims["cnf"]["x5t#S256"].is_string(), "{claims}");
+    assert_eq!(call_with(&person, "/trusted/report", true).0, 200);
+    assert_eq!(
+        call_with(&person, "/trusted/report", false).0,
+        401,
+        "the person's token is bound to the laptop's certificate"
+    );
 
     // Revoked: every route that needs a tier is gone at once.
     ok(&devices.server, &["device", "revoke", &id]);

@@ -565,20 +565,6 @@ spec:
     }
 }
 
-/// Runs a browser.mjs script; its results.
-fn browse(node: &Path, dir: &Path, script: &Value) -> Vec<Value> {
-    let path = dir.join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let out = Command::new(node)
-        .arg(zt_testkit::interop_dir().join("browser.mjs"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "browser.mjs: {}", describe(&out));
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    answer["results"].as_array().unwrap().clone()
-}
-
 /// Headless Chromium opens /internal through the gateway, is sent to sign in,
 /// signs in with a passkey and lands on the app, which sees the verified
 /// person (identity headers and an exchanged token for its audience, never

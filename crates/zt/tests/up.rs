@@ -332,6 +332,12 @@ fn zt_up_runs_the_seed_scenario_end_to_end() {
         last["tier"].is_string() && last["seq"].as_u64().is_some(),
         "{last}"
     );
+    // The gateway follows the device states (zt server names it a
+    // --device-state-reader): it holds this machine's.
+    let gateway_admin = std::net::SocketAddr::from(([127, 0, 0, 1], base + 23));
+    support::eventually("the gateway holds the device's state", || {
+        support::sample(gateway_admin, "zt_gateway_device_states").filter(|n| *n >= 1.0)
+    });
     let again = zt().args(["up", "--dir"]).arg(&up.dir).output().unwrap();
     assert!(
         !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already running"),

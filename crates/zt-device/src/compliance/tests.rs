@@ -136,6 +136,12 @@ fn accessors() {
     assert_eq!(p.tiers(), ["trusted", "basic", "untrusted"]);
     assert_eq!(p.floor(), "untrusted");
     assert_eq!(p.heartbeat_window(), Duration::from_secs(6));
+    // The version follows the text: the same policy, the same version; a
+    // changed character, another.
+    assert_eq!(p.version().len(), 16);
+    assert_eq!(p.version(), policy().version());
+    let changed = Policy::from_yaml(&POLICY.replace("6s", "7s"), "p.yaml").unwrap();
+    assert_ne!(p.version(), changed.version());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use zt_task::Tasks;
 
 use super::{AuthzConfig, AuthzError, Decision, PolicySource};
 use crate::admin::Metrics;
-use crate::follow::{self, Backoff};
+use crate::follow::Backoff;
 
 /// Decisions waiting for the log writer; requests wait when it is full, so no
 /// decision is ever dropped.
@@ -255,7 +255,7 @@ async fn ship(
                 Ok(batch) if batch.is_empty() => {
                     // The log holds less than its head says (a record being written, or
                     // a file replaced under the proxy): look again later, not in a loop.
-                    tokio::time::sleep(follow::FILE_POLL).await;
+                    tokio::time::sleep(zt_task::files::FILE_POLL).await;
                     continue;
                 }
                 Ok(batch) => batch,

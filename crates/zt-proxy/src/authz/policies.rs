@@ -243,7 +243,7 @@ async fn combine(
 /// Reloads a policy directory when it changes; a set that does not load is
 /// counted and logged, and the last good one stays in force.
 async fn poll_dir(dir: PathBuf, root_namespace: String, tx: Publisher, metrics: Arc<Metrics>) {
-    follow::on_change(&[&dir], || {
+    zt_task::files::on_change(&[&dir], || {
         match load_dir(&dir, &root_namespace) {
             Ok(fresh) => {
                 tx.send_replace(Some(Arc::new(fresh)));

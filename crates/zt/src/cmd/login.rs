@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use zt_login::{DEFAULT_CLIENT_ID, DEFAULT_SCOPE, DeviceCode, Login};
+use zt_login::{ClientCertificate, DEFAULT_CLIENT_ID, DEFAULT_SCOPE, DeviceCode, Login};
 
 /// Which provider and client.
 #[derive(Args)]
@@ -22,6 +22,11 @@ pub(crate) struct IssuerArgs {
     /// Trust this CA (PEM) for the provider's HTTPS instead of the system's anchors.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
+    /// Present this enrolled device's certificate to the provider (the
+    /// `--dir` of `zt device enroll`): tokens then carry the device's live
+    /// tier and are bound to its certificate, which must go with them.
+    #[arg(long, env = "ZT_DEVICE_DIR", value_name = "DIR")]
+    pub(crate) device_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -52,7 +57,26 @@ pub(crate) struct LogoutArgs {
 }
 
 fn login(args: &IssuerArgs) -> anyhow::Result<Login> {
-    Ok(Login::new(&args.issuer, &args.client_id, args.ca.as_deref())?)
+    let login = Login::new(&args.issuer, &args.client_id, args.ca.as_deref())?;
+    let Some(dir) = &args.device_dir else {
+        return Ok(login);
+    };
+    let device = zt_device::agent::DeviceDir::open(dir, &zt_device::key::TpmLocation::from_env())
+        .map_err(|e| anyhow::anyhow!("--device-dir {}: {e}", dir.display()))?;
+    let resolver = device
+        .client_config()
+        .map_err(|e| anyhow::anyhow!("--device-dir {}: {e}", dir.display()))?
+        .client_auth_cert_resolver;
+    if !resolver.has_certs() {
+        anyhow::bail!(
+            "--device-dir {}: the device has no certificate yet (is its enrollment waiting for zt device approve?)",
+            dir.display()
+        );
+    }
+    Ok(login.presenting(ClientCertificate {
+        resolver,
+        flags: format!("--device-dir {}", dir.display()),
+    }))
 }
 
 /// `zt login`: the device flow, or `--print-token`.

@@ -69,7 +69,9 @@ pub(crate) struct DeviceArgs {
     #[arg(long = "devices", value_name = "ADDR")]
     pub(crate) devices: Option<std::net::SocketAddr>,
     /// The compliance policy (YAML): rules → tiers, fact ages, the heartbeat
-    /// window. Without it every device is at the floor, `untrusted`.
+    /// window. Without it every device is at the floor, `untrusted`. Read
+    /// again when the file changes (a policy that does not load is refused,
+    /// and the one in force stays).
     #[arg(long, value_name = "FILE", requires = "devices")]
     pub(crate) device_policy: Option<PathBuf>,
     /// Lifetime of device certificates (renewed at half of it).
@@ -79,20 +81,41 @@ pub(crate) struct DeviceArgs {
     /// [default with --devices: DATA_DIR/device-decisions.log].
     #[arg(long, value_name = "FILE", requires = "devices")]
     pub(crate) device_decision_log: Option<PathBuf>,
+    /// A workload (SPIFFE ID) that may follow every device's state, such as a
+    /// `zt gateway`'s SVID (repeatable). No one else may.
+    #[arg(long = "device-state-reader", value_name = "SPIFFE_ID", requires = "devices")]
+    pub(crate) device_state_readers: Vec<String>,
 }
 
 impl DeviceArgs {
     fn settings(
         self,
         data_dir: &std::path::Path,
+        trust_domain: &TrustDomain,
     ) -> anyhow::Result<Option<zt_server::devices::DeviceSettings>> {
         let Some(addr) = self.devices else {
             return Ok(None);
         };
+        let state_readers = self
+            .device_state_readers
+            .iter()
+            .map(|id| {
+                let parsed = zt_identity::SpiffeId::parse(id)
+                    .map_err(|e| anyhow::anyhow!("--device-state-reader {id}: {e}"))?;
+                if parsed.trust_domain() != trust_domain {
+                    anyhow::bail!("--device-state-reader {id}: not in the trust domain {trust_domain}");
+                }
+                if parsed.path().starts_with("/device/") {
+                    anyhow::bail!("--device-state-reader {id}: a device may not read device states");
+                }
+                Ok(parsed.to_string())
+            })
+            .collect::<anyhow::Result<_>>()?;
         let policy = self
             .device_policy
+            .as_deref()
             .map(|path| {
-                zt_device::compliance::Policy::load(&path).map_err(|e| anyhow::anyhow!("--device-policy {e}"))
+                zt_device::compliance::Policy::load(path).map_err(|e| anyhow::anyhow!("--device-policy {e}"))
             })
             .transpose()?;
         let log_path = match self.device_decision_log {
@@ -107,8 +130,10 @@ impl DeviceArgs {
         Ok(Some(zt_server::devices::DeviceSettings {
             addr,
             policy,
+            policy_path: self.device_policy,
             cert_ttl: self.device_cert_ttl,
             decision_log: Some(log),
+            state_readers,
         }))
     }
 }
@@ -264,7 +289,7 @@ impl IdpArgs {
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     super::init_logging("info,sqlx=warn");
     let idp = args.idp.settings(&args.trust_domain, &args.data_dir)?;
-    let devices = args.devices.settings(&args.data_dir)?;
+    let devices = args.devices.settings(&args.data_dir, &args.trust_domain)?;
     let config = ServerConfig {
         data_dir: args.data_dir,
         datastore: args.datastore,

@@ -540,3 +540,18 @@ pub fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(POLL);
     }
 }
+
+/// Runs a `tests/interop/browser.mjs` script (headless Chromium with a
+/// virtual authenticator) written to `dir`; its results.
+pub fn browse(node: &Path, dir: &Path, script: &Value) -> Vec<Value> {
+    let path = dir.join("script.json");
+    std::fs::write(&path, script.to_string()).unwrap();
+    let out = Command::new(node)
+        .arg(zt_testkit::interop_dir().join("browser.mjs"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "browser.mjs: {}", describe(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    answer["results"].as_array().unwrap().clone()
+}
