@@ -108,7 +108,7 @@ impl Devices {
             states: RwLock::new(HashMap::new()),
             answered_ms: AtomicU64::new(0),
             stale_after,
-            trust_domain_prefix: format!("spiffe://{trust_domain}/device/"),
+            trust_domain_prefix: format!("spiffe://{trust_domain}{}", zt_identity::spiffe_id::DEVICE_PATH),
             held: Gauge::default(),
             failures: Counter::default(),
         }

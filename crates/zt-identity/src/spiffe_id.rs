@@ -200,6 +200,12 @@ impl FromStr for TrustDomain {
     }
 }
 
+/// The path prefix of enrolled devices' IDs: `spiffe://TD/device/ID`.
+pub const DEVICE_PATH: &str = "/device/";
+/// The path prefix of zt's own parts' IDs: `spiffe://TD/zt/server`, `/zt/idp`,
+/// `/zt/devices`, `/zt/agent/…`.
+pub const ZT_PATH: &str = "/zt/";
+
 /// A SPIFFE ID: `spiffe://<trust domain>[/<path>]`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
@@ -257,6 +263,26 @@ impl SpiffeId {
     /// Whether this is a trust domain's own ID (no path), as signing certificates carry.
     pub fn is_root(&self) -> bool {
         self.path.is_empty()
+    }
+
+    /// Whether this names an enrolled device (`spiffe://TD/device/ID`), which
+    /// is a person's machine, not a workload.
+    pub fn is_device(&self) -> bool {
+        self.path.starts_with(DEVICE_PATH)
+    }
+
+    /// Whom zt alone gives this ID, if it is reserved: `/device/…` to the
+    /// devices zt server enrolls, `/zt/…` to zt's own parts (zt server, its
+    /// provider and device API, agents). No registration entry, join token or
+    /// admin's mint may name one.
+    pub fn reserved_for(&self) -> Option<&'static str> {
+        if self.is_device() {
+            Some("enrolled devices (zt server names them when they enroll)")
+        } else if self.path.starts_with(ZT_PATH) {
+            Some("zt's own parts (zt server, its provider and device API, agents)")
+        } else {
+            None
+        }
     }
 
     /// The path's segments, in order.
@@ -536,5 +562,31 @@ mod tests {
         let id = SpiffeId::parse("spiffe://example.org/ns/prod/sa/api")?;
         assert_eq!(id.segments().collect::<Vec<_>>(), ["ns", "prod", "sa", "api"]);
         Ok(())
+    }
+
+    #[test]
+    fn devices_and_zt_parts_are_reserved() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        assert!(id("spiffe://td/device/0a1b").is_device());
+        assert!(id("spiffe://td/device/0a1b").reserved_for().is_some());
+        for own in [
+            "spiffe://td/zt/server",
+            "spiffe://td/zt/agent/join_token/x",
+            "spiffe://td/zt/idp",
+        ] {
+            assert!(id(own).reserved_for().is_some(), "{own}");
+            assert!(!id(own).is_device(), "{own}");
+        }
+        // Only whole segments: neighbours of the reserved paths are free.
+        for free in [
+            "spiffe://td/devices/a",
+            "spiffe://td/device",
+            "spiffe://td/ns/device/sa/x",
+            "spiffe://td/ztx/server",
+            "spiffe://td/zt",
+        ] {
+            assert_eq!(id(free).reserved_for(), None, "{free}");
+            assert!(!id(free).is_device(), "{free}");
+        }
     }
 }

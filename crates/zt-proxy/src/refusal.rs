@@ -75,6 +75,9 @@ pub enum Refusal {
     Timeout,
     /// The peer's SVID is revoked.
     Revoked,
+    /// The peer presented an enrolled device's certificate: a person's
+    /// machine, which reaches services through zt gateway, never directly.
+    DeviceCertificate,
     /// The peer's SPIFFE ID is not on the allow-list.
     NotAllowed,
     /// The request is malformed or ambiguous (two `Host`s, a path that does
@@ -113,6 +116,7 @@ impl Refusal {
             Self::Handshake(failure, _) => failure.label(),
             Self::Timeout => "timeout",
             Self::Revoked => "revoked",
+            Self::DeviceCertificate => "device_certificate",
             Self::NotAllowed => "not_allowed",
             Self::Malformed(_) => "malformed_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -139,6 +143,7 @@ impl Refusal {
         "other",
         "timeout",
         "revoked",
+        "device_certificate",
         "not_allowed",
         "malformed_request",
         "method_not_allowed",
@@ -163,9 +168,10 @@ impl Refusal {
                 "zt proxy: the caller's SPIFFE ID is not allowed\n",
             ),
             // Istio's answer, which clients of a mesh already recognize.
-            Self::DeniedByPolicy { .. } | Self::DecisionLogFailed | Self::Revoked => {
-                (StatusCode::FORBIDDEN, "RBAC: access denied\n")
-            }
+            Self::DeniedByPolicy { .. }
+            | Self::DecisionLogFailed
+            | Self::Revoked
+            | Self::DeviceCertificate => (StatusCode::FORBIDDEN, "RBAC: access denied\n"),
             Self::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "zt proxy: request body too large\n",
@@ -190,6 +196,9 @@ impl std::fmt::Display for Refusal {
             Self::Handshake(_, detail) => write!(f, "TLS handshake: {detail}"),
             Self::Timeout => f.write_str("timed out"),
             Self::Revoked => f.write_str("presented a revoked SVID"),
+            Self::DeviceCertificate => f.write_str(
+                "presented a device's certificate, not a workload's: devices reach services through zt gateway",
+            ),
             Self::NotAllowed => f.write_str("not on the allow-list"),
             Self::Malformed(why) | Self::MethodNotAllowed(why) => f.write_str(why),
             Self::Unauthenticated(reason) => write!(f, "invalid token: {reason}"),
@@ -224,6 +233,7 @@ mod tests {
             Refusal::Handshake(HandshakeFailure::Other, String::new()),
             Refusal::Timeout,
             Refusal::Revoked,
+            Refusal::DeviceCertificate,
             Refusal::NotAllowed,
             Refusal::Malformed(String::new()),
             Refusal::MethodNotAllowed(String::new()),

@@ -167,7 +167,8 @@ fn parse_id(field: &str, value: &str) -> ApiResult<SpiffeId> {
     SpiffeId::parse(value).map_err(|e| ApiError::bad_request(format!("{field} {value:?}: {e}")))
 }
 
-/// Entries are for this server's trust domain only.
+/// Entries are for this server's trust domain only, and never name an ID
+/// zt reserves.
 fn check_trust_domain(state: &AdminState, spec: &EntrySpec) -> ApiResult<()> {
     if spec.spiffe_id.trust_domain() != &state.trust_domain {
         return Err(ApiError::bad_request(format!(
@@ -175,7 +176,18 @@ fn check_trust_domain(state: &AdminState, spec: &EntrySpec) -> ApiResult<()> {
             spec.spiffe_id, state.trust_domain
         )));
     }
-    Ok(())
+    check_not_reserved(&spec.spiffe_id)
+}
+
+/// Refuses an ID zt gives only to its own parts or to enrolled devices: a
+/// workload holding one could pass for zt server, or for a person's device.
+fn check_not_reserved(id: &SpiffeId) -> ApiResult<()> {
+    match id.reserved_for() {
+        Some(whom) => Err(ApiError::bad_request(format!(
+            "spiffe_id {id}: reserved for {whom}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 async fn create_entry(State(state): State<AdminState>, body: Bytes) -> ApiResult<impl IntoResponse> {
@@ -287,6 +299,12 @@ async fn create_join_token(State(state): State<AdminState>, body: Bytes) -> ApiR
             state.trust_domain
         )));
     }
+    // Agents may be named under /zt/agent/, as zt names them by default.
+    if let Some(id) = &spiffe_id
+        && !id.path().starts_with("/zt/agent/")
+    {
+        check_not_reserved(id)?;
+    }
     let now = now();
     let token = state
         .store
@@ -322,6 +340,7 @@ async fn mint_x509_svid(
             "spiffe_id {spiffe_id}: an SVID needs a path"
         )));
     }
+    check_not_reserved(&spiffe_id)?;
     if request.ttl_secs == 0 || request.ttl_secs > MAX_MINT_TTL {
         return Err(ApiError::bad_request(format!(
             "ttl {}s is not between 1s and {MAX_MINT_TTL}s ({}h)",

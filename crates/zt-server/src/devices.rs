@@ -40,6 +40,7 @@ use zt_device::compliance::{self, DeviceView, Policy};
 use zt_device::facts::Facts;
 use zt_device::report::{self, CERTIFICATE_TYPE, ENROLL_TYPE, REPORT_TYPE, Report};
 use zt_identity::jwk::PublicKey;
+use zt_identity::spiffe_id::DEVICE_PATH;
 use zt_identity::{SpiffeId, TrustDomain};
 use zt_store::{Device, DeviceStatus, NewDevice, SavedPosture, Store, StoreError};
 
@@ -403,7 +404,7 @@ impl Devices {
 
     /// The SPIFFE ID of a device.
     pub fn spiffe_id(&self, id: &str) -> String {
-        format!("spiffe://{}/device/{id}", self.trust_domain)
+        format!("spiffe://{}{DEVICE_PATH}{id}", self.trust_domain)
     }
 
     /// The device a SPIFFE ID names, if it is a device of this trust domain.
@@ -412,7 +413,7 @@ impl Devices {
         if id.trust_domain() != &self.trust_domain {
             return None;
         }
-        id.path().strip_prefix("/device/").map(str::to_owned)
+        id.path().strip_prefix(DEVICE_PATH).map(str::to_owned)
     }
 
     /// A device's current state, if it exists.
@@ -1334,7 +1335,7 @@ fn service(state: &AdminState) -> ApiResult<&Arc<Devices>> {
 }
 
 fn info(state: &AdminState, device: Device, events: Vec<zt_store::DeviceEvent>) -> DeviceInfo {
-    let spiffe_id = format!("spiffe://{}/device/{}", state.trust_domain, device.id);
+    let spiffe_id = format!("spiffe://{}{DEVICE_PATH}{}", state.trust_domain, device.id);
     let mut device = device;
     if let Some(live) = state
         .devices

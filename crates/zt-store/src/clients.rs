@@ -363,6 +363,12 @@ pub struct CreatedClient {
 fn check_client_id(id: &str, kind: ClientKind) -> Result<(), StoreError> {
     if kind == ClientKind::Spiffe {
         return match zt_identity::SpiffeId::parse(id) {
+            Ok(spiffe_id) if spiffe_id.is_device() => Err(StoreError::InvalidValue {
+                field: "client_id",
+                value: id.to_owned(),
+                reason: "a device is not a workload: the people who use it sign in, and their tokens name the device"
+                    .into(),
+            }),
             Ok(spiffe_id) if !spiffe_id.is_root() && id.len() <= MAX_CLIENT_ID_LEN => Ok(()),
             Ok(_) => Err(StoreError::InvalidValue {
                 field: "client_id",
@@ -756,6 +762,7 @@ mod tests {
             "spiffe://Example.org/x",
             "ns/x/sa/y",
             "https://example.org/x",
+            "spiffe://example.org/device/0a1b",
         ] {
             let error = check_client(&new(bad, ClientKind::Spiffe))
                 .unwrap_err()

@@ -983,6 +983,73 @@ routes:
     assert_eq!(status, 403, "{body}");
     assert!(!body.contains("tier"), "{body}");
 
+    // The laptop's certificate comes from the trust domain's CA, yet a
+    // device is no workload: a sidecar that lets every SPIFFE ID in refuses
+    // it at the connection; the gateway's SVID passes.
+    let open: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let open_admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _open_sidecar = Running(
+        Command::new(zt_exe())
+            .args(["proxy", "--inbound", &open.to_string(), "--app", &app.to_string()])
+            .args(["--admin", &open_admin.to_string()])
+            .args([
+                "--cert",
+                &file("service-one/svid.pem"),
+                "--key",
+                &file("service-one/key.pem"),
+            ])
+            .args([
+                "--bundle",
+                &file("service-one/bundle.pem"),
+                "--allow-spiffe-id",
+                "*",
+            ])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(root.join("open-sidecar.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the open sidecar listens", || TcpStream::connect(open).ok());
+    let direct = |cert: &Path, key: &Path| {
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&devices.bundle)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("https://localhost:{}/report", open.port()))
+            .output()
+            .unwrap()
+    };
+    let workload = direct(&root.join("gateway/svid.pem"), &root.join("gateway/key.pem"));
+    assert_eq!(
+        succeed(&workload, "curl to the open sidecar as the gateway"),
+        "200"
+    );
+    let device = direct(&laptop.join("device.pem"), &key_pem);
+    assert!(
+        !device.status.success() && !String::from_utf8_lossy(&device.stdout).starts_with('2'),
+        "a device reached a workload directly: {}",
+        describe(&device)
+    );
+    assert_eq!(
+        sample(
+            open_admin,
+            "zt_proxy_refused_total{reason=\"device_certificate\"}"
+        ),
+        Some(1.0)
+    );
+
     // The bound token without its certificate: refused, whatever the route.
     let (status, _) = call("/basic/page", false);
     assert_eq!(status, 401, "a bound token without its certificate");

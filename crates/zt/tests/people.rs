@@ -350,6 +350,14 @@ fn a_workload_is_registered_as_a_client_by_its_spiffe_id() {
     assert_failure(
         &zt(
             &server,
+            &["client", "add", "spiffe://example.org/device/0a1b", "--spiffe"],
+        ),
+        1,
+        &["a device is not a workload"],
+    );
+    assert_failure(
+        &zt(
+            &server,
             &["client", "add", &format!("{id}-2"), "--spiffe", "--secret"],
         ),
         2,

@@ -464,6 +464,50 @@ fn x509_mint_signs_for_a_local_key() {
         &["x509", "mint", "--spiffe-id", "spiffe://example.org"],
         "needs a path",
     );
+    // IDs zt gives only to enrolled devices and to its own parts: no mint,
+    // entry or join token names them.
+    for (reserved, whom) in [
+        (
+            "spiffe://example.org/device/0a1b",
+            "reserved for enrolled devices",
+        ),
+        ("spiffe://example.org/zt/server", "reserved for zt's own parts"),
+    ] {
+        refused(&["x509", "mint", "--spiffe-id", reserved], whom);
+        refused(
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                reserved,
+                "--parent-id",
+                "spiffe://example.org/node",
+                "--selector",
+                "unix:uid:0",
+            ],
+            whom,
+        );
+    }
+    refused(
+        &[
+            "agent",
+            "token",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/device/0a1b",
+        ],
+        "reserved for enrolled devices",
+    );
+    ok(
+        &server,
+        &[
+            "agent",
+            "token",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/zt/agent/node-1",
+        ],
+    );
     refused(
         &["x509", "mint", "--spiffe-id", id, "--ttl", "48h"],
         "ttl 172800s is not between 1s and 86400s (24h)",

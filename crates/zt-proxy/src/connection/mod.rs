@@ -174,6 +174,12 @@ async fn connection(
     if revocation.is_revoked() {
         return refused_open(&context.metrics, peer_addr, &Refusal::Revoked);
     }
+    // A device of the trust domain holds an SVID from the same CA, yet it is
+    // a person's machine: it reaches services through zt gateway, where the
+    // person and the device's live tier are checked, never directly.
+    if peer_id.trust_domain() == own.spiffe_id.trust_domain() && peer_id.is_device() {
+        return refused_open(&context.metrics, peer_addr, &Refusal::DeviceCertificate);
+    }
     metrics
         .connections
         .get_or_create(&Transport { transport: "mtls" })

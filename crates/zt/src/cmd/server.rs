@@ -105,7 +105,7 @@ impl DeviceArgs {
                 if parsed.trust_domain() != trust_domain {
                     anyhow::bail!("--device-state-reader {id}: not in the trust domain {trust_domain}");
                 }
-                if parsed.path().starts_with("/device/") {
+                if parsed.is_device() {
                     anyhow::bail!("--device-state-reader {id}: a device may not read device states");
                 }
                 Ok(parsed.to_string())
