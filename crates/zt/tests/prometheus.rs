@@ -1,7 +1,7 @@
 //! The Prometheus alerting rules of `examples/prometheus/`: checked and unit
 //! tested by `promtool`, then evaluated by a real Prometheus scraping a real
-//! `zt proxy` that is sent plaintext, clients without a certificate and
-//! requests its policies deny.
+//! `zt proxy` that is sent plaintext, clients without a certificate,
+//! requests its policies deny and a device's certificate.
 
 #![allow(
     clippy::unwrap_used,
@@ -133,6 +133,17 @@ fn pki(dir: &Path) {
         "--out",
         "intruder",
     ]);
+    // An enrolled device's ID (zt server would issue it at enrollment).
+    zt(&[
+        "ca",
+        "issue",
+        "--ca",
+        "ca",
+        "--spiffe-id",
+        "spiffe://example.org/device/0a1b",
+        "--out",
+        "laptop",
+    ]);
 }
 
 /// Only the payment service may call billing: anyone else is denied.
@@ -206,7 +217,8 @@ fn firing(prometheus: SocketAddr) -> BTreeSet<(String, String, String)> {
 }
 
 /// Sends what the alerts look for: plaintext to the strict inbound port, a
-/// client without a certificate, a request the policies deny.
+/// client without a certificate, a request the policies deny, a device's
+/// certificate.
 fn misbehave(curl: &Path, dir: &Path, inbound: SocketAddr) {
     let mut tcp = TcpStream::connect(inbound).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -237,6 +249,17 @@ fn misbehave(curl: &Path, dir: &Path, inbound: SocketAddr) {
         file("intruder.key"),
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", describe(&out));
+    let out = curl(&[
+        "--cert".into(),
+        file("laptop.crt"),
+        "--key".into(),
+        file("laptop.key"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "curl with a device's certificate: {}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -300,6 +323,7 @@ fn a_real_prometheus_fires_the_shipped_alerts_at_a_real_proxy() {
         "ZtProxyHandshakeFailures{no_client_certificate}",
         "ZtProxyDenyRateAboveBaseline",
         "ZtProxySvidExpiringSoon",
+        "ZtProxyDeviceCertificate{device_certificate}",
     ]
     .into_iter()
     .map(|name| (name.to_owned(), job.clone(), instance.clone()))
