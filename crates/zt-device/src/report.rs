@@ -326,6 +326,39 @@ mod tests {
         );
     }
 
+    /// A fact named twice: a reader keeping the first and one keeping the
+    /// last would see two devices; the report is refused before any reads it.
+    #[test]
+    fn a_fact_named_twice_is_refused() {
+        let (pair, _) = key();
+        let fact = |value: bool| format!(r#""firewall.active":{{"value":{value},"observed_at":1700000000}}"#);
+        let payload = format!(
+            r#"{{"device_id":"d1","seq":8,"sent_ms":1700000000123,"facts":{{{},{}}}}}"#,
+            fact(false),
+            fact(true)
+        );
+        let header = json!({ "alg": "ES256", "typ": REPORT_TYPE, "kid": "d1" });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(&payload)
+        );
+        let der = signer(&pair)(input.as_bytes()).unwrap();
+        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(der_to_raw(&der).unwrap()));
+        let err = decode(&token, REPORT_TYPE).unwrap_err();
+        assert!(err.to_string().starts_with("malformed posture report"), "{err}");
+        // The same facts named once each decode.
+        let once = payload.replace(&format!("{},", fact(false)), "");
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(&once)
+        );
+        let der = signer(&pair)(input.as_bytes()).unwrap();
+        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(der_to_raw(&der).unwrap()));
+        assert!(decode(&token, REPORT_TYPE).is_ok());
+    }
+
     #[test]
     fn der_signatures_become_fixed_width_raw_ones() {
         // r with a leading zero byte (high bit set), s short.

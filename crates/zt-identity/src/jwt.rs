@@ -517,7 +517,7 @@ pub struct Jws {
 
 impl Jws {
     /// Decodes `token`: at most [`MAX_TOKEN_LEN`] bytes, three base64url parts
-    /// of JSON objects without duplicate members, an allowed `alg` (never
+    /// of JSON objects without duplicate members at any depth, an allowed `alg` (never
     /// `none` or HMAC), no header that picks its own key or changes
     /// processing, and a `typ` among `types` (compared without case and
     /// without an `application/` prefix, RFC 7515 §4.1.9), or absent where
@@ -658,47 +658,84 @@ pub fn sign_jws(signer: &JwtSigner, typ: &str, claims: &Value) -> Result<String,
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
-/// Decodes a base64url JSON object, refusing duplicate member names: parsers that
-/// keep the first and the last of `{"alg":"none","alg":"ES256"}` would disagree.
+/// Decodes a base64url JSON object, refusing duplicate member names at any
+/// depth: parsers that keep the first and the last of
+/// `{"alg":"none","alg":"ES256"}`, or of `{"cnf":{"x5t#S256":A,"x5t#S256":B}}`,
+/// would disagree.
 fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, JwtSvidError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| JwtSvidError::Malformed(what))?;
-    serde_json::from_slice::<UniqueObject>(&bytes)
-        .map(|o| o.0)
-        .map_err(|_| JwtSvidError::Malformed(what))
+    match serde_json::from_slice::<Unique>(&bytes) {
+        Ok(Unique(Value::Object(map))) => Ok(map),
+        _ => Err(JwtSvidError::Malformed(what)),
+    }
 }
 
-/// A top-level JSON object whose member names are unique.
-struct UniqueObject(Map<String, Value>);
+/// A JSON value whose objects, at every depth, have unique member names
+/// (serde_json's own recursion limit bounds the depth).
+struct Unique(Value);
 
-impl<'de> serde::Deserialize<'de> for UniqueObject {
+impl<'de> serde::Deserialize<'de> for Unique {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
 
         impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = UniqueObject;
+            type Value = Unique;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object with unique member names")
+                f.write_str("JSON whose objects have unique member names")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<UniqueObject, A::Error> {
+            fn visit_bool<E>(self, v: bool) -> Result<Unique, E> {
+                Ok(Unique(Value::Bool(v)))
+            }
+
+            fn visit_i64<E>(self, v: i64) -> Result<Unique, E> {
+                Ok(Unique(Value::from(v)))
+            }
+
+            fn visit_u64<E>(self, v: u64) -> Result<Unique, E> {
+                Ok(Unique(Value::from(v)))
+            }
+
+            fn visit_f64<E>(self, v: f64) -> Result<Unique, E> {
+                Ok(Unique(Value::from(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Unique, E> {
+                Ok(Unique(Value::String(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Unique, E> {
+                Ok(Unique(Value::String(v)))
+            }
+
+            fn visit_unit<E>(self) -> Result<Unique, E> {
+                Ok(Unique(Value::Null))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Unique, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Unique(item)) = access.next_element::<Unique>()? {
+                    items.push(item);
+                }
+                Ok(Unique(Value::Array(items)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Unique, A::Error> {
                 let mut map = Map::new();
-                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                while let Some((key, Unique(value))) = access.next_entry::<String, Unique>()? {
                     if map.contains_key(&key) {
                         return Err(serde::de::Error::custom(format!("duplicate member {key:?}")));
                     }
                     map.insert(key, value);
                 }
-                Ok(UniqueObject(map))
+                Ok(Unique(Value::Object(map)))
             }
         }
 
-        deserializer.deserialize_map(Visitor)
+        deserializer.deserialize_any(Visitor)
     }
 }
 

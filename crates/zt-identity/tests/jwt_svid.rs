@@ -555,7 +555,8 @@ fn subject_without_a_path_is_rejected() -> TestResult {
 }
 
 /// `{"alg":"none","alg":"ES256"}` means `none` to a parser that keeps the first
-/// member and ES256 to one that keeps the last: such a token must not verify.
+/// member and ES256 to one that keeps the last: such a token must not verify,
+/// nor one with a duplicate member at any depth.
 #[test]
 fn duplicate_members_are_rejected() -> TestResult {
     let f = Fixture::new()?;
@@ -566,10 +567,21 @@ fn duplicate_members_are_rejected() -> TestResult {
         r#"{{"sub":"spiffe://example.org/admin","sub":"{SUBJECT}","aud":"{AUDIENCE}","exp":{}}}"#,
         NOW + 60
     );
+    // Nested: in an object inside the claims, or inside an array.
+    let nested = format!(
+        r#"{{"sub":"{SUBJECT}","aud":"{AUDIENCE}","exp":{},"cnf":{{"x5t#S256":"a","x5t#S256":"b"}}}}"#,
+        NOW + 60
+    );
+    let in_array = format!(
+        r#"{{"sub":"{SUBJECT}","aud":"{AUDIENCE}","exp":{},"act":[{{"sub":"a","sub":"b"}}]}}"#,
+        NOW + 60
+    );
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &f.key.pkcs8)?;
     for (header, claims) in [
         (header.as_str(), claims.as_str()),
         (r#"{"alg":"ES256"}"#, dup_claims.as_str()),
+        (r#"{"alg":"ES256"}"#, nested.as_str()),
+        (r#"{"alg":"ES256"}"#, in_array.as_str()),
     ] {
         let input = format!("{}.{}", b64(header), b64(claims));
         let sig = pair.sign(&SystemRandom::new(), input.as_bytes())?;
