@@ -24,7 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use zt_authn::Verified;
 use zt_proxy::refusal::Refusal;
 
@@ -159,7 +159,10 @@ impl Gateway {
             }
         };
         drop(decision);
-        match self.forward(request, &head, upstream, &person, now).await {
+        match self
+            .forward(request, &head, upstream, &person, device.as_ref(), now)
+            .await
+        {
             Ok(response) => response,
             Err(Forwarding::Exchange(e)) => {
                 tracing::warn!(user = %person.verified.principal(), audience = %upstream.route.audience, error = %e, "token exchange failed");
@@ -273,7 +276,8 @@ impl Gateway {
     ) -> Result<zt_proxy::authz::Decision, Refusal> {
         let mut auth = person.verified.to_auth();
         // The device's live tier, not the one written in the token when it
-        // was issued: the device behind this connection's certificate.
+        // was issued: the device behind this connection's certificate (the
+        // upstream gets the same, `claims_with_device`).
         if let Some(device) = device {
             auth.claims.extend(device.claims());
         }
@@ -312,10 +316,14 @@ impl Gateway {
         head: &zt_proxy::request::normalize::Admitted,
         upstream: &Upstream,
         person: &Person,
+        device: Option<&crate::devices::RequestDevice>,
         now: u64,
     ) -> Result<Response<Body>, Forwarding> {
         let token = match upstream.route.token {
-            TokenMode::Exchange => Some(self.exchanged(person, &upstream.route.audience, now).await?),
+            TokenMode::Exchange => Some(
+                self.exchanged(person, &upstream.route.audience, device, now)
+                    .await?,
+            ),
             TokenMode::None => None,
         };
         let (mut parts, body) = request.into_parts();
@@ -334,7 +342,7 @@ impl Gateway {
                 .map_err(|_| Forwarding::Refused(Refusal::Malformed("exchanged token".into())))?;
             parts.headers.insert(http::header::AUTHORIZATION, value);
         }
-        for (name, value) in self.identity_headers(upstream, &person.verified) {
+        for (name, value) in self.identity_headers(upstream, &claims_with_device(&person.verified, device)) {
             parts.headers.insert(name, value);
         }
         let streamed =
@@ -356,9 +364,21 @@ impl Gateway {
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
     }
 
-    /// The person's token for `audience`, exchanged once and reused while it lives.
-    async fn exchanged(&self, person: &Person, audience: &str, now: u64) -> Result<String, Forwarding> {
-        if let Some(token) = self.sessions.exchanged(&person.token, audience, now) {
+    /// The person's token for `audience`, exchanged once and reused while it
+    /// lives and the device's live tier stays what it was (the provider
+    /// writes the tier of the moment of the exchange).
+    async fn exchanged(
+        &self,
+        person: &Person,
+        audience: &str,
+        device: Option<&crate::devices::RequestDevice>,
+        now: u64,
+    ) -> Result<String, Forwarding> {
+        let key = match device {
+            Some(device) => format!("{audience}\n{}", device.tier),
+            None => audience.to_owned(),
+        };
+        if let Some(token) = self.sessions.exchanged(&person.token, &key, now) {
             return Ok(token);
         }
         let answer = self
@@ -368,19 +388,23 @@ impl Gateway {
             .map_err(Forwarding::Exchange)?;
         let expires = now + answer.expires_in.unwrap_or(60);
         self.sessions
-            .keep_exchanged(&person.token, audience, answer.access_token.clone(), expires, now);
+            .keep_exchanged(&person.token, &key, answer.access_token.clone(), expires, now);
         Ok(answer.access_token)
     }
 
-    /// The identity headers of `upstream`, from the verified claims, written
-    /// as RequestAuthentication's `outputClaimToHeaders` writes them; claims
-    /// the token lacks (or objects) give no header.
-    fn identity_headers(&self, upstream: &Upstream, verified: &Verified) -> Vec<(HeaderName, HeaderValue)> {
+    /// The identity headers of `upstream`, from the claims the policy decided
+    /// on, written as RequestAuthentication's `outputClaimToHeaders` writes
+    /// them; claims the token lacks (or objects) give no header.
+    fn identity_headers(
+        &self,
+        upstream: &Upstream,
+        claims: &Map<String, Value>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
         upstream
             .headers
             .iter()
             .filter_map(|(name, claim)| {
-                let value = zt_authn::request::claim_text(claim.find(verified.claims())?)?;
+                let value = zt_authn::request::claim_text(claim.find(claims)?)?;
                 Some((name.clone(), HeaderValue::from_str(&value).ok()?))
             })
             .collect()
@@ -693,6 +717,23 @@ fn expiry(verified: &Verified, expires_in: Option<u64>, now: u64) -> u64 {
         .and_then(Value::as_u64)
         .or(expires_in.map(|s| now + s))
         .unwrap_or(now)
+}
+
+/// The person's claims as the policy sees them and the upstream receives
+/// them: with a device behind the connection, its live `device_id` and
+/// `device_tier` in place of what the token was issued with.
+fn claims_with_device<'a>(
+    verified: &'a Verified,
+    device: Option<&crate::devices::RequestDevice>,
+) -> std::borrow::Cow<'a, Map<String, Value>> {
+    match device {
+        Some(device) => {
+            let mut claims = verified.claims().clone();
+            claims.extend(device.claims());
+            std::borrow::Cow::Owned(claims)
+        }
+        None => std::borrow::Cow::Borrowed(verified.claims()),
+    }
 }
 
 /// The `x5t#S256` a token is bound to, if any.

@@ -442,8 +442,13 @@ impl Provider {
                 ));
             }
         };
+        // A subject token bound to a client certificate (a device's, `cnf`)
+        // is checked against it by the actor, which received it over that
+        // certificate's connection (zt gateway does); the actor, a
+        // confidential client acting for the person, never holds the
+        // person's key, so the provider does not ask for it here.
         let subject = self
-            .active_access_token(subject_token, Some(peer))
+            .active_access_token(subject_token, None)
             .await
             .map_err(|why| OAuthError::invalid_request(format!("subject_token: {why}")))?;
         if !subject.get("sid").is_some_and(Value::is_string) {

@@ -247,6 +247,9 @@ struct Inner {
 pub trait DeviceDirectory: Send + Sync {
     /// The device's ID and current tier, if `spiffe_id` names an enrolled device.
     fn device(&self, spiffe_id: &str) -> Option<(String, String)>;
+
+    /// The current tier of the enrolled device `id`, if it exists.
+    fn tier(&self, id: &str) -> Option<String>;
 }
 
 impl Provider {
@@ -334,6 +337,13 @@ impl Provider {
     /// The device (ID, tier) behind a client certificate's SPIFFE ID.
     pub(crate) fn device(&self, spiffe_id: Option<&str>) -> Option<(String, String)> {
         self.inner.devices.get()?.device(spiffe_id?)
+    }
+
+    /// The live tier of device `id` (`unknown` for a device that no longer
+    /// exists); `None` when the provider follows no devices.
+    pub(crate) fn device_tier(&self, id: &str) -> Option<String> {
+        let directory = self.inner.devices.get()?;
+        Some(directory.tier(id).unwrap_or_else(|| "unknown".to_owned()))
     }
 
     /// Registers the provider's metrics under the caller's prefix (`zt_server_idp_…`).

@@ -157,7 +157,8 @@ impl Provider {
 
     /// Signs an access token for a call made on a person's behalf (RFC 8693
     /// §2.2.1): `subject` holds the verified claims of the access token
-    /// exchanged, whose `sub` and [`PERSON_CLAIMS`] are copied; `act` names
+    /// exchanged, whose `sub` and [`PERSON_CLAIMS`] are copied (but for
+    /// `device_tier`, the device's live tier when devices are followed); `act` names
     /// `actor` with the subject token's own `act`, if any, nested inside it
     /// (§4.1); and the new token lives no longer than the one it came from.
     pub(crate) fn exchanged_token(
@@ -176,6 +177,15 @@ impl Provider {
             if let Some(value) = subject.get(*name) {
                 claims.insert((*name).into(), value.clone());
             }
+        }
+        // The device's tier now, not the one the subject token was issued
+        // with up to its lifetime ago.
+        if let Some(tier) = subject
+            .get("device_id")
+            .and_then(Value::as_str)
+            .and_then(|id| self.device_tier(id))
+        {
+            claims.insert("device_tier".into(), json!(tier));
         }
         let mut act = Map::new();
         act.insert("sub".into(), json!(actor));

@@ -1467,7 +1467,11 @@ async fn delete_device(
 impl zt_idp::DeviceDirectory for Devices {
     fn device(&self, spiffe_id: &str) -> Option<(String, String)> {
         let id = self.device_id_of(spiffe_id)?;
-        let tier = self.state(&id)?.tier;
+        let tier = self.tier(&id)?;
         Some((id, tier))
+    }
+
+    fn tier(&self, id: &str) -> Option<String> {
+        lock(&self.live).get(id).map(|live| live.tier.clone())
     }
 }

@@ -789,8 +789,8 @@ fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_
     ))
     .unwrap();
     let secret = created["secret"].as_str().unwrap().to_owned();
-    std::fs::write(root.join("gateway.secret"), "unused-by-this-test").unwrap();
-    ok(
+    // The gateway's client: it signs no one in here, but exchanges tokens.
+    let gateway_client: Value = serde_json::from_str(&ok(
         &devices.server,
         &[
             "client",
@@ -801,8 +801,18 @@ fn the_gateway_takes_a_trusted_route_away_within_the_heartbeat_window_and_gives_
             "https://localhost:1/.zt/callback",
             "--grant",
             "authorization_code",
+            "--grant",
+            "token_exchange",
+            "--output",
+            "json",
         ],
-    );
+    ))
+    .unwrap();
+    std::fs::write(
+        root.join("gateway.secret"),
+        gateway_client["secret"].as_str().unwrap(),
+    )
+    .unwrap();
     let issuer = format!("https://localhost:{}", devices.idp.port());
     std::fs::create_dir(root.join("policies")).unwrap();
     std::fs::write(
@@ -836,8 +846,10 @@ session: {{key_file: cookie.key}}
 identity: {{cert: gateway/svid.pem, key: gateway/key.pem, bundle: gateway/bundle.pem}}
 policy: {{dir: policies, namespace: edge}}
 devices: {{server: \"{server}\"}}
+headers: {{X-Device-Tier: device_tier}}
 routes:
   - {{path: /, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\", token: none}}
+  - {{path: /basic/exchanged, upstream: \"{inbound}\", spiffe_id: \"{SERVICE_ONE}\"}}
 ",
             port = gateway.port(),
             server = devices.url(),
@@ -1188,6 +1200,31 @@ routes:
         401,
         "the person's token is bound to the laptop's certificate"
     );
+
+    // What the upstream receives follows the live tier as the decision did:
+    // the identity header, and the token the gateway exchanged for it (a
+    // bound token is exchanged: the gateway checked its certificate).
+    let upstream_sees = |token: &str| -> (String, String) {
+        let (status, body) = call_with(token, "/basic/exchanged/page", true);
+        assert_eq!(status, 200, "{body}\n{}", gateway_log());
+        let echoed: Value = serde_json::from_str(&body).unwrap();
+        let header = echoed["headers"]["x-device-tier"][0].as_str().unwrap().to_owned();
+        let bearer = echoed["headers"]["authorization"][0].as_str().unwrap();
+        let exchanged = jwt_claims(bearer.strip_prefix("Bearer ").unwrap());
+        assert_eq!(exchanged["device_id"], json!(id), "{exchanged}");
+        (header, exchanged["device_tier"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(upstream_sees(&person), ("trusted".into(), "trusted".into()));
+    drop(agent);
+    eventually("the person loses /trusted", || {
+        (call_with(&person, "/trusted/report", true).0 == 403).then_some(())
+    });
+    assert_eq!(
+        upstream_sees(&person),
+        ("basic".into(), "basic".into()),
+        "the token issued at trusted is exchanged again at the live tier"
+    );
+    agent = devices.agent(&laptop, &facts, &[]);
 
     // Revoked: every route that needs a tier is gone at once.
     ok(&devices.server, &["device", "revoke", &id]);
