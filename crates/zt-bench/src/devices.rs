@@ -404,16 +404,17 @@ async fn measure(
         items: accepted,
         what: "report",
     });
-    report(gateway_device_check());
+    report(gateway_device_check(&TrustDomain::parse("example.org")?));
     Ok(())
 }
 
 /// What the gateway adds to each request with device trust on: the live
 /// state of the client certificate's device looked up among 10 000, and
 /// its two claims put in place of the token's.
-fn gateway_device_check() -> Figure {
+fn gateway_device_check(trust_domain: &TrustDomain) -> Figure {
     const DEVICES: usize = 10_000;
-    let devices = zt_gateway::devices::Devices::new("example.org", Duration::from_secs(15));
+    let devices = zt_gateway::devices::Devices::new(Duration::from_secs(15));
+    devices.set_trust_domain(trust_domain);
     devices.replace_all(
         (0..DEVICES)
             .map(|i| zt_gateway::devices::DeviceState {
@@ -425,7 +426,7 @@ fn gateway_device_check() -> Figure {
             .collect(),
     );
     let ids: Vec<String> = (0..DEVICES)
-        .map(|i| format!("spiffe://example.org/device/{:032x}", (i * 7919) % DEVICES))
+        .map(|i| format!("spiffe://{trust_domain}/device/{:032x}", (i * 7919) % DEVICES))
         .collect();
     let mut claims = serde_json::Map::new();
     let mut next = 0;

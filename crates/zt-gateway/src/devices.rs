@@ -94,7 +94,9 @@ pub struct Devices {
     /// When the server last answered, Unix ms.
     answered_ms: AtomicU64,
     stale_after: Duration,
-    trust_domain_prefix: String,
+    /// `spiffe://TD/device/`, once the gateway knows its trust domain (from
+    /// its first SVID); until then no certificate names a known device.
+    trust_domain_prefix: std::sync::OnceLock<String>,
     /// Devices held (a metric).
     held: Gauge,
     /// Polls of the server that failed (a metric).
@@ -103,15 +105,23 @@ pub struct Devices {
 
 impl Devices {
     /// Empty until the server first answers.
-    pub fn new(trust_domain: &str, stale_after: Duration) -> Self {
+    pub fn new(stale_after: Duration) -> Self {
         Self {
             states: RwLock::new(HashMap::new()),
             answered_ms: AtomicU64::new(0),
             stale_after,
-            trust_domain_prefix: format!("spiffe://{trust_domain}{}", zt_identity::spiffe_id::DEVICE_PATH),
+            trust_domain_prefix: std::sync::OnceLock::new(),
             held: Gauge::default(),
             failures: Counter::default(),
         }
+    }
+
+    /// The trust domain whose devices these are (the first one set stays).
+    pub fn set_trust_domain(&self, trust_domain: &zt_identity::TrustDomain) {
+        let _ = self.trust_domain_prefix.set(format!(
+            "spiffe://{trust_domain}{}",
+            zt_identity::spiffe_id::DEVICE_PATH
+        ));
     }
 
     /// The same, counting into `held` (devices whose state is held) and
@@ -127,7 +137,11 @@ impl Devices {
 
     /// The device behind a client certificate's SPIFFE ID, at `now_ms`.
     pub fn lookup(&self, spiffe_id: Option<&str>, now_ms: u64) -> RequestDevice {
-        let Some(id) = spiffe_id.and_then(|s| s.strip_prefix(&self.trust_domain_prefix)) else {
+        let prefix = self.trust_domain_prefix.get();
+        let Some(id) = spiffe_id
+            .zip(prefix)
+            .and_then(|(s, prefix)| s.strip_prefix(prefix.as_str()))
+        else {
             return RequestDevice::none();
         };
         let answered = self.answered_ms.load(Ordering::Acquire);
@@ -227,6 +241,7 @@ impl Devices {
         after: u64,
     ) -> Result<u64, String> {
         let identity = identity.borrow().clone().ok_or("the gateway has no SVID yet")?;
+        self.set_trust_domain(identity.spiffe_id.trust_domain());
         let config = zt_tls::client_config(
             identity.chain.clone(),
             identity.key.clone_key(),

@@ -51,8 +51,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zt_proxy::authz::{Authorizer, AuthzConfig, PolicyMode, PolicySource};
-use zt_proxy::identity::IdentitySource;
+use zt_proxy::identity::{IdentitySource, IdentityWatch};
 use zt_proxy::request::normalize::HeadRules;
+use zt_task::files::Stamp;
 
 pub use config::GatewayConfig;
 
@@ -293,50 +294,36 @@ async fn serve(
             source,
         })?;
     // With device trust, a client may present a device certificate of the
-    // trust domain (verified against its bundle); it never has to.
-    let device_roots = match &config.devices {
-        Some(_) => Some(
-            identity
-                .borrow()
-                .as_ref()
-                .map(|identity| identity.bundles.clone())
-                .ok_or_else(|| GatewayError::Config("devices: the gateway has no trust bundle yet".into()))?,
-        ),
-        None => None,
-    };
+    // trust domain (verified against its bundle as it is now: the listener
+    // follows the bundle's rotations); it never has to. Until the gateway
+    // holds its first SVID, no client certificate is asked for, so every
+    // device is unknown.
+    let device_bundles = config.devices.as_ref().map(|_| identity.clone());
     let tls = Arc::new(ServerTls::load(
         &config.tls.cert,
         &config.tls.key,
-        device_roots.clone(),
+        bundles_now(device_bundles.as_ref()),
     )?);
     {
         let (tls, cert, key) = (tls.clone(), config.tls.cert.clone(), config.tls.key.clone());
-        let roots = device_roots.clone();
         tasks.spawn_until_stop("tls_certificate", stop.clone(), move || {
-            let (tls, cert, key, roots) = (tls.clone(), cert.clone(), key.clone(), roots.clone());
-            async move { tls.follow(&cert, &key, roots).await }
+            let (tls, cert, key, bundles) = (tls.clone(), cert.clone(), key.clone(), device_bundles.clone());
+            async move { tls.follow(&cert, &key, bundles).await }
         });
     }
-    let devices = match (&config.devices, &device_roots) {
-        (Some(settings), Some(_)) => {
-            let trust_domain = identity
-                .borrow()
-                .as_ref()
-                .map(|identity| identity.spiffe_id.trust_domain().to_string())
-                .unwrap_or_default();
-            let devices = Arc::new(
-                devices::Devices::new(&trust_domain, settings.stale_after).with_metrics(
-                    metrics.device_states.clone(),
-                    metrics.device_state_failures.clone(),
-                ),
-            );
+    let devices = match &config.devices {
+        Some(settings) => {
+            let devices = Arc::new(devices::Devices::new(settings.stale_after).with_metrics(
+                metrics.device_states.clone(),
+                metrics.device_state_failures.clone(),
+            ));
             let (follower, settings, identity) = (devices.clone(), settings.clone(), identity.clone());
             tasks.spawn_until_stop("device_states", stop.clone(), move || {
                 follower.clone().follow(settings.clone(), identity.clone())
             });
             Some(devices)
         }
-        _ => None,
+        None => None,
     };
     if let Some(admin) = config.admin {
         let admin_listener = TcpListener::bind(admin)
@@ -437,22 +424,47 @@ impl ServerTls {
             .map_or_else(|p| p.into_inner().clone(), |c| c.clone())
     }
 
-    async fn follow(&self, cert: &Path, key: &Path, device_roots: Option<Arc<zt_identity::BundleSet>>) {
-        zt_task::files::on_change(&[cert, key], || match server_config(cert, key, device_roots.clone()) {
-            Ok(config) => {
-                if let Ok(mut current) = self.0.write() {
-                    *current = Arc::new(config);
+    /// Builds the configuration again whenever the certificate's files
+    /// change or, with device trust, the trust bundle devices are verified
+    /// against (`bundles`: the gateway's identity) does. Never returns.
+    async fn follow(&self, cert: &Path, key: &Path, bundles: Option<IdentityWatch>) {
+        let mut files = Stamp::of(&[cert, key]);
+        let mut roots = bundles_now(bundles.as_ref());
+        loop {
+            tokio::time::sleep(zt_task::files::FILE_POLL).await;
+            let files_now = Stamp::of(&[cert, key]);
+            let roots_now = bundles_now(bundles.as_ref());
+            let same_roots = match (&roots, &roots_now) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if files_now == files && same_roots {
+                continue;
+            }
+            match server_config(cert, key, roots_now.clone()) {
+                Ok(config) => {
+                    if let Ok(mut current) = self.0.write() {
+                        *current = Arc::new(config);
+                    }
+                    tracing::info!(cert = %cert.display(), device_roots = roots_now.is_some(), "gateway TLS configuration reloaded");
+                    (files, roots) = (files_now, roots_now);
                 }
-                tracing::info!(cert = %cert.display(), "gateway certificate reloaded");
-                true
+                Err(e) => {
+                    tracing::warn!(error = %e, "the gateway certificate changed but does not load; keeping the previous one");
+                    files = files_now;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "the gateway certificate changed but does not load; keeping the previous one");
-                false
-            }
-        })
-        .await;
+        }
     }
+}
+
+/// The trust bundle as the gateway's identity holds it now, if it holds one.
+fn bundles_now(identity: Option<&IdentityWatch>) -> Option<Arc<zt_identity::BundleSet>> {
+    identity?
+        .borrow()
+        .as_ref()
+        .map(|identity| identity.bundles.clone())
 }
 
 fn server_config(

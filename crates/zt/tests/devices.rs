@@ -1234,6 +1234,74 @@ routes:
     drop(agent);
 }
 
+/// A gateway with device trust whose SVID comes from a Workload API that
+/// has not answered yet starts anyway (not ready, every device unknown)
+/// rather than exiting: it asks for client certificates once it holds the
+/// trust bundle, and follows that bundle's rotations.
+#[test]
+fn a_gateway_with_device_trust_starts_before_its_first_svid() {
+    let devices = Devices::start();
+    let root = devices.dir.path();
+    ok(
+        &devices.server,
+        &[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            GATEWAY_ID,
+            "--dns",
+            "localhost",
+            "--ttl",
+            "1h",
+            "--write",
+            root.join("gateway").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(root.join("gateway.secret"), "not-used-here").unwrap();
+    std::fs::create_dir(root.join("policies")).unwrap();
+    let gateway: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    std::fs::write(
+        root.join("gateway.yaml"),
+        format!(
+            "listen: {gateway}
+url: https://localhost:{port}
+admin: {admin}
+tls: {{cert: gateway/svid.pem, key: gateway/key.pem}}
+oidc: {{issuer: \"https://localhost:{idp}\", client_id: zt-gateway, client_secret_file: gateway.secret, ca: gateway/bundle.pem, audiences: [zt-gateway]}}
+session: {{key_file: cookie.key}}
+identity: {{workload_api: no-agent-yet.sock}}
+policy: {{dir: policies, namespace: edge}}
+devices: {{server: \"{server}\"}}
+routes:
+  - {{path: /, upstream: \"127.0.0.1:1\", spiffe_id: \"{SERVICE_ONE}\", token: none}}
+",
+            port = gateway.port(),
+            idp = devices.idp.port(),
+            server = devices.url(),
+        ),
+    )
+    .unwrap();
+    let mut process = Running(
+        Command::new(zt_exe())
+            .args(["gateway", "--config", "gateway.yaml"])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(root.join("gateway.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(root.join("gateway.log")).unwrap_or_default();
+    let (status, body) = eventually("the gateway's admin port answers", || {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!("zt gateway exited ({status}) without its first SVID: {}", log());
+        }
+        http_get(admin, "/readyz").ok()
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+}
+
 fn jwt_claims(token: &str) -> Value {
     use base64::Engine as _;
     let payload = token.split('.').nth(1).unwrap();
