@@ -62,10 +62,9 @@ impl ClientCertificate {
         let Some(leaf) = connection.peer_certificates().and_then(|certs| certs.first()) else {
             return Self::default();
         };
-        use base64::Engine as _;
         Self {
             spiffe_id: zt_tls::peer_spiffe_id(connection).map(|id| id.to_string()),
-            sha256: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(leaf.as_ref()))),
+            sha256: Some(zt_identity::x509::x5t_s256(leaf)),
         }
     }
 }

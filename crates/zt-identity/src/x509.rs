@@ -282,6 +282,14 @@ pub fn verify_x509_svid(
     })
 }
 
+/// A certificate's RFC 8705 thumbprint, `x5t#S256`: the SHA-256 of its DER,
+/// base64url without padding (what a token bound to it names in `cnf`).
+pub fn x5t_s256(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
 /// Reads what a certificate says about itself, without verifying anything.
 pub fn summarize(der: &CertificateDer<'_>) -> Result<CertificateSummary, X509SvidError> {
     let cert = parse(der, 0)?;

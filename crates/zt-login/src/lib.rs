@@ -181,6 +181,10 @@ pub struct ClientCertificate {
     pub resolver: Arc<dyn rustls::client::ResolvesClientCert>,
     /// The flags that name it again, for the commands `zt login` prints.
     pub flags: String,
+    /// The certificate's `x5t#S256`: a kept token bound to another one (the
+    /// certificate was renewed since) is refreshed rather than handed out,
+    /// as whoever checks the binding would refuse it.
+    pub thumbprint: Option<String>,
 }
 
 impl Login {
@@ -397,12 +401,17 @@ impl Login {
         self.ca.as_deref()
     }
 
-    /// An access token with at least [`REFRESH_MARGIN`] left: the one kept,
-    /// or a refreshed one (the rotated refresh token kept in its place).
+    /// An access token with at least [`REFRESH_MARGIN`] left and bound, if
+    /// bound at all, to the certificate presented now: the one kept, or a
+    /// refreshed one (the rotated refresh token kept in its place).
     pub async fn access_token(&self) -> Result<String, LoginError> {
         let login = self.load()?;
         let now = zt_identity::clock::unix_seconds();
-        if login.expires_at >= now + REFRESH_MARGIN.as_secs() {
+        let presented = self.certificate.as_ref().and_then(|c| c.thumbprint.as_deref());
+        let bound_elsewhere = presented
+            .zip(bound_certificate(&login.access_token))
+            .is_some_and(|(presented, bound)| presented != bound);
+        if !bound_elsewhere && login.expires_at >= now + REFRESH_MARGIN.as_secs() {
             return Ok(login.access_token);
         }
         let stale = |why: String| LoginError::Stale {
@@ -580,6 +589,18 @@ pub(crate) fn endpoint(discovery: &Value, name: &str, issuer: &str) -> Result<St
             url: format!("{issuer}/.well-known/openid-configuration"),
             reason: format!("no https {name}"),
         })
+}
+
+/// The `x5t#S256` an access token is bound to (RFC 8705 `cnf`), read from
+/// its payload unverified: it is the token this login keeps, not one to
+/// trust.
+fn bound_certificate(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1)?)
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&payload).ok()?;
+    claims.get("cnf")?.get("x5t#S256")?.as_str().map(str::to_owned)
 }
 
 /// `$XDG_CONFIG_HOME/zt/login`, else `$HOME/.config/zt/login`.

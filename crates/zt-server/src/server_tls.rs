@@ -235,11 +235,7 @@ fn peer_info(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
         not_before: summary.as_ref().map_or(0, |s| s.not_before),
         serial: summary.map(|s| serial_hex(&s.serial)),
         addr: Some(addr),
-        certificate_sha256: leaf.map(|leaf| {
-            use base64::Engine as _;
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
-        }),
+        certificate_sha256: leaf.map(|leaf| zt_identity::x509::x5t_s256(leaf)),
     }
 }
 

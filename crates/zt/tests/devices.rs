@@ -1226,10 +1226,42 @@ routes:
     );
     agent = devices.agent(&laptop, &facts, &[]);
 
+    // The device certificate is renewed (same key, new certificate): the
+    // token bound to the old one is refused with the new one, and `zt login
+    // --print-token` hands out a token bound to the new one, not the kept one.
+    let renewed = tokio::runtime::Runtime::new().unwrap().block_on(
+        DeviceDir::open(&laptop, &TpmLocation::none())
+            .unwrap()
+            .renew_certificate(),
+    );
+    assert!(renewed.is_ok(), "{renewed:?}");
+    assert_eq!(
+        call_with(&person, "/trusted/report", true).0,
+        401,
+        "a token bound to the certificate before the renewal"
+    );
+    let out = Command::new(zt_exe())
+        .args(["login", "--print-token"])
+        .args(login_args)
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .unwrap();
+    let rebound = succeed(&out, "zt login --print-token after the renewal")
+        .trim()
+        .to_owned();
+    assert_ne!(rebound, person, "the kept token is bound to the old certificate");
+    assert_ne!(
+        jwt_claims(&rebound)["cnf"]["x5t#S256"],
+        jwt_claims(&person)["cnf"]["x5t#S256"]
+    );
+    eventually("the rebound token reaches /trusted", || {
+        (call_with(&rebound, "/trusted/report", true).0 == 200).then_some(())
+    });
+
     // Revoked: every route that needs a tier is gone at once.
     ok(&devices.server, &["device", "revoke", &id]);
     eventually("a revoked device loses /basic", || {
-        (call("/basic/page", true).0 == 403).then_some(())
+        (call_with(&rebound, "/basic/page", true).0 == 403).then_some(())
     });
     drop(agent);
 }

@@ -67,15 +67,20 @@ fn login(args: &IssuerArgs) -> anyhow::Result<Login> {
         .client_config()
         .map_err(|e| anyhow::anyhow!("--device-dir {}: {e}", dir.display()))?
         .client_auth_cert_resolver;
-    if !resolver.has_certs() {
+    let leaf = device
+        .certificate()
+        .map_err(|e| anyhow::anyhow!("--device-dir {}: {e}", dir.display()))?
+        .and_then(|chain| chain.into_iter().next());
+    let (true, Some(leaf)) = (resolver.has_certs(), leaf) else {
         anyhow::bail!(
             "--device-dir {}: the device has no certificate yet (is its enrollment waiting for zt device approve?)",
             dir.display()
         );
-    }
+    };
     Ok(login.presenting(ClientCertificate {
         resolver,
         flags: format!("--device-dir {}", dir.display()),
+        thumbprint: Some(zt_identity::x509::x5t_s256(&leaf)),
     }))
 }
 
