@@ -337,25 +337,22 @@ mod tests {
             fact(false),
             fact(true)
         );
-        let header = json!({ "alg": "ES256", "typ": REPORT_TYPE, "kid": "d1" });
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(&payload)
-        );
-        let der = signer(&pair)(input.as_bytes()).unwrap();
-        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(der_to_raw(&der).unwrap()));
-        let err = decode(&token, REPORT_TYPE).unwrap_err();
+        // Signed by hand: `sign` serializes a `Value`, which cannot hold a
+        // duplicate member.
+        let signed = |payload: &str| {
+            let header = json!({ "alg": "ES256", "typ": REPORT_TYPE, "kid": "d1" });
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
+            let der = signer(&pair)(input.as_bytes()).unwrap();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(der_to_raw(&der).unwrap()))
+        };
+        let err = decode(&signed(&payload), REPORT_TYPE).unwrap_err();
         assert!(err.to_string().starts_with("malformed posture report"), "{err}");
         // The same facts named once each decode.
-        let once = payload.replace(&format!("{},", fact(false)), "");
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(&once)
-        );
-        let der = signer(&pair)(input.as_bytes()).unwrap();
-        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(der_to_raw(&der).unwrap()));
+        let token = signed(&payload.replace(&format!("{},", fact(false)), ""));
         assert!(decode(&token, REPORT_TYPE).is_ok());
     }
 

@@ -341,8 +341,11 @@ impl Gateway {
                 .map_err(|_| Forwarding::Refused(Refusal::Malformed("exchanged token".into())))?;
             parts.headers.insert(http::header::AUTHORIZATION, value);
         }
-        for (name, value) in self.identity_headers(upstream, &claims_with_device(&person.verified, device)) {
-            parts.headers.insert(name, value);
+        if !upstream.headers.is_empty() {
+            let claims = claims_with_device(&person.verified, device);
+            for (name, value) in self.identity_headers(upstream, &claims) {
+                parts.headers.insert(name, value);
+            }
         }
         let streamed =
             !hyper::body::Body::is_end_stream(&body) && hyper::body::Body::size_hint(&body).exact().is_none();
